@@ -1,0 +1,256 @@
+"""Configuration: TOML files parsed once into frozen dataclasses.
+
+The example files in ``conf/`` document every key.  Command-line options
+override the file (``tap.py`` passes them as ``overrides``: a mapping of
+dotted keys such as ``"udp.port"`` to values).  Unknown keys and wrong types
+are a :class:`ConfigError` naming the key, never a silent default.
+"""
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+
+from homechannel.errors import ConfigError
+
+
+def default_state_dir() -> str:
+    """systemd's ``$STATE_DIRECTORY`` for a service, else ``~/.config/homechannel``."""
+    state = os.environ.get("STATE_DIRECTORY")
+    if state:
+        return state.split(":")[0]
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "homechannel")
+
+
+# -- coordinator -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CoordinatorUDP:
+    interface: str = "0.0.0.0"
+    port: int = 7777
+    # How long a registered server may stay silent before it is forgotten.
+    expiry: float = 90.0
+    # How often the expiry sweep runs.
+    sweep_interval: float = 5.0
+    max_servers: int = 1_000_000
+    max_handshakes: int = 10_000
+    # Replies to unauthenticated-but-well-formed datagrams ("unknown,
+    # re-register"), at most this many per second in all.
+    unknown_replies_per_second: float = 1000.0
+
+
+@dataclass(frozen=True)
+class CoordinatorWeb:
+    # A Twisted server endpoint string, e.g. "ssl:8443:privateKey=key.pem:certKey=cert.pem".
+    # Plain "tcp:" only on loopback or behind a TLS-terminating proxy.
+    listen: str = "tcp:8080:interface=127.0.0.1"
+    # Public URL of the coordinator, used in connect links.
+    public_url: str = "http://127.0.0.1:8080"
+    # Directory with the browser client (index.html, js/).  Empty: the bundled one.
+    static_dir: str = ""
+    # Origins allowed by CORS (exact match).  Empty: same-origin only.
+    cors_origins: tuple = ()
+    # Reverse proxies whose X-Forwarded-For is trusted (exact IPs).
+    trusted_proxies: tuple = ()
+    # ICE servers handed to browsers in /config.js (list of RTCIceServer dicts).
+    ice_servers: tuple = ()
+    long_poll_timeout: float = 25.0
+    session_timeout: float = 60.0
+    max_body: int = 65536
+    max_sessions: int = 10_000
+    max_waiters: int = 10_000
+    # Connect attempts per source IP per minute, and per target server per minute.
+    per_ip_per_minute: int = 30
+    per_server_per_minute: int = 120
+    # Failed answers from one source before it is locked out; the lockout doubles each time.
+    failures_before_lockout: int = 5
+    lockout_base: float = 60.0
+    lockout_max: float = 3600.0
+
+
+@dataclass(frozen=True)
+class CoordinatorAdmin:
+    # Loopback-only operator endpoint (migrate).  Empty string disables it.
+    listen: str = "tcp:7780:interface=127.0.0.1"
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    state_dir: str = ""
+    identity_key: str = ""
+    udp: CoordinatorUDP = field(default_factory=CoordinatorUDP)
+    web: CoordinatorWeb = field(default_factory=CoordinatorWeb)
+    admin: CoordinatorAdmin = field(default_factory=CoordinatorAdmin)
+
+
+# -- home server -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerCoordinator:
+    host: str = "127.0.0.1"
+    port: int = 7777
+    # The coordinator's public key (base64url raw P-256 point).  Required:
+    # a missing pin is a configuration error.
+    public_key: str = ""
+
+
+@dataclass(frozen=True)
+class ServerKeepalive:
+    interval: float = 25.0
+    jitter: float = 0.2
+    challenge_refresh: float = 600.0
+    missed_pongs: int = 3
+    backoff_min: float = 1.0
+    backoff_max: float = 60.0
+
+
+@dataclass(frozen=True)
+class ServerWebRTC:
+    # RTCIceServer dicts; empty so nothing public is contacted.
+    ice_servers: tuple = ()
+    # Host addresses to advertise as ICE candidates in addition to what aioice
+    # finds (aioice never offers loopback).  E.g. ["127.0.0.1"].
+    advertise_addresses: tuple = ()
+    max_sessions: int = 4
+    connect_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class FilesApp:
+    enabled: bool = True
+    roots: tuple = ()
+    read_only: bool = False
+    max_upload: int = 10 * 1024 ** 3
+
+
+@dataclass(frozen=True)
+class TerminalApp:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 22
+    # Where the local sshd host key is remembered on first use.  Empty: state_dir/known_hosts.
+    known_hosts: str = ""
+
+
+@dataclass(frozen=True)
+class DesktopApp:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 5900
+
+
+@dataclass(frozen=True)
+class ForwardApp:
+    enabled: bool = False
+    ports: tuple = ()
+
+
+@dataclass(frozen=True)
+class ServerApps:
+    files: FilesApp = field(default_factory=FilesApp)
+    terminal: TerminalApp = field(default_factory=TerminalApp)
+    desktop: DesktopApp = field(default_factory=DesktopApp)
+    forward: ForwardApp = field(default_factory=ForwardApp)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    state_dir: str = ""
+    identity_key: str = ""
+    password_key: str = ""
+    # Public URL of the coordinator's web client, for the printed connect link.
+    coordinator_url: str = "http://127.0.0.1:8080"
+    coordinator: ServerCoordinator = field(default_factory=ServerCoordinator)
+    keepalive: ServerKeepalive = field(default_factory=ServerKeepalive)
+    webrtc: ServerWebRTC = field(default_factory=ServerWebRTC)
+    apps: ServerApps = field(default_factory=ServerApps)
+
+    @property
+    def failover_path(self):
+        return os.path.join(self.state_dir, "failover-coordinator.json")
+
+
+# -- loading ---------------------------------------------------------------
+
+
+def _coerce(value, typ, key):
+    if dataclasses.is_dataclass(typ):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a table")
+        return _build(typ, value, key)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif typ is str:
+        if isinstance(value, str):
+            return value
+    elif typ is tuple:
+        if isinstance(value, (list, tuple)):
+            return tuple(value)
+    raise ConfigError(f"{key} must be of type {typ.__name__}, not {type(value).__name__}")
+
+
+def _build(cls, table, prefix):
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for name, value in table.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name not in known:
+            raise ConfigError(f"unknown configuration key {key!r}")
+        kwargs[name] = _coerce(value, hints[name], key)
+    return cls(**kwargs)
+
+
+def _set_dotted(table, dotted, value):
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        table = table.setdefault(p, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{dotted}: {p} is not a table")
+    table[parts[-1]] = value
+
+
+def load(cls, path=None, overrides=None):
+    """Parse TOML at *path* (optional) into *cls*, then apply dotted overrides."""
+    table = {}
+    if path:
+        try:
+            with open(path, "rb") as f:
+                table = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"configuration file {path} does not exist") from None
+        except OSError as e:
+            raise ConfigError(f"cannot read configuration file {path}: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path} is not valid TOML: {e}") from None
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(table, dotted, value)
+    cfg = _build(cls, table, "")
+    state_dir = os.path.expanduser(cfg.state_dir or default_state_dir())
+    changes = {"state_dir": state_dir}
+    if not cfg.identity_key:
+        name = "coordinator.key" if cls is CoordinatorConfig else "server.key"
+        changes["identity_key"] = os.path.join(state_dir, name)
+    if cls is ServerConfig and not cfg.password_key:
+        changes["password_key"] = os.path.join(state_dir, "password.json")
+    return dataclasses.replace(cfg, **changes)
+
+
+def load_coordinator(path=None, overrides=None) -> CoordinatorConfig:
+    return load(CoordinatorConfig, path, overrides)
+
+
+def load_server(path=None, overrides=None) -> ServerConfig:
+    return load(ServerConfig, path, overrides)

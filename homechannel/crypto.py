@@ -1,0 +1,397 @@
+"""The one crypto module of HomeChannel.
+
+Pure functions and small value objects: bytes and keys in, bytes out.  No
+reactor, no sockets.  Everything that signs, verifies, derives, encrypts or
+compares secrets lives here, so that the browser (``static/js/crypto.js``)
+has exactly one Python counterpart to match.
+
+Formats (see ``docs/protocol.md``):
+
+* Identity keys are ECDSA P-256.  The public key travels as the 65-byte
+  uncompressed SEC1 point (WebCrypto ``raw``), in text as unpadded base64url:
+  that string is the *server id*.
+* Signatures are raw ``r || s`` (64 bytes), the format WebCrypto produces and
+  verifies, never DER.
+* ``K = PBKDF2-HMAC-SHA256(password, salt = raw server public key, 600000)``;
+  ``answer = HMAC-SHA256(K, challenge)``; ``expectedAnswer = SHA-256(answer)``.
+"""
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import re
+import stat
+import struct
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from homechannel.errors import AuthenticationError, KeyFileError, ProtocolError
+
+PUBLIC_KEY_SIZE = 65
+SIGNATURE_SIZE = 64
+KEY_ID_SIZE = 16
+CHALLENGE_SIZE = 16
+EXPECTED_ANSWER_SIZE = 32
+AEAD_KEY_SIZE = 32
+TAG_SIZE = 16
+PBKDF2_ITERATIONS = 600_000
+MIN_PBKDF2_ITERATIONS = 600_000
+
+_CURVE = ec.SECP256R1()
+
+
+# -- encodings -------------------------------------------------------------
+
+
+def b64u_encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+_B64U = re.compile(r"^[A-Za-z0-9_-]*$")
+
+
+def b64u_decode(text) -> bytes:
+    """Decode unpadded base64url; raise ProtocolError on anything else."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("ascii")
+        except UnicodeDecodeError:
+            raise ProtocolError("not base64url") from None
+    if not isinstance(text, str) or not _B64U.match(text) or len(text) % 4 == 1:
+        raise ProtocolError("not base64url")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def constant_time_equal(a: bytes, b: bytes) -> bool:
+    return hmac.compare_digest(a, b)
+
+
+def sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def hmac_sha256(key: bytes, data: bytes) -> bytes:
+    return hmac.new(key, data, hashlib.sha256).digest()
+
+
+# -- identity keys ---------------------------------------------------------
+
+
+def public_key_from_raw(raw: bytes) -> ec.EllipticCurvePublicKey:
+    if not isinstance(raw, bytes) or len(raw) != PUBLIC_KEY_SIZE or raw[0] != 4:
+        raise ProtocolError("public key must be a 65-byte uncompressed P-256 point")
+    try:
+        return ec.EllipticCurvePublicKey.from_encoded_point(_CURVE, raw)
+    except ValueError:
+        raise ProtocolError("public key is not a point on P-256") from None
+
+
+def public_key_raw(key) -> bytes:
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        key = key.public_key()
+    return key.public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+
+
+def key_id(public_raw: bytes) -> bytes:
+    """The 16-byte registry id of a public key."""
+    return sha256(public_raw)[:KEY_ID_SIZE]
+
+
+def parse_server_id(text) -> bytes:
+    """A server id (base64url of the raw public key) to the raw key."""
+    raw = b64u_decode(text)
+    public_key_from_raw(raw)
+    return raw
+
+
+def verify(public_raw: bytes, signature: bytes, data: bytes) -> None:
+    """Verify a raw r||s ECDSA-P256-SHA256 signature; raise AuthenticationError."""
+    if not isinstance(signature, bytes) or len(signature) != SIGNATURE_SIZE:
+        raise AuthenticationError("signature must be 64 bytes (raw r||s)")
+    key = public_key_from_raw(public_raw)
+    r = int.from_bytes(signature[:32], "big")
+    s = int.from_bytes(signature[32:], "big")
+    try:
+        key.verify(encode_dss_signature(r, s), data, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        raise AuthenticationError("signature does not verify") from None
+
+
+class IdentityKey:
+    """An ECDSA P-256 identity: the coordinator's or a home server's."""
+
+    def __init__(self, private_key: ec.EllipticCurvePrivateKey):
+        self._key = private_key
+        self.public_raw = public_key_raw(private_key)
+        self.id = key_id(self.public_raw)
+        self.text = b64u_encode(self.public_raw)
+
+    @classmethod
+    def generate(cls):
+        return cls(ec.generate_private_key(_CURVE))
+
+    def sign(self, data: bytes) -> bytes:
+        der = self._key.sign(data, ec.ECDSA(hashes.SHA256()))
+        r, s = decode_dss_signature(der)
+        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+    def private_pem(self) -> bytes:
+        return self._key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    # -- files --
+
+    @classmethod
+    def load(cls, path):
+        """Load a PEM private key; raise KeyFileError with advice on any problem."""
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise KeyFileError(
+                f"identity key {path} does not exist: create it with "
+                f"'homechannel keygen --key {path}'"
+            ) from None
+        except OSError as e:
+            raise KeyFileError(f"cannot read identity key {path}: {e.strerror}") from None
+        if st.st_mode & 0o077:
+            raise KeyFileError(
+                f"identity key {path} is readable by others "
+                f"(mode {stat.S_IMODE(st.st_mode):04o}): run 'chmod 600 {path}'"
+            )
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise KeyFileError(f"cannot read identity key {path}: {e.strerror}") from None
+        try:
+            key = serialization.load_pem_private_key(data, password=None)
+        except (ValueError, TypeError):
+            raise KeyFileError(
+                f"identity key {path} is not a PEM private key; it was not replaced. "
+                "Restore it from a backup, or move it away and generate a new one "
+                "(every pinned link to this key then stops working)"
+            ) from None
+        if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != _CURVE.name:
+            raise KeyFileError(f"identity key {path} is not an ECDSA P-256 key")
+        return cls(key)
+
+    @classmethod
+    def create(cls, path):
+        """Create a new key at *path* (mode 0600).  Never overwrites."""
+        key = cls.generate()
+        write_secret_file(path, key.private_pem())
+        return key
+
+    @classmethod
+    def load_or_create(cls, path):
+        """Load *path*, creating it only if it does not exist at all.
+
+        Returns ``(key, created)``.  An existing file that does not load is
+        an error: a key is never silently replaced.
+        """
+        if os.path.lexists(path):
+            return cls.load(path), False
+        return cls.create(path), True
+
+
+def write_secret_file(path, data: bytes) -> None:
+    """Write *data* to a new file with mode 0600; refuse to overwrite."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise KeyFileError(f"{path} already exists; it was not replaced") from None
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_secret_file(path, data: bytes) -> None:
+    """Atomically replace *path* with *data* (mode 0600).  For non-identity secrets."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    write_secret_file(tmp, data)
+    os.replace(tmp, path)
+
+
+# -- ephemeral key agreement and session keys ------------------------------
+
+
+class Ephemeral:
+    """An ephemeral ECDH P-256 key for one handshake."""
+
+    __slots__ = ("_key", "public_raw")
+
+    def __init__(self):
+        self._key = ec.generate_private_key(_CURVE)
+        self.public_raw = public_key_raw(self._key)
+
+    def shared_secret(self, peer_raw: bytes) -> bytes:
+        return self._key.exchange(ec.ECDH(), public_key_from_raw(peer_raw))
+
+
+def hkdf(ikm: bytes, salt: bytes, info: bytes, length: int) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)
+
+
+def session_keys(shared: bytes, transcript_hash: bytes):
+    """Per-direction AES-256-GCM keys: ``(server_to_coordinator, coordinator_to_server)``."""
+    okm = hkdf(shared, transcript_hash, b"homechannel udp v1 session keys", 2 * AEAD_KEY_SIZE)
+    return okm[:AEAD_KEY_SIZE], okm[AEAD_KEY_SIZE:]
+
+
+_NONCE = struct.Struct(">4xQ")
+
+
+def seal(key: bytes, counter: int, plaintext: bytes, aad: bytes) -> bytes:
+    """AES-256-GCM with the 64-bit counter as the nonce (4 zero bytes || counter)."""
+    return AESGCM(key).encrypt(_NONCE.pack(counter), plaintext, aad)
+
+
+def open_sealed(key: bytes, counter: int, ciphertext: bytes, aad: bytes) -> bytes:
+    try:
+        return AESGCM(key).decrypt(_NONCE.pack(counter), ciphertext, aad)
+    except InvalidTag:
+        raise AuthenticationError("AEAD tag does not verify") from None
+
+
+# -- password, challenges and the end-to-end proof ---------------------------
+
+
+def derive_password_key(password: str, server_public_raw: bytes,
+                        iterations: int = PBKDF2_ITERATIONS) -> bytes:
+    """``K = PBKDF2-HMAC-SHA256(password, salt = raw server public key)``.
+
+    Deliberately slow (about a quarter of a second): call it from a thread.
+    """
+    if iterations < MIN_PBKDF2_ITERATIONS:
+        raise ValueError(f"PBKDF2 needs at least {MIN_PBKDF2_ITERATIONS} iterations")
+    return hashlib.pbkdf2_hmac(
+        "sha256", password.encode("utf-8"), server_public_raw, iterations, 32
+    )
+
+
+def challenge_answer(password_key: bytes, challenge: bytes) -> bytes:
+    return hmac_sha256(password_key, challenge)
+
+
+def expected_answer(answer: bytes) -> bytes:
+    return sha256(answer)
+
+
+def check_answer(answer: bytes, expected: bytes) -> bool:
+    """Constant-time check of a client's answer against ``expectedAnswer``."""
+    return hmac.compare_digest(sha256(answer), expected)
+
+
+def proof_message(session_id: str, challenge: bytes, client_fingerprint: str) -> bytes:
+    return "\n".join([
+        "homechannel-proof-v1", session_id, b64u_encode(challenge),
+        normalize_fingerprint(client_fingerprint),
+    ]).encode("utf-8")
+
+
+def client_proof(password_key: bytes, session_id: str, challenge: bytes,
+                 client_fingerprint: str) -> bytes:
+    """``proof = HMAC(K, session id, challenge, client DTLS fingerprint)``."""
+    return hmac_sha256(password_key, proof_message(session_id, challenge, client_fingerprint))
+
+
+def check_proof(password_key: bytes, session_id: str, challenge: bytes,
+                client_fingerprint: str, proof: bytes) -> bool:
+    good = client_proof(password_key, session_id, challenge, client_fingerprint)
+    return hmac.compare_digest(good, proof)
+
+
+def answer_signature_message(session_id: str, challenge: bytes, client_fingerprint: str,
+                             server_fingerprint: str, timestamp: int, answer_sdp: str) -> bytes:
+    """What the home server signs over its SDP answer.  The SDP comes last."""
+    return "\n".join([
+        "homechannel-answer-v1", session_id, b64u_encode(challenge),
+        normalize_fingerprint(client_fingerprint),
+        normalize_fingerprint(server_fingerprint),
+        str(int(timestamp)), answer_sdp,
+    ]).encode("utf-8")
+
+
+def response_signature_message(path: str, body: bytes) -> bytes:
+    """What the coordinator signs over every HTTP response body."""
+    return b"homechannel-response-v1\n" + path.encode("utf-8") + b"\n" + body
+
+
+# -- DTLS fingerprints in SDP ---------------------------------------------
+
+_FINGERPRINT = re.compile(r"^a=fingerprint:sha-256 ([0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){31})\s*$",
+                          re.MULTILINE)
+
+
+def normalize_fingerprint(fp: str) -> str:
+    if not isinstance(fp, str) or not re.fullmatch(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){31}", fp):
+        raise ProtocolError("DTLS fingerprint must be a sha-256 fingerprint (32 hex pairs)")
+    return fp.upper()
+
+
+def sdp_fingerprint(sdp: str) -> str:
+    """The single sha-256 DTLS fingerprint of an SDP; refuse zero or several distinct."""
+    if not isinstance(sdp, str):
+        raise ProtocolError("SDP must be text")
+    found = {m.upper() for m in _FINGERPRINT.findall(sdp)}
+    if len(found) != 1:
+        raise ProtocolError("SDP must carry exactly one sha-256 DTLS fingerprint")
+    return found.pop()
+
+
+# -- the home server's password key file ----------------------------------
+
+
+def save_password_key(path, server_public_raw: bytes, password_key: bytes,
+                      iterations: int = PBKDF2_ITERATIONS) -> None:
+    """Store the derived key (never the password) as JSON, mode 0600."""
+    doc = {
+        "kdf": "pbkdf2-hmac-sha256",
+        "iterations": iterations,
+        "salt": "server public key",
+        "server_id": b64u_encode(server_public_raw),
+        "key": b64u_encode(password_key),
+    }
+    replace_secret_file(path, (json.dumps(doc, indent=2) + "\n").encode())
+
+
+def load_password_key(path, server_public_raw: bytes) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            doc = json.loads(f.read())
+        key = b64u_decode(doc["key"])
+        server_id = doc["server_id"]
+    except FileNotFoundError:
+        raise KeyFileError(
+            f"no password set ({path} does not exist): run 'homechannel passwd'"
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError, ProtocolError):
+        raise KeyFileError(f"password key file {path} is unreadable or malformed: "
+                           "set the password again with 'homechannel passwd'") from None
+    if server_id != b64u_encode(server_public_raw) or len(key) != 32:
+        raise KeyFileError(
+            f"password key file {path} belongs to another identity key: "
+            "set the password again with 'homechannel passwd'"
+        )
+    return key
