@@ -1,0 +1,115 @@
+# HomeChannel: two commands on a fresh machine.
+#   make run    start a coordinator and a home server on this machine (demo)
+#   make test   install everything, then run the whole test suite in a
+#               loopback-only network namespace
+# Stamp files keep repeated runs fast.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# The first Python >= 3.11 on PATH (override: make PYTHON=/path/to/python3.12 ...).
+PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+	if command -v $$p >/dev/null 2>&1 && \
+	   $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then \
+	   command -v $$p; break; fi; done)
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --progress-bar off -q
+
+# Debian packages the end-to-end tests need.
+SYSDEPS := chromium openssh-server tigervnc-standalone-server xvfb x11vnc iproute2 systemd
+# How long the test suite may take before it is stopped (seconds).
+TEST_TIMEOUT ?= 780
+
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help venv npm sysdeps run test bench clean
+
+help:
+	@echo "make run     start a demo coordinator + home server on 127.0.0.1"
+	@echo "make test    install everything and run the tests in a loopback-only netns"
+	@echo "make bench   run the benchmarks (python -m bench)"
+	@echo "make venv | npm | sysdeps | clean"
+
+# -- Python ---------------------------------------------------------------
+
+venv: $(VENV)/.stamp
+
+# editable_mode=compat puts the checkout itself on sys.path, which is what
+# lets twistd find twisted/plugins/homechannel_plugins.py (a plain editable
+# install of a flat layout hides it from twistd's plugin scan).
+$(VENV)/.stamp: setup.cfg pyproject.toml
+	@if [ -z "$(PYTHON)" ]; then \
+		echo "error: Python >= 3.11 not found (Debian: apt-get install python3 python3-venv)" >&2; exit 1; fi
+	@if [ ! -x $(PY) ]; then \
+		rm -rf $(VENV); \
+		if ! $(PYTHON) -m venv $(VENV); then \
+			rm -rf $(VENV); \
+			if [ "$$(id -u)" = 0 ] || [ -n "$$CI" ]; then \
+				SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+				$$SUDO apt-get update -q && \
+				DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q python3-venv && \
+				$(PYTHON) -m venv $(VENV) || exit 1; \
+			else \
+				echo "error: '$(PYTHON) -m venv' failed: install python3-venv (apt-get install python3-venv)" >&2; \
+				exit 1; \
+			fi; \
+		fi; \
+	fi
+	$(PIP) install -U pip 'setuptools>=64' wheel
+	$(PIP) install -e '.[test]' --config-settings editable_mode=compat
+	@touch $@
+
+# -- JavaScript (noVNC, xterm.js) ----------------------------------------
+
+npm: static/node_modules/.stamp
+
+static/node_modules/.stamp: static/package.json $(wildcard static/package-lock.json)
+	@command -v npm >/dev/null 2>&1 || { \
+		echo "error: npm not found (Debian: apt-get install npm; 'make sysdeps' does it as root)" >&2; exit 1; }
+	cd static && if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; \
+		else npm install --no-audit --no-fund --no-package-lock; fi
+	@touch $@
+
+# -- Debian packages ------------------------------------------------------
+
+# As root or in CI: install what is missing (skipped quickly when all are
+# present).  Otherwise: say what is missing and carry on (those tests skip).
+sysdeps:
+	@if ! command -v dpkg-query >/dev/null 2>&1; then \
+		echo "warning: not a Debian system; install by hand: $(SYSDEPS) npm" >&2; exit 0; fi; \
+	missing=; \
+	for p in $(SYSDEPS); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
+	[ -n "$$missing" ] || exit 0; \
+	if [ "$$(id -u)" = 0 ] || [ -n "$$CI" ]; then \
+		SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		echo "installing:$$missing"; \
+		$$SUDO apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $$missing; \
+	else \
+		echo "warning: missing Debian packages:$$missing" >&2; \
+		echo "warning: install them with: sudo apt-get install$$missing (tests needing them will skip)" >&2; \
+	fi
+
+# -- the two commands ------------------------------------------------------
+
+run: venv npm
+	$(PY) -m homechannel.demo
+
+# pytest's own exit status (including 5, "no tests collected") fails make.
+test: sysdeps venv npm
+	timeout --signal=TERM --kill-after=30 $(TEST_TIMEOUT) \
+		tests/netns-run $(PY) -m pytest $(PYTEST_ARGS)
+
+bench: venv npm
+	tests/netns-run $(PY) -m bench
+
+# Leaves .run/ (the demo's keys and password) alone.
+clean:
+	rm -rf $(VENV) static/node_modules build dist *.egg-info .pytest_cache .hypothesis
+	find . -name __pycache__ -type d -not -path './.git/*' -prune -exec rm -rf {} +
+	rm -f twisted/plugins/dropin.cache
