@@ -1,0 +1,142 @@
+"""Rate limits and failed-answer lockouts for the HTTPS API.
+
+Two small objects behind two small interfaces, so that a shared (Redis)
+implementation can replace them when several coordinators sit behind one
+load balancer:
+
+* :class:`RateLimiter` (:class:`IRateLimiter`): a token bucket per key
+  (source IP or target server): at most ``limit`` hits per ``period``
+  seconds, with bursts up to ``limit``.
+* :class:`Lockout` (:class:`ILockout`): counts failed answers per *source*
+  and locks that source out with a doubling backoff.  It is keyed by the
+  source only, never by the target server, so an attacker's failures can
+  never lock the owner out.
+
+Both take an injected clock (``IReactorTime``) and are capped: when a table
+is full the least recently used entry is forgotten (which at worst gives an
+attacker who controls more than ``max_keys`` addresses a fresh budget; it
+never denies service to anybody else).
+"""
+
+from collections import OrderedDict
+
+from zope.interface import Interface, implementer
+
+
+class IRateLimiter(Interface):
+    def hit(key):
+        """Count one event for *key*.
+
+        Returns None if it is allowed, else the number of seconds (float > 0)
+        after which it would be allowed.  A refused hit is not counted."""
+
+
+class ILockout(Interface):
+    def check(key):
+        """None if *key* may try, else the seconds until its lockout ends."""
+
+    def failure(key):
+        """Count a failed attempt by *key*; return the new lockout's length in
+        seconds if this failure started one, else None."""
+
+    def success(key):
+        """*key* succeeded: forget its failures."""
+
+
+@implementer(IRateLimiter)
+class RateLimiter:
+    """Token buckets, one per key, in a capped LRU table."""
+
+    def __init__(self, clock, limit, period=60.0, max_keys=100_000):
+        if limit <= 0 or period <= 0:
+            raise ValueError("limit and period must be positive")
+        self._clock = clock
+        self._capacity = float(limit)
+        self._rate = float(limit) / float(period)
+        self._max_keys = max_keys
+        # key -> [tokens, last update time]
+        self._buckets = OrderedDict()
+
+    def __len__(self):
+        return len(self._buckets)
+
+    def hit(self, key):
+        now = self._clock.seconds()
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= self._max_keys:
+                self._buckets.popitem(last=False)
+            bucket = self._buckets[key] = [self._capacity, now]
+        else:
+            self._buckets.move_to_end(key)
+            tokens, last = bucket
+            bucket[0] = min(self._capacity, tokens + max(0.0, now - last) * self._rate)
+            bucket[1] = now
+        if bucket[0] >= 1.0:
+            bucket[0] -= 1.0
+            return None
+        return (1.0 - bucket[0]) / self._rate
+
+
+@implementer(ILockout)
+class Lockout:
+    """Failed-answer lockout per source with doubling backoff.
+
+    ``threshold`` failures in a row lock the source out for ``base`` seconds.
+    Once a source has been locked out, each further failure locks it out
+    again for twice as long as the previous time (up to ``maximum``).  A
+    source that behaves (no failure) for ``forget_after`` seconds after its
+    last lockout ended starts from scratch; so does one that succeeds.
+    """
+
+    def __init__(self, clock, threshold=5, base=60.0, maximum=3600.0,
+                 forget_after=None, max_keys=100_000):
+        self._clock = clock
+        self._threshold = max(1, int(threshold))
+        self._base = float(base)
+        self._max = float(maximum)
+        self._forget_after = float(maximum if forget_after is None else forget_after)
+        self._max_keys = max_keys
+        # key -> [failures since last lockout, lockouts so far, locked until, last failure]
+        self._entries = OrderedDict()
+
+    def __len__(self):
+        return len(self._entries)
+
+    def _entry(self, key, now):
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if now >= max(entry[2], entry[3]) + self._forget_after:
+            del self._entries[key]
+            return None
+        return entry
+
+    def check(self, key):
+        now = self._clock.seconds()
+        entry = self._entry(key, now)
+        if entry is None or now >= entry[2]:
+            return None
+        return entry[2] - now
+
+    def failure(self, key):
+        now = self._clock.seconds()
+        entry = self._entry(key, now)
+        if entry is None:
+            if len(self._entries) >= self._max_keys:
+                self._entries.popitem(last=False)
+            entry = self._entries[key] = [0, 0, 0.0, now]
+        else:
+            self._entries.move_to_end(key)
+        entry[0] += 1
+        entry[3] = now
+        if entry[1] == 0 and entry[0] < self._threshold:
+            return None
+        length = min(self._max, self._base * (2 ** min(entry[1], 32)))
+        entry[0] = 0
+        entry[1] += 1
+        entry[2] = now + length
+        return length
+
+    def success(self, key):
+        self._entries.pop(key, None)

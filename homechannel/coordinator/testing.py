@@ -1,0 +1,132 @@
+"""Public test doubles for the coordinator's seams.
+
+:class:`FakeRelay` implements :class:`~homechannel.coordinator.interfaces.IRelay`
+in memory: tests (and the in-process demo below) put servers online with a
+password, and it records every offer.  A hand-written recorder, not a mock.
+
+``python -m homechannel.coordinator.testing --port 8080 --password pw``
+serves the web API with a FakeRelay that has one server online (for browser
+smoke tests).  The fake server never answers offers unless ``--refuse CODE``
+is given, in which case it answers every offer with that error.
+"""
+
+import os
+
+from twisted.internet import defer
+from zope.interface import implementer
+
+from homechannel import crypto
+from homechannel.coordinator.interfaces import IRelay
+from homechannel.errors import Unavailable
+
+
+@implementer(IRelay)
+class FakeRelay:
+    def __init__(self, random_bytes=os.urandom, pool_size=3):
+        self._random_bytes = random_bytes
+        self._pool_size = pool_size
+        # server key -> {"password_key": K, "pool": {challenge: expected}}
+        self.servers = {}
+        self.offers = []  # (server_key, payload, Deferred)
+        self.answer_handler = None
+        # When False, send_offer returns a Deferred the test fires itself.
+        self.auto_ack = True
+
+    # -- test controls --
+
+    def add_server(self, server_key, password_key=None):
+        """Put a server online.  *password_key* K lets the relay mint
+        challenges whose expected answers match that password."""
+        self.servers[server_key] = {"password_key": password_key, "pool": {}}
+        self._refill(server_key)
+
+    def remove_server(self, server_key):
+        self.servers.pop(server_key, None)
+
+    def empty_pool(self, server_key):
+        self.servers[server_key]["pool"].clear()
+
+    def answer(self, server_key, payload):
+        self.answer_handler(server_key, payload)
+
+    def _refill(self, server_key):
+        entry = self.servers[server_key]
+        while len(entry["pool"]) < self._pool_size:
+            challenge = self._random_bytes(crypto.CHALLENGE_SIZE)
+            key = entry["password_key"] or b"\0" * 32
+            entry["pool"][challenge] = crypto.expected_answer(
+                crypto.challenge_answer(key, challenge))
+
+    # -- IRelay --
+
+    def server_status(self, server_key):
+        entry = self.servers.get(server_key)
+        if entry is None:
+            return False, None
+        return True, next(iter(entry["pool"]), None)
+
+    def take_challenge(self, server_key, challenge):
+        entry = self.servers.get(server_key)
+        if entry is None:
+            return None
+        expected = entry["pool"].pop(challenge, None)
+        if expected is not None:
+            self._refill(server_key)
+        return expected
+
+    def send_offer(self, server_key, payload):
+        if server_key not in self.servers:
+            return defer.fail(Unavailable("server offline"))
+        d = defer.succeed(None) if self.auto_ack else defer.Deferred()
+        self.offers.append((server_key, payload, d))
+        return d
+
+    def set_answer_handler(self, handler):
+        self.answer_handler = handler
+
+
+def main(argv=None):
+    """A demo coordinator with one fake server online (browser smoke tests)."""
+    import argparse
+    import json
+    import sys
+
+    from twisted.internet import reactor
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+    from twisted.web import server
+
+    from homechannel.config import CoordinatorWeb as WebConfig
+    from homechannel.coordinator.web import CoordinatorWeb
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--password", default="correct horse")
+    parser.add_argument("--refuse", default="")
+    parser.add_argument("--static", default="")
+    args = parser.parse_args(argv)
+
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)])
+    coordinator = crypto.IdentityKey.generate()
+    home = crypto.IdentityKey.generate()
+    relay = FakeRelay()
+    relay.add_server(home.public_raw, crypto.derive_password_key(args.password, home.public_raw))
+    web = CoordinatorWeb(coordinator, relay, WebConfig(), reactor, static_dir=args.static or None)
+    relay.set_answer_handler(web.on_answer)
+    if args.refuse:
+        original = relay.send_offer
+
+        def refuse(server_key, payload):
+            d = original(server_key, payload)
+            sid = json.loads(payload)["session"]
+            reactor.callLater(0.1, relay.answer, server_key, json.dumps(
+                {"session": sid, "error": args.refuse, "message": "refused"}).encode())
+            return d
+
+        relay.send_offer = refuse
+    reactor.listenTCP(args.port, server.Site(web.resource()), interface="127.0.0.1")
+    print(json.dumps({"server": home.text, "coordinator": coordinator.text}), flush=True)
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main()
