@@ -1,0 +1,289 @@
+"""``make run``: a coordinator and a home server on this machine, for trying HomeChannel.
+
+``python -m homechannel.demo`` keeps its state in ``.run/`` (or
+``$HOMECHANNEL_RUN_DIR``): both identity keys (created once, never
+replaced), a random demo password, the derived password key, both TOML
+configurations and a demo folder ``files/`` that the files app serves.  It
+starts both daemons as ``twistd`` child processes, waits until the home
+server has registered, prints the link to open and the password, streams the
+logs, and stops both children on Ctrl-C.
+
+Ports can be changed with ``HOMECHANNEL_WEB_PORT`` (8080),
+``HOMECHANNEL_UDP_PORT`` (7777) and ``HOMECHANNEL_ADMIN_PORT`` (7780).
+
+The demo password is kept in clear in ``.run/password.txt`` (mode 0600) so
+that later runs can show it again; a real home server stores only the
+derived key (``homechannel passwd``).
+"""
+
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+REGISTERED = re.compile(r"registered with coordinator")
+
+
+# -- a tiny TOML writer (enough for our configuration files) -------------
+
+
+def _toml_value(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        # A JSON string is a valid TOML basic string for everything we write.
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def _toml_key(key):
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+
+
+def dump_toml(data: dict) -> str:
+    """Serialise nested dicts to TOML: plain keys first, then ``[tables]``."""
+    lines = []
+
+    def emit(table, prefix):
+        for k, v in table.items():
+            if not isinstance(v, dict):
+                lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
+        for k, v in table.items():
+            if isinstance(v, dict):
+                name = f"{prefix}.{_toml_key(k)}" if prefix else _toml_key(k)
+                # Tables that only hold tables need no header of their own.
+                if any(not isinstance(x, dict) for x in v.values()) or not v:
+                    lines.append("")
+                    lines.append(f"[{name}]")
+                emit(v, name)
+
+    emit(data, "")
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def write_toml(path, data: dict) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(dump_toml(data))
+
+
+# -- state ------------------------------------------------------------------
+
+
+def _port(name, default):
+    value = os.environ.get(name, "")
+    if not value:
+        return default
+    try:
+        port = int(value)
+    except ValueError:
+        raise SystemExit(f"{name}={value!r} is not a port number") from None
+    if not 0 < port < 65536:
+        raise SystemExit(f"{name}={value!r} is not a port number")
+    return port
+
+
+def prepare(run_dir, web_port=8080, udp_port=7777, admin_port=7780):
+    """Create or reuse the demo state in *run_dir*; write both configs.
+
+    Returns ``(coordinator_toml, server_toml, link, password)``.
+    """
+    from homechannel import default_static_dir
+    from homechannel.crypto import IdentityKey, derive_password_key, save_password_key
+
+    run_dir = os.path.abspath(run_dir)
+    os.makedirs(run_dir, mode=0o700, exist_ok=True)
+    files = os.path.join(run_dir, "files")
+    if not os.path.isdir(files):
+        os.makedirs(files)
+        with open(os.path.join(files, "hello.txt"), "w") as f:
+            f.write("Hello from your HomeChannel demo server.\n")
+
+    coordinator_key, _ = IdentityKey.load_or_create(os.path.join(run_dir, "coordinator.key"))
+    server_key_path = os.path.join(run_dir, "server.key")
+    server_key, _ = IdentityKey.load_or_create(server_key_path)
+
+    password_txt = os.path.join(run_dir, "password.txt")
+    password_key_path = os.path.join(run_dir, "password.json")
+    password = None
+    if os.path.exists(password_txt):
+        with open(password_txt, encoding="utf-8") as f:
+            password = f.read().strip() or None
+    if password is None:
+        password = secrets.token_urlsafe(12)
+        from homechannel.crypto import replace_secret_file
+        replace_secret_file(password_txt, (password + "\n").encode())
+        if os.path.exists(password_key_path):
+            os.unlink(password_key_path)
+    if not _password_key_matches(password_key_path, server_key.public_raw):
+        print("deriving the password key (PBKDF2, a moment)...", flush=True)
+        k = derive_password_key(password, server_key.public_raw)
+        save_password_key(password_key_path, server_key.public_raw, k)
+
+    public_url = f"http://127.0.0.1:{web_port}"
+    coordinator_toml = os.path.join(run_dir, "coordinator.toml")
+    write_toml(coordinator_toml, {
+        "state_dir": os.path.join(run_dir, "coordinator"),
+        "identity_key": os.path.join(run_dir, "coordinator.key"),
+        "udp": {"interface": "127.0.0.1", "port": udp_port},
+        "web": {
+            "listen": f"tcp:{web_port}:interface=127.0.0.1",
+            "public_url": public_url,
+            "static_dir": default_static_dir(),
+        },
+        "admin": {"listen": f"tcp:{admin_port}:interface=127.0.0.1"},
+    })
+    server_toml = os.path.join(run_dir, "server.toml")
+    write_toml(server_toml, {
+        "state_dir": os.path.join(run_dir, "server"),
+        "identity_key": server_key_path,
+        "password_key": password_key_path,
+        "coordinator_url": public_url,
+        "coordinator": {
+            "host": "127.0.0.1",
+            "port": udp_port,
+            "public_key": coordinator_key.text,
+        },
+        "webrtc": {"advertise_addresses": ["127.0.0.1"], "ice_servers": []},
+        "apps": {"files": {"roots": [files]}},
+    })
+    link = f"{public_url}/#server={server_key.text}"
+    return coordinator_toml, server_toml, link, password
+
+
+def _password_key_matches(path, server_public_raw):
+    from homechannel.crypto import load_password_key
+    from homechannel.errors import KeyFileError
+    try:
+        load_password_key(path, server_public_raw)
+    except KeyFileError:
+        return False
+    return True
+
+
+# -- child processes --------------------------------------------------------
+
+
+# ``python -m twisted`` is the newer ``twist`` runner, not ``twistd``.
+TWISTD = [sys.executable, "-c",
+          "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"]
+
+
+def twistd_command(tapname, config, asyncio=False):
+    cmd = TWISTD + ["--nodaemon", "--pidfile="]
+    if asyncio:
+        cmd.append("--reactor=asyncio")
+    return cmd + [tapname, "--config", config]
+
+
+class Child:
+    """A twistd child whose output is copied to ours with a prefix."""
+
+    def __init__(self, name, cmd, cwd, pattern=None):
+        self.name = name
+        self.pattern = pattern
+        self.seen = threading.Event()
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # Make sure twistd finds twisted/plugins/ of this checkout.
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        self.proc = subprocess.Popen(
+            cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches only us; we stop the children
+        )
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+        self._thread.start()
+
+    def _pump(self):
+        for raw in self.proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            print(f"[{self.name}] {line}", flush=True)
+            if self.pattern is not None and self.pattern.search(line):
+                self.seen.set()
+
+    def stop(self, timeout=10.0):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._thread.join(2)
+        return self.proc.returncode
+
+
+def main(argv=None):
+    run_dir = os.environ.get("HOMECHANNEL_RUN_DIR", ".run")
+    web_port = _port("HOMECHANNEL_WEB_PORT", 8080)
+    udp_port = _port("HOMECHANNEL_UDP_PORT", 7777)
+    admin_port = _port("HOMECHANNEL_ADMIN_PORT", 7780)
+    coordinator_toml, server_toml, link, password = prepare(
+        run_dir, web_port, udp_port, admin_port)
+    cwd = os.path.abspath(run_dir)
+
+    children = []
+    interrupted = False
+
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        children.append(Child("coordinator", twistd_command(
+            "homechannel-coordinator", coordinator_toml), cwd))
+        server = Child("server", twistd_command(
+            "homechannel-server", server_toml, asyncio=True), cwd, pattern=REGISTERED)
+        children.append(server)
+
+        deadline = time.monotonic() + float(os.environ.get("HOMECHANNEL_START_TIMEOUT", "60"))
+        while not server.seen.wait(0.2):
+            for child in children:
+                if child.proc.poll() is not None:
+                    print(f"\nthe {child.name} exited (status {child.proc.returncode}) "
+                          "before the home server registered; see its log above",
+                          file=sys.stderr)
+                    return 1
+            if time.monotonic() > deadline:
+                print("\nthe home server did not register with the coordinator in time; "
+                      "see the logs above", file=sys.stderr)
+                return 1
+
+        print(
+            "\n"
+            "HomeChannel demo is running.\n"
+            f"  Open:     {link}\n"
+            f"  Password: {password}\n"
+            "Press Ctrl-C to stop.\n",
+            flush=True,
+        )
+        while True:
+            for child in children:
+                if child.proc.poll() is not None:
+                    print(f"\nthe {child.name} exited (status {child.proc.returncode})",
+                          file=sys.stderr)
+                    return 1
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        interrupted = True
+        return 0
+    finally:
+        if interrupted:
+            print("\nstopping...", file=sys.stderr, flush=True)
+        for child in reversed(children):
+            child.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
