@@ -1,0 +1,342 @@
+"""The coordinator's registry of home servers: memory-compact, O(1) both ways.
+
+Every registered server is one fixed-size record in a single ``bytearray``
+slab (no Python object per server).  Two open-addressing hash tables (plain
+``array('i')`` of slot numbers, linear probing, backward-shift deletion) index
+the slab by 16-byte key id and by source address.  At 100,000 servers this is
+about 250 bytes per server in all (see ``bench/registry_memory.py``), where a
+dict-of-objects design needs well over 1 KB.
+
+Record layout (``RECORD`` bytes, offsets below):
+
+====== ==== ==========================================================
+offset size field
+====== ==== ==========================================================
+0      1    flags (bit 0: in use)
+1      16   key id (SHA-256(raw public key)[:16])
+17     18   address: 16-byte IPv6 (IPv4-mapped for IPv4) + port
+35     4    last seen, seconds since the registry's epoch (uint32)
+39     32   key server->coordinator
+71     32   key coordinator->server
+103    8    next counter coordinator->server
+111    8    highest counter seen server->coordinator
+119    8    replay bitmap (bit i: counter highest-i seen)
+127    1    challenges in the pool (0..POOL)
+128    96   POOL x (challenge 16 + expectedAnswer 32)
+====== ==== ==========================================================
+"""
+
+import socket
+import struct
+from array import array
+
+from zope.interface import implementer
+
+from homechannel.coordinator.interfaces import IRegistry
+from homechannel.errors import CapacityError
+from homechannel.wire import replay_check
+
+POOL = 2
+_PAIR = 48
+RECORD = 128 + POOL * _PAIR
+
+_F_FLAGS = 0
+_F_KID = 1
+_F_ADDR = 17
+_F_SEEN = 35
+_F_KRX = 39
+_F_KTX = 71
+_F_TXCTR = 103
+_F_RXMAX = 111
+_F_RXMAP = 119
+_F_NPOOL = 127
+_F_POOL = 128
+
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+_V4_PREFIX = b"\0" * 10 + b"\xff\xff"
+
+
+def pack_addr(addr) -> bytes:
+    """(host, port) to 18 bytes; IPv4 becomes IPv4-mapped IPv6."""
+    host, port = addr[0], addr[1]
+    if ":" in host:
+        raw = socket.inet_pton(socket.AF_INET6, host)
+    else:
+        raw = _V4_PREFIX + socket.inet_aton(host)
+    return raw + port.to_bytes(2, "big")
+
+
+def unpack_addr(raw: bytes):
+    ip, port = raw[:16], int.from_bytes(raw[16:18], "big")
+    if ip[:12] == _V4_PREFIX:
+        return (socket.inet_ntoa(ip[12:]), port)
+    return (socket.inet_ntop(socket.AF_INET6, ip), port)
+
+
+class _Index:
+    """Open addressing over an int array: value = slot + 1, 0 = empty."""
+
+    def __init__(self, keyof, hashof, capacity=1024):
+        self._keyof = keyof      # slot -> key bytes stored in the slab
+        self._hashof = hashof    # key bytes -> int
+        self._table = array("i", bytes(4 * capacity))
+        self._mask = capacity - 1
+        self.count = 0
+
+    def find(self, key) -> int:
+        table, mask = self._table, self._mask
+        i = self._hashof(key) & mask
+        while True:
+            v = table[i]
+            if v == 0:
+                return -1
+            if self._keyof(v - 1) == key:
+                return v - 1
+            i = (i + 1) & mask
+
+    def insert(self, key, slot) -> None:
+        if (self.count + 1) * 2 > len(self._table):
+            self._grow()
+        table, mask = self._table, self._mask
+        i = self._hashof(key) & mask
+        while table[i]:
+            i = (i + 1) & mask
+        table[i] = slot + 1
+        self.count += 1
+
+    def remove(self, key) -> None:
+        table, mask = self._table, self._mask
+        i = self._hashof(key) & mask
+        while True:
+            v = table[i]
+            if v == 0:
+                return
+            if self._keyof(v - 1) == key:
+                break
+            i = (i + 1) & mask
+        # Backward-shift deletion keeps probe chains intact without tombstones.
+        j = i
+        while True:
+            table[i] = 0
+            while True:
+                j = (j + 1) & mask
+                v = table[j]
+                if v == 0:
+                    self.count -= 1
+                    return
+                home = self._hashof(self._keyof(v - 1)) & mask
+                # Move v back to i unless its home lies cyclically in (i, j].
+                if (j > i and (home <= i or home > j)) or (j < i and (home <= i and home > j)):
+                    break
+            table[i] = v
+            i = j
+
+    def _grow(self):
+        old = self._table
+        self._table = array("i", bytes(8 * len(old)))
+        self._mask = len(self._table) - 1
+        self.count = 0
+        for v in old:
+            if v:
+                self.insert(self._keyof(v - 1), v - 1)
+
+
+def _kid_hash(kid: bytes) -> int:
+    return int.from_bytes(kid[:8], "little")
+
+
+@implementer(IRegistry)
+class Registry:
+    """Registered servers.  ``now`` values are floats (seconds, reactor time)."""
+
+    def __init__(self, max_servers=1_000_000, epoch=0.0):
+        self.max_servers = max_servers
+        self._epoch = epoch
+        self._slab = bytearray()
+        self._free = array("i")
+        self._by_key = _Index(self._kid_at, _kid_hash)
+        self._by_addr = _Index(self._addr_at, hash)
+        self.count = 0
+        self._cursor = 0
+
+    # -- slab access --
+
+    def _kid_at(self, slot):
+        o = slot * RECORD + _F_KID
+        return bytes(self._slab[o:o + 16])
+
+    def _addr_at(self, slot):
+        o = slot * RECORD + _F_ADDR
+        return bytes(self._slab[o:o + 18])
+
+    def _seconds(self, now):
+        return max(0, int(now - self._epoch)) & 0xFFFFFFFF
+
+    # -- lookups --
+
+    def lookup_key(self, kid: bytes) -> int:
+        return self._by_key.find(kid)
+
+    def lookup_addr(self, addr) -> int:
+        try:
+            return self._by_addr.find(pack_addr(addr))
+        except (OSError, ValueError):
+            return -1
+
+    def addr(self, slot):
+        return unpack_addr(self._addr_at(slot))
+
+    def key_id(self, slot) -> bytes:
+        return self._kid_at(slot)
+
+    def keys(self, slot):
+        """``(server_to_coordinator, coordinator_to_server)`` AEAD keys."""
+        o = slot * RECORD
+        s = self._slab
+        return bytes(s[o + _F_KRX:o + _F_KRX + 32]), bytes(s[o + _F_KTX:o + _F_KTX + 32])
+
+    def last_seen(self, slot) -> float:
+        return self._epoch + _U32.unpack_from(self._slab, slot * RECORD + _F_SEEN)[0]
+
+    # -- changes --
+
+    def register(self, kid, addr, rx_key, tx_key, now) -> int:
+        """Insert or replace the registration of *kid* (a new session).
+
+        A server that re-registers keeps its slot; an address that another
+        server held is taken over (NAT mappings move)."""
+        packed = pack_addr(addr)
+        slot = self._by_key.find(kid)
+        other = self._by_addr.find(packed)
+        if other >= 0 and other != slot:
+            self.remove(other)
+        if slot < 0:
+            if self.count >= self.max_servers:
+                raise CapacityError(f"registry full ({self.max_servers} servers)")
+            if self._free:
+                slot = self._free.pop()
+            else:
+                slot = len(self._slab) // RECORD
+                self._slab.extend(bytes(RECORD))
+            o = slot * RECORD
+            self._slab[o:o + RECORD] = bytes(RECORD)
+            self._slab[o + _F_KID:o + _F_KID + 16] = kid
+            self._slab[o + _F_ADDR:o + _F_ADDR + 18] = packed
+            self._slab[o] = 1
+            self._by_key.insert(kid, slot)
+            self._by_addr.insert(packed, slot)
+            self.count += 1
+        else:
+            o = slot * RECORD
+            if self._slab[o + _F_ADDR:o + _F_ADDR + 18] != packed:
+                self._by_addr.remove(self._addr_at(slot))
+                self._slab[o + _F_ADDR:o + _F_ADDR + 18] = packed
+                self._by_addr.insert(packed, slot)
+            # New session: fresh counters and window, pool kept until replaced.
+            self._slab[o + _F_TXCTR:o + _F_RXMAP + 8] = bytes(24)
+        o = slot * RECORD
+        self._slab[o + _F_KRX:o + _F_KRX + 32] = rx_key
+        self._slab[o + _F_KTX:o + _F_KTX + 32] = tx_key
+        _U32.pack_into(self._slab, o + _F_SEEN, self._seconds(now))
+        return slot
+
+    def remove(self, slot) -> None:
+        o = slot * RECORD
+        if not self._slab[o]:
+            return
+        self._by_key.remove(self._kid_at(slot))
+        self._by_addr.remove(self._addr_at(slot))
+        self._slab[o:o + RECORD] = bytes(RECORD)
+        self._free.append(slot)
+        self.count -= 1
+
+    def touch(self, slot, now) -> None:
+        _U32.pack_into(self._slab, slot * RECORD + _F_SEEN, self._seconds(now))
+
+    def next_tx_counter(self, slot) -> int:
+        o = slot * RECORD + _F_TXCTR
+        ctr = _U64.unpack_from(self._slab, o)[0]
+        _U64.pack_into(self._slab, o, ctr + 1)
+        return ctr
+
+    def accept_counter(self, slot, ctr) -> bool:
+        """Sliding replay window: True once per counter, False for replays and too-old."""
+        o = slot * RECORD
+        s = self._slab
+        top = _U64.unpack_from(s, o + _F_RXMAX)[0]
+        bitmap = _U64.unpack_from(s, o + _F_RXMAP)[0]
+        ok, top, bitmap = replay_check(top, bitmap, ctr)
+        if ok:
+            _U64.pack_into(s, o + _F_RXMAX, top)
+            _U64.pack_into(s, o + _F_RXMAP, bitmap)
+        return ok
+
+    # -- the challenge pool --
+
+    def set_pool(self, slot, pairs, replace=True) -> None:
+        """Store up to POOL ``(challenge, expectedAnswer)`` pairs.
+
+        ``replace=False`` keeps unconsumed pairs and fills free places."""
+        current = [] if replace else self.pool(slot)
+        pairs = (current + [p for p in pairs if p not in current])[:POOL]
+        o = slot * RECORD
+        s = self._slab
+        s[o + _F_NPOOL] = len(pairs)
+        blob = b"".join(c + e for c, e in pairs)
+        s[o + _F_POOL:o + _F_POOL + POOL * _PAIR] = blob.ljust(POOL * _PAIR, b"\0")
+
+    def pool(self, slot):
+        o = slot * RECORD
+        s = self._slab
+        n = s[o + _F_NPOOL]
+        out = []
+        for i in range(n):
+            p = o + _F_POOL + i * _PAIR
+            out.append((bytes(s[p:p + 16]), bytes(s[p + 16:p + 48])))
+        return out
+
+    def peek_challenge(self, slot):
+        o = slot * RECORD
+        if not self._slab[o + _F_NPOOL]:
+            return None
+        p = o + _F_POOL
+        return bytes(self._slab[p:p + 16])
+
+    def take_challenge(self, slot, challenge):
+        """Remove *challenge* from the pool; return its expectedAnswer or None."""
+        pairs = self.pool(slot)
+        for i, (c, e) in enumerate(pairs):
+            if c == challenge:
+                del pairs[i]
+                self.set_pool(slot, pairs)
+                return e
+        return None
+
+    # -- expiry --
+
+    def expire(self, now, max_age, budget=None) -> int:
+        """Remove servers silent for more than *max_age* seconds.
+
+        Scans at most *budget* slots from a rotating cursor, so one call
+        costs O(budget) however large the registry is; call it often."""
+        limit = self._seconds(now - max_age) if now - max_age > self._epoch else -1
+        s = self._slab
+        total = len(s) // RECORD
+        if not total:
+            return 0
+        n = total if budget is None else min(budget, total)
+        removed = 0
+        slot = self._cursor % total
+        for _ in range(n):
+            o = slot * RECORD
+            if s[o] and _U32.unpack_from(s, o + _F_SEEN)[0] < limit:
+                self.remove(slot)
+                removed += 1
+            slot = slot + 1 if slot + 1 < total else 0
+        self._cursor = slot
+        return removed
+
+    def slots(self):
+        s = self._slab
+        return [i for i in range(len(s) // RECORD) if s[i * RECORD]]

@@ -1,0 +1,419 @@
+"""The coordinator's side of the UDP protocol, sans I/O.
+
+``Rendezvous.receive(data, addr, now)`` and ``poll(now)`` return the
+datagrams to send as ``[(bytes, addr)]``; ``next_deadline()`` tells the
+adapter (``coordinator/udp.py``) when to call ``poll`` again.  Events for the
+application (complete ANSWER transfers, acknowledged offers) are delivered
+through callbacks.  Nothing here raises on hostile input: every drop is
+counted in ``self.stats`` under a reason.
+"""
+
+import hmac
+import os
+import struct
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+
+from twisted.logger import Logger
+
+from homechannel import crypto, wire
+from homechannel.coordinator.registry import Registry, pack_addr
+from homechannel.errors import (
+    AuthenticationError, CapacityError, ProtocolError, Unavailable,
+)
+from homechannel.retransmit import Outstanding
+
+log = Logger()
+
+COOKIE_EPOCH = 60.0          # seconds; a cookie is valid in its epoch and the next
+HANDSHAKE_TTL = 30.0         # a pending handshake is kept this long
+OFFER_DEADLINE = 10.0        # an offer not acknowledged by then fails
+REFILL_DEADLINE = 30.0
+MIGRATE_DEADLINE = 30.0
+
+
+@dataclass
+class _Pending:
+    addr: tuple
+    init: bytes
+    created: float
+    th: bytes
+    server_key: bytes
+    rx_key: bytes
+    tx_key: bytes
+    resp: bytes
+    done: bool = False
+
+
+class _TokenBucket:
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, rate, burst):
+        self.rate, self.burst, self.tokens, self.stamp = rate, burst, burst, None
+
+    def take(self, now):
+        if self.stamp is not None:
+            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+class Rendezvous:
+    """Registers home servers and relays offers and answers to them."""
+
+    def __init__(self, identity, registry=None, random_bytes=os.urandom,
+                 max_handshakes=10_000, unknown_replies_per_second=1000.0,
+                 per_source_per_second=20.0, max_transfers_per_server=4,
+                 max_in_flight=50_000):
+        self.identity = identity
+        self.registry = registry if registry is not None else Registry()
+        self.random_bytes = random_bytes
+        self.max_handshakes = max_handshakes
+        self.stats = Counter()
+        self.on_answer = lambda kid, payload: None
+        self._cookie_secrets = {}
+        self._pending = OrderedDict()      # nonce -> _Pending
+        self._unknown_bucket = _TokenBucket(unknown_replies_per_second,
+                                            max(1.0, unknown_replies_per_second))
+        self._per_source = OrderedDict()   # host -> _TokenBucket (pre-auth work)
+        self._per_source_rate = per_source_per_second
+        self._reassembly = {}              # kid -> wire.Reassembly
+        self._max_transfers = max_transfers_per_server
+        self._out = Outstanding(rto=0.5, rto_max=2.0, limit=max_in_flight)
+        self._offers = {}                  # transfer key -> [remaining indexes, callback]
+        self._refilling = set()            # kids with a REFILL in flight
+        self._next_id = int.from_bytes(random_bytes(4), "big") & 0x7FFFFFFF
+
+    # -- helpers ------------------------------------------------------------
+
+    def _drop(self, reason):
+        self.stats["dropped"] += 1
+        self.stats["dropped." + reason] += 1
+        log.debug("dropped datagram: {reason}", reason=reason)
+        return []
+
+    def _rid(self):
+        self._next_id = (self._next_id + 1) & 0xFFFFFFFF
+        return self._next_id
+
+    def _cookie_secret(self, epoch):
+        secret = self._cookie_secrets.get(epoch)
+        if secret is None:
+            secret = self.random_bytes(32)
+            self._cookie_secrets = {e: s for e, s in self._cookie_secrets.items()
+                                    if e >= epoch - 1}
+            self._cookie_secrets[epoch] = secret
+        return secret
+
+    def _cookie(self, addr, nonce, epoch):
+        mac = crypto.hmac_sha256(self._cookie_secret(epoch),
+                                 struct.pack(">I", epoch) + pack_addr(addr) + nonce)
+        return struct.pack(">I", epoch) + mac[:16]
+
+    def _cookie_ok(self, addr, nonce, value, now):
+        epoch = struct.unpack(">I", value[:4])[0]
+        current = int(now // COOKIE_EPOCH)
+        if epoch not in (current, current - 1) or epoch not in self._cookie_secrets:
+            return False
+        return hmac.compare_digest(self._cookie(addr, nonce, epoch), value)
+
+    def _source_ok(self, addr, now):
+        bucket = self._per_source.get(addr[0])
+        if bucket is None:
+            if len(self._per_source) >= 10_000:
+                self._per_source.popitem(last=False)
+            bucket = self._per_source[addr[0]] = _TokenBucket(
+                self._per_source_rate, self._per_source_rate * 2)
+        else:
+            self._per_source.move_to_end(addr[0])
+        return bucket.take(now)
+
+    def _seal(self, slot, message):
+        _, tx = self.registry.keys(slot)
+        return wire.seal_data(tx, self.registry.next_tx_counter(slot), message)
+
+    # -- input --------------------------------------------------------------
+
+    def receive(self, data, addr, now):
+        """One datagram in, datagrams out.  Never raises on bad input."""
+        self.stats["received"] += 1
+        try:
+            kind = wire.datagram_type(data)
+            if kind == wire.DATA:
+                return self._data(data, addr, now)
+            if kind == wire.HELLO:
+                return self._hello(data, addr, now)
+            if kind == wire.INIT:
+                return self._init(data, addr, now)
+            if kind == wire.FINISH:
+                return self._finish(data, addr, now)
+            return self._drop("unexpected-type")
+        except ProtocolError:
+            return self._drop("malformed")
+        except AuthenticationError:
+            return self._drop("unauthenticated")
+
+    def _hello(self, data, addr, now):
+        nonce = wire.parse_hello(data)
+        if not self._source_ok(addr, now):
+            return self._drop("source-rate")
+        epoch = int(now // COOKIE_EPOCH)
+        self.stats["cookies"] += 1
+        return [(wire.cookie(nonce, self._cookie(addr, nonce, epoch)), addr)]
+
+    def _init(self, data, addr, now):
+        msg = wire.parse_init(data)
+        pending = self._pending.get(msg.nonce)
+        if pending is not None:
+            if pending.addr == addr and pending.init == data:
+                self.stats["resp-resent"] += 1
+                return [(pending.resp, addr)]
+            return self._drop("nonce-reuse")
+        if not self._cookie_ok(addr, msg.nonce, msg.cookie, now):
+            return self._drop("bad-cookie")
+        if not self._source_ok(addr, now):
+            return self._drop("source-rate")
+        self._expire_handshakes(now)
+        if len(self._pending) >= self.max_handshakes:
+            return self._drop("handshakes-full")
+        crypto.public_key_from_raw(msg.identity)
+        eph = crypto.Ephemeral()
+        shared = eph.shared_secret(msg.ephemeral)
+        th = wire.transcript_hash(data, eph.public_raw)
+        rx_key, tx_key = crypto.session_keys(shared, th)
+        sig = self.identity.sign(wire.RESP_LABEL + th)
+        resp = wire.resp(msg.nonce, eph.public_raw, sig)
+        self._pending[msg.nonce] = _Pending(addr, data, now, th, msg.identity,
+                                            rx_key, tx_key, resp)
+        return [(resp, addr)]
+
+    def _finish(self, data, addr, now):
+        nonce, sig, counter, aad, ct = wire.parse_finish(data)
+        pending = self._pending.get(nonce)
+        if pending is None or pending.addr != addr:
+            return self._drop("unknown-handshake")
+        kid = crypto.key_id(pending.server_key)
+        if pending.done:
+            slot = self.registry.lookup_key(kid)
+            if slot < 0 or self.registry.keys(slot) != (pending.rx_key, pending.tx_key):
+                return self._drop("stale-handshake")
+            plain = crypto.open_sealed(pending.rx_key, counter, ct, aad)
+            _, rid, _ = wire.parse_inner(plain)
+            self.stats["registered-resent"] += 1
+            return [(self._seal(slot, wire.inner(wire.REGISTERED, rid)), addr)]
+        crypto.verify(pending.server_key, sig, wire.FINISH_LABEL + pending.th)
+        plain = crypto.open_sealed(pending.rx_key, counter, ct, aad)
+        kind, rid, body = wire.parse_inner(plain)
+        if kind != wire.REGISTER:
+            return self._drop("finish-not-register")
+        pairs = wire.parse_pairs(body)
+        try:
+            slot = self.registry.register(kid, addr, pending.rx_key, pending.tx_key, now)
+        except CapacityError as e:
+            log.warn("refused registration of {server} from {addr}: {reason}",
+                     server=crypto.b64u_encode(pending.server_key)[:12], addr=addr, reason=str(e))
+            return self._drop("registry-full")
+        self.registry.accept_counter(slot, counter)
+        self.registry.set_pool(slot, pairs)
+        self._reassembly.pop(kid, None)
+        pending.done = True
+        self.stats["registered"] += 1
+        log.info("registered {server} from {addr}",
+                 server=crypto.b64u_encode(pending.server_key)[:12], addr=f"{addr[0]}:{addr[1]}")
+        return [(self._seal(slot, wire.inner(wire.REGISTERED, rid)), addr)]
+
+    def _expire_handshakes(self, now):
+        while self._pending:
+            nonce, p = next(iter(self._pending.items()))
+            if now - p.created < HANDSHAKE_TTL:
+                break
+            del self._pending[nonce]
+
+    def _data(self, data, addr, now):
+        slot = self.registry.lookup_addr(addr)
+        if slot < 0:
+            return self._unknown(data, addr, now)
+        rx, _ = self.registry.keys(slot)
+        counter, plain = wire.open_data(rx, data)
+        if not self.registry.accept_counter(slot, counter):
+            return self._drop("replay")
+        kind, rid, body = wire.parse_inner(plain)
+        self.registry.touch(slot, now)
+        if kind == wire.PING:
+            self.stats["pings"] += 1
+            return [(self._seal(slot, wire.inner(wire.PONG, rid)), addr)]
+        kid = self.registry.key_id(slot)
+        if kind == wire.CHALLENGES:
+            self.registry.set_pool(slot, wire.parse_pairs(body))
+            self.stats["challenge-refresh"] += 1
+            return [(self._seal(slot, wire.inner(wire.CHALLENGES_ACK, rid)), addr)]
+        if kind == wire.XFER:
+            return self._fragment(slot, kid, rid, body, addr, now)
+        if kind in wire.REPLIES:
+            return self._reply(slot, kid, kind, rid, body)
+        return self._drop("unexpected-message")
+
+    def _unknown(self, data, addr, now):
+        # Authenticated "unknown, re-register": only for datagrams at least as
+        # large as the reply, and globally rate-limited (each costs a signature).
+        if len(data) < wire.UNKNOWN_SIZE:
+            return self._drop("unknown-short")
+        if not self._unknown_bucket.take(now):
+            return self._drop("unknown-rate")
+        ref = wire.unknown_reference(data)
+        self.stats["unknown-replies"] += 1
+        return [(wire.unknown(ref, self.identity.sign(wire.UNKNOWN_LABEL + ref)), addr)]
+
+    def _fragment(self, slot, kid, rid, body, addr, now):
+        frag = wire.parse_fragment(body)
+        if frag.kind != wire.KIND_ANSWER:
+            return self._drop("unexpected-transfer")
+        reasm = self._reassembly.get(kid)
+        if reasm is None:
+            if len(self._reassembly) >= 10_000:
+                self._reassembly.pop(next(iter(self._reassembly)))
+            reasm = self._reassembly[kid] = wire.Reassembly(self._max_transfers)
+        payload = reasm.add(frag, now)
+        out = [(self._seal(slot, wire.inner(
+            wire.XFER_ACK, rid, wire.fragment_ack(frag.transfer, frag.index))), addr)]
+        if payload is not None:
+            self.stats["answers"] += 1
+            try:
+                self.on_answer(kid, payload)
+            except Exception:
+                log.failure("answer handler failed")
+        return out
+
+    def _reply(self, slot, kid, kind, rid, body):
+        req = self._out.pop((kid, rid))
+        if req is None:
+            return self._drop("unexpected-reply")
+        if kind == wire.XFER_ACK:
+            tkey = req.context
+            offer = self._offers.get(tkey)
+            if offer is not None:
+                offer[0].discard(rid)
+                if not offer[0]:
+                    del self._offers[tkey]
+                    offer[1](None)
+        elif kind == wire.REFILL_REPLY:
+            self._refilling.discard(kid)
+            self.registry.set_pool(slot, wire.parse_pairs(body), replace=False)
+            self.stats["refilled"] += 1
+        elif kind == wire.MIGRATE_ACK:
+            self.stats["migrate-acked"] += 1
+            log.info("server {kid} acknowledged the move", kid=kid.hex()[:12])
+        return []
+
+    # -- requests from the coordinator ----------------------------------------
+
+    def _request(self, slot, kid, kind, body, now, deadline, context=None):
+        rid = self._rid()
+        message = wire.inner(kind, rid, body)
+        self._out.add((kid, rid), message, now, deadline=now + deadline, context=context)
+        return rid, (self._seal(slot, message), self.registry.addr(slot))
+
+    def send_offer(self, kid, payload, now, callback):
+        """Relay *payload* as an OFFER transfer.  ``callback(None)`` once every
+        fragment is acknowledged, ``callback(Unavailable(...))`` on failure."""
+        slot = self.registry.lookup_key(kid)
+        if slot < 0:
+            callback(Unavailable("home server is offline"))
+            return []
+        tid = self._rid()
+        tkey = (kid, "offer", tid)
+        out, rids = [], set()
+        try:
+            for body in wire.split(tid, wire.KIND_OFFER, payload):
+                rid, dgram = self._request(slot, kid, wire.XFER, body, now, OFFER_DEADLINE, tkey)
+                rids.add(rid)
+                out.append(dgram)
+        except OverflowError:
+            for rid in rids:
+                self._out.pop((kid, rid))
+            callback(Unavailable("coordinator is busy, try again"))
+            return []
+        self._offers[tkey] = [rids, callback]
+        self.stats["offers"] += 1
+        return out
+
+    def request_refill(self, kid, now, count=2):
+        slot = self.registry.lookup_key(kid)
+        if slot < 0:
+            return []
+        if kid in self._refilling:
+            return []  # one in flight is enough
+        try:
+            _, dgram = self._request(slot, kid, wire.REFILL, bytes([count]), now,
+                                     REFILL_DEADLINE, ("refill", kid))
+        except OverflowError:
+            return self._drop("in-flight-full")
+        self._refilling.add(kid)
+        return [dgram]
+
+    def migrate(self, kid, host, port, public_raw, now):
+        slot = self.registry.lookup_key(kid)
+        if slot < 0:
+            raise Unavailable("that home server is not registered here")
+        _, dgram = self._request(slot, kid, wire.MIGRATE, wire.migrate(host, port, public_raw),
+                                 now, MIGRATE_DEADLINE)
+        self.stats["migrate-sent"] += 1
+        return [dgram]
+
+    # -- the relay's view of the pool -------------------------------------------
+
+    def server_status(self, kid):
+        slot = self.registry.lookup_key(kid)
+        if slot < 0:
+            return False, None
+        return True, self.registry.peek_challenge(slot)
+
+    def take_challenge(self, kid, challenge, now):
+        """Consume *challenge*; returns ``(expectedAnswer or None, datagrams)``."""
+        slot = self.registry.lookup_key(kid)
+        if slot < 0:
+            return None, []
+        expected = self.registry.take_challenge(slot, challenge)
+        out = []
+        if expected is not None and len(self.registry.pool(slot)) < 2:
+            out = self.request_refill(kid, now)
+        return expected, out
+
+    # -- time -------------------------------------------------------------------
+
+    def poll(self, now):
+        resend, expired = self._out.due(now)
+        out = []
+        for req in resend:
+            kid = req.key[0]
+            slot = self.registry.lookup_key(kid)
+            if slot < 0:
+                self._out.pop(req.key)
+                expired.append(req)
+                continue
+            out.append((self._seal(slot, req.message), self.registry.addr(slot)))
+            self.stats["retransmits"] += 1
+        for req in expired:
+            tkey = req.context
+            if isinstance(tkey, tuple) and tkey[0] == "refill":
+                self._refilling.discard(tkey[1])
+                continue
+            offer = self._offers.pop(tkey, None) if tkey is not None else None
+            if offer is not None:
+                for rid in offer[0]:
+                    self._out.pop((tkey[0], rid))
+                offer[1](Unavailable("the home server did not acknowledge the offer"))
+        return out
+
+    def next_deadline(self):
+        return self._out.next_deadline()
+
+    def expire(self, now, max_age, budget=20_000):
+        removed = self.registry.expire(now, max_age, budget)
+        if removed:
+            self.stats["expired"] += removed
+        self._expire_handshakes(now)
+        return removed

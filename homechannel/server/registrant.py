@@ -1,0 +1,305 @@
+"""The home server's side of the UDP protocol, sans I/O.
+
+One ``Registrant`` talks to one coordinator.  ``start``, ``receive`` and
+``poll`` take ``now`` and return the datagrams to send to that coordinator;
+``next_deadline()`` says when to call ``poll``.  What the application must
+act on comes out of ``pop_events()``:
+
+* ``("registered", None)`` each time a registration completes;
+* ``("lost", reason)`` when the link is declared dead;
+* ``("offer", payload)`` once per complete OFFER transfer;
+* ``("migrate", (host, port, public_raw))`` once per MIGRATE request.
+
+It retries for ever: each handshake datagram is retransmitted with jittered
+exponential backoff from ``backoff_min`` to ``backoff_max``.
+"""
+
+import os
+import random
+from collections import deque
+
+from twisted.logger import Logger
+
+from homechannel import crypto, wire
+from homechannel.config import ServerKeepalive
+from homechannel.coordinator.registry import POOL
+from homechannel.errors import AuthenticationError, ProtocolError
+from homechannel.retransmit import Outstanding
+
+log = Logger()
+
+HANDSHAKE_STEP_TRIES = 4     # resend INIT or FINISH this often, then start over
+PING_TIMEOUT = 5.0           # a ping not answered by then counts as missed
+ANSWER_DEADLINE = 30.0
+
+
+class Registrant:
+    def __init__(self, identity, coordinator_key: bytes, challenges,
+                 keepalive: ServerKeepalive = ServerKeepalive(),
+                 random_bytes=os.urandom, rng=None):
+        crypto.public_key_from_raw(coordinator_key)
+        self.identity = identity
+        self.coordinator_key = coordinator_key
+        self.challenges = challenges
+        self.cfg = keepalive
+        self.random_bytes = random_bytes
+        self.rng = rng or random.Random(int.from_bytes(random_bytes(8), "big"))
+        self.state = "idle"
+        self.stats = {"dropped": 0, "registrations": 0, "lost": 0}
+        self._events = []
+        self._backoff = keepalive.backoff_min
+        self._timer = None
+        self._step_tries = 0
+        self._next_id = 0
+        self._reset_session()
+
+    # -- helpers -----------------------------------------------------------
+
+    def _reset_session(self):
+        self._nonce = None
+        self._eph = None
+        self._hs_datagram = None
+        self._tx_key = self._rx_key = None
+        self._tx_ctr = 0
+        self._rx_top = self._rx_map = 0
+        self._register_rid = None
+        self._out = Outstanding(rto=1.0, rto_max=8.0, limit=1000)
+        self._reassembly = wire.Reassembly(max_transfers=8)
+        self._sent_refs = deque(maxlen=16)
+        self._ping_rid = None
+        self._ping_due = None
+        self._missed = 0
+        self._refresh_at = None
+        self._migrations_seen = deque(maxlen=8)
+
+    def _jitter(self, seconds, fraction=None):
+        f = self.cfg.jitter if fraction is None else fraction
+        return seconds * (1 + self.rng.uniform(-f, f))
+
+    def _rid(self):
+        self._next_id = (self._next_id + 1) & 0xFFFFFFFF
+        return self._next_id
+
+    def _drop(self, reason):
+        self.stats["dropped"] += 1
+        self.stats["dropped." + reason] = self.stats.get("dropped." + reason, 0) + 1
+        log.debug("dropped datagram from coordinator: {reason}", reason=reason)
+        return []
+
+    def pop_events(self):
+        events, self._events = self._events, []
+        return events
+
+    def _seal(self, message):
+        dgram = wire.seal_data(self._tx_key, self._tx_ctr, message, wire.MIN_SERVER_DATAGRAM)
+        self._tx_ctr += 1
+        self._sent_refs.append(wire.unknown_reference(dgram))
+        return dgram
+
+    # -- handshake -----------------------------------------------------------
+
+    def start(self, now):
+        """Begin (or begin again) registering."""
+        return self._hello(now)
+
+    def stop(self):
+        self.state = "stopped"
+        self._timer = None
+        self._out.clear()
+
+    def _hello(self, now):
+        self._reset_session()
+        self.state = "hello"
+        self._nonce = self.random_bytes(wire.NONCE_SIZE)
+        self._eph = crypto.Ephemeral()
+        self._hs_datagram = wire.hello(self._nonce)
+        self._step_tries = 0
+        return self._send_handshake(now)
+
+    def _send_handshake(self, now):
+        self._step_tries += 1
+        self._timer = now + self._jitter(self._backoff)
+        self._backoff = min(self._backoff * 2, self.cfg.backoff_max)
+        return [self._hs_datagram]
+
+    def _handshake_timeout(self, now):
+        if self.state in ("init", "finish") and self._step_tries >= HANDSHAKE_STEP_TRIES:
+            return self._hello(now)   # the cookie or pending state may be gone: start over
+        return self._send_handshake(now)
+
+    def _cookie(self, data, now):
+        nonce, value = wire.parse_cookie(data)
+        if self.state != "hello" or nonce != self._nonce:
+            return self._drop("unexpected-cookie")
+        self._hs_datagram = wire.init(value, self._nonce, self.identity.public_raw,
+                                      self._eph.public_raw)
+        self.state = "init"
+        self._step_tries = 0
+        self._backoff = self.cfg.backoff_min
+        return self._send_handshake(now)
+
+    def _resp(self, data, now):
+        nonce, eph_c, sig = wire.parse_resp(data)
+        if self.state != "init" or nonce != self._nonce:
+            return self._drop("unexpected-resp")
+        th = wire.transcript_hash(self._hs_datagram, eph_c)
+        crypto.verify(self.coordinator_key, sig, wire.RESP_LABEL + th)
+        self._tx_key, self._rx_key = crypto.session_keys(self._eph.shared_secret(eph_c), th)
+        self._register_rid = self._rid()
+        pool = wire.pairs(self.challenges.issue(POOL))
+        self._hs_datagram = wire.finish(
+            self._nonce, self.identity.sign(wire.FINISH_LABEL + th), self._tx_key, 0,
+            wire.inner(wire.REGISTER, self._register_rid, pool))
+        self._tx_ctr = 1
+        self.state = "finish"
+        self._step_tries = 0
+        self._backoff = self.cfg.backoff_min
+        return self._send_handshake(now)
+
+    def _registered(self, now):
+        self.state = "up"
+        self._backoff = self.cfg.backoff_min
+        self._timer = None
+        self._hs_datagram = None
+        self._ping_due = now + self._jitter(self.cfg.interval)
+        self._refresh_at = now + self._jitter(self.cfg.challenge_refresh, 0.1)
+        self.stats["registrations"] += 1
+        self._events.append(("registered", None))
+        return []
+
+    def _lost(self, reason, now):
+        self.stats["lost"] += 1
+        self._events.append(("lost", reason))
+        self._backoff = self.cfg.backoff_min
+        return self._hello(now)
+
+    # -- input ----------------------------------------------------------------
+
+    def receive(self, data, now):
+        if self.state == "stopped":
+            return []
+        try:
+            kind = wire.datagram_type(data)
+            if kind == wire.COOKIE:
+                return self._cookie(data, now)
+            if kind == wire.RESP:
+                return self._resp(data, now)
+            if kind == wire.DATA:
+                return self._data(data, now)
+            if kind == wire.UNKNOWN:
+                return self._unknown(data, now)
+            return self._drop("unexpected-type")
+        except ProtocolError:
+            return self._drop("malformed")
+        except AuthenticationError:
+            return self._drop("unauthenticated")
+
+    def _unknown(self, data, now):
+        ref, sig = wire.parse_unknown(data)
+        if self.state != "up" or ref not in self._sent_refs:
+            return self._drop("unexpected-unknown")
+        crypto.verify(self.coordinator_key, sig, wire.UNKNOWN_LABEL + ref)
+        log.info("coordinator does not know this server (restarted?): registering again")
+        return self._lost("coordinator forgot us", now)
+
+    def _data(self, data, now):
+        if self.state not in ("finish", "up"):
+            return self._drop("unexpected-data")
+        counter, plain = wire.open_data(self._rx_key, data)
+        ok, top, bitmap = wire.replay_check(self._rx_top, self._rx_map, counter)
+        if not ok:
+            return self._drop("replay")
+        kind, rid, body = wire.parse_inner(plain)
+        self._rx_top, self._rx_map = top, bitmap
+        if kind == wire.REGISTERED:
+            if self.state == "finish" and rid == self._register_rid:
+                return self._registered(now)
+            return []
+        if self.state != "up":
+            return self._drop("not-registered")
+        if kind == wire.PONG:
+            if rid == self._ping_rid:
+                self._ping_rid = None
+                self._missed = 0
+                self._ping_due = now + self._jitter(self.cfg.interval)
+            return []
+        if kind in (wire.CHALLENGES_ACK, wire.XFER_ACK):
+            self._out.pop(rid)
+            return []
+        if kind == wire.REFILL:
+            n = min(body[0] if body else POOL, POOL)
+            return [self._seal(wire.inner(wire.REFILL_REPLY, rid,
+                                          wire.pairs(self.challenges.issue(n))))]
+        if kind == wire.XFER:
+            frag = wire.parse_fragment(body)
+            if frag.kind != wire.KIND_OFFER:
+                return self._drop("unexpected-transfer")
+            payload = self._reassembly.add(frag, now)
+            if payload is not None:
+                self._events.append(("offer", payload))
+            return [self._seal(wire.inner(wire.XFER_ACK, rid,
+                                          wire.fragment_ack(frag.transfer, frag.index)))]
+        if kind == wire.MIGRATE:
+            target = wire.parse_migrate(body)
+            if rid not in self._migrations_seen:
+                self._migrations_seen.append(rid)
+                self._events.append(("migrate", target))
+            return [self._seal(wire.inner(wire.MIGRATE_ACK, rid))]
+        return self._drop("unexpected-message")
+
+    # -- requests from the home server --------------------------------------------
+
+    def _request(self, kind, body, now, deadline=float("inf")):
+        rid = self._rid()
+        message = wire.inner(kind, rid, body)
+        self._out.add(rid, message, now, deadline=now + deadline)
+        return self._seal(message)
+
+    def send_answer(self, payload, now):
+        """Send an ANSWER transfer (fragmented); retransmitted until acknowledged."""
+        if self.state != "up":
+            return []
+        tid = self._rid()
+        return [self._request(wire.XFER, body, now, ANSWER_DEADLINE)
+                for body in wire.split(tid, wire.KIND_ANSWER, payload)]
+
+    def refresh_challenges(self, now):
+        """Replace the coordinator's pool with fresh challenges (acknowledged)."""
+        if self.state != "up":
+            return []
+        self._refresh_at = now + self._jitter(self.cfg.challenge_refresh, 0.1)
+        return [self._request(wire.CHALLENGES, wire.pairs(self.challenges.issue(POOL)), now)]
+
+    # -- time ----------------------------------------------------------------------
+
+    def poll(self, now):
+        if self.state in ("idle", "stopped"):
+            return []
+        if self.state != "up":
+            if self._timer is not None and now >= self._timer:
+                return self._handshake_timeout(now)
+            return []
+        out = []
+        if now >= self._ping_due:
+            if self._ping_rid is not None:
+                self._missed += 1
+                if self._missed >= self.cfg.missed_pongs:
+                    log.info("coordinator stopped answering ({n} pings missed): registering again",
+                             n=self._missed)
+                    return self._lost("pings unanswered", now)
+            self._ping_rid = self._rid()
+            self._ping_due = now + min(PING_TIMEOUT, self.cfg.interval)
+            out.append(self._seal(wire.inner(wire.PING, self._ping_rid)))
+        if now >= self._refresh_at:
+            out += self.refresh_challenges(now)
+        resend, _expired = self._out.due(now)
+        out += [self._seal(req.message) for req in resend]
+        return out
+
+    def next_deadline(self):
+        if self.state in ("idle", "stopped"):
+            return None
+        if self.state != "up":
+            return self._timer
+        times = [self._ping_due, self._refresh_at, self._out.next_deadline()]
+        return min(t for t in times if t is not None)

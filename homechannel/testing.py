@@ -1,0 +1,100 @@
+"""Test doubles shipped with the package: an in-memory, lossy UDP wire that
+joins the real sans-I/O protocol objects (``Rendezvous`` and ``Registrant``)
+under a fake clock."""
+
+import heapq
+import itertools
+
+
+class LossyWire:
+    """Delivers datagrams between one coordinator core and registrants.
+
+    ``plan`` maps the ordinal of a datagram on the wire (1-based, counting
+    both directions) to ``"drop"``, ``"dup"`` or ``"delay"`` (delivered
+    after the next one: a reorder).  ``latency`` is the one-way delay.
+    ``down`` (a set of "up"/"down" directions) drops everything that way.
+    """
+
+    def __init__(self, rendezvous, latency=0.01, plan=None):
+        self.rv = rendezvous
+        self.latency = latency
+        self.plan = dict(plan or {})
+        self.now = 0.0
+        self.count = 0
+        self.log = []
+        self.down = set()
+        self._queue = []
+        self._seq = itertools.count()
+        self._held = None
+        self.registrants = {}   # addr -> registrant
+        self.events = []        # (addr, event)
+
+    def add(self, addr, registrant):
+        self.registrants[addr] = registrant
+        self._from_server(addr, registrant.start(self.now))
+
+    def _from_server(self, addr, datagrams):
+        for d in datagrams:
+            self._put(d, addr, "up")
+
+    def _put(self, data, addr, direction):
+        self.count += 1
+        n = self.count
+        self.log.append((n, direction, data[3]))
+        if direction in self.down:
+            return
+        action = self.plan.get(n)
+        item = (data, addr, direction)
+        if action == "drop":
+            return
+        if action == "delay":
+            self._held = item
+            return
+        self._schedule(item)
+        if action == "dup":
+            self._schedule(item)
+        if self._held is not None and self._held is not item:
+            held, self._held = self._held, None
+            self._schedule(held, extra=self.latency / 2)
+
+    def _schedule(self, item, extra=0.0):
+        heapq.heappush(self._queue, (self.now + self.latency + extra, next(self._seq), item))
+
+    def _deliver(self, item):
+        data, addr, direction = item
+        if direction == "up":
+            for reply, to in self.rv.receive(data, addr, self.now):
+                self._put(reply, to, "down")
+        else:
+            reg = self.registrants.get(addr)
+            if reg is None:
+                return
+            self._from_server(addr, reg.receive(data, self.now))
+            self.events += [(addr, e) for e in reg.pop_events()]
+
+    def send_from_coordinator(self, datagrams):
+        for data, addr in datagrams:
+            self._put(data, addr, "down")
+
+    def run(self, until):
+        """Advance time to *until*, delivering datagrams and firing timers."""
+        while True:
+            times = [t for t in (self._queue[0][0] if self._queue else None,
+                                 self.rv.next_deadline(),
+                                 *(r.next_deadline() for r in self.registrants.values()))
+                     if t is not None]
+            nxt = min(times) if times else None
+            if nxt is None or nxt > until:
+                break
+            self.now = max(self.now, nxt)
+            while self._queue and self._queue[0][0] <= self.now:
+                _, _, item = heapq.heappop(self._queue)
+                self._deliver(item)
+            self.send_from_coordinator(self.rv.poll(self.now))
+            for addr, reg in self.registrants.items():
+                self._from_server(addr, reg.poll(self.now))
+                self.events += [(addr, e) for e in reg.pop_events()]
+        if self._held is not None:
+            held, self._held = self._held, None
+            self._schedule(held)
+        self.now = max(self.now, until)
