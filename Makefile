@@ -14,7 +14,7 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 	   command -v $$p; break; fi; done)
 VENV := .venv
 PY := $(VENV)/bin/python
-PIP := $(PY) -m pip --progress-bar off -q
+PIP := $(PY) -m pip -q
 
 # Debian packages the end-to-end tests need.
 SYSDEPS := chromium openssh-server tigervnc-standalone-server xvfb x11vnc iproute2 systemd
@@ -57,8 +57,8 @@ $(VENV)/.stamp: setup.cfg pyproject.toml
 			fi; \
 		fi; \
 	fi
-	$(PIP) install -U pip 'setuptools>=64' wheel
-	$(PIP) install -e '.[test]' --config-settings editable_mode=compat
+	$(PIP) install --progress-bar off -U pip 'setuptools>=64' wheel
+	$(PIP) install --progress-bar off -e '.[test]' --config-settings editable_mode=compat
 	@touch $@
 
 # -- JavaScript (noVNC, xterm.js) ----------------------------------------

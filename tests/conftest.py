@@ -1,0 +1,265 @@
+"""Shared fixtures and helpers for HomeChannel's tests.
+
+End-to-end helpers (import them with ``from conftest import ...`` or use the
+fixtures):
+
+- ``in_ci()``: true when ``$CI`` is set (and not "0"/"false").
+- ``require_tool(name, package) -> str``: path of an executable; when it is
+  missing, ``pytest.fail`` in CI and ``pytest.skip`` elsewhere, naming the
+  Debian package.
+- ``free_tcp_port()`` / ``free_udp_port()``: an unused port on 127.0.0.1.
+- ``write_toml(path, dict)``: write a config file (nested dicts are tables).
+- ``Twistd(tapname, config, asyncio=False, cwd=None, env=None, args=())``: a
+  real ``twistd --nodaemon`` child; ``.wait_for_log(pattern, timeout)``,
+  ``.mark()``, ``.output``, ``.stop()``.
+- fixture ``twistd``: a factory ``twistd(tapname, config, **kw) -> Twistd``
+  (started); every process it made is stopped at teardown.
+- fixture ``chromium`` (session): a Playwright ``Browser`` running Debian's
+  chromium headless with the flags WebRTC needs in a loopback-only netns.
+- fixture ``chromium_page``: a fresh context + page, closed at teardown.
+
+Every test run under ``make test`` is inside ``tests/netns-run`` (a network
+namespace with only ``lo``).  In CI that is enforced at session start.
+"""
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+
+# ``python -m twisted`` is the ``twist`` runner, not ``twistd``.
+TWISTD = [sys.executable, "-c",
+          "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"]
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--allow-loopback-in-peer-connection",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+]
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def require_tool(name, package):
+    """Return the path of *name*; fail in CI, skip elsewhere, when it is missing."""
+    path = shutil.which(name)
+    if path is None and os.path.isabs(name) and os.access(name, os.X_OK):
+        path = name
+    if path is None:
+        msg = f"{name} not found: install the Debian package {package!r} (make sysdeps)"
+        if in_ci():
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+def free_tcp_port(host="127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def free_udp_port(host="127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def write_toml(path, data: dict):
+    """Write *data* (nested dicts are tables) as TOML to *path*; return *path*."""
+    from homechannel.demo import write_toml as _write
+    _write(os.fspath(path), data)
+    return path
+
+
+def loopback_only() -> bool:
+    """True when this process's network namespace has only ``lo``.
+
+    (``/sys/class/net`` shows the namespace sysfs was mounted in, so ask the
+    kernel instead.)
+    """
+    return [name for _, name in socket.if_nameindex()] == ["lo"]
+
+
+def pytest_sessionstart(session):
+    if loopback_only():
+        return
+    if in_ci():
+        pytest.exit("CI is set but the tests are not in a loopback-only network "
+                    "namespace: run them with 'make test' (tests/netns-run)", returncode=3)
+    sys.stderr.write("\nwarning: not in a loopback-only network namespace; "
+                     "'make test' runs the tests inside tests/netns-run\n")
+
+
+# -- twistd child processes --------------------------------------------------
+
+
+class Twistd:
+    """A real ``twistd --nodaemon <tapname> --config <file>`` child process.
+
+    Output (stdout and stderr, merged) is collected on a thread into
+    ``.output``.  Always call ``stop()`` (the ``twistd`` fixture does).
+    """
+
+    def __init__(self, tapname, config, asyncio=False, cwd=None, env=None, args=()):
+        self.tapname = tapname
+        self.cmd = list(TWISTD) + ["--nodaemon", "--pidfile="]
+        if asyncio:
+            self.cmd.append("--reactor=asyncio")
+        self.cmd += [tapname, "--config", os.fspath(config), *args]
+        self.cwd = os.fspath(cwd) if cwd else os.path.dirname(os.path.abspath(config))
+        self.env = dict(os.environ)
+        self.env.update(env or {})
+        self.env["PYTHONUNBUFFERED"] = "1"
+        self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, self.env.get("PYTHONPATH")]))
+        self._chunks = []
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self.proc = None
+        self._reader = None
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            self.cmd, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True,
+                                        name=f"twistd-{self.tapname}")
+        self._reader.start()
+        return self
+
+    def _read(self):
+        fd = self.proc.stdout.fileno()
+        while True:
+            data = os.read(fd, 65536)
+            with self._changed:
+                if data:
+                    self._chunks.append(data.decode("utf-8", "replace"))
+                self._changed.notify_all()
+            if not data:
+                return
+
+    @property
+    def output(self) -> str:
+        with self._lock:
+            return "".join(self._chunks)
+
+    def mark(self) -> int:
+        """The current output length: pass it as ``since`` to wait for new lines only."""
+        return len(self.output)
+
+    @property
+    def returncode(self):
+        return self.proc.poll() if self.proc else None
+
+    def wait_for_log(self, pattern, timeout=30.0, since=0):
+        """Wait until *pattern* (regex string or compiled) appears in the output.
+
+        Returns the ``re.Match``.  Fails the test, showing the output, on
+        timeout or if the process exits first.
+        """
+        rx = re.compile(pattern) if isinstance(pattern, str) else pattern
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                m = rx.search("".join(self._chunks), since)
+                if m:
+                    return m
+                exited = self.proc.poll() is not None and not self._reader.is_alive()
+                left = deadline - time.monotonic()
+                if exited or left <= 0:
+                    break
+                self._changed.wait(min(left, 0.2))
+        why = (f"exited with status {self.proc.returncode}" if exited
+               else f"did not log it within {timeout}s")
+        pytest.fail(f"{self.tapname} {why}: waiting for {rx.pattern!r}\n"
+                    f"--- {self.tapname} output ---\n{self.output[-8000:]}")
+
+    def stop(self, timeout=10.0):
+        """SIGTERM, then SIGKILL after *timeout*; return the exit status."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            try:
+                self.proc.send_signal(signal.SIGTERM)
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._reader is not None:
+            self._reader.join(5)
+        return self.proc.returncode
+
+
+@pytest.fixture
+def twistd():
+    """Factory: ``twistd(tapname, config, asyncio=False, cwd=None, env=None, args=())``.
+
+    Starts the process and returns a :class:`Twistd`; all of them are stopped
+    at teardown and their output is printed (pytest shows it on failure).
+    """
+    started = []
+
+    def start(tapname, config, **kw):
+        t = Twistd(tapname, config, **kw).start()
+        started.append(t)
+        return t
+
+    yield start
+    for t in reversed(started):
+        status = t.stop()
+        print(f"--- {t.tapname} (exit status {status}) ---\n{t.output}")
+
+
+# -- Chromium ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """A headless Debian chromium driven by Playwright (never downloads a browser)."""
+    path = require_tool("chromium", "chromium")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        msg = "playwright is not installed: run 'make venv'"
+        if in_ci():
+            pytest.fail(msg)
+        pytest.skip(msg)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def chromium_page(chromium):
+    """A fresh browser context and page; browser console lines go to stdout."""
+    context = chromium.new_context()
+    page = context.new_page()
+    page.on("console", lambda msg: print(f"[browser {msg.type}] {msg.text}"))
+    page.on("pageerror", lambda err: print(f"[browser pageerror] {err}"))
+    try:
+        yield page
+    finally:
+        context.close()

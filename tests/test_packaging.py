@@ -1,0 +1,165 @@
+"""``pip install .`` ships the twistd plugins, and the plugin module is lazy.
+
+Offline: the wheel is built with ``--no-build-isolation`` (setuptools and
+wheel come from the test venv) from a copy of the source, installed with
+``--no-deps`` into a ``--target`` directory, and inspected from a subprocess
+whose ``sys.path`` has that directory but not the checkout.
+"""
+
+import configparser
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from conftest import REPO
+
+TAPNAMES = ("homechannel-coordinator", "homechannel-server")
+PLUGIN = "twisted/plugins/homechannel_plugins.py"
+
+
+def _copy_source(dest):
+    """The files a build needs, without .venv, node_modules, build/ or .git."""
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        if os.path.exists(os.path.join(REPO, name)):
+            shutil.copy(os.path.join(REPO, name), dest)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "dropin.cache", "node_modules")
+    shutil.copytree(os.path.join(REPO, "homechannel"), os.path.join(dest, "homechannel"),
+                    ignore=ignore)
+    shutil.copytree(os.path.join(REPO, "twisted"), os.path.join(dest, "twisted"), ignore=ignore)
+    shutil.copytree(os.path.join(REPO, "static"), os.path.join(dest, "static"), ignore=ignore)
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """``(wheel path, target dir)`` of a wheel built from a copy of the source."""
+    src = tmp_path_factory.mktemp("src")
+    _copy_source(src)
+    # A client file the data_files globs must pick up, even before the real client exists.
+    os.makedirs(src / "static" / "js", exist_ok=True)
+    (src / "static" / "js" / "packaging-probe.js").write_text("// probe\n")
+    wheels = tmp_path_factory.mktemp("wheels")
+    env = dict(os.environ, PIP_NO_INDEX="1")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+         "-q", "-w", str(wheels), str(src)],
+        check=True, env=env, timeout=300,
+    )
+    (wheel,) = glob.glob(str(wheels / "homechannel-*.whl"))
+    target = tmp_path_factory.mktemp("target")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q",
+         "--target", str(target), wheel],
+        check=True, env=env, timeout=300,
+    )
+    return wheel, target
+
+
+def _run_isolated(target, code):
+    """Run *code* with *target* first on sys.path and the checkout removed from it."""
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    prelude = (
+        "import sys, os\n"
+        f"repo = {REPO!r}\n"
+        "sys.path[:] = [p for p in sys.path if os.path.abspath(p or '.') != repo]\n"
+        f"sys.path.insert(0, {str(target)!r})\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", prelude + code], cwd=str(target), env=env,
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_wheel_contains_plugin_without_twisted_init(installed):
+    wheel, _ = installed
+    names = zipfile.ZipFile(wheel).namelist()
+    assert PLUGIN in names
+    assert "twisted/__init__.py" not in names
+    assert "twisted/plugins/__init__.py" not in names
+    assert "homechannel/__init__.py" in names
+    assert "homechannel/crypto.py" in names
+    assert not [n for n in names if "__pycache__" in n]
+
+
+def test_wheel_ships_static_client_as_data_files(installed):
+    wheel, _ = installed
+    names = zipfile.ZipFile(wheel).namelist()
+    assert any(n.endswith(".data/data/share/homechannel/static/js/packaging-probe.js")
+               for n in names), names
+
+
+def test_console_script_declared(installed):
+    wheel, _ = installed
+    with zipfile.ZipFile(wheel) as z:
+        (ep,) = [n for n in z.namelist() if n.endswith(".dist-info/entry_points.txt")]
+        cp = configparser.ConfigParser()
+        cp.read_string(z.read(ep).decode())
+    assert cp["console_scripts"]["homechannel"].strip() == "homechannel.cli:main"
+
+
+def test_installed_plugins_found_by_getPlugins(installed):
+    _, target = installed
+    r = _run_isolated(target, (
+        "import homechannel, twisted.plugins.homechannel_plugins as m\n"
+        "print('FROM', os.path.dirname(m.__file__))\n"
+        "print('PKG', os.path.dirname(homechannel.__file__))\n"
+        "from twisted.plugin import getPlugins\n"
+        "from twisted.application.service import IServiceMaker\n"
+        "for p in getPlugins(IServiceMaker):\n"
+        "    print('TAP', p.tapname, p.module)\n"
+    ))
+    assert r.returncode == 0, r.stderr
+    assert f"FROM {target}/twisted/plugins" in r.stdout
+    assert f"PKG {target}/homechannel" in r.stdout
+    assert "TAP homechannel-coordinator homechannel.coordinator.tap" in r.stdout
+    assert "TAP homechannel-server homechannel.server.tap" in r.stdout
+
+
+def test_installed_twistd_help_lists_both(installed):
+    _, target = installed
+    r = _run_isolated(target, (
+        "sys.argv = ['twistd', '--help']\n"
+        "from twisted.scripts.twistd import run\n"
+        "run()\n"
+    ))
+    assert r.returncode == 0, r.stderr
+    for tap in TAPNAMES:
+        assert tap in r.stdout, r.stdout
+
+
+def test_plugin_module_imports_nothing_heavy():
+    r = subprocess.run(
+        [sys.executable, "-c",
+         "import sys\n"
+         "import twisted.plugins.homechannel_plugins\n"
+         "heavy = [m for m in ('twisted.internet.reactor', 'homechannel.coordinator.tap',\n"
+         "                     'homechannel.server.tap', 'aiortc', 'klein', 'homechannel.crypto')\n"
+         "         if m in sys.modules]\n"
+         "print(heavy)\n"
+         "sys.exit(1 if heavy else 0)\n"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_checkout_plugins_found_by_twistd():
+    """The editable install (make venv) and the checkout: twistd finds both taps."""
+    r = subprocess.run(
+        [sys.executable, "-c",
+         "import sys; sys.argv = ['twistd', '--help']\n"
+         "from twisted.scripts.twistd import run; run()\n"],
+        cwd="/", capture_output=True, text=True, timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    for tap in TAPNAMES:
+        assert tap in r.stdout, r.stdout
+
+
+def test_default_static_dir_in_checkout():
+    from homechannel import default_static_dir
+    assert default_static_dir() == os.path.join(REPO, "static")
