@@ -1,0 +1,95 @@
+"""``twistd homechannel-coordinator``: the composition root of the coordinator.
+
+The reactor is imported only inside :func:`makeService`."""
+
+import sys
+
+from twisted.python import usage
+
+from homechannel.errors import HomeChannelError
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = ("Run a HomeChannel coordinator: the HTTPS API and browser client, and "
+                "the UDP registry of home servers. Settings come from --config (TOML, "
+                "see conf/coordinator.example.toml); these options override it.")
+    optParameters = [
+        ["config", "c", None, "TOML configuration file"],
+        ["state-dir", None, None, "state directory (identity key); default "
+                                  "~/.config/homechannel or $STATE_DIRECTORY"],
+        ["udp-interface", None, None, "UDP address to listen on (udp.interface)"],
+        ["udp-port", None, None, "UDP port to listen on (udp.port)", int],
+        ["web-listen", None, None, "Twisted endpoint string for HTTP(S) (web.listen), "
+                                   "e.g. ssl:8443:privateKey=key.pem:certKey=cert.pem"],
+        ["public-url", None, None, "public URL of this coordinator (web.public_url)"],
+        ["admin-listen", None, None, "loopback endpoint for the operator API "
+                                     "(admin.listen); empty disables it"],
+    ]
+
+    def overrides(self):
+        return {
+            "state_dir": self["state-dir"],
+            "udp.interface": self["udp-interface"],
+            "udp.port": self["udp-port"],
+            "web.listen": self["web-listen"],
+            "web.public_url": self["public-url"],
+            "admin.listen": self["admin-listen"],
+        }
+
+
+def makeService(options):
+    try:
+        return _make(options)
+    except HomeChannelError as e:
+        raise SystemExit(f"homechannel-coordinator: {e}") from None
+
+
+def _make(options):
+    from twisted.application import internet, service, strports
+    from twisted.internet import reactor
+    from twisted.logger import Logger
+    from twisted.web.server import Site
+
+    from homechannel import config, crypto
+    from homechannel.coordinator.admin import Admin, check_loopback
+    from homechannel.coordinator.registry import Registry
+    from homechannel.coordinator.rendezvous import Rendezvous
+    from homechannel.coordinator.udp import CoordinatorUDP
+    from homechannel.coordinator.web import CoordinatorWeb
+
+    log = Logger(namespace="homechannel.coordinator")
+    cfg = config.load_coordinator(options["config"], options.overrides())
+    identity, created = crypto.IdentityKey.load_or_create(cfg.identity_key)
+    if created:
+        log.info("created coordinator identity key {path}", path=cfg.identity_key)
+    log.info("coordinator public key: {key}", key=identity.text)
+
+    registry = Registry(cfg.udp.max_servers, epoch=reactor.seconds())
+    rv = Rendezvous(identity, registry, max_handshakes=cfg.udp.max_handshakes,
+                    unknown_replies_per_second=cfg.udp.unknown_replies_per_second)
+    udp = CoordinatorUDP(rv, reactor, expiry=cfg.udp.expiry,
+                         sweep_interval=cfg.udp.sweep_interval)
+
+    top = service.MultiService()
+    internet.UDPServer(cfg.udp.port, udp, interface=cfg.udp.interface).setServiceParent(top)
+
+    kwargs = {"static_dir": cfg.web.static_dir} if cfg.web.static_dir else {}
+    web = CoordinatorWeb(identity, udp, cfg.web, reactor, **kwargs)
+    udp.set_answer_handler(web.on_answer)
+    site = Site(web.resource())
+    site.displayTracebacks = False
+    strports.service(cfg.web.listen, site).setServiceParent(top)
+
+    if cfg.admin.listen:
+        check_loopback(cfg.admin.listen)
+        admin_site = Site(Admin(udp).resource())
+        admin_site.displayTracebacks = False
+        strports.service(cfg.admin.listen, admin_site).setServiceParent(top)
+    log.info("coordinator: UDP {iface}:{port}, web {web}",
+             iface=cfg.udp.interface, port=cfg.udp.port, web=cfg.web.listen)
+    return top
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("run with: twistd -n homechannel-coordinator --config FILE")

@@ -1,0 +1,149 @@
+"""The coordinator's UDP transport: a thin ``DatagramProtocol`` around the
+sans-I/O :class:`~homechannel.coordinator.rendezvous.Rendezvous`, which also
+provides :class:`IRelay` to the HTTPS API."""
+
+from collections import OrderedDict
+
+from twisted.internet import defer
+from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from homechannel import crypto
+from homechannel.coordinator.interfaces import IRelay
+from homechannel.errors import Unavailable
+
+log = Logger()
+
+
+@implementer(IRelay)
+class CoordinatorUDP(DatagramProtocol):
+    def __init__(self, rendezvous, clock, expiry=90.0, sweep_interval=1.0):
+        self.rv = rendezvous
+        self.clock = clock
+        self.expiry = expiry
+        self.sweep_interval = sweep_interval
+        self._timer = None
+        self._answer_handler = None
+        self._keys = OrderedDict()   # key id -> raw key, for servers with offers in flight
+        self._sweeper = None
+        rendezvous.on_answer = self._on_answer
+
+    # -- transport --
+
+    def startProtocol(self):
+        self._sweeper = LoopingCall(self._sweep)
+        self._sweeper.clock = self.clock
+        self._sweeper.start(self.sweep_interval, now=False).addErrback(
+            lambda f: log.failure("expiry sweep stopped", f))
+
+    def stopProtocol(self):
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _sweep(self):
+        try:
+            removed = self.rv.expire(self.clock.seconds(), self.expiry)
+            if removed:
+                log.info("expired {n} silent servers", n=removed)
+        except Exception:
+            log.failure("expiry sweep failed (will run again)")
+
+    def datagramReceived(self, data, addr):
+        try:
+            out = self.rv.receive(data, addr, self.clock.seconds())
+        except Exception:
+            log.failure("bug handling a datagram from {addr}", addr=addr)
+            return
+        self._send(out)
+
+    def _send(self, out):
+        if self.transport is not None:
+            for data, addr in out:
+                try:
+                    self.transport.write(data, addr)
+                except OSError as e:
+                    self.rv.stats["send-errors"] += 1
+                    log.debug("send to {addr} failed: {err}", addr=addr, err=e)
+        self._reschedule()
+
+    def _reschedule(self):
+        when = self.rv.next_deadline()
+        if self._timer is not None and self._timer.active():
+            if when is not None and abs(self._timer.getTime() - when) < 1e-3:
+                return
+            self._timer.cancel()
+        self._timer = None
+        if when is not None:
+            self._timer = self.clock.callLater(max(0.0, when - self.clock.seconds()), self._fire)
+
+    def _fire(self):
+        self._timer = None
+        try:
+            out = self.rv.poll(self.clock.seconds())
+        except Exception:
+            log.failure("bug in retransmission")
+            out = []
+        self._send(out)
+
+    # -- IRelay --
+
+    def server_status(self, server_key):
+        return self.rv.server_status(crypto.key_id(server_key))
+
+    def take_challenge(self, server_key, challenge):
+        expected, out = self.rv.take_challenge(crypto.key_id(server_key), challenge,
+                                               self.clock.seconds())
+        self._send(out)
+        return expected
+
+    def send_offer(self, server_key, payload):
+        kid = crypto.key_id(server_key)
+        d = defer.Deferred()
+
+        def done(result):
+            if isinstance(result, Exception):
+                d.errback(result)
+            else:
+                d.callback(None)
+
+        self._keys[kid] = server_key
+        self._keys.move_to_end(kid)
+        while len(self._keys) > 100_000:
+            self._keys.popitem(last=False)
+        self._send(self.rv.send_offer(kid, payload, self.clock.seconds(), done))
+        return d
+
+    def set_answer_handler(self, handler):
+        self._answer_handler = handler
+
+    def _on_answer(self, kid, payload):
+        key = self._keys.get(kid)
+        if key is None or self._answer_handler is None:
+            self.rv.stats["dropped.unsolicited-answer"] += 1
+            return
+        self._answer_handler(key, payload)
+
+    # -- operator --
+
+    def migrate(self, server_key, host, port, target_key):
+        """Tell a registered server to move to another coordinator."""
+        out = self.rv.migrate(crypto.key_id(server_key), host, port, target_key,
+                              self.clock.seconds())
+        self._send(out)
+
+    def migrate_all(self, host, port, target_key):
+        now = self.clock.seconds()
+        reg = self.rv.registry
+        n = 0
+        for slot in reg.slots():
+            try:
+                self._send(self.rv.migrate(reg.key_id(slot), host, port, target_key, now))
+                n += 1
+            except (Unavailable, OverflowError):
+                pass
+        return n

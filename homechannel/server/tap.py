@@ -1,0 +1,131 @@
+"""``twistd homechannel-server``: the composition root of the home server.
+
+The home server needs Twisted's asyncio reactor (aiortc runs on asyncio).
+When twistd has not installed a reactor yet, ``makeService`` installs it;
+when another reactor is already running it stops with advice instead of a
+traceback.  The reactor is imported only inside :func:`makeService`."""
+
+import sys
+
+from twisted.python import usage
+
+from homechannel.errors import HomeChannelError
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = ("Run a HomeChannel home server: registers with a coordinator over UDP "
+                "(outbound only) and answers browsers over WebRTC. Needs the asyncio "
+                "reactor: twistd -n --reactor=asyncio homechannel-server --config FILE. "
+                "Settings come from --config (TOML, see conf/server.example.toml); these "
+                "options override it.")
+    optParameters = [
+        ["config", "c", None, "TOML configuration file"],
+        ["state-dir", None, None, "state directory (identity key, password key, "
+                                  "known_hosts, failover-coordinator.json)"],
+        ["coordinator", None, None, "coordinator UDP address HOST:PORT "
+                                    "(coordinator.host, coordinator.port)"],
+        ["coordinator-key", None, None, "the coordinator's public key, base64url "
+                                        "(coordinator.public_key)"],
+        ["coordinator-url", None, None, "the coordinator's web URL, for the connect link"],
+    ]
+
+    def overrides(self):
+        host = port = None
+        if self["coordinator"]:
+            host, _, p = self["coordinator"].rpartition(":")
+            try:
+                port = int(p)
+            except ValueError:
+                raise usage.UsageError("--coordinator must be HOST:PORT") from None
+        return {
+            "state_dir": self["state-dir"],
+            "coordinator.host": host or None,
+            "coordinator.port": port,
+            "coordinator.public_key": self["coordinator-key"],
+            "coordinator_url": self["coordinator-url"],
+        }
+
+
+def makeService(options):
+    try:
+        return _make(options)
+    except HomeChannelError as e:
+        raise SystemExit(f"homechannel-server: {e}") from None
+
+
+def _install_asyncio_reactor():
+    if "twisted.internet.reactor" not in sys.modules:
+        from twisted.internet import asyncioreactor
+        asyncioreactor.install()
+
+
+def _make(options):
+    _install_asyncio_reactor()
+    from twisted.application import internet
+    from twisted.internet import reactor
+    from twisted.logger import Logger
+
+    from homechannel import aio, config, crypto
+    from homechannel.errors import ConfigError
+    from homechannel.server.apps import AppHost
+    from homechannel.server.challenges import ChallengeSource
+    from homechannel.server.peer import Answerer
+    from homechannel.server.udp import ServerUDP, load_failover
+
+    aio.require_asyncio_reactor(reactor)
+    log = Logger(namespace="homechannel.server")
+    cfg = config.load_server(options["config"], options.overrides())
+    if not cfg.coordinator.public_key:
+        raise ConfigError("coordinator key not configured: set coordinator.public_key in "
+                          "the config (the coordinator logs it at start) or pass "
+                          "--coordinator-key")
+    try:
+        coordinator_key = crypto.parse_server_id(cfg.coordinator.public_key)
+    except HomeChannelError:
+        raise ConfigError("coordinator.public_key is not a base64url P-256 public key") from None
+    identity, created = crypto.IdentityKey.load_or_create(cfg.identity_key)
+    if created:
+        log.info("created home server identity key {path}", path=cfg.identity_key)
+    password_key = crypto.load_password_key(cfg.password_key, identity.public_raw)
+
+    challenges = ChallengeSource(password_key)
+    target = load_failover(cfg.failover_path)
+    if target is not None:
+        log.info("using the coordinator from {path}: {host}:{port}",
+                 path=cfg.failover_path, host=target[0], port=target[1])
+    else:
+        target = (cfg.coordinator.host, cfg.coordinator.port, coordinator_key)
+
+    app_host = AppHost(cfg.apps, identity.text, cfg.state_dir, reactor)
+    answerer = Answerer(identity, password_key, challenges, cfg.webrtc, app_host, reactor)
+    udp = ServerUDP(identity, challenges, cfg.keepalive, target, reactor, answerer,
+                    cfg.failover_path)
+
+    top = _home_server_class()(answerer)
+    internet.UDPServer(0, udp).setServiceParent(top)
+    link = connect_link(cfg.coordinator_url, identity.text)
+    log.info("home server id {id}", id=identity.text)
+    log.info("connect link: {link}", link=link)
+    return top
+
+
+def connect_link(coordinator_url, server_id):
+    return f"{coordinator_url.rstrip('/')}/#server={server_id}"
+
+
+def _home_server_class():
+    from twisted.application import service
+
+    class HomeServer(service.MultiService):
+        def __init__(self, answerer):
+            super().__init__()
+            self.answerer = answerer
+
+        def stopService(self):
+            d = super().stopService()
+            d.addCallback(lambda _: self.answerer.close_all())
+            return d
+
+    return HomeServer
+
