@@ -1,0 +1,127 @@
+"""Flow control around an aiortc ``RTCDataChannel`` (and a Twisted bridge).
+
+aiortc counts queued-but-unsent bytes in ``channel.bufferedAmount`` and emits
+``"bufferedamountlow"`` when it drops to ``bufferedAmountLowThreshold``.
+:class:`ChannelLink` turns that into Twisted flow control:
+
+- as an ``IConsumer`` it accepts one producer (e.g. a TCP transport) and
+  pauses it while more than ``high`` bytes are buffered, resuming it at
+  ``low``;
+- :meth:`ChannelLink.wait_writable` gives a Deferred for pull-style senders
+  (file downloads) that fires once the buffer has drained to ``low``.
+
+So a slow browser slows the sender, and the memory held for one channel is
+bounded by ``high`` plus one read.  Chrome closes a channel whose send buffer
+passes 16 MB; we stay two orders of magnitude below.
+"""
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+from twisted.internet.interfaces import IConsumer
+
+HIGH = 1024 * 1024
+LOW = 256 * 1024
+
+log = Logger()
+
+
+@implementer(IConsumer)
+class ChannelLink:
+    def __init__(self, channel, high=HIGH, low=LOW):
+        self.channel = channel
+        self.high = high
+        self.low = low
+        self.producer = None
+        self.paused = False
+        self._waiters = []
+        self._close_callbacks = []
+        self.closed = channel.readyState in ("closing", "closed")
+        channel.bufferedAmountLowThreshold = low
+        channel.on("bufferedamountlow", self._drained)
+        channel.on("close", self._on_close)
+
+    @property
+    def label(self):
+        return self.channel.label
+
+    @property
+    def buffered(self):
+        return self.channel.bufferedAmount
+
+    # -- sending ------------------------------------------------------------
+
+    def send(self, data):
+        """Queue one message; returns False (and drops it) once closed."""
+        if self.closed or self.channel.readyState != "open":
+            return False
+        self.channel.send(data)
+        if self.channel.bufferedAmount > self.high and not self.paused:
+            self.paused = True
+            if self.producer is not None:
+                self.producer.pauseProducing()
+        return True
+
+    def writable(self):
+        return not self.closed and self.channel.bufferedAmount <= self.low
+
+    def wait_writable(self):
+        """A Deferred that fires (with None) once the buffer is at or below
+        ``low``; errbacks with ``CancelledError`` if the channel closes."""
+        if self.closed:
+            return defer.fail(defer.CancelledError("channel closed"))
+        if self.channel.bufferedAmount <= self.low:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._waiters.append(d)
+        return d
+
+    def _drained(self):
+        if self.paused:
+            self.paused = False
+            if self.producer is not None:
+                self.producer.resumeProducing()
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    # -- IConsumer ------------------------------------------------------------
+
+    def registerProducer(self, producer, streaming):
+        if not streaming:
+            raise ValueError("ChannelLink takes push producers only")
+        self.producer = producer
+        if self.paused:
+            producer.pauseProducing()
+
+    def unregisterProducer(self):
+        self.producer = None
+
+    def write(self, data):
+        self.send(data)
+
+    # -- closing --------------------------------------------------------------
+
+    def on_close(self, callback):
+        if self.closed:
+            callback()
+        else:
+            self._close_callbacks.append(callback)
+
+    def close(self):
+        if self.channel.readyState in ("connecting", "open"):
+            self.channel.close()
+
+    def _on_close(self):
+        if self.closed and not self._close_callbacks:
+            return
+        self.closed = True
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.errback(defer.CancelledError("channel closed"))
+        callbacks, self._close_callbacks = self._close_callbacks, []
+        for cb in callbacks:
+            try:
+                cb()
+            except Exception:
+                log.failure("closing {label}", label=self.channel.label)

@@ -1,0 +1,50 @@
+"""The forward app: a byte pipe to an allowed local TCP port (native client).
+
+The client opens ``app:forward:<n>`` and sends one text message
+``{"op":"open","port":N}`` first.  The server connects to 127.0.0.1:N if N is
+in ``config.forward.ports`` and answers ``{"op":"open","port":N}``, or
+``{"op":"error",...}`` and closes.  After that, binary messages are the raw
+TCP bytes both ways (flow control as in :mod:`desktop`).
+"""
+
+import json
+
+from homechannel import errors
+from homechannel.server.apps import frames
+from homechannel.server.apps.desktop import TCPPipe, send_error_and_close
+
+
+class ForwardSession:
+    def __init__(self, config, link, reactor, host="127.0.0.1"):
+        self.config = config
+        self.link = link
+        self.reactor = reactor
+        self.host = host
+        self.pipe = None
+
+    def message_received(self, message):
+        if self.pipe is not None:
+            self.pipe.channel_data(message)
+            return
+        try:
+            if not isinstance(message, str):
+                raise frames.app_error(errors.ProtocolError, "protocol",
+                                       'send {"op":"open","port":N} as text before any bytes')
+            try:
+                body = json.loads(message)
+            except ValueError:
+                raise frames.app_error(errors.ProtocolError, "protocol", "open message is not JSON") from None
+            port = body.get("port") if isinstance(body, dict) else None
+            if not isinstance(body, dict) or body.get("op") != "open" or not isinstance(port, int) \
+                    or isinstance(port, bool):
+                raise frames.app_error(errors.BadRequest, "bad_request", 'expected {"op":"open","port":N}')
+            allowed = {int(p) for p in self.config.ports}
+            if port not in allowed:
+                raise frames.app_error(errors.Forbidden, "port_not_allowed",
+                                       f"port {port} is not forwarded by this server "
+                                       f"(allowed: {sorted(allowed) or 'none'})")
+        except errors.HomeChannelError as e:
+            send_error_and_close(self.link, e)
+            return
+        self.pipe = TCPPipe(self.link, self.reactor, self.host, port, f"local port {port}")
+        self.pipe.connect()

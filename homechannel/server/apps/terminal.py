@@ -1,0 +1,421 @@
+"""The terminal app: the home server is an SSH client to the local sshd.
+
+sshd stays the authority: the browser user types a user name and answers
+sshd's password or keyboard-interactive prompts inside the terminal (the line
+editing for those prompts happens here, on the home server, so the secrets go
+straight from the datachannel into the SSH transport).  The sshd host key is
+trusted on first use and remembered in ``known_hosts``; a changed key refuses
+the connection with a message saying what to do.
+
+Frames (``docs/protocol.md`` section 3): the client sends REQ
+``{"op":"open","cols","rows"[,"username"]}`` with id *s*; terminal bytes go
+both ways as DATA frames with id *s*; REQ ``{"op":"resize","cols","rows"}``
+sends an SSH window-change; the server ends with END ``{"exitStatus"}`` (or
+ERR) on id *s* and closes the channel.
+
+Flow control: SSH→browser, the SSH TCP transport is the channel link's
+producer, paused while the browser is behind (sshd then blocks on its
+socket).  Browser→SSH, conch buffers what the SSH window does not take; more
+than ``MAX_INPUT_BACKLOG`` bytes there closes the session.
+"""
+
+import os
+
+from twisted.conch.client.knownhosts import KnownHostsFile
+from twisted.conch.error import HostKeyChanged
+from twisted.conch.ssh import channel, connection, keys, session as sshsession, transport, userauth
+from twisted.internet import defer, protocol, threads
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.logger import Logger
+from twisted.python.filepath import FilePath
+
+from homechannel import errors
+from homechannel.server.apps import frames
+from homechannel.server.apps.frames import app_error
+
+log = Logger()
+
+MAX_INPUT_BACKLOG = 1024 * 1024
+MAX_LINE = 1024
+
+
+def _dim(body, name, default):
+    value = body.get(name, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1000:
+        raise app_error(errors.BadRequest, "bad_request", f"{name!r} must be an integer 1..1000")
+    return value
+
+
+class HostKeyStore:
+    """Trust-on-first-use over an OpenSSH ``known_hosts`` file (conch's parser)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def host_name(self, host, port):
+        return (host if port == 22 else f"[{host}]:{port}").encode("ascii")
+
+    def check(self, host, port, key_blob):
+        """Return ``"known"`` or ``"added"``; raise Forbidden if the key changed."""
+        key = keys.Key.fromString(key_blob)
+        name = self.host_name(host, port)
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        kh = KnownHostsFile.fromPath(FilePath(self.path))
+        try:
+            if kh.hasHostKey(name, key):
+                return "known"
+        except HostKeyChanged:
+            raise app_error(
+                errors.Forbidden, "host_key_changed",
+                f"The SSH host key of {name.decode()} has CHANGED (it now offers "
+                f"{key.fingerprint(keys.FingerprintFormats.SHA256_BASE64)}). Refusing to connect. "
+                f"If sshd's host key was replaced on purpose, remove the line for {name.decode()} from "
+                f"{self.path} on the home server and reconnect.") from None
+        kh.addHostKey(name, key)
+        kh.save()
+        return "added"
+
+
+class _Transport(transport.SSHClientTransport):
+    def __init__(self, term):
+        self.term = term
+
+    def verifyHostKey(self, hostKey, fingerprint):
+        return self.term.verify_host_key(hostKey)
+
+    def connectionSecure(self):
+        self.term.ssh_transport = self
+        self.requestService(_UserAuth(self.term.username.encode("utf-8"), _Connection(self.term), self.term))
+
+    def receiveError(self, reasonCode, description):
+        self.term.ssh_error = description.decode("utf-8", "replace")
+
+    def connectionLost(self, reason):
+        transport.SSHClientTransport.connectionLost(self, reason)
+        self.term.ssh_lost(reason)
+
+
+class _UserAuth(userauth.SSHUserAuthClient):
+    preferredOrder = [b"password", b"keyboard-interactive"]
+
+    def __init__(self, user, instance, term):
+        userauth.SSHUserAuthClient.__init__(self, user, instance)
+        self.term = term
+        self.asked = False
+
+    def getPublicKey(self):
+        return None
+
+    def getPassword(self, prompt=None):
+        if self.asked:
+            self.term.write_text("Permission denied, please try again.\r\n")
+        self.asked = True
+        if prompt is None:
+            prompt = f"{self.term.username}@{self.term.host}'s password: "
+        else:
+            prompt = prompt.decode("utf-8", "replace") if isinstance(prompt, bytes) else prompt
+        return self.term.ask(prompt, echo=False).addCallback(lambda s: s.encode("utf-8"))
+
+    @defer.inlineCallbacks
+    def getGenericAnswers(self, name, instruction, prompts):
+        if self.asked and not prompts:
+            pass
+        for text in (name, instruction):
+            if text:
+                self.term.write_text(text.decode("utf-8", "replace") + "\r\n")
+        answers = []
+        for prompt, echo in prompts:
+            answer = yield self.term.ask(prompt.decode("utf-8", "replace"), echo=bool(echo))
+            answers.append(answer)
+        self.asked = True
+        return answers
+
+
+class _Connection(connection.SSHConnection):
+    def __init__(self, term):
+        connection.SSHConnection.__init__(self)
+        self.term = term
+
+    def serviceStarted(self):
+        connection.SSHConnection.serviceStarted(self)
+        self.term.authenticated(self)
+
+
+class _Shell(channel.SSHChannel):
+    name = b"session"
+
+    def __init__(self, term, **kw):
+        channel.SSHChannel.__init__(self, **kw)
+        self.term = term
+        self.exit_status = None
+
+    def channelOpen(self, data):
+        t = self.term
+        pty = sshsession.packRequest_pty_req(b"xterm-256color", (t.rows, t.cols, 0, 0), b"")
+        d = self.conn.sendRequest(self, b"pty-req", pty, wantReply=True)
+        d.addCallback(lambda _: self.conn.sendRequest(self, b"shell", b"", wantReply=True))
+        d.addCallbacks(lambda _: t.shell_started(self), t.shell_failed)
+
+    def openFailed(self, reason):
+        self.term.shell_failed(reason)
+
+    def dataReceived(self, data):
+        self.term.output(data)
+
+    def extReceived(self, dataType, data):
+        self.term.output(data)
+
+    def request_exit_status(self, data):
+        import struct
+
+        self.exit_status = struct.unpack(">L", data[:4])[0]
+        return True
+
+    def closed(self):
+        self.term.shell_ended(self.exit_status)
+
+
+class TerminalSession:
+    """One ``app:terminal:<n>`` channel."""
+
+    def __init__(self, config, link, reactor, known_hosts):
+        self.config = config
+        self.link = link
+        self.reactor = reactor
+        self.host = config.host
+        self.port = config.port
+        self.known = HostKeyStore(known_hosts)
+        self.rid = None
+        self.cols = 80
+        self.rows = 24
+        self.username = None
+        self.state = "new"  # new, login, connecting, prompt, shell, done
+        self.line = bytearray()
+        self.echo = True
+        self.answer = None  # Deferred for the pending prompt
+        self.tcp = None
+        self.ssh_transport = None
+        self.ssh_error = None
+        self.conn = None
+        self.shell = None
+        link.on_close(self.channel_closed)
+
+    # -- frames ---------------------------------------------------------------
+
+    def message_received(self, message):
+        try:
+            frame = frames.decode(message)
+        except errors.ProtocolError as e:
+            self.link.send(frames.encode(frames.ERR, 0, frames.error_body(e)))
+            return
+        try:
+            self.frame_received(frame)
+        except errors.HomeChannelError as e:
+            self.link.send(frames.encode(frames.ERR, frame.id, frames.error_body(e)))
+
+    def frame_received(self, frame):
+        if frame.type == frames.REQ:
+            op = frame.body.get("op")
+            if op == "open":
+                if self.rid is not None:
+                    raise app_error(errors.BadRequest, "bad_request", "this channel already has a terminal")
+                self.cols = _dim(frame.body, "cols", 80)
+                self.rows = _dim(frame.body, "rows", 24)
+                self.rid = frame.id
+                user = frame.body.get("username")
+                if isinstance(user, str) and user and len(user) < 256 and "\x00" not in user:
+                    self.username = user
+                    self.connect()
+                else:
+                    self.state = "login"
+                    self.write_text(f"HomeChannel terminal: SSH to {self.host}:{self.port}\r\nlogin as: ")
+                return
+            if op == "resize":
+                self.cols = _dim(frame.body, "cols", self.cols)
+                self.rows = _dim(frame.body, "rows", self.rows)
+                if self.shell is not None:
+                    self.conn.sendRequest(self.shell, b"window-change", sshsession.packRequest_window_change(
+                        (self.rows, self.cols, 0, 0)))
+                self.link.send(frames.encode(frames.RES, frame.id, {"ok": True}))
+                return
+            raise app_error(errors.BadRequest, "unknown_op", f"unknown terminal operation {op!r}")
+        if frame.type == frames.DATA and frame.id == self.rid:
+            self.input(frame.data)
+            return
+        if frame.type == frames.CANCEL and frame.id == self.rid:
+            self.link.close()
+            return
+        if frame.type in (frames.ACK, frames.RES, frames.ERR):
+            return
+        raise app_error(errors.ProtocolError, "unexpected_frame",
+                        f"unexpected {frames.TYPES[frame.type]} frame for request {frame.id}")
+
+    # -- output ------------------------------------------------------------------
+
+    def output(self, data):
+        if self.rid is None:
+            return
+        view = memoryview(data)
+        for i in range(0, len(data), frames.CHUNK):
+            self.link.send(frames.encode(frames.DATA, self.rid, data=view[i:i + frames.CHUNK]))
+
+    def write_text(self, text):
+        self.output(text.encode("utf-8"))
+
+    def fail(self, exc):
+        """Show *exc* in the terminal, send ERR and close the channel."""
+        if self.state == "done":
+            return
+        self.state = "done"
+        self.write_text("\r\n" + str(exc) + "\r\n")
+        if self.rid is not None:
+            self.link.send(frames.encode(frames.ERR, self.rid, frames.error_body(exc)))
+        self.link.close()
+        if self.tcp is not None:
+            self.tcp.loseConnection()
+
+    # -- input and the local line editor ------------------------------------------
+
+    def input(self, data):
+        if self.state == "shell":
+            self.shell.write(data)
+            if len(self.shell.buf) > MAX_INPUT_BACKLOG:
+                self.fail(app_error(errors.Unavailable, "backlog", "sshd is not reading the input; closing"))
+            return
+        if self.state not in ("login", "prompt"):
+            return
+        for b in data:
+            if b in (13, 10):
+                line, self.line = bytes(self.line), bytearray()
+                self.write_text("\r\n")
+                self.submit(line.decode("utf-8", "replace"))
+                return  # drop typed-ahead bytes after a line
+            if b in (8, 127):
+                if self.line:
+                    # remove one UTF-8 character
+                    while self.line and (self.line[-1] & 0xC0) == 0x80:
+                        self.line.pop()
+                    if self.line:
+                        self.line.pop()
+                    if self.echo:
+                        self.output(b"\b \b")
+            elif b == 3 or b == 4:  # Ctrl-C / Ctrl-D
+                self.fail(app_error(errors.BadRequest, "cancelled", "sign-in cancelled"))
+                return
+            elif b == 21:  # Ctrl-U
+                if self.echo:
+                    self.output(b"\b \b" * len(self.line.decode("utf-8", "replace")))
+                self.line = bytearray()
+            elif b >= 32 and len(self.line) < MAX_LINE:
+                self.line.append(b)
+                if self.echo:
+                    self.output(bytes([b]))
+
+    def submit(self, line):
+        if self.state == "login":
+            if not line.strip():
+                self.write_text("login as: ")
+                return
+            self.username = line.strip()
+            self.connect()
+        elif self.state == "prompt":
+            self.state = "connecting"
+            d, self.answer = self.answer, None
+            d.callback(line)
+
+    def ask(self, prompt, echo):
+        """Show *prompt*, read one line (echoed or not); a Deferred of str."""
+        self.state = "prompt"
+        self.echo = echo
+        self.line = bytearray()
+        self.answer = defer.Deferred()
+        self.write_text(prompt)
+        return self.answer
+
+    # -- SSH ---------------------------------------------------------------------
+
+    def connect(self):
+        self.state = "connecting"
+        self.echo = True
+        endpoint = TCP4ClientEndpoint(self.reactor, self.host, self.port, timeout=10)
+        d = endpoint.connect(protocol.Factory.forProtocol(lambda: _Transport(self)))
+
+        def connected(proto):
+            self.tcp = proto.transport
+            if self.state == "done" or self.link.closed:
+                proto.transport.loseConnection()
+                return
+            self.link.registerProducer(proto.transport, True)
+
+        def failed(f):
+            self.fail(app_error(errors.Unavailable, "connect_failed",
+                                f"cannot reach sshd at {self.host}:{self.port} ({f.getErrorMessage()}); "
+                                f"is it running?"))
+
+        d.addCallbacks(connected, failed)
+
+    def verify_host_key(self, blob):
+        d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
+                                      self.known.check, self.host, self.port, blob)
+
+        def checked(result):
+            if result == "added":
+                fp = keys.Key.fromString(blob).fingerprint(keys.FingerprintFormats.SHA256_BASE64)
+                self.write_text(f"New host key for {self.host}:{self.port} remembered: {fp}\r\n")
+            return True
+
+        def refused(f):
+            self.fail(f.value if isinstance(f.value, errors.HomeChannelError)
+                      else app_error(errors.Unavailable, "host_key", "cannot check the host key"))
+            return f
+
+        return d.addCallbacks(checked, refused)
+
+    def authenticated(self, conn):
+        self.conn = conn
+        conn.openChannel(_Shell(self, conn=conn))
+
+    def shell_started(self, shell):
+        if self.state == "done":
+            return
+        self.shell = shell
+        self.state = "shell"
+        self.link.send(frames.encode(frames.RES, self.rid, {"ok": True, "user": self.username}))
+
+    def shell_failed(self, failure):
+        self.fail(app_error(errors.Unavailable, "shell_failed",
+                            f"sshd refused the shell: {failure.getErrorMessage()}"))
+
+    def shell_ended(self, status):
+        if self.state == "done":
+            return
+        self.state = "done"
+        self.link.send(frames.encode(frames.END, self.rid, {"exitStatus": status}))
+        self.link.close()
+        if self.tcp is not None:
+            self.tcp.loseConnection()
+
+    def ssh_lost(self, reason):
+        self.link.unregisterProducer()
+        if self.state == "done":
+            return
+        if self.state == "shell":
+            self.shell_ended(None)
+            return
+        why = self.ssh_error or reason.getErrorMessage()
+        if self.conn is None:
+            msg = f"sign-in failed: {why}"
+            code = "auth_failed"
+        else:
+            msg = f"SSH connection closed: {why}"
+            code = "closed"
+        self.fail(app_error(errors.Forbidden, code, msg))
+
+    def channel_closed(self):
+        self.state = "done"
+        if self.answer is not None and not self.answer.called:
+            d, self.answer = self.answer, None
+            d.addErrback(lambda _: None)
+            d.errback(defer.CancelledError())
+        if self.tcp is not None:
+            self.tcp.loseConnection()
