@@ -35,7 +35,7 @@ from twisted.logger import Logger
 from twisted.web import resource, static
 from werkzeug.exceptions import MethodNotAllowed, NotFound as RouteNotFound
 
-from homechannel import crypto
+from homechannel import crypto, default_static_dir
 from homechannel.coordinator.ratelimit import Lockout, RateLimiter
 from homechannel.coordinator.sessions import MemorySessionStore, coded
 from homechannel.errors import (
@@ -93,12 +93,6 @@ _CONTENT_TYPES = {
     ".woff2": "font/woff2",
     ".wasm": "application/wasm",
 }
-
-
-def default_static_dir():
-    """The bundled browser client (``static/`` next to the package)."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    return os.path.normpath(os.path.join(here, "..", "..", "static"))
 
 
 class _StaticFile(static.File):
@@ -336,8 +330,11 @@ class CoordinatorWeb:
             return {"session": session_id, "status": "pending"}
         return result
 
-    @app.route("/api/", branch=True, methods=["OPTIONS"])
+    @app.route("/api/", branch=True)
     def preflight(self, request):
+        """CORS preflight for every API path; any other unknown API path is a 404."""
+        if request.method != b"OPTIONS":
+            return self._send_json(request, 404, {"error": "no such page", "code": "not-found"})
         origin = self._allowed_origin(request)
         if origin is None:
             return self._send_json(request, 403, {
@@ -362,8 +359,16 @@ class CoordinatorWeb:
 
     @app.route("/", methods=["GET", "HEAD"])
     def index(self, request):
+        try:
+            with open(os.path.join(self._static_dir, "index.html"), "rb") as f:
+                page = f.read()
+        except OSError:
+            self.log.error("the browser client is missing from {dir}", dir=self._static_dir)
+            return self._send_json(request, 404, {
+                "error": "the browser client is not installed", "code": "not-found"})
+        request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
         request.setHeader(b"Cache-Control", b"no-cache")
-        return _StaticFile(os.path.join(self._static_dir, "index.html"))
+        return page
 
     @app.route("/js/", branch=True, methods=["GET", "HEAD"])
     def js(self, request):

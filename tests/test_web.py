@@ -1,0 +1,619 @@
+"""The coordinator's HTTPS API, driven through the real Klein resource with
+treq's StubTreq and a task.Clock.  Every JSON response's signature is checked."""
+
+import json
+import os
+
+import pytest
+from treq.testing import StubTreq
+from twisted.internet import _producer_helpers, task
+from twisted.python.failure import Failure
+from zope.interface.verify import verifyObject
+
+from homechannel import crypto
+from homechannel.config import CoordinatorWeb as WebConfig
+from homechannel.coordinator import web
+from homechannel.coordinator.interfaces import IRelay
+from homechannel.coordinator.testing import FakeRelay
+
+PASSWORD_KEY = bytes(range(32))  # stands in for PBKDF2(password, server key)
+NOW = 1_700_000_000
+IP_A = "198.51.100.1"
+IP_B = "203.0.113.7"
+
+
+def fired(d):
+    """The result of a Deferred that must already have fired."""
+    out = []
+    d.addBoth(out.append)
+    assert out, "Deferred has not fired"
+    if isinstance(out[0], Failure):
+        out[0].raiseException()
+    return out[0]
+
+
+def settled(d):
+    """Whether the response (status, headers and body) is complete."""
+    out = []
+    d.addBoth(lambda r: (out.append(r), r)[1])
+    return bool(out)
+
+
+class Response:
+    def __init__(self, code, headers, body):
+        self.code = code
+        self.headers = headers
+        self.body = body
+
+    def header(self, name):
+        values = self.headers.getRawHeaders(name.encode("ascii"))
+        return values[0].decode("latin-1") if values else None
+
+    @property
+    def json(self):
+        return json.loads(self.body)
+
+
+class Harness:
+    def __init__(self, tmp_path=None, **overrides):
+        self.clock = task.Clock()
+        self.clock.advance(NOW)
+        self.identity = crypto.IdentityKey.generate()
+        self.home = crypto.IdentityKey.generate()
+        self.server_id = self.home.text
+        self.relay = FakeRelay()
+        self.relay.add_server(self.home.public_raw, PASSWORD_KEY)
+        settings = dict(trusted_proxies=("127.0.0.1",))
+        settings.update(overrides)
+        self.config = WebConfig(**settings)
+        static_dir = str(tmp_path) if tmp_path is not None else None
+        self.web = web.CoordinatorWeb(self.identity, self.relay, self.config, self.clock,
+                                      static_dir=static_dir)
+        self.relay.set_answer_handler(self.web.on_answer)
+        self.stub = StubTreq(self.web.resource())
+        self._counter = 0
+        self.cooperator_clock = task.Clock()
+
+    def drive_producers(self, monkeypatch):
+        """Run twisted.web's pull producers (static.File) on a test clock."""
+        coop = task.Cooperator(scheduler=lambda f: self.cooperator_clock.callLater(0, f),
+                               started=True)
+        monkeypatch.setattr(_producer_helpers, "cooperate", coop.cooperate)
+
+    # -- requests --
+
+    def start(self, method, path, ip=IP_A, body=None, headers=None, scheme="http"):
+        hdrs = {"X-Forwarded-For": [ip]} if ip else {}
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body).encode()
+            hdrs["Content-Type"] = ["application/json"]
+        hdrs.update(headers or {})
+        d = self.stub.request(method, f"{scheme}://coordinator.test{path}", headers=hdrs,
+                              data=body)
+
+        def read(resp):
+            return resp.content().addCallback(
+                lambda content: Response(resp.code, resp.headers, content))
+
+        d.addCallback(read)
+        self.stub.flush()
+        return d
+
+    def finish(self, d, path):
+        for _ in range(10):  # static.File streams with a (cooperator-driven) producer
+            self.stub.flush()
+            self.cooperator_clock.advance(0)
+            if settled(d):
+                break
+        resp = fired(d)
+        if resp.header("Content-Type") == "application/json":
+            self.check_signature(resp, path.split("?")[0])
+        return resp
+
+    def call(self, method, path, **kwargs):
+        return self.finish(self.start(method, path, **kwargs), path)
+
+    def check_signature(self, resp, path):
+        sig = resp.header("X-HomeChannel-Signature")
+        assert sig, "unsigned response"
+        crypto.verify(self.identity.public_raw, crypto.b64u_decode(sig),
+                      crypto.response_signature_message(path, resp.body))
+
+    # -- the connect flow --
+
+    def lookup(self, ip=IP_A):
+        resp = self.call("GET", f"/api/servers/{self.server_id}", ip=ip)
+        assert resp.code == 200, resp.body
+        return crypto.b64u_decode(resp.json["challenge"])
+
+    def new_session(self):
+        self._counter += 1
+        return crypto.b64u_encode(self._counter.to_bytes(16, "big"))
+
+    def connect_body(self, challenge, password_key=PASSWORD_KEY, session=None, **extra):
+        doc = {
+            "server": self.server_id,
+            "session": session or self.new_session(),
+            "challenge": crypto.b64u_encode(challenge),
+            "answer": crypto.b64u_encode(crypto.challenge_answer(password_key, challenge)),
+            "proof": crypto.b64u_encode(b"p" * 32),
+            "offer": "v=0\r\na=fingerprint:sha-256 " + ":".join(["AB"] * 32) + "\r\n",
+        }
+        doc.update(extra)
+        return doc
+
+    def connect(self, ip=IP_A, password_key=PASSWORD_KEY, challenge=None, **extra):
+        if challenge is None:
+            challenge = self.lookup(ip)
+        body = self.connect_body(challenge, password_key, **extra)
+        return self.call("POST", "/api/connect", ip=ip, body=body), body
+
+    def answer_payload(self, session, **extra):
+        doc = {"session": session, "answer": "v=0\r\nanswer\r\n", "time": NOW,
+               "signature": crypto.b64u_encode(b"s" * 64)}
+        doc.update(extra)
+        return json.dumps(doc).encode()
+
+
+@pytest.fixture
+def h(tmp_path, monkeypatch):
+    (tmp_path / "index.html").write_text("<!doctype html><title>HomeChannel</title>")
+    (tmp_path / "js").mkdir()
+    (tmp_path / "js" / "main.js").write_text("export const x = 1;\n")
+    (tmp_path / "js" / "apps").mkdir()
+    (tmp_path / "css").mkdir()
+    (tmp_path / "css" / "site.css").write_text("body { margin: 0 }\n")
+    (tmp_path.parent / "secret.txt").write_text("secret")
+    harness = Harness(tmp_path)
+    harness.drive_producers(monkeypatch)
+    return harness
+
+
+def assert_error(resp, status, code):
+    assert resp.code == status, (resp.code, resp.body)
+    doc = resp.json
+    assert doc["code"] == code, doc
+    assert isinstance(doc["error"], str) and doc["error"]
+    assert "Traceback" not in resp.body.decode()
+
+
+# -- fakes conform --------------------------------------------------------
+
+
+def test_fake_relay_provides_irelay():
+    assert verifyObject(IRelay, FakeRelay())
+
+
+# -- plain routes and headers ------------------------------------------------
+
+
+def test_healthz_signed_with_security_headers(h):
+    resp = h.call("GET", "/healthz")
+    assert resp.code == 200 and resp.json == {"ok": True}
+    assert resp.header("Content-Security-Policy") == web.CSP.decode()
+    assert resp.header("X-Content-Type-Options") == "nosniff"
+    assert resp.header("Referrer-Policy") == "no-referrer"
+    assert resp.header("Strict-Transport-Security") is None
+
+
+def test_hsts_only_over_tls(h):
+    resp = h.call("GET", "/healthz", scheme="https")
+    assert resp.header("Strict-Transport-Security").startswith("max-age=")
+
+
+def test_hsts_from_trusted_proxy_forwarded_proto(h):
+    resp = h.call("GET", "/healthz", headers={"X-Forwarded-Proto": ["https"]})
+    assert resp.header("Strict-Transport-Security")
+
+
+def test_unknown_route_is_signed_json_404(h):
+    assert_error(h.call("GET", "/api/nope"), 404, "not-found")
+    assert_error(h.call("GET", "/nope"), 404, "not-found")
+
+
+def test_wrong_method_is_405(h):
+    assert_error(h.call("POST", "/healthz"), 405, "method-not-allowed")
+    assert_error(h.call("GET", "/api/connect"), 404, "not-found")
+
+
+def test_config_js(h):
+    h2 = Harness(ice_servers=({"urls": "stun:stun.example:3478"},))
+    resp = h2.call("GET", "/config.js")
+    assert resp.code == 200
+    assert resp.header("Content-Type").startswith("text/javascript")
+    text = resp.body.decode()
+    assert f'export const coordinatorKey = "{h2.identity.text}";' in text
+    assert 'export const iceServers = [{"urls": "stun:stun.example:3478"}];' in text
+
+
+def test_static_files(h):
+    resp = h.call("GET", "/")
+    assert resp.code == 200 and b"HomeChannel" in resp.body
+    assert resp.header("Content-Security-Policy")
+    resp = h.call("GET", "/js/main.js")
+    assert resp.code == 200 and resp.header("Content-Type").startswith("text/javascript")
+    assert resp.header("X-Content-Type-Options") == "nosniff"
+    resp = h.call("GET", "/css/site.css")
+    assert resp.code == 200 and resp.header("Content-Type").startswith("text/css")
+
+
+def test_no_directory_listing_or_escape(h):
+    for path in ("/js/", "/js/apps/", "/js/../secret.txt", "/js/%2e%2e/secret.txt",
+                 "/css/%2e%2e/%2e%2e/secret.txt", "/vendor/x.js"):
+        resp = h.call("GET", path)
+        assert resp.code == 404, path
+        assert b"secret" not in resp.body and b"main.js" not in resp.body
+
+
+def test_metrics(h):
+    h.lookup()
+    resp = h.call("GET", "/metrics")
+    assert resp.code == 200 and resp.json["lookups"] == 1
+
+
+# -- server lookup -----------------------------------------------------------
+
+
+def test_lookup_online(h):
+    resp = h.call("GET", f"/api/servers/{h.server_id}")
+    assert resp.code == 200
+    doc = resp.json
+    assert doc["server"] == h.server_id and doc["online"] is True and doc["time"] == NOW
+    challenge = crypto.b64u_decode(doc["challenge"])
+    assert challenge in h.relay.servers[h.home.public_raw]["pool"]
+
+
+def test_lookup_offline(h):
+    other = crypto.IdentityKey.generate()
+    resp = h.call("GET", f"/api/servers/{other.text}")
+    assert resp.code == 200 and resp.json["online"] is False and resp.json["challenge"] is None
+
+
+def test_lookup_empty_pool_gives_null_challenge(h):
+    h.relay.empty_pool(h.home.public_raw)
+    resp = h.call("GET", f"/api/servers/{h.server_id}")
+    assert resp.json["online"] is True and resp.json["challenge"] is None
+
+
+@pytest.mark.parametrize("bad", ["abc", "A" * 87, "!!!!", crypto.b64u_encode(b"\x04" + b"\0" * 64)])
+def test_lookup_bad_id(h, bad):
+    assert_error(h.call("GET", f"/api/servers/{bad}"), 400, "bad-server-id")
+
+
+def test_lookup_rate_limited_per_ip(h):
+    limit = 2 * h.config.per_ip_per_minute
+    for _ in range(limit):
+        assert h.call("GET", f"/api/servers/{h.server_id}").code == 200
+    resp = h.call("GET", f"/api/servers/{h.server_id}")
+    assert_error(resp, 429, "rate-limited")
+    assert int(resp.header("Retry-After")) >= 1
+    # Another source is unaffected.
+    assert h.call("GET", f"/api/servers/{h.server_id}", ip=IP_B).code == 200
+    h.clock.advance(60)
+    assert h.call("GET", f"/api/servers/{h.server_id}").code == 200
+
+
+# -- connect -----------------------------------------------------------------
+
+
+def test_connect_relays_offer_and_long_poll_gets_answer(h):
+    resp, body = h.connect()
+    assert resp.code == 202 and resp.json == {"session": body["session"]}
+    [(server_key, payload, _)] = h.relay.offers
+    assert server_key == h.home.public_raw
+    assert json.loads(payload) == {k: body[k] for k in ("session", "challenge", "proof", "offer")}
+
+    path = f"/api/sessions/{body['session']}"
+    d = h.start("GET", path)
+    assert not settled(d)
+    h.relay.answer(h.home.public_raw, h.answer_payload(body["session"]))
+    resp = h.finish(d, path)
+    assert resp.code == 200
+    assert resp.json == {"session": body["session"], "status": "answered",
+                         "answer": "v=0\r\nanswer\r\n", "time": NOW,
+                         "signature": crypto.b64u_encode(b"s" * 64)}
+    # A retried poll still gets the result for a while; later it is forgotten.
+    assert h.call("GET", path).json["status"] == "answered"
+    h.clock.advance(31)
+    assert_error(h.call("GET", path), 404, "unknown-session")
+
+
+def test_challenge_is_single_use(h):
+    challenge = h.lookup()
+    resp, _ = h.connect(challenge=challenge)
+    assert resp.code == 202
+    resp, _ = h.connect(challenge=challenge)
+    assert_error(resp, 403, "stale-challenge")
+
+
+def test_challenge_consumed_by_wrong_answer(h):
+    challenge = h.lookup()
+    resp, _ = h.connect(challenge=challenge, password_key=b"x" * 32)
+    assert_error(resp, 403, "wrong-password")
+    resp, _ = h.connect(challenge=challenge)
+    assert_error(resp, 403, "stale-challenge")
+
+
+def test_unknown_challenge_is_stale(h):
+    resp, _ = h.connect(challenge=b"c" * 16)
+    assert_error(resp, 403, "stale-challenge")
+    assert h.relay.offers == []
+
+
+def test_connect_offline(h):
+    challenge = h.lookup()
+    h.relay.remove_server(h.home.public_raw)
+    resp, _ = h.connect(challenge=challenge)
+    assert_error(resp, 404, "offline")
+
+
+def test_wrong_password_locks_out_the_source_with_growing_backoff(h):
+    threshold = h.config.failures_before_lockout
+    for _ in range(threshold):
+        resp, _ = h.connect(ip=IP_A, password_key=b"x" * 32)
+        assert_error(resp, 403, "wrong-password")
+    resp, _ = h.connect(ip=IP_A)  # even the right password is refused while locked out
+    assert_error(resp, 429, "locked-out")
+    assert int(resp.header("Retry-After")) == 60
+    # The owner, from another address, still gets in.
+    resp, _ = h.connect(ip=IP_B)
+    assert resp.code == 202
+    # After the lockout one more failure locks A out for twice as long.
+    h.clock.advance(61)
+    resp, _ = h.connect(ip=IP_A, password_key=b"x" * 32)
+    assert_error(resp, 403, "wrong-password")
+    resp, _ = h.connect(ip=IP_A)
+    assert_error(resp, 429, "locked-out")
+    assert int(resp.header("Retry-After")) == 120
+    resp, _ = h.connect(ip=IP_B)
+    assert resp.code == 202
+
+
+def test_success_resets_failures(h):
+    for _ in range(h.config.failures_before_lockout - 1):
+        h.connect(password_key=b"x" * 32)
+    assert h.connect()[0].code == 202
+    for _ in range(h.config.failures_before_lockout - 1):
+        assert h.connect(password_key=b"x" * 32)[0].code == 403
+    assert h.connect()[0].code == 202
+
+
+def test_connect_rate_limited_per_ip(h):
+    h2 = Harness(trusted_proxies=("127.0.0.1",), per_ip_per_minute=3)
+    for _ in range(3):
+        assert h2.connect()[0].code == 202
+    challenge = h2.lookup(ip=IP_B)
+    resp = h2.call("POST", "/api/connect", ip=IP_A, body=h2.connect_body(challenge))
+    assert_error(resp, 429, "rate-limited")
+    assert resp.header("Retry-After")
+    assert h2.connect(ip=IP_B)[0].code == 202
+
+
+def test_connect_rate_limited_per_server(h):
+    h2 = Harness(trusted_proxies=("127.0.0.1",), per_server_per_minute=2)
+    assert h2.connect(ip="192.0.2.1")[0].code == 202
+    assert h2.connect(ip="192.0.2.2")[0].code == 202
+    resp, _ = h2.connect(ip="192.0.2.3")
+    assert_error(resp, 429, "rate-limited")
+
+
+@pytest.mark.parametrize("body", [
+    b"", b"not json", b"[1, 2]", b"\xff\xfe", json.dumps({"server": 1}).encode(),
+])
+def test_connect_malformed_body(h, body):
+    assert_error(h.call("POST", "/api/connect", body=body), 400, "bad-request")
+
+
+@pytest.mark.parametrize("field,value", [
+    ("session", "short"), ("session", "x" * 21 + "!"), ("session", None),
+    ("challenge", "!!"), ("challenge", crypto.b64u_encode(b"c" * 15)),
+    ("answer", crypto.b64u_encode(b"a" * 31)), ("proof", None), ("proof", 12),
+    ("offer", ""), ("offer", None), ("offer", ["x"]),
+])
+def test_connect_bad_fields(h, field, value):
+    body = h.connect_body(h.lookup())
+    body[field] = value
+    assert_error(h.call("POST", "/api/connect", body=body), 400, "bad-request")
+
+
+def test_connect_bad_server_id(h):
+    body = h.connect_body(h.lookup(), server="nope")
+    assert_error(h.call("POST", "/api/connect", body=body), 400, "bad-server-id")
+
+
+def test_connect_body_too_large(h):
+    body = h.connect_body(h.lookup(), offer="x" * (h.config.max_body + 10))
+    assert_error(h.call("POST", "/api/connect", body=body), 413, "too-large")
+
+
+def test_session_cap(h):
+    h2 = Harness(trusted_proxies=("127.0.0.1",), max_sessions=1)
+    assert h2.connect()[0].code == 202
+    resp, _ = h2.connect()
+    assert_error(resp, 503, "busy")
+
+
+def test_duplicate_session_id(h):
+    resp, body = h.connect()
+    resp, _ = h.connect(session=body["session"])
+    assert_error(resp, 400, "session-exists")
+
+
+def test_relay_failure_reported_by_long_poll(h):
+    h.relay.auto_ack = False
+    resp, body = h.connect()
+    path = f"/api/sessions/{body['session']}"
+    d = h.start("GET", path)
+    h.relay.offers[0][2].errback(web.Unavailable("no ack"))
+    assert_error(h.finish(d, path), 503, "relay-failed")
+
+
+def test_unexpected_error_is_a_terse_500(h):
+    def boom(server_key):
+        raise RuntimeError("secret internals")
+
+    h.relay.server_status = boom
+    resp = h.call("GET", f"/api/servers/{h.server_id}")
+    assert resp.code == 500
+    assert resp.json == {"error": "internal error", "code": "internal"}
+    assert b"secret internals" not in resp.body
+
+
+# -- long-poll ---------------------------------------------------------------
+
+
+def test_long_poll_pending_then_expired_then_forgotten(h):
+    resp, body = h.connect()
+    path = f"/api/sessions/{body['session']}"
+    d = h.start("GET", path)
+    h.clock.advance(h.config.long_poll_timeout - 1)
+    assert not settled(d)
+    h.clock.advance(1)
+    resp = h.finish(d, path)
+    assert resp.code == 200 and resp.json == {"session": body["session"], "status": "pending"}
+
+    d = h.start("GET", path)
+    h.clock.advance(h.config.long_poll_timeout)
+    assert h.finish(d, path).json["status"] == "pending"
+    d = h.start("GET", path)
+    h.clock.advance(h.config.session_timeout - 2 * h.config.long_poll_timeout - 1)
+    assert not settled(d)
+    h.clock.advance(1)
+    assert_error(h.finish(d, path), 408, "timeout")
+    assert_error(h.call("GET", path), 408, "timeout")
+    h.clock.advance(60)
+    assert_error(h.call("GET", path), 404, "unknown-session")
+
+
+def test_long_poll_unknown_and_malformed(h):
+    assert_error(h.call("GET", "/api/sessions/" + "A" * 22), 404, "unknown-session")
+    assert_error(h.call("GET", "/api/sessions/short"), 400, "bad-session")
+
+
+def test_waiter_cap(h):
+    h2 = Harness(trusted_proxies=("127.0.0.1",), max_waiters=1)
+    _, body = h2.connect()
+    path = f"/api/sessions/{body['session']}"
+    first = h2.start("GET", path)
+    assert_error(h2.call("GET", path), 503, "busy")
+    h2.clock.advance(25)
+    assert h2.finish(first, path).json["status"] == "pending"
+
+
+def test_answer_from_another_server_is_ignored(h):
+    resp, body = h.connect()
+    intruder = crypto.IdentityKey.generate()
+    path = f"/api/sessions/{body['session']}"
+    d = h.start("GET", path)
+    h.relay.answer(intruder.public_raw, h.answer_payload(body["session"], answer="evil"))
+    assert not settled(d)
+    assert h.web.metrics["answers_wrong_server"] == 1
+    h.relay.answer(h.home.public_raw, h.answer_payload(body["session"]))
+    assert h.finish(d, path).json["answer"] == "v=0\r\nanswer\r\n"
+    # A second answer does not replace the first.
+    h.relay.answer(h.home.public_raw, h.answer_payload(body["session"], answer="late"))
+    assert h.call("GET", path).json["answer"] == "v=0\r\nanswer\r\n"
+
+
+@pytest.mark.parametrize("payload", [
+    b"\xff", b"[]", b"{}", b'{"session": 5}', b'{"session": "' + b"Q" * 22 + b'"}',
+])
+def test_malformed_answers_are_dropped(h, payload):
+    resp, body = h.connect()
+    h.relay.answer(h.home.public_raw, payload)
+    h.relay.answer(h.home.public_raw, h.answer_payload(body["session"], time="now"))
+    path = f"/api/sessions/{body['session']}"
+    d = h.start("GET", path)
+    assert not settled(d)
+    h.clock.advance(25)
+    assert h.finish(d, path).json["status"] == "pending"
+
+
+@pytest.mark.parametrize("code,status", [
+    ("bad-proof", 403), ("unknown-challenge", 403), ("busy", 503), ("internal", 503),
+    ("something-else", 503),
+])
+def test_home_server_refusal(h, code, status):
+    resp, body = h.connect()
+    h.relay.answer(h.home.public_raw, json.dumps(
+        {"session": body["session"], "error": code, "message": "no"}).encode())
+    resp = h.call("GET", f"/api/sessions/{body['session']}")
+    assert_error(resp, status, code if code != "something-else" else "refused")
+
+
+# -- CORS and source addresses -------------------------------------------------
+
+
+def test_cors_allowed_and_refused_origins():
+    h = Harness(cors_origins=("https://app.example",), trusted_proxies=("127.0.0.1",))
+    resp = h.call("GET", "/healthz", headers={"Origin": ["https://app.example"]})
+    assert resp.header("Access-Control-Allow-Origin") == "https://app.example"
+    assert "X-HomeChannel-Signature" in resp.header("Access-Control-Expose-Headers")
+    assert resp.header("Vary") == "Origin"
+    resp = h.call("GET", "/healthz", headers={"Origin": ["https://evil.example"]})
+    assert resp.header("Access-Control-Allow-Origin") is None
+    resp = h.call("GET", "/healthz", headers={"Origin": ["https://app.example.evil"]})
+    assert resp.header("Access-Control-Allow-Origin") is None
+
+    pre = {"Origin": ["https://app.example"], "Access-Control-Request-Method": ["POST"]}
+    resp = h.call("OPTIONS", "/api/connect", headers=pre)
+    assert resp.code == 204
+    assert resp.header("Access-Control-Allow-Origin") == "https://app.example"
+    assert "POST" in resp.header("Access-Control-Allow-Methods")
+    assert "Content-Type" in resp.header("Access-Control-Allow-Headers")
+    pre["Origin"] = ["https://evil.example"]
+    resp = h.call("OPTIONS", "/api/connect", headers=pre)
+    assert_error(resp, 403, "cors")
+    assert resp.header("Access-Control-Allow-Origin") is None
+
+
+def test_no_cors_by_default(h):
+    resp = h.call("GET", "/healthz", headers={"Origin": ["https://app.example"]})
+    assert resp.header("Access-Control-Allow-Origin") is None
+
+
+def test_forwarded_for_ignored_from_untrusted_peer():
+    h = Harness(trusted_proxies=(), failures_before_lockout=1)
+    # The peer (127.0.0.1) is not a trusted proxy: X-Forwarded-For is ignored,
+    # so a failure "from" A locks out the peer, and "B" is the same peer.
+    resp, _ = h.connect(ip=IP_A, password_key=b"x" * 32)
+    assert_error(resp, 403, "wrong-password")
+    resp, _ = h.connect(ip=IP_B)
+    assert_error(resp, 429, "locked-out")
+
+
+class _Req:
+    def __init__(self, peer, xff):
+        self._peer = peer
+        from twisted.web.http_headers import Headers
+        self.requestHeaders = Headers({b"X-Forwarded-For": xff} if xff else {})
+
+    def getClientAddress(self):
+        from twisted.internet.address import IPv4Address
+        return IPv4Address("TCP", self._peer, 1234)
+
+
+@pytest.mark.parametrize("peer,xff,expected", [
+    ("10.0.0.1", [b"1.2.3.4"], "1.2.3.4"),
+    ("10.0.0.1", [b"6.6.6.6, 1.2.3.4"], "1.2.3.4"),            # spoofed left part ignored
+    ("10.0.0.1", [b"1.2.3.4, 10.0.0.2"], "1.2.3.4"),           # chain of trusted proxies
+    ("10.0.0.1", [b"6.6.6.6", b"1.2.3.4"], "1.2.3.4"),         # several header lines
+    ("10.0.0.1", [b"garbage"], "10.0.0.1"),
+    ("10.0.0.1", None, "10.0.0.1"),
+    ("10.0.0.1", [b"10.0.0.2"], "10.0.0.1"),
+    ("192.0.2.9", [b"1.2.3.4"], "192.0.2.9"),                  # untrusted peer
+])
+def test_source_address(peer, xff, expected):
+    w = web.CoordinatorWeb(crypto.IdentityKey.generate(), FakeRelay(),
+                           WebConfig(trusted_proxies=("10.0.0.1", "10.0.0.2")), task.Clock())
+    assert w.source_address(_Req(peer, xff)) == expected
+
+
+def test_bundled_client_is_served(monkeypatch):
+    h = Harness()
+    h.drive_producers(monkeypatch)
+    resp = h.call("GET", "/")
+    assert resp.code == 200 and b'<script type="module" src="/js/main.js">' in resp.body
+    for path in ("/js/main.js", "/js/api.js", "/js/crypto.js", "/js/config.js",
+                 "/js/webrtc.js", "/js/servers.js", "/css/site.css"):
+        assert h.call("GET", path).code == 200, path
