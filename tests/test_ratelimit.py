@@ -1,0 +1,81 @@
+"""Token-bucket rate limits and the per-source lockout."""
+
+from twisted.internet import task
+from zope.interface.verify import verifyObject
+
+from homechannel.coordinator.ratelimit import ILockout, IRateLimiter, Lockout, RateLimiter
+
+
+def test_interfaces():
+    clock = task.Clock()
+    assert verifyObject(IRateLimiter, RateLimiter(clock, 5))
+    assert verifyObject(ILockout, Lockout(clock))
+
+
+def test_rate_limiter_burst_and_refill():
+    clock = task.Clock()
+    limiter = RateLimiter(clock, limit=3, period=60.0)
+    assert [limiter.hit("a") for _ in range(3)] == [None, None, None]
+    retry = limiter.hit("a")
+    assert retry == 20.0  # one token every 20 s
+    assert limiter.hit("b") is None  # keys are independent
+    clock.advance(19.9)
+    assert limiter.hit("a") is not None
+    clock.advance(0.2)
+    assert limiter.hit("a") is None
+    assert limiter.hit("a") is not None
+
+
+def test_rate_limiter_refused_hits_are_not_counted():
+    clock = task.Clock()
+    limiter = RateLimiter(clock, limit=1, period=10.0)
+    assert limiter.hit("a") is None
+    for _ in range(100):
+        assert limiter.hit("a") is not None
+    clock.advance(10)
+    assert limiter.hit("a") is None
+
+
+def test_rate_limiter_table_is_capped():
+    clock = task.Clock()
+    limiter = RateLimiter(clock, limit=1, period=60.0, max_keys=100)
+    for i in range(1000):
+        limiter.hit(i)
+    assert len(limiter) == 100
+
+
+def test_lockout_doubles_and_is_capped():
+    clock = task.Clock()
+    lockout = Lockout(clock, threshold=3, base=10.0, maximum=35.0)
+    assert lockout.failure("a") is None
+    assert lockout.failure("a") is None
+    assert lockout.check("a") is None
+    assert lockout.failure("a") == 10.0
+    assert lockout.check("a") == 10.0
+    assert lockout.check("b") is None  # other sources are never affected
+    clock.advance(10)
+    assert lockout.check("a") is None
+    assert lockout.failure("a") == 20.0
+    clock.advance(20)
+    assert lockout.failure("a") == 35.0
+    clock.advance(35)
+    assert lockout.failure("a") == 35.0
+
+
+def test_lockout_forgets_after_good_behaviour_and_on_success():
+    clock = task.Clock()
+    lockout = Lockout(clock, threshold=2, base=10.0, maximum=100.0, forget_after=100.0)
+    lockout.failure("a")
+    assert lockout.failure("a") == 10.0
+    clock.advance(10 + 100)
+    assert lockout.failure("a") is None  # a fresh start
+    lockout.success("a")
+    assert len(lockout) == 0
+
+
+def test_lockout_table_is_capped():
+    clock = task.Clock()
+    lockout = Lockout(clock, max_keys=10)
+    for i in range(100):
+        lockout.failure(i)
+    assert len(lockout) == 10
