@@ -1,0 +1,144 @@
+"""The real DatagramProtocol adapters joined in memory under task.Clock:
+the relay seam, migration (success and failure) and failover persistence."""
+
+import json
+
+import pytest
+from twisted.internet import task
+from zope.interface.verify import verifyObject
+
+from homechannel import crypto
+from homechannel.config import ServerKeepalive
+from homechannel.coordinator.interfaces import IRelay
+from homechannel.coordinator.rendezvous import Rendezvous
+from homechannel.coordinator.udp import CoordinatorUDP
+from homechannel.errors import Unavailable
+from homechannel.server.challenges import ChallengeSource
+from homechannel.server.udp import ServerUDP, load_failover
+from homechannel.testing import MemoryNetwork
+
+K = b"K" * 32
+C1 = ("127.0.0.1", 7001)
+C2 = ("127.0.0.1", 7002)
+S = ("127.0.0.1", 40001)
+
+
+class EchoAnswerer:
+    def __init__(self):
+        self.offers = []
+
+    def handle_offer(self, payload):
+        self.offers.append(payload)
+        return b"answer to " + payload
+
+
+@pytest.fixture
+def net(tmp_path):
+    clock = task.Clock()
+    network = MemoryNetwork(clock)
+    keys = {C1: crypto.IdentityKey.generate(), C2: crypto.IdentityKey.generate()}
+    coords = {}
+    for addr, key in keys.items():
+        coords[addr] = network.attach(CoordinatorUDP(Rendezvous(key), clock), addr)
+    server_key = crypto.IdentityKey.generate()
+    answerer = EchoAnswerer()
+    failover = str(tmp_path / "failover-coordinator.json")
+
+    def start_server(target=None):
+        target = target or (C1[0], C1[1], keys[C1].public_raw)
+        srv = ServerUDP(server_key, ChallengeSource(K), ServerKeepalive(), target, clock,
+                        answerer, failover)
+        return network.attach(srv, S)
+
+    server = start_server()
+    network.run(1.0)
+    return dict(clock=clock, network=network, keys=keys, coords=coords, server=server,
+                server_key=server_key, answerer=answerer, failover=failover,
+                start_server=start_server)
+
+
+def test_relay_provides_the_interface(net):
+    verifyObject(IRelay, net["coords"][C1])
+
+
+def test_relay_offer_and_answer_through_adapters(net):
+    relay = net["coords"][C1]
+    server_key = net["server_key"]
+    assert net["server"].registered
+    online, challenge = relay.server_status(server_key.public_raw)
+    assert online and len(challenge) == 16
+    answers = []
+    relay.set_answer_handler(lambda key, payload: answers.append((key, payload)))
+    d = relay.send_offer(server_key.public_raw, b"offer" * 500)
+    net["network"].run(2.0)
+    assert d.called
+    assert answers == [(server_key.public_raw, b"answer to " + b"offer" * 500)]
+    expected = relay.take_challenge(server_key.public_raw, challenge)
+    assert crypto.check_answer(crypto.challenge_answer(K, challenge), expected)
+    assert relay.take_challenge(server_key.public_raw, challenge) is None
+    net["network"].run(2.0)      # the pool is refilled over UDP
+    assert len(relay.rv.registry.pool(relay.rv.registry.lookup_key(server_key.id))) == 2
+
+
+def test_offer_to_unknown_server_fails(net):
+    relay = net["coords"][C1]
+    d = relay.send_offer(crypto.IdentityKey.generate().public_raw, b"x")
+    f = []
+    d.addErrback(f.append)
+    assert f and f[0].check(Unavailable)
+
+
+def test_migration_success_persists_and_survives_restart(net):
+    server, network = net["server"], net["network"]
+    old, new = net["coords"][C1], net["coords"][C2]
+    old.migrate(net["server_key"].public_raw, C2[0], C2[1], net["keys"][C2].public_raw)
+    network.run(3.0)
+    assert server.active.name == f"{C2[0]}:{C2[1]}"
+    assert new.rv.registry.lookup_key(net["server_key"].id) >= 0
+    doc = json.load(open(net["failover"]))
+    assert doc["port"] == C2[1]
+    assert load_failover(net["failover"]) == (C2[0], C2[1], net["keys"][C2].public_raw)
+    # The old coordinator forgets the server once it stops pinging.
+    network.run(120.0)
+    old.rv.expire(net["clock"].seconds(), 90.0)
+    assert old.rv.registry.lookup_key(net["server_key"].id) == -1
+    assert new.rv.registry.lookup_key(net["server_key"].id) >= 0
+    # After a restart the server uses the persisted target.
+    network.detach(S)
+    restarted = net["start_server"](load_failover(net["failover"]))
+    network.run(2.0)
+    assert restarted.registered and restarted.active.name == f"{C2[0]}:{C2[1]}"
+
+
+def test_migration_to_unreachable_coordinator_stays(net):
+    server, network = net["server"], net["network"]
+    bogus = crypto.IdentityKey.generate()
+    net["coords"][C1].migrate(net["server_key"].public_raw, "127.0.0.1", 7999, bogus.public_raw)
+    network.run(40.0)
+    assert server.moving is None
+    assert server.active.name == f"{C1[0]}:{C1[1]}"
+    assert server.registered
+    with pytest.raises(FileNotFoundError):
+        open(net["failover"])
+    network.run(60.0)   # still alive with the old one: pings answered
+    slot = net["coords"][C1].rv.registry.lookup_key(net["server_key"].id)
+    assert slot >= 0
+
+
+def test_migration_to_impostor_key_stays(net):
+    """A target whose key does not match the coordinator there is refused."""
+    server, network = net["server"], net["network"]
+    wrong = crypto.IdentityKey.generate()
+    net["coords"][C1].migrate(net["server_key"].public_raw, C2[0], C2[1], wrong.public_raw)
+    network.run(40.0)
+    assert server.active.name == f"{C1[0]}:{C1[1]}"
+    assert net["coords"][C2].rv.registry.lookup_key(net["server_key"].id) == -1
+
+
+def test_coordinator_restart_through_adapters(net):
+    network, clock = net["network"], net["clock"]
+    network.detach(C1)
+    fresh = network.attach(CoordinatorUDP(Rendezvous(net["keys"][C1]), clock), C1)
+    network.run(35.0)
+    assert fresh.rv.registry.lookup_key(net["server_key"].id) >= 0
+    assert net["server"].registered
