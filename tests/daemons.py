@@ -1,0 +1,75 @@
+"""Build a real coordinator + home server pair (configs, keys, password) for
+end-to-end tests.  Used with the ``twistd`` fixture from conftest."""
+
+import os
+import signal
+from dataclasses import dataclass
+
+from conftest import free_tcp_port, free_udp_port, write_toml
+
+from homechannel import crypto
+
+PASSWORD = "correct horse battery staple"
+
+
+@dataclass
+class Pair:
+    base: str
+    coordinator_config: str
+    server_config: str
+    coordinator_key: crypto.IdentityKey
+    server_key: crypto.IdentityKey
+    web_port: int
+    udp_port: int
+    admin_port: int
+    files_root: str
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.web_port}"
+
+    @property
+    def link(self):
+        return f"{self.url}/#server={self.server_key.text}"
+
+
+def make_pair(tmp_path, keepalive=None, server_extra=None, password=PASSWORD, static_dir=None):
+    base = str(tmp_path)
+    cdir, sdir = os.path.join(base, "coordinator"), os.path.join(base, "server")
+    files_root = os.path.join(base, "files")
+    os.makedirs(files_root, exist_ok=True)
+    ckey, _ = crypto.IdentityKey.load_or_create(os.path.join(cdir, "coordinator.key"))
+    skey, _ = crypto.IdentityKey.load_or_create(os.path.join(sdir, "server.key"))
+    crypto.save_password_key(os.path.join(sdir, "password.json"), skey.public_raw,
+                             crypto.derive_password_key(password, skey.public_raw))
+    web, udp, admin = free_tcp_port(), free_udp_port(), free_tcp_port()
+    web_cfg = {"listen": f"tcp:{web}:interface=127.0.0.1",
+               "public_url": f"http://127.0.0.1:{web}"}
+    if static_dir:
+        web_cfg["static_dir"] = static_dir
+    ccfg = write_toml(os.path.join(base, "coordinator.toml"), {
+        "state_dir": cdir,
+        "udp": {"interface": "127.0.0.1", "port": udp, "sweep_interval": 1.0},
+        "web": web_cfg,
+        "admin": {"listen": f"tcp:{admin}:interface=127.0.0.1"},
+    })
+    server = {
+        "state_dir": sdir,
+        "coordinator_url": f"http://127.0.0.1:{web}",
+        "coordinator": {"host": "127.0.0.1", "port": udp, "public_key": ckey.text},
+        "webrtc": {"advertise_addresses": ["127.0.0.1"]},
+        "apps": {"files": {"roots": [files_root]}},
+    }
+    if keepalive:
+        server["keepalive"] = keepalive
+    for section, values in (server_extra or {}).items():
+        server.setdefault(section, {}).update(values) if isinstance(values, dict) \
+            else server.__setitem__(section, values)
+    scfg = write_toml(os.path.join(base, "server.toml"), server)
+    return Pair(base, ccfg, scfg, ckey, skey, web, udp, admin, files_root)
+
+
+def kill(proc_wrapper):
+    """SIGKILL a Twistd child (a crash, not a clean stop)."""
+    os.killpg(proc_wrapper.proc.pid, signal.SIGKILL)
+    proc_wrapper.proc.wait(10)
