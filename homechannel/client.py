@@ -1,0 +1,402 @@
+"""The native client: the browser's connect flow from a terminal, with aiortc.
+
+``homechannel connect`` looks a home server up on a coordinator, proves the
+password, offers a datachannel, verifies both signatures (the coordinator's on
+every HTTP response, the home server's on the answer), connects, says hello on
+the control channel and measures a ping.  ``homechannel forward`` (not yet
+implemented) will expose a local TCP port through an app channel.
+
+This module is pure asyncio (aiortc is asyncio); it never touches Twisted.  HTTP
+is ``urllib.request`` run in the default thread executor, so no dependency is
+added and HTTPS uses the system's trust store.
+"""
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+import re
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+from homechannel import crypto
+from homechannel.errors import (
+    AuthenticationError,
+    ConfigError,
+    Forbidden,
+    HomeChannelError,
+    ProtocolError,
+    RequestTimeout,
+    Unavailable,
+)
+from homechannel.server import ice
+
+SIGNATURE_HEADER = "X-HomeChannel-Signature"
+MAX_RESPONSE = 256 * 1024
+_CONFIG_KEY = re.compile(r'coordinatorKey\s*=\s*"([A-Za-z0-9_-]+)"')
+
+
+def _stderr(message):
+    print(message, file=sys.stderr)
+
+
+# -- the coordinator's HTTP API ----------------------------------------------
+
+
+class Coordinator:
+    """The coordinator's JSON API; every response must carry its signature."""
+
+    def __init__(self, url, key_raw, *, http_timeout=40.0):
+        self.url = url.rstrip("/")
+        self.key_raw = key_raw
+        self.http_timeout = http_timeout
+        self._base_path = urllib.parse.urlsplit(self.url).path
+
+    @staticmethod
+    def _fetch(url, method="GET", body=None, timeout=40.0):
+        """Blocking HTTP; returns (status, headers, body).  Run in a thread."""
+        headers = {"Accept": "application/json", "User-Agent": "homechannel-client"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        request = urllib.request.Request(url, data=body, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.status, response.headers, response.read(MAX_RESPONSE + 1)
+        except urllib.error.HTTPError as e:
+            with e:
+                return e.code, e.headers, e.read(MAX_RESPONSE + 1)
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise Unavailable(f"cannot reach the coordinator at {url}: {reason}") from None
+
+    async def fetch(self, path, method="GET", body=None, timeout=None):
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            None, self._fetch, self.url + path, method, body, timeout or self.http_timeout)
+
+    async def call(self, path, doc=None, timeout=None):
+        """GET (or POST *doc*) an API path; verify the signature; return (status, json)."""
+        body = None if doc is None else json.dumps(doc).encode("utf-8")
+        status, headers, raw = await self.fetch(path, "GET" if doc is None else "POST", body,
+                                                timeout)
+        if len(raw) > MAX_RESPONSE:
+            raise ProtocolError(f"the coordinator's response to {path} is too large")
+        signature = headers.get(SIGNATURE_HEADER)
+        try:
+            if signature is None:
+                raise AuthenticationError("no signature header")
+            crypto.verify(self.key_raw, crypto.b64u_decode(signature),
+                          crypto.response_signature_message(self._base_path + path, raw))
+        except (AuthenticationError, ProtocolError):
+            raise AuthenticationError(
+                f"the coordinator's response to {path} is not signed by the coordinator key "
+                f"{crypto.b64u_encode(self.key_raw)}: refusing it (wrong --coordinator-key, or "
+                "someone between you and the coordinator changed the response)") from None
+        try:
+            result = json.loads(raw.decode("utf-8"))
+            if not isinstance(result, dict):
+                raise ValueError
+        except (UnicodeDecodeError, ValueError):
+            raise ProtocolError(f"the coordinator's response to {path} is not a JSON object") \
+                from None
+        return status, result
+
+
+def _api_error(status, doc, context):
+    """A coordinator error response as the matching HomeChannelError."""
+    message = doc.get("error") if isinstance(doc.get("error"), str) else f"HTTP {status}"
+    code = doc.get("code") if isinstance(doc.get("code"), str) else None
+    text = f"{context}: {message}" + (f" ({code})" if code else "")
+    if status == 403:
+        return Forbidden(text)
+    if status == 408:
+        return RequestTimeout(text)
+    if status in (404, 429) or status >= 500:
+        return Unavailable(text)
+    return ProtocolError(text)
+
+
+async def fetch_coordinator_key(url):
+    """The key published in ``{url}/config.js`` (trust on first use)."""
+    status, _, body = await Coordinator(url, None).fetch("/config.js")
+    match = _CONFIG_KEY.search(body.decode("utf-8", "replace")) if status == 200 else None
+    if not match:
+        raise ConfigError(f"{url}/config.js does not publish a coordinator key: "
+                          "pass --coordinator-key")
+    return crypto.parse_server_id(match.group(1))
+
+
+# -- the control channel -------------------------------------------------------
+
+
+async def wait_open(channel, timeout):
+    if channel.readyState == "open":
+        return
+    loop = asyncio.get_running_loop()
+    opened = loop.create_future()
+
+    def on_open():
+        if not opened.done():
+            opened.set_result(None)
+
+    def on_close():
+        if not opened.done():
+            opened.set_exception(Unavailable("the datachannel closed before it opened"))
+
+    channel.on("open", on_open)
+    channel.on("close", on_close)
+    try:
+        await asyncio.wait_for(opened, timeout)
+    except asyncio.TimeoutError:
+        raise Unavailable(f"no direct connection to the home server within {timeout:g} s "
+                          "(firewall? try a TURN server with --ice-server)") from None
+    finally:
+        channel.remove_listener("open", on_open)
+        channel.remove_listener("close", on_close)
+
+
+async def control_request(channel, doc, reply_op, match=None, timeout=10.0):
+    """Send *doc* on the control channel; return the first reply with op *reply_op*."""
+    loop = asyncio.get_running_loop()
+    reply = loop.create_future()
+
+    def on_message(message):
+        try:
+            got = json.loads(message)
+        except (TypeError, ValueError):
+            return
+        if not isinstance(got, dict) or reply.done():
+            return
+        if got.get("op") == reply_op and (match is None or match(got)):
+            reply.set_result(got)
+        elif got.get("op") == "error" and got.get("id", doc.get("id")) == doc.get("id"):
+            reply.set_exception(ProtocolError(
+                f"the home server refused {doc.get('op')!r}: {got.get('message', got)}"))
+
+    channel.on("message", on_message)
+    try:
+        channel.send(json.dumps(doc))
+        return await asyncio.wait_for(reply, timeout)
+    except asyncio.TimeoutError:
+        raise RequestTimeout(f"no {reply_op!r} reply on the control channel "
+                             f"within {timeout:g} s") from None
+    finally:
+        channel.remove_listener("message", on_message)
+
+
+async def ping(channel, ident, timeout=10.0):
+    """One control ping; returns the round-trip time in seconds."""
+    start = time.monotonic()
+    await control_request(channel, {"op": "ping", "id": ident}, "pong",
+                          match=lambda d: d.get("id") == ident, timeout=timeout)
+    return time.monotonic() - start
+
+
+# -- connect -------------------------------------------------------------------
+
+
+def _ice_servers(entries):
+    from homechannel.server.peer import ice_servers_from_config
+
+    return ice_servers_from_config(entries)
+
+
+async def connect(url, server_id, password, coordinator_key=None, ice_servers=(),
+                  advertise_addresses=(), *, timeout=60.0, connect_timeout=30.0,
+                  random_bytes=os.urandom, notify=None):
+    """Connect to home server *server_id* through the coordinator at *url*.
+
+    Returns ``(pc, control_channel, hello)``: the open RTCPeerConnection, its
+    open "control" datachannel and the server's hello reply.  Raises a
+    HomeChannelError with an actionable message on any refusal.  The caller
+    closes *pc*.  *coordinator_key* is the coordinator's base64url public key;
+    None fetches it from ``{url}/config.js`` (trust on first use).
+    """
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+    notify = notify or (lambda message: None)
+    server_raw = crypto.parse_server_id(server_id)
+    if coordinator_key:
+        coordinator_raw = crypto.parse_server_id(coordinator_key)
+    else:
+        coordinator_raw = await fetch_coordinator_key(url)
+        notify(f"trusting coordinator key {crypto.b64u_encode(coordinator_raw)} from "
+               f"{url}/config.js; pass --coordinator-key to pin it")
+    coordinator = Coordinator(url, coordinator_raw)
+
+    # 1. The server's current challenge (signed by the coordinator).
+    path = f"/api/servers/{server_id}"
+    status, doc = await coordinator.call(path)
+    if status != 200:
+        raise _api_error(status, doc, "looking up the home server")
+    if not doc.get("online") or not isinstance(doc.get("challenge"), str):
+        raise Unavailable("the home server is offline (not registered with this coordinator)")
+    challenge = crypto.b64u_decode(doc["challenge"])
+
+    # 2. The password key (slow on purpose: off the loop) and the offer.
+    loop = asyncio.get_running_loop()
+    key = await loop.run_in_executor(None, crypto.derive_password_key, password, server_raw)
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=_ice_servers(ice_servers)))
+    try:
+        control = pc.createDataChannel("control")
+        ice.advertise_host_addresses(pc, advertise_addresses)
+        await pc.setLocalDescription(await pc.createOffer())
+        offer = pc.localDescription.sdp
+        client_fp = crypto.sdp_fingerprint(offer)
+        session = crypto.b64u_encode(random_bytes(16))
+        request = {
+            "server": server_id,
+            "session": session,
+            "challenge": crypto.b64u_encode(challenge),
+            "answer": crypto.b64u_encode(crypto.challenge_answer(key, challenge)),
+            "proof": crypto.b64u_encode(crypto.client_proof(key, session, challenge, client_fp)),
+            "offer": offer,
+        }
+        status, doc = await coordinator.call("/api/connect", request)
+        if status not in (200, 202):
+            raise _api_error(status, doc, "the coordinator refused the connection")
+
+        # 3. Long-poll for the home server's signed answer.
+        result = await _wait_answer(coordinator, session, timeout)
+
+        # 4. The answer must be signed by the pinned home server, over our fingerprint.
+        answer, when = result.get("answer"), result.get("time")
+        try:
+            if not isinstance(answer, str) or not isinstance(when, int):
+                raise ProtocolError("answer or time missing")
+            server_fp = crypto.sdp_fingerprint(answer)
+            crypto.verify(server_raw, crypto.b64u_decode(result.get("signature")),
+                          crypto.answer_signature_message(session, challenge, client_fp,
+                                                          server_fp, when, answer))
+        except (ProtocolError, AuthenticationError) as e:
+            raise AuthenticationError(
+                f"the answer is not signed by home server {server_id} over this session "
+                f"({e}): it was altered on the way (by the coordinator?); refusing to "
+                "connect") from None
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+
+        # 5. The control channel.
+        await wait_open(control, connect_timeout)
+        hello = await control_request(control, {"op": "hello"}, "hello")
+        return pc, control, hello
+    except BaseException:
+        await pc.close()
+        raise
+
+
+async def _wait_answer(coordinator, session, timeout):
+    path = f"/api/sessions/{session}"
+    deadline = time.monotonic() + timeout
+    while True:
+        status, doc = await coordinator.call(path)
+        if status == 200 and doc.get("status") == "answered":
+            return doc
+        if status == 200 and doc.get("status") == "pending":
+            if time.monotonic() > deadline:
+                raise RequestTimeout(f"the home server did not answer within {timeout:g} s")
+            continue
+        if status == 200:
+            raise ProtocolError(f"unexpected session status {doc.get('status')!r}")
+        raise _api_error(status, doc, "the connection was refused")
+
+
+# -- command line ----------------------------------------------------------------
+
+
+def _common_options(p):
+    p.add_argument("--url", help="the coordinator's URL, e.g. https://coordinator.example")
+    p.add_argument("--server", required=True,
+                   help="the home server id, or the connect link the home server prints")
+    p.add_argument("--password-file",
+                   help="read the password from this file (default: prompt)")
+    p.add_argument("--coordinator-key",
+                   help="pin the coordinator's public key (default: trust {url}/config.js)")
+    p.add_argument("--ice-server", action="append", default=[], metavar="URL",
+                   help="a STUN/TURN URL (repeatable; default: none, host candidates only)")
+    p.add_argument("--advertise-address", action="append", default=[], metavar="IP",
+                   help="also offer this host address as an ICE candidate (e.g. 127.0.0.1)")
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds to wait for the home server's answer")
+
+
+def _parse_target(args):
+    """--server may be an id or a connect link ``{url}/#server={id}``."""
+    server, url = args.server, args.url
+    if "#server=" in server:
+        link_url, _, server = server.partition("#server=")
+        url = url or link_url.rstrip("/") or None
+    if not url:
+        raise ConfigError("no coordinator: pass --url (or a connect link as --server)")
+    crypto.parse_server_id(server)
+    return url.rstrip("/"), server
+
+
+def _read_password(args):
+    if args.password_file:
+        try:
+            with open(args.password_file, encoding="utf-8") as f:
+                password = f.readline().rstrip("\r\n")
+        except OSError as e:
+            raise ConfigError(f"cannot read {args.password_file}: {e.strerror}") from None
+    else:
+        password = getpass.getpass("HomeChannel password: ")
+    if not password:
+        raise ConfigError("the password is empty")
+    return password
+
+
+def _connect_kwargs(args):
+    url, server = _parse_target(args)
+    return dict(url=url, server_id=server, password=_read_password(args),
+                coordinator_key=args.coordinator_key, ice_servers=tuple(args.ice_server),
+                advertise_addresses=ice.parse_addresses(args.advertise_address),
+                timeout=args.timeout, notify=_stderr)
+
+
+async def _connect_and_ping(kwargs, out):
+    pc, control, hello = await connect(**kwargs)
+    try:
+        apps = hello.get("apps") or []
+        names = [a.get("name", a) if isinstance(a, dict) else a for a in apps]
+        print(f"connected to {kwargs['server_id']}", file=out)
+        print("apps: " + (", ".join(map(str, names)) or "(none)"), file=out)
+        rtt = await ping(control, 1)
+        print(f"ping: {rtt * 1000:.1f} ms", file=out)
+    finally:
+        await pc.close()
+
+
+def main_connect(argv, out=None):
+    """``homechannel connect``: connect, print the apps and a ping time; exit status."""
+    p = argparse.ArgumentParser(prog="homechannel connect",
+                                description="Connect to a home server and ping it.")
+    _common_options(p)
+    args = p.parse_args(argv)
+    try:
+        asyncio.run(_connect_and_ping(_connect_kwargs(args), out or sys.stdout))
+    except HomeChannelError as e:
+        _stderr(f"homechannel connect: {e}")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def main_forward(argv):
+    """``homechannel forward``: not implemented yet (see docs/protocol.md section 3)."""
+    p = argparse.ArgumentParser(prog="homechannel forward",
+                                description="Expose a home server app as a local TCP port "
+                                            "(not implemented yet).")
+    _common_options(p)
+    p.add_argument("--app", default="forward")
+    p.add_argument("--port", type=int)
+    p.add_argument("--listen")
+    p.add_argument("--stdio", action="store_true")
+    p.parse_args(argv)
+    _stderr("homechannel forward: not implemented yet; use 'homechannel connect' to test "
+            "the connection")
+    return 2
