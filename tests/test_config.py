@@ -1,0 +1,67 @@
+"""The example configs parse, document every key, and bad configs are clear errors."""
+
+import dataclasses
+import os
+import re
+
+import pytest
+
+from homechannel import config
+from homechannel.errors import ConfigError
+
+CONF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+
+
+def _keys(cls, prefix=""):
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(f.type if not isinstance(f.type, str) else None) or \
+                f.name in ("udp", "web", "admin", "coordinator", "keepalive", "webrtc",
+                           "apps", "files", "terminal", "desktop", "forward"):
+            sub = type(f.default_factory()) if f.default_factory is not dataclasses.MISSING else None
+            if sub is not None and dataclasses.is_dataclass(sub):
+                yield from _keys(sub, prefix + f.name + ".")
+                continue
+        yield prefix + f.name
+
+
+@pytest.mark.parametrize("name,cls", [("coordinator", config.CoordinatorConfig),
+                                      ("server", config.ServerConfig)])
+def test_examples_parse_and_mention_every_key(name, cls):
+    path = os.path.join(CONF, f"{name}.example.toml")
+    cfg = config.load(cls, path)
+    assert cfg.state_dir
+    text = open(path).read()
+    for key in _keys(cls):
+        leaf = key.rsplit(".", 1)[-1]
+        assert re.search(rf"^#? ?{leaf} =", text, re.M), f"{key} is not documented in {path}"
+
+
+def test_defaults_equal_examples():
+    ex = config.load_coordinator(os.path.join(CONF, "coordinator.example.toml"))
+    assert dataclasses.replace(ex, state_dir="", identity_key="") == \
+        dataclasses.replace(config.load_coordinator(), state_dir="", identity_key="")
+
+
+def test_unknown_key_and_wrong_type(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("[udp]\nprot = 5\n")
+    with pytest.raises(ConfigError, match="udp.prot"):
+        config.load_coordinator(str(p))
+    p.write_text("[udp]\nport = 'x'\n")
+    with pytest.raises(ConfigError, match="udp.port must be of type int"):
+        config.load_coordinator(str(p))
+    p.write_text("[udp\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        config.load_coordinator(str(p))
+
+
+def test_overrides_win(tmp_path):
+    cfg = config.load_server(os.path.join(CONF, "server.example.toml"),
+                             {"coordinator.port": 9, "state_dir": str(tmp_path)})
+    assert cfg.coordinator.port == 9
+    assert cfg.password_key == os.path.join(str(tmp_path), "password.json")
+
+
+def test_state_directory_from_systemd(monkeypatch):
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/homechannel")
+    assert config.load_server().state_dir == "/var/lib/homechannel"
