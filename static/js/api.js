@@ -1,0 +1,76 @@
+// The coordinator's HTTPS API.  Every response is verified against the
+// coordinator key from /config.js before it is believed (docs/protocol.md §2).
+
+import { b64uDecode, responseSignatureMessage, verify, importPublicKey, parseServerId } from "./crypto.js";
+
+export class ApiError extends Error {
+  constructor(status, code, message, retryAfter = null) {
+    super(message);
+    this.status = status;
+    this.code = code;
+    this.retryAfter = retryAfter;
+  }
+}
+
+export class SignatureError extends Error {}
+
+export class Coordinator {
+  constructor(coordinatorKeyText, base = "") {
+    this.base = base;
+    this.keyPromise = importPublicKey(parseServerId(coordinatorKeyText));
+  }
+
+  /** fetch, verify the signature over (path, raw body), parse JSON. */
+  async request(method, path, body, signal) {
+    const init = { method, headers: {}, cache: "no-store", signal };
+    if (body !== undefined) {
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    let response;
+    try {
+      response = await fetch(this.base + path, init);
+    } catch (e) {
+      if (e.name === "AbortError") throw e;
+      throw new ApiError(0, "network", "Cannot reach the coordinator. Check your internet connection.");
+    }
+    const raw = new Uint8Array(await response.arrayBuffer());
+    const sigText = response.headers.get("X-HomeChannel-Signature");
+    const signedPath = new URL(response.url || this.base + path, location.href).pathname;
+    let ok = false;
+    try {
+      ok = !!sigText && await verify(await this.keyPromise, b64uDecode(sigText),
+        responseSignatureMessage(signedPath, raw));
+    } catch (e) {
+      ok = false;
+    }
+    if (!ok) {
+      throw new SignatureError("The coordinator's response is not signed by its key. " +
+        "Someone may be interfering with the connection; do not continue.");
+    }
+    let doc;
+    try {
+      doc = JSON.parse(new TextDecoder().decode(raw));
+    } catch (e) {
+      throw new ApiError(response.status, "bad-response", "The coordinator sent a malformed response.");
+    }
+    if (!response.ok) {
+      const retry = doc.retry_after ?? Number(response.headers.get("Retry-After")) ?? null;
+      throw new ApiError(response.status, doc.code || "error", doc.error || `HTTP ${response.status}`,
+        Number.isFinite(retry) && retry > 0 ? retry : null);
+    }
+    return { status: response.status, doc };
+  }
+
+  lookup(serverId, signal) {
+    return this.request("GET", `/api/servers/${encodeURIComponent(serverId)}`, undefined, signal);
+  }
+
+  connect(body, signal) {
+    return this.request("POST", "/api/connect", body, signal);
+  }
+
+  poll(sessionId, signal) {
+    return this.request("GET", `/api/sessions/${encodeURIComponent(sessionId)}`, undefined, signal);
+  }
+}

@@ -1,0 +1,483 @@
+// The HomeChannel browser client: remembered servers, the connect flow
+// (docs/protocol.md §2) and the control channel.  Apps UI: static/js/apps/index.js
+// exports mountApps(container, {pc, control, apps, serverId}); see onConnected().
+
+import { coordinatorKey, iceServers } from "/config.js";
+import { settings, formatDuration } from "./config.js";
+import * as hc from "./crypto.js";
+import { ApiError, Coordinator, SignatureError } from "./api.js";
+import * as servers from "./servers.js";
+import { applyAnswer, createPeer, makeOffer, request, StepTimeout, waitOpen } from "./webrtc.js";
+
+const $ = (id) => document.getElementById(id);
+
+const STEPS = [
+  ["lookup", "Looking up the server"],
+  ["password", "Checking the password"],
+  ["gather", "Gathering candidates"],
+  ["wait", "Waiting for the home server"],
+  ["open", "Opening the channel"],
+];
+
+/** A failure the user can act on; kind is a stable short name (tests, styling). */
+export class ConnectError extends Error {
+  constructor(kind, message, { retryAfter = null, step = null } = {}) {
+    super(message);
+    this.kind = kind;
+    this.retryAfter = retryAfter;
+    this.step = step;
+  }
+}
+
+const api = new Coordinator(coordinatorKey);
+
+// The server the connect form is for, and the live connection (if any).
+let current = null;      // {id, name, remembered}
+let connection = null;   // {pc, control, serverId, passwordKey, closing, pingTimer}
+let busy = false;
+
+// -- views ---------------------------------------------------------------------
+
+function show(view) {
+  for (const id of ["add-link", "servers", "connect", "session"]) $(id).hidden = id !== view;
+}
+
+function renderServers() {
+  const list = $("server-list");
+  list.replaceChildren();
+  const all = servers.listServers();
+  $("no-servers").hidden = all.length > 0;
+  $("add-manual").open = all.length === 0;
+  for (const server of all) {
+    const li = document.createElement("li");
+    const open = document.createElement("button");
+    open.type = "button";
+    open.className = "open";
+    open.textContent = server.name;
+    const small = document.createElement("small");
+    small.textContent = shortId(server.id);
+    open.append(small);
+    open.addEventListener("click", () => openConnect({ ...server, remembered: true }));
+    const forget = document.createElement("button");
+    forget.type = "button";
+    forget.textContent = "Forget";
+    forget.setAttribute("aria-label", `Forget ${server.name}`);
+    forget.addEventListener("click", () => {
+      if (confirm(`Forget "${server.name}" in this browser?`)) {
+        servers.forgetServer(server.id);
+        renderServers();
+      }
+    });
+    li.append(open, forget);
+    list.append(li);
+  }
+  show("servers");
+}
+
+function shortId(id) {
+  return id.length > 20 ? `${id.slice(0, 10)}…${id.slice(-8)}` : id;
+}
+
+function openConnect(server) {
+  current = server;
+  $("connect-name").textContent = server.name;
+  $("connect-id").textContent = server.id;
+  $("steps").hidden = true;
+  hideError();
+  setBusy(false);
+  show("connect");
+  $("password").focus();
+}
+
+function offerToAdd(id) {
+  $("add-link-id").textContent = id;
+  $("add-link-name").value = "Home server";
+  show("add-link");
+  $("add-link-name").focus();
+  $("add-link-name").select();
+}
+
+function resetSteps() {
+  const ol = $("steps");
+  ol.replaceChildren();
+  for (const [key, label] of STEPS) {
+    const li = document.createElement("li");
+    li.dataset.step = key;
+    li.dataset.state = "pending";
+    li.textContent = label;
+    ol.append(li);
+  }
+  ol.hidden = false;
+}
+
+function setStep(key) {
+  let reached = false;
+  for (const li of $("steps").children) {
+    if (li.dataset.step === key) {
+      li.dataset.state = "active";
+      li.setAttribute("aria-current", "step");
+      reached = true;
+    } else {
+      li.removeAttribute("aria-current");
+      li.dataset.state = reached ? "pending" : "done";
+    }
+  }
+}
+
+function failStep() {
+  for (const li of $("steps").children) {
+    if (li.dataset.state === "active") li.dataset.state = "failed";
+  }
+}
+
+function showError(error) {
+  const box = $("connect-error");
+  box.replaceChildren();
+  const p = document.createElement("p");
+  p.textContent = error.message;
+  box.append(p);
+  box.dataset.kind = error.kind || "error";
+  box.hidden = false;
+}
+
+function hideError() {
+  $("connect-error").hidden = true;
+  $("connect-error").replaceChildren();
+}
+
+function setBusy(value) {
+  busy = value;
+  $("connect-button").disabled = value;
+  $("password").disabled = value;
+  $("connect-button").textContent = value ? "Connecting…" : "Connect";
+}
+
+// -- errors ----------------------------------------------------------------------
+
+function explain(error) {
+  if (error instanceof ConnectError) return error;
+  if (error instanceof SignatureError) {
+    return new ConnectError("coordinator-signature", "The coordinator's response is not signed " +
+      "by the coordinator's key, so it cannot be trusted. Someone may be interfering with " +
+      "your connection. Do not continue on this network.");
+  }
+  if (error instanceof ApiError) {
+    const wait = error.retryAfter ? formatDuration(error.retryAfter) : "a while";
+    switch (error.code) {
+      case "wrong-password":
+        return new ConnectError("wrong-password", "Wrong password. Check it and try again.");
+      case "offline":
+        return new ConnectError("offline", "The home server is offline. Make sure it is " +
+          "running and connected to the internet, then try again.");
+      case "locked-out":
+        return new ConnectError("locked-out", `Too many wrong passwords from your network. ` +
+          `Try again in ${wait}.`, { retryAfter: error.retryAfter });
+      case "rate-limited":
+        return new ConnectError("rate-limited", `Too many attempts. Try again in ${wait}.`,
+          { retryAfter: error.retryAfter });
+      case "bad-proof":
+        return new ConnectError("bad-proof", "The home server refused the connection: it " +
+          "could not confirm the password. If the password was changed on the home server, " +
+          "use the new one.");
+      case "unknown-challenge":
+        return new ConnectError("refused", "The home server did not recognise this attempt. " +
+          "Try again.");
+      case "busy":
+        return new ConnectError("busy", "The home server (or the coordinator) is busy. " +
+          "Try again in a minute.");
+      case "timeout":
+        return new ConnectError("timeout", "The home server did not answer in time. Check " +
+          "that it is running, then try again.");
+      case "relay-failed":
+        return new ConnectError("relay-failed", "The coordinator could not reach the home " +
+          "server. Try again in a moment.");
+      case "network":
+        return new ConnectError("network", error.message);
+      default:
+        return new ConnectError(error.code || "error", `The connection failed: ${error.message}`);
+    }
+  }
+  if (error instanceof StepTimeout) return new ConnectError("timeout", error.message);
+  console.warn("connect failed", error);
+  return new ConnectError("error", `The connection failed: ${error.message || error}`);
+}
+
+// -- the connect flow ------------------------------------------------------------------
+
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** One attempt: returns {pc, control} with the control channel open. */
+async function attempt(server, passwordKeyPromise) {
+  const serverRaw = hc.parseServerId(server.id);
+
+  setStep("lookup");
+  let { doc } = await api.lookup(server.id);
+  if (!doc.online) throw new ApiError(404, "offline", "offline");
+  for (let i = 0; !doc.challenge && i < 3; i++) {
+    await sleep(1000);  // the pool is being refilled
+    ({ doc } = await api.lookup(server.id));
+    if (!doc.online) throw new ApiError(404, "offline", "offline");
+  }
+  if (!doc.challenge) {
+    throw new ConnectError("busy", "The home server has no fresh challenge right now. " +
+      "Try again in a minute.");
+  }
+  const challenge = hc.b64uDecode(doc.challenge);
+
+  setStep("password");
+  const passwordKey = await passwordKeyPromise;
+  const answer = await hc.challengeAnswer(passwordKey, challenge);
+
+  setStep("gather");
+  const { pc, control } = createPeer(iceServers);
+  try {
+    const offer = await makeOffer(pc, settings.iceGatheringTimeoutMs);
+    const session = hc.newSessionId();
+    const proof = await hc.clientProof(passwordKey, session, challenge, offer.fingerprint);
+
+    setStep("wait");
+    const deadline = Date.now() + settings.answerTimeoutMs;
+    await api.connect({
+      server: server.id, session, challenge: doc.challenge, answer: hc.b64uEncode(answer),
+      proof: hc.b64uEncode(proof), offer: offer.sdp,
+    });
+    let result;
+    for (;;) {
+      ({ doc: result } = await api.poll(session));
+      if (result.status === "answered") break;
+      if (Date.now() > deadline) {
+        throw new ConnectError("timeout", "The home server did not answer in time. Check " +
+          "that it is running, then try again.");
+      }
+    }
+    await checkAnswer(serverRaw, session, challenge, offer.fingerprint, result);
+
+    setStep("open");
+    await applyAnswer(pc, result.answer);
+    await waitOpen(pc, control, settings.channelOpenTimeoutMs);
+    return { pc, control };
+  } catch (error) {
+    pc.close();
+    throw error;
+  }
+}
+
+async function checkAnswer(serverRaw, session, challenge, clientFingerprint, result) {
+  const forged = new ConnectError("server-signature", "The answer is not signed by the home " +
+    "server you added (its key does not match). Someone may be impersonating it; do not continue.");
+  if (result.session !== session || typeof result.answer !== "string") throw forged;
+  let serverFingerprint;
+  let signature;
+  try {
+    serverFingerprint = hc.sdpFingerprint(result.answer);
+    signature = hc.b64uDecode(result.signature);
+  } catch (e) {
+    throw forged;
+  }
+  const message = hc.answerSignatureMessage(session, challenge, clientFingerprint,
+    serverFingerprint, result.time, result.answer);
+  if (!await hc.verify(serverRaw, signature, message)) throw forged;
+  const skew = Math.abs(result.time - Date.now() / 1000);
+  if (!(skew < settings.maxClockSkewSeconds)) {
+    throw new ConnectError("clock", "The home server's answer is too old or its clock is " +
+      "wrong (more than 5 minutes off). Check the clocks and try again.");
+  }
+}
+
+async function connect({ password = null, passwordKey = null } = {}) {
+  if (busy || !current) return;
+  const server = current;
+  setBusy(true);
+  hideError();
+  resetSteps();
+  const serverRaw = hc.parseServerId(server.id);
+  // PBKDF2 starts at once, in parallel with the lookup.
+  const keyPromise = passwordKey ? Promise.resolve(passwordKey)
+    : hc.derivePasswordKey(password, serverRaw);
+  keyPromise.catch(() => {});
+  try {
+    let link;
+    try {
+      link = await attempt(server, keyPromise);
+    } catch (error) {
+      // A challenge someone else used first: fetch a fresh one, once.
+      if (!(error instanceof ApiError && error.code === "stale-challenge")) throw error;
+      resetSteps();
+      link = await attempt(server, keyPromise);
+    }
+    const hello = await request(link.control, { op: "hello" }, (m) => m.op === "hello",
+      settings.helloTimeoutMs);
+    $("password").value = "";
+    startSession(server, link, await keyPromise, Array.isArray(hello.apps) ? hello.apps : []);
+  } catch (error) {
+    failStep();
+    const explained = explain(error);
+    showError(explained);
+    setBusy(false);
+    if (explained.kind === "wrong-password" || explained.kind === "bad-proof") {
+      $("password").select();
+      $("password").focus();
+    }
+    return;
+  }
+  setBusy(false);
+}
+
+// -- the session -------------------------------------------------------------------------
+
+function startSession(server, link, passwordKey, apps) {
+  const { pc, control } = link;
+  connection = { pc, control, serverId: server.id, passwordKey, closing: false, pingTimer: null };
+  const conn = connection;
+  $("session-name").textContent = server.name;
+  $("session-status").textContent = "Connected";
+  $("session-status").classList.remove("lost");
+  $("dropped").hidden = true;
+  $("disconnect-button").hidden = false;
+  show("session");
+
+  let pingId = 0;
+  conn.pingTimer = setInterval(() => {
+    if (control.readyState === "open") control.send(JSON.stringify({ op: "ping", id: ++pingId }));
+  }, settings.pingIntervalMs);
+
+  const dropped = () => {
+    if (conn.closing || connection !== conn) return;
+    conn.closing = true;
+    clearInterval(conn.pingTimer);
+    try { pc.close(); } catch (e) { /* already closed */ }
+    $("session-status").textContent = "Disconnected";
+    $("session-status").classList.add("lost");
+    $("dropped-text").textContent = `The connection to ${server.name} was lost.`;
+    $("dropped").hidden = false;
+    $("disconnect-button").hidden = true;
+    $("reconnect-button").focus();
+  };
+  control.addEventListener("close", dropped);
+  pc.addEventListener("connectionstatechange", () => {
+    if (pc.connectionState === "failed" || pc.connectionState === "closed") dropped();
+  });
+
+  onConnected({ pc, control, apps, serverId: server.id });
+}
+
+function disconnect() {
+  const conn = connection;
+  connection = null;
+  if (conn) {
+    conn.closing = true;
+    clearInterval(conn.pingTimer);
+    try { conn.control.close(); } catch (e) { /* ignore */ }
+    try { conn.pc.close(); } catch (e) { /* ignore */ }
+    conn.passwordKey = null;
+  }
+  $("apps").replaceChildren();
+  if (current) openConnect(current); else renderServers();
+}
+
+async function reconnect() {
+  const conn = connection;
+  connection = null;
+  $("apps").replaceChildren();
+  openConnect(current);
+  if (conn && conn.passwordKey) await connect({ passwordKey: conn.passwordKey });
+}
+
+/** Called once the control channel said hello.  Hands over to the apps UI. */
+export async function onConnected({ pc, control, apps, serverId }) {
+  const container = $("apps");
+  container.replaceChildren();
+  try {
+    const module = await import("./apps/index.js");
+    await module.mountApps(container, { pc, control, apps, serverId });
+  } catch (error) {
+    // No apps UI installed (or it failed): at least say what the server offers.
+    console.info("apps UI not available:", error && error.message);
+    const p = document.createElement("p");
+    p.textContent = apps.length ? "Apps on this server:" : "This server offers no apps.";
+    const ul = document.createElement("ul");
+    for (const app of apps) {
+      const li = document.createElement("li");
+      li.textContent = app.title || app.name;
+      ul.append(li);
+    }
+    container.append(p, ul);
+  }
+}
+
+// -- start ---------------------------------------------------------------------------------
+
+function route() {
+  const id = servers.serverIdFromHash(location.hash);
+  if (id) {
+    const known = servers.getServer(id);
+    if (known) openConnect({ ...known, remembered: true });
+    else offerToAdd(id);
+  } else if (location.hash.includes("server=")) {
+    renderServers();
+    $("add-error").textContent = "The connect link is incomplete or damaged. Copy the whole " +
+      "link the home server printed.";
+    $("add-manual").open = true;
+  } else {
+    renderServers();
+  }
+}
+
+function init() {
+  if (typeof RTCPeerConnection === "undefined" || !globalThis.crypto || !globalThis.crypto.subtle) {
+    $("unsupported").hidden = false;
+    return;
+  }
+
+  $("add-link-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const id = $("add-link-id").textContent;
+    const saved = servers.rememberServer(id, $("add-link-name").value);
+    history.replaceState(null, "", location.pathname);
+    openConnect({ ...saved, remembered: true });
+  });
+  $("add-link-skip").addEventListener("click", () => {
+    openConnect({ id: $("add-link-id").textContent, name: "this server", remembered: false });
+  });
+
+  $("add-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = $("add-id").value.trim();
+    const id = servers.serverIdFromHash(text.includes("#") ? text.slice(text.indexOf("#")) : "")
+      || (servers.isValidServerId(text) ? text : null);
+    if (!id) {
+      $("add-error").textContent = "That is not a server id. Paste the connect link or the id " +
+        "the home server printed.";
+      return;
+    }
+    $("add-error").textContent = "";
+    const saved = servers.rememberServer(id, $("add-name").value);
+    $("add-id").value = "";
+    openConnect({ ...saved, remembered: true });
+  });
+
+  $("connect-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const password = $("password").value;
+    if (password) connect({ password });
+  });
+  $("back-button").addEventListener("click", () => {
+    history.replaceState(null, "", location.pathname);
+    renderServers();
+  });
+  $("disconnect-button").addEventListener("click", disconnect);
+  $("reconnect-button").addEventListener("click", reconnect);
+  $("home-link").addEventListener("click", (event) => {
+    event.preventDefault();
+    if (connection) return;
+    history.replaceState(null, "", location.pathname);
+    renderServers();
+  });
+  window.addEventListener("hashchange", () => { if (!connection && !busy) route(); });
+
+  route();
+}
+
+init();
