@@ -24,7 +24,7 @@ import os
 from twisted.conch.client.knownhosts import KnownHostsFile
 from twisted.conch.error import HostKeyChanged
 from twisted.conch.ssh import channel, connection, keys, session as sshsession, transport, userauth
-from twisted.internet import defer, protocol, threads
+from twisted.internet import defer, protocol
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.logger import Logger
 from twisted.python.filepath import FilePath
@@ -355,8 +355,10 @@ class TerminalSession:
         d.addCallbacks(connected, failed)
 
     def verify_host_key(self, blob):
-        d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
-                                      self.known.check, self.host, self.port, blob)
+        # Synchronously (a small file): conch processes sshd's NEWKEYS, sent in
+        # the same segment as the key exchange reply, right after this returns;
+        # a Deferred that fires later (a thread) desynchronises the transport.
+        d = defer.maybeDeferred(self.known.check, self.host, self.port, blob)
 
         def checked(result):
             if result == "added":

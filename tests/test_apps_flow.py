@@ -1,0 +1,118 @@
+"""ChannelLink flow control: a stalled reader pauses the producer (e.g. the VNC
+TCP transport) and keeps the buffered bytes bounded; draining resumes it."""
+
+from twisted.internet import defer
+
+from homechannel.server.apps.channel import ChannelLink
+from homechannel.server.apps.desktop import TCPPipe
+from homechannel.server.apps.testing import FakeChannel
+
+
+class Producer:
+    def __init__(self, link, chunk=65536):
+        self.link = link
+        self.chunk = chunk
+        self.paused = False
+        self.pauses = 0
+
+    def pauseProducing(self):
+        self.paused = True
+        self.pauses += 1
+
+    def resumeProducing(self):
+        self.paused = False
+
+    def stopProducing(self):
+        pass
+
+    def pump(self, limit=1000):
+        """Produce until paused (a TCP transport stops reading when paused)."""
+        n = 0
+        while not self.paused and n < limit:
+            self.link.write(b"x" * self.chunk)
+            n += 1
+        return n
+
+
+def test_stalled_reader_pauses_the_producer_and_bounds_memory():
+    ch = FakeChannel()
+    link = ChannelLink(ch, high=1 << 20, low=256 << 10)
+    p = Producer(link)
+    link.registerProducer(p, True)
+    produced = p.pump()
+    assert p.paused and produced < 1000
+    assert ch.bufferedAmount <= (1 << 20) + p.chunk
+    # a partial drain above the low mark does not resume
+    ch.drain(200 << 10)
+    assert p.paused
+    ch.drain()
+    assert not p.paused
+    p.pump()
+    assert ch.max_buffered <= (1 << 20) + p.chunk
+
+
+def test_wait_writable_and_close():
+    ch = FakeChannel()
+    link = ChannelLink(ch, high=1000, low=100)
+    link.send(b"x" * 500)
+    d = link.wait_writable()
+    assert not d.called
+    ch.drain(450)
+    assert d.called
+    link.send(b"x" * 500)
+    d2 = link.wait_writable()
+    ch.close()
+    failures = []
+    d2.addErrback(failures.append)
+    assert failures and failures[0].check(defer.CancelledError)
+    assert link.send(b"late") is False
+
+
+class FakeTransport:
+    def __init__(self):
+        self.written = []
+        self.producer = None
+        self.aborted = False
+        self.paused = False
+
+    def registerProducer(self, producer, streaming):
+        self.producer = producer
+
+    def write(self, data):
+        self.written.append(data)
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def resumeProducing(self):
+        self.paused = False
+
+    def abortConnection(self):
+        self.aborted = True
+
+    def loseConnection(self):
+        pass
+
+
+def test_pipe_ties_tcp_reading_to_the_channel_and_bounds_the_other_way():
+    ch = FakeChannel("app:desktop:1")
+    link = ChannelLink(ch, high=1 << 20, low=256 << 10)
+    pipe = TCPPipe(link, None, "127.0.0.1", 5900, "VNC server")
+    t = FakeTransport()
+    pipe.tcp_connected(t)
+    assert ch.sent[0] == '{"op": "open", "port": 5900}'
+    for _ in range(40):
+        if t.paused:
+            break
+        pipe.tcp_data(b"v" * 65536)
+    assert t.paused  # VNC output stops being read while the browser is behind
+    ch.drain()
+    assert not t.paused
+    # browser -> TCP: if the TCP side stops draining, the backlog is capped
+    t.producer.pauseProducing()
+    for _ in range(200):
+        if ch.readyState != "open":
+            break
+        pipe.channel_data(b"k" * 65536)
+    assert t.aborted and ch.readyState == "closed"
+    assert sum(map(len, t.written)) <= 9 * 1024 * 1024

@@ -1,0 +1,86 @@
+"""The desktop app against a real VNC server (Xtigervnc): the RFB banner
+arrives through the datachannel byte pipe, and the pipe carries the client's
+answer back.  Runs inside tests/netns-run."""
+
+import asyncio
+import os
+import socket
+import subprocess
+import time
+
+import pytest
+
+from conftest import free_tcp_port, require_tool
+from homechannel.config import DesktopApp, ServerApps
+from homechannel.server.apps import AppHost
+from homechannel.server.apps.testing import ClientChannel, connect_pair, private_reactor
+
+
+@pytest.fixture
+def vnc(tmp_path):
+    xvnc = require_tool("Xtigervnc", "tigervnc-standalone-server")
+    port = free_tcp_port()
+    display = next(n for n in range(60, 200) if not os.path.exists(f"/tmp/.X11-unix/X{n}")
+                   and not os.path.exists(f"/tmp/.X{n}-lock"))
+    proc = subprocess.Popen([xvnc, f":{display}", "-rfbport", str(port), "-localhost", "-SecurityTypes",
+                             "None", "-geometry", "320x200"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail(f"Xtigervnc did not start: {proc.stderr.read().decode(errors='replace')}")
+            time.sleep(0.05)
+    yield port
+    proc.terminate()
+    proc.wait(5)
+
+
+def test_rfb_banner_through_the_pipe(tmp_path, vnc):
+    apps = ServerApps(desktop=DesktopApp(port=vnc))
+
+    async def main():
+        with private_reactor() as reactor:
+            host = AppHost(apps, "S", str(tmp_path), reactor)
+            client, server, _ = await connect_pair(host)
+            try:
+                ch = ClientChannel.open(client, "app:desktop:1")
+                await ch.opened()
+                status = await ch.recv_json()
+                assert status == {"op": "open", "port": vnc}
+                banner = await ch.recv()
+                assert banner.startswith(b"RFB 003.00"), banner
+                ch.channel.send(banner)  # echo the version back, as a client does
+                security = await ch.recv()
+                assert security[0] >= 1 and 1 in security[1:]  # "None" offered
+                ch.channel.close()
+                await asyncio.wait_for(ch.closed, 10)
+            finally:
+                await client.close()
+                await server.close()
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_no_vnc_server_is_a_clear_error(tmp_path):
+    apps = ServerApps(desktop=DesktopApp(port=free_tcp_port()))
+
+    async def main():
+        with private_reactor() as reactor:
+            client, server, _ = await connect_pair(AppHost(apps, "S", str(tmp_path), reactor))
+            try:
+                ch = ClientChannel.open(client, "app:desktop:1")
+                await ch.opened()
+                err = await ch.recv_json()
+                assert err["op"] == "error" and err["code"] == "connect_failed"
+                assert "VNC server" in err["message"]
+                await asyncio.wait_for(ch.closed, 10)
+            finally:
+                await client.close()
+                await server.close()
+
+    asyncio.run(asyncio.wait_for(main(), 60))

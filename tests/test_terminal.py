@@ -1,0 +1,173 @@
+"""The terminal app against a real sshd (loopback port, generated host key,
+a test user with a password created for the test).  Needs root (useradd) and
+runs inside tests/netns-run."""
+
+import asyncio
+import os
+import secrets
+import subprocess
+import time
+
+import pytest
+
+from conftest import free_tcp_port, require_tool
+from homechannel.config import ServerApps, TerminalApp
+from homechannel.server.apps import AppHost, frames
+from homechannel.server.apps.terminal import HostKeyStore
+from homechannel.server.apps.testing import ClientChannel, connect_pair, private_reactor
+
+
+@pytest.fixture
+def sshd(tmp_path):
+    sshd = require_tool("/usr/sbin/sshd", "openssh-server")
+    keygen = require_tool("ssh-keygen", "openssh-client")
+    if os.geteuid() != 0:
+        pytest.fail("the terminal test creates a user with useradd: run it as root in tests/netns-run")
+    user = "hct" + secrets.token_hex(3)
+    password = secrets.token_urlsafe(12)
+    subprocess.run(["useradd", "-m", "-s", "/bin/sh", user], check=True)
+    subprocess.run(["chpasswd"], input=f"{user}:{password}".encode(), check=True)
+    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+    key = tmp_path / "host_ed25519"
+    subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    port = free_tcp_port()
+    cfg = tmp_path / "sshd_config"
+    cfg.write_text(f"""Port {port}
+ListenAddress 127.0.0.1
+HostKey {key}
+PidFile {tmp_path}/sshd.pid
+UsePAM no
+PasswordAuthentication yes
+KbdInteractiveAuthentication no
+PubkeyAuthentication no
+PermitRootLogin no
+StrictModes no
+""")
+    proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(cfg)], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    import socket
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail(f"sshd did not start: {proc.stderr.read().decode(errors='replace')}")
+            time.sleep(0.05)
+    yield {"port": port, "user": user, "password": password, "key": key}
+    proc.terminate()
+    proc.wait(5)
+    subprocess.run(["userdel", "-r", user], stderr=subprocess.DEVNULL)
+
+
+class Term:
+    def __init__(self, ch):
+        self.ch = ch
+        self.screen = b""
+        self.frames = []
+
+    async def wait_for(self, needle, timeout=15):
+        deadline = asyncio.get_running_loop().time() + timeout
+        while needle not in self.screen:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                raise AssertionError(f"{needle!r} not seen; screen: {self.screen[-500:]!r}")
+            f = await self.ch.recv_frame(left)
+            self.frames.append(f)
+            if f.type == frames.DATA:
+                self.screen += f.data
+            elif f.type in (frames.ERR, frames.END):
+                raise AssertionError(f"terminal ended: {f}; screen: {self.screen[-500:]!r}")
+
+    def type(self, text):
+        self.ch.send_frame(frames.DATA, 1, data=text.encode())
+
+
+def run_terminal(tmp_path, port, body):
+    apps = ServerApps(terminal=TerminalApp(host="127.0.0.1", port=port))
+
+    async def main():
+        with private_reactor() as reactor:
+            host = AppHost(apps, "S", str(tmp_path / "state"), reactor)
+            client, server, _ = await connect_pair(host)
+            try:
+                ch = ClientChannel.open(client, "app:terminal:1")
+                await ch.opened()
+                ch.send_frame(frames.REQ, 1, {"op": "open", "cols": 80, "rows": 24})
+                await asyncio.wait_for(body(Term(ch), host), 60)
+            finally:
+                await client.close()
+                await server.close()
+
+    asyncio.run(main())
+
+
+def test_sign_in_run_command_resize_and_exit(tmp_path, sshd):
+    async def body(t, host):
+        await t.wait_for(b"login as: ")
+        t.type(sshd["user"] + "\r")
+        await t.wait_for(b"password: ")
+        t.type("wrong-password\r")
+        await t.wait_for(b"Permission denied")
+        await t.wait_for(b"password: ")
+        t.type(sshd["password"] + "\r")
+        await t.wait_for(b"$ ")
+        assert sshd["password"].encode() not in t.screen  # never echoed
+        assert any(f.type == frames.RES and f.body.get("user") == sshd["user"] for f in t.frames)
+        t.type("echo HC-MARK-$((40+2))\r")
+        await t.wait_for(b"HC-MARK-42")
+        t.ch.send_frame(frames.REQ, 9, {"op": "resize", "cols": 101, "rows": 31})
+        t.type("stty size\r")
+        await t.wait_for(b"31 101")
+        t.type("exit\r")
+        while True:
+            f = await t.ch.recv_frame()
+            if f.type == frames.END:
+                break
+        assert f.body == {"exitStatus": 0}
+        await asyncio.wait_for(t.ch.closed, 10)
+        assert os.path.exists(host.known_hosts)  # host key remembered on first use
+
+    run_terminal(tmp_path, sshd["port"], body)
+
+
+def test_changed_host_key_is_refused(tmp_path, sshd):
+    from twisted.conch.ssh import keys
+
+    # a different key remembered for sshd's host name and port: a changed host key
+    wrong = tmp_path / "wrong"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(wrong)], check=True)
+    store = HostKeyStore(str(tmp_path / "state" / "known_hosts"))
+    store.check("127.0.0.1", sshd["port"], keys.Key.fromString(open(str(wrong) + ".pub").read()).blob())
+    assert store.check("127.0.0.1", sshd["port"], keys.Key.fromString(
+        open(str(wrong) + ".pub").read()).blob()) == "known"
+
+    async def body(t, host):
+        await t.wait_for(b"login as: ")
+        t.type(sshd["user"] + "\r")
+        while True:
+            f = await t.ch.recv_frame()
+            if f.type == frames.DATA:
+                t.screen += f.data
+            if f.type == frames.ERR:
+                break
+        assert f.body["code"] == "host_key_changed"
+        assert b"CHANGED" in t.screen and b"known_hosts" in t.screen
+        await asyncio.wait_for(t.ch.closed, 10)
+
+    run_terminal(tmp_path, sshd["port"], body)
+
+
+def test_no_sshd_is_a_clear_error(tmp_path):
+    async def body(t, host):
+        await t.wait_for(b"login as: ")
+        t.type("someone\r")
+        while True:
+            f = await t.ch.recv_frame()
+            if f.type == frames.ERR:
+                break
+        assert f.body["code"] == "connect_failed" and "sshd" in f.body["message"]
+
+    run_terminal(tmp_path, free_tcp_port(), body)
+
