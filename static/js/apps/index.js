@@ -1,0 +1,78 @@
+// The apps UI: one tab per app the server lists; each tab mounts its app on first use.
+// Called by static/js/main.js as mountApps(container, {pc, control, apps, serverId}).
+
+const MODULES = { files: "./files.js", terminal: "./terminal.js", desktop: "./desktop.js" };
+
+function addStylesheet(href) {
+  if ([...document.querySelectorAll("link[rel=stylesheet]")].some((l) => l.getAttribute("href") === href)) return;
+  const link = document.createElement("link");
+  link.rel = "stylesheet";
+  link.href = href;
+  document.head.append(link);
+}
+
+export async function mountApps(container, { pc, control, apps, serverId }) {
+  addStylesheet("/css/apps.css");
+  const root = document.createElement("section");
+  root.className = "apps";
+  root.setAttribute("aria-label", "Apps");
+  const tabs = document.createElement("div");
+  tabs.className = "app-tabs";
+  tabs.setAttribute("role", "tablist");
+  const panels = document.createElement("div");
+  panels.className = "app-panels";
+  root.append(tabs, panels);
+  container.replaceChildren(root);
+
+  const shown = apps.filter((a) => MODULES[a.name]);
+  if (!shown.length) {
+    const p = document.createElement("p");
+    p.textContent = "This server offers no apps for the browser.";
+    panels.append(p);
+    return;
+  }
+  const entries = shown.map((app) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.setAttribute("role", "tab");
+    button.id = `app-tab-${app.name}`;
+    button.textContent = app.title || app.name;
+    button.setAttribute("aria-selected", "false");
+    const panel = document.createElement("div");
+    panel.className = `app-panel app-${app.name}`;
+    panel.setAttribute("role", "tabpanel");
+    panel.setAttribute("aria-labelledby", button.id);
+    panel.hidden = true;
+    tabs.append(button);
+    panels.append(panel);
+    return { app, button, panel, mounted: null };
+  });
+
+  async function select(entry) {
+    for (const e of entries) {
+      e.button.setAttribute("aria-selected", String(e === entry));
+      e.panel.hidden = e !== entry;
+    }
+    if (!entry.mounted) {
+      entry.mounted = (async () => {
+        try {
+          const mod = await import(MODULES[entry.app.name]);
+          return await mod.mount(entry.panel, { pc, control, app: entry.app, serverId });
+        } catch (error) {
+          const p = document.createElement("p");
+          p.className = "app-error";
+          p.setAttribute("role", "alert");
+          p.textContent = `${entry.app.title || entry.app.name} failed: ${error.message}`;
+          entry.panel.append(p);
+          entry.mounted = null;
+          return null;
+        }
+      })();
+    }
+    const api = await entry.mounted;
+    if (api && api.shown) api.shown();
+  }
+
+  for (const e of entries) e.button.addEventListener("click", () => select(e));
+  select(entries[0]);
+}
