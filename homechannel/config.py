@@ -40,6 +40,8 @@ class CoordinatorUDP:
     # Replies to unauthenticated-but-well-formed datagrams ("unknown,
     # re-register"), at most this many per second in all.
     unknown_replies_per_second: float = 1000.0
+    # Handshake datagrams (HELLO, INIT) answered per second from one source IP.
+    per_source_per_second: float = 20.0
 
 
 @dataclass(frozen=True)

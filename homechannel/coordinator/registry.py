@@ -34,7 +34,8 @@ from zope.interface import implementer
 
 from homechannel.coordinator.interfaces import IRegistry
 from homechannel.errors import CapacityError
-from homechannel.wire import replay_check
+from homechannel.crypto import open_sealed
+from homechannel.wire import parse_data, replay_check, seal_data
 
 POOL = 2
 _PAIR = 48
@@ -54,6 +55,8 @@ _F_POOL = 128
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
+_U64X2 = struct.Struct(">QQ")
+_PORT = struct.Struct(">H")
 _V4_PREFIX = b"\0" * 10 + b"\xff\xff"
 
 
@@ -61,10 +64,8 @@ def pack_addr(addr) -> bytes:
     """(host, port) to 18 bytes; IPv4 becomes IPv4-mapped IPv6."""
     host, port = addr[0], addr[1]
     if ":" in host:
-        raw = socket.inet_pton(socket.AF_INET6, host)
-    else:
-        raw = _V4_PREFIX + socket.inet_aton(host)
-    return raw + port.to_bytes(2, "big")
+        return socket.inet_pton(socket.AF_INET6, host) + _PORT.pack(port)
+    return _V4_PREFIX + socket.inet_pton(socket.AF_INET, host) + _PORT.pack(port)
 
 
 def unpack_addr(raw: bytes):
@@ -77,21 +78,23 @@ def unpack_addr(raw: bytes):
 class _Index:
     """Open addressing over an int array: value = slot + 1, 0 = empty."""
 
-    def __init__(self, keyof, hashof, capacity=1024):
+    def __init__(self, keyof, hashof, capacity=1024, matches=None):
         self._keyof = keyof      # slot -> key bytes stored in the slab
         self._hashof = hashof    # key bytes -> int
+        self._matches = matches or (lambda slot, key: keyof(slot) == key)
         self._table = array("i", bytes(4 * capacity))
         self._mask = capacity - 1
         self.count = 0
 
     def find(self, key) -> int:
         table, mask = self._table, self._mask
+        matches = self._matches
         i = self._hashof(key) & mask
         while True:
             v = table[i]
             if v == 0:
                 return -1
-            if self._keyof(v - 1) == key:
+            if matches(v - 1, key):
                 return v - 1
             i = (i + 1) & mask
 
@@ -155,8 +158,8 @@ class Registry:
         self._epoch = epoch
         self._slab = bytearray()
         self._free = array("i")
-        self._by_key = _Index(self._kid_at, _kid_hash)
-        self._by_addr = _Index(self._addr_at, hash)
+        self._by_key = _Index(self._kid_at, _kid_hash, matches=self._kid_is)
+        self._by_addr = _Index(self._addr_at, hash, matches=self._addr_is)
         self.count = 0
         self._cursor = 0
 
@@ -170,6 +173,14 @@ class Registry:
         o = slot * RECORD + _F_ADDR
         return bytes(self._slab[o:o + 18])
 
+    def _kid_is(self, slot, kid):
+        o = slot * RECORD + _F_KID
+        return self._slab[o:o + 16] == kid
+
+    def _addr_is(self, slot, packed):
+        o = slot * RECORD + _F_ADDR
+        return self._slab[o:o + 18] == packed
+
     def _seconds(self, now):
         return max(0, int(now - self._epoch)) & 0xFFFFFFFF
 
@@ -181,7 +192,7 @@ class Registry:
     def lookup_addr(self, addr) -> int:
         try:
             return self._by_addr.find(pack_addr(addr))
-        except (OSError, ValueError):
+        except (OSError, ValueError, TypeError, OverflowError):
             return -1
 
     def addr(self, slot):
@@ -253,6 +264,34 @@ class Registry:
 
     def touch(self, slot, now) -> None:
         _U32.pack_into(self._slab, slot * RECORD + _F_SEEN, self._seconds(now))
+
+    # -- the session of a slot: the hot path of every datagram --
+
+    def open(self, slot, data, now):
+        """Open a DATA datagram from the server in *slot*.
+
+        Returns ``(counter, plaintext)``, or None for a replay.  Raises
+        ProtocolError or AuthenticationError for a bad datagram; the replay
+        window and last-seen time change only for an authentic one."""
+        counter, aad, ct = parse_data(data)
+        s = self._slab
+        o = slot * RECORD
+        top, bitmap = _U64X2.unpack_from(s, o + _F_RXMAX)
+        ok, top, bitmap = replay_check(top, bitmap, counter)
+        if not ok:
+            return None
+        plain = open_sealed(bytes(s[o + _F_KRX:o + _F_KRX + 32]), counter, ct, aad)
+        _U64X2.pack_into(s, o + _F_RXMAX, top, bitmap)
+        _U32.pack_into(s, o + _F_SEEN, self._seconds(now))
+        return counter, plain
+
+    def seal(self, slot, message) -> bytes:
+        """A DATA datagram carrying *message* to the server in *slot*."""
+        s = self._slab
+        o = slot * RECORD
+        ctr = _U64.unpack_from(s, o + _F_TXCTR)[0]
+        _U64.pack_into(s, o + _F_TXCTR, ctr + 1)
+        return seal_data(bytes(s[o + _F_KTX:o + _F_KTX + 32]), ctr, message)
 
     def next_tx_counter(self, slot) -> int:
         o = slot * RECORD + _F_TXCTR

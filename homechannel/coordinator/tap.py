@@ -67,7 +67,8 @@ def _make(options):
 
     registry = Registry(cfg.udp.max_servers, epoch=reactor.seconds())
     rv = Rendezvous(identity, registry, max_handshakes=cfg.udp.max_handshakes,
-                    unknown_replies_per_second=cfg.udp.unknown_replies_per_second)
+                    unknown_replies_per_second=cfg.udp.unknown_replies_per_second,
+                    per_source_per_second=cfg.udp.per_source_per_second)
     udp = CoordinatorUDP(rv, reactor, expiry=cfg.udp.expiry,
                          sweep_interval=cfg.udp.sweep_interval)
 
