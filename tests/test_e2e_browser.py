@@ -1,0 +1,220 @@
+"""The connect flow end to end in Chromium: real twistd coordinator and home
+server in the loopback-only namespace; the user opens the connect link, adds
+the server, types the password and clicks Connect.
+
+Also the shared browser helpers for tests/test_e2e_apps.py and bench/
+(``start_pair``, ``open_link``, ``connect``, ``serve_node_modules``)."""
+
+import json
+import os
+import re
+import time
+import tomllib
+import urllib.error
+import urllib.request
+
+import pytest
+
+from conftest import REPO, write_toml
+from daemons import PASSWORD, kill, make_pair
+
+NODE_MODULES = os.path.join(REPO, "static", "node_modules")
+
+# Captures every RTCDataChannel the page creates (window.__hcChannels), so a test
+# can use the control channel without a hook in main.js.
+CAPTURE_CHANNELS = """
+(() => {
+  const orig = RTCPeerConnection.prototype.createDataChannel;
+  window.__hcChannels = [];
+  RTCPeerConnection.prototype.createDataChannel = function (...args) {
+    const ch = orig.apply(this, args);
+    window.__hcChannels.push(ch);
+    return ch;
+  };
+})();
+"""
+
+
+# -- shared helpers ----------------------------------------------------------------
+
+
+def start_pair(twistd, tmp_path, coordinator_udp=None, **kw):
+    """make_pair + both daemons started and registered; returns (pair, coordinator, server).
+
+    *coordinator_udp* updates the coordinator's ``[udp]`` table (e.g. a short expiry).
+    """
+    pair = make_pair(tmp_path, **kw)
+    if coordinator_udp:
+        with open(pair.coordinator_config, "rb") as f:
+            cfg = tomllib.load(f)
+        cfg["udp"].update(coordinator_udp)
+        write_toml(pair.coordinator_config, cfg)
+    coordinator = twistd("homechannel-coordinator", pair.coordinator_config)
+    coordinator.wait_for_log("coordinator: UDP")
+    server = twistd("homechannel-server", pair.server_config)
+    server.wait_for_log("registered with coordinator", timeout=20)
+    return pair, coordinator, server
+
+
+def serve_node_modules(page, pair):
+    """Make /node_modules/ (xterm.js, noVNC) load.  The coordinator serves it from
+    static/node_modules; if this coordinator does not (yet), Playwright serves the
+    same files so the apps can still be tested."""
+    if not os.path.isdir(NODE_MODULES):
+        pytest.fail("static/node_modules is missing: run 'make npm' "
+                    "(cd static && npm install --no-audit --no-fund --no-package-lock)")
+    probe = pair.url + "/node_modules/@xterm/xterm/package.json"
+    try:
+        urllib.request.urlopen(probe, timeout=5).close()
+        return True
+    except urllib.error.HTTPError:
+        pass
+
+    def fulfil(route):
+        rel = route.request.url.split("/node_modules/", 1)[1].split("?")[0]
+        path = os.path.realpath(os.path.join(NODE_MODULES, rel))
+        if not path.startswith(NODE_MODULES + os.sep) or not os.path.isfile(path):
+            return route.fulfill(status=404, body="not found")
+        ctype = ("text/javascript" if path.endswith((".js", ".mjs")) else
+                 "text/css" if path.endswith(".css") else "application/octet-stream")
+        with open(path, "rb") as f:
+            route.fulfill(status=200, body=f.read(), content_type=ctype)
+
+    page.route("**/node_modules/**", fulfil)
+    return False
+
+
+def open_link(page, pair, name="Home"):
+    """Open the connect link and add the server (the "Add this server?" card)."""
+    page.goto(pair.link)
+    page.get_by_role("heading", name="Add this server?").wait_for()
+    card = page.locator("#add-link")
+    card.get_by_label("Name").fill(name)
+    card.get_by_role("button", name="Add server").click()
+    page.get_by_label("Password").wait_for()
+
+
+def connect(page, password=PASSWORD, timeout=30_000):
+    """Type the password, click Connect and wait for the session view."""
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Connect").click()
+    page.get_by_role("button", name="Disconnect").wait_for(timeout=timeout)
+
+
+def connect_error(page, timeout=30_000):
+    """Wait for the connect error box; return (kind, text)."""
+    box = page.locator("#connect-error")
+    box.wait_for(state="visible", timeout=timeout)
+    return box.get_attribute("data-kind"), box.inner_text()
+
+
+def open_session(page, pair, password=PASSWORD):
+    """The whole flow: link, add, password, connect."""
+    serve_node_modules(page, pair)
+    open_link(page, pair)
+    connect(page, password)
+
+
+# -- the tests --------------------------------------------------------------------------
+
+
+def test_connect_and_control_round_trip(tmp_path, twistd, chromium_page):
+    page = chromium_page
+    page.add_init_script(CAPTURE_CHANNELS)
+    pair, coordinator, server = start_pair(twistd, tmp_path)
+    open_link(page, pair)
+    connect(page)
+    assert page.locator("#session-status").inner_text() == "Connected"
+    m = server.wait_for_log(r"session (\S+) connected", timeout=10)
+    # The control channel answers a ping (main.js already got its hello: the
+    # session view appears only after it).
+    pong = page.evaluate("""async () => {
+      const control = window.__hcChannels.find((c) => c.label === "control");
+      if (!control || control.readyState !== "open") return {error: "no open control channel"};
+      return await new Promise((resolve) => {
+        control.addEventListener("message", (e) => {
+          const msg = JSON.parse(e.data);
+          if (msg.op === "pong") resolve(msg);
+        });
+        control.send(JSON.stringify({op: "ping", id: 4242}));
+        setTimeout(() => resolve({error: "no pong"}), 5000);
+      });
+    }""")
+    assert pong == {"op": "pong", "id": 4242}
+    # The apps the server offers are tabs.
+    for tab in ("Files", "Terminal", "Desktop"):
+        page.get_by_role("tab", name=tab).wait_for()
+    page.get_by_role("button", name="Disconnect").click()
+    server.wait_for_log(rf"session {m.group(1)} closed", timeout=15)
+    page.get_by_role("button", name="Connect").wait_for()
+
+
+def test_wrong_password_opens_nothing(tmp_path, twistd, chromium_page):
+    page = chromium_page
+    page.add_init_script(CAPTURE_CHANNELS)
+    pair, coordinator, server = start_pair(twistd, tmp_path)
+    open_link(page, pair)
+    page.get_by_label("Password").fill("not the password")
+    page.get_by_role("button", name="Connect").click()
+    kind, text = connect_error(page)
+    assert kind == "wrong-password"
+    assert "Wrong password" in text
+    assert page.locator("#session").is_hidden()
+    assert page.evaluate("window.__hcChannels.every((c) => c.readyState !== 'open')")
+    time.sleep(0.5)
+    assert not re.search(r"session \S+ connected", server.output)
+    assert "login accepted" not in server.output
+
+
+def test_offline_server(tmp_path, twistd, chromium_page):
+    page = chromium_page
+    pair, coordinator, server = start_pair(
+        twistd, tmp_path, coordinator_udp={"expiry": 2.0, "sweep_interval": 0.5},
+        keepalive={"interval": 0.5, "jitter": 0.1})
+    open_link(page, pair)
+    server.stop()
+    # The coordinator forgets the silent server after the expiry.
+    deadline = time.monotonic() + 15
+    lookup = pair.url + "/api/servers/" + pair.server_key.text
+    while json.loads(urllib.request.urlopen(lookup, timeout=5).read())["online"]:
+        assert time.monotonic() < deadline, "the coordinator did not expire the stopped server"
+        time.sleep(0.3)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Connect").click()
+    kind, text = connect_error(page)
+    assert kind == "offline"
+    assert "offline" in text
+    assert page.locator("#session").is_hidden()
+
+
+def test_never_registered_server_is_offline(tmp_path, twistd, chromium_page):
+    from homechannel import crypto
+
+    page = chromium_page
+    pair, coordinator, server = start_pair(twistd, tmp_path)
+    other, _ = crypto.IdentityKey.load_or_create(str(tmp_path / "other.key"))
+    page.goto(f"{pair.url}/#server={other.text}")
+    page.locator("#add-link").get_by_role("button", name="Add server").click()
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Connect").click()
+    kind, text = connect_error(page)
+    assert kind == "offline"
+
+
+def test_coordinator_restart_recovers_on_retry(tmp_path, twistd, chromium_page):
+    page = chromium_page
+    pair, coordinator, server = start_pair(twistd, tmp_path,
+                                           keepalive={"interval": 1.0, "jitter": 0.1})
+    open_link(page, pair)
+    kill(coordinator)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Connect").click()
+    kind, text = connect_error(page)
+    assert kind == "network", (kind, text)
+    mark = server.mark()
+    coordinator = twistd("homechannel-coordinator", pair.coordinator_config)
+    coordinator.wait_for_log("registered " + pair.server_key.text[:12], timeout=20)
+    server.wait_for_log("registered with coordinator", since=mark, timeout=10)
+    connect(page)  # the same page, the same password field: a retry
+    server.wait_for_log(r"session \S+ connected", since=mark, timeout=10)
+    assert page.locator("#session-status").inner_text() == "Connected"
