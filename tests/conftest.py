@@ -128,6 +128,9 @@ class Twistd:
         self.cmd += [tapname, "--config", os.fspath(config), *args]
         self.cwd = os.fspath(cwd) if cwd else os.path.dirname(os.path.abspath(config))
         self.env = dict(os.environ)
+        # A config without state_dir must not touch ~/.config/homechannel.
+        self.env["XDG_CONFIG_HOME"] = os.path.join(self.cwd, ".config")
+        self.env.pop("STATE_DIRECTORY", None)
         self.env.update(env or {})
         self.env["PYTHONUNBUFFERED"] = "1"
         self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, self.env.get("PYTHONPATH")]))
