@@ -29,7 +29,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 help:
 	@echo "make run     start a demo coordinator + home server on 127.0.0.1"
 	@echo "make test    install everything and run the tests in a loopback-only netns"
-	@echo "make bench   run the benchmarks (python -m bench)"
+	@echo "make bench   run every bench/*.py (python -m bench.NAME)"
 	@echo "make venv | npm | sysdeps | clean"
 
 # -- Python ---------------------------------------------------------------
@@ -105,8 +105,10 @@ test: sysdeps venv npm
 	timeout --signal=TERM --kill-after=30 $(TEST_TIMEOUT) \
 		tests/netns-run $(PY) -m pytest $(PYTEST_ARGS)
 
+# Every bench/<name>.py, as "python -m bench.<name>", in a loopback-only netns.
 bench: venv npm
-	tests/netns-run $(PY) -m bench
+	@set -e; for f in bench/[!_]*.py; do m=$$(basename $$f .py); \
+		echo "== bench.$$m"; tests/netns-run $(PY) -m bench.$$m; done
 
 # Leaves .run/ (the demo's keys and password) alone.
 clean:
