@@ -167,7 +167,12 @@ def test_terminal_sign_in_and_command(tmp_path, twistd, chromium_page, sshd):  #
     text = wait_terminal(page, "HC-42")
     assert sshd["password"] not in text
     # also what is drawn (the DOM renderer's rows)
-    assert "HC-42" in page.locator(".app-terminal .xterm-rows").inner_text()
+    rows = page.locator(".app-terminal .xterm-rows")
+    assert "HC-42" in rows.inner_text()
+    # xterm's own styles apply despite the page's CSP (style-src 'self'): the rows
+    # have the terminal's foreground colour, not the page's.
+    assert rows.evaluate("(e) => getComputedStyle(e).color") == "rgb(255, 255, 255)"
+    page.locator(".app-terminal .terminal-box").screenshot(path=str(tmp_path / "terminal.png"))
 
 
 # -- desktop -----------------------------------------------------------------------------

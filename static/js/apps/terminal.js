@@ -12,6 +12,22 @@ function addStylesheet(href) {
   document.head.append(link);
 }
 
+/** xterm.js styles its DOM renderer with <style> elements, which the page's
+ *  Content-Security-Policy (style-src 'self') blocks.  Mirror their text into a
+ *  constructed stylesheet (not subject to that rule) and keep it in sync. */
+function mirrorInlineStyles(root) {
+  if (!("adoptedStyleSheets" in document) || typeof CSSStyleSheet.prototype.replaceSync !== "function") return;
+  const sheet = new CSSStyleSheet();
+  document.adoptedStyleSheets = [...document.adoptedStyleSheets, sheet];
+  let last = null;
+  const sync = () => {
+    const text = [...root.querySelectorAll("style")].map((s) => s.textContent).join("\n");
+    if (text !== last) { last = text; sheet.replaceSync(text); }
+  };
+  new MutationObserver(sync).observe(root, { subtree: true, childList: true, characterData: true });
+  sync();
+}
+
 export async function mount(panel, { pc }) {
   addStylesheet("/node_modules/@xterm/xterm/css/xterm.css");
   const box = document.createElement("div");
@@ -30,6 +46,7 @@ export async function mount(panel, { pc }) {
   const term = new Terminal({ cursorBlink: true, scrollback: 5000, convertEol: false });
   const fit = new FitAddon();
   term.loadAddon(fit);
+  mirrorInlineStyles(box);
   term.open(box);
   fit.fit();
   window.__hcTerminal = term; // for tests and debugging
