@@ -1,0 +1,151 @@
+"""Connect latency in Chromium over loopback: from clicking Connect to the
+session view (datachannel open and the control hello answered), median and
+p95 over repeated connects, with the PBKDF2 share shown separately.
+
+    tests/netns-run python -m bench.connect_latency [--connects 20]
+
+Real twistd coordinator and home server.  The PBKDF2 time is read from the
+page's own progress steps (the time the "Checking the password" step is
+active, which is PBKDF2 plus one HMAC, minus whatever overlapped with the
+lookup) and, as a reference, from a bare WebCrypto PBKDF2 run in the page.
+Target: median <= 300 ms excluding PBKDF2.  Prints figures; no assertions.
+"""
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import tempfile
+import time
+import tomllib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [os.path.join(REPO, "tests"), REPO]
+
+from conftest import CHROMIUM_ARGS, Twistd, write_toml  # noqa: E402
+from daemons import PASSWORD, make_pair  # noqa: E402
+
+# Records when each connect step becomes active (performance.now()).
+STEP_TIMES = """
+(() => {
+  window.__hcSteps = {};
+  new MutationObserver((records) => {
+    for (const r of records) {
+      const li = r.target;
+      if (li.dataset && li.dataset.state === "active" && !(li.dataset.step in window.__hcSteps))
+        window.__hcSteps[li.dataset.step] = performance.now();
+    }
+  }).observe(document, { subtree: true, attributes: true, attributeFilter: ["data-state"] });
+})();
+"""
+
+PBKDF2 = """async (iterations) => {
+  const salt = crypto.getRandomValues(new Uint8Array(65));
+  const base = await crypto.subtle.importKey("raw", new TextEncoder().encode("a password"),
+                                             "PBKDF2", false, ["deriveBits"]);
+  const t0 = performance.now();
+  await crypto.subtle.deriveBits({ name: "PBKDF2", hash: "SHA-256", salt, iterations }, base, 256);
+  return performance.now() - t0;
+}"""
+
+
+def pct(values, p):
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+
+
+def fmt(values):
+    return (f"median {statistics.median(values):7.1f} ms   p95 {pct(values, 95):7.1f} ms   "
+            f"min {min(values):7.1f} ms   (n={len(values)})")
+
+
+@contextlib.contextmanager
+def daemons(tmp, server_extra=None, web=None, **kw):
+    """A real coordinator + home server (registered); yields (pair, coordinator, server)."""
+    pair = make_pair(tmp, server_extra=server_extra, **kw)
+    with open(pair.coordinator_config, "rb") as f:
+        cfg = tomllib.load(f)
+    # Many connects from one address in a minute: lift the per-IP limits.
+    cfg["web"].update({"per_ip_per_minute": 100000, "per_server_per_minute": 100000},
+                      **(web or {}))
+    write_toml(pair.coordinator_config, cfg)
+    coordinator = Twistd("homechannel-coordinator", pair.coordinator_config).start()
+    server = None
+    try:
+        coordinator.wait_for_log("coordinator: UDP")
+        server = Twistd("homechannel-server", pair.server_config).start()
+        server.wait_for_log("registered with coordinator", timeout=20)
+        yield pair, coordinator, server
+    finally:
+        if server:
+            server.stop()
+        coordinator.stop()
+
+
+def launch_chromium(p):
+    import shutil
+    path = shutil.which("chromium")
+    if not path:
+        sys.exit("chromium not found: install the Debian package 'chromium'")
+    return p.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--connects", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=2)
+    args = ap.parse_args(argv)
+    from playwright.sync_api import sync_playwright
+    from test_e2e_browser import open_link
+
+    with tempfile.TemporaryDirectory() as tmp, daemons(tmp) as (pair, coordinator, server), \
+            sync_playwright() as p:
+        browser = launch_chromium(p)
+        page = browser.new_page()
+        page.add_init_script(STEP_TIMES)
+        open_link(page, pair)
+        pbkdf2_bare = [page.evaluate(PBKDF2, 600000) for _ in range(5)]
+        totals, pbkdf2_step, excl, per_step = [], [], [], []
+        for i in range(args.warmup + args.connects):
+            page.evaluate("window.__hcSteps = {}")
+            page.get_by_label("Password").fill(PASSWORD)
+            button = page.get_by_role("button", name="Connect")
+            t_click = page.evaluate("performance.now()")
+            t0 = time.perf_counter()
+            button.click()
+            page.get_by_role("button", name="Disconnect").wait_for(timeout=30000)
+            total_py = (time.perf_counter() - t0) * 1000
+            steps = page.evaluate("window.__hcSteps")
+            mark = server.mark()
+            page.get_by_role("button", name="Disconnect").click()
+            server.wait_for_log(r"session \S+ closed", since=mark, timeout=15)
+            page.get_by_role("button", name="Connect").wait_for()
+            if i < args.warmup:
+                continue
+            pw = steps["gather"] - steps["password"]   # waiting on PBKDF2 (+ HMAC)
+            totals.append(total_py)
+            pbkdf2_step.append(pw)
+            excl.append(total_py - pw)
+            order = [k for k in ("lookup", "password", "gather", "wait", "open") if k in steps]
+            parts = "  ".join(f"{a} {steps[b] - steps[a]:6.1f}" for a, b in zip(order, order[1:]))
+            parts += f"  open+hello {t_click + total_py - steps['open']:6.1f}"
+            print(f"  connect {i - args.warmup + 1:2d}: {total_py:7.1f} ms   [{parts}]")
+            per_step.append({a: steps[b] - steps[a] for a, b in zip(order, order[1:])})
+        browser.close()
+
+    print()
+    print(f"connect, click to session view (Python clock)  {fmt(totals)}")
+    for k in ("lookup", "password", "gather", "wait"):
+        print(f"  step {k:8s}                               {fmt([d[k] for d in per_step])}")
+    print(f"  password step (PBKDF2 not hidden by lookup)  {fmt(pbkdf2_step)}")
+    print(f"  excluding the password step                  {fmt(excl)}")
+    print(f"bare WebCrypto PBKDF2 600,000 iterations       {fmt(pbkdf2_bare)}")
+    print(f"  excluding a full bare PBKDF2 (conservative)  "
+          f"median {statistics.median(totals) - statistics.median(pbkdf2_bare):7.1f} ms")
+    print(f"target: median <= 300 ms excluding PBKDF2 -> "
+          f"{'met' if statistics.median(excl) <= 300 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
