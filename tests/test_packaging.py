@@ -39,9 +39,6 @@ def installed(tmp_path_factory):
     """``(wheel path, target dir)`` of a wheel built from a copy of the source."""
     src = tmp_path_factory.mktemp("src")
     _copy_source(src)
-    # A client file the data_files globs must pick up, even before the real client exists.
-    os.makedirs(src / "static" / "js", exist_ok=True)
-    (src / "static" / "js" / "packaging-probe.js").write_text("// probe\n")
     wheels = tmp_path_factory.mktemp("wheels")
     env = dict(os.environ, PIP_NO_INDEX="1")
     subprocess.run(
@@ -87,10 +84,24 @@ def test_wheel_contains_plugin_without_twisted_init(installed):
 
 
 def test_wheel_ships_static_client_as_data_files(installed):
+    """Every file of the browser client (not node_modules) is in the wheel, in place."""
     wheel, _ = installed
-    names = zipfile.ZipFile(wheel).namelist()
-    assert any(n.endswith(".data/data/share/homechannel/static/js/packaging-probe.js")
-               for n in names), names
+    shipped = set()
+    for n in zipfile.ZipFile(wheel).namelist():
+        head, sep, rel = n.partition(".data/data/share/homechannel/static/")
+        if sep:
+            shipped.add(rel)
+    static = os.path.join(REPO, "static")
+    expected = set()
+    for dirpath, dirnames, filenames in os.walk(static):
+        dirnames[:] = [d for d in dirnames if d not in ("node_modules", "vendor")]
+        for f in filenames:
+            rel = os.path.relpath(os.path.join(dirpath, f), static)
+            if rel not in ("package.json", "package-lock.json"):
+                expected.add(rel)
+    assert "index.html" in expected
+    missing = sorted(expected - shipped)
+    assert not missing, f"add these to [options.data_files] in setup.cfg: {missing}"
 
 
 def test_console_script_declared(installed):
