@@ -124,7 +124,9 @@ def main(argv=None):
 
         relay.send_offer = refuse
     reactor.listenTCP(args.port, server.Site(web.resource()), interface="127.0.0.1")
-    print(json.dumps({"server": home.text, "coordinator": coordinator.text}), flush=True)
+    # The logger captured sys.stdout; the parent reads this line from the real one.
+    sys.__stdout__.write(json.dumps({"server": home.text, "coordinator": coordinator.text}) + "\n")
+    sys.__stdout__.flush()
     reactor.run()
 
 

@@ -82,6 +82,7 @@ function openConnect(server) {
   current = server;
   $("connect-name").textContent = server.name;
   $("connect-id").textContent = server.id;
+  $("username").value = server.id;  // lets password managers tell servers apart
   $("steps").hidden = true;
   hideError();
   setBusy(false);
@@ -124,9 +125,18 @@ function setStep(key) {
   }
 }
 
-function failStep() {
+function failStep(kind) {
+  // The coordinator checks the answer when the offer is posted; show it where it belongs.
+  const blame = kind === "wrong-password" ? "password" : null;
+  let reached = false;
   for (const li of $("steps").children) {
-    if (li.dataset.state === "active") li.dataset.state = "failed";
+    if (blame ? li.dataset.step === blame : li.dataset.state === "active") {
+      li.dataset.state = "failed";
+      reached = true;
+    } else if (reached) {
+      li.dataset.state = "pending";
+    }
+    li.removeAttribute("aria-current");
   }
 }
 
@@ -312,8 +322,8 @@ async function connect({ password = null, passwordKey = null } = {}) {
     $("password").value = "";
     startSession(server, link, await keyPromise, Array.isArray(hello.apps) ? hello.apps : []);
   } catch (error) {
-    failStep();
     const explained = explain(error);
+    failStep(explained.kind);
     showError(explained);
     setBusy(false);
     if (explained.kind === "wrong-password" || explained.kind === "bad-proof") {
