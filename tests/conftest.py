@@ -14,7 +14,7 @@ fixtures):
   ``.mark()``, ``.output``, ``.stop()``.
 - fixture ``twistd``: a factory ``twistd(tapname, config, **kw) -> Twistd``
   (started); every process it made is stopped at teardown.
-- fixture ``chromium`` (session): a Playwright ``Browser`` running Debian's
+- fixture ``chromium``: a Playwright ``Browser`` running Debian's
   chromium headless with the flags WebRTC needs in a loopback-only netns.
 - fixture ``chromium_page``: a fresh context + page, closed at teardown.
 
@@ -236,9 +236,14 @@ def twistd():
 # -- Chromium ----------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def chromium():
-    """A headless Debian chromium driven by Playwright (never downloads a browser)."""
+    """A headless Debian chromium driven by Playwright (never downloads a browser).
+
+    Function-scoped on purpose: while Playwright's sync API is active, the
+    thread counts as running an asyncio loop, so ``asyncio.run()`` in any
+    later test would fail.
+    """
     path = require_tool("chromium", "chromium")
     try:
         from playwright.sync_api import sync_playwright
