@@ -1,0 +1,463 @@
+"""Apps throughput through Chromium over loopback, in one run with its yardsticks:
+
+- files download and upload (default 50 MB) through the browser UI, real
+  twistd coordinator + home server;
+- (a) the raw aiortc <-> Chromium datachannel ceiling, same size, no app
+  protocol (an in-bench aiortc peer; Chromium does the signaling through
+  page.evaluate);
+- (b) ``ssh cat`` of the same file, both ways, to a local sshd (key auth);
+- terminal echo latency (keypress to the echo rendered by xterm.js), through
+  the terminal app against the same sshd (password sign-in);
+- the home server's RSS during a large download (default 1 GiB) to a slow
+  reader (an aiortc client that reads at --slow-rate).
+
+    tests/netns-run python -m bench.apps_throughput [--size-mb 50] [--rss-mb 1024]
+
+Needs root (useradd for the sshd test user).  Prints figures; no assertions.
+"""
+
+import argparse
+import asyncio
+import os
+import secrets
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from bench.connect_latency import CHROMIUM_ARGS, daemons, fmt
+
+MB = 1_000_000
+CHUNK = 32768
+HIGH = 1024 * 1024
+LOW = 256 * 1024
+
+
+# -- sshd with a test user (password for the terminal, key for ssh cat) --------------
+
+
+class Sshd:
+    def __init__(self, tmp):
+        self.tmp = tmp
+        self.user = "hcb" + secrets.token_hex(3)
+        self.password = secrets.token_urlsafe(12)
+        self.port = None
+        self.proc = None
+
+    def __enter__(self):
+        sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+        if os.geteuid() != 0:
+            sys.exit("the bench creates a test user with useradd: run it as root in tests/netns-run")
+        subprocess.run(["useradd", "-m", "-s", "/bin/sh", self.user], check=True)
+        subprocess.run(["chpasswd"], input=f"{self.user}:{self.password}".encode(), check=True)
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+        d = os.path.join(self.tmp, "ssh")
+        os.makedirs(d)
+        os.chmod(self.tmp, 0o755)
+        os.chmod(d, 0o755)
+        self.host_key = os.path.join(d, "host")
+        self.client_key = os.path.join(d, "client")
+        for k in (self.host_key, self.client_key):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", k], check=True)
+        auth = os.path.join(d, "authorized_keys")
+        shutil.copy(self.client_key + ".pub", auth)
+        os.chmod(auth, 0o644)
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        self.port = s.getsockname()[1]
+        s.close()
+        cfg = os.path.join(d, "sshd_config")
+        with open(cfg, "w") as f:
+            f.write(f"""Port {self.port}
+ListenAddress 127.0.0.1
+HostKey {self.host_key}
+PidFile {d}/sshd.pid
+UsePAM no
+PasswordAuthentication yes
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+AuthorizedKeysFile {auth}
+PermitRootLogin no
+StrictModes no
+""")
+        self.proc = subprocess.Popen([sshd, "-D", "-e", "-f", cfg], stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return self
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("sshd did not start")
+                time.sleep(0.05)
+
+    def ssh(self, command, stdin=None, stdout=None):
+        return subprocess.run(
+            ["ssh", "-q", "-i", self.client_key, "-p", str(self.port), "-o", "BatchMode=yes",
+             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+             f"{self.user}@127.0.0.1", command], stdin=stdin, stdout=stdout, check=True)
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        self.proc.wait(5)
+        subprocess.run(["userdel", "-r", self.user], stderr=subprocess.DEVNULL)
+
+
+def ssh_cat(sshd, path, size):
+    t0 = time.perf_counter()
+    sshd.ssh(f"cat {path}", stdout=subprocess.DEVNULL)
+    down = size / (time.perf_counter() - t0) / MB
+    with open(path, "rb") as f:
+        t0 = time.perf_counter()
+        sshd.ssh("cat > /dev/null", stdin=f)
+        up = size / (time.perf_counter() - t0) / MB
+    return down, up
+
+
+# -- browser helpers (async Playwright) -----------------------------------------------
+
+
+async def serve_node_modules(page):
+    from conftest import REPO
+    base = os.path.join(REPO, "static", "node_modules")
+
+    async def fulfil(route):
+        rel = route.request.url.split("/node_modules/", 1)[1].split("?")[0]
+        path = os.path.realpath(os.path.join(base, rel))
+        if not path.startswith(base + os.sep) or not os.path.isfile(path):
+            return await route.fulfill(status=404, body="not found")
+        ctype = "text/javascript" if path.endswith((".js", ".mjs")) else \
+            "text/css" if path.endswith(".css") else "application/octet-stream"
+        with open(path, "rb") as f:
+            await route.fulfill(status=200, body=f.read(), content_type=ctype)
+
+    await page.route("**/node_modules/**", fulfil)
+
+
+async def open_session(page, pair):
+    from daemons import PASSWORD
+    import urllib.error
+    import urllib.request
+    try:
+        urllib.request.urlopen(pair.url + "/node_modules/@xterm/xterm/package.json", timeout=5)
+    except urllib.error.HTTPError:
+        await serve_node_modules(page)
+    await page.goto(pair.link)
+    card = page.locator("#add-link")
+    await card.get_by_role("button", name="Add server").click()
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Connect").click()
+    await page.get_by_role("button", name="Disconnect").wait_for(timeout=30000)
+
+
+async def app_files(page, pair, name, size, upload_src):
+    await page.get_by_role("tab", name="Files").click()
+    panel = page.locator(".app-files")
+    await panel.locator(".files-table").wait_for()
+    row = panel.locator(".files-table tbody tr").filter(has=page.get_by_text(name, exact=True))
+    # download: click to last byte (progress bar full), then to SHA-256 verified
+    t0 = time.perf_counter()
+    await row.get_by_role("button", name="Download").click()
+    await page.wait_for_function(
+        "(n) => { const b = document.querySelector('.app-files .transfer progress');"
+        " return b && b.value >= n; }", arg=size, polling="raf", timeout=180000)
+    t_bytes = time.perf_counter() - t0
+    await panel.locator(".transfer.done").first.wait_for(timeout=120000)
+    t_verified = time.perf_counter() - t0
+    # upload: pick the file, to the server's RES (fsynced, renamed)
+    t0 = time.perf_counter()
+    await panel.locator("input[type=file]").set_input_files(upload_src)
+    await panel.locator(".transfer.done", has_text="Uploaded").wait_for(timeout=180000)
+    t_up = time.perf_counter() - t0
+    return size / t_bytes / MB, size / t_verified / MB, size / t_up / MB
+
+
+RAW_PAGE = """
+async () => {
+  const pc = new RTCPeerConnection({iceServers: []});
+  const dc = pc.createDataChannel("raw");
+  dc.binaryType = "arraybuffer";
+  dc.bufferedAmountLowThreshold = %(low)d;
+  window.__raw = {pc, dc, received: 0, waiters: []};
+  dc.onmessage = (e) => {
+    window.__raw.received += e.data.byteLength;
+    for (const w of window.__raw.waiters) w();
+  };
+  await pc.setLocalDescription(await pc.createOffer());
+  await new Promise((r) => {
+    if (pc.iceGatheringState === "complete") r();
+    pc.onicegatheringstatechange = () => pc.iceGatheringState === "complete" && r();
+  });
+  return pc.localDescription.sdp;
+}""" % {"low": LOW}
+
+RAW_RECEIVE = """(n) => new Promise((resolve) => {
+  const r = window.__raw;
+  const check = () => { if (r.received >= n) resolve(performance.now()); };
+  r.waiters.push(check); check();
+})"""
+
+RAW_SEND = """async (n) => {
+  const dc = window.__raw.dc, chunk = new Uint8Array(%(chunk)d);
+  crypto.getRandomValues(chunk.subarray(0, 65536 > chunk.length ? chunk.length : 65536));
+  for (let sent = 0; sent < n; sent += chunk.length) {
+    if (dc.bufferedAmount > %(high)d)
+      await new Promise((r) => dc.addEventListener("bufferedamountlow", r, {once: true}));
+    dc.send(chunk);
+  }
+}""" % {"chunk": CHUNK, "high": HIGH}
+
+
+async def raw_ceiling(browser, url, size):
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+    from homechannel.server import ice
+
+    page = await browser.new_page()
+    await page.goto(url + "/healthz")
+    offer = await page.evaluate(RAW_PAGE)
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    opened = asyncio.get_running_loop().create_future()
+    received = {"n": 0, "done": asyncio.Event(), "target": size}
+
+    @pc.on("datachannel")
+    def on_channel(channel):
+        @channel.on("message")
+        def on_message(m):
+            received["n"] += len(m)
+            if received["n"] >= received["target"]:
+                received["done"].set()
+        opened.set_result(channel)
+
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+    ice.advertise_host_addresses(pc, ["127.0.0.1"])
+    await pc.setLocalDescription(await pc.createAnswer())
+    await page.evaluate("(sdp) => window.__raw.pc.setRemoteDescription({type: 'answer', sdp})",
+                        pc.localDescription.sdp)
+    channel = await asyncio.wait_for(opened, 20)
+    if channel.readyState != "open":
+        ev = asyncio.Event()
+        channel.on("open", ev.set)
+        await asyncio.wait_for(ev.wait(), 20)
+    channel.bufferedAmountLowThreshold = LOW
+
+    # aiortc -> Chromium ("download")
+    data = os.urandom(CHUNK)
+    got = asyncio.ensure_future(page.evaluate(RAW_RECEIVE, size))
+    t0 = time.perf_counter()
+    low = asyncio.Event()
+    channel.on("bufferedamountlow", low.set)
+    sent = 0
+    while sent < size:
+        if channel.bufferedAmount > HIGH:
+            low.clear()
+            await low.wait()
+        channel.send(data)
+        sent += CHUNK
+    await got
+    down = size / (time.perf_counter() - t0) / MB
+
+    # Chromium -> aiortc ("upload")
+    t0 = time.perf_counter()
+    await page.evaluate(RAW_SEND, size)
+    await asyncio.wait_for(received["done"].wait(), 180)
+    up = size / (time.perf_counter() - t0) / MB
+    await pc.close()
+    await page.close()
+    return down, up
+
+
+TERMINAL_ECHO = """async (n) => {
+  const term = window.__hcTerminal, out = [];
+  const nextRender = () => new Promise((r) => { const d = term.onRender(() => { d.dispose(); r(); }); });
+  for (let i = 0; i < n; i++) {
+    const x = term.buffer.active.cursorX;
+    const t0 = performance.now();
+    const echoed = new Promise((resolve) => {
+      const d = term.onWriteParsed(() => {
+        if (term.buffer.active.cursorX !== x) { d.dispose(); resolve(); }
+      });
+    });
+    const rendered = echoed.then(nextRender);
+    term.input("x", true);
+    await rendered;
+    out.push(performance.now() - t0);
+    if (i % 20 === 19) { term.input("\\x15", true); await new Promise((r) => setTimeout(r, 50)); }
+  }
+  term.input("\\x15", true);
+  return out;
+}"""
+
+
+async def terminal_echo(page, sshd, n):
+    await page.get_by_role("tab", name="Terminal").click()
+    await page.locator(".app-terminal .xterm").wait_for()
+
+    async def wait_for(text, timeout=20):
+        deadline = time.monotonic() + timeout
+        js = """(t) => { const b = window.__hcTerminal && window.__hcTerminal.buffer.active; if (!b) return false;
+          let s = ""; for (let i = 0; i < b.length; i++) s += b.getLine(i).translateToString(true) + "\\n";
+          return s.includes(t); }"""
+        while not await page.evaluate(js, text):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{text!r} not seen in the terminal")
+            await asyncio.sleep(0.05)
+
+    await wait_for("login as:")
+    await page.keyboard.type(sshd.user + "\r")
+    await wait_for("password:")
+    await page.keyboard.type(sshd.password + "\r")
+    await wait_for("$ ")
+    await asyncio.sleep(0.3)
+    return await page.evaluate(TERMINAL_ECHO, n)
+
+
+# -- RSS during a large download to a slow reader ----------------------------------------
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+async def slow_download_rss(pair, pid, name, size, rate):
+    from daemons import PASSWORD
+    from homechannel import client
+    from homechannel.server.apps import frames
+
+    pc, control, hello = await client.connect(
+        pair.url, pair.server_key.text, PASSWORD, coordinator_key=pair.coordinator_key.text,
+        advertise_addresses=["127.0.0.1"])
+    samples, stop = [], threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            samples.append((time.monotonic(), rss_kib(pid)))
+            stop.wait(0.5)
+
+    try:
+        ch = pc.createDataChannel("app:files:rss")
+        done = asyncio.get_running_loop().create_future()
+        state = {"got": 0, "t0": None}
+
+        @ch.on("message")
+        def on_message(m):
+            if isinstance(m, str):
+                return
+            f = frames.decode(m)
+            if f.type == frames.DATA:
+                if state["t0"] is None:
+                    state["t0"] = time.monotonic()
+                state["got"] += len(f.data)
+                # the slow reader: never faster than *rate* (blocks this loop, so SCTP
+                # acknowledgements slow down too, as with a slow consumer)
+                ahead = state["t0"] + state["got"] / rate - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
+            elif f.type in (frames.END, frames.ERR) and not done.done():
+                done.set_result(f)
+
+        opened = asyncio.Event()
+        ch.on("open", opened.set)
+        await asyncio.wait_for(opened.wait(), 20)
+        t = threading.Thread(target=sample, daemon=True)
+        t.start()
+        base = rss_kib(pid)
+        ch.send(frames.encode(frames.REQ, 1, {"op": "download", "root": 0, "path": name}))
+        t0 = time.monotonic()
+        end = await asyncio.wait_for(done, 3600)
+        elapsed = time.monotonic() - t0
+        stop.set()
+        t.join()
+        return base, samples, end, state["got"], elapsed
+    finally:
+        stop.set()
+        await pc.close()
+
+
+# -- main ------------------------------------------------------------------------------------
+
+
+async def run(args, tmp):
+    from playwright.async_api import async_playwright
+
+    size = args.size_mb * MB
+    rss_size = args.rss_mb * 1024 * 1024
+    with Sshd(tmp) as sshd, daemons(
+            os.path.join(tmp, "pair"),
+            server_extra={"apps": {"terminal": {"port": sshd.port}}}) as (pair, coord, server):
+        src = os.path.join(pair.files_root, "bench.bin")
+        with open(src, "wb") as f:
+            f.write(os.urandom(size))
+        os.chmod(src, 0o644)
+        up_src = os.path.join(tmp, "upload.bin")
+        shutil.copy(src, up_src)
+        os.chmod(up_src, 0o644)
+        with open(os.path.join(pair.files_root, "huge.bin"), "wb") as f:
+            f.truncate(rss_size)
+
+        print(f"files: {args.size_mb} MB, loopback, one CPU each for Chromium, the home server "
+              "and this process")
+        async with async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=shutil.which("chromium"),
+                                              headless=True, args=CHROMIUM_ARGS)
+            page = await browser.new_page()
+            await open_session(page, pair)
+            app_down, app_down_verified, app_up = await app_files(page, pair, "bench.bin", size, up_src)
+            echo = await terminal_echo(page, sshd, args.echo)
+            await page.close()
+            raw_down, raw_up = await raw_ceiling(browser, pair.url, size)
+            await browser.close()
+        ssh_down, ssh_up = ssh_cat(sshd, src, size)
+
+        print()
+        print(f"{'':34s}{'download':>10s}{'upload':>10s}   (MB/s)")
+        print(f"{'files app through Chromium':34s}{app_down:10.1f}{app_up:10.1f}")
+        print(f"{'  download incl. SHA-256 check':34s}{app_down_verified:10.1f}")
+        print(f"{'(a) raw aiortc<->Chromium channel':34s}{raw_down:10.1f}{raw_up:10.1f}")
+        print(f"{'(b) ssh cat over loopback':34s}{ssh_down:10.1f}{ssh_up:10.1f}")
+        print(f"{'files app / raw ceiling':34s}{app_down / raw_down:10.0%}{app_up / raw_up:10.0%}"
+              "   (target >= 80%)")
+        print(f"{'files app / ssh':34s}{app_down / ssh_down:10.0%}{app_up / ssh_up:10.0%}")
+        print()
+        print(f"terminal echo, keypress to rendered echo   {fmt(echo)}")
+        print()
+        rate = args.slow_rate * MB
+        print(f"home server RSS during a {args.rss_mb} MiB download to a reader capped at "
+              f"{args.slow_rate} MB/s ...")
+        base, samples, end, got, elapsed = await slow_download_rss(
+            pair, server.proc.pid, "huge.bin", rss_size, rate)
+        rss = [r for _, r in samples]
+        n = len(rss)
+        q = [rss[:n // 4], rss[n // 4:n // 2], rss[n // 2:3 * n // 4], rss[3 * n // 4:]]
+        print(f"  received {got / 2**20:.0f} MiB in {elapsed:.1f} s ({got / elapsed / MB:.1f} MB/s); "
+              f"end frame {frames_name(end)}")
+        print(f"  RSS before {base / 1024:.1f} MiB; during: min {min(rss) / 1024:.1f}, "
+              f"max {max(rss) / 1024:.1f} MiB; median per quarter: "
+              + ", ".join(f"{statistics.median(x) / 1024:.1f}" for x in q if x) + " MiB")
+
+
+def frames_name(f):
+    from homechannel.server.apps import frames
+    return f"{frames.TYPES.get(f.type)} {f.body}"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size-mb", type=int, default=50)
+    ap.add_argument("--rss-mb", type=int, default=1024, help="MiB for the slow-reader download")
+    ap.add_argument("--slow-rate", type=float, default=12.0, help="slow reader's MB/s")
+    ap.add_argument("--echo", type=int, default=60, help="terminal echo samples")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(run(args, tmp))
+
+
+if __name__ == "__main__":
+    main()
