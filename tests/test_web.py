@@ -239,7 +239,7 @@ def test_static_files(h):
 
 def test_no_directory_listing_or_escape(h):
     for path in ("/js/", "/js/apps/", "/js/../secret.txt", "/js/%2e%2e/secret.txt",
-                 "/css/%2e%2e/%2e%2e/secret.txt", "/vendor/x.js"):
+                 "/css/%2e%2e/%2e%2e/secret.txt", "/node_modules/x.js"):
         resp = h.call("GET", path)
         assert resp.code == 404, path
         assert b"secret" not in resp.body and b"main.js" not in resp.body

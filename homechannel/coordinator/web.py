@@ -378,9 +378,10 @@ class CoordinatorWeb:
     def css(self, request):
         return self._static("css", request)
 
-    @app.route("/vendor/", branch=True, methods=["GET", "HEAD"])
-    def vendor(self, request):
-        return self._static("vendor", request)
+    @app.route("/node_modules/", branch=True, methods=["GET", "HEAD"])
+    def node_modules(self, request):
+        # noVNC and xterm.js, installed from npm by 'make npm' (never committed).
+        return self._static("node_modules", request)
 
     @app.route("/config.js", methods=["GET", "HEAD"])
     def config_js(self, request):
