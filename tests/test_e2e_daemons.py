@@ -62,3 +62,71 @@ def test_corrupt_identity_key_stops_the_daemon(tmp_path, twistd):
     assert coordinator.proc.wait(30) != 0
     assert "not replaced" in coordinator.output
     assert open(key, "rb").read() == b"garbage"
+
+
+def test_migrate_with_the_cli_then_restart_uses_failover(tmp_path, twistd):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO, free_tcp_port, free_udp_port, write_toml
+
+    from homechannel import crypto
+
+    pair = make_pair(tmp_path, keepalive={"interval": 2.0, "jitter": 0.1})
+    old = twistd("homechannel-coordinator", pair.coordinator_config)
+    old.wait_for_log("coordinator: UDP")
+    # A second coordinator, the migration target.
+    new_dir = tmp_path / "new"
+    new_key, _ = crypto.IdentityKey.load_or_create(str(new_dir / "coordinator.key"))
+    new_udp = free_udp_port()
+    new_cfg = write_toml(tmp_path / "new.toml", {
+        "state_dir": str(new_dir),
+        "udp": {"interface": "127.0.0.1", "port": new_udp},
+        "web": {"listen": f"tcp:{free_tcp_port()}:interface=127.0.0.1"},
+        "admin": {"listen": ""},
+    })
+    new = twistd("homechannel-coordinator", new_cfg)
+    new.wait_for_log("coordinator: UDP")
+    server = twistd("homechannel-server", pair.server_config)
+    server.wait_for_log("registered with coordinator 127.0.0.1:%d" % pair.udp_port, timeout=15)
+
+    env = dict(os.environ, PYTHONPATH=REPO)
+    done = subprocess.run(
+        [sys.executable, "-m", "homechannel.cli", "migrate",
+         "--admin", f"http://127.0.0.1:{pair.admin_port}", "--server", pair.server_key.text,
+         "--to", f"127.0.0.1:{new_udp}", "--key", new_key.text],
+        env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert "1 server(s) asked to move" in done.stdout
+    server.wait_for_log(f"moved from coordinator 127.0.0.1:{pair.udp_port} to "
+                        f"127.0.0.1:{new_udp}", timeout=15)
+    new.wait_for_log("registered " + pair.server_key.text[:12])
+    failover = json.load(open(os.path.join(pair.base, "server", "failover-coordinator.json")))
+    assert failover == {"host": "127.0.0.1", "port": new_udp, "public_key": new_key.text}
+
+    # After a restart the server goes straight to the new coordinator.
+    server.stop()
+    server = twistd("homechannel-server", pair.server_config)
+    server.wait_for_log(f"using the coordinator from .*failover-coordinator.json", timeout=15)
+    server.wait_for_log(f"registered with coordinator 127.0.0.1:{new_udp}", timeout=15)
+
+
+def test_migrate_refuses_a_bad_request(tmp_path, twistd):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    pair = make_pair(tmp_path)
+    coordinator = twistd("homechannel-coordinator", pair.coordinator_config)
+    coordinator.wait_for_log("coordinator: UDP")
+    env = dict(os.environ, PYTHONPATH=REPO)
+    done = subprocess.run(
+        [sys.executable, "-m", "homechannel.cli", "migrate",
+         "--admin", f"http://127.0.0.1:{pair.admin_port}", "--server", pair.server_key.text,
+         "--to", "127.0.0.1:9", "--key", pair.coordinator_key.text],
+        env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    assert "not registered here" in done.stderr
+    assert "Traceback" not in done.stderr
