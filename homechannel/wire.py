@@ -44,7 +44,9 @@ CHALLENGES, CHALLENGES_ACK = 0x14, 0x15  # fresh pool (replaces), acknowledged
 REFILL, REFILL_REPLY = 0x16, 0x17        # coordinator asks for challenges; reply carries them
 XFER, XFER_ACK = 0x20, 0x21              # one fragment of an offer/answer transfer
 MIGRATE, MIGRATE_ACK = 0x30, 0x31        # move to another coordinator
-REQUESTS = {REGISTER, PING, CHALLENGES, REFILL, XFER, MIGRATE}
+NOTICE, NOTICE_ACK = 0x40, 0x41          # coordinator tells the server of a failed login
+REQUESTS = {REGISTER, PING, CHALLENGES, REFILL, XFER, MIGRATE, NOTICE}
+MAX_NOTICE = 512
 REPLIES = {t | 1 for t in REQUESTS}
 
 # Transfer kinds.

@@ -142,3 +142,19 @@ def test_coordinator_restart_through_adapters(net):
     network.run(35.0)
     assert fresh.rv.registry.lookup_key(net["server_key"].id) >= 0
     assert net["server"].registered
+
+
+def test_failed_login_is_reported_to_the_home_server(net):
+    from twisted.logger import globalLogPublisher
+    seen = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        net["coords"][C1].report_failure(net["server_key"].public_raw, "198.51.100.7",
+                                         "wrong-password")
+        net["network"].run(1.0)
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    failed = [e for e in seen if e.get("log_format", "").startswith("login failed from")]
+    assert len(failed) == 1
+    assert failed[0]["source"] == "198.51.100.7" and failed[0]["reason"] == "wrong-password"
+    assert net["coords"][C1].rv.stats["notices"] == 1

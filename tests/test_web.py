@@ -330,6 +330,8 @@ def test_challenge_consumed_by_wrong_answer(h):
     challenge = h.lookup()
     resp, _ = h.connect(challenge=challenge, password_key=b"x" * 32)
     assert_error(resp, 403, "wrong-password")
+    # The home server is told, so that it logs every failed login.
+    assert [(k, r) for k, _, r in h.relay.failures] == [(h.home.public_raw, "wrong-password")]
     resp, _ = h.connect(challenge=challenge)
     assert_error(resp, 403, "stale-challenge")
 

@@ -28,6 +28,11 @@ class IRelay(Interface):
         ``homechannel.errors.Unavailable`` if the server is offline or does
         not acknowledge in time."""
 
+    def report_failure(server_key, source, reason):
+        """Tell the home server that a login from *source* (an IP address
+        string) failed at the coordinator for *reason* (e.g. "wrong-password"),
+        so that the home server logs every failed login.  Best effort."""
+
     def set_answer_handler(handler):
         """``handler(server_key, payload)`` is called once for each complete
         ANSWER transfer from a home server."""

@@ -33,6 +33,7 @@ HANDSHAKE_TTL = 30.0         # a pending handshake is kept this long
 OFFER_DEADLINE = 10.0        # an offer not acknowledged by then fails
 REFILL_DEADLINE = 30.0
 MIGRATE_DEADLINE = 30.0
+NOTICE_DEADLINE = 30.0
 
 
 @dataclass
@@ -308,6 +309,8 @@ class Rendezvous:
             self._refilling.discard(kid)
             self.registry.set_pool(slot, wire.parse_pairs(body), replace=False)
             self.stats["refilled"] += 1
+        elif kind == wire.NOTICE_ACK:
+            pass
         elif kind == wire.MIGRATE_ACK:
             self.stats["migrate-acked"] += 1
             log.info("server {kid} acknowledged the move", kid=kid.hex()[:12])
@@ -357,6 +360,18 @@ class Rendezvous:
         except OverflowError:
             return self._drop("in-flight-full")
         self._refilling.add(kid)
+        return [dgram]
+
+    def notify(self, kid, body, now):
+        """A NOTICE (UTF-8 JSON, at most 512 bytes) to the server; best effort."""
+        slot = self.registry.lookup_key(kid)
+        if slot < 0 or len(body) > wire.MAX_NOTICE:
+            return []
+        try:
+            _, dgram = self._request(slot, kid, wire.NOTICE, body, now, NOTICE_DEADLINE)
+        except OverflowError:
+            return self._drop("in-flight-full")
+        self.stats["notices"] += 1
         return [dgram]
 
     def migrate(self, kid, host, port, public_raw, now):

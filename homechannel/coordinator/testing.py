@@ -28,6 +28,7 @@ class FakeRelay:
         # server key -> {"password_key": K, "pool": {challenge: expected}}
         self.servers = {}
         self.offers = []  # (server_key, payload, Deferred)
+        self.failures = []  # (server_key, source, reason)
         self.answer_handler = None
         # When False, send_offer returns a Deferred the test fires itself.
         self.auto_ack = True
@@ -73,6 +74,9 @@ class FakeRelay:
         if expected is not None:
             self._refill(server_key)
         return expected
+
+    def report_failure(self, server_key, source, reason):
+        self.failures.append((server_key, source, reason))
 
     def send_offer(self, server_key, payload):
         if server_key not in self.servers:

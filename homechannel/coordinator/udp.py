@@ -2,6 +2,7 @@
 sans-I/O :class:`~homechannel.coordinator.rendezvous.Rendezvous`, which also
 provides :class:`IRelay` to the HTTPS API."""
 
+import json
 from collections import OrderedDict
 
 from twisted.internet import defer
@@ -117,6 +118,11 @@ class CoordinatorUDP(DatagramProtocol):
             self._keys.popitem(last=False)
         self._send(self.rv.send_offer(kid, payload, self.clock.seconds(), done))
         return d
+
+    def report_failure(self, server_key, source, reason):
+        body = json.dumps({"event": "login-failed", "source": str(source)[:64],
+                           "reason": str(reason)[:64]}).encode()
+        self._send(self.rv.notify(crypto.key_id(server_key), body, self.clock.seconds()))
 
     def set_answer_handler(self, handler):
         self._answer_handler = handler

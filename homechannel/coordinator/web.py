@@ -300,6 +300,10 @@ class CoordinatorWeb:
             if lockout is not None:
                 self.log.info("locked out {source} for {seconds}s after failed answers",
                               source=source, seconds=lockout)
+            try:
+                self._relay.report_failure(req.server_key, source, "wrong-password")
+            except Exception:
+                self.log.failure("reporting a failed login to the home server failed")
             raise coded(Forbidden, "wrong password", "wrong-password")
         self._lockout.success(source)
 

@@ -8,7 +8,8 @@ act on comes out of ``pop_events()``:
 * ``("registered", None)`` each time a registration completes;
 * ``("lost", reason)`` when the link is declared dead;
 * ``("offer", payload)`` once per complete OFFER transfer;
-* ``("migrate", (host, port, public_raw))`` once per MIGRATE request.
+* ``("migrate", (host, port, public_raw))`` once per MIGRATE request;
+* ``("notice", body)`` once per NOTICE (a failed login the coordinator caught).
 
 It retries for ever: each handshake datagram is retransmitted with jittered
 exponential backoff from ``backoff_min`` to ``backoff_max``.
@@ -71,6 +72,7 @@ class Registrant:
         self._missed = 0
         self._refresh_at = None
         self._migrations_seen = deque(maxlen=8)
+        self._notices_seen = deque(maxlen=64)
 
     def _jitter(self, seconds, fraction=None):
         f = self.cfg.jitter if fraction is None else fraction
@@ -239,6 +241,11 @@ class Registrant:
                 self._events.append(("offer", payload))
             return [self._seal(wire.inner(wire.XFER_ACK, rid,
                                           wire.fragment_ack(frag.transfer, frag.index)))]
+        if kind == wire.NOTICE:
+            if rid not in self._notices_seen:
+                self._notices_seen.append(rid)
+                self._events.append(("notice", body))
+            return [self._seal(wire.inner(wire.NOTICE_ACK, rid))]
         if kind == wire.MIGRATE:
             target = wire.parse_migrate(body)
             if rid not in self._migrations_seen:

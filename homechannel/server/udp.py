@@ -181,6 +181,8 @@ class ServerUDP(DatagramProtocol):
                 self._on_offer(link, value)
             elif kind == "migrate":
                 self._on_migrate(*value)
+            elif kind == "notice":
+                self._on_notice(link, value)
 
     def _on_registered(self, link):
         if link is self.moving:
@@ -208,6 +210,17 @@ class ServerUDP(DatagramProtocol):
 
         d.addCallback(answered)
         d.addErrback(lambda f: log.failure("answering an offer failed", f))
+
+    def _on_notice(self, link, body):
+        try:
+            doc = json.loads(body)
+            source, reason = str(doc["source"]), str(doc["reason"])
+        except (ValueError, KeyError, TypeError):
+            log.debug("malformed notice from {name}", name=link.name)
+            return
+        if doc.get("event") == "login-failed":
+            log.warn("login failed from {source}: {reason} (refused by the coordinator "
+                     "{name})", source=source, reason=reason, name=link.name)
 
     def _on_migrate(self, host, port, key):
         if self.moving is not None:
