@@ -345,7 +345,9 @@ def test_ssh_proxycommand_stdio(tmp_path, twistd, sshd_keyauth):
         twistd, tmp_path, [sshd_keyauth["port"]])
     proxy = " ".join(shlex.quote(a) for a in forward_cmd(
         pair, password_file, sshd_keyauth["port"], "--stdio"))
-    cmd = [ssh, "-F", "/dev/null", "-o", f"ProxyCommand={proxy}",
+    ssh_config = tmp_path / "ssh_config"   # no user or system ssh_config
+    ssh_config.write_text("")
+    cmd = [ssh, "-F", str(ssh_config), "-o", f"ProxyCommand={proxy}",
            "-o", "StrictHostKeyChecking=no", "-o", f"UserKnownHostsFile={tmp_path}/known_hosts",
            "-o", "BatchMode=yes", "-o", "ConnectTimeout=60",
            "-i", sshd_keyauth["key"], f"{sshd_keyauth['user']}@homechannel",
