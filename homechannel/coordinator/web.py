@@ -32,7 +32,7 @@ from collections import Counter
 from klein import Klein
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.web import resource, static
+from twisted.web import pages, resource, static
 from werkzeug.exceptions import MethodNotAllowed, NotFound as RouteNotFound
 
 from homechannel import crypto, default_static_dir
@@ -102,7 +102,7 @@ class _StaticFile(static.File):
     indexNames = []
 
     def directoryListing(self):
-        return resource.NoResource("no directory listings")
+        return pages.notFound("Not Found", "no directory listings")
 
 
 class _Wrapper(resource.Resource):
@@ -399,7 +399,7 @@ class CoordinatorWeb:
         request.setHeader(b"Cache-Control", b"no-cache")
         path = os.path.join(self._static_dir, name)
         if not os.path.isdir(path):
-            return resource.NoResource()
+            return pages.notFound()
         return _StaticFile(path)
 
     def _render_config_js(self):
