@@ -154,26 +154,37 @@ async def open_session(page, pair):
     await page.get_by_role("button", name="Disconnect").wait_for(timeout=30000)
 
 
-async def app_files(page, pair, name, size, upload_src):
+async def files_panel(page):
     await page.get_by_role("tab", name="Files").click()
     panel = page.locator(".app-files")
     await panel.locator(".files-table").wait_for()
+    return panel
+
+
+async def app_download(page, name, size):
+    """Click Download; returns (MB/s to the last byte, MB/s to 'SHA-256 verified')."""
+    panel = await files_panel(page)
+    before = await panel.locator(".transfer").count()
     row = panel.locator(".files-table tbody tr").filter(has=page.get_by_text(name, exact=True))
-    # download: click to last byte (progress bar full), then to SHA-256 verified
     t0 = time.perf_counter()
     await row.get_by_role("button", name="Download").click()
     await page.wait_for_function(
-        "(n) => { const b = document.querySelector('.app-files .transfer progress');"
-        " return b && b.value >= n; }", arg=size, polling="raf", timeout=180000)
+        "([i, n]) => { const b = document.querySelectorAll('.app-files .transfer progress')[i];"
+        " return b && b.value >= n; }", arg=[before, size], polling="raf", timeout=300000)
     t_bytes = time.perf_counter() - t0
-    await panel.locator(".transfer.done").first.wait_for(timeout=120000)
+    await panel.locator(".transfer").nth(before).and_(panel.locator(".done")).wait_for(timeout=120000)
     t_verified = time.perf_counter() - t0
-    # upload: pick the file, to the server's RES (fsynced, renamed)
+    return size / t_bytes / MB, size / t_verified / MB
+
+
+async def app_upload(page, src, size):
+    """Pick *src* for upload; MB/s to the server's RES (fsynced and renamed)."""
+    panel = await files_panel(page)
+    before = await panel.locator(".transfer").count()
     t0 = time.perf_counter()
-    await panel.locator("input[type=file]").set_input_files(upload_src)
-    await panel.locator(".transfer.done", has_text="Uploaded").wait_for(timeout=180000)
-    t_up = time.perf_counter() - t0
-    return size / t_bytes / MB, size / t_verified / MB, size / t_up / MB
+    await panel.locator("input[type=file]").set_input_files(src)
+    await panel.locator(".transfer").nth(before).and_(panel.locator(".done")).wait_for(timeout=300000)
+    return size / (time.perf_counter() - t0) / MB
 
 
 RAW_PAGE = """
@@ -212,62 +223,74 @@ RAW_SEND = """async (n) => {
 }""" % {"chunk": CHUNK, "high": HIGH}
 
 
-async def raw_ceiling(browser, url, size):
-    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-    from homechannel.server import ice
+class RawChannel:
+    """An aiortc peer in this process and a bare RTCDataChannel in a Chromium page."""
 
-    page = await browser.new_page()
-    await page.goto(url + "/healthz")
-    offer = await page.evaluate(RAW_PAGE)
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    opened = asyncio.get_running_loop().create_future()
-    received = {"n": 0, "done": asyncio.Event(), "target": size}
+    async def open(self, browser, url):
+        from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+        from homechannel.server import ice
 
-    @pc.on("datachannel")
-    def on_channel(channel):
-        @channel.on("message")
-        def on_message(m):
-            received["n"] += len(m)
-            if received["n"] >= received["target"]:
-                received["done"].set()
-        opened.set_result(channel)
+        self.page = page = await browser.new_page()
+        await page.goto(url + "/healthz")
+        offer = await page.evaluate(RAW_PAGE)
+        self.pc = pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        opened = asyncio.get_running_loop().create_future()
+        self.received, self.target, self.done = 0, None, asyncio.Event()
+        self.page_target = 0
 
-    await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
-    ice.advertise_host_addresses(pc, ["127.0.0.1"])
-    await pc.setLocalDescription(await pc.createAnswer())
-    await page.evaluate("(sdp) => window.__raw.pc.setRemoteDescription({type: 'answer', sdp})",
-                        pc.localDescription.sdp)
-    channel = await asyncio.wait_for(opened, 20)
-    if channel.readyState != "open":
-        ev = asyncio.Event()
-        channel.on("open", ev.set)
-        await asyncio.wait_for(ev.wait(), 20)
-    channel.bufferedAmountLowThreshold = LOW
+        @pc.on("datachannel")
+        def on_channel(channel):
+            @channel.on("message")
+            def on_message(m):
+                self.received += len(m)
+                if self.target is not None and self.received >= self.target:
+                    self.done.set()
+            opened.set_result(channel)
 
-    # aiortc -> Chromium ("download")
-    data = os.urandom(CHUNK)
-    got = asyncio.ensure_future(page.evaluate(RAW_RECEIVE, size))
-    t0 = time.perf_counter()
-    low = asyncio.Event()
-    channel.on("bufferedamountlow", low.set)
-    sent = 0
-    while sent < size:
-        if channel.bufferedAmount > HIGH:
-            low.clear()
-            await low.wait()
-        channel.send(data)
-        sent += CHUNK
-    await got
-    down = size / (time.perf_counter() - t0) / MB
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+        ice.advertise_host_addresses(pc, ["127.0.0.1"])
+        await pc.setLocalDescription(await pc.createAnswer())
+        await page.evaluate("(sdp) => window.__raw.pc.setRemoteDescription({type: 'answer', sdp})",
+                            pc.localDescription.sdp)
+        channel = await asyncio.wait_for(opened, 20)
+        if channel.readyState != "open":
+            ev = asyncio.Event()
+            channel.on("open", ev.set)
+            await asyncio.wait_for(ev.wait(), 20)
+        channel.bufferedAmountLowThreshold = LOW
+        self.low = asyncio.Event()
+        channel.on("bufferedamountlow", self.low.set)
+        self.channel = channel
+        return self
 
-    # Chromium -> aiortc ("upload")
-    t0 = time.perf_counter()
-    await page.evaluate(RAW_SEND, size)
-    await asyncio.wait_for(received["done"].wait(), 180)
-    up = size / (time.perf_counter() - t0) / MB
-    await pc.close()
-    await page.close()
-    return down, up
+    async def down(self, size):
+        """aiortc -> Chromium, MB/s (same flow control as the home server's)."""
+        data = os.urandom(CHUNK)
+        self.page_target += size
+        got = asyncio.ensure_future(self.page.evaluate(RAW_RECEIVE, self.page_target))
+        t0 = time.perf_counter()
+        sent = 0
+        while sent < size:
+            if self.channel.bufferedAmount > HIGH:
+                self.low.clear()
+                await self.low.wait()
+            self.channel.send(data)
+            sent += CHUNK
+        await got
+        return size / (time.perf_counter() - t0) / MB
+
+    async def up(self, size):
+        """Chromium -> aiortc, MB/s."""
+        self.done.clear()
+        self.target = self.received + size
+        t0 = time.perf_counter()
+        await self.page.evaluate(RAW_SEND, size)
+        await asyncio.wait_for(self.done.wait(), 300)
+        return size / (time.perf_counter() - t0) / MB
+
+    async def close(self):
+        await self.pc.close()
+        await self.page.close()
 
 
 TERMINAL_ECHO = """async (n) => {
@@ -402,24 +425,40 @@ async def run(args, tmp):
         with open(os.path.join(pair.files_root, "huge.bin"), "wb") as f:
             f.truncate(rss_size)
 
-        print(f"files: {args.size_mb} MB, loopback, one CPU each for Chromium, the home server "
-              "and this process")
+        print(f"files: {args.size_mb} MB, loopback, {os.cpu_count()} CPUs, load average "
+              f"{os.getloadavg()[0]:.1f}; {args.rounds} interleaved rounds, medians")
+        res = {k: [] for k in ("app_down", "app_verified", "app_up", "raw_down", "raw_up",
+                               "ssh_down", "ssh_up")}
         async with async_playwright() as p:
             browser = await p.chromium.launch(executable_path=shutil.which("chromium"),
                                               headless=True, args=CHROMIUM_ARGS)
             page = await browser.new_page()
             await open_session(page, pair)
-            app_down, app_down_verified, app_up = await app_files(page, pair, "bench.bin", size, up_src)
+            raw = await RawChannel().open(browser, pair.url)
+            for i in range(args.rounds):
+                d, v = await app_download(page, "bench.bin", size)
+                res["app_down"].append(d)
+                res["app_verified"].append(v)
+                res["raw_down"].append(await raw.down(size))
+                up = os.path.join(tmp, f"upload-{i}.bin")
+                os.link(up_src, up)
+                res["app_up"].append(await app_upload(page, up, size))
+                res["raw_up"].append(await raw.up(size))
+                d, u = ssh_cat(sshd, src, size)
+                res["ssh_down"].append(d)
+                res["ssh_up"].append(u)
+                print(f"  round {i + 1}: " + "  ".join(f"{k} {v[-1]:.1f}" for k, v in res.items()))
+            await raw.close()
             echo = await terminal_echo(page, sshd, args.echo)
-            await page.close()
-            raw_down, raw_up = await raw_ceiling(browser, pair.url, size)
             await browser.close()
-        ssh_down, ssh_up = ssh_cat(sshd, src, size)
+        m = {k: statistics.median(v) for k, v in res.items()}
+        app_down, app_up, raw_down, raw_up = m["app_down"], m["app_up"], m["raw_down"], m["raw_up"]
+        ssh_down, ssh_up = m["ssh_down"], m["ssh_up"]
 
         print()
-        print(f"{'':34s}{'download':>10s}{'upload':>10s}   (MB/s)")
+        print(f"{'':34s}{'download':>10s}{'upload':>10s}   (MB/s, medians)")
         print(f"{'files app through Chromium':34s}{app_down:10.1f}{app_up:10.1f}")
-        print(f"{'  download incl. SHA-256 check':34s}{app_down_verified:10.1f}")
+        print(f"{'  download incl. SHA-256 check':34s}{m['app_verified']:10.1f}")
         print(f"{'(a) raw aiortc<->Chromium channel':34s}{raw_down:10.1f}{raw_up:10.1f}")
         print(f"{'(b) ssh cat over loopback':34s}{ssh_down:10.1f}{ssh_up:10.1f}")
         print(f"{'files app / raw ceiling':34s}{app_down / raw_down:10.0%}{app_up / raw_up:10.0%}"
@@ -454,6 +493,7 @@ def main(argv=None):
     ap.add_argument("--rss-mb", type=int, default=1024, help="MiB for the slow-reader download")
     ap.add_argument("--slow-rate", type=float, default=12.0, help="slow reader's MB/s")
     ap.add_argument("--echo", type=int, default=60, help="terminal echo samples")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved throughput rounds")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(run(args, tmp))

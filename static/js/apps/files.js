@@ -149,16 +149,29 @@ export async function mount(panel, { pc, app }) {
     transfers.append(li);
     const started = performance.now();
     let base = 0;
+    let latest = null;
+    let pending = false;
+    const draw = () => {
+      if (!pending) return;
+      pending = false;
+      const done = latest;
+      bar.value = done;
+      const secs = (performance.now() - started) / 1000;
+      const speed = (done - base) / Math.max(secs, 0.001);
+      text.textContent = `${formatBytes(done)} of ${formatBytes(total)} · ${formatBytes(speed)}/s · ${formatTime((total - done) / speed)} left`;
+    };
     return {
       li, cancel,
       start(offset) { base = offset; },
+      // called per frame; the DOM is updated at most once per animation frame
       progress(done) {
-        bar.value = done;
-        const secs = (performance.now() - started) / 1000;
-        const speed = (done - base) / Math.max(secs, 0.001);
-        text.textContent = `${formatBytes(done)} of ${formatBytes(total)} · ${formatBytes(speed)}/s · ${formatTime((total - done) / speed)} left`;
+        latest = done;
+        if (!pending) { pending = true; requestAnimationFrame(draw); }
       },
-      finish(message, ok) { text.textContent = message; li.classList.add(ok ? "done" : "failed"); cancel.remove(); },
+      finish(message, ok) {
+        if (latest !== null) { pending = false; bar.value = latest; }
+        text.textContent = message; li.classList.add(ok ? "done" : "failed"); cancel.remove();
+      },
     };
   }
 
@@ -171,7 +184,7 @@ export async function mount(panel, { pc, app }) {
     row.cancel.onclick = () => { if (id !== null) fc.send(CANCEL, id, {}); };
     id = fc.start({ op: "download", root: state.root, path, offset: received }, async (f) => {
       if (f.type === RES) return;
-      if (f.type === DATA) { parts.push(f.data.slice()); received += f.data.byteLength; row.progress(received); return; }
+      if (f.type === DATA) { parts.push(f.data); received += f.data.byteLength; row.progress(received); return; }
       fc.done(id);
       if (f.type === END) {
         const blob = new Blob(parts);
