@@ -11,8 +11,14 @@ clients are real Chromium and ``homechannel.client.connect``.
 
 Each ``honest`` case is the control: the same harness, relaying unchanged,
 connects.  So a refusal below is caused by the rewrite, and removing the check
-that catches it makes the test fail (see the report in the commit history:
-verified by disabling each check in a scratch copy)."""
+that catches it makes the test fail.  Verified in scratch copies of the tree:
+without the home server's proof check (``crypto.check_proof`` in
+``server/peer.py``) the two offer tests fail (the server answers; the browser
+then refuses the signature instead); without ``checkAnswer`` in
+``static/js/main.js`` the two browser answer tests fail (a timeout, not a
+refusal); without the signature check in ``client.connect`` the two native
+answer tests fail (with the candidates moved it even connects, through
+peer-reflexive candidates)."""
 
 import asyncio
 import os
