@@ -61,7 +61,7 @@ def start_coordinator(tmp):
                 f'per_source_per_second = 1000000.0\nmax_handshakes = 100000\n'
                 f'[web]\nlisten = "tcp:{web}:interface=127.0.0.1"\n[admin]\nlisten = ""\n')
     env = dict(os.environ, PYTHONPATH=REPO)
-    proc = subprocess.Popen(TWISTD + ["-n", "--pidfile=", "--logfile=/dev/null",
+    proc = subprocess.Popen(TWISTD + ["-n", "--pidfile=",
                                       "homechannel-coordinator", "--config", cfg],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     key = None

@@ -49,6 +49,10 @@ REQUESTS = {REGISTER, PING, CHALLENGES, REFILL, XFER, MIGRATE, NOTICE}
 MAX_NOTICE = 512
 REPLIES = {t | 1 for t in REQUESTS}
 
+# Challenges a coordinator keeps per server.
+POOL = 2
+_GEN = struct.Struct(">I")
+
 # Transfer kinds.
 KIND_OFFER = 1
 KIND_ANSWER = 2
@@ -218,6 +222,17 @@ def pairs(items) -> bytes:
     """A challenge pool: count (1 byte), then challenge(16) || expectedAnswer(32)."""
     items = list(items)
     return bytes([len(items)]) + b"".join(c + e for c, e in items)
+
+
+def generation_pairs(generation: int, items) -> bytes:
+    """A CHALLENGES body: generation (4, counts up from 1 in each session), then a pool."""
+    return _GEN.pack(generation) + pairs(items)
+
+
+def parse_generation_pairs(body: bytes):
+    if len(body) < 5:
+        raise ProtocolError("bad CHALLENGES")
+    return _GEN.unpack_from(body)[0], parse_pairs(body[4:])
 
 
 def parse_pairs(body: bytes):

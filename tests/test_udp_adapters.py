@@ -158,3 +158,28 @@ def test_failed_login_is_reported_to_the_home_server(net):
     assert len(failed) == 1
     assert failed[0]["source"] == "198.51.100.7" and failed[0]["reason"] == "wrong-password"
     assert net["coords"][C1].rv.stats["notices"] == 1
+
+
+def test_migration_to_an_unresolvable_name_gives_up(tmp_path):
+    from twisted.internet import defer
+
+    clock = task.Clock()
+    network = MemoryNetwork(clock)
+    key = crypto.IdentityKey.generate()
+    coord = network.attach(CoordinatorUDP(Rendezvous(key), clock), C1)
+    server_key = crypto.IdentityKey.generate()
+
+    def resolve(host):
+        if host == "127.0.0.1":
+            return host
+        return defer.fail(OSError("no such host"))
+
+    srv = network.attach(ServerUDP(server_key, ChallengeSource(K), ServerKeepalive(),
+                                   (C1[0], C1[1], key.public_raw), clock, EchoAnswerer(),
+                                   str(tmp_path / "f.json"), resolve=resolve), S)
+    network.run(1.0)
+    coord.migrate(server_key.public_raw, "nowhere.invalid", 7777,
+                  crypto.IdentityKey.generate().public_raw)
+    network.run(45.0)
+    assert srv.moving is None
+    assert srv.active.name == f"{C1[0]}:{C1[1]}" and srv.registered

@@ -254,3 +254,39 @@ def test_single_use_challenges():
     assert e1 is not None and e2 is None
     assert challenges.consume(c) is True
     assert challenges.consume(c) is False
+
+
+def test_offer_survives_a_reregistration_midway():
+    """Fragments acknowledged before a re-registration are not forgotten: the
+    offer is delivered once, never reported delivered without arriving."""
+    w, rv, reg, _ = make()
+    w.run(5.0)
+    results = []
+    dgrams = rv.send_offer(SERVER.id, OFFER, w.now, results.append)
+    assert len(dgrams) == 3
+    w.send_from_coordinator(dgrams[:2])      # the third fragment is lost...
+    w.run(w.now + 0.1)
+    reg.receive_lost = True
+    # ...and the server re-registers (e.g. after a NAT rebinding).
+    w._from_server(ADDR, reg._lost("test", w.now))
+    w.run(w.now + 15.0)
+    in_sync(rv, reg)
+    offers = [e for _, e in w.events if e[0] == "offer"]
+    assert offers == [("offer", OFFER)]
+    assert results == [None]
+
+
+def test_answer_in_flight_survives_a_reregistration():
+    w, rv, reg, _ = make()
+    w.run(5.0)
+    answers = []
+    rv.on_answer = lambda kid, payload: answers.append(payload)
+    w.send_from_coordinator(rv.send_offer(SERVER.id, OFFER, w.now, lambda r: None))
+    w.run(w.now + 1.0)
+    w.down = {"up"}
+    w._from_server(ADDR, reg.send_answer(ANSWER, w.now))   # lost on the way
+    w._from_server(ADDR, reg._lost("test", w.now))
+    w.down = set()
+    w.run(w.now + 20.0)
+    in_sync(rv, reg)
+    assert answers == [ANSWER]

@@ -23,6 +23,7 @@ offset size field
 119    8    replay bitmap (bit i: counter highest-i seen)
 127    1    challenges in the pool (0..POOL)
 128    96   POOL x (challenge 16 + expectedAnswer 32)
+224    4    pool generation: the last CHALLENGES applied in this session
 ====== ==== ==========================================================
 """
 
@@ -34,12 +35,13 @@ from zope.interface import implementer
 
 from homechannel.coordinator.interfaces import IRegistry
 from homechannel.errors import CapacityError
+from homechannel import wire
 from homechannel.crypto import open_sealed
 from homechannel.wire import parse_data, replay_check, seal_data
 
-POOL = 2
+POOL = wire.POOL
 _PAIR = 48
-RECORD = 128 + POOL * _PAIR
+RECORD = 128 + POOL * _PAIR + 4
 
 _F_FLAGS = 0
 _F_KID = 1
@@ -52,6 +54,7 @@ _F_RXMAX = 111
 _F_RXMAP = 119
 _F_NPOOL = 127
 _F_POOL = 128
+_F_POOLGEN = 128 + POOL * _PAIR
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -207,11 +210,6 @@ class Registry:
         s = self._slab
         return bytes(s[o + _F_KRX:o + _F_KRX + 32]), bytes(s[o + _F_KTX:o + _F_KTX + 32])
 
-    def last_seen(self, slot) -> float:
-        return self._epoch + _U32.unpack_from(self._slab, slot * RECORD + _F_SEEN)[0]
-
-    # -- changes --
-
     def register(self, kid, addr, rx_key, tx_key, now) -> int:
         """Insert or replace the registration of *kid* (a new session).
 
@@ -244,8 +242,9 @@ class Registry:
                 self._by_addr.remove(self._addr_at(slot))
                 self._slab[o + _F_ADDR:o + _F_ADDR + 18] = packed
                 self._by_addr.insert(packed, slot)
-            # New session: fresh counters and window, pool kept until replaced.
+            # New session: fresh counters, window and pool generation.
             self._slab[o + _F_TXCTR:o + _F_RXMAP + 8] = bytes(24)
+            self._slab[o + _F_POOLGEN:o + _F_POOLGEN + 4] = bytes(4)
         o = slot * RECORD
         self._slab[o + _F_KRX:o + _F_KRX + 32] = rx_key
         self._slab[o + _F_KTX:o + _F_KTX + 32] = tx_key
@@ -261,11 +260,6 @@ class Registry:
         self._slab[o:o + RECORD] = bytes(RECORD)
         self._free.append(slot)
         self.count -= 1
-
-    def touch(self, slot, now) -> None:
-        _U32.pack_into(self._slab, slot * RECORD + _F_SEEN, self._seconds(now))
-
-    # -- the session of a slot: the hot path of every datagram --
 
     def open(self, slot, data, now):
         """Open a DATA datagram from the server in *slot*.
@@ -293,12 +287,6 @@ class Registry:
         _U64.pack_into(s, o + _F_TXCTR, ctr + 1)
         return seal_data(bytes(s[o + _F_KTX:o + _F_KTX + 32]), ctr, message)
 
-    def next_tx_counter(self, slot) -> int:
-        o = slot * RECORD + _F_TXCTR
-        ctr = _U64.unpack_from(self._slab, o)[0]
-        _U64.pack_into(self._slab, o, ctr + 1)
-        return ctr
-
     def accept_counter(self, slot, ctr) -> bool:
         """Sliding replay window: True once per counter, False for replays and too-old."""
         o = slot * RECORD
@@ -324,6 +312,17 @@ class Registry:
         s[o + _F_NPOOL] = len(pairs)
         blob = b"".join(c + e for c, e in pairs)
         s[o + _F_POOL:o + _F_POOL + POOL * _PAIR] = blob.ljust(POOL * _PAIR, b"\0")
+
+    def replace_pool(self, slot, generation, pairs) -> bool:
+        """Apply a CHALLENGES refresh unless a newer (or the same) one was
+        applied already: a retransmitted or late refresh never brings back a
+        consumed challenge."""
+        o = slot * RECORD + _F_POOLGEN
+        if generation <= _U32.unpack_from(self._slab, o)[0]:
+            return False
+        _U32.pack_into(self._slab, o, generation)
+        self.set_pool(slot, pairs)
+        return True
 
     def pool(self, slot):
         o = slot * RECORD
@@ -375,6 +374,11 @@ class Registry:
             slot = slot + 1 if slot + 1 < total else 0
         self._cursor = slot
         return removed
+
+    @property
+    def slot_count(self):
+        """Slots in the slab, used or free (what a full expiry pass scans)."""
+        return len(self._slab) // RECORD
 
     def slots(self):
         s = self._slab

@@ -8,7 +8,6 @@ through callbacks.  Nothing here raises on hostile input: every drop is
 counted in ``self.stats`` under a reason.
 """
 
-import hmac
 import os
 import struct
 from collections import Counter, OrderedDict
@@ -30,6 +29,7 @@ _RID = struct.Struct(">I")
 
 COOKIE_EPOCH = 60.0          # seconds; a cookie is valid in its epoch and the next
 HANDSHAKE_TTL = 30.0         # a pending handshake is kept this long
+ANSWER_WINDOW = 60.0         # answers are accepted this long after an offer to that server
 OFFER_DEADLINE = 10.0        # an offer not acknowledged by then fails
 REFILL_DEADLINE = 30.0
 MIGRATE_DEADLINE = 30.0
@@ -71,7 +71,7 @@ class Rendezvous:
     def __init__(self, identity, registry=None, random_bytes=os.urandom,
                  max_handshakes=10_000, unknown_replies_per_second=1000.0,
                  per_source_per_second=20.0, max_transfers_per_server=4,
-                 max_in_flight=50_000):
+                 max_in_flight=50_000, hellos_per_second=50_000.0):
         self.identity = identity
         self.registry = registry if registry is not None else Registry()
         self.random_bytes = random_bytes
@@ -83,9 +83,14 @@ class Rendezvous:
         self._pending = OrderedDict()      # nonce -> _Pending
         self._unknown_bucket = _TokenBucket(unknown_replies_per_second,
                                             max(1.0, unknown_replies_per_second))
-        self._per_source = OrderedDict()   # host -> _TokenBucket (pre-auth work)
+        # HELLO is answered before the source proved its address, so it is
+        # limited by one global bucket (no state per source); INIT, after the
+        # cookie, by a bucket per source address.
+        self._hello_bucket = _TokenBucket(hellos_per_second, max(1.0, hellos_per_second))
+        self._per_source = OrderedDict()   # host -> _TokenBucket (INIT, cookie verified)
         self._per_source_rate = per_source_per_second
         self._reassembly = {}              # kid -> wire.Reassembly
+        self._awaiting = {}                # kid -> until when an ANSWER is accepted
         self._max_transfers = max_transfers_per_server
         self._out = Outstanding(rto=0.5, rto_max=2.0, limit=max_in_flight)
         self._offers = {}                  # transfer key -> [remaining indexes, callback]
@@ -123,7 +128,7 @@ class Rendezvous:
         current = int(now // COOKIE_EPOCH)
         if epoch not in (current, current - 1) or epoch not in self._cookie_secrets:
             return False
-        return hmac.compare_digest(self._cookie(addr, nonce, epoch), value)
+        return crypto.constant_time_equal(self._cookie(addr, nonce, epoch), value)
 
     def _source_ok(self, addr, now):
         bucket = self._per_source.get(addr[0])
@@ -135,9 +140,6 @@ class Rendezvous:
         else:
             self._per_source.move_to_end(addr[0])
         return bucket.take(now)
-
-    def _seal(self, slot, message):
-        return self.registry.seal(slot, message)
 
     # -- input --------------------------------------------------------------
 
@@ -161,11 +163,13 @@ class Rendezvous:
             return self._drop("malformed")
         except AuthenticationError:
             return self._drop("unauthenticated")
+        except (OSError, ValueError, OverflowError):
+            return self._drop("bad-address")   # e.g. a scoped IPv6 source
 
     def _hello(self, data, addr, now):
         nonce = wire.parse_hello(data)
-        if not self._source_ok(addr, now):
-            return self._drop("source-rate")
+        if not self._hello_bucket.take(now):
+            return self._drop("hello-rate")
         epoch = int(now // COOKIE_EPOCH)
         self.stats["cookies"] += 1
         return [(wire.cookie(nonce, self._cookie(addr, nonce, epoch)), addr)]
@@ -209,7 +213,7 @@ class Rendezvous:
             plain = crypto.open_sealed(pending.rx_key, counter, ct, aad)
             _, rid, _ = wire.parse_inner(plain)
             self.stats["registered-resent"] += 1
-            return [(self._seal(slot, wire.inner(wire.REGISTERED, rid)), addr)]
+            return [(self.registry.seal(slot, wire.inner(wire.REGISTERED, rid)), addr)]
         crypto.verify(pending.server_key, sig, wire.FINISH_LABEL + pending.th)
         plain = crypto.open_sealed(pending.rx_key, counter, ct, aad)
         kind, rid, body = wire.parse_inner(plain)
@@ -224,12 +228,11 @@ class Rendezvous:
             return self._drop("registry-full")
         self.registry.accept_counter(slot, counter)
         self.registry.set_pool(slot, pairs)
-        self._reassembly.pop(kid, None)
         pending.done = True
         self.stats["registered"] += 1
         log.info("registered {server} from {addr}",
                  server=crypto.b64u_encode(pending.server_key)[:12], addr=f"{addr[0]}:{addr[1]}")
-        return [(self._seal(slot, wire.inner(wire.REGISTERED, rid)), addr)]
+        return [(self.registry.seal(slot, wire.inner(wire.REGISTERED, rid)), addr)]
 
     def _expire_handshakes(self, now):
         while self._pending:
@@ -253,9 +256,12 @@ class Rendezvous:
         kind, rid, body = wire.parse_inner(plain)
         kid = self.registry.key_id(slot)
         if kind == wire.CHALLENGES:
-            self.registry.set_pool(slot, wire.parse_pairs(body))
-            self.stats["challenge-refresh"] += 1
-            return [(self._seal(slot, wire.inner(wire.CHALLENGES_ACK, rid)), addr)]
+            generation, pairs = wire.parse_generation_pairs(body)
+            if self.registry.replace_pool(slot, generation, pairs):
+                self.stats["challenge-refresh"] += 1
+            else:
+                self.stats["challenge-refresh-stale"] += 1
+            return [(self.registry.seal(slot, wire.inner(wire.CHALLENGES_ACK, rid)), addr)]
         if kind == wire.XFER:
             return self._fragment(slot, kid, rid, body, addr, now)
         if kind in wire.REPLIES:
@@ -277,13 +283,15 @@ class Rendezvous:
         frag = wire.parse_fragment(body)
         if frag.kind != wire.KIND_ANSWER:
             return self._drop("unexpected-transfer")
+        # Only servers we recently sent an offer to may send answers: reassembly
+        # memory is bounded by offers in flight, not by what servers send.
+        if self._awaiting.get(kid, 0.0) < now:
+            return self._drop("unsolicited-answer")
         reasm = self._reassembly.get(kid)
         if reasm is None:
-            if len(self._reassembly) >= 10_000:
-                self._reassembly.pop(next(iter(self._reassembly)))
             reasm = self._reassembly[kid] = wire.Reassembly(self._max_transfers)
         payload = reasm.add(frag, now)
-        out = [(self._seal(slot, wire.inner(
+        out = [(self.registry.seal(slot, wire.inner(
             wire.XFER_ACK, rid, wire.fragment_ack(frag.transfer, frag.index))), addr)]
         if payload is not None:
             self.stats["answers"] += 1
@@ -322,7 +330,7 @@ class Rendezvous:
         rid = self._rid()
         message = wire.inner(kind, rid, body)
         self._out.add((kid, rid), message, now, deadline=now + deadline, context=context)
-        return rid, (self._seal(slot, message), self.registry.addr(slot))
+        return rid, (self.registry.seal(slot, message), self.registry.addr(slot))
 
     def send_offer(self, kid, payload, now, callback):
         """Relay *payload* as an OFFER transfer.  ``callback(None)`` once every
@@ -345,6 +353,7 @@ class Rendezvous:
             callback(Unavailable("coordinator is busy, try again"))
             return []
         self._offers[tkey] = [rids, callback]
+        self._awaiting[kid] = now + ANSWER_WINDOW
         self.stats["offers"] += 1
         return out
 
@@ -367,6 +376,8 @@ class Rendezvous:
         slot = self.registry.lookup_key(kid)
         if slot < 0 or len(body) > wire.MAX_NOTICE:
             return []
+        if len(self._out) * 2 > self._out.limit:
+            return self._drop("notice-busy")   # offers come first
         try:
             _, dgram = self._request(slot, kid, wire.NOTICE, body, now, NOTICE_DEADLINE)
         except OverflowError:
@@ -378,8 +389,11 @@ class Rendezvous:
         slot = self.registry.lookup_key(kid)
         if slot < 0:
             raise Unavailable("that home server is not registered here")
-        _, dgram = self._request(slot, kid, wire.MIGRATE, wire.migrate(host, port, public_raw),
-                                 now, MIGRATE_DEADLINE)
+        try:
+            _, dgram = self._request(slot, kid, wire.MIGRATE,
+                                     wire.migrate(host, port, public_raw), now, MIGRATE_DEADLINE)
+        except OverflowError:
+            raise Unavailable("too many requests in flight: try again shortly") from None
         self.stats["migrate-sent"] += 1
         return [dgram]
 
@@ -414,7 +428,7 @@ class Rendezvous:
                 self._out.pop(req.key)
                 expired.append(req)
                 continue
-            out.append((self._seal(slot, req.message), self.registry.addr(slot)))
+            out.append((self.registry.seal(slot, req.message), self.registry.addr(slot)))
             self.stats["retransmits"] += 1
         for req in expired:
             tkey = req.context
@@ -436,4 +450,7 @@ class Rendezvous:
         if removed:
             self.stats["expired"] += removed
         self._expire_handshakes(now)
+        for kid in [k for k, until in self._awaiting.items() if until < now]:
+            del self._awaiting[kid]
+            self._reassembly.pop(kid, None)
         return removed

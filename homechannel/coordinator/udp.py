@@ -47,8 +47,12 @@ class CoordinatorUDP(DatagramProtocol):
         self._timer = None
 
     def _sweep(self):
+        # Scan enough slots per tick that a whole pass takes at most a third
+        # of the expiry time, however large the registry grows.
+        passes = max(1.0, (self.expiry / 3) / self.sweep_interval)
+        budget = max(1000, int(self.rv.registry.slot_count / passes) + 1)
         try:
-            removed = self.rv.expire(self.clock.seconds(), self.expiry)
+            removed = self.rv.expire(self.clock.seconds(), self.expiry, budget)
             if removed:
                 log.info("expired {n} silent servers", n=removed)
         except Exception:

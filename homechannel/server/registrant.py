@@ -22,8 +22,8 @@ from collections import deque
 from twisted.logger import Logger
 
 from homechannel import crypto, wire
+from homechannel.wire import POOL
 from homechannel.config import ServerKeepalive
-from homechannel.coordinator.registry import POOL
 from homechannel.errors import AuthenticationError, ProtocolError
 from homechannel.retransmit import Outstanding
 
@@ -52,6 +52,10 @@ class Registrant:
         self._timer = None
         self._step_tries = 0
         self._next_id = 0
+        # Kept across sessions: transfer ids are unique per coordinator, and an
+        # offer half received before a re-registration completes after it.
+        self._reassembly = wire.Reassembly(max_transfers=8)
+        self._out = Outstanding(rto=1.0, rto_max=8.0, limit=1000)
         self._reset_session()
 
     # -- helpers -----------------------------------------------------------
@@ -64,8 +68,12 @@ class Registrant:
         self._tx_ctr = 0
         self._rx_top = self._rx_map = 0
         self._register_rid = None
-        self._out = Outstanding(rto=1.0, rto_max=8.0, limit=1000)
-        self._reassembly = wire.Reassembly(max_transfers=8)
+        # Answers in flight survive a re-registration (re-sealed with the new
+        # keys); a pending CHALLENGES refresh does not (REGISTER brings a pool).
+        for req in self._out.clear():
+            if req.message[0] == wire.XFER:
+                self._out.add(req.key, req.message, req.sent, req.deadline)
+        self._pool_gen = 0
         self._sent_refs = deque(maxlen=16)
         self._ping_rid = None
         self._ping_due = None
@@ -275,7 +283,9 @@ class Registrant:
         if self.state != "up":
             return []
         self._refresh_at = now + self._jitter(self.cfg.challenge_refresh, 0.1)
-        return [self._request(wire.CHALLENGES, wire.pairs(self.challenges.issue(POOL)), now)]
+        self._pool_gen += 1
+        return [self._request(wire.CHALLENGES, wire.generation_pairs(
+            self._pool_gen, self.challenges.issue(POOL)), now)]
 
     # -- time ----------------------------------------------------------------------
 

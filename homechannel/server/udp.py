@@ -42,6 +42,8 @@ def save_failover(path, host, port, key):
     with open(tmp, "w") as f:
         json.dump(doc, f, indent=2)
         f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -90,7 +92,8 @@ class ServerUDP(DatagramProtocol):
                 self._stop(link)
 
     def _start(self, link):
-        link.started_at = self.clock.seconds()
+        if link.started_at is None:   # a migration's deadline counts from the first try
+            link.started_at = self.clock.seconds()
         d = defer.maybeDeferred(self._resolve, link.host)
 
         def resolved(ip):
@@ -100,6 +103,13 @@ class ServerUDP(DatagramProtocol):
             self._send(link, link.registrant.start(self.clock.seconds()))
 
         def failed(f):
+            if link is self.moving and \
+                    self.clock.seconds() - link.started_at >= MIGRATION_TIMEOUT:
+                log.warn("could not resolve {name}: staying with {old}",
+                         name=link.name, old=self.active.name)
+                self._stop(link)
+                self.moving = None
+                return
             log.warn("cannot resolve coordinator {name}: {err}; retrying in 5 s",
                      name=link.name, err=f.getErrorMessage())
             if link.registrant.state != "stopped":

@@ -1,0 +1,186 @@
+"""Each UDP security check, attacked directly: every test here fails if the
+check it names is removed."""
+
+import os
+
+from homechannel import crypto, wire
+from homechannel.coordinator.rendezvous import Rendezvous
+from homechannel.server.challenges import ChallengeSource
+from homechannel.server.registrant import Registrant
+from homechannel.testing import LossyWire
+
+COORDINATOR = crypto.IdentityKey.generate()
+SERVER = crypto.IdentityKey.generate()
+K = b"k" * 32
+ADDR = ("198.51.100.1", 4000)
+
+
+def handshake_until_finish(rv, identity=SERVER, addr=ADDR, now=1.0):
+    """Drive a real Registrant to the point where it sends FINISH; return
+    (registrant, init datagram, finish datagram)."""
+    reg = Registrant(identity, COORDINATOR.public_raw, ChallengeSource(K))
+    hello = reg.start(now)[0]
+    (cookie, _), = rv.receive(hello, addr, now)
+    init = reg.receive(cookie, now)[0]
+    (resp, _), = rv.receive(init, addr, now)
+    finish = reg.receive(resp, now)[0]
+    return reg, init, finish
+
+
+def test_clean_handshake_sizes_never_amplify():
+    rv = Rendezvous(COORDINATOR)
+    reg = Registrant(SERVER, COORDINATOR.public_raw, ChallengeSource(K))
+    out = reg.start(1.0)
+    while out:
+        request = out[0]
+        replies = rv.receive(request, ADDR, 1.0)
+        for reply, _ in replies:
+            if request[3] != wire.FINISH:   # before authentication
+                assert len(reply) <= len(request)
+        out = [d for reply, _ in replies for d in reg.receive(reply, 1.0)]
+    assert reg.state == "up"
+
+
+class Impostor:
+    """Claims SERVER's identity (its public key) but cannot sign with it."""
+
+    def __init__(self, victim):
+        self.public_raw = victim.public_raw
+        self._attacker = crypto.IdentityKey.generate()
+
+    def sign(self, data):
+        return self._attacker.sign(data)
+
+
+def test_finish_signed_by_another_key_does_not_register():
+    """Only the holder of the identity key in INIT can complete the handshake:
+    an impostor who runs the key agreement itself (so its FINISH is sealed
+    correctly) is refused on the signature alone."""
+    rv = Rendezvous(COORDINATOR)
+    _, _, finish = handshake_until_finish(rv, identity=Impostor(SERVER))
+    assert rv.receive(finish, ADDR, 1.0) == []
+    assert rv.registry.count == 0
+    assert rv.stats["dropped.unauthenticated"] == 1
+    assert rv.server_status(SERVER.id) == (False, None)
+    # The genuine server still registers from another address.
+    _, _, finish = handshake_until_finish(rv, addr=("198.51.100.2", 4000))
+    assert rv.receive(finish, ("198.51.100.2", 4000), 1.0)
+    assert rv.registry.count == 1
+
+
+def test_init_without_a_valid_cookie_creates_no_state():
+    rv = Rendezvous(COORDINATOR)
+    _, init, _ = handshake_until_finish(rv)
+    rv2 = Rendezvous(COORDINATOR)                # another secret: the cookie is foreign
+    assert rv2.receive(init, ADDR, 1.0) == []
+    assert rv2.stats["dropped.bad-cookie"] == 1 and not rv2._pending
+    # The right coordinator, but from another source address (spoofed copy).
+    rv3 = Rendezvous(COORDINATOR)
+    reg = Registrant(SERVER, COORDINATOR.public_raw, ChallengeSource(K))
+    (cookie, _), = rv3.receive(reg.start(1.0)[0], ADDR, 1.0)
+    init = reg.receive(cookie, 1.0)[0]
+    assert rv3.receive(init, ("203.0.113.9", 4000), 1.0) == []
+    assert rv3.stats["dropped.bad-cookie"] == 1 and not rv3._pending
+    # An expired cookie (more than two epochs later).
+    assert rv3.receive(init, ADDR, 1.0 + 200.0) == []
+    assert rv3.stats["dropped.bad-cookie"] == 2
+
+
+def test_finish_from_another_address_is_dropped():
+    rv = Rendezvous(COORDINATOR)
+    _, _, finish = handshake_until_finish(rv)
+    assert rv.receive(finish, ("203.0.113.9", 4000), 1.0) == []
+    assert rv.stats["dropped.unknown-handshake"] == 1
+    assert rv.registry.count == 0
+
+
+def test_init_nonce_reuse_with_other_content_is_dropped():
+    rv = Rendezvous(COORDINATOR)
+    _, init, _ = handshake_until_finish(rv)
+    other = init[:-65] + crypto.Ephemeral().public_raw   # same cookie and nonce
+    assert rv.receive(other, ADDR, 1.0) == []
+    assert rv.stats["dropped.nonce-reuse"] == 1
+
+
+def test_pending_handshakes_are_capped():
+    rv = Rendezvous(COORDINATOR, max_handshakes=3, per_source_per_second=1e6)
+    results = [handshake_until_finish_or_none(rv, ("198.51.100.1", 5000 + i)) for i in range(5)]
+    assert [r is not None for r in results] == [True, True, True, False, False]
+    assert len(rv._pending) == 3
+    assert rv.stats["dropped.handshakes-full"] == 2
+
+
+def test_init_flood_from_one_source_is_limited_per_source():
+    rv = Rendezvous(COORDINATOR, per_source_per_second=5.0)
+    for i in range(30):
+        handshake_until_finish_or_none(rv, ("198.51.100.1", 6000 + i))
+    assert rv.stats["dropped.source-rate"] >= 15
+    assert handshake_until_finish_or_none(rv, ("198.51.100.2", 6000)) is not None
+
+
+def handshake_until_finish_or_none(rv, addr):
+    reg = Registrant(SERVER, COORDINATOR.public_raw, ChallengeSource(K))
+    (cookie, _), = rv.receive(reg.start(1.0)[0], addr, 1.0)
+    replies = rv.receive(reg.receive(cookie, 1.0)[0], addr, 1.0)
+    return replies[0] if replies else None
+
+
+def test_unknown_for_a_datagram_the_server_never_sent_is_ignored():
+    """A genuine, coordinator-signed UNKNOWN for someone else's datagram (or an
+    old one) does not make the server re-register."""
+    rv = Rendezvous(COORDINATOR)
+    reg = Registrant(SERVER, COORDINATOR.public_raw, ChallengeSource(K))
+    w = LossyWire(rv)
+    w.add(ADDR, reg)
+    w.run(40.0)
+    assert reg.state == "up"
+    ref = os.urandom(8) + os.urandom(16)
+    signed = wire.unknown(ref, COORDINATOR.sign(wire.UNKNOWN_LABEL + ref))
+    assert reg.receive(signed, w.now) == []
+    assert reg.state == "up"
+    assert reg.stats["dropped.unexpected-unknown"] == 1
+    mine = reg._sent_refs[-1]
+    genuine = wire.unknown(mine, COORDINATOR.sign(wire.UNKNOWN_LABEL + mine))
+    assert reg.receive(genuine, w.now)                      # a HELLO: registering again
+    assert reg.state == "hello"
+
+
+def test_scoped_ipv6_source_is_a_counted_drop():
+    rv = Rendezvous(COORDINATOR)
+    assert rv.receive(wire.hello(os.urandom(16)), ("fe80::1%eth0", 5), 1.0) == []
+    assert rv.stats["dropped.bad-address"] == 1
+
+
+def test_consumed_challenge_never_returns_through_a_late_refresh():
+    rv = Rendezvous(COORDINATOR)
+    reg = Registrant(SERVER, COORDINATOR.public_raw, ChallengeSource(K))
+    w = LossyWire(rv)
+    w.add(ADDR, reg)
+    w.run(2.0)
+    # A refresh whose ACK is lost: the server will retransmit it.
+    refresh = reg.refresh_challenges(w.now)[0]
+    pool = rv.registry.pool(rv.registry.lookup_key(SERVER.id))
+    assert rv.receive(refresh, ADDR, w.now)          # applied (the ACK is dropped)
+    a = rv.server_status(SERVER.id)[1]
+    expected, _ = rv.take_challenge(SERVER.id, a, w.now)
+    assert expected is not None
+    # The retransmission (re-sealed with a fresh counter) must not restore `a`.
+    again = reg._seal(reg._out.get(next(iter(reg._out._items))).message)
+    assert rv.receive(again, ADDR, w.now)            # acknowledged, not applied
+    assert a not in [c for c, _ in rv.registry.pool(rv.registry.lookup_key(SERVER.id))]
+    assert rv.stats["challenge-refresh-stale"] == 1
+    assert pool  # (the initial pool existed)
+
+
+def test_unsolicited_answers_are_dropped():
+    rv = Rendezvous(COORDINATOR)
+    reg = Registrant(SERVER, COORDINATOR.public_raw, ChallengeSource(K))
+    w = LossyWire(rv)
+    w.add(ADDR, reg)
+    w.run(2.0)
+    got = []
+    rv.on_answer = lambda kid, payload: got.append(payload)
+    for d in reg.send_answer(b"x" * 5000, w.now):
+        rv.receive(d, ADDR, w.now)
+    assert got == [] and rv.stats["dropped.unsolicited-answer"] == 5
+    assert not rv._reassembly
