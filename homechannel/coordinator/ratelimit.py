@@ -60,8 +60,10 @@ class RateLimiter:
     def __len__(self):
         return len(self._buckets)
 
-    def hit(self, key):
-        now = self._clock.seconds()
+    def hit(self, key, now=None):
+        """*now* may be given by sans-I/O callers (then *clock* may be None)."""
+        if now is None:
+            now = self._clock.seconds()
         bucket = self._buckets.get(key)
         if bucket is None:
             if len(self._buckets) >= self._max_keys:

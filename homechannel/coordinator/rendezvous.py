@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from twisted.logger import Logger
 
 from homechannel import crypto, wire
+from homechannel.coordinator.ratelimit import RateLimiter
 from homechannel.coordinator.registry import Registry, pack_addr
 from homechannel.errors import (
     AuthenticationError, CapacityError, ProtocolError, Unavailable,
@@ -49,22 +50,6 @@ class _Pending:
     done: bool = False
 
 
-class _TokenBucket:
-    __slots__ = ("rate", "burst", "tokens", "stamp")
-
-    def __init__(self, rate, burst):
-        self.rate, self.burst, self.tokens, self.stamp = rate, burst, burst, None
-
-    def take(self, now):
-        if self.stamp is not None:
-            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
-
-
 class Rendezvous:
     """Registers home servers and relays offers and answers to them."""
 
@@ -81,14 +66,14 @@ class Rendezvous:
         self.on_answer = lambda kid, payload: None
         self._cookie_secrets = {}
         self._pending = OrderedDict()      # nonce -> _Pending
-        self._unknown_bucket = _TokenBucket(unknown_replies_per_second,
-                                            max(1.0, unknown_replies_per_second))
+        # Token buckets over 1 s: global ones keyed by "", per source by host.
+        self._unknown_bucket = RateLimiter(None, max(1.0, unknown_replies_per_second), 1.0)
         # HELLO is answered before the source proved its address, so it is
         # limited by one global bucket (no state per source); INIT, after the
         # cookie, by a bucket per source address.
-        self._hello_bucket = _TokenBucket(hellos_per_second, max(1.0, hellos_per_second))
-        self._per_source = OrderedDict()   # host -> _TokenBucket (INIT, cookie verified)
-        self._per_source_rate = per_source_per_second
+        self._hello_bucket = RateLimiter(None, max(1.0, hellos_per_second), 1.0)
+        self._per_source = RateLimiter(None, max(1.0, 2 * per_source_per_second), 2.0,
+                                       max_keys=10_000)
         self._reassembly = {}              # kid -> wire.Reassembly
         self._awaiting = {}                # kid -> until when an ANSWER is accepted
         self._max_transfers = max_transfers_per_server
@@ -131,15 +116,7 @@ class Rendezvous:
         return crypto.constant_time_equal(self._cookie(addr, nonce, epoch), value)
 
     def _source_ok(self, addr, now):
-        bucket = self._per_source.get(addr[0])
-        if bucket is None:
-            if len(self._per_source) >= 10_000:
-                self._per_source.popitem(last=False)
-            bucket = self._per_source[addr[0]] = _TokenBucket(
-                self._per_source_rate, self._per_source_rate * 2)
-        else:
-            self._per_source.move_to_end(addr[0])
-        return bucket.take(now)
+        return self._per_source.hit(addr[0], now) is None
 
     # -- input --------------------------------------------------------------
 
@@ -168,7 +145,7 @@ class Rendezvous:
 
     def _hello(self, data, addr, now):
         nonce = wire.parse_hello(data)
-        if not self._hello_bucket.take(now):
+        if self._hello_bucket.hit("", now) is not None:
             return self._drop("hello-rate")
         epoch = int(now // COOKIE_EPOCH)
         self.stats["cookies"] += 1
@@ -273,7 +250,7 @@ class Rendezvous:
         # large as the reply, and globally rate-limited (each costs a signature).
         if len(data) < wire.UNKNOWN_SIZE:
             return self._drop("unknown-short")
-        if not self._unknown_bucket.take(now):
+        if self._unknown_bucket.hit("", now) is not None:
             return self._drop("unknown-rate")
         ref = wire.unknown_reference(data)
         self.stats["unknown-replies"] += 1
