@@ -161,30 +161,47 @@ async def files_panel(page):
     return panel
 
 
+# Resolves (on the page's clock) when the transfer row *i* satisfies *cond*; polled
+# every animation frame (Playwright's own waits back off up to 500 ms).
+WAIT_ROW = """([i, cond, n]) => new Promise((resolve) => {
+  const tick = () => {
+    const li = document.querySelectorAll('.app-files .transfer')[i];
+    const ok = li && (cond === 'bytes' ? li.querySelector('progress').value >= n
+                                      : li.classList.contains('done') || li.classList.contains('failed'));
+    if (ok) resolve([performance.now(), li.className, li.textContent]); else requestAnimationFrame(tick);
+  };
+  tick();
+})"""
+
+
 async def app_download(page, name, size):
     """Click Download; returns (MB/s to the last byte, MB/s to 'SHA-256 verified')."""
     panel = await files_panel(page)
     before = await panel.locator(".transfer").count()
     row = panel.locator(".files-table tbody tr").filter(has=page.get_by_text(name, exact=True))
-    t0 = time.perf_counter()
-    await row.get_by_role("button", name="Download").click()
-    await page.wait_for_function(
-        "([i, n]) => { const b = document.querySelectorAll('.app-files .transfer progress')[i];"
-        " return b && b.value >= n; }", arg=[before, size], polling="raf", timeout=300000)
-    t_bytes = time.perf_counter() - t0
-    await panel.locator(".transfer").nth(before).and_(panel.locator(".done")).wait_for(timeout=120000)
-    t_verified = time.perf_counter() - t0
-    return size / t_bytes / MB, size / t_verified / MB
+    await row.wait_for()
+    t0 = await row.get_by_role("button", name="Download").evaluate(
+        "(b) => { const t = performance.now(); b.click(); return t; }")
+    t_bytes, _, _ = await page.evaluate(WAIT_ROW, [before, "bytes", size])
+    t_end, cls, text = await page.evaluate(WAIT_ROW, [before, "end", size])
+    if "done" not in cls:
+        raise RuntimeError(f"download failed: {text}")
+    return size / (t_bytes - t0) * 1000 / MB, size / (t_end - t0) * 1000 / MB
 
 
 async def app_upload(page, src, size):
-    """Pick *src* for upload; MB/s to the server's RES (fsynced and renamed)."""
+    """Pick *src* for upload; MB/s (page clock) from the file picked to the server's RES."""
     panel = await files_panel(page)
     before = await panel.locator(".transfer").count()
-    t0 = time.perf_counter()
-    await panel.locator("input[type=file]").set_input_files(src)
-    await panel.locator(".transfer").nth(before).and_(panel.locator(".done")).wait_for(timeout=300000)
-    return size / (time.perf_counter() - t0) / MB
+    picker = panel.locator("input[type=file]")
+    await picker.evaluate("(i) => i.addEventListener('change', () => { window.__hcPicked = "
+                          "performance.now(); }, {once: true, capture: true})")
+    await picker.set_input_files(src)
+    t_end, cls, text = await page.evaluate(WAIT_ROW, [before, "end", size])
+    if "done" not in cls:
+        raise RuntimeError(f"upload failed: {text}")
+    t0 = await page.evaluate("window.__hcPicked")
+    return size / (t_end - t0) * 1000 / MB
 
 
 RAW_PAGE = """
