@@ -17,6 +17,7 @@ Formats (see ``docs/protocol.md``):
 """
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -111,6 +112,18 @@ def key_id(public_raw: bytes) -> bytes:
 
 def parse_server_id(text) -> bytes:
     """A server id (base64url of the raw public key) to the raw key."""
+    if isinstance(text, str) and len(text) == 87:
+        return _parse_server_id_cached(text)
+    raw = b64u_decode(text)
+    public_key_from_raw(raw)
+    return raw
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_server_id_cached(text: str) -> bytes:
+    # Checking that a point is on the curve costs tens of microseconds on
+    # every lookup and connect; valid ids repeat, so remember them.
+    # (Exceptions are not cached: an invalid id is checked every time.)
     raw = b64u_decode(text)
     public_key_from_raw(raw)
     return raw

@@ -80,6 +80,8 @@ def _make(options):
     udp.set_answer_handler(web.on_answer)
     site = Site(web.resource())
     site.displayTracebacks = False
+    if not cfg.web.access_log:
+        site.log = lambda request: None
     strports.service(cfg.web.listen, site).setServiceParent(top)
 
     if cfg.admin.listen:
