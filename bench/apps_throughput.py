@@ -121,31 +121,8 @@ def ssh_cat(sshd, path, size):
 # -- browser helpers (async Playwright) -----------------------------------------------
 
 
-async def serve_node_modules(page):
-    from conftest import REPO
-    base = os.path.join(REPO, "static", "node_modules")
-
-    async def fulfil(route):
-        rel = route.request.url.split("/node_modules/", 1)[1].split("?")[0]
-        path = os.path.realpath(os.path.join(base, rel))
-        if not path.startswith(base + os.sep) or not os.path.isfile(path):
-            return await route.fulfill(status=404, body="not found")
-        ctype = "text/javascript" if path.endswith((".js", ".mjs")) else \
-            "text/css" if path.endswith(".css") else "application/octet-stream"
-        with open(path, "rb") as f:
-            await route.fulfill(status=200, body=f.read(), content_type=ctype)
-
-    await page.route("**/node_modules/**", fulfil)
-
-
 async def open_session(page, pair):
     from daemons import PASSWORD
-    import urllib.error
-    import urllib.request
-    try:
-        urllib.request.urlopen(pair.url + "/node_modules/@xterm/xterm/package.json", timeout=5)
-    except urllib.error.HTTPError:
-        await serve_node_modules(page)
     await page.goto(pair.link)
     card = page.locator("#add-link")
     await card.get_by_role("button", name="Add server").click()

@@ -3,7 +3,7 @@ server in the loopback-only namespace; the user opens the connect link, adds
 the server, types the password and clicks Connect.
 
 Also the shared browser helpers for tests/test_e2e_apps.py and bench/
-(``start_pair``, ``open_link``, ``connect``, ``serve_node_modules``)."""
+(``start_pair``, ``open_link``, ``connect``, ``open_session``)."""
 
 import json
 import os
@@ -56,32 +56,18 @@ def start_pair(twistd, tmp_path, coordinator_udp=None, **kw):
     return pair, coordinator, server
 
 
-def serve_node_modules(page, pair):
-    """Make /node_modules/ (xterm.js, noVNC) load.  The coordinator serves it from
-    static/node_modules; if this coordinator does not (yet), Playwright serves the
-    same files so the apps can still be tested."""
+def check_node_modules(pair):
+    """The apps load xterm.js and noVNC from /node_modules/ (static/node_modules,
+    served by the coordinator): fail clearly when they are not there."""
     if not os.path.isdir(NODE_MODULES):
         pytest.fail("static/node_modules is missing: run 'make npm' "
                     "(cd static && npm install --no-audit --no-fund --no-package-lock)")
-    probe = pair.url + "/node_modules/@xterm/xterm/package.json"
+    probe = pair.url + "/node_modules/@xterm/xterm/lib/xterm.mjs"
     try:
-        urllib.request.urlopen(probe, timeout=5).close()
-        return True
-    except urllib.error.HTTPError:
-        pass
-
-    def fulfil(route):
-        rel = route.request.url.split("/node_modules/", 1)[1].split("?")[0]
-        path = os.path.realpath(os.path.join(NODE_MODULES, rel))
-        if not path.startswith(NODE_MODULES + os.sep) or not os.path.isfile(path):
-            return route.fulfill(status=404, body="not found")
-        ctype = ("text/javascript" if path.endswith((".js", ".mjs")) else
-                 "text/css" if path.endswith(".css") else "application/octet-stream")
-        with open(path, "rb") as f:
-            route.fulfill(status=200, body=f.read(), content_type=ctype)
-
-    page.route("**/node_modules/**", fulfil)
-    return False
+        with urllib.request.urlopen(probe, timeout=5) as r:
+            assert r.headers["Content-Type"].startswith("text/javascript"), r.headers["Content-Type"]
+    except urllib.error.HTTPError as e:
+        pytest.fail(f"the coordinator does not serve {probe}: {e}")
 
 
 def open_link(page, pair, name="Home"):
@@ -110,7 +96,7 @@ def connect_error(page, timeout=30_000):
 
 def open_session(page, pair, password=PASSWORD):
     """The whole flow: link, add, password, connect."""
-    serve_node_modules(page, pair)
+    check_node_modules(pair)
     open_link(page, pair)
     connect(page, password)
 
