@@ -487,10 +487,12 @@ def main(argv=None):
     ap.add_argument("--rss-mb", type=int, default=1024, help="MiB for the slow-reader download")
     ap.add_argument("--slow-rate", type=float, default=12.0, help="slow reader's MB/s")
     ap.add_argument("--echo", type=int, default=60, help="terminal echo samples")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved throughput rounds")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved throughput rounds")
     args = ap.parse_args(argv)
+    t0 = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(run(args, tmp))
+    print(f"(bench took {time.monotonic() - t0:.0f} s)")
 
 
 if __name__ == "__main__":
