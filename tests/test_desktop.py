@@ -3,41 +3,20 @@ arrives through the datachannel byte pipe, and the pipe carries the client's
 answer back.  Runs inside tests/netns-run."""
 
 import asyncio
-import os
-import socket
-import subprocess
-import time
 
 import pytest
 
-from conftest import free_tcp_port, require_tool
+import services
+from conftest import free_tcp_port
 from homechannel.config import DesktopApp, ServerApps
 from homechannel.server.apps import AppHost
 from homechannel.server.apps.testing import ClientChannel, connect_pair, private_reactor
 
 
 @pytest.fixture
-def vnc(tmp_path):
-    xvnc = require_tool("Xtigervnc", "tigervnc-standalone-server")
-    port = free_tcp_port()
-    display = next(n for n in range(60, 200) if not os.path.exists(f"/tmp/.X11-unix/X{n}")
-                   and not os.path.exists(f"/tmp/.X{n}-lock"))
-    proc = subprocess.Popen([xvnc, f":{display}", "-rfbport", str(port), "-localhost", "-SecurityTypes",
-                             "None", "-geometry", "320x200"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.fail(f"Xtigervnc did not start: {proc.stderr.read().decode(errors='replace')}")
-            time.sleep(0.05)
-    yield port
-    proc.terminate()
-    proc.wait(5)
+def vnc():
+    with services.xtigervnc() as (port, _display):
+        yield port
 
 
 def test_rfb_banner_through_the_pipe(tmp_path, vnc):

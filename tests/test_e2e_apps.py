@@ -5,7 +5,6 @@ server.  Runs inside tests/netns-run."""
 
 import hashlib
 import os
-import socket
 import struct
 import subprocess
 import time
@@ -13,7 +12,8 @@ import zlib
 
 import pytest
 
-from conftest import free_tcp_port, require_tool
+import services
+from conftest import require_tool
 from test_e2e_browser import open_session, start_pair
 from test_terminal import sshd  # noqa: F401  (fixture: a real sshd and a test user)
 
@@ -181,28 +181,11 @@ def test_terminal_sign_in_and_command(tmp_path, twistd, chromium_page, sshd):  #
 @pytest.fixture
 def red_desktop(tmp_path):
     """Xtigervnc (no VNC password) on a loopback port, its root window painted red."""
-    xvnc = require_tool("Xtigervnc", "tigervnc-standalone-server")
     xsetroot = require_tool("xsetroot", "x11-xserver-utils")
-    port = free_tcp_port()
-    display = next(n for n in range(60, 200) if not os.path.exists(f"/tmp/.X11-unix/X{n}")
-                   and not os.path.exists(f"/tmp/.X{n}-lock"))
-    proc = subprocess.Popen([xvnc, f":{display}", "-rfbport", str(port), "-localhost",
-                             "-SecurityTypes", "None", "-geometry", "800x600"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.fail(f"Xtigervnc did not start: {proc.stderr.read().decode(errors='replace')}")
-            time.sleep(0.05)
-    subprocess.run([xsetroot, "-display", f":{display}", "-solid", "#ff0000"], check=True, timeout=10)
-    yield port
-    proc.terminate()
-    proc.wait(5)
+    with services.xtigervnc("800x600") as (port, display):
+        subprocess.run([xsetroot, "-display", f":{display}", "-solid", "#ff0000"], check=True,
+                       timeout=10)
+        yield port
 
 
 def png_pixels(png):

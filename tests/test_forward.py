@@ -6,7 +6,6 @@ for the ``--stdio`` ProxyCommand mode).  Runs inside tests/netns-run."""
 import hashlib
 import os
 import re
-import secrets
 import shlex
 import socket
 import subprocess
@@ -16,6 +15,7 @@ import time
 
 import pytest
 
+import services
 from conftest import REPO, free_tcp_port, require_tool
 from daemons import PASSWORD, make_pair
 
@@ -279,64 +279,10 @@ def test_server_refuses_port_itself(tmp_path, twistd, echo):
 @pytest.fixture
 def sshd_keyauth(tmp_path):
     """sshd on a loopback port, key authentication only, for a fresh test user."""
-    sshd = require_tool("/usr/sbin/sshd", "openssh-server")
-    keygen = require_tool("ssh-keygen", "openssh-client")
-    if os.geteuid() != 0:
-        pytest.fail("this test creates a user with useradd: run it as root in tests/netns-run")
-    user = "hcf" + secrets.token_hex(3)
-    subprocess.run(["useradd", "-m", "-s", "/bin/sh", user], check=True)
-    try:
-        # An account with a locked password ("!") is refused by sshd even for
-        # key auth without PAM: give it an unusable-but-unlocked hash.
-        subprocess.run(["usermod", "-p", "*", user], check=True)
-        home = f"/home/{user}"
-        os.makedirs(f"{home}/.ssh", mode=0o700, exist_ok=True)
-        client_key = tmp_path / "id_ed25519"
-        subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(client_key)],
-                       check=True)
-        with open(f"{home}/.ssh/authorized_keys", "w") as f:
-            f.write(open(f"{client_key}.pub").read())
-        subprocess.run(["chown", "-R", f"{user}:{user}", f"{home}/.ssh"], check=True)
-        os.chmod(f"{home}/.ssh/authorized_keys", 0o600)
-        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-        host_key = tmp_path / "host_ed25519"
-        subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)],
-                       check=True)
-        port = free_tcp_port()
-        cfg = tmp_path / "sshd_config"
-        cfg.write_text(f"""Port {port}
-ListenAddress 127.0.0.1
-HostKey {host_key}
-PidFile {tmp_path}/sshd.pid
-UsePAM no
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PubkeyAuthentication yes
-AuthorizedKeysFile .ssh/authorized_keys
-PermitRootLogin no
-StrictModes no
-""")
-        log = open(tmp_path / "sshd.log", "w")
-        proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(cfg)], stderr=log)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    proc.kill()
-                    pytest.fail("sshd did not start: " + (tmp_path / "sshd.log").read_text())
-                time.sleep(0.05)
-        try:
-            yield {"port": port, "user": user, "key": str(client_key),
-                   "log": tmp_path / "sshd.log"}
-        finally:
-            proc.terminate()
-            proc.wait(5)
-            log.close()
-    finally:
-        subprocess.run(["userdel", "-r", user], stderr=subprocess.DEVNULL)
+    with services.local_user("hcf") as user:
+        key = services.authorize_key(user, tmp_path)
+        with services.sshd(tmp_path, password_auth=False) as port:
+            yield {"port": port, "user": user, "key": key, "log": tmp_path / "sshd.log"}
 
 
 def test_ssh_proxycommand_stdio(tmp_path, twistd, sshd_keyauth):

@@ -6,11 +6,11 @@ import asyncio
 import os
 import secrets
 import subprocess
-import time
 
 import pytest
 
-from conftest import free_tcp_port, require_tool
+import services
+from conftest import free_tcp_port
 from homechannel.config import ServerApps, TerminalApp
 from homechannel.server.apps import AppHost, frames
 from homechannel.server.apps.terminal import HostKeyStore
@@ -19,46 +19,11 @@ from homechannel.server.apps.testing import ClientChannel, connect_pair, private
 
 @pytest.fixture
 def sshd(tmp_path):
-    sshd = require_tool("/usr/sbin/sshd", "openssh-server")
-    keygen = require_tool("ssh-keygen", "openssh-client")
-    if os.geteuid() != 0:
-        pytest.fail("the terminal test creates a user with useradd: run it as root in tests/netns-run")
-    user = "hct" + secrets.token_hex(3)
+    """A real sshd (password sign-in) and a fresh test user."""
     password = secrets.token_urlsafe(12)
-    subprocess.run(["useradd", "-m", "-s", "/bin/sh", user], check=True)
-    subprocess.run(["chpasswd"], input=f"{user}:{password}".encode(), check=True)
-    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-    key = tmp_path / "host_ed25519"
-    subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    port = free_tcp_port()
-    cfg = tmp_path / "sshd_config"
-    cfg.write_text(f"""Port {port}
-ListenAddress 127.0.0.1
-HostKey {key}
-PidFile {tmp_path}/sshd.pid
-UsePAM no
-PasswordAuthentication yes
-KbdInteractiveAuthentication no
-PubkeyAuthentication no
-PermitRootLogin no
-StrictModes no
-""")
-    proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(cfg)], stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 10
-    import socket
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.fail(f"sshd did not start: {proc.stderr.read().decode(errors='replace')}")
-            time.sleep(0.05)
-    yield {"port": port, "user": user, "password": password, "key": key}
-    proc.terminate()
-    proc.wait(5)
-    subprocess.run(["userdel", "-r", user], stderr=subprocess.DEVNULL)
+    with services.local_user("hct", password) as user, services.sshd(tmp_path) as port:
+        yield {"port": port, "user": user, "password": password,
+               "key": tmp_path / "host_ed25519"}
 
 
 class Term:

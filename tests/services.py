@@ -1,0 +1,122 @@
+"""Real local services for end-to-end tests: sshd with a throwaway user, and
+Xtigervnc.  Each is a context manager that starts the service on a free
+loopback port, waits until it accepts connections, and always cleans up.
+Missing tools fail in CI and skip elsewhere (``conftest.require_tool``)."""
+
+import contextlib
+import os
+import secrets
+import socket
+import subprocess
+import time
+
+import pytest
+
+from conftest import free_tcp_port, require_tool
+
+
+def wait_for_port(proc, port, what, log_text, timeout=15.0):
+    """Wait until 127.0.0.1:*port* accepts, or fail with the service's log."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail(f"{what} did not start: {log_text()}")
+            time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def local_user(prefix, password=None):
+    """A fresh local account; with *password* it can sign in with it, else
+    only with a key.  Removed (with its home) afterwards."""
+    if os.geteuid() != 0:
+        pytest.fail("this test creates a user with useradd: run it as root in tests/netns-run")
+    user = prefix + secrets.token_hex(3)
+    subprocess.run(["useradd", "-m", "-s", "/bin/sh", user], check=True)
+    try:
+        if password is not None:
+            subprocess.run(["chpasswd"], input=f"{user}:{password}".encode(), check=True)
+        else:
+            # A locked account ("!") is refused by sshd even for key auth
+            # without PAM: give it an unusable but unlocked hash.
+            subprocess.run(["usermod", "-p", "*", user], check=True)
+        yield user
+    finally:
+        subprocess.run(["userdel", "-r", user], stderr=subprocess.DEVNULL)
+
+
+@contextlib.contextmanager
+def sshd(tmp_path, password_auth=True, authorized_key=None):
+    """``/usr/sbin/sshd -D -e`` on a loopback port; yields its port.
+
+    *password_auth*: password sign-in (no keys); otherwise key sign-in only,
+    with *authorized_key* (a ``.pub`` text) installed for the caller's user
+    beforehand."""
+    binary = require_tool("/usr/sbin/sshd", "openssh-server")
+    keygen = require_tool("ssh-keygen", "openssh-client")
+    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+    host_key = tmp_path / "host_ed25519"
+    if not host_key.exists():
+        subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)],
+                       check=True)
+    port = free_tcp_port()
+    cfg = tmp_path / "sshd_config"
+    yes_no = ("yes", "no") if password_auth else ("no", "yes")
+    cfg.write_text(f"""Port {port}
+ListenAddress 127.0.0.1
+HostKey {host_key}
+PidFile {tmp_path}/sshd.pid
+UsePAM no
+PasswordAuthentication {yes_no[0]}
+KbdInteractiveAuthentication no
+PubkeyAuthentication {yes_no[1]}
+AuthorizedKeysFile .ssh/authorized_keys
+PermitRootLogin no
+StrictModes no
+""")
+    log_path = tmp_path / "sshd.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([binary, "-D", "-e", "-f", str(cfg)], stderr=log)
+        try:
+            wait_for_port(proc, port, "sshd", log_path.read_text, timeout=10)
+            yield port
+        finally:
+            proc.terminate()
+            proc.wait(5)
+
+
+def authorize_key(user, tmp_path):
+    """Create a client key pair and authorize it for *user*; return the key path."""
+    keygen = require_tool("ssh-keygen", "openssh-client")
+    home = f"/home/{user}"
+    os.makedirs(f"{home}/.ssh", mode=0o700, exist_ok=True)
+    client_key = tmp_path / "id_ed25519"
+    subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(client_key)], check=True)
+    with open(f"{home}/.ssh/authorized_keys", "w") as f:
+        f.write(open(f"{client_key}.pub").read())
+    subprocess.run(["chown", "-R", f"{user}:{user}", f"{home}/.ssh"], check=True)
+    os.chmod(f"{home}/.ssh/authorized_keys", 0o600)
+    return str(client_key)
+
+
+@contextlib.contextmanager
+def xtigervnc(geometry="320x200"):
+    """Xtigervnc without a VNC password on a loopback port; yields (port, display)."""
+    binary = require_tool("Xtigervnc", "tigervnc-standalone-server")
+    port = free_tcp_port()
+    display = next(n for n in range(60, 200) if not os.path.exists(f"/tmp/.X11-unix/X{n}")
+                   and not os.path.exists(f"/tmp/.X{n}-lock"))
+    proc = subprocess.Popen([binary, f":{display}", "-rfbport", str(port), "-localhost",
+                             "-SecurityTypes", "None", "-geometry", geometry],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for_port(proc, port, "Xtigervnc",
+                      lambda: proc.stderr.read().decode(errors="replace"))
+        yield port, display
+    finally:
+        proc.terminate()
+        proc.wait(5)
