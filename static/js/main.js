@@ -221,29 +221,32 @@ function sleep(ms) {
 /** One attempt: returns {pc, control} with the control channel open. */
 async function attempt(server, passwordKeyPromise) {
   const serverRaw = hc.parseServerId(server.id);
-
-  setStep("lookup");
-  let { doc } = await api.lookup(server.id);
-  if (!doc.online) throw new ApiError(404, "offline", "offline");
-  for (let i = 0; !doc.challenge && i < 3; i++) {
-    await sleep(1000);  // the pool is being refilled
-    ({ doc } = await api.lookup(server.id));
-    if (!doc.online) throw new ApiError(404, "offline", "offline");
-  }
-  if (!doc.challenge) {
-    throw new ConnectError("busy", "The home server has no fresh challenge right now. " +
-      "Try again in a minute.");
-  }
-  const challenge = hc.b64uDecode(doc.challenge);
-
-  setStep("password");
-  const passwordKey = await passwordKeyPromise;
-  const answer = await hc.challengeAnswer(passwordKey, challenge);
-
-  setStep("gather");
+  // Gathering candidates takes the browser about 120 ms: start it at once, in parallel
+  // with the lookup and the password derivation (the steps still show in order).
   const { pc, control } = createPeer(iceServers);
+  const offerPromise = makeOffer(pc, settings.iceGatheringTimeoutMs);
+  offerPromise.catch(() => {});
   try {
-    const offer = await makeOffer(pc, settings.iceGatheringTimeoutMs);
+    setStep("lookup");
+    let { doc } = await api.lookup(server.id);
+    if (!doc.online) throw new ApiError(404, "offline", "offline");
+    for (let i = 0; !doc.challenge && i < 3; i++) {
+      await sleep(1000);  // the pool is being refilled
+      ({ doc } = await api.lookup(server.id));
+      if (!doc.online) throw new ApiError(404, "offline", "offline");
+    }
+    if (!doc.challenge) {
+      throw new ConnectError("busy", "The home server has no fresh challenge right now. " +
+        "Try again in a minute.");
+    }
+    const challenge = hc.b64uDecode(doc.challenge);
+
+    setStep("password");
+    const passwordKey = await passwordKeyPromise;
+    const answer = await hc.challengeAnswer(passwordKey, challenge);
+
+    setStep("gather");
+    const offer = await offerPromise;
     const session = hc.newSessionId();
     const proof = await hc.clientProof(passwordKey, session, challenge, offer.fingerprint);
 
