@@ -3,19 +3,35 @@
 import RFB from "../../node_modules/@novnc/novnc/core/rfb.js";
 import { openChannel } from "./channel.js";
 
-/** A WebSocket-like view of the channel that hides the server's text status messages. */
+/** A WebSocket-like view of the channel that hides the server's text status messages.
+ *  noVNC attaches its handlers a task after `new RFB(...)`; bytes that arrive before
+ *  that (the VNC server speaks first) are kept and delivered when it does. */
 class ChannelSocket {
   constructor(channel, onStatus) {
     this.channel = channel;
     this.binaryType = "arraybuffer";
     this.protocol = "";
-    this.onopen = this.onmessage = this.onclose = this.onerror = null;
+    this.onopen = this.onclose = this.onerror = null;
+    this._onmessage = null;
+    this._early = [];
     channel.addEventListener("message", (e) => {
       if (typeof e.data === "string") { try { onStatus(JSON.parse(e.data)); } catch (_) { /* ignore */ } return; }
-      if (this.onmessage) this.onmessage({ data: e.data });
+      if (this._onmessage && !this._early.length) this._onmessage({ data: e.data });
+      else this._early.push(e.data);  // in order, until _flush delivers them
     });
     channel.addEventListener("close", () => this.onclose && this.onclose({ code: 1000, reason: "", wasClean: true }));
     channel.addEventListener("error", (e) => this.onerror && this.onerror(e));
+  }
+  get onmessage() { return this._onmessage; }
+  set onmessage(handler) {
+    this._onmessage = handler;
+    // A task later, so that noVNC finishes attaching (and sees the socket open) first.
+    if (handler && this._early.length) setTimeout(() => this._flush(), 0);
+  }
+  _flush() {
+    const early = this._early;
+    this._early = [];
+    for (const data of early) if (this._onmessage) this._onmessage({ data });
   }
   get readyState() { return this.channel.readyState; }
   get bufferedAmount() { return this.channel.bufferedAmount; }
