@@ -27,6 +27,12 @@ log = Logger()
 READ_BLOCK = 256 * 1024  # bytes read per thread hop (split into DATA frames)
 UPLOAD_WINDOW = 2 * 1024 * 1024  # unacknowledged upload bytes a client may send
 UPLOAD_SLACK = 256 * 1024  # tolerance above the window before it is a protocol error
+# Upload bytes are written (and acknowledged) in batches of at least this much, so a
+# transfer costs one thread hop and one ACK per batch rather than per DATA frame.
+# A smaller tail is written after WRITE_DELAY (or at once on END), so a client
+# that waits for an ACK with less than this in flight still makes progress.
+WRITE_BATCH = 512 * 1024
+WRITE_DELAY = 0.01
 MAX_LIST = 100_000  # directory entries returned by one list
 TEMP_PREFIX = ".hcupload-"
 TEMP_SUFFIX = ".part"
@@ -398,6 +404,7 @@ class _Upload:
         self.pending = []  # chunks not yet written
         self.pending_bytes = 0
         self.writing = False
+        self.flush_timer = None  # delayed write of a batch smaller than WRITE_BATCH
         self.ended = None  # END body once received
         self.failed = None
         self.done = defer.Deferred()
@@ -447,6 +454,7 @@ class _Upload:
             self.failed = exc
             self.pending = []
             self.pending_bytes = 0
+            self._cancel_timer()
             if not self.writing:
                 self.done.errback(exc)
 
@@ -472,10 +480,26 @@ class _Upload:
                 self.expected_sha = sha.lower()
         self._pump()
 
-    def _pump(self):
+    def _cancel_timer(self):
+        if self.flush_timer is not None:
+            if self.flush_timer.active():
+                self.flush_timer.cancel()
+            self.flush_timer = None
+
+    def _flush_later(self):
+        self.flush_timer = None
+        self._pump(force=True)
+
+    def _pump(self, force=False):
         if self.writing or self.failed is not None or self.done.called:
             return
         if self.pending:
+            if not (force or self.ended is not None or self.pending_bytes >= WRITE_BATCH
+                    or self.s.reactor is None):
+                if self.flush_timer is None:
+                    self.flush_timer = self.s.reactor.callLater(WRITE_DELAY, self._flush_later)
+                return
+            self._cancel_timer()
             chunks, self.pending, self.pending_bytes = self.pending, [], 0
             self.writing = True
             d = self.s._thread(self._write, chunks)
@@ -543,6 +567,7 @@ class _Upload:
             self.done.callback(None)
 
     def _abort(self):
+        self._cancel_timer()
         fd, temp = self.fd, self.temp
         self.fd = self.temp = None
 

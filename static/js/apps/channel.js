@@ -12,7 +12,9 @@ const encoder = new TextEncoder();
 const decoder = new TextDecoder("utf-8", { fatal: true });
 
 export function encode(type, id, body, data) {
-  const payload = type === DATA ? new Uint8Array(data) : encoder.encode(JSON.stringify(body || {}));
+  // DATA: a view of the caller's bytes (no copy: the one copy is into `out`)
+  const payload = type !== DATA ? encoder.encode(JSON.stringify(body || {}))
+    : data instanceof Uint8Array ? data : new Uint8Array(data);
   const out = new Uint8Array(5 + payload.byteLength);
   out[0] = type;
   new DataView(out.buffer).setUint32(1, id >>> 0);

@@ -19,6 +19,9 @@ export function formatBytes(n) {
   return `${n.toFixed(i && n < 10 ? 1 : 0)} ${units[i]}`;
 }
 
+const PROGRESS_MS = 250; // how often a transfer row is redrawn
+const READ_SLICE = 1024 * 1024; // upload: bytes read from the file at a time
+
 function formatTime(s) {
   if (!isFinite(s)) return "…";
   s = Math.round(s);
@@ -151,9 +154,12 @@ export async function mount(panel, { pc, app }) {
     let base = 0;
     let latest = null;
     let pending = false;
+    let timer = null;
+    let drawn = 0; // performance.now() of the last draw
     const draw = () => {
       if (!pending) return;
       pending = false;
+      drawn = performance.now();
       const done = latest;
       bar.value = done;
       const secs = (performance.now() - started) / 1000;
@@ -163,12 +169,20 @@ export async function mount(panel, { pc, app }) {
     return {
       li, cancel,
       start(offset) { base = offset; },
-      // called per frame; the DOM is updated at most once per animation frame
+      // called per frame; the DOM is updated at most every PROGRESS_MS (each update
+      // costs the page a layout and paint, CPU the transfer itself needs), and on
+      // the next animation frame once the last byte is in
       progress(done) {
         latest = done;
-        if (!pending) { pending = true; requestAnimationFrame(draw); }
+        if (done >= total && timer !== null) { clearTimeout(timer); timer = null; pending = false; }
+        if (pending) return;
+        pending = true;
+        const wait = done >= total ? 0 : drawn + PROGRESS_MS - performance.now();
+        if (wait <= 0) requestAnimationFrame(draw);
+        else timer = setTimeout(() => { timer = null; requestAnimationFrame(draw); }, wait);
       },
       finish(message, ok) {
+        if (timer !== null) { clearTimeout(timer); timer = null; }
         if (latest !== null) { pending = false; bar.value = latest; }
         text.textContent = message; li.classList.add(ok ? "done" : "failed"); cancel.remove();
       },
@@ -229,19 +243,28 @@ export async function mount(panel, { pc, app }) {
       row.cancel.onclick = () => { cancelled = true; fc.send(CANCEL, id, {}); };
     });
     async function go_(id) {
+      // Read the file a slice ahead (one READ_SLICE in hand, the next being read)
+      // so the channel never waits for the disk; send frame by frame within the
+      // window and while the channel buffers at most HIGH.
+      const read = (at) => (at < file.size
+        ? file.slice(at, at + READ_SLICE).arrayBuffer().then((b) => new Uint8Array(b)) : null);
       let sent = 0;
+      let next = read(0);
       while (sent < file.size && !cancelled) {
-        while ((sent - acked > window_ - CHUNK * 8 || channel.bufferedAmount > HIGH) && !cancelled) {
-          if (channel.bufferedAmount > HIGH) await writable(channel);
-          else await new Promise((r) => { wake = r; });
-        }
-        if (cancelled) return;
-        const slice = new Uint8Array(await file.slice(sent, sent + CHUNK * 8).arrayBuffer());
+        const slice = await next;
+        next = read(sent + slice.byteLength);
         for (let i = 0; i < slice.byteLength && !cancelled; i += CHUNK) {
-          fc.send(DATA, id, null, slice.subarray(i, i + CHUNK));
+          while ((sent - acked > window_ - CHUNK * 8 || channel.bufferedAmount > HIGH) && !cancelled) {
+            if (channel.bufferedAmount > HIGH) await writable(channel);
+            else await new Promise((r) => { wake = r; });
+          }
+          if (cancelled) break;
+          const frame = slice.subarray(i, i + CHUNK);
+          fc.send(DATA, id, null, frame);
+          sent += frame.byteLength;
         }
-        sent += slice.byteLength;
       }
+      if (next) next.catch(() => {});
       if (!cancelled) fc.send(END, id, {});
     }
     const f = await result;
