@@ -166,8 +166,9 @@ def test_terminal_sign_in_and_command(tmp_path, twistd, chromium_page, sshd):  #
     page.keyboard.type("echo HC-$((6*7))\r")
     text = wait_terminal(page, "HC-42")
     assert sshd["password"] not in text
-    # also what is drawn (the DOM renderer's rows)
+    # also what is drawn (the DOM renderer's rows, updated on the next animation frame)
     rows = page.locator(".app-terminal .xterm-rows")
+    page.locator(".app-terminal .xterm-rows", has_text="HC-42").wait_for(timeout=10_000)
     assert "HC-42" in rows.inner_text()
     # xterm's own styles apply despite the page's CSP (style-src 'self'): the rows
     # have the terminal's foreground colour, not the page's.
