@@ -1,5 +1,5 @@
-"""The ``homechannel`` command: keys, password, connect link, operator tasks
-and the native client."""
+"""homechannel: identity keys, the home server's password and connect link,
+operator tasks, and the native client (connect, forward)."""
 
 import argparse
 import getpass

@@ -15,8 +15,9 @@ from homechannel.errors import HomeChannelError
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = ("Run a HomeChannel home server: registers with a coordinator over UDP "
-                "(outbound only) and answers browsers over WebRTC. Needs the asyncio "
-                "reactor: twistd -n --reactor=asyncio homechannel-server --config FILE. "
+                "(outbound only) and answers browsers over WebRTC. Runs on Twisted's "
+                "asyncio reactor (aiortc needs it): installed by itself when twistd is "
+                "given no --reactor; any other reactor is refused. "
                 "Settings come from --config (TOML, see conf/server.example.toml); these "
                 "options override it.")
     optParameters = [
