@@ -130,3 +130,55 @@ def test_migrate_refuses_a_bad_request(tmp_path, twistd):
     assert done.returncode == 1
     assert "not registered here" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_coordinator_serves_https_from_an_ssl_endpoint(tmp_path, twistd):
+    """TLS from a Twisted endpoint string, with HSTS on TLS responses."""
+    import datetime
+    import ssl
+    import urllib.request
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from conftest import free_tcp_port, free_udp_port, write_toml
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    port = free_tcp_port()
+    cfg = write_toml(tmp_path / "c.toml", {
+        "state_dir": str(tmp_path / "state"),
+        "udp": {"interface": "127.0.0.1", "port": free_udp_port()},
+        "web": {"listen": f"ssl:{port}:interface=127.0.0.1:privateKey={tmp_path}/key.pem:"
+                          f"certKey={tmp_path}/cert.pem"},
+        "admin": {"listen": ""},
+    })
+    coordinator = twistd("homechannel-coordinator", cfg)
+    coordinator.wait_for_log("coordinator: UDP")
+    ctx = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+    ctx.check_hostname = False
+    import time
+    for _ in range(50):
+        try:
+            with urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", context=ctx,
+                                        timeout=5) as resp:
+                assert resp.status == 200
+                assert resp.headers["Strict-Transport-Security"]
+                assert resp.headers["X-HomeChannel-Signature"]
+                break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        raise AssertionError("no HTTPS answer:\n" + coordinator.output)
