@@ -89,6 +89,9 @@ class AppHost:
         if name == "files":
             from homechannel.server.apps.files import FilesSession
 
+            from homechannel.server.apps.files import CHANNEL_LOW
+
+            link.set_low(CHANNEL_LOW)  # downloads keep more queued (see files.py)
             session = FilesSession(app, link, self.reactor)
         elif name == "terminal":
             from homechannel.server.apps.terminal import TerminalSession

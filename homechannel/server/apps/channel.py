@@ -41,6 +41,11 @@ class ChannelLink:
         channel.on("bufferedamountlow", self._drained)
         channel.on("close", self._on_close)
 
+    def set_low(self, low):
+        """Move the low mark (where paused senders resume) to *low* (<= ``high``)."""
+        self.low = min(low, self.high)
+        self.channel.bufferedAmountLowThreshold = self.low
+
     @property
     def label(self):
         return self.channel.label

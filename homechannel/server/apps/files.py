@@ -24,7 +24,14 @@ from homechannel.server.apps.frames import app_error
 
 log = Logger()
 
-READ_BLOCK = 256 * 1024  # bytes read per thread hop (split into DATA frames)
+# Downloads: read (and hash) READ_BLOCK per thread hop, one block ahead of the one
+# being sent; queue SEND_BLOCK each time the channel drains to its low mark, which
+# is CHANNEL_LOW on files channels (AppHost sets it), so between 512 and 768 KiB
+# stay queued: enough that aiortc never runs dry while the loop is busy elsewhere.
+# Memory per download: two blocks plus CHANNEL_LOW + SEND_BLOCK queued, under 3 MiB.
+READ_BLOCK = 1024 * 1024
+SEND_BLOCK = 256 * 1024
+CHANNEL_LOW = 512 * 1024
 UPLOAD_WINDOW = 2 * 1024 * 1024  # unacknowledged upload bytes a client may send
 UPLOAD_SLACK = 256 * 1024  # tolerance above the window before it is a protocol error
 # Upload bytes are written (and acknowledged) in batches of at least this much, so a
@@ -369,23 +376,35 @@ class _Download:
             return fd, st, h
 
         self.fd, st, h = yield s._thread(open_file)
+        reading = None  # the read of the next block, in a thread, while this one is sent
         try:
             self._check()
             s._send(frames.RES, self.rid, {"size": st.st_size, "modified": st.st_mtime, "offset": self.offset})
             sent = self.offset
+            reading = s._thread(self._read, h)
             while True:
-                yield s.link.wait_writable()
-                self._check()
-                block = yield s._thread(self._read, h)
+                block = yield reading
+                reading = None
                 self._check()
                 if not block:
                     break
+                # read ahead, so the next block is in hand when the channel drains
+                # (a thread hop is milliseconds; the buffer below ``low`` lasts about ten)
+                reading = s._thread(self._read, h)
                 view = memoryview(block)
-                for i in range(0, len(block), frames.CHUNK):
-                    s._send(frames.DATA, self.rid, data=view[i:i + frames.CHUNK])
+                for start in range(0, len(block), SEND_BLOCK):
+                    yield s.link.wait_writable()
+                    self._check()
+                    for i in range(start, min(start + SEND_BLOCK, len(block)), frames.CHUNK):
+                        s._send(frames.DATA, self.rid, data=view[i:min(i + frames.CHUNK, start + SEND_BLOCK)])
                 sent += len(block)
             s._send(frames.END, self.rid, {"size": sent, "sha256": h.hexdigest()})
         finally:
+            if reading is not None:  # never close the fd under a read in flight
+                try:
+                    yield reading
+                except Exception:
+                    pass
             os.close(self.fd)
         return None
 
