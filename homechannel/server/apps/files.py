@@ -528,15 +528,15 @@ class _Upload:
             self.s._thread(self._finish).addCallbacks(self._finished, self._write_failed)
 
     def _write(self, chunks):
-        n = 0
-        for c in chunks:
-            view = memoryview(c)
-            while view:
-                k = os.write(self.fd, view)
-                view = view[k:]
-            self.hash.update(c)
-            n += len(c)
-        return n
+        # One buffer, so one write and one hash call per batch: each call releases
+        # and retakes the GIL, and every retake stalls the reactor thread a little.
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        view = memoryview(data)
+        while view:
+            k = os.write(self.fd, view)
+            view = view[k:]
+        self.hash.update(data)
+        return len(data)
 
     def _wrote(self, n):
         self.writing = False
