@@ -33,9 +33,6 @@ class Outstanding:
     def __len__(self):
         return len(self._items)
 
-    def __contains__(self, key):
-        return key in self._items
-
     def add(self, key, message, now, deadline=float("inf"), context=None, rto=None):
         if len(self._items) >= self.limit and key not in self._items:
             raise OverflowError("too many requests in flight")

@@ -27,6 +27,24 @@ def handshake_until_finish(rv, identity=SERVER, addr=ADDR, now=1.0):
     return reg, init, finish
 
 
+def handshake_until_finish_or_none(rv, addr):
+    """Send HELLO and INIT from *addr*; the RESP datagram, or None if refused."""
+    reg = Registrant(SERVER, COORDINATOR.public_raw, ChallengeSource(K))
+    (cookie, _), = rv.receive(reg.start(1.0)[0], addr, 1.0)
+    replies = rv.receive(reg.receive(cookie, 1.0)[0], addr, 1.0)
+    return replies[0] if replies else None
+
+
+def registered(seconds):
+    """A coordinator and a registrant joined by a clean wire, run for *seconds*."""
+    rv = Rendezvous(COORDINATOR)
+    reg = Registrant(SERVER, COORDINATOR.public_raw, ChallengeSource(K))
+    w = LossyWire(rv)
+    w.add(ADDR, reg)
+    w.run(seconds)
+    return rv, reg, w
+
+
 def test_clean_handshake_sizes_never_amplify():
     rv = Rendezvous(COORDINATOR)
     reg = Registrant(SERVER, COORDINATOR.public_raw, ChallengeSource(K))
@@ -118,21 +136,10 @@ def test_init_flood_from_one_source_is_limited_per_source():
     assert handshake_until_finish_or_none(rv, ("198.51.100.2", 6000)) is not None
 
 
-def handshake_until_finish_or_none(rv, addr):
-    reg = Registrant(SERVER, COORDINATOR.public_raw, ChallengeSource(K))
-    (cookie, _), = rv.receive(reg.start(1.0)[0], addr, 1.0)
-    replies = rv.receive(reg.receive(cookie, 1.0)[0], addr, 1.0)
-    return replies[0] if replies else None
-
-
 def test_unknown_for_a_datagram_the_server_never_sent_is_ignored():
     """A genuine, coordinator-signed UNKNOWN for someone else's datagram (or an
     old one) does not make the server re-register."""
-    rv = Rendezvous(COORDINATOR)
-    reg = Registrant(SERVER, COORDINATOR.public_raw, ChallengeSource(K))
-    w = LossyWire(rv)
-    w.add(ADDR, reg)
-    w.run(40.0)
+    rv, reg, w = registered(40.0)
     assert reg.state == "up"
     ref = os.urandom(8) + os.urandom(16)
     signed = wire.unknown(ref, COORDINATOR.sign(wire.UNKNOWN_LABEL + ref))
@@ -152,11 +159,7 @@ def test_scoped_ipv6_source_is_a_counted_drop():
 
 
 def test_consumed_challenge_never_returns_through_a_late_refresh():
-    rv = Rendezvous(COORDINATOR)
-    reg = Registrant(SERVER, COORDINATOR.public_raw, ChallengeSource(K))
-    w = LossyWire(rv)
-    w.add(ADDR, reg)
-    w.run(2.0)
+    rv, reg, w = registered(2.0)
     # A refresh whose ACK is lost: the server will retransmit it.
     refresh = reg.refresh_challenges(w.now)[0]
     pool = rv.registry.pool(rv.registry.lookup_key(SERVER.id))
@@ -173,11 +176,7 @@ def test_consumed_challenge_never_returns_through_a_late_refresh():
 
 
 def test_unsolicited_answers_are_dropped():
-    rv = Rendezvous(COORDINATOR)
-    reg = Registrant(SERVER, COORDINATOR.public_raw, ChallengeSource(K))
-    w = LossyWire(rv)
-    w.add(ADDR, reg)
-    w.run(2.0)
+    rv, reg, w = registered(2.0)
     got = []
     rv.on_answer = lambda kid, payload: got.append(payload)
     for d in reg.send_answer(b"x" * 5000, w.now):
