@@ -24,11 +24,12 @@ TEST_TIMEOUT ?= 780
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv npm sysdeps run test bench clean
+.PHONY: help venv npm sysdeps run test test-fast bench clean
 
 help:
 	@echo "make run     start a demo coordinator + home server on 127.0.0.1"
 	@echo "make test    install everything and run the tests in a loopback-only netns"
+	@echo "make test-fast  unit and protocol tests only (pytest -m 'not e2e')"
 	@echo "make bench   run every bench/*.py (python -m bench.NAME)"
 	@echo "make venv | npm | sysdeps | clean"
 
@@ -104,6 +105,10 @@ run: venv npm
 test: sysdeps venv npm
 	timeout --signal=TERM --kill-after=30 $(TEST_TIMEOUT) \
 		tests/netns-run $(PY) -m pytest $(PYTEST_ARGS)
+
+# The fast lane: unit and protocol tests only (no twistd, Chromium, sshd, VNC).
+test-fast: venv
+	tests/netns-run $(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
 
 # Every bench/<name>.py, as "python -m bench.<name>", in a loopback-only netns.
 bench: venv npm

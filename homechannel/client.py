@@ -403,10 +403,10 @@ class ForwardRefused(HomeChannelError):
 def _forward_error(doc, port):
     code = doc.get("code") if isinstance(doc.get("code"), str) else "error"
     message = doc.get("message") if isinstance(doc.get("message"), str) else ""
-    if code == "port_not_allowed":
+    if code == "port-not-allowed":
         return ForwardRefused(f"the home server refused port {port}: {message or code} "
                               f"(add it to apps.forward.ports in the home server's config)")
-    if code == "connect_failed":
+    if code == "connect-failed":
         return ForwardRefused(f"the home server could not connect to its port {port}: "
                               f"{message or code}")
     return ForwardRefused(f"the home server refused the forward to port {port}: "

@@ -100,6 +100,22 @@ def loopback_only() -> bool:
     return [name for _, name in socket.if_nameindex()] == ["lo"]
 
 
+# Tests that start real processes (twistd, Chromium, sshd, Xtigervnc, ...) are
+# the end-to-end lane: ``pytest -m "not e2e"`` is the fast lane (unit and
+# protocol tests).  A test is e2e when its module is ``test_e2e_*`` or
+# ``test_nat*``, when it carries ``@pytest.mark.e2e`` itself, or when it uses
+# one of these fixtures.
+E2E_FIXTURES = {"twistd", "chromium", "chromium_page"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if (module.startswith(("test_e2e_", "test_nat"))
+                or E2E_FIXTURES.intersection(getattr(item, "fixturenames", ()))):
+            item.add_marker(pytest.mark.e2e)
+
+
 def pytest_sessionstart(session):
     if loopback_only():
         return

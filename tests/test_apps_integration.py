@@ -54,8 +54,8 @@ def test_control_hello_ping_and_refusals(tmp_path):
         assert hello["apps"][0] == {"name": "files", "title": "Files", "version": 1, "readOnly": False}
         control.channel.send(json.dumps({"op": "ping", "id": 7}))
         assert await control.recv_json() == {"op": "pong", "id": 7}
-        for label, code in [("app:desktop:1", "app_disabled"), ("app:forward:1", "app_disabled"),
-                            ("app:nope:1", "unknown_app"), ("weird", "bad_label")]:
+        for label, code in [("app:desktop:1", "app-disabled"), ("app:forward:1", "app-disabled"),
+                            ("app:nope:1", "unknown-app"), ("weird", "bad-label")]:
             ch = await open_app(client, label)
             err = await ch.recv_json()
             assert err["op"] == "error" and err["code"] == code, err
@@ -145,12 +145,12 @@ def test_upload_20mb_download_back_resume_and_traversal(tmp_path):
 
         ch.send_frame(frames.REQ, 5, {"op": "list", "root": 0, "path": "../"})
         err = await ch.recv_frame()
-        assert err.type == frames.ERR and err.body["code"] == "bad_path"
+        assert err.type == frames.ERR and err.body["code"] == "bad-path"
         head, _, _ = await download(ch, 6, "../secret")
-        assert head.body["code"] == "bad_path"
+        assert head.body["code"] == "bad-path"
         os.symlink(tmp_path / "secret", root / "link")
         head, _, _ = await download(ch, 7, "link")
-        assert head.body["code"] == "outside_root"
+        assert head.body["code"] == "outside-root"
 
     run(body)
     print(figures)
@@ -206,7 +206,7 @@ def test_forward_pipe_to_allowed_port_only(tmp_path):
         ch2 = await open_app(client, "app:forward:2")
         ch2.channel.send(json.dumps({"op": "open", "port": allowed + 1}))
         err = await ch2.recv_json()
-        assert err["code"] == "port_not_allowed"
+        assert err["code"] == "port-not-allowed"
         port.stopListening()
 
     run(body)

@@ -55,7 +55,7 @@ def test_no_vnc_server_is_a_clear_error(tmp_path):
                 ch = ClientChannel.open(client, "app:desktop:1")
                 await ch.opened()
                 err = await ch.recv_json()
-                assert err["op"] == "error" and err["code"] == "connect_failed"
+                assert err["op"] == "error" and err["code"] == "connect-failed"
                 assert "VNC server" in err["message"]
                 await asyncio.wait_for(ch.closed, 10)
             finally:

@@ -84,9 +84,9 @@ def test_list_and_stat(root):
     [res] = c.request(2, {"op": "stat", "root": 0, "path": "f"})
     assert res.body["entry"]["size"] == 5 and res.body["entry"]["path"] == "f"
     [err] = c.request(3, {"op": "list", "root": 0, "path": "escape"})
-    assert err.type == frames.ERR and err.body["code"] == "outside_root"
+    assert err.type == frames.ERR and err.body["code"] == "outside-root"
     [err] = c.request(4, {"op": "list", "root": 0, "path": "../"})
-    assert err.body["code"] == "bad_path"
+    assert err.body["code"] == "bad-path"
 
 
 def test_non_utf8_names_are_listed_and_usable(root):
@@ -130,9 +130,9 @@ def test_download_bad_offset_and_not_a_file(root):
     (root / "f").write_bytes(b"abc")
     (root / "d").mkdir()
     c = Client(root)
-    assert c.download("f", offset=4)[-1].body["code"] == "bad_offset"
-    assert c.download("d")[-1].body["code"] == "not_a_file"
-    assert c.download("missing")[-1].body["code"] == "not_found"
+    assert c.download("f", offset=4)[-1].body["code"] == "bad-offset"
+    assert c.download("d")[-1].body["code"] == "not-a-file"
+    assert c.download("missing")[-1].body["code"] == "not-found"
 
 
 def test_stalled_reader_keeps_buffered_bytes_bounded(root):
@@ -175,7 +175,7 @@ def test_upload_too_large_refused_up_front(root):
     c = Client(root, max_upload=1000)
     got = c.request(1, {"op": "upload", "root": 0, "path": "x", "size": 1001})
     assert [f.type for f in got] == [frames.ERR]
-    assert got[0].body["code"] == "too_large" and got[0].body["maxUpload"] == 1000
+    assert got[0].body["code"] == "too-large" and got[0].body["maxUpload"] == 1000
     assert os.listdir(root) == []
 
 
@@ -184,7 +184,7 @@ def test_upload_sending_more_than_declared_fails_and_cleans_up(root):
     got = c.request(1, {"op": "upload", "root": 0, "path": "x", "size": 10})
     assert got[-1].type == frames.ACK
     c.send(frames.DATA, 1, data=b"y" * 11)
-    assert c.new_frames()[-1].body["code"] == "too_large"
+    assert c.new_frames()[-1].body["code"] == "too-large"
     assert os.listdir(root) == []
 
 
@@ -193,9 +193,9 @@ def test_upload_short_or_wrong_hash_is_not_renamed(root):
     got = c.request(1, {"op": "upload", "root": 0, "path": "short", "size": 10})
     c.send(frames.DATA, 1, data=b"abc")
     c.send(frames.END, 1, {})
-    assert c.new_frames()[-1].body["code"] == "size_mismatch"
+    assert c.new_frames()[-1].body["code"] == "size-mismatch"
     got = c.upload("bad-hash", b"abc", rid=5, sha256="00" * 32)
-    assert got[-1].body["code"] == "hash_mismatch"
+    assert got[-1].body["code"] == "hash-mismatch"
     got = c.upload("good-hash", b"abc", rid=6, sha256=hashlib.sha256(b"abc").hexdigest())
     assert got[-1].type == frames.RES
     assert sorted(os.listdir(root)) == ["good-hash"]
@@ -246,11 +246,11 @@ def test_mkdir_rename_delete(root):
     (root / "a" / "f").write_text("x")
     assert c.request(2, {"op": "rename", "root": 0, "path": "a/f", "to": "g"})[0].type == frames.RES
     assert (root / "g").exists()
-    assert c.request(3, {"op": "rename", "root": 0, "path": "a", "to": "a/b"})[0].body["code"] == "bad_request"
+    assert c.request(3, {"op": "rename", "root": 0, "path": "a", "to": "a/b"})[0].body["code"] == "bad-request"
     (root / "a" / "inner").write_text("y")
-    assert c.request(4, {"op": "delete", "root": 0, "path": "a"})[0].body["code"] == "not_empty"
+    assert c.request(4, {"op": "delete", "root": 0, "path": "a"})[0].body["code"] == "not-empty"
     assert c.request(5, {"op": "delete", "root": 0, "path": "a", "recursive": True})[0].type == frames.RES
-    assert c.request(6, {"op": "delete", "root": 0, "path": ""})[0].body["code"] == "is_root"
+    assert c.request(6, {"op": "delete", "root": 0, "path": ""})[0].body["code"] == "is-root"
     os.symlink("/etc", root / "etc-link")
     # deleting a link removes the link, never what it points to
     assert c.request(7, {"op": "delete", "root": 0, "path": "etc-link", "recursive": True})[0].type == frames.RES
@@ -268,7 +268,7 @@ def test_read_only_refuses_writes(root):
         {"op": "delete", "root": 0, "path": "f"},
     ], start=1):
         [err] = c.request(rid, body)
-        assert err.body["code"] == "read_only"
+        assert err.body["code"] == "read-only"
     assert os.listdir(root) == ["f"]
     assert c.download("f")[-1].type == frames.END
 
@@ -279,6 +279,6 @@ def test_garbage_and_unknown_ops_get_structured_errors(root):
     [err] = c.new_frames()
     assert err.type == frames.ERR and err.body["code"] == "protocol"
     [err] = c.request(1, {"op": "format_disk"})
-    assert err.body["code"] == "unknown_op"
+    assert err.body["code"] == "unknown-op"
     [err] = c.request(2, {"op": "list", "root": "zero"})
-    assert err.body["code"] == "bad_request"
+    assert err.body["code"] == "bad-request"

@@ -70,8 +70,8 @@ def test_encode_refuses_oversize_and_bad_ids():
 
 
 def test_error_body_names_the_problem_and_hides_bugs():
-    e = frames.app_error(errors.Forbidden, "read_only", "read-only", path="x")
-    assert frames.error_body(e) == {"code": "read_only", "message": "read-only", "path": "x"}
-    assert frames.error_body(errors.NotFound("gone"))["code"] == "not_found"
+    e = errors.Forbidden("read-only", "read-only", path="x")
+    assert frames.error_body(e) == {"code": "read-only", "message": "read-only", "path": "x"}
+    assert frames.error_body(errors.NotFound("gone"))["code"] == "not-found"
     assert frames.error_body(KeyError("secret"))["code"] == "internal"
     assert "secret" not in frames.error_body(KeyError("secret"))["message"]

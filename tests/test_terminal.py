@@ -117,7 +117,7 @@ def test_changed_host_key_is_refused(tmp_path, sshd):
                 t.screen += f.data
             if f.type == frames.ERR:
                 break
-        assert f.body["code"] == "host_key_changed"
+        assert f.body["code"] == "host-key-changed"
         assert b"CHANGED" in t.screen and b"known_hosts" in t.screen
         await asyncio.wait_for(t.ch.closed, 10)
 
@@ -132,7 +132,7 @@ def test_no_sshd_is_a_clear_error(tmp_path):
             f = await t.ch.recv_frame()
             if f.type == frames.ERR:
                 break
-        assert f.body["code"] == "connect_failed" and "sshd" in f.body["message"]
+        assert f.body["code"] == "connect-failed" and "sshd" in f.body["message"]
 
     run_terminal(tmp_path, free_tcp_port(), body)
 

@@ -23,14 +23,6 @@ from zope.interface import Interface, implementer
 from homechannel.errors import BadRequest, CapacityError, NotFound, RequestTimeout
 
 
-def coded(cls, message, code, **kwargs):
-    """An exception of *cls* carrying the short machine-readable *code* the
-    HTTP layer puts next to the message (``{"error": ..., "code": ...}``)."""
-    error = cls(message, **kwargs)
-    error.code = code
-    return error
-
-
 class ISessionStore(Interface):
     def create(session_id, server_key):
         """Start a pending session for the server with raw key *server_key*.
@@ -96,10 +88,10 @@ class MemorySessionStore:
 
     def create(self, session_id, server_key):
         if session_id in self._sessions:
-            raise coded(BadRequest, "this session id is already in use: start a new attempt",
+            raise BadRequest("this session id is already in use: start a new attempt",
                         "session-exists")
         if len(self._sessions) >= self._max_sessions:
-            raise coded(CapacityError, "the coordinator is busy: try again in a minute", "busy")
+            raise CapacityError("the coordinator is busy: try again in a minute", "busy")
         session = self._sessions[session_id] = _Session(server_key)
         session.timer = self._clock.callLater(self._session_timeout, self._expire, session_id)
 
@@ -114,14 +106,12 @@ class MemorySessionStore:
     def wait(self, session_id, timeout):
         session = self._sessions.get(session_id)
         if session is None:
-            return defer.fail(coded(
-                NotFound, "unknown or forgotten session: connect again", "unknown-session"))
+            return defer.fail(NotFound("unknown or forgotten session: connect again", "unknown-session"))
         if session.done:
             return self._outcome(session)
         if (self._waiting >= self._max_waiters
                 or len(session.waiters) >= self._max_waiters_per_session):
-            return defer.fail(coded(
-                CapacityError, "too many requests are waiting: try again shortly", "busy"))
+            return defer.fail(CapacityError("too many requests are waiting: try again shortly", "busy"))
 
         entry = []
 
@@ -193,8 +183,7 @@ class MemorySessionStore:
         if session is None or session.done:
             return
         session.timer = None
-        self._finish(session_id, session, None, coded(
-            RequestTimeout, "the home server did not answer in time: check that it is "
+        self._finish(session_id, session, None, RequestTimeout("the home server did not answer in time: check that it is "
             "running and try again", "timeout"))
 
     def _forget(self, session_id):

@@ -37,7 +37,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound as RouteNotFound
 
 from homechannel import crypto, default_static_dir
 from homechannel.coordinator.ratelimit import Lockout, RateLimiter
-from homechannel.coordinator.sessions import MemorySessionStore, coded
+from homechannel.coordinator.sessions import MemorySessionStore
 from homechannel.errors import (
     BadRequest,
     CapacityError,
@@ -66,19 +66,6 @@ SERVER_ERRORS = {
     "busy": (Unavailable, "the home server has too many sessions open: try again later"),
     "internal": (Unavailable, "the home server failed to answer: see its log"),
 }
-
-# Default short codes per exception class (the most specific class first).
-_DEFAULT_CODES = (
-    (CapacityError, "busy"),
-    (ProtocolError, "bad-request"),
-    (BadRequest, "bad-request"),
-    (Forbidden, "forbidden"),
-    (NotFound, "not-found"),
-    (RequestTimeout, "timeout"),
-    (PayloadTooLarge, "too-large"),
-    (TooManyRequests, "rate-limited"),
-    (Unavailable, "unavailable"),
-)
 
 _CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -222,7 +209,7 @@ class CoordinatorWeb:
                 code, (Unavailable, "the home server refused the connection"))
             if code not in SERVER_ERRORS:
                 code = "refused"
-            if self._sessions.fail(session_id, coded(cls, message, code)):
+            if self._sessions.fail(session_id, cls(message, code)):
                 self.metrics["answers_refused"] += 1
             return
         answer, when, signature = doc.get("answer"), doc.get("time"), doc.get("signature")
@@ -276,8 +263,7 @@ class CoordinatorWeb:
         locked = self._lockout.check(source)
         if locked is not None:
             self.metrics["connect_locked_out"] += 1
-            raise coded(TooManyRequests,
-                        f"too many wrong passwords from your address: try again in "
+            raise TooManyRequests(f"too many wrong passwords from your address: try again in "
                         f"{_seconds(locked)} seconds", "locked-out",
                         retry_after=_seconds(locked))
         self._limit(self._ip_limiter, source, "too many connection attempts from your address")
@@ -287,12 +273,12 @@ class CoordinatorWeb:
         online, _ = self._relay.server_status(req.server_key)
         if not online:
             self.metrics["connect_offline"] += 1
-            raise coded(NotFound, "the home server is offline: check that it is running "
+            raise NotFound("the home server is offline: check that it is running "
                         "and connected to the internet", "offline")
         expected = self._relay.take_challenge(req.server_key, req.challenge)
         if expected is None:
             self.metrics["connect_stale_challenge"] += 1
-            raise coded(Forbidden, "the challenge was already used or has expired: "
+            raise Forbidden("the challenge was already used or has expired: "
                         "look the server up again", "stale-challenge")
         if not crypto.check_answer(req.answer, expected):
             self.metrics["connect_wrong_password"] += 1
@@ -304,7 +290,7 @@ class CoordinatorWeb:
                 self._relay.report_failure(req.server_key, source, "wrong-password")
             except Exception:
                 self.log.failure("reporting a failed login to the home server failed")
-            raise coded(Forbidden, "wrong password", "wrong-password")
+            raise Forbidden("wrong password", "wrong-password")
         self._lockout.success(source)
 
         payload = json.dumps({
@@ -314,7 +300,7 @@ class CoordinatorWeb:
             "offer": req.offer,
         }, separators=(",", ":")).encode("utf-8")
         if len(payload) > MAX_OFFER_PAYLOAD:
-            raise coded(PayloadTooLarge, "the offer is too large", "too-large")
+            raise PayloadTooLarge("the offer is too large", "too-large")
         self._sessions.create(req.session, req.server_key)
         self.metrics["connect_relayed"] += 1
         try:
@@ -328,7 +314,7 @@ class CoordinatorWeb:
     @_api
     async def session(self, request, session_id):
         if not SESSION_ID.match(session_id):
-            raise coded(BadRequest, "malformed session id", "bad-session")
+            raise BadRequest("malformed session id", "bad-session")
         result = await self._sessions.wait(session_id, self._config.long_poll_timeout)
         if result is None:
             return {"session": session_id, "status": "pending"}
@@ -471,14 +457,14 @@ class CoordinatorWeb:
         if retry is not None:
             self.metrics["rate_limited"] += 1
             seconds = _seconds(retry)
-            raise coded(TooManyRequests, f"{message}: try again in {seconds} seconds",
+            raise TooManyRequests(f"{message}: try again in {seconds} seconds",
                         "rate-limited", retry_after=seconds)
 
     def _parse_server_id(self, server_id):
         try:
             return crypto.parse_server_id(server_id)
         except ProtocolError:
-            raise coded(BadRequest, "malformed server id: copy the whole connect link "
+            raise BadRequest("malformed server id: copy the whole connect link "
                         "from the home server", "bad-server-id") from None
 
     def _read_body(self, request):
@@ -487,17 +473,17 @@ class CoordinatorWeb:
         if length is not None:
             try:
                 if int(length) > limit:
-                    raise coded(PayloadTooLarge, "request body is too large", "too-large")
+                    raise PayloadTooLarge("request body is too large", "too-large")
             except ValueError:
-                raise coded(BadRequest, "bad Content-Length", "bad-request") from None
+                raise BadRequest("bad Content-Length", "bad-request") from None
         body = request.content.read(limit + 1) if request.content is not None else b""
         if len(body) > limit:
-            raise coded(PayloadTooLarge, "request body is too large", "too-large")
+            raise PayloadTooLarge("request body is too large", "too-large")
         return body
 
     def _parse_connect(self, body):
         def bad(what):
-            return coded(BadRequest, f"malformed request: {what}", "bad-request")
+            return BadRequest(f"malformed request: {what}", "bad-request")
 
         try:
             doc = json.loads(body.decode("utf-8"))
@@ -538,16 +524,13 @@ class CoordinatorWeb:
             self.log.failure("relaying the offer for {session} failed", failure,
                              session=session_id)
         self.metrics["relay_failed"] += 1
-        self._sessions.fail(session_id, coded(
-            Unavailable, "the coordinator could not reach the home server: try again",
+        self._sessions.fail(session_id, Unavailable("the coordinator could not reach the home server: try again",
             "relay-failed"))
 
     def _error_doc(self, request, error):
         status = getattr(error, "status", 500)
-        code = getattr(error, "code", None)
-        if code is None:
-            code = next((c for cls, c in _DEFAULT_CODES if isinstance(error, cls)), "error")
-        doc = {"error": str(error) or "error", "code": code}
+        doc = {"error": str(error) or error.code, "code": error.code}
+        doc.update(error.extra)
         retry_after = getattr(error, "retry_after", None)
         if retry_after is not None:
             retry_after = _seconds(retry_after)

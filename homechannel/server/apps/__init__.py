@@ -70,19 +70,15 @@ class AppHost:
             return
         m = LABEL.match(label or "")
         if not m:
-            return self._refuse(link, frames.app_error(errors.BadRequest, "bad_label",
-                                                       f"unknown channel label {label[:80]!r}"))
+            return self._refuse(link, errors.BadRequest(f"unknown channel label {label[:80]!r}", "bad-label"))
         name = m.group(1)
         app = getattr(self.config, name, None) if name in dict(APPS) else None
         if app is None:
-            return self._refuse(link, frames.app_error(errors.NotFound, "unknown_app",
-                                                       f"there is no app called {name!r}"))
+            return self._refuse(link, errors.NotFound(f"there is no app called {name!r}", "unknown-app"))
         if not app.enabled:
-            return self._refuse(link, frames.app_error(errors.Forbidden, "app_disabled",
-                                                       f"the {name} app is disabled on this server"))
+            return self._refuse(link, errors.Forbidden(f"the {name} app is disabled on this server", "app-disabled"))
         if state["channels"] >= MAX_CHANNELS:
-            return self._refuse(link, frames.app_error(errors.CapacityError, "capacity",
-                                                       f"at most {MAX_CHANNELS} app channels per session"))
+            return self._refuse(link, errors.CapacityError(f"at most {MAX_CHANNELS} app channels per session", "capacity"))
         state["channels"] += 1
         link.on_close(lambda: state.__setitem__("channels", state["channels"] - 1))
         channel.binaryType = "arraybuffer"  # ignored by aiortc; harmless

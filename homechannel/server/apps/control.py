@@ -35,4 +35,4 @@ class ControlSession:
         elif op == "ping":
             self.reply({"op": "pong", "id": body.get("id")})
         else:
-            self.reply({"op": "error", "code": "unknown_op", "message": f"unknown control operation {op!r}"})
+            self.reply({"op": "error", "code": "unknown-op", "message": f"unknown control operation {op!r}"})

@@ -84,9 +84,8 @@ class TCPPipe:
         log.info("{what}: cannot connect to {host}:{port}: {err}", what=self.what,
                  host=self.host, port=self.port, err=failure.getErrorMessage())
         from homechannel import errors
-        exc = frames.app_error(errors.Unavailable, "connect_failed",
-                               f"the home server cannot reach the {self.what} at {self.host}:{self.port} "
-                               f"({failure.getErrorMessage()}); is it running?")
+        exc = errors.Unavailable(f"the home server cannot reach the {self.what} at {self.host}:{self.port} "
+                               f"({failure.getErrorMessage()}); is it running?", "connect-failed")
         send_error_and_close(self.link, exc)
 
     # -- TCP side -------------------------------------------------------------
@@ -149,8 +148,7 @@ class TCPPipe:
     def _overflow(self):
         from homechannel import errors
         log.info("{what}: closing, {n} bytes backlog", what=self.what, n=self.backlog)
-        send_error_and_close(self.link, frames.app_error(
-            errors.Unavailable, "backlog", f"the {self.what} is not reading; closing the pipe"))
+        send_error_and_close(self.link, errors.Unavailable(f"the {self.what} is not reading; closing the pipe", "backlog"))
         if self.transport is not None:
             self.transport.abortConnection()
 

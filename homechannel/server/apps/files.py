@@ -20,7 +20,6 @@ from twisted.logger import Logger
 
 from homechannel import errors
 from homechannel.server.apps import frames, paths
-from homechannel.server.apps.frames import app_error
 
 log = Logger()
 
@@ -52,20 +51,20 @@ def _os_error(exc, what):
     import errno
 
     table = {
-        errno.ENOENT: (errors.NotFound, "not_found", "does not exist"),
-        errno.ENOTDIR: (errors.BadRequest, "not_a_directory", "is not a directory"),
-        errno.EISDIR: (errors.BadRequest, "is_a_directory", "is a directory"),
+        errno.ENOENT: (errors.NotFound, "not-found", "does not exist"),
+        errno.ENOTDIR: (errors.BadRequest, "not-a-directory", "is not a directory"),
+        errno.EISDIR: (errors.BadRequest, "is-a-directory", "is a directory"),
         errno.EEXIST: (errors.BadRequest, "exists", "already exists"),
-        errno.ENOTEMPTY: (errors.BadRequest, "not_empty", "is a directory that is not empty (delete recursively)"),
-        errno.EACCES: (errors.Forbidden, "permission_denied", "permission denied"),
-        errno.EPERM: (errors.Forbidden, "permission_denied", "operation not permitted"),
+        errno.ENOTEMPTY: (errors.BadRequest, "not-empty", "is a directory that is not empty (delete recursively)"),
+        errno.EACCES: (errors.Forbidden, "permission-denied", "permission denied"),
+        errno.EPERM: (errors.Forbidden, "permission-denied", "operation not permitted"),
         errno.ELOOP: (errors.Forbidden, "symlink", "is a symlink (refused here)"),
-        errno.ENOSPC: (errors.Unavailable, "no_space", "no space left on the home server's disk"),
-        errno.EXDEV: (errors.BadRequest, "cross_device", "cannot move across file systems"),
-        errno.ENAMETOOLONG: (errors.BadRequest, "bad_path", "name too long"),
+        errno.ENOSPC: (errors.Unavailable, "no-space", "no space left on the home server's disk"),
+        errno.EXDEV: (errors.BadRequest, "cross-device", "cannot move across file systems"),
+        errno.ENAMETOOLONG: (errors.BadRequest, "bad-path", "name too long"),
     }
-    cls, code, text = table.get(exc.errno, (errors.Unavailable, "io_error", exc.strerror or "I/O error"))
-    return app_error(cls, code, f"{what} {text}")
+    cls, code, text = table.get(exc.errno, (errors.Unavailable, "io-error", exc.strerror or "I/O error"))
+    return cls(f"{what} {text}", code)
 
 
 def entry_info(name, path):
@@ -131,7 +130,7 @@ class FilesSession:
 
     def _error(self, rid, exc):
         if isinstance(exc, defer.CancelledError) or isinstance(exc, _Cancelled):
-            exc = app_error(errors.BadRequest, "cancelled", "transfer cancelled")
+            exc = errors.BadRequest("transfer cancelled", "cancelled")
         if not isinstance(exc, errors.HomeChannelError):
             log.error("files request {rid} failed: {exc!r}", rid=rid, exc=exc)
         self._send(frames.ERR, rid, frames.error_body(exc))
@@ -140,13 +139,13 @@ class FilesSession:
         rid = frame.id
         if frame.type == frames.REQ:
             if rid in self.requests:
-                raise app_error(errors.ProtocolError, "duplicate_id", f"request id {rid} is in use")
+                raise errors.ProtocolError(f"request id {rid} is in use", "duplicate-id")
             op = frame.body.get("op")
             handler = getattr(self, f"op_{op}", None) if isinstance(op, str) else None
             if handler is None:
-                raise app_error(errors.BadRequest, "unknown_op", f"unknown files operation {op!r}")
+                raise errors.BadRequest(f"unknown files operation {op!r}", "unknown-op")
             if op in _WRITES and self.config.read_only:
-                raise app_error(errors.Forbidden, "read_only", "the files app is read-only on this server")
+                raise errors.Forbidden("the files app is read-only on this server", "read-only")
             self.requests[rid] = "busy"
             d = defer.maybeDeferred(handler, rid, frame.body)
             d.addCallback(lambda body: body is not None and self._send(frames.RES, rid, body))
@@ -163,8 +162,7 @@ class FilesSession:
             return
         if frame.type in (frames.ACK, frames.RES, frames.ERR):
             return  # nothing the server asked for; ignore
-        raise app_error(errors.ProtocolError, "unexpected_frame",
-                        f"unexpected {frames.TYPES[frame.type]} frame for request {rid}")
+        raise errors.ProtocolError(f"unexpected {frames.TYPES[frame.type]} frame for request {rid}", "unexpected-frame")
 
     def connection_lost(self):
         self.closed = True
@@ -178,7 +176,7 @@ class FilesSession:
     def _arg(body, name, typ, default=None):
         value = body.get(name, default)
         if value is None or not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-            raise app_error(errors.BadRequest, "bad_request", f"{name!r} missing or not a {typ.__name__}")
+            raise errors.BadRequest(f"{name!r} missing or not a {typ.__name__}", "bad-request")
         return value
 
     # -- operations -------------------------------------------------------------
@@ -258,14 +256,14 @@ class FilesSession:
                 if os.path.isdir(source) and not os.path.islink(source):
                     real = os.path.realpath(source)
                     if paths.inside(real, os.path.realpath(tparent)):
-                        raise app_error(errors.BadRequest, "bad_request", "cannot move a directory into itself")
+                        raise errors.BadRequest("cannot move a directory into itself", "bad-request")
                 if overwrite:
                     os.replace(source, target)
                 else:
                     # rename without replacing: link-less atomic check is not
                     # portable, so refuse if the target exists (a tiny race).
                     if os.path.lexists(target):
-                        raise app_error(errors.BadRequest, "exists", f"{to!r} already exists")
+                        raise errors.BadRequest(f"{to!r} already exists", "exists")
                     os.rename(source, target)
             except OSError as e:
                 raise _os_error(e, repr(rel)) from None
@@ -301,7 +299,7 @@ class FilesSession:
         rel = self._arg(body, "path", str)
         offset = self._arg(body, "offset", int, 0)
         if offset < 0:
-            raise app_error(errors.BadRequest, "bad_request", "offset must not be negative")
+            raise errors.BadRequest("offset must not be negative", "bad-request")
         job = _Download(self, rid, root, rel, offset)
         self.requests[rid] = job
         return job.run()
@@ -312,14 +310,13 @@ class FilesSession:
         size = self._arg(body, "size", int)
         overwrite = body.get("overwrite") is True
         if size < 0:
-            raise app_error(errors.BadRequest, "bad_request", "size must not be negative")
+            raise errors.BadRequest("size must not be negative", "bad-request")
         if size > self.config.max_upload:
-            raise app_error(errors.PayloadTooLarge, "too_large",
-                            f"{size} bytes is more than this server accepts ({self.config.max_upload})",
+            raise errors.PayloadTooLarge(f"{size} bytes is more than this server accepts ({self.config.max_upload})", "too-large",
                             maxUpload=self.config.max_upload)
         sha = body.get("sha256")
         if sha is not None and not isinstance(sha, str):
-            raise app_error(errors.BadRequest, "bad_request", "'sha256' must be a hex string")
+            raise errors.BadRequest("'sha256' must be a hex string", "bad-request")
         job = _Upload(self, rid, root, rel, size, overwrite, sha)
         self.requests[rid] = job
         return job.run()
@@ -360,11 +357,10 @@ class _Download:
             st = os.fstat(fd)
             if not statmod.S_ISREG(st.st_mode):
                 os.close(fd)
-                raise app_error(errors.BadRequest, "not_a_file", f"{self.rel!r} is not a regular file")
+                raise errors.BadRequest(f"{self.rel!r} is not a regular file", "not-a-file")
             if self.offset > st.st_size:
                 os.close(fd)
-                raise app_error(errors.BadRequest, "bad_offset",
-                                f"offset {self.offset} is past the end ({st.st_size} bytes)")
+                raise errors.BadRequest(f"offset {self.offset} is past the end ({st.st_size} bytes)", "bad-offset")
             h = hashlib.sha256()
             done = 0
             while done < self.offset:  # the hash covers the whole file, so hash the prefix
@@ -439,12 +435,12 @@ class _Upload:
             parent, name = s.roots.resolve_parent(self.root, self.rel)
             target = os.path.join(parent, name)
             if name.startswith(TEMP_PREFIX):
-                raise app_error(errors.BadRequest, "bad_path", "names starting with .hcupload- are reserved")
+                raise errors.BadRequest("names starting with .hcupload- are reserved", "bad-path")
             try:
                 if os.path.isdir(target):
-                    raise app_error(errors.BadRequest, "is_a_directory", f"{self.rel!r} is a directory")
+                    raise errors.BadRequest(f"{self.rel!r} is a directory", "is-a-directory")
                 if os.path.lexists(target) and not self.overwrite:
-                    raise app_error(errors.BadRequest, "exists", f"{self.rel!r} already exists")
+                    raise errors.BadRequest(f"{self.rel!r} already exists", "exists")
                 temp = os.path.join(parent, f"{TEMP_PREFIX}{uuid.uuid4().hex}{TEMP_SUFFIX}")
                 fd = paths.open_nofollow(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             except OSError as e:
@@ -483,12 +479,10 @@ class _Upload:
         if frame.type == frames.DATA:
             self.received += len(frame.data)
             if self.received > self.size:
-                self._fail(app_error(errors.PayloadTooLarge, "too_large",
-                                     f"more data than the declared {self.size} bytes"))
+                self._fail(errors.PayloadTooLarge(f"more data than the declared {self.size} bytes", "too-large"))
                 return
             if self.pending_bytes + len(frame.data) > UPLOAD_WINDOW + UPLOAD_SLACK:
-                self._fail(app_error(errors.ProtocolError, "window",
-                                     "upload data beyond the flow-control window"))
+                self._fail(errors.ProtocolError("upload data beyond the flow-control window", "window"))
                 return
             self.pending.append(frame.data)
             self.pending_bytes += len(frame.data)
@@ -558,14 +552,12 @@ class _Upload:
 
     def _finish(self):
         if self.written != self.size:
-            raise app_error(errors.BadRequest, "size_mismatch",
-                            f"received {self.written} bytes, the upload declared {self.size}")
+            raise errors.BadRequest(f"received {self.written} bytes, the upload declared {self.size}", "size-mismatch")
         os.fsync(self.fd)
         os.fchmod(self.fd, 0o644)
         digest = self.hash.hexdigest()
         if self.expected_sha is not None and digest != self.expected_sha:
-            raise app_error(errors.BadRequest, "hash_mismatch",
-                            "the uploaded bytes do not match the SHA-256 the client sent")
+            raise errors.BadRequest("the uploaded bytes do not match the SHA-256 the client sent", "hash-mismatch")
         os.close(self.fd)
         self.fd = None
         try:

@@ -28,21 +28,19 @@ class ForwardSession:
             return
         try:
             if not isinstance(message, str):
-                raise frames.app_error(errors.ProtocolError, "protocol",
-                                       'send {"op":"open","port":N} as text before any bytes')
+                raise errors.ProtocolError('send {"op":"open","port":N} as text before any bytes', "protocol")
             try:
                 body = json.loads(message)
             except ValueError:
-                raise frames.app_error(errors.ProtocolError, "protocol", "open message is not JSON") from None
+                raise errors.ProtocolError("open message is not JSON", "protocol") from None
             port = body.get("port") if isinstance(body, dict) else None
             if not isinstance(body, dict) or body.get("op") != "open" or not isinstance(port, int) \
                     or isinstance(port, bool):
-                raise frames.app_error(errors.BadRequest, "bad_request", 'expected {"op":"open","port":N}')
+                raise errors.BadRequest('expected {"op":"open","port":N}', "bad-request")
             allowed = {int(p) for p in self.config.ports}
             if port not in allowed:
-                raise frames.app_error(errors.Forbidden, "port_not_allowed",
-                                       f"port {port} is not forwarded by this server "
-                                       f"(allowed: {sorted(allowed) or 'none'})")
+                raise errors.Forbidden(f"port {port} is not forwarded by this server "
+                                       f"(allowed: {sorted(allowed) or 'none'})", "port-not-allowed")
         except errors.HomeChannelError as e:
             send_error_and_close(self.link, e)
             return

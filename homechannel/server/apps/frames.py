@@ -98,33 +98,8 @@ def decode(message):
 
 # -- structured errors ------------------------------------------------------
 
-_CODES = [
-    (errors.CapacityError, "capacity"),
-    (errors.Unavailable, "unavailable"),
-    (errors.ProtocolError, "protocol"),
-    (errors.PayloadTooLarge, "too_large"),
-    (errors.NotFound, "not_found"),
-    (errors.Forbidden, "forbidden"),
-    (errors.BadRequest, "bad_request"),
-    (errors.RequestTimeout, "timeout"),
-]
-
-
-def app_error(cls, code, message, **extra):
-    """An exception of the shared hierarchy carrying a specific error code."""
-    exc = cls(message)
-    exc.code = code
-    exc.extra = extra
-    return exc
-
-
 def error_body(exc):
     """The ERR payload for *exc*: ``{"code", "message"}``; never a traceback."""
     if isinstance(exc, errors.HomeChannelError):
-        code = getattr(exc, "code", None)
-        if code is None:
-            code = next((c for cls, c in _CODES if isinstance(exc, cls)), "error")
-        body = {"code": code, "message": str(exc)}
-        body.update(getattr(exc, "extra", None) or {})
-        return body
+        return exc.doc()
     return {"code": "internal", "message": "internal error on the home server (see its log)"}

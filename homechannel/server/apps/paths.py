@@ -17,7 +17,6 @@ Names on disk that are not UTF-8 travel as Python's surrogateescape strings
 import os
 
 from homechannel import errors
-from homechannel.server.apps.frames import app_error
 
 MAX_NAME = 255  # bytes, per component (NAME_MAX on Linux)
 MAX_PATH = 4096  # bytes, whole relative path (PATH_MAX)
@@ -26,26 +25,25 @@ MAX_PATH = 4096  # bytes, whole relative path (PATH_MAX)
 def split(relpath):
     """Lexically check *relpath* and return its components (a list of str)."""
     if not isinstance(relpath, str):
-        raise app_error(errors.BadRequest, "bad_path", "path must be a string")
+        raise errors.BadRequest("path must be a string", "bad-path")
     if relpath == "":
         return []
     if "\x00" in relpath:
-        raise app_error(errors.BadRequest, "bad_path", "path contains a NUL byte")
+        raise errors.BadRequest("path contains a NUL byte", "bad-path")
     try:
         raw = os.fsencode(relpath)
     except UnicodeError:
-        raise app_error(errors.BadRequest, "bad_path", "path is not encodable") from None
+        raise errors.BadRequest("path is not encodable", "bad-path") from None
     if len(raw) > MAX_PATH:
-        raise app_error(errors.BadRequest, "bad_path", f"path longer than {MAX_PATH} bytes")
+        raise errors.BadRequest(f"path longer than {MAX_PATH} bytes", "bad-path")
     if relpath.startswith("/"):
-        raise app_error(errors.BadRequest, "bad_path", "absolute paths are refused; paths are relative to a root")
+        raise errors.BadRequest("absolute paths are refused; paths are relative to a root", "bad-path")
     parts = relpath.split("/")
     for part in parts:
         if part in ("", ".", ".."):
-            raise app_error(errors.BadRequest, "bad_path",
-                            f"path component {part!r} is refused (no '..', '.' or empty components)")
+            raise errors.BadRequest(f"path component {part!r} is refused (no '..', '.' or empty components)", "bad-path")
         if len(os.fsencode(part)) > MAX_NAME:
-            raise app_error(errors.BadRequest, "bad_path", f"name longer than {MAX_NAME} bytes")
+            raise errors.BadRequest(f"name longer than {MAX_NAME} bytes", "bad-path")
     return parts
 
 
@@ -53,7 +51,7 @@ def check_name(name):
     """A single new file or directory name (for mkdir, upload, rename targets)."""
     parts = split(name)
     if len(parts) != 1:
-        raise app_error(errors.BadRequest, "bad_path", "a name must be one path component")
+        raise errors.BadRequest("a name must be one path component", "bad-path")
     return parts[0]
 
 
@@ -83,7 +81,7 @@ class Roots:
 
     def root(self, index):
         if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(self._roots):
-            raise app_error(errors.NotFound, "no_root", f"there is no root number {index!r}")
+            raise errors.NotFound(f"there is no root number {index!r}", "no-root")
         return self._roots[index][1]
 
     def resolve(self, index, relpath):
@@ -92,7 +90,7 @@ class Roots:
         parts = split(relpath)
         real = os.path.realpath(os.path.join(root, *parts))
         if not inside(root, real):
-            raise app_error(errors.Forbidden, "outside_root", f"{relpath!r} resolves outside its root")
+            raise errors.Forbidden(f"{relpath!r} resolves outside its root", "outside-root")
         return real
 
     def resolve_parent(self, index, relpath):
@@ -102,10 +100,10 @@ class Roots:
         root = self.root(index)
         parts = split(relpath)
         if not parts:
-            raise app_error(errors.Forbidden, "is_root", "the root itself cannot be changed")
+            raise errors.Forbidden("the root itself cannot be changed", "is-root")
         parent = os.path.realpath(os.path.join(root, *parts[:-1]))
         if not inside(root, parent):
-            raise app_error(errors.Forbidden, "outside_root", f"{relpath!r} resolves outside its root")
+            raise errors.Forbidden(f"{relpath!r} resolves outside its root", "outside-root")
         return parent, parts[-1]
 
     def relative(self, index, real):

@@ -31,7 +31,6 @@ from twisted.python.filepath import FilePath
 
 from homechannel import errors
 from homechannel.server.apps import frames
-from homechannel.server.apps.frames import app_error
 
 log = Logger()
 
@@ -42,7 +41,7 @@ MAX_LINE = 1024
 def _dim(body, name, default):
     value = body.get(name, default)
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1000:
-        raise app_error(errors.BadRequest, "bad_request", f"{name!r} must be an integer 1..1000")
+        raise errors.BadRequest(f"{name!r} must be an integer 1..1000", "bad-request")
     return value
 
 
@@ -65,12 +64,10 @@ class HostKeyStore:
             if kh.hasHostKey(name, key):
                 return "known"
         except HostKeyChanged:
-            raise app_error(
-                errors.Forbidden, "host_key_changed",
-                f"The SSH host key of {name.decode()} has CHANGED (it now offers "
+            raise errors.Forbidden(f"The SSH host key of {name.decode()} has CHANGED (it now offers "
                 f"{key.fingerprint(keys.FingerprintFormats.SHA256_BASE64)}). Refusing to connect. "
                 f"If sshd's host key was replaced on purpose, remove the line for {name.decode()} from "
-                f"{self.path} on the home server and reconnect.") from None
+                f"{self.path} on the home server and reconnect.", "host-key-changed") from None
         kh.addHostKey(name, key)
         kh.save()
         return "added"
@@ -218,7 +215,7 @@ class TerminalSession:
             op = frame.body.get("op")
             if op == "open":
                 if self.rid is not None:
-                    raise app_error(errors.BadRequest, "bad_request", "this channel already has a terminal")
+                    raise errors.BadRequest("this channel already has a terminal", "bad-request")
                 self.cols = _dim(frame.body, "cols", 80)
                 self.rows = _dim(frame.body, "rows", 24)
                 self.rid = frame.id
@@ -238,7 +235,7 @@ class TerminalSession:
                         (self.rows, self.cols, 0, 0)))
                 self.link.send(frames.encode(frames.RES, frame.id, {"ok": True}))
                 return
-            raise app_error(errors.BadRequest, "unknown_op", f"unknown terminal operation {op!r}")
+            raise errors.BadRequest(f"unknown terminal operation {op!r}", "unknown-op")
         if frame.type == frames.DATA and frame.id == self.rid:
             self.input(frame.data)
             return
@@ -247,8 +244,7 @@ class TerminalSession:
             return
         if frame.type in (frames.ACK, frames.RES, frames.ERR):
             return
-        raise app_error(errors.ProtocolError, "unexpected_frame",
-                        f"unexpected {frames.TYPES[frame.type]} frame for request {frame.id}")
+        raise errors.ProtocolError(f"unexpected {frames.TYPES[frame.type]} frame for request {frame.id}", "unexpected-frame")
 
     # -- output ------------------------------------------------------------------
 
@@ -280,7 +276,7 @@ class TerminalSession:
         if self.state == "shell":
             self.shell.write(data)
             if len(self.shell.buf) > MAX_INPUT_BACKLOG:
-                self.fail(app_error(errors.Unavailable, "backlog", "sshd is not reading the input; closing"))
+                self.fail(errors.Unavailable("sshd is not reading the input; closing", "backlog"))
             return
         if self.state not in ("login", "prompt"):
             return
@@ -300,7 +296,7 @@ class TerminalSession:
                     if self.echo:
                         self.output(b"\b \b")
             elif b == 3 or b == 4:  # Ctrl-C / Ctrl-D
-                self.fail(app_error(errors.BadRequest, "cancelled", "sign-in cancelled"))
+                self.fail(errors.BadRequest("sign-in cancelled", "cancelled"))
                 return
             elif b == 21:  # Ctrl-U
                 if self.echo:
@@ -348,9 +344,8 @@ class TerminalSession:
             self.link.registerProducer(proto.transport, True)
 
         def failed(f):
-            self.fail(app_error(errors.Unavailable, "connect_failed",
-                                f"cannot reach sshd at {self.host}:{self.port} ({f.getErrorMessage()}); "
-                                f"is it running?"))
+            self.fail(errors.Unavailable(f"cannot reach sshd at {self.host}:{self.port} ({f.getErrorMessage()}); "
+                                f"is it running?", "connect-failed"))
 
         d.addCallbacks(connected, failed)
 
@@ -368,7 +363,7 @@ class TerminalSession:
 
         def refused(f):
             self.fail(f.value if isinstance(f.value, errors.HomeChannelError)
-                      else app_error(errors.Unavailable, "host_key", "cannot check the host key"))
+                      else errors.Unavailable("cannot check the host key", "host-key"))
             return f
 
         return d.addCallbacks(checked, refused)
@@ -385,8 +380,7 @@ class TerminalSession:
         self.link.send(frames.encode(frames.RES, self.rid, {"ok": True, "user": self.username}))
 
     def shell_failed(self, failure):
-        self.fail(app_error(errors.Unavailable, "shell_failed",
-                            f"sshd refused the shell: {failure.getErrorMessage()}"))
+        self.fail(errors.Unavailable(f"sshd refused the shell: {failure.getErrorMessage()}", "shell-failed"))
 
     def shell_ended(self, status):
         if self.state == "done":
@@ -407,11 +401,11 @@ class TerminalSession:
         why = self.ssh_error or reason.getErrorMessage()
         if self.conn is None:
             msg = f"sign-in failed: {why}"
-            code = "auth_failed"
+            code = "auth-failed"
         else:
             msg = f"SSH connection closed: {why}"
             code = "closed"
-        self.fail(app_error(errors.Forbidden, code, msg))
+        self.fail(errors.Forbidden(msg, code))
 
     def channel_closed(self):
         self.state = "done"
