@@ -79,3 +79,16 @@ def test_lockout_table_is_capped():
     for i in range(100):
         lockout.failure(i)
     assert len(lockout) == 10
+
+
+def test_source_key_groups_an_ipv6_64_and_keeps_ipv4_addresses_apart():
+    from homechannel.coordinator.ratelimit import lockout_key, source_key
+
+    assert source_key("2001:db8:1:2:3:4:5:6") == source_key("2001:db8:1:2::ffff") \
+        == "2001:db8:1:2::/64"
+    assert source_key("2001:db8:1:3::1") != source_key("2001:db8:1:2::1")
+    assert lockout_key("2001:db8:1:3::1") == lockout_key("2001:db8:1:2::1") == "2001:db8:1::/56"
+    assert source_key("192.0.2.1") == "192.0.2.1" != source_key("192.0.2.2")
+    assert source_key("::ffff:192.0.2.1") == "192.0.2.1"
+    assert source_key("fe80::1%eth0") == "fe80::/64"
+    assert source_key("unknown") == "unknown"

@@ -18,9 +18,41 @@ attacker who controls more than ``max_keys`` addresses a fresh budget; it
 never denies service to anybody else).
 """
 
+import functools
+import ipaddress
 from collections import OrderedDict
 
 from zope.interface import Interface, implementer
+
+# Per-source tables key an IPv6 source by its /64 (what one subscriber line or
+# one cloud VM usually gets) and lockouts by its /56; an IPv4 source by its
+# address.  An attacker who owns a /64 is one source, not 2**64.
+SOURCE_PREFIX_V6 = 64
+LOCKOUT_PREFIX_V6 = 56
+
+
+@functools.lru_cache(maxsize=65536)
+def source_key(address: str, v6_prefix: int = SOURCE_PREFIX_V6) -> str:
+    """The key a per-source table uses for the IP *address* (a string).
+
+    IPv4 (and IPv4-mapped IPv6): the address itself.  IPv6: the network
+    of *v6_prefix* bits, e.g. ``"2001:db8:1:2::/64"``.  Anything that does
+    not parse (e.g. "unknown") is returned unchanged, so it is one key.
+    """
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except (ValueError, AttributeError):
+        return address
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    if ip.version == 4:
+        return str(ip)
+    return str(ipaddress.ip_network(f"{ip}/{v6_prefix}", strict=False))
+
+
+def lockout_key(address: str) -> str:
+    """The key failed-password lockouts use: IPv6 /56, IPv4 /32."""
+    return source_key(address, LOCKOUT_PREFIX_V6)
 
 
 class IRateLimiter(Interface):
