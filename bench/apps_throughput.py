@@ -227,7 +227,7 @@ class RawChannel:
 
     async def open(self, browser, url):
         from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-        from homechannel.server import ice
+        from homechannel import webrtc
 
         self.page = page = await browser.new_page()
         await page.goto(url + "/healthz")
@@ -247,7 +247,7 @@ class RawChannel:
             opened.set_result(channel)
 
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
-        ice.advertise_host_addresses(pc, ["127.0.0.1"])
+        webrtc.advertise_host_addresses(pc, ["127.0.0.1"])
         await pc.setLocalDescription(await pc.createAnswer())
         await page.evaluate("(sdp) => window.__raw.pc.setRemoteDescription({type: 'answer', sdp})",
                             pc.localDescription.sdp)

@@ -1,9 +1,14 @@
 """The native client: the browser's connect flow from a terminal, with aiortc.
 
 ``homechannel connect`` looks a home server up on a coordinator, proves the
-password, offers a datachannel, verifies both signatures (the coordinator's on
-every HTTP response, the home server's on the answer), connects, says hello on
-the control channel and measures a ping.  ``homechannel forward`` connects once
+password, offers a datachannel, checks what the browser checks (the
+coordinator's signature on every HTTP response; the echoed session id, the
+answer's shape, the home server's signature over this offer and the answer,
+and the clock; after DTLS, that the certificate the home server presented is
+the one it signed), connects, says hello on the control channel and measures
+a ping.  The device token the home server gives on hello is kept
+(``devices.json`` in the state directory, mode 0600) and presented next time,
+so that this client keeps its own sign-in budget while strangers guess.  ``homechannel forward`` connects once
 and then pipes each local TCP connection (``--listen``), or stdin/stdout
 (``--stdio``, for ssh's ``ProxyCommand``), through its own ``app:forward:<n>``
 datachannel to a TCP port on the home machine (docs/protocol.md section 3.6).
@@ -25,7 +30,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from homechannel import crypto
+from homechannel import connect as flow
+from homechannel import crypto, webrtc
+from homechannel.config import default_state_dir
 from homechannel.errors import (
     AuthenticationError,
     ConfigError,
@@ -33,9 +40,9 @@ from homechannel.errors import (
     HomeChannelError,
     ProtocolError,
     RequestTimeout,
+    TooManyRequests,
     Unavailable,
 )
-from homechannel.server import ice
 
 SIGNATURE_HEADER = "X-HomeChannel-Signature"
 MAX_RESPONSE = 256 * 1024
@@ -91,8 +98,9 @@ class Coordinator:
         try:
             if signature is None:
                 raise AuthenticationError("no signature header")
+            signed_path = self._base_path + urllib.parse.urlsplit(path).path
             crypto.verify(self.key_raw, crypto.b64u_decode(signature),
-                          crypto.response_signature_message(self._base_path + path, raw))
+                          crypto.response_signature_message(signed_path, raw))
         except (AuthenticationError, ProtocolError):
             raise AuthenticationError(
                 f"the coordinator's response to {path} is not signed by the coordinator key "
@@ -109,17 +117,59 @@ class Coordinator:
 
 
 def _api_error(status, doc, context):
-    """A coordinator error response as the matching HomeChannelError."""
+    """A coordinator error response as the matching HomeChannelError (with its code)."""
     message = doc.get("error") if isinstance(doc.get("error"), str) else f"HTTP {status}"
     code = doc.get("code") if isinstance(doc.get("code"), str) else None
     text = f"{context}: {message}" + (f" ({code})" if code else "")
     if status == 403:
-        return Forbidden(text)
+        return Forbidden(text, code)
     if status == 408:
-        return RequestTimeout(text)
-    if status in (404, 429) or status >= 500:
-        return Unavailable(text)
-    return ProtocolError(text)
+        return RequestTimeout(text, code)
+    if status == 429:
+        return TooManyRequests(text, code, retry_after=doc.get("retry_after"))
+    if status == 404 or status >= 500:
+        return Unavailable(text, code)
+    return ProtocolError(text, code)
+
+
+class DeviceStore:
+    """Device tokens the home servers issued to this client, per server id.
+
+    A JSON file ``{server id: token}`` with mode 0600 (``crypto.replace_secret_file``);
+    a missing or damaged file is an empty store (a damaged one is replaced
+    on the next save).  *path* None keeps nothing."""
+
+    def __init__(self, path):
+        self.path = path
+
+    @classmethod
+    def default(cls):
+        return cls(os.path.join(default_state_dir(), "devices.json"))
+
+    def _load(self):
+        if not self.path:
+            return {}
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                doc = json.load(f)
+        except (OSError, ValueError):
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    def get(self, server_id):
+        token = self._load().get(server_id)
+        return token if isinstance(token, str) else None
+
+    def put(self, server_id, token):
+        if not self.path:
+            return
+        doc = self._load()
+        if token is None:
+            if doc.pop(server_id, None) is None:
+                return
+        else:
+            doc[server_id] = token
+        crypto.replace_secret_file(self.path, (json.dumps(doc, indent=2) + "\n").encode())
 
 
 async def fetch_coordinator_key(url):
@@ -201,15 +251,9 @@ async def ping(channel, ident, timeout=10.0):
 # -- connect -------------------------------------------------------------------
 
 
-def _ice_servers(entries):
-    from homechannel.server.peer import ice_servers_from_config
-
-    return ice_servers_from_config(entries)
-
-
 async def connect(url, server_id, password, coordinator_key=None, ice_servers=(),
                   advertise_addresses=(), *, timeout=60.0, connect_timeout=30.0,
-                  random_bytes=os.urandom, notify=None):
+                  random_bytes=os.urandom, notify=None, devices=None):
     """Connect to home server *server_id* through the coordinator at *url*.
 
     Returns ``(pc, control_channel, hello)``: the open RTCPeerConnection, its
@@ -217,10 +261,12 @@ async def connect(url, server_id, password, coordinator_key=None, ice_servers=()
     HomeChannelError with an actionable message on any refusal.  The caller
     closes *pc*.  *coordinator_key* is the coordinator's base64url public key;
     None fetches it from ``{url}/config.js`` (trust on first use).
+    *ice_servers* come first, then the ones the coordinator hands out (aiortc
+    uses only the first STUN and the first TURN entry).  *devices* is a
+    :class:`DeviceStore` (None: keep no device token).
     """
-    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-
     notify = notify or (lambda message: None)
+    devices = devices or DeviceStore(None)
     server_raw = crypto.parse_server_id(server_id)
     if coordinator_key:
         coordinator_raw = crypto.parse_server_id(coordinator_key)
@@ -229,61 +275,98 @@ async def connect(url, server_id, password, coordinator_key=None, ice_servers=()
         notify(f"trusting coordinator key {crypto.b64u_encode(coordinator_raw)} from "
                f"{url}/config.js; pass --coordinator-key to pin it")
     coordinator = Coordinator(url, coordinator_raw)
+    loop = asyncio.get_running_loop()
+    key = loop.run_in_executor(None, crypto.derive_password_key, password, server_raw)
+    device = devices.get(server_id)
+    for attempt in range(3):
+        try:
+            return await _attempt(coordinator, server_id, server_raw, await key, device,
+                                  tuple(ice_servers), advertise_addresses, timeout,
+                                  connect_timeout, random_bytes, devices)
+        except HomeChannelError as e:
+            if e.code == flow.BAD_DEVICE and device is not None:
+                notify("the home server no longer accepts this device's token; "
+                       "signing in with the password")
+                devices.put(server_id, None)
+                device = None
+            elif e.code in ("stale-challenge", "unknown-challenge") and attempt == 0:
+                pass    # someone else used the challenge first: look up again, once
+            else:
+                raise
+    raise Unavailable("the home server refused every attempt; try again later")
 
-    # 1. The server's current challenge (signed by the coordinator).
-    path = f"/api/servers/{server_id}"
-    status, doc = await coordinator.call(path)
+
+async def _attempt(coordinator, server_id, server_raw, key, device, ice_servers,
+                   advertise_addresses, timeout, connect_timeout, random_bytes, devices):
+    """One attempt of the connect flow (docs/protocol.md section 2)."""
+    from aiortc import RTCSessionDescription
+
+    # 1. The server's state, a challenge and the ICE servers (signed by the coordinator).
+    status, doc = await coordinator.call(f"/api/servers/{server_id}")
     if status != 200:
         raise _api_error(status, doc, "looking up the home server")
-    if not doc.get("online") or not isinstance(doc.get("challenge"), str):
-        raise Unavailable("the home server is offline (not registered with this coordinator)")
-    challenge = crypto.b64u_decode(doc["challenge"])
+    if not doc.get("online"):
+        raise Unavailable("the home server is offline (not registered with this coordinator)",
+                          "offline")
+    if device is not None:
+        challenge = flow.device_challenge(time.time(), random_bytes)
+    elif isinstance(doc.get("challenge"), str):
+        challenge = crypto.b64u_decode(doc["challenge"])
+    else:
+        raise Unavailable("the home server has no fresh challenge right now; try again in a "
+                          "minute", "busy")
+    offered = doc.get("ice_servers") if isinstance(doc.get("ice_servers"), list) else []
+    try:
+        servers = webrtc.ice_servers(list(ice_servers) + list(flow.check_ice_servers(offered)))
+    except ProtocolError as e:
+        raise ProtocolError(f"the coordinator's ICE servers are malformed: {e}") from None
 
-    # 2. The password key (slow on purpose: off the loop) and the offer.
-    loop = asyncio.get_running_loop()
-    key = await loop.run_in_executor(None, crypto.derive_password_key, password, server_raw)
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=_ice_servers(ice_servers)))
+    # 2. The offer, the answer and the proof over this exact offer.
+    pc = webrtc.peer_connection(servers)
     try:
         control = pc.createDataChannel("control")
-        ice.advertise_host_addresses(pc, advertise_addresses)
+        webrtc.advertise_host_addresses(pc, advertise_addresses)
         await pc.setLocalDescription(await pc.createOffer())
         offer = pc.localDescription.sdp
-        client_fp = crypto.sdp_fingerprint(offer)
+        client_fp = flow.sdp_fingerprint(offer)
+        digest = crypto.offer_hash(offer)
         session = crypto.b64u_encode(random_bytes(16))
-        request = {
-            "server": server_id,
-            "session": session,
-            "challenge": crypto.b64u_encode(challenge),
-            "answer": crypto.b64u_encode(crypto.challenge_answer(key, challenge)),
-            "proof": crypto.b64u_encode(crypto.client_proof(key, session, challenge, client_fp)),
-            "offer": offer,
-        }
-        status, doc = await coordinator.call("/api/connect", request)
-        if status not in (200, 202):
+        request = flow.ConnectRequest(
+            server_id, server_raw, session, challenge,
+            crypto.client_proof(key, session, challenge, digest), offer,
+            answer=None if device else crypto.challenge_answer(key, challenge), device=device)
+        wait = min(25.0, timeout)
+        status, doc = await coordinator.call(f"/api/connect?wait={wait:g}", request.to_doc(),
+                                             timeout=wait + 15)
+        if status == 200 and doc.get("status") == "answered":
+            result = doc
+        elif status in (200, 202):
+            # 3. Not answered yet: long-poll for the home server's signed answer.
+            result = await _wait_answer(coordinator, session, timeout)
+        else:
             raise _api_error(status, doc, "the coordinator refused the connection")
 
-        # 3. Long-poll for the home server's signed answer.
-        result = await _wait_answer(coordinator, session, timeout)
+        # 4. What the browser checks: session, shape, signature, clock.
+        server_fp = flow.check_answer(result, server_raw=server_raw, session=session,
+                                      challenge=challenge, offer_digest=digest,
+                                      client_fp=client_fp, now=time.time())
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=result["answer"], type="answer"))
 
-        # 4. The answer must be signed by the pinned home server, over our fingerprint.
-        answer, when = result.get("answer"), result.get("time")
-        try:
-            if not isinstance(answer, str) or not isinstance(when, int):
-                raise ProtocolError("answer or time missing")
-            server_fp = crypto.sdp_fingerprint(answer)
-            crypto.verify(server_raw, crypto.b64u_decode(result.get("signature")),
-                          crypto.answer_signature_message(session, challenge, client_fp,
-                                                          server_fp, when, answer))
-        except (ProtocolError, AuthenticationError) as e:
-            raise AuthenticationError(
-                f"the answer is not signed by home server {server_id} over this session "
-                f"({e}): it was altered on the way (by the coordinator?); refusing to "
-                "connect") from None
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
-
-        # 5. The control channel.
+        # 5. The control channel, over the certificate the home server signed.
         await wait_open(control, connect_timeout)
+        presented = webrtc.remote_fingerprint(pc)
+        if presented != server_fp:
+            raise AuthenticationError(
+                f"the home server presented a DTLS certificate ({presented}) that is not the "
+                f"one it signed ({server_fp}): someone is in the middle; refusing to connect",
+                "server-certificate")
         hello = await control_request(control, {"op": "hello"}, "hello")
+        if isinstance(hello.get("device"), str):
+            try:
+                flow.DeviceToken.verify(server_raw, hello["device"], time.time())
+                devices.put(server_id, hello["device"])
+            except (ProtocolError, AuthenticationError, OSError):
+                pass    # keep connecting; the next sign-in uses the password again
         return pc, control, hello
     except BaseException:
         await pc.close()
@@ -323,6 +406,10 @@ def _common_options(p):
                    help="also offer this host address as an ICE candidate (e.g. 127.0.0.1)")
     p.add_argument("--timeout", type=float, default=60.0,
                    help="seconds to wait for the home server's answer")
+    p.add_argument("--no-device-token", action="store_true",
+                   help="neither use nor keep a device token (by default the token the home "
+                        "server gives after a sign-in is kept in the state directory's "
+                        "devices.json, so that this client keeps its own sign-in budget)")
 
 
 def _parse_target(args):
@@ -355,8 +442,9 @@ def _connect_kwargs(args):
     url, server = _parse_target(args)
     return dict(url=url, server_id=server, password=_read_password(args),
                 coordinator_key=args.coordinator_key, ice_servers=tuple(args.ice_server),
-                advertise_addresses=ice.parse_addresses(args.advertise_address),
-                timeout=args.timeout, notify=_stderr)
+                advertise_addresses=webrtc.parse_addresses(args.advertise_address),
+                timeout=args.timeout, notify=_stderr,
+                devices=DeviceStore(None) if args.no_device_token else DeviceStore.default())
 
 
 async def _connect_and_ping(kwargs, out):

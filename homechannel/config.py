@@ -67,10 +67,16 @@ class CoordinatorWeb:
     max_body: int = 65536
     max_sessions: int = 10_000
     max_waiters: int = 10_000
-    # Connect attempts per source IP per minute, and per target server per minute.
+    # Connect attempts per source (IPv4 address or IPv6 /64) per minute.
     per_ip_per_minute: int = 30
-    per_server_per_minute: int = 120
-    # Failed answers from one source before it is locked out; the lockout doubles each time.
+    # Password attempts on one home server (with a valid challenge) per minute and per
+    # day, from everyone without a device token together: the online-guessing ceiling.
+    per_server_per_minute: int = 10
+    per_server_per_day: int = 1000
+    # Connect attempts per device token (a client that signed in before) per minute.
+    per_device_per_minute: int = 10
+    # Failed answers from one source (IPv6 /56) or device before it is locked out;
+    # the lockout doubles each time.
     failures_before_lockout: int = 5
     lockout_base: float = 60.0
     lockout_max: float = 3600.0

@@ -42,6 +42,7 @@ PUBLIC_KEY_SIZE = 65
 SIGNATURE_SIZE = 64
 KEY_ID_SIZE = 16
 CHALLENGE_SIZE = 16
+SESSION_ID_SIZE = 22   # base64url of 16 random bytes
 EXPECTED_ANSWER_SIZE = 32
 AEAD_KEY_SIZE = 32
 TAG_SIZE = 16
@@ -316,34 +317,56 @@ def check_answer(answer: bytes, expected: bytes) -> bool:
     return hmac.compare_digest(sha256(answer), expected)
 
 
-def proof_message(session_id: str, challenge: bytes, client_fingerprint: str) -> bytes:
-    return "\n".join([
-        "homechannel-proof-v1", session_id, b64u_encode(challenge),
-        normalize_fingerprint(client_fingerprint),
-    ]).encode("utf-8")
+def offer_hash(sdp: str) -> bytes:
+    """SHA-256 of the offer SDP as sent (its UTF-8 bytes): what the proof binds."""
+    return sha256(sdp.encode("utf-8"))
+
+
+PROOF_LABEL = b"homechannel-proof-v2"
+
+
+def proof_message(session_id: str, challenge: bytes, offer_digest: bytes) -> bytes:
+    """``"homechannel-proof-v2" || session id || challenge || SHA-256(offer SDP)``.
+
+    Every part has a fixed size (20 + 22 + 16 + 32 bytes), so plain
+    concatenation is unambiguous."""
+    sid = session_id.encode("ascii") if isinstance(session_id, str) else b""
+    if (len(sid) != SESSION_ID_SIZE or not isinstance(challenge, bytes)
+            or len(challenge) != CHALLENGE_SIZE or not isinstance(offer_digest, bytes)
+            or len(offer_digest) != 32):
+        raise ProtocolError("proof input: a 22-character session id, a 16-byte challenge "
+                            "and a 32-byte offer hash")
+    return PROOF_LABEL + sid + challenge + offer_digest
 
 
 def client_proof(password_key: bytes, session_id: str, challenge: bytes,
-                 client_fingerprint: str) -> bytes:
-    """``proof = HMAC(K, session id, challenge, client DTLS fingerprint)``."""
-    return hmac_sha256(password_key, proof_message(session_id, challenge, client_fingerprint))
+                 offer_digest: bytes) -> bytes:
+    """``proof = HMAC(K, proof_message(...))``: binds the password to this exact offer."""
+    return hmac_sha256(password_key, proof_message(session_id, challenge, offer_digest))
 
 
 def check_proof(password_key: bytes, session_id: str, challenge: bytes,
-                client_fingerprint: str, proof: bytes) -> bool:
-    good = client_proof(password_key, session_id, challenge, client_fingerprint)
-    return hmac.compare_digest(good, proof)
+                offer_digest: bytes, proof: bytes) -> bool:
+    """Constant-time check of a client's proof over the offer it sent."""
+    good = client_proof(password_key, session_id, challenge, offer_digest)
+    return isinstance(proof, bytes) and hmac.compare_digest(good, proof)
 
 
-def answer_signature_message(session_id: str, challenge: bytes, client_fingerprint: str,
-                             server_fingerprint: str, timestamp: int, answer_sdp: str) -> bytes:
+def answer_signature_message(session_id: str, challenge: bytes, offer_digest: bytes,
+                             client_fingerprint: str, server_fingerprint: str,
+                             timestamp: int, answer_sdp: str) -> bytes:
     """What the home server signs over its SDP answer.  The SDP comes last."""
     return "\n".join([
-        "homechannel-answer-v1", session_id, b64u_encode(challenge),
+        "homechannel-answer-v2", session_id, b64u_encode(challenge), b64u_encode(offer_digest),
         normalize_fingerprint(client_fingerprint),
         normalize_fingerprint(server_fingerprint),
         str(int(timestamp)), answer_sdp,
     ]).encode("utf-8")
+
+
+def device_token_message(payload: bytes) -> bytes:
+    """What a home server signs to issue a device token (``connect.DeviceToken``)."""
+    return b"homechannel-device-v1\n" + payload
 
 
 def response_signature_message(path: str, body: bytes) -> bytes:
@@ -351,26 +374,21 @@ def response_signature_message(path: str, body: bytes) -> bytes:
     return b"homechannel-response-v1\n" + path.encode("utf-8") + b"\n" + body
 
 
-# -- DTLS fingerprints in SDP ---------------------------------------------
+# -- DTLS fingerprints ---------------------------------------------------------
 
-_FINGERPRINT = re.compile(r"^a=fingerprint:sha-256 ([0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){31})\s*$",
-                          re.MULTILINE)
+_FINGERPRINT_TEXT = re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){31}")
 
 
 def normalize_fingerprint(fp: str) -> str:
-    if not isinstance(fp, str) or not re.fullmatch(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){31}", fp):
+    """A sha-256 DTLS fingerprint ("AB:CD:..." 32 hex pairs) in upper case."""
+    if not isinstance(fp, str) or not _FINGERPRINT_TEXT.fullmatch(fp):
         raise ProtocolError("DTLS fingerprint must be a sha-256 fingerprint (32 hex pairs)")
     return fp.upper()
 
 
-def sdp_fingerprint(sdp: str) -> str:
-    """The single sha-256 DTLS fingerprint of an SDP; refuse zero or several distinct."""
-    if not isinstance(sdp, str):
-        raise ProtocolError("SDP must be text")
-    found = {m.upper() for m in _FINGERPRINT.findall(sdp)}
-    if len(found) != 1:
-        raise ProtocolError("SDP must carry exactly one sha-256 DTLS fingerprint")
-    return found.pop()
+def certificate_fingerprint(der: bytes) -> str:
+    """The sha-256 fingerprint of a DER certificate, as SDP writes it (upper case)."""
+    return ":".join(f"{b:02X}" for b in sha256(der))
 
 
 # -- the home server's password key file ----------------------------------

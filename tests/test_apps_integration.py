@@ -1,7 +1,7 @@
 """AppHost over real aiortc datachannels (client and server in one loop).
 
 Runs in a loopback-only namespace (tests/netns-run); 127.0.0.1 is advertised
-as an ICE host candidate through homechannel.server.ice.  A private asyncio
+as an ICE host candidate through homechannel.webrtc.  A private asyncio
 reactor (not installed globally) carries the Twisted side.
 """
 

@@ -1,17 +1,22 @@
-"""The native client against a fake coordinator and a real Answerer.
+"""The native client against the real coordinator API and a real Answerer.
 
-The coordinator side (a small twisted.web resource that signs every response
-and relays offers straight to a homechannel.server.peer.Answerer) runs in a
-subprocess under Twisted's asyncio reactor -- this same file, run as
-``python tests/test_client.py serve MODE`` -- so the suite's reactor choice is
-untouched.  The client runs here with asyncio.run: real HTTP on 127.0.0.1,
-real aiortc at both ends.  Both advertise 127.0.0.1, so it works in `unshare -n`.
+The coordinator side -- the real ``CoordinatorWeb``/``Broker`` with an
+``AnswererRelay`` (``homechannel.coordinator.testing``) that hands offers
+straight to a real ``homechannel.server.peer.Answerer`` instead of UDP --
+runs in a subprocess under Twisted's asyncio reactor (this same file, run as
+``python tests/test_client.py serve MODE``), so the suite's reactor choice is
+untouched.  MODE tampers on the coordinator's side: ``response-signature``
+flips the coordinator's signatures; ``answer-*`` rewrites the home server's
+answer on its way.  The client runs here with asyncio.run: real HTTP on
+127.0.0.1, real aiortc at both ends; both advertise 127.0.0.1, so it works in
+`unshare -n`.
 """
 
 import asyncio
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -25,7 +30,27 @@ ROOT = os.path.dirname(HERE)
 PASSWORD = "correct horse battery staple"
 
 
-# -- the fake coordinator (subprocess side) ------------------------------------
+# -- the coordinator (subprocess side) ------------------------------------------
+
+
+def tamper_answer(mode, payload):
+    doc = json.loads(payload)
+    if "answer" not in doc:
+        return payload
+    answer = doc["answer"]
+    if mode == "answer-fingerprint":
+        fp = next(line for line in answer.splitlines() if line.startswith("a=fingerprint:"))
+        value = fp.split(" ", 1)[1]
+        doc["answer"] = answer.replace(value, ("CD" if value.startswith("AB") else "AB")
+                                       + value[2:])
+    elif mode == "answer-sdp":
+        doc["answer"] = answer.replace("a=setup:active", "a=setup:passive")
+        assert doc["answer"] != answer
+    elif mode == "answer-signature":
+        sig = bytearray(crypto.b64u_decode(doc["signature"]))
+        sig[5] ^= 1
+        doc["signature"] = crypto.b64u_encode(bytes(sig))
+    return json.dumps(doc).encode()
 
 
 def serve(mode):
@@ -36,14 +61,18 @@ def serve(mode):
 
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
-    from twisted.web import resource, server
+    from twisted.web import server
 
     from homechannel import aio
+    from homechannel.config import CoordinatorWeb as WebConfig
     from homechannel.config import ServerWebRTC
+    from homechannel.coordinator import web
+    from homechannel.coordinator.testing import AnswererRelay
+    from homechannel.server.challenges import ChallengeSource
     from homechannel.server.peer import Answerer
 
     sys.path.insert(0, HERE)
-    from test_peer import FakeAppHost, FakeChallenges
+    from test_peer import FakeAppHost
 
     stdout = sys.stdout     # Twisted's logging redirects sys.stdout
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)])
@@ -51,86 +80,16 @@ def serve(mode):
     coordinator_key = crypto.IdentityKey.generate()
     server_key = crypto.IdentityKey.generate()
     K = crypto.derive_password_key(PASSWORD, server_key.public_raw)
-    challenges = FakeChallenges()
+    challenges = ChallengeSource(K)
     config = dataclasses.replace(ServerWebRTC(), advertise_addresses=("127.0.0.1",))
     answerer = Answerer(server_key, K, challenges, config, FakeAppHost(server_key.text), reactor)
-
-    expected = {}       # challenge -> expectedAnswer, as the real coordinator keeps them
-    answers = {}        # session -> Deferred of the (possibly tampered) answer document
-
-    def tamper_answer(doc):
-        answer = doc["answer"]
-        if mode == "answer-fingerprint":
-            fp = crypto.sdp_fingerprint(answer)
-            doc["answer"] = answer.replace(fp, "AB:" + fp[3:] if not fp.startswith("AB")
-                                           else "CD:" + fp[3:])
-        elif mode == "answer-sdp":
-            doc["answer"] = answer.replace("a=setup:active", "a=setup:passive")
-            assert doc["answer"] != answer
-        elif mode == "answer-signature":
-            sig = bytearray(crypto.b64u_decode(doc["signature"]))
-            sig[5] ^= 1
-            doc["signature"] = crypto.b64u_encode(bytes(sig))
-        return doc
-
-    class Coordinator(resource.Resource):
-        isLeaf = True
-
-        def send(self, request, status, doc):
-            body = json.dumps(doc).encode()
-            signature = coordinator_key.sign(
-                crypto.response_signature_message(request.path.decode(), body))
-            if mode == "response-signature":
-                signature = bytes([signature[0] ^ 1]) + signature[1:]
-            request.setResponseCode(status)
-            request.setHeader(b"Content-Type", b"application/json")
-            request.setHeader(b"X-HomeChannel-Signature", crypto.b64u_encode(signature).encode())
-            return body
-
-        def render_GET(self, request):
-            path = request.path.decode()
-            if path == "/config.js":
-                return f'export const coordinatorKey = "{coordinator_key.text}";\n'.encode()
-            if path == f"/api/servers/{server_key.text}":
-                challenge = challenges.issue()
-                expected[challenge] = crypto.sha256(crypto.challenge_answer(K, challenge))
-                return self.send(request, 200, {
-                    "server": server_key.text, "online": True,
-                    "challenge": crypto.b64u_encode(challenge), "time": int(reactor.seconds())})
-            if path.startswith("/api/sessions/") and path[14:] in answers:
-                def done(doc):
-                    request.write(self.send(request, *doc))
-                    request.finish()
-                answers[path[14:]].addCallback(done)
-                return server.NOT_DONE_YET
-            return self.send(request, 404, {"error": "no such page", "code": "not-found"})
-
-        def render_POST(self, request):
-            if request.path != b"/api/connect":
-                return self.send(request, 404, {"error": "no such page", "code": "not-found"})
-            req = json.loads(request.content.read())
-            challenge = crypto.b64u_decode(req["challenge"])
-            good = expected.pop(challenge, None)
-            if mode != "skip-answer-check" and (
-                    good is None or not crypto.check_answer(
-                        crypto.b64u_decode(req["answer"]), good)):
-                return self.send(request, 403, {"error": "wrong password",
-                                                "code": "wrong-password"})
-            payload = json.dumps({k: req[k] for k in ("session", "challenge", "proof",
-                                                      "offer")}).encode()
-
-            def relayed(reply):
-                doc = json.loads(reply)
-                if "error" in doc:
-                    return 403, {"error": doc["message"], "code": doc["error"]}
-                doc = tamper_answer(doc)
-                return 200, {"status": "answered", "answer": doc["answer"],
-                             "time": doc["time"], "signature": doc["signature"]}
-
-            answers[req["session"]] = answerer.handle_offer(payload).addCallback(relayed)
-            return self.send(request, 202, {"session": req["session"]})
-
-    port = reactor.listenTCP(0, server.Site(Coordinator()), interface="127.0.0.1")
+    relay = AnswererRelay(server_key.public_raw, answerer, challenges,
+                          tamper=lambda payload: tamper_answer(mode, payload))
+    if mode == "response-signature":
+        sign = coordinator_key.sign
+        coordinator_key.sign = lambda data: bytes([sign(data)[0] ^ 1]) + sign(data)[1:]
+    app = web.CoordinatorWeb(coordinator_key, relay, WebConfig(), reactor)
+    port = reactor.listenTCP(0, server.Site(app.resource()), interface="127.0.0.1")
     print(json.dumps({"url": f"http://127.0.0.1:{port.getHost().port}",
                       "server": server_key.text, "coordinator_key": coordinator_key.text}),
           file=stdout, flush=True)
@@ -193,6 +152,7 @@ def connect(info, password=PASSWORD, **kwargs):
 def test_connect_hello_and_ping(coordinator):
     info = coordinator()
     hello, rtt, state = connect(info)
+    assert hello.pop("device").startswith("hcdev1.")
     assert hello == {"op": "hello", "server": info["server"], "apps": ["forward"]}
     assert 0 < rtt < 5
     assert state == "connected"
@@ -212,10 +172,28 @@ def test_wrong_password_is_a_clear_error(coordinator):
         connect(info, password="not the password")
 
 
-def test_home_server_refuses_a_bad_proof_even_if_the_coordinator_lets_it_through(coordinator):
-    info = coordinator("skip-answer-check")
+def test_device_token_is_kept_and_used_and_its_wrong_password_is_refused_at_home(
+        coordinator, tmp_path):
+    """After a sign-in the home server's device token is kept (mode 0600) and the next
+    connect takes the device path (no coordinator challenge, no answer check there): the
+    home server then checks the proof itself, and a wrong password is refused there."""
+    info = coordinator()
+    store = client.DeviceStore(str(tmp_path / "devices.json"))
+    connect(info, devices=store)
+    token = store.get(info["server"])
+    assert token and token.startswith("hcdev1.")
+    assert oct(os.stat(store.path).st_mode & 0o777) == "0o600"
+
+    hello, _, state = connect(info, devices=store)
+    assert state == "connected"
+    log = (tmp_path / "coordinator-honest.log").read_text()
+    assert len(re.findall(r"login accepted: session \S+ from 127.0.0.1 \(device ", log)) == 1
+    assert store.get(info["server"]) != token      # renewed on every sign-in
+
     with pytest.raises(Forbidden, match="bad-proof"):
-        connect(info, password="not the password")
+        connect(info, password="not the password", devices=store)
+    log = (tmp_path / "coordinator-honest.log").read_text()
+    assert "login refused" in log and "the password proof does not verify" in log
 
 
 def test_wrong_coordinator_key_is_refused(coordinator):
@@ -234,7 +212,7 @@ def test_tampered_coordinator_signature_is_refused(coordinator):
 @pytest.mark.parametrize("mode", ["answer-fingerprint", "answer-sdp", "answer-signature"])
 def test_answer_altered_by_the_coordinator_is_refused(coordinator, mode):
     info = coordinator(mode)
-    with pytest.raises(AuthenticationError, match="not signed by home server"):
+    with pytest.raises(AuthenticationError, match="not signed by the home server"):
         connect(info)
 
 

@@ -15,9 +15,8 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from twisted.internet.task import Clock
 
-from homechannel import aio, crypto
+from homechannel import aio, connect, crypto, webrtc
 from homechannel.config import ServerWebRTC
-from homechannel.server import ice
 from homechannel.server.peer import Answerer
 
 LOOPBACK = ("127.0.0.1",)
@@ -52,15 +51,22 @@ class FakeAppHost:
         self.server_id = server_id
         self.apps = list(apps)
         self.attached = []
+        self.contexts = []
+        self.refused = []
         self.fail = False
 
-    def attach(self, pc):
+    def attach(self, pc, context=None):
         if self.fail:
             raise RuntimeError("app host broke")
         self.attached.append(pc)
+        self.contexts.append(context)
 
         @pc.on("datachannel")
         def on_datachannel(channel):
+            if context is not None and not context.verify_peer():
+                self.refused.append(channel.label)
+                channel.close()
+                return
             if channel.label != "control":
                 return
 
@@ -69,6 +75,8 @@ class FakeAppHost:
                 doc = json.loads(message)
                 if doc.get("op") == "hello":
                     reply = {"op": "hello", "server": self.server_id, "apps": self.apps}
+                    if context is not None:
+                        reply.update(context.hello_fields())
                 elif doc.get("op") == "ping":
                     reply = {"op": "pong", "id": doc.get("id")}
                 else:
@@ -90,20 +98,19 @@ class Harness:
         self.clients = []
 
     async def client_offer(self, advertise=LOOPBACK):
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc = webrtc.peer_connection([])
         self.clients.append(pc)
         channel = pc.createDataChannel("control")
-        ice.advertise_host_addresses(pc, advertise)
+        webrtc.advertise_host_addresses(pc, advertise)
         await pc.setLocalDescription(await pc.createOffer())
         return pc, channel, pc.localDescription.sdp
 
-    def payload(self, sdp, challenge=None, key=K, sid=None):
+    def payload(self, sdp, challenge=None, key=K, sid=None, **extra):
         sid = sid or crypto.b64u_encode(os.urandom(16))
         challenge = challenge if challenge is not None else self.challenges.issue()
-        proof = crypto.client_proof(key, sid, challenge, crypto.sdp_fingerprint(sdp))
-        doc = {"session": sid, "challenge": crypto.b64u_encode(challenge),
-               "proof": crypto.b64u_encode(proof), "offer": sdp}
-        return json.dumps(doc).encode(), sid, challenge
+        proof = crypto.client_proof(key, sid, challenge, crypto.offer_hash(sdp))
+        payload = connect.Offer(sid, challenge, proof, sdp, **extra).encode()
+        return payload, sid, challenge
 
     async def offer(self, payload):
         reply = await aio.as_future(self.answerer.handle_offer(payload))
@@ -181,8 +188,8 @@ async def test_valid_offer_is_answered_signed_and_connects(h):
     assert abs(reply["time"] - time.time()) < 60
     answer = reply["answer"]
     message = crypto.answer_signature_message(
-        sid, challenge, crypto.sdp_fingerprint(sdp), crypto.sdp_fingerprint(answer),
-        reply["time"], answer)
+        sid, challenge, crypto.offer_hash(sdp), connect.sdp_fingerprint(sdp),
+        connect.sdp_fingerprint(answer), reply["time"], answer)
     crypto.verify(h.identity.public_raw, crypto.b64u_decode(reply["signature"]), message)
     # The signature covers the SDP: any change breaks it.
     with pytest.raises(Exception):
@@ -192,7 +199,9 @@ async def test_valid_offer_is_answered_signed_and_connects(h):
     await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
     await channel_open(channel)
     hello = await request(channel, {"op": "hello"})
+    token = connect.DeviceToken.verify(h.identity.public_raw, hello.pop("device"), time.time())
     assert hello == {"op": "hello", "server": h.identity.text, "apps": ["forward"]}
+    assert token.expires > time.time() + 80 * 86400
     pong = await request(channel, {"op": "ping", "id": 7})
     assert pong == {"op": "pong", "id": 7}
 

@@ -20,6 +20,9 @@ PASSWORD_KEY = bytes(range(32))  # stands in for PBKDF2(password, server key)
 NOW = 1_700_000_000
 IP_A = "198.51.100.1"
 IP_B = "203.0.113.7"
+OFFER_SDP = ("v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+             "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\n"
+             "a=fingerprint:sha-256 " + ":".join(["AB"] * 32) + "\r\na=setup:actpass\r\n")
 
 
 def fired(d):
@@ -69,7 +72,6 @@ class Harness:
         static_dir = str(tmp_path) if tmp_path is not None else None
         self.web = web.CoordinatorWeb(self.identity, self.relay, self.config, self.clock,
                                       static_dir=static_dir)
-        self.relay.set_answer_handler(self.web.on_answer)
         self.stub = StubTreq(self.web.resource())
         self._counter = 0
         self.cooperator_clock = task.Clock()
@@ -137,7 +139,7 @@ class Harness:
             "challenge": crypto.b64u_encode(challenge),
             "answer": crypto.b64u_encode(crypto.challenge_answer(password_key, challenge)),
             "proof": crypto.b64u_encode(b"p" * 32),
-            "offer": "v=0\r\na=fingerprint:sha-256 " + ":".join(["AB"] * 32) + "\r\n",
+            "offer": OFFER_SDP,
         }
         doc.update(extra)
         return doc
@@ -301,7 +303,8 @@ def test_connect_relays_offer_and_long_poll_gets_answer(h):
     assert resp.code == 202 and resp.json == {"session": body["session"]}
     [(server_key, payload, _)] = h.relay.offers
     assert server_key == h.home.public_raw
-    assert json.loads(payload) == {k: body[k] for k in ("session", "challenge", "proof", "offer")}
+    assert json.loads(payload) == {**{k: body[k] for k in ("session", "challenge", "proof",
+                                                            "offer")}, "source": IP_A}
 
     path = f"/api/sessions/{body['session']}"
     d = h.start("GET", path)
@@ -415,7 +418,8 @@ def test_connect_malformed_body(h, body):
 def test_connect_bad_fields(h, field, value):
     body = h.connect_body(h.lookup())
     body[field] = value
-    assert_error(h.call("POST", "/api/connect", body=body), 400, "bad-request")
+    code = "bad-offer" if field == "offer" else "bad-request"
+    assert_error(h.call("POST", "/api/connect", body=body), 400, code)
 
 
 def test_connect_bad_server_id(h):

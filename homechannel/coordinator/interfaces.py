@@ -28,14 +28,14 @@ class IRelay(Interface):
         ``homechannel.errors.Unavailable`` if the server is offline or does
         not acknowledge in time."""
 
-    def report_failure(server_key, source, reason):
-        """Tell the home server that a login from *source* (an IP address
-        string) failed at the coordinator for *reason* (e.g. "wrong-password"),
-        so that the home server logs every failed login.  Best effort."""
+    def notify(server_key, body):
+        """Send the home server a NOTICE (*body*: UTF-8 JSON of at most 512
+        bytes, e.g. ``connect.failure_notice(source, "wrong-password")``), so
+        that it logs every failed login.  Best effort."""
 
     def set_answer_handler(handler):
-        """``handler(server_key, payload)`` is called once for each complete
-        ANSWER transfer from a home server."""
+        """``handler(kid, payload)`` is called once for each complete ANSWER
+        transfer from a home server (*kid*: ``crypto.key_id`` of its key)."""
 
 
 class IRegistry(Interface):

@@ -67,9 +67,9 @@ class ILockout(Interface):
     def check(key):
         """None if *key* may try, else the seconds until its lockout ends."""
 
-    def failure(key):
-        """Count a failed attempt by *key*; return the new lockout's length in
-        seconds if this failure started one, else None."""
+    def failure(key, weight=1.0):
+        """Count a failed attempt by *key* (*weight* of one failure); return the
+        new lockout's length in seconds if this failure started one, else None."""
 
     def success(key):
         """*key* succeeded: forget its failures."""
@@ -110,6 +110,17 @@ class RateLimiter:
             bucket[0] -= 1.0
             return None
         return (1.0 - bucket[0]) / self._rate
+
+    def peek(self, key, now=None):
+        """What :meth:`hit` would return for *key*, without counting anything
+        (and without making an entry for a key it has not seen)."""
+        if now is None:
+            now = self._clock.seconds()
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return None
+        tokens = min(self._capacity, bucket[0] + max(0.0, now - bucket[1]) * self._rate)
+        return None if tokens >= 1.0 else (1.0 - tokens) / self._rate
 
 
 @implementer(ILockout)
@@ -153,18 +164,18 @@ class Lockout:
             return None
         return entry[2] - now
 
-    def failure(self, key):
+    def failure(self, key, weight=1.0):
         now = self._clock.seconds()
         entry = self._entry(key, now)
         if entry is None:
             if len(self._entries) >= self._max_keys:
                 self._entries.popitem(last=False)
-            entry = self._entries[key] = [0, 0, 0.0, now]
+            entry = self._entries[key] = [0.0, 0, 0.0, now]
         else:
             self._entries.move_to_end(key)
-        entry[0] += 1
+        entry[0] += weight
         entry[3] = now
-        if entry[1] == 0 and entry[0] < self._threshold:
+        if entry[0] < (self._threshold if entry[1] == 0 else 1.0):
             return None
         length = min(self._max, self._base * (2 ** min(entry[1], 32)))
         entry[0] = 0

@@ -16,6 +16,8 @@ Timers use the injected clock (``IReactorTime.callLater``); tests pass
 ``task.Clock``.
 """
 
+from dataclasses import dataclass
+
 from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
@@ -24,14 +26,17 @@ from homechannel.errors import BadRequest, CapacityError, NotFound, RequestTimeo
 
 
 class ISessionStore(Interface):
-    def create(session_id, server_key):
-        """Start a pending session for the server with raw key *server_key*.
+    def create(session_id, server_key, source=None, device=None):
+        """Start a pending session for the server with raw key *server_key*,
+        asked for by the client address *source* (and device id *device* if
+        it came with a device token).
 
         Raises ``BadRequest`` (code ``session-exists``) if *session_id* is in
         use and ``CapacityError`` (code ``busy``) if the table is full."""
 
-    def server_key(session_id):
-        """The raw key of the server *session_id* targets, or None."""
+    def info(session_id):
+        """The :class:`SessionInfo` of *session_id* (server key, source,
+        device), or None if it is unknown or forgotten."""
 
     def is_pending(session_id):
         """True while the session waits for its answer."""
@@ -52,11 +57,18 @@ class ISessionStore(Interface):
         Returns False if it is unknown or already complete."""
 
 
-class _Session:
-    __slots__ = ("server_key", "done", "result", "error", "waiters", "timer")
+@dataclass(frozen=True)
+class SessionInfo:
+    server_key: bytes
+    source: str = None
+    device: str = None
 
-    def __init__(self, server_key):
-        self.server_key = server_key
+
+class _Session:
+    __slots__ = ("info", "done", "result", "error", "waiters", "timer")
+
+    def __init__(self, info):
+        self.info = info
         self.done = False
         self.result = None
         self.error = None
@@ -86,18 +98,18 @@ class MemorySessionStore:
     def waiting(self):
         return self._waiting
 
-    def create(self, session_id, server_key):
+    def create(self, session_id, server_key, source=None, device=None):
         if session_id in self._sessions:
             raise BadRequest("this session id is already in use: start a new attempt",
                         "session-exists")
         if len(self._sessions) >= self._max_sessions:
             raise CapacityError("the coordinator is busy: try again in a minute", "busy")
-        session = self._sessions[session_id] = _Session(server_key)
+        session = self._sessions[session_id] = _Session(SessionInfo(server_key, source, device))
         session.timer = self._clock.callLater(self._session_timeout, self._expire, session_id)
 
-    def server_key(self, session_id):
+    def info(self, session_id):
         session = self._sessions.get(session_id)
-        return None if session is None else session.server_key
+        return None if session is None else session.info
 
     def is_pending(self, session_id):
         session = self._sessions.get(session_id)

@@ -77,7 +77,6 @@ def _make(options):
 
     kwargs = {"static_dir": cfg.web.static_dir} if cfg.web.static_dir else {}
     web = CoordinatorWeb(identity, udp, cfg.web, reactor, **kwargs)
-    udp.set_answer_handler(web.on_answer)
     site = Site(web.resource())
     site.displayTracebacks = False
     if not cfg.web.access_log:

@@ -4,12 +4,18 @@
 in memory: tests (and the in-process demo below) put servers online with a
 password, and it records every offer.  A hand-written recorder, not a mock.
 
+:class:`AnswererRelay` is an ``IRelay`` without UDP: it hands each offer
+straight to an in-process home server answerer (``server.peer.Answerer``)
+and its answer back, with an optional hook that rewrites the answer on the
+way (what a malicious coordinator would do).
+
 ``python -m homechannel.coordinator.testing --port 8080 --password pw``
 serves the web API with a FakeRelay that has one server online (for browser
 smoke tests).  The fake server never answers offers unless ``--refuse CODE``
 is given, in which case it answers every offer with that error.
 """
 
+import json
 import os
 
 from twisted.internet import defer
@@ -48,7 +54,7 @@ class FakeRelay:
         self.servers[server_key]["pool"].clear()
 
     def answer(self, server_key, payload):
-        self.answer_handler(server_key, payload)
+        self.answer_handler(crypto.key_id(server_key), payload)
 
     def _refill(self, server_key):
         entry = self.servers[server_key]
@@ -75,8 +81,9 @@ class FakeRelay:
             self._refill(server_key)
         return expected
 
-    def report_failure(self, server_key, source, reason):
-        self.failures.append((server_key, source, reason))
+    def notify(self, server_key, body):
+        doc = json.loads(body)
+        self.failures.append((server_key, doc["source"], doc["reason"]))
 
     def send_offer(self, server_key, payload):
         if server_key not in self.servers:
@@ -89,10 +96,58 @@ class FakeRelay:
         self.answer_handler = handler
 
 
+@implementer(IRelay)
+class AnswererRelay:
+    """One home server (*server_key*, *answerer*, *challenges*) behind an IRelay.
+
+    *challenges* is the home server's ``ChallengeSource``: the relay keeps a
+    pool of two of its pairs, as the UDP registry does.  *tamper*, if given,
+    is ``tamper(answer_payload_bytes) -> bytes``."""
+
+    def __init__(self, server_key, answerer, challenges, tamper=None):
+        self.server_key = server_key
+        self.answerer = answerer
+        self.challenges = challenges
+        self.tamper = tamper or (lambda payload: payload)
+        self.pool = {}
+        self.notices = []
+        self.answer_handler = None
+        self._refill()
+
+    def _refill(self):
+        for challenge, expected in self.challenges.issue(2 - len(self.pool)):
+            self.pool[challenge] = expected
+
+    def server_status(self, server_key):
+        if server_key != self.server_key:
+            return False, None
+        return True, next(iter(self.pool), None)
+
+    def take_challenge(self, server_key, challenge):
+        if server_key != self.server_key:
+            return None
+        expected = self.pool.pop(challenge, None)
+        self._refill()
+        return expected
+
+    def notify(self, server_key, body):
+        self.notices.append((server_key, body))
+
+    def send_offer(self, server_key, payload):
+        if server_key != self.server_key:
+            return defer.fail(Unavailable("server offline"))
+        d = self.answerer.handle_offer(payload)
+        d.addCallback(lambda answer: self.answer_handler(crypto.key_id(server_key),
+                                                         self.tamper(answer)))
+        return defer.succeed(None)
+
+    def set_answer_handler(self, handler):
+        self.answer_handler = handler
+
+
 def main(argv=None):
     """A demo coordinator with one fake server online (browser smoke tests)."""
     import argparse
-    import json
     import sys
 
     from twisted.internet import reactor
@@ -115,7 +170,6 @@ def main(argv=None):
     relay = FakeRelay()
     relay.add_server(home.public_raw, crypto.derive_password_key(args.password, home.public_raw))
     web = CoordinatorWeb(coordinator, relay, WebConfig(), reactor, static_dir=args.static or None)
-    relay.set_answer_handler(web.on_answer)
     if args.refuse:
         original = relay.send_offer
 

@@ -2,9 +2,6 @@
 sans-I/O :class:`~homechannel.coordinator.rendezvous.Rendezvous`, which also
 provides :class:`IRelay` to the HTTPS API."""
 
-import json
-from collections import OrderedDict
-
 from twisted.internet import defer
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
@@ -27,7 +24,6 @@ class CoordinatorUDP(DatagramProtocol):
         self.sweep_interval = sweep_interval
         self._timer = None
         self._answer_handler = None
-        self._keys = OrderedDict()   # key id -> raw key, for servers with offers in flight
         self._sweeper = None
         rendezvous.on_answer = self._on_answer
 
@@ -116,27 +112,20 @@ class CoordinatorUDP(DatagramProtocol):
             else:
                 d.callback(None)
 
-        self._keys[kid] = server_key
-        self._keys.move_to_end(kid)
-        while len(self._keys) > 100_000:
-            self._keys.popitem(last=False)
         self._send(self.rv.send_offer(kid, payload, self.clock.seconds(), done))
         return d
 
-    def report_failure(self, server_key, source, reason):
-        body = json.dumps({"event": "login-failed", "source": str(source)[:64],
-                           "reason": str(reason)[:64]}).encode()
+    def notify(self, server_key, body):
         self._send(self.rv.notify(crypto.key_id(server_key), body, self.clock.seconds()))
 
     def set_answer_handler(self, handler):
         self._answer_handler = handler
 
     def _on_answer(self, kid, payload):
-        key = self._keys.get(kid)
-        if key is None or self._answer_handler is None:
+        if self._answer_handler is None:
             self.rv.stats["dropped.unsolicited-answer"] += 1
             return
-        self._answer_handler(key, payload)
+        self._answer_handler(kid, payload)
 
     # -- operator --
 

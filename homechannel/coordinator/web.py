@@ -1,17 +1,17 @@
 """The coordinator's HTTPS API and the static browser client (Klein).
 
-Wiring (the coordinator tap does this)::
+HTTP mapping only: the connect use-case (limits, lockouts, challenges, the
+answer check, sessions, the relay) is :class:`homechannel.coordinator.broker.Broker`,
+and the formats are :mod:`homechannel.connect`.  Wiring (the coordinator tap
+does this)::
 
     web_obj = web.CoordinatorWeb(identity, relay, config.web, reactor)
-    relay.set_answer_handler(web_obj.on_answer)
     site = server.Site(web_obj.resource())
 
 ``identity`` is the coordinator's :class:`homechannel.crypto.IdentityKey`,
-``relay`` provides :class:`homechannel.coordinator.interfaces.IRelay`,
-``config`` is a :class:`homechannel.config.CoordinatorWeb` and ``clock`` an
-``IReactorTime``.  :meth:`CoordinatorWeb.on_answer` takes
-``(server_key, payload)`` for each complete ANSWER transfer from a home
-server (payload: UTF-8 JSON, see ``docs/protocol.md`` section 2).
+``relay`` provides :class:`homechannel.coordinator.interfaces.IRelay` (the
+broker registers itself as its answer handler), ``config`` is a
+:class:`homechannel.config.CoordinatorWeb` and ``clock`` an ``IReactorTime``.
 
 Every API response (errors too) is JSON signed with the coordinator key in
 ``X-HomeChannel-Signature``.  Domain errors (``homechannel.errors``) are
@@ -26,8 +26,6 @@ import ipaddress
 import json
 import math
 import os
-import re
-from collections import Counter
 
 from klein import Klein
 from twisted.internet import defer
@@ -35,37 +33,13 @@ from twisted.logger import Logger
 from twisted.web import pages, resource, static
 from werkzeug.exceptions import MethodNotAllowed, NotFound as RouteNotFound
 
-from homechannel import crypto, default_static_dir
-from homechannel.coordinator.ratelimit import Lockout, RateLimiter
-from homechannel.coordinator.sessions import MemorySessionStore
-from homechannel.errors import (
-    BadRequest,
-    CapacityError,
-    Forbidden,
-    HomeChannelError,
-    NotFound,
-    PayloadTooLarge,
-    ProtocolError,
-    RequestTimeout,
-    TooManyRequests,
-    Unavailable,
-)
+from homechannel import connect, crypto, default_static_dir
+from homechannel.coordinator.broker import Broker
+from homechannel.errors import BadRequest, HomeChannelError, PayloadTooLarge, Unavailable
 
 SIGNATURE_HEADER = b"X-HomeChannel-Signature"
-MAX_OFFER_PAYLOAD = 64 * 1024
-SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{22}$")
 CSP = (b"default-src 'self'; connect-src 'self'; img-src 'self' data: blob:; "
        b"style-src 'self'; script-src 'self'; frame-ancestors 'none'")
-
-# The home server's error codes (answer payload "error") and how they reach the browser.
-SERVER_ERRORS = {
-    "bad-proof": (Forbidden, "the home server refused the connection: the password proof did "
-                  "not verify (was the password changed on the home server?)"),
-    "unknown-challenge": (Forbidden, "the home server did not recognise the challenge: "
-                          "try again"),
-    "busy": (Unavailable, "the home server has too many sessions open: try again later"),
-    "internal": (Unavailable, "the home server failed to answer: see its log"),
-}
 
 _CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -131,10 +105,6 @@ def _api(handler):
     return wrapper
 
 
-class _ConnectRequest:
-    __slots__ = ("server_id", "server_key", "session", "challenge", "answer", "proof", "offer")
-
-
 class CoordinatorWeb:
     """The Klein app: ``/api/*``, ``/config.js``, ``/healthz``, ``/metrics``
     and the static client."""
@@ -143,33 +113,15 @@ class CoordinatorWeb:
     log = Logger()
 
     def __init__(self, identity, relay, config, clock, random_bytes=os.urandom,
-                 static_dir=None, sessions=None, lockout=None, ip_limiter=None,
-                 server_limiter=None, lookup_limiter=None):
+                 static_dir=None, broker=None):
         self._identity = identity
-        self._relay = relay
         self._config = config
         self._clock = clock
-        self._random_bytes = random_bytes
         self._static_dir = static_dir or config.static_dir or default_static_dir()
-        self._sessions = sessions or MemorySessionStore(
-            clock,
-            session_timeout=config.session_timeout,
-            retention=max(30.0, config.long_poll_timeout + 5.0),
-            max_sessions=config.max_sessions,
-            max_waiters=config.max_waiters,
-        )
-        self._lockout = lockout or Lockout(
-            clock, threshold=config.failures_before_lockout, base=config.lockout_base,
-            maximum=config.lockout_max)
-        self._ip_limiter = ip_limiter or RateLimiter(clock, config.per_ip_per_minute, 60.0)
-        self._server_limiter = server_limiter or RateLimiter(
-            clock, config.per_server_per_minute, 60.0)
-        # Looking up a server precedes every connect attempt and its retries.
-        self._lookup_limiter = lookup_limiter or RateLimiter(
-            clock, 2 * config.per_ip_per_minute, 60.0)
+        self.broker = broker or Broker(relay, config, clock, random_bytes=random_bytes)
         self._cors = frozenset(config.cors_origins)
         self._trusted = frozenset(config.trusted_proxies)
-        self.metrics = Counter()
+        self.metrics = self.broker.metrics
         self._config_js = self._render_config_js()
 
     def resource(self):
@@ -177,52 +129,7 @@ class CoordinatorWeb:
 
     @property
     def sessions(self):
-        return self._sessions
-
-    # -- the answer path (called by the relay) --
-
-    def on_answer(self, server_key, payload):
-        """A complete ANSWER transfer from the home server *server_key*.
-
-        Hostile or stale input is counted and dropped, never raised."""
-        try:
-            doc = json.loads(bytes(payload).decode("utf-8"))
-            session_id = doc["session"]
-            if not isinstance(session_id, str):
-                raise ValueError("session")
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-            self.metrics["answers_malformed"] += 1
-            self.log.debug("dropped a malformed answer")
-            return
-        target = self._sessions.server_key(session_id)
-        if target is None:
-            self.metrics["answers_unknown_session"] += 1
-            return
-        if target != server_key:
-            self.metrics["answers_wrong_server"] += 1
-            self.log.debug("dropped an answer for {session} from another server",
-                           session=session_id)
-            return
-        if "error" in doc:
-            code = doc["error"]
-            cls, message = SERVER_ERRORS.get(
-                code, (Unavailable, "the home server refused the connection"))
-            if code not in SERVER_ERRORS:
-                code = "refused"
-            if self._sessions.fail(session_id, cls(message, code)):
-                self.metrics["answers_refused"] += 1
-            return
-        answer, when, signature = doc.get("answer"), doc.get("time"), doc.get("signature")
-        if (not isinstance(answer, str) or not isinstance(signature, str)
-                or not isinstance(when, int) or isinstance(when, bool)):
-            self.metrics["answers_malformed"] += 1
-            return
-        result = {"session": session_id, "status": "answered", "answer": answer,
-                  "time": when, "signature": signature}
-        if self._sessions.answer(session_id, result):
-            self.metrics["answers"] += 1
-        else:
-            self.metrics["answers_duplicate"] += 1
+        return self.broker.sessions
 
     # -- API routes --
 
@@ -235,87 +142,46 @@ class CoordinatorWeb:
     @_api
     def metrics_route(self, request):
         doc = dict(self.metrics)
-        doc["sessions"] = len(self._sessions) if hasattr(self._sessions, "__len__") else None
-        doc["waiting"] = getattr(self._sessions, "waiting", None)
+        sessions = self.broker.sessions
+        doc["sessions"] = len(sessions) if hasattr(sessions, "__len__") else None
+        doc["waiting"] = getattr(sessions, "waiting", None)
         return doc
 
     @app.route("/api/servers/<string:server_id>", methods=["GET"])
     @_api
     def server_status(self, request, server_id):
         source = self.source_address(request)
-        self._limit(self._lookup_limiter, source, "too many lookups from your address")
-        server_key = self._parse_server_id(server_id)
-        online, challenge = self._relay.server_status(server_key)
-        self.metrics["lookups"] += 1
+        server_key = connect.parse_server_id(server_id)
+        found = self.broker.lookup(server_key, source)
         return {
             "server": server_id,
-            "online": bool(online),
-            "challenge": crypto.b64u_encode(challenge) if online and challenge else None,
+            "online": found["online"],
+            "challenge": crypto.b64u_encode(found["challenge"]) if found["challenge"] else None,
+            "ice_servers": found["ice_servers"],
             "time": int(self._clock.seconds()),
         }
 
     @app.route("/api/connect", methods=["POST"])
     @_api
-    def connect(self, request):
+    async def connect(self, request):
         source = self.source_address(request)
-        req = self._parse_connect(self._read_body(request))
-
-        locked = self._lockout.check(source)
-        if locked is not None:
-            self.metrics["connect_locked_out"] += 1
-            raise TooManyRequests(f"too many wrong passwords from your address: try again in "
-                        f"{_seconds(locked)} seconds", "locked-out",
-                        retry_after=_seconds(locked))
-        self._limit(self._ip_limiter, source, "too many connection attempts from your address")
-        self._limit(self._server_limiter, req.server_key,
-                    "too many connection attempts to this server")
-
-        online, _ = self._relay.server_status(req.server_key)
-        if not online:
-            self.metrics["connect_offline"] += 1
-            raise NotFound("the home server is offline: check that it is running "
-                        "and connected to the internet", "offline")
-        expected = self._relay.take_challenge(req.server_key, req.challenge)
-        if expected is None:
-            self.metrics["connect_stale_challenge"] += 1
-            raise Forbidden("the challenge was already used or has expired: "
-                        "look the server up again", "stale-challenge")
-        if not crypto.check_answer(req.answer, expected):
-            self.metrics["connect_wrong_password"] += 1
-            lockout = self._lockout.failure(source)
-            if lockout is not None:
-                self.log.info("locked out {source} for {seconds}s after failed answers",
-                              source=source, seconds=lockout)
-            try:
-                self._relay.report_failure(req.server_key, source, "wrong-password")
-            except Exception:
-                self.log.failure("reporting a failed login to the home server failed")
-            raise Forbidden("wrong password", "wrong-password")
-        self._lockout.success(source)
-
-        payload = json.dumps({
-            "session": req.session,
-            "challenge": crypto.b64u_encode(req.challenge),
-            "proof": crypto.b64u_encode(req.proof),
-            "offer": req.offer,
-        }, separators=(",", ":")).encode("utf-8")
-        if len(payload) > MAX_OFFER_PAYLOAD:
-            raise PayloadTooLarge("the offer is too large", "too-large")
-        self._sessions.create(req.session, req.server_key)
-        self.metrics["connect_relayed"] += 1
-        try:
-            d = defer.maybeDeferred(self._relay.send_offer, req.server_key, payload)
-        except Exception:  # maybeDeferred catches; belt and braces
-            d = defer.fail()
-        d.addErrback(self._offer_failed, req.session)
-        return 202, {"session": req.session}
+        req = connect.ConnectRequest.parse(self._read_body(request))
+        self.broker.connect(req, source)
+        wait = self._wait_seconds(request)
+        if wait <= 0:
+            return 202, {"session": req.session}
+        # The two-request connect: hold the answer here (bounded) instead of a poll.
+        result = await self.broker.wait(req.session, wait)
+        if result is None:
+            return 202, {"session": req.session, "status": "pending"}
+        return result
 
     @app.route("/api/sessions/<string:session_id>", methods=["GET"])
     @_api
     async def session(self, request, session_id):
-        if not SESSION_ID.match(session_id):
+        if not connect.SESSION_ID.match(session_id):
             raise BadRequest("malformed session id", "bad-session")
-        result = await self._sessions.wait(session_id, self._config.long_poll_timeout)
+        result = await self.broker.wait(session_id, self._config.long_poll_timeout)
         if result is None:
             return {"session": session_id, "status": "pending"}
         return result
@@ -452,21 +318,6 @@ class CoordinatorWeb:
                 return hop
         return peer
 
-    def _limit(self, limiter, key, message):
-        retry = limiter.hit(key)
-        if retry is not None:
-            self.metrics["rate_limited"] += 1
-            seconds = _seconds(retry)
-            raise TooManyRequests(f"{message}: try again in {seconds} seconds",
-                        "rate-limited", retry_after=seconds)
-
-    def _parse_server_id(self, server_id):
-        try:
-            return crypto.parse_server_id(server_id)
-        except ProtocolError:
-            raise BadRequest("malformed server id: copy the whole connect link "
-                        "from the home server", "bad-server-id") from None
-
     def _read_body(self, request):
         limit = self._config.max_body
         length = request.getHeader(b"Content-Length")
@@ -481,51 +332,17 @@ class CoordinatorWeb:
             raise PayloadTooLarge("request body is too large", "too-large")
         return body
 
-    def _parse_connect(self, body):
-        def bad(what):
-            return BadRequest(f"malformed request: {what}", "bad-request")
-
+    def _wait_seconds(self, request):
+        """``?wait=N``: hold ``POST /api/connect`` up to N seconds (at most the
+        long-poll timeout) for the answer."""
+        values = request.args.get(b"wait")
+        if not values:
+            return 0.0
         try:
-            doc = json.loads(body.decode("utf-8"))
-        except (ValueError, UnicodeDecodeError):
-            raise bad("the body must be a JSON object") from None
-        if not isinstance(doc, dict):
-            raise bad("the body must be a JSON object")
-        req = _ConnectRequest()
-        server_id = doc.get("server")
-        if not isinstance(server_id, str):
-            raise bad("server is missing")
-        req.server_id = server_id
-        req.server_key = self._parse_server_id(server_id)
-        session = doc.get("session")
-        if not isinstance(session, str) or not SESSION_ID.match(session):
-            raise bad("session must be 22 base64url characters (16 random bytes)")
-        req.session = session
-        for name, size in (("challenge", crypto.CHALLENGE_SIZE), ("answer", 32),
-                           ("proof", 32)):
-            try:
-                value = crypto.b64u_decode(doc.get(name))
-            except ProtocolError:
-                raise bad(f"{name} must be base64url") from None
-            if len(value) != size:
-                raise bad(f"{name} must be {size} bytes")
-            setattr(req, name, value)
-        offer = doc.get("offer")
-        if not isinstance(offer, str) or not offer:
-            raise bad("offer must be an SDP string")
-        req.offer = offer
-        return req
-
-    def _offer_failed(self, failure, session_id):
-        if failure.check(HomeChannelError):
-            self.log.info("could not relay the offer for {session}: {error}",
-                          session=session_id, error=failure.getErrorMessage())
-        else:
-            self.log.failure("relaying the offer for {session} failed", failure,
-                             session=session_id)
-        self.metrics["relay_failed"] += 1
-        self._sessions.fail(session_id, Unavailable("the coordinator could not reach the home server: try again",
-            "relay-failed"))
+            wait = float(values[0])
+        except ValueError:
+            raise BadRequest("wait must be a number of seconds", "bad-request") from None
+        return max(0.0, min(wait, self._config.long_poll_timeout))
 
     def _error_doc(self, request, error):
         status = getattr(error, "status", 500)

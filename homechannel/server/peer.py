@@ -3,120 +3,66 @@
 The UDP registrant hands every OFFER relayed by the coordinator to
 :meth:`Answerer.handle_offer` and sends back, as the ANSWER payload, whatever
 bytes the returned Deferred yields.  That Deferred never errbacks: every
-failure becomes an error payload (``docs/protocol.md``, section 1) and a log
-line.
+failure becomes a refusal payload (:class:`homechannel.connect.Answer`) and a
+log line.  Formats, limits and codes come from :mod:`homechannel.connect`.
 
-Order of checks, cheapest and most hostile first:
+Order of checks, cheapest and most hostile first; nothing is consumed and no
+WebRTC object exists until all of them pass:
 
-1. parse the JSON and its fields                         -> ``bad-offer``
-2. the client's end-to-end proof, in constant time, before
-   anything else is created                              -> ``bad-proof``
-3. (a retransmitted offer for a known session gets the same reply again)
-4. the challenge is one this server issued, single use   -> ``unknown-challenge``
-5. the concurrent session cap                            -> ``busy``
-6. RTCPeerConnection, ``app_host.attach(pc)``, remote description, answer,
+1. parse the payload                                      -> ``bad-offer``
+2. the SDP shape: one datachannel media section, exactly one
+   ``a=fingerprint`` attribute in the whole SDP, sha-256   -> ``bad-offer``
+3. the client's proof over the exact offer SDP bytes, in
+   constant time                                          -> ``bad-proof``
+4. (a retransmitted offer for a known session gets the same reply again)
+5. a device token, if the client sent one: issued by this
+   server, for this server, not expired                   -> ``bad-device``
+6. the challenge: one this server issued (single use), or
+   on the device path a fresh one within the clock window  -> ``unknown-challenge``
+7. the concurrent session cap                             -> ``busy``
+8. RTCPeerConnection, the apps (gated, below), remote description, answer,
    local description (aiortc gathers every candidate here), signature.
+
+Once DTLS is up, the certificate the peer actually presented is compared with
+the fingerprint the proof bound; on a mismatch the connection is closed
+before any app channel (control included) is served.
 
 Peer connections that fail, close, or are not "connected" within
 ``config.connect_timeout`` are closed and forgotten.
 """
 
-import hashlib
-import json
-import re
+import os
+from collections import OrderedDict
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 
-from homechannel import aio, crypto
-from homechannel.errors import ProtocolError
-from homechannel.server import ice
+from homechannel import aio, connect, crypto, webrtc
+from homechannel.connect import (
+    BAD_DEVICE,
+    BAD_OFFER,
+    BAD_PROOF,
+    BUSY,
+    INTERNAL,
+    UNKNOWN_CHALLENGE,
+    Answer,
+)
+from homechannel.errors import AuthenticationError, ProtocolError
 
-MAX_OFFER_PAYLOAD = 48 * 1024
-PROOF_SIZE = 32
-_SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
-# Error codes of the ANSWER payload.
-BAD_OFFER = "bad-offer"
-BAD_PROOF = "bad-proof"
-UNKNOWN_CHALLENGE = "unknown-challenge"
-BUSY = "busy"
-INTERNAL = "internal"
-
-_MESSAGES = {
-    BAD_OFFER: "the offer is malformed",
-    BAD_PROOF: "the password proof does not verify (wrong password?)",
-    UNKNOWN_CHALLENGE: "the challenge is unknown or was already used; fetch a new one",
-    BUSY: "the home server has too many sessions; try again later",
-    INTERNAL: "the home server failed to answer; see its log",
-}
-
-
-def _encode(doc) -> bytes:
-    return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode("utf-8")
-
-
-def error_payload(session, code, message=None) -> bytes:
-    return _encode({"session": session, "error": code, "message": message or _MESSAGES[code]})
-
-
-def ice_servers_from_config(entries):
-    """``webrtc.ice_servers`` (RTCIceServer dicts or URL strings) to aiortc objects."""
-    from aiortc import RTCIceServer
-
-    servers = []
-    for entry in entries or ():
-        if isinstance(entry, str):
-            servers.append(RTCIceServer(urls=entry))
-        else:
-            servers.append(RTCIceServer(urls=entry["urls"], username=entry.get("username"),
-                                        credential=entry.get("credential")))
-    return servers
+DEVICE_CHALLENGES_KEPT = 4096
 
 
 def default_peer_connection_factory(ice_servers):
-    from aiortc import RTCConfiguration, RTCPeerConnection
-
-    return RTCPeerConnection(RTCConfiguration(iceServers=list(ice_servers)))
-
-
-class _Offer:
-    __slots__ = ("session", "challenge", "proof", "sdp", "client_fp", "digest")
-
-
-def parse_offer(payload: bytes) -> _Offer:
-    """Parse an OFFER payload; raise ProtocolError (whose text is safe to log)."""
-    if not isinstance(payload, bytes) or len(payload) > MAX_OFFER_PAYLOAD:
-        raise ProtocolError("offer payload missing or too large")
-    try:
-        doc = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise ProtocolError("offer payload is not UTF-8 JSON") from None
-    if not isinstance(doc, dict):
-        raise ProtocolError("offer payload is not a JSON object")
-    offer = _Offer()
-    offer.session = doc.get("session")
-    if not isinstance(offer.session, str) or not _SESSION_ID.match(offer.session):
-        offer.session = None
-        raise ProtocolError("session id missing or malformed")
-    offer.challenge = crypto.b64u_decode(doc.get("challenge"))
-    if len(offer.challenge) != crypto.CHALLENGE_SIZE:
-        raise ProtocolError("challenge must be 16 bytes")
-    offer.proof = crypto.b64u_decode(doc.get("proof"))
-    if len(offer.proof) != PROOF_SIZE:
-        raise ProtocolError("proof must be 32 bytes")
-    offer.sdp = doc.get("offer")
-    if not isinstance(offer.sdp, str):
-        raise ProtocolError("offer SDP missing")
-    offer.client_fp = crypto.sdp_fingerprint(offer.sdp)
-    offer.digest = hashlib.sha256(payload).digest()
-    return offer
+    return webrtc.peer_connection(ice_servers)
 
 
 class _Session:
-    def __init__(self, sid, digest):
+    def __init__(self, sid, digest, source=None):
         self.sid = sid
-        self.digest = digest
+        self.digest = digest        # SHA-256 of the whole offer payload (retransmissions)
+        self.source = source        # the client address the coordinator saw
+        self.client_fp = None       # the fingerprint the proof bound
+        self.device = None          # the device id, once the login is accepted
         self.pc = None
         self.payload = None         # the reply, once known
         self.waiters = []           # Deferreds of retransmissions while answering
@@ -127,26 +73,49 @@ class _Session:
         self.closing = None         # Deferred of pc.close()
 
 
+class _AppContext:
+    """What the apps learn about the connection they serve (``AppHost.attach``)."""
+
+    def __init__(self, answerer, session):
+        self._answerer = answerer
+        self._session = session
+
+    @property
+    def source(self):
+        return self._session.source
+
+    def verify_peer(self) -> bool:
+        """True if the DTLS certificate presented is the one the proof bound."""
+        return self._answerer._peer_verified(self._session)
+
+    def hello_fields(self) -> dict:
+        """Extra fields of the control channel's hello reply: a fresh device token."""
+        return {"device": self._answerer._device_token(self._session)}
+
+
 class Answerer:
     """Answers relayed offers with signed aiortc answers; owns the peer connections."""
 
     log = Logger()
 
     def __init__(self, identity, password_key, challenges, config, app_host, clock,
-                 log=None, *, peer_connection_factory=default_peer_connection_factory):
+                 log=None, *, peer_connection_factory=default_peer_connection_factory,
+                 random_bytes=os.urandom):
         self._identity = identity
         self._key = password_key
         self._challenges = challenges
         self._config = config
         self._app_host = app_host
         self._clock = clock
+        self._random = random_bytes
         if log is not None:
             self.log = log
         self._pc_factory = peer_connection_factory
-        self._ice_servers = ice_servers_from_config(config.ice_servers)
-        self._advertise = ice.parse_addresses(config.advertise_addresses)
+        self._ice_servers = tuple(config.ice_servers)
+        self._advertise = webrtc.parse_addresses(config.advertise_addresses)
         self._sessions = {}         # sid -> _Session (live, answering, or cached reply)
         self._live = set()          # _Sessions with an open peer connection
+        self._device_challenges = OrderedDict()   # challenge -> expiry (device path, once)
         self._stopping = False
         self.peer_connections_created = 0
         self.logins_refused = 0
@@ -165,7 +134,7 @@ class Answerer:
             return self._handle_offer(payload)
         except Exception:
             self.log.failure("answering an offer failed")
-            return succeed(error_payload(None, INTERNAL))
+            return succeed(Answer.refusal(connect.session_of(payload), INTERNAL).encode())
 
     def close_all(self):
         """Close every peer connection (service shutdown); Deferred fires when done."""
@@ -181,51 +150,86 @@ class Answerer:
 
     # -- the checks --
 
-    def _refuse(self, sid, code, reason):
+    def _refuse(self, sid, code, reason, source=None):
         self.logins_refused += 1
-        self.log.warn("login refused: session {session}: {reason}", session=sid, reason=reason)
-        return error_payload(sid, code)
+        self.log.warn("login refused: session {session} from {source}: {reason}",
+                      session=sid, source=source or "?", reason=reason)
+        return Answer.refusal(sid, code).encode()
 
     def _handle_offer(self, payload):
         try:
-            offer = parse_offer(payload)
+            offer = connect.Offer.decode(payload)
+            client_fp = connect.sdp_fingerprint(offer.sdp)
         except ProtocolError as e:
-            sid = _guess_session(payload)
+            sid = connect.session_of(payload)
             self.logins_refused += 1
             self.log.info("login refused: session {session}: bad offer: {reason}",
                           session=sid, reason=str(e))
-            return succeed(error_payload(sid, BAD_OFFER, str(e)))
-        sid = offer.session
+            return succeed(Answer.refusal(sid, BAD_OFFER, f"{connect.REFUSALS[BAD_OFFER][1]}: "
+                                                          f"{e}").encode())
+        sid, source = offer.session, offer.source
+        digest = crypto.offer_hash(offer.sdp)
 
-        if not crypto.check_proof(self._key, sid, offer.challenge, offer.client_fp, offer.proof):
-            return succeed(self._refuse(sid, BAD_PROOF, "the password proof does not verify"))
+        if not crypto.check_proof(self._key, sid, offer.challenge, digest, offer.proof):
+            return succeed(self._refuse(sid, BAD_PROOF, "the password proof does not verify",
+                                        source))
 
         known = self._sessions.get(sid)
+        payload_digest = crypto.sha256(payload)
         if known is not None:
-            if known.digest != offer.digest:
-                return succeed(self._refuse(sid, BAD_OFFER, "session id reused with another offer"))
+            if known.digest != payload_digest:
+                return succeed(self._refuse(sid, BAD_OFFER, "session id reused with another offer",
+                                            source))
             self.log.debug("retransmitted offer for session {session}", session=sid)
             return self._reply_of(known)
 
-        if not self._challenges.consume(offer.challenge):
+        device = None
+        if offer.device is not None:
+            try:
+                device = connect.DeviceToken.verify(self._identity.public_raw, offer.device,
+                                                    self._clock.seconds())
+            except (ProtocolError, AuthenticationError) as e:
+                return succeed(self._refuse(sid, BAD_DEVICE, f"device token refused: {e}",
+                                            source))
+            if not self._take_device_challenge(offer.challenge):
+                return succeed(self._refuse(sid, UNKNOWN_CHALLENGE, "the device challenge is "
+                                            "stale, from a wrong clock, or was used before",
+                                            source))
+        elif not self._challenges.consume(offer.challenge):
             return succeed(self._refuse(sid, UNKNOWN_CHALLENGE,
-                                        "the challenge is unknown or already used"))
+                                        "the challenge is unknown or already used", source))
 
-        session = _Session(sid, offer.digest)
+        session = _Session(sid, payload_digest, source)
+        session.client_fp = client_fp
+        session.device = device.device if device is not None else None
         self._sessions[sid] = session
         if self._stopping or len(self._live) >= self._config.max_sessions:
             why = "shutting down" if self._stopping else \
                 f"session cap reached ({self._config.max_sessions} live sessions)"
-            self._finish(session, self._refuse(sid, BUSY, why))
+            self._finish(session, self._refuse(sid, BUSY, why, source))
             return succeed(session.payload)
 
         self._live.add(session)
         session.timeout = self._clock.callLater(
             self._config.connect_timeout, self._timed_out, session)
-        d = aio.as_deferred(self._answer(session, offer))
+        d = aio.as_deferred(self._answer(session, offer, digest))
         d.addErrback(self._answer_failed, session)
         d.addCallback(lambda payload: self._finish(session, payload))
         return self._reply_of(session)
+
+    def _take_device_challenge(self, challenge):
+        """A device-path challenge: within the clock window, and used once."""
+        now = self._clock.seconds()
+        while self._device_challenges:
+            first, until = next(iter(self._device_challenges.items()))
+            if until > now and len(self._device_challenges) < DEVICE_CHALLENGES_KEPT:
+                break
+            del self._device_challenges[first]
+        made = connect.device_challenge_time(challenge)
+        if challenge in self._device_challenges or not abs(made - now) < connect.MAX_CLOCK_SKEW:
+            return False
+        self._device_challenges[challenge] = made + connect.MAX_CLOCK_SKEW
+        return True
 
     def _reply_of(self, session):
         if session.payload is not None:
@@ -254,39 +258,79 @@ class Answerer:
 
     # -- the peer connection --
 
-    async def _answer(self, session, offer):
+    async def _answer(self, session, offer, digest):
         from aiortc import RTCSessionDescription
 
-        pc = self._pc_factory(self._ice_servers)
+        # The configured servers first (aiortc uses only the first STUN and the
+        # first TURN entry), then what the coordinator minted for this connect.
+        servers = webrtc.ice_servers(self._ice_servers + tuple(offer.ice_servers))
+        pc = self._pc_factory(servers)
         session.pc = pc
         self.peer_connections_created += 1
         pc.on("connectionstatechange", lambda: self._state_changed(session))
-        self._app_host.attach(pc)
+        self._app_host.attach(pc, _AppContext(self, session))
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
         except Exception as e:
             # aiortc raises ValueError and friends on SDP it cannot use.
             self._close(session, "unusable offer SDP")
-            return self._refuse(session.sid, BAD_OFFER, f"unusable offer SDP: {e}")
-        ice.advertise_host_addresses(pc, self._advertise)
+            return self._refuse(session.sid, BAD_OFFER, f"unusable offer SDP: {e}",
+                                session.source)
+        dtls = pc.sctp.transport if pc.sctp is not None else None
+        if dtls is not None:
+            dtls.on("statechange", lambda: self._dtls_state(session, dtls))
+        webrtc.advertise_host_addresses(pc, self._advertise)
         await pc.setLocalDescription(await pc.createAnswer())
         if session.closed:
-            return self._refuse(session.sid, INTERNAL, "peer connection closed while answering")
+            return self._refuse(session.sid, INTERNAL, "peer connection closed while answering",
+                                session.source)
         sdp = pc.localDescription.sdp
-        server_fp = crypto.sdp_fingerprint(sdp)
+        server_fp = connect.sdp_fingerprint(sdp, "answer")
         now = int(self._clock.seconds())
         signature = self._identity.sign(crypto.answer_signature_message(
-            session.sid, offer.challenge, offer.client_fp, server_fp, now, sdp))
+            session.sid, offer.challenge, digest, session.client_fp, server_fp, now, sdp))
         self.logins_accepted += 1
-        self.log.info("login accepted: session {session} answered", session=session.sid)
-        return _encode({"session": session.sid, "answer": sdp, "time": now,
-                        "signature": crypto.b64u_encode(signature)})
+        device = f" (device {session.device[:8]})" if session.device else ""
+        self.log.info("login accepted: session {session} from {source}{device}: answered",
+                      session=session.sid, source=session.source or "?", device=device)
+        return Answer(session.sid, sdp, now, signature).encode()
 
     def _answer_failed(self, failure, session):
         self.log.failure("answering session {session} failed", failure, session=session.sid)
         self.logins_refused += 1
         self._close(session, "answering failed")
-        return error_payload(session.sid, INTERNAL)
+        return Answer.refusal(session.sid, INTERNAL).encode()
+
+    def _dtls_state(self, session, dtls):
+        if dtls.state == "connected" and not self._peer_verified(session):
+            self._close(session, "the DTLS certificate the client presented is not the one its "
+                                 "password proof bound (someone in the middle?)")
+
+    def _peer_verified(self, session) -> bool:
+        """The certificate the peer presented matches the fingerprint the proof bound."""
+        if session.closed or session.pc is None:
+            return False
+        try:
+            presented = webrtc.remote_fingerprint(session.pc)
+        except Exception:
+            self.log.failure("reading the peer certificate of session {session}",
+                             session=session.sid)
+            presented = None
+        if presented is not None and crypto.constant_time_equal(
+                presented.encode("ascii"), session.client_fp.encode("ascii")):
+            return True
+        if not session.closed:
+            self.log.warn("session {session} from {source}: the DTLS certificate presented "
+                          "({presented}) is not the one the password proof bound; closing",
+                          session=session.sid, source=session.source or "?",
+                          presented=presented or "none")
+        return False
+
+    def _device_token(self, session):
+        """A device token for the signed-in client: the same device id if it used one."""
+        if session.device is None:
+            session.device = crypto.b64u_encode(self._random(connect.DEVICE_ID_SIZE))
+        return connect.DeviceToken.issue(self._identity, session.device, self._clock.seconds())
 
     def _state_changed(self, session):
         state = session.pc.connectionState if session.pc is not None else "closed"
@@ -294,7 +338,9 @@ class Answerer:
             session.connected = True
             if session.timeout is not None and session.timeout.active():
                 session.timeout.cancel()
-            self.log.info("session {session} connected", session=session.sid)
+            pair = webrtc.selected_pair(session.pc)
+            self.log.info("session {session} connected ({path})", session=session.sid,
+                          path="/".join(pair) if pair else "path unknown")
         elif state in ("failed", "closed"):
             self._close(session, f"connection {state}")
 
@@ -319,12 +365,3 @@ class Answerer:
                                            session=session.sid))
         if session.payload is not None:
             self._schedule_forget(session)
-
-
-def _guess_session(payload):
-    """The session id of a malformed offer, if one can be read, for the error reply."""
-    try:
-        sid = json.loads(payload.decode("utf-8")).get("session")
-    except Exception:
-        return None
-    return sid if isinstance(sid, str) and _SESSION_ID.match(sid) else None

@@ -46,11 +46,21 @@ class AppHost:
                 out.append(entry)
         return out
 
-    def attach(self, pc):
-        """Serve the channels the browser opens on *pc* (call before setRemoteDescription)."""
-        state = {"channels": 0}
+    def attach(self, pc, context=None):
+        """Serve the channels the browser opens on *pc* (call before setRemoteDescription).
+
+        *context* (the answerer's, see ``server/peer.py``) gates every channel:
+        none is served unless ``context.verify_peer()`` says the DTLS peer is
+        the one the password proof bound; its ``hello_fields()`` go into the
+        control channel's hello reply."""
+        state = {"channels": 0, "context": context}
 
         def on_datachannel(channel):
+            if context is not None and not context.verify_peer():
+                log.warn("refused channel {label}: the peer is not the one that proved "
+                         "the password", label=getattr(channel, "label", "?"))
+                channel.close()
+                return
             try:
                 self.channel_opened(channel, state)
             except Exception:
@@ -66,7 +76,7 @@ class AppHost:
         if label == "control":
             from homechannel.server.apps.control import ControlSession
 
-            self._serve(link, ControlSession(self, link))
+            self._serve(link, ControlSession(self, link, state.get("context")))
             return
         m = LABEL.match(label or "")
         if not m:

@@ -10,9 +10,10 @@ MAX_CONTROL = 16384
 
 
 class ControlSession:
-    def __init__(self, host, link):
+    def __init__(self, host, link, context=None):
         self.host = host
         self.link = link
+        self.context = context
 
     def reply(self, body):
         self.link.send(json.dumps(body, separators=(",", ":")))
@@ -31,7 +32,10 @@ class ControlSession:
             return
         op = body["op"]
         if op == "hello":
-            self.reply({"op": "hello", "server": self.host.server_id, "apps": self.host.app_list()})
+            reply = {"op": "hello", "server": self.host.server_id, "apps": self.host.app_list()}
+            if self.context is not None:
+                reply.update(self.context.hello_fields())
+            self.reply(reply)
         elif op == "ping":
             self.reply({"op": "pong", "id": body.get("id")})
         else:

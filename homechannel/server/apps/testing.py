@@ -8,7 +8,7 @@
   Twisted together inside ``asyncio.run`` whatever reactor pytest installed.
 - :func:`connect_pair`: a client ``RTCPeerConnection`` connected to an
   :class:`~homechannel.server.apps.AppHost` in the same loop over loopback ICE
-  (127.0.0.1 advertised via :mod:`homechannel.server.ice`).
+  (127.0.0.1 advertised via :mod:`homechannel.webrtc`).
 - :class:`ClientChannel`: an awaitable client-side view of one channel.
 """
 
@@ -92,16 +92,16 @@ async def connect_pair(host, timeout=20):
     """Connect an aiortc client to *host* (an AppHost); return ``(client_pc, server_pc)``."""
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-    from homechannel.server import ice
+    from homechannel import webrtc
 
     client = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     server = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     host.attach(server)
     control = client.createDataChannel("control")
-    ice.advertise_host_addresses(client, ["127.0.0.1"])
+    webrtc.advertise_host_addresses(client, ["127.0.0.1"])
     await client.setLocalDescription(await client.createOffer())
     await server.setRemoteDescription(RTCSessionDescription(client.localDescription.sdp, "offer"))
-    ice.advertise_host_addresses(server, ["127.0.0.1"])
+    webrtc.advertise_host_addresses(server, ["127.0.0.1"])
     await server.setLocalDescription(await server.createAnswer())
     await client.setRemoteDescription(RTCSessionDescription(server.localDescription.sdp, "answer"))
     ch = ClientChannel(control)

@@ -1,0 +1,503 @@
+"""The connect flow's formats, limits and codes: one pure module for every side.
+
+The browser (``static/js/connect.js``, its twin, checked against vectors from
+this module by ``tests/test_connect_js.py``), the coordinator
+(``coordinator/broker.py``), the home server (``server/peer.py``) and the
+native client (``client.py``) all take their rules from here, so that an
+offer the coordinator relays is an offer the home server accepts, and a
+refusal means the same thing everywhere.  ``docs/protocol.md`` section 2
+documents every field.
+
+Pure: bytes, text and ``now`` in; values out; :class:`ProtocolError` (or a
+more specific :mod:`homechannel.errors` class) on anything malformed.  No
+reactor, no sockets, no aiortc.
+"""
+
+import json
+import re
+import struct
+from dataclasses import dataclass, field
+
+from homechannel import crypto
+from homechannel.errors import (
+    AuthenticationError,
+    BadRequest,
+    CapacityError,
+    Forbidden,
+    HomeChannelError,
+    ProtocolError,
+    Unavailable,
+)
+
+# -- limits ------------------------------------------------------------------
+
+SESSION_ID = re.compile(r"\A[A-Za-z0-9_-]{22}\Z")   # b64u of 16 random bytes
+MAX_SDP = 16 * 1024            # bytes of an offer or answer SDP (ASCII)
+MAX_SOURCE = 64                # characters of the source address in an offer
+MAX_DEVICE_TOKEN = 512         # characters of a device token
+MAX_ICE_SERVERS = 4            # entries handed to the home server with an offer
+MAX_ICE_TEXT = 512             # characters of one ICE server URL, username or credential
+# The relayed OFFER payload must fit one UDP transfer (``wire.MAX_TRANSFER``).
+# An ASCII SDP at most doubles in JSON (\r\n, \", \\), so 2 x MAX_SDP plus the
+# other fields stays well under it; ``Offer.encode`` checks it anyway.
+MAX_OFFER_PAYLOAD = 64 * 1024
+MAX_ANSWER_PAYLOAD = 64 * 1024
+MAX_CLOCK_SKEW = 300           # seconds between the home server's and the client's clocks
+PROOF_SIZE = 32
+ANSWER_SIZE = 32
+DEVICE_ID_SIZE = 16
+DEVICE_TOKEN_LIFETIME = 90 * 86400
+DEVICE_TOKEN_PREFIX = "hcdev1"
+
+# -- codes of the home server's refusals ---------------------------------------
+# (code -> the error class and message the coordinator gives the browser)
+
+BAD_OFFER = "bad-offer"
+BAD_PROOF = "bad-proof"
+BAD_DEVICE = "bad-device"
+UNKNOWN_CHALLENGE = "unknown-challenge"
+BUSY = "busy"
+INTERNAL = "internal"
+
+REFUSALS = {
+    BAD_OFFER: (BadRequest, "the home server refused the offer as malformed or of an "
+                "unsupported shape (one datachannel media section and one sha-256 "
+                "fingerprint are required)"),
+    BAD_PROOF: (Forbidden, "the home server refused the connection: the password proof did "
+                "not verify (was the password changed on the home server?)"),
+    BAD_DEVICE: (Forbidden, "the home server did not accept this device's sign-in token: "
+                 "sign in with the password"),
+    UNKNOWN_CHALLENGE: (Forbidden, "the home server did not recognise the challenge: "
+                        "try again"),
+    BUSY: (CapacityError, "the home server has too many sessions open: try again later"),
+    INTERNAL: (Unavailable, "the home server failed to answer: see its log"),
+}
+
+
+def refusal_error(code: str, message: str = "") -> HomeChannelError:
+    """The error a browser gets for a home server's refusal *code*.
+
+    Unknown codes become ``refused`` (503); the home server's own message is
+    appended when it has one (it is the home server's, not the coordinator's)."""
+    cls, text = REFUSALS.get(code, (Unavailable, "the home server refused the connection"))
+    if code not in REFUSALS:
+        code = "refused"
+    if isinstance(message, str) and message and code in (BUSY, "refused"):
+        text = f"{text} ({message[:200]})"
+    return cls(text, code)
+
+
+# -- session ids and SDP ---------------------------------------------------------
+
+
+def check_session_id(value) -> str:
+    if not isinstance(value, str) or not SESSION_ID.match(value):
+        raise ProtocolError("session must be 22 base64url characters (16 random bytes)")
+    return value
+
+
+_SDP_TEXT = re.compile(r"\A[\x20-\x7e\r\n\t]*\Z")
+_MEDIA = re.compile(r"\Am=application [0-9]{1,5} (?:UDP|TCP)/DTLS/SCTP webrtc-datachannel\Z")
+_ANY_FINGERPRINT = re.compile(r"\A\s*a\s*=\s*fingerprint\b", re.IGNORECASE)
+_FINGERPRINT = re.compile(r"\Aa=fingerprint:(sha-256) ([0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){31})\Z",
+                          re.IGNORECASE)
+
+
+def sdp_fingerprint(sdp, what="offer") -> str:
+    """Check that *sdp* has the only shape our clients produce; return its fingerprint.
+
+    DTLS stacks (aiortc, browsers) check the peer's certificate against the
+    fingerprints the SDP attaches to the media section they use, in any hash
+    algorithm and any letter case.  So the shape is strict: ASCII text of at
+    most MAX_SDP bytes, exactly one media section, a WebRTC datachannel
+    (``m=application <port> UDP/DTLS/SCTP webrtc-datachannel``), and exactly
+    one ``a=fingerprint`` attribute in the whole SDP (counted in any case and
+    spacing, at session or media level), which must be
+    ``a=fingerprint:sha-256 <32 hex pairs>``.  Returns that fingerprint in
+    upper case; raises ProtocolError saying what is wrong.
+    """
+    if not isinstance(sdp, str) or not sdp:
+        raise ProtocolError(f"the {what} SDP is missing")
+    if len(sdp) > MAX_SDP:
+        raise ProtocolError(f"the {what} SDP is larger than {MAX_SDP} bytes")
+    if not _SDP_TEXT.match(sdp):
+        raise ProtocolError(f"the {what} SDP must be ASCII text")
+    lines = [line[:-1] if line.endswith("\r") else line for line in sdp.split("\n")]
+    media = [line for line in lines if line[:2].lower() == "m="]
+    if len(media) != 1:
+        raise ProtocolError(f"the {what} SDP must have exactly one media section, "
+                            f"not {len(media)}")
+    if not _MEDIA.match(media[0]):
+        raise ProtocolError(f"the {what} SDP's media section must be a WebRTC datachannel "
+                            "(m=application ... UDP/DTLS/SCTP webrtc-datachannel)")
+    found = [line for line in lines if _ANY_FINGERPRINT.match(line)]
+    if len(found) != 1:
+        raise ProtocolError(f"the {what} SDP must carry exactly one a=fingerprint "
+                            f"attribute, not {len(found)}")
+    m = _FINGERPRINT.match(found[0])
+    if not m or not found[0].startswith("a=fingerprint:"):
+        raise ProtocolError(f"the {what} SDP's fingerprint must be "
+                            "'a=fingerprint:sha-256 <32 hex pairs>'")
+    return m.group(2).upper()
+
+
+# -- device tokens ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeviceToken:
+    """A home server's signed statement "this device signed in with the password".
+
+    The home server issues one over the control channel after a successful
+    login; the client presents it with later connects.  The coordinator
+    verifies it with the server's public key (the server id) and gives its
+    holder a budget of its own, apart from strangers' attempts; the home
+    server verifies it again.  It grants no access by itself: every connect
+    still carries the password proof.
+
+    Text form: ``hcdev1.<b64u payload>.<b64u signature>``; payload: compact
+    JSON ``{"device","exp","iat","server","v":1}`` (sorted keys); signature:
+    ECDSA(server identity, ``"homechannel-device-v1\\n" + payload``).
+    """
+
+    server: str
+    device: str
+    issued: int
+    expires: int
+
+    def payload(self) -> bytes:
+        return json.dumps({"v": 1, "server": self.server, "device": self.device,
+                           "iat": int(self.issued), "exp": int(self.expires)},
+                          separators=(",", ":"), sort_keys=True).encode("ascii")
+
+    @classmethod
+    def issue(cls, identity, device: str, now: float,
+              lifetime: float = DEVICE_TOKEN_LIFETIME) -> str:
+        token = cls(identity.text, device, int(now), int(now + lifetime))
+        payload = token.payload()
+        signature = identity.sign(crypto.device_token_message(payload))
+        return ".".join([DEVICE_TOKEN_PREFIX, crypto.b64u_encode(payload),
+                         crypto.b64u_encode(signature)])
+
+    @classmethod
+    def verify(cls, server_raw: bytes, text, now: float) -> "DeviceToken":
+        """Parse and verify *text* for the server with raw key *server_raw*.
+
+        Raises ProtocolError (malformed) or AuthenticationError (forged,
+        another server's, expired or issued in the future)."""
+        if not isinstance(text, str) or len(text) > MAX_DEVICE_TOKEN:
+            raise ProtocolError("device token missing or too long")
+        parts = text.split(".")
+        if len(parts) != 3 or parts[0] != DEVICE_TOKEN_PREFIX:
+            raise ProtocolError("not a device token")
+        payload, signature = crypto.b64u_decode(parts[1]), crypto.b64u_decode(parts[2])
+        crypto.verify(server_raw, signature, crypto.device_token_message(payload))
+        try:
+            doc = json.loads(payload.decode("ascii"))
+            token = cls(doc["server"], doc["device"], doc["iat"], doc["exp"])
+            ok = (doc.get("v") == 1 and isinstance(token.server, str)
+                  and isinstance(token.device, str)
+                  and all(isinstance(t, int) and not isinstance(t, bool)
+                          for t in (token.issued, token.expires)))
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+            ok = False
+        if not ok or len(crypto.b64u_decode(token.device)) != DEVICE_ID_SIZE:
+            raise ProtocolError("malformed device token")
+        if token.server != crypto.b64u_encode(server_raw):
+            raise AuthenticationError("the device token belongs to another server")
+        if not token.issued - MAX_CLOCK_SKEW <= now < token.expires:
+            raise AuthenticationError("the device token has expired")
+        return token
+
+
+def device_challenge(now: float, random_bytes) -> bytes:
+    """The challenge a device-token holder makes itself: time(8) || random(8).
+
+    The home server accepts it once, and only within MAX_CLOCK_SKEW of its
+    clock (the pool challenges of the coordinator are not used on this path)."""
+    return struct.pack(">Q", int(now)) + random_bytes(8)
+
+
+def device_challenge_time(challenge: bytes) -> int:
+    return struct.unpack(">Q", challenge[:8])[0]
+
+
+# -- what the browser posts ------------------------------------------------------
+
+
+def _b64(doc, name, size, error=BadRequest):
+    try:
+        value = crypto.b64u_decode(doc.get(name))
+    except ProtocolError:
+        raise error(f"malformed request: {name} must be base64url", "bad-request") from None
+    if len(value) != size:
+        raise error(f"malformed request: {name} must be {size} bytes", "bad-request")
+    return value
+
+
+@dataclass(frozen=True)
+class ConnectRequest:
+    """The body of ``POST /api/connect``.
+
+    With ``device`` (a device token) the challenge is one the client made
+    (:func:`device_challenge`) and ``answer`` is not needed; without it the
+    challenge comes from the coordinator's pool and ``answer`` is required."""
+
+    server: str
+    server_key: bytes
+    session: str
+    challenge: bytes
+    proof: bytes
+    offer: str
+    answer: bytes = None
+    device: str = None
+
+    def to_doc(self) -> dict:
+        doc = {"server": self.server, "session": self.session,
+               "challenge": crypto.b64u_encode(self.challenge),
+               "proof": crypto.b64u_encode(self.proof), "offer": self.offer}
+        if self.answer is not None:
+            doc["answer"] = crypto.b64u_encode(self.answer)
+        if self.device is not None:
+            doc["device"] = self.device
+        return doc
+
+    @classmethod
+    def parse(cls, body: bytes) -> "ConnectRequest":
+        """Parse the request body; BadRequest (code ``bad-request`` or
+        ``bad-server-id``) with a message that says what is wrong."""
+        try:
+            doc = json.loads(body.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            raise BadRequest("malformed request: the body must be a JSON object",
+                             "bad-request") from None
+        if not isinstance(doc, dict):
+            raise BadRequest("malformed request: the body must be a JSON object", "bad-request")
+        server = doc.get("server")
+        if not isinstance(server, str):
+            raise BadRequest("malformed request: server is missing", "bad-request")
+        server_key = parse_server_id(server)
+        try:
+            session = check_session_id(doc.get("session"))
+        except ProtocolError as e:
+            raise BadRequest(f"malformed request: {e}", "bad-request") from None
+        device = doc.get("device")
+        if device is not None and (not isinstance(device, str) or not device
+                                   or len(device) > MAX_DEVICE_TOKEN):
+            raise BadRequest("malformed request: device must be a device token", "bad-request")
+        answer = None
+        if device is None or doc.get("answer") is not None:
+            answer = _b64(doc, "answer", ANSWER_SIZE)
+        challenge = _b64(doc, "challenge", crypto.CHALLENGE_SIZE)
+        proof = _b64(doc, "proof", PROOF_SIZE)
+        try:
+            sdp_fingerprint(doc.get("offer"))
+        except ProtocolError as e:
+            raise BadRequest(f"malformed request: {e}", "bad-offer") from None
+        return cls(server, server_key, session, challenge, proof, doc["offer"], answer, device)
+
+
+def parse_server_id(text) -> bytes:
+    try:
+        return crypto.parse_server_id(text)
+    except ProtocolError:
+        raise BadRequest("malformed server id: copy the whole connect link from the home "
+                         "server", "bad-server-id") from None
+
+
+# -- what the coordinator relays to the home server (UDP OFFER transfer) ------------
+
+
+def check_ice_servers(value):
+    """Validate ICE server entries carried in a payload (RTCIceServer dicts)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > MAX_ICE_SERVERS:
+        raise ProtocolError(f"ice_servers must be a list of at most {MAX_ICE_SERVERS} entries")
+    out = []
+    for entry in value:
+        if not isinstance(entry, dict) or set(entry) - {"urls", "username", "credential"}:
+            raise ProtocolError("an ICE server is {urls, username?, credential?}")
+        urls = entry.get("urls")
+        urls = [urls] if isinstance(urls, str) else urls
+        if (not isinstance(urls, list) or not urls
+                or not all(isinstance(u, str) and 0 < len(u) <= MAX_ICE_TEXT for u in urls)):
+            raise ProtocolError("an ICE server needs urls")
+        for name in ("username", "credential"):
+            v = entry.get(name)
+            if v is not None and (not isinstance(v, str) or len(v) > MAX_ICE_TEXT):
+                raise ProtocolError(f"an ICE server's {name} must be text")
+        out.append({k: (list(urls) if k == "urls" else v) for k, v in entry.items()})
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Offer:
+    """The OFFER payload: what the home server needs to answer one connect.
+
+    ``source`` is the client address the coordinator saw (for the home
+    server's audit log), ``device`` the client's device token if it sent
+    one, ``ice_servers`` extra ICE servers (TURN credentials minted for this
+    connect) for the home server's side of this connection only."""
+
+    session: str
+    challenge: bytes
+    proof: bytes
+    sdp: str
+    source: str = None
+    device: str = None
+    ice_servers: tuple = field(default_factory=tuple)
+
+    def encode(self) -> bytes:
+        doc = {"session": self.session, "challenge": crypto.b64u_encode(self.challenge),
+               "proof": crypto.b64u_encode(self.proof), "offer": self.sdp}
+        if self.source is not None:
+            doc["source"] = str(self.source)[:MAX_SOURCE]
+        if self.device is not None:
+            doc["device"] = self.device
+        if self.ice_servers:
+            doc["ice_servers"] = [dict(e) for e in self.ice_servers]
+        payload = json.dumps(doc, separators=(",", ":")).encode("utf-8")
+        if len(payload) > MAX_OFFER_PAYLOAD:
+            raise BadRequest("the offer is too large", "too-large")
+        return payload
+
+    @classmethod
+    def decode(cls, payload: bytes) -> "Offer":
+        if not isinstance(payload, bytes) or len(payload) > MAX_OFFER_PAYLOAD:
+            raise ProtocolError("offer payload missing or too large")
+        try:
+            doc = json.loads(payload.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise ProtocolError("offer payload is not UTF-8 JSON") from None
+        if not isinstance(doc, dict):
+            raise ProtocolError("offer payload is not a JSON object")
+        session = check_session_id(doc.get("session"))
+        challenge = crypto.b64u_decode(doc.get("challenge"))
+        if len(challenge) != crypto.CHALLENGE_SIZE:
+            raise ProtocolError("challenge must be 16 bytes")
+        proof = crypto.b64u_decode(doc.get("proof"))
+        if len(proof) != PROOF_SIZE:
+            raise ProtocolError("proof must be 32 bytes")
+        sdp = doc.get("offer")
+        if not isinstance(sdp, str):
+            raise ProtocolError("offer SDP missing")
+        source, device = doc.get("source"), doc.get("device")
+        if source is not None and (not isinstance(source, str) or len(source) > MAX_SOURCE):
+            raise ProtocolError("source must be an address")
+        if device is not None and (not isinstance(device, str) or len(device) > MAX_DEVICE_TOKEN):
+            raise ProtocolError("device must be a device token")
+        return cls(session, challenge, proof, sdp, source, device,
+                   check_ice_servers(doc.get("ice_servers")))
+
+
+def session_of(payload) -> str:
+    """The session id of a payload that may not parse, or None (for error replies)."""
+    try:
+        sid = json.loads(bytes(payload).decode("utf-8")).get("session")
+    except Exception:
+        return None
+    return sid if isinstance(sid, str) and SESSION_ID.match(sid) else None
+
+
+def failure_notice(source: str, reason: str) -> bytes:
+    """The NOTICE body telling a home server of a login refused at the coordinator
+    (docs/protocol.md section 1.3: UTF-8 JSON, at most 512 bytes)."""
+    return json.dumps({"event": "login-failed", "source": str(source)[:MAX_SOURCE],
+                       "reason": str(reason)[:64]}).encode("utf-8")
+
+
+# -- what the home server sends back (UDP ANSWER transfer) -------------------------
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A signed answer (``sdp``, ``time``, ``signature``) or a refusal (``error``)."""
+
+    session: str
+    sdp: str = None
+    time: int = None
+    signature: bytes = None
+    error: str = None
+    message: str = ""
+
+    @property
+    def refused(self) -> bool:
+        return self.error is not None
+
+    def encode(self) -> bytes:
+        if self.refused:
+            doc = {"session": self.session, "error": self.error,
+                   "message": self.message or REFUSALS.get(self.error, (None, ""))[1]}
+        else:
+            doc = {"session": self.session, "answer": self.sdp, "time": int(self.time),
+                   "signature": crypto.b64u_encode(self.signature)}
+        return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode("utf-8")
+
+    @classmethod
+    def refusal(cls, session, code, message=None) -> "Answer":
+        return cls(session, error=code, message=message or REFUSALS[code][1])
+
+    @classmethod
+    def decode(cls, payload: bytes) -> "Answer":
+        if not isinstance(payload, (bytes, bytearray)) or len(payload) > MAX_ANSWER_PAYLOAD:
+            raise ProtocolError("answer payload missing or too large")
+        try:
+            doc = json.loads(bytes(payload).decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise ProtocolError("answer payload is not UTF-8 JSON") from None
+        if not isinstance(doc, dict):
+            raise ProtocolError("answer payload is not a JSON object")
+        session = check_session_id(doc.get("session"))
+        if "error" in doc:
+            code, message = doc.get("error"), doc.get("message", "")
+            if not isinstance(code, str) or not re.fullmatch(r"[a-z0-9-]{1,40}", code):
+                raise ProtocolError("malformed refusal code")
+            return cls(session, error=code,
+                       message=message[:200] if isinstance(message, str) else "")
+        sdp, when, signature = doc.get("answer"), doc.get("time"), doc.get("signature")
+        if (not isinstance(sdp, str) or len(sdp) > MAX_SDP or not isinstance(when, int)
+                or isinstance(when, bool)):
+            raise ProtocolError("answer, time or signature missing")
+        signature = crypto.b64u_decode(signature)
+        if len(signature) != crypto.SIGNATURE_SIZE:
+            raise ProtocolError("signature must be 64 bytes")
+        return cls(session, sdp, when, signature)
+
+    def to_doc(self) -> dict:
+        """The long-poll result the coordinator passes through unchanged."""
+        return {"session": self.session, "status": "answered", "answer": self.sdp,
+                "time": self.time, "signature": crypto.b64u_encode(self.signature)}
+
+
+def check_answer(doc, *, server_raw: bytes, session: str, challenge: bytes,
+                 offer_digest: bytes, client_fp: str, now: float) -> str:
+    """What a client checks before it uses an answer; returns the answer's fingerprint.
+
+    *doc* is the long-poll result.  The echoed session id must be ours, the
+    answer SDP must have the strict shape (:func:`sdp_fingerprint`), the
+    home server's signature must verify with the pinned key over this
+    session, challenge, offer hash, both fingerprints, time and SDP, and the
+    time must be within MAX_CLOCK_SKEW of ours.  Raises AuthenticationError
+    (altered or forged; code ``server-signature``) or ProtocolError (code
+    ``clock`` for the clock check)."""
+    forged = ("the answer is not signed by the home server you added, over this connection: "
+              "it was altered on the way (by the coordinator?) or someone is impersonating "
+              "the home server; refusing to connect")
+    if not isinstance(doc, dict) or doc.get("session") != session:
+        raise AuthenticationError(forged + " (wrong session)", "server-signature")
+    sdp, when = doc.get("answer"), doc.get("time")
+    try:
+        if not isinstance(when, int) or isinstance(when, bool):
+            raise ProtocolError("time missing")
+        server_fp = sdp_fingerprint(sdp, "answer")
+        crypto.verify(server_raw, crypto.b64u_decode(doc.get("signature")),
+                      crypto.answer_signature_message(session, challenge, offer_digest,
+                                                      client_fp, server_fp, when, sdp))
+    except (ProtocolError, AuthenticationError) as e:
+        raise AuthenticationError(f"{forged} ({e})", "server-signature") from None
+    if not abs(when - now) < MAX_CLOCK_SKEW:
+        raise ProtocolError("the home server's answer is too old or its clock is wrong (more "
+                            f"than {MAX_CLOCK_SKEW // 60} minutes off): check the clocks",
+                            "clock")
+    return server_fp

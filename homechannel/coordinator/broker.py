@@ -1,0 +1,297 @@
+"""The connect use-case of the coordinator: lookups, connects, answers.
+
+Everything the coordinator decides about a connect attempt lives here, apart
+from HTTP (``web.py`` maps requests to these calls and errors to responses)
+and apart from the UDP protocol (``IRelay``).  Formats, limits and codes come
+from :mod:`homechannel.connect`.
+
+Order of checks for ``POST /api/connect`` (docs/protocol.md section 2):
+
+1. the body parses (``ConnectRequest.parse``: shape of every field and of the
+   offer SDP);
+2. the source (IPv6 /56) is not locked out;
+3. the source (IPv6 /64) is within its rate;
+4. the server is online;
+5. with a **device token**: the token verifies with the server's key, the
+   device is not locked out and within its own rate, the client-made
+   challenge is fresh; the offer goes to the home server, which checks the
+   proof (a wrong password there counts against the device and the source);
+6. otherwise (**pool path**): the server's budget (per minute and per day)
+   is not spent -- checked before the challenge is touched, so a spent
+   budget never drains the pool; the challenge is taken from the pool
+   (single use; a stale or made-up one counts half a failure against the
+   source); only now is the server's budget spent; the answer is checked
+   against ``expectedAnswer`` in constant time (a wrong one counts a
+   failure against the source and is reported to the home server);
+7. the pending session is created and the offer relayed.
+
+So an attacker's attempts spend only what a valid challenge lets them spend,
+lockouts fall on sources and devices, never on the server, and a client that
+signed in before (it holds a device token) keeps a budget of its own.
+"""
+
+import os
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from homechannel import connect, crypto
+from homechannel.coordinator.ratelimit import Lockout, RateLimiter, lockout_key, source_key
+from homechannel.coordinator.sessions import MemorySessionStore
+from homechannel.errors import (
+    AuthenticationError,
+    Forbidden,
+    HomeChannelError,
+    NotFound,
+    ProtocolError,
+    TooManyRequests,
+    Unavailable,
+)
+
+DAY = 86400.0
+# A stale or made-up challenge counts this much of a failed password towards
+# the source's lockout (a stale one can be an honest race with another client).
+STALE_WEIGHT = 0.5
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The budgets of the connect flow (``[web]`` settings)."""
+
+    per_ip_per_minute: int = 30
+    per_server_per_minute: int = 10
+    per_server_per_day: int = 1000
+    per_device_per_minute: int = 10
+    failures_before_lockout: int = 5
+    lockout_base: float = 60.0
+    lockout_max: float = 3600.0
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**{name: getattr(config, name) for name in cls.__dataclass_fields__})
+
+
+class Broker:
+    """The connect flow behind the HTTPS API (one per coordinator process)."""
+
+    log = Logger()
+
+    def __init__(self, relay, config, clock, *, sessions=None, limits=None,
+                 ice_servers=None, random_bytes=os.urandom):
+        self._relay = relay
+        self._config = config
+        self._clock = clock
+        self._random = random_bytes
+        limits = limits or Limits.from_config(config)
+        self.limits = limits
+        self.sessions = sessions or MemorySessionStore(
+            clock,
+            session_timeout=config.session_timeout,
+            retention=max(30.0, config.long_poll_timeout + 5.0),
+            max_sessions=config.max_sessions,
+            max_waiters=config.max_waiters,
+        )
+        self._lockout = Lockout(clock, threshold=limits.failures_before_lockout,
+                                base=limits.lockout_base, maximum=limits.lockout_max)
+        self._device_lockout = Lockout(clock, threshold=limits.failures_before_lockout,
+                                       base=limits.lockout_base, maximum=limits.lockout_max)
+        self._ip_limiter = RateLimiter(clock, limits.per_ip_per_minute, 60.0)
+        # Looking up a server precedes every connect attempt and its retries.
+        self._lookup_limiter = RateLimiter(clock, 2 * limits.per_ip_per_minute, 60.0)
+        self._server_minute = RateLimiter(clock, limits.per_server_per_minute, 60.0)
+        self._server_day = RateLimiter(clock, limits.per_server_per_day, DAY)
+        self._device_limiter = RateLimiter(clock, limits.per_device_per_minute, 60.0)
+        self._tokens = OrderedDict()     # device token text -> DeviceToken (verified)
+        # ice_servers(role) -> list of RTCIceServer dicts for "client" or "server".
+        self._ice = ice_servers or (lambda role: list(config.ice_servers)
+                                    if role == "client" else [])
+        self.metrics = Counter()
+        relay.set_answer_handler(self.on_answer)
+
+    # -- lookups ---------------------------------------------------------------
+
+    def lookup(self, server_key: bytes, source: str) -> dict:
+        """``{"online", "challenge", "ice_servers"}`` for a browser about to connect."""
+        self._hit(self._lookup_limiter, source_key(source), "too many lookups from your address")
+        online, challenge = self._relay.server_status(server_key)
+        self.metrics["lookups"] += 1
+        return {"online": bool(online),
+                "challenge": challenge if online and challenge else None,
+                "ice_servers": self._ice("client")}
+
+    # -- connects ----------------------------------------------------------------
+
+    def connect(self, req: connect.ConnectRequest, source: str) -> None:
+        """Check and relay one connect attempt; raise a HomeChannelError to refuse it."""
+        lock = lockout_key(source)
+        locked = self._lockout.check(lock)
+        if locked is not None:
+            self.metrics["connect_locked_out"] += 1
+            raise TooManyRequests(f"too many wrong passwords from your address: try again in "
+                                  f"{_seconds(locked)} seconds", "locked-out",
+                                  retry_after=_seconds(locked))
+        self._hit(self._ip_limiter, source_key(source),
+                  "too many connection attempts from your address")
+        online, _ = self._relay.server_status(req.server_key)
+        if not online:
+            self.metrics["connect_offline"] += 1
+            raise NotFound("the home server is offline: check that it is running and "
+                           "connected to the internet", "offline")
+        if req.device is not None:
+            device = self._device_path(req)
+        else:
+            self._pool_path(req, source, lock)
+            device = None
+        payload = connect.Offer(req.session, req.challenge, req.proof, req.offer,
+                                source=source, device=req.device,
+                                ice_servers=tuple(self._ice("server"))).encode()
+        self.sessions.create(req.session, req.server_key, source=source,
+                             device=device.device if device is not None else None)
+        self.metrics["connect_relayed"] += 1
+        d = defer.maybeDeferred(self._relay.send_offer, req.server_key, payload)
+        d.addErrback(self._offer_failed, req.session)
+
+    def _pool_path(self, req, source, lock):
+        key = req.server_key
+        retry = max(self._server_minute.peek(key) or 0.0, self._server_day.peek(key) or 0.0)
+        if retry:
+            self.metrics["rate_limited"] += 1
+            self.metrics["connect_server_budget"] += 1
+            raise TooManyRequests(
+                f"too many sign-in attempts to this home server right now: try again in "
+                f"{_seconds(retry)} seconds (devices that signed in before are not affected)",
+                "rate-limited", retry_after=_seconds(retry))
+        expected = self._relay.take_challenge(key, req.challenge)
+        if expected is None:
+            self.metrics["connect_stale_challenge"] += 1
+            self._lockout.failure(lock, STALE_WEIGHT)
+            raise Forbidden("the challenge was already used or has expired: look the server "
+                            "up again", "stale-challenge")
+        self._server_minute.hit(key)
+        self._server_day.hit(key)
+        if not crypto.check_answer(req.answer, expected):
+            self.metrics["connect_wrong_password"] += 1
+            self._failed(lock, source)
+            try:
+                self._relay.notify(key, connect.failure_notice(source, "wrong-password"))
+            except Exception:
+                self.log.failure("reporting a failed login to the home server failed")
+            raise Forbidden("wrong password", "wrong-password")
+        self._lockout.success(lock)
+
+    def _device_path(self, req):
+        try:
+            token = self._device_token(req.server_key, req.device)
+        except (ProtocolError, AuthenticationError) as e:
+            self.metrics["connect_bad_device"] += 1
+            raise Forbidden(f"this device's sign-in token was not accepted ({e}): sign in "
+                            "with the password", connect.BAD_DEVICE) from None
+        locked = self._device_lockout.check(token.device)
+        if locked is not None:
+            self.metrics["connect_locked_out"] += 1
+            raise TooManyRequests(f"too many wrong passwords from this device: try again in "
+                                  f"{_seconds(locked)} seconds", "locked-out",
+                                  retry_after=_seconds(locked))
+        self._hit(self._device_limiter, token.device,
+                  "too many connection attempts from this device")
+        made = connect.device_challenge_time(req.challenge)
+        if not abs(made - self._clock.seconds()) < connect.MAX_CLOCK_SKEW:
+            self.metrics["connect_stale_challenge"] += 1
+            raise Forbidden("the connection attempt is too old or this device's clock is wrong "
+                            "(more than 5 minutes off)", "stale-challenge")
+        self.metrics["connect_device"] += 1
+        return token
+
+    def _device_token(self, server_key, text):
+        token = self._tokens.get(text)
+        now = self._clock.seconds()
+        if token is None or token.server != crypto.b64u_encode(server_key):
+            token = connect.DeviceToken.verify(server_key, text, now)
+            self._tokens[text] = token
+            while len(self._tokens) > 10_000:
+                self._tokens.popitem(last=False)
+        elif not now < token.expires:
+            raise AuthenticationError("the device token has expired")
+        return token
+
+    def _failed(self, lock, source):
+        lockout = self._lockout.failure(lock)
+        if lockout is not None:
+            self.metrics["lockouts"] += 1
+            self.log.info("locked out {source} for {seconds}s after failed answers",
+                          source=lock, seconds=lockout)
+
+    def _offer_failed(self, failure, session_id):
+        if failure.check(HomeChannelError):
+            self.log.info("could not relay the offer for {session}: {error}",
+                          session=session_id, error=failure.getErrorMessage())
+        else:
+            self.log.failure("relaying the offer for {session} failed", failure,
+                             session=session_id)
+        self.metrics["relay_failed"] += 1
+        self.sessions.fail(session_id, Unavailable(
+            "the coordinator could not reach the home server: try again", "relay-failed"))
+
+    # -- answers -------------------------------------------------------------------
+
+    def wait(self, session_id: str, timeout: float):
+        """Deferred: the session's result dict, None while pending, or its error."""
+        return self.sessions.wait(session_id, timeout)
+
+    def on_answer(self, kid: bytes, payload: bytes) -> None:
+        """A complete ANSWER transfer from the home server with key id *kid*.
+
+        Hostile or stale input is counted and dropped, never raised."""
+        try:
+            answer = connect.Answer.decode(payload)
+        except ProtocolError:
+            self.metrics["answers_malformed"] += 1
+            self.log.debug("dropped a malformed answer")
+            return
+        info = self.sessions.info(answer.session)
+        if info is None:
+            self.metrics["answers_unknown_session"] += 1
+            return
+        if crypto.key_id(info.server_key) != kid:
+            self.metrics["answers_wrong_server"] += 1
+            self.log.debug("dropped an answer for {session} from another server",
+                           session=answer.session)
+            return
+        if answer.refused:
+            if self.sessions.fail(answer.session,
+                                  connect.refusal_error(answer.error, answer.message)):
+                self.metrics["answers_refused"] += 1
+                if answer.error == connect.BAD_PROOF:
+                    self._wrong_proof(info)
+            return
+        if self.sessions.answer(answer.session, answer.to_doc()):
+            self.metrics["answers"] += 1
+        else:
+            self.metrics["answers_duplicate"] += 1
+
+    def _wrong_proof(self, info):
+        """The home server refused a proof: a wrong password that the coordinator could
+        not see (device path, or a changed password).  Count it like one."""
+        if info.source is not None:
+            self._failed(lockout_key(info.source), info.source)
+        if info.device is not None:
+            if self._device_lockout.failure(info.device) is not None:
+                self.metrics["lockouts"] += 1
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _hit(self, limiter, key, message):
+        retry = limiter.hit(key)
+        if retry is not None:
+            self.metrics["rate_limited"] += 1
+            seconds = _seconds(retry)
+            raise TooManyRequests(f"{message}: try again in {seconds} seconds",
+                                  "rate-limited", retry_after=seconds)
+
+
+def _seconds(value):
+    import math
+
+    return max(1, int(math.ceil(value)))

@@ -1,0 +1,164 @@
+"""WebRTC helpers shared by the home server's answerer and the native client.
+
+The one place for what both aiortc sides need: ICE servers from settings,
+the peer connection factory, which host addresses to advertise, the DTLS
+certificate the peer actually presented, and which candidate pair was used.
+Nothing here imports aiortc at module import time.
+
+Which host addresses to advertise
+---------------------------------
+
+aioice gathers host candidates from every interface address except loopback
+(``aioice.ice.get_host_addresses``), and aiortc has no public knob for it.  The
+``webrtc.advertise_addresses`` setting lists extra host addresses (for example
+``["127.0.0.1"]`` in a loopback-only test namespace, or one fixed LAN address).
+They are added per connection, never by patching aioice's module globals: each
+ICE gatherer's ``Connection.get_component_candidates`` (the coroutine that
+binds one UDP socket per address and makes a host candidate of it) is wrapped
+on that instance only, so every other connection in the process is untouched.
+"""
+
+import ipaddress
+
+from homechannel import crypto
+from homechannel.errors import ConfigError
+
+
+def ice_servers(entries):
+    """ICE server settings (RTCIceServer dicts or URL strings) to aiortc objects.
+
+    aiortc uses only the first STUN and the first TURN entry, and aioice
+    silently drops a TURN entry without credentials."""
+    from aiortc import RTCIceServer
+
+    servers = []
+    for entry in entries or ():
+        if isinstance(entry, str):
+            servers.append(RTCIceServer(urls=entry))
+        else:
+            servers.append(RTCIceServer(urls=entry["urls"], username=entry.get("username"),
+                                        credential=entry.get("credential")))
+    return servers
+
+
+def peer_connection(servers):
+    """A new RTCPeerConnection with exactly these (aiortc) ICE servers, never the
+    default public STUN server, whose SDP carries one sha-256 fingerprint.
+
+    aiortc lists its certificate's sha-256, sha-384 and sha-512 fingerprints;
+    HomeChannel accepts exactly one fingerprint attribute per SDP
+    (``connect.sdp_fingerprint``), so each certificate of this connection is
+    told to list only its sha-256 one.  aiortc has no public knob: the
+    certificates are the connection's own (made in its constructor), and only
+    their instance attribute is replaced.
+    """
+    from aiortc import RTCConfiguration, RTCPeerConnection
+
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=list(servers)))
+    for certificate in getattr(pc, "_RTCPeerConnection__certificates", ()):
+        fingerprints = certificate.getFingerprints
+        certificate.getFingerprints = lambda _all=fingerprints: [
+            f for f in _all() if f.algorithm == "sha-256"]
+    return pc
+
+
+def remote_fingerprint(pc):
+    """The sha-256 fingerprint of the DTLS certificate the peer actually presented,
+    or None before the DTLS handshake completed.
+
+    aiortc checks the certificate against *every* fingerprint the remote SDP
+    lists for the section it uses; HomeChannel binds exactly one, so each end
+    compares the certificate itself with the one it bound (docs/security.md).
+    aiortc has no public accessor: this reads the pyOpenSSL connection of the
+    SCTP transport's DTLS transport.
+    """
+    sctp = getattr(pc, "sctp", None)
+    dtls = getattr(sctp, "transport", None)
+    ssl = getattr(dtls, "_ssl", None)
+    if ssl is None or getattr(dtls, "state", None) not in ("connected", "closed"):
+        return None
+    certificate = ssl.get_peer_certificate(as_cryptography=True)
+    if certificate is None:
+        return None
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return crypto.certificate_fingerprint(certificate.public_bytes(Encoding.DER))
+
+
+def selected_pair(pc):
+    """``"host"``/``"srflx"``/``"prflx"``/``"relay"`` of the local and remote
+    candidates of the nominated pair, e.g. ``("host", "srflx")``, or None."""
+    sctp = getattr(pc, "sctp", None)
+    ice = getattr(getattr(getattr(sctp, "transport", None), "transport", None),
+                  "_connection", None)
+    pair = None
+    for check in getattr(ice, "_nominated", {}).values() if ice is not None else ():
+        pair = check
+    if pair is None:
+        return None
+    return pair.local_candidate.type, pair.remote_candidate.type
+
+
+def parse_addresses(addresses) -> tuple:
+    """Validate a list of IP address strings; return them as a normalised tuple."""
+    if isinstance(addresses, str):
+        raise ConfigError("webrtc.advertise_addresses must be a list of IP addresses, "
+                          f"e.g. [{addresses!r}]")
+    result = []
+    for text in addresses or ():
+        try:
+            address = str(ipaddress.ip_address(text))
+        except (ValueError, TypeError):
+            raise ConfigError(f"webrtc.advertise_addresses: {text!r} is not an IP address") from None
+        if address not in result:
+            result.append(address)
+    return tuple(result)
+
+
+def ice_gatherers(pc):
+    """The ICE gatherers of *pc* (its SCTP transport and its transceivers), each once."""
+    seen = []
+    transports = []
+    if pc.sctp is not None:
+        transports.append(pc.sctp.transport)
+    for transceiver in pc.getTransceivers():
+        transports.append(transceiver.sender.transport)
+    for dtls in transports:
+        if dtls is None:
+            continue
+        gatherer = dtls.transport.iceGatherer
+        if all(gatherer is not g for g in seen):
+            seen.append(gatherer)
+    return seen
+
+
+def advertise_host_addresses(pc, addresses) -> None:
+    """Make *pc* also gather host candidates on *addresses*.
+
+    Call it after the transports exist and before gathering starts: for an
+    answerer after ``setRemoteDescription``, for an offerer after
+    ``createDataChannel``; in both cases before ``setLocalDescription``.
+    Calling it again on the same connection does not add the addresses twice.
+    """
+    extra = parse_addresses(addresses)
+    if not extra:
+        return
+    for gatherer in ice_gatherers(pc):
+        if gatherer.state != "new":
+            raise RuntimeError("advertise_host_addresses() called after ICE gathering started")
+        connection = gatherer._connection  # aioice.Connection; no public accessor exists
+        if getattr(connection, "_homechannel_extra_addresses", None) is not None:
+            connection._homechannel_extra_addresses = extra
+            continue
+        connection._homechannel_extra_addresses = extra
+        original = connection.get_component_candidates
+
+        async def get_component_candidates(component, addresses, timeout=5,
+                                           _original=original, _connection=connection):
+            merged = list(addresses)
+            for address in _connection._homechannel_extra_addresses:
+                if address not in merged:
+                    merged.append(address)
+            return await _original(component=component, addresses=merged, timeout=timeout)
+
+        connection.get_component_candidates = get_component_candidates
