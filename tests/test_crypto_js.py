@@ -2,8 +2,9 @@
 
 Runs crypto.js in node (WebCrypto is globalThis.crypto.subtle) against vectors
 computed by the Python module: PBKDF2, answer, expectedAnswer, proof and the
-signature messages must be byte-equal, a signature made in Python must verify
-in JS (and a tampered one must not), and the SDP fingerprint rules must agree.
+signature messages must be byte-equal, and a signature made in Python must
+verify in JS (and a tampered one must not).  (The connect flow's rules, SDP
+shape included, are static/js/connect.js: tests/test_connect_js.py.)
 """
 
 import json
@@ -20,9 +21,6 @@ CRYPTO_JS = os.path.join(REPO, "static", "js", "crypto.js")
 
 FP_CLIENT = ":".join(f"{i:02x}" for i in range(32))
 FP_SERVER = ":".join(f"{255 - i:02X}" for i in range(32))
-SDP_ONE = f"v=0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=fingerprint:sha-256 {FP_CLIENT}\r\n"
-SDP_TWO = SDP_ONE + f"a=fingerprint:sha-256 {FP_SERVER}\r\n"
-SDP_NONE = "v=0\r\na=fingerprint:sha-1 AB:CD\r\n"
 
 RUNNER = r"""
 import * as c from "./crypto.mjs";
@@ -37,10 +35,13 @@ out.K = hex(K);
 const answer = await c.challengeAnswer(K, d(v.challenge));
 out.answer = hex(answer);
 out.expected = hex(await c.expectedAnswer(answer));
-out.proof = hex(await c.clientProof(K, v.session, d(v.challenge), v.fp_client));
-out.proof_message = hex(c.proofMessage(v.session, d(v.challenge), v.fp_client));
-out.answer_message = hex(c.answerSignatureMessage(v.session, d(v.challenge), v.fp_client,
+out.offer_hash = hex(await c.offerHash(v.sdp));
+const digest = await c.offerHash(v.sdp);
+out.proof = hex(await c.clientProof(K, v.session, d(v.challenge), digest));
+out.proof_message = hex(c.proofMessage(v.session, d(v.challenge), digest));
+out.answer_message = hex(c.answerSignatureMessage(v.session, d(v.challenge), digest, v.fp_client,
   v.fp_server, v.time, v.sdp));
+out.device_message = hex(c.deviceTokenMessage(Buffer.from(v.body, "hex")));
 out.response_message = hex(c.responseSignatureMessage(v.path, Buffer.from(v.body, "hex")));
 const sig = d(v.signature);
 const msg = Buffer.from(v.signed, "hex");
@@ -50,10 +51,6 @@ out.verify_bad_sig = await c.verify(server, bad, msg);
 const badMsg = Uint8Array.from(msg); badMsg[0] ^= 1;
 out.verify_bad_msg = await c.verify(server, sig, badMsg);
 out.verify_other_key = await c.verify(c.parseServerId(v.other_id), sig, msg);
-out.sdp_one = c.sdpFingerprint(v.sdp_one);
-for (const k of ["sdp_two", "sdp_none"]) {
-  try { c.sdpFingerprint(v[k]); out[k] = "accepted"; } catch (e) { out[k] = "refused"; }
-}
 out.b64u = v.b64u_inputs.map((h) => c.b64uEncode(Buffer.from(h, "hex")));
 out.b64u_back = v.b64u_inputs.map((h) => hex(c.b64uDecode(c.b64uEncode(Buffer.from(h, "hex")))));
 const rejects = [];
@@ -75,9 +72,10 @@ def test_crypto_js_matches_python(tmp_path):
     password = "correct horse ✓ battery"
     challenge = bytes(range(16))
     session = crypto.b64u_encode(bytes(range(100, 116)))
-    sdp = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\na=fingerprint:sha-256 " + FP_SERVER + "\r\n"
-    answer_msg = crypto.answer_signature_message(session, challenge, FP_CLIENT, FP_SERVER,
-                                                 1_700_000_123, sdp)
+    sdp = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\na=fingerprint:sha-256 " + FP_SERVER + "\r\n✓"
+    digest = crypto.offer_hash(sdp)
+    answer_msg = crypto.answer_signature_message(session, challenge, digest, FP_CLIENT,
+                                                 FP_SERVER, 1_700_000_123, sdp)
     body = b'{"ok":true}'
     vectors = {
         "server_id": home.text, "other_id": other.text, "password": password,
@@ -85,7 +83,6 @@ def test_crypto_js_matches_python(tmp_path):
         "fp_client": FP_CLIENT, "fp_server": FP_SERVER, "time": 1_700_000_123, "sdp": sdp,
         "path": "/api/servers/x", "body": body.hex(),
         "signature": crypto.b64u_encode(home.sign(answer_msg)), "signed": answer_msg.hex(),
-        "sdp_one": SDP_ONE, "sdp_two": SDP_TWO, "sdp_none": SDP_NONE,
         "b64u_inputs": ["", "00", "ff", "fffe", "fbff", "000102", "fbefbe" * 20],
         "b64u_bad": ["a", "ab=", "ab+c", "ab/c", "a b"],
     }
@@ -99,20 +96,17 @@ def test_crypto_js_matches_python(tmp_path):
     assert out["K"] == K.hex()
     assert out["answer"] == answer.hex()
     assert out["expected"] == crypto.expected_answer(answer).hex()
-    assert out["proof"] == crypto.client_proof(K, session, challenge, FP_CLIENT).hex()
-    assert out["proof_message"] == crypto.proof_message(session, challenge, FP_CLIENT).hex()
+    assert out["offer_hash"] == digest.hex()
+    assert out["proof"] == crypto.client_proof(K, session, challenge, digest).hex()
+    assert out["proof_message"] == crypto.proof_message(session, challenge, digest).hex()
     assert out["answer_message"] == answer_msg.hex()
+    assert out["device_message"] == crypto.device_token_message(body).hex()
     assert out["response_message"] == crypto.response_signature_message(
         "/api/servers/x", body).hex()
     assert out["verify_good"] is True
     assert out["verify_bad_sig"] is False
     assert out["verify_bad_msg"] is False
     assert out["verify_other_key"] is False
-    assert out["sdp_one"] == crypto.sdp_fingerprint(SDP_ONE)
-    for name, sdp_text in (("sdp_two", SDP_TWO), ("sdp_none", SDP_NONE)):
-        with pytest.raises(crypto.ProtocolError):
-            crypto.sdp_fingerprint(sdp_text)
-        assert out[name] == "refused"
     assert out["b64u"] == [crypto.b64u_encode(bytes.fromhex(h)) for h in vectors["b64u_inputs"]]
     assert out["b64u_back"] == vectors["b64u_inputs"]
     for bad in vectors["b64u_bad"]:

@@ -32,7 +32,7 @@ def test_interface():
 def test_answer_wakes_every_waiter_and_is_retained():
     clock, store = make()
     store.create("s", KEY)
-    assert store.server_key("s") == KEY and store.is_pending("s")
+    assert store.info("s").server_key == KEY and store.is_pending("s")
     d1, d2 = store.wait("s", 25), store.wait("s", 25)
     assert store.waiting == 2
     assert store.answer("s", {"answer": 1})

@@ -7,7 +7,7 @@ import pytest
 from twisted.internet import task
 from zope.interface.verify import verifyObject
 
-from homechannel import crypto
+from homechannel import connect, crypto
 from homechannel.config import ServerKeepalive
 from homechannel.coordinator.interfaces import IRelay
 from homechannel.coordinator.rendezvous import Rendezvous
@@ -72,7 +72,7 @@ def test_relay_offer_and_answer_through_adapters(net):
     d = relay.send_offer(server_key.public_raw, b"offer" * 500)
     net["network"].run(2.0)
     assert d.called
-    assert answers == [(server_key.public_raw, b"answer to " + b"offer" * 500)]
+    assert answers == [(server_key.id, b"answer to " + b"offer" * 500)]
     expected = relay.take_challenge(server_key.public_raw, challenge)
     assert crypto.check_answer(crypto.challenge_answer(K, challenge), expected)
     assert relay.take_challenge(server_key.public_raw, challenge) is None
@@ -149,8 +149,8 @@ def test_failed_login_is_reported_to_the_home_server(net):
     seen = []
     globalLogPublisher.addObserver(seen.append)
     try:
-        net["coords"][C1].report_failure(net["server_key"].public_raw, "198.51.100.7",
-                                         "wrong-password")
+        net["coords"][C1].notify(net["server_key"].public_raw,
+                                 connect.failure_notice("198.51.100.7", "wrong-password"))
         net["network"].run(1.0)
     finally:
         globalLogPublisher.removeObserver(seen.append)

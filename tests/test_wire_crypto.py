@@ -40,12 +40,20 @@ def test_answer_expected_answer_and_proof_known_answers():
     assert crypto.expected_answer(answer) == hashlib.sha256(answer).digest()
     assert crypto.check_answer(answer, crypto.expected_answer(answer))
     assert not crypto.check_answer(b"x" * 32, crypto.expected_answer(answer))
-    fp = ":".join(["ab"] * 32)
-    msg = crypto.proof_message("sess", challenge, fp)
-    assert msg == ("homechannel-proof-v1\nsess\nAAECAwQFBgcICQoLDA0ODw\n" + fp.upper()).encode()
-    proof = crypto.client_proof(K, "sess", challenge, fp)
-    assert crypto.check_proof(K, "sess", challenge, fp.upper(), proof)
-    assert not crypto.check_proof(K, "sess2", challenge, fp, proof)
+    sid, sid2 = "A" * 22, "B" * 22
+    digest = crypto.offer_hash("v=0\r\n")
+    assert digest == hashlib.sha256(b"v=0\r\n").digest()
+    msg = crypto.proof_message(sid, challenge, digest)
+    assert msg == b"homechannel-proof-v2" + sid.encode() + challenge + digest
+    proof = crypto.client_proof(K, sid, challenge, digest)
+    assert proof == hmac.new(K, msg, hashlib.sha256).digest()
+    assert crypto.check_proof(K, sid, challenge, digest, proof)
+    assert not crypto.check_proof(K, sid2, challenge, digest, proof)
+    assert not crypto.check_proof(K, sid, challenge, crypto.offer_hash("v=0\n"), proof)
+    for bad in (("short", challenge, digest), (sid, challenge[:15], digest),
+                (sid, challenge, digest[:31])):
+        with pytest.raises(ProtocolError):
+            crypto.proof_message(*bad)
 
 
 def test_signatures_are_raw_and_verify():
@@ -66,15 +74,11 @@ def test_b64u_round_trip_and_garbage():
             crypto.b64u_decode(bad)
 
 
-def test_sdp_fingerprint():
-    fp = ":".join(["0a"] * 32)
-    sdp = f"v=0\r\na=fingerprint:sha-256 {fp}\r\n"
-    assert crypto.sdp_fingerprint(sdp) == fp.upper()
-    with pytest.raises(ProtocolError):
-        crypto.sdp_fingerprint("v=0\r\n")
-    other = ":".join(["0b"] * 32)
-    with pytest.raises(ProtocolError):
-        crypto.sdp_fingerprint(sdp + f"a=fingerprint:sha-256 {other}\r\n")
+def test_certificate_fingerprint_is_sdp_style_sha256():
+    der = b"certificate bytes"
+    fp = crypto.certificate_fingerprint(der)
+    assert fp == ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
+    assert crypto.normalize_fingerprint(fp.lower()) == fp
 
 
 # -- identity key files -----------------------------------------------------------

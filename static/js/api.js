@@ -66,8 +66,11 @@ export class Coordinator {
     return this.request("GET", `/api/servers/${encodeURIComponent(serverId)}`, undefined, signal);
   }
 
-  connect(body, signal) {
-    return this.request("POST", "/api/connect", body, signal);
+  /** POST the connect request; with waitSeconds > 0 the coordinator holds the response until
+   * the home server's answer arrives (200, status "answered") or the wait ends (202). */
+  connect(body, waitSeconds = 0, signal) {
+    const query = waitSeconds > 0 ? `?wait=${Math.round(waitSeconds)}` : "";
+    return this.request("POST", `/api/connect${query}`, body, signal);
   }
 
   poll(sessionId, signal) {

@@ -6,14 +6,14 @@ export const settings = Object.freeze({
   iceGatheringTimeoutMs: 5000,
   // Overall limit for waiting on the home server's answer (long-polls included).
   answerTimeoutMs: 60000,
+  // How long POST /api/connect may hold for the answer (the coordinator caps it).
+  connectWaitSeconds: 25,
   // How long the control channel may take to open once the answer is applied.
   channelOpenTimeoutMs: 15000,
   // How long the home server may take to reply to our hello.
   helloTimeoutMs: 10000,
   // Keepalive pings on the control channel.
   pingIntervalMs: 20000,
-  // Largest accepted |answer time - now| in seconds.
-  maxClockSkewSeconds: 300,
   // localStorage key of the remembered servers.
   storageKey: "homechannel.servers.v1",
 });

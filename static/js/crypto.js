@@ -118,6 +118,7 @@ export async function expectedAnswer(answer) {
 
 const FINGERPRINT = /^[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){31}$/;
 
+/** A sha-256 DTLS fingerprint ("AB:CD:..." 32 hex pairs) in upper case. */
 export function normalizeFingerprint(fp) {
   if (typeof fp !== "string" || !FINGERPRINT.test(fp)) {
     throw new CryptoFormatError("DTLS fingerprint must be a sha-256 fingerprint (32 hex pairs)");
@@ -125,40 +126,43 @@ export function normalizeFingerprint(fp) {
   return fp.toUpperCase();
 }
 
-export function proofMessage(sessionId, challenge, clientFingerprint) {
-  return utf8.encode(["homechannel-proof-v1", sessionId, b64uEncode(challenge),
-    normalizeFingerprint(clientFingerprint)].join("\n"));
+/** SHA-256 of the offer SDP as sent (its UTF-8 bytes): what the proof binds. */
+export async function offerHash(sdp) {
+  return sha256(utf8.encode(sdp));
 }
 
-/** proof = HMAC(K, "homechannel-proof-v1\n" + sid + "\n" + b64u(challenge) + "\n" + fp) */
-export async function clientProof(passwordKey, sessionId, challenge, clientFingerprint) {
-  return hmacSha256(passwordKey, proofMessage(sessionId, challenge, clientFingerprint));
+const PROOF_LABEL = utf8.encode("homechannel-proof-v2");
+
+/** "homechannel-proof-v2" || session id (22) || challenge (16) || SHA-256(offer SDP) (32). */
+export function proofMessage(sessionId, challenge, offerDigest) {
+  if (typeof sessionId !== "string" || !/^[A-Za-z0-9_-]{22}$/.test(sessionId) ||
+      challenge.length !== CHALLENGE_SIZE || offerDigest.length !== 32) {
+    throw new CryptoFormatError("proof input: a 22-character session id, a 16-byte challenge " +
+      "and a 32-byte offer hash");
+  }
+  return concatBytes(PROOF_LABEL, utf8.encode(sessionId), challenge, offerDigest);
 }
 
-export function answerSignatureMessage(sessionId, challenge, clientFingerprint,
+/** proof = HMAC(K, proofMessage(...)): binds the password to this exact offer. */
+export async function clientProof(passwordKey, sessionId, challenge, offerDigest) {
+  return hmacSha256(passwordKey, proofMessage(sessionId, challenge, offerDigest));
+}
+
+/** What the home server signs over its answer (docs/protocol.md, "Common formats"). */
+export function answerSignatureMessage(sessionId, challenge, offerDigest, clientFingerprint,
   serverFingerprint, timestamp, answerSdp) {
-  return utf8.encode(["homechannel-answer-v1", sessionId, b64uEncode(challenge),
-    normalizeFingerprint(clientFingerprint), normalizeFingerprint(serverFingerprint),
-    String(Math.trunc(timestamp)), answerSdp].join("\n"));
+  return utf8.encode(["homechannel-answer-v2", sessionId, b64uEncode(challenge),
+    b64uEncode(offerDigest), normalizeFingerprint(clientFingerprint),
+    normalizeFingerprint(serverFingerprint), String(Math.trunc(timestamp)), answerSdp].join("\n"));
+}
+
+/** What a home server signs to issue a device token. */
+export function deviceTokenMessage(payload) {
+  return concatBytes(utf8.encode("homechannel-device-v1\n"), payload);
 }
 
 /** What the coordinator signs over every HTTP response: path without query, raw body. */
 export function responseSignatureMessage(path, body) {
   return concatBytes(utf8.encode("homechannel-response-v1\n" + path + "\n"),
     body instanceof Uint8Array ? body : new Uint8Array(body));
-}
-
-// -- DTLS fingerprints in SDP ------------------------------------------------
-
-const SDP_FINGERPRINT = /^a=fingerprint:sha-256 ([0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){31})\s*$/gm;
-
-/** The single sha-256 DTLS fingerprint of an SDP (upper case); throws on zero or several. */
-export function sdpFingerprint(sdp) {
-  if (typeof sdp !== "string") throw new CryptoFormatError("SDP must be text");
-  const found = new Set();
-  for (const m of sdp.matchAll(SDP_FINGERPRINT)) found.add(m[1].toUpperCase());
-  if (found.size !== 1) {
-    throw new CryptoFormatError("SDP must carry exactly one sha-256 DTLS fingerprint");
-  }
-  return [...found][0];
 }

@@ -6,6 +6,9 @@ import { coordinatorKey, iceServers } from "/config.js";
 import { settings, formatDuration } from "./config.js";
 import * as hc from "./crypto.js";
 import { ApiError, Coordinator, SignatureError } from "./api.js";
+import { CheckError, checkAnswer, checkRemoteCertificate, deviceChallenge,
+  verifyDeviceToken } from "./connect.js";
+import { getDeviceToken, setDeviceToken } from "./devices.js";
 import * as servers from "./servers.js";
 import { applyAnswer, createPeer, makeOffer, request, StepTimeout, waitOpen } from "./webrtc.js";
 
@@ -171,6 +174,7 @@ function explain(error) {
       "by the coordinator's key, so it cannot be trusted. Someone may be interfering with " +
       "your connection. Do not continue on this network.");
   }
+  if (error instanceof CheckError) return new ConnectError(error.code, error.message);
   if (error instanceof ApiError) {
     const wait = error.retryAfter ? formatDuration(error.retryAfter) : "a while";
     switch (error.code) {
@@ -183,7 +187,9 @@ function explain(error) {
         return new ConnectError("locked-out", `Too many wrong passwords from your network. ` +
           `Try again in ${wait}.`, { retryAfter: error.retryAfter });
       case "rate-limited":
-        return new ConnectError("rate-limited", `Too many attempts. Try again in ${wait}.`,
+        return new ConnectError("rate-limited", `Too many attempts. Try again in ${wait}.` +
+          (/this home server/.test(error.message) ? " (Someone may be guessing this server's " +
+            "password; browsers that signed in before are not affected.)" : ""),
           { retryAfter: error.retryAfter });
       case "bad-proof":
         return new ConnectError("bad-proof", "The home server refused the connection: it " +
@@ -218,84 +224,84 @@ function sleep(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-/** One attempt: returns {pc, control} with the control channel open. */
-async function attempt(server, passwordKeyPromise) {
+/** One attempt: returns {pc, control, hello} with the control channel open and checked.
+ * With a device token the challenge is one this browser makes (no coordinator challenge). */
+async function attempt(server, passwordKeyPromise, device) {
   const serverRaw = hc.parseServerId(server.id);
-  // Gathering candidates takes the browser about 120 ms: start it at once, in parallel
-  // with the lookup and the password derivation (the steps still show in order).
-  const { pc, control } = createPeer(iceServers);
+  setStep("lookup");
+  let { doc } = await api.lookup(server.id);
+  if (!doc.online) throw new ApiError(404, "offline", "offline");
+  // The ICE servers come in the signed lookup (with TURN credentials minted for this connect);
+  // gathering starts now, in parallel with the password derivation.
+  const { pc, control } = createPeer(Array.isArray(doc.ice_servers) ? doc.ice_servers : iceServers);
   const offerPromise = makeOffer(pc, settings.iceGatheringTimeoutMs);
   offerPromise.catch(() => {});
   try {
-    setStep("lookup");
-    let { doc } = await api.lookup(server.id);
-    if (!doc.online) throw new ApiError(404, "offline", "offline");
-    for (let i = 0; !doc.challenge && i < 3; i++) {
-      await sleep(1000);  // the pool is being refilled
-      ({ doc } = await api.lookup(server.id));
-      if (!doc.online) throw new ApiError(404, "offline", "offline");
+    let challenge;
+    if (device) {
+      challenge = deviceChallenge(Date.now() / 1000);
+    } else {
+      for (let i = 0; !doc.challenge && i < 3; i++) {
+        await sleep(1000);  // the pool is being refilled
+        ({ doc } = await api.lookup(server.id));
+        if (!doc.online) throw new ApiError(404, "offline", "offline");
+      }
+      if (!doc.challenge) {
+        throw new ConnectError("busy", "The home server has no fresh challenge right now. " +
+          "Try again in a minute.");
+      }
+      challenge = hc.b64uDecode(doc.challenge);
     }
-    if (!doc.challenge) {
-      throw new ConnectError("busy", "The home server has no fresh challenge right now. " +
-        "Try again in a minute.");
-    }
-    const challenge = hc.b64uDecode(doc.challenge);
 
     setStep("password");
     const passwordKey = await passwordKeyPromise;
-    const answer = await hc.challengeAnswer(passwordKey, challenge);
 
     setStep("gather");
     const offer = await offerPromise;
     const session = hc.newSessionId();
-    const proof = await hc.clientProof(passwordKey, session, challenge, offer.fingerprint);
+    const proof = await hc.clientProof(passwordKey, session, challenge, offer.digest);
+    const body = { server: server.id, session, challenge: hc.b64uEncode(challenge),
+      proof: hc.b64uEncode(proof), offer: offer.sdp };
+    if (device) body.device = device;
+    else body.answer = hc.b64uEncode(await hc.challengeAnswer(passwordKey, challenge));
 
     setStep("wait");
+    // The coordinator holds this request until the answer arrives (the usual case: one
+    // request); a slow home server is waited for with long-polls.
     const deadline = Date.now() + settings.answerTimeoutMs;
-    await api.connect({
-      server: server.id, session, challenge: doc.challenge, answer: hc.b64uEncode(answer),
-      proof: hc.b64uEncode(proof), offer: offer.sdp,
-    });
-    let result;
-    for (;;) {
-      ({ doc: result } = await api.poll(session));
-      if (result.status === "answered") break;
+    let { doc: result } = await api.connect(body, settings.connectWaitSeconds);
+    while (result.status !== "answered") {
       if (Date.now() > deadline) {
         throw new ConnectError("timeout", "The home server did not answer in time. Check " +
           "that it is running, then try again.");
       }
+      ({ doc: result } = await api.poll(session));
     }
-    await checkAnswer(serverRaw, session, challenge, offer.fingerprint, result);
+    const serverFingerprint = await checkAnswer(result, { serverRaw, session, challenge,
+      offerDigest: offer.digest, clientFingerprint: offer.fingerprint,
+      nowSeconds: Date.now() / 1000 });
 
     setStep("open");
     await applyAnswer(pc, result.answer);
     await waitOpen(pc, control, settings.channelOpenTimeoutMs);
-    return { pc, control };
+    // DTLS checked the certificate against the answer's fingerprint; check it ourselves too.
+    await checkRemoteCertificate(pc, serverFingerprint);
+    const hello = await request(control, { op: "hello" }, (m) => m.op === "hello",
+      settings.helloTimeoutMs);
+    return { pc, control, hello };
   } catch (error) {
     pc.close();
     throw error;
   }
 }
 
-async function checkAnswer(serverRaw, session, challenge, clientFingerprint, result) {
-  const forged = new ConnectError("server-signature", "The answer is not signed by the home " +
-    "server you added (its key does not match). Someone may be impersonating it; do not continue.");
-  if (result.session !== session || typeof result.answer !== "string") throw forged;
-  let serverFingerprint;
-  let signature;
+async function keepDeviceToken(server, hello) {
+  if (typeof hello.device !== "string") return;
   try {
-    serverFingerprint = hc.sdpFingerprint(result.answer);
-    signature = hc.b64uDecode(result.signature);
+    await verifyDeviceToken(hc.parseServerId(server.id), hello.device, Date.now() / 1000);
+    setDeviceToken(server.id, hello.device);
   } catch (e) {
-    throw forged;
-  }
-  const message = hc.answerSignatureMessage(session, challenge, clientFingerprint,
-    serverFingerprint, result.time, result.answer);
-  if (!await hc.verify(serverRaw, signature, message)) throw forged;
-  const skew = Math.abs(result.time - Date.now() / 1000);
-  if (!(skew < settings.maxClockSkewSeconds)) {
-    throw new ConnectError("clock", "The home server's answer is too old or its clock is " +
-      "wrong (more than 5 minutes off). Check the clocks and try again.");
+    console.warn("ignored a device token that does not verify:", e.message);
   }
 }
 
@@ -311,19 +317,29 @@ async function connect({ password = null, passwordKey = null } = {}) {
     : hc.derivePasswordKey(password, serverRaw);
   keyPromise.catch(() => {});
   try {
-    let link;
-    try {
-      link = await attempt(server, keyPromise);
-    } catch (error) {
-      // A challenge someone else used first: fetch a fresh one, once.
-      if (!(error instanceof ApiError && error.code === "stale-challenge")) throw error;
-      resetSteps();
-      link = await attempt(server, keyPromise);
+    let device = getDeviceToken(server.id);
+    let link = null;
+    for (let tries = 0; !link; tries++) {
+      try {
+        link = await attempt(server, keyPromise, device);
+      } catch (error) {
+        const code = error.code;
+        if (device && code === "bad-device") {
+          // The home server (or coordinator) no longer accepts this browser's token.
+          setDeviceToken(server.id, null);
+          device = null;
+        } else if (tries === 0 && (code === "stale-challenge" || code === "unknown-challenge")) {
+          // A challenge someone else used first: fetch a fresh one, once.
+        } else {
+          throw error;
+        }
+        resetSteps();
+      }
     }
-    const hello = await request(link.control, { op: "hello" }, (m) => m.op === "hello",
-      settings.helloTimeoutMs);
+    await keepDeviceToken(server, link.hello);
     $("password").value = "";
-    startSession(server, link, await keyPromise, Array.isArray(hello.apps) ? hello.apps : []);
+    startSession(server, link, await keyPromise,
+      Array.isArray(link.hello.apps) ? link.hello.apps : []);
   } catch (error) {
     const explained = explain(error);
     failStep(explained.kind);

@@ -2,7 +2,8 @@
 // "control" datachannel, all ICE candidates gathered before the offer is
 // sent (the home server does not trickle either).
 
-import { sdpFingerprint } from "./crypto.js";
+import { sdpFingerprint } from "./connect.js";
+import { offerHash } from "./crypto.js";
 
 export class StepTimeout extends Error {}
 
@@ -13,7 +14,8 @@ export function createPeer(iceServers) {
 }
 
 /** createOffer, setLocalDescription, wait for ICE gathering to complete
- * (or the timeout: then use what we have).  Returns {sdp, fingerprint}. */
+ * (or the timeout: then use what we have).  Returns {sdp, fingerprint, digest}: the SDP as
+ * sent, its single sha-256 fingerprint and its SHA-256 (what the proof binds). */
 export async function makeOffer(pc, timeoutMs) {
   const offer = await pc.createOffer();
   await pc.setLocalDescription(offer);
@@ -36,7 +38,7 @@ export async function makeOffer(pc, timeoutMs) {
     pc.addEventListener("icecandidate", onCandidate);
   });
   const sdp = pc.localDescription.sdp;
-  return { sdp, fingerprint: sdpFingerprint(sdp) };
+  return { sdp, fingerprint: sdpFingerprint(sdp), digest: await offerHash(sdp) };
 }
 
 export async function applyAnswer(pc, sdp) {
