@@ -376,3 +376,48 @@ async def test_close_all_closes_every_session(h):
     assert all(pc.connectionState == "closed" for pc in h.app_host.attached)
     _, _, sdp = await h.client_offer()
     assert (await h.offer(h.payload(sdp)[0]))["error"] == "busy"
+
+
+# -- the certificate actually presented ---------------------------------------
+
+
+@run
+async def test_dtls_certificate_other_than_the_proven_one_is_closed_before_any_app(
+        h, monkeypatch=None):
+    """Defence in depth: even if a DTLS stack accepted a certificate other than the one
+    the SDP (and so the proof) names, the home server compares the certificate the peer
+    presented with the proven fingerprint and closes the session before any channel,
+    control included, is served.  Here aiortc's own fingerprint check is switched off
+    (``RTCDtlsTransport._validate_peer_identity``) and the client proves an offer whose
+    fingerprint is not its certificate's.  Without the check in ``server/peer.py``
+    (``_dtls_state`` and the ``verify_peer`` gate) the channel opens and this fails."""
+    from aiortc.rtcdtlstransport import RTCDtlsTransport
+
+    original = RTCDtlsTransport._validate_peer_identity
+    RTCDtlsTransport._validate_peer_identity = lambda self, params: None
+    try:
+        pc, channel, sdp = await h.client_offer()
+        real = connect.sdp_fingerprint(sdp)
+        other = ":".join(["5A"] * 32)
+        forged = sdp.replace(real, other)
+        payload, sid, _ = h.payload(forged)
+        reply = await h.offer(payload)
+        assert "answer" in reply      # the proof is right for the SDP it came with
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=reply["answer"], type="answer"))
+        await wait_until(lambda: h.answerer.live_sessions == 0, timeout=15)
+        assert channel.readyState != "open" or h.app_host.refused == ["control"]
+        assert h.app_host.contexts[0].verify_peer() is False
+    finally:
+        RTCDtlsTransport._validate_peer_identity = original
+
+
+@run
+async def test_the_proven_certificate_passes_the_check(h):
+    pc, channel, sdp = await h.client_offer()
+    reply = await h.offer(h.payload(sdp)[0])
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=reply["answer"], type="answer"))
+    await channel_open(channel)
+    assert h.app_host.contexts[0].verify_peer() is True
+    assert h.app_host.refused == []
+    # The client sees the certificate the home server signed, too.
+    assert webrtc.remote_fingerprint(pc) == connect.sdp_fingerprint(reply["answer"])
