@@ -101,7 +101,10 @@ class Broker:
         # Looking up a server precedes every connect attempt and its retries.
         self._lookup_limiter = RateLimiter(clock, 2 * limits.per_ip_per_minute, 60.0)
         self._server_minute = RateLimiter(clock, limits.per_server_per_minute, 60.0)
-        self._server_day = RateLimiter(clock, limits.per_server_per_day, DAY)
+        # A day's budget refills evenly; at most a tenth of it can be spent at once, so
+        # any 24 hours see at most 1.1 x per_server_per_day guesses (docs/security.md).
+        self._server_day = RateLimiter(clock, limits.per_server_per_day, DAY,
+                                       burst=max(1, limits.per_server_per_day // 10))
         self._device_limiter = RateLimiter(clock, limits.per_device_per_minute, 60.0)
         self._tokens = OrderedDict()     # device token text -> DeviceToken (verified)
         # ice_servers(role) -> list of RTCIceServer dicts for "client" or "server".

@@ -79,11 +79,13 @@ class ILockout(Interface):
 class RateLimiter:
     """Token buckets, one per key, in a capped LRU table."""
 
-    def __init__(self, clock, limit, period=60.0, max_keys=100_000):
+    def __init__(self, clock, limit, period=60.0, max_keys=100_000, burst=None):
+        """At most *limit* hits per *period* seconds sustained, and *burst* (default
+        *limit*) at once: so at most ``burst + limit`` in any window of *period*."""
         if limit <= 0 or period <= 0:
             raise ValueError("limit and period must be positive")
         self._clock = clock
-        self._capacity = float(limit)
+        self._capacity = float(limit if burst is None else max(1, burst))
         self._rate = float(limit) / float(period)
         self._max_keys = max_keys
         # key -> [tokens, last update time]
