@@ -47,7 +47,7 @@ import tempfile
 import time
 
 from bench.udp_load import REPO, TWISTD, free_port
-from homechannel import crypto
+from homechannel import connect, crypto
 
 SERVERS = 200
 WORKERS = 48            # concurrent HTTP connections (and connect flows)
@@ -67,6 +67,7 @@ ANSWER = ("v=0\r\no=- 3 4 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
           "a=ice-ufrag:wxyz\r\na=ice-pwd:zyxwvutsrqponmlkjihgfedc\r\n"
           f"a=fingerprint:sha-256 {SERVER_FP}\r\na=setup:active\r\na=mid:0\r\n"
           "a=sctp-port:5000\r\na=candidate:1 1 udp 2130706431 127.0.0.1 50001 typ host\r\n")
+OFFER_HASH = crypto.offer_hash(OFFER)
 
 
 BARE = r"""
@@ -120,6 +121,7 @@ def start_coordinator(tmp, twistd=TWISTD, access_log=False):
                 'per_source_per_second = 1000000.0\nmax_handshakes = 100000\n'
                 f'[web]\nlisten = "tcp:{web}:interface=127.0.0.1"\n'
                 'per_ip_per_minute = 1000000000\nper_server_per_minute = 1000000000\n'
+                'per_server_per_day = 1000000000\n'
                 'max_sessions = 10000000\nmax_waiters = 100000\n'
                 f'access_log = {"true" if access_log else "false"}\n'
                 '[admin]\nlisten = ""\n')
@@ -166,22 +168,19 @@ class FakeAnswerer:
         self.answered = self.refused = 0
 
     def handle_offer(self, payload):
-        doc = json.loads(payload)
-        sid = doc["session"]
-        challenge = crypto.b64u_decode(doc["challenge"])
-        client_fp = crypto.sdp_fingerprint(doc["offer"])
-        if not (crypto.check_proof(self.key, sid, challenge, client_fp,
-                                   crypto.b64u_decode(doc["proof"]))
+        offer = connect.Offer.decode(payload)
+        sid, challenge = offer.session, offer.challenge
+        client_fp = connect.sdp_fingerprint(offer.sdp)
+        digest = crypto.offer_hash(offer.sdp)
+        if not (crypto.check_proof(self.key, sid, challenge, digest, offer.proof)
                 and self.challenges.consume(challenge)):
             self.refused += 1
-            return json.dumps({"session": sid, "error": "bad-proof"}).encode()
+            return connect.Answer.refusal(sid, connect.BAD_PROOF).encode()
         now = int(time.time())
         sig = self.identity.sign(crypto.answer_signature_message(
-            sid, challenge, client_fp, SERVER_FP, now, ANSWER))
+            sid, challenge, digest, client_fp, SERVER_FP, now, ANSWER))
         self.answered += 1
-        return json.dumps({"session": sid, "answer": ANSWER, "time": now,
-                           "signature": crypto.b64u_encode(sig)},
-                          separators=(",", ":")).encode()
+        return connect.Answer(sid, ANSWER, now, sig).encode()
 
 
 def simulate(udp_port, coordinator_text, n):
@@ -404,7 +403,7 @@ async def connect_flow(port, servers, coordinator_raw, seconds, pids, n=WORKERS)
         req = json.dumps({
             "server": sid_text, "session": session, "challenge": challenge_text,
             "answer": crypto.b64u_encode(crypto.challenge_answer(k, challenge)),
-            "proof": crypto.b64u_encode(crypto.client_proof(k, session, challenge, CLIENT_FP)),
+            "proof": crypto.b64u_encode(crypto.client_proof(k, session, challenge, OFFER_HASH)),
             "offer": OFFER}).encode()
         status, headers, body = await conn.request("POST", "/api/connect", req)
         if status != 202:
@@ -427,8 +426,9 @@ async def connect_flow(port, servers, coordinator_raw, seconds, pids, n=WORKERS)
         if verify:
             check_signature(coordinator_raw, path, headers, body)
             crypto.verify(key_raw, crypto.b64u_decode(doc["signature"]),
-                          crypto.answer_signature_message(session, challenge, CLIENT_FP,
-                                                          SERVER_FP, doc["time"], doc["answer"]))
+                          crypto.answer_signature_message(session, challenge, OFFER_HASH,
+                                                          CLIENT_FP, SERVER_FP, doc["time"],
+                                                          doc["answer"]))
             if abs(doc["time"] - time.time()) > 300:
                 raise HTTPError("answer time is off")
             stats["verified"] += 1
