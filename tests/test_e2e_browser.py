@@ -204,3 +204,78 @@ def test_coordinator_restart_recovers_on_retry(tmp_path, twistd, chromium_page):
     connect(page)  # the same page, the same password field: a retry
     server.wait_for_log(r"session \S+ connected", since=mark, timeout=10)
     assert page.locator("#session-status").inner_text() == "Connected"
+
+
+# -- the client hosted on another origin (docs/security.md) ----------------------------
+
+
+def serve_directory(directory):
+    """A plain HTTP server for *directory* on 127.0.0.1 (a thread); returns (url, stop)."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=directory)
+    handler.extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map,
+                              ".js": "text/javascript", ".mjs": "text/javascript"}
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.log_message = lambda *a: None
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+
+    def stop():
+        httpd.shutdown()
+        httpd.server_close()
+
+    return f"http://127.0.0.1:{httpd.server_address[1]}", stop
+
+
+def test_client_hosted_on_another_origin_connects_through_the_allowed_origin(
+        tmp_path, twistd, chromium_page):
+    """A copy of static/ served by the owner (another origin, its own config.js pinning the
+    coordinator key and naming the coordinator URL) connects through the coordinator's API,
+    which allows that origin (web.cors_origins); from an origin not allowed the browser
+    cannot use the API at all."""
+    import shutil
+
+    site = tmp_path / "site"
+    shutil.copytree(os.path.join(REPO, "static"), site,
+                    ignore=shutil.ignore_patterns("node_modules"))
+    url, stop = serve_directory(str(site))
+    try:
+        pair = make_pair(tmp_path / "pair")
+        with open(pair.coordinator_config, "rb") as f:
+            cfg = tomllib.load(f)
+        cfg["web"]["cors_origins"] = [url]
+        write_toml(pair.coordinator_config, cfg)
+        (site / "config.js").write_text(
+            f'export const coordinatorKey = "{pair.coordinator_key.text}";\n'
+            f'export const coordinatorUrl = "{pair.url}";\n'
+            'export const iceServers = [];\n')
+        coordinator = twistd("homechannel-coordinator", pair.coordinator_config)
+        coordinator.wait_for_log("coordinator: UDP")
+        server = twistd("homechannel-server", pair.server_config)
+        server.wait_for_log("registered with coordinator", timeout=20)
+
+        page = chromium_page
+        page.goto(f"{url}/#server={pair.server_key.text}")
+        page.get_by_role("heading", name="Add this server?").wait_for()
+        page.locator("#add-link").get_by_role("button", name="Add server").click()
+        connect(page)
+        server.wait_for_log(r"session \S+ connected", timeout=10)
+
+        # The same page from an origin the coordinator does not allow.
+        url2, stop2 = serve_directory(str(site))
+        try:
+            page2 = page.context.new_page()
+            page2.goto(f"{url2}/#server={pair.server_key.text}")
+            page2.get_by_role("heading", name="Add this server?").wait_for()
+            page2.locator("#add-link").get_by_role("button", name="Add server").click()
+            page2.get_by_label("Password").fill(PASSWORD)
+            page2.get_by_role("button", name="Connect").click()
+            kind, _ = connect_error(page2)
+            assert kind == "network"
+        finally:
+            stop2()
+    finally:
+        stop()

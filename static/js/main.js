@@ -2,7 +2,7 @@
 // (docs/protocol.md §2) and the control channel.  Apps UI: static/js/apps/index.js
 // exports mountApps(container, {pc, control, apps, serverId}); see onConnected().
 
-import { coordinatorKey, iceServers } from "/config.js";
+import { coordinatorKey, coordinatorUrl, iceServers } from "/config.js";
 import { settings, formatDuration } from "./config.js";
 import * as hc from "./crypto.js";
 import { ApiError, Coordinator, SignatureError } from "./api.js";
@@ -32,7 +32,9 @@ export class ConnectError extends Error {
   }
 }
 
-const api = new Coordinator(coordinatorKey);
+// The coordinator's API: this origin, or (a copy of the client hosted elsewhere) the
+// coordinatorUrl its own config.js names (docs/security.md, "Hosting the client yourself").
+const api = new Coordinator(coordinatorKey, (coordinatorUrl || "").replace(/\/+$/, ""));
 
 // The server the connect form is for, and the live connection (if any).
 let current = null;      // {id, name, remembered}
