@@ -4,7 +4,7 @@ TCP transport) and keeps the buffered bytes bounded; draining resumes it."""
 from twisted.internet import defer
 
 from homechannel.server.apps.channel import ChannelLink
-from homechannel.server.apps.desktop import TCPPipe
+from homechannel.server.apps.pipe import TCPPipe
 from homechannel.server.apps.testing import FakeChannel
 
 

@@ -14,7 +14,7 @@ from twisted.logger import Logger
 
 from homechannel import errors
 from homechannel.server.apps import frames
-from homechannel.server.apps.channel import ChannelLink
+from homechannel.server.apps.channel import ChannelLink, send_error_and_close
 
 log = Logger()
 
@@ -124,7 +124,5 @@ class AppHost:
         link.channel.on("message", on_message)
 
     def _refuse(self, link, exc):
-        from homechannel.server.apps.desktop import send_error_and_close
-
         log.info("refused channel {label}: {err}", label=link.label, err=exc)
         send_error_and_close(link, exc)

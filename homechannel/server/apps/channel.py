@@ -13,17 +13,38 @@ aiortc counts queued-but-unsent bytes in ``channel.bufferedAmount`` and emits
 So a slow browser slows the sender, and the memory held for one channel is
 bounded by ``high`` plus one read.  Chrome closes a channel whose send buffer
 passes 16 MB; we stay two orders of magnitude below.
+
+:func:`send_status` and :func:`send_error_and_close` are the channel-level
+text messages (``docs/protocol.md`` section 3.2): the byte pipes' only in-band
+signalling, and how a refused channel is told why before it is closed.
 """
+
+import json
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 from twisted.internet.interfaces import IConsumer
 
+from homechannel.server.apps import frames
+
 HIGH = 1024 * 1024
 LOW = 256 * 1024
 
 log = Logger()
+
+
+def send_status(link, op, **fields):
+    """A channel-level text message ``{"op": op, **fields}``."""
+    body = {"op": op}
+    body.update(fields)
+    link.send(json.dumps(body))
+
+
+def send_error_and_close(link, exc):
+    """Send ``{"op":"error","code","message",...}`` for *exc*, then close the channel."""
+    send_status(link, "error", **frames.error_body(exc))
+    link.close()
 
 
 @implementer(IConsumer)

@@ -4,14 +4,14 @@ The client opens ``app:forward:<n>`` and sends one text message
 ``{"op":"open","port":N}`` first.  The server connects to 127.0.0.1:N if N is
 in ``config.forward.ports`` and answers ``{"op":"open","port":N}``, or
 ``{"op":"error",...}`` and closes.  After that, binary messages are the raw
-TCP bytes both ways (flow control as in :mod:`desktop`).
+TCP bytes both ways (flow control as in :mod:`.pipe`).
 """
 
 import json
 
 from homechannel import errors
-from homechannel.server.apps import frames
-from homechannel.server.apps.desktop import TCPPipe, send_error_and_close
+from homechannel.server.apps.channel import send_error_and_close
+from homechannel.server.apps.pipe import TCPPipe
 
 
 class ForwardSession:
