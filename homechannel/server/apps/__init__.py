@@ -9,19 +9,67 @@ section 3 is the reference.
 
 import os
 import re
+from dataclasses import dataclass, field
+from typing import Callable
 
 from twisted.logger import Logger
 
 from homechannel import errors
-from homechannel.server.apps import frames
 from homechannel.server.apps.channel import ChannelLink, send_error_and_close
 
 log = Logger()
 
-APPS = [("files", "Files"), ("terminal", "Terminal"), ("desktop", "Desktop"), ("forward", "Forward")]
 LABEL = re.compile(r"\Aapp:([a-z]+):([A-Za-z0-9_.-]{1,64})\Z")
 MAX_CHANNELS = 64  # open app channels per peer connection
 VERSION = 1
+
+
+# Each app's session module is imported when its first channel opens, so a
+# server with an app disabled never loads it (twisted.conch for the terminal).
+
+def _files(host, config, link):
+    from homechannel.server.apps.files import CHANNEL_LOW, FilesSession
+
+    link.set_low(CHANNEL_LOW)  # downloads keep more queued (see files.py)
+    return FilesSession(config, link, host.reactor)
+
+
+def _terminal(host, config, link):
+    from homechannel.server.apps.terminal import TerminalSession
+
+    return TerminalSession(config, link, host.reactor, host.known_hosts)
+
+
+def _desktop(host, config, link):
+    from homechannel.server.apps.desktop import DesktopSession
+
+    return DesktopSession(config, link, host.reactor)
+
+
+def _forward(host, config, link):
+    from homechannel.server.apps.forward import ForwardSession
+
+    return ForwardSession(config, link, host.reactor)
+
+
+@dataclass(frozen=True)
+class App:
+    """One row of :data:`APPS`: how the hello answer shows it, how a channel opens it."""
+
+    title: str
+    session: Callable  # (host, app config, link) -> session with message_received
+    describe: Callable = field(default=lambda config: {})  # extra hello fields
+
+
+# The apps, in the order the hello answer lists them; each name is also the
+# attribute of the apps configuration (:class:`~homechannel.config.ServerApps`)
+# that configures it.
+APPS = {
+    "files": App("Files", _files, lambda config: {"readOnly": config.read_only}),
+    "terminal": App("Terminal", _terminal),
+    "desktop": App("Desktop", _desktop),
+    "forward": App("Forward", _forward, lambda config: {"ports": [int(p) for p in config.ports]}),
+}
 
 
 class AppHost:
@@ -31,19 +79,13 @@ class AppHost:
         self.state_dir = state_dir
         self.reactor = reactor
         self.known_hosts = config.terminal.known_hosts or os.path.join(state_dir, "known_hosts")
-        self.open_channels = 0
 
     def app_list(self):
         out = []
-        for name, title in APPS:
-            app = getattr(self.config, name)
-            if app.enabled:
-                entry = {"name": name, "title": title, "version": VERSION}
-                if name == "files":
-                    entry["readOnly"] = app.read_only
-                if name == "forward":
-                    entry["ports"] = [int(p) for p in app.ports]
-                out.append(entry)
+        for name, app in APPS.items():
+            config = getattr(self.config, name)
+            if config.enabled:
+                out.append({"name": name, "title": app.title, "version": VERSION, **app.describe(config)})
         return out
 
     def attach(self, pc, context=None):
@@ -82,35 +124,18 @@ class AppHost:
         if not m:
             return self._refuse(link, errors.BadRequest(f"unknown channel label {label[:80]!r}", "bad-label"))
         name = m.group(1)
-        app = getattr(self.config, name, None) if name in dict(APPS) else None
+        app = APPS.get(name)
         if app is None:
             return self._refuse(link, errors.NotFound(f"there is no app called {name!r}", "unknown-app"))
-        if not app.enabled:
+        config = getattr(self.config, name)
+        if not config.enabled:
             return self._refuse(link, errors.Forbidden(f"the {name} app is disabled on this server", "app-disabled"))
         if state["channels"] >= MAX_CHANNELS:
             return self._refuse(link, errors.CapacityError(f"at most {MAX_CHANNELS} app channels per session", "capacity"))
         state["channels"] += 1
         link.on_close(lambda: state.__setitem__("channels", state["channels"] - 1))
         channel.binaryType = "arraybuffer"  # ignored by aiortc; harmless
-        if name == "files":
-            from homechannel.server.apps.files import FilesSession
-
-            from homechannel.server.apps.files import CHANNEL_LOW
-
-            link.set_low(CHANNEL_LOW)  # downloads keep more queued (see files.py)
-            session = FilesSession(app, link, self.reactor)
-        elif name == "terminal":
-            from homechannel.server.apps.terminal import TerminalSession
-
-            session = TerminalSession(app, link, self.reactor, self.known_hosts)
-        elif name == "desktop":
-            from homechannel.server.apps.desktop import DesktopSession
-
-            session = DesktopSession(app, link, self.reactor)
-        else:
-            from homechannel.server.apps.forward import ForwardSession
-
-            session = ForwardSession(app, link, self.reactor)
+        session = app.session(self, config, link)
         log.info("app channel {label} opened", label=label)
         self._serve(link, session)
 
