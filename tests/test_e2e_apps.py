@@ -102,24 +102,37 @@ def test_traversal_is_refused_with_an_error(tmp_path, twistd, chromium_page):
     outside.mkdir()
     (outside / "secret.txt").write_text("not yours")
     root = tmp_path / "files"
-    os.symlink(outside, root / "escape-dir")
-    os.symlink(outside / "secret.txt", root / "escape-file")
+    # listed as a real folder and a real file...
+    (root / "escape-dir").mkdir()
+    (root / "escape-file").write_text("mine")
     (root / "inside").mkdir()
     open_session(page, pair)
     panel = files_tab(page)
     status = panel.locator(".files-status")
+    row(panel, "📁 escape-dir").wait_for()
+    # ...then swapped for links that leave the root, behind the listing's back.
+    os.rmdir(root / "escape-dir")
+    os.symlink(outside, root / "escape-dir")
+    os.unlink(root / "escape-file")
+    os.symlink(outside / "secret.txt", root / "escape-file")
 
-    # A directory link that leaves the root: opening it is refused, the listing stays.
+    # Opening the folder is refused, the listing stays.
     row(panel, "📁 escape-dir").get_by_role("button").first.click()
     page.wait_for_function("document.querySelector('.app-files .files-status').textContent"
                            ".includes('Cannot open')")
     assert "outside" in status.inner_text().lower(), status.inner_text()
     assert "secret.txt" not in panel.locator(".files-table").inner_text()
-    # A file link that leaves the root: its download is refused.
+    # The download is refused.
     row(panel, "escape-file").get_by_role("button", name="Download").click()
     failed = panel.locator(".transfer.failed")
     failed.wait_for(timeout=15_000)
     assert "outside" in failed.inner_text().lower(), failed.inner_text()
+    # Listed again, links that leave the root are links that lead nowhere here
+    # (type "broken", nothing about their targets): no folder, no download.
+    panel.get_by_role("button", name="Refresh").click()
+    panel.locator(".files-table button.entry.dir", has_text="escape-dir").wait_for(state="detached")
+    row(panel, "escape-file").wait_for()
+    assert row(panel, "escape-file").get_by_role("button", name="Download").count() == 0
     # A ".." typed as a rename target is refused too.
     page.once("dialog", lambda d: d.accept("../stolen"))
     row(panel, "📁 inside").get_by_role("button", name="Rename").click()

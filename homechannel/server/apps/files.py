@@ -9,9 +9,9 @@ uploads are acknowledged as they reach the disk, and the client keeps at most
 bounded memory.
 """
 
+import errno
 import hashlib
 import os
-import shutil
 import stat as statmod
 import uuid
 
@@ -46,50 +46,49 @@ TEMP_SUFFIX = ".part"
 _WRITES = {"upload", "mkdir", "rename", "delete"}
 
 
+_OS_ERRORS = {
+    errno.ENOENT: (errors.NotFound, "not-found", "does not exist"),
+    errno.ENOTDIR: (errors.BadRequest, "not-a-directory", "is not a directory"),
+    errno.EISDIR: (errors.BadRequest, "is-a-directory", "is a directory"),
+    errno.EEXIST: (errors.BadRequest, "exists", "already exists"),
+    errno.ENOTEMPTY: (errors.BadRequest, "not-empty", "is a directory that is not empty (delete recursively)"),
+    errno.EACCES: (errors.Forbidden, "permission-denied", "permission denied"),
+    errno.EPERM: (errors.Forbidden, "permission-denied", "operation not permitted"),
+    errno.ELOOP: (errors.Forbidden, "symlink", "is a symlink (refused here)"),
+    errno.ENOSPC: (errors.Unavailable, "no-space", "no space left on the home server's disk"),
+    errno.EXDEV: (errors.BadRequest, "cross-device", "cannot move across file systems"),
+    errno.ENAMETOOLONG: (errors.BadRequest, "bad-path", "name too long"),
+}
+
+
 def _os_error(exc, what):
     """Map an OSError to the shared hierarchy with a specific code."""
-    import errno
-
-    table = {
-        errno.ENOENT: (errors.NotFound, "not-found", "does not exist"),
-        errno.ENOTDIR: (errors.BadRequest, "not-a-directory", "is not a directory"),
-        errno.EISDIR: (errors.BadRequest, "is-a-directory", "is a directory"),
-        errno.EEXIST: (errors.BadRequest, "exists", "already exists"),
-        errno.ENOTEMPTY: (errors.BadRequest, "not-empty", "is a directory that is not empty (delete recursively)"),
-        errno.EACCES: (errors.Forbidden, "permission-denied", "permission denied"),
-        errno.EPERM: (errors.Forbidden, "permission-denied", "operation not permitted"),
-        errno.ELOOP: (errors.Forbidden, "symlink", "is a symlink (refused here)"),
-        errno.ENOSPC: (errors.Unavailable, "no-space", "no space left on the home server's disk"),
-        errno.EXDEV: (errors.BadRequest, "cross-device", "cannot move across file systems"),
-        errno.ENAMETOOLONG: (errors.BadRequest, "bad-path", "name too long"),
-    }
-    cls, code, text = table.get(exc.errno, (errors.Unavailable, "io-error", exc.strerror or "I/O error"))
+    cls, code, text = _OS_ERRORS.get(exc.errno, (errors.Unavailable, "io-error", exc.strerror or "I/O error"))
     return cls(f"{what} {text}", code)
 
 
-def entry_info(name, path):
-    """``{"name","type","size","modified"}`` for one entry (lstat; links marked)."""
-    st = os.lstat(path)
-    info = {"name": name, "size": st.st_size, "modified": st.st_mtime}
-    if statmod.S_ISLNK(st.st_mode):
-        info["link"] = True
-        try:
-            st = os.stat(path)
-        except OSError:
-            info["type"] = "broken"
-            return info
-    if statmod.S_ISDIR(st.st_mode):
-        info["type"] = "dir"
-    elif statmod.S_ISREG(st.st_mode):
-        info["type"] = "file"
-    else:
-        info["type"] = "other"
-    info["size"] = st.st_size
-    info["modified"] = st.st_mtime
+def _not_a_file(rel):
+    return errors.BadRequest(f"{rel!r} is not a regular file", "not-a-file")
+
+
+def entry_info(name, st, target=None):
+    """``{"name","type","size","modified"}`` for one entry from its ``lstat``
+    *st*.  A symlink is marked ``"link": true`` and described by *target*, the
+    ``stat`` of what it leads to inside its root, or typed ``broken`` when it
+    leads nowhere there (*target* None: missing, a loop, or outside the root)."""
+    info = {"name": name}
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
         info["undecodable"] = True
+    if statmod.S_ISLNK(st.st_mode):
+        info["link"] = True
+        if target is None:
+            info.update(type="broken", size=st.st_size, modified=st.st_mtime)
+            return info
+        st = target
+    kind = paths.kind(st)
+    info.update(type="other" if kind == "link" else kind, size=st.st_size, modified=st.st_mtime)
     return info
 
 
@@ -179,6 +178,26 @@ class FilesSession:
             raise errors.BadRequest(f"{name!r} missing or not a {typ.__name__}", "bad-request")
         return value
 
+    def _where(self, body, required=True):
+        root = self._arg(body, "root", int)
+        rel = self._arg(body, "path", str, None if required else "")
+        return root, rel
+
+    def _at(self, locate, root, rel, work):
+        """The one way a file operation runs: in a thread, *locate* the path
+        (``Roots.locate`` or ``Roots.locate_entry``), call ``work(location)``,
+        close the location, and turn an OSError into a coded error naming
+        *rel*.  Returns a Deferred."""
+
+        def run():
+            try:
+                with locate(root, rel) as loc:
+                    return work(loc)
+            except OSError as e:
+                raise _os_error(e, repr(rel or "/")) from None
+
+        return self._thread(run)
+
     # -- operations -------------------------------------------------------------
 
     def op_roots(self, rid, body):
@@ -186,127 +205,109 @@ class FilesSession:
                 "maxUpload": self.config.max_upload, "uploadWindow": UPLOAD_WINDOW}
 
     def op_list(self, rid, body):
-        root = self._arg(body, "root", int)
-        rel = self._arg(body, "path", str, "")
+        root, rel = self._where(body, required=False)
 
-        def work():
-            real = self.roots.resolve(root, rel)
+        def work(loc):
+            if loc.st is None:
+                raise FileNotFoundError(errno.ENOENT, "listed", rel)
+            if not statmod.S_ISDIR(loc.st.st_mode):
+                raise NotADirectoryError(errno.ENOTDIR, "listed", rel)
+            entries = []
+            truncated = False
+            fd = os.open(loc.name, paths.DIR_READ, dir_fd=loc.dir_fd)  # "." : the directory walked to
             try:
-                entries = []
-                truncated = False
-                with os.scandir(real) as it:
+                with os.scandir(fd) as it:
                     for de in it:
                         if len(entries) >= MAX_LIST:
                             truncated = True
                             break
                         try:
-                            entries.append(entry_info(de.name, os.path.join(real, de.name)))
+                            st = de.stat(follow_symlinks=False)
                         except OSError:
                             continue
-            except OSError as e:
-                raise _os_error(e, repr(rel or "/")) from None
-            return {"root": root, "path": self.roots.relative(root, real), "entries": entries,
-                    "truncated": truncated}
+                        target = None
+                        if statmod.S_ISLNK(st.st_mode):
+                            target = self.roots.target_stat(root, loc.parts + [de.name])
+                        entries.append(entry_info(de.name, st, target))
+            finally:
+                os.close(fd)
+            return {"root": root, "path": loc.relpath, "entries": entries, "truncated": truncated}
 
-        return self._thread(work)
+        return self._at(self.roots.locate, root, rel, work)
 
     def op_stat(self, rid, body):
-        root = self._arg(body, "root", int)
-        rel = self._arg(body, "path", str, "")
+        root, rel = self._where(body, required=False)
 
-        def work():
-            real = self.roots.resolve(root, rel)
-            try:
-                info = entry_info(os.path.basename(real), real)
-            except OSError as e:
-                raise _os_error(e, repr(rel)) from None
-            info["path"] = self.roots.relative(root, real)
+        def work(loc):
+            if loc.st is None:
+                raise FileNotFoundError(errno.ENOENT, "stat", rel)
+            name = loc.parts[-1] if loc.parts else os.path.basename(self.roots.root(root))
+            info = entry_info(name, loc.st)
+            info["path"] = loc.relpath
             return {"entry": info}
 
-        return self._thread(work)
+        return self._at(self.roots.locate, root, rel, work)
 
     def op_mkdir(self, rid, body):
-        root = self._arg(body, "root", int)
-        rel = self._arg(body, "path", str)
+        root, rel = self._where(body)
 
-        def work():
-            parent, name = self.roots.resolve_parent(root, rel)
-            try:
-                os.mkdir(os.path.join(parent, name), 0o755)
-            except OSError as e:
-                raise _os_error(e, repr(rel)) from None
+        def work(loc):
+            os.mkdir(loc.name, 0o755, dir_fd=loc.dir_fd)
             return {"ok": True}
 
-        return self._thread(work)
+        return self._at(self.roots.locate_entry, root, rel, work)
 
     def op_rename(self, rid, body):
-        root = self._arg(body, "root", int)
-        rel = self._arg(body, "path", str)
+        root, rel = self._where(body)
         to_root = self._arg(body, "toRoot", int, root)
         to = self._arg(body, "to", str)
         overwrite = body.get("overwrite") is True
 
-        def work():
-            sparent, sname = self.roots.resolve_parent(root, rel)
-            tparent, tname = self.roots.resolve_parent(to_root, to)
-            source = os.path.join(sparent, sname)
-            target = os.path.join(tparent, tname)
-            try:
-                os.lstat(source)
-                if os.path.isdir(source) and not os.path.islink(source):
-                    real = os.path.realpath(source)
-                    if paths.inside(real, os.path.realpath(tparent)):
-                        raise errors.BadRequest("cannot move a directory into itself", "bad-request")
-                if overwrite:
-                    os.replace(source, target)
-                else:
-                    # rename without replacing: link-less atomic check is not
-                    # portable, so refuse if the target exists (a tiny race).
-                    if os.path.lexists(target):
-                        raise errors.BadRequest(f"{to!r} already exists", "exists")
-                    os.rename(source, target)
-            except OSError as e:
-                raise _os_error(e, repr(rel)) from None
+        def work(src):
+            with self.roots.locate_entry(to_root, to) as dst:
+                try:
+                    if overwrite:
+                        os.replace(src.name, dst.name, src_dir_fd=src.dir_fd, dst_dir_fd=dst.dir_fd)
+                    else:
+                        paths.rename_noreplace(src.dir_fd, src.name, dst.dir_fd, dst.name)
+                except OSError as e:
+                    if e.errno == errno.EINVAL:  # the only EINVAL left: a directory into itself
+                        raise errors.BadRequest("cannot move a directory into itself", "bad-request") from None
+                    if e.errno == errno.EEXIST:
+                        raise errors.BadRequest(f"{to!r} already exists", "exists") from None
+                    raise
             return {"ok": True}
 
-        return self._thread(work)
+        return self._at(self.roots.locate_entry, root, rel, work)
 
     def op_delete(self, rid, body):
-        root = self._arg(body, "root", int)
-        rel = self._arg(body, "path", str)
+        root, rel = self._where(body)
         recursive = body.get("recursive") is True
 
-        def work():
-            parent, name = self.roots.resolve_parent(root, rel)
-            target = os.path.join(parent, name)
-            try:
-                st = os.lstat(target)
-                if statmod.S_ISDIR(st.st_mode):
-                    if recursive:
-                        shutil.rmtree(target)
-                    else:
-                        os.rmdir(target)
-                else:
-                    os.unlink(target)
-            except OSError as e:
-                raise _os_error(e, repr(rel)) from None
+        def work(loc):
+            if loc.st is None:
+                raise FileNotFoundError(errno.ENOENT, "delete", rel)
+            if not statmod.S_ISDIR(loc.st.st_mode):
+                os.unlink(loc.name, dir_fd=loc.dir_fd)  # a link itself, never its target
+            elif recursive:
+                paths.remove_tree(loc.dir_fd, loc.name)
+            else:
+                os.rmdir(loc.name, dir_fd=loc.dir_fd)
             return {"ok": True}
 
-        return self._thread(work)
+        return self._at(self.roots.locate_entry, root, rel, work)
 
     def op_download(self, rid, body):
-        root = self._arg(body, "root", int)
-        rel = self._arg(body, "path", str)
+        root, rel = self._where(body)
         offset = self._arg(body, "offset", int, 0)
         if offset < 0:
             raise errors.BadRequest("offset must not be negative", "bad-request")
         job = _Download(self, rid, root, rel, offset)
         self.requests[rid] = job
-        return job.run()
+        return defer.Deferred.fromCoroutine(job.run())
 
     def op_upload(self, rid, body):
-        root = self._arg(body, "root", int)
-        rel = self._arg(body, "path", str)
+        root, rel = self._where(body)
         size = self._arg(body, "size", int)
         overwrite = body.get("overwrite") is True
         if size < 0:
@@ -319,7 +320,7 @@ class FilesSession:
             raise errors.BadRequest("'sha256' must be a hex string", "bad-request")
         job = _Upload(self, rid, root, rel, size, overwrite, sha)
         self.requests[rid] = job
-        return job.run()
+        return defer.Deferred.fromCoroutine(job.run())
 
 
 class _Download:
@@ -344,34 +345,37 @@ class _Download:
         h.update(block)
         return block
 
-    @defer.inlineCallbacks
-    def run(self):
+    async def run(self):
         s = self.s
 
-        def open_file():
-            real = s.roots.resolve(self.root, self.rel)
+        def open_file(loc):
+            # Never open what is not a regular file (a device may act on open),
+            # and open with O_NONBLOCK|O_NOFOLLOW, then check the fd itself, in
+            # case the entry was swapped since the walk looked at it: opening a
+            # FIFO that way returns at once instead of waiting for a writer.
+            if loc.st is not None and not statmod.S_ISREG(loc.st.st_mode):
+                raise _not_a_file(self.rel)
+            fd = os.open(loc.name, paths.FILE_READ, dir_fd=loc.dir_fd)
             try:
-                fd = paths.open_nofollow(real, os.O_RDONLY)
-            except OSError as e:
-                raise _os_error(e, repr(self.rel)) from None
-            st = os.fstat(fd)
-            if not statmod.S_ISREG(st.st_mode):
+                st = os.fstat(fd)
+                if not statmod.S_ISREG(st.st_mode):
+                    raise _not_a_file(self.rel)
+                if self.offset > st.st_size:
+                    raise errors.BadRequest(f"offset {self.offset} is past the end ({st.st_size} bytes)", "bad-offset")
+                h = hashlib.sha256()
+                done = 0
+                while done < self.offset:  # the hash covers the whole file, so hash the prefix
+                    block = os.read(fd, min(READ_BLOCK, self.offset - done))
+                    if not block:
+                        break
+                    h.update(block)
+                    done += len(block)
+            except BaseException:
                 os.close(fd)
-                raise errors.BadRequest(f"{self.rel!r} is not a regular file", "not-a-file")
-            if self.offset > st.st_size:
-                os.close(fd)
-                raise errors.BadRequest(f"offset {self.offset} is past the end ({st.st_size} bytes)", "bad-offset")
-            h = hashlib.sha256()
-            done = 0
-            while done < self.offset:  # the hash covers the whole file, so hash the prefix
-                block = os.read(fd, min(1024 * 1024, self.offset - done))
-                if not block:
-                    break
-                h.update(block)
-                done += len(block)
+                raise
             return fd, st, h
 
-        self.fd, st, h = yield s._thread(open_file)
+        self.fd, st, h = await s._at(s.roots.locate, self.root, self.rel, open_file)
         reading = None  # the read of the next block, in a thread, while this one is sent
         try:
             self._check()
@@ -379,7 +383,7 @@ class _Download:
             sent = self.offset
             reading = s._thread(self._read, h)
             while True:
-                block = yield reading
+                block = await reading
                 reading = None
                 self._check()
                 if not block:
@@ -389,7 +393,7 @@ class _Download:
                 reading = s._thread(self._read, h)
                 view = memoryview(block)
                 for start in range(0, len(block), SEND_BLOCK):
-                    yield s.link.wait_writable()
+                    await s.link.wait_writable()
                     self._check()
                     for i in range(start, min(start + SEND_BLOCK, len(block)), frames.CHUNK):
                         s._send(frames.DATA, self.rid, data=view[i:min(i + frames.CHUNK, start + SEND_BLOCK)])
@@ -398,7 +402,7 @@ class _Download:
         finally:
             if reading is not None:  # never close the fd under a read in flight
                 try:
-                    yield reading
+                    await reading
                 except Exception:
                     pass
             os.close(self.fd)
@@ -424,40 +428,43 @@ class _Upload:
         self.failed = None
         self.done = defer.Deferred()
         self.fd = None
+        self.dir_fd = None  # the target's directory, held from the walk to the rename
         self.temp = None
+        self.name = None
         self.hash = hashlib.sha256()
 
-    @defer.inlineCallbacks
-    def run(self):
+    async def run(self):
         s = self.s
 
-        def prepare():
-            parent, name = s.roots.resolve_parent(self.root, self.rel)
-            target = os.path.join(parent, name)
-            if name.startswith(TEMP_PREFIX):
+        def prepare(loc):
+            if loc.name.startswith(TEMP_PREFIX):
                 raise errors.BadRequest("names starting with .hcupload- are reserved", "bad-path")
-            try:
-                if os.path.isdir(target):
+            st = loc.st
+            if st is not None:
+                if statmod.S_ISDIR(st.st_mode):
                     raise errors.BadRequest(f"{self.rel!r} is a directory", "is-a-directory")
-                if os.path.lexists(target) and not self.overwrite:
+                if not self.overwrite:
                     raise errors.BadRequest(f"{self.rel!r} already exists", "exists")
-                temp = os.path.join(parent, f"{TEMP_PREFIX}{uuid.uuid4().hex}{TEMP_SUFFIX}")
-                fd = paths.open_nofollow(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except OSError as e:
-                raise _os_error(e, repr(self.rel)) from None
-            return fd, temp, target
+                if not (statmod.S_ISREG(st.st_mode) or statmod.S_ISLNK(st.st_mode)):
+                    raise _not_a_file(self.rel)  # a FIFO, device or socket is not replaced either
+            # the bytes go to a new file (O_EXCL|O_NOFOLLOW) in the target's own
+            # directory fd, which the final rename uses too: nothing is resolved again
+            temp = f"{TEMP_PREFIX}{uuid.uuid4().hex}{TEMP_SUFFIX}"
+            fd = os.open(temp, paths.FILE_CREATE, 0o600, dir_fd=loc.dir_fd)
+            dir_fd, loc.dir_fd = loc.dir_fd, None  # kept open until the rename or the clean-up
+            return dir_fd, fd, temp, loc.name
 
-        self.fd, self.temp, self.target = yield s._thread(prepare)
+        self.dir_fd, self.fd, self.temp, self.name = await s._at(s.roots.locate_entry, self.root, self.rel, prepare)
         if self.failed or s.closed:
             self.done.addErrback(lambda _: None)
-            yield self._abort()
+            await self._abort()
             raise _Cancelled()
         # the go-ahead: an ACK of nothing, with the window the client must respect
         s._send(frames.ACK, self.rid, {"received": 0, "window": UPLOAD_WINDOW, "chunk": frames.CHUNK})
         try:
-            yield self.done
+            await self.done
         except BaseException:
-            yield self._abort()
+            await self._abort()
             raise
         return {"size": self.written, "sha256": self.hash.hexdigest()}
 
@@ -562,13 +569,14 @@ class _Upload:
         self.fd = None
         try:
             if self.overwrite:
-                os.replace(self.temp, self.target)
-            else:
-                os.link(self.temp, self.target)  # fails if the target appeared meanwhile
-                os.unlink(self.temp)
+                os.replace(self.temp, self.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+            else:  # never replaces a file that appeared meanwhile
+                paths.rename_noreplace(self.dir_fd, self.temp, self.dir_fd, self.name)
         except OSError as e:
             raise _os_error(e, repr(self.rel)) from None
         self.temp = None
+        os.close(self.dir_fd)
+        self.dir_fd = None
 
     def _finished(self, _):
         self.writing = False
@@ -579,8 +587,8 @@ class _Upload:
 
     def _abort(self):
         self._cancel_timer()
-        fd, temp = self.fd, self.temp
-        self.fd = self.temp = None
+        fd, temp, dir_fd = self.fd, self.temp, self.dir_fd
+        self.fd = self.temp = self.dir_fd = None
 
         def clean():
             if fd is not None:
@@ -588,10 +596,13 @@ class _Upload:
                     os.close(fd)
                 except OSError:
                     pass
-            if temp is not None:
+            if dir_fd is not None:
                 try:
-                    os.unlink(temp)
+                    if temp is not None:
+                        os.unlink(temp, dir_fd=dir_fd)
                 except FileNotFoundError:
                     pass
+                finally:
+                    os.close(dir_fd)
 
         return self.s._thread(clean)
