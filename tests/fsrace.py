@@ -88,3 +88,47 @@ def snapshot(top):
                 with open(path, "rb") as f:
                     out[rel] = ("file", f.read())
     return out
+
+
+_FLIPPER = r"""
+import ctypes, os, signal, sys
+libc = ctypes.CDLL(None, use_errno=True)
+a, b = (os.fsencode(p) for p in sys.argv[1:3])
+flips = 0
+def stop(*_):
+    print(flips, flush=True)
+    os._exit(0)
+signal.signal(signal.SIGTERM, stop)
+print("ready", flush=True)
+while True:
+    if libc.renameat2(-100, a, -100, b, 2) == 0:
+        flips += 1
+"""
+
+
+class Flipper:
+    """A separate process that exchanges *a* and *b* as fast as it can (its own
+    interpreter, so it does not wait for this one's GIL).  ``flips`` is how
+    many exchanges it made, once stopped."""
+
+    def __init__(self, a, b):
+        import subprocess
+        import sys
+
+        self.proc = subprocess.Popen([sys.executable, "-c", _FLIPPER, str(a), str(b)],
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "ready"
+        self.flips = None
+
+    def stop(self):
+        if self.flips is None:
+            self.proc.terminate()
+            out, _ = self.proc.communicate(timeout=10)
+            self.flips = int(out.strip() or 0)
+        return self.flips
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()

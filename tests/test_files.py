@@ -9,12 +9,13 @@ buffered bytes bounded).
 
 import hashlib
 import os
+import stat
 
 import pytest
 from twisted.internet import defer
 
 from homechannel.config import FilesApp
-from homechannel.server.apps import files, frames
+from homechannel.server.apps import files, frames, paths
 from homechannel.server.apps.channel import ChannelLink
 from homechannel.server.apps.testing import FakeChannel
 
@@ -44,9 +45,10 @@ class Client:
         self.send(frames.REQ, rid, body)
         return self.new_frames()
 
-    def download(self, path, offset=0):
+    def download(self, path, offset=0, limit=64 * 1024 * 1024):
         got = self.request(1, {"op": "download", "root": 0, "path": path, "offset": offset})
         while not got or got[-1].type not in (frames.END, frames.ERR):
+            assert self.channel.sent_bytes < limit, f"the download of {path!r} does not end"
             self.channel.drain()
             got += self.new_frames()
         return got
@@ -282,3 +284,321 @@ def test_garbage_and_unknown_ops_get_structured_errors(root):
     assert err.body["code"] == "unknown-op"
     [err] = c.request(2, {"op": "list", "root": "zero"})
     assert err.body["code"] == "bad-request"
+
+
+# -- special files ---------------------------------------------------------------
+
+def run_with_timeout(f, timeout=5):
+    """Run *f* in a thread; fail (not hang) if it blocks longer than *timeout*."""
+    import threading
+
+    result = {}
+
+    def target():
+        try:
+            result["value"] = f()
+        except BaseException as e:  # re-raised below
+            result["error"] = e
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), f"blocked for more than {timeout} s"
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+def make_char_device(path):
+    """A /dev/zero twin (character device 1:5), or skip if mknod is not permitted."""
+    try:
+        os.mknod(path, 0o644 | stat.S_IFCHR, os.makedev(1, 5))
+    except PermissionError:
+        pytest.skip("mknod of a character device is not permitted here (needs CAP_MKNOD)")
+
+
+def test_fifo_download_is_refused_promptly(root):
+    """A FIFO is ``not-a-file`` and never opened for a blocking read.  Shown to
+    fail without the checks: with the pre-open type check removed and
+    ``O_NONBLOCK`` dropped from ``paths.FILE_READ`` in a scratch copy, the
+    download blocked in ``open`` and this test failed on its timeout."""
+    os.mkfifo(root / "fifo")
+    (root / "fifo-link").symlink_to("fifo")
+    c = Client(root)
+    for path in ["fifo", "fifo-link"]:
+        got = run_with_timeout(lambda: c.download(path))
+        assert got[-1].type == frames.ERR and got[-1].body["code"] == "not-a-file", got
+
+
+def test_fifo_swapped_in_after_the_check_does_not_block(root, monkeypatch):
+    """The entry is a regular file when the walk looks at it and a FIFO when
+    the download opens it (the attacker swaps them just before each file-system
+    call in turn).  ``O_NONBLOCK`` makes the open return at once and the
+    ``fstat`` of the fd refuses it.  Shown to fail without it: with
+    ``O_NONBLOCK`` dropped from ``paths.FILE_READ`` in a scratch copy, the
+    download blocked in ``open`` at one position and the test hit its timeout."""
+    from fsrace import Interleave, exchange
+
+    (root / "f").write_bytes(b"regular")
+    os.mkfifo(root / "fifo")
+    c = Client(root)
+    counter = Interleave(monkeypatch, [files, paths], lambda: None)
+    assert c.download("f")[-1].type == frames.END
+    total = counter.calls
+    codes = set()
+    for at in range(total + 1):
+        if stat.S_ISFIFO(os.lstat(root / "f").st_mode):
+            exchange(root / "f", root / "fifo")
+        Interleave(monkeypatch, [files, paths], lambda: exchange(root / "f", root / "fifo"), at=at)
+        got = run_with_timeout(lambda: Client(root).download("f"))
+        codes.add(got[-1].body.get("code") if got[-1].type == frames.ERR else "ok")
+        if got[-1].type == frames.END:
+            assert b"".join(f.data for f in got if f.type == frames.DATA) == b"regular"
+    assert "not-a-file" in codes and "ok" in codes
+
+
+def test_devices_and_sockets_are_listed_as_other_and_never_read(root):
+    """Shown to fail without the check: with the ``S_ISREG`` checks removed in
+    a scratch copy, the download of ``zero`` streamed zeros (and never ended)."""
+    import socket
+
+    make_char_device(root / "zero")
+    (root / "zero-link").symlink_to("zero")
+    (root / "outside-zero").symlink_to("/dev/zero")
+    os.mkfifo(root / "fifo")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(root / "sock"))
+    try:
+        c = Client(root)
+        [res] = c.request(1, {"op": "list", "root": 0, "path": ""})
+        types = {e["name"]: e["type"] for e in res.body["entries"]}
+        assert types == {"zero": "other", "zero-link": "other", "outside-zero": "broken", "fifo": "other",
+                         "sock": "other"}
+        [res] = c.request(2, {"op": "stat", "root": 0, "path": "zero-link"})
+        assert res.body["entry"]["type"] == "other" and res.body["entry"]["path"] == "zero"
+        for path, code in [("zero", "not-a-file"), ("zero-link", "not-a-file"), ("sock", "not-a-file"),
+                           ("outside-zero", "outside-root")]:
+            got = run_with_timeout(lambda: c.download(path))
+            assert [f.type for f in got] == [frames.ERR] and got[0].body["code"] == code, (path, got)
+    finally:
+        sock.close()
+
+
+def test_upload_never_replaces_a_fifo_or_device(root):
+    """Shown to fail without the check: with the non-regular-target refusal
+    removed in a scratch copy, the overwrite replaced the FIFO."""
+    os.mkfifo(root / "fifo")
+    make_char_device(root / "zero")
+    c = Client(root)
+    for rid, path in enumerate(["fifo", "zero"], start=1):
+        got = run_with_timeout(lambda: c.upload(path, b"data", rid=rid, overwrite=True))
+        assert got[-1].body["code"] == "not-a-file", got
+    assert stat.S_ISFIFO(os.lstat(root / "fifo").st_mode)
+    assert stat.S_ISCHR(os.lstat(root / "zero").st_mode)
+    assert sorted(os.listdir(root)) == ["fifo", "zero"]
+
+
+# -- races: a directory swapped for a symlink to outside ---------------------------
+
+INSIDE = {"secret": b"inside secret", "victim": b"inside victim", "a": b"inside a", "sub/f": b"inside f"}
+OUTSIDE = {"secret": b"OUTSIDE SECRET!", "victim": b"OUTSIDE victim", "a": b"OUTSIDE a", "sub/f": b"OUTSIDE f",
+           "only-outside": b"OUTSIDE only"}
+
+
+def write_tree(top, content):
+    for rel, data in content.items():
+        path = top / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+class SwapWorld:
+    """``root/d`` is a real directory; ``spare/d`` is a symlink to ``outside``.
+    ``flip()`` exchanges them atomically, so ``root/d`` becomes the symlink.
+    Each ``reset()`` makes a fresh ``root`` and ``spare`` (cheaper than
+    deleting the old ones)."""
+
+    def __init__(self, tmp_path):
+        from fsrace import snapshot
+
+        self.tmp_path = tmp_path
+        self.outside = tmp_path / "outside"
+        write_tree(self.outside, OUTSIDE)
+        self.snapshot = snapshot
+        self.outside_before = snapshot(self.outside)
+        self.resets = 0
+
+    def reset(self):
+        self.resets += 1
+        self.root = self.tmp_path / f"root{self.resets}"
+        self.spare = self.tmp_path / f"spare{self.resets}"
+        write_tree(self.root / "d", INSIDE)
+        (self.root / "top").write_bytes(b"inside top")
+        self.spare.mkdir()
+        (self.spare / "d").symlink_to(self.outside)
+
+    def flip(self):
+        from fsrace import exchange
+
+        exchange(self.root / "d", self.spare / "d")
+
+    def check_outside_untouched(self, what):
+        assert self.snapshot(self.outside) == self.outside_before, f"{what} changed something outside the root"
+
+
+def race_ops():
+    """(name, run(client) -> frames, check(frames)) for every files operation."""
+
+    def data(got):
+        return b"".join(f.data for f in got if f.type == frames.DATA)
+
+    def no_outside_names(got):
+        for f in got:
+            if f.type == frames.RES and "entries" in f.body:
+                assert "only-outside" not in {e["name"] for e in f.body["entries"]}
+                sizes = {e["name"]: e["size"] for e in f.body["entries"]}
+                assert sizes.get("secret", 7) in (len(INSIDE["secret"]), 7)  # inside, or overwritten by upload
+
+    def no_outside_bytes(got):
+        assert b"OUTSIDE" not in data(got)
+
+    def inside_size(got):
+        for f in got:
+            if f.type == frames.RES and "entry" in f.body:
+                assert f.body["entry"]["size"] in (len(INSIDE["secret"]), 7)
+
+    def ok(got):
+        pass
+
+    return [
+        ("list", lambda c: c.request(1, {"op": "list", "root": 0, "path": "d"}), no_outside_names),
+        ("list-sub", lambda c: c.request(1, {"op": "list", "root": 0, "path": "d/sub"}), no_outside_names),
+        ("stat", lambda c: c.request(1, {"op": "stat", "root": 0, "path": "d/secret"}), inside_size),
+        ("download", lambda c: c.download("d/secret"), no_outside_bytes),
+        ("download-sub", lambda c: c.download("d/sub/f"), no_outside_bytes),
+        ("upload", lambda c: c.upload("d/new", b"x" * 7), ok),  # 7 bytes: the sizes the checks allow
+        ("upload-overwrite", lambda c: c.upload("d/secret", b"x" * 7, overwrite=True), ok),
+        ("mkdir", lambda c: c.request(1, {"op": "mkdir", "root": 0, "path": "d/m"}), ok),
+        ("rename", lambda c: c.request(1, {"op": "rename", "root": 0, "path": "d/a", "to": "d/b"}), ok),
+        ("rename-out", lambda c: c.request(1, {"op": "rename", "root": 0, "path": "d/a", "to": "moved"}), ok),
+        ("rename-in", lambda c: c.request(1, {"op": "rename", "root": 0, "path": "top", "to": "d/top",
+                                              "overwrite": True}), ok),
+        ("delete", lambda c: c.request(1, {"op": "delete", "root": 0, "path": "d/victim"}), ok),
+        ("delete-tree", lambda c: c.request(1, {"op": "delete", "root": 0, "path": "d/sub", "recursive": True}), ok),
+    ]
+
+
+@pytest.mark.parametrize("name,run,check", race_ops(), ids=[op[0] for op in race_ops()])
+def test_swapping_a_directory_for_a_symlink_never_reaches_outside(tmp_path, monkeypatch, name, run, check):
+    """The attacker exchanges ``root/d`` with a symlink to ``outside`` just
+    before the k-th file-system call of the operation (and, in a second pass,
+    before every call from the k-th on), for every k.  Nothing outside the root
+    is ever read, listed, written, renamed or deleted.  Shown to fail without
+    the fd walk: against the previous ``realpath``-then-use-by-name code (git
+    stash of paths.py and files.py), list, download, stat, upload, mkdir,
+    rename and delete all reached ``outside`` at some position; and with
+    ``O_NOFOLLOW`` dropped from ``paths._PATH`` in a scratch copy, list and
+    download did."""
+    from fsrace import Interleave
+
+    world = SwapWorld(tmp_path)
+    world.reset()
+    counter = Interleave(monkeypatch, [files, paths], world.flip)
+    got = run(Client(world.root))
+    assert got[-1].type in (frames.RES, frames.END), got  # works when nobody interferes
+    total = counter.calls
+    outcomes = set()
+    for mode in ("once", "every"):
+        for at in range(total + 1):
+            world.reset()
+            Interleave(monkeypatch, [files, paths], world.flip, at=at, mode=mode)
+            got = run(Client(world.root))
+            monkeypatch.undo()
+            check(got)
+            world.check_outside_untouched(f"{name} with a swap at call {at} ({mode})")
+            outcomes.add(got[-1].body.get("code", "ok") if got[-1].type == frames.ERR else "ok")
+    assert len(outcomes) > 1 or name.startswith("rename-in"), outcomes  # the swaps did land
+
+
+def test_swapping_concurrently_never_reaches_outside(tmp_path):
+    """The same attack from another process that flips ``root/d`` as fast as
+    it can while listings, stats, downloads and uploads run.  Shown to fail
+    without the fd walk: against the previous code (git stash of paths.py and
+    files.py), outside bytes or names showed up within the first rounds."""
+    from fsrace import Flipper
+
+    world = SwapWorld(tmp_path)
+    world.reset()
+    results = {"ok": 0, "refused": 0}
+    c = Client(world.root)
+    with Flipper(world.root / "d", world.spare / "d") as flipper:
+        for _ in range(60):
+            for name, run, check in race_ops()[:7]:
+                got = run(c)
+                check(got)
+                results["ok" if got[-1].type != frames.ERR else "refused"] += 1
+    world.check_outside_untouched("the concurrent race")
+    assert flipper.flips > 100 and results["ok"] > 0 and results["refused"] > 0, (flipper.flips, results)
+
+
+def test_rename_without_overwrite_never_replaces_a_target_that_appears(root, monkeypatch):
+    """A file appears at the target just before the k-th file-system call of the
+    rename (or of the upload's final rename), for every k: it is never replaced.
+    Shown to fail without ``RENAME_NOREPLACE``: against the previous
+    check-then-``os.rename`` code (git stash), the rename replaced it."""
+    from fsrace import Interleave
+
+    planted = []
+
+    def plant():
+        if not os.path.lexists(root / "b"):
+            (root / "b").write_bytes(b"planted")
+            planted.append(True)
+
+    def reset():
+        for name in os.listdir(root):
+            os.unlink(root / name)
+        (root / "a").write_bytes(b"source")
+        planted.clear()
+
+    ops = [lambda c: c.request(1, {"op": "rename", "root": 0, "path": "a", "to": "b"}),
+           lambda c: c.upload("b", b"uploaded")]
+    for op in ops:
+        reset()
+        counter = Interleave(monkeypatch, [files, paths], plant)
+        op(Client(root))
+        total = counter.calls
+        refused = 0
+        for at in range(total + 1):
+            reset()
+            Interleave(monkeypatch, [files, paths], plant, at=at)
+            got = op(Client(root))
+            monkeypatch.undo()
+            if planted:
+                assert (root / "b").read_bytes() == b"planted", f"replaced when planted at call {at}"
+                if got[-1].type == frames.ERR:
+                    assert got[-1].body["code"] == "exists", got
+                    refused += 1
+            else:  # planted too late: the operation had already made "b"
+                assert got[-1].type == frames.RES and (root / "b").read_bytes() in (b"source", b"uploaded")
+        assert refused > 0
+
+
+def test_recursive_delete_through_a_symlink_deletes_only_the_link(root, tmp_path):
+    """Shown to fail without the fd walk: with ``remove_tree`` replaced by a
+    walk that follows links (``os.walk(followlinks=True)`` then unlink by path)
+    in a scratch copy, ``outside/keep`` was deleted."""
+    outside = tmp_path / "outside"
+    (outside / "deep").mkdir(parents=True)
+    (outside / "keep").write_text("k")
+    (outside / "deep" / "keep2").write_text("k2")
+    (root / "link").symlink_to(outside)
+    (root / "tree" / "inner").mkdir(parents=True)
+    (root / "tree" / "inner" / "out").symlink_to(outside)
+    (root / "tree" / "inner" / "file").symlink_to(outside / "keep")
+    (root / "tree" / "real.txt").write_text("r")
+    c = Client(root)
+    assert c.request(1, {"op": "delete", "root": 0, "path": "link", "recursive": True})[0].type == frames.RES
+    assert c.request(2, {"op": "delete", "root": 0, "path": "tree", "recursive": True})[0].type == frames.RES
+    assert os.listdir(root) == []
+    assert (outside / "keep").read_text() == "k" and (outside / "deep" / "keep2").read_text() == "k2"
