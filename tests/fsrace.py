@@ -15,6 +15,7 @@ for an attacker thread that flips a directory and a symlink many times.
 
 import ctypes
 import os
+import threading
 import types
 
 RENAME_EXCHANGE = 2
@@ -88,6 +89,25 @@ def snapshot(top):
                 with open(path, "rb") as f:
                     out[rel] = ("file", f.read())
     return out
+
+
+def run_with_timeout(f, timeout=5):
+    """Run *f* in a thread; fail (not hang) if it blocks longer than *timeout*."""
+    result = {}
+
+    def target():
+        try:
+            result["value"] = f()
+        except BaseException as e:  # re-raised below
+            result["error"] = e
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), f"blocked for more than {timeout} s"
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
 
 
 _FLIPPER = r"""

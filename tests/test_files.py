@@ -4,11 +4,16 @@ Covers: list/stat, download from an offset (resume) with the whole-file
 SHA-256, hash mismatch detection, upload size limit refused up front,
 cancelled/broken uploads leave no partial file, read-only mode, and the
 download backpressure bound (a reader that never drains keeps the server's
-buffered bytes bounded).
+buffered bytes bounded); special files (FIFOs, devices, sockets) never read or
+replaced; and the races: a directory swapped for a symlink to outside before
+each file-system call in turn (``fsrace.Interleave``) and by a concurrent
+process, a target that appears during a rename without overwrite, and
+recursive delete through links.
 """
 
 import hashlib
 import os
+import socket
 import stat
 
 import pytest
@@ -18,6 +23,8 @@ from homechannel.config import FilesApp
 from homechannel.server.apps import files, frames, paths
 from homechannel.server.apps.channel import ChannelLink
 from homechannel.server.apps.testing import FakeChannel
+
+from fsrace import Flipper, Interleave, exchange, run_with_timeout, snapshot
 
 
 def sync_thread(f, *args):
@@ -288,27 +295,6 @@ def test_garbage_and_unknown_ops_get_structured_errors(root):
 
 # -- special files ---------------------------------------------------------------
 
-def run_with_timeout(f, timeout=5):
-    """Run *f* in a thread; fail (not hang) if it blocks longer than *timeout*."""
-    import threading
-
-    result = {}
-
-    def target():
-        try:
-            result["value"] = f()
-        except BaseException as e:  # re-raised below
-            result["error"] = e
-
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    t.join(timeout)
-    assert not t.is_alive(), f"blocked for more than {timeout} s"
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
-
-
 def make_char_device(path):
     """A /dev/zero twin (character device 1:5), or skip if mknod is not permitted."""
     try:
@@ -337,8 +323,6 @@ def test_fifo_swapped_in_after_the_check_does_not_block(root, monkeypatch):
     ``fstat`` of the fd refuses it.  Shown to fail without it: with
     ``O_NONBLOCK`` dropped from ``paths.FILE_READ`` in a scratch copy, the
     download blocked in ``open`` at one position and the test hit its timeout."""
-    from fsrace import Interleave, exchange
-
     (root / "f").write_bytes(b"regular")
     os.mkfifo(root / "fifo")
     c = Client(root)
@@ -360,8 +344,6 @@ def test_fifo_swapped_in_after_the_check_does_not_block(root, monkeypatch):
 def test_devices_and_sockets_are_listed_as_other_and_never_read(root):
     """Shown to fail without the check: with the ``S_ISREG`` checks removed in
     a scratch copy, the download of ``zero`` streamed zeros (and never ended)."""
-    import socket
-
     make_char_device(root / "zero")
     (root / "zero-link").symlink_to("zero")
     (root / "outside-zero").symlink_to("/dev/zero")
@@ -419,12 +401,9 @@ class SwapWorld:
     deleting the old ones)."""
 
     def __init__(self, tmp_path):
-        from fsrace import snapshot
-
         self.tmp_path = tmp_path
         self.outside = tmp_path / "outside"
         write_tree(self.outside, OUTSIDE)
-        self.snapshot = snapshot
         self.outside_before = snapshot(self.outside)
         self.resets = 0
 
@@ -438,12 +417,10 @@ class SwapWorld:
         (self.spare / "d").symlink_to(self.outside)
 
     def flip(self):
-        from fsrace import exchange
-
         exchange(self.root / "d", self.spare / "d")
 
     def check_outside_untouched(self, what):
-        assert self.snapshot(self.outside) == self.outside_before, f"{what} changed something outside the root"
+        assert snapshot(self.outside) == self.outside_before, f"{what} changed something outside the root"
 
 
 def race_ops():
@@ -499,8 +476,6 @@ def test_swapping_a_directory_for_a_symlink_never_reaches_outside(tmp_path, monk
     rename and delete all reached ``outside`` at some position; and with
     ``O_NOFOLLOW`` dropped from ``paths._PATH`` in a scratch copy, list and
     download did."""
-    from fsrace import Interleave
-
     world = SwapWorld(tmp_path)
     world.reset()
     counter = Interleave(monkeypatch, [files, paths], world.flip)
@@ -525,8 +500,6 @@ def test_swapping_concurrently_never_reaches_outside(tmp_path):
     it can while listings, stats, downloads and uploads run.  Shown to fail
     without the fd walk: against the previous code (git stash of paths.py and
     files.py), outside bytes or names showed up within the first rounds."""
-    from fsrace import Flipper
-
     world = SwapWorld(tmp_path)
     world.reset()
     results = {"ok": 0, "refused": 0}
@@ -546,8 +519,6 @@ def test_rename_without_overwrite_never_replaces_a_target_that_appears(root, mon
     rename (or of the upload's final rename), for every k: it is never replaced.
     Shown to fail without ``RENAME_NOREPLACE``: against the previous
     check-then-``os.rename`` code (git stash), the rename replaced it."""
-    from fsrace import Interleave
-
     planted = []
 
     def plant():
