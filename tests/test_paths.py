@@ -168,7 +168,7 @@ def test_a_directory_moved_out_during_the_walk_does_not_lead_out(tree, monkeypat
     against the directory the walk came from, so the walk never reaches
     ``outside/x``.  Shown to fail without the check: with the
     ``(st_dev, st_ino) != ids[-1]`` comparison removed in a scratch copy, the
-    walk returned a location inside ``outside`` for several positions."""
+    walk returned ``outside/x`` (first at call 19)."""
     outside = tree.parent.parent / "outside"
     (outside / "x").write_text("outside x")
     sub2 = tree / "sub2"
@@ -225,7 +225,7 @@ def test_root_reached_through_a_symlinked_parent_is_resolved_once(tmp_path):
 def test_a_root_whose_parent_becomes_a_symlink_is_refused(tmp_path):
     """The root is opened from ``/`` without following links.  Shown to fail
     without it: opening the root by its path (``os.open(real, O_PATH)``) in a
-    scratch copy listed the planted directory instead of refusing."""
+    scratch copy found ``planted`` in the other directory instead of refusing."""
     (tmp_path / "a" / "root").mkdir(parents=True)
     (tmp_path / "evil" / "root").mkdir(parents=True)
     (tmp_path / "evil" / "root" / "planted").write_text("p")
@@ -295,9 +295,10 @@ def test_rename_noreplace_never_replaces(tmp_path, rename_impl, source):
 
 
 def test_remove_tree_deletes_links_not_their_targets(tmp_path):
-    """Shown to fail without ``O_NOFOLLOW``: with it dropped from
-    ``paths.DIR_READ`` and the unlink-first order replaced by an ``is_dir()``
-    check that follows links, in a scratch copy, ``keep/precious`` was deleted."""
+    """Shown to fail without the fd walk's rules: with ``O_NOFOLLOW`` dropped
+    from ``paths.DIR_READ`` and the unlink-first order replaced by a ``stat``
+    that follows links, in a scratch copy, the walk went into ``keep`` through
+    ``a/to-keep`` and deleted ``precious`` (the test failed)."""
     keep = tmp_path / "keep"
     keep.mkdir()
     (keep / "precious").write_text("p")
@@ -318,6 +319,8 @@ def test_remove_tree_deletes_links_not_their_targets(tmp_path):
 
 
 def test_remove_tree_of_a_symlink_refuses(tmp_path):
+    """Shown to fail without ``O_NOFOLLOW``: with it dropped from
+    ``paths.DIR_READ`` in a scratch copy, the call emptied ``keep``."""
     (tmp_path / "keep").mkdir()
     (tmp_path / "keep" / "x").write_text("x")
     (tmp_path / "link").symlink_to(tmp_path / "keep")
