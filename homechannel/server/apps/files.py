@@ -7,6 +7,13 @@ pulled chunk by chunk as the channel drains (:meth:`ChannelLink.wait_writable`);
 uploads are acknowledged as they reach the disk, and the client keeps at most
 ``UPLOAD_WINDOW`` unacknowledged bytes in flight, so both directions hold
 bounded memory.
+
+Every operation finds its path with :class:`~.paths.Roots` (a walk with
+directory fds that stays inside the root, see :mod:`.paths`) and then acts
+relative to the directory fd it got, never by path name again: one helper
+(:meth:`FilesSession._at`) does "locate, run in a thread, map OSError" for
+all of them.  Only regular files are read (opened ``O_NONBLOCK``, so a FIFO
+cannot hold a thread) and only regular files or links are replaced.
 """
 
 import errno
