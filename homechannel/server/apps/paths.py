@@ -239,12 +239,12 @@ class Roots:
                     if not names:
                         raise _outside(repr(what))
                     up = os.open("..", os.O_PATH | os.O_DIRECTORY | _CLOEXEC, dir_fd=cur)
-                    st = os.fstat(up)
-                    if (st.st_dev, st.st_ino) != ids[-1]:  # moved meanwhile: ".." leads elsewhere
-                        os.close(up)
+                    old, cur = cur, up
+                    os.close(old)
+                    cur_st = os.fstat(cur)
+                    cur_id = (cur_st.st_dev, cur_st.st_ino)
+                    if cur_id != ids.pop():  # moved meanwhile: ".." leads elsewhere
                         raise _outside(repr(what))
-                    os.close(cur)
-                    cur, cur_id, cur_st = up, ids.pop(), st
                     names.pop()
                     continue
                 if last and not follow:
@@ -273,8 +273,9 @@ class Roots:
                             rest = [p for p in target.split("/") if p not in ("", ".")]
                             if rest[:len(root_parts)] != root_parts:
                                 raise _outside(repr(what))
-                            os.close(cur)
-                            cur, cur_id, cur_st = os.dup(root_fd), root_id, root_st
+                            old, cur = cur, os.dup(root_fd)
+                            os.close(old)
+                            cur_id, cur_st = root_id, root_st
                             names, ids = [], []
                             target = "/".join(rest[len(root_parts):])
                         todo.extend(target.split("/")[::-1])
@@ -282,8 +283,9 @@ class Roots:
                     if statmod.S_ISDIR(st.st_mode):
                         ids.append(cur_id)
                         names.append(name)
-                        os.close(cur)
-                        cur, cur_id, cur_st, fd = fd, (st.st_dev, st.st_ino), st, None
+                        old, cur, fd = cur, fd, None
+                        os.close(old)
+                        cur_id, cur_st = (st.st_dev, st.st_ino), st
                         continue
                     if not last:
                         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), name)
