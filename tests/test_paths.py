@@ -167,7 +167,7 @@ def test_a_directory_moved_out_during_the_walk_does_not_lead_out(tree, monkeypat
     where an ``x`` waits) at every point of the walk.  Each ``..`` is checked
     against the directory the walk came from, so the walk never reaches
     ``outside/x``.  Shown to fail without the check: with the
-    ``(st_dev, st_ino) != ids[-1]`` comparison removed in a scratch copy, the
+    ``cur_id != ids.pop()`` comparison disabled in a scratch copy, the
     walk returned ``outside/x`` (first at call 19)."""
     outside = tree.parent.parent / "outside"
     (outside / "x").write_text("outside x")
