@@ -473,7 +473,7 @@ def test_swapping_a_directory_for_a_symlink_never_reaches_outside(tmp_path, monk
     before every call from the k-th on), for every k.  Nothing outside the root
     is ever read, listed, written, renamed or deleted.  Shown to fail without
     the fd walk: against the previous ``realpath``-then-use-by-name code
-    (paths.py and files.py from commit 5bf7ec6), every one of these operations
+    (paths.py and files.py from commit 2d0f8c9), every one of these operations
     reached ``outside`` at some position; so did every one with ``O_NOFOLLOW``
     dropped from ``paths._PATH`` in a scratch copy."""
     world = SwapWorld(tmp_path)
@@ -499,7 +499,7 @@ def test_swapping_concurrently_never_reaches_outside(tmp_path):
     """The same attack from another process that flips ``root/d`` as fast as
     it can while listings, stats, downloads and uploads run.  Shown to fail
     without the fd walk: against the previous code (paths.py and files.py from
-    commit 5bf7ec6) outside bytes showed up, and so they did with ``O_NOFOLLOW``
+    commit 2d0f8c9) outside bytes showed up, and so they did with ``O_NOFOLLOW``
     dropped from ``paths._PATH``."""
     world = SwapWorld(tmp_path)
     world.reset()
@@ -519,7 +519,7 @@ def test_rename_without_overwrite_never_replaces_a_target_that_appears(root, mon
     """A file appears at the target just before the k-th file-system call of the
     rename (or of the upload's final rename), for every k: it is never replaced.
     Shown to fail without ``RENAME_NOREPLACE``: against the previous
-    check-then-``os.rename`` code (files.py from commit 5bf7ec6), the rename
+    check-then-``os.rename`` code (files.py from commit 2d0f8c9), the rename
     replaced it."""
     planted = []
 
