@@ -55,6 +55,7 @@ import ctypes
 import errno
 import os
 import stat as statmod
+from collections.abc import Iterable
 
 from homechannel import errors
 
@@ -74,7 +75,7 @@ FILE_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | _CLOEXEC
 FILE_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NOCTTY | _CLOEXEC
 
 
-def split(relpath):
+def split(relpath: str) -> list[str]:
     """Lexically check *relpath* and return its components (a list of str)."""
     if not isinstance(relpath, str):
         raise errors.BadRequest("path must be a string", "bad-path")
@@ -99,15 +100,7 @@ def split(relpath):
     return parts
 
 
-def check_name(name):
-    """A single new file or directory name (for mkdir, upload, rename targets)."""
-    parts = split(name)
-    if len(parts) != 1:
-        raise errors.BadRequest("a name must be one path component", "bad-path")
-    return parts[0]
-
-
-def kind(st):
+def kind(st: os.stat_result) -> str:
     """The wire type of an entry from its (l)stat: file, dir, link or other."""
     mode = st.st_mode
     if statmod.S_ISREG(mode):
@@ -133,33 +126,33 @@ class Location:
 
     __slots__ = ("dir_fd", "name", "parts", "st")
 
-    def __init__(self, dir_fd, name, parts, st):
+    def __init__(self, dir_fd: int, name: str, parts: list[str], st: os.stat_result | None):
         self.dir_fd = dir_fd
         self.name = name
         self.parts = parts
         self.st = st
 
     @property
-    def relpath(self):
+    def relpath(self) -> str:
         """The entry's path relative to its root, symlinks resolved (client form)."""
         return "/".join(self.parts)
 
-    def close(self):
+    def close(self) -> None:
         if self.dir_fd is not None:
             os.close(self.dir_fd)
             self.dir_fd = None
 
-    def __enter__(self):
+    def __enter__(self) -> "Location":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc) -> None:
         self.close()
 
 
 class Roots:
     """The configured roots, each resolved once to its real path (per session)."""
 
-    def __init__(self, roots):
+    def __init__(self, roots: Iterable[str]):
         self._roots = []
         seen = {}
         for configured in roots:
@@ -169,16 +162,16 @@ class Roots:
             name = base if seen[base] == 1 else f"{base} ({seen[base]})"
             self._roots.append((name, real))
 
-    def describe(self):
+    def describe(self) -> list[dict]:
         return [{"index": i, "name": name} for i, (name, _) in enumerate(self._roots)]
 
-    def root(self, index):
+    def root(self, index: int) -> str:
         """The real path of root *index* (``no-root`` if there is no such root)."""
         if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(self._roots):
             raise errors.NotFound(f"there is no root number {index!r}", "no-root")
         return self._roots[index][1]
 
-    def open_root(self, index):
+    def open_root(self, index: int) -> int:
         """An ``O_PATH`` fd of root *index*, opened from ``/`` without following
         any symlink (the real path has none, unless one was planted since)."""
         real = self.root(index)
@@ -195,12 +188,12 @@ class Roots:
                                      f"({e.strerror})", "no-root") from None
         return fd
 
-    def locate(self, index, relpath):
+    def locate(self, index: int, relpath: str) -> Location:
         """The :class:`Location` of *relpath*, every symlink followed (the final
         one too) while it stays inside the root.  The root itself is allowed."""
         return self._walk(index, split(relpath), True, relpath)
 
-    def locate_entry(self, index, relpath):
+    def locate_entry(self, index: int, relpath: str) -> Location:
         """The :class:`Location` of the entry *relpath* itself: the final
         component is not followed (delete, rename and create act on a link, not
         its target).  The root itself is refused (``is-root``)."""
@@ -209,7 +202,7 @@ class Roots:
             raise errors.Forbidden("the root itself cannot be changed", "is-root")
         return self._walk(index, parts, False, relpath)
 
-    def target_stat(self, index, parts):
+    def target_stat(self, index: int, parts: Iterable[str]) -> os.stat_result | None:
         """The ``stat`` of what the entry at *parts* leads to inside the root, or
         None if it cannot be followed here (missing, a loop, or outside)."""
         try:
@@ -218,7 +211,7 @@ class Roots:
         except (OSError, errors.HomeChannelError):
             return None
 
-    def _walk(self, index, parts, follow, what):
+    def _walk(self, index: int, parts: list[str], follow: bool, what: str) -> Location:
         root_fd = self.open_root(index)
         cur = None
         try:
@@ -321,7 +314,7 @@ def _load_renameat2():
 _renameat2 = _load_renameat2()  # glibc >= 2.28; None elsewhere
 
 
-def rename_noreplace(src_fd, src, dst_fd, dst):
+def rename_noreplace(src_fd: int, src: str, dst_fd: int, dst: str) -> None:
     """Rename *src* (in directory *src_fd*) to *dst* (in *dst_fd*), failing with
     ``EEXIST`` if *dst* exists, atomically: ``renameat2(RENAME_NOREPLACE)``.
     Where the C library or the file system lacks it: a file or link is hard
@@ -340,7 +333,7 @@ def rename_noreplace(src_fd, src, dst_fd, dst):
     _rename_noreplace_fallback(src_fd, src, dst_fd, dst)
 
 
-def _rename_noreplace_fallback(src_fd, src, dst_fd, dst):
+def _rename_noreplace_fallback(src_fd: int, src: str, dst_fd: int, dst: str) -> None:
     st = os.stat(src, dir_fd=src_fd, follow_symlinks=False)
     if not statmod.S_ISDIR(st.st_mode):
         os.link(src, dst, src_dir_fd=src_fd, dst_dir_fd=dst_fd, follow_symlinks=False)
@@ -361,7 +354,7 @@ def _rename_noreplace_fallback(src_fd, src, dst_fd, dst):
         raise
 
 
-def remove_tree(dir_fd, name):
+def remove_tree(dir_fd: int, name: str) -> None:
     """Delete the directory *name* in *dir_fd* and everything under it.
 
     Every directory is opened relative to its parent's fd with
