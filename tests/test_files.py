@@ -296,11 +296,14 @@ def test_garbage_and_unknown_ops_get_structured_errors(root):
 # -- special files ---------------------------------------------------------------
 
 def make_char_device(path):
-    """A /dev/zero twin (character device 1:5), or skip if mknod is not permitted."""
+    """A /dev/zero twin (character device 1:5), or skip the calling test (and
+    only it: the FIFO, socket and /dev cases are separate tests) if mknod is
+    not permitted."""
     try:
         os.mknod(path, 0o644 | stat.S_IFCHR, os.makedev(1, 5))
     except PermissionError:
-        pytest.skip("mknod of a character device is not permitted here (needs CAP_MKNOD)")
+        pytest.skip("mknod of a character device is not permitted here (needs CAP_MKNOD); "
+                    "the /dev root test still covers devices")
 
 
 def test_fifo_download_is_refused_promptly(root):
@@ -341,25 +344,24 @@ def test_fifo_swapped_in_after_the_check_does_not_block(root, monkeypatch):
     assert "not-a-file" in codes and "ok" in codes
 
 
-def test_devices_and_sockets_are_listed_as_other_and_never_read(root):
+def test_fifos_and_sockets_are_listed_as_other_and_never_read(root):
     """Shown to fail without the checks: with both ``S_ISREG`` checks of the
-    download removed in a scratch copy, the download of ``zero`` streamed
-    zeros until the test gave up on it."""
-    make_char_device(root / "zero")
-    (root / "zero-link").symlink_to("zero")
-    (root / "outside-zero").symlink_to("/dev/zero")
+    download removed in a scratch copy, the FIFO (opened ``O_NONBLOCK``, no
+    writer) was sent as an empty file: RES, END with size 0."""
     os.mkfifo(root / "fifo")
+    (root / "outside-zero").symlink_to("/dev/zero")
     sock = socket.socket(socket.AF_UNIX)
     sock.bind(str(root / "sock"))
+    (root / "sock-link").symlink_to("sock")
     try:
         c = Client(root)
         [res] = c.request(1, {"op": "list", "root": 0, "path": ""})
-        types = {e["name"]: e["type"] for e in res.body["entries"]}
-        assert types == {"zero": "other", "zero-link": "other", "outside-zero": "broken", "fifo": "other",
-                         "sock": "other"}
-        [res] = c.request(2, {"op": "stat", "root": 0, "path": "zero-link"})
-        assert res.body["entry"]["type"] == "other" and res.body["entry"]["path"] == "zero"
-        for path, code in [("zero", "not-a-file"), ("zero-link", "not-a-file"), ("sock", "not-a-file"),
+        types = {e["name"]: (e["type"], e.get("link", False)) for e in res.body["entries"]}
+        assert types == {"fifo": ("other", False), "sock": ("other", False), "sock-link": ("other", True),
+                         "outside-zero": ("broken", True)}
+        [res] = c.request(2, {"op": "stat", "root": 0, "path": "sock-link"})
+        assert res.body["entry"]["type"] == "other" and res.body["entry"]["path"] == "sock"
+        for path, code in [("fifo", "not-a-file"), ("sock", "not-a-file"), ("sock-link", "not-a-file"),
                            ("outside-zero", "outside-root")]:
             got = run_with_timeout(lambda: c.download(path))
             assert [f.type for f in got] == [frames.ERR] and got[0].body["code"] == code, (path, got)
@@ -367,18 +369,56 @@ def test_devices_and_sockets_are_listed_as_other_and_never_read(root):
         sock.close()
 
 
-def test_upload_never_replaces_a_fifo_or_device(root):
+def test_devices_in_a_root_are_listed_as_other_and_never_read():
+    """``/dev`` as a root (no mknod needed): its devices are ``other`` and never
+    read.  Shown to fail without the checks: with both ``S_ISREG`` checks of
+    the download removed in a scratch copy, the download of ``zero`` streamed
+    zeros until the test gave up on it."""
+    c = Client("/dev", read_only=True)
+    [res] = c.request(1, {"op": "list", "root": 0, "path": ""})
+    types = {e["name"]: e["type"] for e in res.body["entries"]}
+    assert types["zero"] == types["null"] == "other"
+    for path in ["zero", "null", "urandom"]:
+        got = run_with_timeout(lambda: c.download(path))
+        assert [f.type for f in got] == [frames.ERR] and got[0].body["code"] == "not-a-file", (path, got)
+
+
+def test_a_device_made_with_mknod_is_never_read_nor_replaced(root):
+    """A /dev/zero twin made inside the root, reached directly and through an
+    in-root link.  Shown to fail without the checks: with both ``S_ISREG``
+    checks of the download removed in a scratch copy, the download of ``zero``
+    streamed zeros until the test gave up; with the upload's non-regular-target
+    refusal removed, the overwrite replaced the device."""
+    make_char_device(root / "zero")
+    (root / "zero-link").symlink_to("zero")
+    c = Client(root)
+    [res] = c.request(1, {"op": "stat", "root": 0, "path": "zero-link"})
+    assert res.body["entry"]["type"] == "other" and res.body["entry"]["path"] == "zero"
+    for path in ["zero", "zero-link"]:
+        got = run_with_timeout(lambda: c.download(path))
+        assert [f.type for f in got] == [frames.ERR] and got[0].body["code"] == "not-a-file", (path, got)
+    got = run_with_timeout(lambda: c.upload("zero", b"data", rid=3, overwrite=True))
+    assert got[-1].body["code"] == "not-a-file", got
+    assert stat.S_ISCHR(os.lstat(root / "zero").st_mode)
+    assert sorted(os.listdir(root)) == ["zero", "zero-link"]
+
+
+def test_upload_never_replaces_a_fifo_or_a_socket(root):
     """Shown to fail without the check: with the non-regular-target refusal
     removed in a scratch copy, the overwrite replaced the FIFO."""
     os.mkfifo(root / "fifo")
-    make_char_device(root / "zero")
-    c = Client(root)
-    for rid, path in enumerate(["fifo", "zero"], start=1):
-        got = run_with_timeout(lambda: c.upload(path, b"data", rid=rid, overwrite=True))
-        assert got[-1].body["code"] == "not-a-file", got
-    assert stat.S_ISFIFO(os.lstat(root / "fifo").st_mode)
-    assert stat.S_ISCHR(os.lstat(root / "zero").st_mode)
-    assert sorted(os.listdir(root)) == ["fifo", "zero"]
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(root / "sock"))
+    try:
+        c = Client(root)
+        for rid, path in enumerate(["fifo", "sock"], start=1):
+            got = run_with_timeout(lambda: c.upload(path, b"data", rid=rid, overwrite=True))
+            assert got[-1].body["code"] == "not-a-file", got
+        assert stat.S_ISFIFO(os.lstat(root / "fifo").st_mode)
+        assert stat.S_ISSOCK(os.lstat(root / "sock").st_mode)
+        assert sorted(os.listdir(root)) == ["fifo", "sock"]
+    finally:
+        sock.close()
 
 
 # -- races: a directory swapped for a symlink to outside ---------------------------
