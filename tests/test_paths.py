@@ -286,8 +286,12 @@ def test_rename_noreplace_never_replaces(tmp_path, rename_impl, source):
             {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "link": stat.S_IFLNK}[source]
         # a directory into itself: EINVAL, and nothing left behind by the fallback
         (tmp_path / "d").mkdir()
-        with pytest.raises(OSError) as info:
-            paths.rename_noreplace(fd, "d", os.open(tmp_path / "d", os.O_PATH), "inside")
+        inner = os.open(tmp_path / "d", os.O_PATH)
+        try:
+            with pytest.raises(OSError) as info:
+                paths.rename_noreplace(fd, "d", inner, "inside")
+        finally:
+            os.close(inner)
         assert info.value.errno == errno.EINVAL
         assert os.listdir(tmp_path / "d") == []
     finally:
