@@ -24,16 +24,16 @@ Each rewrite is one row of the matrix, tried by both clients:
   ``server/peer.py``); the others as a proof that does not verify (the proof
   binds the offer hash, ``crypto.check_proof``).  The test asserts the
   specific reason per row, so each check is needed: shown in a scratch copy of
-  the tree, with the shape check removed the shape rows fail (they are
-  refused for the proof instead), and with the proof checked over the old v1
-  message (the fingerprint line only) the shape-keeping rows fail (the home
-  server answers them).
+  the tree, with the shape check replaced by "the first sha-256 line" the
+  shape rows fail (they are refused for the proof instead), and with the proof
+  check removed the shape-keeping rows fail (the home server answers them).
 * **answer rewrites**: the same rewrites on the home server's answer.  The
   home server signed the untouched answer; Chromium (``checkAnswer`` in
   ``static/js/connect.js``) and the native client (``connect.check_answer``)
-  refuse every one before using it: without those checks the rows fail (the
-  clients time out or connect through the coordinator's rewrite instead of
-  refusing with ``server-signature``).
+  refuse every one before using it: with the browser's ``checkAnswer``
+  replaced by reading the fingerprint line, the first row fails (the browser
+  applies the rewritten answer and ends in "ICE failed" instead of refusing
+  with ``server-signature``).
 
 ``honest`` is the control in each test: the same harness, relaying unchanged,
 connects, so a refusal below is caused by the rewrite.
