@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from homechannel import crypto, wire
-from homechannel.coordinator.registry import Registry, pack_addr, unpack_addr
 from homechannel.coordinator.rendezvous import Rendezvous
 from homechannel.errors import AuthenticationError, KeyFileError, ProtocolError
 from homechannel.server.challenges import ChallengeSource
@@ -210,58 +209,3 @@ def test_unknown_replies_are_rate_limited_and_need_big_requests():
     big = wire.header(wire.DATA) + bytes(wire.MIN_SERVER_DATAGRAM - 4)
     n = sum(len(rv.receive(big, ("192.0.2.1", 1), 1.0)) for _ in range(100))
     assert n <= 10
-
-
-# -- registry --------------------------------------------------------------------
-
-
-def test_addr_packing():
-    for addr in (("127.0.0.1", 1), ("::1", 65535), ("2001:db8::5", 80)):
-        assert unpack_addr(pack_addr(addr)) == addr
-
-
-@given(st.lists(st.tuples(st.sampled_from("ar"), st.integers(0, 60)), max_size=300))
-@settings(max_examples=60)
-def test_registry_matches_a_dict_model(ops):
-    reg = Registry(epoch=0.0)
-    model = {}
-    key = bytes(32)
-    for op, i in ops:
-        kid = hashlib.sha256(bytes([i])).digest()[:16]
-        addr = ("10.0.0.%d" % (i % 7), 1000 + i)
-        if op == "a":
-            for k, a in list(model.items()):
-                if a == addr and k != kid:
-                    del model[k]
-            reg.register(kid, addr, key, key, 1.0)
-            model[kid] = addr
-        elif kid in model:
-            reg.remove(reg.lookup_key(kid))
-            del model[kid]
-        assert reg.count == len(model)
-    for kid, addr in model.items():
-        slot = reg.lookup_key(kid)
-        assert slot >= 0 and reg.addr(slot) == addr and reg.lookup_addr(addr) == slot
-    for i in range(61):
-        kid = hashlib.sha256(bytes([i])).digest()[:16]
-        if kid not in model:
-            assert reg.lookup_key(kid) == -1
-
-
-def test_registry_cap_refuses_new_servers():
-    from homechannel.errors import CapacityError
-    reg = Registry(max_servers=2)
-    reg.register(b"a" * 16, ("10.0.0.1", 1), bytes(32), bytes(32), 0)
-    reg.register(b"b" * 16, ("10.0.0.2", 1), bytes(32), bytes(32), 0)
-    with pytest.raises(CapacityError):
-        reg.register(b"c" * 16, ("10.0.0.3", 1), bytes(32), bytes(32), 0)
-    reg.register(b"a" * 16, ("10.0.0.9", 1), bytes(32), bytes(32), 0)  # re-register is fine
-
-
-def test_registry_expiry_is_incremental():
-    reg = Registry(epoch=0.0)
-    for i in range(100):
-        reg.register(bytes([i]) * 16, ("10.0.0.1", i + 1), bytes(32), bytes(32), 0.0)
-    assert reg.expire(200.0, 90.0, budget=30) == 30
-    assert reg.expire(200.0, 90.0, budget=1000) == 70
-    assert reg.count == 0

@@ -39,12 +39,73 @@ class IRelay(Interface):
 
 
 class IRegistry(Interface):
-    """The memory-compact table of registered servers (``registry``)."""
+    """The memory-compact table of registered servers (``registry``), as the
+    UDP side (``rendezvous``, ``udp``) and the operator API use it.
+
+    A server is addressed by its *slot* (an int >= 0, stable while it stays
+    registered); *kid* is a 16-byte key id (``crypto.key_id``), *addr* a
+    ``(host, port)`` tuple and *now* reactor time in seconds (float)."""
 
     count = Attribute("number of registered servers")
+    slot_count = Attribute("slots in use or free (what a full expiry pass scans)")
 
     def lookup_key(kid):
-        """Slot of the server with 16-byte key id *kid*, or -1."""
+        """Slot of the server with key id *kid*, or -1."""
 
     def lookup_addr(addr):
-        """Slot of the server registered from *addr* (host, port), or -1."""
+        """Slot of the server registered from *addr*, or -1 (also for an
+        address that does not parse)."""
+
+    def register(kid, addr, rx_key, tx_key, now):
+        """Insert or replace the registration of *kid* with fresh session
+        keys; return its slot.  A server that registers again keeps its slot;
+        a server that held *addr* before is removed.  Raises
+        ``CapacityError`` when the registry (or the source's share of it) is
+        full."""
+
+    def remove(slot):
+        """Forget the server in *slot* (nothing if the slot is free)."""
+
+    def addr(slot):
+        """The ``(host, port)`` the server in *slot* registered from."""
+
+    def key_id(slot):
+        """The key id of the server in *slot*."""
+
+    def keys(slot):
+        """``(server_to_coordinator, coordinator_to_server)`` session keys."""
+
+    def open(slot, data, now):
+        """Open a DATA datagram from the server in *slot*: ``(counter,
+        plaintext)``, None for a replay; raises ``ProtocolError`` or
+        ``AuthenticationError`` for a bad one."""
+
+    def seal(slot, message):
+        """A DATA datagram carrying *message* to the server in *slot*."""
+
+    def accept_counter(slot, counter):
+        """Mark *counter* from the server as seen: False for a replay."""
+
+    def set_pool(slot, pairs, replace=True):
+        """Store ``(challenge, expectedAnswer)`` pairs (``replace=False``
+        keeps the unconsumed ones and fills free places)."""
+
+    def replace_pool(slot, generation, pairs):
+        """Apply a CHALLENGES refresh unless one at least as new was applied:
+        True if applied."""
+
+    def pool(slot):
+        """The ``(challenge, expectedAnswer)`` pairs in the pool."""
+
+    def peek_challenge(slot):
+        """The next unused challenge, or None when the pool is empty."""
+
+    def take_challenge(slot, challenge):
+        """Remove *challenge* from the pool; its expectedAnswer or None."""
+
+    def expire(now, max_age, budget=None):
+        """Remove servers silent for more than *max_age* seconds, scanning at
+        most *budget* slots; return how many were removed."""
+
+    def slots():
+        """The slots in use."""

@@ -1,9 +1,10 @@
 """The coordinator's registry of home servers: memory-compact, O(1) both ways.
 
 Every registered server is one fixed-size record in a single ``bytearray``
-slab (no Python object per server).  Two open-addressing hash tables (plain
-``array('i')`` of slot numbers, linear probing, backward-shift deletion) index
-the slab by 16-byte key id and by source address.  At 100,000 servers this is
+slab (no Python object per server).  Two
+:class:`~homechannel.coordinator.slotindex.SlotIndex` tables (open addressing
+over an ``array('i')`` of slot numbers) index the slab by 16-byte key id and
+by source address.  At 100,000 servers this is
 about 250 bytes per server in all (see ``bench/registry_memory.py``), where a
 dict-of-objects design needs well over 1 KB.
 
@@ -33,28 +34,35 @@ from array import array
 
 from zope.interface import implementer
 
-from homechannel.coordinator.interfaces import IRegistry
-from homechannel.errors import CapacityError
 from homechannel import wire
-from homechannel.crypto import open_sealed
+from homechannel.coordinator.interfaces import IRegistry
+from homechannel.coordinator.slotindex import SlotIndex
+from homechannel.crypto import (
+    AEAD_KEY_SIZE, CHALLENGE_SIZE, EXPECTED_ANSWER_SIZE, KEY_ID_SIZE, open_sealed,
+)
+from homechannel.errors import CapacityError
 from homechannel.wire import parse_data, replay_check, seal_data
 
 POOL = wire.POOL
-_PAIR = 48
-RECORD = 128 + POOL * _PAIR + 4
+ADDR_SIZE = 18                                  # 16-byte IPv6 (IPv4-mapped) + port
+_PAIR = CHALLENGE_SIZE + EXPECTED_ANSWER_SIZE
 
+# Field offsets in a record (see the table above).
 _F_FLAGS = 0
-_F_KID = 1
-_F_ADDR = 17
-_F_SEEN = 35
-_F_KRX = 39
-_F_KTX = 71
-_F_TXCTR = 103
-_F_RXMAX = 111
-_F_RXMAP = 119
-_F_NPOOL = 127
-_F_POOL = 128
-_F_POOLGEN = 128 + POOL * _PAIR
+_F_KID = _F_FLAGS + 1
+_F_ADDR = _F_KID + KEY_ID_SIZE
+_F_SEEN = _F_ADDR + ADDR_SIZE
+_F_KRX = _F_SEEN + 4
+_F_KTX = _F_KRX + AEAD_KEY_SIZE
+_F_TXCTR = _F_KTX + AEAD_KEY_SIZE
+_F_RXMAX = _F_TXCTR + 8
+_F_RXMAP = _F_RXMAX + 8
+_F_NPOOL = _F_RXMAP + 8
+_F_POOL = _F_NPOOL + 1
+_F_POOLGEN = _F_POOL + POOL * _PAIR
+RECORD = _F_POOLGEN + 4
+_KID_END = _F_KID + KEY_ID_SIZE
+_ADDR_END = _F_ADDR + ADDR_SIZE
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -78,80 +86,6 @@ def unpack_addr(raw: bytes):
     return (socket.inet_ntop(socket.AF_INET6, ip), port)
 
 
-class _Index:
-    """Open addressing over an int array: value = slot + 1, 0 = empty."""
-
-    def __init__(self, keyof, hashof, capacity=1024, matches=None):
-        self._keyof = keyof      # slot -> key bytes stored in the slab
-        self._hashof = hashof    # key bytes -> int
-        self._matches = matches or (lambda slot, key: keyof(slot) == key)
-        self._table = array("i", bytes(4 * capacity))
-        self._mask = capacity - 1
-        self.count = 0
-
-    def find(self, key) -> int:
-        table, mask = self._table, self._mask
-        matches = self._matches
-        i = self._hashof(key) & mask
-        while True:
-            v = table[i]
-            if v == 0:
-                return -1
-            if matches(v - 1, key):
-                return v - 1
-            i = (i + 1) & mask
-
-    def insert(self, key, slot) -> None:
-        if (self.count + 1) * 2 > len(self._table):
-            self._grow()
-        table, mask = self._table, self._mask
-        i = self._hashof(key) & mask
-        while table[i]:
-            i = (i + 1) & mask
-        table[i] = slot + 1
-        self.count += 1
-
-    def remove(self, key) -> None:
-        table, mask = self._table, self._mask
-        i = self._hashof(key) & mask
-        while True:
-            v = table[i]
-            if v == 0:
-                return
-            if self._keyof(v - 1) == key:
-                break
-            i = (i + 1) & mask
-        # Backward-shift deletion keeps probe chains intact without tombstones.
-        j = i
-        while True:
-            table[i] = 0
-            while True:
-                j = (j + 1) & mask
-                v = table[j]
-                if v == 0:
-                    self.count -= 1
-                    return
-                home = self._hashof(self._keyof(v - 1)) & mask
-                # Move v back to i unless its home lies cyclically in (i, j].
-                if (j > i and (home <= i or home > j)) or (j < i and (home <= i and home > j)):
-                    break
-            table[i] = v
-            i = j
-
-    def _grow(self):
-        old = self._table
-        self._table = array("i", bytes(8 * len(old)))
-        self._mask = len(self._table) - 1
-        self.count = 0
-        for v in old:
-            if v:
-                self.insert(self._keyof(v - 1), v - 1)
-
-
-def _kid_hash(kid: bytes) -> int:
-    return int.from_bytes(kid[:8], "little")
-
-
 @implementer(IRegistry)
 class Registry:
     """Registered servers.  ``now`` values are floats (seconds, reactor time)."""
@@ -161,28 +95,30 @@ class Registry:
         self._epoch = epoch
         self._slab = bytearray()
         self._free = array("i")
-        self._by_key = _Index(self._kid_at, _kid_hash, matches=self._kid_is)
-        self._by_addr = _Index(self._addr_at, hash, matches=self._addr_is)
+        # Python's hash of bytes is keyed per process, so nobody can pick key
+        # ids (by grinding keys) or addresses that collide in the index.
+        self._by_key = SlotIndex(self._kid_at, hash, matches=self._kid_is)
+        self._by_addr = SlotIndex(self._addr_at, hash, matches=self._addr_is)
         self.count = 0
         self._cursor = 0
 
     # -- slab access --
 
     def _kid_at(self, slot):
-        o = slot * RECORD + _F_KID
-        return bytes(self._slab[o:o + 16])
+        o = slot * RECORD
+        return bytes(self._slab[o + _F_KID:o + _KID_END])
 
     def _addr_at(self, slot):
-        o = slot * RECORD + _F_ADDR
-        return bytes(self._slab[o:o + 18])
+        o = slot * RECORD
+        return bytes(self._slab[o + _F_ADDR:o + _ADDR_END])
 
     def _kid_is(self, slot, kid):
-        o = slot * RECORD + _F_KID
-        return self._slab[o:o + 16] == kid
+        o = slot * RECORD
+        return self._slab[o + _F_KID:o + _KID_END] == kid
 
     def _addr_is(self, slot, packed):
-        o = slot * RECORD + _F_ADDR
-        return self._slab[o:o + 18] == packed
+        o = slot * RECORD
+        return self._slab[o + _F_ADDR:o + _ADDR_END] == packed
 
     def _seconds(self, now):
         return max(0, int(now - self._epoch)) & 0xFFFFFFFF
@@ -208,7 +144,8 @@ class Registry:
         """``(server_to_coordinator, coordinator_to_server)`` AEAD keys."""
         o = slot * RECORD
         s = self._slab
-        return bytes(s[o + _F_KRX:o + _F_KRX + 32]), bytes(s[o + _F_KTX:o + _F_KTX + 32])
+        return (bytes(s[o + _F_KRX:o + _F_KRX + AEAD_KEY_SIZE]),
+                bytes(s[o + _F_KTX:o + _F_KTX + AEAD_KEY_SIZE]))
 
     def register(self, kid, addr, rx_key, tx_key, now) -> int:
         """Insert or replace the registration of *kid* (a new session).
@@ -230,24 +167,24 @@ class Registry:
                 self._slab.extend(bytes(RECORD))
             o = slot * RECORD
             self._slab[o:o + RECORD] = bytes(RECORD)
-            self._slab[o + _F_KID:o + _F_KID + 16] = kid
-            self._slab[o + _F_ADDR:o + _F_ADDR + 18] = packed
+            self._slab[o + _F_KID:o + _KID_END] = kid
+            self._slab[o + _F_ADDR:o + _ADDR_END] = packed
             self._slab[o] = 1
             self._by_key.insert(kid, slot)
             self._by_addr.insert(packed, slot)
             self.count += 1
         else:
             o = slot * RECORD
-            if self._slab[o + _F_ADDR:o + _F_ADDR + 18] != packed:
+            if self._slab[o + _F_ADDR:o + _ADDR_END] != packed:
                 self._by_addr.remove(self._addr_at(slot))
-                self._slab[o + _F_ADDR:o + _F_ADDR + 18] = packed
+                self._slab[o + _F_ADDR:o + _ADDR_END] = packed
                 self._by_addr.insert(packed, slot)
             # New session: fresh counters, window and pool generation.
             self._slab[o + _F_TXCTR:o + _F_RXMAP + 8] = bytes(24)
             self._slab[o + _F_POOLGEN:o + _F_POOLGEN + 4] = bytes(4)
         o = slot * RECORD
-        self._slab[o + _F_KRX:o + _F_KRX + 32] = rx_key
-        self._slab[o + _F_KTX:o + _F_KTX + 32] = tx_key
+        self._slab[o + _F_KRX:o + _F_KRX + AEAD_KEY_SIZE] = rx_key
+        self._slab[o + _F_KTX:o + _F_KTX + AEAD_KEY_SIZE] = tx_key
         _U32.pack_into(self._slab, o + _F_SEEN, self._seconds(now))
         return slot
 
@@ -274,7 +211,7 @@ class Registry:
         ok, top, bitmap = replay_check(top, bitmap, counter)
         if not ok:
             return None
-        plain = open_sealed(bytes(s[o + _F_KRX:o + _F_KRX + 32]), counter, ct, aad)
+        plain = open_sealed(bytes(s[o + _F_KRX:o + _F_KRX + AEAD_KEY_SIZE]), counter, ct, aad)
         _U64X2.pack_into(s, o + _F_RXMAX, top, bitmap)
         _U32.pack_into(s, o + _F_SEEN, self._seconds(now))
         return counter, plain
@@ -285,7 +222,7 @@ class Registry:
         o = slot * RECORD
         ctr = _U64.unpack_from(s, o + _F_TXCTR)[0]
         _U64.pack_into(s, o + _F_TXCTR, ctr + 1)
-        return seal_data(bytes(s[o + _F_KTX:o + _F_KTX + 32]), ctr, message)
+        return seal_data(bytes(s[o + _F_KTX:o + _F_KTX + AEAD_KEY_SIZE]), ctr, message)
 
     def accept_counter(self, slot, ctr) -> bool:
         """Sliding replay window: True once per counter, False for replays and too-old."""
@@ -331,7 +268,7 @@ class Registry:
         out = []
         for i in range(n):
             p = o + _F_POOL + i * _PAIR
-            out.append((bytes(s[p:p + 16]), bytes(s[p + 16:p + 48])))
+            out.append((bytes(s[p:p + CHALLENGE_SIZE]), bytes(s[p + CHALLENGE_SIZE:p + _PAIR])))
         return out
 
     def peek_challenge(self, slot):
@@ -339,7 +276,7 @@ class Registry:
         if not self._slab[o + _F_NPOOL]:
             return None
         p = o + _F_POOL
-        return bytes(self._slab[p:p + 16])
+        return bytes(self._slab[p:p + CHALLENGE_SIZE])
 
     def take_challenge(self, slot, challenge):
         """Remove *challenge* from the pool; return its expectedAnswer or None."""
