@@ -27,6 +27,12 @@ def default_state_dir() -> str:
 # -- coordinator -----------------------------------------------------------
 
 
+def _require_positive(obj, section, names):
+    for name in names:
+        if getattr(obj, name) <= 0:
+            raise ConfigError(f"{section}.{name} must be positive")
+
+
 @dataclass(frozen=True)
 class CoordinatorUDP:
     interface: str = "0.0.0.0"
@@ -36,12 +42,24 @@ class CoordinatorUDP:
     # How often the expiry sweep runs.
     sweep_interval: float = 5.0
     max_servers: int = 1_000_000
+    # Registered servers per source network (IPv6 /64, IPv4 address).  Home
+    # servers behind one carrier-grade NAT share an IPv4 address: generous.
+    max_servers_per_source: int = 1024
     max_handshakes: int = 10_000
+    max_handshakes_per_source: int = 100
+    # Bytes held in incomplete ANSWER transfers, in all and per source network.
+    reassembly_bytes: int = 32 * 1024 * 1024
+    reassembly_bytes_per_source: int = 1024 * 1024
     # Replies to unauthenticated-but-well-formed datagrams ("unknown,
     # re-register"), at most this many per second in all.
     unknown_replies_per_second: float = 1000.0
     # Handshake datagrams (HELLO, INIT) answered per second from one source IP.
     per_source_per_second: float = 20.0
+
+    def __post_init__(self):
+        _require_positive(self, "udp", (
+            "max_servers", "max_servers_per_source", "max_handshakes",
+            "max_handshakes_per_source", "reassembly_bytes", "reassembly_bytes_per_source"))
 
 
 @dataclass(frozen=True)
@@ -67,6 +85,11 @@ class CoordinatorWeb:
     max_body: int = 65536
     max_sessions: int = 10_000
     max_waiters: int = 10_000
+    # Shares of those tables: sessions per source network (IPv6 /64, IPv4
+    # address) and per target server, waiting long-polls per source network.
+    max_sessions_per_source: int = 100
+    max_sessions_per_server: int = 100
+    max_waiters_per_source: int = 100
     # Connect attempts per source (IPv4 address or IPv6 /64) per minute.
     per_ip_per_minute: int = 30
     # Password attempts on one home server (with a valid challenge) per minute and per
@@ -80,6 +103,11 @@ class CoordinatorWeb:
     failures_before_lockout: int = 5
     lockout_base: float = 60.0
     lockout_max: float = 3600.0
+
+    def __post_init__(self):
+        _require_positive(self, "web", (
+            "max_body", "max_sessions", "max_waiters", "max_sessions_per_source",
+            "max_sessions_per_server", "max_waiters_per_source"))
 
 
 @dataclass(frozen=True)

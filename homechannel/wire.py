@@ -342,19 +342,31 @@ class Reassembly:
     ``add(fragment, now)`` returns the payload once when the last missing
     fragment arrives, else None.  Duplicates of a completed transfer are
     recognised (so the caller can re-acknowledge them) and never delivered
-    twice.  Incomplete transfers older than *timeout* are dropped."""
+    twice.  Incomplete transfers older than *timeout* are dropped.
+    ``buffered`` is the number of chunk bytes held in incomplete transfers and
+    ``cost(fragment)`` what adding *fragment* would add to it, so that the
+    owner can keep a byte budget over many peers."""
 
     def __init__(self, max_transfers=8, timeout=30.0, remember=64):
         self.max_transfers = max_transfers
         self.timeout = timeout
+        self.buffered = 0
         self._open = {}          # transfer id -> (started, kind, count, total, {index: chunk})
         self._done = {}          # transfer id -> None (insertion ordered)
         self._remember = remember
 
+    def cost(self, frag: Fragment) -> int:
+        if frag.transfer in self._done:
+            return 0
+        entry = self._open.get(frag.transfer)
+        if entry is not None and frag.index in entry[4]:
+            return 0
+        return len(frag.chunk)
+
     def add(self, frag: Fragment, now):
         if frag.transfer in self._done:
             return None
-        self._expire(now)
+        self.expire(now)
         entry = self._open.get(frag.transfer)
         if entry is None:
             if len(self._open) >= self.max_transfers:
@@ -364,16 +376,19 @@ class Reassembly:
         _, kind, count, total, chunks = entry
         if (kind, count, total) != (frag.kind, frag.count, frag.total):
             raise ProtocolError("fragment does not match its transfer")
+        old = chunks.get(frag.index)
+        self.buffered += len(frag.chunk) - (0 if old is None else len(old))
         chunks[frag.index] = frag.chunk
         if len(chunks) < count:
             return None
         del self._open[frag.transfer]
+        self.buffered -= sum(map(len, chunks.values()))
         self._done[frag.transfer] = None
         while len(self._done) > self._remember:
             del self._done[next(iter(self._done))]
         return b"".join(chunks[i] for i in range(count))
 
-    def _expire(self, now):
+    def expire(self, now):
+        """Drop incomplete transfers older than the timeout."""
         for tid in [t for t, e in self._open.items() if now - e[0] > self.timeout]:
-            del self._open[tid]
-
+            self.buffered -= sum(map(len, self._open.pop(tid)[4].values()))

@@ -65,3 +65,10 @@ def test_overrides_win(tmp_path):
 def test_state_directory_from_systemd(monkeypatch):
     monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/homechannel")
     assert config.load_server().state_dir == "/var/lib/homechannel"
+
+
+@pytest.mark.parametrize("key", ["udp.max_servers_per_source", "udp.reassembly_bytes",
+                                 "web.max_sessions_per_source", "web.max_waiters_per_source"])
+def test_caps_and_shares_must_be_positive(key):
+    with pytest.raises(ConfigError, match=rf"{re.escape(key)} must be positive"):
+        config.load_coordinator(None, {key: 0})

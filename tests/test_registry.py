@@ -8,7 +8,8 @@ from hypothesis import given, settings, strategies as st
 from zope.interface.verify import verifyObject
 
 from homechannel.coordinator.interfaces import IRegistry
-from homechannel.coordinator.registry import RECORD, Registry, pack_addr, unpack_addr
+from homechannel.coordinator.ratelimit import source_key
+from homechannel.coordinator.registry import RECORD, Registry, pack_addr, source_of, unpack_addr
 from homechannel.errors import CapacityError
 
 KEY = bytes(32)
@@ -127,3 +128,98 @@ def test_registry_expiry_is_incremental():
     assert reg.expire(200.0, 90.0, budget=30) == 30
     assert reg.expire(200.0, 90.0, budget=1000) == 70
     assert reg.count == 0
+
+
+# -- the share of one source network ----------------------------------------------
+
+
+@pytest.mark.parametrize("a, b", [
+    ("2001:db8:1:2::1", "2001:db8:1:2:ffff::9"),
+    ("2001:db8:1:2::1", "2001:db8:1:3::1"),
+    ("192.0.2.1", "192.0.2.1"),
+    ("192.0.2.1", "192.0.2.2"),
+    ("::ffff:192.0.2.1", "192.0.2.1"),
+    ("::1", "::2"),
+    ("192.0.2.1", "::ffff:c000:201"),
+    ("0:ffff:c000:201::", "192.0.2.1"),
+])
+def test_source_of_groups_addresses_as_source_key_does(a, b):
+    same = source_of(pack_addr((a, 1))) == source_of(pack_addr((b, 2)))
+    assert same == (source_key(a) == source_key(b))
+
+
+def test_one_network_holds_at_most_its_share():
+    """Many throwaway keys from many addresses of one /64: max_per_source
+    register, the rest are refused; other networks are not affected."""
+    reg = Registry(max_per_source=5)
+    for i in range(5):
+        reg.register(kid(i), (f"2001:db8:bad:1::{i + 1:x}", 4000), KEY, KEY, 1.0)
+    with pytest.raises(CapacityError) as e:
+        reg.register(kid(99), ("2001:db8:bad:1:ffff::1", 4000), KEY, KEY, 1.0)
+    assert e.value.extra == {"share": "source"}
+    assert reg.count == 5 and reg.lookup_key(kid(99)) == -1
+    reg.register(kid(100), ("2001:db8:bad:2::1", 4000), KEY, KEY, 1.0)
+    reg.register(kid(101), ("192.0.2.1", 4000), KEY, KEY, 1.0)
+    # A server of the full network may register again, from the same or
+    # another address in it, and may take over an address in it.
+    reg.register(kid(0), ("2001:db8:bad:1::77", 4000), KEY, KEY, 2.0)
+    reg.register(kid(102), ("2001:db8:bad:1::2", 4000), KEY, KEY, 2.0)   # takes kid(1)'s place
+    assert reg.lookup_key(kid(1)) == -1 and reg.count == 7
+    # Moving in from another network is a new server for it: refused.
+    with pytest.raises(CapacityError):
+        reg.register(kid(100), ("2001:db8:bad:1::99", 4000), KEY, KEY, 2.0)
+    assert reg.addr(reg.lookup_key(kid(100))) == ("2001:db8:bad:2::1", 4000)
+    # Leaving (removal, expiry, moving out) gives the place back.
+    reg.register(kid(2), ("198.51.100.1", 4000), KEY, KEY, 2.0)
+    reg.register(kid(103), ("2001:db8:bad:1::103", 4000), KEY, KEY, 2.0)
+    reg.remove(reg.lookup_key(kid(3)))
+    reg.register(kid(104), ("2001:db8:bad:1::104", 4000), KEY, KEY, 2.0)
+    with pytest.raises(CapacityError):
+        reg.register(kid(105), ("2001:db8:bad:1::105", 4000), KEY, KEY, 2.0)
+    assert reg.count == 8
+    assert reg.expire(200.0, 90.0) == 8 and reg.count == 0
+    for i in range(5):
+        reg.register(kid(200 + i), (f"2001:db8:bad:1::{i + 1:x}", 4000), KEY, KEY, 300.0)
+
+
+def test_ipv4_addresses_behind_one_nat_share_one_count():
+    reg = Registry(max_per_source=3)
+    for port in (1, 2, 3):
+        reg.register(kid(port), ("203.0.113.7", port), KEY, KEY, 1.0)
+    with pytest.raises(CapacityError):
+        reg.register(kid(4), ("203.0.113.7", 4), KEY, KEY, 1.0)
+    with pytest.raises(CapacityError):
+        reg.register(kid(4), ("::ffff:203.0.113.7", 4), KEY, KEY, 1.0)
+    reg.register(kid(4), ("203.0.113.8", 4), KEY, KEY, 1.0)
+
+
+@given(st.lists(st.tuples(st.sampled_from("aaar"), st.integers(0, 400), st.integers(0, 40)),
+                max_size=600))
+@settings(max_examples=40, deadline=None)
+def test_source_counts_are_never_below_the_truth(ops):
+    """Against an exact count per network, through the counters' growth
+    (rebuilt from the records) and removals: never below the truth, so a
+    share is never exceeded."""
+    reg = Registry(max_per_source=10**6)
+    where = {}
+    for op, i, net in ops:
+        k = kid(i)
+        if op == "a":
+            reg.register(k, (f"2001:db8:{net:x}::{i + 1:x}", 1), KEY, KEY, 1.0)
+            where[k] = net
+        elif k in where:
+            reg.remove(reg.lookup_key(k))
+            del where[k]
+    for net in range(41):
+        truth = sum(1 for n in where.values() if n == net)
+        assert reg.source_count((f"2001:db8:{net:x}::1", 1)) >= truth
+
+
+def test_source_counts_grow_with_the_registry():
+    reg = Registry(max_per_source=1000)
+    for i in range(3000):
+        reg.register(kid(i), (f"10.0.{i % 3}.1", 1000 + i), KEY, KEY, 1.0)
+    assert reg._sources.size >= 3000
+    assert [reg.source_count((f"10.0.{n}.1", 1)) for n in range(3)] == [1000] * 3
+    with pytest.raises(CapacityError):
+        reg.register(kid(5000), ("10.0.1.1", 1), KEY, KEY, 1.0)

@@ -4,6 +4,7 @@ check it names is removed."""
 import os
 
 from homechannel import crypto, wire
+from homechannel.coordinator.registry import Registry
 from homechannel.coordinator.rendezvous import Rendezvous
 from homechannel.server.challenges import ChallengeSource
 from homechannel.server.registrant import Registrant
@@ -183,3 +184,128 @@ def test_unsolicited_answers_are_dropped():
         rv.receive(d, ADDR, w.now)
     assert got == [] and rv.stats["dropped.unsolicited-answer"] == 5
     assert not rv._reassembly
+
+
+# -- shares of one source network (IPv6 /64, IPv4 address) -------------------------
+
+FLOOD_NET = "2001:db8:bad:1::"
+KEYS = [crypto.IdentityKey.generate() for _ in range(12)]
+
+
+def resp_or_none(rv, addr, identity, now=1.0):
+    """HELLO and INIT from *addr* for *identity*; the RESP, or None if refused."""
+    reg = Registrant(identity, COORDINATOR.public_raw, ChallengeSource(K))
+    (cookie, _), = rv.receive(reg.start(now)[0], addr, now)
+    replies = rv.receive(reg.receive(cookie, now)[0], addr, now)
+    return replies[0] if replies else None
+
+
+def test_init_rate_limit_counts_a_whole_ipv6_network_as_one_source():
+    """Per-source rates key by /64: fresh addresses do not buy fresh budget."""
+    rv = Rendezvous(COORDINATOR, per_source_per_second=5.0)
+    for i in range(30):
+        resp_or_none(rv, (f"{FLOOD_NET}{i + 1:x}", 6000), SERVER)
+    assert rv.stats["dropped.source-rate"] >= 15
+    assert resp_or_none(rv, ("2001:db8:bad:2::1", 6000), SERVER) is not None
+
+
+def test_handshake_flood_from_one_network_fills_only_its_share():
+    """Many addresses of one /64, many server keys: at most the source's share
+    of pending handshakes; a server elsewhere still gets its RESP.  Without
+    the share the flood takes every place and the last handshake is refused
+    (handshakes-full)."""
+    rv = Rendezvous(COORDINATOR, max_handshakes=10, max_handshakes_per_source=4,
+                    per_source_per_second=1e6)
+    got = [resp_or_none(rv, (f"{FLOOD_NET}{i + 1:x}", 5000 + i), KEYS[i]) for i in range(12)]
+    assert sum(r is not None for r in got) == 4
+    assert rv.stats["dropped.handshakes-source-full"] == 8
+    assert resp_or_none(rv, ("2001:db8:900d::1", 4000), SERVER) is not None
+    assert resp_or_none(rv, ("198.51.100.1", 4000), SERVER) is not None
+    # Places come back when the handshakes expire.
+    assert resp_or_none(rv, (f"{FLOOD_NET}99", 5000), KEYS[0], now=40.0) is not None
+    assert len(rv._handshakes_by_source) == 1
+
+
+def test_registration_flood_from_one_network_fills_only_its_share():
+    """Throwaway server keys registering from one /64 (each completes a real
+    handshake) hold at most max_per_source places in the registry; the owner's
+    server from another network still registers.  Without the share all 12
+    register and the owner is refused (registry-full)."""
+    rv = Rendezvous(COORDINATOR, registry=Registry(max_servers=8, max_per_source=5),
+                    per_source_per_second=1e6)
+    w = LossyWire(rv)
+    for i, key in enumerate(KEYS):
+        w.add((f"{FLOOD_NET}{i + 1:x}", 5000), Registrant(key, COORDINATOR.public_raw,
+                                                          ChallengeSource(K)))
+    w.run(5.0)
+    assert rv.registry.count == 5
+    assert rv.stats["dropped.registry-source-full"] >= 7
+    owner = Registrant(SERVER, COORDINATOR.public_raw, ChallengeSource(K))
+    w.add(("2001:db8:900d::1", 4000), owner)
+    w.run(10.0)
+    assert owner.state == "up" and rv.registry.count == 6
+    assert rv.server_status(SERVER.id)[0]
+
+
+def answer_fragments(reg, size, now):
+    """The XFER datagrams of one ANSWER of *size* bytes from *reg*."""
+    return reg.send_answer(os.urandom(size), now)
+
+
+def test_reassembly_has_a_byte_budget_per_network_and_in_all():
+    """Incomplete answers (all fragments but the last, never finished) from
+    servers of one /64 hold at most its share of reassembly memory; from
+    everybody at most the global budget.  Dropped fragments are not
+    acknowledged and are counted; complete answers release their bytes.
+    Without the budgets every fragment is buffered (up to 4 transfers of
+    64 KiB per server, for every server with an offer in flight)."""
+    rv = Rendezvous(COORDINATOR, per_source_per_second=1e6,
+                    reassembly_bytes=150_000, reassembly_bytes_per_source=100_000)
+    w = LossyWire(rv)
+    regs = {}
+    for i, key in enumerate(KEYS[:4]):
+        regs[(f"{FLOOD_NET}{i + 1:x}", 5000)] = key
+    regs[("198.51.100.5", 4000)] = KEYS[4]
+    regs[("2001:db8:900d::1", 4000)] = SERVER
+    registrants = {}
+    for addr, key in regs.items():
+        registrants[addr] = Registrant(key, COORDINATOR.public_raw, ChallengeSource(K))
+        w.add(addr, registrants[addr])
+    w.run(3.0)
+    assert rv.registry.count == 6
+    for key in regs.values():            # an offer to each: answers are expected
+        rv.send_offer(key.id, b"offer", w.now, lambda result: None)
+    got = []
+    rv.on_answer = lambda kid, payload: got.append(kid)
+
+    def send_all_but_last(addr, size):
+        acked = 0
+        for d in answer_fragments(registrants[addr], size, w.now)[:-1]:
+            acked += len(rv.receive(d, addr, w.now))
+        return acked
+
+    # The /64: 4 servers x 60 KiB would be 236 KiB; its share is 100 KB.
+    acked = [send_all_but_last(addr, 60 * 1024) for addr in list(regs)[:4]]
+    assert sum(acked) * 1024 <= 100_000 and rv.reassembled <= 100_000
+    assert rv.stats["dropped.reassembly-source-full"] > 0
+    # An IPv4 server (another source) takes the rest of the global budget...
+    send_all_but_last(("198.51.100.5", 4000), 60 * 1024)
+    assert rv.reassembled <= 150_000
+    assert rv.stats["dropped.reassembly-full"] > 0
+    full = rv.reassembled
+    # ...and a complete answer is refused while the budget is full.
+    owner = ("2001:db8:900d::1", 4000)
+    for d in answer_fragments(registrants[owner], 3000, w.now):
+        rv.receive(d, owner, w.now)
+    assert got == []
+    # Incomplete transfers time out (30 s) and give their bytes back.
+    w.now += 31.0
+    rv.expire(w.now, 90.0)
+    assert rv.reassembled == 0 and len(rv._reassembly_by_source) == 0
+    # Now the owner's answer fits; a complete answer holds nothing afterwards.
+    for key in regs.values():
+        rv.send_offer(key.id, b"offer", w.now, lambda result: None)
+    for d in answer_fragments(registrants[owner], 3000, w.now):
+        rv.receive(d, owner, w.now)
+    assert got == [SERVER.id] and rv.reassembled == 0
+    assert full > 100_000

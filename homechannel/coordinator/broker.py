@@ -92,6 +92,9 @@ class Broker:
             retention=max(30.0, config.long_poll_timeout + 5.0),
             max_sessions=config.max_sessions,
             max_waiters=config.max_waiters,
+            max_sessions_per_source=config.max_sessions_per_source,
+            max_sessions_per_server=config.max_sessions_per_server,
+            max_waiters_per_source=config.max_waiters_per_source,
         )
         self._lockout = Lockout(clock, threshold=limits.failures_before_lockout,
                                 base=limits.lockout_base, maximum=limits.lockout_max)
@@ -239,9 +242,10 @@ class Broker:
 
     # -- answers -------------------------------------------------------------------
 
-    def wait(self, session_id: str, timeout: float):
-        """Deferred: the session's result dict, None while pending, or its error."""
-        return self.sessions.wait(session_id, timeout)
+    def wait(self, session_id: str, timeout: float, source: str = None):
+        """Deferred: the session's result dict, None while pending, or its error.
+        *source* (the client's address) counts the wait against its network's share."""
+        return self.sessions.wait(session_id, timeout, source)
 
     def on_answer(self, kid: bytes, payload: bytes) -> None:
         """A complete ANSWER transfer from the home server with key id *kid*.

@@ -86,12 +86,74 @@ def unpack_addr(raw: bytes):
     return (socket.inet_ntop(socket.AF_INET6, ip), port)
 
 
+def source_of(packed) -> bytes:
+    """The source network of a packed address, as ``ratelimit.source_key``
+    groups addresses: an IPv4 address (16 bytes, IPv4-mapped) or an IPv6
+    /64 (its first 8 bytes)."""
+    if packed[:12] == _V4_PREFIX:
+        return bytes(packed[:16])
+    return bytes(packed[:8])
+
+
+class SourceCounts:
+    """How many servers each source network holds, in a few bytes per server.
+
+    An exact dict of counts would cost about 100 bytes per distinct source,
+    as much as a third of a server's record.  This is a count-min sketch
+    instead: two rows of uint32 counters, at least as many per row as there
+    are servers; a source counts in one counter of each row, chosen by a
+    keyed hash (Python's per-process ``hash`` of bytes), and its count is the
+    smaller of the two.  That is never less than what it really holds, so no
+    source ever gets more than its share.  It can be more, when other sources
+    share both counters: a source is wrongly refused only if both of its
+    counters are shared with sources that together hold a full share, about
+    ``(k / size) ** 2`` for ``k`` full shares (e.g. one in a million with 1,000
+    full shares among 10**6 counters).  The counters are rebuilt from the
+    registry's records when the registry outgrows them."""
+
+    def __init__(self, size=1024):
+        self._size = size
+        self._rows = array("I", bytes(8 * size))   # row 0, then row 1
+
+    @property
+    def size(self):
+        return self._size
+
+    def _cells(self, source):
+        h = hash(source)
+        mask = self._size - 1
+        return h & mask, self._size + ((h >> 32) & mask)
+
+    def count(self, source) -> int:
+        a, b = self._cells(source)
+        return min(self._rows[a], self._rows[b])
+
+    def add(self, source, n=1) -> None:
+        a, b = self._cells(source)
+        self._rows[a] += n
+        self._rows[b] += n
+
+    def remove(self, source) -> None:
+        a, b = self._cells(source)
+        self._rows[a] -= 1
+        self._rows[b] -= 1
+
+    def rebuild(self, size, sources) -> None:
+        """Start over with *size* counters per row from *sources* (one item
+        per server)."""
+        self._size = size
+        self._rows = array("I", bytes(8 * size))
+        for source in sources:
+            self.add(source)
+
+
 @implementer(IRegistry)
 class Registry:
     """Registered servers.  ``now`` values are floats (seconds, reactor time)."""
 
-    def __init__(self, max_servers=1_000_000, epoch=0.0):
+    def __init__(self, max_servers=1_000_000, epoch=0.0, max_per_source=1024):
         self.max_servers = max_servers
+        self.max_per_source = max_per_source
         self._epoch = epoch
         self._slab = bytearray()
         self._free = array("i")
@@ -99,6 +161,7 @@ class Registry:
         # ids (by grinding keys) or addresses that collide in the index.
         self._by_key = SlotIndex(self._kid_at, hash, matches=self._kid_is)
         self._by_addr = SlotIndex(self._addr_at, hash, matches=self._addr_is)
+        self._sources = SourceCounts()
         self.count = 0
         self._cursor = 0
 
@@ -151,10 +214,20 @@ class Registry:
         """Insert or replace the registration of *kid* (a new session).
 
         A server that re-registers keeps its slot; an address that another
-        server held is taken over (NAT mappings move)."""
+        server held is taken over (NAT mappings move).  Each source network
+        (``source_of``) holds at most ``max_per_source`` servers: over that,
+        a new server (or one that moved in from another network) is refused
+        with ``CapacityError`` (``extra["share"] == "source"``)."""
         packed = pack_addr(addr)
+        source = source_of(packed)
         slot = self._by_key.find(kid)
         other = self._by_addr.find(packed)
+        if slot < 0 or source_of(self._addr_at(slot)) != source:
+            # One more server for this source; a takeover frees one of its own.
+            freed = 1 if other >= 0 and other != slot else 0
+            if self._sources.count(source) - freed >= self.max_per_source:
+                raise CapacityError(f"this source network holds {self.max_per_source} "
+                                    f"servers already", share="source")
         if other >= 0 and other != slot:
             self.remove(other)
         if slot < 0:
@@ -173,12 +246,16 @@ class Registry:
             self._by_key.insert(kid, slot)
             self._by_addr.insert(packed, slot)
             self.count += 1
+            self._count_source(source)
         else:
             o = slot * RECORD
             if self._slab[o + _F_ADDR:o + _ADDR_END] != packed:
-                self._by_addr.remove(self._addr_at(slot))
+                old = self._addr_at(slot)
+                self._by_addr.remove(old)
+                self._sources.remove(source_of(old))
                 self._slab[o + _F_ADDR:o + _ADDR_END] = packed
                 self._by_addr.insert(packed, slot)
+                self._count_source(source)
             # New session: fresh counters, window and pool generation.
             self._slab[o + _F_TXCTR:o + _F_RXMAP + 8] = bytes(24)
             self._slab[o + _F_POOLGEN:o + _F_POOLGEN + 4] = bytes(4)
@@ -193,10 +270,27 @@ class Registry:
         if not self._slab[o]:
             return
         self._by_key.remove(self._kid_at(slot))
-        self._by_addr.remove(self._addr_at(slot))
+        addr = self._addr_at(slot)
+        self._by_addr.remove(addr)
+        self._sources.remove(source_of(addr))
         self._slab[o:o + RECORD] = bytes(RECORD)
         self._free.append(slot)
         self.count -= 1
+
+    def _count_source(self, source):
+        if self.count > self._sources.size:
+            # Outgrown: twice the counters, rebuilt from the records.
+            s = self._slab
+            used = (slot for slot in range(len(s) // RECORD) if s[slot * RECORD])
+            self._sources.rebuild(2 * self._sources.size,
+                                  (source_of(self._addr_at(slot)) for slot in used))
+        else:
+            self._sources.add(source)
+
+    def source_count(self, addr) -> int:
+        """How many servers the source network of *addr* holds (an upper
+        bound, see :class:`SourceCounts`)."""
+        return self._sources.count(source_of(pack_addr(addr)))
 
     def open(self, slot, data, now):
         """Open a DATA datagram from the server in *slot*.

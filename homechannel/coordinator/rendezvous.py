@@ -6,6 +6,13 @@ adapter (``coordinator/udp.py``) when to call ``poll`` again.  Events for the
 application (complete ANSWER transfers, acknowledged offers) are delivered
 through callbacks.  Nothing here raises on hostile input: every drop is
 counted in ``self.stats`` under a reason.
+
+Every table here has a global cap and, inside it, a share per source network
+(``ratelimit.source_key``: IPv6 /64, IPv4 address): pending handshakes
+(``max_handshakes_per_source``), registered servers (the registry's
+``max_per_source``) and the bytes of incomplete ANSWER transfers
+(``reassembly_bytes`` in all, ``reassembly_bytes_per_source``).  A flood from
+one source, with any number of throwaway server keys, fills only its share.
 """
 
 import os
@@ -16,8 +23,9 @@ from dataclasses import dataclass
 from twisted.logger import Logger
 
 from homechannel import crypto, wire
-from homechannel.coordinator.ratelimit import RateLimiter
+from homechannel.coordinator.ratelimit import RateLimiter, source_key
 from homechannel.coordinator.registry import Registry, pack_addr
+from homechannel.coordinator.shares import Shares
 from homechannel.errors import (
     AuthenticationError, CapacityError, ProtocolError, Unavailable,
 )
@@ -47,6 +55,7 @@ class _Pending:
     rx_key: bytes
     tx_key: bytes
     resp: bytes
+    source: str
     done: bool = False
 
 
@@ -56,11 +65,14 @@ class Rendezvous:
     def __init__(self, identity, registry=None, random_bytes=os.urandom,
                  max_handshakes=10_000, unknown_replies_per_second=1000.0,
                  per_source_per_second=20.0, max_transfers_per_server=4,
-                 max_in_flight=50_000, hellos_per_second=50_000.0):
+                 max_in_flight=50_000, hellos_per_second=50_000.0,
+                 max_handshakes_per_source=100, reassembly_bytes=32 * 1024 * 1024,
+                 reassembly_bytes_per_source=1024 * 1024):
         self.identity = identity
         self.registry = registry if registry is not None else Registry()
         self.random_bytes = random_bytes
         self.max_handshakes = max_handshakes
+        self._handshakes_by_source = Shares(max_handshakes_per_source)
         self.stats = Counter()
         self.received = 0
         self.on_answer = lambda kid, payload: None
@@ -74,7 +86,10 @@ class Rendezvous:
         self._hello_bucket = RateLimiter(None, max(1.0, hellos_per_second), 1.0)
         self._per_source = RateLimiter(None, max(1.0, 2 * per_source_per_second), 2.0,
                                        max_keys=10_000)
-        self._reassembly = {}              # kid -> wire.Reassembly
+        self._reassembly = {}              # kid -> (wire.Reassembly, source network)
+        self.reassembly_bytes = reassembly_bytes
+        self._reassembled = 0              # bytes held by all of them
+        self._reassembly_by_source = Shares(reassembly_bytes_per_source)
         self._awaiting = {}                # kid -> until when an ANSWER is accepted
         self._max_transfers = max_transfers_per_server
         self._out = Outstanding(rto=0.5, rto_max=2.0, limit=max_in_flight)
@@ -116,7 +131,7 @@ class Rendezvous:
         return crypto.constant_time_equal(self._cookie(addr, nonce, epoch), value)
 
     def _source_ok(self, addr, now):
-        return self._per_source.hit(addr[0], now) is None
+        return self._per_source.hit(source_key(addr[0]), now) is None
 
     # -- input --------------------------------------------------------------
 
@@ -166,6 +181,9 @@ class Rendezvous:
         self._expire_handshakes(now)
         if len(self._pending) >= self.max_handshakes:
             return self._drop("handshakes-full")
+        source = source_key(addr[0])
+        if not self._handshakes_by_source.room(source):
+            return self._drop("handshakes-source-full")
         crypto.public_key_from_raw(msg.identity)
         eph = crypto.Ephemeral()
         shared = eph.shared_secret(msg.ephemeral)
@@ -174,7 +192,8 @@ class Rendezvous:
         sig = self.identity.sign(wire.RESP_LABEL + th)
         resp = wire.resp(msg.nonce, eph.public_raw, sig)
         self._pending[msg.nonce] = _Pending(addr, data, now, th, msg.identity,
-                                            rx_key, tx_key, resp)
+                                            rx_key, tx_key, resp, source)
+        self._handshakes_by_source.take(source)
         return [(resp, addr)]
 
     def _finish(self, data, addr, now):
@@ -200,6 +219,8 @@ class Rendezvous:
         try:
             slot = self.registry.register(kid, addr, pending.rx_key, pending.tx_key, now)
         except CapacityError as e:
+            if e.extra.get("share") == "source":
+                return self._drop("registry-source-full")   # hostile or misconfigured: debug
             log.warn("refused registration of {server} from {addr}: {reason}",
                      server=crypto.b64u_encode(pending.server_key)[:12], addr=addr, reason=str(e))
             return self._drop("registry-full")
@@ -217,6 +238,7 @@ class Rendezvous:
             if now - p.created < HANDSHAKE_TTL:
                 break
             del self._pending[nonce]
+            self._handshakes_by_source.give_back(p.source)
 
     def _data(self, data, addr, now):
         slot = self.registry.lookup_addr(addr)
@@ -264,10 +286,23 @@ class Rendezvous:
         # memory is bounded by offers in flight, not by what servers send.
         if self._awaiting.get(kid, 0.0) < now:
             return self._drop("unsolicited-answer")
-        reasm = self._reassembly.get(kid)
-        if reasm is None:
-            reasm = self._reassembly[kid] = wire.Reassembly(self._max_transfers)
-        payload = reasm.add(frag, now)
+        entry = self._reassembly.get(kid)
+        if entry is None:
+            entry = self._reassembly[kid] = (wire.Reassembly(self._max_transfers),
+                                             source_key(addr[0]))
+        reasm, source = entry
+        cost = reasm.cost(frag)
+        if cost:
+            # Not acknowledged: the server sends it again, maybe into room.
+            if self._reassembled + cost > self.reassembly_bytes:
+                return self._drop("reassembly-full")
+            if not self._reassembly_by_source.room(source, cost):
+                return self._drop("reassembly-source-full")
+        before = reasm.buffered
+        try:
+            payload = reasm.add(frag, now)
+        finally:
+            self._reassembly_moved(source, reasm.buffered - before)
         out = [(self.registry.seal(slot, wire.inner(
             wire.XFER_ACK, rid, wire.fragment_ack(frag.transfer, frag.index))), addr)]
         if payload is not None:
@@ -429,5 +464,24 @@ class Rendezvous:
         self._expire_handshakes(now)
         for kid in [k for k, until in self._awaiting.items() if until < now]:
             del self._awaiting[kid]
-            self._reassembly.pop(kid, None)
+            entry = self._reassembly.pop(kid, None)
+            if entry is not None:
+                self._reassembly_moved(entry[1], -entry[0].buffered)
+        for reasm, source in self._reassembly.values():
+            before = reasm.buffered
+            reasm.expire(now)
+            self._reassembly_moved(source, reasm.buffered - before)
         return removed
+
+    def _reassembly_moved(self, source, delta):
+        """Reassembly buffers of *source* grew (or shrank) by *delta* bytes."""
+        self._reassembled += delta
+        if delta > 0:
+            self._reassembly_by_source.take(source, delta)
+        else:
+            self._reassembly_by_source.give_back(source, -delta)
+
+    @property
+    def reassembled(self):
+        """Bytes held in incomplete ANSWER transfers."""
+        return self._reassembled

@@ -65,10 +65,14 @@ def _make(options):
         log.info("created coordinator identity key {path}", path=cfg.identity_key)
     log.info("coordinator public key: {key}", key=identity.text)
 
-    registry = Registry(cfg.udp.max_servers, epoch=reactor.seconds())
+    registry = Registry(cfg.udp.max_servers, epoch=reactor.seconds(),
+                        max_per_source=cfg.udp.max_servers_per_source)
     rv = Rendezvous(identity, registry, max_handshakes=cfg.udp.max_handshakes,
                     unknown_replies_per_second=cfg.udp.unknown_replies_per_second,
-                    per_source_per_second=cfg.udp.per_source_per_second)
+                    per_source_per_second=cfg.udp.per_source_per_second,
+                    max_handshakes_per_source=cfg.udp.max_handshakes_per_source,
+                    reassembly_bytes=cfg.udp.reassembly_bytes,
+                    reassembly_bytes_per_source=cfg.udp.reassembly_bytes_per_source)
     udp = CoordinatorUDP(rv, reactor, expiry=cfg.udp.expiry,
                          sweep_interval=cfg.udp.sweep_interval)
 

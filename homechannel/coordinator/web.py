@@ -171,7 +171,7 @@ class CoordinatorWeb:
         if wait <= 0:
             return 202, {"session": req.session}
         # The two-request connect: hold the answer here (bounded) instead of a poll.
-        result = await self.broker.wait(req.session, wait)
+        result = await self.broker.wait(req.session, wait, source)
         if result is None:
             return 202, {"session": req.session, "status": "pending"}
         return result
@@ -181,7 +181,8 @@ class CoordinatorWeb:
     async def session(self, request, session_id):
         if not connect.SESSION_ID.match(session_id):
             raise BadRequest("malformed session id", "bad-session")
-        result = await self.broker.wait(session_id, self._config.long_poll_timeout)
+        result = await self.broker.wait(session_id, self._config.long_poll_timeout,
+                                        self.source_address(request))
         if result is None:
             return {"session": session_id, "status": "pending"}
         return result
