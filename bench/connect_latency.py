@@ -98,7 +98,8 @@ def daemons(tmp, server_extra=None, web=None, **kw):
     with open(pair.coordinator_config, "rb") as f:
         cfg = tomllib.load(f)
     # Many connects from one address in a minute: lift the per-IP limits.
-    cfg["web"].update({"per_ip_per_minute": 100000, "per_server_per_minute": 100000},
+    cfg["web"].update({"per_ip_per_minute": 100000, "per_server_per_minute": 100000,
+                       "max_sessions_per_source": 100000, "max_sessions_per_server": 100000},
                       **(web or {}))
     write_toml(pair.coordinator_config, cfg)
     coordinator = Twistd("homechannel-coordinator", pair.coordinator_config).start()

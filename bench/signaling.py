@@ -119,10 +119,14 @@ def start_coordinator(tmp, twistd=TWISTD, access_log=False):
         f.write(f'state_dir = "{tmp}"\n'
                 f'[udp]\ninterface = "127.0.0.1"\nport = {udp}\n'
                 'per_source_per_second = 1000000.0\nmax_handshakes = 100000\n'
+                'max_handshakes_per_source = 100000\nmax_servers_per_source = 1000000\n'
                 f'[web]\nlisten = "tcp:{web}:interface=127.0.0.1"\n'
                 'per_ip_per_minute = 1000000000\nper_server_per_minute = 1000000000\n'
                 'per_server_per_day = 1000000000\n'
                 'max_sessions = 10000000\nmax_waiters = 100000\n'
+                # Every client is 127.0.0.1: lift the per-source shares too.
+                'max_sessions_per_source = 10000000\nmax_sessions_per_server = 10000000\n'
+                'max_waiters_per_source = 100000\nmax_connections_per_source = 10000\n'
                 f'access_log = {"true" if access_log else "false"}\n'
                 '[admin]\nlisten = ""\n')
     env = dict(os.environ, PYTHONPATH=REPO)

@@ -3,7 +3,7 @@ authenticated pings answered per second against a bare Twisted UDP echo
 measured in the same run.
 
 The coordinator is the real ``twistd homechannel-coordinator`` in a child
-process (its per-source handshake limit raised, since every registration
+process (its per-source handshake rate and table shares raised, since every registration
 here comes from 127.0.0.1).  This process is the load generator: it speaks
 the wire protocol with ``homechannel.wire``/``crypto``, from many source
 ports, keeping a window of requests in flight.  The generator does not
@@ -59,6 +59,7 @@ def start_coordinator(tmp):
     with open(cfg, "w") as f:
         f.write(f'state_dir = "{tmp}"\n[udp]\ninterface = "127.0.0.1"\nport = {port}\n'
                 f'per_source_per_second = 1000000.0\nmax_handshakes = 100000\n'
+                f'max_handshakes_per_source = 100000\nmax_servers_per_source = 1000000\n'
                 f'[web]\nlisten = "tcp:{web}:interface=127.0.0.1"\n[admin]\nlisten = ""\n')
     env = dict(os.environ, PYTHONPATH=REPO)
     proc = subprocess.Popen(TWISTD + ["-n", "--pidfile=",

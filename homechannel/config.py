@@ -82,7 +82,17 @@ class CoordinatorWeb:
     access_log: bool = False
     long_poll_timeout: float = 25.0
     session_timeout: float = 60.0
+    # Larger request bodies are refused (413) from their Content-Length, unread.
     max_body: int = 65536
+    # Open connections in all and from one source network (IPv6 /64, IPv4
+    # address; trusted proxies are exempt); more are closed at once.
+    max_connections: int = 10_000
+    max_connections_per_source: int = 64
+    # Seconds for a request head (from its first byte, or from the connection's
+    # start), for its body after the head, and a connection may idle between requests.
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    idle_timeout: float = 30.0
     max_sessions: int = 10_000
     max_waiters: int = 10_000
     # Shares of those tables: sessions per source network (IPv6 /64, IPv4
@@ -107,7 +117,8 @@ class CoordinatorWeb:
     def __post_init__(self):
         _require_positive(self, "web", (
             "max_body", "max_sessions", "max_waiters", "max_sessions_per_source",
-            "max_sessions_per_server", "max_waiters_per_source"))
+            "max_sessions_per_server", "max_waiters_per_source", "max_connections",
+            "max_connections_per_source", "header_timeout", "body_timeout", "idle_timeout"))
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,7 @@ def _make(options):
 
     from homechannel import config, crypto
     from homechannel.coordinator.admin import Admin, check_loopback
+    from homechannel.coordinator.httpserver import LimitedSite, Limits, raise_fd_limit
     from homechannel.coordinator.registry import Registry
     from homechannel.coordinator.rendezvous import Rendezvous
     from homechannel.coordinator.udp import CoordinatorUDP
@@ -81,8 +82,12 @@ def _make(options):
 
     kwargs = {"static_dir": cfg.web.static_dir} if cfg.web.static_dir else {}
     web = CoordinatorWeb(identity, udp, cfg.web, reactor, **kwargs)
-    site = Site(web.resource())
+    site = LimitedSite(web.resource(), Limits.from_config(cfg.web), identity, reactor)
     site.displayTracebacks = False
+    fds = cfg.web.max_connections + 1024
+    if raise_fd_limit(fds) < fds:
+        log.warn("open-file limit below web.max_connections + 1024 ({n}): raise LimitNOFILE",
+                 n=fds)
     if not cfg.web.access_log:
         site.log = lambda request: None
     strports.service(cfg.web.listen, site).setServiceParent(top)
