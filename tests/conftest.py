@@ -9,6 +9,9 @@ fixtures):
   Debian package.
 - ``free_tcp_port()`` / ``free_udp_port()``: an unused port on 127.0.0.1.
 - ``write_toml(path, dict)``: write a config file (nested dicts are tables).
+- ``self_signed_cert(directory, name="127.0.0.1") -> (key path, cert path)``: a
+  fresh P-256 key and a self-signed certificate (PEM) valid for a day, for
+  ``ssl:`` endpoints.
 - ``Twistd(tapname, config, asyncio=False, cwd=None, env=None, args=())``: a
   real ``twistd --nodaemon`` child; ``.wait_for_log(pattern, timeout)``,
   ``.mark()``, ``.output``, ``.stop()``.
@@ -89,6 +92,34 @@ def write_toml(path, data: dict):
     from homechannel.demo import write_toml as _write
     _write(os.fspath(path), data)
     return path
+
+
+def self_signed_cert(directory, name="127.0.0.1"):
+    """Write ``key.pem`` and ``cert.pem`` (self-signed for *name*) into
+    *directory*; return their paths as strings."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    key_path = os.path.join(os.fspath(directory), "key.pem")
+    cert_path = os.path.join(os.fspath(directory), "cert.pem")
+    with open(key_path, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path
 
 
 def loopback_only() -> bool:

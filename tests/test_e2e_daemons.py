@@ -134,29 +134,12 @@ def test_migrate_refuses_a_bad_request(tmp_path, twistd):
 
 def test_coordinator_serves_https_from_an_ssl_endpoint(tmp_path, twistd):
     """TLS from a Twisted endpoint string, with HSTS on TLS responses."""
-    import datetime
     import ssl
     import urllib.request
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    from conftest import free_tcp_port, free_udp_port, self_signed_cert, write_toml
 
-    from conftest import free_tcp_port, free_udp_port, write_toml
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(1)
-            .not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .sign(key, hashes.SHA256()))
-    (tmp_path / "key.pem").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    self_signed_cert(tmp_path)
     port = free_tcp_port()
     cfg = write_toml(tmp_path / "c.toml", {
         "state_dir": str(tmp_path / "state"),

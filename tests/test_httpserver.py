@@ -5,7 +5,6 @@
 Each test says which check it proves; each was shown to fail with that check
 disabled in a scratch copy of ``homechannel/coordinator/httpserver.py``."""
 
-import datetime
 import io
 import json
 import time
@@ -14,6 +13,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, endpoints, protocol, reactor, ssl, task
 from twisted.web import resource, server
+
+from conftest import self_signed_cert
 
 from homechannel import crypto
 from homechannel.coordinator.httpserver import LimitedSite, Limits
@@ -112,6 +113,16 @@ async def closed(client, timeout=20.0):
 
 async def sleep(seconds):
     await task.deferLater(reactor, seconds, lambda: None)
+
+
+async def trickled(client, byte, every=0.1):
+    """Send *byte* every *every* seconds until the server closes; what it sent."""
+    trickle = task.LoopingCall(lambda: client.transport.write(byte))
+    trickle.start(every)
+    try:
+        return await closed(client)
+    finally:
+        trickle.stop()
 
 
 async def until(predicate, timeout=20.0):
@@ -242,12 +253,7 @@ async def test_slowloris_head_is_cut_after_the_header_timeout():
         start = time.monotonic()
         c = await srv.connect()
         c.send(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
-        trickle = task.LoopingCall(lambda: c.transport.write(b"a"))
-        trickle.start(0.1)
-        try:
-            data = await closed(c)
-        finally:
-            trickle.stop()
+        data = await trickled(c, b"a")
         elapsed = c.lost_at - start
         assert 0.55 <= elapsed < 10.0, elapsed
         assert status_of(data) == 408
@@ -268,12 +274,7 @@ async def test_slow_body_is_cut_after_the_body_timeout():
         c = await srv.connect()
         c.send(post_head(500))
         start = time.monotonic()
-        trickle = task.LoopingCall(lambda: c.transport.write(b"b"))
-        trickle.start(0.1)
-        try:
-            data = await closed(c)
-        finally:
-            trickle.stop()
+        data = await trickled(c, b"b")
         assert 0.55 <= c.lost_at - start < 10.0
         assert status_of(data) == 408 and srv.site.stats["body-timeout"] == 1
         assert srv.resource.bodies == []
@@ -369,25 +370,7 @@ async def test_one_source_holds_at_most_its_share_of_connections():
 
 @pytest.fixture
 def tls_files(tmp_path):
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(1)
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .sign(key, hashes.SHA256()))
-    key_path, cert_path = tmp_path / "key.pem", tmp_path / "cert.pem"
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return str(key_path), str(cert_path)
+    return self_signed_cert(tmp_path)
 
 
 @pytest_twisted.ensureDeferred

@@ -150,7 +150,9 @@ def test_source_of_groups_addresses_as_source_key_does(a, b):
 
 def test_one_network_holds_at_most_its_share():
     """Many throwaway keys from many addresses of one /64: max_per_source
-    register, the rest are refused; other networks are not affected."""
+    register, the rest are refused; other networks are not affected.
+    Disabling the share check, or not giving places back on removal or on a
+    move to another network, fails this test."""
     reg = Registry(max_per_source=5)
     for i in range(5):
         reg.register(kid(i), (f"2001:db8:bad:1::{i + 1:x}", 4000), KEY, KEY, 1.0)

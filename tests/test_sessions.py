@@ -142,7 +142,8 @@ def test_one_source_network_fills_only_its_share_of_sessions():
 
 def test_one_target_server_fills_only_its_share_of_sessions():
     """Connects to one (the attacker's own) server from many sources fill
-    only that server's share; sessions to another server still start."""
+    only that server's share; sessions to another server still start.
+    Disabling the per-server check (in a scratch copy) fails this test."""
     clock, store = make(max_sessions=50, max_sessions_per_source=10, max_sessions_per_server=5)
     for i in range(5):
         store.create(f"s{i}", other_key(1), f"192.0.2.{i}")
@@ -161,7 +162,8 @@ def test_one_target_server_fills_only_its_share_of_sessions():
 def test_one_source_network_fills_only_its_share_of_waiters():
     """Long-polls from one /64 wait up to its share; another source's poll
     still waits.  Each poll that ends (answer, timeout, cancel) gives its
-    place back."""
+    place back.  Disabling the per-source check, or the give-back, fails
+    this test."""
     clock, store = make(max_waiters=100, max_waiters_per_source=6)
     for i in range(10):
         store.create(f"s{i}", KEY, "203.0.113.1")

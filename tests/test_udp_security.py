@@ -201,7 +201,8 @@ def resp_or_none(rv, addr, identity, now=1.0):
 
 
 def test_init_rate_limit_counts_a_whole_ipv6_network_as_one_source():
-    """Per-source rates key by /64: fresh addresses do not buy fresh budget."""
+    """Per-source rates key by /64: fresh addresses do not buy fresh budget.
+    Keyed by the exact address (as before), the flood is never limited."""
     rv = Rendezvous(COORDINATOR, per_source_per_second=5.0)
     for i in range(30):
         resp_or_none(rv, (f"{FLOOD_NET}{i + 1:x}", 6000), SERVER)

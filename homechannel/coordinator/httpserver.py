@@ -57,11 +57,8 @@ class Limits:
 
     @classmethod
     def from_config(cls, web):
-        """From a :class:`homechannel.config.CoordinatorWeb`."""
-        return cls(max_body=web.max_body, max_connections=web.max_connections,
-                   max_connections_per_source=web.max_connections_per_source,
-                   header_timeout=web.header_timeout, body_timeout=web.body_timeout,
-                   idle_timeout=web.idle_timeout, trusted_proxies=tuple(web.trusted_proxies))
+        """From a :class:`homechannel.config.CoordinatorWeb` (same names)."""
+        return cls(**{name: getattr(web, name) for name in cls.__dataclass_fields__})
 
 
 class LimitedRequest(server.Request):
