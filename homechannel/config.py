@@ -53,7 +53,7 @@ class CoordinatorUDP:
     # Replies to unauthenticated-but-well-formed datagrams ("unknown,
     # re-register"), at most this many per second in all.
     unknown_replies_per_second: float = 1000.0
-    # Handshake datagrams (HELLO, INIT) answered per second from one source IP.
+    # Handshakes (INIT) answered per second from one source network (IPv6 /64, IPv4).
     per_source_per_second: float = 20.0
 
     def __post_init__(self):
