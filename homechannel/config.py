@@ -55,6 +55,14 @@ class CoordinatorUDP:
     unknown_replies_per_second: float = 1000.0
     # Handshakes (INIT) answered per second from one source network (IPv6 /64, IPv4).
     per_source_per_second: float = 20.0
+    # Answer STUN Binding requests (RFC 8489) on this port, so that browsers
+    # and home servers learn their public address with no STUN server set.
+    stun: bool = True
+    # Also answer STUN on this extra UDP port (same interface); 0: off.
+    stun_port: int = 0
+    # STUN answers per second to one source (IPv6 /64), and in all.
+    stun_per_source_per_second: float = 20.0
+    stun_per_second: float = 20000.0
 
     def __post_init__(self):
         _require_positive(self, "udp", (

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from twisted.logger import Logger
 
 from homechannel import crypto, wire
+from homechannel.coordinator import stun as stun_
 from homechannel.coordinator.ratelimit import RateLimiter, source_key
 from homechannel.coordinator.registry import Registry, pack_addr
 from homechannel.coordinator.shares import Shares
@@ -67,7 +68,7 @@ class Rendezvous:
                  per_source_per_second=20.0, max_transfers_per_server=4,
                  max_in_flight=50_000, hellos_per_second=50_000.0,
                  max_handshakes_per_source=100, reassembly_bytes=32 * 1024 * 1024,
-                 reassembly_bytes_per_source=1024 * 1024):
+                 reassembly_bytes_per_source=1024 * 1024, stun=True):
         self.identity = identity
         self.registry = registry if registry is not None else Registry()
         self.random_bytes = random_bytes
@@ -76,6 +77,11 @@ class Rendezvous:
         self.stats = Counter()
         self.received = 0
         self.on_answer = lambda kid, payload: None
+        # STUN Binding requests on the same port (coordinator/stun.py); True
+        # for the defaults, a StunResponder, or None to refuse them.
+        if stun is True:
+            stun = stun_.StunResponder(self.stats)
+        self.stun = stun
         self._cookie_secrets = {}
         self._pending = OrderedDict()      # nonce -> _Pending
         # Token buckets over 1 s: global ones keyed by "", per source by host.
@@ -141,6 +147,8 @@ class Rendezvous:
         try:
             if data[:4] == _DATA_HEADER and len(data) <= wire.MAX_DATAGRAM:
                 return self._data(data, addr, now)   # the hot path: pings
+            if self.stun is not None and stun_.looks_like_stun(data):
+                return self.stun.receive(data, addr, now)
             kind = wire.datagram_type(data)
             if kind == wire.DATA:
                 return self._data(data, addr, now)

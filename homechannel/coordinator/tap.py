@@ -56,7 +56,8 @@ def _make(options):
     from homechannel.coordinator.httpserver import LimitedSite, Limits, raise_fd_limit
     from homechannel.coordinator.registry import Registry
     from homechannel.coordinator.rendezvous import Rendezvous
-    from homechannel.coordinator.udp import CoordinatorUDP
+    from homechannel.coordinator.stun import StunResponder
+    from homechannel.coordinator.udp import CoordinatorUDP, StunUDP
     from homechannel.coordinator.web import CoordinatorWeb
 
     log = Logger(namespace="homechannel.coordinator")
@@ -73,12 +74,22 @@ def _make(options):
                     per_source_per_second=cfg.udp.per_source_per_second,
                     max_handshakes_per_source=cfg.udp.max_handshakes_per_source,
                     reassembly_bytes=cfg.udp.reassembly_bytes,
-                    reassembly_bytes_per_source=cfg.udp.reassembly_bytes_per_source)
+                    reassembly_bytes_per_source=cfg.udp.reassembly_bytes_per_source,
+                    stun=None)
+    stun = None
+    if cfg.udp.stun or cfg.udp.stun_port:
+        stun = StunResponder(rv.stats, cfg.udp.stun_per_source_per_second,
+                             cfg.udp.stun_per_second)
+    if cfg.udp.stun:
+        rv.stun = stun
     udp = CoordinatorUDP(rv, reactor, expiry=cfg.udp.expiry,
                          sweep_interval=cfg.udp.sweep_interval)
 
     top = service.MultiService()
     internet.UDPServer(cfg.udp.port, udp, interface=cfg.udp.interface).setServiceParent(top)
+    if cfg.udp.stun_port:
+        internet.UDPServer(cfg.udp.stun_port, StunUDP(stun, reactor),
+                           interface=cfg.udp.interface).setServiceParent(top)
 
     kwargs = {"static_dir": cfg.web.static_dir} if cfg.web.static_dir else {}
     web = CoordinatorWeb(identity, udp, cfg.web, reactor, **kwargs)
@@ -97,9 +108,16 @@ def _make(options):
         admin_site = Site(Admin(udp).resource())
         admin_site.displayTracebacks = False
         strports.service(cfg.admin.listen, admin_site).setServiceParent(top)
-    log.info("coordinator: UDP {iface}:{port}, web {web}",
-             iface=cfg.udp.interface, port=cfg.udp.port, web=cfg.web.listen)
+    log.info("coordinator: UDP {iface}:{port}, web {web}, STUN {stun}",
+             iface=cfg.udp.interface, port=cfg.udp.port, web=cfg.web.listen,
+             stun=_stun_ports(cfg.udp))
     return top
+
+
+def _stun_ports(udp):
+    ports = ([str(udp.port)] if udp.stun else []) + (
+        [str(udp.stun_port)] if udp.stun_port else [])
+    return "on UDP " + " and ".join(ports) if ports else "off"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,6 +15,29 @@ from homechannel.errors import Unavailable
 log = Logger()
 
 
+class StunUDP(DatagramProtocol):
+    """The optional extra STUN port (``udp.stun_port``): only STUN Binding,
+    answered by the same :class:`~homechannel.coordinator.stun.StunResponder`
+    (so one rate limit and one set of counters) as the registry port."""
+
+    def __init__(self, responder, clock):
+        self.responder = responder
+        self.clock = clock
+
+    def datagramReceived(self, data, addr):
+        try:
+            out = self.responder.receive(data, addr, self.clock.seconds())
+        except Exception:
+            log.failure("bug answering STUN from {addr}", addr=addr)
+            return
+        for reply, to in out:
+            try:
+                self.transport.write(reply, to)
+            except OSError as e:
+                self.responder.stats["send-errors"] += 1
+                log.debug("send to {addr} failed: {err}", addr=to, err=e)
+
+
 @implementer(IRelay)
 class CoordinatorUDP(DatagramProtocol):
     def __init__(self, rendezvous, clock, expiry=90.0, sweep_interval=1.0):
