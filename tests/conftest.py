@@ -12,8 +12,9 @@ fixtures):
 - ``self_signed_cert(directory, name="127.0.0.1") -> (key path, cert path)``: a
   fresh P-256 key and a self-signed certificate (PEM) valid for a day, for
   ``ssl:`` endpoints.
-- ``Twistd(tapname, config, asyncio=False, cwd=None, env=None, args=())``: a
-  real ``twistd --nodaemon`` child; ``.wait_for_log(pattern, timeout)``,
+- ``Twistd(tapname, config, asyncio=False, cwd=None, env=None, args=(), prefix=())``:
+  a real ``twistd --nodaemon`` child (*prefix*: e.g. ``ip netns exec NS``);
+  ``.wait_for_log(pattern, timeout)``,
   ``.mark()``, ``.output``, ``.stop()``.
 - fixture ``twistd``: a factory ``twistd(tapname, config, **kw) -> Twistd``
   (started); every process it made is stopped at teardown.
@@ -167,9 +168,10 @@ class Twistd:
     ``.output``.  Always call ``stop()`` (the ``twistd`` fixture does).
     """
 
-    def __init__(self, tapname, config, asyncio=False, cwd=None, env=None, args=()):
+    def __init__(self, tapname, config, asyncio=False, cwd=None, env=None, args=(),
+                 prefix=()):
         self.tapname = tapname
-        self.cmd = list(TWISTD) + ["--nodaemon", "--pidfile="]
+        self.cmd = list(prefix) + list(TWISTD) + ["--nodaemon", "--pidfile="]
         if asyncio:
             self.cmd.append("--reactor=asyncio")
         self.cmd += [tapname, "--config", os.fspath(config), *args]
