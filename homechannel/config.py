@@ -7,9 +7,12 @@ are a :class:`ConfigError` naming the key, never a silent default.
 """
 
 import dataclasses
+import ipaddress
 import os
+import re
 import tomllib
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 
 from homechannel.errors import ConfigError
@@ -22,6 +25,86 @@ def default_state_dir() -> str:
         return state.split(":")[0]
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     return os.path.join(base, "homechannel")
+
+
+# -- ICE servers -------------------------------------------------------------
+
+class IceServers(tuple):
+    """Type marker: a list of ICE servers (``webrtc.ice_servers``, ``web.ice_servers``).
+
+    Each entry is a URL string (``"stun:host:port"``) or a table
+    ``{ urls = "..." | ["...", ...], username = "...", credential = "..." }``;
+    parsed into a tuple of dicts by :func:`parse_ice_servers`.  A setting of
+    this type defaults to None, "not set", which is not the same as ``[]``
+    (none at all): not set means "the coordinator's own STUN".
+    """
+
+
+_ICE_URL = re.compile(r"^(stun|stuns|turn|turns):(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)"
+                      r"(:[0-9]{1,5})?(\?transport=(udp|tcp))?$")
+
+
+def parse_ice_servers(entries, key="ice_servers", allow_turn=True) -> tuple:
+    """Validate ICE server entries (strings or tables); return a tuple of dicts
+    ``{"urls": str | list, "username"?: str, "credential"?: str}``.
+
+    TURN needs a username and a credential (aioice silently drops a TURN server
+    without them).  With ``allow_turn=False`` a TURN URL is refused.
+    """
+    if isinstance(entries, (str, dict)) or not isinstance(entries, (list, tuple)):
+        raise ConfigError(f"{key} must be a list, e.g. [\"stun:stun.example.org:3478\"]")
+    result = []
+    for i, entry in enumerate(entries):
+        where = f"{key}[{i}]"
+        if isinstance(entry, str):
+            entry = {"urls": entry}
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where} must be a URL string or a table with urls")
+        unknown = set(entry) - {"urls", "username", "credential"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r} (known: urls, "
+                              "username, credential)")
+        urls = entry.get("urls")
+        url_list = [urls] if isinstance(urls, str) else urls
+        if not isinstance(url_list, (list, tuple)) or not url_list or \
+                not all(isinstance(u, str) for u in url_list):
+            raise ConfigError(f"{where}: urls must be a URL string or a list of them")
+        turn = False
+        for url in url_list:
+            m = _ICE_URL.match(url)
+            if not m:
+                raise ConfigError(f"{where}: {url!r} is not a STUN or TURN URL "
+                                  "(stun:HOST[:PORT], turn:HOST[:PORT][?transport=udp|tcp], "
+                                  "turns:...)")
+            port = m.group(3)
+            if port and not 0 < int(port[1:]) < 65536:
+                raise ConfigError(f"{where}: {url!r} has an invalid port")
+            turn = turn or m.group(1).startswith("turn")
+        doc = {"urls": urls if isinstance(urls, str) else list(urls)}
+        for name in ("username", "credential"):
+            value = entry.get(name)
+            if value is not None:
+                if not isinstance(value, str):
+                    raise ConfigError(f"{where}: {name} must be a string")
+                doc[name] = value
+        if turn and not allow_turn:
+            raise ConfigError(f"{where}: a TURN server here would publish its credentials "
+                              "to everyone in /config.js; configure [turn] (coturn's shared "
+                              "secret) so the coordinator hands out short-lived credentials")
+        if turn and not ("username" in doc and "credential" in doc):
+            raise ConfigError(f"{where}: a TURN server needs username and credential")
+        result.append(doc)
+    return tuple(result)
+
+
+def stun_url(host: str, port: int) -> str:
+    """``stun:host:port``, with brackets around an IPv6 address."""
+    try:
+        if ipaddress.ip_address(host).version == 6:
+            host = f"[{host}]"
+    except ValueError:
+        pass
+    return f"stun:{host}:{port}"
 
 
 # -- coordinator -----------------------------------------------------------
@@ -55,6 +138,9 @@ class CoordinatorUDP:
     unknown_replies_per_second: float = 1000.0
     # Handshakes (INIT) answered per second from one source network (IPv6 /64, IPv4).
     per_source_per_second: float = 20.0
+    # The host name or address clients reach this UDP port at (for the default
+    # STUN server).  Empty: the host of web.public_url.
+    public_host: str = ""
     # Answer STUN Binding requests (RFC 8489) on this port, so that browsers
     # and home servers learn their public address with no STUN server set.
     stun: bool = True
@@ -83,8 +169,9 @@ class CoordinatorWeb:
     cors_origins: tuple = ()
     # Reverse proxies whose X-Forwarded-For is trusted (exact IPs).
     trusted_proxies: tuple = ()
-    # ICE servers handed to browsers in /config.js (list of RTCIceServer dicts).
-    ice_servers: tuple = ()
+    # ICE servers for browsers and native clients (STUN only: TURN comes from
+    # [turn]).  Not set: the coordinator's own STUN; [] for none.
+    ice_servers: IceServers = None
     # Log every HTTP request (combined log format, with client addresses).
     # Costs about a tenth of the coordinator's CPU per connect.
     access_log: bool = False
@@ -168,8 +255,9 @@ class ServerKeepalive:
 
 @dataclass(frozen=True)
 class ServerWebRTC:
-    # RTCIceServer dicts; empty so nothing public is contacted.
-    ice_servers: tuple = ()
+    # ICE servers (URL strings or RTCIceServer tables).  Not set: the
+    # coordinator's STUN (coordinator.host:port); [] for none.
+    ice_servers: IceServers = None
     # Host addresses to advertise as ICE candidates in addition to what aioice
     # finds (aioice never offers loopback).  E.g. ["127.0.0.1"].
     advertise_addresses: tuple = ()
@@ -240,6 +328,8 @@ def _coerce(value, typ, key):
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a table")
         return _build(typ, value, key)
+    if typ is IceServers:
+        return parse_ice_servers(value, key, allow_turn=not key.startswith("web."))
     if typ is bool:
         if isinstance(value, bool):
             return value
@@ -304,6 +394,31 @@ def load(cls, path=None, overrides=None):
     if cls is ServerConfig and not cfg.password_key:
         changes["password_key"] = os.path.join(state_dir, "password.json")
     return dataclasses.replace(cfg, **changes)
+
+
+def coordinator_stun_host(cfg: CoordinatorConfig) -> str:
+    return cfg.udp.public_host or urllib.parse.urlsplit(cfg.web.public_url).hostname or ""
+
+
+def coordinator_ice_servers(cfg: CoordinatorConfig) -> tuple:
+    """The ICE servers browsers and native clients get (before any TURN entry):
+    ``web.ice_servers`` if set, else the coordinator's own STUN (on the
+    registry port, or udp.stun_port), else none."""
+    if cfg.web.ice_servers is not None:
+        return cfg.web.ice_servers
+    port = cfg.udp.port if cfg.udp.stun else cfg.udp.stun_port
+    host = coordinator_stun_host(cfg)
+    if not port or not host:
+        return ()
+    return ({"urls": stun_url(host, port)},)
+
+
+def server_ice_servers(cfg: "ServerConfig", host: str, port: int) -> tuple:
+    """The home server's ICE servers: ``webrtc.ice_servers`` if set, else STUN on
+    the coordinator it registers with (*host*, *port*)."""
+    if cfg.webrtc.ice_servers is not None:
+        return cfg.webrtc.ice_servers
+    return ({"urls": stun_url(host, port)},)
 
 
 def load_coordinator(path=None, overrides=None) -> CoordinatorConfig:

@@ -154,7 +154,7 @@ def prepare(run_dir, web_port=8080, udp_port=7777, admin_port=7780):
             "port": udp_port,
             "public_key": coordinator_key.text,
         },
-        "webrtc": {"advertise_addresses": ["127.0.0.1"], "ice_servers": []},
+        "webrtc": {"advertise_addresses": ["127.0.0.1"]},
         "apps": {"files": {"roots": [files]}},
     })
     link = f"{public_url}/#server={server_key.text}"

@@ -72,3 +72,74 @@ def test_state_directory_from_systemd(monkeypatch):
 def test_caps_and_shares_must_be_positive(key):
     with pytest.raises(ConfigError, match=rf"{re.escape(key)} must be positive"):
         config.load_coordinator(None, {key: 0})
+
+
+# -- ICE servers -------------------------------------------------------------------
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    return str(p)
+
+
+def test_ice_servers_accept_strings_and_tables_on_both_daemons(tmp_path):
+    coordinator = config.load_coordinator(_write(tmp_path, """[web]
+ice_servers = ["stun:stun.example.org:3478", { urls = ["stun:[2001:db8::1]:7777"] }]
+"""))
+    assert coordinator.web.ice_servers == (
+        {"urls": "stun:stun.example.org:3478"}, {"urls": ["stun:[2001:db8::1]:7777"]})
+    server = config.load_server(_write(tmp_path, """[webrtc]
+ice_servers = ["stun:a.example:1",
+  { urls = "turn:t.example:3478?transport=tcp", username = "u", credential = "p" }]
+"""))
+    assert server.webrtc.ice_servers[1] == {
+        "urls": "turn:t.example:3478?transport=tcp", "username": "u", "credential": "p"}
+
+
+@pytest.mark.parametrize("value,message", [
+    ('"stun:a:1"', "must be a list"),
+    ("[5]", r"ice_servers\[0\] must be a URL string or a table"),
+    ('["http://a"]', "is not a STUN or TURN URL"),
+    ('["stun:a:99999"]', "invalid port"),
+    ('[{ url = "stun:a" }]', "unknown key 'url'"),
+    ("[{ urls = [] }]", "urls must be a URL string or a list"),
+    ('["turn:t.example:3478"]', "needs username and credential"),
+    ('[{ urls = "turn:t", username = 1, credential = "p" }]', "username must be a string"),
+])
+def test_bad_ice_servers_are_clear_errors(tmp_path, value, message):
+    with pytest.raises(ConfigError, match=message):
+        config.load_server(_write(tmp_path, f"[webrtc]\nice_servers = {value}\n"))
+
+
+def test_coordinator_refuses_public_turn_credentials(tmp_path):
+    with pytest.raises(ConfigError, match=r"\[turn\]"):
+        config.load_coordinator(_write(tmp_path, """[web]
+ice_servers = [{ urls = "turn:t:3478", username = "u", credential = "p" }]
+"""))
+
+
+def test_default_ice_servers_are_the_coordinators_stun(tmp_path):
+    cfg = config.load_coordinator(_write(tmp_path, """[udp]
+port = 7000
+[web]
+public_url = "https://coordinator.example.org"
+"""))
+    assert cfg.web.ice_servers is None           # not set
+    assert config.coordinator_ice_servers(cfg) == ({"urls": "stun:coordinator.example.org:7000"},)
+    cfg = config.load_coordinator(_write(tmp_path, """[udp]
+public_host = "2001:db8::7"
+stun = false
+stun_port = 3478
+"""))
+    assert config.coordinator_ice_servers(cfg) == ({"urls": "stun:[2001:db8::7]:3478"},)
+    cfg = config.load_coordinator(_write(tmp_path, "[udp]\nstun = false\n"))
+    assert config.coordinator_ice_servers(cfg) == ()
+    cfg = config.load_coordinator(_write(tmp_path, "[web]\nice_servers = []\n"))
+    assert config.coordinator_ice_servers(cfg) == ()   # explicitly none
+
+    server = config.load_server()
+    assert config.server_ice_servers(server, "203.0.113.10", 7777) == (
+        {"urls": "stun:203.0.113.10:7777"},)
+    server = config.load_server(_write(tmp_path, "[webrtc]\nice_servers = []\n"))
+    assert config.server_ice_servers(server, "203.0.113.10", 7777) == ()

@@ -111,7 +111,7 @@ class Broker:
         self._device_limiter = RateLimiter(clock, limits.per_device_per_minute, 60.0)
         self._tokens = OrderedDict()     # device token text -> DeviceToken (verified)
         # ice_servers(role) -> list of RTCIceServer dicts for "client" or "server".
-        self._ice = ice_servers or (lambda role: list(config.ice_servers)
+        self._ice = ice_servers or (lambda role: list(config.ice_servers or ())
                                     if role == "client" else [])
         self.metrics = Counter()
         relay.set_answer_handler(self.on_answer)

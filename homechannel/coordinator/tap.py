@@ -92,7 +92,8 @@ def _make(options):
                            interface=cfg.udp.interface).setServiceParent(top)
 
     kwargs = {"static_dir": cfg.web.static_dir} if cfg.web.static_dir else {}
-    web = CoordinatorWeb(identity, udp, cfg.web, reactor, **kwargs)
+    ice_servers = config.coordinator_ice_servers(cfg)
+    web = CoordinatorWeb(identity, udp, cfg.web, reactor, ice_servers=ice_servers, **kwargs)
     site = LimitedSite(web.resource(), Limits.from_config(cfg.web), identity, reactor)
     site.displayTracebacks = False
     fds = cfg.web.max_connections + 1024
@@ -111,7 +112,14 @@ def _make(options):
     log.info("coordinator: UDP {iface}:{port}, web {web}, STUN {stun}",
              iface=cfg.udp.interface, port=cfg.udp.port, web=cfg.web.listen,
              stun=_stun_ports(cfg.udp))
+    log.info("ICE servers for clients: {ice}",
+             ice=", ".join(_urls(s) for s in ice_servers) or "none")
     return top
+
+
+def _urls(server):
+    urls = server["urls"]
+    return urls if isinstance(urls, str) else " ".join(urls)
 
 
 def _stun_ports(udp):

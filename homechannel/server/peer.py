@@ -100,7 +100,7 @@ class Answerer:
 
     def __init__(self, identity, password_key, challenges, config, app_host, clock,
                  log=None, *, peer_connection_factory=default_peer_connection_factory,
-                 random_bytes=os.urandom):
+                 random_bytes=os.urandom, ice_servers=None):
         self._identity = identity
         self._key = password_key
         self._challenges = challenges
@@ -111,7 +111,9 @@ class Answerer:
         if log is not None:
             self.log = log
         self._pc_factory = peer_connection_factory
-        self._ice_servers = tuple(config.ice_servers)
+        # The tap passes config.server_ice_servers() (STUN on the coordinator by default).
+        self._ice_servers = tuple((config.ice_servers or ()) if ice_servers is None
+                                  else ice_servers)
         self._advertise = webrtc.parse_addresses(config.advertise_addresses)
         self._sessions = {}         # sid -> _Session (live, answering, or cached reply)
         self._live = set()          # _Sessions with an open peer connection

@@ -99,7 +99,9 @@ def _make(options):
         target = (cfg.coordinator.host, cfg.coordinator.port, coordinator_key)
 
     app_host = AppHost(cfg.apps, identity.text, cfg.state_dir, reactor)
-    answerer = Answerer(identity, password_key, challenges, cfg.webrtc, app_host, reactor)
+    ice_servers = config.server_ice_servers(cfg, target[0], target[1])
+    answerer = Answerer(identity, password_key, challenges, cfg.webrtc, app_host, reactor,
+                        ice_servers=ice_servers)
     udp = ServerUDP(identity, challenges, cfg.keepalive, target, reactor, answerer,
                     cfg.failover_path)
 
@@ -107,6 +109,9 @@ def _make(options):
     internet.UDPServer(0, udp).setServiceParent(top)
     link = connect_link(cfg.coordinator_url, identity.text)
     log.info("home server id {id}", id=identity.text)
+    log.info("ICE servers: {ice}", ice=", ".join(
+        s["urls"] if isinstance(s["urls"], str) else " ".join(s["urls"])
+        for s in ice_servers) or "none (host candidates only)")
     log.info("connect link: {link}", link=link)
     return top
 
