@@ -223,12 +223,35 @@ class CoordinatorAdmin:
 
 
 @dataclass(frozen=True)
+class CoordinatorTurn:
+    # coturn's URLs (turn:/turns:, e.g. "turn:turn.example.org:3478?transport=udp").
+    # Empty: no TURN.
+    urls: tuple = ()
+    # A file holding coturn's static-auth-secret (coturn runs with use-auth-secret).
+    secret_file: str = ""
+    # Seconds a minted credential stays valid.  coturn refuses to refresh an
+    # allocation after that, so it also bounds the longest relayed session.
+    lifetime: float = 86400.0
+
+    def __post_init__(self):
+        for i, url in enumerate(self.urls):
+            m = _ICE_URL.match(url) if isinstance(url, str) else None
+            if not m or not m.group(1).startswith("turn"):
+                raise ConfigError(f"turn.urls[{i}]: {url!r} is not a TURN URL "
+                                  "(turn:HOST[:PORT][?transport=udp|tcp] or turns:HOST[:PORT])")
+        if self.urls and not self.secret_file:
+            raise ConfigError("turn.urls is set but turn.secret_file is not: point it at a "
+                              "file with coturn's static-auth-secret")
+
+
+@dataclass(frozen=True)
 class CoordinatorConfig:
     state_dir: str = ""
     identity_key: str = ""
     udp: CoordinatorUDP = field(default_factory=CoordinatorUDP)
     web: CoordinatorWeb = field(default_factory=CoordinatorWeb)
     admin: CoordinatorAdmin = field(default_factory=CoordinatorAdmin)
+    turn: CoordinatorTurn = field(default_factory=CoordinatorTurn)
 
 
 # -- home server -----------------------------------------------------------

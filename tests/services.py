@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import free_tcp_port, require_tool
+from conftest import free_tcp_port, free_udp_port, require_tool
 
 
 def wait_for_port(proc, port, what, log_text, timeout=15.0):
@@ -120,3 +120,44 @@ def xtigervnc(geometry="320x200"):
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+@contextlib.contextmanager
+def coturn(tmp_path, secret, listen="127.0.0.1", port=None, prefix=(), extra=()):
+    """Debian's coturn (``turnserver``) with a shared secret (``use-auth-secret``):
+    the TURN REST API scheme the coordinator mints credentials for.  Listens on
+    *listen*:*port* (UDP and TCP, no TLS) and relays from *listen*; *prefix* runs it
+    inside a network namespace (e.g. ``ip netns exec NS``).  Yields the port.
+    The secret goes in a config file, never on the command line."""
+    binary = require_tool("turnserver", "coturn")
+    if port is None:
+        port = 3478 if prefix else free_udp_port(listen)
+    cfg = tmp_path / "turnserver.conf"
+    log_path = tmp_path / "turnserver.log"
+    cfg.write_text("\n".join([
+        f"listening-ip={listen}", f"relay-ip={listen}", f"listening-port={port}",
+        "use-auth-secret", f"static-auth-secret={secret}", "realm=homechannel.test",
+        "no-tls", "no-dtls", "no-cli", "no-multicast-peers", "fingerprint",
+        "min-port=49152", "max-port=49500", f"log-file={log_path}", "simple-log",
+        f"pidfile={tmp_path}/turnserver.pid", "no-stdout-log", *extra, ""]))
+    log_path.write_text("")
+    proc = subprocess.Popen([*prefix, binary, "-c", str(cfg)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 15
+        while "listener opened on" not in log_path.read_text() \
+                and "Total General servers" not in log_path.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"coturn did not start:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.05)
+        time.sleep(0.2)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        print(f"--- coturn log ---\n{log_path.read_text()[-4000:]}")
