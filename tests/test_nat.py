@@ -1,0 +1,141 @@
+"""Across real NATs: kernel NAT (nftables) between the coordinator, the home
+server and the client, in the test's own network namespaces (tests/nat.py).
+
+Configs carry no ICE settings unless a test says so: the coordinator's own
+STUN (on its registry UDP port) is what makes the cone case work.
+"""
+
+import os
+import re
+import sys
+import time
+
+import pytest
+
+import nat
+from conftest import CHROMIUM_ARGS, in_ci, require_tool
+from daemons import PASSWORD
+
+# Every RTCPeerConnection the page makes, for getStats().
+CAPTURE_PCS = """
+(() => {
+  const Orig = window.RTCPeerConnection;
+  window.__hcPcs = [];
+  window.RTCPeerConnection = function (...args) {
+    const pc = new Orig(...args);
+    window.__hcPcs.push(pc);
+    return pc;
+  };
+  window.RTCPeerConnection.prototype = Orig.prototype;
+})();
+"""
+
+# The candidate types of the pair the last peer connection uses.
+SELECTED_PAIR = """async () => {
+  const pc = window.__hcPcs[window.__hcPcs.length - 1];
+  const stats = await pc.getStats();
+  let pairId = null;
+  stats.forEach((s) => { if (s.type === "transport" && s.selectedCandidatePairId) pairId = s.selectedCandidatePairId; });
+  const pair = pairId ? stats.get(pairId) : null;
+  if (!pair) return null;
+  const local = stats.get(pair.localCandidateId), remote = stats.get(pair.remoteCandidateId);
+  return {local: local.candidateType, remote: remote.candidateType,
+          localAddress: local.address, remoteAddress: remote.address,
+          relayProtocol: local.relayProtocol || null};
+}"""
+
+
+@pytest.fixture
+def topology_factory():
+    """``make(home_nat=, client_nat=, udp_timeout=)`` -> a built :class:`nat.Topology`;
+    every one is torn down at the end."""
+    why = nat.Topology.check_environment()
+    if why:
+        if in_ci():
+            pytest.fail(why)
+        pytest.skip(why)
+    made = []
+
+    def make(**kw):
+        topo = nat.Topology(**kw).up()
+        made.append(topo)
+        return topo
+
+    yield make
+    for topo in made:
+        topo.down()
+
+
+@pytest.fixture
+def nat_chromium(tmp_path):
+    """``launch(topology, url)`` -> a Playwright page in a Chromium that runs in the
+    client namespace and treats the coordinator's http origin as secure."""
+    chromium = require_tool("chromium", "chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browsers = []
+
+        def launch(topology, url):
+            wrapper = nat.chromium_wrapper(topology, "client", str(tmp_path), chromium)
+            browser = p.chromium.launch(
+                executable_path=wrapper, headless=True,
+                args=CHROMIUM_ARGS + [f"--unsafely-treat-insecure-origin-as-secure={url}"])
+            browsers.append(browser)
+            page = browser.new_context().new_page()
+            page.on("console", lambda msg: print(f"[browser {msg.type}] {msg.text}"))
+            page.add_init_script(CAPTURE_PCS)
+            return page
+
+        try:
+            yield launch
+        finally:
+            for b in browsers:
+                b.close()
+
+
+def path_of(server):
+    """``(local, remote)`` candidate types the home server logged for its last
+    connected session ("session X connected (srflx/srflx)"), or None."""
+    found = re.findall(r"session \S+ connected \((\w+)/(\w+)\)", server.output)
+    return found[-1] if found else None
+
+
+def test_stun_answer_through_nat_with_coturns_client(topology_factory, tmp_path, twistd):
+    """An independent STUN client (coturn's turnutils_stunclient) behind each NAT
+    learns the router's public address from the coordinator; malformed STUN is
+    a counted drop and the coordinator keeps answering."""
+    stunclient = require_tool("turnutils_stunclient", "coturn")
+    topo = topology_factory()
+    pair, coordinator, server = nat.start_nat_pair(twistd, tmp_path, topo)
+    for side in ("client", "home"):
+        out = topo.run(side, stunclient, "-p", str(nat.UDP_PORT), nat.PUBLIC_HOST).stdout
+        assert f"UDP reflexive addr: {topo.public_address[side]}:" in out, out
+    # Garbage that looks like STUN, then a good request again.
+    garbage = ("import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM);"
+               "[s.sendto(b'\\x00\\x01\\x00\\x04\\x21\\x12\\xa4\\x42' + bytes(12) + b'\\x80\\x28', "
+               f"('{nat.PUBLIC_HOST}', {nat.UDP_PORT})) for _ in range(3)]")
+    topo.run("client", sys.executable, "-c", garbage)
+    out = topo.run("client", stunclient, "-p", str(nat.UDP_PORT), nat.PUBLIC_HOST).stdout
+    assert f"UDP reflexive addr: {topo.public_address['client']}:" in out
+
+
+def test_cone_nats_browser_connects_without_ice_settings(topology_factory, tmp_path, twistd,
+                                                         nat_chromium):
+    """Cone NAT on both sides, no ICE setting anywhere: Chromium connects, over a
+    server-reflexive (or host) pair, not a relay.  How this was shown to fail:
+    with the coordinator's STUN off (udp.stun = false) nothing connects."""
+    from test_e2e_browser import connect, open_link
+
+    topo = topology_factory()
+    pair, coordinator, server = nat.start_nat_pair(twistd, tmp_path, topo)
+    page = nat_chromium(topo, pair.url)
+    open_link(page, pair)
+    connect(page, PASSWORD, timeout=30_000)
+    selected = page.evaluate(SELECTED_PAIR)
+    assert selected is not None
+    assert selected["local"] in ("srflx", "prflx", "host"), selected
+    assert selected["remote"] in ("srflx", "prflx", "host"), selected
+    assert "relay" not in (selected["local"], selected["remote"])
+    server.wait_for_log(r"session \S+ connected \(", timeout=10)
+    assert "relay" not in path_of(server), server.output[-2000:]
