@@ -31,7 +31,7 @@ import urllib.parse
 import urllib.request
 
 from homechannel import connect as flow
-from homechannel import crypto, webrtc
+from homechannel import crypto, icechecks, webrtc
 from homechannel.config import default_state_dir
 from homechannel.errors import (
     AuthenticationError,
@@ -326,6 +326,7 @@ async def _attempt(coordinator, server_id, server_raw, key, device, ice_servers,
     try:
         control = pc.createDataChannel("control")
         webrtc.advertise_host_addresses(pc, advertise_addresses)
+        icechecks.prompt_triggered_checks(pc)
         await pc.setLocalDescription(await pc.createOffer())
         offer = pc.localDescription.sdp
         client_fp = flow.sdp_fingerprint(offer)

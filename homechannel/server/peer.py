@@ -37,7 +37,7 @@ from collections import OrderedDict
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 
-from homechannel import aio, connect, crypto, webrtc
+from homechannel import aio, connect, crypto, icechecks, webrtc
 from homechannel.connect import (
     BAD_DEVICE,
     BAD_OFFER,
@@ -282,6 +282,7 @@ class Answerer:
         if dtls is not None:
             dtls.on("statechange", lambda: self._dtls_state(session, dtls))
         webrtc.advertise_host_addresses(pc, self._advertise)
+        icechecks.prompt_triggered_checks(pc)
         await pc.setLocalDescription(await pc.createAnswer())
         if session.closed:
             return self._refuse(session.sid, INTERNAL, "peer connection closed while answering",

@@ -1,0 +1,199 @@
+"""Click-to-open across kernel NAT (tests/nat.py topologies), in Chromium and
+in the native client, with loopback as the reference measured in the same run.
+
+    tests/netns-run python -m bench.nat_connect [--connects 10] [--cases cone,symmetric]
+        [--clients browser,native]
+
+* cone: cone NATs on both sides, no ICE settings anywhere (the coordinator's
+  own STUN);
+* symmetric: a symmetric client NAT, TURN (coturn, started here on the public
+  host) configured only at the coordinator with a shared secret.
+
+Browser: from the click on Connect to the session view, on the page's clock,
+with the time of each step (lookup, password, gather, wait, open) and of the
+"open" sub-phases (ICE checking, ICE connected, DTLS, channel open).  Native:
+``homechannel.client.connect()`` in one process in the client namespace, from
+the call to the hello reply, minus nothing (PBKDF2 is printed apart).
+Prints medians and p95; no assertions.
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [os.path.join(REPO, "tests"), REPO]
+
+import nat  # noqa: E402
+from conftest import CHROMIUM_ARGS, Twistd, write_toml  # noqa: E402
+from daemons import PASSWORD  # noqa: E402
+
+from bench.connect_latency import STEP_TIMES, fmt  # noqa: E402
+
+TURN_SECRET = "bench-turn-secret-0123456789abcdef"
+
+NATIVE = r"""
+import asyncio, json, sys, time
+sys.path.insert(0, {repo!r})
+from homechannel import client, crypto
+args = json.loads(sys.argv[1])
+
+async def main():
+    out = []
+    t0 = time.monotonic()
+    crypto.derive_password_key("x", crypto.IdentityKey.generate().public_raw)
+    out.append(("pbkdf2", time.monotonic() - t0))
+    for i in range(args["n"]):
+        t0 = time.monotonic()
+        pc, control, hello = await client.connect(args["url"], args["server"], args["password"],
+                                                  coordinator_key=args["key"])
+        took = time.monotonic() - t0
+        from homechannel import webrtc
+        pair = webrtc.selected_pair(pc) if hasattr(webrtc, "selected_pair") else None
+        await pc.close()
+        out.append((pair and "/".join(pair), took))
+    print(json.dumps(out))
+
+asyncio.run(main())
+"""
+
+
+def lift_limits(path):
+    with open(path, "rb") as f:
+        cfg = tomllib.load(f)
+    from homechannel.config import CoordinatorWeb
+    fields = set(CoordinatorWeb.__dataclass_fields__)
+    for key in ("per_ip_per_minute", "per_server_per_minute", "per_server_per_day",
+                "per_device_per_minute"):
+        if key in fields:
+            cfg["web"][key] = 1_000_000
+    write_toml(path, cfg)
+
+
+@contextlib.contextmanager
+def setup(case, tmp):
+    topo = nat.Topology(client_nat="symmetric" if case == "symmetric" else "cone").up()
+    procs = []
+
+    def start(tapname, config, **kw):
+        lift_limits(config) if tapname == "homechannel-coordinator" else None
+        t = Twistd(tapname, config, **kw).start()
+        procs.append(t)
+        return t
+
+    try:
+        coordinator = None
+        with contextlib.ExitStack() as stack:
+            if case == "symmetric":
+                from services import coturn
+                secret = os.path.join(tmp, "turn-secret")
+                with open(secret, "w") as f:
+                    f.write(TURN_SECRET + "\n")
+                os.makedirs(os.path.join(tmp, "coturn"), exist_ok=True)
+                import pathlib
+                stack.enter_context(coturn(pathlib.Path(tmp) / "coturn", TURN_SECRET,
+                                           listen=nat.PUBLIC_HOST,
+                                           prefix=topo.exec_prefix("pub")))
+                coordinator = {"turn": {"urls": [f"turn:{nat.PUBLIC_HOST}:3478?transport=udp"],
+                                        "secret_file": secret}}
+            pair, c, s = nat.start_nat_pair(start, tmp, topo, coordinator=coordinator)
+            yield topo, pair, s
+    finally:
+        for p in reversed(procs):
+            p.stop()
+        topo.down()
+
+
+def browser_runs(topo, pair, server, n, warmup):
+    from playwright.sync_api import sync_playwright
+
+    from test_e2e_browser import open_link
+
+    out = []
+    with tempfile.TemporaryDirectory() as d, sync_playwright() as p:
+        wrapper = nat.chromium_wrapper(topo, "client", d)
+        browser = p.chromium.launch(
+            executable_path=wrapper, headless=True,
+            args=CHROMIUM_ARGS + [f"--unsafely-treat-insecure-origin-as-secure={pair.url}"])
+        page = browser.new_page()
+        page.add_init_script(STEP_TIMES)
+        open_link(page, pair)
+        for i in range(warmup + n):
+            page.evaluate("window.__hcSteps = {}")
+            page.get_by_label("Password").fill(PASSWORD)
+            t_click = page.evaluate("() => { const t = performance.now();"
+                                    " document.getElementById('connect-button').click();"
+                                    " return t; }")
+            page.get_by_role("button", name="Disconnect").wait_for(timeout=60000)
+            steps = page.evaluate("window.__hcSteps")
+            total = steps["session-shown"] - t_click
+            mark = server.mark()
+            page.get_by_role("button", name="Disconnect").click()
+            server.wait_for_log(r"session \S+ closed", since=mark, timeout=15)
+            page.get_by_role("button", name="Connect").wait_for()
+            if i < warmup:
+                continue
+            order = [k for k in ("lookup", "password", "gather", "wait", "open") if k in steps]
+            parts = "  ".join(f"{a} {steps[b] - steps[a]:6.1f}" for a, b in zip(order, order[1:]))
+            sub = [k for k in ("open", "ice-checking", "ice-connected", "dtls-connected",
+                               "channel-open", "hello-reply", "session-shown") if k in steps]
+            parts += "  |" + "".join(f" {b} +{steps[b] - steps[a]:.1f}" for a, b in zip(sub, sub[1:]))
+            print(f"    browser {i - warmup + 1:2d}: {total:7.1f} ms  [{parts}]", flush=True)
+            out.append(total)
+        browser.close()
+    return out
+
+
+def native_runs(topo, pair, n):
+    args = json.dumps({"n": n + 1, "url": pair.url, "server": pair.server_key.text,
+                       "password": PASSWORD, "key": pair.coordinator_key.text})
+    r = topo.run("client", sys.executable, "-c", NATIVE.format(repo=REPO), args, check=False)
+    if r.returncode != 0:
+        print(r.stderr[-3000:])
+        return [], None
+    rows = json.loads(r.stdout.strip().splitlines()[-1])
+    pbkdf2 = rows[0][1] * 1000
+    runs = rows[2:]          # the first connect warms up
+    for i, (path, took) in enumerate(runs):
+        print(f"    native  {i + 1:2d}: {took * 1000:7.1f} ms  ({path or 'path unknown'})",
+              flush=True)
+    return [t * 1000 for _, t in runs], pbkdf2
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--connects", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--cases", default="cone,symmetric")
+    ap.add_argument("--clients", default="browser,native")
+    args = ap.parse_args(argv)
+    why = nat.Topology.check_environment()
+    if why:
+        sys.exit(f"bench.nat_connect: {why}")
+    results = {}
+    for case in args.cases.split(","):
+        with tempfile.TemporaryDirectory() as tmp, setup(case, tmp) as (topo, pair, server):
+            print(f"== {case}", flush=True)
+            if "browser" in args.clients:
+                results[(case, "browser")] = browser_runs(topo, pair, server, args.connects,
+                                                          args.warmup)
+            if "native" in args.clients:
+                runs, pbkdf2 = native_runs(topo, pair, args.connects)
+                results[(case, "native")] = runs
+                if pbkdf2:
+                    print(f"    native PBKDF2 (in each connect): {pbkdf2:.0f} ms")
+    print()
+    for (case, who), values in results.items():
+        if values:
+            print(f"{case:10s} {who:8s} click-to-open  {fmt(values)}")
+
+
+if __name__ == "__main__":
+    main()
