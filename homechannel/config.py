@@ -268,7 +268,10 @@ class ServerCoordinator:
 
 @dataclass(frozen=True)
 class ServerKeepalive:
-    interval: float = 25.0
+    # Under home routers' UDP timeouts (30 s or less) with margin: at most 18 s
+    # with the jitter.  It also bounds the outage after the router's public
+    # address changes (the next ping meets an UNKNOWN reply and re-registers).
+    interval: float = 15.0
     jitter: float = 0.2
     challenge_refresh: float = 600.0
     missed_pongs: int = 3

@@ -194,9 +194,9 @@ class Topology:
         new = new or ("203.0.113.4" if side == "home" else "203.0.113.5")
         if new == old:
             new = ROUTER_WAN[side]
-        self.ip(router, "addr", "add", f"{new}/24", "dev", "wan")
         self.ip(router, "addr", "del", f"{old}/24", "dev", "wan")
-        self.ip(router, "route", "replace", "default", "via", PUBLIC_HOST, "src", new)
+        self.ip(router, "addr", "add", f"{new}/24", "dev", "wan")
+        self.ip(router, "route", "replace", "default", "via", PUBLIC_HOST)
         self.public_address[side] = new
         return new
 

@@ -139,3 +139,78 @@ def test_cone_nats_browser_connects_without_ice_settings(topology_factory, tmp_p
     assert "relay" not in (selected["local"], selected["remote"])
     server.wait_for_log(r"session \S+ connected \(", timeout=10)
     assert "relay" not in path_of(server), server.output[-2000:]
+
+
+# -- keepalive against NAT timeouts -------------------------------------------------------
+
+# The NAT timeout and the keepalive interval are scaled down together by this
+# factor, so that "several minutes" of a 30 s NAT timeout take one minute here.
+SCALE = 5
+
+
+def native_offer(topo, pair, tmp_path):
+    """Start ``homechannel connect`` in the client namespace (it need not connect:
+    the test looks for the offer reaching the home server); returns the process."""
+    password = tmp_path / "password"
+    password.write_text(PASSWORD)
+    import subprocess
+    return topo.popen("client", [sys.executable, "-m", "homechannel.cli", "connect",
+                                 "--server", pair.link, "--password-file", str(password),
+                                 "--coordinator-key", pair.coordinator_key.text],
+                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_registration_survives_30s_nat_udp_timeout(topology_factory, tmp_path, twistd):
+    """A home router that forgets idle UDP mappings after 30 s, and picks a new random
+    port for each new one (so a mapping that expired shows as a new address and a
+    re-registration): the default keepalive holds the mapping for five minutes and
+    offers still get in.  Timeout and interval are both scaled down by SCALE.
+
+    How this was shown to fail: with keepalive.interval = 7 s (35 s unscaled, above
+    the timeout) the coordinator sees the server re-register from new ports."""
+    from homechannel.config import ServerKeepalive
+
+    default = ServerKeepalive()
+    topo = topology_factory(home_nat="symmetric", udp_timeout=30 / SCALE)
+    keepalive = {"interval": default.interval / SCALE, "jitter": default.jitter,
+                 "challenge_refresh": default.challenge_refresh / SCALE}
+    pair, coordinator, server = nat.start_nat_pair(twistd, tmp_path, topo,
+                                                   server={"keepalive": keepalive})
+    time.sleep(300 / SCALE)
+    assert coordinator.output.count("registered " + pair.server_key.text[:12]) == 1, \
+        coordinator.output[-3000:]
+    assert "lost the coordinator" not in server.output
+    assert "stopped answering" not in server.output
+    client = native_offer(topo, pair, tmp_path)
+    try:
+        server.wait_for_log(r"login accepted: session", timeout=30)
+    finally:
+        client.kill()
+        client.wait()
+
+
+def test_recovers_quickly_after_the_home_routers_address_changes(
+        topology_factory, tmp_path, twistd, nat_chromium):
+    """The home router gets a new public address (every mapping gone): the next
+    keepalive meets an UNKNOWN reply and re-registers, so the outage is at most one
+    keepalive interval (15 s, 18 s with jitter) plus a handshake; then a browser
+    connects again."""
+    from homechannel.config import ServerKeepalive
+
+    from test_e2e_browser import connect, open_link
+
+    default = ServerKeepalive()
+    topo = topology_factory()
+    pair, coordinator, server = nat.start_nat_pair(twistd, tmp_path, topo)
+    mark = server.mark()
+    t0 = time.monotonic()
+    new = topo.change_public_address("home")
+    server.wait_for_log("registered with coordinator", since=mark,
+                        timeout=default.interval * (1 + default.jitter) + 15)
+    outage = time.monotonic() - t0
+    print(f"re-registered {outage:.1f} s after the home router's address changed")
+    assert outage <= default.interval * (1 + default.jitter) + 5
+    coordinator.wait_for_log(rf"registered {pair.server_key.text[:12]} from {new}:", timeout=5)
+    page = nat_chromium(topo, pair.url)
+    open_link(page, pair)
+    connect(page, PASSWORD, timeout=30_000)

@@ -140,7 +140,7 @@ def test_coordinator_restart_heals_within_one_keepalive():
     in_sync(rv, reg)
     restarted = Rendezvous(COORDINATOR)      # same key, empty memory
     w.rv = restarted
-    w.run(5.0 + 25.0 * 1.2 + 2.0)            # one jittered keepalive and a round trip
+    w.run(5.0 + ServerKeepalive().interval * 1.2 + 2.0)   # one jittered keepalive and a round trip
     in_sync(restarted, reg)
     assert restarted.stats["unknown-replies"] == 1
     assert len(registered_events(w)) == 2
