@@ -22,7 +22,7 @@ lets two peers behind ordinary (cone) NATs reach each other.
 """
 
 import binascii
-import ipaddress
+import socket
 import struct
 
 from homechannel.coordinator.ratelimit import RateLimiter, source_key
@@ -98,16 +98,23 @@ def parse_request(data: bytes) -> Request:
     return Request(txid, fingerprint)
 
 
+_XPORT = MAGIC_COOKIE >> 16
+_V4_MAPPED = bytes(10) + b"\xff\xff"
+
+
 def _xor_address(host: str, port: int, txid: bytes) -> bytes:
-    ip = ipaddress.ip_address(host.split("%", 1)[0])
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    xport = port ^ (MAGIC_COOKIE >> 16)
-    if ip.version == 4:
-        xaddr = int(ip) ^ MAGIC_COOKIE
+    try:
+        packed = socket.inet_pton(socket.AF_INET, host)
+    except OSError:
+        packed = socket.inet_pton(socket.AF_INET6, host.split("%", 1)[0])
+        if packed[:12] == _V4_MAPPED:        # a dual-stack socket's IPv4 source
+            packed = packed[12:]
+    xport = port ^ _XPORT
+    if len(packed) == 4:
+        xaddr = int.from_bytes(packed, "big") ^ MAGIC_COOKIE
         return struct.pack(">HHBBHI", XOR_MAPPED_ADDRESS, 8, 0, 1, xport, xaddr)
     mask = int.from_bytes(_COOKIE + txid, "big")
-    xaddr = (int(ip) ^ mask).to_bytes(16, "big")
+    xaddr = (int.from_bytes(packed, "big") ^ mask).to_bytes(16, "big")
     return struct.pack(">HHBBH", XOR_MAPPED_ADDRESS, 20, 0, 2, xport) + xaddr
 
 
@@ -151,7 +158,7 @@ class StunResponder:
             return self._drop("source-rate")
         try:
             response = binding_response(request.transaction_id, addr, request.fingerprint)
-        except (ValueError, TypeError, IndexError):
+        except (OSError, ValueError, TypeError, IndexError, struct.error):
             return self._drop("bad-address")
         self.stats["stun-answers"] += 1
         return [(response, addr)]

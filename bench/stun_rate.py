@@ -1,0 +1,84 @@
+"""STUN Binding answers per second from one coordinator process (the real
+``twistd homechannel-coordinator``, on its registry UDP port), against a bare
+Twisted UDP echo measured in the same run, with the same generator (many
+source ports on loopback, a window of requests in flight per port).
+
+Requests are 28-byte Binding requests with FINGERPRINT (answered with
+XOR-MAPPED-ADDRESS and FINGERPRINT, 40 bytes); the coordinator's STUN rate
+limits are lifted for the run (every request comes from 127.0.0.1).
+
+Run: python -m bench.stun_rate [seconds]   (inside tests/netns-run: loopback only)
+"""
+
+import os
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+from bench.udp_load import REPO, TWISTD, blast, free_port, sockets, start_echo
+from homechannel.coordinator import stun
+
+
+class _Sender:
+    def __init__(self, sock):
+        self.sock = sock
+
+
+def binding_requests(count):
+    out = []
+    for _ in range(count):
+        head = struct.pack(">HHI12s", stun.BINDING_REQUEST, 8, stun.MAGIC_COOKIE,
+                           os.urandom(12))
+        out.append(head + struct.pack(">HHI", stun.FINGERPRINT, 4, stun._fingerprint(head)))
+    return out
+
+
+def start_coordinator(tmp):
+    port, web = free_port(), free_port()
+    cfg = os.path.join(tmp, "c.toml")
+    with open(cfg, "w") as f:
+        f.write(f'state_dir = "{tmp}"\n[udp]\ninterface = "127.0.0.1"\nport = {port}\n'
+                f'stun_per_source_per_second = 10000000.0\nstun_per_second = 10000000.0\n'
+                f'[web]\nlisten = "tcp:{web}:interface=127.0.0.1"\n[admin]\nlisten = ""\n')
+    proc = subprocess.Popen(TWISTD + ["-n", "--pidfile=", "homechannel-coordinator",
+                                      "--config", cfg],
+                            env=dict(os.environ, PYTHONPATH=REPO),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(2.0)
+    return proc, ("127.0.0.1", port)
+
+
+def main(argv=()):
+    seconds = float(argv[0]) if argv else 4.0
+    rounds = 3
+    with tempfile.TemporaryDirectory() as tmp:
+        coord, target = start_coordinator(tmp)
+        echo, echo_target = start_echo()
+        try:
+            senders = [_Sender(s) for s in sockets(256)]
+            requests = binding_requests(4000)
+            stun_rates, echo_rates = [], []
+            for _ in range(rounds):
+                stun_rates.append(blast(senders, lambda c: target,
+                                        lambda c: iter(requests), seconds))
+                echo_rates.append(blast(senders, lambda c: echo_target,
+                                        lambda c: iter(requests), seconds))
+        finally:
+            coord.terminate()
+            echo.terminate()
+            coord.wait()
+            echo.wait()
+    rate, ech = statistics.median(stun_rates), statistics.median(echo_rates)
+    print(f"coordinator STUN Binding answers (one process, loopback, medians of {rounds} "
+          f"runs of {seconds:.0f} s)")
+    print(f"  STUN answers/s  : {rate:9.0f}   runs {[round(x) for x in stun_rates]}")
+    print(f"  bare echo/s     : {ech:9.0f}   runs {[round(x) for x in echo_rates]}")
+    print(f"  STUN/echo ratio : {rate / ech:9.2f}")
+    return {"stun": rate, "echo": ech}
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
