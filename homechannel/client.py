@@ -204,11 +204,20 @@ async def wait_open(channel, timeout):
     try:
         await asyncio.wait_for(opened, timeout)
     except asyncio.TimeoutError:
-        raise Unavailable(f"no direct connection to the home server within {timeout:g} s "
-                          "(firewall? try a TURN server with --ice-server)") from None
+        raise Unavailable(no_path_advice(timeout)) from None
     finally:
         channel.remove_listener("open", on_open)
         channel.remove_listener("close", on_close)
+
+
+def no_path_advice(timeout):
+    """What to do when ICE found no path (the datachannel did not open)."""
+    return (f"no network path to the home server was found within {timeout:g} s: this "
+            "network and the home network are probably behind NATs or firewalls that only "
+            "a relay can cross. Ask the coordinator's operator to add a TURN relay (coturn "
+            "with a shared secret, [turn] in the coordinator's config; coturn's UDP and TCP "
+            "port 3478 and its relay ports must be open), or pass your own: --ice-server "
+            "turn:HOST:3478?transport=udp --ice-username USER --ice-credential-file FILE")
 
 
 async def control_request(channel, doc, reply_op, match=None, timeout=10.0):
@@ -402,7 +411,13 @@ def _common_options(p):
     p.add_argument("--coordinator-key",
                    help="pin the coordinator's public key (default: trust {url}/config.js)")
     p.add_argument("--ice-server", action="append", default=[], metavar="URL",
-                   help="a STUN/TURN URL (repeatable; default: none, host candidates only)")
+                   help="a STUN or TURN URL, tried before the ones the coordinator hands "
+                        "out (repeatable; e.g. turn:turn.example:3478?transport=udp). "
+                        "aiortc uses only the first STUN and the first TURN server")
+    p.add_argument("--ice-username", metavar="USER",
+                   help="the username for the TURN servers given with --ice-server")
+    p.add_argument("--ice-credential-file", metavar="FILE",
+                   help="read the TURN password for --ice-server from this file")
     p.add_argument("--advertise-address", action="append", default=[], metavar="IP",
                    help="also offer this host address as an ICE candidate (e.g. 127.0.0.1)")
     p.add_argument("--timeout", type=float, default=60.0,
@@ -425,6 +440,35 @@ def _parse_target(args):
     return url.rstrip("/"), server
 
 
+def ice_server_args(args):
+    """``--ice-server`` URLs (+ ``--ice-username``/``--ice-credential-file`` for TURN)
+    as validated RTCIceServer dicts; a TURN URL without credentials is refused here,
+    not silently dropped by aioice."""
+    from homechannel.config import parse_ice_servers
+
+    if not args.ice_server:
+        if args.ice_username or args.ice_credential_file:
+            raise ConfigError("--ice-username and --ice-credential-file need --ice-server")
+        return ()
+    credential = None
+    if args.ice_credential_file:
+        try:
+            with open(args.ice_credential_file, encoding="utf-8") as f:
+                credential = f.readline().rstrip("\r\n")
+        except OSError as e:
+            raise ConfigError(f"cannot read {args.ice_credential_file}: {e.strerror}") from None
+    entries = []
+    for url in args.ice_server:
+        entry = {"urls": url}
+        if url.startswith("turn"):
+            if not args.ice_username or credential is None:
+                raise ConfigError(f"--ice-server {url}: a TURN server needs --ice-username "
+                                  "and --ice-credential-file")
+            entry.update(username=args.ice_username, credential=credential)
+        entries.append(entry)
+    return parse_ice_servers(entries, "--ice-server")
+
+
 def _read_password(args):
     if args.password_file:
         try:
@@ -442,7 +486,7 @@ def _read_password(args):
 def _connect_kwargs(args):
     url, server = _parse_target(args)
     return dict(url=url, server_id=server, password=_read_password(args),
-                coordinator_key=args.coordinator_key, ice_servers=tuple(args.ice_server),
+                coordinator_key=args.coordinator_key, ice_servers=ice_server_args(args),
                 advertise_addresses=webrtc.parse_addresses(args.advertise_address),
                 timeout=args.timeout, notify=_stderr,
                 devices=DeviceStore(None) if args.no_device_token else DeviceStore.default())

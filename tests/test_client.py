@@ -244,3 +244,46 @@ def test_main_connect_wrong_password_exits_1(coordinator, tmp_path, capsys):
 
 if __name__ == "__main__" and sys.argv[1:2] == ["serve"]:
     serve(sys.argv[2])
+
+
+# -- ICE servers on the command line -------------------------------------------------
+
+
+def _ice_args(tmp_path, *argv):
+    import argparse
+
+    from homechannel.client import _common_options
+    p = argparse.ArgumentParser()
+    _common_options(p)
+    return p.parse_args(["--server", "x", *argv])
+
+
+def test_ice_server_with_turn_credentials(tmp_path):
+    from homechannel.client import ice_server_args
+    secret = tmp_path / "turn-password"
+    secret.write_text("s3cret\n")
+    args = _ice_args(tmp_path, "--ice-server", "stun:stun.example:3478",
+                     "--ice-server", "turn:turn.example:3478?transport=udp",
+                     "--ice-username", "alice", "--ice-credential-file", str(secret))
+    assert ice_server_args(args) == (
+        {"urls": "stun:stun.example:3478"},
+        {"urls": "turn:turn.example:3478?transport=udp", "username": "alice",
+         "credential": "s3cret"})
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--ice-server", "turn:t.example:3478"], "needs --ice-username and --ice-credential-file"),
+    (["--ice-server", "http://t.example"], "not a STUN or TURN URL"),
+    (["--ice-username", "bob"], "need --ice-server"),
+])
+def test_bad_ice_server_arguments_are_clear_errors(tmp_path, argv, message):
+    from homechannel.client import ice_server_args
+    from homechannel.errors import ConfigError
+    with pytest.raises(ConfigError, match=message):
+        ice_server_args(_ice_args(tmp_path, *argv))
+
+
+def test_no_path_advice_names_the_relay_and_its_ports():
+    from homechannel.client import no_path_advice
+    text = no_path_advice(30)
+    assert "TURN" in text and "[turn]" in text and "3478" in text and "--ice-server" in text
