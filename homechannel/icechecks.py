@@ -24,18 +24,21 @@ from homechannel.webrtc import ice_gatherers
 def prompt_triggered_checks(pc) -> None:
     """Call after the ICE transports exist (as for ``advertise_host_addresses``)."""
     for gatherer in ice_gatherers(pc):
-        connection = gatherer._connection  # aioice.Connection; no public accessor exists
-        if getattr(connection, "_homechannel_prompt_checks", False):
-            continue
-        connection._homechannel_prompt_checks = True
-        original = connection.check_incoming
+        prompt_connection(gatherer._connection)  # aioice.Connection; no public accessor
 
-        def check_incoming(message, addr, protocol, _original=original,
-                           _connection=connection):
-            _original(message, addr, protocol)
-            _restart_in_progress(_connection, addr, protocol)
 
-        connection.check_incoming = check_incoming
+def prompt_connection(connection) -> None:
+    """Wrap one aioice ``Connection``'s ``check_incoming`` (once)."""
+    if getattr(connection, "_homechannel_prompt_checks", False):
+        return
+    connection._homechannel_prompt_checks = True
+    original = connection.check_incoming
+
+    def check_incoming(message, addr, protocol):
+        original(message, addr, protocol)
+        _restart_in_progress(connection, addr, protocol)
+
+    connection.check_incoming = check_incoming
 
 
 def _restart_in_progress(connection, addr, protocol):
