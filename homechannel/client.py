@@ -210,6 +210,13 @@ async def wait_open(channel, timeout):
         channel.remove_listener("close", on_close)
 
 
+def path_line(pc):
+    """``path: <local>/<remote>`` candidate types of the pair in use (host, srflx,
+    prflx: direct; relay: through TURN)."""
+    pair = webrtc.selected_pair(pc)
+    return "path: " + ("/".join(pair) if pair else "unknown")
+
+
 def no_path_advice(timeout):
     """What to do when ICE found no path (the datachannel did not open)."""
     return (f"no network path to the home server was found within {timeout:g} s: this "
@@ -289,9 +296,11 @@ async def connect(url, server_id, password, coordinator_key=None, ice_servers=()
     device = devices.get(server_id)
     for attempt in range(3):
         try:
-            return await _attempt(coordinator, server_id, server_raw, await key, device,
-                                  tuple(ice_servers), advertise_addresses, timeout,
-                                  connect_timeout, random_bytes, devices)
+            result = await _attempt(coordinator, server_id, server_raw, await key, device,
+                                    tuple(ice_servers), advertise_addresses, timeout,
+                                    connect_timeout, random_bytes, devices)
+            notify(path_line(result[0]))
+            return result
         except HomeChannelError as e:
             if e.code == flow.BAD_DEVICE and device is not None:
                 notify("the home server no longer accepts this device's token; "

@@ -105,3 +105,66 @@ def test_coturn_accepts_minted_and_refuses_expired_or_forged(tmp_path):
         future = minter(now=time.time()).mint()
         with pytest.raises(TransactionFailed, match="401"):   # username changed, same password
             asyncio.run(allocate(port, "9" + future["username"], future["credential"]))
+
+
+def test_ice_servers_for_clients_and_home_servers():
+    stun = ({"urls": "stun:coordinator.example:7777"},)
+    plain = turn.ice_servers_for(stun)
+    assert plain("client") == [{"urls": "stun:coordinator.example:7777"}]
+    assert plain("server") == []
+    m = turn.TurnMinter(URLS, SECRET, 600, task.Clock())
+    with_turn = turn.ice_servers_for(stun, m)
+    client = with_turn("client")
+    assert client[0] == {"urls": "stun:coordinator.example:7777"}   # STUN first, then TURN
+    assert client[1]["urls"][0] == "turn:turn.example:3478?transport=udp"
+    server = with_turn("server")        # its own credential, and no STUN (it has its own)
+    assert len(server) == 1 and server[0]["username"] != client[1]["username"]
+    assert m.minted == 2
+
+
+def test_turn_credentials_only_in_signed_responses():
+    """The signed lookup carries STUN + a TURN credential minted for it (only for an
+    online server); the relayed offer carries the home server's own; /config.js
+    carries no credential.  How this was shown to fail: with the lookup's
+    ``if online`` removed, the offline lookup hands out a credential."""
+    from treq.testing import StubTreq
+
+    from homechannel import connect as flow
+    from homechannel.coordinator import web
+    from homechannel.coordinator.broker import Broker
+    from test_web import Harness
+
+    h = Harness()
+    stun = ({"urls": "stun:coordinator.test:7777"},)
+    m = turn.TurnMinter(URLS, SECRET, 600, h.clock)
+    broker = Broker(h.relay, h.config, h.clock, ice_servers=turn.ice_servers_for(stun, m))
+    h.web = web.CoordinatorWeb(h.identity, h.relay, h.config, h.clock, broker=broker,
+                               ice_servers=stun)
+    h.stub = StubTreq(h.web.resource())
+
+    doc = h.call("GET", f"/api/servers/{h.server_id}").json       # signature checked
+    assert doc["ice_servers"][0] == {"urls": "stun:coordinator.test:7777"}
+    entry = doc["ice_servers"][1]
+    assert entry["username"].startswith(f"{int(h.clock.seconds()) + 600}:")
+    assert entry["credential"] == turn.credential(SECRET, entry["username"])
+
+    offline = crypto_key_text()
+    assert h.call("GET", f"/api/servers/{offline}").json["ice_servers"] == []
+
+    config_js = h.call("GET", "/config.js").body.decode()
+    assert "stun:coordinator.test:7777" in config_js
+    assert "username" not in config_js and "credential" not in config_js and "turn:" not in config_js
+
+    resp, body = h.connect()
+    assert resp.code == 202, resp.body
+    _, payload, _ = h.relay.offers[-1]
+    offer = flow.Offer.decode(payload)
+    [server_entry] = offer.ice_servers
+    assert server_entry["urls"][0] == "turn:turn.example:3478?transport=udp"
+    assert server_entry["username"] != entry["username"]
+    assert server_entry["credential"] == turn.credential(SECRET, server_entry["username"])
+
+
+def crypto_key_text():
+    from homechannel import crypto
+    return crypto.IdentityKey.generate().text

@@ -125,7 +125,8 @@ class Broker:
         self.metrics["lookups"] += 1
         return {"online": bool(online),
                 "challenge": challenge if online and challenge else None,
-                "ice_servers": self._ice("client")}
+                # TURN credentials are minted only for a server that is online.
+                "ice_servers": self._ice("client") if online else []}
 
     # -- connects ----------------------------------------------------------------
 

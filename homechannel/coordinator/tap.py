@@ -56,7 +56,9 @@ def _make(options):
     from homechannel.coordinator.httpserver import LimitedSite, Limits, raise_fd_limit
     from homechannel.coordinator.registry import Registry
     from homechannel.coordinator.rendezvous import Rendezvous
+    from homechannel.coordinator.broker import Broker
     from homechannel.coordinator.stun import StunResponder
+    from homechannel.coordinator.turn import TurnMinter, ice_servers_for, load_secret
     from homechannel.coordinator.udp import CoordinatorUDP, StunUDP
     from homechannel.coordinator.web import CoordinatorWeb
 
@@ -93,7 +95,15 @@ def _make(options):
 
     kwargs = {"static_dir": cfg.web.static_dir} if cfg.web.static_dir else {}
     ice_servers = config.coordinator_ice_servers(cfg)
-    web = CoordinatorWeb(identity, udp, cfg.web, reactor, ice_servers=ice_servers, **kwargs)
+    minter = None
+    if cfg.turn.urls:
+        minter = TurnMinter(cfg.turn.urls, load_secret(cfg.turn.secret_file), cfg.turn.lifetime,
+                            reactor)
+        log.info("TURN: {urls}, credentials valid {lifetime:g} s",
+                 urls=" ".join(minter.urls), lifetime=cfg.turn.lifetime)
+    broker = Broker(udp, cfg.web, reactor, ice_servers=ice_servers_for(ice_servers, minter))
+    web = CoordinatorWeb(identity, udp, cfg.web, reactor, broker=broker,
+                         ice_servers=ice_servers, **kwargs)
     site = LimitedSite(web.resource(), Limits.from_config(cfg.web), identity, reactor)
     site.displayTracebacks = False
     fds = cfg.web.max_connections + 1024

@@ -76,3 +76,21 @@ class TurnMinter:
         self.minted += 1
         return {"urls": list(self.urls), "username": username,
                 "credential": credential(self._secret, username)}
+
+
+def ice_servers_for(client_ice, minter=None):
+    """The ``ice_servers(role)`` callable the connect broker uses.
+
+    ``"client"`` (the signed server lookup, for browsers and native clients):
+    *client_ice* (the coordinator's STUN by default) then, with a *minter*, one
+    TURN entry minted for this lookup.  ``"server"`` (the relayed offer, for the
+    home server, which has its own STUN): only a TURN entry minted for it, or
+    nothing.  STUN first, one TURN entry: aiortc uses only the first of each.
+    """
+    client_ice = [dict(s) for s in client_ice]
+
+    def ice_servers(role):
+        turn = [minter.mint()] if minter is not None else []
+        return (list(client_ice) if role == "client" else []) + turn
+
+    return ice_servers
