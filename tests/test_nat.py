@@ -94,6 +94,23 @@ def nat_chromium(tmp_path):
                 b.close()
 
 
+def native_connect(topo, pair, tmp_path, *extra, timeout=90):
+    """``homechannel connect`` in the client namespace; returns (exit status, stdout,
+    the "path: local/remote" it logged or None, stderr)."""
+    password = tmp_path / "password"
+    password.write_text(PASSWORD)
+    env = dict(os.environ, XDG_CONFIG_HOME=str(tmp_path / "client-config"))
+    import subprocess
+    proc = topo.popen("client", [sys.executable, "-m", "homechannel.cli", "connect",
+                                 "--server", pair.link, "--password-file", str(password),
+                                 "--coordinator-key", pair.coordinator_key.text,
+                                 "--no-device-token", *extra],
+                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    out, err = proc.communicate(timeout=timeout)
+    m = re.search(r"^path: (\w+)/(\w+)$", err, re.M)
+    return proc.returncode, out, (m.groups() if m else None), err
+
+
 def path_of(server):
     """``(local, remote)`` candidate types the home server logged for its last
     connected session ("session X connected (srflx/srflx)"), or None."""
@@ -139,6 +156,19 @@ def test_cone_nats_browser_connects_without_ice_settings(topology_factory, tmp_p
     assert "relay" not in (selected["local"], selected["remote"])
     server.wait_for_log(r"session \S+ connected \(", timeout=10)
     assert "relay" not in path_of(server), server.output[-2000:]
+
+
+def test_cone_nats_native_client_connects_without_ice_settings(topology_factory, tmp_path,
+                                                               twistd):
+    """The native client takes its STUN server from the coordinator's signed lookup:
+    with no ICE setting anywhere it connects across cone NATs, directly."""
+    topo = topology_factory()
+    pair, coordinator, server = nat.start_nat_pair(twistd, tmp_path, topo)
+    status, out, path, err = native_connect(topo, pair, tmp_path)
+    assert status == 0, err
+    assert "connected to" in out and "ping:" in out
+    assert path is not None and "relay" not in path, err
+    assert "relay" not in path_of(server)
 
 
 # -- keepalive against NAT timeouts -------------------------------------------------------
@@ -214,3 +244,53 @@ def test_recovers_quickly_after_the_home_routers_address_changes(
     page = nat_chromium(topo, pair.url)
     open_link(page, pair)
     connect(page, PASSWORD, timeout=30_000)
+
+
+# -- symmetric NAT: TURN -------------------------------------------------------------------
+
+TURN_SECRET = "nat-test-turn-secret-0123456789abcdef"
+
+
+@pytest.fixture
+def turn_pair(topology_factory, tmp_path, twistd):
+    """A symmetric client NAT and coturn (shared secret) on the public host; TURN is
+    configured only at the coordinator.  Yields (topology, pair, coordinator, server)."""
+    from services import coturn
+
+    topo = topology_factory(client_nat="symmetric")
+    secret = tmp_path / "turn-secret"
+    secret.write_text(TURN_SECRET + "\n")
+    (tmp_path / "coturn").mkdir()
+    with coturn(tmp_path / "coturn", TURN_SECRET, listen=nat.PUBLIC_HOST,
+                prefix=topo.exec_prefix("pub")):
+        pair, coordinator, server = nat.start_nat_pair(
+            twistd, tmp_path, topo, coordinator={"turn": {
+                "urls": [f"turn:{nat.PUBLIC_HOST}:3478?transport=udp",
+                         f"turn:{nat.PUBLIC_HOST}:3478?transport=tcp"],
+                "secret_file": str(secret)}})
+        yield topo, pair, coordinator, server
+
+
+def test_symmetric_nat_browser_and_native_client_connect_through_turn(turn_pair, tmp_path,
+                                                                      nat_chromium):
+    """Behind a symmetric NAT no direct path exists; with coturn configured only at the
+    coordinator, Chromium and the native client connect through the relay.  How this
+    was shown to fail: without [turn] at the coordinator neither connects (Chromium
+    reports ICE failure, the native client gives the no-path advice)."""
+    from test_e2e_browser import connect, open_link
+
+    topo, pair, coordinator, server = turn_pair
+    page = nat_chromium(topo, pair.url)
+    open_link(page, pair)
+    connect(page, PASSWORD, timeout=45_000)
+    selected = page.evaluate(SELECTED_PAIR)
+    assert "relay" in (selected["local"], selected["remote"]), selected
+    server.wait_for_log(r"session \S+ connected \(", timeout=10)
+    assert "relay" in path_of(server), server.output[-2000:]
+
+    mark = server.mark()
+    status, out, path, err = native_connect(topo, pair, tmp_path)
+    assert status == 0, err
+    assert path is not None and "relay" in path, err
+    server.wait_for_log(r"session \S+ connected \(", since=mark, timeout=10)
+    assert "relay" in path_of(server)
