@@ -1,9 +1,10 @@
 """Click-to-open across kernel NAT (tests/nat.py topologies), in Chromium and
 in the native client, with loopback as the reference measured in the same run.
 
-    tests/netns-run python -m bench.nat_connect [--connects 10] [--cases cone,symmetric]
-        [--clients browser,native]
+    tests/netns-run python -m bench.nat_connect [--connects 10]
+        [--cases loopback,cone,symmetric] [--clients browser,native]
 
+* loopback: the reference, everything on 127.0.0.1 (no NAT), as in bench.connect_latency;
 * cone: cone NATs on both sides, no ICE settings anywhere (the coordinator's
   own STUN);
 * symmetric: a symmetric client NAT, TURN (coturn, started here on the public
@@ -53,7 +54,8 @@ async def main():
     for i in range(args["n"]):
         t0 = time.monotonic()
         pc, control, hello = await client.connect(args["url"], args["server"], args["password"],
-                                                  coordinator_key=args["key"])
+                                                  coordinator_key=args["key"],
+                                                  advertise_addresses=args["advertise"])
         took = time.monotonic() - t0
         from homechannel import webrtc
         pair = webrtc.selected_pair(pc) if hasattr(webrtc, "selected_pair") else None
@@ -77,8 +79,42 @@ def lift_limits(path):
     write_toml(path, cfg)
 
 
+class _Here:
+    """Stands in for a topology when everything runs here, on loopback."""
+
+    def exec_prefix(self, ns):
+        return []
+
+    def run(self, ns, *argv, check=True):
+        return subprocess.run(argv, capture_output=True, text=True, check=check)
+
+    def down(self):
+        pass
+
+
+@contextlib.contextmanager
+def loopback(tmp):
+    from daemons import make_pair
+    procs = []
+    try:
+        pair = make_pair(tmp)
+        lift_limits(pair.coordinator_config)
+        procs.append(Twistd("homechannel-coordinator", pair.coordinator_config).start())
+        procs[-1].wait_for_log("coordinator: UDP")
+        procs.append(Twistd("homechannel-server", pair.server_config).start())
+        procs[-1].wait_for_log("registered with coordinator", timeout=30)
+        yield _Here(), pair, procs[-1]
+    finally:
+        for p in reversed(procs):
+            p.stop()
+
+
 @contextlib.contextmanager
 def setup(case, tmp):
+    if case == "loopback":
+        with loopback(tmp) as result:
+            yield result
+        return
     topo = nat.Topology(client_nat="symmetric" if case == "symmetric" else "cone").up()
     procs = []
 
@@ -100,7 +136,7 @@ def setup(case, tmp):
                 import pathlib
                 stack.enter_context(coturn(pathlib.Path(tmp) / "coturn", TURN_SECRET,
                                            listen=nat.PUBLIC_HOST,
-                                           prefix=topo.exec_prefix("pub")))
+                                           prefix=topo.exec_prefix("pub"), quiet=True))
                 coordinator = {"turn": {"urls": [f"turn:{nat.PUBLIC_HOST}:3478?transport=udp"],
                                         "secret_file": secret}}
             pair, c, s = nat.start_nat_pair(start, tmp, topo, coordinator=coordinator)
@@ -152,8 +188,10 @@ def browser_runs(topo, pair, server, n, warmup):
 
 
 def native_runs(topo, pair, n):
+    advertise = ["127.0.0.1"] if isinstance(topo, _Here) else []
     args = json.dumps({"n": n + 1, "url": pair.url, "server": pair.server_key.text,
-                       "password": PASSWORD, "key": pair.coordinator_key.text})
+                       "password": PASSWORD, "key": pair.coordinator_key.text,
+                       "advertise": advertise})
     r = topo.run("client", sys.executable, "-c", NATIVE.format(repo=REPO), args, check=False)
     if r.returncode != 0:
         print(r.stderr[-3000:])
@@ -171,7 +209,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--connects", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--cases", default="cone,symmetric")
+    ap.add_argument("--cases", default="loopback,cone,symmetric")
     ap.add_argument("--clients", default="browser,native")
     args = ap.parse_args(argv)
     why = nat.Topology.check_environment()
@@ -192,7 +230,10 @@ def main(argv=None):
     print()
     for (case, who), values in results.items():
         if values:
-            print(f"{case:10s} {who:8s} click-to-open  {fmt(values)}")
+            ref = results.get(("loopback", who))
+            ratio = (f"  x{statistics.median(values) / statistics.median(ref):.1f} loopback"
+                     if ref and case != "loopback" else "")
+            print(f"{case:10s} {who:8s} click-to-open  {fmt(values)}{ratio}")
 
 
 if __name__ == "__main__":

@@ -123,7 +123,7 @@ def xtigervnc(geometry="320x200"):
 
 
 @contextlib.contextmanager
-def coturn(tmp_path, secret, listen="127.0.0.1", port=None, prefix=(), extra=()):
+def coturn(tmp_path, secret, listen="127.0.0.1", port=None, prefix=(), extra=(), quiet=False):
     """Debian's coturn (``turnserver``) with a shared secret (``use-auth-secret``):
     the TURN REST API scheme the coordinator mints credentials for.  Listens on
     *listen*:*port* (UDP and TCP, no TLS) and relays from *listen*; *prefix* runs it
@@ -160,4 +160,5 @@ def coturn(tmp_path, secret, listen="127.0.0.1", port=None, prefix=(), extra=())
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        print(f"--- coturn log ---\n{log_path.read_text()[-4000:]}")
+        if not quiet:
+            print(f"--- coturn log ---\n{log_path.read_text()[-4000:]}")
