@@ -111,9 +111,11 @@ class Answerer:
         if log is not None:
             self.log = log
         self._pc_factory = peer_connection_factory
-        # The tap passes config.server_ice_servers() (STUN on the coordinator by default).
-        self._ice_servers = tuple((config.ice_servers or ()) if ice_servers is None
-                                  else ice_servers)
+        # ICE servers of our own (before those an offer brings): a tuple, or a callable
+        # returning one (the tap's: STUN on the coordinator registered with now).
+        if ice_servers is None:
+            ice_servers = tuple(config.ice_servers or ())
+        self._ice_servers = ice_servers if callable(ice_servers) else tuple(ice_servers)
         self._advertise = webrtc.parse_addresses(config.advertise_addresses)
         self._sessions = {}         # sid -> _Session (live, answering, or cached reply)
         self._live = set()          # _Sessions with an open peer connection
@@ -265,7 +267,8 @@ class Answerer:
 
         # The configured servers first (aiortc uses only the first STUN and the
         # first TURN entry), then what the coordinator minted for this connect.
-        servers = webrtc.ice_servers(self._ice_servers + tuple(offer.ice_servers))
+        own = self._ice_servers() if callable(self._ice_servers) else self._ice_servers
+        servers = webrtc.ice_servers(tuple(own) + tuple(offer.ice_servers))
         pc = self._pc_factory(servers)
         session.pc = pc
         self.peer_connections_created += 1

@@ -99,11 +99,19 @@ def _make(options):
         target = (cfg.coordinator.host, cfg.coordinator.port, coordinator_key)
 
     app_host = AppHost(cfg.apps, identity.text, cfg.state_dir, reactor)
-    ice_servers = config.server_ice_servers(cfg, target[0], target[1])
+    links = []
+
+    def ice_servers():
+        # STUN on the coordinator this server is registered with now (it follows a move).
+        active = links[0].active if links else None
+        host, port = (active.host, active.port) if active else target[:2]
+        return config.server_ice_servers(cfg, host, port)
+
     answerer = Answerer(identity, password_key, challenges, cfg.webrtc, app_host, reactor,
                         ice_servers=ice_servers)
     udp = ServerUDP(identity, challenges, cfg.keepalive, target, reactor, answerer,
                     cfg.failover_path)
+    links.append(udp)
 
     top = _home_server_class()(answerer)
     internet.UDPServer(0, udp).setServiceParent(top)
@@ -111,7 +119,7 @@ def _make(options):
     log.info("home server id {id}", id=identity.text)
     log.info("ICE servers: {ice}", ice=", ".join(
         s["urls"] if isinstance(s["urls"], str) else " ".join(s["urls"])
-        for s in ice_servers) or "none (host candidates only)")
+        for s in ice_servers()) or "none (host candidates only)")
     log.info("connect link: {link}", link=link)
     return top
 
