@@ -120,13 +120,15 @@ def path_of(server):
 
 def test_stun_answer_through_nat_with_coturns_client(topology_factory, tmp_path, twistd):
     """An independent STUN client (coturn's turnutils_stunclient) behind each NAT
-    learns the router's public address from the coordinator; malformed STUN is
-    a counted drop and the coordinator keeps answering."""
+    learns the router's public address from the coordinator, on the registry port
+    and on the extra udp.stun_port; malformed STUN is a counted drop and the
+    coordinator keeps answering."""
     stunclient = require_tool("turnutils_stunclient", "coturn")
     topo = topology_factory()
-    pair, coordinator, server = nat.start_nat_pair(twistd, tmp_path, topo)
-    for side in ("client", "home"):
-        out = topo.run(side, stunclient, "-p", str(nat.UDP_PORT), nat.PUBLIC_HOST).stdout
+    pair, coordinator, server = nat.start_nat_pair(twistd, tmp_path, topo,
+                                                   coordinator={"udp": {"stun_port": 3479}})
+    for side, port in (("client", nat.UDP_PORT), ("home", nat.UDP_PORT), ("client", 3479)):
+        out = topo.run(side, stunclient, "-p", str(port), nat.PUBLIC_HOST).stdout
         assert f"UDP reflexive addr: {topo.public_address[side]}:" in out, out
     # Garbage that looks like STUN, then a good request again.
     garbage = ("import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM);"
@@ -135,6 +137,9 @@ def test_stun_answer_through_nat_with_coturns_client(topology_factory, tmp_path,
     topo.run("client", sys.executable, "-c", garbage)
     out = topo.run("client", stunclient, "-p", str(nat.UDP_PORT), nat.PUBLIC_HOST).stdout
     assert f"UDP reflexive addr: {topo.public_address['client']}:" in out
+    stats = nat.coordinator_status(topo)["stats"]
+    assert stats["dropped.stun-malformed"] == 3
+    assert stats["stun-answers"] >= 4
 
 
 def test_cone_nats_browser_connects_without_ice_settings(topology_factory, tmp_path, twistd,
