@@ -115,6 +115,24 @@ def daemons(tmp, server_extra=None, web=None, **kw):
         coordinator.stop()
 
 
+def timed_connect(page, server, timeout=30000):
+    """Type the password, click Connect, wait for the session view, then disconnect;
+    returns (click to session view in ms, the page's step times)."""
+    page.evaluate("window.__hcSteps = {}")
+    page.get_by_label("Password").fill(PASSWORD)
+    # Click in the page and read both ends on the page's clock: Playwright's
+    # own waits poll with backoff (up to 500 ms) and would blur the figure.
+    t_click = page.evaluate("() => { const t = performance.now();"
+                            " document.getElementById('connect-button').click(); return t; }")
+    page.get_by_role("button", name="Disconnect").wait_for(timeout=timeout)
+    steps = page.evaluate("window.__hcSteps")
+    mark = server.mark()
+    page.get_by_role("button", name="Disconnect").click()
+    server.wait_for_log(r"session \S+ closed", since=mark, timeout=15)
+    page.get_by_role("button", name="Connect").wait_for()
+    return steps["session-shown"] - t_click, steps
+
+
 def launch_chromium(p):
     import shutil
     path = shutil.which("chromium")
@@ -140,19 +158,7 @@ def main(argv=None):
         pbkdf2_bare = [page.evaluate(PBKDF2, 600000) for _ in range(5)]
         totals, pbkdf2_step, excl, per_step = [], [], [], []
         for i in range(args.warmup + args.connects):
-            page.evaluate("window.__hcSteps = {}")
-            page.get_by_label("Password").fill(PASSWORD)
-            # Click in the page and read both ends on the page's clock: Playwright's
-            # own waits poll with backoff (up to 500 ms) and would blur the figure.
-            t_click = page.evaluate("() => { const t = performance.now();"
-                                    " document.getElementById('connect-button').click(); return t; }")
-            page.get_by_role("button", name="Disconnect").wait_for(timeout=30000)
-            steps = page.evaluate("window.__hcSteps")
-            total_py = steps["session-shown"] - t_click
-            mark = server.mark()
-            page.get_by_role("button", name="Disconnect").click()
-            server.wait_for_log(r"session \S+ closed", since=mark, timeout=15)
-            page.get_by_role("button", name="Connect").wait_for()
+            total_py, steps = timed_connect(page, server)
             if i < args.warmup:
                 continue
             pw = steps["gather"] - steps["password"]   # waiting on PBKDF2 (+ HMAC)

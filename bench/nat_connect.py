@@ -26,7 +26,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import tomllib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,7 +35,7 @@ import nat  # noqa: E402
 from conftest import CHROMIUM_ARGS, Twistd, write_toml  # noqa: E402
 from daemons import PASSWORD  # noqa: E402
 
-from bench.connect_latency import STEP_TIMES, fmt  # noqa: E402
+from bench.connect_latency import STEP_TIMES, fmt, timed_connect  # noqa: E402
 
 TURN_SECRET = "bench-turn-secret-0123456789abcdef"
 
@@ -162,18 +161,7 @@ def browser_runs(topo, pair, server, n, warmup):
         page.add_init_script(STEP_TIMES)
         open_link(page, pair)
         for i in range(warmup + n):
-            page.evaluate("window.__hcSteps = {}")
-            page.get_by_label("Password").fill(PASSWORD)
-            t_click = page.evaluate("() => { const t = performance.now();"
-                                    " document.getElementById('connect-button').click();"
-                                    " return t; }")
-            page.get_by_role("button", name="Disconnect").wait_for(timeout=60000)
-            steps = page.evaluate("window.__hcSteps")
-            total = steps["session-shown"] - t_click
-            mark = server.mark()
-            page.get_by_role("button", name="Disconnect").click()
-            server.wait_for_log(r"session \S+ closed", since=mark, timeout=15)
-            page.get_by_role("button", name="Connect").wait_for()
+            total, steps = timed_connect(page, server, timeout=60000)
             if i < warmup:
                 continue
             order = [k for k in ("lookup", "password", "gather", "wait", "open") if k in steps]

@@ -13,12 +13,10 @@ Run: python -m bench.stun_rate [seconds]   (inside tests/netns-run: loopback onl
 import os
 import statistics
 import struct
-import subprocess
 import sys
 import tempfile
-import time
 
-from bench.udp_load import REPO, TWISTD, blast, free_port, sockets, start_echo
+from bench.udp_load import blast, sockets, start_coordinator, start_echo
 from homechannel.coordinator import stun
 
 
@@ -36,26 +34,12 @@ def binding_requests(count):
     return out
 
 
-def start_coordinator(tmp):
-    port, web = free_port(), free_port()
-    cfg = os.path.join(tmp, "c.toml")
-    with open(cfg, "w") as f:
-        f.write(f'state_dir = "{tmp}"\n[udp]\ninterface = "127.0.0.1"\nport = {port}\n'
-                f'stun_per_source_per_second = 10000000.0\nstun_per_second = 10000000.0\n'
-                f'[web]\nlisten = "tcp:{web}:interface=127.0.0.1"\n[admin]\nlisten = ""\n')
-    proc = subprocess.Popen(TWISTD + ["-n", "--pidfile=", "homechannel-coordinator",
-                                      "--config", cfg],
-                            env=dict(os.environ, PYTHONPATH=REPO),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(2.0)
-    return proc, ("127.0.0.1", port)
-
-
 def main(argv=()):
     seconds = float(argv[0]) if argv else 4.0
     rounds = 3
     with tempfile.TemporaryDirectory() as tmp:
-        coord, target = start_coordinator(tmp)
+        coord, target, _ = start_coordinator(tmp, ("stun_per_source_per_second = 10000000.0",
+                                                   "stun_per_second = 10000000.0"))
         echo, echo_target = start_echo()
         try:
             senders = [_Sender(s) for s in sockets(256)]

@@ -53,13 +53,15 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_coordinator(tmp):
+def start_coordinator(tmp, udp_settings=("per_source_per_second = 1000000.0",
+                                          "max_handshakes = 100000",
+                                          "max_handshakes_per_source = 100000",
+                                          "max_servers_per_source = 1000000")):
     port, web = free_port(), free_port()
     cfg = os.path.join(tmp, "c.toml")
+    udp = "".join(line + "\n" for line in udp_settings)
     with open(cfg, "w") as f:
-        f.write(f'state_dir = "{tmp}"\n[udp]\ninterface = "127.0.0.1"\nport = {port}\n'
-                f'per_source_per_second = 1000000.0\nmax_handshakes = 100000\n'
-                f'max_handshakes_per_source = 100000\nmax_servers_per_source = 1000000\n'
+        f.write(f'state_dir = "{tmp}"\n[udp]\ninterface = "127.0.0.1"\nport = {port}\n{udp}'
                 f'[web]\nlisten = "tcp:{web}:interface=127.0.0.1"\n[admin]\nlisten = ""\n')
     env = dict(os.environ, PYTHONPATH=REPO)
     proc = subprocess.Popen(TWISTD + ["-n", "--pidfile=",

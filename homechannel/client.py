@@ -459,13 +459,7 @@ def ice_server_args(args):
         if args.ice_username or args.ice_credential_file:
             raise ConfigError("--ice-username and --ice-credential-file need --ice-server")
         return ()
-    credential = None
-    if args.ice_credential_file:
-        try:
-            with open(args.ice_credential_file, encoding="utf-8") as f:
-                credential = f.readline().rstrip("\r\n")
-        except OSError as e:
-            raise ConfigError(f"cannot read {args.ice_credential_file}: {e.strerror}") from None
+    credential = _first_line(args.ice_credential_file) if args.ice_credential_file else None
     entries = []
     for url in args.ice_server:
         entry = {"urls": url}
@@ -478,13 +472,17 @@ def ice_server_args(args):
     return parse_ice_servers(entries, "--ice-server")
 
 
+def _first_line(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readline().rstrip("\r\n")
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+
+
 def _read_password(args):
     if args.password_file:
-        try:
-            with open(args.password_file, encoding="utf-8") as f:
-                password = f.readline().rstrip("\r\n")
-        except OSError as e:
-            raise ConfigError(f"cannot read {args.password_file}: {e.strerror}") from None
+        password = _first_line(args.password_file)
     else:
         password = getpass.getpass("HomeChannel password: ")
     if not password:

@@ -15,6 +15,16 @@ from homechannel.errors import Unavailable
 log = Logger()
 
 
+def write_all(transport, out, stats):
+    """Send ``[(bytes, addr)]``; a failed send is counted (``send-errors``), not raised."""
+    for data, addr in out:
+        try:
+            transport.write(data, addr)
+        except OSError as e:
+            stats["send-errors"] += 1
+            log.debug("send to {addr} failed: {err}", addr=addr, err=e)
+
+
 class StunUDP(DatagramProtocol):
     """The optional extra STUN port (``udp.stun_port``): only STUN Binding,
     answered by the same :class:`~homechannel.coordinator.stun.StunResponder`
@@ -30,12 +40,7 @@ class StunUDP(DatagramProtocol):
         except Exception:
             log.failure("bug answering STUN from {addr}", addr=addr)
             return
-        for reply, to in out:
-            try:
-                self.transport.write(reply, to)
-            except OSError as e:
-                self.responder.stats["send-errors"] += 1
-                log.debug("send to {addr} failed: {err}", addr=to, err=e)
+        write_all(self.transport, out, self.responder.stats)
 
 
 @implementer(IRelay)
@@ -87,12 +92,7 @@ class CoordinatorUDP(DatagramProtocol):
 
     def _send(self, out):
         if self.transport is not None:
-            for data, addr in out:
-                try:
-                    self.transport.write(data, addr)
-                except OSError as e:
-                    self.rv.stats["send-errors"] += 1
-                    log.debug("send to {addr} failed: {err}", addr=addr, err=e)
+            write_all(self.transport, out, self.rv.stats)
         self._reschedule()
 
     def _reschedule(self):
