@@ -229,8 +229,9 @@ class CoordinatorTurn:
     urls: tuple = ()
     # A file holding coturn's static-auth-secret (coturn runs with use-auth-secret).
     secret_file: str = ""
-    # Seconds a minted credential stays valid.  coturn refuses to refresh an
-    # allocation after that, so it also bounds the longest relayed session.
+    # Seconds a minted credential stays valid.  Peers refresh their relay
+    # allocation with the same credential, which coturn checks each time: keep
+    # it longer than the longest relayed session (the TURN REST draft: a day).
     lifetime: float = 86400.0
 
     def __post_init__(self):

@@ -168,3 +168,33 @@ def test_turn_credentials_only_in_signed_responses():
 def crypto_key_text():
     from homechannel import crypto
     return crypto.IdentityKey.generate().text
+
+
+def test_coordinator_starts_with_string_ice_servers_and_turn(tmp_path, twistd):
+    """A string entry in web.ice_servers used to crash the coordinator at start; now
+    strings and tables both work, [turn] is announced, and /config.js stays public."""
+    import json
+    import urllib.request
+
+    from conftest import free_tcp_port, free_udp_port, write_toml
+
+    secret = tmp_path / "turn-secret"
+    secret.write_text(SECRET.decode() + "\n")
+    web_port = free_tcp_port()
+    cfg = write_toml(tmp_path / "c.toml", {
+        "state_dir": str(tmp_path),
+        "udp": {"interface": "127.0.0.1", "port": free_udp_port()},
+        "web": {"listen": f"tcp:{web_port}:interface=127.0.0.1",
+                "ice_servers": ["stun:stun.example:3478", {"urls": "stun:other.example"}]},
+        "admin": {"listen": ""},
+        "turn": {"urls": ["turn:turn.example:3478?transport=udp"],
+                 "secret_file": str(secret)},
+    })
+    coordinator = twistd("homechannel-coordinator", cfg)
+    coordinator.wait_for_log("coordinator: UDP")
+    coordinator.wait_for_log(r"TURN: turn:turn.example:3478\?transport=udp")
+    with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/config.js", timeout=10) as r:
+        text = r.read().decode()
+    ice = json.loads(text.split("export const iceServers = ", 1)[1].split(";\n", 1)[0])
+    assert ice == [{"urls": "stun:stun.example:3478"}, {"urls": "stun:other.example"}]
+    assert "turn:" not in text and "credential" not in text
