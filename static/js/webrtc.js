@@ -61,7 +61,9 @@ export function waitOpen(pc, channel, timeoutMs) {
     function onClose() { finish(new Error("The channel closed before it opened.")); }
     function onState() {
       if (pc.connectionState === "failed") {
-        finish(new Error("No network path to the home server was found (ICE failed)."));
+        finish(new Error("No network path to the home server was found (ICE failed). If this " +
+          "network or the home server's is behind a strict (symmetric) NAT or firewall, the " +
+          "coordinator needs a TURN relay (README, \"Across the internet\")."));
       }
     }
     channel.addEventListener("open", onOpen);
