@@ -192,6 +192,7 @@ def test_coordinator_starts_with_string_ice_servers_and_turn(tmp_path, twistd):
     })
     coordinator = twistd("homechannel-coordinator", cfg)
     coordinator.wait_for_log("coordinator: UDP")
+    coordinator.wait_for_log(rf"starting on {web_port}\b")  # the web port listens
     coordinator.wait_for_log(r"TURN: turn:turn.example:3478\?transport=udp")
     with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/config.js", timeout=10) as r:
         text = r.read().decode()
