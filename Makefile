@@ -117,6 +117,6 @@ bench: venv npm
 
 # Leaves .run/ (the demo's keys and password) alone.
 clean:
-	rm -rf $(VENV) static/node_modules build dist *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) static/node_modules build dist *.egg-info .pytest_cache .hypothesis .mypy_cache
 	find . -name __pycache__ -type d -not -path './.git/*' -prune -exec rm -rf {} +
 	rm -f twisted/plugins/dropin.cache

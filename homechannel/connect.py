@@ -16,7 +16,9 @@ reactor, no sockets, no aiortc.
 import json
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 from homechannel import crypto
 from homechannel.errors import (
@@ -90,7 +92,7 @@ def refusal_error(code: str, message: str = "") -> HomeChannelError:
 # -- session ids and SDP ---------------------------------------------------------
 
 
-def check_session_id(value) -> str:
+def check_session_id(value: object) -> str:
     if not isinstance(value, str) or not SESSION_ID.match(value):
         raise ProtocolError("session must be 22 base64url characters (16 random bytes)")
     return value
@@ -103,7 +105,7 @@ _FINGERPRINT = re.compile(r"\Aa=fingerprint:(sha-256) ([0-9A-Fa-f]{2}(?::[0-9A-F
                           re.IGNORECASE)
 
 
-def sdp_fingerprint(sdp, what="offer") -> str:
+def sdp_fingerprint(sdp: object, what: str = "offer") -> str:
     """Check that *sdp* has the only shape our clients produce; return its fingerprint.
 
     DTLS stacks (aiortc, browsers) check the peer's certificate against the
@@ -171,7 +173,7 @@ class DeviceToken:
                           separators=(",", ":"), sort_keys=True).encode("ascii")
 
     @classmethod
-    def issue(cls, identity, device: str, now: float,
+    def issue(cls, identity: crypto.IdentityKey, device: str, now: float,
               lifetime: float = DEVICE_TOKEN_LIFETIME) -> str:
         token = cls(identity.text, device, int(now), int(now + lifetime))
         payload = token.payload()
@@ -180,7 +182,7 @@ class DeviceToken:
                          crypto.b64u_encode(signature)])
 
     @classmethod
-    def verify(cls, server_raw: bytes, text, now: float) -> "DeviceToken":
+    def verify(cls, server_raw: bytes, text: object, now: float) -> "DeviceToken":
         """Parse and verify *text* for the server with raw key *server_raw*.
 
         Raises ProtocolError (malformed) or AuthenticationError (forged,
@@ -210,7 +212,7 @@ class DeviceToken:
         return token
 
 
-def device_challenge(now: float, random_bytes) -> bytes:
+def device_challenge(now: float, random_bytes: Callable[[int], bytes]) -> bytes:
     """The challenge a device-token holder makes itself: time(8) || random(8).
 
     The home server accepts it once, and only within MAX_CLOCK_SKEW of its
@@ -225,7 +227,8 @@ def device_challenge_time(challenge: bytes) -> int:
 # -- what the browser posts ------------------------------------------------------
 
 
-def _b64(doc, name, size, error=BadRequest):
+def _b64(doc: dict[str, Any], name: str, size: int,
+         error: type[HomeChannelError] = BadRequest) -> bytes:
     try:
         value = crypto.b64u_decode(doc.get(name))
     except ProtocolError:
@@ -249,8 +252,8 @@ class ConnectRequest:
     challenge: bytes
     proof: bytes
     offer: str
-    answer: bytes = None
-    device: str = None
+    answer: bytes | None = None
+    device: str | None = None
 
     def to_doc(self) -> dict:
         doc = {"server": self.server, "session": self.session,
@@ -297,7 +300,7 @@ class ConnectRequest:
         return cls(server, server_key, session, challenge, proof, doc["offer"], answer, device)
 
 
-def parse_server_id(text) -> bytes:
+def parse_server_id(text: object) -> bytes:
     try:
         return crypto.parse_server_id(text)
     except ProtocolError:
@@ -308,13 +311,13 @@ def parse_server_id(text) -> bytes:
 # -- what the coordinator relays to the home server (UDP OFFER transfer) ------------
 
 
-def check_ice_servers(value):
+def check_ice_servers(value: object) -> tuple[dict[str, Any], ...]:
     """Validate ICE server entries carried in a payload (RTCIceServer dicts)."""
     if value is None:
         return ()
     if not isinstance(value, list) or len(value) > MAX_ICE_SERVERS:
         raise ProtocolError(f"ice_servers must be a list of at most {MAX_ICE_SERVERS} entries")
-    out = []
+    out: list[dict[str, Any]] = []
     for entry in value:
         if not isinstance(entry, dict) or set(entry) - {"urls", "username", "credential"}:
             raise ProtocolError("an ICE server is {urls, username?, credential?}")
@@ -344,13 +347,14 @@ class Offer:
     challenge: bytes
     proof: bytes
     sdp: str
-    source: str = None
-    device: str = None
-    ice_servers: tuple = field(default_factory=tuple)
+    source: str | None = None
+    device: str | None = None
+    ice_servers: tuple[dict[str, Any], ...] = field(default_factory=tuple)
 
     def encode(self) -> bytes:
-        doc = {"session": self.session, "challenge": crypto.b64u_encode(self.challenge),
-               "proof": crypto.b64u_encode(self.proof), "offer": self.sdp}
+        doc: dict[str, Any] = {
+            "session": self.session, "challenge": crypto.b64u_encode(self.challenge),
+            "proof": crypto.b64u_encode(self.proof), "offer": self.sdp}
         if self.source is not None:
             doc["source"] = str(self.source)[:MAX_SOURCE]
         if self.device is not None:
@@ -391,7 +395,7 @@ class Offer:
                    check_ice_servers(doc.get("ice_servers")))
 
 
-def session_of(payload) -> str:
+def session_of(payload: bytes) -> str | None:
     """The session id of a payload that may not parse, or None (for error replies)."""
     try:
         sid = json.loads(bytes(payload).decode("utf-8")).get("session")
@@ -412,13 +416,15 @@ def failure_notice(source: str, reason: str) -> bytes:
 
 @dataclass(frozen=True)
 class Answer:
-    """A signed answer (``sdp``, ``time``, ``signature``) or a refusal (``error``)."""
+    """A signed answer (``sdp``, ``time``, ``signature``) or a refusal (``error``).
 
-    session: str
-    sdp: str = None
-    time: int = None
-    signature: bytes = None
-    error: str = None
+    ``session`` is None only in a refusal of an offer whose session did not parse."""
+
+    session: str | None
+    sdp: str | None = None
+    time: int | None = None
+    signature: bytes | None = None
+    error: str | None = None
     message: str = ""
 
     @property
@@ -426,16 +432,17 @@ class Answer:
         return self.error is not None
 
     def encode(self) -> bytes:
-        if self.refused:
-            doc = {"session": self.session, "error": self.error,
-                   "message": self.message or REFUSALS.get(self.error, (None, ""))[1]}
+        doc: dict[str, Any]
+        if self.error is not None:  # refused
+            known = REFUSALS[self.error][1] if self.error in REFUSALS else ""
+            doc = {"session": self.session, "error": self.error, "message": self.message or known}
         else:
-            doc = {"session": self.session, "answer": self.sdp, "time": int(self.time),
-                   "signature": crypto.b64u_encode(self.signature)}
+            doc = {"session": self.session, "answer": self.sdp, "time": int(self._time()),
+                   "signature": crypto.b64u_encode(self._signature())}
         return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode("utf-8")
 
     @classmethod
-    def refusal(cls, session, code, message=None) -> "Answer":
+    def refusal(cls, session: str | None, code: str, message: str | None = None) -> "Answer":
         return cls(session, error=code, message=message or REFUSALS[code][1])
 
     @classmethod
@@ -467,10 +474,20 @@ class Answer:
     def to_doc(self) -> dict:
         """The long-poll result the coordinator passes through unchanged."""
         return {"session": self.session, "status": "answered", "answer": self.sdp,
-                "time": self.time, "signature": crypto.b64u_encode(self.signature)}
+                "time": self.time, "signature": crypto.b64u_encode(self._signature())}
+
+    def _time(self) -> int:
+        if self.time is None:
+            raise TypeError("a refusal has no time")
+        return self.time
+
+    def _signature(self) -> bytes:
+        if self.signature is None:
+            raise TypeError("a refusal has no signature")
+        return self.signature
 
 
-def check_answer(doc, *, server_raw: bytes, session: str, challenge: bytes,
+def check_answer(doc: object, *, server_raw: bytes, session: str, challenge: bytes,
                  offer_digest: bytes, client_fp: str, now: float) -> str:
     """What a client checks before it uses an answer; returns the answer's fingerprint.
 
@@ -493,7 +510,8 @@ def check_answer(doc, *, server_raw: bytes, session: str, challenge: bytes,
         server_fp = sdp_fingerprint(sdp, "answer")
         crypto.verify(server_raw, crypto.b64u_decode(doc.get("signature")),
                       crypto.answer_signature_message(session, challenge, offer_digest,
-                                                      client_fp, server_fp, when, sdp))
+                                                      client_fp, server_fp, when,
+                                                      cast(str, sdp)))  # sdp_fingerprint checked it
     except (ProtocolError, AuthenticationError) as e:
         raise AuthenticationError(f"{forged} ({e})", "server-signature") from None
     if not abs(when - now) < MAX_CLOCK_SKEW:

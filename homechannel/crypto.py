@@ -25,6 +25,7 @@ import os
 import re
 import stat
 import struct
+from typing import Self
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
@@ -51,6 +52,9 @@ MIN_PBKDF2_ITERATIONS = 600_000
 
 _CURVE = ec.SECP256R1()
 
+# A file name as the functions below take it (a config string or a pathlib.Path).
+StrPath = str | os.PathLike[str]
+
 
 # -- encodings -------------------------------------------------------------
 
@@ -62,7 +66,7 @@ def b64u_encode(data: bytes) -> str:
 _B64U = re.compile(r"^[A-Za-z0-9_-]*$")
 
 
-def b64u_decode(text) -> bytes:
+def b64u_decode(text: object) -> bytes:
     """Decode unpadded base64url; raise ProtocolError on anything else."""
     if isinstance(text, bytes):
         try:
@@ -98,7 +102,7 @@ def public_key_from_raw(raw: bytes) -> ec.EllipticCurvePublicKey:
         raise ProtocolError("public key is not a point on P-256") from None
 
 
-def public_key_raw(key) -> bytes:
+def public_key_raw(key: ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey) -> bytes:
     if isinstance(key, ec.EllipticCurvePrivateKey):
         key = key.public_key()
     return key.public_bytes(
@@ -111,7 +115,7 @@ def key_id(public_raw: bytes) -> bytes:
     return sha256(public_raw)[:KEY_ID_SIZE]
 
 
-def parse_server_id(text) -> bytes:
+def parse_server_id(text: object) -> bytes:
     """A server id (base64url of the raw public key) to the raw key."""
     if isinstance(text, str) and len(text) == 87:
         return _parse_server_id_cached(text)
@@ -146,14 +150,14 @@ def verify(public_raw: bytes, signature: bytes, data: bytes) -> None:
 class IdentityKey:
     """An ECDSA P-256 identity: the coordinator's or a home server's."""
 
-    def __init__(self, private_key: ec.EllipticCurvePrivateKey):
+    def __init__(self, private_key: ec.EllipticCurvePrivateKey) -> None:
         self._key = private_key
         self.public_raw = public_key_raw(private_key)
         self.id = key_id(self.public_raw)
         self.text = b64u_encode(self.public_raw)
 
     @classmethod
-    def generate(cls):
+    def generate(cls) -> Self:
         return cls(ec.generate_private_key(_CURVE))
 
     def sign(self, data: bytes) -> bytes:
@@ -171,7 +175,7 @@ class IdentityKey:
     # -- files --
 
     @classmethod
-    def load(cls, path):
+    def load(cls, path: StrPath) -> Self:
         """Load a PEM private key; raise KeyFileError with advice on any problem."""
         try:
             st = os.stat(path)
@@ -205,14 +209,14 @@ class IdentityKey:
         return cls(key)
 
     @classmethod
-    def create(cls, path):
+    def create(cls, path: StrPath) -> Self:
         """Create a new key at *path* (mode 0600).  Never overwrites."""
         key = cls.generate()
         write_secret_file(path, key.private_pem())
         return key
 
     @classmethod
-    def load_or_create(cls, path):
+    def load_or_create(cls, path: StrPath) -> tuple[Self, bool]:
         """Load *path*, creating it only if it does not exist at all.
 
         Returns ``(key, created)``.  An existing file that does not load is
@@ -223,7 +227,7 @@ class IdentityKey:
         return cls.create(path), True
 
 
-def write_secret_file(path, data: bytes) -> None:
+def write_secret_file(path: StrPath, data: bytes) -> None:
     """Write *data* to a new file with mode 0600; refuse to overwrite."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, mode=0o700, exist_ok=True)
@@ -238,7 +242,7 @@ def write_secret_file(path, data: bytes) -> None:
         os.close(fd)
 
 
-def replace_secret_file(path, data: bytes) -> None:
+def replace_secret_file(path: StrPath, data: bytes) -> None:
     """Atomically replace *path* with *data* (mode 0600).  For non-identity secrets."""
     tmp = f"{path}.tmp.{os.getpid()}"
     if os.path.lexists(tmp):
@@ -255,7 +259,7 @@ class Ephemeral:
 
     __slots__ = ("_key", "public_raw")
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._key = ec.generate_private_key(_CURVE)
         self.public_raw = public_key_raw(self._key)
 
@@ -267,7 +271,7 @@ def hkdf(ikm: bytes, salt: bytes, info: bytes, length: int) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)
 
 
-def session_keys(shared: bytes, transcript_hash: bytes):
+def session_keys(shared: bytes, transcript_hash: bytes) -> tuple[bytes, bytes]:
     """Per-direction AES-256-GCM keys: ``(server_to_coordinator, coordinator_to_server)``."""
     okm = hkdf(shared, transcript_hash, b"homechannel udp v1 session keys", 2 * AEAD_KEY_SIZE)
     return okm[:AEAD_KEY_SIZE], okm[AEAD_KEY_SIZE:]
@@ -394,7 +398,7 @@ def certificate_fingerprint(der: bytes) -> str:
 # -- the home server's password key file ----------------------------------
 
 
-def save_password_key(path, server_public_raw: bytes, password_key: bytes,
+def save_password_key(path: StrPath, server_public_raw: bytes, password_key: bytes,
                       iterations: int = PBKDF2_ITERATIONS) -> None:
     """Store the derived key (never the password) as JSON, mode 0600."""
     doc = {
@@ -407,7 +411,7 @@ def save_password_key(path, server_public_raw: bytes, password_key: bytes,
     replace_secret_file(path, (json.dumps(doc, indent=2) + "\n").encode())
 
 
-def load_password_key(path, server_public_raw: bytes) -> bytes:
+def load_password_key(path: StrPath, server_public_raw: bytes) -> bytes:
     try:
         with open(path, "rb") as f:
             doc = json.loads(f.read())

@@ -2,38 +2,41 @@
 UDP sides use.  Pure: times are passed in, nothing is scheduled here."""
 
 import heapq
+from collections.abc import Hashable
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
 class Request:
-    key: object
+    key: Hashable
     message: bytes            # the inner message; re-sealed with a fresh counter each time
     sent: float
     rto: float
     deadline: float           # give up at this time (inf: never)
     attempts: int = 1
-    context: object = None    # anything the owner needs when the reply or timeout comes
+    context: Any = None       # anything the owner needs when the reply or timeout comes
     due: float = field(init=False)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.due = self.sent + self.rto
 
 
 class Outstanding:
     """Requests awaiting a reply, retransmitted with exponential backoff."""
 
-    def __init__(self, rto=0.5, rto_max=4.0, limit=10_000):
+    def __init__(self, rto: float = 0.5, rto_max: float = 4.0, limit: int = 10_000) -> None:
         self.rto = rto
         self.rto_max = rto_max
         self.limit = limit
-        self._items = {}
-        self._heap = []
+        self._items: dict[Hashable, Request] = {}
+        self._heap: list[tuple[float, int, Request]] = []
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._items)
 
-    def add(self, key, message, now, deadline=float("inf"), context=None, rto=None):
+    def add(self, key: Hashable, message: bytes, now: float, deadline: float = float("inf"),
+            context: Any = None, rto: float | None = None) -> Request:
         if len(self._items) >= self.limit and key not in self._items:
             raise OverflowError("too many requests in flight")
         req = Request(key, message, now, rto or self.rto, deadline, context=context)
@@ -41,22 +44,23 @@ class Outstanding:
         heapq.heappush(self._heap, (min(req.due, req.deadline), id(req), req))
         return req
 
-    def pop(self, key):
+    def pop(self, key: Hashable) -> Request | None:
         """The request answered by a reply with *key*, removed; or None."""
         return self._items.pop(key, None)
 
-    def get(self, key):
+    def get(self, key: Hashable) -> Request | None:
         return self._items.get(key)
 
-    def clear(self):
+    def clear(self) -> list[Request]:
         items = list(self._items.values())
         self._items.clear()
         self._heap.clear()
         return items
 
-    def due(self, now):
+    def due(self, now: float) -> tuple[list[Request], list[Request]]:
         """``(resend, expired)``: requests to send again now, and those past deadline."""
-        resend, expired = [], []
+        resend: list[Request] = []
+        expired: list[Request] = []
         heap = self._heap
         while heap and heap[0][0] <= now:
             _, _, req = heapq.heappop(heap)
@@ -73,7 +77,7 @@ class Outstanding:
             resend.append(req)
         return resend, expired
 
-    def next_deadline(self):
+    def next_deadline(self) -> float | None:
         heap = self._heap
         while heap and self._items.get(heap[0][2].key) is not heap[0][2]:
             heapq.heappop(heap)

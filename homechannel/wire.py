@@ -12,6 +12,11 @@ from dataclasses import dataclass
 from homechannel import crypto
 from homechannel.errors import ProtocolError
 
+# A UDP peer as Twisted gives it, ``(host, port)``, and what the sans-I/O
+# protocols return: the datagrams to send, each with where to.
+Address = tuple[str, int]
+Datagrams = list[tuple[bytes, Address]]
+
 MAGIC = b"HC"
 VERSION = 1
 

@@ -12,32 +12,34 @@ holds something (the count is dropped at zero), so it never has more keys
 than the table it guards has entries: its size is bounded by that table's cap.
 """
 
+from collections.abc import Hashable
+
 
 class Shares:
     """Per-key amounts, each at most *limit*."""
 
-    def __init__(self, limit):
+    def __init__(self, limit: int) -> None:
         if limit <= 0:
             raise ValueError("a share must be positive")
         self.limit = limit
-        self._held = {}
+        self._held: dict[Hashable, int] = {}
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._held)
 
-    def held(self, key):
+    def held(self, key: Hashable) -> int:
         return self._held.get(key, 0)
 
-    def room(self, key, amount=1):
+    def room(self, key: Hashable, amount: int = 1) -> bool:
         """True if *key* may take *amount* more."""
         return self._held.get(key, 0) + amount <= self.limit
 
-    def take(self, key, amount=1):
+    def take(self, key: Hashable, amount: int = 1) -> None:
         """Count *amount* more for *key* (the caller checked :meth:`room`)."""
         if amount:
             self._held[key] = self._held.get(key, 0) + amount
 
-    def give_back(self, key, amount=1):
+    def give_back(self, key: Hashable, amount: int = 1) -> None:
         """*key* released *amount*."""
         if not amount:
             return

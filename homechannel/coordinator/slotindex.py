@@ -56,7 +56,7 @@ class SlotIndex:
         """Memory held by the table itself."""
         return len(self._table) * self._table.itemsize
 
-    def find(self, key) -> int:
+    def find(self, key: Hashable) -> int:
         """The slot stored for *key*, or -1."""
         table, mask, matches = self._table, self._mask, self._matches
         i = self._hash_of(key) & mask
@@ -68,7 +68,7 @@ class SlotIndex:
                 return v - 1
             i = (i + 1) & mask
 
-    def insert(self, key, slot: int) -> None:
+    def insert(self, key: Hashable, slot: int) -> None:
         """Store *slot* for *key*.  The caller guarantees that *key* is not in
         the index yet (``find(key) == -1``) and that ``key_of(slot) == key``."""
         if (self.count + 1) * 2 > len(self._table):
@@ -80,7 +80,7 @@ class SlotIndex:
         table[i] = slot + 1
         self.count += 1
 
-    def remove(self, key) -> bool:
+    def remove(self, key: Hashable) -> bool:
         """Forget *key*; False if it was not in the index."""
         table, mask, matches = self._table, self._mask, self._matches
         i = self._hash_of(key) & mask

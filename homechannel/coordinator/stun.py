@@ -24,9 +24,11 @@ lets two peers behind ordinary (cone) NATs reach each other.
 import binascii
 import socket
 import struct
+from collections import Counter
 
 from homechannel.coordinator.ratelimit import RateLimiter, source_key
 from homechannel.errors import ProtocolError
+from homechannel.wire import Address, Datagrams
 
 MAGIC_COOKIE = 0x2112A442
 _COOKIE = struct.pack(">I", MAGIC_COOKIE)
@@ -45,7 +47,7 @@ _HEADER = struct.Struct(">HHI12s")
 _ATTR = struct.Struct(">HH")
 
 
-def looks_like_stun(data) -> bool:
+def looks_like_stun(data: bytes) -> bool:
     """The RFC 8489 demultiplexing test: first two bits zero, magic cookie."""
     return len(data) >= HEADER_SIZE and data[0] < 0x40 and data[4:8] == _COOKIE
 
@@ -57,7 +59,7 @@ def _fingerprint(message: bytes) -> int:
 class Request:
     __slots__ = ("transaction_id", "fingerprint")
 
-    def __init__(self, transaction_id, fingerprint):
+    def __init__(self, transaction_id: bytes, fingerprint: bool) -> None:
         self.transaction_id = transaction_id
         self.fingerprint = fingerprint
 
@@ -114,11 +116,11 @@ def _xor_address(host: str, port: int, txid: bytes) -> bytes:
         xaddr = int.from_bytes(packed, "big") ^ MAGIC_COOKIE
         return struct.pack(">HHBBHI", XOR_MAPPED_ADDRESS, 8, 0, 1, xport, xaddr)
     mask = int.from_bytes(_COOKIE + txid, "big")
-    xaddr = (int.from_bytes(packed, "big") ^ mask).to_bytes(16, "big")
-    return struct.pack(">HHBBH", XOR_MAPPED_ADDRESS, 20, 0, 2, xport) + xaddr
+    xaddr6 = (int.from_bytes(packed, "big") ^ mask).to_bytes(16, "big")
+    return struct.pack(">HHBBH", XOR_MAPPED_ADDRESS, 20, 0, 2, xport) + xaddr6
 
 
-def binding_response(transaction_id: bytes, addr, fingerprint: bool) -> bytes:
+def binding_response(transaction_id: bytes, addr: Address, fingerprint: bool) -> bytes:
     """A Binding success response telling *addr* ``(host, port)`` its address."""
     body = _xor_address(addr[0], addr[1], transaction_id)
     if not fingerprint:
@@ -135,19 +137,19 @@ class StunResponder:
     the rendezvous so that ``/metrics`` and logs show one table).
     """
 
-    def __init__(self, stats, per_source_per_second=20.0, per_second=20_000.0,
-                 max_sources=10_000):
+    def __init__(self, stats: Counter[str], per_source_per_second: float = 20.0,
+                 per_second: float = 20_000.0, max_sources: int = 10_000) -> None:
         self.stats = stats
         self._per_source = RateLimiter(None, max(1.0, 2 * per_source_per_second), 2.0,
                                        max_keys=max_sources)
         self._global = RateLimiter(None, max(1.0, per_second), 1.0)
 
-    def _drop(self, reason):
+    def _drop(self, reason: str) -> Datagrams:
         self.stats["dropped"] += 1
         self.stats["dropped.stun-" + reason] += 1
         return []
 
-    def receive(self, data, addr, now):
+    def receive(self, data: bytes, addr: Address, now: float) -> Datagrams:
         try:
             request = parse_request(data)
         except ProtocolError:

@@ -17,12 +17,16 @@ import hashlib
 import hmac
 import math
 import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
 
 from homechannel import crypto
 from homechannel.errors import ConfigError
 
 
-def load_secret(path) -> bytes:
+def load_secret(path: crypto.StrPath) -> bytes:
     """coturn's ``static-auth-secret``, from a file (surrounding whitespace ignored)."""
     try:
         with open(path, "rb") as f:
@@ -44,10 +48,10 @@ def credential(secret: bytes, username: str) -> str:
     return base64.b64encode(mac).decode("ascii")
 
 
-def order_urls(urls) -> list:
+def order_urls(urls: Iterable[str]) -> list[str]:
     """TURN URLs in the order that suits aiortc, which uses only the first one:
     plain UDP first, then TCP, then TLS (browsers try them all)."""
-    def rank(url):
+    def rank(url: str) -> int:
         if url.startswith("turns:"):
             return 2
         return 1 if "transport=tcp" in url else 0
@@ -57,7 +61,8 @@ def order_urls(urls) -> list:
 class TurnMinter:
     """Mints ``{"urls", "username", "credential"}`` entries valid for *lifetime* s."""
 
-    def __init__(self, urls, secret: bytes, lifetime: float, clock, random_bytes=os.urandom):
+    def __init__(self, urls: Iterable[str], secret: bytes, lifetime: float, clock: IReactorTime,
+                 random_bytes: Callable[[int], bytes] = os.urandom) -> None:
         if not urls:
             raise ConfigError("turn.urls is empty: list coturn's URLs, e.g. "
                               '["turn:turn.example.org:3478?transport=udp"]')
@@ -70,7 +75,7 @@ class TurnMinter:
         self._random_bytes = random_bytes
         self.minted = 0
 
-    def mint(self) -> dict:
+    def mint(self) -> dict[str, Any]:
         expiry = int(math.ceil(self._clock.seconds() + self.lifetime))
         username = f"{expiry}:{crypto.b64u_encode(self._random_bytes(9))}"
         self.minted += 1
@@ -78,7 +83,8 @@ class TurnMinter:
                 "credential": credential(self._secret, username)}
 
 
-def ice_servers_for(client_ice, minter=None):
+def ice_servers_for(client_ice: Iterable[dict[str, Any]],
+                    minter: TurnMinter | None = None) -> Callable[[str], list[dict[str, Any]]]:
     """The ``ice_servers(role)`` callable the connect broker uses.
 
     ``"client"`` (the signed server lookup, for browsers and native clients):
@@ -89,7 +95,7 @@ def ice_servers_for(client_ice, minter=None):
     """
     client_ice = [dict(s) for s in client_ice]
 
-    def ice_servers(role):
+    def ice_servers(role: str) -> list[dict[str, Any]]:
         turn = [minter.mint()] if minter is not None else []
         return (list(client_ice) if role == "client" else []) + turn
 

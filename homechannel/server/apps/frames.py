@@ -14,7 +14,8 @@ section 3 is the reference.  Anything that does not parse raises
 
 import json
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 from homechannel import errors
 
@@ -43,15 +44,16 @@ MAX_JSON = 16384
 class Frame:
     type: int
     id: int
-    body: dict = field(default=None)  # JSON frames
+    body: dict[str, Any] | None = None  # JSON frames
     data: bytes = b""  # DATA frames
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         what = f"{len(self.data)} bytes" if self.type == DATA else repr(self.body)
         return f"<Frame {TYPES.get(self.type, self.type)} #{self.id} {what}>"
 
 
-def encode(ftype, rid, body=None, data=b""):
+def encode(ftype: int, rid: int, body: dict[str, Any] | None = None,
+           data: bytes | bytearray | memoryview = b"") -> bytes:
     """Serialise one frame.  *body* (a dict) for JSON frames, *data* for DATA."""
     if ftype not in TYPES:
         raise ValueError(f"unknown frame type {ftype}")
@@ -68,7 +70,7 @@ def encode(ftype, rid, body=None, data=b""):
     return frame
 
 
-def decode(message):
+def decode(message: object) -> Frame:
     """Parse one datachannel message into a :class:`Frame` or raise ProtocolError."""
     if isinstance(message, str):
         raise errors.ProtocolError("app channels carry binary frames, not text")
@@ -98,7 +100,7 @@ def decode(message):
 
 # -- structured errors ------------------------------------------------------
 
-def error_body(exc):
+def error_body(exc: BaseException) -> dict[str, Any]:
     """The ERR payload for *exc*: ``{"code", "message"}``; never a traceback."""
     if isinstance(exc, errors.HomeChannelError):
         return exc.doc()

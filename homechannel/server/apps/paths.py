@@ -55,7 +55,7 @@ import ctypes
 import errno
 import os
 import stat as statmod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from homechannel import errors
 
@@ -112,7 +112,7 @@ def kind(st: os.stat_result) -> str:
     return "other"  # FIFO, socket, character or block device
 
 
-def _outside(what):
+def _outside(what: str) -> errors.Forbidden:
     return errors.Forbidden(f"{what} resolves outside its root", "outside-root")
 
 
@@ -127,7 +127,7 @@ class Location:
     __slots__ = ("dir_fd", "name", "parts", "st")
 
     def __init__(self, dir_fd: int, name: str, parts: list[str], st: os.stat_result | None):
-        self.dir_fd = dir_fd
+        self.dir_fd: int | None = dir_fd  # None once closed
         self.name = name
         self.parts = parts
         self.st = st
@@ -145,7 +145,7 @@ class Location:
     def __enter__(self) -> "Location":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -153,8 +153,8 @@ class Roots:
     """The configured roots, each resolved once to its real path (per session)."""
 
     def __init__(self, roots: Iterable[str]):
-        self._roots = []
-        seen = {}
+        self._roots: list[tuple[str, str]] = []  # (name shown, real path)
+        seen: dict[str, int] = {}
         for configured in roots:
             real = os.path.realpath(os.path.expanduser(configured))
             base = os.path.basename(real) or real
@@ -213,14 +213,14 @@ class Roots:
 
     def _walk(self, index: int, parts: list[str], follow: bool, what: str) -> Location:
         root_fd = self.open_root(index)
-        cur = None
+        cur: int | None = None  # the directory reached so far; None once returned in a Location
         try:
             root_st = os.fstat(root_fd)
             root_id = (root_st.st_dev, root_st.st_ino)
             root_parts = [p for p in self.root(index).split("/") if p]
             cur, cur_id, cur_st = os.dup(root_fd), root_id, root_st
-            names = []  # components from the root to ``cur``
-            ids = []  # (st_dev, st_ino) of each directory above ``cur``
+            names: list[str] = []  # components from the root to ``cur``
+            ids: list[tuple[int, int]] = []  # (st_dev, st_ino) of each directory above ``cur``
             todo = parts[::-1]  # a stack: the next component is todo[-1]
             links = 0
             while todo:
@@ -247,6 +247,7 @@ class Roots:
                         st = None
                     loc, cur = Location(cur, name, names + [name], st), None
                     return loc
+                fd: int | None  # None once it became ``cur``
                 try:
                     fd = os.open(name, _PATH, dir_fd=cur)
                 except FileNotFoundError:
@@ -301,7 +302,7 @@ class Roots:
 RENAME_NOREPLACE = 1
 
 
-def _load_renameat2():
+def _load_renameat2() -> Callable[..., int] | None:
     try:
         fn = ctypes.CDLL(None, use_errno=True).renameat2
     except (AttributeError, OSError):
@@ -364,9 +365,9 @@ def remove_tree(dir_fd: int, name: str) -> None:
     unlinked first and descended into only when ``unlink`` says they are a
     directory, so no check can go stale before its use.  No recursion: depth
     is bounded by the open file limit, not the Python stack."""
-    stack = []  # (fd, name, names left to remove) from the top directory down
+    stack: list[tuple[int, str, list[str]]] = []  # (fd, name, names left), top directory first
 
-    def enter(parent_fd, dname):
+    def enter(parent_fd: int, dname: str) -> None:
         fd = os.open(dname, DIR_READ, dir_fd=parent_fd)
         stack.append((fd, dname, []))
         with os.scandir(fd) as it:
