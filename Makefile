@@ -24,12 +24,13 @@ TEST_TIMEOUT ?= 780
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv npm sysdeps run test test-fast bench clean
+.PHONY: help venv npm sysdeps run test test-fast typecheck bench clean
 
 help:
 	@echo "make run     start a demo coordinator + home server on 127.0.0.1"
 	@echo "make test    install everything and run the tests in a loopback-only netns"
-	@echo "make test-fast  unit and protocol tests only (pytest -m 'not e2e')"
+	@echo "make test-fast  unit and protocol tests only (pytest -m 'not e2e'), the type check included"
+	@echo "make typecheck  mypy on the pure modules listed in setup.cfg [mypy]"
 	@echo "make bench   run every bench/*.py (python -m bench.NAME)"
 	@echo "make venv | npm | sysdeps | clean"
 
@@ -109,6 +110,11 @@ test: sysdeps venv npm
 # The fast lane: unit and protocol tests only (no twistd, Chromium, sshd, VNC).
 test-fast: venv
 	tests/netns-run $(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
+
+# mypy (with the zope plugin) on the pure modules listed in setup.cfg [mypy];
+# tests/test_types.py runs the same in both lanes.
+typecheck: venv
+	$(PY) -m mypy
 
 # Every bench/<name>.py, as "python -m bench.<name>", in a loopback-only netns.
 bench: venv npm

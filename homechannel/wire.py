@@ -7,6 +7,7 @@ module is their one implementation.  Parsing anything malformed raises
 """
 
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from homechannel import crypto
@@ -88,7 +89,7 @@ def datagram_type(data: bytes) -> int:
     return kind
 
 
-def _exact(data, size, what):
+def _exact(data: bytes, size: int, what: str) -> None:
     if len(data) != size:
         raise ProtocolError(f"{what} must be {size} bytes")
 
@@ -109,7 +110,7 @@ def cookie(nonce: bytes, cookie_value: bytes) -> bytes:
     return header(COOKIE) + nonce + cookie_value
 
 
-def parse_cookie(data: bytes):
+def parse_cookie(data: bytes) -> tuple[bytes, bytes]:
     _exact(data, HEADER_SIZE + NONCE_SIZE + COOKIE_SIZE, "COOKIE")
     return data[4:20], data[20:40]
 
@@ -122,7 +123,7 @@ class Init:
     ephemeral: bytes
 
 
-def init(cookie_value, nonce, identity_raw, ephemeral_raw) -> bytes:
+def init(cookie_value: bytes, nonce: bytes, identity_raw: bytes, ephemeral_raw: bytes) -> bytes:
     return header(INIT) + cookie_value + nonce + identity_raw + ephemeral_raw
 
 
@@ -131,11 +132,11 @@ def parse_init(data: bytes) -> Init:
     return Init(data[4:24], data[24:40], data[40:105], data[105:170])
 
 
-def resp(nonce, ephemeral_raw, signature) -> bytes:
+def resp(nonce: bytes, ephemeral_raw: bytes, signature: bytes) -> bytes:
     return header(RESP) + nonce + ephemeral_raw + signature
 
 
-def parse_resp(data: bytes):
+def parse_resp(data: bytes) -> tuple[bytes, bytes, bytes]:
     _exact(data, RESP_SIZE, "RESP")
     return data[4:20], data[20:85], data[85:149]
 
@@ -152,13 +153,13 @@ UNKNOWN_LABEL = b"homechannel udp v1 unknown\n"
 _FIN_FIXED = HEADER_SIZE + NONCE_SIZE + crypto.SIGNATURE_SIZE
 
 
-def finish(nonce, signature, key, counter, inner: bytes) -> bytes:
+def finish(nonce: bytes, signature: bytes, key: bytes, counter: int, inner: bytes) -> bytes:
     """FINISH carries the first sealed message (REGISTER) with counter *counter*."""
     prefix = header(FINISH) + nonce + signature + counter.to_bytes(8, "big")
     return prefix + crypto.seal(key, counter, inner, prefix)
 
 
-def parse_finish(data: bytes):
+def parse_finish(data: bytes) -> tuple[bytes, bytes, int, bytes, bytes]:
     """``(nonce, signature, counter, aad, ciphertext)``; the caller opens it."""
     if len(data) < _FIN_FIXED + COUNTER_SIZE + crypto.TAG_SIZE + _INNER.size:
         raise ProtocolError("FINISH too short")
@@ -177,14 +178,14 @@ def seal_data(key: bytes, counter: int, inner: bytes, pad_to: int = 0) -> bytes:
     return prefix + crypto.seal(key, counter, inner, prefix)
 
 
-def parse_data(data: bytes):
+def parse_data(data: bytes) -> tuple[int, bytes, bytes]:
     """``(counter, aad, ciphertext)`` of a DATA datagram."""
     if len(data) < HEADER_SIZE + COUNTER_SIZE + crypto.TAG_SIZE + _INNER.size:
         raise ProtocolError("DATA too short")
     return int.from_bytes(data[4:12], "big"), data[:12], data[12:]
 
 
-def open_data(key: bytes, data: bytes):
+def open_data(key: bytes, data: bytes) -> tuple[int, bytes]:
     """Open a DATA datagram: ``(counter, inner plaintext)``; AuthenticationError."""
     counter, aad, ct = parse_data(data)
     return counter, crypto.open_sealed(key, counter, ct, aad)
@@ -199,7 +200,7 @@ def unknown_reference(data: bytes) -> bytes:
     return data[4:12] + data[-crypto.TAG_SIZE:]
 
 
-def parse_unknown(data: bytes):
+def parse_unknown(data: bytes) -> tuple[bytes, bytes]:
     _exact(data, UNKNOWN_SIZE, "UNKNOWN")
     return data[4:28], data[28:92]
 
@@ -211,7 +212,7 @@ def inner(kind: int, request_id: int, body: bytes = b"") -> bytes:
     return _INNER.pack(kind, request_id, len(body)) + body
 
 
-def parse_inner(plain: bytes):
+def parse_inner(plain: bytes) -> tuple[int, int, bytes]:
     """``(kind, request id, body)``; trailing padding is ignored."""
     if len(plain) < _INNER.size:
         raise ProtocolError("message too short")
@@ -223,24 +224,24 @@ def parse_inner(plain: bytes):
     return kind, rid, plain[_INNER.size:_INNER.size + n]
 
 
-def pairs(items) -> bytes:
+def pairs(items: Iterable[tuple[bytes, bytes]]) -> bytes:
     """A challenge pool: count (1 byte), then challenge(16) || expectedAnswer(32)."""
     items = list(items)
     return bytes([len(items)]) + b"".join(c + e for c, e in items)
 
 
-def generation_pairs(generation: int, items) -> bytes:
+def generation_pairs(generation: int, items: Iterable[tuple[bytes, bytes]]) -> bytes:
     """A CHALLENGES body: generation (4, counts up from 1 in each session), then a pool."""
     return _GEN.pack(generation) + pairs(items)
 
 
-def parse_generation_pairs(body: bytes):
+def parse_generation_pairs(body: bytes) -> tuple[int, list[tuple[bytes, bytes]]]:
     if len(body) < 5:
         raise ProtocolError("bad CHALLENGES")
     return _GEN.unpack_from(body)[0], parse_pairs(body[4:])
 
 
-def parse_pairs(body: bytes):
+def parse_pairs(body: bytes) -> list[tuple[bytes, bytes]]:
     if not body or len(body) != 1 + body[0] * _PAIR or body[0] > 8:
         raise ProtocolError("bad challenge pool")
     return [(body[1 + i * _PAIR:17 + i * _PAIR], body[17 + i * _PAIR:1 + (i + 1) * _PAIR])
@@ -257,7 +258,8 @@ class Fragment:
     chunk: bytes
 
 
-def fragment(transfer, kind, index, count, total, chunk) -> bytes:
+def fragment(transfer: int, kind: int, index: int, count: int, total: int,
+             chunk: bytes) -> bytes:
     return _XFER.pack(transfer, kind, index, count, total) + chunk
 
 
@@ -278,7 +280,7 @@ def parse_fragment(body: bytes) -> Fragment:
     return Fragment(transfer, kind, index, count, total, chunk)
 
 
-def split(transfer: int, kind: int, payload: bytes):
+def split(transfer: int, kind: int, payload: bytes) -> list[bytes]:
     """All fragment bodies of one transfer."""
     if not 0 < len(payload) <= MAX_TRANSFER:
         raise ValueError(f"transfer payload must be 1..{MAX_TRANSFER} bytes")
@@ -287,11 +289,11 @@ def split(transfer: int, kind: int, payload: bytes):
                      payload[i * FRAGMENT_SIZE:(i + 1) * FRAGMENT_SIZE]) for i in range(count)]
 
 
-def fragment_ack(transfer, index) -> bytes:
+def fragment_ack(transfer: int, index: int) -> bytes:
     return _XFER_ACK.pack(transfer, index)
 
 
-def parse_fragment_ack(body: bytes):
+def parse_fragment_ack(body: bytes) -> tuple[int, int]:
     if len(body) != _XFER_ACK.size:
         raise ProtocolError("bad fragment ack")
     return _XFER_ACK.unpack(body)
@@ -304,7 +306,7 @@ def migrate(host: str, port: int, public_raw: bytes) -> bytes:
     return bytes([len(h)]) + h + port.to_bytes(2, "big") + public_raw
 
 
-def parse_migrate(body: bytes):
+def parse_migrate(body: bytes) -> tuple[str, int, bytes]:
     if not body or len(body) != 1 + body[0] + 2 + crypto.PUBLIC_KEY_SIZE:
         raise ProtocolError("bad MIGRATE")
     n = body[0]
@@ -324,7 +326,7 @@ REPLAY_WINDOW = 64
 _MASK64 = (1 << 64) - 1
 
 
-def replay_check(top: int, bitmap: int, counter: int):
+def replay_check(top: int, bitmap: int, counter: int) -> tuple[bool, int, int]:
     """The sliding replay window: ``(accepted, top, bitmap)``.
 
     *top* is the highest counter accepted so far, bit *i* of *bitmap* says
@@ -352,12 +354,13 @@ class Reassembly:
     ``cost(fragment)`` what adding *fragment* would add to it, so that the
     owner can keep a byte budget over many peers."""
 
-    def __init__(self, max_transfers=8, timeout=30.0, remember=64):
+    def __init__(self, max_transfers: int = 8, timeout: float = 30.0, remember: int = 64) -> None:
         self.max_transfers = max_transfers
         self.timeout = timeout
         self.buffered = 0
-        self._open = {}          # transfer id -> (started, kind, count, total, {index: chunk})
-        self._done = {}          # transfer id -> None (insertion ordered)
+        # transfer id -> (started, kind, count, total, {index: chunk})
+        self._open: dict[int, tuple[float, int, int, int, dict[int, bytes]]] = {}
+        self._done: dict[int, None] = {}  # transfer id -> None (insertion ordered)
         self._remember = remember
 
     def cost(self, frag: Fragment) -> int:
@@ -368,7 +371,7 @@ class Reassembly:
             return 0
         return len(frag.chunk)
 
-    def add(self, frag: Fragment, now):
+    def add(self, frag: Fragment, now: float) -> bytes | None:
         if frag.transfer in self._done:
             return None
         self.expire(now)
@@ -393,7 +396,7 @@ class Reassembly:
             del self._done[next(iter(self._done))]
         return b"".join(chunks[i] for i in range(count))
 
-    def expire(self, now):
+    def expire(self, now: float) -> None:
         """Drop incomplete transfers older than the timeout."""
         for tid in [t for t, e in self._open.items() if now - e[0] > self.timeout]:
             self.buffered -= sum(map(len, self._open.pop(tid)[4].values()))

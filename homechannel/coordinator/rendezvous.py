@@ -18,12 +18,15 @@ one source, with any number of throwaway server keys, fills only its share.
 import os
 import struct
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Literal
 
 from twisted.logger import Logger
 
 from homechannel import crypto, wire
 from homechannel.coordinator import stun as stun_
+from homechannel.coordinator.interfaces import IRegistry
 from homechannel.coordinator.ratelimit import RateLimiter, source_key
 from homechannel.coordinator.registry import Registry, pack_addr
 from homechannel.coordinator.shares import Shares
@@ -31,6 +34,7 @@ from homechannel.errors import (
     AuthenticationError, CapacityError, ProtocolError, Unavailable,
 )
 from homechannel.retransmit import Outstanding
+from homechannel.wire import Address, Datagrams
 
 log = Logger()
 
@@ -48,7 +52,7 @@ NOTICE_DEADLINE = 30.0
 
 @dataclass
 class _Pending:
-    addr: tuple
+    addr: Address
     init: bytes
     created: float
     th: bytes
@@ -63,27 +67,29 @@ class _Pending:
 class Rendezvous:
     """Registers home servers and relays offers and answers to them."""
 
-    def __init__(self, identity, registry=None, random_bytes=os.urandom,
-                 max_handshakes=10_000, unknown_replies_per_second=1000.0,
-                 per_source_per_second=20.0, max_transfers_per_server=4,
-                 max_in_flight=50_000, hellos_per_second=50_000.0,
-                 max_handshakes_per_source=100, reassembly_bytes=32 * 1024 * 1024,
-                 reassembly_bytes_per_source=1024 * 1024, stun=True):
+    def __init__(self, identity: crypto.IdentityKey, registry: IRegistry | None = None,
+                 random_bytes: Callable[[int], bytes] = os.urandom,
+                 max_handshakes: int = 10_000, unknown_replies_per_second: float = 1000.0,
+                 per_source_per_second: float = 20.0, max_transfers_per_server: int = 4,
+                 max_in_flight: int = 50_000, hellos_per_second: float = 50_000.0,
+                 max_handshakes_per_source: int = 100, reassembly_bytes: int = 32 * 1024 * 1024,
+                 reassembly_bytes_per_source: int = 1024 * 1024,
+                 stun: stun_.StunResponder | Literal[True] | None = True) -> None:
         self.identity = identity
-        self.registry = registry if registry is not None else Registry()
+        self.registry: IRegistry = registry if registry is not None else Registry()
         self.random_bytes = random_bytes
         self.max_handshakes = max_handshakes
         self._handshakes_by_source = Shares(max_handshakes_per_source)
-        self.stats = Counter()
+        self.stats: Counter[str] = Counter()
         self.received = 0
-        self.on_answer = lambda kid, payload: None
+        self.on_answer: Callable[[bytes, bytes], object] = lambda kid, payload: None
         # STUN Binding requests on the same port (coordinator/stun.py); True
         # for the defaults, a StunResponder, or None to refuse them.
         if stun is True:
             stun = stun_.StunResponder(self.stats)
         self.stun = stun
-        self._cookie_secrets = {}
-        self._pending = OrderedDict()      # nonce -> _Pending
+        self._cookie_secrets: dict[int, bytes] = {}
+        self._pending: OrderedDict[bytes, _Pending] = OrderedDict()      # nonce -> _Pending
         # Token buckets over 1 s: global ones keyed by "", per source by host.
         self._unknown_bucket = RateLimiter(None, max(1.0, unknown_replies_per_second), 1.0)
         # HELLO is answered before the source proved its address, so it is
@@ -92,30 +98,32 @@ class Rendezvous:
         self._hello_bucket = RateLimiter(None, max(1.0, hellos_per_second), 1.0)
         self._per_source = RateLimiter(None, max(1.0, 2 * per_source_per_second), 2.0,
                                        max_keys=10_000)
-        self._reassembly = {}              # kid -> (wire.Reassembly, source network)
+        # kid -> (its reassembly, its source network)
+        self._reassembly: dict[bytes, tuple[wire.Reassembly, str]] = {}
         self.reassembly_bytes = reassembly_bytes
         self._reassembled = 0              # bytes held by all of them
         self._reassembly_by_source = Shares(reassembly_bytes_per_source)
-        self._awaiting = {}                # kid -> until when an ANSWER is accepted
+        self._awaiting: dict[bytes, float] = {}  # kid -> until when an ANSWER is accepted
         self._max_transfers = max_transfers_per_server
-        self._out = Outstanding(rto=0.5, rto_max=2.0, limit=max_in_flight)
-        self._offers = {}                  # transfer key -> [remaining indexes, callback]
-        self._refilling = set()            # kids with a REFILL in flight
+        self._out: Outstanding[tuple[bytes, int]] = Outstanding(
+            rto=0.5, rto_max=2.0, limit=max_in_flight)
+        self._offers: dict[tuple[bytes, str, int], list[Any]] = {}  # -> [remaining rids, callback]
+        self._refilling: set[bytes] = set()  # kids with a REFILL in flight
         self._next_id = int.from_bytes(random_bytes(4), "big") & 0x7FFFFFFF
 
     # -- helpers ------------------------------------------------------------
 
-    def _drop(self, reason):
+    def _drop(self, reason: str) -> Datagrams:
         self.stats["dropped"] += 1
         self.stats["dropped." + reason] += 1
         log.debug("dropped datagram: {reason}", reason=reason)
         return []
 
-    def _rid(self):
+    def _rid(self) -> int:
         self._next_id = (self._next_id + 1) & 0xFFFFFFFF
         return self._next_id
 
-    def _cookie_secret(self, epoch):
+    def _cookie_secret(self, epoch: int) -> bytes:
         secret = self._cookie_secrets.get(epoch)
         if secret is None:
             secret = self.random_bytes(32)
@@ -124,24 +132,24 @@ class Rendezvous:
             self._cookie_secrets[epoch] = secret
         return secret
 
-    def _cookie(self, addr, nonce, epoch):
+    def _cookie(self, addr: Address, nonce: bytes, epoch: int) -> bytes:
         mac = crypto.hmac_sha256(self._cookie_secret(epoch),
                                  struct.pack(">I", epoch) + pack_addr(addr) + nonce)
         return struct.pack(">I", epoch) + mac[:16]
 
-    def _cookie_ok(self, addr, nonce, value, now):
+    def _cookie_ok(self, addr: Address, nonce: bytes, value: bytes, now: float) -> bool:
         epoch = struct.unpack(">I", value[:4])[0]
         current = int(now // COOKIE_EPOCH)
         if epoch not in (current, current - 1) or epoch not in self._cookie_secrets:
             return False
         return crypto.constant_time_equal(self._cookie(addr, nonce, epoch), value)
 
-    def _source_ok(self, addr, now):
+    def _source_ok(self, addr: Address, now: float) -> bool:
         return self._per_source.hit(source_key(addr[0]), now) is None
 
     # -- input --------------------------------------------------------------
 
-    def receive(self, data, addr, now):
+    def receive(self, data: bytes, addr: Address, now: float) -> Datagrams:
         """One datagram in, datagrams out.  Never raises on bad input."""
         self.received += 1
         try:
@@ -166,7 +174,7 @@ class Rendezvous:
         except (OSError, ValueError, OverflowError):
             return self._drop("bad-address")   # e.g. a scoped IPv6 source
 
-    def _hello(self, data, addr, now):
+    def _hello(self, data: bytes, addr: Address, now: float) -> Datagrams:
         nonce = wire.parse_hello(data)
         if self._hello_bucket.hit("", now) is not None:
             return self._drop("hello-rate")
@@ -174,7 +182,7 @@ class Rendezvous:
         self.stats["cookies"] += 1
         return [(wire.cookie(nonce, self._cookie(addr, nonce, epoch)), addr)]
 
-    def _init(self, data, addr, now):
+    def _init(self, data: bytes, addr: Address, now: float) -> Datagrams:
         msg = wire.parse_init(data)
         pending = self._pending.get(msg.nonce)
         if pending is not None:
@@ -204,7 +212,7 @@ class Rendezvous:
         self._handshakes_by_source.take(source)
         return [(resp, addr)]
 
-    def _finish(self, data, addr, now):
+    def _finish(self, data: bytes, addr: Address, now: float) -> Datagrams:
         nonce, sig, counter, aad, ct = wire.parse_finish(data)
         pending = self._pending.get(nonce)
         if pending is None or pending.addr != addr:
@@ -240,7 +248,7 @@ class Rendezvous:
                  server=crypto.b64u_encode(pending.server_key)[:12], addr=f"{addr[0]}:{addr[1]}")
         return [(self.registry.seal(slot, wire.inner(wire.REGISTERED, rid)), addr)]
 
-    def _expire_handshakes(self, now):
+    def _expire_handshakes(self, now: float) -> None:
         while self._pending:
             nonce, p = next(iter(self._pending.items()))
             if now - p.created < HANDSHAKE_TTL:
@@ -248,7 +256,7 @@ class Rendezvous:
             del self._pending[nonce]
             self._handshakes_by_source.give_back(p.source)
 
-    def _data(self, data, addr, now):
+    def _data(self, data: bytes, addr: Address, now: float) -> Datagrams:
         slot = self.registry.lookup_addr(addr)
         if slot < 0:
             return self._unknown(data, addr, now)
@@ -275,7 +283,7 @@ class Rendezvous:
             return self._reply(slot, kid, kind, rid, body)
         return self._drop("unexpected-message")
 
-    def _unknown(self, data, addr, now):
+    def _unknown(self, data: bytes, addr: Address, now: float) -> Datagrams:
         # Authenticated "unknown, re-register": only for datagrams at least as
         # large as the reply, and globally rate-limited (each costs a signature).
         if len(data) < wire.UNKNOWN_SIZE:
@@ -286,7 +294,8 @@ class Rendezvous:
         self.stats["unknown-replies"] += 1
         return [(wire.unknown(ref, self.identity.sign(wire.UNKNOWN_LABEL + ref)), addr)]
 
-    def _fragment(self, slot, kid, rid, body, addr, now):
+    def _fragment(self, slot: int, kid: bytes, rid: int, body: bytes, addr: Address,
+                  now: float) -> Datagrams:
         frag = wire.parse_fragment(body)
         if frag.kind != wire.KIND_ANSWER:
             return self._drop("unexpected-transfer")
@@ -321,7 +330,7 @@ class Rendezvous:
                 log.failure("answer handler failed")
         return out
 
-    def _reply(self, slot, kid, kind, rid, body):
+    def _reply(self, slot: int, kid: bytes, kind: int, rid: int, body: bytes) -> Datagrams:
         req = self._out.pop((kid, rid))
         if req is None:
             return self._drop("unexpected-reply")
@@ -346,13 +355,15 @@ class Rendezvous:
 
     # -- requests from the coordinator ----------------------------------------
 
-    def _request(self, slot, kid, kind, body, now, deadline, context=None):
+    def _request(self, slot: int, kid: bytes, kind: int, body: bytes, now: float,
+                 deadline: float, context: Any = None) -> tuple[int, tuple[bytes, Address]]:
         rid = self._rid()
         message = wire.inner(kind, rid, body)
         self._out.add((kid, rid), message, now, deadline=now + deadline, context=context)
         return rid, (self.registry.seal(slot, message), self.registry.addr(slot))
 
-    def send_offer(self, kid, payload, now, callback):
+    def send_offer(self, kid: bytes, payload: bytes, now: float,
+                   callback: Callable[[Exception | None], object]) -> Datagrams:
         """Relay *payload* as an OFFER transfer.  ``callback(None)`` once every
         fragment is acknowledged, ``callback(Unavailable(...))`` on failure."""
         slot = self.registry.lookup_key(kid)
@@ -377,7 +388,7 @@ class Rendezvous:
         self.stats["offers"] += 1
         return out
 
-    def request_refill(self, kid, now, count=2):
+    def request_refill(self, kid: bytes, now: float, count: int = 2) -> Datagrams:
         slot = self.registry.lookup_key(kid)
         if slot < 0:
             return []
@@ -391,7 +402,7 @@ class Rendezvous:
         self._refilling.add(kid)
         return [dgram]
 
-    def notify(self, kid, body, now):
+    def notify(self, kid: bytes, body: bytes, now: float) -> Datagrams:
         """A NOTICE (UTF-8 JSON, at most 512 bytes) to the server; best effort."""
         slot = self.registry.lookup_key(kid)
         if slot < 0 or len(body) > wire.MAX_NOTICE:
@@ -405,7 +416,8 @@ class Rendezvous:
         self.stats["notices"] += 1
         return [dgram]
 
-    def migrate(self, kid, host, port, public_raw, now):
+    def migrate(self, kid: bytes, host: str, port: int, public_raw: bytes,
+                now: float) -> Datagrams:
         slot = self.registry.lookup_key(kid)
         if slot < 0:
             raise Unavailable("that home server is not registered here")
@@ -419,13 +431,14 @@ class Rendezvous:
 
     # -- the relay's view of the pool -------------------------------------------
 
-    def server_status(self, kid):
+    def server_status(self, kid: bytes) -> tuple[bool, bytes | None]:
         slot = self.registry.lookup_key(kid)
         if slot < 0:
             return False, None
         return True, self.registry.peek_challenge(slot)
 
-    def take_challenge(self, kid, challenge, now):
+    def take_challenge(self, kid: bytes, challenge: bytes,
+                       now: float) -> tuple[bytes | None, Datagrams]:
         """Consume *challenge*; returns ``(expectedAnswer or None, datagrams)``."""
         slot = self.registry.lookup_key(kid)
         if slot < 0:
@@ -438,7 +451,7 @@ class Rendezvous:
 
     # -- time -------------------------------------------------------------------
 
-    def poll(self, now):
+    def poll(self, now: float) -> Datagrams:
         resend, expired = self._out.due(now)
         out = []
         for req in resend:
@@ -462,10 +475,10 @@ class Rendezvous:
                 offer[1](Unavailable("the home server did not acknowledge the offer"))
         return out
 
-    def next_deadline(self):
+    def next_deadline(self) -> float | None:
         return self._out.next_deadline()
 
-    def expire(self, now, max_age, budget=20_000):
+    def expire(self, now: float, max_age: float, budget: int = 20_000) -> int:
         removed = self.registry.expire(now, max_age, budget)
         if removed:
             self.stats["expired"] += removed
@@ -481,7 +494,7 @@ class Rendezvous:
             self._reassembly_moved(source, reasm.buffered - before)
         return removed
 
-    def _reassembly_moved(self, source, delta):
+    def _reassembly_moved(self, source: str, delta: int) -> None:
         """Reassembly buffers of *source* grew (or shrank) by *delta* bytes."""
         self._reassembled += delta
         if delta > 0:
@@ -490,6 +503,6 @@ class Rendezvous:
             self._reassembly_by_source.give_back(source, -delta)
 
     @property
-    def reassembled(self):
+    def reassembled(self) -> int:
         """Bytes held in incomplete ANSWER transfers."""
         return self._reassembled

@@ -18,6 +18,8 @@ exponential backoff from ``backoff_min`` to ``backoff_max``.
 import os
 import random
 from collections import deque
+from collections.abc import Callable
+from typing import Any
 
 from twisted.logger import Logger
 
@@ -26,6 +28,7 @@ from homechannel.wire import POOL
 from homechannel.config import ServerKeepalive
 from homechannel.errors import AuthenticationError, ProtocolError
 from homechannel.retransmit import Outstanding
+from homechannel.server.challenges import ChallengeSource
 
 log = Logger()
 
@@ -35,9 +38,27 @@ ANSWER_DEADLINE = 30.0
 
 
 class Registrant:
-    def __init__(self, identity, coordinator_key: bytes, challenges,
+    # Set by _reset_session; each is None until the step that makes it (the
+    # state says which are set: "init" has _eph, "finish" the keys, "up" the rest).
+    _nonce: bytes | None
+    _eph: crypto.Ephemeral | None
+    _hs_datagram: bytes | None
+    _tx_key: bytes | None
+    _rx_key: bytes | None
+    _register_rid: int | None
+    _timer: float | None
+    _ping_rid: int | None
+    _ping_due: float | None
+    _refresh_at: float | None
+    _sent_refs: deque[bytes]
+    _migrations_seen: deque[int]
+    _notices_seen: deque[int]
+
+    def __init__(self, identity: crypto.IdentityKey, coordinator_key: bytes,
+                 challenges: ChallengeSource,
                  keepalive: ServerKeepalive = ServerKeepalive(),
-                 random_bytes=os.urandom, rng=None):
+                 random_bytes: Callable[[int], bytes] = os.urandom,
+                 rng: random.Random | None = None) -> None:
         crypto.public_key_from_raw(coordinator_key)
         self.identity = identity
         self.coordinator_key = coordinator_key
@@ -47,7 +68,7 @@ class Registrant:
         self.rng = rng or random.Random(int.from_bytes(random_bytes(8), "big"))
         self.state = "idle"
         self.stats = {"dropped": 0, "registrations": 0, "lost": 0}
-        self._events = []
+        self._events: list[tuple[str, Any]] = []
         self._backoff = keepalive.backoff_min
         self._timer = None
         self._step_tries = 0
@@ -55,12 +76,12 @@ class Registrant:
         # Kept across sessions: transfer ids are unique per coordinator, and an
         # offer half received before a re-registration completes after it.
         self._reassembly = wire.Reassembly(max_transfers=8)
-        self._out = Outstanding(rto=1.0, rto_max=8.0, limit=1000)
+        self._out: Outstanding[int] = Outstanding(rto=1.0, rto_max=8.0, limit=1000)
         self._reset_session()
 
     # -- helpers -----------------------------------------------------------
 
-    def _reset_session(self):
+    def _reset_session(self) -> None:
         self._nonce = None
         self._eph = None
         self._hs_datagram = None
@@ -82,25 +103,26 @@ class Registrant:
         self._migrations_seen = deque(maxlen=8)
         self._notices_seen = deque(maxlen=64)
 
-    def _jitter(self, seconds, fraction=None):
+    def _jitter(self, seconds: float, fraction: float | None = None) -> float:
         f = self.cfg.jitter if fraction is None else fraction
         return seconds * (1 + self.rng.uniform(-f, f))
 
-    def _rid(self):
+    def _rid(self) -> int:
         self._next_id = (self._next_id + 1) & 0xFFFFFFFF
         return self._next_id
 
-    def _drop(self, reason):
+    def _drop(self, reason: str) -> list[bytes]:
         self.stats["dropped"] += 1
         self.stats["dropped." + reason] = self.stats.get("dropped." + reason, 0) + 1
         log.debug("dropped datagram from coordinator: {reason}", reason=reason)
         return []
 
-    def pop_events(self):
+    def pop_events(self) -> list[tuple[str, Any]]:
         events, self._events = self._events, []
         return events
 
-    def _seal(self, message):
+    def _seal(self, message: bytes) -> bytes:
+        assert self._tx_key is not None   # states "finish" and "up"
         dgram = wire.seal_data(self._tx_key, self._tx_ctr, message, wire.MIN_SERVER_DATAGRAM)
         self._tx_ctr += 1
         self._sent_refs.append(wire.unknown_reference(dgram))
@@ -108,16 +130,16 @@ class Registrant:
 
     # -- handshake -----------------------------------------------------------
 
-    def start(self, now):
+    def start(self, now: float) -> list[bytes]:
         """Begin (or begin again) registering."""
         return self._hello(now)
 
-    def stop(self):
+    def stop(self) -> None:
         self.state = "stopped"
         self._timer = None
         self._out.clear()
 
-    def _hello(self, now):
+    def _hello(self, now: float) -> list[bytes]:
         self._reset_session()
         self.state = "hello"
         self._nonce = self.random_bytes(wire.NONCE_SIZE)
@@ -126,21 +148,23 @@ class Registrant:
         self._step_tries = 0
         return self._send_handshake(now)
 
-    def _send_handshake(self, now):
+    def _send_handshake(self, now: float) -> list[bytes]:
         self._step_tries += 1
         self._timer = now + self._jitter(self._backoff)
         self._backoff = min(self._backoff * 2, self.cfg.backoff_max)
+        assert self._hs_datagram is not None   # every handshake state has one
         return [self._hs_datagram]
 
-    def _handshake_timeout(self, now):
+    def _handshake_timeout(self, now: float) -> list[bytes]:
         if self.state in ("init", "finish") and self._step_tries >= HANDSHAKE_STEP_TRIES:
             return self._hello(now)   # the cookie or pending state may be gone: start over
         return self._send_handshake(now)
 
-    def _cookie(self, data, now):
+    def _cookie(self, data: bytes, now: float) -> list[bytes]:
         nonce, value = wire.parse_cookie(data)
         if self.state != "hello" or nonce != self._nonce:
             return self._drop("unexpected-cookie")
+        assert self._eph is not None   # made with the nonce
         self._hs_datagram = wire.init(value, self._nonce, self.identity.public_raw,
                                       self._eph.public_raw)
         self.state = "init"
@@ -148,10 +172,11 @@ class Registrant:
         self._backoff = self.cfg.backoff_min
         return self._send_handshake(now)
 
-    def _resp(self, data, now):
+    def _resp(self, data: bytes, now: float) -> list[bytes]:
         nonce, eph_c, sig = wire.parse_resp(data)
         if self.state != "init" or nonce != self._nonce:
             return self._drop("unexpected-resp")
+        assert self._hs_datagram is not None and self._eph is not None   # state "init"
         th = wire.transcript_hash(self._hs_datagram, eph_c)
         crypto.verify(self.coordinator_key, sig, wire.RESP_LABEL + th)
         self._tx_key, self._rx_key = crypto.session_keys(self._eph.shared_secret(eph_c), th)
@@ -166,7 +191,7 @@ class Registrant:
         self._backoff = self.cfg.backoff_min
         return self._send_handshake(now)
 
-    def _registered(self, now):
+    def _registered(self, now: float) -> list[bytes]:
         self.state = "up"
         self._backoff = self.cfg.backoff_min
         self._timer = None
@@ -177,7 +202,7 @@ class Registrant:
         self._events.append(("registered", None))
         return []
 
-    def _lost(self, reason, now):
+    def _lost(self, reason: str, now: float) -> list[bytes]:
         self.stats["lost"] += 1
         self._events.append(("lost", reason))
         self._backoff = self.cfg.backoff_min
@@ -185,7 +210,7 @@ class Registrant:
 
     # -- input ----------------------------------------------------------------
 
-    def receive(self, data, now):
+    def receive(self, data: bytes, now: float) -> list[bytes]:
         if self.state == "stopped":
             return []
         try:
@@ -204,7 +229,7 @@ class Registrant:
         except AuthenticationError:
             return self._drop("unauthenticated")
 
-    def _unknown(self, data, now):
+    def _unknown(self, data: bytes, now: float) -> list[bytes]:
         ref, sig = wire.parse_unknown(data)
         if self.state != "up" or ref not in self._sent_refs:
             return self._drop("unexpected-unknown")
@@ -212,9 +237,10 @@ class Registrant:
         log.info("coordinator does not know this server (restarted?): registering again")
         return self._lost("coordinator forgot us", now)
 
-    def _data(self, data, now):
+    def _data(self, data: bytes, now: float) -> list[bytes]:
         if self.state not in ("finish", "up"):
             return self._drop("unexpected-data")
+        assert self._rx_key is not None   # states "finish" and "up"
         counter, plain = wire.open_data(self._rx_key, data)
         ok, top, bitmap = wire.replay_check(self._rx_top, self._rx_map, counter)
         if not ok:
@@ -264,13 +290,13 @@ class Registrant:
 
     # -- requests from the home server --------------------------------------------
 
-    def _request(self, kind, body, now, deadline=float("inf")):
+    def _request(self, kind: int, body: bytes, now: float, deadline: float = float("inf")) -> bytes:
         rid = self._rid()
         message = wire.inner(kind, rid, body)
         self._out.add(rid, message, now, deadline=now + deadline)
         return self._seal(message)
 
-    def send_answer(self, payload, now):
+    def send_answer(self, payload: bytes, now: float) -> list[bytes]:
         """Send an ANSWER transfer (fragmented); retransmitted until acknowledged."""
         if self.state != "up":
             return []
@@ -278,7 +304,7 @@ class Registrant:
         return [self._request(wire.XFER, body, now, ANSWER_DEADLINE)
                 for body in wire.split(tid, wire.KIND_ANSWER, payload)]
 
-    def refresh_challenges(self, now):
+    def refresh_challenges(self, now: float) -> list[bytes]:
         """Replace the coordinator's pool with fresh challenges (acknowledged)."""
         if self.state != "up":
             return []
@@ -289,7 +315,7 @@ class Registrant:
 
     # -- time ----------------------------------------------------------------------
 
-    def poll(self, now):
+    def poll(self, now: float) -> list[bytes]:
         if self.state in ("idle", "stopped"):
             return []
         if self.state != "up":
@@ -297,6 +323,7 @@ class Registrant:
                 return self._handshake_timeout(now)
             return []
         out = []
+        assert self._ping_due is not None and self._refresh_at is not None   # state "up"
         if now >= self._ping_due:
             if self._ping_rid is not None:
                 self._missed += 1
@@ -313,7 +340,7 @@ class Registrant:
         out += [self._seal(req.message) for req in resend]
         return out
 
-    def next_deadline(self):
+    def next_deadline(self) -> float | None:
         if self.state in ("idle", "stopped"):
             return None
         if self.state != "up":
