@@ -38,8 +38,8 @@ ANSWER_DEADLINE = 30.0
 
 
 class Registrant:
-    # Set by _reset_session; each is None until the step that makes it (the
-    # state says which are set: "init" has _eph, "finish" the keys, "up" the rest).
+    # Per-session state: _reset_session sets these to None, then the step that
+    # makes each sets it (the state tells which are set; the asserts say so).
     _nonce: bytes | None
     _eph: crypto.Ephemeral | None
     _hs_datagram: bytes | None
