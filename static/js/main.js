@@ -11,6 +11,7 @@ import { CheckError, checkAnswer, checkRemoteCertificate, deviceChallenge,
 import { getDeviceToken, setDeviceToken } from "./devices.js";
 import * as servers from "./servers.js";
 import { applyAnswer, createPeer, makeOffer, request, StepTimeout, waitOpen } from "./webrtc.js";
+import { confirmAction } from "./apps/ui.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -45,6 +46,15 @@ let busy = false;
 
 function show(view) {
   for (const id of ["add-link", "servers", "connect", "session"]) $(id).hidden = id !== view;
+  // the session view takes the whole window (apps.css)
+  document.body.classList.toggle("in-session", view === "session");
+}
+
+function setSessionHeading(connected, name) {
+  $("session-status").textContent = connected ? "Connected" : "Disconnected";
+  $("session-status").classList.toggle("lost", !connected);
+  $("session-prep").textContent = connected ? "to" : "from";
+  $("session-name").textContent = name;
 }
 
 function renderServers() {
@@ -63,20 +73,52 @@ function renderServers() {
     small.textContent = shortId(server.id);
     open.append(small);
     open.addEventListener("click", () => openConnect({ ...server, remembered: true }));
+    const badge = document.createElement("span");
+    badge.className = "badge";
+    li.append(open, badge);
+    showOnline(badge, server);
     const forget = document.createElement("button");
     forget.type = "button";
     forget.textContent = "Forget";
     forget.setAttribute("aria-label", `Forget ${server.name}`);
-    forget.addEventListener("click", () => {
-      if (confirm(`Forget "${server.name}" in this browser?`)) {
+    forget.addEventListener("click", async () => {
+      const ok = await confirmAction(`Forget ${server.name}?`, "This browser will no longer list " +
+        "this server. The home server itself is not changed; its connect link adds it again.",
+        "Forget");
+      if (ok) {
         servers.forgetServer(server.id);
         renderServers();
       }
     });
-    li.append(open, forget);
+    li.append(forget);
     list.append(li);
   }
   show("servers");
+}
+
+// Online state of remembered servers: one signed lookup per server, remembered for
+// a while (the coordinator rate-limits lookups per source; the list re-renders often).
+const ONLINE_TTL_MS = 60000;
+const onlineCache = new Map();  // id -> {at, promise}
+
+function lookupOnline(id) {
+  const cached = onlineCache.get(id);
+  if (cached && Date.now() - cached.at < ONLINE_TTL_MS) return cached.promise;
+  const promise = api.lookup(id).then(({ doc }) => (doc.online ? "online" : "offline"), () => "unknown");
+  onlineCache.set(id, { at: Date.now(), promise });
+  return promise;
+}
+
+const ONLINE_TEXT = { checking: "Checking…", online: "Online", offline: "Offline", unknown: "Status unknown" };
+
+function showOnline(badge, server) {
+  const set = (state) => {
+    badge.dataset.state = state;
+    badge.textContent = ONLINE_TEXT[state];
+    badge.setAttribute("aria-label", `${server.name}: ${ONLINE_TEXT[state]}`);
+  };
+  set("checking");
+  lookupOnline(server.id).then(set);
 }
 
 function shortId(id) {
@@ -362,9 +404,7 @@ function startSession(server, link, passwordKey, apps) {
   const { pc, control } = link;
   connection = { pc, control, serverId: server.id, passwordKey, closing: false, pingTimer: null };
   const conn = connection;
-  $("session-name").textContent = server.name;
-  $("session-status").textContent = "Connected";
-  $("session-status").classList.remove("lost");
+  setSessionHeading(true, server.name);
   $("dropped").hidden = true;
   $("disconnect-button").hidden = false;
   show("session");
@@ -379,8 +419,7 @@ function startSession(server, link, passwordKey, apps) {
     conn.closing = true;
     clearInterval(conn.pingTimer);
     try { pc.close(); } catch (e) { /* already closed */ }
-    $("session-status").textContent = "Disconnected";
-    $("session-status").classList.add("lost");
+    setSessionHeading(false, server.name);
     $("dropped-text").textContent = `The connection to ${server.name} was lost.`;
     $("dropped").hidden = false;
     $("disconnect-button").hidden = true;
@@ -394,7 +433,9 @@ function startSession(server, link, passwordKey, apps) {
   onConnected({ pc, control, apps, serverId: server.id });
 }
 
-function disconnect() {
+/** Close the live connection at once (the home server frees its session slot as
+ *  soon as the DTLS close arrives, rather than after the ICE consent timeout). */
+function closeConnection() {
   const conn = connection;
   connection = null;
   if (conn) {
@@ -404,6 +445,11 @@ function disconnect() {
     try { conn.pc.close(); } catch (e) { /* ignore */ }
     conn.passwordKey = null;
   }
+  return conn;
+}
+
+function disconnect() {
+  closeConnection();
   $("apps").replaceChildren();
   if (current) openConnect(current); else renderServers();
 }
@@ -507,6 +553,8 @@ function init() {
     renderServers();
   });
   window.addEventListener("hashchange", () => { if (!connection && !busy) route(); });
+  // A closed or reloaded tab frees its session on the home server at once.
+  window.addEventListener("pagehide", () => { closeConnection(); });
 
   route();
 }

@@ -1,41 +1,15 @@
 // The files app: browse roots, sort, upload (picker and drag-and-drop), download
-// (resumable, SHA-256 checked), mkdir/rename/delete, progress with speed and ETA.
-import { ACK, CHUNK, DATA, END, ERR, FramedChannel, HIGH, RES, CANCEL, AppError, openChannel, writable } from "./channel.js";
-
-function el(tag, props = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(props)) {
-    if (k === "class") node.className = v; else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
-    else if (k in node) node[k] = v; else node.setAttribute(k, v);
-  }
-  node.append(...children);
-  return node;
-}
-
-export function formatBytes(n) {
-  const units = ["B", "KB", "MB", "GB", "TB"];
-  let i = 0;
-  while (n >= 1000 && i < units.length - 1) { n /= 1000; i++; }
-  return `${n.toFixed(i && n < 10 ? 1 : 0)} ${units[i]}`;
-}
+// (streamed to disk, resumable, SHA-256 checked), mkdir/rename/delete in in-page
+// dialogs, progress with speed and ETA.  The transfer logic is in transfer.js.
+import { FramedChannel, openChannel } from "./channel.js";
+import { Download, formatBytes, formatTime, upload } from "./transfer.js";
+import { openSink } from "./savefile.js";
+import { askText, button, confirmAction, el } from "./ui.js";
 
 const PROGRESS_MS = 250; // how often a transfer row is redrawn
-const READ_SLICE = 1024 * 1024; // upload: bytes read from the file at a time
 
-function formatTime(s) {
-  if (!isFinite(s)) return "…";
-  s = Math.round(s);
-  return s >= 60 ? `${Math.floor(s / 60)} min ${s % 60} s` : `${s} s`;
-}
-
-async function sha256hex(blob) {
-  const digest = await crypto.subtle.digest("SHA-256", await blob.arrayBuffer());
-  return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
-}
-
-export async function mount(panel, { pc, app }) {
-  const channel = await openChannel(pc, "files");
-  const fc = new FramedChannel(channel);
+export async function mount(panel, { pc }) {
+  const fc = new FramedChannel(await openChannel(pc, "files"));
   const info = await fc.request({ op: "roots" });
   const state = { root: 0, path: "", entries: [], sort: "name", asc: true };
 
@@ -43,12 +17,12 @@ export async function mount(panel, { pc, app }) {
   const crumbs = el("nav", { class: "breadcrumbs", "aria-label": "Folder" });
   const rootSelect = el("select", { "aria-label": "Root", onchange: () => { state.root = +rootSelect.value; go(""); } },
     ...info.roots.map((r) => el("option", { value: String(r.index) }, r.name)));
-  const picker = el("input", { type: "file", multiple: true, hidden: true, onchange: () => { uploadFiles([...picker.files]); picker.value = ""; } });
+  const picker = el("input", { type: "file", multiple: true, hidden: true, "aria-label": "Files to upload",
+    onchange: () => { uploadFiles([...picker.files]); picker.value = ""; } });
   const toolbar = el("div", { class: "files-toolbar" }, rootSelect, crumbs,
-    el("button", { type: "button", onclick: () => go(state.path) }, "Refresh"));
+    button("Refresh", () => go(state.path)));
   if (!info.readOnly) {
-    toolbar.append(el("button", { type: "button", onclick: () => picker.click() }, "Upload"), picker,
-      el("button", { type: "button", onclick: mkdir }, "New folder"));
+    toolbar.append(button("Upload", () => picker.click()), picker, button("New folder", mkdir));
   }
   const table = el("table", { class: "files-table" });
   const transfers = el("ul", { class: "transfers", "aria-label": "Transfers" });
@@ -78,6 +52,8 @@ export async function mount(panel, { pc, app }) {
       items.push(el("span", { class: "sep", "aria-hidden": "true" }, "/"),
         el("button", { type: "button", class: "crumb", onclick: () => go(parts.slice(0, i + 1).join("/")) }, p));
     });
+    const last = items[items.length - 1];
+    last.setAttribute("aria-current", "location");
     crumbs.replaceChildren(...items);
   }
 
@@ -93,9 +69,10 @@ export async function mount(panel, { pc, app }) {
     const rows = [...state.entries].sort((a, b) => dirFirst(a) - dirFirst(b) ||
       (key === "name" ? a.name.localeCompare(b.name) : a[key] - b[key]) * (state.asc ? 1 : -1));
     const head = (label, k) => el("th", { scope: "col", "aria-sort": state.sort === k ? (state.asc ? "ascending" : "descending") : "none" },
-      el("button", { type: "button", onclick: () => sortBy(k) }, label));
-    table.replaceChildren(el("thead", {}, el("tr", {}, head("Name", "name"), head("Size", "size"), head("Modified", "modified"),
-      el("th", { scope: "col" }, "Actions"))),
+      el("button", { type: "button", class: "sort" }, label));
+    const heads = [head("Name", "name"), head("Size", "size"), head("Modified", "modified")];
+    heads.forEach((th, i) => th.firstChild.addEventListener("click", () => sortBy(["name", "size", "modified"][i])));
+    table.replaceChildren(el("thead", {}, el("tr", {}, ...heads, el("th", { scope: "col" }, "Actions"))),
       el("tbody", {}, ...rows.map((e) => {
         const path = join(state.path, e.name);
         const name = e.type === "dir"
@@ -103,13 +80,14 @@ export async function mount(panel, { pc, app }) {
           : el("span", { class: "entry" }, e.name);
         if (e.undecodable) name.title = "This name is not valid UTF-8 on the server.";
         const actions = el("td", { class: "actions" });
-        if (e.type === "file") actions.append(el("button", { type: "button", onclick: () => download(path, e) }, "Download"));
+        if (e.type === "file") actions.append(button("Download", () => download(path, e), { "aria-label": `Download ${e.name}` }));
         if (!info.readOnly) {
-          actions.append(el("button", { type: "button", onclick: () => rename(path, e) }, "Rename"),
-            el("button", { type: "button", onclick: () => remove(path, e) }, "Delete"));
+          actions.append(button("Rename", () => rename(path, e), { "aria-label": `Rename ${e.name}` }),
+            button("Delete", () => remove(path, e), { "aria-label": `Delete ${e.name}` }));
         }
-        return el("tr", {}, el("td", {}, name), el("td", {}, e.type === "dir" ? "" : formatBytes(e.size)),
-          el("td", {}, new Date(e.modified * 1000).toLocaleString()), actions);
+        return el("tr", {}, el("td", { class: "name", "data-label": "Name" }, name),
+          el("td", { class: "size", "data-label": "Size" }, e.type === "dir" ? "" : formatBytes(e.size)),
+          el("td", { class: "modified", "data-label": "Modified" }, new Date(e.modified * 1000).toLocaleString()), actions);
       })));
   }
 
@@ -129,26 +107,30 @@ export async function mount(panel, { pc, app }) {
   async function act(body, what) {
     try { await fc.request(body); await go(state.path); } catch (e) { status.textContent = `${what} failed: ${e.message}`; }
   }
-  function mkdir() {
-    const name = prompt("New folder name");
+  async function mkdir() {
+    const name = await askText("New folder", "Folder name", "", "Create");
     if (name) act({ op: "mkdir", root: state.root, path: join(state.path, name) }, "New folder");
   }
-  function rename(path, e) {
-    const to = prompt(`Rename or move ${e.name} to (path inside this root)`, path);
+  async function rename(path, e) {
+    const to = await askText(`Rename ${e.name}`, "New name or path (inside this root)", path, "Rename");
     if (to && to !== path) act({ op: "rename", root: state.root, path, to }, "Rename");
   }
-  function remove(path, e) {
+  async function remove(path, e) {
     const recursive = e.type === "dir";
-    if (confirm(recursive ? `Delete the folder ${e.name} and everything in it?` : `Delete ${e.name}?`)) {
-      act({ op: "delete", root: state.root, path, recursive }, "Delete");
-    }
+    const ok = await confirmAction(`Delete ${e.name}?`,
+      recursive ? `The folder ${e.name} and everything in it will be deleted on the home server.`
+        : `${e.name} will be deleted on the home server.`, "Delete");
+    if (ok) act({ op: "delete", root: state.root, path, recursive }, "Delete");
   }
 
+  let rows = 0;
   function transferRow(label, total) {
-    const bar = el("progress", { max: total || 1, value: 0 });
+    const n = ++rows;
+    const nameId = `transfer-${n}-name`;
+    const bar = el("progress", { max: total || 1, value: 0, "aria-labelledby": nameId });
     const text = el("span", { class: "transfer-text" }, "starting…");
-    const cancel = el("button", { type: "button" }, "Cancel");
-    const li = el("li", { class: "transfer" }, el("span", { class: "transfer-name" }, label), bar, text, cancel);
+    const cancel = button("Cancel", null, { "aria-label": `Cancel ${label}` });
+    const li = el("li", { class: "transfer" }, el("span", { class: "transfer-name", id: nameId }, label), bar, text, cancel);
     transfers.append(li);
     const started = performance.now();
     let base = 0;
@@ -167,7 +149,7 @@ export async function mount(panel, { pc, app }) {
       text.textContent = `${formatBytes(done)} of ${formatBytes(total)} · ${formatBytes(speed)}/s · ${formatTime((total - done) / speed)} left`;
     };
     return {
-      li, cancel,
+      li, cancel, bar,
       start(offset) { base = offset; },
       // called per frame; the DOM is updated at most every PROGRESS_MS (each update
       // costs the page a layout and paint, CPU the transfer itself needs), and on
@@ -184,92 +166,51 @@ export async function mount(panel, { pc, app }) {
       finish(message, ok) {
         if (timer !== null) { clearTimeout(timer); timer = null; }
         if (latest !== null) { pending = false; bar.value = latest; }
-        text.textContent = message; li.classList.add(ok ? "done" : "failed"); cancel.remove();
+        text.textContent = message;
+        li.classList.remove("done", "failed");
+        if (ok !== null) li.classList.add(ok ? "done" : "failed");
+        cancel.hidden = true;
       },
+      running() { li.classList.remove("failed"); cancel.hidden = false; },
     };
   }
 
-  function download(path, entry, resume) {
-    const parts = resume ? resume.parts : [];
-    let received = resume ? resume.received : 0;
-    const row = resume ? resume.row : transferRow(`⬇ ${entry.name}`, entry.size);
-    row.start(received);
-    let id = null;
-    row.cancel.onclick = () => { if (id !== null) fc.send(CANCEL, id, {}); };
-    id = fc.start({ op: "download", root: state.root, path, offset: received }, async (f) => {
-      if (f.type === RES) return;
-      if (f.type === DATA) { parts.push(f.data); received += f.data.byteLength; row.progress(received); return; }
-      fc.done(id);
-      if (f.type === END) {
-        const blob = new Blob(parts);
-        const hash = await sha256hex(blob);
-        if (hash !== f.body.sha256) { row.finish("Damaged in transit (SHA-256 mismatch); download again.", false); return; }
-        row.finish(`Done, ${formatBytes(blob.size)}, SHA-256 verified.`, true);
-        const a = el("a", { href: URL.createObjectURL(blob), download: entry.name });
-        document.body.append(a); a.click(); a.remove();
-        setTimeout(() => URL.revokeObjectURL(a.href), 60000);
-      } else {
-        row.finish(`Stopped at ${formatBytes(received)}: ${f.body.message}`, false);
-        const again = el("button", { type: "button", onclick: () => { again.remove(); row.li.classList.remove("failed"); row.li.append(row.cancel); download(path, entry, { parts, received, row }); } }, "Resume");
-        row.li.append(again);
-      }
+  async function download(path, entry) {
+    // first thing after the click: the save picker needs the user's gesture
+    const sink = await openSink(entry.name, entry.size);
+    if (!sink) return; // the user closed the save dialog
+    const row = transferRow(`⬇ ${entry.name}`, entry.size);
+    row.li.dataset.sink = sink.kind;
+    let resume = null;
+    let discard = null;
+    const job = new Download(fc, { root: state.root, path }, sink, {
+      onProgress: (done) => row.progress(done),
+      onState: (s, message) => {
+        if (resume) { resume.remove(); resume = null; }
+        if (discard) { discard.remove(); discard = null; }
+        if (s === "running") { row.start(job.received); row.running(); }
+        else if (s === "done") row.finish(message, true);
+        else if (s === "discarded") row.finish("Discarded.", false);
+        else if ((s === "stopped" || s === "failed") && job.resumable) {
+          row.finish(`Stopped at ${formatBytes(job.received)}: ${message}`, false);
+          resume = button("Resume", () => job.resume(), { "aria-label": `Resume ${entry.name}` });
+          discard = button("Discard", () => job.discard(), { "aria-label": `Discard ${entry.name}` });
+          row.li.append(resume, discard);
+        } else if (s === "failed") row.finish(message, false);
+      },
     });
+    row.cancel.addEventListener("click", () => job.cancel());
+    job.start();
   }
 
   async function uploadFiles(list) {
-    for (const file of list) await upload(file);
-    go(state.path);
-  }
-
-  async function upload(file) {
-    const row = transferRow(`⬆ ${file.name}`, file.size);
-    if (file.size > info.maxUpload) { row.finish(`Too large: this server accepts up to ${formatBytes(info.maxUpload)}.`, false); return; }
-    let cancelled = false;
-    let window_ = 0;
-    let acked = 0;
-    let wake = null;
-    const result = new Promise((resolve) => {
-      const id = fc.start({ op: "upload", root: state.root, path: join(state.path, file.name), size: file.size }, (f) => {
-        if (f.type === ACK) {
-          if (f.body.window) { window_ = f.body.window; go_(id); }
-          acked = f.body.received; row.progress(acked);
-          if (wake) { wake(); wake = null; }
-          return;
-        }
-        fc.done(id); cancelled = true;
-        if (wake) { wake(); wake = null; }
-        resolve(f);
-      });
-      row.cancel.onclick = () => { cancelled = true; fc.send(CANCEL, id, {}); };
-    });
-    async function go_(id) {
-      // Read the file a slice ahead (one READ_SLICE in hand, the next being read)
-      // so the channel never waits for the disk; send frame by frame within the
-      // window and while the channel buffers at most HIGH.
-      const read = (at) => (at < file.size
-        ? file.slice(at, at + READ_SLICE).arrayBuffer().then((b) => new Uint8Array(b)) : null);
-      let sent = 0;
-      let next = read(0);
-      while (sent < file.size && !cancelled) {
-        const slice = await next;
-        next = read(sent + slice.byteLength);
-        for (let i = 0; i < slice.byteLength && !cancelled; i += CHUNK) {
-          while ((sent - acked > window_ - CHUNK * 8 || channel.bufferedAmount > HIGH) && !cancelled) {
-            if (channel.bufferedAmount > HIGH) await writable(channel);
-            else await new Promise((r) => { wake = r; });
-          }
-          if (cancelled) break;
-          const frame = slice.subarray(i, i + CHUNK);
-          fc.send(DATA, id, null, frame);
-          sent += frame.byteLength;
-        }
-      }
-      if (next) next.catch(() => {});
-      if (!cancelled) fc.send(END, id, {});
+    for (const file of list) {
+      const row = transferRow(`⬆ ${file.name}`, file.size);
+      const result = await upload(fc, { root: state.root, path: join(state.path, file.name), file, maxUpload: info.maxUpload },
+        { onProgress: (done) => row.progress(done), onStart: (cancel) => row.cancel.addEventListener("click", cancel) });
+      row.finish(result.message, result.ok);
     }
-    const f = await result;
-    if (f.type === RES) row.finish(`Uploaded ${formatBytes(f.body.size)}.`, true);
-    else row.finish(`Upload failed: ${f.body.message}`, false);
+    go(state.path);
   }
 
   renderCrumbs();

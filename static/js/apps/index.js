@@ -1,4 +1,5 @@
-// The apps UI: one tab per app the server lists; each tab mounts its app on first use.
+// The apps UI: one tab per app the server lists (the WAI-ARIA tabs pattern: arrow
+// keys, Home and End move between tabs); each tab mounts its app on first use.
 // Called by static/js/main.js as mountApps(container, {pc, control, apps, serverId}).
 
 const MODULES = { files: "./files.js", terminal: "./terminal.js", desktop: "./desktop.js" };
@@ -19,6 +20,7 @@ export async function mountApps(container, { pc, control, apps, serverId }) {
   const tabs = document.createElement("div");
   tabs.className = "app-tabs";
   tabs.setAttribute("role", "tablist");
+  tabs.setAttribute("aria-label", "Apps");
   const panels = document.createElement("div");
   panels.className = "app-panels";
   root.append(tabs, panels);
@@ -38,8 +40,11 @@ export async function mountApps(container, { pc, control, apps, serverId }) {
     button.id = `app-tab-${app.name}`;
     button.textContent = app.title || app.name;
     button.setAttribute("aria-selected", "false");
+    button.setAttribute("aria-controls", `app-panel-${app.name}`);
+    button.tabIndex = -1;
     const panel = document.createElement("div");
     panel.className = `app-panel app-${app.name}`;
+    panel.id = `app-panel-${app.name}`;
     panel.setAttribute("role", "tabpanel");
     panel.setAttribute("aria-labelledby", button.id);
     panel.hidden = true;
@@ -50,8 +55,10 @@ export async function mountApps(container, { pc, control, apps, serverId }) {
 
   async function select(entry) {
     for (const e of entries) {
-      e.button.setAttribute("aria-selected", String(e === entry));
-      e.panel.hidden = e !== entry;
+      const on = e === entry;
+      e.button.setAttribute("aria-selected", String(on));
+      e.button.tabIndex = on ? 0 : -1;
+      e.panel.hidden = !on;
     }
     if (!entry.mounted) {
       entry.mounted = (async () => {
@@ -70,9 +77,19 @@ export async function mountApps(container, { pc, control, apps, serverId }) {
       })();
     }
     const api = await entry.mounted;
-    if (api && api.shown) api.shown();
+    if (api && api.shown && !entry.panel.hidden) api.shown();
   }
 
   for (const e of entries) e.button.addEventListener("click", () => select(e));
+  tabs.addEventListener("keydown", (event) => {
+    const i = entries.findIndex((e) => e.button === document.activeElement);
+    if (i < 0) return;
+    const n = entries.length;
+    const to = { ArrowRight: (i + 1) % n, ArrowLeft: (i - 1 + n) % n, Home: 0, End: n - 1 }[event.key];
+    if (to === undefined) return;
+    event.preventDefault();
+    entries[to].button.focus();
+    select(entries[to]);
+  });
   select(entries[0]);
 }
