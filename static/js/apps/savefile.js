@@ -84,11 +84,15 @@ function randomId() {
 
 /** A stream the download service worker serves to the browser's download manager. */
 export class ServiceWorkerSink {
+  /** The browser's download starts with the first byte (or close()), so a download
+   *  the server refuses never shows up in the browser's list. */
   static async open(name, size) {
-    const worker = await downloadWorker();
-    const sink = new ServiceWorkerSink(worker, name, size);
-    await sink._start();
-    return sink;
+    return new ServiceWorkerSink(await downloadWorker(), name, size);
+  }
+
+  _started() {
+    if (!this.starting) this.starting = this._start();
+    return this.starting;
   }
 
   constructor(worker, name, size) {
@@ -137,6 +141,7 @@ export class ServiceWorkerSink {
   }
 
   async _post(buffer) {
+    await this._started();
     if (this.failed) throw this.failed;
     if (this.desired <= 0) {
       await new Promise((resolve, reject) => { this.waiting = { resolve, reject }; });
@@ -149,6 +154,7 @@ export class ServiceWorkerSink {
 
   async close() {
     await this.out.drain();
+    await this._started();
     if (this.failed) throw this.failed;
     this.port.postMessage({ op: "close" });
     this._cleanup(60000);
@@ -156,6 +162,8 @@ export class ServiceWorkerSink {
 
   async abort(reason) {
     this.out.buf = null;
+    if (!this.starting) return;  // the browser never saw it
+    await this.starting.catch(() => {});
     if (!this.failed) this.port.postMessage({ op: "abort", reason: String(reason || "aborted") });
     this._cleanup(60000);
   }

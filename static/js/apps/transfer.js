@@ -161,6 +161,10 @@ export class Download {
       this._pump();
     } else if (this.state === "stopping") {
       this._set("stopped", why, true);
+    } else if (this.size === null) {
+      // refused before it started (not found, outside the roots...): nothing to resume
+      this.sink.abort(why).catch(() => {});
+      this._set("failed", why, false);
     } else {
       this._set("failed", why, !(f.body && f.body.code === "closed"));
     }
