@@ -290,6 +290,8 @@ async def test_session_cap_returns_busy(h):
     payload2, sid2, _ = h.payload(sdp2)
     reply = await h.offer(payload2)
     assert reply == {"session": sid2, "error": "busy", "message": reply["message"]}
+    # the refusal says what holds the slots (how many, how long, connected or not)
+    assert reply["message"] == "all 1 session slots are in use: connecting 0 s", reply
     assert h.answerer.peer_connections_created == 1
     # A retransmission of the refused offer gets the same refusal, not unknown-challenge.
     assert await h.offer(payload2) == reply
@@ -421,3 +423,25 @@ async def test_the_proven_certificate_passes_the_check(h):
     assert h.app_host.refused == []
     # The client sees the certificate the home server signed, too.
     assert webrtc.remote_fingerprint(pc) == connect.sdp_fingerprint(reply["answer"])
+
+
+@run
+@with_config(max_sessions=1)
+async def test_closing_the_control_channel_frees_the_slot_at_once(h):
+    """A browser that closes its control channel (Disconnect, a closed tab) frees its
+    session slot at once, not after ICE consent times out; the busy refusal before
+    that says what holds the slot.  (Without Answerer._watch_control the slot stays
+    taken: the wait_until below times out.)"""
+    pc, channel, sdp = await h.client_offer()
+    reply = await h.offer(h.payload(sdp, source="198.51.100.7")[0])
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=reply["answer"], type="answer"))
+    await channel_open(channel)
+    await wait_until(lambda: h.app_host.attached[0].connectionState == "connected")
+    _, _, sdp2 = await h.client_offer()
+    busy = await h.offer(h.payload(sdp2)[0])
+    assert busy["error"] == "busy"
+    assert busy["message"] == "all 1 session slots are in use: connected 0 s from 198.51.100.7", busy
+    channel.close()
+    await wait_until(lambda: h.answerer.live_sessions == 0)
+    _, _, sdp3 = await h.client_offer()
+    assert "answer" in await h.offer(h.payload(sdp3)[0])

@@ -71,6 +71,7 @@ class _Session:
         self.connected = False
         self.closed = False
         self.closing = None         # Deferred of pc.close()
+        self.started = None         # clock time of the offer (for the "busy" message)
 
 
 class _AppContext:
@@ -154,11 +155,12 @@ class Answerer:
 
     # -- the checks --
 
-    def _refuse(self, sid, code, reason, source=None):
+    def _refuse(self, sid, code, reason, source=None, tell=False):
+        """Count and log a refusal; its payload (with *reason* in it if *tell*)."""
         self.logins_refused += 1
         self.log.warn("login refused: session {session} from {source}: {reason}",
                       session=sid, source=source or "?", reason=reason)
-        return Answer.refusal(sid, code).encode()
+        return Answer.refusal(sid, code, reason if tell else None).encode()
 
     def _handle_offer(self, payload):
         try:
@@ -208,10 +210,13 @@ class Answerer:
         session.device = device.device if device is not None else None
         self._sessions[sid] = session
         if self._stopping or len(self._live) >= self._config.max_sessions:
-            why = "shutting down" if self._stopping else \
-                f"session cap reached ({self._config.max_sessions} live sessions)"
-            self._finish(session, self._refuse(sid, BUSY, why, source))
+            if self._stopping:
+                self._finish(session, self._refuse(sid, BUSY, "shutting down", source))
+            else:
+                why = self._slots_in_use()
+                self._finish(session, self._refuse(sid, BUSY, why, source, tell=True))
             return succeed(session.payload)
+        session.started = self._clock.seconds()
 
         self._live.add(session)
         session.timeout = self._clock.callLater(
@@ -234,6 +239,20 @@ class Answerer:
             return False
         self._device_challenges[challenge] = made + connect.MAX_CLOCK_SKEW
         return True
+
+    def _slots_in_use(self):
+        """What holds the session slots, for the "busy" refusal (log and payload; the
+        coordinator passes on 200 characters): each live session's state, age, source."""
+        live = sorted(self._live, key=lambda s: s.started or 0)
+        now = self._clock.seconds()
+        parts = []
+        for s in live[:3]:
+            state = "connected" if s.connected else "connecting"
+            age = f"{max(0, int(now - (s.started or now)))} s"
+            parts.append(f"{state} {age}" + (f" from {s.source}" if s.source else ""))
+        if len(live) > 3:
+            parts.append(f"{len(live) - 3} more")
+        return f"all {self._config.max_sessions} session slots are in use: {'; '.join(parts)}"
 
     def _reply_of(self, session):
         if session.payload is not None:
@@ -274,6 +293,9 @@ class Answerer:
         self.peer_connections_created += 1
         pc.on("connectionstatechange", lambda: self._state_changed(session))
         self._app_host.attach(pc, _AppContext(self, session))
+        # The browser closing its control channel (Disconnect, a closed tab) ends the
+        # session at once, whatever the transport still says.
+        pc.on("datachannel", lambda channel: self._watch_control(session, channel))
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
         except Exception as e:
@@ -349,6 +371,10 @@ class Answerer:
                           path="/".join(pair) if pair else "path unknown")
         elif state in ("failed", "closed"):
             self._close(session, f"connection {state}")
+
+    def _watch_control(self, session, channel):
+        if channel.label == "control":
+            channel.on("close", lambda: self._close(session, "the browser closed the session"))
 
     def _timed_out(self, session):
         session.timeout = None

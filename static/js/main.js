@@ -243,6 +243,12 @@ function explain(error) {
         return new ConnectError("refused", "The home server did not recognise this attempt. " +
           "Try again.");
       case "busy":
+        // the home server says what holds its session slots (connect.refusal_error)
+        if (/session slots are in use/.test(error.message)) {
+          const detail = error.message.slice(error.message.indexOf("(") + 1).replace(/\)$/, "");
+          return new ConnectError("busy", `The home server is busy: ${detail}. Close a ` +
+            "HomeChannel tab that is still open, or try again later.");
+        }
         return new ConnectError("busy", "The home server (or the coordinator) is busy. " +
           "Try again in a minute.");
       case "timeout":
