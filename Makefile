@@ -17,7 +17,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip -q
 
 # Debian packages the end-to-end tests need.
-SYSDEPS := chromium openssh-server tigervnc-standalone-server xvfb x11vnc x11-xserver-utils iproute2 systemd nftables coturn
+SYSDEPS := chromium openssh-server tigervnc-standalone-server xvfb x11vnc x11-xserver-utils xclip iproute2 systemd nftables coturn
 # How long the test suite may take before it is stopped (seconds).
 TEST_TIMEOUT ?= 780
 

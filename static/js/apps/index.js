@@ -53,7 +53,7 @@ export async function mountApps(container, { pc, control, apps, serverId }) {
     return { app, button, panel, mounted: null };
   });
 
-  async function select(entry) {
+  async function select(entry, { keyboard = false } = {}) {
     for (const e of entries) {
       const on = e === entry;
       e.button.setAttribute("aria-selected", String(on));
@@ -77,7 +77,10 @@ export async function mountApps(container, { pc, control, apps, serverId }) {
       })();
     }
     const api = await entry.mounted;
-    if (api && api.shown && !entry.panel.hidden) api.shown();
+    if (entry.panel.hidden) return;
+    if (api && api.shown) api.shown();
+    // moving between tabs with the keyboard keeps the focus on the tabs
+    if (keyboard && entry.panel.contains(document.activeElement)) entry.button.focus();
   }
 
   for (const e of entries) e.button.addEventListener("click", () => select(e));
@@ -89,7 +92,7 @@ export async function mountApps(container, { pc, control, apps, serverId }) {
     if (to === undefined) return;
     event.preventDefault();
     entries[to].button.focus();
-    select(entries[to]);
+    select(entries[to], { keyboard: true });
   });
   select(entries[0]);
 }

@@ -39,13 +39,16 @@ export async function mount(panel, { pc }) {
   });
   const bar = el("div", { class: "app-bar terminal-bar" }, status, again, full);
   const box = el("div", { class: "terminal-box" });
-  const ctrl = button("Ctrl", () => setCtrl(ctrl.getAttribute("aria-pressed") !== "true"), { "aria-pressed": "false" });
+  const ctrl = button("Ctrl", () => { setCtrl(ctrl.getAttribute("aria-pressed") !== "true"); term.focus(); },
+    { "aria-pressed": "false" });
   const keys = el("div", { class: "terminal-keys", role: "toolbar", "aria-label": "Extra keys" },
     button("Esc", () => sendKey("Esc")), button("Tab", () => sendKey("Tab")), ctrl,
     button("←", () => sendKey("Left"), { "aria-label": "Left" }),
     button("↓", () => sendKey("Down"), { "aria-label": "Down" }),
     button("↑", () => sendKey("Up"), { "aria-label": "Up" }),
     button("→", () => sendKey("Right"), { "aria-label": "Right" }));
+  // the keys do not take the focus from the terminal (a phone keeps its keyboard open)
+  keys.addEventListener("mousedown", (e) => e.preventDefault());
   panel.append(bar, box, keys);
 
   const term = new Terminal({ cursorBlink: true, scrollback: 5000, convertEol: false });
