@@ -27,7 +27,7 @@ export class ProtocolError extends Error {}
 
 /** JSON as frames.py writes it: compact, and every non-ASCII character escaped. */
 export function jsonText(body) {
-  return JSON.stringify(body).replace(/[\u0080-\uffff]/g,
+  return JSON.stringify(body).replace(/[\u007f-\uffff]/g,
     (c) => "\\u" + c.charCodeAt(0).toString(16).padStart(4, "0"));
 }
 
