@@ -307,6 +307,9 @@ class TerminalApp:
     port: int = 22
     # Where the local sshd host key is remembered on first use.  Empty: state_dir/known_hosts.
     known_hosts: str = ""
+    # Opt-in: an SSH private key the home server offers to sshd before any password
+    # (created on first use if missing; its public half is <identity_key>.pub).  Empty: off.
+    identity_key: str = ""
 
 
 @dataclass(frozen=True)

@@ -551,3 +551,50 @@ def test_2gb_download_streams_to_disk(tmp_path, twistd, chromium_page):
     assert size == BIG and got.digest() == want.digest()
     assert peak_heap - base_heap < 200e6, f"JS heap grew by {(peak_heap - base_heap) / 1e6:.0f} MB"
     assert peak_rss - base_rss < 400e6, f"renderer RSS grew by {(peak_rss - base_rss) / 1e6:.0f} MB"
+
+
+# -- terminal: sign-in with the home server's SSH key (sshd with passwords off) ------------
+
+
+def test_terminal_signs_in_with_the_home_servers_key(tmp_path, twistd, chromium_page):
+    """sshd with PasswordAuthentication no: the home server's key (opt-in,
+    apps.terminal.identity_key, created on first use) signs in without a password
+    prompt; a user who has not authorized it is refused with a hint."""
+    from homechannel.server.apps.terminal import load_identity
+
+    page = chromium_page
+    key_path = str(tmp_path / "server" / "terminal_key")
+    key = load_identity(key_path)  # what the home server does on first use
+    assert os.stat(key_path).st_mode & 0o777 == 0o600
+    pub = open(key_path + ".pub").read()
+    assert pub.startswith("ssh-ed25519 ") and key.public().toString("openssh").decode() in pub
+    with services.local_user("hck") as user, services.local_user("hcn") as stranger, \
+            services.sshd(tmp_path, password_auth=False) as port:
+        home = f"/home/{user}/.ssh"
+        os.makedirs(home, mode=0o700)
+        with open(f"{home}/authorized_keys", "w") as f:
+            f.write(pub)
+        subprocess.run(["chown", "-R", f"{user}:{user}", home], check=True)
+        pair, coordinator, server = start_pair(twistd, tmp_path, server_extra={"apps": {
+            "terminal": {"port": port, "identity_key": key_path}}})
+        open_session(page, pair)
+        term = tab(page, "Terminal")
+        term.locator(".xterm").wait_for()
+        wait_terminal(page, "login as:")
+        page.keyboard.type(user + "\r")
+        term.locator("[role=status]", has_text=f"Signed in as {user}").wait_for(timeout=20_000)
+        wait_terminal(page, "$ ")
+        assert "password" not in terminal_text(page).lower()
+        page.keyboard.type("echo KEY-$((6*7)) $(id -un)\r")
+        wait_terminal(page, f"KEY-42 {user}")
+        # someone who did not authorize the key: refused, with a hint
+        term.get_by_role("button", name="New session").wait_for(state="hidden")
+        page.keyboard.type("exit\r")
+        again = term.get_by_role("button", name="New session")
+        again.wait_for()
+        again.click()
+        wait_terminal(page, "login as:")
+        page.keyboard.type(stranger + "\r")
+        term.locator("[role=status]", has_text="Session ended").wait_for(timeout=20_000)
+        text = terminal_text(page)
+        assert "sign-in failed" in text and "terminal_key.pub" in text, text

@@ -7,6 +7,13 @@ straight from the datachannel into the SSH transport).  The sshd host key is
 trusted on first use and remembered in ``known_hosts``; a changed key refuses
 the connection with a message saying what to do.
 
+Optionally (``[apps.terminal] identity_key``), the home server first offers an
+SSH key of its own (created on first use if the file is missing; its public
+half is ``<identity_key>.pub``), so sshd setups with passwords switched off
+work.  The trade-off: whoever gets through HomeChannel's password gets a shell
+as any user that authorized that key, without typing that user's password.
+Without the key, or if sshd does not accept it, the password prompts follow.
+
 Frames (``docs/protocol.md`` section 3): the client sends REQ
 ``{"op":"open","cols","rows"[,"username"]}`` with id *s*; terminal bytes go
 both ways as DATA frames with id *s*; REQ ``{"op":"resize","cols","rows"}``
@@ -92,18 +99,51 @@ class _Transport(transport.SSHClientTransport):
         self.term.ssh_lost(reason)
 
 
+def load_identity(path):
+    """The SSH key at *path* (OpenSSH or PEM private key, unencrypted); created as a
+    new Ed25519 key (mode 0600, with ``<path>.pub``) if the file does not exist."""
+    if not os.path.exists(path):
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+
+        key = keys.Key(ed25519.Ed25519PrivateKey.generate())
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key.toString("openssh"))
+        with open(path + ".pub", "wb") as f:
+            f.write(key.public().toString("openssh", comment=b"homechannel-terminal") + b"\n")
+        log.info("terminal: created the SSH key {path}; to let the terminal sign in with it, "
+                 "add {path}.pub to ~/.ssh/authorized_keys of the users concerned", path=path)
+        return key
+    try:
+        return keys.Key.fromFile(path)
+    except (OSError, keys.BadKeyError, keys.EncryptedKeyError, ValueError) as e:
+        raise errors.Unavailable(f"cannot use the terminal's SSH key {path} ({e}); it must be an "
+                                 f"unencrypted private key", "bad-key") from None
+
+
 class _UserAuth(userauth.SSHUserAuthClient):
-    preferredOrder = [b"password", b"keyboard-interactive"]
+    preferredOrder = [b"publickey", b"password", b"keyboard-interactive"]
 
     def __init__(self, user, instance, term):
         userauth.SSHUserAuthClient.__init__(self, user, instance)
         self.term = term
         self.asked = False
+        self.offered = False  # the home server's key was offered
+        self.hinted = False
 
     def getPublicKey(self):
-        return None
+        # the home server's own key, once (config: apps.terminal.identity_key)
+        if self.offered or self.term.identity is None:
+            return None
+        self.offered = True
+        return self.term.identity.public()
+
+    def getPrivateKey(self):
+        return defer.succeed(self.term.identity)
 
     def getPassword(self, prompt=None):
+        self.key_refused()
         if self.asked:
             self.term.write_text("Permission denied, please try again.\r\n")
         self.asked = True
@@ -113,10 +153,15 @@ class _UserAuth(userauth.SSHUserAuthClient):
             prompt = prompt.decode("utf-8", "replace") if isinstance(prompt, bytes) else prompt
         return self.term.ask(prompt, echo=False).addCallback(lambda s: s.encode("utf-8"))
 
+    def key_refused(self):
+        if self.offered and not self.hinted:
+            self.hinted = True
+            self.term.write_text(f"(sshd did not accept the home server's key for {self.term.username}: "
+                                 f"add {self.term.config.identity_key}.pub to its ~/.ssh/authorized_keys)\r\n")
+
     @defer.inlineCallbacks
     def getGenericAnswers(self, name, instruction, prompts):
-        if self.asked and not prompts:
-            pass
+        self.key_refused()
         for text in (name, instruction):
             if text:
                 self.term.write_text(text.decode("utf-8", "replace") + "\r\n")
@@ -182,6 +227,7 @@ class TerminalSession:
         self.host = config.host
         self.port = config.port
         self.known = HostKeyStore(known_hosts)
+        self.identity = None  # the home server's SSH key, if configured (load_identity)
         self.rid = None
         self.cols = 80
         self.rows = 24
@@ -333,6 +379,12 @@ class TerminalSession:
     def connect(self):
         self.state = "connecting"
         self.echo = True
+        if self.config.identity_key and self.identity is None:
+            try:
+                self.identity = load_identity(self.config.identity_key)
+            except errors.HomeChannelError as e:
+                self.fail(e)
+                return
         endpoint = TCP4ClientEndpoint(self.reactor, self.host, self.port, timeout=10)
         d = endpoint.connect(protocol.Factory.forProtocol(lambda: _Transport(self)))
 
@@ -401,6 +453,9 @@ class TerminalSession:
         why = self.ssh_error or reason.getErrorMessage()
         if self.conn is None:
             msg = f"sign-in failed: {why}"
+            if self.identity is not None:
+                msg += (f" (the home server offered its key; is {self.config.identity_key}.pub in "
+                        f"~/.ssh/authorized_keys of {self.username}?)")
             code = "auth-failed"
         else:
             msg = f"SSH connection closed: {why}"
