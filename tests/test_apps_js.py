@@ -42,15 +42,15 @@ def node():
     return path
 
 
-def run_node(script, stdin="", tmp_path=None, timeout=60):
-    path = os.path.join(APPS, f".test-{os.getpid()}.mjs")  # next to the modules it imports
-    with open(path, "w") as f:
-        f.write(script)
-    try:
-        proc = subprocess.run([node(), path], input=stdin, capture_output=True, text=True,
-                              timeout=timeout)
-    finally:
-        os.unlink(path)
+def node_command(script):
+    """node running *script* as an ES module whose relative imports ("./channel.js")
+    resolve in static/js/apps (the working directory)."""
+    return [node(), "--input-type=module", "--eval", script]
+
+
+def run_node(script, stdin="", timeout=60):
+    proc = subprocess.run(node_command(script), input=stdin, capture_output=True, text=True,
+                          timeout=timeout, cwd=APPS)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -300,11 +300,8 @@ def test_transfer_logic_against_the_files_session(tmp_path):
                                  defer_to_thread=sync_thread)
     channel.on("message", session.message_received)
 
-    path = os.path.join(APPS, f".test-{os.getpid()}.mjs")
-    with open(path, "w") as f:
-        f.write(TRANSFER_JS)
-    proc = subprocess.Popen([node(), path], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(node_command(TRANSFER_JS), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=APPS)
     result, corrupt, seen, turns = None, False, 0, 0
     try:
         def read(n):
@@ -345,7 +342,6 @@ def test_transfer_logic_against_the_files_session(tmp_path):
         if proc.poll() is None:
             proc.kill()
         proc.wait()
-        os.unlink(path)
 
     want = hashlib.sha256(big).hexdigest()
     whole = result["whole"]

@@ -133,10 +133,13 @@ export async function mount(panel, { pc }) {
 
   // When the page gets the focus back, send what the user copied meanwhile (only if
   // reading the clipboard is already allowed: never a prompt out of the blue).
-  const onFocus = async () => { if (await clipboardAllowed("clipboard-read")) pasteFromDevice(false); };
+  const onFocus = async () => {
+    if (!panel.isConnected) { window.removeEventListener("focus", onFocus); return; }  // session over
+    if (await clipboardAllowed("clipboard-read")) pasteFromDevice(false);
+  };
   window.addEventListener("focus", onFocus);
 
-  pw.closest("form").addEventListener("submit", (e) => {
+  form.addEventListener("submit", (e) => {
     e.preventDefault();
     if (rfb) rfb.sendCredentials({ password: pw.value });
     pw.value = "";
