@@ -162,3 +162,14 @@ def coturn(tmp_path, secret, listen="127.0.0.1", port=None, prefix=(), extra=(),
             proc.wait()
         if not quiet:
             print(f"--- coturn log ---\n{log_path.read_text()[-4000:]}")
+
+
+@contextlib.contextmanager
+def red_xtigervnc(geometry):
+    """:func:`xtigervnc` with its root window painted red (easy to find in a screenshot);
+    yields (port, display)."""
+    xsetroot = require_tool("xsetroot", "x11-xserver-utils")
+    with xtigervnc(geometry) as (port, display):
+        subprocess.run([xsetroot, "-display", f":{display}", "-solid", "#ff0000"], check=True,
+                       timeout=10)
+        yield port, display

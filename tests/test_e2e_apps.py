@@ -7,14 +7,12 @@ import hashlib
 import os
 import re
 import struct
-import subprocess
 import time
 import zlib
 
 import pytest
 
 import services
-from conftest import require_tool
 from test_e2e_browser import open_session, start_pair
 from test_terminal import sshd  # noqa: F401  (fixture: a real sshd and a test user)
 
@@ -205,10 +203,7 @@ def test_terminal_sign_in_and_command(tmp_path, twistd, chromium_page, sshd):  #
 @pytest.fixture
 def red_desktop(tmp_path):
     """Xtigervnc (no VNC password) on a loopback port, its root window painted red."""
-    xsetroot = require_tool("xsetroot", "x11-xserver-utils")
-    with services.xtigervnc("800x600") as (port, display):
-        subprocess.run([xsetroot, "-display", f":{display}", "-solid", "#ff0000"], check=True,
-                       timeout=10)
+    with services.red_xtigervnc("800x600") as (port, _display):
         yield port
 
 

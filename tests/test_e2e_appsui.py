@@ -14,6 +14,7 @@ import hashlib
 import os
 import re
 import socket
+import socketserver
 import subprocess
 import threading
 import time
@@ -138,10 +139,7 @@ def views_are_readable(page, scheme, tmp_path):
 @pytest.fixture
 def desktop_1280(tmp_path):
     """Xtigervnc at 1280x800 (no VNC password), root window painted red."""
-    xsetroot = require_tool("xsetroot", "x11-xserver-utils")
-    with services.xtigervnc("1280x800") as (port, display):
-        subprocess.run([xsetroot, "-display", f":{display}", "-solid", "#ff0000"], check=True,
-                       timeout=10)
+    with services.red_xtigervnc("1280x800") as (port, display):
         yield port, display
 
 
@@ -368,46 +366,45 @@ def wait_for_stty(page, nth, timeout=15):
 # -- the desktop never hangs: first error kept, timeout, retry ---------------------------
 
 
-class SilentThenProxy:
+class SilentThenProxy(socketserver.ThreadingTCPServer):
     """A TCP listener that accepts its first connection and never says a word (a
     hung VNC server); later connections are piped to *target*."""
 
+    daemon_threads = True
+
     def __init__(self, port, target):
         self.target = target
-        self.sock = socket.create_server(("127.0.0.1", port))
-        self.held = []
         self.count = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.count += 1
-            if self.count == 1:
-                self.held.append(conn)
-                continue
-            upstream = socket.create_connection(("127.0.0.1", self.target))
-            for a, b in ((conn, upstream), (upstream, conn)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(a, b):
-        try:
-            while data := a.recv(65536):
-                b.sendall(data)
-        except OSError:
-            pass
-        finally:
-            with contextlib.suppress(OSError):
-                b.shutdown(socket.SHUT_WR)
+        self.stopped = threading.Event()
+        super().__init__(("127.0.0.1", port), _SilentThenPipe)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
 
     def close(self):
-        self.sock.close()
-        for c in self.held:
-            c.close()
+        self.stopped.set()
+        self.shutdown()
+        self.server_close()
+
+
+class _SilentThenPipe(socketserver.BaseRequestHandler):
+    def handle(self):
+        server = self.server
+        server.count += 1
+        if server.count == 1:
+            server.stopped.wait()  # hold the connection, say nothing
+            return
+        upstream = socket.create_connection(("127.0.0.1", server.target))
+        back = threading.Thread(target=self.pipe, args=(upstream, self.request), daemon=True)
+        back.start()
+        self.pipe(self.request, upstream)
+        back.join(5)
+        upstream.close()
+
+    @staticmethod
+    def pipe(a, b):
+        with contextlib.suppress(OSError):
+            while data := a.recv(65536):
+                b.sendall(data)
+            b.shutdown(socket.SHUT_WR)
 
 
 def test_desktop_keeps_the_first_error_times_out_and_retries(tmp_path, twistd, chromium_page):
