@@ -82,6 +82,13 @@ function randomId() {
   return btoa(String.fromCharCode(...b)).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
 }
 
+// Streams in progress: when the page goes away they are aborted, so the browser marks
+// those downloads failed at once instead of waiting forever for the rest.
+const streaming = new Set();
+globalThis.addEventListener?.("pagehide", () => {
+  for (const sink of [...streaming]) sink.abort("the page was closed").catch(() => {});
+});
+
 /** A stream the download service worker serves to the browser's download manager. */
 export class ServiceWorkerSink {
   /** The browser's download starts with the first byte (or close()), so a download
@@ -123,6 +130,7 @@ export class ServiceWorkerSink {
       frame.src = `/js/apps/download/${this.id}/${encodeURIComponent(this.name)}`;
       document.body.append(frame);
       this.frame = frame;
+      streaming.add(this);
       // Messages keep the worker alive while a long download streams.
       this.keepalive = setInterval(() => this.worker.postMessage({ op: "keepalive" }), 10000);
     });
@@ -169,6 +177,7 @@ export class ServiceWorkerSink {
   }
 
   _cleanup(delay = 0) {
+    streaming.delete(this);
     clearInterval(this.keepalive);
     const frame = this.frame;
     this.frame = null;
