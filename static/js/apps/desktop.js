@@ -20,13 +20,14 @@ class ChannelSocket {
     this.onopen = this.onclose = this.onerror = null;
     this._onmessage = null;
     this._onStatus = onStatus;
+    this.received = 0; // binary messages (RFB bytes) delivered
   }
   get onmessage() { return this._onmessage; }
   set onmessage(handler) {
     this._onmessage = handler;
     if (handler) {
       this.app.listen({
-        message: (data) => this._onmessage && this._onmessage({ data }),
+        message: (data) => { this.received++; if (this._onmessage) this._onmessage({ data }); },
         status: (s) => this._onStatus(s),
         close: () => this.onclose && this.onclose({ code: 1000, reason: "", wasClean: true }),
       });
@@ -186,6 +187,10 @@ export async function mount(panel, { pc }) {
     r.addEventListener("disconnect", (e) => {
       if (rfb !== r) return;
       if (app && app.error) fail(`Desktop error: ${app.error.message}`);
+      if (!socket.received) {
+        fail("The home server closed the desktop before the VNC server said anything: is the " +
+          "VNC server running on the home server?");
+      }
       fail(e.detail.clean ? "Desktop disconnected." : "Desktop connection lost.");
     });
     r.addEventListener("securityfailure", (e) => {
