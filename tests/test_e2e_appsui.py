@@ -263,7 +263,7 @@ def test_session_view_fills_the_window_in_light_dark_and_on_a_phone(
         page.screenshot(path=os.path.join(shots_dir(tmp_path), "desktop-fullscreen.png"))
         print(f"desktop canvas: {normal:.1%} of the window, {full:.1%} in full screen")
         assert full >= 0.90, f"the canvas covers {full:.1%} of the viewport in full screen"
-        assert normal >= 0.60, f"the canvas covers {normal:.1%} of the window"
+        assert normal >= 0.75, f"the canvas covers {normal:.1%} of the window"
         page.evaluate("document.exitFullscreen()")
         poll(page, "document.fullscreenElement === null")
         desktop.get_by_label("Scaling").select_option("actual")
@@ -286,11 +286,11 @@ def test_session_view_fills_the_window_in_light_dark_and_on_a_phone(
         # clipboard: remote -> this device (async Clipboard API), and back
         subprocess.run([xclip, "-display", f":{display}", "-selection", "clipboard"],
                        input=b"from the home desktop", check=True, timeout=10)
-        desktop.locator(".desktop-clipboard").wait_for(state="attached")
         poll(page, "document.querySelector('.desktop-clipboard').value === 'from the home desktop'")
         poll(page, "navigator.clipboard.readText().then((t) => t === 'from the home desktop')")
         page.evaluate("navigator.clipboard.writeText('from this browser')")
-        desktop.locator("summary", has_text="Clipboard").click()
+        desktop.get_by_role("button", name="Clipboard").click()
+        assert desktop.get_by_label("Clipboard text (remote)").is_visible()
         desktop.get_by_role("button", name="Paste from this device").click()
         deadline = time.monotonic() + 15
         while True:

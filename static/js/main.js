@@ -457,6 +457,7 @@ function closeConnection() {
 function disconnect() {
   closeConnection();
   $("apps").replaceChildren();
+  $("session-tabs").replaceChildren();
   if (current) openConnect(current); else renderServers();
 }
 
@@ -464,6 +465,7 @@ async function reconnect() {
   const conn = connection;
   connection = null;
   $("apps").replaceChildren();
+  $("session-tabs").replaceChildren();
   openConnect(current);
   if (conn && conn.passwordKey) await connect({ passwordKey: conn.passwordKey });
 }
@@ -474,7 +476,7 @@ export async function onConnected({ pc, control, apps, serverId }) {
   container.replaceChildren();
   try {
     const module = await import("./apps/index.js");
-    await module.mountApps(container, { pc, control, apps, serverId });
+    await module.mountApps(container, { pc, control, apps, serverId, tabsHost: $("session-tabs") });
   } catch (error) {
     // No apps UI installed (or it failed): at least say what the server offers.
     console.info("apps UI not available:", error && error.message);

@@ -52,19 +52,27 @@ export async function mount(panel, { pc }) {
   const pan = button("Pan", () => setPan(pan.getAttribute("aria-pressed") !== "true"), { "aria-pressed": "false" });
   const full = button("Full screen", () => toggleFullscreen(panel));
   const cad = button("Ctrl-Alt-Del", () => rfb && rfb.sendCtrlAltDel());
+  const clipToggle = button("Clipboard", () => showClipboard(clipToggle.getAttribute("aria-expanded") !== "true"),
+    { "aria-expanded": "false", "aria-controls": "desktop-clipboard" });
   const bar = el("div", { class: "app-bar desktop-bar", role: "toolbar", "aria-label": "Desktop" },
-    status, retry, mode, zoomOut, zoomText, zoomIn, pan, full, cad);
+    status, retry, mode, zoomOut, zoomText, zoomIn, pan, full, clipToggle, cad);
 
   const pw = el("input", { type: "password", autocomplete: "off", "aria-label": "VNC password" });
   const form = el("form", { class: "desktop-password", hidden: true }, pw, el("button", { type: "submit" }, "Send password"));
   const screen = el("div", { class: "desktop-screen" });
   const viewport = el("div", { class: "desktop-viewport" }, screen);
   const clip = el("textarea", { class: "desktop-clipboard", rows: 2, "aria-label": "Clipboard text (remote)" });
-  const clipBox = el("details", { class: "desktop-clipboard-box" }, el("summary", {}, "Clipboard"), clip,
+  const clipBox = el("div", { class: "desktop-clipboard-box", id: "desktop-clipboard", hidden: true }, clip,
     el("div", { class: "actions" },
       button("Send to remote", () => rfb && rfb.clipboardPasteFrom(clip.value)),
       button("Paste from this device", () => pasteFromDevice(true))));
-  panel.append(bar, form, viewport, clipBox);
+  panel.append(bar, form, clipBox, viewport);
+
+  function showClipboard(on) {
+    clipToggle.setAttribute("aria-expanded", String(on));
+    clipBox.hidden = !on;
+    if (on) clip.focus();
+  }
 
   let rfb = null;
   let app = null;
@@ -120,7 +128,7 @@ export async function mount(panel, { pc }) {
         rfb.clipboardPasteFrom(text);
       }
     } catch (e) {
-      if (explicit) { clipBox.open = true; clip.focus(); }
+      if (explicit) showClipboard(true);
     }
   }
 

@@ -1,6 +1,7 @@
 // The apps UI: one tab per app the server lists (the WAI-ARIA tabs pattern: arrow
 // keys, Home and End move between tabs); each tab mounts its app on first use.
-// Called by static/js/main.js as mountApps(container, {pc, control, apps, serverId}).
+// Called by static/js/main.js as mountApps(container, {pc, control, apps, serverId,
+// tabsHost}); the tabs go into *tabsHost* (the session's heading row) when given.
 
 const MODULES = { files: "./files.js", terminal: "./terminal.js", desktop: "./desktop.js" };
 
@@ -12,7 +13,7 @@ function addStylesheet(href) {
   document.head.append(link);
 }
 
-export async function mountApps(container, { pc, control, apps, serverId }) {
+export async function mountApps(container, { pc, control, apps, serverId, tabsHost = null }) {
   addStylesheet("/css/apps.css");
   const root = document.createElement("section");
   root.className = "apps";
@@ -23,7 +24,12 @@ export async function mountApps(container, { pc, control, apps, serverId }) {
   tabs.setAttribute("aria-label", "Apps");
   const panels = document.createElement("div");
   panels.className = "app-panels";
-  root.append(tabs, panels);
+  if (tabsHost) {
+    tabsHost.replaceChildren(tabs);
+    root.append(panels);
+  } else {
+    root.append(tabs, panels);
+  }
   container.replaceChildren(root);
 
   const shown = apps.filter((a) => MODULES[a.name]);
