@@ -348,6 +348,11 @@ def test_session_view_fills_the_window_in_light_dark_and_on_a_phone(
         page.reload()
         server.wait_for_log(rf"session {m} closed", timeout=5)
         print(f"session freed {time.monotonic() - t0:.2f} s after the reload")
+        # the server list, dark, on the phone
+        page.get_by_label("Home: Online").wait_for()
+        assert no_sideways_scroll(page)
+        assert not contrast_failures(page), contrast_failures(page)
+        assert_accessible(page, "dark mode, phone, server list")
     finally:
         context.close()
 
