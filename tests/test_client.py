@@ -25,6 +25,9 @@ import pytest
 from homechannel import client, crypto
 from homechannel.errors import AuthenticationError, Forbidden
 
+# A coordinator subprocess and real aiortc at both ends: the end-to-end lane.
+pytestmark = pytest.mark.e2e
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 PASSWORD = "correct horse battery staple"
