@@ -17,7 +17,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip -q
 
 # Debian packages the end-to-end tests need.
-SYSDEPS := chromium openssh-server tigervnc-standalone-server xvfb x11vnc x11-xserver-utils xclip iproute2 systemd nftables coturn
+SYSDEPS := chromium openssh-server tigervnc-standalone-server xvfb x11vnc x11-xserver-utils xclip iproute2 systemd nftables coturn nginx
 # How long the test suite may take before it is stopped (seconds).
 TEST_TIMEOUT ?= 780
 
@@ -41,7 +41,7 @@ venv: $(VENV)/.stamp
 # editable_mode=compat puts the checkout itself on sys.path, which is what
 # lets twistd find twisted/plugins/homechannel_plugins.py (a plain editable
 # install of a flat layout hides it from twistd's plugin scan).
-$(VENV)/.stamp: setup.cfg pyproject.toml
+$(VENV)/.stamp: setup.cfg setup.py pyproject.toml
 	@if [ -z "$(PYTHON)" ]; then \
 		echo "error: Python >= 3.11 not found (Debian: apt-get install python3 python3-venv)" >&2; exit 1; fi
 	@if [ ! -x $(PY) ]; then \

@@ -139,8 +139,11 @@ class CoordinatorUDP:
     # Handshakes (INIT) answered per second from one source network (IPv6 /64, IPv4).
     per_source_per_second: float = 20.0
     # The host name or address clients reach this UDP port at (for the default
-    # STUN server).  Empty: the host of web.public_url.
+    # STUN server and the join string).  Empty: the host of web.public_url.
     public_host: str = ""
+    # The UDP port home servers are told in the join string; 0: udp.port (set it
+    # when a NAT or load balancer in front changes the port).
+    public_port: int = 0
     # Answer STUN Binding requests (RFC 8489) on this port, so that browsers
     # and home servers learn their public address with no STUN server set.
     stun: bool = True
@@ -218,8 +221,21 @@ class CoordinatorWeb:
 
 @dataclass(frozen=True)
 class CoordinatorAdmin:
-    # Loopback-only operator endpoint (migrate).  Empty string disables it.
-    listen: str = "tcp:7780:interface=127.0.0.1"
+    # The operator endpoint (migrate, status): a UNIX socket with mode 0600
+    # (a relative path is in state_dir), or a loopback tcp: endpoint, which then
+    # requires the token in token_file.  Empty string disables it.
+    listen: str = "unix:admin.sock:mode=600"
+    # The admin token for a tcp: listen (created on first start, mode 0600).
+    # Empty: state_dir/admin.token.
+    token_file: str = ""
+
+
+@dataclass(frozen=True)
+class CoordinatorMetrics:
+    # Prometheus metrics (text format, /metrics) for the operator: a Twisted
+    # endpoint string, loopback by default, never the public port.  Empty
+    # string disables it.
+    listen: str = "tcp:9477:interface=127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -253,6 +269,7 @@ class CoordinatorConfig:
     web: CoordinatorWeb = field(default_factory=CoordinatorWeb)
     admin: CoordinatorAdmin = field(default_factory=CoordinatorAdmin)
     turn: CoordinatorTurn = field(default_factory=CoordinatorTurn)
+    metrics: CoordinatorMetrics = field(default_factory=CoordinatorMetrics)
 
 
 # -- home server -----------------------------------------------------------
@@ -334,6 +351,12 @@ class ServerApps:
 
 
 @dataclass(frozen=True)
+class ServerMetrics:
+    # As the coordinator's [metrics] listen: loopback by default; empty disables.
+    listen: str = "tcp:9478:interface=127.0.0.1"
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     state_dir: str = ""
     identity_key: str = ""
@@ -344,10 +367,16 @@ class ServerConfig:
     keepalive: ServerKeepalive = field(default_factory=ServerKeepalive)
     webrtc: ServerWebRTC = field(default_factory=ServerWebRTC)
     apps: ServerApps = field(default_factory=ServerApps)
+    metrics: ServerMetrics = field(default_factory=ServerMetrics)
 
     @property
     def failover_path(self):
         return os.path.join(self.state_dir, "failover-coordinator.json")
+
+    @property
+    def status_path(self):
+        """What ``homechannel status`` reads (written by the running daemon, mode 0600)."""
+        return os.path.join(self.state_dir, "status.json")
 
 
 # -- loading ---------------------------------------------------------------

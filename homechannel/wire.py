@@ -45,15 +45,23 @@ MAX_DATAGRAM = 1200
 
 # Inner (sealed) message types.  Requests are even, their replies are odd.
 REGISTER, REGISTERED = 0x10, 0x11        # pool of challenges -> ok
+REFUSED = 0x1B                           # reply to REGISTER instead of REGISTERED: reason
 PING, PONG = 0x12, 0x13
 CHALLENGES, CHALLENGES_ACK = 0x14, 0x15  # fresh pool (replaces), acknowledged
 REFILL, REFILL_REPLY = 0x16, 0x17        # coordinator asks for challenges; reply carries them
+BYE, BYE_ACK = 0x18, 0x19                # the server leaves (stopping); forgotten at once
 XFER, XFER_ACK = 0x20, 0x21              # one fragment of an offer/answer transfer
 MIGRATE, MIGRATE_ACK = 0x30, 0x31        # move to another coordinator
 NOTICE, NOTICE_ACK = 0x40, 0x41          # coordinator tells the server of a failed login
-REQUESTS = {REGISTER, PING, CHALLENGES, REFILL, XFER, MIGRATE, NOTICE}
+REQUESTS = {REGISTER, PING, CHALLENGES, REFILL, BYE, XFER, MIGRATE, NOTICE}
 MAX_NOTICE = 512
-REPLIES = {t | 1 for t in REQUESTS}
+MAX_REFUSAL = 64
+REPLIES = {t | 1 for t in REQUESTS} | {REFUSED}
+# REFUSED is sealed with the handshake's keys under a counter with the top bit
+# set (plus 63 random bits): the session's own counters start at 0 and never
+# get there, so the nonce is never reused even if a refused handshake is
+# later completed.
+REFUSAL_COUNTER_BIT = 1 << 63
 
 # Challenges a coordinator keeps per server.
 POOL = 2
@@ -297,6 +305,19 @@ def parse_fragment_ack(body: bytes) -> tuple[int, int]:
     if len(body) != _XFER_ACK.size:
         raise ProtocolError("bad fragment ack")
     return _XFER_ACK.unpack(body)
+
+
+def refusal(reason: str) -> bytes:
+    """A REFUSED body: the reason, a short kebab-case code (ASCII, at most 64 bytes)."""
+    body = reason.encode("ascii", "replace")[:MAX_REFUSAL]
+    return body or b"refused"
+
+
+def parse_refusal(body: bytes) -> str:
+    if not 0 < len(body) <= MAX_REFUSAL:
+        raise ProtocolError("bad REFUSED")
+    text = body.decode("ascii", "replace")
+    return "".join(c if c.isalnum() or c in "-_. " else "?" for c in text)
 
 
 def migrate(host: str, port: int, public_raw: bytes) -> bytes:

@@ -1,6 +1,11 @@
-"""The coordinator's operator endpoint: loopback only, no authentication
-beyond that (whoever can reach loopback on the coordinator host is the
-operator).  ``homechannel migrate`` talks to it.
+"""The coordinator's operator endpoint.  ``homechannel migrate`` talks to it.
+
+By default a UNIX socket with mode 0600 in the state directory
+(``admin.listen = "unix:admin.sock:mode=600"``): only the coordinator's own
+user (and root) can connect, so other local users cannot move servers.  A
+loopback ``tcp:`` endpoint is allowed too, and then every request must carry
+``Authorization: Bearer <token>`` with the token from ``admin.token_file``
+(mode 0600, created on first start).
 
 * ``GET /status`` -> ``{"servers": n, "stats": {...}}``
 * ``POST /migrate`` with ``{"server": <id> | "*", "host": h, "port": p,
@@ -9,12 +14,15 @@ operator).  ``homechannel migrate`` talks to it.
 
 import ipaddress
 import json
+import os
 import re
+import secrets
+import stat
 
 from klein import Klein
 from twisted.logger import Logger
 
-from homechannel import crypto
+from homechannel import crypto, endpoints
 from homechannel.errors import ConfigError, HomeChannelError, ProtocolError
 
 log = Logger()
@@ -37,11 +45,73 @@ def check_loopback(endpoint: str) -> None:
                           "(add :interface=127.0.0.1) or be a unix: socket")
 
 
+def socket_path(cfg):
+    """The admin socket's absolute path, or None when admin.listen is not unix:."""
+    kind, args, _ = endpoints.split(cfg.admin.listen)
+    if kind != "unix" or not args:
+        return None
+    return os.path.join(cfg.state_dir, os.path.expanduser(args[0]))
+
+
+def token_path(cfg):
+    return cfg.admin.token_file or os.path.join(cfg.state_dir, "admin.token")
+
+
+def listen_endpoint(cfg):
+    """``(endpoint string, token or None)`` for admin.listen, checked.
+
+    A unix: socket gets an absolute path (relative ones are in state_dir) and
+    must not be accessible to group or others; a tcp: one must be on loopback
+    and gets a token (created in admin.token_file if missing)."""
+    listen = cfg.admin.listen
+    kind, args, kwargs = endpoints.split(listen)
+    if kind == "unix":
+        if not args:
+            raise ConfigError(f"admin.listen {listen!r}: a unix: endpoint needs a path")
+        try:
+            mode = int(kwargs.get("mode", "666"), 8)
+        except ValueError:
+            raise ConfigError(f"admin.listen {listen!r}: mode must be octal, e.g. 600") from None
+        if mode & 0o077:
+            raise ConfigError(f"admin.listen {listen!r}: the socket would be open to other "
+                              f"users (mode {mode:o}): use mode=600")
+        path = socket_path(cfg)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        return endpoints.join("unix", [path], dict(kwargs, mode=f"{mode:o}")), None
+    check_loopback(listen)
+    return listen, load_or_create_token(token_path(cfg))
+
+
+def load_or_create_token(path):
+    """The admin token in *path* (mode 0600), created if missing."""
+    if not os.path.lexists(path):
+        crypto.write_secret_file(path, (secrets.token_urlsafe(32) + "\n").encode())
+    return read_token(path)
+
+
+def read_token(path):
+    try:
+        st = os.stat(path)
+        if st.st_mode & 0o077:
+            raise ConfigError(f"admin token {path} is readable by others (mode "
+                              f"{stat.S_IMODE(st.st_mode):04o}): run 'chmod 600 {path}'")
+        with open(path, encoding="ascii") as f:
+            token = f.read().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read the admin token {path}: "
+                          f"{getattr(e, 'strerror', None) or e}") from None
+    if len(token) < 16:
+        raise ConfigError(f"the admin token in {path} is too short: remove the file "
+                          "and restart the coordinator to make a new one")
+    return token
+
+
 class Admin:
     app = Klein()
 
-    def __init__(self, udp):
+    def __init__(self, udp, token=None):
         self.udp = udp
+        self.token = token
 
     def resource(self):
         return self.app.resource()
@@ -52,9 +122,18 @@ class Admin:
         request.setHeader("Content-Type", "application/json")
         return json.dumps({"error": str(failure.value)})
 
+    def _authorized(self, request):
+        if self.token is None:
+            return True
+        given = (request.getHeader("authorization") or "").encode("utf-8", "replace")
+        return crypto.constant_time_equal(given, b"Bearer " + self.token.encode("ascii"))
+
     @app.route("/status", methods=["GET"])
     def status(self, request):
         request.setHeader("Content-Type", "application/json")
+        if not self._authorized(request):
+            request.setResponseCode(401)
+            return json.dumps({"error": "the admin token is missing or wrong"})
         rv = self.udp.rv
         return json.dumps({"servers": rv.registry.count, "stats": dict(rv.stats)})
 
@@ -69,6 +148,9 @@ class Admin:
         if host_header not in _LOOPBACK_HOSTS or ctype != "application/json":
             request.setResponseCode(403)
             return json.dumps({"error": "the admin API takes JSON from loopback only"})
+        if not self._authorized(request):
+            request.setResponseCode(401)
+            return json.dumps({"error": "the admin token is missing or wrong"})
         try:
             doc = json.loads(request.content.read(65536))
             host, port = str(doc["host"]), int(doc["port"])

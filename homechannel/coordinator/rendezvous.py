@@ -239,7 +239,8 @@ class Rendezvous:
                 return self._drop("registry-source-full")   # hostile or misconfigured: debug
             log.warn("refused registration of {server} from {addr}: {reason}",
                      server=crypto.b64u_encode(pending.server_key)[:12], addr=addr, reason=str(e))
-            return self._drop("registry-full")
+            self._drop("registry-full")
+            return [(self._refusal(pending, rid, str(e) or e.code), addr)]
         self.registry.accept_counter(slot, counter)
         self.registry.set_pool(slot, pairs)
         pending.done = True
@@ -247,6 +248,15 @@ class Rendezvous:
         log.info("registered {server} from {addr}",
                  server=crypto.b64u_encode(pending.server_key)[:12], addr=f"{addr[0]}:{addr[1]}")
         return [(self.registry.seal(slot, wire.inner(wire.REGISTERED, rid)), addr)]
+
+    def _refusal(self, pending: "_Pending", rid: int, reason: str) -> bytes:
+        """REFUSED, sealed with the handshake's keys (the server proved its key,
+        so it may learn why): see ``wire.REFUSAL_COUNTER_BIT``."""
+        self.stats["refused"] += 1
+        counter = wire.REFUSAL_COUNTER_BIT | (
+            int.from_bytes(self.random_bytes(8), "big") >> 1)
+        return wire.seal_data(pending.tx_key, counter,
+                              wire.inner(wire.REFUSED, rid, wire.refusal(reason)))
 
     def _expire_handshakes(self, now: float) -> None:
         while self._pending:
@@ -279,9 +289,23 @@ class Rendezvous:
             return [(self.registry.seal(slot, wire.inner(wire.CHALLENGES_ACK, rid)), addr)]
         if kind == wire.XFER:
             return self._fragment(slot, kid, rid, body, addr, now)
+        if kind == wire.BYE:
+            return self._bye(slot, kid, rid, addr)
         if kind in wire.REPLIES:
             return self._reply(slot, kid, kind, rid, body)
         return self._drop("unexpected-message")
+
+    def _bye(self, slot: int, kid: bytes, rid: int, addr: Address) -> Datagrams:
+        """The server is stopping: acknowledge, then forget it at once (a lost
+        BYE_ACK makes its resent BYE an UNKNOWN, which it also takes as done)."""
+        ack = self.registry.seal(slot, wire.inner(wire.BYE_ACK, rid))
+        self.registry.remove(slot)
+        self._awaiting.pop(kid, None)
+        self._reassembly.pop(kid, None)
+        self._refilling.discard(kid)
+        self.stats["bye"] += 1
+        log.info("server {kid} left", kid=kid.hex()[:12])
+        return [(ack, addr)]
 
     def _unknown(self, data: bytes, addr: Address, now: float) -> Datagrams:
         # Authenticated "unknown, re-register": only for datagrams at least as

@@ -9,7 +9,13 @@ act on comes out of ``pop_events()``:
 * ``("lost", reason)`` when the link is declared dead;
 * ``("offer", payload)`` once per complete OFFER transfer;
 * ``("migrate", (host, port, public_raw))`` once per MIGRATE request;
-* ``("notice", body)`` once per NOTICE (a failed login the coordinator caught).
+* ``("notice", body)`` once per NOTICE (a failed login the coordinator caught);
+* ``("attempt-failed", reason)`` once per registration attempt that failed,
+  with a reason a person can act on (no answer: firewall or wrong address; a
+  signature that does not match the pinned key; the coordinator refused, and
+  why);
+* ``("left", None)`` when a :meth:`leave` is acknowledged (or the coordinator
+  had already forgotten us).
 
 It retries for ever: each handshake datagram is retransmitted with jittered
 exponential backoff from ``backoff_min`` to ``backoff_max``.
@@ -19,7 +25,7 @@ import os
 import random
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Optional
 
 from twisted.logger import Logger
 
@@ -35,6 +41,19 @@ log = Logger()
 HANDSHAKE_STEP_TRIES = 4     # resend INIT or FINISH this often, then start over
 PING_TIMEOUT = 5.0           # a ping not answered by then counts as missed
 ANSWER_DEADLINE = 30.0
+BYE_INTERVAL = 0.25          # BYE is resent this often while leaving
+
+# Why an attempt failed, by the step that got no answer.
+NO_ANSWER = {
+    "hello": "no answer from the coordinator (is outgoing UDP to it blocked by a firewall, "
+             "or are coordinator.host and coordinator.port wrong?)",
+    "init": "the coordinator answered the first step but not the key agreement "
+            "(packet loss, or it is overloaded)",
+    "finish": "the coordinator did not confirm the registration (packet loss, or it is "
+              "overloaded)",
+}
+SIGNATURE_MISMATCH = ("the coordinator's signature does not match the pinned key (is "
+                      "coordinator.public_key the key this coordinator logs at start?)")
 
 
 class Registrant:
@@ -67,7 +86,9 @@ class Registrant:
         self.random_bytes = random_bytes
         self.rng = rng or random.Random(int.from_bytes(random_bytes(8), "big"))
         self.state = "idle"
-        self.stats = {"dropped": 0, "registrations": 0, "lost": 0}
+        self.stats = {"dropped": 0, "registrations": 0, "lost": 0, "attempts-failed": 0}
+        self.last_registered: Optional[float] = None   # ``now`` of the last registration
+        self.last_failure: Optional[str] = None        # the reason of the last failed attempt
         self._events: list[tuple[str, Any]] = []
         self._backoff = keepalive.backoff_min
         self._timer = None
@@ -102,6 +123,9 @@ class Registrant:
         self._refresh_at = None
         self._migrations_seen = deque(maxlen=8)
         self._notices_seen = deque(maxlen=64)
+        self._reported = False        # this attempt's failure is already reported
+        self._bye_rid = None
+        self._bye_due = None
 
     def _jitter(self, seconds: float, fraction: float | None = None) -> float:
         f = self.cfg.jitter if fraction is None else fraction
@@ -121,8 +145,16 @@ class Registrant:
         events, self._events = self._events, []
         return events
 
+    def _attempt_failed(self, reason: str) -> None:
+        if self._reported:
+            return
+        self._reported = True
+        self.last_failure = reason
+        self.stats["attempts-failed"] += 1
+        self._events.append(("attempt-failed", reason))
+
     def _seal(self, message: bytes) -> bytes:
-        assert self._tx_key is not None   # states "finish" and "up"
+        assert self._tx_key is not None   # states "finish", "up" and "leaving"
         dgram = wire.seal_data(self._tx_key, self._tx_ctr, message, wire.MIN_SERVER_DATAGRAM)
         self._tx_ctr += 1
         self._sent_refs.append(wire.unknown_reference(dgram))
@@ -139,8 +171,32 @@ class Registrant:
         self._timer = None
         self._out.clear()
 
+    def leave(self, now: float) -> list[bytes]:
+        """Tell the coordinator we are going (BYE), so browsers see "offline" at once.
+
+        Best effort: BYE is resent every ``BYE_INTERVAL`` while ``poll`` is called;
+        ``("left", None)`` comes when it is acknowledged.  If we are not
+        registered, there is nothing to say: the registrant stops at once."""
+        if self.state == "leaving":
+            return []
+        if self.state != "up":
+            self.stop()
+            self._events.append(("left", None))
+            return []
+        self.state = "leaving"
+        self._out.clear()
+        self._bye_rid = self._rid()
+        self._bye_due = now + BYE_INTERVAL
+        return [self._seal(wire.inner(wire.BYE, self._bye_rid))]
+
+    def _left(self) -> list[bytes]:
+        self.stop()
+        self._events.append(("left", None))
+        return []
+
     def _hello(self, now: float) -> list[bytes]:
         self._reset_session()
+        self._reported = False
         self.state = "hello"
         self._nonce = self.random_bytes(wire.NONCE_SIZE)
         self._eph = crypto.Ephemeral()
@@ -156,8 +212,12 @@ class Registrant:
         return [self._hs_datagram]
 
     def _handshake_timeout(self, now: float) -> list[bytes]:
+        if self.state == "refused":
+            return self._hello(now)
+        self._attempt_failed(NO_ANSWER[self.state])
         if self.state in ("init", "finish") and self._step_tries >= HANDSHAKE_STEP_TRIES:
             return self._hello(now)   # the cookie or pending state may be gone: start over
+        self._reported = False        # each resend is a new attempt, reported once
         return self._send_handshake(now)
 
     def _cookie(self, data: bytes, now: float) -> list[bytes]:
@@ -178,7 +238,11 @@ class Registrant:
             return self._drop("unexpected-resp")
         assert self._hs_datagram is not None and self._eph is not None   # state "init"
         th = wire.transcript_hash(self._hs_datagram, eph_c)
-        crypto.verify(self.coordinator_key, sig, wire.RESP_LABEL + th)
+        try:
+            crypto.verify(self.coordinator_key, sig, wire.RESP_LABEL + th)
+        except AuthenticationError:
+            self._attempt_failed(SIGNATURE_MISMATCH)
+            raise
         self._tx_key, self._rx_key = crypto.session_keys(self._eph.shared_secret(eph_c), th)
         self._register_rid = self._rid()
         pool = wire.pairs(self.challenges.issue(POOL))
@@ -199,7 +263,18 @@ class Registrant:
         self._ping_due = now + self._jitter(self.cfg.interval)
         self._refresh_at = now + self._jitter(self.cfg.challenge_refresh, 0.1)
         self.stats["registrations"] += 1
+        self.last_registered = now
+        self.last_failure = None
         self._events.append(("registered", None))
+        return []
+
+    def _refused(self, body: bytes, now: float) -> list[bytes]:
+        reason = wire.parse_refusal(body)
+        self._attempt_failed(f"the coordinator refused the registration: {reason}")
+        self._reset_session()
+        self.state = "refused"           # start over after the backoff
+        self._timer = now + self._jitter(self._backoff)
+        self._backoff = min(self._backoff * 2, self.cfg.backoff_max)
         return []
 
     def _lost(self, reason: str, now: float) -> list[bytes]:
@@ -231,14 +306,16 @@ class Registrant:
 
     def _unknown(self, data: bytes, now: float) -> list[bytes]:
         ref, sig = wire.parse_unknown(data)
-        if self.state != "up" or ref not in self._sent_refs:
+        if self.state not in ("up", "leaving") or ref not in self._sent_refs:
             return self._drop("unexpected-unknown")
         crypto.verify(self.coordinator_key, sig, wire.UNKNOWN_LABEL + ref)
+        if self.state == "leaving":
+            return self._left()      # it forgot us already (our BYE_ACK was lost)
         log.info("coordinator does not know this server (restarted?): registering again")
         return self._lost("coordinator forgot us", now)
 
     def _data(self, data: bytes, now: float) -> list[bytes]:
-        if self.state not in ("finish", "up"):
+        if self.state not in ("finish", "up", "leaving"):
             return self._drop("unexpected-data")
         assert self._rx_key is not None   # states "finish" and "up"
         counter, plain = wire.open_data(self._rx_key, data)
@@ -250,6 +327,14 @@ class Registrant:
         if kind == wire.REGISTERED:
             if self.state == "finish" and rid == self._register_rid:
                 return self._registered(now)
+            return []
+        if kind == wire.REFUSED:
+            if self.state == "finish" and rid == self._register_rid:
+                return self._refused(body, now)
+            return []
+        if self.state == "leaving":
+            if kind == wire.BYE_ACK and rid == self._bye_rid:
+                return self._left()
             return []
         if self.state != "up":
             return self._drop("not-registered")
@@ -318,6 +403,11 @@ class Registrant:
     def poll(self, now: float) -> list[bytes]:
         if self.state in ("idle", "stopped"):
             return []
+        if self.state == "leaving":
+            if now >= self._bye_due:
+                self._bye_due = now + BYE_INTERVAL
+                return [self._seal(wire.inner(wire.BYE, self._bye_rid))]
+            return []
         if self.state != "up":
             if self._timer is not None and now >= self._timer:
                 return self._handshake_timeout(now)
@@ -343,6 +433,8 @@ class Registrant:
     def next_deadline(self) -> float | None:
         if self.state in ("idle", "stopped"):
             return None
+        if self.state == "leaving":
+            return self._bye_due
         if self.state != "up":
             return self._timer
         times = [self._ping_due, self._refresh_at, self._out.next_deadline()]

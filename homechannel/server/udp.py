@@ -1,212 +1,226 @@
-"""The home server's UDP transport: a thin ``DatagramProtocol`` that drives
-one :class:`Registrant` per coordinator (two while migrating), hands offers
-to the answerer, and persists a completed move in
-``failover-coordinator.json``."""
+"""The home server's UDP transport: a thin ``DatagramProtocol`` around the
+sans-I/O :class:`~homechannel.server.links.Links` (the coordinator link, and a
+second one while migrating).  It moves datagrams, runs the one timer and the
+injected resolver, hands offers to the answerer, and turns link events into
+log lines (one per failed registration attempt, with the reason) and audit
+lines (logins)."""
 
 import json
 import os
 import socket
+from collections import OrderedDict
 
 from twisted.internet import defer
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
-from homechannel import crypto
-from homechannel.crypto import b64u_encode
-from homechannel.errors import ConfigError, ProtocolError
-from homechannel.server.registrant import Registrant
+from homechannel.server import audit
+from homechannel.server.links import MIGRATION_TIMEOUT, FailoverFile, Links  # noqa: F401
 
 log = Logger()
 
-MIGRATION_TIMEOUT = 30.0
+LEAVE_TIMEOUT = 2.0
 
 
 def load_failover(path):
     """``(host, port, public_raw)`` from failover-coordinator.json, or None."""
-    try:
-        with open(path) as f:
-            doc = json.load(f)
-        host, port = doc["host"], int(doc["port"])
-        key = crypto.parse_server_id(doc["public_key"])
-        return host, port, key
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError, ProtocolError) as e:
-        raise ConfigError(f"{path} is unreadable ({e}); remove it to use the configured "
-                          "coordinator") from None
+    return FailoverFile(path).load()
 
 
 def save_failover(path, host, port, key):
-    doc = {"host": host, "port": port, "public_key": b64u_encode(key)}
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    FailoverFile(path).save(host, port, key)
 
 
-class _Link:
-    """One registrant, its coordinator and its timer."""
+def literal_ip(host):
+    """The resolver for addresses only: a literal IP, or a failure naming the problem."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+            return host
+        except OSError:
+            pass
+    return defer.fail(OSError(f"{host} is not an IP address and no resolver was given"))
 
-    def __init__(self, host, port, key, registrant):
-        self.host, self.port, self.key = host, port, key
-        self.registrant = registrant
-        self.addr = None          # resolved (ip, port)
-        self.timer = None
-        self.started_at = None
 
-    @property
-    def name(self):
-        return f"{self.host}:{self.port}"
+def reactor_resolver(reactor):
+    """Literal IPs at once; names through *reactor*'s resolver (never blocking)."""
+    def resolve(host):
+        result = literal_ip(host)
+        if isinstance(result, str):
+            return result
+        result.addErrback(lambda _: None)
+        return reactor.resolve(host)
+    return resolve
 
 
 class ServerUDP(DatagramProtocol):
     def __init__(self, identity, challenges, keepalive, target, clock, answerer=None,
                  failover_path=None, resolve=None, random_bytes=os.urandom):
-        self.identity = identity
-        self.challenges = challenges
-        self.keepalive = keepalive
         self.clock = clock
         self.answerer = answerer
-        self.failover_path = failover_path
-        self.random_bytes = random_bytes
-        self._resolve = resolve or _resolve_blocking_free
-        self.active = self._link(*target)
-        self.moving = None
-        self.registered = False
+        self.links = Links(identity, challenges, keepalive, target,
+                           FailoverFile(failover_path) if failover_path else None,
+                           random_bytes)
+        self._resolve = resolve or literal_ip
+        self._timer = None
+        self._leaving = None
+        self._audited = OrderedDict()     # session ids with an audit line (bounded)
+        self.failed_logins = 0            # refused by the coordinator (NOTICE)
+        self.on_change = lambda: None     # called when the link state changes
 
-    def _link(self, host, port, key):
-        return _Link(host, port, key, Registrant(self.identity, key, self.challenges,
-                                                 self.keepalive, self.random_bytes))
+    # -- what others read --
+
+    @property
+    def active(self):
+        return self.links.active
+
+    @property
+    def moving(self):
+        return self.links.moving
+
+    @property
+    def registered(self):
+        return self.links.active.registrant.state == "up"
+
+    @property
+    def coordinator(self):
+        return self.links.active.name
+
+    def status(self):
+        return self.links.status()
 
     # -- lifecycle --
 
     def startProtocol(self):
-        self._start(self.active)
+        self._flush(self.links.start(self.clock.seconds()))
 
     def stopProtocol(self):
-        for link in (self.active, self.moving):
-            if link is not None:
-                self._stop(link)
+        self.links.stop()
+        self._cancel_timer()
 
-    def _start(self, link):
-        if link.started_at is None:   # a migration's deadline counts from the first try
-            link.started_at = self.clock.seconds()
-        d = defer.maybeDeferred(self._resolve, link.host)
+    def leave(self, timeout=LEAVE_TIMEOUT):
+        """Say goodbye to the coordinator (BYE); the Deferred fires when it is
+        acknowledged or after *timeout* seconds, whichever is first."""
+        if self._leaving is not None:
+            return self._leaving
+        d = self._leaving = defer.Deferred()
+        self._flush(self.links.leave(self.clock.seconds()))
+        if not d.called:
+            guard = self.clock.callLater(timeout, self._left, False)
+            d.addBoth(lambda r: guard.cancel() if guard.active() else None)
+        return d
 
-        def resolved(ip):
-            if link.registrant.state == "stopped":
-                return
-            link.addr = (ip, link.port)
-            self._send(link, link.registrant.start(self.clock.seconds()))
-
-        def failed(f):
-            if link is self.moving and \
-                    self.clock.seconds() - link.started_at >= MIGRATION_TIMEOUT:
-                log.warn("could not resolve {name}: staying with {old}",
-                         name=link.name, old=self.active.name)
-                self._stop(link)
-                self.moving = None
-                return
-            log.warn("cannot resolve coordinator {name}: {err}; retrying in 5 s",
-                     name=link.name, err=f.getErrorMessage())
-            if link.registrant.state != "stopped":
-                link.timer = self.clock.callLater(5.0, self._start, link)
-
-        d.addCallbacks(resolved, failed)
-
-    def _stop(self, link):
-        link.registrant.stop()
-        if link.timer is not None and link.timer.active():
-            link.timer.cancel()
-        link.timer = None
+    def _left(self, acknowledged):
+        if self._leaving is not None and not self._leaving.called:
+            if not acknowledged:
+                log.info("the coordinator did not acknowledge our goodbye in time")
+            self._leaving.callback(acknowledged)
 
     # -- I/O --
 
     def datagramReceived(self, data, addr):
-        for link in (self.active, self.moving):
-            if link is not None and link.addr is not None and addr == link.addr:
-                try:
-                    out = link.registrant.receive(data, self.clock.seconds())
-                except Exception:
-                    log.failure("bug handling a datagram from {addr}", addr=addr)
-                    return
-                self._send(link, out)
-                return
-        log.debug("dropped datagram from unexpected {addr}", addr=addr)
-
-    def _send(self, link, out):
-        if self.transport is not None and link.addr is not None:
-            for data in out:
-                try:
-                    self.transport.write(data, link.addr)
-                except OSError as e:
-                    log.debug("send to {addr} failed: {err}", addr=link.addr, err=e)
-        self._events(link)
-        self._reschedule(link)
-
-    def _reschedule(self, link):
-        if link.timer is not None and link.timer.active():
-            link.timer.cancel()
-        link.timer = None
-        when = link.registrant.next_deadline()
-        if self.moving is link and link.started_at is not None:
-            give_up = link.started_at + MIGRATION_TIMEOUT
-            when = give_up if when is None else min(when, give_up)
-        if when is not None:
-            link.timer = self.clock.callLater(max(0.0, when - self.clock.seconds()),
-                                              self._fire, link)
-
-    def _fire(self, link):
-        link.timer = None
-        now = self.clock.seconds()
-        if self.moving is link and now >= link.started_at + MIGRATION_TIMEOUT \
-                and link.registrant.state != "up":
-            log.warn("could not register with {name}: staying with {old}",
-                     name=link.name, old=self.active.name)
-            self._stop(link)
-            self.moving = None
-            return
         try:
-            out = link.registrant.poll(now)
+            out = self.links.receive(data, addr, self.clock.seconds())
+        except Exception:
+            log.failure("bug handling a datagram from {addr}", addr=addr)
+            return
+        if out is None:
+            log.debug("dropped datagram from unexpected {addr}", addr=addr)
+            return
+        self._flush(out)
+
+    def _flush(self, out):
+        if self.transport is not None:
+            for data, addr in out:
+                try:
+                    self.transport.write(data, addr)
+                except OSError as e:
+                    log.debug("send to {addr} failed: {err}", addr=addr, err=e)
+        for link in self.links.pop_resolves():
+            self._start_resolve(link)
+        self._events()
+        self._reschedule()
+
+    def _start_resolve(self, link):
+        d = defer.maybeDeferred(self._resolve, link.host)
+        d.addCallbacks(
+            lambda ip: self._flush(self.links.resolved(link, ip, self.clock.seconds())),
+            lambda f: self._flush(self.links.resolve_failed(link, f.getErrorMessage(),
+                                                            self.clock.seconds())))
+        d.addErrback(lambda f: log.failure("bug after resolving {host}", f, host=link.host))
+
+    def _cancel_timer(self):
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _reschedule(self):
+        self._cancel_timer()
+        when = self.links.next_deadline()
+        if when is not None:
+            self._timer = self.clock.callLater(max(0.0, when - self.clock.seconds()),
+                                               self._fire)
+
+    def _fire(self):
+        self._timer = None
+        try:
+            out = self.links.poll(self.clock.seconds())
         except Exception:
             log.failure("bug in the registrant timer")
             out = []
-        self._send(link, out)
+        self._flush(out)
 
     # -- events --
 
-    def _events(self, link):
-        for kind, value in link.registrant.pop_events():
-            if kind == "registered":
-                self._on_registered(link)
-            elif kind == "lost":
-                if link is self.active:
-                    self.registered = False
-                log.info("lost the coordinator {name} ({reason}); registering again",
-                         name=link.name, reason=value)
-            elif kind == "offer":
-                self._on_offer(link, value)
-            elif kind == "migrate":
-                self._on_migrate(*value)
-            elif kind == "notice":
-                self._on_notice(link, value)
+    def _events(self):
+        changed = False
+        for kind, link, value in self.links.pop_events():
+            changed = changed or kind not in ("offer", "notice")
+            handler = getattr(self, "_on_" + kind.replace("-", "_"), None)
+            if handler is not None:
+                handler(link, value)
+        if changed:
+            try:
+                self.on_change()
+            except Exception:
+                log.failure("status update failed")
 
-    def _on_registered(self, link):
-        if link is self.moving:
-            old = self.active
-            self.active, self.moving = link, None
-            self._stop(old)
-            if self.failover_path:
-                try:
-                    save_failover(self.failover_path, link.host, link.port, link.key)
-                except OSError as e:
-                    log.error("could not save {path}: {err}", path=self.failover_path, err=e)
-            log.info("moved from coordinator {old} to {new}", old=old.name, new=link.name)
-        self.registered = True
+    def _on_registered(self, link, _):
         log.info("registered with coordinator {name}", name=link.name)
+
+    def _on_attempt_failed(self, link, reason):
+        delay = link.registrant.next_deadline()
+        retry = "" if delay is None else \
+            f"; trying again in {max(0.0, delay - self.clock.seconds()):.0f} s"
+        log.warn("cannot register with coordinator {name}: {reason}{retry}",
+                 name=link.name, reason=reason, retry=retry)
+
+    def _on_lost(self, link, reason):
+        log.info("lost the coordinator {name} ({reason}); registering again",
+                 name=link.name, reason=reason)
+
+    def _on_resolve_failed(self, link, reason):
+        log.warn("cannot resolve coordinator {name}: {err}; retrying in 5 s",
+                 name=link.name, err=reason)
+
+    def _on_moving(self, link, _):
+        log.info("coordinator asked us to move to {host}:{port}", host=link.host,
+                 port=link.port)
+
+    def _on_moved(self, link, old):
+        log.info("moved from coordinator {old} to {new}", old=old.name, new=link.name)
+
+    def _on_move_failed(self, link, reason):
+        log.warn("could not register with {name} ({reason}): staying with {old}",
+                 name=link.name, reason=reason, old=self.links.active.name)
+
+    def _on_save_failed(self, link, err):
+        log.error("could not save the failover coordinator {name}: {err}",
+                  name=link.name, err=err)
+
+    def _on_left(self, link, _):
+        log.info("left coordinator {name}", name=link.name)
+        self._left(True)
 
     def _on_offer(self, link, payload):
         if self.answerer is None:
@@ -215,8 +229,9 @@ class ServerUDP(DatagramProtocol):
         d = defer.maybeDeferred(self.answerer.handle_offer, payload)
 
         def answered(answer):
+            self._audit_login(payload, answer)
             if answer:
-                self._send(link, link.registrant.send_answer(answer, self.clock.seconds()))
+                self._flush(self.links.send_answer(link, answer, self.clock.seconds()))
 
         d.addCallback(answered)
         d.addErrback(lambda f: log.failure("answering an offer failed", f))
@@ -229,35 +244,31 @@ class ServerUDP(DatagramProtocol):
             log.debug("malformed notice from {name}", name=link.name)
             return
         if doc.get("event") == "login-failed":
-            log.warn("login failed from {source}: {reason} (refused by the coordinator "
-                     "{name})", source=source, reason=reason, name=link.name)
+            self.failed_logins += 1
+            audit.login(False, None, source, f"{reason} (refused by the coordinator "
+                                             f"{link.name})")
 
-    def _on_migrate(self, host, port, key):
-        if self.moving is not None:
-            if (self.moving.host, self.moving.port, self.moving.key) == (host, port, key):
-                return
-            self._stop(self.moving)
-        if (host, port, key) == (self.active.host, self.active.port, self.active.key):
+    def _audit_login(self, offer, answer):
+        """One audit line per session: accepted or refused, with the client's
+        address as the coordinator saw it (the offer's ``source``, when sent)."""
+        offer_doc, answer_doc = _json(offer), _json(answer)
+        session = answer_doc.get("session") or offer_doc.get("session")
+        if not isinstance(session, str) or session in self._audited:
             return
-        log.info("coordinator asked us to move to {host}:{port}", host=host, port=port)
-        self.moving = self._link(host, port, key)
-        self._start(self.moving)
-
-    @property
-    def coordinator(self):
-        return self.active.name
-
-
-def _resolve_blocking_free(host):
-    """Literal IPs resolve at once; names go through the reactor's resolver."""
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, host)
-            return host
-        except OSError:
-            pass
-    from twisted.internet import reactor
-    return reactor.resolve(host)
+        self._audited[session] = None
+        while len(self._audited) > 256:
+            self._audited.popitem(last=False)
+        source = offer_doc.get("source")
+        source = str(source)[:64] if source else None
+        if "error" in answer_doc:
+            audit.login(False, session, source, str(answer_doc.get("error"))[:64])
+        else:
+            audit.login(True, session, source)
 
 
-
+def _json(payload):
+    try:
+        doc = json.loads(bytes(payload).decode("utf-8"))
+    except (TypeError, ValueError, UnicodeDecodeError):
+        return {}
+    return doc if isinstance(doc, dict) else {}

@@ -1,0 +1,246 @@
+"""The home server's coordinator links, sans I/O: the active one and, while
+moving, the target's; migration and the failover file.
+
+One :class:`Registrant` per coordinator.  A MIGRATE from the active
+coordinator starts a second link; the server registers there before it
+leaves, records the target in the failover store, and stays put if the move
+fails within ``migration_timeout``.  Host names are resolved by the adapter:
+``pop_resolves()`` says which links need an address, ``resolved()`` and
+``resolve_failed()`` bring the answer back.  Like the registrant, every
+input takes ``now`` and returns ``[(datagram, addr)]``; ``next_deadline()``
+says when to call ``poll``; what the application acts on comes out of
+``pop_events()`` as ``(kind, link, value)``:
+
+* ``registered``, ``attempt-failed`` (reason), ``lost`` (reason), ``offer``
+  (payload), ``notice`` (body), ``left`` — from a link's registrant;
+* ``moving`` (None), ``moved`` (the old link), ``move-failed`` (reason);
+* ``resolve-failed`` (reason) — the name did not resolve; retried later.
+"""
+
+import json
+import os
+
+from homechannel import crypto
+from homechannel.crypto import b64u_encode
+from homechannel.errors import ConfigError, ProtocolError
+from homechannel.server.registrant import Registrant
+
+MIGRATION_TIMEOUT = 30.0
+RESOLVE_RETRY = 5.0
+
+
+class FailoverFile:
+    """``failover-coordinator.json``: where a completed move points (mode 0600)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def load(self):
+        """``(host, port, public_raw)``, or None when there is no file."""
+        try:
+            with open(self.path) as f:
+                doc = json.load(f)
+            host, port = doc["host"], int(doc["port"])
+            return host, port, crypto.parse_server_id(doc["public_key"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError, ProtocolError) as e:
+            raise ConfigError(f"{self.path} is unreadable ({e}); remove it to use the "
+                              "configured coordinator") from None
+
+    def save(self, host, port, key):
+        doc = {"host": host, "port": port, "public_key": b64u_encode(key)}
+        crypto.replace_secret_file(self.path, (json.dumps(doc, indent=2) + "\n").encode())
+
+
+class Link:
+    """One coordinator: its address, its registrant, its resolution state."""
+
+    def __init__(self, host, port, key, registrant):
+        self.host, self.port, self.key = host, port, key
+        self.registrant = registrant
+        self.addr = None          # resolved (ip, port)
+        self.started_at = None    # first attempt (a move's deadline counts from it)
+        self.retry_at = None      # when to resolve again after a failure
+        self.resolving = False
+
+    @property
+    def name(self):
+        return f"{self.host}:{self.port}"
+
+    @property
+    def target(self):
+        return self.host, self.port, self.key
+
+
+class Links:
+    def __init__(self, identity, challenges, keepalive, target, store=None,
+                 random_bytes=os.urandom, migration_timeout=MIGRATION_TIMEOUT):
+        self.identity = identity
+        self.challenges = challenges
+        self.keepalive = keepalive
+        self.store = store
+        self.random_bytes = random_bytes
+        self.migration_timeout = migration_timeout
+        self.active = self._link(*target)
+        self.moving = None
+        self._events = []
+        self._resolves = []
+
+    def _link(self, host, port, key):
+        return Link(host, port, key, Registrant(self.identity, key, self.challenges,
+                                                self.keepalive, self.random_bytes))
+
+    def links(self):
+        return [link for link in (self.active, self.moving) if link is not None]
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def start(self, now):
+        self._begin(self.active, now)
+        return []
+
+    def _begin(self, link, now):
+        if link.started_at is None:
+            link.started_at = now
+        link.retry_at = None
+        link.resolving = True
+        self._resolves.append(link)
+
+    def pop_resolves(self):
+        """Links whose host must be resolved now (call ``resolved``/``resolve_failed``)."""
+        links, self._resolves = self._resolves, []
+        return links
+
+    def resolved(self, link, ip, now):
+        link.resolving = False
+        if link.registrant.state == "stopped" or link not in self.links():
+            return []
+        link.addr = (ip, link.port)
+        return self._out(link, link.registrant.start(now), now)
+
+    def resolve_failed(self, link, reason, now):
+        link.resolving = False
+        if link.registrant.state == "stopped" or link not in self.links():
+            return []
+        if link is self.moving and now - link.started_at >= self.migration_timeout:
+            self._give_up(link, f"cannot resolve {link.host}: {reason}")
+            return []
+        self._events.append(("resolve-failed", link, reason))
+        link.retry_at = now + RESOLVE_RETRY
+        return []
+
+    def stop(self):
+        for link in self.links():
+            link.registrant.stop()
+
+    def leave(self, now):
+        """BYE to the active coordinator; abandon a move in progress."""
+        if self.moving is not None:
+            self.moving.registrant.stop()
+            self.moving = None
+        return self._out(self.active, self.active.registrant.leave(now), now)
+
+    @property
+    def left(self):
+        return self.active.registrant.state == "stopped"
+
+    # -- I/O ------------------------------------------------------------------------
+
+    def receive(self, data, addr, now):
+        """A datagram from *addr*; None if it is from no coordinator we talk to."""
+        for link in self.links():
+            if link.addr is not None and addr == link.addr:
+                return self._out(link, link.registrant.receive(data, now), now)
+        return None
+
+    def send_answer(self, link, payload, now):
+        if link not in self.links():
+            return []
+        return self._out(link, link.registrant.send_answer(payload, now), now)
+
+    def poll(self, now):
+        out = []
+        for link in self.links():
+            if link.retry_at is not None and now >= link.retry_at:
+                self._begin(link, now)
+            if link is self.moving and now >= link.started_at + self.migration_timeout \
+                    and link.registrant.state != "up":
+                self._give_up(link, "it did not answer in time")
+                continue
+            deadline = link.registrant.next_deadline()
+            if link.addr is not None and deadline is not None and now >= deadline:
+                out += self._out(link, link.registrant.poll(now), now)
+        return out
+
+    def next_deadline(self):
+        times = []
+        for link in self.links():
+            if link.retry_at is not None:
+                times.append(link.retry_at)
+            if link.addr is not None:
+                times.append(link.registrant.next_deadline())
+            if link is self.moving:
+                times.append(link.started_at + self.migration_timeout)
+        times = [t for t in times if t is not None]
+        return min(times) if times else None
+
+    # -- events -----------------------------------------------------------------------
+
+    def pop_events(self):
+        events, self._events = self._events, []
+        return events
+
+    def _out(self, link, datagrams, now):
+        out = [(d, link.addr) for d in datagrams] if link.addr is not None else []
+        for kind, value in link.registrant.pop_events():
+            if kind == "registered" and link is self.moving:
+                self._moved(link)
+            elif kind == "migrate":
+                self._migrate(value, now)
+                continue
+            self._events.append((kind, link, value))
+        return out
+
+    def _moved(self, link):
+        old = self.active
+        self.active, self.moving = link, None
+        old.registrant.stop()
+        self._events.append(("moved", link, old))
+        if self.store is not None:
+            try:
+                self.store.save(link.host, link.port, link.key)
+            except OSError as e:
+                self._events.append(("save-failed", link, str(e)))
+
+    def _give_up(self, link, reason):
+        link.registrant.stop()
+        self.moving = None
+        self._events.append(("move-failed", link, reason))
+
+    def _migrate(self, target, now):
+        host, port, key = target
+        if self.moving is not None:
+            if self.moving.target == target:
+                return
+            self.moving.registrant.stop()
+            self.moving = None
+        if target == self.active.target:
+            return
+        self.moving = self._link(host, port, key)
+        self._events.append(("moving", self.moving, None))
+        self._begin(self.moving, now)
+
+    # -- status ---------------------------------------------------------------------------
+
+    def status(self):
+        r = self.active.registrant
+        return {
+            "state": r.state,
+            "coordinator": self.active.name,
+            "moving_to": self.moving.name if self.moving is not None else None,
+            "registrations": r.stats["registrations"],
+            "lost": r.stats["lost"],
+            "last_registered": r.last_registered,
+            "last_failure": r.last_failure,
+        }
