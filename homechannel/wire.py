@@ -317,7 +317,7 @@ def parse_refusal(body: bytes) -> str:
     if not 0 < len(body) <= MAX_REFUSAL:
         raise ProtocolError("bad REFUSED")
     text = body.decode("ascii", "replace")
-    return "".join(c if c.isalnum() or c in "-_. " else "?" for c in text)
+    return "".join(c if c.isalnum() or c in "-_.,()/ " else "?" for c in text)
 
 
 def migrate(host: str, port: int, public_raw: bytes) -> bytes:

@@ -9,6 +9,7 @@ whose ``sys.path`` has that directory but not the checkout.
 import configparser
 import glob
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,27 +17,38 @@ import zipfile
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, in_ci
 
 TAPNAMES = ("homechannel-coordinator", "homechannel-server")
 PLUGIN = "twisted/plugins/homechannel_plugins.py"
 
 
 def _copy_source(dest):
-    """The files a build needs, without .venv, node_modules, build/ or .git."""
-    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+    """The files a build needs (static/node_modules as 'make npm' left it), without
+    .venv, build/ or .git."""
+    for name in ("setup.cfg", "setup.py", "pyproject.toml", "README.md", "LICENSE",
+                 "MANIFEST.in"):
         if os.path.exists(os.path.join(REPO, name)):
             shutil.copy(os.path.join(REPO, name), dest)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "dropin.cache", "node_modules")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "dropin.cache")
     shutil.copytree(os.path.join(REPO, "homechannel"), os.path.join(dest, "homechannel"),
                     ignore=ignore)
     shutil.copytree(os.path.join(REPO, "twisted"), os.path.join(dest, "twisted"), ignore=ignore)
     shutil.copytree(os.path.join(REPO, "static"), os.path.join(dest, "static"), ignore=ignore)
 
 
+def require_npm_modules():
+    if not os.path.isdir(os.path.join(REPO, "static", "node_modules", "@xterm")):
+        msg = "static/node_modules is missing: run 'make npm'"
+        if in_ci():
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     """``(wheel path, target dir)`` of a wheel built from a copy of the source."""
+    require_npm_modules()
     src = tmp_path_factory.mktemp("src")
     _copy_source(src)
     wheels = tmp_path_factory.mktemp("wheels")
@@ -83,14 +95,68 @@ def test_wheel_contains_plugin_without_twisted_init(installed):
     assert not [n for n in names if "__pycache__" in n]
 
 
-def test_wheel_ships_static_client_as_data_files(installed):
-    """Every file of the browser client (not node_modules) is in the wheel, in place."""
-    wheel, _ = installed
+def _shipped(wheel):
     shipped = set()
     for n in zipfile.ZipFile(wheel).namelist():
         head, sep, rel = n.partition(".data/data/share/homechannel/static/")
         if sep:
             shipped.add(rel)
+    return shipped
+
+
+# What a browser loads: ES module imports, dynamic imports, and the
+# stylesheets the apps add (addStylesheet("/node_modules/...")).
+_IMPORT = re.compile(r"""(?:\bfrom\s*|\bimport\s*\(?\s*|addStylesheet\(\s*)["']([^"']+)["']""")
+
+
+def loaded_files(static):
+    """Every file under static/ the client can load, following imports from static/js
+    into node_modules (relative to static/)."""
+    todo = [os.path.relpath(os.path.join(dirpath, f), static)
+            for dirpath, _, files in os.walk(os.path.join(static, "js")) for f in files
+            if f.endswith(".js")]
+    seen = set()
+    while todo:
+        rel = todo.pop()
+        if rel in seen:
+            continue
+        seen.add(rel)
+        if not rel.endswith((".js", ".mjs")):
+            continue
+        with open(os.path.join(static, rel), encoding="utf-8") as f:
+            text = f.read()
+        for spec in _IMPORT.findall(text):
+            if spec.startswith("/"):
+                target = spec.lstrip("/")
+            elif spec.startswith("."):
+                target = os.path.normpath(os.path.join(os.path.dirname(rel), spec))
+            else:
+                continue   # a bare specifier (none today) or /config.js-like route
+            if os.path.exists(os.path.join(static, target)):
+                todo.append(target)
+    return seen
+
+
+def test_wheel_ships_every_module_the_client_loads(installed):
+    """noVNC, xterm.js and the fit addon (and whatever they import) are in the wheel:
+    without them an installed coordinator's Terminal and Desktop tabs do not load."""
+    wheel, _ = installed
+    shipped = _shipped(wheel)
+    loaded = loaded_files(os.path.join(REPO, "static"))
+    from_npm = {p for p in loaded if p.startswith("node_modules/")}
+    assert "node_modules/@novnc/novnc/core/rfb.js" in from_npm
+    assert "node_modules/@xterm/xterm/lib/xterm.mjs" in from_npm
+    assert "node_modules/@xterm/xterm/css/xterm.css" in from_npm
+    assert len(from_npm) > 20, sorted(from_npm)     # noVNC's core imports followed
+    missing = sorted(loaded - shipped)
+    assert not missing, f"the wheel lacks files the client loads: {missing}"
+    assert not [p for p in shipped if p.endswith((".ts", ".map"))]
+
+
+def test_wheel_ships_static_client_as_data_files(installed):
+    """Every file of the browser client (not node_modules) is in the wheel, in place."""
+    wheel, _ = installed
+    shipped = _shipped(wheel)
     static = os.path.join(REPO, "static")
     expected = set()
     for dirpath, dirnames, filenames in os.walk(static):
@@ -174,3 +240,18 @@ def test_checkout_plugins_found_by_twistd():
 def test_default_static_dir_in_checkout():
     from homechannel import default_static_dir
     assert default_static_dir() == os.path.join(REPO, "static")
+
+
+def test_wheel_without_npm_modules_is_refused(tmp_path):
+    """A wheel built before 'make npm' would ship a client whose Terminal and Desktop
+    tabs cannot load: the build stops and says what to run."""
+    src = tmp_path / "src"
+    src.mkdir()
+    _copy_source(src)
+    shutil.rmtree(src / "static" / "node_modules", ignore_errors=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+         "-q", "-w", str(tmp_path / "wheels"), str(src)],
+        env=dict(os.environ, PIP_NO_INDEX="1"), capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    assert "make npm" in r.stdout + r.stderr

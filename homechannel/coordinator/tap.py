@@ -23,8 +23,11 @@ class Options(usage.Options):
         ["web-listen", None, None, "Twisted endpoint string for HTTP(S) (web.listen), "
                                    "e.g. ssl:8443:privateKey=key.pem:certKey=cert.pem"],
         ["public-url", None, None, "public URL of this coordinator (web.public_url)"],
-        ["admin-listen", None, None, "loopback endpoint for the operator API "
-                                     "(admin.listen); empty disables it"],
+        ["admin-listen", None, None, "endpoint of the operator API (admin.listen): a "
+                                     "unix: socket, or loopback tcp: with a token; "
+                                     "empty disables it"],
+        ["metrics-listen", None, None, "endpoint for Prometheus metrics (metrics.listen); "
+                                       "empty disables it"],
     ]
 
     def overrides(self):
@@ -35,6 +38,7 @@ class Options(usage.Options):
             "web.listen": self["web-listen"],
             "web.public_url": self["public-url"],
             "admin.listen": self["admin-listen"],
+            "metrics.listen": self["metrics-listen"],
         }
 
 
@@ -51,8 +55,8 @@ def _make(options):
     from twisted.logger import Logger
     from twisted.web.server import Site
 
-    from homechannel import config, crypto
-    from homechannel.coordinator.admin import Admin, check_loopback
+    from homechannel import config, crypto, join, metrics
+    from homechannel.coordinator import admin, tls
     from homechannel.coordinator.httpserver import LimitedSite, Limits, raise_fd_limit
     from homechannel.coordinator.registry import Registry
     from homechannel.coordinator.rendezvous import Rendezvous
@@ -112,18 +116,32 @@ def _make(options):
                  n=fds)
     if not cfg.web.access_log:
         site.log = lambda request: None
-    strports.service(cfg.web.listen, site).setServiceParent(top)
+    if tls.is_tls(cfg.web.listen):
+        # Twisted's ssl: endpoint, built here so that SIGHUP can swap the certificate.
+        endpoint, certificate = tls.server_endpoint(reactor, cfg.web.listen)
+        web_service = internet.StreamServerEndpointService(endpoint, site)
+        web_service._raiseSynchronously = True     # as strports.service does
+        web_service.setServiceParent(top)
+        tls.reload_on_sighup(reactor, certificate.reload)
+    else:
+        strports.service(cfg.web.listen, site).setServiceParent(top)
 
     if cfg.admin.listen:
-        check_loopback(cfg.admin.listen)
-        admin_site = Site(Admin(udp).resource())
+        admin_endpoint, token = admin.listen_endpoint(cfg)
+        admin_site = Site(admin.Admin(udp, token).resource())
         admin_site.displayTracebacks = False
-        strports.service(cfg.admin.listen, admin_site).setServiceParent(top)
+        strports.service(admin_endpoint, admin_site).setServiceParent(top)
+        log.info("admin API: {where}", where=admin_endpoint)
+    if cfg.metrics.listen:
+        metrics.service(cfg.metrics.listen, metrics.registry_for(
+            metrics.CoordinatorCollector(rv, web)), reactor).setServiceParent(top)
     log.info("coordinator: UDP {iface}:{port}, web {web}, STUN {stun}",
              iface=cfg.udp.interface, port=cfg.udp.port, web=cfg.web.listen,
              stun=_stun_ports(cfg.udp))
     log.info("ICE servers for clients: {ice}",
              ice=", ".join(_urls(s) for s in ice_servers) or "none")
+    log.info("join string for home servers ('homechannel join STRING' there): {join}",
+             join=join.from_coordinator_config(cfg, identity.text))
     return top
 
 

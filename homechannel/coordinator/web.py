@@ -106,8 +106,8 @@ def _api(handler):
 
 
 class CoordinatorWeb:
-    """The Klein app: ``/api/*``, ``/config.js``, ``/healthz``, ``/metrics``
-    and the static client."""
+    """The Klein app: ``/api/*``, ``/config.js``, ``/healthz`` and the static
+    client.  (Metrics are on the operator's listener: ``homechannel.metrics``.)"""
 
     app = Klein()
     log = Logger()
@@ -144,15 +144,6 @@ class CoordinatorWeb:
     @_api
     def healthz(self, request):
         return {"ok": True}
-
-    @app.route("/metrics", methods=["GET"])
-    @_api
-    def metrics_route(self, request):
-        doc = dict(self.metrics)
-        sessions = self.broker.sessions
-        doc["sessions"] = len(sessions) if hasattr(sessions, "__len__") else None
-        doc["waiting"] = getattr(sessions, "waiting", None)
-        return doc
 
     @app.route("/api/servers/<string:server_id>", methods=["GET"])
     @_api

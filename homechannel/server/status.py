@@ -1,0 +1,74 @@
+"""The running home server's status file (``state_dir/status.json``, mode 0600),
+which ``homechannel status`` reads.
+
+Written atomically, when the coordinator link changes and otherwise at most
+once every ``interval`` seconds if something (live sessions) changed."""
+
+import json
+import os
+
+from twisted.logger import Logger
+
+from homechannel import crypto
+from homechannel.errors import ConfigError, HomeChannelError
+
+log = Logger()
+
+
+def read_status(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"no status in {path}: the home server has not run with this "
+                          "configuration (or runs with another state_dir)") from None
+    except PermissionError:
+        raise ConfigError(f"cannot read {path}: run this as the home server's user "
+                          "(or root)") from None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path} is unreadable ({e})") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path} is not a status file")
+    return doc
+
+
+class StatusFile:
+    def __init__(self, path, udp, answerer, clock, interval=2.0):
+        self.path = path
+        self.udp = udp
+        self.answerer = answerer
+        self.clock = clock
+        self.interval = interval
+        self._last = None
+        self._written_at = None
+        self._pending = None
+
+    def snapshot(self):
+        doc = dict(self.udp.status())
+        doc["live_sessions"] = self.answerer.live_sessions if self.answerer else 0
+        doc["pid"] = os.getpid()
+        return doc
+
+    def changed(self):
+        """The link changed: write now."""
+        self._write(self.snapshot())
+
+    def tick(self):
+        """Periodic: write if anything changed and the last write is old enough."""
+        doc = self.snapshot()
+        if doc != self._last:
+            now = self.clock.seconds()
+            if self._written_at is None or now - self._written_at >= self.interval:
+                self._write(doc)
+
+    def _write(self, doc):
+        self._last = doc
+        self._written_at = self.clock.seconds()
+        body = dict(doc, updated=self._written_at)
+        try:
+            crypto.replace_secret_file(self.path, (json.dumps(body, indent=2, sort_keys=True)
+                                                   + "\n").encode())
+        except (OSError, HomeChannelError) as e:
+            log.warn("cannot write the status file {path}: {err}", path=self.path, err=e)
+
+
