@@ -259,9 +259,6 @@ def _admin_target(args):
         if token_file:
             headers["Authorization"] = "Bearer " + admin.read_token(token_file)
         return factory, where, headers
-    if not os.path.exists(where):
-        raise ConfigError(f"the admin socket {where} does not exist: is the coordinator "
-                          "running, with this configuration?")
     return (lambda: _UnixHTTPConnection(where, 10)), where, headers
 
 
@@ -280,6 +277,9 @@ def admin_call(args, method, path, doc=None):
     except PermissionError:
         raise HomeChannelError(f"permission denied on the admin socket {where}: run this as "
                                "the coordinator's user (or root)") from None
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise HomeChannelError(f"nothing answers at {where}: is the coordinator running, "
+                               "with this configuration?") from None
     except (OSError, http.client.HTTPException) as e:
         raise HomeChannelError(f"cannot reach the coordinator's admin API at {where}: "
                                f"{getattr(e, 'strerror', None) or e}") from None

@@ -9,17 +9,26 @@ server has registered, prints the link to open and the password, streams the
 logs, and stops both children on Ctrl-C.
 
 Ports can be changed with ``HOMECHANNEL_WEB_PORT`` (8080),
-``HOMECHANNEL_UDP_PORT`` (7777) and ``HOMECHANNEL_ADMIN_PORT`` (7780).
+``HOMECHANNEL_UDP_PORT`` (7777) and ``HOMECHANNEL_METRICS_PORT`` (9477 for the
+coordinator's metrics, the next one for the home server's).  The admin API is
+the coordinator's UNIX socket ``.run/coordinator/admin.sock``.
+
+Only one demo runs per state directory (``.run/demo.lock``); a second one
+says so and exits.  The children die with the demo even if it is killed
+(``PR_SET_PDEATHSIG``).  The terminal and desktop apps are enabled only when
+something listens on 127.0.0.1:22 (sshd) and 127.0.0.1:5900 (VNC).
 
 The demo password is kept in clear in ``.run/password.txt`` (mode 0600) so
 that later runs can show it again; a real home server stores only the
 derived key (``homechannel passwd``).
 """
 
-import json
+import ctypes
+import fcntl
 import os
 import re
 import secrets
+import socket
 import signal
 import subprocess
 import sys
@@ -29,47 +38,12 @@ import time
 REGISTERED = re.compile(r"registered with coordinator")
 
 
-# -- a tiny TOML writer (enough for our configuration files) -------------
-
-
-def _toml_value(value):
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        # A JSON string is a valid TOML basic string for everything we write.
-        return json.dumps(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"cannot write {type(value).__name__} as TOML")
-
-
-def _toml_key(key):
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+# -- configuration files -------------------------------------------------
 
 
 def dump_toml(data: dict) -> str:
-    """Serialise nested dicts to TOML: plain keys first, then ``[tables]``."""
-    lines = []
-
-    def emit(table, prefix):
-        for k, v in table.items():
-            if not isinstance(v, dict):
-                lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
-        for k, v in table.items():
-            if isinstance(v, dict):
-                name = f"{prefix}.{_toml_key(k)}" if prefix else _toml_key(k)
-                # Tables that only hold tables need no header of their own.
-                if any(not isinstance(x, dict) for x in v.values()) or not v:
-                    lines.append("")
-                    lines.append(f"[{name}]")
-                emit(v, name)
-
-    emit(data, "")
-    return "\n".join(lines).lstrip("\n") + "\n"
+    import tomli_w
+    return tomli_w.dumps(data)
 
 
 def write_toml(path, data: dict) -> None:
@@ -93,10 +67,31 @@ def _port(name, default):
     return port
 
 
-def prepare(run_dir, web_port=8080, udp_port=7777, admin_port=7780):
+def listening(host, port, timeout=0.3):
+    """True when something accepts TCP connections on (host, port)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def available_apps(check=listening):
+    """``{app: reason it is off, or None}`` for the apps that need a local service."""
+    return {
+        "terminal": None if check("127.0.0.1", 22) else
+        "no sshd listens on 127.0.0.1:22 (start sshd, then make run again)",
+        "desktop": None if check("127.0.0.1", 5900) else
+        "no VNC server listens on 127.0.0.1:5900 (start one, e.g. x11vnc or Xtigervnc, "
+        "then make run again)",
+    }
+
+
+def prepare(run_dir, web_port=8080, udp_port=7777, metrics_port=9477, apps=None):
     """Create or reuse the demo state in *run_dir*; write both configs.
 
-    Returns ``(coordinator_toml, server_toml, link, password)``.
+    *apps* maps "terminal"/"desktop" to the reason they are off (None: on);
+    default: all on.  Returns ``(coordinator_toml, server_toml, link, password)``.
     """
     from homechannel import default_static_dir
     from homechannel.crypto import IdentityKey, derive_password_key, save_password_key
@@ -141,7 +136,7 @@ def prepare(run_dir, web_port=8080, udp_port=7777, admin_port=7780):
             "public_url": public_url,
             "static_dir": default_static_dir(),
         },
-        "admin": {"listen": f"tcp:{admin_port}:interface=127.0.0.1"},
+        "metrics": {"listen": f"tcp:{metrics_port}:interface=127.0.0.1"},
     })
     server_toml = os.path.join(run_dir, "server.toml")
     write_toml(server_toml, {
@@ -155,10 +150,21 @@ def prepare(run_dir, web_port=8080, udp_port=7777, admin_port=7780):
             "public_key": coordinator_key.text,
         },
         "webrtc": {"advertise_addresses": ["127.0.0.1"]},
-        "apps": {"files": {"roots": [files]}},
+        "apps": {"files": {"roots": [files]},
+                 **{name: {"enabled": reason is None} for name, reason in (apps or {}).items()}},
+        "metrics": {"listen": f"tcp:{metrics_port + 1}:interface=127.0.0.1"},
     })
     link = f"{public_url}/#server={server_key.text}"
     return coordinator_toml, server_toml, link, password
+
+
+def _port_busy(port, kind):
+    with socket.socket(socket.AF_INET, kind) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
 
 
 def _password_key_matches(path, server_public_raw):
@@ -186,6 +192,41 @@ def twistd_command(tapname, config, asyncio=False):
     return cmd + [tapname, "--config", config]
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid):
+    """preexec_fn: the child gets SIGTERM when the demo dies, however it dies."""
+    def preexec():
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent_pid:      # the demo died before prctl
+            os._exit(1)
+    return preexec
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+def lock(run_dir):
+    """Hold ``run_dir/demo.lock`` (with our pid) for as long as we live.
+
+    The kernel drops the lock when we die, however we die; a second demo finds
+    it held and gets :class:`AlreadyRunning` with the first one's pid."""
+    path = os.path.join(run_dir, "demo.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
+        os.close(fd)
+        raise AlreadyRunning(pid) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
 class Child:
     """A twistd child whose output is copied to ours with a prefix."""
 
@@ -201,6 +242,7 @@ class Child:
             cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches only us; we stop the children
+            preexec_fn=_die_with_parent(os.getpid()),
         )
         self._thread = threading.Thread(target=self._pump, daemon=True)
         self._thread.start()
@@ -228,9 +270,29 @@ def main(argv=None):
     run_dir = os.environ.get("HOMECHANNEL_RUN_DIR", ".run")
     web_port = _port("HOMECHANNEL_WEB_PORT", 8080)
     udp_port = _port("HOMECHANNEL_UDP_PORT", 7777)
-    admin_port = _port("HOMECHANNEL_ADMIN_PORT", 7780)
+    metrics_port = _port("HOMECHANNEL_METRICS_PORT", 9477)
+    os.makedirs(run_dir, mode=0o700, exist_ok=True)
+    try:
+        lock_fd = lock(run_dir)  # noqa: F841  (held until we exit)
+    except AlreadyRunning as e:
+        print(f"a HomeChannel demo is already running from {os.path.abspath(run_dir)} "
+              f"(pid {e}): use that one, or stop it (Ctrl-C in its terminal, or "
+              f"kill {e}) first", file=sys.stderr)
+        return 1
+    busy = [f"{what} port {port}" for what, port, kind in (
+        ("web", web_port, socket.SOCK_STREAM), ("UDP", udp_port, socket.SOCK_DGRAM))
+        if _port_busy(port, kind)]
+    if busy:
+        print(f"cannot start the demo: {' and '.join(busy)} on 127.0.0.1 in use by another "
+              "program (choose others with HOMECHANNEL_WEB_PORT / HOMECHANNEL_UDP_PORT)",
+              file=sys.stderr)
+        return 1
+    apps = available_apps()
+    for name, reason in apps.items():
+        if reason:
+            print(f"the {name} app is off in this demo: {reason}", flush=True)
     coordinator_toml, server_toml, link, password = prepare(
-        run_dir, web_port, udp_port, admin_port)
+        run_dir, web_port, udp_port, metrics_port, apps)
     cwd = os.path.abspath(run_dir)
 
     children = []

@@ -21,7 +21,8 @@ class Pair:
     server_key: crypto.IdentityKey
     web_port: int
     udp_port: int
-    admin_port: int
+    metrics_port: int          # the coordinator's Prometheus listener
+    server_metrics_port: int   # the home server's
     files_root: str
 
     @property
@@ -42,7 +43,8 @@ def make_pair(tmp_path, keepalive=None, server_extra=None, password=PASSWORD, st
     skey, _ = crypto.IdentityKey.load_or_create(os.path.join(sdir, "server.key"))
     crypto.save_password_key(os.path.join(sdir, "password.json"), skey.public_raw,
                              crypto.derive_password_key(password, skey.public_raw))
-    web, udp, admin = free_tcp_port(), free_udp_port(), free_tcp_port()
+    web, udp = free_tcp_port(), free_udp_port()
+    metrics, server_metrics = free_tcp_port(), free_tcp_port()
     web_cfg = {"listen": f"tcp:{web}:interface=127.0.0.1",
                "public_url": f"http://127.0.0.1:{web}"}
     if static_dir:
@@ -51,7 +53,8 @@ def make_pair(tmp_path, keepalive=None, server_extra=None, password=PASSWORD, st
         "state_dir": cdir,
         "udp": {"interface": "127.0.0.1", "port": udp, "sweep_interval": 1.0},
         "web": web_cfg,
-        "admin": {"listen": f"tcp:{admin}:interface=127.0.0.1"},
+        # admin: the default, a 0600 UNIX socket in state_dir ('migrate --config').
+        "metrics": {"listen": f"tcp:{metrics}:interface=127.0.0.1"},
     })
     server = {
         "state_dir": sdir,
@@ -59,6 +62,7 @@ def make_pair(tmp_path, keepalive=None, server_extra=None, password=PASSWORD, st
         "coordinator": {"host": "127.0.0.1", "port": udp, "public_key": ckey.text},
         "webrtc": {"advertise_addresses": ["127.0.0.1"]},
         "apps": {"files": {"roots": [files_root]}},
+        "metrics": {"listen": f"tcp:{server_metrics}:interface=127.0.0.1"},
     }
     if keepalive:
         server["keepalive"] = keepalive
@@ -66,7 +70,7 @@ def make_pair(tmp_path, keepalive=None, server_extra=None, password=PASSWORD, st
         server.setdefault(section, {}).update(values) if isinstance(values, dict) \
             else server.__setitem__(section, values)
     scfg = write_toml(os.path.join(base, "server.toml"), server)
-    return Pair(base, ccfg, scfg, ckey, skey, web, udp, admin, files_root)
+    return Pair(base, ccfg, scfg, ckey, skey, web, udp, metrics, server_metrics, files_root)
 
 
 def kill(proc_wrapper):

@@ -15,8 +15,8 @@ CONF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 def _keys(cls, prefix=""):
     for f in dataclasses.fields(cls):
         if dataclasses.is_dataclass(f.type if not isinstance(f.type, str) else None) or \
-                f.name in ("udp", "web", "admin", "coordinator", "keepalive", "webrtc",
-                           "apps", "files", "terminal", "desktop", "forward", "turn"):
+                f.name in ("udp", "web", "admin", "metrics", "coordinator", "keepalive",
+                           "webrtc", "apps", "files", "terminal", "desktop", "forward", "turn"):
             sub = type(f.default_factory()) if f.default_factory is not dataclasses.MISSING else None
             if sub is not None and dataclasses.is_dataclass(sub):
                 yield from _keys(sub, prefix + f.name + ".")

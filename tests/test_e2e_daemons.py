@@ -94,7 +94,7 @@ def test_migrate_with_the_cli_then_restart_uses_failover(tmp_path, twistd):
     env = dict(os.environ, PYTHONPATH=REPO)
     done = subprocess.run(
         [sys.executable, "-m", "homechannel.cli", "migrate",
-         "--admin", f"http://127.0.0.1:{pair.admin_port}", "--server", pair.server_key.text,
+         "--config", pair.coordinator_config, "--server", pair.server_key.text,
          "--to", f"127.0.0.1:{new_udp}", "--key", new_key.text],
         env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
@@ -124,7 +124,7 @@ def test_migrate_refuses_a_bad_request(tmp_path, twistd):
     env = dict(os.environ, PYTHONPATH=REPO)
     done = subprocess.run(
         [sys.executable, "-m", "homechannel.cli", "migrate",
-         "--admin", f"http://127.0.0.1:{pair.admin_port}", "--server", pair.server_key.text,
+         "--config", pair.coordinator_config, "--server", pair.server_key.text,
          "--to", "127.0.0.1:9", "--key", pair.coordinator_key.text],
         env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode == 1

@@ -29,6 +29,8 @@ class Options(usage.Options):
         ["coordinator-key", None, None, "the coordinator's public key, base64url "
                                         "(coordinator.public_key)"],
         ["coordinator-url", None, None, "the coordinator's web URL, for the connect link"],
+        ["metrics-listen", None, None, "endpoint for Prometheus metrics (metrics.listen); "
+                                       "empty disables it"],
     ]
 
     def overrides(self):
@@ -45,6 +47,7 @@ class Options(usage.Options):
             "coordinator.port": port,
             "coordinator.public_key": self["coordinator-key"],
             "coordinator_url": self["coordinator-url"],
+            "metrics.listen": self["metrics-listen"],
         }
 
 
@@ -67,12 +70,13 @@ def _make(options):
     from twisted.internet import reactor
     from twisted.logger import Logger
 
-    from homechannel import aio, config, crypto
+    from homechannel import aio, config, crypto, metrics
     from homechannel.errors import ConfigError
     from homechannel.server.apps import AppHost
     from homechannel.server.challenges import ChallengeSource
     from homechannel.server.peer import Answerer
-    from homechannel.server.udp import ServerUDP, load_failover
+    from homechannel.server.status import StatusFile
+    from homechannel.server.udp import ServerUDP, load_failover, reactor_resolver
 
     aio.require_asyncio_reactor(reactor)
     log = Logger(namespace="homechannel.server")
@@ -110,11 +114,17 @@ def _make(options):
     answerer = Answerer(identity, password_key, challenges, cfg.webrtc, app_host, reactor,
                         ice_servers=ice_servers)
     udp = ServerUDP(identity, challenges, cfg.keepalive, target, reactor, answerer,
-                    cfg.failover_path)
+                    cfg.failover_path, resolve=reactor_resolver(reactor))
     links.append(udp)
 
-    top = _home_server_class()(answerer)
+    top = _home_server_class()(answerer, udp)
     internet.UDPServer(0, udp).setServiceParent(top)
+    status = StatusFile(cfg.status_path, udp, answerer, reactor)
+    udp.on_change = status.changed
+    internet.TimerService(2.0, status.tick).setServiceParent(top)
+    if cfg.metrics.listen:
+        metrics.service(cfg.metrics.listen, metrics.registry_for(
+            metrics.ServerCollector(udp, answerer, app_host)), reactor).setServiceParent(top)
     link = connect_link(cfg.coordinator_url, identity.text)
     log.info("home server id {id}", id=identity.text)
     log.info("ICE servers: {ice}", ice=", ".join(
@@ -132,12 +142,17 @@ def _home_server_class():
     from twisted.application import service
 
     class HomeServer(service.MultiService):
-        def __init__(self, answerer):
+        """Stopping says goodbye to the coordinator first (so browsers see
+        "offline" at once), then closes the port and every session."""
+
+        def __init__(self, answerer, udp):
             super().__init__()
             self.answerer = answerer
+            self.udp = udp
 
         def stopService(self):
-            d = super().stopService()
+            d = self.udp.leave()
+            d.addBoth(lambda _: service.MultiService.stopService(self))
             d.addCallback(lambda _: self.answerer.close_all())
             return d
 

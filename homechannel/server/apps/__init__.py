@@ -9,6 +9,7 @@ section 3 is the reference.
 
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -79,6 +80,7 @@ class AppHost:
         self.state_dir = state_dir
         self.reactor = reactor
         self.known_hosts = config.terminal.known_hosts or os.path.join(state_dir, "known_hosts")
+        self.traffic = Counter()   # (app, "in" | "out") -> payload bytes (metrics)
 
     def app_list(self):
         out = []
@@ -137,10 +139,16 @@ class AppHost:
         channel.binaryType = "arraybuffer"  # ignored by aiortc; harmless
         session = app.session(self, config, link)
         log.info("app channel {label} opened", label=label)
-        self._serve(link, session)
+        traffic = self.traffic
+        link.on_sent = lambda n: traffic.update({(name, "out"): n})
+        self._serve(link, session, name)
 
-    def _serve(self, link, session):
+    def _serve(self, link, session, app=None):
+        traffic = self.traffic
+
         def on_message(message):
+            if app is not None:
+                traffic[(app, "in")] += len(message)
             try:
                 session.message_received(message)
             except Exception:

@@ -58,6 +58,7 @@ class ChannelLink:
         self._waiters = []
         self._close_callbacks = []
         self.closed = channel.readyState in ("closing", "closed")
+        self.on_sent = None        # called with each sent message's size (metrics)
         channel.bufferedAmountLowThreshold = low
         channel.on("bufferedamountlow", self._drained)
         channel.on("close", self._on_close)
@@ -82,6 +83,8 @@ class ChannelLink:
         if self.closed or self.channel.readyState != "open":
             return False
         self.channel.send(data)
+        if self.on_sent is not None:
+            self.on_sent(len(data))
         if self.channel.bufferedAmount > self.high and not self.paused:
             self.paused = True
             if self.producer is not None:
