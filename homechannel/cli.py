@@ -243,7 +243,7 @@ def _admin_target(args):
             host = kw.get("interface", "127.0.0.1")
             where = f"http://{'[' + host + ']' if ':' in host else host}:{pos[0]}"
             token_file = args.token_file or admin.token_path(cfg)
-    if where.startswith(("http://", "https://")):
+    if "://" in where:
         parts = urllib.parse.urlsplit(where)
         if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
             raise ConfigError(f"--admin {where!r}: expected http://127.0.0.1:PORT or the "

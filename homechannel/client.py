@@ -439,13 +439,26 @@ def _common_options(p):
 
 def _parse_target(args):
     """--server may be an id or a connect link ``{url}/#server={id}``."""
-    server, url = args.server, args.url
+    server, url = args.server.strip(), args.url
     if "#server=" in server:
         link_url, _, server = server.partition("#server=")
         url = url or link_url.rstrip("/") or None
     if not url:
         raise ConfigError("no coordinator: pass --url (or a connect link as --server)")
-    crypto.parse_server_id(server)
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"--url {url!r} is not a coordinator URL: expected "
+                          "https://HOST[:PORT] (or http:// on this machine)")
+    try:
+        parts.port
+    except ValueError:
+        raise ConfigError(f"--url {url!r} has a bad port number") from None
+    try:
+        crypto.parse_server_id(server)
+    except ProtocolError:
+        raise ConfigError(f"--server {args.server!r} is not a server id or connect link "
+                          "(damaged or cut short while copying? copy the whole link the "
+                          "home server prints)") from None
     return url.rstrip("/"), server
 
 
@@ -514,17 +527,31 @@ async def _connect_and_ping(kwargs, out):
 
 def main_connect(argv, out=None):
     """``homechannel connect``: connect, print the apps and a ping time; exit status."""
-    p = argparse.ArgumentParser(prog="homechannel connect",
-                                description="Connect to a home server and ping it.")
+    p = argparse.ArgumentParser(
+        prog="homechannel connect",
+        description="Connect to a home server as the browser does (from a terminal, with "
+                    "aiortc), list its apps and measure a ping. A quick check that the home "
+                    "server, the coordinator and the network between them work.",
+        epilog="example:\n  homechannel connect --server 'https://hc.example.org/#server=ID' "
+               "--password-file ~/.homechannel-password",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     _common_options(p)
     args = p.parse_args(argv)
+    return _run("connect", lambda: _connect_and_ping(_connect_kwargs(args), out or sys.stdout))
+
+
+def _run(name, make):
+    """Run the coroutine from *make*; every failure is one line on stderr."""
     try:
-        asyncio.run(_connect_and_ping(_connect_kwargs(args), out or sys.stdout))
+        asyncio.run(make())
     except HomeChannelError as e:
-        _stderr(f"homechannel connect: {e}")
+        _stderr(f"homechannel {name}: {e}")
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as e:   # a bug, or a library refusing something: still one line
+        _stderr(f"homechannel {name}: unexpected error ({type(e).__name__}: {e})")
+        return 1
     return 0
 
 
@@ -801,8 +828,11 @@ def main_forward(argv):
         description="Forward a local TCP port (--listen), or stdin/stdout (--stdio, for ssh's "
                     "ProxyCommand), to a TCP port on the home machine that its home server "
                     "allows (apps.forward.ports).",
-        epilog='example: ssh -o ProxyCommand="homechannel forward --stdio --server LINK '
-               '--password-file F --port 22" user@home')
+        epilog='examples:\n'
+               '  homechannel forward --server LINK --port 5900 --listen 127.0.0.1:5901\n'
+               '  ssh -o ProxyCommand="homechannel forward --stdio --server LINK '
+               '--password-file F --port 22" user@home',
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     _common_options(p)
     p.add_argument("--port", type=int, required=True,
                    help="the TCP port on the home machine (must be in apps.forward.ports)")
@@ -812,12 +842,13 @@ def main_forward(argv):
     mode.add_argument("--stdio", action="store_true",
                       help="pipe stdin/stdout (one connection, e.g. as ssh's ProxyCommand)")
     args = p.parse_args(argv)
-    try:
+
+    def make():
         listen = None if args.stdio else parse_listen(args.listen)
-        asyncio.run(forward(_connect_kwargs(args), args.port, listen=listen, stdio=args.stdio))
-    except HomeChannelError as e:
-        _stderr(f"homechannel forward: {e}")
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return 0
+        kwargs = _connect_kwargs(args)
+        if args.stdio:
+            # ssh's ProxyCommand: stderr is the user's terminal; only failures go there.
+            kwargs["notify"] = lambda message: None
+        return forward(kwargs, args.port, listen=listen, stdio=args.stdio)
+
+    return _run("forward", make)

@@ -1,0 +1,118 @@
+"""The command line: one clear line and status 1 for every mistake, never a
+traceback; every subcommand's help has a description and an example; the
+version comes from the package metadata; join strings round-trip."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+from homechannel import cli, crypto, join
+from homechannel.errors import ConfigError
+
+KEY = crypto.IdentityKey.generate().text
+SUBCOMMANDS = ["join", "join-string", "status", "keygen", "pubkey", "link", "passwd",
+               "migrate", "connect", "forward"]
+
+
+def run(*args, stdin=None):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    return subprocess.run([sys.executable, "-m", "homechannel.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=60, input=stdin)
+
+
+def one_clear_line(r, *words):
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_version_from_metadata():
+    from importlib.metadata import version
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"homechannel {version('homechannel')}"
+
+
+@pytest.mark.parametrize("name", SUBCOMMANDS)
+def test_help_has_a_description_and_an_example(name):
+    r = run(name, "--help")
+    assert r.returncode == 0, r.stderr
+    head, _, tail = r.stdout.partition("\n\n")
+    assert "usage: homechannel " + name in head
+    assert "example" in r.stdout.lower() and "homechannel " + name in r.stdout.split(
+        "xample", 1)[1]
+    # a description sentence between the usage and the options
+    assert len(tail.split("options:")[0].strip()) > 30, r.stdout
+
+
+@pytest.mark.parametrize("args,words", [
+    (["connect", "--url", "notaurl", "--server", KEY], ["--url", "not a coordinator URL"]),
+    (["connect", "--url", "http://127.0.0.1:99999", "--server", KEY], ["bad port"]),
+    (["connect", "--server", "http://127.0.0.1:1/#server=" + KEY[:30]],
+     ["not a server id or connect link"]),
+    (["forward", "--server", "http://127.0.0.1:1/#server=x", "--port", "22", "--stdio"],
+     ["not a server id"]),
+    (["migrate", "--to", "nowhere", "--key", KEY], ["--to", "HOST:PORT"]),
+    (["migrate", "--to", "host:0", "--key", KEY], ["--to"]),
+    (["migrate", "--to", "h\u00e9:22", "--key", KEY], ["ASCII"]),
+    (["migrate", "--to", "host:7777", "--key", "nope"], ["--key", "not a coordinator"]),
+    (["migrate", "--to", "host:7777", "--key", KEY, "--admin", "/nonexistent/admin.sock"],
+     ["nothing answers"]),
+    (["migrate", "--to", "host:7777", "--key", KEY, "--admin", "ftp://x"], ["--admin"]),
+    (["link", "--config", "/nonexistent.toml"], ["does not exist"]),
+    (["join", "hcjoin:AAAA"], ["damaged"]),
+    (["join", "https://example.org"], ["not a join string"]),
+    (["status", "--state-dir", "/nonexistent-state"], ["no status"]),
+])
+def test_mistakes_are_one_clear_line(args, words):
+    one_clear_line(run(*args), *words)
+
+
+def test_key_path_that_is_a_directory(tmp_path):
+    for command in ("keygen", "pubkey"):
+        one_clear_line(run(command, "--key", str(tmp_path)), "is a directory")
+
+
+def test_damaged_key_file(tmp_path):
+    (tmp_path / "k").write_bytes(b"garbage")
+    os.chmod(tmp_path / "k", 0o600)
+    one_clear_line(run("pubkey", "--key", str(tmp_path / "k")), "not a PEM private key")
+
+
+def test_join_string_round_trip_and_damage():
+    s = join.encode("https://hc.example.org", "hc.example.org", 7777, KEY)
+    assert s.startswith("hcjoin:") and "\n" not in s and " " not in s
+    assert join.decode("  " + s + "\n") == {"url": "https://hc.example.org",
+                                             "host": "hc.example.org", "port": 7777,
+                                             "key": KEY}
+    for bad in (s[:-5], s.replace("hcjoin:", "hcjoin:x"), "hcjoin:", s.upper()):
+        with pytest.raises(ConfigError):
+            join.decode(bad)
+    with pytest.raises(ConfigError):
+        join.encode("ftp://x", "h", 1, KEY)
+    with pytest.raises(ConfigError):
+        join.encode("https://x", "h", 70000, KEY)
+
+
+def test_join_string_from_the_coordinator_config(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'state_dir = "{tmp_path}"\n[web]\npublic_url = "https://hc.example.org"\n'
+                   '[udp]\nport = 7000\n')
+    assert run("keygen", "--config", str(cfg), "--role", "coordinator").returncode == 0
+    r = run("join-string", "--config", str(cfg))
+    assert r.returncode == 0, r.stderr
+    doc = join.decode(r.stdout)
+    assert doc["url"] == "https://hc.example.org" and doc["host"] == "hc.example.org"
+    assert doc["port"] == 7000
+
+
+def test_qr_code_encodes_the_link():
+    text = cli.qr_text("http://127.0.0.1:8080/#server=" + KEY)
+    lines = text.strip("\n").splitlines()
+    assert len(lines) > 10 and any("\u2588" in line or "\u2580" in line for line in lines)
