@@ -88,3 +88,35 @@ def test_units_have_no_secrets_on_the_command_line():
     for name in UNITS:
         text = _unit(name)
         assert not re.search(r"password|--key\b", _directives(text)["ExecStart"][0], re.I)
+
+
+TLS_DROPIN = os.path.join("homechannel-coordinator.service.d", "tls.conf")
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_tls_dropin_verifies_with_the_unit(tmp_path, broken):
+    """The certbot drop-in (LoadCredential= for the DynamicUser) is valid next to the
+    unit, and systemd-analyze really reads it (a bogus key in it is reported)."""
+    analyze = require_tool("systemd-analyze", "systemd")
+    name = "homechannel-coordinator.service"
+    (tmp_path / name).write_text(_unit(name).replace(INSTALLED_TWISTD, _test_twistd()))
+    dropin = open(os.path.join(REPO, "conf", "systemd", TLS_DROPIN)).read()
+    if broken:
+        dropin += "LoadCredentialTypo=x\n"
+    (tmp_path / TLS_DROPIN).parent.mkdir()
+    (tmp_path / TLS_DROPIN).write_text(dropin)
+    r = subprocess.run([analyze, "verify", str(tmp_path / name)], capture_output=True,
+                       text=True, timeout=60, cwd=tmp_path)
+    ours = [line for line in (r.stdout + r.stderr).splitlines() if str(tmp_path) in line]
+    assert bool(ours) == broken, r.stdout + r.stderr
+    creds = dict(v.split(":", 1) for v in _directives(dropin)["LoadCredential"])
+    assert set(creds) == {"tls-key", "tls-cert"}
+    # The web.listen the drop-in documents names exactly those credentials.
+    listen = re.search(r'listen = "(ssl:[^"]+)"', dropin).group(1)
+    for cred in creds:
+        assert f"/run/credentials/{name}/{cred}" in listen
+
+
+def test_coordinator_unit_reloads_with_sighup():
+    d = _directives(_unit("homechannel-coordinator.service"))
+    assert d["ExecReload"] == ["/bin/kill -HUP $MAINPID"]

@@ -125,6 +125,8 @@ def _make(options):
         tls.reload_on_sighup(reactor, certificate.reload)
     else:
         strports.service(cfg.web.listen, site).setServiceParent(top)
+        tls.reload_on_sighup(reactor, lambda: log.info(
+            "SIGHUP: nothing to reload (web.listen is not ssl:)"))
 
     if cfg.admin.listen:
         admin_endpoint, token = admin.listen_endpoint(cfg)
