@@ -1,0 +1,158 @@
+"""HTTPS behind nginx, with the example configuration conf/nginx/homechannel.conf
+as shipped (only names, ports and paths substituted): nginx terminates TLS with
+a certificate from a local test CA, the coordinator listens on loopback tcp
+with ``web.trusted_proxies``, Chromium connects through nginx, and the
+coordinator sees the browser's address from X-Forwarded-For (the browser comes
+from ::1, nginx from 127.0.0.1)."""
+
+import base64
+import hashlib
+import os
+import re
+import signal
+import subprocess
+
+import pytest
+
+from conftest import CHROMIUM_ARGS, REPO, free_tcp_port, require_tool, write_toml
+from daemons import PASSWORD, make_pair
+from testca import TestCA
+
+NAME = "coordinator.test"
+
+
+def render(example, *, https_port, http_port, upstream, certs, webroot):
+    text = example
+    subs = [
+        ("listen 443 ssl;", f"listen 127.0.0.1:{https_port} ssl;"),
+        ("listen [::]:443 ssl;", f"listen [::1]:{https_port} ssl;"),
+        ("listen 80;", f"listen 127.0.0.1:{http_port};"),
+        ("listen [::]:80;", f"listen [::1]:{http_port};"),
+        ("/etc/letsencrypt/live/hc.example.org/", certs + "/"),
+        ("hc.example.org", NAME),
+        ("http://127.0.0.1:8080", f"http://127.0.0.1:{upstream}"),
+        ("/var/www/html", webroot),
+    ]
+    for old, new in subs:
+        assert old in text, f"the example no longer has {old!r}: update this test"
+        text = text.replace(old, new)
+    return text
+
+
+@pytest.fixture
+def nginx(tmp_path):
+    exe = require_tool("/usr/sbin/nginx", "nginx")
+    procs = []
+
+    def start(site_conf):
+        prefix = tmp_path / "nginx"
+        prefix.mkdir(exist_ok=True)
+        (prefix / "site.conf").write_text(site_conf)
+        (prefix / "nginx.conf").write_text(f"""
+user root;
+daemon off;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log stderr notice;
+events {{ worker_connections 128; }}
+http {{
+    access_log {prefix}/access.log;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    include /etc/nginx/mime.types;
+    include {prefix}/site.conf;
+}}
+""")
+        check = subprocess.run([exe, "-t", "-p", str(prefix), "-c", str(prefix / "nginx.conf"),
+                                "-e", "stderr"], capture_output=True, text=True, timeout=30)
+        assert check.returncode == 0, check.stderr
+        p = subprocess.Popen([exe, "-p", str(prefix), "-c", str(prefix / "nginx.conf"),
+                              "-e", "stderr"], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+        procs.append(p)
+        return prefix
+
+    yield start
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGTERM)
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        print("--- nginx ---\n" + p.stdout.read().decode("utf-8", "replace"))
+
+
+def spki_hash(cert):
+    from cryptography.hazmat.primitives import serialization
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
+def test_chromium_through_nginx_with_trusted_proxies(tmp_path, twistd, nginx):
+    path = require_tool("chromium", "chromium")
+    from playwright.sync_api import sync_playwright
+
+    # The coordinator on loopback tcp, trusting nginx (127.0.0.1) only.
+    https_port = free_tcp_port()
+    pair = make_pair(tmp_path)
+    text = open(pair.coordinator_config).read().replace(
+        f'public_url = "http://127.0.0.1:{pair.web_port}"',
+        f'public_url = "https://{NAME}:{https_port}"\ntrusted_proxies = ["127.0.0.1"]')
+    assert "trusted_proxies" in text
+    open(pair.coordinator_config, "w").write(text)
+    coordinator = twistd("homechannel-coordinator", pair.coordinator_config)
+    coordinator.wait_for_log("coordinator: UDP")
+    server = twistd("homechannel-server", pair.server_config)
+    server.wait_for_log("registered with coordinator", timeout=20)
+
+    ca = TestCA()
+    key_pem, chain_pem, leaf = ca.issue([NAME], serial=77)
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    (certs / "privkey.pem").write_bytes(key_pem)
+    (certs / "fullchain.pem").write_bytes(chain_pem)
+    webroot = tmp_path / "www"
+    webroot.mkdir()
+    example = open(os.path.join(REPO, "conf", "nginx", "homechannel.conf")).read()
+    nginx(render(example, https_port=https_port, http_port=free_tcp_port(),
+                 upstream=pair.web_port, certs=str(certs), webroot=str(webroot)))
+
+    link = f"https://{NAME}:{https_port}/#server={pair.server_key.text}"
+    args = CHROMIUM_ARGS + [
+        f"--host-resolver-rules=MAP {NAME} [::1]",
+        # Trust exactly the test certificate (Chromium has no test CA in its store).
+        f"--ignore-certificate-errors-spki-list={spki_hash(leaf)}",
+    ]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=path, headless=True, args=args)
+        try:
+            page = browser.new_page()
+            page.on("console", lambda msg: print(f"[browser {msg.type}] {msg.text}"))
+            page.goto(link)
+            assert page.evaluate("window.isSecureContext") is True
+            assert page.evaluate("location.protocol") == "https:"
+            page.get_by_role("heading", name="Add this server?").wait_for()
+            card = page.locator("#add-link")
+            card.get_by_label("Name").fill("Home")
+            card.get_by_role("button", name="Add server").click()
+            # A wrong password first: the coordinator reports the failed login to the
+            # home server with the source it saw, which must be the browser's (::1).
+            page.get_by_label("Password").fill("not the password")
+            page.get_by_role("button", name="Connect").click()
+            page.locator("#connect-error").wait_for(state="visible", timeout=30_000)
+            m = server.wait_for_log(r"audit: login refused, session -, source (\S+):", timeout=15)
+            assert m.group(1) == "::1", m.group(0)
+            page.get_by_label("Password").fill(PASSWORD)
+            page.get_by_role("button", name="Connect").click()
+            page.get_by_role("button", name="Disconnect").wait_for(timeout=60_000)
+            server.wait_for_log(r"session \S+ connected", timeout=15)
+        finally:
+            browser.close()
+    access = (tmp_path / "nginx" / "access.log").read_text()
+    assert re.search(r"^::1 .*POST /api/connect", access, re.M), access
