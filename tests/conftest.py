@@ -12,8 +12,9 @@ fixtures):
 - ``self_signed_cert(directory, name="127.0.0.1") -> (key path, cert path)``: a
   fresh P-256 key and a self-signed certificate (PEM) valid for a day, for
   ``ssl:`` endpoints.
-- ``Twistd(tapname, config, asyncio=False, cwd=None, env=None, args=(), prefix=())``:
-  a real ``twistd --nodaemon`` child (*prefix*: e.g. ``ip netns exec NS``);
+- ``Twistd(tapname, config, asyncio=False, cwd=None, env=None, args=(), prefix=(),
+  python=None)``: a real ``twistd --nodaemon`` child (*prefix*: e.g. ``ip netns exec
+  NS``; *python*: run it from another venv);
   ``.wait_for_log(pattern, timeout)``,
   ``.mark()``, ``.output``, ``.stop()``.
 - fixture ``twistd``: a factory ``twistd(tapname, config, **kw) -> Twistd``
@@ -169,9 +170,12 @@ class Twistd:
     """
 
     def __init__(self, tapname, config, asyncio=False, cwd=None, env=None, args=(),
-                 prefix=()):
+                 prefix=(), python=None):
         self.tapname = tapname
-        self.cmd = list(prefix) + list(TWISTD) + ["--nodaemon", "--pidfile="]
+        # *python*: another interpreter (an installed venv); then the checkout is
+        # not put on its path.
+        self.cmd = list(prefix) + ([python] + TWISTD[1:] if python else list(TWISTD)) + \
+            ["--nodaemon", "--pidfile="]
         if asyncio:
             self.cmd.append("--reactor=asyncio")
         self.cmd += [tapname, "--config", os.fspath(config), *args]
@@ -182,7 +186,11 @@ class Twistd:
         self.env.pop("STATE_DIRECTORY", None)
         self.env.update(env or {})
         self.env["PYTHONUNBUFFERED"] = "1"
-        self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, self.env.get("PYTHONPATH")]))
+        if python:
+            self.env.pop("PYTHONPATH", None)
+        else:
+            self.env["PYTHONPATH"] = os.pathsep.join(
+                filter(None, [REPO, self.env.get("PYTHONPATH")]))
         self._chunks = []
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
