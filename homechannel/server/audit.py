@@ -2,11 +2,12 @@
 
 Every line goes through the ``homechannel.audit`` logger namespace with named
 fields, so an operator can filter it (``journalctl -u homechannel-server |
-grep audit:``) or route it.  What the apps call is :func:`file_event`; the
-UDP adapter calls :func:`login`.
+grep audit:``) or route it.  The files app passes each request's outcome
+through :func:`file_request`; the UDP adapter calls :func:`login`.
 """
 
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 log = Logger(namespace="homechannel.audit")
 
@@ -26,8 +27,30 @@ def login(accepted, session, source, detail=""):
                  audit="login", result="refused")
 
 
-def file_event(op, root, path, **fields):
-    """A file operation that happened: upload, download, rename, delete (and mkdir)."""
-    extra = "".join(f", {k} {{{k}}}" for k in sorted(fields))
-    log.info("audit: file {op} {root}:{path}" + extra, op=op, root=root, path=path,
-             audit="file", **fields)
+AUDITED_FILE_OPS = {"upload", "download", "rename", "delete", "mkdir"}
+
+
+def file_request(result, op, body):
+    """A files request finished (``addBoth``): one line for the audited operations,
+    done or refused; *result* is passed through unchanged."""
+    if op in AUDITED_FILE_OPS and isinstance(body, dict):
+        fields = {"root": body.get("root"), "path": str(body.get("path"))[:512]}
+        detail = ""
+        if op == "rename":
+            detail = ", to {to_root}:{to}"
+            fields.update(to_root=body.get("toRoot", body.get("root")),
+                          to=str(body.get("to"))[:512])
+        elif op == "upload":
+            detail = ", {size} bytes"
+            fields["size"] = body.get("size")
+        elif op == "download" and body.get("offset"):
+            detail = ", from byte {offset}"
+            fields["offset"] = body.get("offset")
+        if isinstance(result, Failure):
+            code = getattr(result.value, "code", None) or type(result.value).__name__
+            log.warn("audit: file {op} refused: {root}:{path}" + detail + " ({code})",
+                     op=op, code=code, audit="file", result="refused", **fields)
+        else:
+            log.info("audit: file {op} {root}:{path}" + detail, op=op, audit="file",
+                     result="done", **fields)
+    return result

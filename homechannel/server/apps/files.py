@@ -26,6 +26,7 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 
 from homechannel import errors
+from homechannel.server import audit
 from homechannel.server.apps import frames, paths
 
 log = Logger()
@@ -154,6 +155,7 @@ class FilesSession:
                 raise errors.Forbidden("the files app is read-only on this server", "read-only")
             self.requests[rid] = "busy"
             d = defer.maybeDeferred(handler, rid, frame.body)
+            d.addBoth(audit.file_request, op, frame.body)
             d.addCallback(lambda body: body is not None and self._send(frames.RES, rid, body))
             d.addErrback(lambda f: self._error(rid, f.value))
             d.addBoth(lambda _: self.requests.pop(rid, None))
