@@ -35,3 +35,22 @@ def test_every_file_change_and_download_is_one_line(tmp_path, audit_lines):
                    ("delete", "refused", "../outside")]
     assert lines[0]["size"] == 5 and lines[2]["to"] == "moved.txt"
     assert all(e["log_format"].startswith("audit: file ") for e in lines)
+
+
+def test_conch_debug_lines_stay_out_of_the_log():
+    """The SSH client's per-step debug lines (kex, services, channel requests) are
+    dropped; its info lines (connection lost) still reach the log."""
+    from homechannel.server.apps import terminal
+
+    seen = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        for cls in (terminal._Transport, terminal._UserAuth, terminal._Connection,
+                    terminal._Shell):
+            cls._log.debug("NEW KEYS from {cls}", cls=cls.__name__)
+            cls._log.info("connection lost in {cls}", cls=cls.__name__)
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    texts = [e["log_format"] for e in seen]
+    assert "NEW KEYS from {cls}" not in texts
+    assert texts.count("connection lost in {cls}") == 4

@@ -37,6 +37,7 @@ from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 
 from homechannel import errors
+from homechannel.logfilter import protocol_logger
 from homechannel.server.apps import frames
 
 log = Logger()
@@ -81,6 +82,8 @@ class HostKeyStore:
 
 
 class _Transport(transport.SSHClientTransport):
+    _log = protocol_logger()     # conch's per-packet debug lines stay out of the log
+
     def __init__(self, term):
         self.term = term
 
@@ -123,6 +126,7 @@ def load_identity(path):
 
 
 class _UserAuth(userauth.SSHUserAuthClient):
+    _log = protocol_logger()
     preferredOrder = [b"publickey", b"password", b"keyboard-interactive"]
 
     def __init__(self, user, instance, term):
@@ -174,6 +178,8 @@ class _UserAuth(userauth.SSHUserAuthClient):
 
 
 class _Connection(connection.SSHConnection):
+    _log = protocol_logger()
+
     def __init__(self, term):
         connection.SSHConnection.__init__(self)
         self.term = term
@@ -184,6 +190,7 @@ class _Connection(connection.SSHConnection):
 
 
 class _Shell(channel.SSHChannel):
+    _log = protocol_logger()
     name = b"session"
 
     def __init__(self, term, **kw):
