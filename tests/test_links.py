@@ -1,0 +1,147 @@
+"""The home server's coordinator links as a pure object (no reactor, no
+sockets): resolution requests, migration with the failover store injected, and
+the collectors that read the daemons' counters at scrape time."""
+
+import random
+
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from homechannel import crypto, metrics
+from homechannel.config import ServerApps, FilesApp, ServerKeepalive
+from homechannel.coordinator.rendezvous import Rendezvous
+from homechannel.server.apps import AppHost, frames
+from homechannel.server.apps.testing import FakeChannel
+from homechannel.server.challenges import ChallengeSource
+from homechannel.server.links import Links
+
+K = b"K" * 32
+C1, C2 = ("127.0.0.1", 7001), ("127.0.0.1", 7002)
+
+
+class MemoryStore:
+    def __init__(self):
+        self.saved = []
+
+    def save(self, host, port, key):
+        self.saved.append((host, port, key))
+
+
+class World:
+    """Two coordinators (Rendezvous) and one Links, datagrams passed by hand."""
+
+    def __init__(self):
+        self.keys = {C1: crypto.IdentityKey.generate(), C2: crypto.IdentityKey.generate()}
+        self.coords = {a: Rendezvous(k) for a, k in self.keys.items()}
+        self.store = MemoryStore()
+        self.server = crypto.IdentityKey.generate()
+        self.links = Links(self.server, ChallengeSource(K), ServerKeepalive(),
+                           ("coordinator-one", C1[1], self.keys[C1].public_raw), self.store,
+                           random_bytes=random.Random(1).randbytes)
+        self.now = 0.0
+        self.events = []
+        self.names = {"coordinator-one": C1[0]}
+
+    def pump(self, out):
+        queue = list(out)
+        while queue:
+            data, addr = queue.pop(0)
+            for reply, to in self.coords[addr].receive(data, ("127.0.0.1", 40000), self.now):
+                queue += self.links.receive(reply, addr, self.now) or []
+            self.resolve()
+        self.events += self.links.pop_events()
+
+    def resolve(self):
+        for link in self.links.pop_resolves():
+            ip = self.names.get(link.host)
+            if ip is None:
+                self.links.resolve_failed(link, "no such host", self.now)
+            else:
+                self.pump(self.links.resolved(link, ip, self.now))
+
+    def run(self, until):
+        while True:
+            when = self.links.next_deadline()
+            if when is None or when > until:
+                break
+            self.now = max(self.now, when)
+            self.pump(self.links.poll(self.now))
+            self.resolve()
+        self.now = until
+
+
+def kinds(world):
+    return [k for k, _, _ in world.events]
+
+
+def test_resolution_is_asked_for_and_registration_follows():
+    w = World()
+    assert w.links.start(0.0) == []
+    (link,) = w.links.pop_resolves()
+    assert link.host == "coordinator-one"
+    w.pump(w.links.resolved(link, C1[0], 0.0))
+    assert w.links.status()["state"] == "up" and "registered" in kinds(w)
+
+
+def test_migration_saves_the_target_through_the_store():
+    w = World()
+    w.links.start(0.0)
+    w.resolve()
+    kid = w.server.id
+    w.names["coordinator-two"] = C2[0]
+    out = w.coords[C1].migrate(kid, "coordinator-two", C2[1], w.keys[C2].public_raw, w.now)
+    for data, _ in out:
+        w.pump(w.links.receive(data, C1, w.now))
+    w.resolve()
+    w.run(5.0)
+    assert "moving" in kinds(w) and "moved" in kinds(w)
+    assert w.store.saved == [("coordinator-two", C2[1], w.keys[C2].public_raw)]
+    assert w.links.active.name == f"coordinator-two:{C2[1]}" and w.links.moving is None
+
+
+def test_unresolvable_target_gives_up_after_the_migration_timeout():
+    w = World()
+    w.links.start(0.0)
+    w.resolve()
+    out = w.coords[C1].migrate(w.server.id, "nowhere.invalid", 7777,
+                               crypto.IdentityKey.generate().public_raw, w.now)
+    for data, _ in out:
+        w.pump(w.links.receive(data, C1, w.now))
+    w.resolve()
+    w.run(40.0)
+    assert "resolve-failed" in kinds(w) and "move-failed" in kinds(w)
+    assert w.links.moving is None and w.store.saved == []
+    assert w.links.status()["state"] == "up"
+
+
+def parse(registry):
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(generate_latest(registry).decode())
+            for s in fam.samples}
+
+
+def test_server_collector_reads_app_traffic_and_logins():
+    host = AppHost(ServerApps(files=FilesApp(roots=("/nonexistent",))), "id", "/tmp", None)
+    channel = FakeChannel("app:files:1")
+    host.channel_opened(channel)
+    channel.emit("message", frames.encode(frames.REQ, 1, {"op": "roots"}))
+
+    class Udp:
+        failed_logins = 2
+
+        def status(self):
+            return {"state": "up", "coordinator": "c:1", "registrations": 3, "lost": 1}
+
+    class Answerer:
+        logins_accepted, logins_refused, live_sessions = 4, 5, 1
+
+    got = parse(metrics.registry_for(metrics.ServerCollector(Udp(), Answerer(), host)))
+    sent = sum(len(m) for m in channel.sent)
+    assert got[("homechannel_server_app_bytes_total",
+                (("app", "files"), ("direction", "out")))] == sent > 0
+    assert got[("homechannel_server_app_bytes_total",
+                (("app", "files"), ("direction", "in")))] > 0
+    assert got[("homechannel_server_coordinator_up", (("coordinator", "c:1"),))] == 1
+    assert got[("homechannel_server_logins_total", (("result", "accepted"),))] == 4
+    assert got[("homechannel_server_logins_total", (("result", "refused"),))] == 5
+    assert got[("homechannel_server_live_sessions", ())] == 1
