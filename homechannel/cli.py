@@ -134,7 +134,8 @@ def cmd_join(args):
     _store_password(cfg, key, _read_password(args))
     header = ("# HomeChannel home server, written by 'homechannel join'.\n"
               "# Every key is documented in conf/server.example.toml.\n"
-              "# Run: twistd -n --reactor=asyncio homechannel-server --config " + path + "\n")
+              "# Run: twistd -n --pidfile= --reactor=asyncio homechannel-server --config "
+              + path + "\n")
     crypto.replace_secret_file(path, (header + tomli_w.dumps(doc)).encode("utf-8"))
     os.chmod(path, 0o644)
     link = connect_link(target["url"], key.text)
@@ -143,7 +144,7 @@ def cmd_join(args):
     if not args.files_root:
         print("the files app shows no folders until you list some in [apps.files] roots",
               file=sys.stderr)
-    print(f"start the home server: twistd -n --reactor=asyncio homechannel-server "
+    print(f"start the home server: twistd -n --pidfile= --reactor=asyncio homechannel-server "
           f"--config {path}", file=sys.stderr)
     print(f"\nConnect link (open it in a browser, or scan the code):\n{link}\n")
     if not args.no_qr:

@@ -18,24 +18,19 @@ _C = "homechannel_coordinator_"
 _S = "homechannel_server_"
 
 
-def _counter(name, doc, value=None, labels=(), rows=()):
-    m = CounterMetricFamily(name, doc, labels=list(labels) or None)
-    if labels:
-        for label_values, v in rows:
-            m.add_metric(list(label_values), v)
-    else:
-        m.add_metric([], value or 0)
+def _family(cls, name, doc, value, labels, rows):
+    m = cls(name, doc, labels=list(labels) or None)
+    for label_values, v in (rows if labels else [((), value or 0)]):
+        m.add_metric(list(label_values), v)
     return m
+
+
+def _counter(name, doc, value=None, labels=(), rows=()):
+    return _family(CounterMetricFamily, name, doc, value, labels, rows)
 
 
 def _gauge(name, doc, value=None, labels=(), rows=()):
-    m = GaugeMetricFamily(name, doc, labels=list(labels) or None)
-    if labels:
-        for label_values, v in rows:
-            m.add_metric(list(label_values), v)
-    else:
-        m.add_metric([], value or 0)
-    return m
+    return _family(GaugeMetricFamily, name, doc, value, labels, rows)
 
 
 def _kebab(key):

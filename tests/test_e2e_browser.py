@@ -38,16 +38,18 @@ CAPTURE_CHANNELS = """
 # -- shared helpers ----------------------------------------------------------------
 
 
-def start_pair(twistd, tmp_path, coordinator_udp=None, **kw):
+def start_pair(twistd, tmp_path, coordinator_udp=None, coordinator_web=None, **kw):
     """make_pair + both daemons started and registered; returns (pair, coordinator, server).
 
-    *coordinator_udp* updates the coordinator's ``[udp]`` table (e.g. a short expiry).
+    *coordinator_udp* and *coordinator_web* update the coordinator's ``[udp]`` and
+    ``[web]`` tables (e.g. a short expiry, an ssl: listen).
     """
     pair = make_pair(tmp_path, **kw)
-    if coordinator_udp:
+    if coordinator_udp or coordinator_web:
         with open(pair.coordinator_config, "rb") as f:
             cfg = tomllib.load(f)
-        cfg["udp"].update(coordinator_udp)
+        cfg["udp"].update(coordinator_udp or {})
+        cfg["web"].update(coordinator_web or {})
         write_toml(pair.coordinator_config, cfg)
     coordinator = twistd("homechannel-coordinator", pair.coordinator_config)
     coordinator.wait_for_log("coordinator: UDP")

@@ -8,7 +8,6 @@ dependencies through a .pth line naming the test venv's site-packages (a
 plain path: the .pth files there, such as the editable install of this
 checkout, are not processed).  The checkout itself is never on its path."""
 
-import glob
 import os
 import site
 import subprocess
@@ -20,21 +19,15 @@ import services
 from conftest import REPO, Twistd
 from daemons import make_pair
 from test_e2e_browser import check_node_modules, connect, open_link
-from test_packaging import _copy_source, require_npm_modules
+from test_packaging import build_wheel
 from test_terminal import sshd  # noqa: F401  (fixture: a real sshd and a test user)
 from test_e2e_apps import wait_terminal
 
 
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory):
-    require_npm_modules()
-    src = tmp_path_factory.mktemp("src")
-    _copy_source(src)
-    wheels = tmp_path_factory.mktemp("wheels")
+    wheel = build_wheel(tmp_path_factory)
     env = dict(os.environ, PIP_NO_INDEX="1")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(wheels), str(src)], check=True, env=env, timeout=300)
-    (wheel,) = glob.glob(str(wheels / "homechannel-*.whl"))
     root = tmp_path_factory.mktemp("installed") / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True,
                    timeout=120)

@@ -14,8 +14,9 @@ import subprocess
 
 import pytest
 
-from conftest import CHROMIUM_ARGS, REPO, free_tcp_port, require_tool, write_toml
-from daemons import PASSWORD, make_pair
+from conftest import CHROMIUM_ARGS, REPO, free_tcp_port, require_tool
+from daemons import PASSWORD
+from test_e2e_browser import start_pair
 from testca import TestCA
 
 NAME = "coordinator.test"
@@ -100,16 +101,8 @@ def test_chromium_through_nginx_with_trusted_proxies(tmp_path, twistd, nginx):
 
     # The coordinator on loopback tcp, trusting nginx (127.0.0.1) only.
     https_port = free_tcp_port()
-    pair = make_pair(tmp_path)
-    text = open(pair.coordinator_config).read().replace(
-        f'public_url = "http://127.0.0.1:{pair.web_port}"',
-        f'public_url = "https://{NAME}:{https_port}"\ntrusted_proxies = ["127.0.0.1"]')
-    assert "trusted_proxies" in text
-    open(pair.coordinator_config, "w").write(text)
-    coordinator = twistd("homechannel-coordinator", pair.coordinator_config)
-    coordinator.wait_for_log("coordinator: UDP")
-    server = twistd("homechannel-server", pair.server_config)
-    server.wait_for_log("registered with coordinator", timeout=20)
+    pair, coordinator, server = start_pair(twistd, tmp_path, coordinator_web={
+        "public_url": f"https://{NAME}:{https_port}", "trusted_proxies": ["127.0.0.1"]})
 
     ca = TestCA()
     key_pem, chain_pem, leaf = ca.issue([NAME], serial=77)

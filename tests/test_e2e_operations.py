@@ -16,6 +16,7 @@ import pytest
 
 from conftest import REPO, free_tcp_port, require_tool
 from daemons import make_pair
+from test_e2e_browser import start_pair
 
 from homechannel import crypto
 
@@ -60,12 +61,7 @@ def wait_until(check, timeout=20.0, what="condition"):
 
 @pytest.fixture
 def running(tmp_path, twistd):
-    pair = make_pair(tmp_path)
-    coordinator = twistd("homechannel-coordinator", pair.coordinator_config)
-    coordinator.wait_for_log("coordinator: UDP")
-    server = twistd("homechannel-server", pair.server_config)
-    server.wait_for_log("registered with coordinator", timeout=20)
-    return pair, coordinator, server
+    return start_pair(twistd, tmp_path)
 
 
 def test_metrics_on_both_daemons(running):

@@ -13,8 +13,8 @@ import socket
 import ssl
 import time
 
-from conftest import write_toml
-from daemons import make_pair
+from conftest import free_tcp_port
+from test_e2e_browser import start_pair
 from testca import TestCA, certbot_layout
 from test_e2e_operations import scrape
 
@@ -50,17 +50,9 @@ def test_certbot_renewal_reloads_on_sighup(tmp_path, twistd):
     key1, chain1, _ = ca.issue(["127.0.0.1", "localhost"], serial=1001)
     key_path, chain_path = certbot_layout(letsencrypt, "hc", key1, chain1, 1)
 
-    pair = make_pair(tmp_path)
-    port = pair.web_port
-    text = open(pair.coordinator_config).read().replace(
-        f'listen = "tcp:{port}:interface=127.0.0.1"',
-        f'listen = "ssl:{port}:interface=127.0.0.1:privateKey={key_path}:certKey={chain_path}"')
-    assert "ssl:" in text
-    open(pair.coordinator_config, "w").write(text)
-    coordinator = twistd("homechannel-coordinator", pair.coordinator_config)
-    coordinator.wait_for_log("coordinator: UDP")
-    server = twistd("homechannel-server", pair.server_config)
-    server.wait_for_log("registered with coordinator", timeout=20)
+    port = free_tcp_port()
+    pair, coordinator, server = start_pair(twistd, tmp_path, coordinator_web={
+        "listen": f"ssl:{port}:interface=127.0.0.1:privateKey={key_path}:certKey={chain_path}"})
     # The chain (intermediate) is sent: a client trusting only the root verifies it.
     assert wait_serial(port, cafile, 1001) == 1001
     before = scrape(pair.metrics_port)

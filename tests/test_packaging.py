@@ -45,20 +45,26 @@ def require_npm_modules():
         pytest.skip(msg)
 
 
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory):
-    """``(wheel path, target dir)`` of a wheel built from a copy of the source."""
+def build_wheel(tmp_path_factory):
+    """A wheel built offline from a copy of the source (with its npm modules)."""
     require_npm_modules()
     src = tmp_path_factory.mktemp("src")
     _copy_source(src)
     wheels = tmp_path_factory.mktemp("wheels")
-    env = dict(os.environ, PIP_NO_INDEX="1")
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
          "-q", "-w", str(wheels), str(src)],
-        check=True, env=env, timeout=300,
+        check=True, env=dict(os.environ, PIP_NO_INDEX="1"), timeout=300,
     )
     (wheel,) = glob.glob(str(wheels / "homechannel-*.whl"))
+    return wheel
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """``(wheel path, target dir)`` of a wheel built from a copy of the source."""
+    wheel = build_wheel(tmp_path_factory)
+    env = dict(os.environ, PIP_NO_INDEX="1")
     target = tmp_path_factory.mktemp("target")
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q",
