@@ -139,7 +139,7 @@ def test_chromium_through_nginx_with_trusted_proxies(tmp_path, twistd, nginx):
             page.get_by_label("Password").fill("not the password")
             page.get_by_role("button", name="Connect").click()
             page.locator("#connect-error").wait_for(state="visible", timeout=30_000)
-            m = server.wait_for_log(r"audit: login refused, session -, source (\S+):", timeout=15)
+            m = server.wait_for_log(r"audit: refused login, session -, source (\S+):", timeout=15)
             assert m.group(1) == "::1", m.group(0)
             page.get_by_label("Password").fill(PASSWORD)
             page.get_by_role("button", name="Connect").click()

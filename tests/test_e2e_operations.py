@@ -76,7 +76,7 @@ def test_metrics_on_both_daemons(running):
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(req, timeout=10)
     assert e.value.code == 403
-    server.wait_for_log("audit: login refused", timeout=10)
+    server.wait_for_log("audit: refused login", timeout=10)
 
     c = scrape(pair.metrics_port)
     assert c[("homechannel_coordinator_registered_servers", ())] == 1

@@ -156,7 +156,7 @@ def test_failed_login_is_reported_to_the_home_server(net):
         globalLogPublisher.removeObserver(seen.append)
     failed = [e for e in seen if e.get("audit") == "login"]
     assert len(failed) == 1
-    assert failed[0]["log_format"].startswith("audit: login refused")
+    assert failed[0]["log_format"].startswith("audit: refused login")
     assert failed[0]["source"] == "198.51.100.7" and "wrong-password" in failed[0]["detail"]
     assert net["server"].failed_logins == 1
     assert net["coords"][C1].rv.stats["notices"] == 1

@@ -18,11 +18,11 @@ def login(accepted, session, source, detail=""):
     *source* is the client address the coordinator saw (``"unknown"`` when the
     coordinator did not send it)."""
     if accepted:
-        log.info("audit: login accepted, session {session}, source {source}",
+        log.info("audit: accepted login, session {session}, source {source}",
                  session=session or "-", source=source or "unknown", audit="login",
                  result="accepted")
     else:
-        log.warn("audit: login refused, session {session}, source {source}: {detail}",
+        log.warn("audit: refused login, session {session}, source {source}: {detail}",
                  session=session or "-", source=source or "unknown", detail=detail,
                  audit="login", result="refused")
 
