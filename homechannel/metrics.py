@@ -73,6 +73,8 @@ class CoordinatorCollector:
                        web.get("rate_limited", 0))
         yield _counter(_C + "lockout_hits", "Connects refused because the source is locked out.",
                        web.get("connect_locked_out", 0))
+        yield _counter(_C + "lockouts", "Sources locked out after failed answers.",
+                       web.get("lockouts", 0))
         yield _counter(_C + "relay_failures", "Offers the home server did not acknowledge.",
                        web.get("relay_failed", 0))
         yield _counter(_C + "internal_errors", "Bugs: requests answered with a 500.",

@@ -17,6 +17,7 @@ import pytest
 from conftest import REPO, free_tcp_port, require_tool
 from daemons import make_pair
 from test_e2e_browser import start_pair
+from test_web import OFFER_SDP
 
 from homechannel import crypto
 
@@ -70,7 +71,7 @@ def test_metrics_on_both_daemons(running):
     doc = lookup(pair)
     body = json.dumps({"server": pair.server_key.text, "session": "A" * 22,
                        "challenge": doc["challenge"], "answer": crypto.b64u_encode(bytes(32)),
-                       "proof": crypto.b64u_encode(bytes(32)), "offer": "v=0"}).encode()
+                       "proof": crypto.b64u_encode(bytes(32)), "offer": OFFER_SDP}).encode()
     req = urllib.request.Request(f"{pair.url}/api/connect", data=body, method="POST",
                                  headers={"Content-Type": "application/json"})
     with pytest.raises(urllib.error.HTTPError) as e:
@@ -88,6 +89,7 @@ def test_metrics_on_both_daemons(running):
     assert ("homechannel_coordinator_sessions", ()) in c
     assert ("homechannel_coordinator_rate_limited_total", ()) in c
     assert ("homechannel_coordinator_lockout_hits_total", ()) in c
+    assert ("homechannel_coordinator_lockouts_total", ()) in c
 
     s = scrape(pair.server_metrics_port)
     assert s[("homechannel_server_coordinator_up",
