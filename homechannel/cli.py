@@ -333,7 +333,8 @@ def cmd_migrate(args):
 
 
 def _sub(sub, name, help, description, example):
-    return sub.add_parser(name, help=help, description=description,
+    import textwrap
+    return sub.add_parser(name, help=help, description=textwrap.fill(description, 78),
                           epilog="example:\n  " + example,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
 
