@@ -177,18 +177,26 @@ def test_admin_socket_is_for_the_coordinator_user_only(tmp_path, twistd):
     args = ["migrate", "--admin", str(sock), "--to", "127.0.0.1:9", "--key", target]
     ok = cli(*args)
     assert ok.returncode == 0 and "0 server(s) asked to move" in ok.stdout, ok.stderr
-    # The same command as user nobody.
-    python = sys.executable
-    env = dict(os.environ, PYTHONPATH=REPO, HOME="/nonexistent")
-    denied = subprocess.run(
-        [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups", python, "-m",
-         "homechannel.cli", *args], env=env, capture_output=True, text=True, timeout=60,
-        cwd="/")
-    if denied.returncode != 0 and "No module named" in denied.stderr:
-        pytest.skip("user nobody cannot read the checkout: " + denied.stderr[-200:])
-    assert denied.returncode == 1, denied.stdout + denied.stderr
-    assert "permission denied on the admin socket" in denied.stderr
-    assert "Traceback" not in denied.stderr
+    # As user nobody: the socket refuses the connection itself...
+    as_nobody = [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    env = dict(os.environ, HOME="/nonexistent")
+    env.pop("PYTHONPATH", None)
+    raw = subprocess.run(
+        as_nobody + [sys.executable, "-I", "-c",
+                     "import socket, sys\n"
+                     "s = socket.socket(socket.AF_UNIX)\n"
+                     "try:\n    s.connect(sys.argv[1])\n"
+                     "except PermissionError:\n    sys.exit(13)\n", str(sock)],
+        env=env, capture_output=True, text=True, timeout=60, cwd="/")
+    assert raw.returncode == 13, raw.stdout + raw.stderr
+    # ... and the CLI says so in one line (when nobody can read this checkout).
+    env["PYTHONPATH"] = REPO
+    denied = subprocess.run(as_nobody + [sys.executable, "-m", "homechannel.cli", *args],
+                            env=env, capture_output=True, text=True, timeout=60, cwd="/")
+    if "No module named" not in denied.stderr:
+        assert denied.returncode == 1, denied.stdout + denied.stderr
+        assert "permission denied on the admin socket" in denied.stderr
+        assert "Traceback" not in denied.stderr
     assert "operator asked 0" in coordinator.output and \
         coordinator.output.count("operator asked") == 1
     shutil.rmtree(sock_dir, ignore_errors=True)
