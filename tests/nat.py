@@ -224,16 +224,21 @@ def chromium_wrapper(topology, ns, directory, chromium="/usr/bin/chromium"):
 
 WEB_PORT = 8080
 UDP_PORT = 7777
-ADMIN_PORT = 7780
 
 
-def coordinator_status(topology):
-    """The coordinator's admin ``/status`` (servers, UDP counters), read inside ns pub."""
+def coordinator_status(pair):
+    """The coordinator's admin ``/status`` (servers, UDP counters), through its admin
+    UNIX socket (a file: reachable from any network namespace)."""
     import json
-    import sys
-    code = ("import urllib.request, sys; sys.stdout.write(urllib.request.urlopen("
-            f"'http://127.0.0.1:{ADMIN_PORT}/status', timeout=10).read().decode())")
-    return json.loads(topology.run("pub", sys.executable, "-c", code).stdout)
+    import os
+
+    from homechannel.cli import _UnixHTTPConnection
+    conn = _UnixHTTPConnection(os.path.join(pair.base, "coordinator", "admin.sock"), 10)
+    try:
+        conn.request("GET", "/status", headers={"Host": "localhost"})
+        return json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
 
 
 def nat_pair(tmp_path, topology, coordinator=None, server=None):
@@ -255,7 +260,6 @@ def nat_pair(tmp_path, topology, coordinator=None, server=None):
     url = f"http://{PUBLIC_HOST}:{WEB_PORT}"
     ccfg["udp"] = {"interface": "0.0.0.0", "port": UDP_PORT, "sweep_interval": 1.0}
     ccfg["web"] = {"listen": f"tcp:{WEB_PORT}:interface={PUBLIC_HOST}", "public_url": url}
-    ccfg["admin"] = {"listen": f"tcp:{ADMIN_PORT}:interface=127.0.0.1"}   # loopback of ns pub
     scfg["coordinator_url"] = url
     scfg["coordinator"].update(host=PUBLIC_HOST, port=UDP_PORT)
     scfg.pop("webrtc", None)

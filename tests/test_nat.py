@@ -137,7 +137,7 @@ def test_stun_answer_through_nat_with_coturns_client(topology_factory, tmp_path,
     topo.run("client", sys.executable, "-c", garbage)
     out = topo.run("client", stunclient, "-p", str(nat.UDP_PORT), nat.PUBLIC_HOST).stdout
     assert f"UDP reflexive addr: {topo.public_address['client']}:" in out
-    stats = nat.coordinator_status(topo)["stats"]
+    stats = nat.coordinator_status(pair)["stats"]
     assert stats["dropped.stun-malformed"] == 3
     assert stats["stun-answers"] >= 4
 
