@@ -124,8 +124,8 @@ class Registrant:
         self._migrations_seen = deque(maxlen=8)
         self._notices_seen = deque(maxlen=64)
         self._reported = False        # this attempt's failure is already reported
-        self._bye_rid = None
-        self._bye_due = None
+        self._bye_rid: Optional[int] = None
+        self._bye_due: Optional[float] = None
 
     def _jitter(self, seconds: float, fraction: float | None = None) -> float:
         f = self.cfg.jitter if fraction is None else fraction
@@ -185,9 +185,9 @@ class Registrant:
             return []
         self.state = "leaving"
         self._out.clear()
-        self._bye_rid = self._rid()
+        rid = self._bye_rid = self._rid()
         self._bye_due = now + BYE_INTERVAL
-        return [self._seal(wire.inner(wire.BYE, self._bye_rid))]
+        return [self._seal(wire.inner(wire.BYE, rid))]
 
     def _left(self) -> list[bytes]:
         self.stop()
@@ -404,6 +404,7 @@ class Registrant:
         if self.state in ("idle", "stopped"):
             return []
         if self.state == "leaving":
+            assert self._bye_due is not None and self._bye_rid is not None
             if now >= self._bye_due:
                 self._bye_due = now + BYE_INTERVAL
                 return [self._seal(wire.inner(wire.BYE, self._bye_rid))]
