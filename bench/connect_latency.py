@@ -23,7 +23,7 @@ import tomllib
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [os.path.join(REPO, "tests"), REPO]
 
-from conftest import CHROMIUM_ARGS, Twistd, write_toml  # noqa: E402
+from helpers import CHROMIUM_ARGS, Twistd, write_toml  # noqa: E402
 from daemons import PASSWORD, make_pair  # noqa: E402
 
 # Records when each connect step becomes active (performance.now()).

@@ -32,7 +32,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [os.path.join(REPO, "tests"), REPO]
 
 import nat  # noqa: E402
-from conftest import CHROMIUM_ARGS, Twistd, write_toml  # noqa: E402
+from helpers import CHROMIUM_ARGS, Twistd, write_toml  # noqa: E402
 from daemons import PASSWORD  # noqa: E402
 
 from bench.connect_latency import STEP_TIMES, fmt, timed_connect  # noqa: E402

@@ -5,7 +5,7 @@ import os
 import signal
 from dataclasses import dataclass
 
-from conftest import free_tcp_port, free_udp_port, write_toml
+from helpers import free_tcp_port, free_udp_port, write_toml
 
 from homechannel import crypto
 

@@ -249,7 +249,7 @@ def nat_pair(tmp_path, topology, coordinator=None, server=None):
     import dataclasses
     import tomllib
 
-    from conftest import write_toml
+    from helpers import write_toml
     from daemons import Pair, make_pair
 
     pair = make_pair(tmp_path)

@@ -1,7 +1,7 @@
 """Real local services for end-to-end tests: sshd with a throwaway user, and
 Xtigervnc.  Each is a context manager that starts the service on a free
 loopback port, waits until it accepts connections, and always cleans up.
-Missing tools fail in CI and skip elsewhere (``conftest.require_tool``)."""
+Missing tools fail in CI and skip elsewhere (``helpers.require_tool``)."""
 
 import contextlib
 import os
@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import free_tcp_port, free_udp_port, require_tool
+from helpers import free_tcp_port, free_udp_port, require_tool
 
 
 def wait_for_port(proc, port, what, log_text, timeout=15.0):

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 
 from homechannel import cli, crypto, join
 from homechannel.errors import ConfigError

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 import services
-from conftest import free_tcp_port
+from helpers import free_tcp_port
 from homechannel.config import DesktopApp, ServerApps
 from homechannel.server.apps import AppHost
 from homechannel.server.apps.testing import ClientChannel, connect_pair, private_reactor

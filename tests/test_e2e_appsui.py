@@ -22,7 +22,7 @@ import time
 import pytest
 
 import services
-from conftest import free_tcp_port, require_tool
+from helpers import free_tcp_port, require_tool
 from daemons import PASSWORD
 from test_e2e_apps import NO_SAVE_PICKER, files_tab, row, terminal_text, wait_terminal
 from test_e2e_browser import connect, connect_error, open_link, open_session, start_pair

@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from conftest import REPO, write_toml
+from helpers import REPO, write_toml
 from daemons import PASSWORD, kill, make_pair
 
 NODE_MODULES = os.path.join(REPO, "static", "node_modules")

@@ -41,7 +41,7 @@ def test_wrong_reactor_is_a_clear_error(tmp_path, twistd):
     pair = make_pair(tmp_path)
     server = twistd("homechannel-server", pair.server_config, args=())
     server.stop()
-    from conftest import Twistd
+    from helpers import Twistd
     t = Twistd("homechannel-server", pair.server_config)
     t.cmd.insert(t.cmd.index("--nodaemon"), "--reactor=poll")
     t.start()
@@ -69,7 +69,7 @@ def test_migrate_with_the_cli_then_restart_uses_failover(tmp_path, twistd):
     import subprocess
     import sys
 
-    from conftest import REPO, free_tcp_port, free_udp_port, write_toml
+    from helpers import REPO, free_tcp_port, free_udp_port, write_toml
 
     from homechannel import crypto
 
@@ -116,7 +116,7 @@ def test_migrate_refuses_a_bad_request(tmp_path, twistd):
     import subprocess
     import sys
 
-    from conftest import REPO
+    from helpers import REPO
 
     pair = make_pair(tmp_path)
     coordinator = twistd("homechannel-coordinator", pair.coordinator_config)
@@ -137,7 +137,7 @@ def test_coordinator_serves_https_from_an_ssl_endpoint(tmp_path, twistd):
     import ssl
     import urllib.request
 
-    from conftest import free_tcp_port, free_udp_port, self_signed_cert, write_toml
+    from helpers import free_tcp_port, free_udp_port, self_signed_cert, write_toml
 
     self_signed_cert(tmp_path)
     port = free_tcp_port()

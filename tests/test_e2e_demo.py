@@ -9,7 +9,7 @@ import sys
 import time
 import tomllib
 
-from conftest import REPO, free_tcp_port, free_udp_port
+from helpers import REPO, free_tcp_port, free_udp_port
 
 
 def start_demo(run_dir, web, udp, metrics):

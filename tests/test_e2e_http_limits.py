@@ -7,7 +7,7 @@ import socket
 import time
 import tomllib
 
-from conftest import write_toml
+from helpers import write_toml
 from daemons import make_pair
 
 from homechannel import crypto

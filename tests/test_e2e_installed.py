@@ -16,7 +16,7 @@ import sys
 import pytest
 
 import services
-from conftest import REPO, Twistd
+from helpers import REPO, Twistd
 from daemons import make_pair
 from test_e2e_browser import check_node_modules, connect, open_link
 from test_packaging import build_wheel

@@ -13,7 +13,7 @@ import sys
 import time
 import urllib.request
 
-from conftest import REPO, free_tcp_port, free_udp_port, write_toml
+from helpers import REPO, free_tcp_port, free_udp_port, write_toml
 
 from homechannel import crypto
 

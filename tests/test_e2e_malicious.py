@@ -50,7 +50,7 @@ import tomllib
 
 import pytest
 
-from conftest import Twistd, write_toml
+from helpers import Twistd, write_toml
 from daemons import PASSWORD, make_pair
 from test_e2e_browser import CAPTURE_CHANNELS, connect_error, open_link
 

@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from conftest import CHROMIUM_ARGS, REPO, free_tcp_port, require_tool
+from helpers import CHROMIUM_ARGS, REPO, free_tcp_port, require_tool
 from daemons import PASSWORD
 from test_e2e_browser import start_pair
 from testca import TestCA

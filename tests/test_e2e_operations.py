@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from conftest import REPO, free_tcp_port, require_tool
+from helpers import REPO, free_tcp_port, require_tool
 from daemons import make_pair
 from test_e2e_browser import start_pair
 from test_web import OFFER_SDP

@@ -13,7 +13,7 @@ import socket
 import ssl
 import time
 
-from conftest import free_tcp_port
+from helpers import free_tcp_port
 from test_e2e_browser import start_pair
 from testca import TestCA, certbot_layout
 from test_e2e_operations import scrape

@@ -16,7 +16,7 @@ import time
 import pytest
 
 import services
-from conftest import REPO, free_tcp_port, require_tool
+from helpers import REPO, free_tcp_port, require_tool
 from daemons import PASSWORD, make_pair
 
 ECHO_BYTES = 5 * 1024 * 1024

@@ -14,7 +14,7 @@ import pytest_twisted
 from twisted.internet import defer, endpoints, protocol, reactor, ssl, task
 from twisted.web import resource, server
 
-from conftest import self_signed_cert
+from helpers import self_signed_cert
 
 from homechannel import crypto
 from homechannel.coordinator.httpserver import LimitedSite, Limits

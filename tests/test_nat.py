@@ -13,7 +13,7 @@ import time
 import pytest
 
 import nat
-from conftest import CHROMIUM_ARGS, in_ci, require_tool
+from helpers import CHROMIUM_ARGS, in_ci, require_tool
 from daemons import PASSWORD
 
 # Every RTCPeerConnection the page makes, for getStats().

@@ -17,7 +17,7 @@ import zipfile
 
 import pytest
 
-from conftest import REPO, in_ci
+from helpers import REPO, in_ci
 
 TAPNAMES = ("homechannel-coordinator", "homechannel-server")
 PLUGIN = "twisted/plugins/homechannel_plugins.py"

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 from daemons import make_pair
 
 

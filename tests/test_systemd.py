@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, require_tool
+from helpers import REPO, require_tool
 
 UNITS = {
     "homechannel-coordinator.service": "homechannel-coordinator",

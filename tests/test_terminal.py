@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 import services
-from conftest import free_tcp_port
+from helpers import free_tcp_port
 from homechannel.config import ServerApps, TerminalApp
 from homechannel.server.apps import AppHost, frames
 from homechannel.server.apps.terminal import HostKeyStore

@@ -176,7 +176,7 @@ def test_coordinator_starts_with_string_ice_servers_and_turn(tmp_path, twistd):
     import json
     import urllib.request
 
-    from conftest import free_tcp_port, free_udp_port, write_toml
+    from helpers import free_tcp_port, free_udp_port, write_toml
 
     secret = tmp_path / "turn-secret"
     secret.write_text(SECRET.decode() + "\n")

@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, in_ci
+from helpers import REPO, in_ci
 
 # The modules issue 12 puts under the type check: the pure ones (no reactor,
 # no sockets).  More may be added in setup.cfg; none of these may be dropped.

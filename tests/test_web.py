@@ -634,7 +634,7 @@ def demo_coordinator(tmp_path):
     import subprocess
     import sys
 
-    from conftest import REPO, free_tcp_port
+    from helpers import REPO, free_tcp_port
 
     port = free_tcp_port()
     env = dict(os.environ, PYTHONPATH=REPO)
