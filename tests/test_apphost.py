@@ -55,3 +55,30 @@ def test_channel_cap_per_connection(tmp_path):
     again = FakeChannel("app:files:again")
     h.channel_opened(again, state)
     assert again.sent == [] and again.readyState == "open"
+
+
+def test_an_error_leaves_the_channel_open_for_the_client_to_read_and_close(tmp_path):
+    """The refusal is sent, and the channel is closed by the home server only after
+    CLOSE_GRACE (unless the client closes it first): an immediate close resets the stream
+    so early that a browser whose channel is still opening drops the error and reports only
+    "closed before it opened" (seen in tests/test_e2e_appsui.py under load).  Without
+    close_after the first assertion fails."""
+    from twisted.internet.task import Clock
+
+    from homechannel.server.apps.channel import CLOSE_GRACE
+
+    clock = Clock()
+    h = AppHost(ServerApps(desktop=DesktopApp(enabled=False)), "SERVER-ID", str(tmp_path), clock)
+    ch = FakeChannel("app:desktop:1")
+    h.channel_opened(ch)
+    assert json.loads(ch.sent[0])["code"] == "app-disabled"
+    assert ch.readyState == "open"
+    clock.advance(CLOSE_GRACE - 0.1)
+    assert ch.readyState == "open"
+    clock.advance(0.1)
+    assert ch.readyState == "closed"
+    # The client closing first cancels the timer.
+    ch2 = FakeChannel("app:desktop:2")
+    h.channel_opened(ch2)
+    ch2.close()
+    assert clock.getDelayedCalls() == []

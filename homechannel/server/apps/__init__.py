@@ -115,7 +115,7 @@ class AppHost:
 
     def channel_opened(self, channel, state=None):
         state = state if state is not None else {"channels": 0}
-        link = ChannelLink(channel)
+        link = ChannelLink(channel, clock=self.reactor)
         label = channel.label
         if label == "control":
             from homechannel.server.apps.control import ControlSession

@@ -41,16 +41,28 @@ def send_status(link, op, **fields):
     link.send(json.dumps(body))
 
 
+# How long the client has to read a channel-level error and close the channel itself.
+CLOSE_GRACE = 5.0
+
+
 def send_error_and_close(link, exc):
-    """Send ``{"op":"error","code","message",...}`` for *exc*, then close the channel."""
+    """Send ``{"op":"error","code","message",...}`` for *exc*, then close the channel.
+
+    The client closes the channel when it reads the error; the home server closes
+    it itself only CLOSE_GRACE seconds later.  Closing at once resets the SCTP
+    stream so soon that a browser whose channel is still opening (the error came
+    before its open event, e.g. a refused VNC connection) drops the message and
+    sees only "closed before it opened"."""
     send_status(link, "error", **frames.error_body(exc))
-    link.close()
+    link.close_after(CLOSE_GRACE)
 
 
 @implementer(IConsumer)
 class ChannelLink:
-    def __init__(self, channel, high=HIGH, low=LOW):
+    def __init__(self, channel, high=HIGH, low=LOW, clock=None):
         self.channel = channel
+        self.clock = clock          # IReactorTime for close_after (None: close at once)
+        self._close_timer = None
         self.high = high
         self.low = low
         self.producer = None
@@ -138,8 +150,19 @@ class ChannelLink:
             self._close_callbacks.append(callback)
 
     def close(self):
+        if self._close_timer is not None and self._close_timer.active():
+            self._close_timer.cancel()
+        self._close_timer = None
         if self.channel.readyState in ("connecting", "open"):
             self.channel.close()
+
+    def close_after(self, seconds):
+        """Close the channel in *seconds* unless the peer closes it first."""
+        if self.clock is None or self.closed:
+            self.close()
+        elif self._close_timer is None:
+            self._close_timer = self.clock.callLater(seconds, self.close)
+            self.on_close(self.close)
 
     def _on_close(self):
         if self.closed and not self._close_callbacks:

@@ -71,6 +71,7 @@ class TCPPipe:
                  host=self.host, port=self.port, err=failure.getErrorMessage())
         exc = errors.Unavailable(f"the home server cannot reach the {self.what} at {self.host}:{self.port} "
                                f"({failure.getErrorMessage()}); is it running?", "connect-failed")
+        self.closing = True
         send_error_and_close(self.link, exc)
 
     # -- TCP side -------------------------------------------------------------
@@ -114,8 +115,8 @@ class TCPPipe:
     # -- channel side ------------------------------------------------------------
 
     def channel_data(self, data):
-        if isinstance(data, str):
-            return  # text from the client is signalling, handled by the app
+        if isinstance(data, str) or self.closing:
+            return  # text is signalling, handled by the app; nothing after an error
         if self.transport is None:
             self.early_bytes += len(data)
             if self.early_bytes > MAX_EARLY:
@@ -132,6 +133,7 @@ class TCPPipe:
 
     def _overflow(self):
         log.info("{what}: closing, {n} bytes backlog", what=self.what, n=self.backlog)
+        self.closing = True
         send_error_and_close(self.link, errors.Unavailable(f"the {self.what} is not reading; closing the pipe", "backlog"))
         if self.transport is not None:
             self.transport.abortConnection()
