@@ -140,3 +140,36 @@ def test_refused_counter_never_collides_with_session_counters():
         "registry full (1 servers)"
     with pytest.raises(Exception):
         wire.parse_refusal(b"")
+
+
+def test_bye_gives_back_the_bytes_of_an_incomplete_answer():
+    """A server that sends all but the last fragment of an answer and then says BYE: its
+    bytes leave the reassembly budgets at once.  (Found by the independent review: BYE
+    dropped the buffers without giving their bytes back, so a few throwaway servers could
+    use up the global budget and every later answer was dropped.  Without
+    ``_forget_reassembly`` in ``Rendezvous._bye`` this fails.)"""
+    import os
+
+    from homechannel.coordinator.rendezvous import Rendezvous
+    from homechannel.server.challenges import ChallengeSource
+    from homechannel.server.registrant import Registrant
+    from homechannel.testing import LossyWire
+
+    coordinator = crypto.IdentityKey.generate()
+    rv = Rendezvous(coordinator, per_source_per_second=1e6, reassembly_bytes=150_000,
+                    reassembly_bytes_per_source=100_000)
+    wire_ = LossyWire(rv)
+    key = crypto.IdentityKey.generate()
+    addr = ("2001:db8:bad::1", 5000)
+    server = Registrant(key, coordinator.public_raw, ChallengeSource(b"k" * 32))
+    wire_.add(addr, server)
+    wire_.run(3.0)
+    rv.send_offer(key.id, b"offer", wire_.now, lambda result: None)
+    for datagram in server.send_answer(os.urandom(60 * 1024), wire_.now)[:-1]:
+        rv.receive(datagram, addr, wire_.now)
+    assert rv.reassembled > 50_000
+    for datagram in server.leave(wire_.now):
+        rv.receive(datagram, addr, wire_.now)
+    assert rv.registry.lookup_key(key.id) < 0          # it left ...
+    assert rv.reassembled == 0                          # ... and its bytes are free
+    assert len(rv._reassembly_by_source) == 0

@@ -301,7 +301,7 @@ class Rendezvous:
         ack = self.registry.seal(slot, wire.inner(wire.BYE_ACK, rid))
         self.registry.remove(slot)
         self._awaiting.pop(kid, None)
-        self._reassembly.pop(kid, None)
+        self._forget_reassembly(kid)
         self._refilling.discard(kid)
         self.stats["bye"] += 1
         log.info("server {kid} left", kid=kid.hex()[:12])
@@ -509,14 +509,18 @@ class Rendezvous:
         self._expire_handshakes(now)
         for kid in [k for k, until in self._awaiting.items() if until < now]:
             del self._awaiting[kid]
-            entry = self._reassembly.pop(kid, None)
-            if entry is not None:
-                self._reassembly_moved(entry[1], -entry[0].buffered)
+            self._forget_reassembly(kid)
         for reasm, source in self._reassembly.values():
             before = reasm.buffered
             reasm.expire(now)
             self._reassembly_moved(source, reasm.buffered - before)
         return removed
+
+    def _forget_reassembly(self, kid: bytes) -> None:
+        """Drop the server's incomplete answers and give their bytes back to the budgets."""
+        entry = self._reassembly.pop(kid, None)
+        if entry is not None:
+            self._reassembly_moved(entry[1], -entry[0].buffered)
 
     def _reassembly_moved(self, source: str, delta: int) -> None:
         """Reassembly buffers of *source* grew (or shrank) by *delta* bytes."""
