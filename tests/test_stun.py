@@ -242,3 +242,21 @@ def test_aioice_client_gets_its_address_over_udp():
     finally:
         server.close()
     assert mapped == local[:2]
+
+
+def test_one_flooding_source_does_not_spend_the_global_budget():
+    """The per-source budget is checked before the global one: a refused request spends
+    nothing global, so a browser asking in the same second still gets its answer (review
+    #6; with the order reversed this fails)."""
+    import os
+    import struct
+    from collections import Counter
+
+    responder = stun.StunResponder(Counter(), per_source_per_second=20, per_second=1000)
+
+    def request():
+        return struct.pack(">HHI12s", 1, 0, stun.MAGIC_COOKIE, os.urandom(12))
+
+    for _ in range(5000):
+        responder.receive(request(), ("203.0.113.66", 1234), 100.0)
+    assert responder.receive(request(), ("198.51.100.7", 5555), 100.0)

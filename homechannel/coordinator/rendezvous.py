@@ -92,6 +92,9 @@ class Rendezvous:
         self._pending: OrderedDict[bytes, _Pending] = OrderedDict()      # nonce -> _Pending
         # Token buckets over 1 s: global ones keyed by "", per source by host.
         self._unknown_bucket = RateLimiter(None, max(1.0, unknown_replies_per_second), 1.0)
+        # ... and a small budget per source, checked first, so one host cannot spend the
+        # global one and delay every other server's fast re-registration.
+        self._unknown_per_source = RateLimiter(None, 50.0, 10.0, max_keys=10_000)
         # HELLO is answered before the source proved its address, so it is
         # limited by one global bucket (no state per source); INIT, after the
         # cookie, by a bucket per source address.
@@ -312,6 +315,8 @@ class Rendezvous:
         # large as the reply, and globally rate-limited (each costs a signature).
         if len(data) < wire.UNKNOWN_SIZE:
             return self._drop("unknown-short")
+        if self._unknown_per_source.hit(source_key(addr[0]), now) is not None:
+            return self._drop("unknown-source-rate")
         if self._unknown_bucket.hit("", now) is not None:
             return self._drop("unknown-rate")
         ref = wire.unknown_reference(data)

@@ -154,10 +154,12 @@ class StunResponder:
             request = parse_request(data)
         except ProtocolError:
             return self._drop("malformed")
-        if self._global.hit("", now) is not None:
-            return self._drop("rate")
+        # The source's own budget first: a refused request must not spend the global
+        # one, or one flooding host would starve everybody else.
         if self._per_source.hit(source_key(addr[0]), now) is not None:
             return self._drop("source-rate")
+        if self._global.hit("", now) is not None:
+            return self._drop("rate")
         try:
             response = binding_response(request.transaction_id, addr, request.fingerprint)
         except (OSError, ValueError, TypeError, IndexError, struct.error):
