@@ -9,12 +9,12 @@ are a :class:`ConfigError` naming the key, never a silent default.
 import dataclasses
 import ipaddress
 import os
-import re
 import tomllib
 import typing
 import urllib.parse
 from dataclasses import dataclass, field
 
+from homechannel.connect import ICE_URL
 from homechannel.errors import ConfigError
 
 
@@ -40,8 +40,6 @@ class IceServers(tuple):
     """
 
 
-_ICE_URL = re.compile(r"^(stun|stuns|turn|turns):(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)"
-                      r"(:[0-9]{1,5})?(\?transport=(udp|tcp))?$")
 
 
 def parse_ice_servers(entries, key="ice_servers", allow_turn=True) -> tuple:
@@ -71,7 +69,7 @@ def parse_ice_servers(entries, key="ice_servers", allow_turn=True) -> tuple:
             raise ConfigError(f"{where}: urls must be a URL string or a list of them")
         turn = False
         for url in url_list:
-            m = _ICE_URL.match(url)
+            m = ICE_URL.match(url)
             if not m:
                 raise ConfigError(f"{where}: {url!r} is not a STUN or TURN URL "
                                   "(stun:HOST[:PORT], turn:HOST[:PORT][?transport=udp|tcp], "
@@ -252,7 +250,7 @@ class CoordinatorTurn:
 
     def __post_init__(self):
         for i, url in enumerate(self.urls):
-            m = _ICE_URL.match(url) if isinstance(url, str) else None
+            m = ICE_URL.match(url) if isinstance(url, str) else None
             if not m or not m.group(1).startswith("turn"):
                 raise ConfigError(f"turn.urls[{i}]: {url!r} is not a TURN URL "
                                   "(turn:HOST[:PORT][?transport=udp|tcp] or turns:HOST[:PORT])")

@@ -99,6 +99,8 @@ def check_session_id(value: object) -> str:
 
 
 _SDP_TEXT = re.compile(r"\A[\x20-\x7e\r\n\t]*\Z")
+# A CR not followed by LF: aiortc (str.splitlines) would end a line there and we would not.
+_LONE_CR = re.compile(r"\r(?!\n)")
 _MEDIA = re.compile(r"\Am=application [0-9]{1,5} (?:UDP|TCP)/DTLS/SCTP webrtc-datachannel\Z")
 _ANY_FINGERPRINT = re.compile(r"\A\s*a\s*=\s*fingerprint\b", re.IGNORECASE)
 _FINGERPRINT = re.compile(r"\Aa=fingerprint:(sha-256) ([0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){31})\Z",
@@ -122,8 +124,8 @@ def sdp_fingerprint(sdp: object, what: str = "offer") -> str:
         raise ProtocolError(f"the {what} SDP is missing")
     if len(sdp) > MAX_SDP:
         raise ProtocolError(f"the {what} SDP is larger than {MAX_SDP} bytes")
-    if not _SDP_TEXT.match(sdp):
-        raise ProtocolError(f"the {what} SDP must be ASCII text")
+    if not _SDP_TEXT.match(sdp) or _LONE_CR.search(sdp):
+        raise ProtocolError(f"the {what} SDP must be ASCII text with CRLF or LF line ends")
     lines = [line[:-1] if line.endswith("\r") else line for line in sdp.split("\n")]
     media = [line for line in lines if line[:2].lower() == "m="]
     if len(media) != 1:
@@ -311,8 +313,16 @@ def parse_server_id(text: object) -> bytes:
 # -- what the coordinator relays to the home server (UDP OFFER transfer) ------------
 
 
+# A STUN or TURN URL as HomeChannel writes and accepts them (RFC 7064/7065, no user info).
+ICE_URL = re.compile(r"^(stun|stuns|turn|turns):(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)"
+                     r"(:[0-9]{1,5})?(\?transport=(udp|tcp))?$")
+
+
 def check_ice_servers(value: object) -> tuple[dict[str, Any], ...]:
-    """Validate ICE server entries carried in a payload (RTCIceServer dicts)."""
+    """Validate ICE server entries carried in a payload (RTCIceServer dicts).
+
+    These come from the coordinator (a lookup's, or the home server's share of a
+    connect): anything malformed, URLs included, is its fault, and the message says so."""
     if value is None:
         return ()
     if not isinstance(value, list) or len(value) > MAX_ICE_SERVERS:
@@ -326,6 +336,10 @@ def check_ice_servers(value: object) -> tuple[dict[str, Any], ...]:
         if (not isinstance(urls, list) or not urls
                 or not all(isinstance(u, str) and 0 < len(u) <= MAX_ICE_TEXT for u in urls)):
             raise ProtocolError("an ICE server needs urls")
+        for url in urls:
+            if not ICE_URL.match(url):
+                raise ProtocolError(f"the coordinator's ICE server URL {url[:80]!r} is "
+                                    "malformed")
         for name in ("username", "credential"):
             v = entry.get(name)
             if v is not None and (not isinstance(v, str) or len(v) > MAX_ICE_TEXT):

@@ -70,6 +70,8 @@ SDP_CASES = {
     "short fingerprint": SESSION_TOP + MEDIA + fp_line("AB:CD") + TAIL,
     "not ASCII": good("a=x:\u00e9\r\n"),
     "control character": good("a=x:\x00\r\n"),
+    "lone CR hiding a second fingerprint": good().replace(
+        "a=setup:actpass\r\n", f"a=setup:actpass\ra=fingerprint:sha-256 {FP2}\r\n"),
     "too large": good("a=x:" + "y" * connect.MAX_SDP + "\r\n"),
     "empty": "",
 }

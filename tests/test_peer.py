@@ -445,3 +445,17 @@ async def test_closing_the_control_channel_frees_the_slot_at_once(h):
     await wait_until(lambda: h.answerer.live_sessions == 0)
     _, _, sdp3 = await h.client_offer()
     assert "answer" in await h.offer(h.payload(sdp3)[0])
+
+
+@run
+async def test_a_malformed_ice_server_from_the_coordinator_is_named_in_the_refusal(h):
+    """ICE servers in the offer come from the coordinator; one aiortc cannot parse would
+    make setRemoteDescription fail as if the client's offer were bad.  They are checked
+    with the offer, and the refusal says whose entry it was (review #15)."""
+    _, _, sdp = await h.client_offer()
+    payload, sid, challenge = h.payload(sdp, ice_servers=({"urls": ["turn:bad host:1"]},))
+    reply = await h.offer(payload)
+    assert reply["error"] == "bad-offer"
+    assert "the coordinator's ICE server URL" in reply["message"]
+    assert h.answerer.peer_connections_created == 0
+    assert challenge in h.challenges.issued          # nothing consumed

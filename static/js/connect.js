@@ -20,6 +20,8 @@ export class CheckError extends Error {
 }
 
 const SDP_TEXT = /^[\x20-\x7e\r\n\t]*$/;
+// A CR not followed by LF: aiortc (str.splitlines) would end a line there and we would not.
+const LONE_CR = /\r(?!\n)/;
 const MEDIA = /^m=application [0-9]{1,5} (?:UDP|TCP)\/DTLS\/SCTP webrtc-datachannel$/;
 const ANY_FINGERPRINT = /^\s*a\s*=\s*fingerprint\b/i;
 const FINGERPRINT = /^a=fingerprint:(sha-256) ([0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){31})$/i;
@@ -31,7 +33,9 @@ export function sdpFingerprint(sdp, what = "offer") {
   const bad = (message) => new CheckError("bad-sdp", message);
   if (typeof sdp !== "string" || !sdp) throw bad(`the ${what} SDP is missing`);
   if (sdp.length > MAX_SDP) throw bad(`the ${what} SDP is larger than ${MAX_SDP} bytes`);
-  if (!SDP_TEXT.test(sdp)) throw bad(`the ${what} SDP must be ASCII text`);
+  if (!SDP_TEXT.test(sdp) || LONE_CR.test(sdp)) {
+    throw bad(`the ${what} SDP must be ASCII text with CRLF or LF line ends`);
+  }
   const lines = sdp.split("\n").map((line) => (line.endsWith("\r") ? line.slice(0, -1) : line));
   const media = lines.filter((line) => line.slice(0, 2).toLowerCase() === "m=");
   if (media.length !== 1) {
