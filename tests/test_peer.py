@@ -54,6 +54,7 @@ class FakeAppHost:
         self.contexts = []
         self.refused = []
         self.fail = False
+        self.gate = True
 
     def attach(self, pc, context=None):
         if self.fail:
@@ -63,7 +64,7 @@ class FakeAppHost:
 
         @pc.on("datachannel")
         def on_datachannel(channel):
-            if context is not None and not context.verify_peer():
+            if self.gate and context is not None and not context.verify_peer():
                 self.refused.append(channel.label)
                 channel.close()
                 return
@@ -383,34 +384,77 @@ async def test_close_all_closes_every_session(h):
 # -- the certificate actually presented ---------------------------------------
 
 
-@run
-async def test_dtls_certificate_other_than_the_proven_one_is_closed_before_any_app(
-        h, monkeypatch=None):
-    """Defence in depth: even if a DTLS stack accepted a certificate other than the one
-    the SDP (and so the proof) names, the home server compares the certificate the peer
-    presented with the proven fingerprint and closes the session before any channel,
-    control included, is served.  Here aiortc's own fingerprint check is switched off
-    (``RTCDtlsTransport._validate_peer_identity``) and the client proves an offer whose
-    fingerprint is not its certificate's.  Without the check in ``server/peer.py``
-    (``_dtls_state`` and the ``verify_peer`` gate) the channel opens and this fails."""
-    from aiortc.rtcdtlstransport import RTCDtlsTransport
+async def forged_certificate_session(h):
+    """A client that proves an offer whose fingerprint is not its certificate's, with
+    aiortc's own fingerprint check switched off (``RTCDtlsTransport._validate_peer_identity``)
+    as if a DTLS stack checked something else.  Returns (client pc, its control channel,
+    the server's DTLS transport) once the answer is applied."""
+    pc, channel, sdp = await h.client_offer()
+    forged = sdp.replace(connect.sdp_fingerprint(sdp), ":".join(["5A"] * 32))
+    reply = await h.offer(h.payload(forged)[0])
+    assert "answer" in reply      # the proof is right for the SDP it came with
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=reply["answer"], type="answer"))
+    return pc, channel, h.app_host.attached[0].sctp.transport
 
-    original = RTCDtlsTransport._validate_peer_identity
-    RTCDtlsTransport._validate_peer_identity = lambda self, params: None
-    try:
-        pc, channel, sdp = await h.client_offer()
-        real = connect.sdp_fingerprint(sdp)
-        other = ":".join(["5A"] * 32)
-        forged = sdp.replace(real, other)
-        payload, sid, _ = h.payload(forged)
-        reply = await h.offer(payload)
-        assert "answer" in reply      # the proof is right for the SDP it came with
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=reply["answer"], type="answer"))
-        await wait_until(lambda: h.answerer.live_sessions == 0, timeout=15)
-        assert channel.readyState != "open" or h.app_host.refused == ["control"]
-        assert h.app_host.contexts[0].verify_peer() is False
-    finally:
-        RTCDtlsTransport._validate_peer_identity = original
+
+def without_aiortc_fingerprint_check(test):
+    async def wrapped(h):
+        from aiortc.rtcdtlstransport import RTCDtlsTransport
+
+        original = RTCDtlsTransport._validate_peer_identity
+        RTCDtlsTransport._validate_peer_identity = lambda self, params: None
+        try:
+            await test(h)
+        finally:
+            RTCDtlsTransport._validate_peer_identity = original
+    wrapped.__name__ = test.__name__
+    return wrapped
+
+
+@run
+@without_aiortc_fingerprint_check
+async def test_the_answerer_closes_a_session_whose_dtls_certificate_is_not_the_proven_one(h):
+    """Defence in depth, the answerer's own check (``Answerer._dtls_state``): once DTLS is
+    up it compares the certificate the client presented with the fingerprint the proof
+    bound, and closes the session.  The app host here does not gate channels at all, so
+    this check alone must close it; without ``_dtls_state`` the session stays live and
+    this fails (shown by making it a no-op)."""
+    h.app_host.gate = False
+    pc, channel, dtls = await forged_certificate_session(h)
+    await wait_until(lambda: h.answerer.live_sessions == 0, timeout=15)
+    assert dtls.state in ("connected", "closed")   # DTLS did complete: not vacuous
+    assert h.app_host.contexts[0].verify_peer() is False
+
+
+@run
+@without_aiortc_fingerprint_check
+async def test_the_real_app_host_serves_no_channel_to_a_certificate_other_than_the_proven_one(h):
+    """Defence in depth, the app host's gate (``AppHost.attach``, the production one):
+    no channel, control included, is served unless ``verify_peer()`` holds.  The
+    answerer's own closing is switched off here, so the gate alone must refuse the
+    control channel; without the gate in ``server/apps/__init__.py`` the hello is
+    answered and this fails (shown by removing it)."""
+    from homechannel.config import ServerApps
+    from homechannel.server.apps import AppHost
+    from homechannel.server.peer import Answerer as RealAnswerer
+
+    host = AppHost(ServerApps(), h.identity.text, "/nonexistent", h.clock)
+    h.answerer = RealAnswerer(h.identity, K, h.challenges, h.config, host, h.clock)
+    h.answerer._dtls_state = lambda session, dtls: None
+    h.app_host.attached = []
+    pc, channel, sdp = await h.client_offer()
+    forged = sdp.replace(connect.sdp_fingerprint(sdp), ":".join(["5A"] * 32))
+    reply = await h.offer(h.payload(forged)[0])
+    got = []
+    channel.on("message", got.append)
+    channel.on("open", lambda: channel.send(json.dumps({"op": "hello"})))
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=reply["answer"], type="answer"))
+    dtls = lambda: host_pc.sctp.transport.state  # noqa: E731
+    host_pc = h.answerer._sessions[reply["session"]].pc
+    await wait_until(lambda: dtls() in ("connected", "closed") and
+                     channel.readyState in ("closing", "closed"), timeout=15)
+    await asyncio.sleep(0.5)
+    assert got == []                               # no hello answered: the gate closed it
 
 
 @run

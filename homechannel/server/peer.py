@@ -6,8 +6,8 @@ bytes the returned Deferred yields.  That Deferred never errbacks: every
 failure becomes a refusal payload (:class:`homechannel.connect.Answer`) and a
 log line.  Formats, limits and codes come from :mod:`homechannel.connect`.
 
-Order of checks, cheapest and most hostile first; nothing is consumed and no
-WebRTC object exists until all of them pass:
+Order of checks, cheapest and most hostile first; no WebRTC object exists
+until all of them pass, and the challenge is consumed only by the last one:
 
 1. parse the payload                                      -> ``bad-offer``
 2. the SDP shape: one datachannel media section, exactly one
@@ -17,9 +17,9 @@ WebRTC object exists until all of them pass:
 4. (a retransmitted offer for a known session gets the same reply again)
 5. a device token, if the client sent one: issued by this
    server, for this server, not expired                   -> ``bad-device``
-6. the challenge: one this server issued (single use), or
+6. the concurrent session cap                             -> ``busy``
+7. the challenge: one this server issued (single use), or
    on the device path a fresh one within the clock window  -> ``unknown-challenge``
-7. the concurrent session cap                             -> ``busy``
 8. RTCPeerConnection, the apps (gated, below), remote description, answer,
    local description (aiortc gathers every candidate here), signature.
 
@@ -197,6 +197,22 @@ class Answerer:
             except (ProtocolError, AuthenticationError) as e:
                 return succeed(self._refuse(sid, BAD_DEVICE, f"device token refused: {e}",
                                             source))
+
+        session = _Session(sid, payload_digest, source)
+        session.client_fp = client_fp
+        session.device = device.device if device is not None else None
+        if self._stopping or len(self._live) >= self._config.max_sessions:
+            # Refused before the challenge is looked at: it stays usable.  The refusal
+            # is kept for retransmissions of this offer.
+            self._sessions[sid] = session
+            if self._stopping:
+                self._finish(session, self._refuse(sid, BUSY, "shutting down", source))
+            else:
+                why = self._slots_in_use()
+                self._finish(session, self._refuse(sid, BUSY, why, source, tell=True))
+            return succeed(session.payload)
+
+        if device is not None:
             if not self._take_device_challenge(offer.challenge):
                 return succeed(self._refuse(sid, UNKNOWN_CHALLENGE, "the device challenge is "
                                             "stale, from a wrong clock, or was used before",
@@ -204,18 +220,7 @@ class Answerer:
         elif not self._challenges.consume(offer.challenge):
             return succeed(self._refuse(sid, UNKNOWN_CHALLENGE,
                                         "the challenge is unknown or already used", source))
-
-        session = _Session(sid, payload_digest, source)
-        session.client_fp = client_fp
-        session.device = device.device if device is not None else None
         self._sessions[sid] = session
-        if self._stopping or len(self._live) >= self._config.max_sessions:
-            if self._stopping:
-                self._finish(session, self._refuse(sid, BUSY, "shutting down", source))
-            else:
-                why = self._slots_in_use()
-                self._finish(session, self._refuse(sid, BUSY, why, source, tell=True))
-            return succeed(session.payload)
         session.started = self._clock.seconds()
 
         self._live.add(session)
