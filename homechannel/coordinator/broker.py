@@ -73,13 +73,44 @@ class Limits:
         return cls(**{name: getattr(config, name) for name in cls.__dataclass_fields__})
 
 
+def _settle(value):
+    """A seam's result as a Deferred (in-memory seams answer at once, shared ones later)."""
+    return value if isinstance(value, defer.Deferred) else defer.succeed(value)
+
+
+def _all(*values):
+    """Wait for several seams' results at once (one Redis round trip for all of them)."""
+    if not any(isinstance(v, defer.Deferred) for v in values):
+        return defer.succeed(list(values))
+    return defer.gatherResults([_settle(v) for v in values], consumeErrors=True).addErrback(
+        lambda f: f.value.subFailure)
+
+
+def memory_limiter(clock, name, limit, period, burst=None):
+    """The default ``make_limiter``: an in-memory token bucket."""
+    return RateLimiter(clock, limit, period, burst=burst)
+
+
+def memory_lockout(clock, name, threshold, base, maximum):
+    """The default ``make_lockout``: in-memory lockouts."""
+    return Lockout(clock, threshold=threshold, base=base, maximum=maximum)
+
+
 class Broker:
-    """The connect flow behind the HTTPS API (one per coordinator process)."""
+    """The connect flow behind the HTTPS API (one per coordinator process).
+
+    The seams (*relay*, *sessions*, the limiters and lockouts made by
+    *make_limiter* and *make_lockout*) may answer at once (in memory) or with
+    a Deferred (the cluster's Redis implementations); :meth:`lookup`,
+    :meth:`connect` and :meth:`wait` return Deferreds either way.  Checks that
+    do not depend on each other are asked for together, so that a cluster
+    node makes one Redis round trip for them."""
 
     log = Logger()
 
     def __init__(self, relay, config, clock, *, sessions=None, limits=None,
-                 ice_servers=None, random_bytes=os.urandom):
+                 ice_servers=None, random_bytes=os.urandom, make_limiter=memory_limiter,
+                 make_lockout=memory_lockout):
         self._relay = relay
         self._config = config
         self._clock = clock
@@ -96,19 +127,19 @@ class Broker:
             max_sessions_per_server=config.max_sessions_per_server,
             max_waiters_per_source=config.max_waiters_per_source,
         )
-        self._lockout = Lockout(clock, threshold=limits.failures_before_lockout,
-                                base=limits.lockout_base, maximum=limits.lockout_max)
-        self._device_lockout = Lockout(clock, threshold=limits.failures_before_lockout,
-                                       base=limits.lockout_base, maximum=limits.lockout_max)
-        self._ip_limiter = RateLimiter(clock, limits.per_ip_per_minute, 60.0)
+        lockout = (limits.failures_before_lockout, limits.lockout_base, limits.lockout_max)
+        self._lockout = make_lockout(clock, "source", *lockout)
+        self._device_lockout = make_lockout(clock, "device", *lockout)
+        self._ip_limiter = make_limiter(clock, "connect", limits.per_ip_per_minute, 60.0)
         # Looking up a server precedes every connect attempt and its retries.
-        self._lookup_limiter = RateLimiter(clock, 2 * limits.per_ip_per_minute, 60.0)
-        self._server_minute = RateLimiter(clock, limits.per_server_per_minute, 60.0)
+        self._lookup_limiter = make_limiter(clock, "lookup", 2 * limits.per_ip_per_minute, 60.0)
+        self._server_minute = make_limiter(clock, "server-minute",
+                                           limits.per_server_per_minute, 60.0)
         # A day's budget refills evenly; at most a tenth of it can be spent at once, so
         # any 24 hours see at most 1.1 x per_server_per_day guesses (docs/security.md).
-        self._server_day = RateLimiter(clock, limits.per_server_per_day, DAY,
-                                       burst=max(1, limits.per_server_per_day // 10))
-        self._device_limiter = RateLimiter(clock, limits.per_device_per_minute, 60.0)
+        self._server_day = make_limiter(clock, "server-day", limits.per_server_per_day, DAY,
+                                        burst=max(1, limits.per_server_per_day // 10))
+        self._device_limiter = make_limiter(clock, "device", limits.per_device_per_minute, 60.0)
         self._tokens = OrderedDict()     # device token text -> DeviceToken (verified)
         # ice_servers(role) -> list of RTCIceServer dicts for "client" or "server".
         self._ice = ice_servers or (lambda role: list(config.ice_servers or ())
@@ -118,10 +149,15 @@ class Broker:
 
     # -- lookups ---------------------------------------------------------------
 
-    def lookup(self, server_key: bytes, source: str) -> dict:
-        """``{"online", "challenge", "ice_servers"}`` for a browser about to connect."""
-        self._hit(self._lookup_limiter, source_key(source), "too many lookups from your address")
-        online, challenge = self._relay.server_status(server_key)
+    def lookup(self, server_key: bytes, source: str):
+        """A Deferred of ``{"online", "challenge", "ice_servers"}`` for a browser
+        about to connect."""
+        return defer.Deferred.fromCoroutine(self._lookup(server_key, source))
+
+    async def _lookup(self, server_key, source):
+        retry, (online, challenge) = await _all(
+            self._lookup_limiter.hit(source_key(source)), self._relay.server_status(server_key))
+        self._refuse_rate(retry, "too many lookups from your address")
         self.metrics["lookups"] += 1
         return {"online": bool(online),
                 "challenge": challenge if online and challenge else None,
@@ -130,39 +166,57 @@ class Broker:
 
     # -- connects ----------------------------------------------------------------
 
-    def connect(self, req: connect.ConnectRequest, source: str) -> None:
-        """Check and relay one connect attempt; raise a HomeChannelError to refuse it."""
+    def connect(self, req: connect.ConnectRequest, source: str):
+        """Check and relay one connect attempt: a Deferred that fails with a
+        HomeChannelError to refuse it."""
+        return defer.Deferred.fromCoroutine(self._connect(req, source))
+
+    async def _connect(self, req, source):
         lock = lockout_key(source)
-        locked = self._lockout.check(lock)
+        key = req.server_key
+        token = token_error = None
+        if req.device is not None:
+            try:
+                token = self._device_token(key, req.device)
+            except (ProtocolError, AuthenticationError) as e:
+                token_error = e
+        # One round: everything that does not depend on anything else.
+        checks = [self._lockout.check(lock), self._ip_limiter.hit(source_key(source)),
+                  self._relay.server_status(key)]
+        if token is not None:
+            checks += [self._device_lockout.check(token.device),
+                       self._device_limiter.hit(token.device)]
+        elif req.device is None:
+            checks += [self._server_minute.peek(key), self._server_day.peek(key)]
+        results = await _all(*checks)
+        locked, retry, (online, _) = results[:3]
         if locked is not None:
             self.metrics["connect_locked_out"] += 1
             raise TooManyRequests(f"too many wrong passwords from your address: try again in "
                                   f"{_seconds(locked)} seconds", "locked-out",
                                   retry_after=_seconds(locked))
-        self._hit(self._ip_limiter, source_key(source),
-                  "too many connection attempts from your address")
-        online, _ = self._relay.server_status(req.server_key)
+        self._refuse_rate(retry, "too many connection attempts from your address")
         if not online:
             self.metrics["connect_offline"] += 1
             raise NotFound("the home server is offline: check that it is running and "
                            "connected to the internet", "offline")
         if req.device is not None:
-            device = self._device_path(req)
+            self._device_path(req, token, token_error, *results[3:])
+            device = token.device
         else:
-            self._pool_path(req, source, lock)
+            await self._pool_path(req, source, lock, *results[3:])
             device = None
         payload = connect.Offer(req.session, req.challenge, req.proof, req.offer,
                                 source=source, device=req.device,
                                 ice_servers=tuple(self._ice("server"))).encode()
-        self.sessions.create(req.session, req.server_key, source=source,
-                             device=device.device if device is not None else None)
+        await _settle(self.sessions.create(req.session, key, source=source, device=device))
         self.metrics["connect_relayed"] += 1
-        d = defer.maybeDeferred(self._relay.send_offer, req.server_key, payload)
+        d = _settle(self._relay.send_offer(key, payload))
         d.addErrback(self._offer_failed, req.session)
 
-    def _pool_path(self, req, source, lock):
+    async def _pool_path(self, req, source, lock, minute, day):
         key = req.server_key
-        retry = max(self._server_minute.peek(key) or 0.0, self._server_day.peek(key) or 0.0)
+        retry = max(minute or 0.0, day or 0.0)
         if retry:
             self.metrics["rate_limited"] += 1
             self.metrics["connect_server_budget"] += 1
@@ -170,46 +224,38 @@ class Broker:
                 f"too many sign-in attempts to this home server right now: try again in "
                 f"{_seconds(retry)} seconds (devices that signed in before are not affected)",
                 "rate-limited", retry_after=_seconds(retry))
-        expected = self._relay.take_challenge(key, req.challenge)
+        expected = await _settle(self._relay.take_challenge(key, req.challenge))
         if expected is None:
             self.metrics["connect_stale_challenge"] += 1
-            self._lockout.failure(lock, STALE_WEIGHT)
+            await _settle(self._lockout.failure(lock, STALE_WEIGHT))
             raise Forbidden("the challenge was already used or has expired: look the server "
                             "up again", "stale-challenge")
-        self._server_minute.hit(key)
-        self._server_day.hit(key)
+        spend = [self._server_minute.hit(key), self._server_day.hit(key)]
         if not crypto.check_answer(req.answer, expected):
             self.metrics["connect_wrong_password"] += 1
-            self._failed(lock, source)
-            try:
-                self._relay.notify(key, connect.failure_notice(source, "wrong-password"))
-            except Exception:
-                self.log.failure("reporting a failed login to the home server failed")
+            await _all(*spend, self._failed(lock, source))
+            _background(self._relay.notify(key, connect.failure_notice(source, "wrong-password")),
+                        "reporting a failed login to the home server")
             raise Forbidden("wrong password", "wrong-password")
-        self._lockout.success(lock)
+        await _all(*spend, self._lockout.success(lock))
 
-    def _device_path(self, req):
-        try:
-            token = self._device_token(req.server_key, req.device)
-        except (ProtocolError, AuthenticationError) as e:
+    def _device_path(self, req, token, error, locked=None, retry=None):
+        if error is not None:
             self.metrics["connect_bad_device"] += 1
-            raise Forbidden(f"this device's sign-in token was not accepted ({e}): sign in "
-                            "with the password", connect.BAD_DEVICE) from None
-        locked = self._device_lockout.check(token.device)
+            raise Forbidden(f"this device's sign-in token was not accepted ({error}): sign in "
+                            "with the password", connect.BAD_DEVICE)
         if locked is not None:
             self.metrics["connect_locked_out"] += 1
             raise TooManyRequests(f"too many wrong passwords from this device: try again in "
                                   f"{_seconds(locked)} seconds", "locked-out",
                                   retry_after=_seconds(locked))
-        self._hit(self._device_limiter, token.device,
-                  "too many connection attempts from this device")
+        self._refuse_rate(retry, "too many connection attempts from this device")
         made = connect.device_challenge_time(req.challenge)
         if not abs(made - self._clock.seconds()) < connect.MAX_CLOCK_SKEW:
             self.metrics["connect_stale_challenge"] += 1
             raise Forbidden("the connection attempt is too old or this device's clock is wrong "
                             "(more than 5 minutes off)", "stale-challenge")
         self.metrics["connect_device"] += 1
-        return token
 
     def _device_token(self, server_key, text):
         token = self._tokens.get(text)
@@ -224,11 +270,13 @@ class Broker:
         return token
 
     def _failed(self, lock, source):
-        lockout = self._lockout.failure(lock)
-        if lockout is not None:
-            self.metrics["lockouts"] += 1
-            self.log.info("locked out {source} for {seconds}s after failed answers",
-                          source=lock, seconds=lockout)
+        def counted(lockout):
+            if lockout is not None:
+                self.metrics["lockouts"] += 1
+                self.log.info("locked out {source} for {seconds}s after failed answers",
+                              source=lock, seconds=lockout)
+
+        return _settle(self._lockout.failure(lock)).addCallback(counted)
 
     def _offer_failed(self, failure, session_id):
         if failure.check(HomeChannelError):
@@ -238,8 +286,9 @@ class Broker:
             self.log.failure("relaying the offer for {session} failed", failure,
                              session=session_id)
         self.metrics["relay_failed"] += 1
-        self.sessions.fail(session_id, Unavailable(
-            "the coordinator could not reach the home server: try again", "relay-failed"))
+        _background(self.sessions.fail(session_id, Unavailable(
+            "the coordinator could not reach the home server: try again", "relay-failed")),
+            "failing a session")
 
     # -- answers -------------------------------------------------------------------
 
@@ -248,7 +297,7 @@ class Broker:
         *source* (the client's address) counts the wait against its network's share."""
         return self.sessions.wait(session_id, timeout, source)
 
-    def on_answer(self, kid: bytes, payload: bytes) -> None:
+    def on_answer(self, kid: bytes, payload: bytes):
         """A complete ANSWER transfer from the home server with key id *kid*.
 
         Hostile or stale input is counted and dropped, never raised."""
@@ -257,46 +306,73 @@ class Broker:
         except ProtocolError:
             self.metrics["answers_malformed"] += 1
             self.log.debug("dropped a malformed answer")
-            return
-        info = self.sessions.info(answer.session)
+            return None
+        d = _settle(self.sessions.info(answer.session))
+        d.addCallback(self._answered, kid, answer)
+        return _background(d, "handling an answer")
+
+    def _answered(self, info, kid, answer):
         if info is None:
             self.metrics["answers_unknown_session"] += 1
-            return
+            return None
         if crypto.key_id(info.server_key) != kid:
             self.metrics["answers_wrong_server"] += 1
             self.log.debug("dropped an answer for {session} from another server",
                            session=answer.session)
-            return
+            return None
         if answer.refused:
-            if self.sessions.fail(answer.session,
-                                  connect.refusal_error(answer.error, answer.message)):
-                self.metrics["answers_refused"] += 1
-                if answer.error == connect.BAD_PROOF:
-                    self._wrong_proof(info)
-            return
-        if self.sessions.answer(answer.session, answer.to_doc()):
-            self.metrics["answers"] += 1
-        else:
-            self.metrics["answers_duplicate"] += 1
+            def failed(changed):
+                if changed:
+                    self.metrics["answers_refused"] += 1
+                    if answer.error == connect.BAD_PROOF:
+                        return self._wrong_proof(info)
+                return None
+
+            return _settle(self.sessions.fail(
+                answer.session, connect.refusal_error(answer.error, answer.message))
+            ).addCallback(failed)
+
+        def stored(changed):
+            self.metrics["answers" if changed else "answers_duplicate"] += 1
+
+        return _settle(self.sessions.answer(answer.session, answer.to_doc())).addCallback(stored)
 
     def _wrong_proof(self, info):
         """The home server refused a proof: a wrong password that the coordinator could
         not see (device path, or a changed password).  Count it like one."""
+        counts = []
         if info.source is not None:
-            self._failed(lockout_key(info.source), info.source)
+            counts.append(self._failed(lockout_key(info.source), info.source))
         if info.device is not None:
-            if self._device_lockout.failure(info.device) is not None:
-                self.metrics["lockouts"] += 1
+            def counted(lockout):
+                if lockout is not None:
+                    self.metrics["lockouts"] += 1
+
+            counts.append(_settle(self._device_lockout.failure(info.device)).addCallback(counted))
+        return _all(*counts)
 
     # -- helpers ---------------------------------------------------------------------
 
-    def _hit(self, limiter, key, message):
-        retry = limiter.hit(key)
+    def _refuse_rate(self, retry, message):
         if retry is not None:
             self.metrics["rate_limited"] += 1
             seconds = _seconds(retry)
             raise TooManyRequests(f"{message}: try again in {seconds} seconds",
                                   "rate-limited", retry_after=seconds)
+
+
+def _background(value, what):
+    """Let a seam's Deferred run on; log what it fails with (an unavailable store
+    at info level, anything else as a bug)."""
+    d = _settle(value)
+
+    def failed(f):
+        if f.check(HomeChannelError):
+            Broker.log.info("{what} failed: {error}", what=what, error=f.getErrorMessage())
+        else:
+            Broker.log.failure("{what} failed", f, what=what)
+
+    return d.addErrback(failed)
 
 
 def _seconds(value):

@@ -103,9 +103,10 @@ class IRegistry(Interface):
     def take_challenge(slot, challenge):
         """Remove *challenge* from the pool; its expectedAnswer or None."""
 
-    def expire(now, max_age, budget=None):
+    def expire(now, max_age, budget=None, forgotten=None):
         """Remove servers silent for more than *max_age* seconds, scanning at
-        most *budget* slots; return how many were removed."""
+        most *budget* slots; return how many were removed.  ``forgotten(kid)``
+        (optional) is called for each."""
 
     def slots():
         """The slots in use."""

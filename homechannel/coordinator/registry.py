@@ -384,11 +384,12 @@ class Registry:
 
     # -- expiry --
 
-    def expire(self, now, max_age, budget=None) -> int:
+    def expire(self, now, max_age, budget=None, forgotten=None) -> int:
         """Remove servers silent for more than *max_age* seconds.
 
         Scans at most *budget* slots from a rotating cursor, so one call
-        costs O(budget) however large the registry is; call it often."""
+        costs O(budget) however large the registry is; call it often.
+        ``forgotten(kid)``, if given, is called for each server removed."""
         limit = self._seconds(now - max_age) if now - max_age > self._epoch else -1
         s = self._slab
         total = len(s) // RECORD
@@ -400,6 +401,8 @@ class Registry:
         for _ in range(n):
             o = slot * RECORD
             if s[o] and _U32.unpack_from(s, o + _F_SEEN)[0] < limit:
+                if forgotten is not None:
+                    forgotten(self.key_id(slot))
                 self.remove(slot)
                 removed += 1
             slot = slot + 1 if slot + 1 < total else 0

@@ -83,6 +83,11 @@ class Rendezvous:
         self.stats: Counter[str] = Counter()
         self.received = 0
         self.on_answer: Callable[[bytes, bytes], object] = lambda kid, payload: None
+        # Cluster hooks (``redisrelay.Directory``): ``on_pool(kid, pairs, replace)``
+        # whenever a server's pool is set (registration and refresh: replace=True)
+        # or refilled (replace=False); ``on_forget(kid)`` when a server expires.
+        self.on_pool: Callable[[bytes, list[tuple[bytes, bytes]], bool], object] | None = None
+        self.on_forget: Callable[[bytes], object] | None = None
         # STUN Binding requests on the same port (coordinator/stun.py); True
         # for the defaults, a StunResponder, or None to refuse them.
         if stun is True:
@@ -246,6 +251,8 @@ class Rendezvous:
             return [(self._refusal(pending, rid, str(e) or e.code), addr)]
         self.registry.accept_counter(slot, counter)
         self.registry.set_pool(slot, pairs)
+        if self.on_pool is not None:
+            self.on_pool(kid, pairs, True)
         pending.done = True
         self.stats["registered"] += 1
         log.info("registered {server} from {addr}",
@@ -287,6 +294,8 @@ class Rendezvous:
             generation, pairs = wire.parse_generation_pairs(body)
             if self.registry.replace_pool(slot, generation, pairs):
                 self.stats["challenge-refresh"] += 1
+                if self.on_pool is not None:
+                    self.on_pool(kid, pairs, True)
             else:
                 self.stats["challenge-refresh-stale"] += 1
             return [(self.registry.seal(slot, wire.inner(wire.CHALLENGES_ACK, rid)), addr)]
@@ -373,8 +382,11 @@ class Rendezvous:
                     offer[1](None)
         elif kind == wire.REFILL_REPLY:
             self._refilling.discard(kid)
-            self.registry.set_pool(slot, wire.parse_pairs(body), replace=False)
+            pairs = wire.parse_pairs(body)
+            self.registry.set_pool(slot, pairs, replace=False)
             self.stats["refilled"] += 1
+            if self.on_pool is not None:
+                self.on_pool(kid, pairs, False)
         elif kind == wire.NOTICE_ACK:
             pass
         elif kind == wire.MIGRATE_ACK:
@@ -508,7 +520,7 @@ class Rendezvous:
         return self._out.next_deadline()
 
     def expire(self, now: float, max_age: float, budget: int = 20_000) -> int:
-        removed = self.registry.expire(now, max_age, budget)
+        removed = self.registry.expire(now, max_age, budget, self.on_forget)
         if removed:
             self.stats["expired"] += removed
         self._expire_handshakes(now)

@@ -126,7 +126,15 @@ class CoordinatorUDP(DatagramProtocol):
         return expected
 
     def send_offer(self, server_key, payload):
-        kid = crypto.key_id(server_key)
+        return self.offer_to(crypto.key_id(server_key), payload)
+
+    def notify(self, server_key, body):
+        self.notice_to(crypto.key_id(server_key), body)
+
+    # -- by key id (the cluster relays offers, notices and refills from other nodes) --
+
+    def offer_to(self, kid, payload):
+        """``send_offer`` for the server with key id *kid*."""
         d = defer.Deferred()
 
         def done(result):
@@ -138,8 +146,12 @@ class CoordinatorUDP(DatagramProtocol):
         self._send(self.rv.send_offer(kid, payload, self.clock.seconds(), done))
         return d
 
-    def notify(self, server_key, body):
-        self._send(self.rv.notify(crypto.key_id(server_key), body, self.clock.seconds()))
+    def notice_to(self, kid, body):
+        self._send(self.rv.notify(kid, body, self.clock.seconds()))
+
+    def refill(self, kid):
+        """Ask the server with key id *kid* for fresh challenges (one request in flight)."""
+        self._send(self.rv.request_refill(kid, self.clock.seconds()))
 
     def set_answer_handler(self, handler):
         self._answer_handler = handler

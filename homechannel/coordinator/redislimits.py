@@ -1,0 +1,141 @@
+"""Rate limits and lockouts shared by the nodes of a coordinator cluster.
+
+The same rules as :class:`~homechannel.coordinator.ratelimit.RateLimiter`
+and :class:`~homechannel.coordinator.ratelimit.Lockout` (and the same
+interfaces, ``IRateLimiter`` and ``ILockout``), kept in Redis so that every
+node counts against one budget: five wrong passwords spread over two nodes
+lock the source out on both.  Each operation is one atomic Lua script, every
+key carries a TTL (the time after which it would be the same as missing), so
+nothing grows without bound, and every method returns a Deferred.
+
+Keys (``<prefix>`` is ``cluster.key_prefix``, default ``hc:``):
+
+* ``<prefix>rl:<name>:<key>``: a hash ``{t: tokens, ts: last update}``;
+  expires when the bucket would be full again.
+* ``<prefix>lo:<name>:<key>``: a hash ``{f: failures since the last lockout,
+  n: lockouts so far, u: locked until, l: last failure}``; expires
+  ``forget_after`` seconds after the later of ``u`` and ``l``.
+
+Times are the nodes' clocks (Unix seconds, passed to the scripts): keep the
+nodes' clocks in sync (NTP), as device challenges already require.
+"""
+
+from zope.interface import implementer
+
+from homechannel.coordinator.ratelimit import ILockout, IRateLimiter
+from homechannel.coordinator.redisstore import Script
+
+# Numbers cross the Lua boundary as strings: Redis truncates Lua numbers to integers.
+BUCKET = Script("bucket", """
+local now, cap, rate, peek = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local b = redis.call('HMGET', KEYS[1], 't', 'ts')
+local tokens = cap
+if b[1] then
+  tokens = math.min(cap, tonumber(b[1]) + math.max(0, now - tonumber(b[2])) * rate)
+end
+if peek == '1' then
+  if tokens >= 1 then return false end
+  return tostring((1 - tokens) / rate)
+end
+local retry = false
+if tokens >= 1 then tokens = tokens - 1 else retry = tostring((1 - tokens) / rate) end
+if b[1] or retry == false then
+  redis.call('HSET', KEYS[1], 't', tostring(tokens), 'ts', tostring(now))
+  redis.call('PEXPIRE', KEYS[1], math.ceil((cap - tokens) / rate * 1000) + 1000)
+end
+return retry
+""")
+
+LOCKOUT_CHECK = Script("lockout-check", """
+local now, forget = tonumber(ARGV[1]), tonumber(ARGV[2])
+local e = redis.call('HMGET', KEYS[1], 'u', 'l')
+if not e[1] then return false end
+local u, l = tonumber(e[1]), tonumber(e[2])
+if now >= math.max(u, l) + forget then redis.call('DEL', KEYS[1]); return false end
+if now >= u then return false end
+return tostring(u - now)
+""")
+
+LOCKOUT_FAILURE = Script("lockout-failure", """
+local now, forget, weight = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local threshold, base, max = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local e = redis.call('HMGET', KEYS[1], 'f', 'n', 'u', 'l')
+local f, n, u = 0, 0, 0
+if e[1] and now < math.max(tonumber(e[3]), tonumber(e[4])) + forget then
+  f, n, u = tonumber(e[1]), tonumber(e[2]), tonumber(e[3])
+end
+f = f + weight
+local length = false
+local limit = threshold
+if n > 0 then limit = 1 end
+if f >= limit then
+  local l = math.min(max, base * 2 ^ math.min(n, 32))
+  f, n, u = 0, n + 1, now + l
+  length = tostring(l)
+end
+redis.call('HSET', KEYS[1], 'f', tostring(f), 'n', n, 'u', tostring(u), 'l', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil((math.max(u, now) + forget - now) * 1000))
+return length
+""")
+
+
+def _float(reply):
+    return None if reply is None else float(reply)
+
+
+@implementer(IRateLimiter)
+class RedisRateLimiter:
+    """A token bucket per key, shared by every node: at most *limit* hits per
+    *period* seconds sustained, *burst* (default *limit*) at once."""
+
+    def __init__(self, store, name, clock, limit, period=60.0, burst=None):
+        if limit <= 0 or period <= 0:
+            raise ValueError("limit and period must be positive")
+        self._store = store
+        self._name = name
+        self._clock = clock
+        self._capacity = repr(float(limit if burst is None else max(1, burst)))
+        self._rate = repr(float(limit) / float(period))
+
+    def _run(self, key, peek):
+        d = self._store.run(BUCKET, [self._store.key("rl", self._name, key)],
+                            [repr(self._clock.seconds()), self._capacity, self._rate, peek])
+        return d.addCallback(_float)
+
+    def hit(self, key):
+        """A Deferred: None if allowed, else the seconds until it would be."""
+        return self._run(key, "0")
+
+    def peek(self, key):
+        """A Deferred: what :meth:`hit` would say, without counting anything."""
+        return self._run(key, "1")
+
+
+@implementer(ILockout)
+class RedisLockout:
+    """Failed-answer lockouts with doubling backoff, shared by every node."""
+
+    def __init__(self, store, name, clock, threshold=5, base=60.0, maximum=3600.0,
+                 forget_after=None):
+        self._store = store
+        self._name = name
+        self._clock = clock
+        self._params = [str(max(1, int(threshold))), repr(float(base)), repr(float(maximum))]
+        self._forget = repr(float(maximum if forget_after is None else forget_after))
+
+    def _key(self, key):
+        return self._store.key("lo", self._name, key)
+
+    def check(self, key):
+        d = self._store.run(LOCKOUT_CHECK, [self._key(key)],
+                            [repr(self._clock.seconds()), self._forget])
+        return d.addCallback(_float)
+
+    def failure(self, key, weight=1.0):
+        d = self._store.run(LOCKOUT_FAILURE, [self._key(key)],
+                            [repr(self._clock.seconds()), self._forget, repr(float(weight)),
+                             *self._params])
+        return d.addCallback(_float)
+
+    def success(self, key):
+        return self._store.call("DEL", self._key(key)).addCallback(lambda _: None)

@@ -1,0 +1,514 @@
+"""The relay of a coordinator cluster: which node owns each home server's UDP
+session, the shared challenge pools, and offers, notices and refills relayed
+between nodes through Redis.
+
+A home server registers with one node (its UDP session and keys live there,
+and keepalives stay there: no Redis round trip per ping).  HTTPS requests
+may land on any node.  So:
+
+* :class:`Directory` (the owning node's side) keeps ``<prefix>d:<key id>``,
+  a hash ``{n: owning node id, <challenge>: <expectedAnswer>, ...}`` (at most
+  ``wire.POOL`` challenges).  It is written on registration (the pool from
+  REGISTER), on a CHALLENGES refresh (replaced) and on a REFILL reply (free
+  places filled), through a write-behind queue: writes made in one turn of the
+  event loop go out as one pipeline, and writes that fail (Redis is gone) are
+  kept and sent again until they succeed.  Every ``refresh`` seconds the
+  TTLs of all its servers' entries are extended in batches of
+  :data:`REFRESH_BATCH` (never a Redis round trip per keepalive); an entry
+  Redis lost (it was restarted empty) is written again and the home server
+  asked for fresh challenges.  A server the node forgets (expiry) has its
+  entry deleted; an entry of a node that died expires with its TTL, and
+  until then :class:`ClusterRelay` treats it as offline (no heartbeat).
+* :class:`ClusterRelay` (every node; ``IRelay`` for the broker): the
+  server's status and its next challenge (one script, which also checks that
+  the owner is alive: ``<prefix>node:<id>`` is its heartbeat, set every second
+  and expiring after :data:`NODE_TTL`), taking a challenge atomically (a take
+  that leaves the pool short publishes a REFILL to the owner, at most one
+  every 2 s per server), and the offer: relayed by the owner's own UDP
+  socket, directly when the owner is this node, else as an OFFER message on
+  the owner's channel ``<prefix>n:<node id>`` and a RESULT back (see
+  :mod:`~homechannel.coordinator.noderelay`).  NOTICEs go the same way.  The
+  home server's ANSWER reaches its owning node, whose broker completes the
+  shared session (``redissessions``): the answer goes back through Redis too.
+* :class:`NodeLink` holds this node's pub/sub subscription (its own channel
+  and the session completions) and its heartbeat, and reconnects by itself.
+"""
+
+import asyncio
+import os
+
+from twisted.internet import defer, task
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from homechannel import aio, crypto, wire
+from homechannel.coordinator import noderelay
+from homechannel.coordinator.interfaces import IRelay
+from homechannel.coordinator.redisstore import Script, unavailable
+from homechannel.errors import HomeChannelError, ProtocolError, Unavailable
+
+NODE_TTL = 5.0               # a node whose heartbeat is older is dead
+HEARTBEAT = 1.0
+REFRESH_BATCH = 1000
+REFILL_MARK = 2000           # ms: at most one REFILL request per server this often
+OWNER_CACHE = 5.0            # seconds an owner learned from a status or take is reused
+OFFER_DEADLINE = 15.0        # an OFFER relayed to another node must be acknowledged by then
+
+# KEYS: server entry, refill mark.  ARGV: node-key prefix, channel prefix, REFILL message.
+STATUS = Script("relay-status", """
+local h = redis.call('HGETALL', KEYS[1])
+local owner, challenge = false, false
+for i = 1, #h, 2 do
+  if h[i] == 'n' then owner = h[i + 1] elseif not challenge then challenge = h[i] end
+end
+if not owner or redis.call('EXISTS', ARGV[1] .. owner) == 0 then return false end
+if not challenge and redis.call('SET', KEYS[2], '1', 'NX', 'PX', %d) then
+  redis.call('PUBLISH', ARGV[2] .. owner, ARGV[3])
+end
+return {owner, challenge}
+""" % REFILL_MARK)
+
+# KEYS: server entry, refill mark.  ARGV: challenge, pool size, channel prefix, REFILL message.
+TAKE = Script("relay-take", """
+local owner = redis.call('HGET', KEYS[1], 'n')
+if not owner then return false end
+local e = redis.call('HGET', KEYS[1], ARGV[1])
+if not e then return {owner, false} end
+redis.call('HDEL', KEYS[1], ARGV[1])
+if redis.call('HLEN', KEYS[1]) - 1 < tonumber(ARGV[2])
+    and redis.call('SET', KEYS[2], '1', 'NX', 'PX', %d) then
+  redis.call('PUBLISH', ARGV[3] .. owner, ARGV[4])
+end
+return {owner, e}
+""" % REFILL_MARK)
+
+# KEYS: server entry.  ARGV: node id, ttl ms, then challenge, expected, ...
+SET_POOL = Script("directory-set", """
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'n', ARGV[1], unpack(ARGV, 3))
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+""")
+
+# KEYS: server entry.  ARGV: node id, ttl ms, pool size, then challenge, expected, ...
+FILL_POOL = Script("directory-fill", """
+local owner = redis.call('HGET', KEYS[1], 'n')
+if owner and owner ~= ARGV[1] then return 0 end
+if not owner then redis.call('HSET', KEYS[1], 'n', ARGV[1]) end
+local room = tonumber(ARGV[3]) - (redis.call('HLEN', KEYS[1]) - 1)
+local i = 4
+while room > 0 and i < #ARGV do
+  if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then room = room - 1 end
+  i = i + 2
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+""")
+
+# KEYS: server entry.  ARGV: node id, ttl ms.  0: missing, 1: extended, 2: another node's.
+TOUCH = Script("directory-touch", """
+local owner = redis.call('HGET', KEYS[1], 'n')
+if not owner then return 0 end
+if owner ~= ARGV[1] then return 2 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+""")
+
+FORGET = Script("directory-forget", """
+if redis.call('HGET', KEYS[1], 'n') == ARGV[1] then redis.call('DEL', KEYS[1]) return 1 end
+return 0
+""")
+
+
+def _flatten(pairs):
+    return [x for pair in pairs for x in pair]
+
+
+class Directory:
+    """The owning node's writes to the shared directory and pools (write-behind)."""
+
+    log = Logger()
+
+    def __init__(self, store, node_id, clock, registry, ttl=180.0, refresh=30.0,
+                 request_refill=None, retry=1.0):
+        self._store = store
+        self._node = node_id.encode("utf-8")
+        self._clock = clock
+        self._registry = registry
+        self._ttl = str(int(ttl * 1000))
+        self.refresh_interval = refresh
+        self._retry = retry
+        self.request_refill = request_refill or (lambda kid: None)
+        self._ops = {}                # kid -> [op, ...] not yet written
+        self._call = None
+        self._flushing = False
+        self._refreshing = False
+        self._loop = None
+        self.stats = {"writes": 0, "write-retries": 0, "refreshed": 0, "recreated": 0}
+
+    def key(self, kid):
+        return self._store.key("d", kid)
+
+    # -- events from the node's rendezvous -------------------------------------------
+
+    def pool(self, kid, pairs, replace):
+        """``Rendezvous.on_pool``: a registration or refresh (*replace*) or a refill."""
+        if replace:
+            self._ops[kid] = [("set", tuple(pairs))]
+        else:
+            self._ops.setdefault(kid, []).append(("fill", tuple(pairs)))
+        self._schedule(0)
+
+    def forget(self, kid):
+        """``Rendezvous.on_forget``: the server expired here."""
+        self._ops[kid] = [("forget",)]
+        self._schedule(0)
+
+    # -- writing -----------------------------------------------------------------------
+
+    def _schedule(self, delay):
+        if self._call is None and not self._flushing:
+            self._call = self._clock.callLater(delay, self._flush)
+
+    def _op(self, kid, op):
+        key = [self.key(kid)]
+        if op[0] == "set":
+            return self._store.run(SET_POOL, key, [self._node, self._ttl, *_flatten(op[1])])
+        if op[0] == "fill":
+            return self._store.run(FILL_POOL, key, [self._node, self._ttl, str(wire.POOL),
+                                                    *_flatten(op[1])])
+        return self._store.run(FORGET, key, [self._node])
+
+    def _flush(self):
+        self._call = None
+        if not self._ops:
+            return
+        batch, self._ops = self._ops, {}
+        self._flushing = True
+        failed = {}
+        writes = []
+        for kid, ops in batch.items():
+            for op in ops:
+                d = self._op(kid, op)
+                d.addErrback(lambda f, kid=kid, ops=ops: failed.setdefault(kid, ops))
+                writes.append(d)
+        self.stats["writes"] += len(writes)
+        done = defer.DeferredList(writes)
+        done.addCallback(lambda _: self._flushed(failed))
+        done.addErrback(lambda f: self.log.failure("directory write failed", f))
+
+    def _flushed(self, failed):
+        self._flushing = False
+        for kid, ops in failed.items():
+            newer = self._ops.get(kid)
+            if newer and newer[0][0] in ("set", "forget"):
+                continue          # superseded
+            self._ops[kid] = list(ops) + (newer or [])
+        if failed:
+            self.stats["write-retries"] += len(failed)
+            self._schedule(self._retry)
+        elif self._ops:
+            self._schedule(0)
+
+    # -- refreshing ------------------------------------------------------------------
+
+    def start(self):
+        self._loop = task.LoopingCall(self.refresh)
+        self._loop.clock = self._clock
+        self._loop.start(self.refresh_interval, now=False).addErrback(
+            lambda f: self.log.failure("directory refresh stopped", f))
+
+    def stop(self):
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def refresh(self):
+        """Extend the TTL of every entry this node owns (in batches); write
+        again the ones Redis lost.  Returns a Deferred (one pass at a time)."""
+        if self._refreshing:
+            return defer.succeed(None)
+        self._refreshing = True
+        d = defer.ensureDeferred(self._refresh())
+
+        def finished(result):
+            self._refreshing = False
+            return result
+
+        d.addBoth(finished)
+        d.addErrback(lambda f: None if f.check(HomeChannelError) else
+                     self.log.failure("directory refresh failed", f))
+        return d
+
+    async def _refresh(self):
+        reg = self._registry
+        kids = [reg.key_id(slot) for slot in reg.slots()]
+        for start in range(0, len(kids), REFRESH_BATCH):
+            chunk = kids[start:start + REFRESH_BATCH]
+            replies = await defer.gatherResults(
+                [self._store.run(TOUCH, [self.key(kid)], [self._node, self._ttl])
+                 for kid in chunk], consumeErrors=True).addErrback(lambda f: f.value.subFailure)
+            for kid, reply in zip(chunk, replies):
+                if reply == 0 and kid not in self._ops and reg.lookup_key(kid) >= 0:
+                    # Lost (Redis restarted empty): ours again, and fresh challenges.
+                    self.stats["recreated"] += 1
+                    self._ops[kid] = [("set", ())]
+                    self.request_refill(kid)
+            self.stats["refreshed"] += len(chunk)
+        self._schedule(0)
+
+
+@implementer(IRelay)
+class ClusterRelay:
+    """``IRelay`` for the broker of any node, over the shared directory."""
+
+    log = Logger()
+
+    def __init__(self, store, node_id, udp, clock, random_bytes=os.urandom):
+        self._store = store
+        self.node_id = node_id
+        self._node = node_id.encode("utf-8")
+        self._udp = udp
+        self._clock = clock
+        self._owners = {}              # kid -> (node id bytes, when learned)
+        self._pending = noderelay.PendingOffers(
+            OFFER_DEADLINE, int.from_bytes(random_bytes(6), "big"))
+        self._timer = None
+        self._answer_handler = None
+        self.stats = {"offers-relayed": 0, "offers-received": 0, "notices-relayed": 0,
+                      "refills-asked": 0, "messages-dropped": 0}
+        self._node_prefix = store.key("node", "")
+        self._channel_prefix = store.key("n", "")
+
+    def channel(self, node=None):
+        return self._channel_prefix + (self._node if node is None else node)
+
+    # -- IRelay ------------------------------------------------------------------------
+
+    def server_status(self, server_key):
+        kid = crypto.key_id(server_key)
+        d = self._store.run(STATUS, [self._store.key("d", kid), self._store.key("rf", kid)],
+                            [self._node_prefix, self._channel_prefix, noderelay.refill(kid)])
+
+        def status(reply):
+            if not reply:
+                return False, None
+            owner, challenge = reply
+            self._owners[kid] = (owner, self._clock.seconds())
+            return True, challenge or None
+
+        return d.addCallback(status)
+
+    def take_challenge(self, server_key, challenge):
+        kid = crypto.key_id(server_key)
+        d = self._store.run(TAKE, [self._store.key("d", kid), self._store.key("rf", kid)],
+                            [challenge, str(wire.POOL), self._channel_prefix,
+                             noderelay.refill(kid)])
+
+        def taken(reply):
+            if not reply:
+                return None
+            owner, expected = reply
+            self._owners[kid] = (owner, self._clock.seconds())
+            return expected or None
+
+        return d.addCallback(taken)
+
+    def send_offer(self, server_key, payload):
+        kid = crypto.key_id(server_key)
+        return self._owner(kid).addCallback(self._offer, kid, payload)
+
+    def _offer(self, owner, kid, payload):
+        if owner == self._node:
+            return self._udp.offer_to(kid, payload)
+        d = defer.Deferred()
+
+        def result(ok, message):
+            if ok:
+                d.callback(None)
+            else:
+                d.errback(Unavailable(message or "the home server did not acknowledge the "
+                                      "offer", "relay-failed"))
+
+        request_id = self._pending.add(result, self._clock.seconds())
+        self._reschedule()
+        message = noderelay.offer(request_id, self.node_id, kid, payload)
+        self.stats["offers-relayed"] += 1
+
+        def published(receivers):
+            if not receivers:
+                self._pending.resolve(request_id, False, "the home server's coordinator "
+                                      "node is gone: try again in a few seconds")
+
+        def failed(f):
+            self._pending.resolve(request_id, False, str(f.value))
+
+        self._store.call("PUBLISH", self.channel(owner), message).addCallbacks(
+            published, failed)
+        return d
+
+    def notify(self, server_key, body):
+        kid = crypto.key_id(server_key)
+
+        def send(owner):
+            if owner == self._node:
+                self._udp.notice_to(kid, body)
+                return None
+            self.stats["notices-relayed"] += 1
+            return self._store.call("PUBLISH", self.channel(owner), noderelay.notice(kid, body))
+
+        d = self._owner(kid).addCallback(send)
+        d.addErrback(lambda f: self.log.info("could not relay a notice: {error}",
+                                             error=f.getErrorMessage()))
+        return d
+
+    def set_answer_handler(self, handler):
+        # ANSWERs reach the node that owns the server, over its own UDP socket.
+        self._answer_handler = handler
+        self._udp.set_answer_handler(handler)
+
+    def _owner(self, kid):
+        cached = self._owners.get(kid)
+        if cached is not None and self._clock.seconds() - cached[1] < OWNER_CACHE:
+            return defer.succeed(cached[0])
+        if len(self._owners) > 10_000:
+            self._owners.clear()
+
+        def found(owner):
+            if owner is None:
+                raise Unavailable("the home server is offline", "relay-failed")
+            self._owners[kid] = (owner, self._clock.seconds())
+            return owner
+
+        return self._store.call("HGET", self._store.key("d", kid), "n").addCallback(found)
+
+    # -- messages from other nodes -----------------------------------------------------------
+
+    def received(self, data):
+        """A message on this node's channel."""
+        try:
+            msg = noderelay.decode(data)
+        except ProtocolError as e:
+            self.stats["messages-dropped"] += 1
+            self.log.debug("dropped a node message: {error}", error=e)
+            return
+        if msg.kind == noderelay.OFFER:
+            self.stats["offers-received"] += 1
+            d = self._udp.offer_to(msg.kid, msg.payload)
+            d.addCallbacks(lambda _: noderelay.result(msg.id, True),
+                           lambda f: noderelay.result(msg.id, False, f.getErrorMessage()))
+            d.addCallback(lambda reply: self._store.call(
+                "PUBLISH", self.channel(msg.sender.encode("utf-8")), reply))
+            d.addErrback(lambda f: self.log.info("could not return an offer's result: {error}",
+                                                 error=f.getErrorMessage()))
+        elif msg.kind == noderelay.RESULT:
+            self._pending.resolve(msg.id, msg.ok, msg.payload.decode("utf-8", "replace"))
+        elif msg.kind == noderelay.NOTICE:
+            self._udp.notice_to(msg.kid, msg.payload)
+        elif msg.kind == noderelay.REFILL:
+            self.stats["refills-asked"] += 1
+            self._udp.refill(msg.kid)
+
+    def _reschedule(self):
+        if self._timer is not None and self._timer.active():
+            return
+        when = self._pending.next_deadline()
+        if when is not None:
+            self._timer = self._clock.callLater(max(0.0, when - self._clock.seconds()),
+                                                self._expire)
+
+    def _expire(self):
+        self._timer = None
+        self._pending.expire(self._clock.seconds())
+        self._reschedule()
+
+    def stop(self):
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        for request_id in list(self._pending._pending):
+            self._pending.resolve(request_id, False, "the coordinator is stopping")
+
+
+class NodeLink:
+    """This node's subscription (its channel and session completions) and heartbeat."""
+
+    log = Logger()
+
+    def __init__(self, store, node_id, clock, relay, sessions, info=b"1"):
+        self._store = store
+        self.node_id = node_id
+        self._clock = clock
+        self._relay = relay
+        self._sessions = sessions
+        self._info = info
+        self._channels = {relay.channel(): relay.received, sessions.channel: sessions.completed}
+        self._task = None
+        self._heartbeat = None
+        self.subscribed = False
+        self.stats = {"messages": 0, "resubscribed": 0}
+
+    def start(self):
+        self._task = asyncio.ensure_future(self._listen())
+        self._heartbeat = task.LoopingCall(self.beat)
+        self._heartbeat.clock = self._clock
+        self._heartbeat.start(HEARTBEAT, now=True).addErrback(
+            lambda f: self.log.failure("heartbeat stopped", f))
+
+    def beat(self):
+        d = self._store.call("SET", self._store.key("node", self.node_id), self._info,
+                             "PX", str(int(NODE_TTL * 1000)))
+        d.addErrback(lambda f: None if f.check(HomeChannelError) else
+                     self.log.failure("heartbeat failed", f))
+        return d
+
+    async def _listen(self):
+        import redis.exceptions as rex
+
+        while True:
+            pubsub = self._store.client.pubsub()
+            try:
+                await pubsub.subscribe(*self._channels)
+                if self.subscribed is None:
+                    self.stats["resubscribed"] += 1
+                    self.log.info("subscribed again to the cluster's channels")
+                self.subscribed = True
+                while True:
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
+                    if msg is None or msg.get("type") != "message":
+                        continue
+                    self.stats["messages"] += 1
+                    handler = self._channels.get(msg["channel"])
+                    if handler is not None:
+                        try:
+                            handler(msg["data"])
+                        except Exception:
+                            self.log.failure("handling a cluster message failed")
+            except asyncio.CancelledError:
+                raise
+            except (rex.RedisError, OSError, asyncio.TimeoutError) as e:
+                if self.subscribed:
+                    self.log.warn("lost the cluster's subscription ({error}); subscribing "
+                                  "again", error=str(e) or type(e).__name__)
+                self.subscribed = None
+                await asyncio.sleep(0.5)
+            finally:
+                try:
+                    await pubsub.aclose()
+                except Exception:
+                    pass
+
+    def stop(self):
+        if self._heartbeat is not None and self._heartbeat.running:
+            self._heartbeat.stop()
+        if self._task is not None:
+            self._task.cancel()
+        # Others see this node as gone at once, not after NODE_TTL.
+        return self._store.call("DEL", self._store.key("node", self.node_id)).addErrback(
+            lambda f: None)
+
+
+def unavailable_error():
+    return unavailable()

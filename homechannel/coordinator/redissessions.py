@@ -1,0 +1,309 @@
+"""Connect sessions shared by the nodes of a coordinator cluster.
+
+:class:`RedisSessionStore` implements
+:class:`~homechannel.coordinator.sessions.ISessionStore` (every method
+returns a Deferred) with the rules of the in-memory store, so that any node
+can create a session, complete it (the node the home server's answer reaches)
+and serve its long-poll (the node the browser's request reaches):
+
+* ``<prefix>s:<session id>``: a hash ``{k: server key, src: source,
+  dev: device, st: p|a|f (pending, answered, failed), r: the result or the
+  error as JSON, dl: deadline, ss: source share, sv: server share}``.  It
+  expires ``retention`` seconds after it completes, and at the latest
+  ``session_timeout + retention`` after it was made.
+* Shares: three sorted sets of session ids scored by when each session will
+  be forgotten, ``<prefix>ss`` (all), ``<prefix>ss:src:<source network>`` and
+  ``<prefix>ss:srv:<server key id>``; entries past their score are dropped
+  before counting, so a share is held exactly until the session is forgotten.
+  ``web.max_sessions`` and its shares hold for the whole cluster.
+* Completion is one script that sets the result only while the session is
+  pending (the first answer wins) and publishes ``<session id> <state>
+  <result>`` on ``<prefix>done``.  Every node subscribes to that channel once
+  (``redisrelay.NodeLink``) and hands the messages to :meth:`completed`; a
+  long-poll registers its local waiter *before* it reads the session, so an
+  answer that arrives between the read and the subscription is never missed,
+  and nothing polls Redis in a loop.
+* A session not answered by its deadline ends with ``408 timeout``: the node
+  that notices (a waiter's timer, or a read) completes it with that error.
+* Waiting long-polls are held by the node that holds the HTTP connection,
+  so their caps (``web.max_waiters``, 4 per session, ``max_waiters_per_source``)
+  are per node.
+"""
+
+import json
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from homechannel import crypto, errors
+from homechannel.coordinator.ratelimit import source_key
+from homechannel.coordinator.redisstore import Script
+from homechannel.coordinator.sessions import ISessionStore, SessionInfo
+from homechannel.coordinator.shares import Shares
+from homechannel.errors import BadRequest, CapacityError, NotFound, RequestTimeout
+
+CREATE = Script("session-create", """
+local now, forget, dl = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
+local limits = {tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])}
+for i = 2, 4 do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+  if redis.call('ZCARD', KEYS[i]) >= limits[i - 1] then return i end
+end
+redis.call('HSET', KEYS[1], 'k', ARGV[4], 'src', ARGV[5], 'dev', ARGV[6], 'st', 'p',
+           'dl', dl, 'ss', KEYS[3], 'sv', KEYS[4])
+redis.call('PEXPIRE', KEYS[1], math.ceil((forget - now) * 1000))
+for i = 2, 4 do
+  redis.call('ZADD', KEYS[i], forget, ARGV[10])
+  local top = redis.call('ZRANGE', KEYS[i], -1, -1, 'WITHSCORES')
+  redis.call('PEXPIREAT', KEYS[i], math.ceil(tonumber(top[2]) * 1000) + 1000)
+end
+return 0
+""")
+
+# KEYS: session, all-share; ARGV: now, forget-at, state, result, channel, session id
+COMPLETE = Script("session-complete", """
+local st = redis.call('HGET', KEYS[1], 'st')
+if st ~= 'p' then return 0 end
+local now, forget = tonumber(ARGV[1]), tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], 'st', ARGV[3], 'r', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], math.ceil((forget - now) * 1000))
+local shares = redis.call('HMGET', KEYS[1], 'ss', 'sv')
+redis.call('ZADD', KEYS[2], 'XX', forget, ARGV[6])
+if shares[1] then redis.call('ZADD', shares[1], 'XX', forget, ARGV[6]) end
+if shares[2] then redis.call('ZADD', shares[2], 'XX', forget, ARGV[6]) end
+redis.call('PUBLISH', ARGV[5], ARGV[6] .. ' ' .. ARGV[3] .. ' ' .. ARGV[4])
+return 1
+""")
+
+_ERRORS = {cls.status: cls for cls in (
+    errors.BadRequest, errors.Forbidden, errors.NotFound, errors.RequestTimeout,
+    errors.PayloadTooLarge, errors.TooManyRequests, errors.Unavailable)}
+
+
+def error_doc(error):
+    """A HomeChannelError as JSON-able fields (what crosses between nodes)."""
+    doc = {"status": error.status, "code": error.code, "message": str(error)}
+    if error.extra:
+        doc["extra"] = error.extra
+    if error.retry_after is not None:
+        doc["retry_after"] = error.retry_after
+    return doc
+
+
+def error_from_doc(doc):
+    cls = _ERRORS.get(doc.get("status"), errors.Unavailable)
+    return cls(doc.get("message", ""), doc.get("code"), retry_after=doc.get("retry_after"),
+               **(doc.get("extra") or {}))
+
+
+def _timeout():
+    return RequestTimeout("the home server did not answer in time: check that it is "
+                          "running and try again", "timeout")
+
+
+class _Waiter:
+    __slots__ = ("d", "timer", "share", "sid")
+
+    def __init__(self, sid, share):
+        self.sid = sid
+        self.share = share
+        self.d = None
+        self.timer = None
+
+
+@implementer(ISessionStore)
+class RedisSessionStore:
+    log = Logger()
+
+    def __init__(self, store, clock, session_timeout=60.0, retention=30.0,
+                 max_sessions=10_000, max_waiters=10_000, max_waiters_per_session=4,
+                 max_sessions_per_source=100, max_sessions_per_server=100,
+                 max_waiters_per_source=100):
+        self._store = store
+        self._clock = clock
+        self._session_timeout = session_timeout
+        self._retention = retention
+        self._limits = [str(max_sessions), str(max_sessions_per_source),
+                        str(max_sessions_per_server)]
+        self._max_waiters = max_waiters
+        self._max_waiters_per_session = max_waiters_per_session
+        self._waiters = {}             # session id -> [_Waiter]
+        self._waiting = 0
+        self._waiters_by_source = Shares(max_waiters_per_source)
+        self.channel = store.key("done")
+
+    @property
+    def waiting(self):
+        return self._waiting
+
+    def _key(self, session_id):
+        return self._store.key("s", session_id)
+
+    # -- ISessionStore ---------------------------------------------------------------
+
+    def create(self, session_id, server_key, source=None, device=None):
+        now = self._clock.seconds()
+        forget = now + self._session_timeout + self._retention
+        share = source_key(source if source is not None else "unknown")
+        keys = [self._key(session_id), self._store.key("ss"),
+                self._store.key("ss", "src", share),
+                self._store.key("ss", "srv", crypto.key_id(server_key))]
+        args = [repr(now), repr(forget), repr(now + self._session_timeout), server_key,
+                source or "", device or "", *self._limits, session_id]
+        return self._store.run(CREATE, keys, args).addCallback(self._created)
+
+    @staticmethod
+    def _created(code):
+        if code == 0:
+            return None
+        if code == 1:
+            raise BadRequest("this session id is already in use: start a new attempt",
+                             "session-exists")
+        if code == 3:
+            raise CapacityError("too many connect attempts from your network are in "
+                                "progress: try again in a minute", "busy")
+        if code == 4:
+            raise CapacityError("too many connect attempts to this home server are in "
+                                "progress: try again in a minute", "busy")
+        raise CapacityError("the coordinator is busy: try again in a minute", "busy")
+
+    def info(self, session_id):
+        d = self._store.call("HMGET", self._key(session_id), "k", "src", "dev")
+
+        def parsed(reply):
+            key, src, dev = reply
+            if key is None:
+                return None
+            return SessionInfo(key, src.decode() or None, dev.decode() or None)
+
+        return d.addCallback(parsed)
+
+    def is_pending(self, session_id):
+        d = self._store.call("HMGET", self._key(session_id), "st", "dl")
+        return d.addCallback(lambda r: r[0] == b"p" and self._clock.seconds() < float(r[1]))
+
+    def answer(self, session_id, result):
+        return self._complete(session_id, "a", json.dumps(result, separators=(",", ":")))
+
+    def fail(self, session_id, error):
+        return self._complete(session_id, "f", json.dumps(error_doc(error),
+                                                          separators=(",", ":")))
+
+    def _complete(self, session_id, state, body):
+        now = self._clock.seconds()
+        d = self._store.run(COMPLETE, [self._key(session_id), self._store.key("ss")],
+                            [repr(now), repr(now + self._retention), state, body,
+                             self.channel, session_id])
+        return d.addCallback(lambda n: n == 1)
+
+    def wait(self, session_id, timeout, source=None):
+        waiters = self._waiters.get(session_id, ())
+        if self._waiting >= self._max_waiters or len(waiters) >= self._max_waiters_per_session:
+            return defer.fail(CapacityError("too many requests are waiting: try again shortly",
+                                            "busy"))
+        share = source_key(source if source is not None else "unknown")
+        if not self._waiters_by_source.room(share):
+            return defer.fail(CapacityError("too many requests from your network are waiting: "
+                                            "try again shortly", "busy"))
+        waiter = _Waiter(session_id, share)
+        waiter.d = defer.Deferred(lambda d: self._drop(waiter))
+        # Registered before the read: a completion published meanwhile finds it.
+        self._waiters.setdefault(session_id, []).append(waiter)
+        self._waiting += 1
+        self._waiters_by_source.take(share)
+        waiter.timer = self._clock.callLater(timeout, self._timed_out, waiter)
+        read = self._store.call("HMGET", self._key(session_id), "st", "r", "dl")
+        read.addCallbacks(self._read, self._read_failed, callbackArgs=(waiter,),
+                          errbackArgs=(waiter,))
+        return waiter.d
+
+    # -- completions -----------------------------------------------------------------
+
+    def completed(self, message):
+        """A message from the ``done`` channel: ``<session id> <state> <result>``."""
+        try:
+            sid, state, body = message.split(b" ", 2)
+            sid = sid.decode("ascii")
+        except (ValueError, UnicodeDecodeError):
+            self.log.debug("malformed completion message")
+            return
+        if sid in self._waiters:
+            self._resolve_all(sid, state, body)
+
+    def _read(self, reply, waiter):
+        if waiter.d.called:
+            return
+        state, body, deadline = reply
+        if state is None:
+            self._finish(waiter, NotFound("unknown or forgotten session: connect again",
+                                          "unknown-session"))
+        elif state != b"p":
+            self._resolve_all(waiter.sid, state, body)
+        else:
+            left = float(deadline) - self._clock.seconds()
+            if left <= 0:
+                self._expire(waiter.sid)
+            elif waiter.timer.getTime() - self._clock.seconds() > left:
+                # The session's deadline comes before the wait's end.
+                waiter.timer.cancel()
+                waiter.timer = self._clock.callLater(left, self._deadline, waiter)
+
+    def _read_failed(self, failure, waiter):
+        if not waiter.d.called:
+            self._finish(waiter, failure.value)
+
+    def _resolve_all(self, sid, state, body):
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            self.log.error("malformed session result for {session}", session=sid)
+            return
+        outcome = error_from_doc(doc) if state == b"f" else doc
+        for waiter in list(self._waiters.get(sid, ())):
+            self._finish(waiter, outcome)
+
+    def _finish(self, waiter, outcome):
+        if not self._drop(waiter):
+            return
+        if isinstance(outcome, Exception):
+            waiter.d.errback(outcome)
+        else:
+            waiter.d.callback(outcome)
+
+    def _drop(self, waiter):
+        waiters = self._waiters.get(waiter.sid)
+        if not waiters or waiter not in waiters:
+            return False
+        waiters.remove(waiter)
+        if not waiters:
+            del self._waiters[waiter.sid]
+        self._waiting -= 1
+        self._waiters_by_source.give_back(waiter.share)
+        if waiter.timer is not None and waiter.timer.active():
+            waiter.timer.cancel()
+        return True
+
+    def _timed_out(self, waiter):
+        self._finish(waiter, None)
+
+    def _deadline(self, waiter):
+        waiter.timer = None
+        self._expire(waiter.sid)
+
+    def _expire(self, sid):
+        """The session's deadline passed while it was pending: end it for every node."""
+        d = self.fail(sid, _timeout())
+
+        def done(changed):
+            if not changed:
+                # Completed meanwhile (its message is on the way) or already expired:
+                # read it again.
+                for waiter in list(self._waiters.get(sid, ())):
+                    read = self._store.call("HMGET", self._key(sid), "st", "r", "dl")
+                    read.addCallbacks(self._read, self._read_failed, callbackArgs=(waiter,),
+                                      errbackArgs=(waiter,))
+
+        d.addCallbacks(done, lambda f: [self._finish(w, f.value)
+                                        for w in list(self._waiters.get(sid, ()))])
