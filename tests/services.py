@@ -173,3 +173,55 @@ def red_xtigervnc(geometry):
         subprocess.run([xsetroot, "-display", f":{display}", "-solid", "#ff0000"], check=True,
                        timeout=10)
         yield port, display
+
+
+class RedisServer:
+    """Debian's ``redis-server`` on a loopback port, in memory only (no RDB or
+    AOF files).  ``stop()``/``start()`` keep the port, so ``restart()`` is what
+    a Redis restart looks like to its clients: connections reset, data gone."""
+
+    def __init__(self, tmp_path, port=None):
+        self.binary = require_tool("redis-server", "redis-server")
+        self.dir = tmp_path
+        self.port = port or free_tcp_port()
+        self.proc = None
+
+    @property
+    def url(self):
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self):
+        log = self.dir / f"redis-{self.port}.log"
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.dir), "--logfile", str(log)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.proc, self.port, "redis-server",
+                      lambda: log.read_text() if log.exists() else "")
+        return self
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def restart(self):
+        self.stop()
+        return self.start()
+
+    def cli(self, *args):
+        """Run one command with redis-cli; its output."""
+        cli = require_tool("redis-cli", "redis-tools")
+        return subprocess.run([cli, "-p", str(self.port), *args], capture_output=True,
+                              text=True, check=True).stdout
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()

@@ -1,5 +1,8 @@
 """Public test doubles for the coordinator's seams.
 
+:class:`LoopClock` is an ``IReactorTime`` on a plain asyncio loop, for tests
+of the cluster's Redis modules without Twisted's asyncio reactor.
+
 :class:`FakeRelay` implements :class:`~homechannel.coordinator.interfaces.IRelay`
 in memory: tests (and the in-process demo below) put servers online with a
 password, and it records every offer.  A hand-written recorder, not a mock.
@@ -15,8 +18,10 @@ smoke tests).  The fake server never answers offers unless ``--refuse CODE``
 is given, in which case it answers every offer with that error.
 """
 
+import asyncio
 import json
 import os
+import time
 
 from twisted.internet import defer
 from zope.interface import implementer
@@ -143,6 +148,42 @@ class AnswererRelay:
 
     def set_answer_handler(self, handler):
         self.answer_handler = handler
+
+
+class _LoopCall:
+    def __init__(self, loop, when, f, args, kw):
+        self._time = when
+        self._done = False
+        self._handle = loop.call_later(max(0.0, when - time.time()), self._run, f, args, kw)
+
+    def _run(self, f, args, kw):
+        self._done = True
+        f(*args, **kw)
+
+    def active(self):
+        return not self._done
+
+    def cancel(self):
+        self._handle.cancel()
+        self._done = True
+
+    def getTime(self):
+        return self._time
+
+
+class LoopClock:
+    """``IReactorTime`` on the running asyncio loop: lets tests drive the cluster's
+    Redis modules (asyncio underneath) with ``asyncio.run`` instead of Twisted's
+    asyncio reactor.  Wall-clock time, as the reactor's."""
+
+    def seconds(self):
+        return time.time()
+
+    def callLater(self, delay, f, *args, **kw):
+        return _LoopCall(asyncio.get_running_loop(), time.time() + delay, f, args, kw)
+
+    def getDelayedCalls(self):
+        return []
 
 
 def main(argv=None):
