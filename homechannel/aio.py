@@ -51,10 +51,10 @@ def as_future(d: Deferred, loop=None) -> asyncio.Future:
     return d.asFuture(loop)
 
 
-def require_asyncio_reactor(reactor) -> None:
-    """Raise ConfigError unless *reactor* is Twisted's asyncio reactor."""
+def require_asyncio_reactor(reactor, advice=REACTOR_ADVICE) -> None:
+    """Raise ConfigError (with *advice*) unless *reactor* is Twisted's asyncio reactor."""
     from twisted.internet.asyncioreactor import AsyncioSelectorReactor
 
     if not isinstance(reactor, AsyncioSelectorReactor):
         name = f"{type(reactor).__module__}.{type(reactor).__qualname__}"
-        raise ConfigError(f"the running reactor is {name}; {REACTOR_ADVICE}")
+        raise ConfigError(f"the running reactor is {name}; {advice}")

@@ -259,6 +259,36 @@ class CoordinatorTurn:
                               "file with coturn's static-auth-secret")
 
 
+_NODE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class CoordinatorCluster:
+    # Redis shared by the nodes of a cluster: redis://HOST:PORT/DB, rediss:// (TLS)
+    # or unix:///PATH.  Empty (the default): one process, no Redis, all in memory.
+    redis_url: str = ""
+    # A file holding Redis's password (requirepass or an ACL user's), if it has one.
+    redis_password_file: str = ""
+    # This node's name, unique in the cluster (letters, digits, ".", "_", "-").
+    node_id: str = ""
+    # Prefix of every Redis key and channel of this cluster (several can share a Redis).
+    key_prefix: str = "hc:"
+    # Seconds between the batched refreshes of this node's directory entries.
+    directory_refresh: float = 30.0
+
+    def __post_init__(self):
+        if not self.redis_url:
+            return
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("cluster.redis_url must be a redis://, rediss:// or unix:// URL")
+        if not _NODE_ID.match(self.node_id):
+            raise ConfigError("cluster.node_id must name this node, unique in the cluster "
+                              "(1-64 letters, digits, '.', '_' or '-'), e.g. \"node-1\"")
+        if not self.key_prefix:
+            raise ConfigError("cluster.key_prefix must not be empty")
+        _require_positive(self, "cluster", ("directory_refresh",))
+
+
 @dataclass(frozen=True)
 class CoordinatorConfig:
     state_dir: str = ""
@@ -268,6 +298,7 @@ class CoordinatorConfig:
     admin: CoordinatorAdmin = field(default_factory=CoordinatorAdmin)
     turn: CoordinatorTurn = field(default_factory=CoordinatorTurn)
     metrics: CoordinatorMetrics = field(default_factory=CoordinatorMetrics)
+    cluster: CoordinatorCluster = field(default_factory=CoordinatorCluster)
 
 
 # -- home server -----------------------------------------------------------

@@ -129,6 +129,12 @@ class RedisStore:
             self._lost(e)
             for _, _, d in batch:
                 d.errback(unavailable())
+            # The other pooled connections went to the same Redis: if it restarted they
+            # are all dead, and each would fail one more batch.  Start afresh.
+            try:
+                await self.client.connection_pool.disconnect()
+            except Exception:
+                pass
             return
         self._working()
         for (args, script, d), reply in zip(batch, replies):
@@ -176,7 +182,7 @@ class RedisStore:
         return aio.as_deferred(self.client.aclose())
 
 
-def connect(url, *, max_connections=32, timeout=2.0):
+def connect(url, *, password=None, max_connections=32, timeout=2.0):
     """A redis-py asyncio client for *url* (``redis://host:port/db``,
     ``rediss://`` for TLS, ``unix:///path``), with short timeouts so that a
     lost Redis is noticed in seconds, and no retries of its own."""
@@ -184,7 +190,8 @@ def connect(url, *, max_connections=32, timeout=2.0):
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
 
+    extra = {"password": password} if password else {}
     return aredis.Redis.from_url(
-        url, max_connections=max_connections, socket_timeout=timeout,
+        url, **extra, max_connections=max_connections, socket_timeout=timeout,
         socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0),
         health_check_interval=0)

@@ -13,7 +13,9 @@ class Options(usage.Options):
     synopsis = "[options]"
     longdesc = ("Run a HomeChannel coordinator: the HTTPS API and browser client, and "
                 "the UDP registry of home servers. Settings come from --config (TOML, "
-                "see conf/coordinator.example.toml); these options override it.")
+                "see conf/coordinator.example.toml); these options override it. With "
+                "[cluster] (a node of a cluster on Redis) it runs on Twisted's asyncio "
+                "reactor, installed by itself when twistd is given no --reactor.")
     optParameters = [
         ["config", "c", None, "TOML configuration file"],
         ["state-dir", None, None, "state directory (identity key); default "
@@ -49,13 +51,25 @@ def makeService(options):
         raise SystemExit(f"homechannel-coordinator: {e}") from None
 
 
+def _install_asyncio_reactor():
+    if "twisted.internet.reactor" not in sys.modules:
+        from twisted.internet import asyncioreactor
+        asyncioreactor.install()
+
+
 def _make(options):
+    from homechannel import aio, config, crypto
+
+    cfg = config.load_coordinator(options["config"], options.overrides())
+    if cfg.cluster.redis_url:
+        # The cluster's Redis client (redis-py) runs on asyncio.
+        _install_asyncio_reactor()
     from twisted.application import internet, service, strports
     from twisted.internet import reactor
     from twisted.logger import Logger
     from twisted.web.server import Site
 
-    from homechannel import config, crypto, join, metrics
+    from homechannel import join, metrics
     from homechannel.coordinator import admin, tls
     from homechannel.coordinator.httpserver import LimitedSite, Limits, raise_fd_limit
     from homechannel.coordinator.registry import Registry
@@ -67,7 +81,10 @@ def _make(options):
     from homechannel.coordinator.web import CoordinatorWeb
 
     log = Logger(namespace="homechannel.coordinator")
-    cfg = config.load_coordinator(options["config"], options.overrides())
+    if cfg.cluster.redis_url:
+        aio.require_asyncio_reactor(reactor, "a cluster node ([cluster] in the config) needs "
+                                    "Twisted's asyncio reactor for its Redis client: run "
+                                    "twistd with --reactor=asyncio, or with no --reactor")
     identity, created = crypto.IdentityKey.load_or_create(cfg.identity_key)
     if created:
         log.info("created coordinator identity key {path}", path=cfg.identity_key)
@@ -105,8 +122,19 @@ def _make(options):
                             reactor)
         log.info("TURN: {urls}, credentials valid {lifetime:g} s",
                  urls=" ".join(minter.urls), lifetime=cfg.turn.lifetime)
-    broker = Broker(udp, cfg.web, reactor, ice_servers=ice_servers_for(ice_servers, minter))
-    web = CoordinatorWeb(identity, udp, cfg.web, reactor, broker=broker,
+    seams = {}
+    if cfg.cluster.redis_url:
+        from homechannel.coordinator import cluster
+        node = cluster.build(cfg, reactor, udp, rv)
+        node.service.setServiceParent(top)
+        seams = dict(sessions=node.sessions, make_limiter=node.make_limiter,
+                     make_lockout=node.make_lockout)
+        relay = node.relay
+    else:
+        relay = udp
+    broker = Broker(relay, cfg.web, reactor, ice_servers=ice_servers_for(ice_servers, minter),
+                    **seams)
+    web = CoordinatorWeb(identity, relay, cfg.web, reactor, broker=broker,
                          ice_servers=ice_servers, **kwargs)
     site = LimitedSite(web.resource(), Limits.from_config(cfg.web), identity, reactor)
     site.displayTracebacks = False
