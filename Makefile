@@ -17,7 +17,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip -q
 
 # Debian packages the end-to-end tests need.
-SYSDEPS := chromium openssh-server tigervnc-standalone-server xvfb x11vnc x11-xserver-utils xclip iproute2 systemd nftables coturn nginx
+SYSDEPS := chromium openssh-server tigervnc-standalone-server xvfb x11vnc x11-xserver-utils xclip iproute2 systemd nftables coturn nginx redis-server redis-tools haproxy
 # How long the test suite may take before it is stopped (seconds).
 TEST_TIMEOUT ?= 780
 
@@ -60,7 +60,7 @@ $(VENV)/.stamp: setup.cfg setup.py pyproject.toml
 		fi; \
 	fi
 	$(PIP) install --progress-bar off -U pip 'setuptools>=64' wheel
-	$(PIP) install --progress-bar off -e '.[test]' --config-settings editable_mode=compat
+	$(PIP) install --progress-bar off -e '.[test,cluster]' --config-settings editable_mode=compat
 	@touch $@
 
 # -- JavaScript (noVNC, xterm.js) ----------------------------------------

@@ -47,7 +47,7 @@ import tempfile
 import time
 
 from bench.udp_load import REPO, TWISTD, free_port
-from homechannel import connect, crypto
+from homechannel import connect as flow, crypto
 
 SERVERS = 200
 WORKERS = 48            # concurrent HTTP connections (and connect flows)
@@ -112,11 +112,14 @@ def wait_port(port, timeout=15.0):
     raise RuntimeError(f"nothing listens on port {port}")
 
 
-def start_coordinator(tmp, twistd=TWISTD, access_log=False):
+def start_coordinator(tmp, twistd=TWISTD, access_log=False, cluster=None, key_path=None):
+    """One coordinator (its logs discarded); *cluster* = (redis URL, node id) makes it a
+    node of a cluster, *key_path* the identity key file (shared by a cluster's nodes)."""
     udp, web = free_port(), free_port()
     cfg = os.path.join(tmp, "coordinator.toml")
+    key_path = key_path or os.path.join(tmp, "coordinator.key")
     with open(cfg, "w") as f:
-        f.write(f'state_dir = "{tmp}"\n'
+        f.write(f'state_dir = "{tmp}"\nidentity_key = "{key_path}"\n'
                 f'[udp]\ninterface = "127.0.0.1"\nport = {udp}\n'
                 'per_source_per_second = 1000000.0\nmax_handshakes = 100000\n'
                 'max_handshakes_per_source = 100000\nmax_servers_per_source = 1000000\n'
@@ -129,19 +132,25 @@ def start_coordinator(tmp, twistd=TWISTD, access_log=False):
                 'max_waiters_per_source = 100000\nmax_connections_per_source = 10000\n'
                 f'access_log = {"true" if access_log else "false"}\n'
                 '[admin]\nlisten = ""\n')
+        if cluster:
+            f.write(f'[cluster]\nredis_url = "{cluster[0]}"\nnode_id = "{cluster[1]}"\n')
     env = dict(os.environ, PYTHONPATH=REPO)
     proc = subprocess.Popen(twistd + ["-n", "--pidfile=",
                                       "homechannel-coordinator", "--config", cfg],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(web)
-    key = crypto.IdentityKey.load(os.path.join(tmp, "coordinator.key"))
+    key = crypto.IdentityKey.load(key_path)
     return proc, udp, web, key
 
 
 def start_simulator(udp_port, coordinator_key, n):
+    """*n* home servers registered with *udp_port* (or, for a list of ports, spread
+    over them in turn)."""
     env = dict(os.environ, PYTHONPATH=REPO)
+    ports = ",".join(str(p) for p in udp_port) if isinstance(udp_port, (list, tuple)) \
+        else str(udp_port)
     proc = subprocess.Popen([sys.executable, "-m", "bench.signaling", "--simulate",
-                             str(udp_port), coordinator_key.text, str(n)],
+                             ports, coordinator_key.text, str(n)],
                             env=env, stdout=subprocess.PIPE, cwd=REPO)
     ready, _, _ = select.select([proc.stdout], [], [], 60)
     line = proc.stdout.readline() if ready else b""
@@ -172,22 +181,22 @@ class FakeAnswerer:
         self.answered = self.refused = 0
 
     def handle_offer(self, payload):
-        offer = connect.Offer.decode(payload)
+        offer = flow.Offer.decode(payload)
         sid, challenge = offer.session, offer.challenge
-        client_fp = connect.sdp_fingerprint(offer.sdp)
+        client_fp = flow.sdp_fingerprint(offer.sdp)
         digest = crypto.offer_hash(offer.sdp)
         if not (crypto.check_proof(self.key, sid, challenge, digest, offer.proof)
                 and self.challenges.consume(challenge)):
             self.refused += 1
-            return connect.Answer.refusal(sid, connect.BAD_PROOF).encode()
+            return flow.Answer.refusal(sid, flow.BAD_PROOF).encode()
         now = int(time.time())
         sig = self.identity.sign(crypto.answer_signature_message(
             sid, challenge, digest, client_fp, SERVER_FP, now, ANSWER))
         self.answered += 1
-        return connect.Answer(sid, ANSWER, now, sig).encode()
+        return flow.Answer(sid, ANSWER, now, sig).encode()
 
 
-def simulate(udp_port, coordinator_text, n):
+def simulate(udp_ports, coordinator_text, n):
     from twisted.internet import reactor
     from twisted.internet.task import LoopingCall
     from twisted.logger import LogLevel, formatEvent, globalLogBeginner
@@ -203,12 +212,12 @@ def simulate(udp_port, coordinator_text, n):
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     coordinator_raw = crypto.parse_server_id(coordinator_text)
     protos, out = [], []
-    for _ in range(n):
+    for i in range(n):
         identity = crypto.IdentityKey.generate()
         k = os.urandom(32)
         challenges = ChallengeSource(k)
         proto = ServerUDP(identity, challenges, ServerKeepalive(),
-                          ("127.0.0.1", udp_port, coordinator_raw), reactor,
+                          ("127.0.0.1", udp_ports[i % len(udp_ports)], coordinator_raw), reactor,
                           answerer=FakeAnswerer(identity, k, challenges))
         reactor.listenUDP(0, proto, interface="127.0.0.1")
         protos.append(proto)
@@ -377,17 +386,25 @@ async def blast(port, path, seconds, pids, n=WORKERS, method="GET", paths=None):
     return win
 
 
-async def connect_flow(port, servers, coordinator_raw, seconds, pids, n=WORKERS):
+async def connect_flow(port, servers, coordinator_raw, seconds, pids, n=WORKERS, wait=0,
+                       ports=None):
     """*n* concurrent complete connects, each worker over its own share of servers
-    (so that no two flows race for one server's challenge)."""
-    conns = [await connect(port) for _ in range(n)]
+    (so that no two flows race for one server's challenge).
+
+    *wait* > 0: the two-request connect (``POST /api/connect?wait=N`` holds the
+    answer).  *ports* (several coordinator nodes): each worker looks up on one
+    node and connects on the next, so every connect's requests land on two
+    nodes, as haproxy's round robin makes them."""
+    ports = ports or [port]
+    conns = [[await connect(p) for p in ports] for _ in range(n)]
     win = Window(pids)
     stats = {"no_challenge": 0, "errors": [], "verified": 0, "pending_polls": 0}
     phases = {"lookup": [], "connect": [], "answer": []}
     done_sessions = []
     counter = [0]
 
-    async def one(conn, sid_text, key_raw, k):
+    async def one(conn_pair, sid_text, key_raw, k):
+        conn, post_conn = conn_pair
         counter[0] += 1
         verify = counter[0] % VERIFY_EVERY == 0
         t0 = time.perf_counter()
@@ -409,21 +426,23 @@ async def connect_flow(port, servers, coordinator_raw, seconds, pids, n=WORKERS)
             "answer": crypto.b64u_encode(crypto.challenge_answer(k, challenge)),
             "proof": crypto.b64u_encode(crypto.client_proof(k, session, challenge, OFFER_HASH)),
             "offer": OFFER}).encode()
-        status, headers, body = await conn.request("POST", "/api/connect", req)
-        if status != 202:
+        status, headers, body = await post_conn.request(
+            "POST", f"/api/connect?wait={wait}" if wait else "/api/connect", req)
+        if status not in (200, 202):
             raise HTTPError(f"connect {status} {body[:200]!r}")
         if verify:
             check_signature(coordinator_raw, "/api/connect", headers, body)
         t2 = time.perf_counter()
-        path = f"/api/sessions/{session}"
-        while True:
+        doc = json.loads(body)
+        path = "/api/connect"
+        while doc.get("status") != "answered":
+            path = f"/api/sessions/{session}"
             status, headers, body = await conn.request("GET", path)
             if status != 200:
                 raise HTTPError(f"session {status} {body[:200]!r}")
             doc = json.loads(body)
-            if doc["status"] != "pending":
-                break
-            stats["pending_polls"] += 1
+            if doc["status"] == "pending":
+                stats["pending_polls"] += 1
         t3 = time.perf_counter()
         if doc["status"] != "answered" or doc["session"] != session or doc["answer"] != ANSWER:
             raise HTTPError(f"unexpected answer {body[:200]!r}")
@@ -444,14 +463,15 @@ async def connect_flow(port, servers, coordinator_raw, seconds, pids, n=WORKERS)
         done_sessions.append(session)
         return True
 
-    async def worker(i, conn):
+    async def worker(i, mine_conns):
         mine = servers[i::n]
+        pair = (mine_conns[i % len(ports)], mine_conns[(i + 1) % len(ports)])
         j = 0
         while win.running:
             sid_text, key_raw, k = mine[j % len(mine)]
             j += 1
             try:
-                await one(conn, sid_text, key_raw, k)
+                await one(pair, sid_text, key_raw, k)
             except HTTPError as e:
                 stats["errors"].append(str(e))
                 if len(stats["errors"]) > 50:
@@ -460,8 +480,9 @@ async def connect_flow(port, servers, coordinator_raw, seconds, pids, n=WORKERS)
     tasks = [asyncio.ensure_future(worker(i, c)) for i, c in enumerate(conns)]
     await win.run(0.5, seconds)
     await asyncio.gather(*tasks)
-    for c in conns:
-        c.transport.close()
+    for cs in conns:
+        for c in cs:
+            c.transport.close()
     win.stats, win.phases, win.sessions = stats, phases, done_sessions
     return win
 
@@ -603,7 +624,7 @@ def report(res):
 def main(argv=()):
     argv = list(argv)
     if argv and argv[0] == "--simulate":
-        return simulate(int(argv[1]), argv[2], int(argv[3]))
+        return simulate([int(p) for p in argv[1].split(",")], argv[2], int(argv[3]))
     seconds = float(argv[0]) if argv else 3.0
     return asyncio.run(run(seconds))
 

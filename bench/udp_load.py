@@ -56,13 +56,14 @@ def free_port():
 def start_coordinator(tmp, udp_settings=("per_source_per_second = 1000000.0",
                                           "max_handshakes = 100000",
                                           "max_handshakes_per_source = 100000",
-                                          "max_servers_per_source = 1000000")):
+                                          "max_servers_per_source = 1000000"), extra=""):
+    """*extra*: more TOML appended to the config (e.g. a [cluster] table)."""
     port, web = free_port(), free_port()
     cfg = os.path.join(tmp, "c.toml")
     udp = "".join(line + "\n" for line in udp_settings)
     with open(cfg, "w") as f:
         f.write(f'state_dir = "{tmp}"\n[udp]\ninterface = "127.0.0.1"\nport = {port}\n{udp}'
-                f'[web]\nlisten = "tcp:{web}:interface=127.0.0.1"\n[admin]\nlisten = ""\n')
+                f'[web]\nlisten = "tcp:{web}:interface=127.0.0.1"\n[admin]\nlisten = ""\n{extra}')
     env = dict(os.environ, PYTHONPATH=REPO)
     proc = subprocess.Popen(TWISTD + ["-n", "--pidfile=",
                                       "homechannel-coordinator", "--config", cfg],

@@ -201,7 +201,7 @@ def test_a_session_made_on_one_node_is_answered_on_another_and_waited_for_on_a_t
             assert sc.waiting == 0
             # The first answer wins; a later poll gets the same result at once.
             assert not await get(sa.answer("s" * 22, {"status": "other"}))
-            assert await get(sa.wait("s" * 22, 5.0)) == result
+            assert await get(sb.wait("s" * 22, 5.0)) == result
             ttl = await get(a.store.call("PTTL", a.store.key("s", "s" * 22)))
             assert 0 < ttl <= 30_000
         for n in (a, b, c):

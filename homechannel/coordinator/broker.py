@@ -202,19 +202,23 @@ class Broker:
                            "connected to the internet", "offline")
         if req.device is not None:
             self._device_path(req, token, token_error, *results[3:])
-            device = token.device
+            device, spend = token.device, []
         else:
-            await self._pool_path(req, source, lock, *results[3:])
+            spend = await self._pool_path(req, source, lock, *results[3:])
             device = None
         payload = connect.Offer(req.session, req.challenge, req.proof, req.offer,
                                 source=source, device=req.device,
                                 ice_servers=tuple(self._ice("server"))).encode()
-        await _settle(self.sessions.create(req.session, key, source=source, device=device))
+        # The session is made together with the budget spent on a right answer.
+        await _all(self.sessions.create(req.session, key, source=source, device=device),
+                   *spend)
         self.metrics["connect_relayed"] += 1
         d = _settle(self._relay.send_offer(key, payload))
         d.addErrback(self._offer_failed, req.session)
 
     async def _pool_path(self, req, source, lock, minute, day):
+        """Raise for a spent budget, a stale challenge or a wrong answer; for a right
+        answer, the seams' results still to wait for (budget spent, lockout cleared)."""
         key = req.server_key
         retry = max(minute or 0.0, day or 0.0)
         if retry:
@@ -237,7 +241,7 @@ class Broker:
             _background(self._relay.notify(key, connect.failure_notice(source, "wrong-password")),
                         "reporting a failed login to the home server")
             raise Forbidden("wrong password", "wrong-password")
-        await _all(*spend, self._lockout.success(lock))
+        return spend + [self._lockout.success(lock)]
 
     def _device_path(self, req, token, error, locked=None, retry=None):
         if error is not None:

@@ -41,16 +41,16 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from homechannel import aio, crypto, wire
+from homechannel import crypto, wire
 from homechannel.coordinator import noderelay
 from homechannel.coordinator.interfaces import IRelay
-from homechannel.coordinator.redisstore import Script, unavailable
+from homechannel.coordinator.redisstore import Script
 from homechannel.errors import HomeChannelError, ProtocolError, Unavailable
 
 NODE_TTL = 5.0               # a node whose heartbeat is older is dead
 HEARTBEAT = 1.0
 REFRESH_BATCH = 1000
-REFILL_MARK = 2000           # ms: at most one REFILL request per server this often
+REFILL_MARK = 2000           # ms: one REFILL request per server in flight (the refill clears it)
 OWNER_CACHE = 5.0            # seconds an owner learned from a status or take is reused
 OFFER_DEADLINE = 15.0        # an OFFER relayed to another node must be acknowledged by then
 
@@ -82,16 +82,18 @@ end
 return {owner, e}
 """ % REFILL_MARK)
 
-# KEYS: server entry.  ARGV: node id, ttl ms, then challenge, expected, ...
+# KEYS: server entry, refill mark.  ARGV: node id, ttl ms, then challenge, expected, ...
 SET_POOL = Script("directory-set", """
-redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('HSET', KEYS[1], 'n', ARGV[1], unpack(ARGV, 3))
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 """)
 
-# KEYS: server entry.  ARGV: node id, ttl ms, pool size, then challenge, expected, ...
+# KEYS: server entry, refill mark.  ARGV: node id, ttl ms, pool size, then challenge,
+# expected, ...  The refill arrived: the next short pool may ask again at once.
 FILL_POOL = Script("directory-fill", """
+redis.call('DEL', KEYS[2])
 local owner = redis.call('HGET', KEYS[1], 'n')
 if owner and owner ~= ARGV[1] then return 0 end
 if not owner then redis.call('HSET', KEYS[1], 'n', ARGV[1]) end
@@ -171,13 +173,13 @@ class Directory:
             self._call = self._clock.callLater(delay, self._flush)
 
     def _op(self, kid, op):
-        key = [self.key(kid)]
+        keys = [self.key(kid), self._store.key("rf", kid)]
         if op[0] == "set":
-            return self._store.run(SET_POOL, key, [self._node, self._ttl, *_flatten(op[1])])
+            return self._store.run(SET_POOL, keys, [self._node, self._ttl, *_flatten(op[1])])
         if op[0] == "fill":
-            return self._store.run(FILL_POOL, key, [self._node, self._ttl, str(wire.POOL),
-                                                    *_flatten(op[1])])
-        return self._store.run(FORGET, key, [self._node])
+            return self._store.run(FILL_POOL, keys, [self._node, self._ttl, str(wire.POOL),
+                                                     *_flatten(op[1])])
+        return self._store.run(FORGET, keys[:1], [self._node])
 
     def _flush(self):
         self._call = None
@@ -475,9 +477,8 @@ class NodeLink:
                     self.stats["resubscribed"] += 1
                     self.log.info("subscribed again to the cluster's channels")
                 self.subscribed = True
-                while True:
-                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
-                    if msg is None or msg.get("type") != "message":
+                async for msg in pubsub.listen():
+                    if msg.get("type") != "message":
                         continue
                     self.stats["messages"] += 1
                     handler = self._channels.get(msg["channel"])
@@ -486,6 +487,7 @@ class NodeLink:
                             handler(msg["data"])
                         except Exception:
                             self.log.failure("handling a cluster message failed")
+                raise rex.ConnectionError("the subscription ended")
             except asyncio.CancelledError:
                 raise
             except (rex.RedisError, OSError, asyncio.TimeoutError) as e:
@@ -509,6 +511,3 @@ class NodeLink:
         return self._store.call("DEL", self._store.key("node", self.node_id)).addErrback(
             lambda f: None)
 
-
-def unavailable_error():
-    return unavailable()

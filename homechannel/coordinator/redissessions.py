@@ -31,6 +31,7 @@ and serve its long-poll (the node the browser's request reaches):
 """
 
 import json
+from collections import OrderedDict
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -54,10 +55,10 @@ end
 redis.call('HSET', KEYS[1], 'k', ARGV[4], 'src', ARGV[5], 'dev', ARGV[6], 'st', 'p',
            'dl', dl, 'ss', KEYS[3], 'sv', KEYS[4])
 redis.call('PEXPIRE', KEYS[1], math.ceil((forget - now) * 1000))
+-- The newest session is forgotten last: the share expires with it.
 for i = 2, 4 do
   redis.call('ZADD', KEYS[i], forget, ARGV[10])
-  local top = redis.call('ZRANGE', KEYS[i], -1, -1, 'WITHSCORES')
-  redis.call('PEXPIREAT', KEYS[i], math.ceil(tonumber(top[2]) * 1000) + 1000)
+  redis.call('PEXPIRE', KEYS[i], math.ceil((forget - now) * 1000) + 1000)
 end
 return 0
 """)
@@ -80,6 +81,10 @@ return 1
 _ERRORS = {cls.status: cls for cls in (
     errors.BadRequest, errors.Forbidden, errors.NotFound, errors.RequestTimeout,
     errors.PayloadTooLarge, errors.TooManyRequests, errors.Unavailable)}
+
+
+# A session made here is known to be pending (no read needed) this long after.
+FRESH = 1.0
 
 
 def error_doc(error):
@@ -130,6 +135,9 @@ class RedisSessionStore:
         self._max_waiters = max_waiters
         self._max_waiters_per_session = max_waiters_per_session
         self._waiters = {}             # session id -> [_Waiter]
+        # Sessions this node has just made and nobody waited for yet: the first wait
+        # (POST /api/connect?wait=N, right after) needs no read, they are pending.
+        self._fresh = OrderedDict()
         self._waiting = 0
         self._waiters_by_source = Shares(max_waiters_per_source)
         self.channel = store.key("done")
@@ -152,11 +160,13 @@ class RedisSessionStore:
                 self._store.key("ss", "srv", crypto.key_id(server_key))]
         args = [repr(now), repr(forget), repr(now + self._session_timeout), server_key,
                 source or "", device or "", *self._limits, session_id]
-        return self._store.run(CREATE, keys, args).addCallback(self._created)
+        return self._store.run(CREATE, keys, args).addCallback(self._created, session_id, now)
 
-    @staticmethod
-    def _created(code):
+    def _created(self, code, session_id, now):
         if code == 0:
+            self._fresh[session_id] = (now + FRESH, now + self._session_timeout)
+            while len(self._fresh) > 1000:
+                self._fresh.popitem(last=False)
             return None
         if code == 1:
             raise BadRequest("this session id is already in use: start a new attempt",
@@ -214,6 +224,11 @@ class RedisSessionStore:
         self._waiting += 1
         self._waiters_by_source.take(share)
         waiter.timer = self._clock.callLater(timeout, self._timed_out, waiter)
+        fresh = self._fresh.pop(session_id, None)
+        if fresh is not None and self._clock.seconds() < fresh[0]:
+            # Made here a moment ago: pending, and its answer will be published.
+            self._read([b"p", None, repr(fresh[1]).encode()], waiter)
+            return waiter.d
         read = self._store.call("HMGET", self._key(session_id), "st", "r", "dl")
         read.addCallbacks(self._read, self._read_failed, callbackArgs=(waiter,),
                           errbackArgs=(waiter,))
@@ -229,6 +244,7 @@ class RedisSessionStore:
         except (ValueError, UnicodeDecodeError):
             self.log.debug("malformed completion message")
             return
+        self._fresh.pop(sid, None)
         if sid in self._waiters:
             self._resolve_all(sid, state, body)
 

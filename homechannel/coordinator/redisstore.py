@@ -25,6 +25,7 @@ reactor, and :mod:`homechannel.aio` is the bridge) and hands out Deferreds:
 
 import asyncio
 import hashlib
+import math
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -59,8 +60,9 @@ class RedisStore:
 
     log = Logger()
 
-    def __init__(self, client, prefix="hc:"):
+    def __init__(self, client, prefix="hc:", timeout=2.0):
         self.client = client
+        self.timeout = timeout
         self.prefix = prefix.encode("utf-8") if isinstance(prefix, str) else prefix
         self.available = True
         self.on_recovered = []          # callables, after an outage ends
@@ -152,10 +154,33 @@ class RedisStore:
                 d.callback(reply)
 
     async def _pipeline(self, commands):
-        pipe = self.client.pipeline(transaction=False)
-        for args in commands:
-            pipe.execute_command(*args)
-        return await pipe.execute(raise_on_error=False)
+        """Send *commands* in one write on one pooled connection and read their
+        replies (a reply that is an error comes back as the exception).
+
+        redis-py's own Pipeline would do the same with more work per command
+        (response callbacks, a timer per reply, retries, metrics): here the
+        commands are packed by hiredis when it is there, and one timer covers the
+        whole batch."""
+        import redis.exceptions as rex
+
+        pool = self.client.connection_pool
+        conn = await pool.get_connection()
+        try:
+            async with asyncio.timeout(self.timeout):
+                await conn.send_packed_command(_pack(commands), check_health=False)
+                replies = []
+                for _ in commands:
+                    try:
+                        replies.append(await conn.read_response(timeout=math.inf))
+                    except rex.ResponseError as e:
+                        replies.append(e)
+            return replies
+        except BaseException:
+            # A batch cut short leaves replies unread: never reuse the connection.
+            await conn.disconnect(nowait=True)
+            raise
+        finally:
+            await pool.release(conn)
 
     # -- health ----------------------------------------------------------------------
 
@@ -180,6 +205,18 @@ class RedisStore:
     def close(self):
         """Close the client's connections (a Deferred)."""
         return aio.as_deferred(self.client.aclose())
+
+
+def _pack(commands):
+    try:
+        from hiredis import pack_command
+    except ImportError:                       # pragma: no cover - hiredis is in [cluster]
+        from redis.connection import PythonRespSerializer
+
+        packer = PythonRespSerializer(6000, lambda v: v if isinstance(v, bytes)
+                                      else str(v).encode("utf-8"))
+        return b"".join(b"".join(packer.pack(*args)) for args in commands)
+    return b"".join(pack_command(args) for args in commands)
 
 
 def connect(url, *, password=None, max_connections=32, timeout=2.0):
