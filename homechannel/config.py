@@ -311,6 +311,31 @@ class ServerCoordinator:
     # The coordinator's public key (base64url raw P-256 point).  Required:
     # a missing pin is a configuration error.
     public_key: str = ""
+    # Every node of a coordinator cluster ("HOST:PORT", all with public_key): the
+    # first is registered with, the next ones when it stops answering.  Empty:
+    # host:port only (a name with several addresses fails over between them).
+    addresses: tuple = ()
+
+    def __post_init__(self):
+        for i, entry in enumerate(self.addresses):
+            parse_address(entry, f"coordinator.addresses[{i}]")
+
+    def candidates(self):
+        """``[(host, port)]``: the addresses, or ``[(host, port)]``."""
+        if self.addresses:
+            return [parse_address(a, "coordinator.addresses") for a in self.addresses]
+        return [(self.host, self.port)]
+
+
+def parse_address(entry, key="address"):
+    """``"host:port"`` or ``"[v6]:port"`` as ``(host, port)``; ConfigError otherwise."""
+    if not isinstance(entry, str):
+        raise ConfigError(f"{key} must be a \"HOST:PORT\" string")
+    host, sep, port = entry.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{key}: {entry!r} is not HOST:PORT (e.g. \"node1.example.org:7777\")")
+    return host, int(port)
 
 
 @dataclass(frozen=True)

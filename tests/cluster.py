@@ -148,7 +148,7 @@ def add_home_server(c, keepalive=None, password=PASSWORD):
     server = {
         "state_dir": sdir,
         "coordinator_url": c.url,
-        "coordinator": {"host": "127.0.0.1", "port": c.nodes[0].udp_port,
+        "coordinator": {"addresses": [f"127.0.0.1:{node.udp_port}" for node in c.nodes],
                         "public_key": c.coordinator_key.text},
         "webrtc": {"advertise_addresses": ["127.0.0.1"], "ice_servers": []},
         "apps": {"files": {"roots": [c.files_root]}},

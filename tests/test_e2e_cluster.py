@@ -186,3 +186,35 @@ def test_redis_restart_gives_clear_errors_then_recovers_without_restarting_anyth
     for node in cluster.nodes:
         assert node.proc.returncode is None
     assert cluster.extra["server"].returncode is None
+
+
+def test_a_killed_node_is_replaced_within_one_keepalive_and_the_next_connect_succeeds(cluster):
+    """SIGKILL the node the home server is registered with: it registers with the other
+    node within one keepalive interval of its first unanswered ping (the ping comes at
+    most interval x 1.2 after the kill), haproxy takes the dead node out, and the next
+    connect (Chromium-free: the native client) succeeds."""
+    server = cluster.extra["server"]
+    first, second = cluster.nodes
+    mark = server.mark()
+    killed_at = time.monotonic()
+    kill(first.proc)
+    interval = KEEPALIVE["interval"]
+    bound = interval * (1 + KEEPALIVE["jitter"]) + interval
+    server.wait_for_log(r"failed over from coordinator 127\.0\.0\.1:%d to "
+                        r"127\.0\.0\.1:%d" % (first.udp_port, second.udp_port),
+                        timeout=bound + 10, since=mark)
+    took = time.monotonic() - killed_at
+    print(f"re-registered with {second.name} {took:.1f} s after the kill (keepalive "
+          f"{interval:g} s)")
+    assert took <= bound + 2.0, took
+    m = server.wait_for_log(r"coordinator \S+ stopped answering \((\d) ping", since=mark)
+    assert m.group(1) == "1"       # at the first unanswered ping, not after 3
+    deadline = time.monotonic() + 15
+    while True:                    # haproxy's health check takes node-1 out (2 s)
+        try:
+            hello, state = python_connect(cluster.url, cluster)
+            break
+        except Exception as e:  # noqa: BLE001 - a request that reached the dead node
+            assert time.monotonic() < deadline, e
+            time.sleep(1)
+    assert hello["op"] == "hello" and state == "connected"

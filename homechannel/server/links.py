@@ -14,6 +14,9 @@ says when to call ``poll``; what the application acts on comes out of
 * ``registered``, ``attempt-failed`` (reason), ``lost`` (reason), ``offer``
   (payload), ``notice`` (body), ``left`` — from a link's registrant;
 * ``moving`` (None), ``moved`` (the old link), ``move-failed`` (reason);
+* ``failing-over`` (why), ``failed-over`` (the old link): the active
+  coordinator left a ping unanswered and another address of the same
+  cluster (``candidates``) is being registered with / was;
 * ``resolve-failed`` (reason) — the name did not resolve; retried later.
 """
 
@@ -26,6 +29,7 @@ from homechannel.errors import ConfigError, ProtocolError
 from homechannel.server.registrant import Registrant
 
 MIGRATION_TIMEOUT = 30.0
+FAILOVER_TIMEOUT = 10.0
 RESOLVE_RETRY = 5.0
 
 
@@ -63,6 +67,8 @@ class Link:
         self.started_at = None    # first attempt (a move's deadline counts from it)
         self.retry_at = None      # when to resolve again after a failure
         self.resolving = False
+        self.failover = False     # to another node of the same cluster, not a move
+        self.timeout = MIGRATION_TIMEOUT
 
     @property
     def name(self):
@@ -75,7 +81,9 @@ class Link:
 
 class Links:
     def __init__(self, identity, challenges, keepalive, target, store=None,
-                 random_bytes=os.urandom, migration_timeout=MIGRATION_TIMEOUT):
+                 random_bytes=os.urandom, migration_timeout=MIGRATION_TIMEOUT, candidates=()):
+        """*candidates*: every ``(host, port)`` of the coordinators that share the
+        target's key, in order (a cluster's nodes), for failover."""
         self.identity = identity
         self.challenges = challenges
         self.keepalive = keepalive
@@ -86,6 +94,10 @@ class Links:
         self.moving = None
         self._events = []
         self._resolves = []
+        self.candidates = [tuple(c) for c in candidates]
+        self._unanswered = set()      # (ip, port) that stopped answering
+        self._several = False         # a name resolved to several addresses
+        self._last_tried = None       # (host, port) the last failover went to
 
     def _link(self, host, port, key):
         return Link(host, port, key, Registrant(self.identity, key, self.challenges,
@@ -112,10 +124,15 @@ class Links:
         links, self._resolves = self._resolves, []
         return links
 
-    def resolved(self, link, ip, now):
+    def resolved(self, link, ips, now):
+        """*ips*: an address, or every address of the name (the first that has not
+        stopped answering is used)."""
         link.resolving = False
         if link.registrant.state == "stopped" or link not in self.links():
             return []
+        ips = [ips] if isinstance(ips, str) else list(ips)
+        self._several = self._several or len(ips) > 1
+        ip = next((ip for ip in ips if (ip, link.port) not in self._unanswered), ips[0])
         link.addr = (ip, link.port)
         return self._out(link, link.registrant.start(now), now)
 
@@ -123,8 +140,8 @@ class Links:
         link.resolving = False
         if link.registrant.state == "stopped" or link not in self.links():
             return []
-        if link is self.moving and now - link.started_at >= self.migration_timeout:
-            self._give_up(link, f"cannot resolve {link.host}: {reason}")
+        if link is self.moving and now - link.started_at >= link.timeout:
+            self._give_up(link, f"cannot resolve {link.host}: {reason}", now)
             return []
         self._events.append(("resolve-failed", link, reason))
         link.retry_at = now + RESOLVE_RETRY
@@ -164,9 +181,9 @@ class Links:
         for link in self.links():
             if link.retry_at is not None and now >= link.retry_at:
                 self._begin(link, now)
-            if link is self.moving and now >= link.started_at + self.migration_timeout \
+            if link is self.moving and now >= link.started_at + link.timeout \
                     and link.registrant.state != "up":
-                self._give_up(link, "it did not answer in time")
+                self._give_up(link, "it did not answer in time", now)
                 continue
             deadline = link.registrant.next_deadline()
             if link.addr is not None and deadline is not None and now >= deadline:
@@ -181,7 +198,7 @@ class Links:
             if link.addr is not None:
                 times.append(link.registrant.next_deadline())
             if link is self.moving:
-                times.append(link.started_at + self.migration_timeout)
+                times.append(link.started_at + link.timeout)
         times = [t for t in times if t is not None]
         return min(times) if times else None
 
@@ -194,11 +211,18 @@ class Links:
     def _out(self, link, datagrams, now):
         out = [(d, link.addr) for d in datagrams] if link.addr is not None else []
         for kind, value in link.registrant.pop_events():
-            if kind == "registered" and link is self.moving:
-                self._moved(link)
+            if kind == "registered":
+                self._unanswered.discard(link.addr)
+                self._last_tried = None
+                if link is self.moving:
+                    self._moved(link)
             elif kind == "migrate":
                 self._migrate(value, now)
                 continue
+            elif kind == "missed" and link is self.active:
+                self._failover(link, f"{value} ping(s) unanswered", now)
+            elif kind == "lost" and link is self.active:
+                self._failover(link, value, now)
             self._events.append((kind, link, value))
         return out
 
@@ -206,6 +230,10 @@ class Links:
         old = self.active
         self.active, self.moving = link, None
         old.registrant.stop()
+        if link.failover:
+            # Another node of the same cluster: the configured list stays the truth.
+            self._events.append(("failed-over", link, old))
+            return
         self._events.append(("moved", link, old))
         if self.store is not None:
             try:
@@ -213,10 +241,45 @@ class Links:
             except OSError as e:
                 self._events.append(("save-failed", link, str(e)))
 
-    def _give_up(self, link, reason):
+    def _give_up(self, link, reason, now):
         link.registrant.stop()
         self.moving = None
         self._events.append(("move-failed", link, reason))
+        if link.failover and (self.active.registrant.state != "up"
+                              or self.active.addr in self._unanswered):
+            # That one did not answer either: on to the next.
+            if link.addr is not None:
+                self._unanswered.add(link.addr)
+            self._failover(link, "the next one did not answer either", now)
+
+    # -- failover -------------------------------------------------------------------
+
+    def _failover(self, link, why, now):
+        """The active coordinator stopped answering: register with the next address
+        of the same cluster (the old link is kept until the new one is up)."""
+        if self.moving is not None or not (len(self.candidates) > 1 or self._several):
+            return
+        if link.addr is not None:
+            self._unanswered.add(link.addr)
+        host, port = self._next_candidate(self._last_tried or (link.host, link.port))
+        self._last_tried = (host, port)
+        self.moving = self._link(host, port, link.key)
+        self.moving.failover = True
+        self.moving.timeout = FAILOVER_TIMEOUT
+        self._events.append(("failing-over", self.moving, why))
+        self._begin(self.moving, now)
+
+    def _next_candidate(self, here):
+        """The address after *here* in the list, never the active one's (it is
+        retrying by itself) unless it is the only one (a name with several addresses)."""
+        active = (self.active.host, self.active.port)
+        n = len(self.candidates)
+        start = self.candidates.index(here) if here in self.candidates else -1
+        for step in range(1, n + 1):
+            candidate = self.candidates[(start + step) % n]
+            if candidate != active:
+                return candidate
+        return here
 
     def _migrate(self, target, now):
         host, port, key = target

@@ -15,7 +15,9 @@ act on comes out of ``pop_events()``:
   signature that does not match the pinned key; the coordinator refused, and
   why);
 * ``("left", None)`` when a :meth:`leave` is acknowledged (or the coordinator
-  had already forgotten us).
+  had already forgotten us);
+* ``("missed", n)`` each time a ping goes unanswered (*n* in a row), before
+  ``lost`` (a home server with other coordinators to go to starts there).
 
 It retries for ever: each handshake datagram is retransmitted with jittered
 exponential backoff from ``backoff_min`` to ``backoff_max``.
@@ -418,6 +420,7 @@ class Registrant:
         if now >= self._ping_due:
             if self._ping_rid is not None:
                 self._missed += 1
+                self._events.append(("missed", self._missed))
                 if self._missed >= self.cfg.missed_pongs:
                     log.info("coordinator stopped answering ({n} pings missed): registering again",
                              n=self._missed)

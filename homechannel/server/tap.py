@@ -96,11 +96,14 @@ def _make(options):
 
     challenges = ChallengeSource(password_key)
     target = load_failover(cfg.failover_path)
+    candidates = cfg.coordinator.candidates()
     if target is not None:
         log.info("using the coordinator from {path}: {host}:{port}",
                  path=cfg.failover_path, host=target[0], port=target[1])
+        if target[2] != coordinator_key:
+            candidates = []         # another coordinator's: none of ours to fail over to
     else:
-        target = (cfg.coordinator.host, cfg.coordinator.port, coordinator_key)
+        target = (*candidates[0], coordinator_key)
 
     app_host = AppHost(cfg.apps, identity.text, cfg.state_dir, reactor)
     links = []
@@ -114,7 +117,8 @@ def _make(options):
     answerer = Answerer(identity, password_key, challenges, cfg.webrtc, app_host, reactor,
                         ice_servers=ice_servers)
     udp = ServerUDP(identity, challenges, cfg.keepalive, target, reactor, answerer,
-                    cfg.failover_path, resolve=reactor_resolver(reactor))
+                    cfg.failover_path, resolve=reactor_resolver(reactor),
+                    candidates=candidates)
     links.append(udp)
 
     top = _home_server_class()(answerer, udp)

@@ -1,6 +1,6 @@
 """The home server's UDP transport: a thin ``DatagramProtocol`` around the
 sans-I/O :class:`~homechannel.server.links.Links` (the coordinator link, and a
-second one while migrating).  It moves datagrams, runs the one timer and the
+second one while migrating or failing over to another node of a cluster).  It moves datagrams, runs the one timer and the
 injected resolver, hands offers to the answerer, and turns link events into
 log lines (one per failed registration attempt, with the reason) and audit
 lines (logins)."""
@@ -43,24 +43,55 @@ def literal_ip(host):
 
 
 def reactor_resolver(reactor):
-    """Literal IPs at once; names through *reactor*'s resolver (never blocking)."""
+    """Literal IPs at once; names through *reactor*'s resolver (never blocking), as
+    every IPv4 address the name has (a cluster's nodes may share one name)."""
     def resolve(host):
         result = literal_ip(host)
         if isinstance(result, str):
             return result
         result.addErrback(lambda _: None)
-        return reactor.resolve(host)
+        return _all_ipv4(reactor, host)
     return resolve
+
+
+def _all_ipv4(reactor, host):
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.interfaces import IResolutionReceiver
+    from zope.interface import implementer
+
+    d = defer.Deferred()
+    found = []
+
+    @implementer(IResolutionReceiver)
+    class Receiver:
+        def resolutionBegan(self, resolution):
+            pass
+
+        def addressResolved(self, address):
+            if isinstance(address, IPv4Address) and address.host not in found:
+                found.append(address.host)
+
+        def resolutionComplete(self):
+            if found:
+                d.callback(found)
+            else:
+                d.errback(OSError(f"{host} has no IPv4 address"))
+
+    reactor.nameResolver.resolveHostName(Receiver(), host, 0, [IPv4Address])
+    return d
 
 
 class ServerUDP(DatagramProtocol):
     def __init__(self, identity, challenges, keepalive, target, clock, answerer=None,
-                 failover_path=None, resolve=None, random_bytes=os.urandom):
+                 failover_path=None, resolve=None, random_bytes=os.urandom, candidates=()):
+        """*candidates*: the ``(host, port)`` of every node of the target's cluster
+        (``coordinator.addresses``), for failover; *resolve* returns (a Deferred of)
+        an address or a list of addresses."""
         self.clock = clock
         self.answerer = answerer
         self.links = Links(identity, challenges, keepalive, target,
                            FailoverFile(failover_path) if failover_path else None,
-                           random_bytes)
+                           random_bytes, candidates=candidates)
         self._resolve = resolve or literal_ip
         self._timer = None
         self._leaving = None
@@ -209,6 +240,13 @@ class ServerUDP(DatagramProtocol):
 
     def _on_moved(self, link, old):
         log.info("moved from coordinator {old} to {new}", old=old.name, new=link.name)
+
+    def _on_failing_over(self, link, why):
+        log.info("coordinator {old} stopped answering ({why}): registering with {name}",
+                 old=self.links.active.name, why=why, name=link.name)
+
+    def _on_failed_over(self, link, old):
+        log.info("failed over from coordinator {old} to {new}", old=old.name, new=link.name)
 
     def _on_move_failed(self, link, reason):
         log.warn("could not register with {name} ({reason}): staying with {old}",
