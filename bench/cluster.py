@@ -36,7 +36,6 @@ import tempfile
 import time
 
 from bench import signaling, udp_load
-from homechannel import crypto
 
 ROUNDS = 3
 WAIT = 10
@@ -173,32 +172,9 @@ def redis_info(port):
     return out
 
 
-def registrations(targets, seconds, concurrency=128):
+def registrations(targets, seconds):
     """Complete registrations/s, the generator's sockets spread over *targets*."""
-    socks = udp_load.sockets(concurrency)
-    clients = {s: udp_load.Client(s, targets[i % len(targets)]) for i, s in enumerate(socks)}
-    done = []
-
-    def on(s, data):
-        c = clients[s]
-        if c.on(data):
-            done.append(time.perf_counter())
-            c.begin()
-
-    def resend():
-        now = time.perf_counter()
-        for c in clients.values():
-            if now - c.sent_at > 1.0:
-                c.send(c.last)
-
-    for c in clients.values():
-        c.begin()
-    start = time.perf_counter()
-    udp_load.pump(socks, on, start + seconds, resend)
-    for s in socks:
-        s.close()
-    cut = start + seconds * 0.2
-    return len([t for t in done if t >= cut]) / (seconds * 0.8)
+    return udp_load.bench_registrations(list(targets), seconds)[0]
 
 
 def start_udp_node(tmp, name, redis_url=None):

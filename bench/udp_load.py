@@ -166,8 +166,10 @@ def pump(socks, on_datagram, until, idle_resend=None):
 
 
 def bench_registrations(target, seconds, concurrency=128):
+    """Complete registrations/s; *target* may be a list (the sockets spread over them)."""
+    targets = target if isinstance(target, list) else [target]
     socks = sockets(concurrency)
-    clients = {s: Client(s, target) for s in socks}
+    clients = {s: Client(s, targets[i % len(targets)]) for i, s in enumerate(socks)}
     done = []
 
     def on(s, data):

@@ -331,6 +331,14 @@ async def cluster_node(node, udp=None, registry=None):
     return relay, udp, directory, link
 
 
+async def two_nodes(server):
+    """Two cluster nodes (each: relay, fake UDP, directory, link) and a server key."""
+    a, b = nodes(server)
+    server_key = crypto.IdentityKey.generate().public_raw
+    return ((a, b), server_key, crypto.key_id(server_key), await cluster_node(a),
+            await cluster_node(b))
+
+
 async def settle():
     await asyncio.sleep(0.2)
 
@@ -340,11 +348,8 @@ def test_directory_and_pools_are_written_by_the_owner_and_taken_by_any_node(serv
     leaves the pool short asks the owner for a refill; a refill fills free places; an
     owner without a heartbeat is offline; a forgotten server is deleted."""
     async def main():
-        a, b = nodes(server)
-        server_key = crypto.IdentityKey.generate().public_raw
-        kid = crypto.key_id(server_key)
-        ra, udp_a, dir_a, link_a = await cluster_node(a)
-        rb, udp_b, dir_b, link_b = await cluster_node(b)
+        (a, b), server_key, kid, (ra, udp_a, dir_a, link_a), (rb, udp_b, dir_b, link_b) = \
+            await two_nodes(server)
         assert await get(rb.server_status(server_key)) == (False, None)
         dir_a.pool(kid, pairs(2), True)
         await settle()
@@ -383,11 +388,8 @@ def test_directory_and_pools_are_written_by_the_owner_and_taken_by_any_node(serv
 
 def test_offers_notices_and_refills_travel_to_the_owning_node(server):
     async def main():
-        a, b = nodes(server)
-        server_key = crypto.IdentityKey.generate().public_raw
-        kid = crypto.key_id(server_key)
-        ra, udp_a, dir_a, link_a = await cluster_node(a)
-        rb, udp_b, dir_b, link_b = await cluster_node(b)
+        (a, b), server_key, kid, (ra, udp_a, dir_a, link_a), (rb, udp_b, dir_b, link_b) = \
+            await two_nodes(server)
         dir_a.pool(kid, pairs(2), True)
         await settle()
         # From node b: relayed through Redis to a, whose UDP sends it; RESULT back.

@@ -7,8 +7,6 @@ One cluster is shared by the tests of this module, in order (the last one
 kills a node).  Missing redis-server or haproxy: skipped outside CI, naming the
 package; in CI they fail."""
 
-import asyncio
-import concurrent.futures
 import json
 import re
 import time
@@ -19,10 +17,11 @@ import pytest
 
 from cluster import add_home_server, make_cluster, start_cluster
 from conftest import Twistd
-from daemons import PASSWORD, kill
+from daemons import kill
 from test_e2e_browser import connect, open_link
+from test_e2e_malicious import python_connect
 
-from homechannel import client, connect as flow, crypto
+from homechannel import crypto
 
 pytestmark = pytest.mark.e2e
 
@@ -71,22 +70,6 @@ def marks(cluster):
     return {node.name: node.proc.mark() for node in cluster.nodes}
 
 
-def python_connect(url, c):
-    async def main():
-        pc, control, hello = await client.connect(
-            url, c.server_key.text, PASSWORD, c.coordinator_key.text,
-            advertise_addresses=("127.0.0.1",), timeout=30, connect_timeout=15)
-        try:
-            return hello, pc.connectionState
-        finally:
-            await pc.close()
-
-    # A thread of its own: while Playwright's sync API is active, this thread
-    # counts as running an asyncio loop.
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, asyncio.wait_for(main(), 90)).result()
-
-
 def test_chromium_and_the_native_client_connect_with_requests_on_both_nodes(
         cluster, chromium_page):
     """Each connect's lookup and connect land on different nodes (haproxy's round
@@ -103,7 +86,7 @@ def test_chromium_and_the_native_client_connect_with_requests_on_both_nodes(
     page.get_by_role("button", name="Disconnect").click()
 
     before = marks(cluster)
-    hello, state = python_connect(cluster.url, cluster)
+    hello, state = python_connect(cluster)
     assert hello["op"] == "hello" and state == "connected"
     lookup = served(cluster, before, r'"GET /api/servers/')
     posted = served(cluster, before, r'"POST /api/connect')
@@ -181,7 +164,7 @@ def test_redis_restart_gives_clear_errors_then_recovers_without_restarting_anyth
             break
         assert time.monotonic() < deadline, (status, doc)
         time.sleep(0.2)
-    hello, state = python_connect(cluster.url, cluster)
+    hello, state = python_connect(cluster)
     assert hello["op"] == "hello" and state == "connected"
     for node in cluster.nodes:
         assert node.proc.returncode is None
@@ -212,7 +195,7 @@ def test_a_killed_node_is_replaced_within_one_keepalive_and_the_next_connect_suc
     deadline = time.monotonic() + 15
     while True:                    # haproxy's health check takes node-1 out (2 s)
         try:
-            hello, state = python_connect(cluster.url, cluster)
+            hello, state = python_connect(cluster)
             break
         except Exception as e:  # noqa: BLE001 - a request that reached the dead node
             assert time.monotonic() < deadline, e
