@@ -94,8 +94,8 @@ def test_interfaces_are_provided(server):
 
 
 def test_a_rate_limit_is_one_budget_for_all_nodes_and_its_keys_expire(server):
-    """Two nodes spend one bucket: 5 hits in all (an in-memory limiter per node would
-    allow 10).  The bucket's key has a TTL: the time until it would be full again."""
+    """Two nodes spend one bucket: 5 hits in all (an in-memory limiter per node allows
+    8 of the 8 here).  The bucket's key has a TTL: the time until it would be full again."""
     async def main():
         a, b = nodes(server)
         la = RedisRateLimiter(a.store, "connect", a.clock, 5, 60.0)
@@ -120,7 +120,9 @@ def test_a_rate_limit_is_one_budget_for_all_nodes_and_its_keys_expire(server):
 
 def test_five_wrong_passwords_spread_over_two_nodes_lock_the_source_out_on_both(server):
     """Failures on node a and node b count together; the lockout doubles; a success
-    clears it; half failures (stale challenges) add up; the key expires."""
+    clears it; half failures (stale challenges) add up; the key expires.  Shown to fail
+    with an in-memory ``Lockout`` per node in place of the Redis ones (a scratch copy):
+    the fifth failure locks nothing, each node having counted 2 or 3."""
     async def main():
         a, b = nodes(server)
         la = RedisLockout(a.store, "source", a.clock, threshold=5, base=60.0, maximum=3600.0)

@@ -143,3 +143,23 @@ stun_port = 3478
         {"urls": "stun:203.0.113.10:7777"},)
     server = config.load_server(_write(tmp_path, "[webrtc]\nice_servers = []\n"))
     assert config.server_ice_servers(server, "203.0.113.10", 7777) == ()
+
+
+def test_cluster_settings_are_checked():
+    """No [cluster]: one process, nothing to check.  With a Redis URL, a node id is
+    required and the URL must be Redis's; the password is never in the log line."""
+    assert config.load_coordinator(overrides={}).cluster.redis_url == ""
+    ok = config.load_coordinator(overrides={"cluster.redis_url": "redis://10.0.0.20:6379/0",
+                                            "cluster.node_id": "node-1"})
+    assert ok.cluster.node_id == "node-1" and ok.cluster.key_prefix == "hc:"
+    for overrides, message in [
+        ({"cluster.redis_url": "redis://r:6379/0"}, "cluster.node_id"),
+        ({"cluster.redis_url": "redis://r:6379/0", "cluster.node_id": "a b"}, "node_id"),
+        ({"cluster.redis_url": "http://r:6379", "cluster.node_id": "n"}, "redis_url"),
+        ({"cluster.redis_url": "redis://r", "cluster.node_id": "n",
+          "cluster.key_prefix": ""}, "key_prefix"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            config.load_coordinator(overrides=overrides)
+    from homechannel.coordinator.cluster import _safe_url
+    assert _safe_url("redis://user:secret@10.0.0.20:6379/0") == "redis://***@10.0.0.20:6379/0"

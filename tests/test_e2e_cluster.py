@@ -201,3 +201,24 @@ def test_a_killed_node_is_replaced_within_one_keepalive_and_the_next_connect_suc
             assert time.monotonic() < deadline, e
             time.sleep(1)
     assert hello["op"] == "hello" and state == "connected"
+
+
+def test_a_cluster_node_on_another_reactor_is_a_clear_error(tmp_path):
+    """[cluster] needs the asyncio reactor (installed by itself without --reactor);
+    given another, the node stops with advice, not a traceback."""
+    from conftest import write_toml
+
+    cfg = write_toml(tmp_path / "node.toml", {
+        "state_dir": str(tmp_path), "admin": {"listen": ""},
+        "web": {"listen": "tcp:0:interface=127.0.0.1"},
+        "udp": {"interface": "127.0.0.1", "port": 0},
+        "cluster": {"redis_url": "redis://127.0.0.1:1/0", "node_id": "n1"}})
+    node = Twistd("homechannel-coordinator", cfg)
+    node.cmd.insert(node.cmd.index("homechannel-coordinator"), "--reactor=poll")
+    node.start()
+    try:
+        node.wait_for_log("needs Twisted's asyncio reactor", timeout=30)
+        assert node.proc.wait(30) != 0
+        assert "Traceback" not in node.output
+    finally:
+        node.stop()
