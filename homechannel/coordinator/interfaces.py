@@ -5,7 +5,11 @@ from zope.interface import Attribute, Interface
 
 
 class IRelay(Interface):
-    """What the HTTPS API needs from the UDP side (``rendezvous``)."""
+    """What the HTTPS API needs from the UDP side (``rendezvous``).
+
+    The in-process relay (``udp.CoordinatorUDP``) answers ``server_status``
+    and ``take_challenge`` at once; the cluster's (``redisrelay.ClusterRelay``)
+    with a Deferred of the same value.  The broker accepts both."""
 
     def server_status(server_key):
         """``(online, challenge)`` for the raw 65-byte public key *server_key*.

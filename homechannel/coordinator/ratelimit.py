@@ -56,6 +56,9 @@ def lockout_key(address: str) -> str:
 
 
 class IRateLimiter(Interface):
+    """Implementations answer at once (here) or with a Deferred of the same value
+    (``redislimits``, shared by a cluster's nodes)."""
+
     def hit(key):
         """Count one event for *key*.
 
@@ -64,6 +67,8 @@ class IRateLimiter(Interface):
 
 
 class ILockout(Interface):
+    """Answers at once (here) or as Deferreds (``redislimits``)."""
+
     def check(key):
         """None if *key* may try, else the seconds until its lockout ends."""
 

@@ -33,6 +33,10 @@ from homechannel.errors import BadRequest, CapacityError, NotFound, RequestTimeo
 
 
 class ISessionStore(Interface):
+    """:class:`MemorySessionStore` answers at once (raising its errors);
+    ``redissessions.RedisSessionStore`` (a cluster) returns Deferreds of the
+    same values and errors.  ``wait`` is a Deferred in both."""
+
     def create(session_id, server_key, source=None, device=None):
         """Start a pending session for the server with raw key *server_key*,
         asked for by the client address *source* (and device id *device* if
