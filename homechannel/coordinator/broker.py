@@ -25,6 +25,11 @@ Order of checks for ``POST /api/connect`` (docs/protocol.md section 2):
    failure against the source and is reported to the home server);
 7. the pending session is created and the offer relayed.
 
+Steps 2-4 (and the device's lockout and rate, or the server's budget) are
+asked for together, in one Redis round trip on a cluster node; they are
+decided in this order, and an attempt refused at step 2 has still spent one
+of its source's attempts (step 3).
+
 So an attacker's attempts spend only what a valid challenge lets them spend,
 lockouts fall on sources and devices, never on the server, and a client that
 signed in before (it holds a device token) keeps a budget of its own.
