@@ -43,6 +43,9 @@ except ImportError:  # pragma: no cover
     pytest.skip("redis-py is missing: pip install 'homechannel[cluster]'",
                 allow_module_level=True)
 
+# A real redis-server (a process of its own): the end-to-end lane.
+pytestmark = pytest.mark.e2e
+
 _prefixes = itertools.count()
 
 
