@@ -124,3 +124,8 @@ class PendingOffers:
 
     def next_deadline(self):
         return min((at for _, at in self._pending.values()), default=None)
+
+    def fail_all(self, message):
+        """Resolve every pending offer as failed (the node is stopping)."""
+        for request_id in list(self._pending):
+            self.resolve(request_id, False, message)

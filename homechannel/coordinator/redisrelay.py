@@ -430,8 +430,7 @@ class ClusterRelay:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        for request_id in list(self._pending._pending):
-            self._pending.resolve(request_id, False, "the coordinator is stopping")
+        self._pending.fail_all("the coordinator is stopping")
 
 
 class NodeLink:
