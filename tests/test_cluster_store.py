@@ -10,7 +10,6 @@ under ``asyncio.run`` with ``LoopClock`` (no Twisted reactor needed)."""
 
 import asyncio
 import itertools
-import json
 
 import pytest
 from zope.interface.verify import verifyObject
@@ -492,23 +491,3 @@ def test_an_unreachable_redis_is_a_clear_503(server):
         await get(store.close())
 
     run(main())
-
-
-def test_completion_messages_and_node_messages_are_parsed_safely():
-    """Garbage never raises: a malformed completion is ignored; node messages are
-    ProtocolErrors (counted drops)."""
-    sessions = redissessions.RedisSessionStore.__new__(redissessions.RedisSessionStore)
-    sessions._waiters = {}
-    sessions.completed(b"nospace")
-    sessions.completed(b"\xff\xfe a {}")
-    from homechannel.errors import ProtocolError
-    for junk in (b"", b"O", b"O" + bytes(9), b"R" + bytes(8), b"R" + bytes(8) + b"\x07",
-                 b"N" + bytes(16), b"F" + bytes(3), b"Z" * 40):
-        with pytest.raises(ProtocolError):
-            noderelay.decode(junk)
-    msg = noderelay.decode(noderelay.offer(7, "node-1", b"k" * 16, b"{}"))
-    assert (msg.kind, msg.id, msg.sender, msg.kid, msg.payload) == (
-        noderelay.OFFER, 7, "node-1", b"k" * 16, b"{}")
-    err = redissessions.error_from_doc(json.loads(json.dumps(redissessions.error_doc(
-        CapacityError("full", "busy")))))
-    assert err.status == 503 and err.code == "busy"
