@@ -131,7 +131,7 @@ def start_coordinator(tmp, twistd=TWISTD, access_log=False, cluster=None, key_pa
                 'max_sessions_per_source = 10000000\nmax_sessions_per_server = 10000000\n'
                 'max_waiters_per_source = 100000\nmax_connections_per_source = 10000\n'
                 f'access_log = {"true" if access_log else "false"}\n'
-                '[admin]\nlisten = ""\n')
+                '[admin]\nlisten = ""\n[metrics]\nlisten = ""\n')
         if cluster:
             f.write(f'[cluster]\nredis_url = "{cluster[0]}"\nnode_id = "{cluster[1]}"\n')
     env = dict(os.environ, PYTHONPATH=REPO)

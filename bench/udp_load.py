@@ -63,7 +63,7 @@ def start_coordinator(tmp, udp_settings=("per_source_per_second = 1000000.0",
     udp = "".join(line + "\n" for line in udp_settings)
     with open(cfg, "w") as f:
         f.write(f'state_dir = "{tmp}"\n[udp]\ninterface = "127.0.0.1"\nport = {port}\n{udp}'
-                f'[web]\nlisten = "tcp:{web}:interface=127.0.0.1"\n[admin]\nlisten = ""\n{extra}')
+                f'[web]\nlisten = "tcp:{web}:interface=127.0.0.1"\n[admin]\nlisten = ""\n[metrics]\nlisten = ""\n{extra}')
     env = dict(os.environ, PYTHONPATH=REPO)
     proc = subprocess.Popen(TWISTD + ["-n", "--pidfile=",
                                       "homechannel-coordinator", "--config", cfg],

@@ -137,6 +137,7 @@ def make_cluster(tmp_path, n=2, web=None, udp=None, cluster=None, access_log=Tru
                     "public_url": "http://127.0.0.1", "trusted_proxies": ["127.0.0.1"],
                     "access_log": access_log, **(web or {})},
             "admin": {"listen": ""},
+            "metrics": {"listen": f"tcp:{free_tcp_port()}:interface=127.0.0.1"},
             "cluster": {"redis_url": redis.url, "node_id": name, **(cluster or {})},
         }
         path = write_toml(os.path.join(base, f"{name}.toml"), cfg)
@@ -160,6 +161,7 @@ def add_home_server(c, keepalive=None, password=PASSWORD):
                         "public_key": c.coordinator_key.text},
         "webrtc": {"advertise_addresses": ["127.0.0.1"], "ice_servers": []},
         "apps": {"files": {"roots": [c.files_root]}},
+        "metrics": {"listen": ""},
     }
     if keepalive:
         server["keepalive"] = keepalive
