@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from conftest import (REPO, Twistd, free_tcp_port, free_udp_port, in_ci, require_tool,
-                      write_toml)
+from helpers import (REPO, Twistd, free_tcp_port, free_udp_port, require_module,
+                      require_tool, write_toml)
 from daemons import PASSWORD
 from services import RedisServer, wait_for_port
 
@@ -114,13 +114,7 @@ def make_cluster(tmp_path, n=2, web=None, udp=None, cluster=None, access_log=Tru
     """Configs for a redis-server, *n* nodes and haproxy (not started)."""
     base = str(tmp_path)
     require_tool("haproxy", "haproxy")
-    try:
-        import redis  # noqa: F401
-    except ImportError:
-        msg = "redis-py is missing: pip install 'homechannel[cluster]' (make venv does it)"
-        if in_ci():
-            pytest.fail(msg)
-        pytest.skip(msg)
+    require_module("redis", "pip install 'homechannel[cluster]' (make venv does it)")
     redis = RedisServer(tmp_path)
     key_path = os.path.join(base, "cluster", "coordinator.key")
     ckey, _ = crypto.IdentityKey.load_or_create(key_path)

@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from helpers import CHROMIUM_ARGS, Twistd, in_ci, loopback_only, require_tool
+from helpers import CHROMIUM_ARGS, Twistd, in_ci, loopback_only, require_module, require_tool
 
 
 # Tests that start real processes (twistd, Chromium, sshd, Xtigervnc, ...) are
@@ -78,13 +78,7 @@ def chromium():
     later test would fail.
     """
     path = require_tool("chromium", "chromium")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        msg = "playwright is not installed: run 'make venv'"
-        if in_ci():
-            pytest.fail(msg)
-        pytest.skip(msg)
+    sync_playwright = require_module("playwright.sync_api", "run 'make venv'").sync_playwright
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
         try:

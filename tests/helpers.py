@@ -5,7 +5,7 @@
 - ``in_ci()``: true when ``$CI`` is set (and not "0"/"false").
 - ``require_tool(name, package) -> str``: path of an executable; when it is
   missing, ``pytest.fail`` in CI and ``pytest.skip`` elsewhere, naming the
-  Debian package.
+  Debian package.  ``require_module(name, advice)``: the same for a Python module.
 - ``free_tcp_port()`` / ``free_udp_port()``: an unused port on 127.0.0.1.
 - ``write_toml(path, dict)``: write a config file (nested dicts are tables).
 - ``self_signed_cert(directory, name="127.0.0.1") -> (key path, cert path)``: a
@@ -69,6 +69,21 @@ def require_tool(name, package):
             pytest.fail(msg)
         pytest.skip(msg)
     return path
+
+
+def require_module(name, advice):
+    """Import and return module *name*; fail in CI, skip elsewhere (the whole
+    module when called at import time), when it is missing (*advice* says how
+    to install it)."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        msg = f"{name} is not installed: {advice}"
+        if in_ci():
+            pytest.fail(msg)
+        pytest.skip(msg, allow_module_level=True)
 
 
 def free_tcp_port(host="127.0.0.1") -> int:

@@ -14,7 +14,7 @@ import itertools
 import pytest
 from zope.interface.verify import verifyObject
 
-from conftest import free_tcp_port, in_ci
+from helpers import free_tcp_port, require_module
 from services import RedisServer
 
 from homechannel import aio, crypto, wire
@@ -26,21 +26,9 @@ from homechannel.coordinator.testing import LoopClock
 from homechannel.errors import (BadRequest, CapacityError, NotFound, RequestTimeout,
                                 Unavailable)
 
-try:
-    from homechannel.coordinator import redisrelay, redissessions, redisstore
-    from homechannel.coordinator.redislimits import RedisLockout, RedisRateLimiter
-except ImportError as e:  # pragma: no cover
-    if in_ci():
-        raise
-    pytest.skip(f"redis-py is missing ({e}): pip install 'homechannel[cluster]'",
-                allow_module_level=True)
-try:
-    import redis  # noqa: F401
-except ImportError:  # pragma: no cover
-    if in_ci():
-        raise
-    pytest.skip("redis-py is missing: pip install 'homechannel[cluster]'",
-                allow_module_level=True)
+require_module("redis", "pip install 'homechannel[cluster]' (make venv does it)")
+from homechannel.coordinator import redisrelay, redissessions, redisstore  # noqa: E402
+from homechannel.coordinator.redislimits import RedisLockout, RedisRateLimiter  # noqa: E402
 
 # A real redis-server (a process of its own): the end-to-end lane.
 pytestmark = pytest.mark.e2e

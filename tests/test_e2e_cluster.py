@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 
 from cluster import add_home_server, make_cluster, start_cluster
-from conftest import Twistd
+from helpers import Twistd
 from daemons import kill
 from test_e2e_browser import connect, open_link
 from test_e2e_malicious import python_connect
@@ -206,7 +206,7 @@ def test_a_killed_node_is_replaced_within_one_keepalive_and_the_next_connect_suc
 def test_a_cluster_node_on_another_reactor_is_a_clear_error(tmp_path):
     """[cluster] needs the asyncio reactor (installed by itself without --reactor);
     given another, the node stops with advice, not a traceback."""
-    from conftest import write_toml
+    from helpers import write_toml
 
     cfg = write_toml(tmp_path / "node.toml", {
         "state_dir": str(tmp_path), "admin": {"listen": ""},
