@@ -9,6 +9,7 @@ are a :class:`ConfigError` naming the key, never a silent default.
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 import typing
 import urllib.parse
