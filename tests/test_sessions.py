@@ -180,7 +180,7 @@ def test_one_source_network_fills_only_its_share_of_waiters():
     assert store.waiting == 0
     again = [store.wait(f"s{i}", 25, "2001:db8:bad:1::1") for i in range(2, 10)]
     assert sum(not p.called for p in again) == 6
-    assert len(store._waiters_by_source) == 1
+    assert len(store._waiters_by_source) == 3      # the /64, its /56 and its /48
 
 
 def test_share_bookkeeping_is_bounded_by_the_table():

@@ -50,6 +50,27 @@ def source_key(address: str, v6_prefix: int = SOURCE_PREFIX_V6) -> str:
     return str(ipaddress.ip_network(f"{ip}/{v6_prefix}", strict=False))
 
 
+# A holder of a wider IPv6 prefix (a /56 is a common residential delegation, a /48 a
+# business one or a free tunnel broker's) is not 256 or 65,536 sources: per-source tables
+# also cap each /56 at WIDER_SHARES[56] shares and each /48 at WIDER_SHARES[48] shares.
+WIDER_SHARES = {56: 4, 48: 16}
+
+
+@functools.lru_cache(maxsize=65536)
+def wider_keys(key) -> tuple:
+    """``((network, shares), ...)``: the wider networks a per-source *key* (a
+    ``source_key`` of an IPv6 address, "…/64") counts in, with how many shares each may
+    hold.  Empty for IPv4 keys and anything else (server keys, "unknown")."""
+    if not isinstance(key, str) or not key.endswith("/64"):
+        return ()
+    try:
+        network = ipaddress.ip_network(key)
+    except ValueError:
+        return ()
+    return tuple((str(network.supernet(new_prefix=bits)), shares)
+                 for bits, shares in WIDER_SHARES.items())
+
+
 def lockout_key(address: str) -> str:
     """The key failed-password lockouts use: IPv6 /56, IPv4 /32."""
     return source_key(address, LOCKOUT_PREFIX_V6)

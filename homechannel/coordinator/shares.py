@@ -9,10 +9,17 @@ everybody else still finds room.
 
 :class:`Shares` counts what each key holds.  A key is in it only while it
 holds something (the count is dropped at zero), so it never has more keys
-than the table it guards has entries: its size is bounded by that table's cap.
+than the table it guards has entries (times three, below): its size is bounded
+by that table's cap.
+
+An IPv6 source (a /64 key) also counts in its /56 and its /48, which may hold
+``ratelimit.WIDER_SHARES`` shares each (4 and 16): whoever holds a /56 or a /48
+is one source with a few shares, not 256 or 65,536 sources.
 """
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
+
+from homechannel.coordinator.ratelimit import wider_keys
 
 
 class Shares:
@@ -30,21 +37,28 @@ class Shares:
     def held(self, key: Hashable) -> int:
         return self._held.get(key, 0)
 
+    def _limits(self, key: Hashable) -> Iterator[tuple[Hashable, int]]:
+        yield key, self.limit
+        for wider, shares in wider_keys(key):
+            yield wider, shares * self.limit
+
     def room(self, key: Hashable, amount: int = 1) -> bool:
-        """True if *key* may take *amount* more."""
-        return self._held.get(key, 0) + amount <= self.limit
+        """True if *key* (and each wider network it is in) may take *amount* more."""
+        return all(self._held.get(k, 0) + amount <= limit for k, limit in self._limits(key))
 
     def take(self, key: Hashable, amount: int = 1) -> None:
         """Count *amount* more for *key* (the caller checked :meth:`room`)."""
         if amount:
-            self._held[key] = self._held.get(key, 0) + amount
+            for k, _ in self._limits(key):
+                self._held[k] = self._held.get(k, 0) + amount
 
     def give_back(self, key: Hashable, amount: int = 1) -> None:
         """*key* released *amount*."""
         if not amount:
             return
-        left = self._held.get(key, 0) - amount
-        if left > 0:
-            self._held[key] = left
-        else:
-            self._held.pop(key, None)
+        for k, _ in self._limits(key):
+            left = self._held.get(k, 0) - amount
+            if left > 0:
+                self._held[k] = left
+            else:
+                self._held.pop(k, None)
