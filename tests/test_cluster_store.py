@@ -258,6 +258,31 @@ def test_session_shares_hold_across_nodes(server):
     run(main())
 
 
+def test_a_wider_ipv6_prefix_is_one_source_with_a_few_shares_across_nodes(server):
+    """Per /64 two sessions, so a /56 holds at most 4 x 2 however many of its /64s it
+    uses, on any node; another /56 still gets in."""
+    async def main():
+        a, b = nodes(server)
+        kw = dict(max_sessions_per_source=2, max_sessions_per_server=100, max_sessions=100)
+        sa, sb = sessions_for(a, **kw), sessions_for(b, **kw)
+        made = 0
+        for i in range(10):
+            for j in range(2):
+                store = sa if (i + j) % 2 else sb
+                try:
+                    await get(store.create(f"{i:02d}{j}".ljust(22, "x"), KEY,
+                                           source=f"2001:db8:0:{i:x}::{j + 1}"))
+                    made += 1
+                except CapacityError as e:
+                    assert "from your network" in str(e)
+        assert made == 4 * 2
+        await get(sa.create("z" * 22, KEY, source="2001:db8:0:100::1"))   # another /56
+        await a.close()
+        await b.close()
+
+    run(main())
+
+
 # -- the directory, the pools and the relay between nodes ----------------------------------
 
 

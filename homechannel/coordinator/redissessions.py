@@ -38,26 +38,28 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from homechannel import crypto, errors
-from homechannel.coordinator.ratelimit import source_key
+from homechannel.coordinator.ratelimit import source_key, wider_keys
 from homechannel.coordinator.redisstore import Script
 from homechannel.coordinator.sessions import ISessionStore, SessionInfo
 from homechannel.coordinator.shares import Shares
 from homechannel.errors import BadRequest, CapacityError, NotFound, RequestTimeout
 
+# KEYS: session, all-share, source /64 share, server share, the source's wider shares
+# (its /56 and /48, if IPv6); ARGV: now, forget-at, deadline, server key, source, device,
+# session id, the source's share keys (space-separated), then one limit per share key.
 CREATE = Script("session-create", """
 local now, forget, dl = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
-local limits = {tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])}
-for i = 2, 4 do
+for i = 2, #KEYS do
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
-  if redis.call('ZCARD', KEYS[i]) >= limits[i - 1] then return i end
+  if redis.call('ZCARD', KEYS[i]) >= tonumber(ARGV[7 + i]) then return i end
 end
 redis.call('HSET', KEYS[1], 'k', ARGV[4], 'src', ARGV[5], 'dev', ARGV[6], 'st', 'p',
-           'dl', dl, 'ss', KEYS[3], 'sv', KEYS[4])
+           'dl', dl, 'ss', ARGV[8], 'sv', KEYS[4])
 redis.call('PEXPIRE', KEYS[1], math.ceil((forget - now) * 1000))
 -- The newest session is forgotten last: the share expires with it.
-for i = 2, 4 do
-  redis.call('ZADD', KEYS[i], forget, ARGV[10])
+for i = 2, #KEYS do
+  redis.call('ZADD', KEYS[i], forget, ARGV[7])
   redis.call('PEXPIRE', KEYS[i], math.ceil((forget - now) * 1000) + 1000)
 end
 return 0
@@ -72,7 +74,9 @@ redis.call('HSET', KEYS[1], 'st', ARGV[3], 'r', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], math.ceil((forget - now) * 1000))
 local shares = redis.call('HMGET', KEYS[1], 'ss', 'sv')
 redis.call('ZADD', KEYS[2], 'XX', forget, ARGV[6])
-if shares[1] then redis.call('ZADD', shares[1], 'XX', forget, ARGV[6]) end
+if shares[1] then
+  for key in string.gmatch(shares[1], '%S+') do redis.call('ZADD', key, 'XX', forget, ARGV[6]) end
+end
 if shares[2] then redis.call('ZADD', shares[2], 'XX', forget, ARGV[6]) end
 redis.call('PUBLISH', ARGV[5], ARGV[6] .. ' ' .. ARGV[3] .. ' ' .. ARGV[4])
 return 1
@@ -155,11 +159,18 @@ class RedisSessionStore:
         now = self._clock.seconds()
         forget = now + self._session_timeout + self._retention
         share = source_key(source if source is not None else "unknown")
-        keys = [self._key(session_id), self._store.key("ss"),
-                self._store.key("ss", "src", share),
+        per_source = int(self._limits[1])
+        source_shares = [(self._store.key("ss", "src", share), per_source)] + [
+            (self._store.key("ss", "src", wider), n * per_source)
+            for wider, n in wider_keys(share)]
+        keys = [self._key(session_id), self._store.key("ss"), source_shares[0][0],
                 self._store.key("ss", "srv", crypto.key_id(server_key))]
+        keys += [key for key, _ in source_shares[1:]]
+        limits = [self._limits[0], self._limits[1], self._limits[2]]
+        limits += [str(limit) for _, limit in source_shares[1:]]
         args = [repr(now), repr(forget), repr(now + self._session_timeout), server_key,
-                source or "", device or "", *self._limits, session_id]
+                source or "", device or "", session_id,
+                b" ".join(key for key, _ in source_shares), *limits]
         return self._store.run(CREATE, keys, args).addCallback(self._created, session_id, now)
 
     def _created(self, code, session_id, now):
@@ -171,7 +182,7 @@ class RedisSessionStore:
         if code == 1:
             raise BadRequest("this session id is already in use: start a new attempt",
                              "session-exists")
-        if code == 3:
+        if code == 3 or code >= 5:
             raise CapacityError("too many connect attempts from your network are in "
                                 "progress: try again in a minute", "busy")
         if code == 4:
