@@ -225,3 +225,29 @@ def test_source_counts_grow_with_the_registry():
     assert [reg.source_count((f"10.0.{n}.1", 1)) for n in range(3)] == [1000] * 3
     with pytest.raises(CapacityError):
         reg.register(kid(5000), ("10.0.1.1", 1), KEY, KEY, 1.0)
+
+
+def test_a_56_holds_four_shares_and_a_48_sixteen():
+    """An IPv6 server counts in its /64, its /56 and its /48: one holder of a /56 or /48
+    fills 4 or 16 shares however many /64s it uses (review #7: per /64 alone, 977 /64s
+    of one /48 filled a million places).  Without the wider tiers this fails."""
+    reg = Registry(max_per_source=2)
+    n = 0
+    for net in range(256):                       # every /64 of 2001:db8:0:0::/56
+        for host in range(2):
+            try:
+                reg.register(kid(n), (f"2001:db8:0:{net:x}::{host + 1}", 4000), KEY, KEY, 1.0)
+            except CapacityError as e:
+                assert e.extra == {"share": "source"}
+            n += 1
+    assert reg.count == 4 * 2
+    for net in range(256, 256 * 8):              # the other /56s of the /48
+        try:
+            reg.register(kid(n), (f"2001:db8:0:{net:x}::1", 4000), KEY, KEY, 1.0)
+        except CapacityError:
+            pass
+        n += 1
+    assert reg.count == 16 * 2
+    reg.register(kid(n), ("2001:db8:1::1", 4000), KEY, KEY, 1.0)       # another /48
+    reg.register(kid(n + 1), ("192.0.2.1", 4000), KEY, KEY, 1.0)
+    assert reg.count == 16 * 2 + 2

@@ -36,6 +36,7 @@ from zope.interface import implementer
 
 from homechannel import wire
 from homechannel.coordinator.interfaces import IRegistry
+from homechannel.coordinator.ratelimit import WIDER_SHARES
 from homechannel.coordinator.slotindex import SlotIndex
 from homechannel.crypto import (
     AEAD_KEY_SIZE, CHALLENGE_SIZE, EXPECTED_ANSWER_SIZE, KEY_ID_SIZE, open_sealed,
@@ -93,6 +94,20 @@ def source_of(packed) -> bytes:
     if packed[:12] == _V4_PREFIX:
         return bytes(packed[:16])
     return bytes(packed[:8])
+
+
+# The wider IPv6 networks a /64 also counts in, as prefix lengths in bytes, with how
+# many shares each may hold (ratelimit.WIDER_SHARES: a /56 4, a /48 16).
+_WIDER = tuple((bits // 8, shares) for bits, shares in WIDER_SHARES.items())
+
+
+def source_tiers(packed) -> tuple:
+    """``((key, shares), ...)``: the source network of *packed* with one share, and for
+    IPv6 its /56 and /48 with theirs (keys of different lengths never collide)."""
+    source = source_of(packed)
+    if len(source) == 16:
+        return ((source, 1),)
+    return ((source, 1),) + tuple((source[:n], shares) for n, shares in _WIDER)
 
 
 class SourceCounts:
@@ -223,11 +238,14 @@ class Registry:
         slot = self._by_key.find(kid)
         other = self._by_addr.find(packed)
         if slot < 0 or source_of(self._addr_at(slot)) != source:
-            # One more server for this source; a takeover frees one of its own.
+            # One more server for this source (and its wider networks); a takeover
+            # frees one of its own.
             freed = 1 if other >= 0 and other != slot else 0
-            if self._sources.count(source) - freed >= self.max_per_source:
-                raise CapacityError(f"this source network holds {self.max_per_source} "
-                                    f"servers already", share="source")
+            for key, shares in source_tiers(packed):
+                if self._sources.count(key) - freed >= shares * self.max_per_source:
+                    raise CapacityError(f"this source network holds "
+                                        f"{shares * self.max_per_source} servers already",
+                                        share="source")
         if other >= 0 and other != slot:
             self.remove(other)
         if slot < 0:
@@ -246,16 +264,16 @@ class Registry:
             self._by_key.insert(kid, slot)
             self._by_addr.insert(packed, slot)
             self.count += 1
-            self._count_source(source)
+            self._count_source(packed)
         else:
             o = slot * RECORD
             if self._slab[o + _F_ADDR:o + _ADDR_END] != packed:
                 old = self._addr_at(slot)
                 self._by_addr.remove(old)
-                self._sources.remove(source_of(old))
+                self._uncount_source(old)
                 self._slab[o + _F_ADDR:o + _ADDR_END] = packed
                 self._by_addr.insert(packed, slot)
-                self._count_source(source)
+                self._count_source(packed)
             # New session: fresh counters, window and pool generation.
             self._slab[o + _F_TXCTR:o + _F_RXMAP + 8] = bytes(24)
             self._slab[o + _F_POOLGEN:o + _F_POOLGEN + 4] = bytes(4)
@@ -272,20 +290,28 @@ class Registry:
         self._by_key.remove(self._kid_at(slot))
         addr = self._addr_at(slot)
         self._by_addr.remove(addr)
-        self._sources.remove(source_of(addr))
+        self._uncount_source(addr)
         self._slab[o:o + RECORD] = bytes(RECORD)
         self._free.append(slot)
         self.count -= 1
 
-    def _count_source(self, source):
+    def _count_source(self, packed):
         if self.count > self._sources.size:
-            # Outgrown: twice the counters, rebuilt from the records.
+            # Outgrown: twice the counters, rebuilt from the records.  (An IPv6 server
+            # counts under three keys, its /64, /56 and /48; a counter then sums a few
+            # more servers, which can only over-count, never let a source past its share.)
             s = self._slab
             used = (slot for slot in range(len(s) // RECORD) if s[slot * RECORD])
             self._sources.rebuild(2 * self._sources.size,
-                                  (source_of(self._addr_at(slot)) for slot in used))
+                                  (key for slot in used
+                                   for key, _ in source_tiers(self._addr_at(slot))))
         else:
-            self._sources.add(source)
+            for key, _ in source_tiers(packed):
+                self._sources.add(key)
+
+    def _uncount_source(self, packed):
+        for key, _ in source_tiers(packed):
+            self._sources.remove(key)
 
     def source_count(self, addr) -> int:
         """How many servers the source network of *addr* holds (an upper
