@@ -149,14 +149,57 @@ def test_device_tokens_are_checked_and_devices_locked_out_on_their_own(h):
 
 
 def test_wrong_passwords_on_the_device_path_count_against_the_source_too(h):
-    """Each device fails once, all from one source: the source is locked out (the home
-    server's bad-proof refusals are counted like wrong answers)."""
+    """Each device fails once, all from one source: the home server's bad-proof refusals
+    count like wrong answers, so the source's pool path is locked out; another device of
+    that source (the owner's other browser) keeps its own budget."""
     for i in range(h.config.failures_before_lockout):
         body = device_body(h, device_token(h, device=bytes([i]) * 16))
         assert post(h, body).code == 202
         h.relay.answer(h.home.public_raw, connect.Answer.refusal(body["session"],
                                                                  connect.BAD_PROOF).encode())
-    assert_error(post(h, device_body(h, device_token(h, device=b"z" * 16))), 429, "locked-out")
+    resp, _ = h.connect()
+    assert_error(resp, 429, "locked-out")
+    assert post(h, device_body(h, device_token(h, device=b"z" * 16))).code == 202
+
+
+def test_a_stranger_on_the_owner_s_address_cannot_keep_the_owner_s_device_out(h):
+    """Behind one IPv4 address (a carrier NAT, a hotel, an office) a stranger locks the
+    address out and spends its rate; the owner's device-token connect from that address
+    still gets in, on its own budgets (review #2: the source lockout and rate came before
+    the device path, so this was 429)."""
+    shared = "100.64.0.1"
+    for i in range(12):                            # made-up challenges: half a failure each
+        h.connect(ip=shared, challenge=bytes([i]) * 16)
+    resp, _ = h.connect(ip=shared)
+    assert_error(resp, 429, "locked-out")
+    for i in range(h.config.per_ip_per_minute):    # and the address's rate is spent too
+        h.call("POST", "/api/connect", ip=shared, body={"server": h.server_id})
+    assert post(h, device_body(h, device_token(h)), ip=shared).code == 202
+
+
+def test_a_token_that_does_not_verify_counts_against_the_source(h):
+    other = crypto.IdentityKey.generate()
+    forged = connect.DeviceToken.issue(other, crypto.b64u_encode(b"d" * 16), NOW)
+    codes = [post(h, device_body(h, forged), ip="198.51.100.9").json["code"]
+             for _ in range(12)]
+    assert codes[:9] == ["bad-device"] * 9 and codes[-1] == "locked-out"
+
+
+def test_device_budgets_are_per_server_and_device(h):
+    """A device id is only a home server's word: the same id at another server is another
+    device (review #10: budgets keyed by the id alone let one server's tokens spend
+    another's)."""
+    from homechannel.coordinator.broker import device_key
+
+    other = crypto.IdentityKey.generate()
+    assert device_key(h.home.public_raw, "d") != device_key(other.public_raw, "d")
+    for _ in range(h.config.per_device_per_minute):
+        assert post(h, device_body(h, device_token(h))).code == 202
+    assert_error(post(h, device_body(h, device_token(h))), 429, "rate-limited")
+    h.relay.add_server(other.public_raw, PASSWORD_KEY)
+    token = connect.DeviceToken.issue(other, crypto.b64u_encode(b"d" * 16), NOW)
+    body = device_body(h, token, server=other.text)
+    assert post(h, body).code == 202
 
 
 # -- the ceiling on online guessing -----------------------------------------------------------

@@ -9,26 +9,30 @@ Order of checks for ``POST /api/connect`` (docs/protocol.md section 2):
 
 1. the body parses (``ConnectRequest.parse``: shape of every field and of the
    offer SDP);
-2. the source (IPv6 /56) is not locked out;
-3. the source (IPv6 /64) is within its rate;
-4. the server is online;
-5. with a **device token**: the token verifies with the server's key, the
-   device is not locked out and within its own rate, the client-made
-   challenge is fresh; the offer goes to the home server, which checks the
-   proof (a wrong password there counts against the device and the source);
-6. otherwise (**pool path**): the server's budget (per minute and per day)
-   is not spent -- checked before the challenge is touched, so a spent
+2. with a **device token** that verifies with the server's key (a client that
+   signed in before): the device (for this server) is not locked out and is
+   within its own rate, the source is within its device-path rate (a generous
+   one of its own, apart from strangers' budget: whoever shares the owner's
+   address, behind a carrier NAT or in a hotel, cannot lock the owner's
+   device out), the server is online, the client-made challenge is fresh;
+   the offer goes to the home server, which checks the proof (a wrong
+   password there counts against the device and the source);
+3. otherwise (**pool path**; a token that does not verify is refused as
+   ``bad-device`` after these, and counts half a failure against the source):
+   the source (IPv6 /56) is not locked out; the source (IPv6 /64) is within
+   its rate; the server is online; the server's budget (per minute and per
+   day) is not spent -- checked before the challenge is touched, so a spent
    budget never drains the pool; the challenge is taken from the pool
    (single use; a stale or made-up one counts half a failure against the
    source); only now is the server's budget spent; the answer is checked
    against ``expectedAnswer`` in constant time (a wrong one counts a
    failure against the source and is reported to the home server);
-7. the pending session is created and the offer relayed.
+4. the pending session is created and the offer relayed.
 
-Steps 2-4 (and the device's lockout and rate, or the server's budget) are
-asked for together, in one Redis round trip on a cluster node; they are
-decided in this order, and an attempt refused at step 2 has still spent one
-of its source's attempts (step 3).
+The checks of one path that do not depend on each other are asked for
+together, in one Redis round trip on a cluster node; they are decided in the
+order above, and an attempt refused for a lockout has still spent one of its
+rate's attempts.
 
 So an attacker's attempts spend only what a valid challenge lets them spend,
 lockouts fall on sources and devices, never on the server, and a client that
@@ -37,7 +41,6 @@ signed in before (it holds a device token) keeps a budget of its own.
 
 import os
 from collections import Counter, OrderedDict
-from dataclasses import dataclass
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -59,23 +62,15 @@ DAY = 86400.0
 # A stale or made-up challenge counts this much of a failed password towards
 # the source's lockout (a stale one can be an honest race with another client).
 STALE_WEIGHT = 0.5
+# Device-path attempts one source may make, as a multiple of web.per_ip_per_minute:
+# a budget of its own, so strangers spending a shared address's budget do not touch it.
+DEVICE_SOURCE_FACTOR = 4
 
 
-@dataclass(frozen=True)
-class Limits:
-    """The budgets of the connect flow (``[web]`` settings)."""
-
-    per_ip_per_minute: int = 30
-    per_server_per_minute: int = 10
-    per_server_per_day: int = 1000
-    per_device_per_minute: int = 10
-    failures_before_lockout: int = 5
-    lockout_base: float = 60.0
-    lockout_max: float = 3600.0
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**{name: getattr(config, name) for name in cls.__dataclass_fields__})
+def device_key(server_key: bytes, device: str) -> str:
+    """What a device's budget and lockout are kept under: the device *for this server*
+    (a device id is only the home server's word; another server could issue the same)."""
+    return f"{crypto.b64u_encode(crypto.key_id(server_key))}:{device}"
 
 
 def _settle(value):
@@ -113,15 +108,16 @@ class Broker:
 
     log = Logger()
 
-    def __init__(self, relay, config, clock, *, sessions=None, limits=None,
+    def __init__(self, relay, config, clock, *, sessions=None,
                  ice_servers=None, random_bytes=os.urandom, make_limiter=memory_limiter,
                  make_lockout=memory_lockout):
+        """*config* is the ``[web]`` configuration (``config.CoordinatorWeb``): the
+        budgets and the tables' caps come from it."""
         self._relay = relay
         self._config = config
         self._clock = clock
         self._random = random_bytes
-        limits = limits or Limits.from_config(config)
-        self.limits = limits
+        limits = config
         self.sessions = sessions or MemorySessionStore(
             clock,
             session_timeout=config.session_timeout,
@@ -145,6 +141,8 @@ class Broker:
         self._server_day = make_limiter(clock, "server-day", limits.per_server_per_day, DAY,
                                         burst=max(1, limits.per_server_per_day // 10))
         self._device_limiter = make_limiter(clock, "device", limits.per_device_per_minute, 60.0)
+        self._device_source_limiter = make_limiter(
+            clock, "device-source", DEVICE_SOURCE_FACTOR * limits.per_ip_per_minute, 60.0)
         self._tokens = OrderedDict()     # device token text -> DeviceToken (verified)
         # ice_servers(role) -> list of RTCIceServer dicts for "client" or "server".
         self._ice = ice_servers or (lambda role: list(config.ice_servers or ())
@@ -185,41 +183,52 @@ class Broker:
                 token = self._device_token(key, req.device)
             except (ProtocolError, AuthenticationError) as e:
                 token_error = e
-        # One round: everything that does not depend on anything else.
-        checks = [self._lockout.check(lock), self._ip_limiter.hit(source_key(source)),
-                  self._relay.server_status(key)]
         if token is not None:
-            checks += [self._device_lockout.check(token.device),
-                       self._device_limiter.hit(token.device)]
-        elif req.device is None:
-            checks += [self._server_minute.peek(key), self._server_day.peek(key)]
-        results = await _all(*checks)
-        locked, retry, (online, _) = results[:3]
-        if locked is not None:
-            self.metrics["connect_locked_out"] += 1
-            raise TooManyRequests(f"too many wrong passwords from your address: try again in "
-                                  f"{_seconds(locked)} seconds", "locked-out",
-                                  retry_after=_seconds(locked))
-        self._refuse_rate(retry, "too many connection attempts from your address")
-        if not online:
-            self.metrics["connect_offline"] += 1
-            raise NotFound("the home server is offline: check that it is running and "
-                           "connected to the internet", "offline")
-        if req.device is not None:
-            self._device_path(req, token, token_error, *results[3:])
-            device, spend = token.device, []
+            device = device_key(key, token.device)
+            locked, retry, source_retry, (online, _) = await _all(
+                self._device_lockout.check(device), self._device_limiter.hit(device),
+                self._device_source_limiter.hit(source_key(source)),
+                self._relay.server_status(key))
+            self._device_path(req, locked, retry, source_retry)
+            self._require_online(online)
+            spend = []
         else:
+            # One round: everything that does not depend on anything else.
+            checks = [self._lockout.check(lock), self._ip_limiter.hit(source_key(source)),
+                      self._relay.server_status(key)]
+            if token_error is None:
+                checks += [self._server_minute.peek(key), self._server_day.peek(key)]
+            results = await _all(*checks)
+            locked, retry, (online, _) = results[:3]
+            if locked is not None:
+                self.metrics["connect_locked_out"] += 1
+                raise TooManyRequests(f"too many wrong passwords from your address: try again "
+                                      f"in {_seconds(locked)} seconds", "locked-out",
+                                      retry_after=_seconds(locked))
+            self._refuse_rate(retry, "too many connection attempts from your address")
+            if token_error is not None:
+                self.metrics["connect_bad_device"] += 1
+                await _settle(self._lockout.failure(lock, STALE_WEIGHT))
+                raise Forbidden(f"this device's sign-in token was not accepted ({token_error}): "
+                                "sign in with the password", connect.BAD_DEVICE)
+            self._require_online(online)
             spend = await self._pool_path(req, source, lock, *results[3:])
-            device = None
         payload = connect.Offer(req.session, req.challenge, req.proof, req.offer,
                                 source=source, device=req.device,
                                 ice_servers=tuple(self._ice("server"))).encode()
         # The session is made together with the budget spent on a right answer.
-        await _all(self.sessions.create(req.session, key, source=source, device=device),
+        await _all(self.sessions.create(req.session, key, source=source,
+                                        device=token.device if token is not None else None),
                    *spend)
         self.metrics["connect_relayed"] += 1
         d = _settle(self._relay.send_offer(key, payload))
         d.addErrback(self._offer_failed, req.session)
+
+    def _require_online(self, online):
+        if not online:
+            self.metrics["connect_offline"] += 1
+            raise NotFound("the home server is offline: check that it is running and "
+                           "connected to the internet", "offline")
 
     async def _pool_path(self, req, source, lock, minute, day):
         """Raise for a spent budget, a stale challenge or a wrong answer; for a right
@@ -248,17 +257,14 @@ class Broker:
             raise Forbidden("wrong password", "wrong-password")
         return spend + [self._lockout.success(lock)]
 
-    def _device_path(self, req, token, error, locked=None, retry=None):
-        if error is not None:
-            self.metrics["connect_bad_device"] += 1
-            raise Forbidden(f"this device's sign-in token was not accepted ({error}): sign in "
-                            "with the password", connect.BAD_DEVICE)
+    def _device_path(self, req, locked, retry, source_retry):
         if locked is not None:
             self.metrics["connect_locked_out"] += 1
             raise TooManyRequests(f"too many wrong passwords from this device: try again in "
                                   f"{_seconds(locked)} seconds", "locked-out",
                                   retry_after=_seconds(locked))
         self._refuse_rate(retry, "too many connection attempts from this device")
+        self._refuse_rate(source_retry, "too many connection attempts from your address")
         made = connect.device_challenge_time(req.challenge)
         if not abs(made - self._clock.seconds()) < connect.MAX_CLOCK_SKEW:
             self.metrics["connect_stale_challenge"] += 1
@@ -357,7 +363,8 @@ class Broker:
                 if lockout is not None:
                     self.metrics["lockouts"] += 1
 
-            counts.append(_settle(self._device_lockout.failure(info.device)).addCallback(counted))
+            counts.append(_settle(self._device_lockout.failure(
+                device_key(info.server_key, info.device))).addCallback(counted))
         return _all(*counts)
 
     # -- helpers ---------------------------------------------------------------------
