@@ -169,7 +169,8 @@ class CoordinatorWeb:
     static_dir: str = ""
     # Origins allowed by CORS (exact match).  Empty: same-origin only.
     cors_origins: tuple = ()
-    # Reverse proxies whose X-Forwarded-For is trusted (exact IPs).
+    # Reverse proxies whose X-Forwarded-For is trusted: addresses or networks
+    # (e.g. ["127.0.0.1", "::1"] or ["10.0.0.0/8"]).
     trusted_proxies: tuple = ()
     # ICE servers for browsers and native clients (STUN only: TURN comes from
     # [turn]).  Not set: the coordinator's own STUN; [] for none.
@@ -216,6 +217,15 @@ class CoordinatorWeb:
             "max_body", "max_sessions", "max_waiters", "max_sessions_per_source",
             "max_sessions_per_server", "max_waiters_per_source", "max_connections",
             "max_connections_per_source", "header_timeout", "body_timeout", "idle_timeout"))
+        for entry in self.trusted_proxies:
+            try:
+                if not isinstance(entry, str):
+                    raise TypeError(entry)
+                ipaddress.ip_network(entry, strict=False)
+            except (ValueError, TypeError):
+                raise ConfigError(f"web.trusted_proxies: {entry!r} is not an IP address or "
+                                  "network (e.g. \"127.0.0.1\", \"::1\" or \"10.0.0.0/8\")"
+                                  ) from None
 
 
 @dataclass(frozen=True)

@@ -700,3 +700,32 @@ def test_browser_smoke(chromium_page, demo_coordinator, tmp_path):
     import shutil
     shutil.copy(tmp_path / "wrong-password.png", "/tmp/homechannel-smoke-wrong.png")
     shutil.copy(tmp_path / "connect.png", "/tmp/homechannel-smoke-connect.png")
+
+
+@pytest.mark.parametrize("entry,peer", [("127.0.0.0/8", "127.0.0.1"),
+                                        ("0:0:0:0:0:0:0:1", "::1"),
+                                        ("::ffff:127.0.0.1", "127.0.0.1")])
+def test_trusted_proxies_match_networks_and_any_spelling(entry, peer):
+    """A trusted proxy written as a network or in another spelling is trusted (review #5:
+    these matched nobody, so every client behind the proxy was the proxy's address and one
+    stranger's wrong passwords locked everyone out)."""
+    from homechannel.coordinator.ratelimit import TrustedProxies
+
+    assert peer in TrustedProxies([entry])
+    assert "192.0.2.1" not in TrustedProxies([entry])
+    if peer != "127.0.0.1":
+        return                                     # the harness's proxy is 127.0.0.1
+    h = Harness(trusted_proxies=(entry,))
+    for _ in range(h.config.failures_before_lockout):
+        resp, _ = h.connect(ip="198.51.100.66", password_key=bytes(32))
+    resp, _ = h.connect(ip="192.0.2.10")          # the owner, another address behind the proxy
+    assert resp.code == 202, resp.body
+
+
+@pytest.mark.parametrize("entry", ["localhost", "127.0.0.1/33", "", 5])
+def test_trusted_proxies_that_are_not_addresses_are_a_config_error(entry):
+    from homechannel import config
+    from homechannel.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="web.trusted_proxies"):
+        config._build(config.CoordinatorConfig, {"web": {"trusted_proxies": [entry]}}, "")

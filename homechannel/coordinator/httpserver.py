@@ -38,7 +38,7 @@ from twisted.logger import Logger
 from twisted.web import http, server
 
 from homechannel import crypto
-from homechannel.coordinator.ratelimit import source_key
+from homechannel.coordinator.ratelimit import TrustedProxies, source_key
 from homechannel.coordinator.shares import Shares
 
 SIGNATURE_HEADER = b"X-HomeChannel-Signature"   # as coordinator.web signs its responses
@@ -225,7 +225,7 @@ class LimitedSite(server.Site):
         super().__init__(resource, timeout=limits.idle_timeout, reactor=reactor, **kwargs)
         self.limits = limits
         self._identity = identity
-        self._trusted = frozenset(limits.trusted_proxies)
+        self._trusted = TrustedProxies(limits.trusted_proxies)
         self.stats = Counter()
         self.connections = 0
         self._by_source = Shares(limits.max_connections_per_source)

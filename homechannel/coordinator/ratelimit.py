@@ -71,6 +71,39 @@ def wider_keys(key) -> tuple:
                  for bits, shares in WIDER_SHARES.items())
 
 
+def _v4_if_mapped(network):
+    """An IPv6 network inside ::ffff:0:0/96 as the IPv4 network it stands for."""
+    if network.version == 6 and network.prefixlen >= 96 and \
+            network.network_address.ipv4_mapped is not None:
+        return ipaddress.ip_network(f"{network.network_address.ipv4_mapped}/"
+                                    f"{network.prefixlen - 96}", strict=False)
+    return network
+
+
+class TrustedProxies:
+    """The reverse proxies whose X-Forwarded-For is believed: addresses or networks
+    (``web.trusted_proxies``, checked by ``config``), matched by value, so any way of
+    writing an address (``::1``, ``0:0:0:0:0:0:0:1``, an IPv4-mapped one) matches."""
+
+    def __init__(self, entries=()):
+        self._networks = tuple(_v4_if_mapped(ipaddress.ip_network(e, strict=False))
+                               for e in entries)
+
+    def __bool__(self):
+        return bool(self._networks)
+
+    def __contains__(self, address) -> bool:
+        if not self._networks or not isinstance(address, str):
+            return False
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in network for network in self._networks if network.version == ip.version)
+
+
 def lockout_key(address: str) -> str:
     """The key failed-password lockouts use: IPv6 /56, IPv4 /32."""
     return source_key(address, LOCKOUT_PREFIX_V6)

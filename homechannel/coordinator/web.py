@@ -35,6 +35,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound as RouteNotFound
 
 from homechannel import connect, crypto, default_static_dir
 from homechannel.coordinator.broker import Broker
+from homechannel.coordinator.ratelimit import TrustedProxies
 from homechannel.errors import BadRequest, HomeChannelError, PayloadTooLarge, Unavailable
 
 SIGNATURE_HEADER = b"X-HomeChannel-Signature"
@@ -127,7 +128,7 @@ class CoordinatorWeb:
             relay, config, clock, random_bytes=random_bytes,
             ice_servers=lambda role: list(self._ice_servers) if role == "client" else [])
         self._cors = frozenset(config.cors_origins)
-        self._trusted = frozenset(config.trusted_proxies)
+        self._trusted = TrustedProxies(config.trusted_proxies)
         self.metrics = self.broker.metrics
         self._config_js = self._render_config_js()
 
