@@ -39,6 +39,7 @@ lockouts fall on sources and devices, never on the server, and a client that
 signed in before (it holds a device token) keeps a budget of its own.
 """
 
+import math
 import os
 from collections import Counter, OrderedDict
 
@@ -203,8 +204,8 @@ class Broker:
             if locked is not None:
                 self.metrics["connect_locked_out"] += 1
                 raise TooManyRequests(f"too many wrong passwords from your address: try again "
-                                      f"in {_seconds(locked)} seconds", "locked-out",
-                                      retry_after=_seconds(locked))
+                                      f"in {whole_seconds(locked)} seconds", "locked-out",
+                                      retry_after=whole_seconds(locked))
             self._refuse_rate(retry, "too many connection attempts from your address")
             if token_error is not None:
                 self.metrics["connect_bad_device"] += 1
@@ -240,8 +241,8 @@ class Broker:
             self.metrics["connect_server_budget"] += 1
             raise TooManyRequests(
                 f"too many sign-in attempts to this home server right now: try again in "
-                f"{_seconds(retry)} seconds (devices that signed in before are not affected)",
-                "rate-limited", retry_after=_seconds(retry))
+                f"{whole_seconds(retry)} seconds (devices that signed in before are not affected)",
+                "rate-limited", retry_after=whole_seconds(retry))
         expected = await _settle(self._relay.take_challenge(key, req.challenge))
         if expected is None:
             self.metrics["connect_stale_challenge"] += 1
@@ -261,8 +262,8 @@ class Broker:
         if locked is not None:
             self.metrics["connect_locked_out"] += 1
             raise TooManyRequests(f"too many wrong passwords from this device: try again in "
-                                  f"{_seconds(locked)} seconds", "locked-out",
-                                  retry_after=_seconds(locked))
+                                  f"{whole_seconds(locked)} seconds", "locked-out",
+                                  retry_after=whole_seconds(locked))
         self._refuse_rate(retry, "too many connection attempts from this device")
         self._refuse_rate(source_retry, "too many connection attempts from your address")
         made = connect.device_challenge_time(req.challenge)
@@ -372,7 +373,7 @@ class Broker:
     def _refuse_rate(self, retry, message):
         if retry is not None:
             self.metrics["rate_limited"] += 1
-            seconds = _seconds(retry)
+            seconds = whole_seconds(retry)
             raise TooManyRequests(f"{message}: try again in {seconds} seconds",
                                   "rate-limited", retry_after=seconds)
 
@@ -391,7 +392,6 @@ def _background(value, what):
     return d.addErrback(failed)
 
 
-def _seconds(value):
-    import math
-
+def whole_seconds(value) -> int:
+    """A wait in seconds as people and ``Retry-After`` want it: a whole number, at least 1."""
     return max(1, int(math.ceil(value)))

@@ -24,7 +24,6 @@ import functools
 import inspect
 import ipaddress
 import json
-import math
 import os
 
 from klein import Klein
@@ -34,7 +33,7 @@ from twisted.web import pages, resource, static
 from werkzeug.exceptions import MethodNotAllowed, NotFound as RouteNotFound
 
 from homechannel import connect, crypto, default_static_dir
-from homechannel.coordinator.broker import Broker
+from homechannel.coordinator.broker import Broker, whole_seconds
 from homechannel.coordinator.ratelimit import TrustedProxies
 from homechannel.errors import BadRequest, HomeChannelError, PayloadTooLarge, Unavailable
 
@@ -352,7 +351,7 @@ class CoordinatorWeb:
         doc.update(error.extra)
         retry_after = getattr(error, "retry_after", None)
         if retry_after is not None:
-            retry_after = _seconds(retry_after)
+            retry_after = whole_seconds(retry_after)
             request.setHeader(b"Retry-After", str(retry_after).encode("ascii"))
             doc["retry_after"] = retry_after
         if status >= 500 and not isinstance(error, Unavailable):
@@ -369,6 +368,3 @@ class CoordinatorWeb:
         request.setHeader(SIGNATURE_HEADER, crypto.b64u_encode(signature).encode("ascii"))
         return body
 
-
-def _seconds(value):
-    return max(1, int(math.ceil(value)))
