@@ -44,7 +44,6 @@ from homechannel.errors import (
     Unavailable,
 )
 
-SIGNATURE_HEADER = "X-HomeChannel-Signature"
 MAX_RESPONSE = 256 * 1024
 _CONFIG_KEY = re.compile(r'coordinatorKey\s*=\s*"([A-Za-z0-9_-]+)"')
 
@@ -94,7 +93,7 @@ class Coordinator:
                                                 timeout)
         if len(raw) > MAX_RESPONSE:
             raise ProtocolError(f"the coordinator's response to {path} is too large")
-        signature = headers.get(SIGNATURE_HEADER)
+        signature = headers.get(flow.SIGNATURE_HEADER)
         try:
             if signature is None:
                 raise AuthenticationError("no signature header")
