@@ -32,6 +32,7 @@ import urllib.request
 
 from homechannel import connect as flow
 from homechannel import crypto, icechecks, webrtc
+from homechannel.cli import read_secret_line
 from homechannel.config import default_state_dir
 from homechannel.errors import (
     AuthenticationError,
@@ -415,7 +416,7 @@ def _common_options(p):
     p.add_argument("--server", required=True,
                    help="the home server id, or the connect link the home server prints")
     p.add_argument("--password-file",
-                   help="read the password from this file (default: prompt)")
+                   help="read the password from the first line of this file (default: prompt)")
     p.add_argument("--coordinator-key",
                    help="pin the coordinator's public key (default: trust {url}/config.js)")
     p.add_argument("--ice-server", action="append", default=[], metavar="URL",
@@ -444,7 +445,11 @@ def _parse_target(args):
         url = url or link_url.rstrip("/") or None
     if not url:
         raise ConfigError("no coordinator: pass --url (or a connect link as --server)")
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as e:     # e.g. "Invalid IPv6 URL" for an unclosed [
+        raise ConfigError(f"--url {url!r} is not a coordinator URL ({e}): expected "
+                          "https://HOST[:PORT]") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"--url {url!r} is not a coordinator URL: expected "
                           "https://HOST[:PORT] (or http:// on this machine)")
@@ -471,7 +476,8 @@ def ice_server_args(args):
         if args.ice_username or args.ice_credential_file:
             raise ConfigError("--ice-username and --ice-credential-file need --ice-server")
         return ()
-    credential = _first_line(args.ice_credential_file) if args.ice_credential_file else None
+    credential = (read_secret_line(args.ice_credential_file, "TURN credential file")
+                  if args.ice_credential_file else None)
     entries = []
     for url in args.ice_server:
         entry = {"urls": url}
@@ -484,17 +490,9 @@ def ice_server_args(args):
     return parse_ice_servers(entries, "--ice-server")
 
 
-def _first_line(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.readline().rstrip("\r\n")
-    except OSError as e:
-        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
-
-
 def _read_password(args):
     if args.password_file:
-        password = _first_line(args.password_file)
+        password = read_secret_line(args.password_file)
     else:
         password = getpass.getpass("HomeChannel password: ")
     if not password:
@@ -843,6 +841,9 @@ def main_forward(argv):
     args = p.parse_args(argv)
 
     def make():
+        if not 0 < args.port < 65536:
+            raise ConfigError(f"--port {args.port}: expected the TCP port on the home machine, "
+                              "1-65535")
         listen = None if args.stdio else parse_listen(args.listen)
         kwargs = _connect_kwargs(args)
         if args.stdio:
