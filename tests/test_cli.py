@@ -80,6 +80,11 @@ def test_help_has_a_description_and_an_example(name):
       "--stdio"], ["--port 99999", "1-65535"]),
     (["forward", "--server", "http://127.0.0.1:1/#server=" + KEY, "--port", "0",
       "--listen", "127.0.0.1:0"], ["--port 0", "1-65535"]),
+    # review #8: plain http only on this machine
+    (["connect", "--server", "http://203.0.113.5:8080/#server=" + KEY],
+     ["'http://203.0.113.5:8080'", "plain http://", "use https://"]),
+    (["forward", "--url", "http://hc.example.org", "--server", KEY, "--port", "22", "--stdio"],
+     ["plain http://", "use https://"]),
 ])
 def test_mistakes_are_one_clear_line(args, words):
     one_clear_line(run(*args), *words)
@@ -179,3 +184,29 @@ def test_unreadable_password_file_is_one_clear_line(tmp_path):
         one_clear_line(run(*args, "--password-file", str(pw)), "cannot read the password file")
         one_clear_line(run(*args, "--password-file", str(tmp_path / "missing")),
                        "cannot read the password file", "No such file")
+
+
+# -- the coordinator URL of the native client (review #8) -------------------------------
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:8080", "http://127.9.9.9", "http://[::1]:8080/", "http://localhost:1",
+    "http://LOCALHOST.:1", "https://hc.example.org", "https://203.0.113.5:8443/base/"])
+def test_coordinator_urls_allowed(url):
+    from homechannel import client
+    assert client.coordinator_url(url) == url.rstrip("/")
+
+
+@pytest.mark.parametrize("url", [
+    "http://hc.example.org", "http://203.0.113.5:8080", "http://[2001:db8::1]:80",
+    "http://127.0.0.1.example.org", "http://0x7f000001", "http://[::ffff:10.0.0.1]",
+    "http://localhost.example.org"])
+def test_plain_http_to_another_machine_is_refused(url):
+    """Over plain http anyone on the way plays the coordinator: it hands out its own
+    key on first use and collects answers and proofs to guess the password offline.
+    How this was shown to fail: the old ``_parse_target`` accepted every one of these."""
+    from homechannel import client
+    with pytest.raises(ConfigError, match=r"plain http:// .* use https:// \(http:// only "
+                                          r"for 127\.0\.0\.1, ::1 or localhost\)"):
+        client.coordinator_url(url)
+    assert client.coordinator_url(url, insecure_http=True) == url    # the tests' escape hatch

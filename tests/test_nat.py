@@ -104,7 +104,7 @@ def native_connect(topo, pair, tmp_path, *extra, timeout=90):
     proc = topo.popen("client", [sys.executable, "-m", "homechannel.cli", "connect",
                                  "--server", pair.link, "--password-file", str(password),
                                  "--coordinator-key", pair.coordinator_key.text,
-                                 "--no-device-token", *extra],
+                                 "--no-device-token", "--insecure-http", *extra],
                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     out, err = proc.communicate(timeout=timeout)
     m = re.search(r"^path: (\w+)/(\w+)$", err, re.M)
@@ -191,7 +191,8 @@ def native_offer(topo, pair, tmp_path):
     import subprocess
     return topo.popen("client", [sys.executable, "-m", "homechannel.cli", "connect",
                                  "--server", pair.link, "--password-file", str(password),
-                                 "--coordinator-key", pair.coordinator_key.text],
+                                 "--coordinator-key", pair.coordinator_key.text,
+                                 "--insecure-http"],
                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
