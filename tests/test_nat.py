@@ -259,16 +259,17 @@ TURN_SECRET = "nat-test-turn-secret-0123456789abcdef"
 
 @pytest.fixture
 def turn_pair(topology_factory, tmp_path, twistd):
-    """A symmetric client NAT and coturn (shared secret) on the public host; TURN is
+    """A symmetric client NAT and coturn (shared secret) on the public host, with the
+    README's relay policy (private and local peers denied, no TCP relays); TURN is
     configured only at the coordinator.  Yields (topology, pair, coordinator, server)."""
-    from services import coturn
+    from services import coturn, readme_coturn_policy
 
     topo = topology_factory(client_nat="symmetric")
     secret = tmp_path / "turn-secret"
     secret.write_text(TURN_SECRET + "\n")
     (tmp_path / "coturn").mkdir()
     with coturn(tmp_path / "coturn", TURN_SECRET, listen=nat.PUBLIC_HOST,
-                prefix=topo.exec_prefix("pub")):
+                prefix=topo.exec_prefix("pub"), extra=readme_coturn_policy()):
         pair, coordinator, server = nat.start_nat_pair(
             twistd, tmp_path, topo, coordinator={"turn": {
                 "urls": [f"turn:{nat.PUBLIC_HOST}:3478?transport=udp",
