@@ -54,6 +54,7 @@ async def main():
         t0 = time.monotonic()
         pc, control, hello = await client.connect(args["url"], args["server"], args["password"],
                                                   coordinator_key=args["key"],
+                                                  insecure_http=True,   # the test topology
                                                   advertise_addresses=args["advertise"])
         took = time.monotonic() - t0
         from homechannel import webrtc

@@ -29,7 +29,27 @@ def _check_key_path(path):
     if os.path.isdir(path):
         raise ConfigError(f"{path} is a directory, not a key file: give the path of the key "
                           f"file itself, e.g. {os.path.join(path, 'server.key')}")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.lexists(parent) and parent != os.path.dirname(parent):
+        parent = os.path.dirname(parent)
+    if os.path.lexists(parent) and not os.path.isdir(parent):
+        raise ConfigError(f"cannot create the key file {path}: {parent} is not a directory")
     return path
+
+
+def read_secret_line(path, what="password file"):
+    """The first line of *path*, CR/LF stripped: the one way every command reads a
+    password (``passwd``, ``join``, ``connect``, ``forward``) or a credential file.
+    An empty first line is refused; every problem is a ConfigError."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            line = f.readline().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read the {what} {path}: "
+                          f"{getattr(e, 'strerror', None) or e}") from None
+    if not line:
+        raise ConfigError(f"the {what} {path} is empty (its first line is used)")
+    return line
 
 
 def _key_path(args, role):
@@ -62,12 +82,7 @@ def cmd_link(args):
 
 def _read_password(args):
     if args.password_file:
-        try:
-            with open(args.password_file, encoding="utf-8") as f:
-                return f.read().rstrip("\r\n")
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"cannot read {args.password_file}: "
-                              f"{getattr(e, 'strerror', None) or e}") from None
+        return read_secret_line(args.password_file)
     if not sys.stdin.isatty():
         return sys.stdin.readline().rstrip("\r\n")
     first = getpass.getpass("New password: ")
@@ -76,19 +91,27 @@ def _read_password(args):
     return first
 
 
-def _store_password(cfg, key, password):
+def _read_new_password(args):
+    """The new password, checked before anything is created."""
+    password = _read_password(args)
     if len(password) < 8:
         raise HomeChannelError("use a password of at least 8 characters")
+    return password
+
+
+def _store_password(cfg, key, password):
     derived = crypto.derive_password_key(password, key.public_raw)
     crypto.save_password_key(cfg.password_key, key.public_raw, derived)
 
 
 def cmd_passwd(args):
     cfg = config.load_server(args.config, {"state_dir": args.state_dir})
-    key, created = crypto.IdentityKey.load_or_create(_check_key_path(cfg.identity_key))
+    path = _check_key_path(cfg.identity_key)
+    password = _read_new_password(args)
+    key, created = crypto.IdentityKey.load_or_create(path)
     if created:
         print(f"created identity key {cfg.identity_key}", file=sys.stderr)
-    _store_password(cfg, key, _read_password(args))
+    _store_password(cfg, key, password)
     print(f"password key stored in {cfg.password_key} (the password itself is not stored); "
           "restart the home server to use it", file=sys.stderr)
 
@@ -126,12 +149,14 @@ def cmd_join(args):
         "apps": {"files": {"roots": [os.path.abspath(r) for r in args.files_root]}},
     }
     config._build(config.ServerConfig, doc, "")   # what we write must load
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     cfg = config.load_server(None, {"state_dir": state_dir})
-    key, created = crypto.IdentityKey.load_or_create(_check_key_path(cfg.identity_key))
+    key_path = _check_key_path(cfg.identity_key)
+    password = _read_new_password(args)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    key, created = crypto.IdentityKey.load_or_create(key_path)
     print(("created identity key " if created else "using identity key ") + cfg.identity_key,
           file=sys.stderr)
-    _store_password(cfg, key, _read_password(args))
+    _store_password(cfg, key, password)
     header = ("# HomeChannel home server, written by 'homechannel join'.\n"
               "# Every key is documented in conf/server.example.toml.\n"
               "# Run: twistd -n --pidfile= --reactor=asyncio homechannel-server --config "
@@ -372,8 +397,8 @@ def _parser():
     sp.add_argument("--state-dir", help="where the keys go (default ~/.config/homechannel)")
     sp.add_argument("--files-root", action="append", default=[], metavar="DIR",
                     help="a folder the files app serves (repeatable; default: none)")
-    sp.add_argument("--password-file", help="read the password from this file "
-                                            "(default: prompt twice)")
+    sp.add_argument("--password-file", help="read the password from the first line of this "
+                                            "file (default: prompt twice)")
     sp.add_argument("--force", action="store_true", help="replace an existing server.toml")
     sp.add_argument("--no-qr", action="store_true", help="print the link without a QR code")
     sp.set_defaults(func=cmd_join)
@@ -417,8 +442,8 @@ def _parser():
               "restart the home server to use it.",
               "homechannel passwd --config /etc/homechannel/server.toml")
     common(sp, role=False)
-    sp.add_argument("--password-file", help="read the password from this file "
-                                            "(default: prompt, or one line of stdin)")
+    sp.add_argument("--password-file", help="read the password from the first line of this "
+                                            "file (default: prompt, or one line of stdin)")
     sp.set_defaults(func=cmd_passwd)
 
     sp = _sub(sub, "migrate", "ask home servers to move to another coordinator",

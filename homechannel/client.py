@@ -8,7 +8,11 @@ and the clock; after DTLS, that the certificate the home server presented is
 the one it signed), connects, says hello on the control channel and measures
 a ping.  The device token the home server gives on hello is kept
 (``devices.json`` in the state directory, mode 0600) and presented next time,
-so that this client keeps its own sign-in budget while strangers guess.  ``homechannel forward`` connects once
+so that this client keeps its own sign-in budget while strangers guess.  The
+coordinator's URL is https:// (http:// only on this machine), and without
+``--coordinator-key`` the key its ``/config.js`` publishes is trusted on first
+use and remembered per URL (``coordinators.json``, mode 0600): a different key
+later is refused.  ``homechannel forward`` connects once
 and then pipes each local TCP connection (``--listen``), or stdin/stdout
 (``--stdio``, for ssh's ``ProxyCommand``), through its own ``app:forward:<n>``
 datachannel to a TCP port on the home machine (docs/protocol.md section 3.6).
@@ -21,6 +25,7 @@ added and HTTPS uses the system's trust store.
 import argparse
 import asyncio
 import getpass
+import ipaddress
 import json
 import os
 import re
@@ -32,6 +37,7 @@ import urllib.request
 
 from homechannel import connect as flow
 from homechannel import crypto, icechecks, webrtc
+from homechannel.cli import read_secret_line
 from homechannel.config import default_state_dir
 from homechannel.errors import (
     AuthenticationError,
@@ -44,7 +50,6 @@ from homechannel.errors import (
     Unavailable,
 )
 
-SIGNATURE_HEADER = "X-HomeChannel-Signature"
 MAX_RESPONSE = 256 * 1024
 _CONFIG_KEY = re.compile(r'coordinatorKey\s*=\s*"([A-Za-z0-9_-]+)"')
 
@@ -63,6 +68,7 @@ class Coordinator:
         self.url = url.rstrip("/")
         self.key_raw = key_raw
         self.http_timeout = http_timeout
+        self.verified = False       # a response verified with key_raw
         self._base_path = urllib.parse.urlsplit(self.url).path
 
     @staticmethod
@@ -94,7 +100,7 @@ class Coordinator:
                                                 timeout)
         if len(raw) > MAX_RESPONSE:
             raise ProtocolError(f"the coordinator's response to {path} is too large")
-        signature = headers.get(SIGNATURE_HEADER)
+        signature = headers.get(flow.SIGNATURE_HEADER)
         try:
             if signature is None:
                 raise AuthenticationError("no signature header")
@@ -106,6 +112,7 @@ class Coordinator:
                 f"the coordinator's response to {path} is not signed by the coordinator key "
                 f"{crypto.b64u_encode(self.key_raw)}: refusing it (wrong --coordinator-key, or "
                 "someone between you and the coordinator changed the response)") from None
+        self.verified = True
         try:
             result = json.loads(raw.decode("utf-8"))
             if not isinstance(result, dict):
@@ -132,19 +139,19 @@ def _api_error(status, doc, context):
     return ProtocolError(text, code)
 
 
-class DeviceStore:
-    """Device tokens the home servers issued to this client, per server id.
+class _JsonStore:
+    """A JSON file ``{name: text}`` in the state directory with mode 0600
+    (``crypto.replace_secret_file``); a missing or damaged file is an empty store
+    (a damaged one is replaced on the next save).  *path* None keeps nothing."""
 
-    A JSON file ``{server id: token}`` with mode 0600 (``crypto.replace_secret_file``);
-    a missing or damaged file is an empty store (a damaged one is replaced
-    on the next save).  *path* None keeps nothing."""
+    FILE = ""
 
     def __init__(self, path):
         self.path = path
 
     @classmethod
     def default(cls):
-        return cls(os.path.join(default_state_dir(), "devices.json"))
+        return cls(os.path.join(default_state_dir(), cls.FILE))
 
     def _load(self):
         if not self.path:
@@ -156,24 +163,91 @@ class DeviceStore:
             return {}
         return doc if isinstance(doc, dict) else {}
 
-    def get(self, server_id):
-        token = self._load().get(server_id)
-        return token if isinstance(token, str) else None
+    def get(self, name):
+        text = self._load().get(name)
+        return text if isinstance(text, str) else None
 
-    def put(self, server_id, token):
+    def put(self, name, text):
         if not self.path:
             return
         doc = self._load()
-        if token is None:
-            if doc.pop(server_id, None) is None:
+        if text is None:
+            if doc.pop(name, None) is None:
                 return
         else:
-            doc[server_id] = token
+            doc[name] = text
         crypto.replace_secret_file(self.path, (json.dumps(doc, indent=2) + "\n").encode())
 
 
+class DeviceStore(_JsonStore):
+    """Device tokens the home servers issued to this client: ``{server id: token}``."""
+
+    FILE = "devices.json"
+
+
+class KnownCoordinators(_JsonStore):
+    """The coordinator keys this client trusted, per coordinator URL (trust on first
+    use, as ssh's known_hosts): ``{url: base64url key}``."""
+
+    FILE = "coordinators.json"
+
+
+def _is_loopback(host):
+    if host.rstrip(".").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def coordinator_url(url, insecure_http=False):
+    """*url* checked as a coordinator's URL (without a trailing slash): https://, or
+    http:// only on this machine (127.0.0.0/8, ::1, localhost) unless *insecure_http*
+    (for tests on private networks): over plain http anyone on the way could play the
+    coordinator, hand out its own key, and collect answers and proofs over challenges
+    it chose to guess the password offline."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as e:     # e.g. "Invalid IPv6 URL" for an unclosed [
+        raise ConfigError(f"--url {url!r} is not a coordinator URL ({e}): expected "
+                          "https://HOST[:PORT]") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"--url {url!r} is not a coordinator URL: expected "
+                          "https://HOST[:PORT] (or http:// on this machine)")
+    try:
+        parts.port
+    except ValueError:
+        raise ConfigError(f"--url {url!r} has a bad port number") from None
+    if parts.scheme == "http" and not insecure_http and not _is_loopback(parts.hostname):
+        raise ConfigError(f"--url {url!r}: plain http:// to a coordinator on another machine "
+                          "lets anyone on the way play the coordinator; use https:// "
+                          "(http:// only for 127.0.0.1, ::1 or localhost)")
+    return url.rstrip("/")
+
+
+async def trusted_coordinator_key(url, known, notify):
+    """The key in ``{url}/config.js``, checked against the one *known* (a
+    :class:`KnownCoordinators`) remembers for *url*: trusted on first use, and a
+    different key later is refused (``--coordinator-key`` accepts a new one)."""
+    published = await fetch_coordinator_key(url)
+    text = crypto.b64u_encode(published)
+    remembered = known.get(url)
+    if remembered is None:
+        where = f" (remembered in {known.path})" if known.path else ""
+        notify(f"trusting coordinator key {text} from {url}/config.js on first use{where}; "
+               "pass --coordinator-key to pin it")
+    elif remembered != text:
+        raise AuthenticationError(
+            f"the coordinator at {url} now publishes the key {text}, not the key {remembered} "
+            f"this client trusted before ({known.path}): someone between you and it may be "
+            "playing the coordinator. If its operator really changed the key, pass "
+            f"--coordinator-key {text} once to accept it", "coordinator-key-changed")
+    return published
+
+
 async def fetch_coordinator_key(url):
-    """The key published in ``{url}/config.js`` (trust on first use)."""
+    """The key published in ``{url}/config.js``."""
     status, _, body = await Coordinator(url, None).fetch("/config.js")
     match = _CONFIG_KEY.search(body.decode("utf-8", "replace")) if status == 200 else None
     if not match:
@@ -269,49 +343,68 @@ async def ping(channel, ident, timeout=10.0):
 
 async def connect(url, server_id, password, coordinator_key=None, ice_servers=(),
                   advertise_addresses=(), *, timeout=60.0, connect_timeout=30.0,
-                  random_bytes=os.urandom, notify=None, devices=None):
+                  random_bytes=os.urandom, notify=None, devices=None, coordinators=None,
+                  insecure_http=False):
     """Connect to home server *server_id* through the coordinator at *url*.
 
     Returns ``(pc, control_channel, hello)``: the open RTCPeerConnection, its
     open "control" datachannel and the server's hello reply.  Raises a
     HomeChannelError with an actionable message on any refusal.  The caller
-    closes *pc*.  *coordinator_key* is the coordinator's base64url public key;
-    None fetches it from ``{url}/config.js`` (trust on first use).
+    closes *pc*.  *url* is https://, or http:// on this machine unless
+    *insecure_http* (:func:`coordinator_url`).  *coordinator_key* is the
+    coordinator's base64url public key; None fetches it from ``{url}/config.js``
+    and checks it against *coordinators* (a :class:`KnownCoordinators`; None
+    remembers nothing), which keeps every key that verified a response.
     *ice_servers* come first, then the ones the coordinator hands out (aiortc
     uses only the first STUN and the first TURN entry).  *devices* is a
     :class:`DeviceStore` (None: keep no device token).
     """
     notify = notify or (lambda message: None)
     devices = devices or DeviceStore(None)
+    coordinators = coordinators or KnownCoordinators(None)
+    url = coordinator_url(url, insecure_http)
     server_raw = crypto.parse_server_id(server_id)
     if coordinator_key:
         coordinator_raw = crypto.parse_server_id(coordinator_key)
     else:
-        coordinator_raw = await fetch_coordinator_key(url)
-        notify(f"trusting coordinator key {crypto.b64u_encode(coordinator_raw)} from "
-               f"{url}/config.js; pass --coordinator-key to pin it")
+        coordinator_raw = await trusted_coordinator_key(url, coordinators, notify)
     coordinator = Coordinator(url, coordinator_raw)
     loop = asyncio.get_running_loop()
     key = loop.run_in_executor(None, crypto.derive_password_key, password, server_raw)
     device = devices.get(server_id)
-    for attempt in range(3):
-        try:
-            result = await _attempt(coordinator, server_id, server_raw, await key, device,
-                                    tuple(ice_servers), advertise_addresses, timeout,
-                                    connect_timeout, random_bytes, devices)
-            notify(path_line(result[0]))
-            return result
-        except HomeChannelError as e:
-            if e.code == flow.BAD_DEVICE and device is not None:
-                notify("the home server no longer accepts this device's token; "
-                       "signing in with the password")
-                devices.put(server_id, None)
-                device = None
-            elif e.code in ("stale-challenge", "unknown-challenge") and attempt == 0:
-                pass    # someone else used the challenge first: look up again, once
-            else:
-                raise
+    try:
+        for attempt in range(3):
+            try:
+                result = await _attempt(coordinator, server_id, server_raw, await key, device,
+                                        tuple(ice_servers), advertise_addresses, timeout,
+                                        connect_timeout, random_bytes, devices)
+                notify(path_line(result[0]))
+                return result
+            except HomeChannelError as e:
+                if e.code == flow.BAD_DEVICE and device is not None:
+                    notify("the home server no longer accepts this device's token; "
+                           "signing in with the password")
+                    devices.put(server_id, None)
+                    device = None
+                elif e.code in ("stale-challenge", "unknown-challenge") and attempt == 0:
+                    pass    # someone else used the challenge first: look up again, once
+                else:
+                    raise
+    finally:
+        _remember_key(coordinators, coordinator, notify)
     raise Unavailable("the home server refused every attempt; try again later")
+
+
+def _remember_key(coordinators, coordinator, notify):
+    """Keep the coordinator key once a response verified with it (a first-use key, or
+    a new one given with --coordinator-key)."""
+    text = crypto.b64u_encode(coordinator.key_raw)
+    if coordinator.verified and coordinators.get(coordinator.url) != text:
+        try:
+            coordinators.put(coordinator.url, text)
+        except OSError as e:
+            notify(f"cannot remember the coordinator key in {coordinators.path}: "
+                   f"{e.strerror or e}")
 
 
 async def _attempt(coordinator, server_id, server_raw, key, device, ice_servers,
@@ -416,9 +509,16 @@ def _common_options(p):
     p.add_argument("--server", required=True,
                    help="the home server id, or the connect link the home server prints")
     p.add_argument("--password-file",
-                   help="read the password from this file (default: prompt)")
+                   help="read the password from the first line of this file (default: prompt)")
     p.add_argument("--coordinator-key",
-                   help="pin the coordinator's public key (default: trust {url}/config.js)")
+                   help="pin the coordinator's public key (default: the key {url}/config.js "
+                        "published the first time, remembered in the state directory's "
+                        "coordinators.json; a different key later is refused until you pass "
+                        "the new one here)")
+    p.add_argument("--insecure-http", action="store_true",
+                   help="allow plain http:// to a coordinator on another machine (for tests "
+                        "on private networks only: anyone on the way can then play the "
+                        "coordinator)")
     p.add_argument("--ice-server", action="append", default=[], metavar="URL",
                    help="a STUN or TURN URL, tried before the ones the coordinator hands "
                         "out (repeatable; e.g. turn:turn.example:3478?transport=udp). "
@@ -445,21 +545,14 @@ def _parse_target(args):
         url = url or link_url.rstrip("/") or None
     if not url:
         raise ConfigError("no coordinator: pass --url (or a connect link as --server)")
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"--url {url!r} is not a coordinator URL: expected "
-                          "https://HOST[:PORT] (or http:// on this machine)")
-    try:
-        parts.port
-    except ValueError:
-        raise ConfigError(f"--url {url!r} has a bad port number") from None
+    url = coordinator_url(url, args.insecure_http)
     try:
         crypto.parse_server_id(server)
     except ProtocolError:
         raise ConfigError(f"--server {args.server!r} is not a server id or connect link "
                           "(damaged or cut short while copying? copy the whole link the "
                           "home server prints)") from None
-    return url.rstrip("/"), server
+    return url, server
 
 
 def ice_server_args(args):
@@ -472,7 +565,8 @@ def ice_server_args(args):
         if args.ice_username or args.ice_credential_file:
             raise ConfigError("--ice-username and --ice-credential-file need --ice-server")
         return ()
-    credential = _first_line(args.ice_credential_file) if args.ice_credential_file else None
+    credential = (read_secret_line(args.ice_credential_file, "TURN credential file")
+                  if args.ice_credential_file else None)
     entries = []
     for url in args.ice_server:
         entry = {"urls": url}
@@ -485,17 +579,9 @@ def ice_server_args(args):
     return parse_ice_servers(entries, "--ice-server")
 
 
-def _first_line(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.readline().rstrip("\r\n")
-    except OSError as e:
-        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
-
-
 def _read_password(args):
     if args.password_file:
-        password = _first_line(args.password_file)
+        password = read_secret_line(args.password_file)
     else:
         password = getpass.getpass("HomeChannel password: ")
     if not password:
@@ -509,7 +595,8 @@ def _connect_kwargs(args):
                 coordinator_key=args.coordinator_key, ice_servers=ice_server_args(args),
                 advertise_addresses=webrtc.parse_addresses(args.advertise_address),
                 timeout=args.timeout, notify=_stderr,
-                devices=DeviceStore(None) if args.no_device_token else DeviceStore.default())
+                devices=DeviceStore(None) if args.no_device_token else DeviceStore.default(),
+                coordinators=KnownCoordinators.default(), insecure_http=args.insecure_http)
 
 
 async def _connect_and_ping(kwargs, out):
@@ -844,6 +931,9 @@ def main_forward(argv):
     args = p.parse_args(argv)
 
     def make():
+        if not 0 < args.port < 65536:
+            raise ConfigError(f"--port {args.port}: expected the TCP port on the home machine, "
+                              "1-65535")
         listen = None if args.stdio else parse_listen(args.listen)
         kwargs = _connect_kwargs(args)
         if args.stdio:

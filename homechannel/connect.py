@@ -51,6 +51,13 @@ DEVICE_ID_SIZE = 16
 DEVICE_TOKEN_LIFETIME = 90 * 86400
 DEVICE_TOKEN_PREFIX = "hcdev1"
 
+# -- the HTTP API ---------------------------------------------------------------
+
+# The coordinator's signature over every HTTP response (``crypto.response_signature_message``),
+# set by ``coordinator/web.py`` and ``coordinator/httpserver.py``, checked by ``client.py``
+# (and by ``static/js/api.js``).
+SIGNATURE_HEADER = "X-HomeChannel-Signature"
+
 # -- codes of the home server's refusals ---------------------------------------
 # (code -> the error class and message the coordinator gives the browser)
 

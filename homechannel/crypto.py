@@ -186,11 +186,7 @@ class IdentityKey:
             ) from None
         except OSError as e:
             raise KeyFileError(f"cannot read identity key {path}: {e.strerror}") from None
-        if st.st_mode & 0o077:
-            raise KeyFileError(
-                f"identity key {path} is readable by others "
-                f"(mode {stat.S_IMODE(st.st_mode):04o}): run 'chmod 600 {path}'"
-            )
+        check_private_mode(path, st.st_mode, "identity key")
         try:
             with open(path, "rb") as f:
                 data = f.read()
@@ -225,6 +221,15 @@ class IdentityKey:
         if os.path.lexists(path):
             return cls.load(path), False
         return cls.create(path), True
+
+
+def check_private_mode(path: StrPath, mode: int, what: str) -> None:
+    """Refuse a secret file (its ``st_mode`` *mode*) that group or others may use."""
+    if mode & 0o077:
+        raise KeyFileError(
+            f"{what} {path} is readable by others "
+            f"(mode {stat.S_IMODE(mode):04o}): run 'chmod 600 {path}'"
+        )
 
 
 def write_secret_file(path: StrPath, data: bytes) -> None:
@@ -412,8 +417,11 @@ def save_password_key(path: StrPath, server_public_raw: bytes, password_key: byt
 
 
 def load_password_key(path: StrPath, server_public_raw: bytes) -> bytes:
+    """The derived key stored by :func:`save_password_key`; the file must be
+    private (mode 0600, as for an identity key: ``K`` is password-equivalent)."""
     try:
         with open(path, "rb") as f:
+            check_private_mode(path, os.fstat(f.fileno()).st_mode, "password key file")
             doc = json.loads(f.read())
         key = b64u_decode(doc["key"])
         server_id = doc["server_id"]

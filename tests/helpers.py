@@ -93,7 +93,8 @@ def free_tcp_port(host="127.0.0.1") -> int:
 
 
 def free_udp_port(host="127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
 

@@ -5,6 +5,7 @@ Missing tools fail in CI and skip elsewhere (``helpers.require_tool``)."""
 
 import contextlib
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -12,7 +13,7 @@ import time
 
 import pytest
 
-from helpers import free_tcp_port, free_udp_port, require_tool
+from helpers import REPO, free_tcp_port, free_udp_port, require_tool
 
 
 def wait_for_port(proc, port, what, log_text, timeout=15.0):
@@ -120,6 +121,20 @@ def xtigervnc(geometry="320x200"):
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+# The relay policy lines of the README's /etc/turnserver.conf example.
+_README_POLICY = re.compile(r"^ {7}((?:denied|allowed)-peer-ip=\S+|no-tcp-relay|no-udp-relay"
+                            r"|no-multicast-peers|allow-loopback-peers)$", re.M)
+
+
+def readme_coturn_policy():
+    """The peer and transport policy of the README's coturn example, as config lines
+    (what an operator who follows the README runs)."""
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        lines = _README_POLICY.findall(f.read())
+    assert any(line.startswith("denied-peer-ip=") for line in lines), "README changed?"
+    return lines
 
 
 @contextlib.contextmanager

@@ -69,6 +69,22 @@ def test_help_has_a_description_and_an_example(name):
     (["join", "hcjoin:AAAA"], ["damaged"]),
     (["join", "https://example.org"], ["not a join string"]),
     (["status", "--state-dir", "/nonexistent-state"], ["no status"]),
+    # review #17: each of these was "unexpected error (ValueError: ...)", a confusing
+    # "/dev/null: File exists", or (the port) only refused by the home server
+    (["connect", "--server", "http://[::1:99/#server=" + KEY],
+     ["--url", "not a coordinator URL", "Invalid IPv6 URL"]),
+    (["keygen", "--key", "/dev/null/x"], ["/dev/null/x", "/dev/null is not a directory"]),
+    (["keygen", "--key", "/dev/null/x/y/server.key"], ["/dev/null is not a directory"]),
+    (["passwd", "--state-dir", "/dev/null/state"], ["/dev/null is not a directory"]),
+    (["forward", "--server", "http://127.0.0.1:1/#server=" + KEY, "--port", "99999",
+      "--stdio"], ["--port 99999", "1-65535"]),
+    (["forward", "--server", "http://127.0.0.1:1/#server=" + KEY, "--port", "0",
+      "--listen", "127.0.0.1:0"], ["--port 0", "1-65535"]),
+    # review #8: plain http only on this machine
+    (["connect", "--server", "http://203.0.113.5:8080/#server=" + KEY],
+     ["'http://203.0.113.5:8080'", "plain http://", "use https://"]),
+    (["forward", "--url", "http://hc.example.org", "--server", KEY, "--port", "22", "--stdio"],
+     ["plain http://", "use https://"]),
 ])
 def test_mistakes_are_one_clear_line(args, words):
     one_clear_line(run(*args), *words)
@@ -116,3 +132,81 @@ def test_qr_code_encodes_the_link():
     text = cli.qr_text("http://127.0.0.1:8080/#server=" + KEY)
     lines = text.strip("\n").splitlines()
     assert len(lines) > 10 and any("\u2588" in line or "\u2580" in line for line in lines)
+
+
+# -- password files: one reader for every command (review #17) -------------------------
+
+
+def test_password_file_is_read_the_same_by_passwd_and_connect(tmp_path):
+    """``passwd`` and ``connect``/``forward`` take the first line of the file, CR/LF
+    stripped, so a multi-line file sets the password the native client sends.  How
+    this was shown to fail: the old ``passwd`` stored the whole file
+    ("first-line pw\\r\\nsecond"), which ``connect`` could never send."""
+    import argparse
+
+    from homechannel import client
+
+    pw = tmp_path / "pw"
+    pw.write_bytes(b"first-line pw\r\nsecond line\n")
+    state = tmp_path / "state"
+    r = run("passwd", "--state-dir", str(state), "--password-file", str(pw))
+    assert r.returncode == 0, r.stderr
+    key = crypto.IdentityKey.load(str(state / "server.key"))
+    assert crypto.load_password_key(str(state / "password.json"), key.public_raw) == \
+        crypto.derive_password_key("first-line pw", key.public_raw)
+    assert client._read_password(argparse.Namespace(password_file=str(pw))) == "first-line pw"
+    assert cli.read_secret_line(str(pw)) == "first-line pw"
+
+
+@pytest.mark.parametrize("content", [b"", b"\n", b"\r\nsecond line\n"])
+def test_empty_password_file_is_refused_by_every_command(tmp_path, content):
+    """How this was shown to fail: the old ``passwd`` said "use a password of at least
+    8 characters" for "\\r\\nsecond line" (and would have taken a long enough one)."""
+    pw = tmp_path / "pw"
+    pw.write_bytes(content)
+    for args in (["passwd", "--state-dir", str(tmp_path / "state")],
+                 ["join", join.encode("https://hc.example", "hc.example", 7777, KEY),
+                  "--config", str(tmp_path / "server.toml"), "--state-dir",
+                  str(tmp_path / "state"), "--no-qr"],
+                 ["connect", "--server", "http://127.0.0.1:1/#server=" + KEY],
+                 ["forward", "--server", "http://127.0.0.1:1/#server=" + KEY, "--port", "22",
+                  "--stdio"]):
+        one_clear_line(run(*args, "--password-file", str(pw)), "password file", str(pw),
+                       "is empty")
+    assert not (tmp_path / "server.toml").exists()
+
+
+def test_unreadable_password_file_is_one_clear_line(tmp_path):
+    pw = tmp_path / "pw"
+    pw.write_bytes(b"\xff\xfe not utf-8\n")
+    for args in (["passwd", "--state-dir", str(tmp_path / "state")],
+                 ["connect", "--server", "http://127.0.0.1:1/#server=" + KEY]):
+        one_clear_line(run(*args, "--password-file", str(pw)), "cannot read the password file")
+        one_clear_line(run(*args, "--password-file", str(tmp_path / "missing")),
+                       "cannot read the password file", "No such file")
+
+
+# -- the coordinator URL of the native client (review #8) -------------------------------
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:8080", "http://127.9.9.9", "http://[::1]:8080/", "http://localhost:1",
+    "http://LOCALHOST.:1", "https://hc.example.org", "https://203.0.113.5:8443/base/"])
+def test_coordinator_urls_allowed(url):
+    from homechannel import client
+    assert client.coordinator_url(url) == url.rstrip("/")
+
+
+@pytest.mark.parametrize("url", [
+    "http://hc.example.org", "http://203.0.113.5:8080", "http://[2001:db8::1]:80",
+    "http://127.0.0.1.example.org", "http://0x7f000001", "http://[::ffff:10.0.0.1]",
+    "http://localhost.example.org"])
+def test_plain_http_to_another_machine_is_refused(url):
+    """Over plain http anyone on the way plays the coordinator: it hands out its own
+    key on first use and collects answers and proofs to guess the password offline.
+    How this was shown to fail: the old ``_parse_target`` accepted every one of these."""
+    from homechannel import client
+    with pytest.raises(ConfigError, match=r"plain http:// .* use https:// \(http:// only "
+                                          r"for 127\.0\.0\.1, ::1 or localhost\)"):
+        client.coordinator_url(url)
+    assert client.coordinator_url(url, insecure_http=True) == url    # the tests' escape hatch

@@ -169,6 +169,60 @@ def test_coordinator_key_from_config_js(coordinator):
     assert info["coordinator_key"] in notes[0] and "--coordinator-key" in notes[0]
 
 
+def test_coordinator_key_is_remembered_per_url_and_a_changed_one_is_refused(coordinator,
+                                                                            tmp_path):
+    """Trust on first use, kept: the key from /config.js is remembered per URL (mode
+    0600) once it verified a response; a later /config.js with another key is refused
+    before any API call, until --coordinator-key accepts the new one; a pinned key
+    that verifies nothing is never remembered.  How this was shown to fail: with the
+    comparison in ``trusted_coordinator_key`` disabled, the changed-key connect
+    succeeded (as it did before the store); with ``_remember_key`` a no-op, nothing
+    was kept; with ``verified`` set before the signature check, the wrong pinned key
+    was kept."""
+    info = coordinator()
+    url, key = info["url"], info["coordinator_key"]
+    known = client.KnownCoordinators(str(tmp_path / "state" / "coordinators.json"))
+    notes = []
+    connect(info, coordinator_key=None, coordinators=known, notify=notes.append)
+    assert known.get(url) == key
+    assert os.stat(known.path).st_mode & 0o777 == 0o600
+    assert key in notes[0] and "on first use" in notes[0] and known.path in notes[0]
+    notes.clear()
+    connect(info, coordinator_key=None, coordinators=known, notify=notes.append)
+    assert not any("trusting" in note for note in notes)
+
+    # This client trusted another key for this URL before: the one /config.js now
+    # publishes is refused (the coordinator was replaced, or someone plays it).
+    before = crypto.IdentityKey.generate().text
+    known.put(url, before)
+    with pytest.raises(AuthenticationError, match="now publishes the key") as e:
+        connect(info, coordinator_key=None, coordinators=known)
+    assert e.value.code == "coordinator-key-changed"
+    assert key in str(e.value) and before in str(e.value)
+    assert f"--coordinator-key {key}" in str(e.value)
+    assert known.get(url) == before
+    log = (tmp_path / "coordinator-honest.log").read_text()
+    assert log.count("/api/connect") == 2     # the refused run sent no offer, no answer
+
+    # A wrong pinned key verifies nothing and is not remembered; the right one is.
+    with pytest.raises(AuthenticationError, match="not signed by the coordinator key"):
+        connect(info, coordinator_key=crypto.IdentityKey.generate().text, coordinators=known)
+    assert known.get(url) == before
+    connect(info, coordinator_key=key, coordinators=known)
+    assert known.get(url) == key
+    connect(info, coordinator_key=None, coordinators=known)
+
+
+def test_plain_http_to_another_machine_is_refused_before_any_request():
+    """How this was shown to fail: the old client fetched http://192.0.2.1/config.js
+    (and here, in a namespace without that network, failed only to reach it)."""
+    from homechannel.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"plain http:// .* use https://"):
+        asyncio.run(client.connect("http://192.0.2.1:8080", crypto.IdentityKey.generate().text,
+                                   PASSWORD))
+
+
 def test_wrong_password_is_a_clear_error(coordinator):
     info = coordinator()
     with pytest.raises(Forbidden, match="wrong password"):

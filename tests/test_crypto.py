@@ -113,3 +113,18 @@ def test_password_key_file_bound_to_identity(tmp_path):
     assert "k" * 10 not in open(path).read()  # stored encoded, never a password
     with pytest.raises(KeyFileError, match="another identity"):
         crypto.load_password_key(path, COORDINATOR.public_raw)
+
+
+def test_password_key_file_readable_by_others_is_refused(tmp_path):
+    """K is password-equivalent for HomeChannel sign-ins: its file is refused when
+    group or others may read it, with the advice the identity key gets.  How this
+    was shown to fail: the old loader read a 0644 file."""
+    path = str(tmp_path / "password.json")
+    crypto.save_password_key(path, SERVER.public_raw, b"k" * 32)
+    for mode in (0o644, 0o640, 0o604):
+        os.chmod(path, mode)
+        with pytest.raises(KeyFileError, match=rf"password key file .* is readable by others "
+                                               rf"\(mode {mode:04o}\): run 'chmod 600 {path}'"):
+            crypto.load_password_key(path, SERVER.public_raw)
+    os.chmod(path, 0o600)
+    assert crypto.load_password_key(path, SERVER.public_raw) == b"k" * 32

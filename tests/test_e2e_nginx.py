@@ -7,10 +7,14 @@ from ::1, nginx from 127.0.0.1)."""
 
 import base64
 import hashlib
+import http.client
 import os
 import re
 import signal
+import socket
+import ssl
 import subprocess
+import time
 
 import pytest
 
@@ -95,11 +99,10 @@ def spki_hash(cert):
     return base64.b64encode(hashlib.sha256(spki).digest()).decode()
 
 
-def test_chromium_through_nginx_with_trusted_proxies(tmp_path, twistd, nginx):
-    path = require_tool("chromium", "chromium")
-    from playwright.sync_api import sync_playwright
-
-    # The coordinator on loopback tcp, trusting nginx (127.0.0.1) only.
+def behind_example_nginx(tmp_path, twistd, nginx):
+    """The coordinator (and a home server) on loopback tcp, trusting nginx (127.0.0.1)
+    only, behind nginx with the example as shipped; returns (pair, coordinator, server,
+    the HTTPS port, the test CA, the leaf certificate)."""
     https_port = free_tcp_port()
     pair, coordinator, server = start_pair(twistd, tmp_path, coordinator_web={
         "public_url": f"https://{NAME}:{https_port}", "trusted_proxies": ["127.0.0.1"]})
@@ -115,6 +118,23 @@ def test_chromium_through_nginx_with_trusted_proxies(tmp_path, twistd, nginx):
     example = open(os.path.join(REPO, "conf", "nginx", "homechannel.conf")).read()
     nginx(render(example, https_port=https_port, http_port=free_tcp_port(),
                  upstream=pair.web_port, certs=str(certs), webroot=str(webroot)))
+    deadline = time.monotonic() + 15
+    while True:     # nginx is listening
+        try:
+            socket.create_connection(("127.0.0.1", https_port), 1).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "nginx did not listen"
+            time.sleep(0.05)
+    return pair, coordinator, server, https_port, ca, leaf
+
+
+def test_chromium_through_nginx_with_trusted_proxies(tmp_path, twistd, nginx):
+    path = require_tool("chromium", "chromium")
+    from playwright.sync_api import sync_playwright
+
+    pair, coordinator, server, https_port, _, leaf = behind_example_nginx(tmp_path, twistd,
+                                                                         nginx)
 
     link = f"https://{NAME}:{https_port}/#server={pair.server_key.text}"
     args = CHROMIUM_ARGS + [
@@ -149,3 +169,82 @@ def test_chromium_through_nginx_with_trusted_proxies(tmp_path, twistd, nginx):
             browser.close()
     access = (tmp_path / "nginx" / "access.log").read_text()
     assert re.search(r"^::1 .*POST /api/connect", access, re.M), access
+
+
+def _tls(https_port, ca):
+    """A TLS connection to nginx on 127.0.0.1, checked against the test CA."""
+    context = ssl.create_default_context(cadata=ca.root_pem.decode())
+    sock = socket.create_connection(("127.0.0.1", https_port), timeout=30)
+    return context.wrap_socket(sock, server_hostname=NAME)
+
+
+class _Client(http.client.HTTPSConnection):
+    """Keep-alive HTTPS to nginx on 127.0.0.1 (as coordinator.test), test CA checked."""
+
+    def __init__(self, https_port, ca):
+        super().__init__(NAME, https_port, timeout=30)
+        self.ca = ca
+
+    def connect(self):
+        self.sock = _tls(self.port, self.ca)
+
+    def get(self, path):
+        """(status, whether the coordinator signed the response)."""
+        self.request("GET", path)
+        response = self.getresponse()
+        response.read()
+        return response.status, response.getheader("X-HomeChannel-Signature") is not None
+
+
+def test_example_limits_requests_in_progress_and_api_rate_per_client(tmp_path, twistd, nginx):
+    """The coordinator exempts its trusted proxy from the per-source connection cap,
+    so the example enforces it: with 64 requests in progress from one address (POSTs
+    whose bodies have not arrived) the 65th is refused with nginx's 429, and served
+    again once one ends; and a burst of API requests beyond 40 is refused by nginx
+    (429 without the coordinator's signature) before the coordinator sees it, while
+    pages are not rate-limited.  How this was shown to fail: with the example before
+    the limits, the 65th request was served (200); with only the limit_req line taken
+    out, the lookups went on until the coordinator's own (signed) 429 at the 61st."""
+    pair, coordinator, server, https_port, ca, _ = behind_example_nginx(tmp_path, twistd,
+                                                                       nginx)
+    held = []
+    try:
+        for _ in range(64):
+            conn = _tls(https_port, ca)
+            conn.sendall(f"POST /held HTTP/1.1\r\nHost: {NAME}\r\nContent-Type: "
+                         "application/json\r\nContent-Length: 100\r\n\r\n".encode())
+            held.append(conn)
+        deadline = time.monotonic() + 10
+        while True:     # refused once nginx has read every held request's head
+            status = _Client(https_port, ca).get("/healthz")[0]
+            if status == 429 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert status == 429
+        held.pop().close()
+        deadline = time.monotonic() + 10
+        while True:
+            status = _Client(https_port, ca).get("/healthz")[0]
+            if status == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert status == 200
+    finally:
+        for conn in held:
+            conn.close()
+
+    time.sleep(4.5)     # the burst allowance refills (10 a second)
+    conn = _Client(https_port, ca)
+    pages = [conn.get("/healthz")[0] for _ in range(100)]
+    start = time.monotonic()
+    got = []
+    while (429, False) not in got and len(got) < 200:
+        got.append(conn.get(f"/api/servers/{pair.server_key.text}"))
+    took = time.monotonic() - start
+    conn.close()
+    assert pages == [200] * 100      # pages are not rate-limited
+    assert got[-1] == (429, False), got      # nginx's refusal, not the coordinator's
+    passed = got[:-1]
+    assert passed == [(200, True)] * len(passed), got
+    # the first and a burst of 40, plus what 10 a second refilled meanwhile
+    assert 41 <= len(passed) <= 41 + 10 * took + 2, (len(passed), took)

@@ -180,6 +180,60 @@ def test_upload_and_sizes(root):
     assert got[-1].type == frames.RES and (root / "up.bin").read_bytes() == b"new"
 
 
+@pytest.fixture
+def umask():
+    """Set the process's umask for one test (restored after it)."""
+    old = os.umask(0o022)
+
+    def set_umask(mask):
+        os.umask(mask)
+    try:
+        yield set_umask
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize("mask, mode", [(0o077, 0o600), (0o027, 0o640), (0o022, 0o644),
+                                        (0o002, 0o664)], ids=["077", "027", "022", "002"])
+def test_uploaded_file_mode_follows_the_umask(root, umask, mask, mode):
+    """A new upload gets ``0666 & ~umask`` (mkdir honours the umask too), so the
+    unit's UMask=0077 keeps uploads private.  How this was shown to fail: with the
+    old fixed ``fchmod(0o644)`` the 077 case gave 0644."""
+    umask(mask)
+    c = Client(root)
+    assert c.upload("new.txt", b"private")[-1].type == frames.RES
+    assert stat.S_IMODE(os.stat(root / "new.txt").st_mode) == mode
+    assert c.request(3, {"op": "mkdir", "root": 0, "path": "d"})[-1].type == frames.RES
+    assert stat.S_IMODE(os.stat(root / "d").st_mode) == 0o777 & ~mask & 0o755
+
+
+def test_overwriting_upload_keeps_the_replaced_files_mode(root, umask):
+    """Replacing a file keeps its permission bits (an executable stays one, a private
+    file private), but never setuid or setgid.  How this was shown to fail: the old
+    code made every upload 0644."""
+    umask(0o022)
+    c = Client(root)
+    for rid, (before, after) in enumerate([(0o600, 0o600), (0o750, 0o750),
+                                           (0o4755, 0o755)], start=2):
+        target = root / f"f{rid}"
+        target.write_bytes(b"old")
+        os.chmod(target, before)
+        got = c.upload(target.name, b"new", rid=rid, overwrite=True)
+        assert got[-1].type == frames.RES, got[-1]
+        assert target.read_bytes() == b"new"
+        assert stat.S_IMODE(os.stat(target).st_mode) == after
+
+
+def test_process_umask_without_proc(tmp_path):
+    """Without /proc the umask read once at import is used (never set again later)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert files.process_umask() == files._proc_umask() == mask
+    assert files.process_umask(str(tmp_path / "no-proc")) == files._IMPORT_UMASK
+    (tmp_path / "status").write_text("Name:\tx\nUmask:\t0027\nState:\tR\n")
+    assert files.process_umask(str(tmp_path / "status")) == 0o027
+
+
 def test_upload_too_large_refused_up_front(root):
     c = Client(root, max_upload=1000)
     got = c.request(1, {"op": "upload", "root": 0, "path": "x", "size": 1001})

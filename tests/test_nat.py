@@ -104,7 +104,7 @@ def native_connect(topo, pair, tmp_path, *extra, timeout=90):
     proc = topo.popen("client", [sys.executable, "-m", "homechannel.cli", "connect",
                                  "--server", pair.link, "--password-file", str(password),
                                  "--coordinator-key", pair.coordinator_key.text,
-                                 "--no-device-token", *extra],
+                                 "--no-device-token", "--insecure-http", *extra],
                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     out, err = proc.communicate(timeout=timeout)
     m = re.search(r"^path: (\w+)/(\w+)$", err, re.M)
@@ -191,7 +191,8 @@ def native_offer(topo, pair, tmp_path):
     import subprocess
     return topo.popen("client", [sys.executable, "-m", "homechannel.cli", "connect",
                                  "--server", pair.link, "--password-file", str(password),
-                                 "--coordinator-key", pair.coordinator_key.text],
+                                 "--coordinator-key", pair.coordinator_key.text,
+                                 "--insecure-http"],
                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -258,16 +259,17 @@ TURN_SECRET = "nat-test-turn-secret-0123456789abcdef"
 
 @pytest.fixture
 def turn_pair(topology_factory, tmp_path, twistd):
-    """A symmetric client NAT and coturn (shared secret) on the public host; TURN is
+    """A symmetric client NAT and coturn (shared secret) on the public host, with the
+    README's relay policy (private and local peers denied, no TCP relays); TURN is
     configured only at the coordinator.  Yields (topology, pair, coordinator, server)."""
-    from services import coturn
+    from services import coturn, readme_coturn_policy
 
     topo = topology_factory(client_nat="symmetric")
     secret = tmp_path / "turn-secret"
     secret.write_text(TURN_SECRET + "\n")
     (tmp_path / "coturn").mkdir()
     with coturn(tmp_path / "coturn", TURN_SECRET, listen=nat.PUBLIC_HOST,
-                prefix=topo.exec_prefix("pub")):
+                prefix=topo.exec_prefix("pub"), extra=readme_coturn_policy()):
         pair, coordinator, server = nat.start_nat_pair(
             twistd, tmp_path, topo, coordinator={"turn": {
                 "urls": [f"turn:{nat.PUBLIC_HOST}:3478?transport=udp",

@@ -5,6 +5,7 @@ runs inside tests/netns-run."""
 import asyncio
 import os
 import secrets
+import stat
 import subprocess
 
 import pytest
@@ -12,8 +13,9 @@ import pytest
 import services
 from helpers import free_tcp_port
 from homechannel.config import ServerApps, TerminalApp
+from homechannel.errors import Unavailable
 from homechannel.server.apps import AppHost, frames
-from homechannel.server.apps.terminal import HostKeyStore
+from homechannel.server.apps.terminal import HostKeyStore, load_identity
 from homechannel.server.apps.testing import ClientChannel, connect_pair, private_reactor
 
 
@@ -136,3 +138,55 @@ def test_no_sshd_is_a_clear_error(tmp_path):
 
     run_terminal(tmp_path, free_tcp_port(), body)
 
+
+
+# -- the home server's own SSH key (apps.terminal.identity_key) -----------------------
+
+
+@pytest.fixture
+def umask_002():
+    old = os.umask(0o002)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def test_ssh_key_is_created_private_with_a_public_half(tmp_path, umask_002):
+    """Created on first use through ``crypto.write_secret_file`` (0600), with the
+    ``.pub`` at an explicit 0644 whatever the umask; loaded again unchanged.  How
+    this was shown to fail: the old code wrote the ``.pub`` with the umask's mode
+    (0664 here)."""
+    path = str(tmp_path / "state" / "terminal_key")
+    key = load_identity(path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(path + ".pub").st_mode) == 0o644
+    pub = open(path + ".pub", "rb").read()
+    assert pub == key.public().toString("openssh", comment=b"homechannel-terminal") + b"\n"
+    assert load_identity(path) == key
+    assert sorted(os.listdir(tmp_path / "state")) == ["terminal_key", "terminal_key.pub"]
+
+
+def test_ssh_key_readable_by_others_is_refused(tmp_path):
+    """As ``IdentityKey.load`` (and ssh itself) does.  How this was shown to fail:
+    the old loader used a 0644 key as it was."""
+    path = str(tmp_path / "terminal_key")
+    load_identity(path)
+    os.chmod(path, 0o644)
+    with pytest.raises(Unavailable, match=r"readable by others \(mode 0644\): run "
+                                          r"'chmod 600 .*terminal_key'") as e:
+        load_identity(path)
+    assert e.value.code == "bad-key"
+
+
+def test_ssh_key_is_never_written_through_a_link(tmp_path):
+    """A dangling symlink where the key should be: a clear refusal, nothing created
+    at the link's target.  How this was shown to fail: the old code (``exists()``,
+    then ``O_EXCL``) raised a bare FileExistsError, which is not a HomeChannelError,
+    out of the session."""
+    path = tmp_path / "terminal_key"
+    path.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(Unavailable) as e:
+        load_identity(str(path))
+    assert e.value.code == "bad-key" and "terminal's SSH key" in str(e.value)
+    assert not (tmp_path / "elsewhere").exists()

@@ -199,3 +199,104 @@ def test_coordinator_starts_with_string_ice_servers_and_turn(tmp_path, twistd):
     ice = json.loads(text.split("export const iceServers = ", 1)[1].split(";\n", 1)[0])
     assert ice == [{"urls": "stun:stun.example:3478"}, {"urls": "stun:other.example"}]
     assert "turn:" not in text and "credential" not in text
+
+
+# -- the README's coturn policy against a real coturn (review #11) -------------------------
+
+DENIED = ["0.1.2.3", "10.1.2.3", "100.64.0.1", "100.127.255.254", "127.0.0.2",
+          "169.254.169.254", "172.16.0.1", "172.31.255.254", "192.168.1.1"]
+ALLOWED = ["198.51.100.7", "203.0.113.5", "100.128.0.1", "172.32.0.1", "11.0.0.1",
+           "169.255.0.1"]
+DENIED6 = ["::1", "fc00::5", "fd12:3456::1", "fe80::1", "febf::1", "::ffff:10.0.0.1",
+           "::ffff:198.51.100.7"]
+ALLOWED6 = ["2001:db8::1", "2a00:1450::1", "fec0::1"]
+
+
+async def _turn_client(host, port, entry, transport="udp"):
+    """An aioice TURN client protocol (not yet allocated) for coturn at host:port."""
+    from aioice import turn as aioice_turn
+
+    loop = asyncio.get_running_loop()
+    args = dict(username=entry["username"], password=entry["credential"], lifetime=600,
+                channel_refresh_time=300)
+    if transport == "tcp":
+        _, proto = await loop.create_connection(
+            lambda: aioice_turn.TurnClientTcpProtocol((host, port), **args), host, port)
+    else:
+        _, proto = await loop.create_datagram_endpoint(
+            lambda: aioice_turn.TurnClientUdpProtocol((host, port), **args),
+            remote_addr=(host, port))
+    return proto
+
+
+async def _outcome(proto, request):
+    """200, or the TURN error code coturn answered *request* with."""
+    from aioice import stun
+
+    try:
+        await proto.request_with_retry(request)
+        return 200
+    except stun.TransactionFailed as e:
+        return e.response.attributes["ERROR-CODE"][0]
+
+
+async def _permissions(host, port, entry, peers):
+    """{peer: 200 or error code} for a CreatePermission to each peer, on one allocation."""
+    from aioice import stun
+
+    proto = await _turn_client(host, port, entry)
+    await proto.connect()
+    try:
+        out = {}
+        for peer in peers:
+            request = stun.Message(message_method=stun.Method.CREATE_PERMISSION,
+                                   message_class=stun.Class.REQUEST)
+            request.attributes["XOR-PEER-ADDRESS"] = (peer, 9)
+            out[peer] = await _outcome(proto, request)
+        return out
+    finally:
+        proto.refresh_task.cancel()
+        proto.transport.close()
+
+
+async def _tcp_allocation(host, port, entry):
+    """The outcome of an Allocate for a TCP relay (RFC 6062), over TCP."""
+    from aioice import stun
+
+    proto = await _turn_client(host, port, entry, "tcp")
+    try:
+        request = stun.Message(message_method=stun.Method.ALLOCATE,
+                               message_class=stun.Class.REQUEST)
+        request.attributes["LIFETIME"] = 600
+        request.attributes["REQUESTED-TRANSPORT"] = 6 << 24      # TCP
+        return await _outcome(proto, request)
+    finally:
+        proto.transport.close()
+
+
+@pytest.mark.e2e
+def test_readme_coturn_policy_keeps_the_relay_off_private_and_local_peers(tmp_path):
+    """coturn run with the README's peer policy refuses (403) permissions towards this
+    host, the private, carrier-grade NAT, link-local (cloud metadata) and IPv6 local
+    ranges, and TCP relays (no-tcp-relay: 442), while public peers are allowed.  How
+    this was shown to fail: with the README's old policy (RFC 1918 only, TCP relays
+    on), 100.64.0.1, 169.254.169.254, fc00::/7, fe80::/10 and ::ffff:10.0.0.1 got
+    permissions and the TCP allocation succeeded (coturn 4.6.1 itself denies only
+    0.0.0.0/8 and loopback)."""
+    import time
+
+    from services import coturn, readme_coturn_policy
+
+    policy = readme_coturn_policy()
+    assert "no-tcp-relay" in policy
+    entry = minter(now=time.time()).mint()
+    (tmp_path / "v4").mkdir()
+    with coturn(tmp_path / "v4", SECRET.decode(), extra=policy) as port:
+        got = asyncio.run(_permissions("127.0.0.1", port, entry, DENIED + ALLOWED))
+        assert got == {**{p: 403 for p in DENIED}, **{p: 200 for p in ALLOWED}}
+        assert asyncio.run(_tcp_allocation("127.0.0.1", port, entry)) == 442
+    (tmp_path / "v6").mkdir()
+    with coturn(tmp_path / "v6", SECRET.decode(), listen="::1",
+                extra=[*policy, "allocation-default-address-family=keep"]) as port:
+        got = asyncio.run(_permissions("::1", port, entry, DENIED6 + ALLOWED6))
+        assert got == {**{p: 403 for p in DENIED6}, **{p: 200 for p in ALLOWED6}}

@@ -729,3 +729,23 @@ def test_trusted_proxies_that_are_not_addresses_are_a_config_error(entry):
 
     with pytest.raises(ConfigError, match="web.trusted_proxies"):
         config._build(config.CoordinatorConfig, {"web": {"trusted_proxies": [entry]}}, "")
+
+
+def test_signature_header_name_is_defined_once():
+    """The header that carries the coordinator's signature is named in one place
+    (``connect.SIGNATURE_HEADER``) that the coordinator's two HTTP layers and the
+    native client import.  How this was shown to fail: on the tree before the
+    change, web.py, httpserver.py and client.py each defined it."""
+    from homechannel import connect
+
+    package = os.path.dirname(os.path.dirname(os.path.abspath(web.__file__)))
+    defining = set()
+    for folder, _, files in os.walk(package):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                with open(path, encoding="utf-8") as f:
+                    if "X-HomeChannel-Signature\"" in f.read():
+                        defining.add(os.path.relpath(path, package))
+    assert defining == {"connect.py"}
+    assert connect.SIGNATURE_HEADER == "X-HomeChannel-Signature"

@@ -37,11 +37,9 @@ from dataclasses import dataclass
 from twisted.logger import Logger
 from twisted.web import http, server
 
-from homechannel import crypto
+from homechannel import connect, crypto
 from homechannel.coordinator.ratelimit import TrustedProxies, source_key
 from homechannel.coordinator.shares import Shares
-
-SIGNATURE_HEADER = b"X-HomeChannel-Signature"   # as coordinator.web signs its responses
 
 
 @dataclass(frozen=True)
@@ -205,7 +203,7 @@ class LimitedChannel(http.HTTPChannel):
                    b"Connection: close"]
         signature = self.site.sign(path.decode("utf-8", "replace"), body)
         if signature is not None:
-            headers.append(SIGNATURE_HEADER + b": " + signature)
+            headers.append(connect.SIGNATURE_HEADER.encode("ascii") + b": " + signature)
         self.transport.write(b"\r\n".join(headers) + b"\r\n\r\n" + body)
         self.loseConnection()
         self._abort_later()

@@ -37,7 +37,6 @@ from homechannel.coordinator.broker import Broker, whole_seconds
 from homechannel.coordinator.ratelimit import TrustedProxies
 from homechannel.errors import BadRequest, HomeChannelError, PayloadTooLarge, Unavailable
 
-SIGNATURE_HEADER = b"X-HomeChannel-Signature"
 CSP = (b"default-src 'self'; connect-src 'self'; img-src 'self' data: blob:; "
        b"style-src 'self'; script-src 'self'; frame-ancestors 'none'")
 
@@ -274,7 +273,7 @@ class CoordinatorWeb:
         if origin is not None:
             request.setHeader(b"Access-Control-Allow-Origin", origin.encode("ascii"))
             request.setHeader(b"Access-Control-Expose-Headers",
-                              SIGNATURE_HEADER + b", Retry-After")
+                              (connect.SIGNATURE_HEADER + ", Retry-After").encode("ascii"))
         if self._cors:
             request.setHeader(b"Vary", b"Origin")
 
@@ -365,6 +364,7 @@ class CoordinatorWeb:
         request.setResponseCode(status)
         request.setHeader(b"Content-Type", b"application/json")
         request.setHeader(b"Cache-Control", b"no-store")
-        request.setHeader(SIGNATURE_HEADER, crypto.b64u_encode(signature).encode("ascii"))
+        request.setHeader(connect.SIGNATURE_HEADER.encode("ascii"),
+                          crypto.b64u_encode(signature).encode("ascii"))
         return body
 

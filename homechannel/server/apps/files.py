@@ -54,6 +54,40 @@ TEMP_SUFFIX = ".part"
 _WRITES = {"upload", "mkdir", "rename", "delete"}
 
 
+def _proc_umask(status="/proc/self/status"):
+    """The umask from the ``Umask:`` line of *status* (Linux 4.7+), or None."""
+    try:
+        with open(status, encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8) & 0o777
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _swap_umask():
+    # Without /proc, os.umask() can only be read by setting it, and the umask is
+    # process-wide: so this runs once, while the module is imported (before the
+    # reactor's thread pool creates files), and sets 0077 for that instant, so a
+    # file created meanwhile could only be more private, never less.
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+_IMPORT_UMASK = _proc_umask()
+if _IMPORT_UMASK is None:
+    _IMPORT_UMASK = _swap_umask()
+
+
+def process_umask(status="/proc/self/status"):
+    """The process's umask, read without changing it (``/proc/self/status``), or,
+    without /proc, as it was when this module was imported."""
+    mask = _proc_umask(status)
+    return mask if mask is not None else _IMPORT_UMASK
+
+
 _OS_ERRORS = {
     errno.ENOENT: (errors.NotFound, "not-found", "does not exist"),
     errno.ENOTDIR: (errors.BadRequest, "not-a-directory", "is not a directory"),
@@ -112,6 +146,9 @@ class FilesSession:
         self.link = link
         self.reactor = reactor
         self.roots = paths.Roots(config.roots)
+        # The mode of a new uploaded file, as mkdir and every other program honour the
+        # umask (the systemd unit's UMask=0077 gives 0600); read once per session.
+        self.upload_mode = 0o666 & ~process_umask()
         self._thread = defer_to_thread or (
             lambda f, *a: threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *a))
         self.requests = {}  # id -> _Download | _Upload | "busy"
@@ -440,6 +477,7 @@ class _Upload:
         self.dir_fd = None  # the target's directory, held from the walk to the rename
         self.temp = None
         self.name = None
+        self.mode = session.upload_mode   # a replaced regular file's permissions are kept
         self.hash = hashlib.sha256()
 
     async def run(self):
@@ -456,6 +494,8 @@ class _Upload:
                     raise errors.BadRequest(f"{self.rel!r} already exists", "exists")
                 if not (statmod.S_ISREG(st.st_mode) or statmod.S_ISLNK(st.st_mode)):
                     raise _not_a_file(self.rel)  # a FIFO, device or socket is not replaced either
+                if statmod.S_ISREG(st.st_mode):
+                    self.mode = statmod.S_IMODE(st.st_mode) & 0o777   # never setuid/setgid
             # the bytes go to a new file (O_EXCL|O_NOFOLLOW) in the target's own
             # directory fd, which the final rename uses too: nothing is resolved again
             temp = f"{TEMP_PREFIX}{uuid.uuid4().hex}{TEMP_SUFFIX}"
@@ -570,7 +610,7 @@ class _Upload:
         if self.written != self.size:
             raise errors.BadRequest(f"received {self.written} bytes, the upload declared {self.size}", "size-mismatch")
         os.fsync(self.fd)
-        os.fchmod(self.fd, 0o644)
+        os.fchmod(self.fd, self.mode)
         digest = self.hash.hexdigest()
         if self.expected_sha is not None and digest != self.expected_sha:
             raise errors.BadRequest("the uploaded bytes do not match the SHA-256 the client sent", "hash-mismatch")

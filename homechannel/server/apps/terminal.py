@@ -36,7 +36,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 
-from homechannel import errors
+from homechannel import crypto, errors
 from homechannel.logfilter import protocol_logger
 from homechannel.server.apps import frames
 
@@ -103,26 +103,42 @@ class _Transport(transport.SSHClientTransport):
 
 
 def load_identity(path):
-    """The SSH key at *path* (OpenSSH or PEM private key, unencrypted); created as a
-    new Ed25519 key (mode 0600, with ``<path>.pub``) if the file does not exist."""
-    if not os.path.exists(path):
-        from cryptography.hazmat.primitives.asymmetric import ed25519
-
-        key = keys.Key(ed25519.Ed25519PrivateKey.generate())
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(key.toString("openssh"))
-        with open(path + ".pub", "wb") as f:
-            f.write(key.public().toString("openssh", comment=b"homechannel-terminal") + b"\n")
-        log.info("terminal: created the SSH key {path}; to let the terminal sign in with it, "
-                 "add {path}.pub to ~/.ssh/authorized_keys of the users concerned", path=path)
-        return key
+    """The SSH key at *path* (OpenSSH or PEM private key, unencrypted, mode 0600);
+    created as a new Ed25519 key (``crypto.write_secret_file``: mode 0600, never
+    over an existing file) with ``<path>.pub`` (mode 0644) if the file does not
+    exist.  Every problem is an ``Unavailable`` with the code ``bad-key``."""
     try:
-        return keys.Key.fromFile(path)
+        if not os.path.lexists(path):
+            return _create_identity(path)
+        with open(path, "rb") as f:
+            crypto.check_private_mode(path, os.fstat(f.fileno()).st_mode,
+                                      "the terminal's SSH key")
+            data = f.read()
+        return keys.Key.fromString(data)
+    except errors.KeyFileError as e:
+        raise errors.Unavailable(str(e), "bad-key") from None
     except (OSError, keys.BadKeyError, keys.EncryptedKeyError, ValueError) as e:
         raise errors.Unavailable(f"cannot use the terminal's SSH key {path} ({e}); it must be an "
                                  f"unencrypted private key", "bad-key") from None
+
+
+def _create_identity(path):
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = keys.Key(ed25519.Ed25519PrivateKey.generate())
+    crypto.write_secret_file(path, key.toString("openssh"))
+    public = key.public().toString("openssh", comment=b"homechannel-terminal") + b"\n"
+    tmp = f"{path}.pub.tmp.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    try:
+        os.fchmod(fd, 0o644)     # public: whatever the umask, as ssh-keygen writes it
+        os.write(fd, public)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path + ".pub")
+    log.info("terminal: created the SSH key {path}; to let the terminal sign in with it, "
+             "add {path}.pub to ~/.ssh/authorized_keys of the users concerned", path=path)
+    return key
 
 
 class _UserAuth(userauth.SSHUserAuthClient):
