@@ -133,6 +133,13 @@ class Topology:
             for name in self.ns.values():
                 _run("ip", "netns", "add", name)
                 self._made.append(name)
+                # IPv4 only, and no IPv6 at all: a link-local address finishing
+                # duplicate address detection a second after "link up" is a network
+                # change to Chromium, which fails its page loads in flight with
+                # ERR_NETWORK_CHANGED (seen in CI).  Off before any link exists.
+                _run("ip", "netns", "exec", name, "sysctl", "-qw",
+                     "net.ipv6.conf.all.disable_ipv6=1",
+                     "net.ipv6.conf.default.disable_ipv6=1", check=False)
                 _run("ip", "-n", name, "link", "set", "lo", "up")
             self.ip("pub", "link", "add", "br0", "type", "bridge")
             self.ip("pub", "link", "set", "br0", "up")
