@@ -101,6 +101,12 @@ class Coordinator:
         if len(raw) > MAX_RESPONSE:
             raise ProtocolError(f"the coordinator's response to {path} is too large")
         signature = headers.get(flow.SIGNATURE_HEADER)
+        if signature is None and status >= 400:
+            # A refusal with no signature comes from something in between (a reverse
+            # proxy's 429 or 502, a load balancer's 503): nothing in it is used, but it
+            # is told as what it is, not as an attack.
+            raise _api_error(status, {"error": UNSIGNED_REFUSAL.format(status=status),
+                                      "code": flow.UNSIGNED_REFUSAL}, path)
         try:
             if signature is None:
                 raise AuthenticationError("no signature header")
@@ -121,6 +127,11 @@ class Coordinator:
             raise ProtocolError(f"the coordinator's response to {path} is not a JSON object") \
                 from None
         return status, result
+
+
+UNSIGNED_REFUSAL = ("HTTP {status} without the coordinator's signature: a reverse proxy or "
+                    "load balancer in front of the coordinator refused the request (try again "
+                    "later; if it persists, tell the coordinator's operator)")
 
 
 def _api_error(status, doc, context):

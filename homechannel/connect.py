@@ -57,6 +57,9 @@ DEVICE_TOKEN_PREFIX = "hcdev1"
 # set by ``coordinator/web.py`` and ``coordinator/httpserver.py``, checked by ``client.py``
 # (and by ``static/js/api.js``).
 SIGNATURE_HEADER = "X-HomeChannel-Signature"
+# A client's code for an error response without that header (a reverse proxy's own 429
+# or 502): shown as such, nothing in it used.  A success without it is an attack.
+UNSIGNED_REFUSAL = "unsigned-refusal"
 
 # -- codes of the home server's refusals ---------------------------------------
 # (code -> the error class and message the coordinator gives the browser)

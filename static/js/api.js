@@ -36,6 +36,14 @@ export class Coordinator {
     }
     const raw = new Uint8Array(await response.arrayBuffer());
     const sigText = response.headers.get("X-HomeChannel-Signature");
+    if (!sigText && response.status >= 400) {
+      // A refusal without the coordinator's signature comes from something in between
+      // (a reverse proxy's 429 or 502): nothing in it is used, and it is not an attack alarm.
+      throw new ApiError(response.status, "unsigned-refusal",
+        `The coordinator's address answered HTTP ${response.status} without the coordinator's ` +
+        "signature: a proxy in front of it refused the request. Try again in a minute; if it " +
+        "persists, tell the coordinator's operator.");
+    }
     const signedPath = new URL(response.url || this.base + path, location.href).pathname;
     let ok = false;
     try {

@@ -258,7 +258,8 @@ function explain(error) {
         return new ConnectError("relay-failed", "The coordinator could not reach the home " +
           "server. Try again in a moment.");
       case "network":
-        return new ConnectError("network", error.message);
+      case "unsigned-refusal":
+        return new ConnectError(error.code, error.message);
       default:
         return new ConnectError(error.code || "error", `The connection failed: ${error.message}`);
     }

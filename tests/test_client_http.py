@@ -1,0 +1,149 @@
+"""How both clients read the coordinator's HTTP responses (``client.Coordinator`` and
+``static/js/api.js`` in node), against a real HTTP server on loopback: a signed error is
+the coordinator's and is reported with its code; an error with no signature header at all
+comes from something in between (a reverse proxy's 429 or 502) and is reported as that,
+with nothing in it used; anything else without a valid signature (a success without one,
+or an error with a bad one) is refused as not the coordinator's.
+
+How this was shown to fail: before the unsigned-refusal branch, nginx's 429 (and a 502)
+was reported by both clients as "not signed by the coordinator key ... someone changed
+the response"; with the branch taking every unsigned response (not only errors), the
+unsigned 200 case was no longer refused as not the coordinator's."""
+
+import asyncio
+import http.server
+import json
+import os
+import shutil
+import subprocess
+import threading
+
+import pytest
+
+from homechannel import client, crypto
+from homechannel.connect import SIGNATURE_HEADER, UNSIGNED_REFUSAL
+from homechannel.errors import AuthenticationError, TooManyRequests, Unavailable
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KEY = crypto.IdentityKey.generate()
+NGINX_429 = (b"<html>\r\n<head><title>429 Too Many Requests</title></head>\r\n<body>\r\n"
+             b"<center><h1>429 Too Many Requests</h1></center>\r\n</body>\r\n</html>\r\n")
+SIGNED_429 = json.dumps({"error": "too many connection attempts from your address",
+                         "code": "rate-limited", "retry_after": 7}).encode()
+
+# path -> (status, body, signature: "good", "bad" or None)
+RESPONSES = {
+    "/api/unsigned-429": (429, NGINX_429, None),
+    "/api/unsigned-502": (502, b"<html>502 Bad Gateway</html>", None),
+    "/api/unsigned-200": (200, b'{"online": true}', None),
+    "/api/bad-signature-429": (429, SIGNED_429, "bad"),
+    "/api/signed-429": (429, SIGNED_429, "good"),
+}
+
+EXPECTED = {      # what each client makes of it: error class name and code
+    "/api/unsigned-429": ("TooManyRequests", UNSIGNED_REFUSAL),
+    "/api/unsigned-502": ("Unavailable", UNSIGNED_REFUSAL),
+    "/api/unsigned-200": ("signature", None),
+    "/api/bad-signature-429": ("signature", None),
+    "/api/signed-429": ("TooManyRequests", "rate-limited"),
+}
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        status, body, signature = RESPONSES[self.path]
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json" if body.startswith(b"{")
+                         else "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Access-Control-Allow-Origin", "*")
+        if signature is not None:
+            sig = KEY.sign(crypto.response_signature_message(self.path, body))
+            if signature == "bad":
+                sig = bytes([sig[0] ^ 1]) + sig[1:]
+            self.send_header(SIGNATURE_HEADER, crypto.b64u_encode(sig))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def _python(url, path):
+    coordinator = client.Coordinator(url, KEY.public_raw, http_timeout=10)
+    try:
+        status, doc = asyncio.run(coordinator.call(path))
+        if status >= 400:       # a signed error: the callers map it so
+            raise client._api_error(status, doc, path)
+    except AuthenticationError as e:
+        assert "not signed by the coordinator key" in str(e)
+        return ("signature", None), str(e), coordinator.verified
+    except (TooManyRequests, Unavailable) as e:
+        return (type(e).__name__, e.code), str(e), coordinator.verified
+    raise AssertionError(f"{path} was accepted")
+
+
+@pytest.mark.parametrize("path", sorted(RESPONSES))
+def test_native_client(server, path):
+    got, message, verified = _python(server, path)
+    assert got == EXPECTED[path]
+    if got[1] == UNSIGNED_REFUSAL:
+        status = RESPONSES[path][0]
+        assert f"HTTP {status} without the coordinator's signature" in message
+        assert "reverse proxy" in message and "<html>" not in message
+        assert not verified     # an unsigned response verifies nothing
+    if path == "/api/signed-429":
+        assert "too many connection attempts" in message
+
+
+RUNNER = """
+import { Coordinator, ApiError, SignatureError } from "./api.js";
+const [base, key, ...paths] = process.argv.slice(2);
+globalThis.location = { href: base + "/" };
+const out = {};
+for (const path of paths) {
+  try {
+    await new Coordinator(key, base).request("GET", path);
+    out[path] = ["accepted", null, ""];
+  } catch (e) {
+    if (e instanceof SignatureError) out[path] = ["signature", null, e.message];
+    else if (e instanceof ApiError) out[path] = [e.status, e.code, e.message];
+    else out[path] = ["other", String(e), ""];
+  }
+}
+console.log(JSON.stringify(out));
+"""
+
+
+def test_browser_client(server, tmp_path):
+    node = shutil.which("node")
+    assert node, "node (v20) is needed to test static/js/api.js"
+    for name in ("api.js", "crypto.js"):
+        shutil.copy(os.path.join(REPO, "static", "js", name), tmp_path / name)
+    (tmp_path / "package.json").write_text('{"type": "module"}')
+    (tmp_path / "run.mjs").write_text(RUNNER)
+    result = subprocess.run([node, "run.mjs", server, KEY.text, *sorted(RESPONSES)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    for path, (kind, code) in EXPECTED.items():
+        got_kind, got_code, message = out[path]
+        if kind == "signature":
+            assert got_kind == "signature", (path, out[path])
+            assert "not signed by its key" in message
+        else:
+            assert [got_kind, got_code] == [RESPONSES[path][0], code], (path, out[path])
+    assert "HTTP 429 without the coordinator's signature" in out["/api/unsigned-429"][2]
+    assert "<html>" not in out["/api/unsigned-429"][2]
