@@ -191,6 +191,14 @@ class Topology:
     def __exit__(self, *exc):
         self.down()
 
+    def block_outbound(self, side, port):
+        """The router of *side* drops what its LAN sends to *port* (UDP and TCP) on the
+        internet: a network whose firewall lets no TURN out, for one."""
+        router = "rhome" if side == "home" else "rclient"
+        self.run(router, "nft", "add", "rule", "ip", "homechannel_nat", "forward_filter",
+                 "oifname", "wan", "meta", "l4proto", "{", "tcp,", "udp", "}",
+                 "th", "dport", str(port), "drop")
+
     # -- events ----------------------------------------------------------------------
 
     def change_public_address(self, side="home", new=None):

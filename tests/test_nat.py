@@ -5,6 +5,7 @@ Configs carry no ICE settings unless a test says so: the coordinator's own
 STUN (on its registry UDP port) is what makes the cone case work.
 """
 
+import contextlib
 import os
 import re
 import sys
@@ -262,9 +263,14 @@ def turn_pair(topology_factory, tmp_path, twistd):
     """A symmetric client NAT and coturn (shared secret) on the public host, with the
     README's relay policy (private and local peers denied, no TCP relays); TURN is
     configured only at the coordinator.  Yields (topology, pair, coordinator, server)."""
+    with _turn_pair(topology_factory(client_nat="symmetric"), tmp_path, twistd) as made:
+        yield made
+
+
+@contextlib.contextmanager
+def _turn_pair(topo, tmp_path, twistd):
     from services import coturn, readme_coturn_policy
 
-    topo = topology_factory(client_nat="symmetric")
     secret = tmp_path / "turn-secret"
     secret.write_text(TURN_SECRET + "\n")
     (tmp_path / "coturn").mkdir()
@@ -301,3 +307,48 @@ def test_symmetric_nat_browser_and_native_client_connect_through_turn(turn_pair,
     assert path is not None and "relay" in path, err
     server.wait_for_log(r"session \S+ connected \(", since=mark, timeout=10)
     assert "relay" in path_of(server)
+
+
+def test_symmetric_home_nat_the_home_server_relays(topology_factory, tmp_path, twistd,
+                                                   nat_chromium):
+    """The home server behind a symmetric NAT, and a client whose network lets no TURN
+    out (its router drops port 3478): only the home server's own relay can join them,
+    so this shows that the home server uses the TURN credential the coordinator sends
+    it with the offer.  Chromium and the native client both connect, the home server's
+    side of the pair being a relay candidate.  How this was shown to fail: with the
+    home server's ICE servers taken from its config only (the relayed offer's
+    ice_servers ignored), Chromium does not connect (ICE fails)."""
+    from test_e2e_browser import connect, open_link
+
+    topo = topology_factory(home_nat="symmetric")
+    topo.block_outbound("client", 3478)
+    with _turn_pair(topo, tmp_path, twistd) as (topo, pair, coordinator, server):
+        page = nat_chromium(topo, pair.url)
+        open_link(page, pair)
+        connect(page, PASSWORD, timeout=45_000)
+        server.wait_for_log(r"session \S+ connected \(", timeout=10)
+        assert path_of(server)[0] == "relay", server.output[-2000:]
+        selected = page.evaluate(SELECTED_PAIR)
+        assert selected["local"] != "relay" and selected["remote"] in ("relay", "prflx"), \
+            selected
+
+        mark = server.mark()
+        status, out, path, err = native_connect(topo, pair, tmp_path)
+        assert status == 0, err
+        assert path is not None and path[0] != "relay", err
+        server.wait_for_log(r"session \S+ connected \(", since=mark, timeout=10)
+        assert path_of(server)[0] == "relay", server.output[-2000:]
+
+
+def test_symmetric_nats_on_both_sides_connect_through_turn(topology_factory, tmp_path,
+                                                           twistd):
+    """Both behind symmetric NATs, TURN only at the coordinator: the native client
+    connects through a relay (no direct pair exists).  How this was shown to fail:
+    without [turn] at the coordinator it gives the no-path advice."""
+    topo = topology_factory(home_nat="symmetric", client_nat="symmetric")
+    with _turn_pair(topo, tmp_path, twistd) as (topo, pair, coordinator, server):
+        status, out, path, err = native_connect(topo, pair, tmp_path)
+        assert status == 0, err
+        assert path is not None and "relay" in path, err
+        server.wait_for_log(r"session \S+ connected \(", timeout=10)
+        assert "relay" in path_of(server)
