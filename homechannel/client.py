@@ -367,7 +367,8 @@ async def connect(url, server_id, password, coordinator_key=None, ice_servers=()
     and checks it against *coordinators* (a :class:`KnownCoordinators`; None
     remembers nothing), which keeps every key that verified a response.
     *ice_servers* come first, then the ones the coordinator hands out (aiortc
-    uses only the first STUN and the first TURN entry).  *devices* is a
+    uses only the first STUN and the first TURN entry; when that TURN URL gives no
+    relay, the offer is gathered again with one of another transport).  *devices* is a
     :class:`DeviceStore` (None: keep no device token).
     """
     notify = notify or (lambda message: None)
@@ -388,7 +389,7 @@ async def connect(url, server_id, password, coordinator_key=None, ice_servers=()
             try:
                 result = await _attempt(coordinator, server_id, server_raw, await key, device,
                                         tuple(ice_servers), advertise_addresses, timeout,
-                                        connect_timeout, random_bytes, devices)
+                                        connect_timeout, random_bytes, devices, notify)
                 notify(path_line(result[0]))
                 return result
             except HomeChannelError as e:
@@ -419,7 +420,8 @@ def _remember_key(coordinators, coordinator, notify):
 
 
 async def _attempt(coordinator, server_id, server_raw, key, device, ice_servers,
-                   advertise_addresses, timeout, connect_timeout, random_bytes, devices):
+                   advertise_addresses, timeout, connect_timeout, random_bytes, devices,
+                   notify):
     """One attempt of the connect flow (docs/protocol.md section 2)."""
     from aiortc import RTCSessionDescription
 
@@ -444,12 +446,15 @@ async def _attempt(coordinator, server_id, server_raw, key, device, ice_servers,
         raise ProtocolError(f"the coordinator's ICE servers are malformed: {e}") from None
 
     # 2. The offer, the answer and the proof over this exact offer.
-    pc = webrtc.peer_connection(servers)
+    pc, control = await _gather_offer(servers, advertise_addresses)
+    alternative = webrtc.relay_alternative(servers, pc.localDescription.sdp)
+    if alternative is not None:
+        # aiortc uses one TURN URL; the first gave no relay (UDP blocked here?)
+        notify("the TURN relay gave no candidate over its first URL; trying "
+               f"{alternative[0].urls}")
+        await pc.close()
+        pc, control = await _gather_offer(alternative, advertise_addresses)
     try:
-        control = pc.createDataChannel("control")
-        webrtc.advertise_host_addresses(pc, advertise_addresses)
-        icechecks.prompt_triggered_checks(pc)
-        await pc.setLocalDescription(await pc.createOffer())
         offer = pc.localDescription.sdp
         client_fp = flow.sdp_fingerprint(offer)
         digest = crypto.offer_hash(offer)
@@ -496,6 +501,21 @@ async def _attempt(coordinator, server_id, server_raw, key, device, ice_servers,
         raise
 
 
+async def _gather_offer(servers, advertise_addresses):
+    """A new peer connection with its control channel and its offer (candidates
+    gathered) as the local description."""
+    pc = webrtc.peer_connection(servers)
+    try:
+        control = pc.createDataChannel("control")
+        webrtc.advertise_host_addresses(pc, advertise_addresses)
+        icechecks.prompt_triggered_checks(pc)
+        await pc.setLocalDescription(await pc.createOffer())
+    except BaseException:
+        await pc.close()
+        raise
+    return pc, control
+
+
 async def _wait_answer(coordinator, session, timeout):
     path = f"/api/sessions/{session}"
     deadline = time.monotonic() + timeout
@@ -533,7 +553,8 @@ def _common_options(p):
     p.add_argument("--ice-server", action="append", default=[], metavar="URL",
                    help="a STUN or TURN URL, tried before the ones the coordinator hands "
                         "out (repeatable; e.g. turn:turn.example:3478?transport=udp). "
-                        "aiortc uses only the first STUN and the first TURN server")
+                        "aiortc uses only the first STUN and the first TURN server (and "
+                        "the next TURN URL of another transport when that gives no relay)")
     p.add_argument("--ice-username", metavar="USER",
                    help="the username for the TURN servers given with --ice-server")
     p.add_argument("--ice-credential-file", metavar="FILE",

@@ -2,7 +2,8 @@
 
 The one place for what both aiortc sides need: ICE servers from settings,
 the peer connection factory, which host addresses to advertise, the DTLS
-certificate the peer actually presented, and which candidate pair was used.
+certificate the peer actually presented, which candidate pair was used, and
+which TURN URL to try next when the first gave no relay.
 Nothing here imports aiortc at module import time.
 
 Which host addresses to advertise
@@ -39,6 +40,36 @@ def ice_servers(entries):
             servers.append(RTCIceServer(urls=entry["urls"], username=entry.get("username"),
                                         credential=entry.get("credential")))
     return servers
+
+
+def relay_alternative(servers, sdp):
+    """ICE servers to gather again with, when the TURN URL aiortc used gave no relay.
+
+    aioice uses one TURN URL: the first usable one (``connection_kwargs``).  When the
+    local description *sdp* has no relay candidate from it (a network that lets no
+    UDP out, or nothing to that port) and a later URL reaches the relay over another
+    transport (``?transport=tcp``, ``turns:``), the servers with that one first;
+    otherwise None.  Browsers try every TURN URL themselves."""
+    from aiortc import RTCIceServer
+    from aiortc.rtcicetransport import connection_kwargs
+
+    def transport(kwargs):
+        return (kwargs["turn_transport"], kwargs["turn_ssl"]) if "turn_server" in kwargs else None
+
+    used = transport(connection_kwargs(list(servers)))
+    if used is None or " typ relay" in sdp:
+        return None
+    for server in servers:
+        for url in server.urls if isinstance(server.urls, list) else [server.urls]:
+            alternative = RTCIceServer(urls=url, username=server.username,
+                                       credential=server.credential)
+            try:
+                other = transport(connection_kwargs([alternative]))
+            except ValueError:
+                continue
+            if other is not None and other != used:
+                return [alternative, *servers]
+    return None
 
 
 def peer_connection(servers):

@@ -191,13 +191,15 @@ class Topology:
     def __exit__(self, *exc):
         self.down()
 
-    def block_outbound(self, side, port):
-        """The router of *side* drops what its LAN sends to *port* (UDP and TCP) on the
-        internet: a network whose firewall lets no TURN out, for one."""
+    def block_outbound(self, side, port=None, protocols=("tcp", "udp")):
+        """The router of *side* drops what its LAN sends out on *protocols* (to *port*,
+        or to every port): a network whose firewall lets no TURN out, or no UDP."""
         router = "rhome" if side == "home" else "rclient"
+        match = ["meta", "l4proto", "{", ", ".join(protocols), "}"]
+        if port is not None:
+            match += ["th", "dport", str(port)]
         self.run(router, "nft", "add", "rule", "ip", "homechannel_nat", "forward_filter",
-                 "oifname", "wan", "meta", "l4proto", "{", "tcp,", "udp", "}",
-                 "th", "dport", str(port), "drop")
+                 "oifname", "wan", *match, "drop")
 
     # -- events ----------------------------------------------------------------------
 

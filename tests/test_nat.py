@@ -340,6 +340,33 @@ def test_symmetric_home_nat_the_home_server_relays(topology_factory, tmp_path, t
         assert path_of(server)[0] == "relay", server.output[-2000:]
 
 
+def test_a_network_without_udp_connects_through_turn_over_tcp(topology_factory, tmp_path,
+                                                              twistd, nat_chromium):
+    """The client's network lets no UDP out at all (only TCP, as some corporate and
+    guest networks): Chromium and the native client connect through coturn over TCP,
+    from the coordinator's TURN URLs (udp first, tcp second).  aiortc uses one TURN
+    URL, so the native client gathers again with the TCP one when the UDP one gave no
+    relay (``webrtc.relay_alternative``).  How this was shown to fail: without that
+    second gathering the native client gives the no-path advice."""
+    from test_e2e_browser import connect, open_link
+
+    topo = topology_factory()
+    topo.block_outbound("client", protocols=("udp",))
+    with _turn_pair(topo, tmp_path, twistd) as (topo, pair, coordinator, server):
+        page = nat_chromium(topo, pair.url)
+        open_link(page, pair)
+        connect(page, PASSWORD, timeout=45_000)
+        selected = page.evaluate(SELECTED_PAIR)
+        assert selected["local"] == "relay" and selected["relayProtocol"] == "tcp", selected
+
+        mark = server.mark()
+        status, out, path, err = native_connect(topo, pair, tmp_path)
+        assert status == 0, err
+        assert "trying turn:203.0.113.10:3478?transport=tcp" in err, err
+        assert path is not None and path[0] == "relay", err
+        server.wait_for_log(r"session \S+ connected \(", since=mark, timeout=10)
+
+
 def test_symmetric_nats_on_both_sides_connect_through_turn(topology_factory, tmp_path,
                                                            twistd):
     """Both behind symmetric NATs, TURN only at the coordinator: the native client
