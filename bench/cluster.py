@@ -28,6 +28,7 @@ Run: python -m bench.cluster [seconds]   (inside tests/netns-run: loopback only)
 import asyncio
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -40,6 +41,11 @@ from bench import signaling, udp_load
 ROUNDS = 3
 WAIT = 10
 MEMORY_SERVERS = 100_000
+ONLY_DEFAULT = False    # --only-default: the one-process flow and the reference only
+AGAINST = None          # --against DIR: also the default process as DIR's source tree
+                        # runs it (e.g. a worktree of main), in the same rounds
+PROFILE = None          # --profile FILE: py-spy (if installed) samples the default
+                        # coordinator during its runs, a flame graph to FILE
 
 
 def start_redis(tmp):
@@ -64,7 +70,7 @@ def redis_cli(port, *args):
 class Setup:
     """A coordinator setup: one default process, or N cluster nodes on one Redis."""
 
-    def __init__(self, tmp, name, nodes, redis_url=None):
+    def __init__(self, tmp, name, nodes, redis_url=None, repo=signaling.REPO):
         self.name = name
         self.procs, self.udp, self.web = [], [], []
         slug = "".join(ch if ch.isalnum() else "-" for ch in name)
@@ -74,7 +80,7 @@ class Setup:
             os.makedirs(d)
             cluster = (redis_url, f"{slug}-{i}") if redis_url else None
             proc, udp, web, key = signaling.start_coordinator(d, cluster=cluster,
-                                                              key_path=key_path)
+                                                              key_path=key_path, repo=repo)
             self.procs.append(proc)
             self.udp.append(udp)
             self.web.append(web)
@@ -93,6 +99,21 @@ class Setup:
             p.wait()
 
 
+def start_profiler(pid):
+    """py-spy sampling *pid* (without pausing it) into PROFILE (raw, one file per round)."""
+    spy = shutil.which("py-spy", path=os.path.dirname(sys.executable)) or shutil.which("py-spy")
+    if spy is None:
+        sys.exit("--profile needs py-spy: .venv/bin/pip install py-spy")
+    n = len([f for f in os.listdir(os.path.dirname(os.path.abspath(PROFILE)) or ".")
+             if f.startswith(os.path.basename(PROFILE))])
+    # $PYSPY_ARGS: more py-spy options, e.g. --gil (only samples holding the GIL: Python
+    # code running, not a process preempted in a syscall or waiting for the CPU).
+    return subprocess.Popen([spy, "record", "--nonblocking", "--rate", "200", "--format",
+                             "raw", "--pid", str(pid), "-o", f"{PROFILE}.{n}",
+                             *os.environ.get("PYSPY_ARGS", "").split()],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 async def flows(setups, bare_port, bare_pid, redis_pid, seconds):
     results = {s.name: [] for s in setups}
     results["bare"] = []
@@ -101,8 +122,12 @@ async def flows(setups, bare_port, bare_pid, redis_pid, seconds):
         results["bare"].append(await signaling.blast(bare_port, "/", seconds, pids))
         for s in setups:
             pids = dict(s.pids(), redis=redis_pid)
+            spy = start_profiler(s.procs[0].pid) if PROFILE and s.name == "default" else None
             win = await signaling.connect_flow(None, s.servers, s.key.public_raw, seconds,
                                                pids, wait=WAIT, ports=s.web)
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait()
             win.coordinators = sum(v for k, v in win.cpu.items() if k.startswith("node-"))
             results[s.name].append(win)
     return results
@@ -111,8 +136,9 @@ async def flows(setups, bare_port, bare_pid, redis_pid, seconds):
 def report_flows(results, setups):
     med = statistics.median
     bare_us = med([signaling.us_per_op(w, "bare") for w in results["bare"]])
+    bare_sys = med([w.sys["bare"] / max(1e-9, w.cpu["bare"]) for w in results["bare"]])
     print(f"bare Klein GET / (reference): {bare_us:.0f} us CPU per request "
-          f"({1e6 / bare_us:.0f} per core-second)")
+          f"({1e6 / bare_us:.0f} per core-second; {bare_sys:.0%} in the kernel)")
     print(f"  {'setup':26s} {'connects/s':>10s} {'coord CPU':>10s} {'x bare':>7s} "
           f"{'per node':>9s} {'redis':>7s} {'conn/core-s':>11s}  errors")
     out = {}
@@ -133,7 +159,9 @@ def report_flows(results, setups):
         print(f"  {'':26s} CPU during the runs: " + ", ".join(
             f"{k} {med([w.cpu[k] / w.wall for w in wins]):.2f}"
             for k in sorted(wins[0].cpu)) + f"; machine busy "
-            f"{med([w.machine for w in wins]):.2f} of {os.cpu_count()} cores")
+            f"{med([w.machine for w in wins]):.2f} of {os.cpu_count()} cores; in the kernel: "
+            + ", ".join(f"{k} {med([w.sys[k] / max(1e-9, w.cpu[k]) for w in wins]):.0%}"
+                        for k in sorted(wins[0].sys) if k.startswith("node-")))
     return bare_us, out
 
 
@@ -223,6 +251,18 @@ def udp_figures(tmp, redis_url, seconds):
 def main(argv=()):
     argv = list(argv)
     parts = {"flows", "memory", "udp"}
+    global ONLY_DEFAULT, PROFILE, AGAINST
+    if "--against" in argv:
+        i = argv.index("--against")
+        AGAINST = os.path.abspath(argv[i + 1])
+        del argv[i:i + 2]
+    if "--only-default" in argv:
+        argv.remove("--only-default")
+        ONLY_DEFAULT, parts = True, {"flows"}
+    if "--profile" in argv:
+        i = argv.index("--profile")
+        PROFILE = argv[i + 1]
+        del argv[i:i + 2]
     for name in list(parts):
         if f"--only-{name}" in argv:
             argv.remove(f"--only-{name}")
@@ -257,8 +297,12 @@ def flow_figures(tmp, url, redis, seconds):
     setups = []
     try:
         setups.append(Setup(tmp, "default", 1))
-        setups.append(Setup(tmp, "cluster, 1 node", 1, url))
-        setups.append(Setup(tmp, "cluster, 2 nodes", 2, url))
+        if AGAINST:
+            setups.append(Setup(tmp, "default @" + os.path.basename(AGAINST), 1,
+                                repo=AGAINST))
+        if not ONLY_DEFAULT:
+            setups.append(Setup(tmp, "cluster, 1 node", 1, url))
+            setups.append(Setup(tmp, "cluster, 2 nodes", 2, url))
         bare, bare_port = signaling.start_bare()
         try:
             results = asyncio.run(flows(setups, bare_port, bare.pid, redis.pid,
@@ -270,6 +314,8 @@ def flow_figures(tmp, url, redis, seconds):
         for s in setups:
             s.stop()
     bare_us, out = report_flows(results, setups)
+    if ONLY_DEFAULT:
+        return
     one, two = out["cluster, 1 node"], out["cluster, 2 nodes"]
     print(f"  two nodes / one node: wall {two[0] / one[0]:.2f}x (target 1.7x; bounded "
           f"by the 2 shared cores), capacity per node-core "

@@ -93,6 +93,14 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+def sys_seconds(pid):
+    """The kernel's share of cpu_seconds(pid) (system calls: here mostly the loopback
+    network stack, which runs the receiver's side inside the sender's syscall)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[12]) / TICK
+
+
 def machine_busy():
     """(busy, total) jiffies of all CPUs, from /proc/stat."""
     with open("/proc/stat") as f:
@@ -112,9 +120,11 @@ def wait_port(port, timeout=15.0):
     raise RuntimeError(f"nothing listens on port {port}")
 
 
-def start_coordinator(tmp, twistd=TWISTD, access_log=False, cluster=None, key_path=None):
+def start_coordinator(tmp, twistd=TWISTD, access_log=False, cluster=None, key_path=None,
+                      repo=REPO):
     """One coordinator (its logs discarded); *cluster* = (redis URL, node id) makes it a
-    node of a cluster, *key_path* the identity key file (shared by a cluster's nodes)."""
+    node of a cluster, *key_path* the identity key file (shared by a cluster's nodes),
+    *repo* the source tree it runs (another checkout: an A/B comparison in one run)."""
     udp, web = free_port(), free_port()
     cfg = os.path.join(tmp, "coordinator.toml")
     key_path = key_path or os.path.join(tmp, "coordinator.key")
@@ -134,10 +144,11 @@ def start_coordinator(tmp, twistd=TWISTD, access_log=False, cluster=None, key_pa
                 '[admin]\nlisten = ""\n[metrics]\nlisten = ""\n')
         if cluster:
             f.write(f'[cluster]\nredis_url = "{cluster[0]}"\nnode_id = "{cluster[1]}"\n')
-    env = dict(os.environ, PYTHONPATH=REPO)
+    env = dict(os.environ, PYTHONPATH=repo)
     proc = subprocess.Popen(twistd + ["-n", "--pidfile=",
                                       "homechannel-coordinator", "--config", cfg],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            cwd=repo)
     wait_port(web)
     key = crypto.IdentityKey.load(key_path)
     return proc, udp, web, key
@@ -343,6 +354,7 @@ class Window:
     async def run(self, warmup, seconds):
         await asyncio.sleep(warmup)
         cpu0 = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        sys0 = {name: sys_seconds(pid) for name, pid in self.pids.items()}
         busy0 = machine_busy()
         gen0, t0 = time.process_time(), time.perf_counter()
         self.counting = True
@@ -350,6 +362,7 @@ class Window:
         self.counting = False
         wall = time.perf_counter() - t0
         self.cpu = {name: cpu_seconds(pid) - cpu0[name] for name, pid in self.pids.items()}
+        self.sys = {name: sys_seconds(pid) - sys0[name] for name, pid in self.pids.items()}
         self.cpu["generator"] = time.process_time() - gen0
         busy1 = machine_busy()
         self.machine = (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1]) * (os.cpu_count() or 1)
