@@ -61,6 +61,20 @@ def _stderr(message):
 # -- the coordinator's HTTP API ----------------------------------------------
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """The coordinator never redirects: a redirect (to plain http, to another host)
+    is refused, not followed, so the unsigned ``/config.js`` read on first use comes
+    from the URL given and nowhere else."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        raise Unavailable(f"{req.full_url} redirects ({code}) to {newurl}: refused (a "
+                          "coordinator does not redirect; if it moved, use its new URL)",
+                          "redirect")
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
 class Coordinator:
     """The coordinator's JSON API; every response must carry its signature."""
 
@@ -79,7 +93,7 @@ class Coordinator:
             headers["Content-Type"] = "application/json"
         request = urllib.request.Request(url, data=body, headers=headers, method=method)
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
+            with _OPENER.open(request, timeout=timeout) as response:
                 return response.status, response.headers, response.read(MAX_RESPONSE + 1)
         except urllib.error.HTTPError as e:
             with e:
@@ -105,7 +119,7 @@ class Coordinator:
             # A refusal with no signature comes from something in between (a reverse
             # proxy's 429 or 502, a load balancer's 503): nothing in it is used, but it
             # is told as what it is, not as an attack.
-            raise _api_error(status, {"error": UNSIGNED_REFUSAL.format(status=status),
+            raise _api_error(status, {"error": UNSIGNED_REFUSAL_MESSAGE.format(status=status),
                                       "code": flow.UNSIGNED_REFUSAL}, path)
         try:
             if signature is None:
@@ -129,9 +143,10 @@ class Coordinator:
         return status, result
 
 
-UNSIGNED_REFUSAL = ("HTTP {status} without the coordinator's signature: a reverse proxy or "
-                    "load balancer in front of the coordinator refused the request (try again "
-                    "later; if it persists, tell the coordinator's operator)")
+UNSIGNED_REFUSAL_MESSAGE = (
+    "HTTP {status} without the coordinator's signature: a reverse proxy or load balancer in "
+    "front of the coordinator refused the request (try again later; if it persists, tell "
+    "the coordinator's operator)")
 
 
 def _api_error(status, doc, context):
@@ -152,10 +167,14 @@ def _api_error(status, doc, context):
 
 class _JsonStore:
     """A JSON file ``{name: text}`` in the state directory with mode 0600
-    (``crypto.replace_secret_file``); a missing or damaged file is an empty store
-    (a damaged one is replaced on the next save).  *path* None keeps nothing."""
+    (``crypto.replace_secret_file``), changed under an exclusive lock (``FILE.lock``)
+    so that two clients saving at once lose nothing.  A missing file is an empty
+    store; a damaged one too (replaced on the next save) unless the store is
+    ``STRICT``, where it is an error.  *path* None keeps nothing."""
 
     FILE = ""
+    STRICT = False
+    WHAT = ""
 
     def __init__(self, path):
         self.path = path
@@ -170,9 +189,17 @@ class _JsonStore:
         try:
             with open(self.path, encoding="utf-8") as f:
                 doc = json.load(f)
-        except (OSError, ValueError):
+            if not isinstance(doc, dict):
+                raise ValueError("not a JSON object")
+        except FileNotFoundError:
             return {}
-        return doc if isinstance(doc, dict) else {}
+        except (OSError, ValueError) as e:
+            if self.STRICT:
+                raise ConfigError(f"cannot read {self.path} ({e}), which holds {self.WHAT}: "
+                                  "fix it or delete it (then every key is trusted on first "
+                                  "use again)") from None
+            return {}
+        return doc
 
     def get(self, name):
         text = self._load().get(name)
@@ -181,13 +208,21 @@ class _JsonStore:
     def put(self, name, text):
         if not self.path:
             return
-        doc = self._load()
-        if text is None:
-            if doc.pop(name, None) is None:
-                return
-        else:
-            doc[name] = text
-        crypto.replace_secret_file(self.path, (json.dumps(doc, indent=2) + "\n").encode())
+        import fcntl
+
+        os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
+        lock = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            doc = self._load()
+            if text is None:
+                if doc.pop(name, None) is None:
+                    return
+            else:
+                doc[name] = text
+            crypto.replace_secret_file(self.path, (json.dumps(doc, indent=2) + "\n").encode())
+        finally:
+            os.close(lock)
 
 
 class DeviceStore(_JsonStore):
@@ -201,10 +236,14 @@ class KnownCoordinators(_JsonStore):
     use, as ssh's known_hosts): ``{url: base64url key}``."""
 
     FILE = "coordinators.json"
+    STRICT = True
+    WHAT = "the coordinator keys this client trusts"
 
 
 def _is_loopback(host):
-    if host.rstrip(".").lower() == "localhost":
+    # Exactly "localhost" (from /etc/hosts); "localhost." is an absolute name that
+    # glibc sends to DNS, whoever answers that.
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -212,29 +251,43 @@ def _is_loopback(host):
         return False
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
 def coordinator_url(url, insecure_http=False):
-    """*url* checked as a coordinator's URL (without a trailing slash): https://, or
-    http:// only on this machine (127.0.0.0/8, ::1, localhost) unless *insecure_http*
-    (for tests on private networks): over plain http anyone on the way could play the
-    coordinator, hand out its own key, and collect answers and proofs over challenges
-    it chose to guess the password offline."""
+    """*url* checked as a coordinator's URL, in its one canonical form (the requests'
+    base and the key of the coordinators this client trusts): scheme and host in lower
+    case, no trailing dot, no default port, no trailing slash; no user, query or
+    fragment.  https://, or http:// only on this machine (127.0.0.0/8, ::1, localhost)
+    unless *insecure_http* (for tests on private networks): over plain http anyone on
+    the way could play the coordinator, hand out its own key, and collect answers and
+    proofs over challenges it chose to guess the password offline."""
+    expected = "expected https://HOST[:PORT][/PATH]"
     try:
         parts = urllib.parse.urlsplit(url)
     except ValueError as e:     # e.g. "Invalid IPv6 URL" for an unclosed [
-        raise ConfigError(f"--url {url!r} is not a coordinator URL ({e}): expected "
-                          "https://HOST[:PORT]") from None
+        raise ConfigError(f"--url {url!r} is not a coordinator URL ({e}): {expected}") \
+            from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"--url {url!r} is not a coordinator URL: expected "
-                          "https://HOST[:PORT] (or http:// on this machine)")
+        raise ConfigError(f"--url {url!r} is not a coordinator URL: {expected} "
+                          "(or http:// on this machine)")
+    if "@" in parts.netloc or "?" in url or "#" in url:
+        raise ConfigError(f"--url {url!r}: a coordinator URL has no user name, query or "
+                          f"fragment: {expected}")
     try:
-        parts.port
+        port = parts.port
     except ValueError:
         raise ConfigError(f"--url {url!r} has a bad port number") from None
-    if parts.scheme == "http" and not insecure_http and not _is_loopback(parts.hostname):
+    host = parts.hostname       # lower case, without brackets
+    if parts.scheme == "http" and not insecure_http and not _is_loopback(host):
         raise ConfigError(f"--url {url!r}: plain http:// to a coordinator on another machine "
                           "lets anyone on the way play the coordinator; use https:// "
                           "(http:// only for 127.0.0.1, ::1 or localhost)")
-    return url.rstrip("/")
+    host = host.rstrip(".")
+    netloc = f"[{host}]" if ":" in host else host
+    if port is not None and port != _DEFAULT_PORTS[parts.scheme]:
+        netloc += f":{port}"
+    return f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}"
 
 
 async def trusted_coordinator_key(url, known, notify):
@@ -245,7 +298,8 @@ async def trusted_coordinator_key(url, known, notify):
     text = crypto.b64u_encode(published)
     remembered = known.get(url)
     if remembered is None:
-        where = f" (remembered in {known.path})" if known.path else ""
+        where = (f" (remembered in {known.path} once it verifies a response)"
+                 if known.path else "")
         notify(f"trusting coordinator key {text} from {url}/config.js on first use{where}; "
                "pass --coordinator-key to pin it")
     elif remembered != text:

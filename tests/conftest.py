@@ -8,6 +8,7 @@ The helpers they use (``Twistd``, ``require_tool``, ports, TOML, certificates) a
 - fixture ``chromium``: a Playwright ``Browser`` running Debian's
   chromium headless with the flags WebRTC needs in a loopback-only netns.
 - fixture ``chromium_page``: a fresh context + page, closed at teardown.
+- every test gets its own ``XDG_CONFIG_HOME`` (client state never in ~/.config).
 
 Every test run under ``make test`` is inside ``tests/netns-run`` (a network
 namespace with only ``lo``).  In CI that is enforced at session start.
@@ -26,6 +27,15 @@ from helpers import CHROMIUM_ARGS, Twistd, in_ci, loopback_only, require_module,
 # ``test_nat*``, when it carries ``@pytest.mark.e2e`` itself, or when it uses
 # one of these fixtures.
 E2E_FIXTURES = {"twistd", "chromium", "chromium_page"}
+
+
+@pytest.fixture(autouse=True)
+def _private_state_dir(monkeypatch, tmp_path_factory):
+    """Every test (and every process it starts) keeps client state (devices.json,
+    coordinators.json) in a directory of its own, never in the user's
+    ~/.config/homechannel."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg-config")))
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -3,7 +3,8 @@
 the coordinator's and is reported with its code; an error with no signature header at all
 comes from something in between (a reverse proxy's 429 or 502) and is reported as that,
 with nothing in it used; anything else without a valid signature (a success without one,
-or an error with a bad one) is refused as not the coordinator's.
+or an error with a bad or an empty one) is refused as not the coordinator's.  Redirects
+are refused, not followed.
 
 How this was shown to fail: before the unsigned-refusal branch, nginx's 429 (and a 502)
 was reported by both clients as "not signed by the coordinator key ... someone changed
@@ -31,12 +32,13 @@ NGINX_429 = (b"<html>\r\n<head><title>429 Too Many Requests</title></head>\r\n<b
 SIGNED_429 = json.dumps({"error": "too many connection attempts from your address",
                          "code": "rate-limited", "retry_after": 7}).encode()
 
-# path -> (status, body, signature: "good", "bad" or None)
+# path -> (status, body, signature: "good", "bad", "" (an empty header) or None)
 RESPONSES = {
     "/api/unsigned-429": (429, NGINX_429, None),
     "/api/unsigned-502": (502, b"<html>502 Bad Gateway</html>", None),
     "/api/unsigned-200": (200, b'{"online": true}', None),
     "/api/bad-signature-429": (429, SIGNED_429, "bad"),
+    "/api/empty-signature-429": (429, NGINX_429, ""),
     "/api/signed-429": (429, SIGNED_429, "good"),
 }
 
@@ -45,19 +47,28 @@ EXPECTED = {      # what each client makes of it: error class name and code
     "/api/unsigned-502": ("Unavailable", UNSIGNED_REFUSAL),
     "/api/unsigned-200": ("signature", None),
     "/api/bad-signature-429": ("signature", None),
+    "/api/empty-signature-429": ("signature", None),     # a header there, blanked
     "/api/signed-429": ("TooManyRequests", "rate-limited"),
 }
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
+        if self.path == "/moved/config.js":
+            self.send_response(302)
+            self.send_header("Location", "http://192.0.2.1/config.js")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         status, body, signature = RESPONSES[self.path]
         self.send_response(status)
         self.send_header("Content-Type", "application/json" if body.startswith(b"{")
                          else "text/html")
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Access-Control-Allow-Origin", "*")
-        if signature is not None:
+        if signature == "":
+            self.send_header(SIGNATURE_HEADER, "")
+        elif signature is not None:
             sig = KEY.sign(crypto.response_signature_message(self.path, body))
             if signature == "bad":
                 sig = bytes([sig[0] ^ 1]) + sig[1:]
@@ -147,3 +158,52 @@ def test_browser_client(server, tmp_path):
             assert [got_kind, got_code] == [RESPONSES[path][0], code], (path, out[path])
     assert "HTTP 429 without the coordinator's signature" in out["/api/unsigned-429"][2]
     assert "<html>" not in out["/api/unsigned-429"][2]
+
+
+def test_redirects_are_refused_not_followed(server):
+    """The unsigned /config.js read on first use must come from the URL given: a
+    redirect (here to plain http on another host) is a clear error.  How this was
+    shown to fail: urllib followed it (and, in this namespace, failed to reach
+    192.0.2.1 instead)."""
+    with pytest.raises(Unavailable, match=r"redirects \(302\) to http://192.0.2.1/config.js: "
+                                          "refused") as e:
+        asyncio.run(client.fetch_coordinator_key(server + "/moved"))
+    assert e.value.code == "redirect"
+
+
+def test_a_damaged_trust_store_is_an_error_not_a_first_use(tmp_path):
+    """coordinators.json holds the keys this client trusts: a damaged one would make
+    every coordinator a first use again (and be overwritten with one entry), so it is a
+    clear error.  devices.json stays lenient (a lost device token costs a password).
+    How this was shown to fail: both read as empty stores before."""
+    from homechannel.errors import ConfigError
+
+    known = client.KnownCoordinators(str(tmp_path / "coordinators.json"))
+    known.put("https://hc.example.org", KEY.text)
+    assert known.get("https://hc.example.org") == KEY.text
+    for damage in ("{", "[]"):
+        (tmp_path / "coordinators.json").write_text(damage)
+        with pytest.raises(ConfigError, match="coordinators.json .* fix it or delete it"):
+            known.get("https://hc.example.org")
+        with pytest.raises(ConfigError):
+            known.put("https://other.example.org", KEY.text)
+        assert (tmp_path / "coordinators.json").read_text() == damage
+    devices = client.DeviceStore(str(tmp_path / "devices.json"))
+    (tmp_path / "devices.json").write_text("{")
+    assert devices.get("x") is None
+    devices.put("x", "hcdev1.a.b")
+    assert devices.get("x") == "hcdev1.a.b"
+
+
+def test_concurrent_saves_lose_no_entry(tmp_path):
+    """Two clients trusting two coordinators at once keep both (the store is changed
+    under a lock).  How this was shown to fail: without the lock, 8 processes saving
+    25 entries each lost some."""
+    path = str(tmp_path / "coordinators.json")
+    script = ("import sys; from homechannel import client; k = client.KnownCoordinators(sys.argv[1]);"
+              " [k.put(f'https://c{sys.argv[2]}-{i}.example', 'K') for i in range(25)]")
+    import sys
+    procs = [subprocess.Popen([sys.executable, "-c", script, path, str(n)]) for n in range(8)]
+    assert [p.wait(timeout=60) for p in procs] == [0] * 8
+    with open(path) as f:
+        assert len(json.load(f)) == 8 * 25

@@ -230,6 +230,9 @@ def test_process_umask_without_proc(tmp_path):
     os.umask(mask)
     assert files.process_umask() == files._proc_umask() == mask
     assert files.process_umask(str(tmp_path / "no-proc")) == files._IMPORT_UMASK
+    # what the import does without /proc: reads the umask and leaves it as it was
+    assert files._swap_umask() == mask
+    assert files._proc_umask() == mask
     (tmp_path / "status").write_text("Name:\tx\nUmask:\t0027\nState:\tR\n")
     assert files.process_umask(str(tmp_path / "status")) == 0o027
 

@@ -3,6 +3,7 @@ a test user with a password created for the test).  Needs root (useradd) and
 runs inside tests/netns-run."""
 
 import asyncio
+import errno
 import os
 import secrets
 import stat
@@ -165,6 +166,30 @@ def test_ssh_key_is_created_private_with_a_public_half(tmp_path, umask_002):
     assert pub == key.public().toString("openssh", comment=b"homechannel-terminal") + b"\n"
     assert load_identity(path) == key
     assert sorted(os.listdir(tmp_path / "state")) == ["terminal_key", "terminal_key.pub"]
+
+
+def test_a_missing_public_half_is_written_again_and_no_temporary_file_stays(tmp_path,
+                                                                           monkeypatch):
+    """When the ``.pub`` could not be written (a full disk, a link where its temporary
+    file goes), nothing is left behind, the key still works, and the next load writes
+    the ``.pub``, so the operator always has it to authorise.  How this was shown to
+    fail: the old code left the key without a ``.pub`` for good (and the temporary
+    file behind)."""
+    path = str(tmp_path / "terminal_key")
+    key = load_identity(path)
+    os.unlink(path + ".pub")
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "write", full)
+        assert load_identity(path) == key
+    assert sorted(os.listdir(tmp_path)) == ["terminal_key"]
+    assert load_identity(path) == key
+    pub = open(path + ".pub", "rb").read()
+    assert pub == key.public().toString("openssh", comment=b"homechannel-terminal") + b"\n"
+    assert stat.S_IMODE(os.stat(path + ".pub").st_mode) == 0o644
 
 
 def test_ssh_key_readable_by_others_is_refused(tmp_path):

@@ -208,7 +208,7 @@ DENIED = ["0.1.2.3", "10.1.2.3", "100.64.0.1", "100.127.255.254", "127.0.0.2",
 ALLOWED = ["198.51.100.7", "203.0.113.5", "100.128.0.1", "172.32.0.1", "11.0.0.1",
            "169.255.0.1"]
 DENIED6 = ["::1", "fc00::5", "fd12:3456::1", "fe80::1", "febf::1", "::ffff:10.0.0.1",
-           "::ffff:198.51.100.7"]
+           "::ffff:198.51.100.7", "64:ff9b::a00:1", "64:ff9b:1::c0a8:1"]
 ALLOWED6 = ["2001:db8::1", "2a00:1450::1", "fec0::1"]
 
 
@@ -277,12 +277,12 @@ async def _tcp_allocation(host, port, entry):
 @pytest.mark.e2e
 def test_readme_coturn_policy_keeps_the_relay_off_private_and_local_peers(tmp_path):
     """coturn run with the README's peer policy refuses (403) permissions towards this
-    host, the private, carrier-grade NAT, link-local (cloud metadata) and IPv6 local
-    ranges, and TCP relays (no-tcp-relay: 442), while public peers are allowed.  How
+    host, the private, carrier-grade NAT, link-local (cloud metadata), IPv6 local and
+    NAT64 ranges, and TCP relays (no-tcp-relay: 442), while public peers are allowed.  How
     this was shown to fail: with the README's old policy (RFC 1918 only, TCP relays
     on), 100.64.0.1, 169.254.169.254, fc00::/7, fe80::/10 and ::ffff:10.0.0.1 got
     permissions and the TCP allocation succeeded (coturn 4.6.1 itself denies only
-    0.0.0.0/8 and loopback)."""
+    0.0.0.0/8 and loopback); without the 64:ff9b lines, both NAT64 peers got one."""
     import time
 
     from services import coturn, readme_coturn_policy

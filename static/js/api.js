@@ -36,7 +36,7 @@ export class Coordinator {
     }
     const raw = new Uint8Array(await response.arrayBuffer());
     const sigText = response.headers.get("X-HomeChannel-Signature");
-    if (!sigText && response.status >= 400) {
+    if (sigText === null && response.status >= 400) {
       // A refusal without the coordinator's signature comes from something in between
       // (a reverse proxy's 429 or 502): nothing in it is used, and it is not an attack alarm.
       throw new ApiError(response.status, "unsigned-refusal",

@@ -26,6 +26,7 @@ socket).  Browser→SSH, conch buffers what the SSH window does not take; more
 than ``MAX_INPUT_BACKLOG`` bytes there closes the session.
 """
 
+import contextlib
 import os
 
 from twisted.conch.client.knownhosts import KnownHostsFile
@@ -114,12 +115,19 @@ def load_identity(path):
             crypto.check_private_mode(path, os.fstat(f.fileno()).st_mode,
                                       "the terminal's SSH key")
             data = f.read()
-        return keys.Key.fromString(data)
+        key = keys.Key.fromString(data)
     except errors.KeyFileError as e:
         raise errors.Unavailable(str(e), "bad-key") from None
     except (OSError, keys.BadKeyError, keys.EncryptedKeyError, ValueError) as e:
         raise errors.Unavailable(f"cannot use the terminal's SSH key {path} ({e}); it must be an "
                                  f"unencrypted private key", "bad-key") from None
+    if not os.path.lexists(path + ".pub"):      # an earlier attempt could not write it
+        try:
+            _write_public(path, key)
+        except OSError as e:
+            log.warn("terminal: cannot write {path}.pub ({error}); the key still works",
+                     path=path, error=e)
+    return key
 
 
 def _create_identity(path):
@@ -127,18 +135,32 @@ def _create_identity(path):
 
     key = keys.Key(ed25519.Ed25519PrivateKey.generate())
     crypto.write_secret_file(path, key.toString("openssh"))
-    public = key.public().toString("openssh", comment=b"homechannel-terminal") + b"\n"
-    tmp = f"{path}.pub.tmp.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-    try:
-        os.fchmod(fd, 0o644)     # public: whatever the umask, as ssh-keygen writes it
-        os.write(fd, public)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path + ".pub")
+    _write_public(path, key)
     log.info("terminal: created the SSH key {path}; to let the terminal sign in with it, "
              "add {path}.pub to ~/.ssh/authorized_keys of the users concerned", path=path)
     return key
+
+
+def _write_public(path, key):
+    """``<path>.pub`` (mode 0644 whatever the umask, as ssh-keygen writes it), made
+    as a new file (never through a link) and moved into place; nothing left behind
+    on failure."""
+    public = key.public().toString("openssh", comment=b"homechannel-terminal") + b"\n"
+    tmp = f"{path}.pub.tmp.{os.getpid()}"
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    try:
+        try:
+            os.fchmod(fd, 0o644)
+            os.write(fd, public)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path + ".pub")
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 class _UserAuth(userauth.SSHUserAuthClient):
