@@ -201,11 +201,7 @@ class Broker:
                 checks += [self._server_minute.peek(key), self._server_day.peek(key)]
             results = await _all(*checks)
             locked, retry, (online, _) = results[:3]
-            if locked is not None:
-                self.metrics["connect_locked_out"] += 1
-                raise TooManyRequests(f"too many wrong passwords from your address: try again "
-                                      f"in {whole_seconds(locked)} seconds", "locked-out",
-                                      retry_after=whole_seconds(locked))
+            self._refuse_locked(locked, "from your address")
             self._refuse_rate(retry, "too many connection attempts from your address")
             if token_error is not None:
                 self.metrics["connect_bad_device"] += 1
@@ -259,11 +255,7 @@ class Broker:
         return spend + [self._lockout.success(lock)]
 
     def _device_path(self, req, locked, retry, source_retry):
-        if locked is not None:
-            self.metrics["connect_locked_out"] += 1
-            raise TooManyRequests(f"too many wrong passwords from this device: try again in "
-                                  f"{whole_seconds(locked)} seconds", "locked-out",
-                                  retry_after=whole_seconds(locked))
+        self._refuse_locked(locked, "from this device")
         self._refuse_rate(retry, "too many connection attempts from this device")
         self._refuse_rate(source_retry, "too many connection attempts from your address")
         made = connect.device_challenge_time(req.challenge)
@@ -369,6 +361,13 @@ class Broker:
         return _all(*counts)
 
     # -- helpers ---------------------------------------------------------------------
+
+    def _refuse_locked(self, locked, whose):
+        if locked is not None:
+            self.metrics["connect_locked_out"] += 1
+            seconds = whole_seconds(locked)
+            raise TooManyRequests(f"too many wrong passwords {whose}: try again in {seconds} "
+                                  "seconds", "locked-out", retry_after=seconds)
 
     def _refuse_rate(self, retry, message):
         if retry is not None:
