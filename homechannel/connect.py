@@ -117,6 +117,24 @@ _FINGERPRINT = re.compile(r"\Aa=fingerprint:(sha-256) ([0-9A-Fa-f]{2}(?::[0-9A-F
                           re.IGNORECASE)
 
 
+def _lines_at(sdp: str, lower: str, needle: str, first: bool = False) -> list[str]:
+    """The lines of *sdp* (without their LF or CRLF) in which *lower* (``sdp.lower()``)
+    has *needle* (a leading LF: the line after it), each once; and the first line if
+    *first*."""
+    lines = []
+    skip = 1 if needle.startswith("\n") else 0
+    at = 0 if first else lower.find(needle)
+    while at >= 0:
+        begin = sdp.rfind("\n", 0, at + skip) + 1
+        end = sdp.find("\n", begin)
+        if end < 0:
+            end = len(sdp)
+        line = sdp[begin:end]
+        lines.append(line[:-1] if line.endswith("\r") else line)
+        at = lower.find(needle, end)
+    return lines
+
+
 def sdp_fingerprint(sdp: object, what: str = "offer") -> str:
     """Check that *sdp* has the only shape our clients produce; return its fingerprint.
 
@@ -136,15 +154,18 @@ def sdp_fingerprint(sdp: object, what: str = "offer") -> str:
         raise ProtocolError(f"the {what} SDP is larger than {MAX_SDP} bytes")
     if not _SDP_TEXT.match(sdp) or _LONE_CR.search(sdp):
         raise ProtocolError(f"the {what} SDP must be ASCII text with CRLF or LF line ends")
-    lines = [line[:-1] if line.endswith("\r") else line for line in sdp.split("\n")]
-    media = [line for line in lines if line[:2].lower() == "m="]
+    # Only the lines that can matter are cut out (splitting an offer into all of its
+    # lines cost more than the rest of these checks together).
+    lower = sdp.lower()
+    media = _lines_at(sdp, lower, "\nm=", lower.startswith("m="))
     if len(media) != 1:
         raise ProtocolError(f"the {what} SDP must have exactly one media section, "
                             f"not {len(media)}")
     if not _MEDIA.match(media[0]):
         raise ProtocolError(f"the {what} SDP's media section must be a WebRTC datachannel "
                             "(m=application ... UDP/DTLS/SCTP webrtc-datachannel)")
-    found = [line for line in lines if _ANY_FINGERPRINT.match(line)]
+    found = [line for line in _lines_at(sdp, lower, "fingerprint")
+             if _ANY_FINGERPRINT.match(line)]
     if len(found) != 1:
         raise ProtocolError(f"the {what} SDP must carry exactly one a=fingerprint "
                             f"attribute, not {len(found)}")
