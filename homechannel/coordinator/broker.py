@@ -87,6 +87,32 @@ def _all(*values):
         lambda f: f.value.subFailure)
 
 
+class _Ready:
+    """A value that is already there, to ``await`` in a coroutine without a Deferred
+    (an in-memory seam's answer: no Deferred made, fired and taken apart again)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def __await__(self):
+        yield from ()
+        return self.value
+
+
+def _now(value):
+    """A seam's result to ``await``: its Deferred, or the value itself at once."""
+    return value if isinstance(value, defer.Deferred) else _Ready(value)
+
+
+def _now_all(*values):
+    """:func:`_all` to ``await``: without any Deferred when every seam answered at once."""
+    if not any(isinstance(v, defer.Deferred) for v in values):
+        return _Ready(list(values))
+    return _all(*values)
+
+
 def memory_limiter(clock, name, limit, period, burst=None):
     """The default ``make_limiter``: an in-memory token bucket."""
     return RateLimiter(clock, limit, period, burst=burst)
@@ -156,10 +182,12 @@ class Broker:
     def lookup(self, server_key: bytes, source: str):
         """A Deferred of ``{"online", "challenge", "ice_servers"}`` for a browser
         about to connect."""
-        return defer.Deferred.fromCoroutine(self._lookup(server_key, source))
+        return defer.Deferred.fromCoroutine(self.run_lookup(server_key, source))
 
-    async def _lookup(self, server_key, source):
-        retry, (online, challenge) = await _all(
+    async def run_lookup(self, server_key, source):
+        """:meth:`lookup` as a coroutine, for a caller that is one (no Deferred
+        between the two)."""
+        retry, (online, challenge) = await _now_all(
             self._lookup_limiter.hit(source_key(source)), self._relay.server_status(server_key))
         self._refuse_rate(retry, "too many lookups from your address")
         self.metrics["lookups"] += 1
@@ -173,9 +201,10 @@ class Broker:
     def connect(self, req: connect.ConnectRequest, source: str):
         """Check and relay one connect attempt: a Deferred that fails with a
         HomeChannelError to refuse it."""
-        return defer.Deferred.fromCoroutine(self._connect(req, source))
+        return defer.Deferred.fromCoroutine(self.run_connect(req, source))
 
-    async def _connect(self, req, source):
+    async def run_connect(self, req, source):
+        """:meth:`connect` as a coroutine, for a caller that is one."""
         lock = lockout_key(source)
         key = req.server_key
         token = token_error = None
@@ -186,7 +215,7 @@ class Broker:
                 token_error = e
         if token is not None:
             device = device_key(key, token.device)
-            locked, retry, source_retry, (online, _) = await _all(
+            locked, retry, source_retry, (online, _) = await _now_all(
                 self._device_lockout.check(device), self._device_limiter.hit(device),
                 self._device_source_limiter.hit(source_key(source)),
                 self._relay.server_status(key))
@@ -199,7 +228,7 @@ class Broker:
                       self._relay.server_status(key)]
             if token_error is None:
                 checks += [self._server_minute.peek(key), self._server_day.peek(key)]
-            results = await _all(*checks)
+            results = await _now_all(*checks)
             locked, retry, (online, _) = results[:3]
             self._refuse_locked(locked, "from your address")
             self._refuse_rate(retry, "too many connection attempts from your address")
@@ -214,7 +243,7 @@ class Broker:
                                 source=source, device=req.device,
                                 ice_servers=tuple(self._ice("server"))).encode()
         # The session is made together with the budget spent on a right answer.
-        await _all(self.sessions.create(req.session, key, source=source,
+        await _now_all(self.sessions.create(req.session, key, source=source,
                                         device=token.device if token is not None else None),
                    *spend)
         self.metrics["connect_relayed"] += 1
@@ -239,7 +268,7 @@ class Broker:
                 f"too many sign-in attempts to this home server right now: try again in "
                 f"{whole_seconds(retry)} seconds (devices that signed in before are not affected)",
                 "rate-limited", retry_after=whole_seconds(retry))
-        expected = await _settle(self._relay.take_challenge(key, req.challenge))
+        expected = await _now(self._relay.take_challenge(key, req.challenge))
         if expected is None:
             self.metrics["connect_stale_challenge"] += 1
             await _settle(self._lockout.failure(lock, STALE_WEIGHT))

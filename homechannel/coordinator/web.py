@@ -160,7 +160,7 @@ class CoordinatorWeb:
     async def server_status(self, request, server_id):
         source = self.source_address(request)
         server_key = connect.parse_server_id(server_id)
-        found = await self.broker.lookup(server_key, source)
+        found = await self.broker.run_lookup(server_key, source)
         return {
             "server": server_id,
             "online": found["online"],
@@ -174,7 +174,7 @@ class CoordinatorWeb:
     async def connect(self, request):
         source = self.source_address(request)
         req = connect.ConnectRequest.parse(self._read_body(request))
-        await self.broker.connect(req, source)
+        await self.broker.run_connect(req, source)
         wait = self._wait_seconds(request)
         if wait <= 0:
             return 202, {"session": req.session}
