@@ -284,6 +284,8 @@ def coordinator_url(url, insecure_http=False):
                           "lets anyone on the way play the coordinator; use https:// "
                           "(http:// only for 127.0.0.1, ::1 or localhost)")
     host = host.rstrip(".")
+    if not host:
+        raise ConfigError(f"--url {url!r} is not a coordinator URL: {expected}")
     netloc = f"[{host}]" if ":" in host else host
     if port is not None and port != _DEFAULT_PORTS[parts.scheme]:
         netloc += f":{port}"
@@ -432,6 +434,7 @@ async def connect(url, server_id, password, coordinator_key=None, ice_servers=()
     server_raw = crypto.parse_server_id(server_id)
     if coordinator_key:
         coordinator_raw = crypto.parse_server_id(coordinator_key)
+        coordinators.get(url)       # a damaged store is an error now, not after connecting
     else:
         coordinator_raw = await trusted_coordinator_key(url, coordinators, notify)
     coordinator = Coordinator(url, coordinator_raw)
@@ -465,12 +468,16 @@ def _remember_key(coordinators, coordinator, notify):
     """Keep the coordinator key once a response verified with it (a first-use key, or
     a new one given with --coordinator-key)."""
     text = crypto.b64u_encode(coordinator.key_raw)
-    if coordinator.verified and coordinators.get(coordinator.url) != text:
-        try:
+    if not coordinator.verified:
+        return
+    try:
+        if coordinators.get(coordinator.url) != text:
             coordinators.put(coordinator.url, text)
-        except OSError as e:
-            notify(f"cannot remember the coordinator key in {coordinators.path}: "
-                   f"{e.strerror or e}")
+    except OSError as e:
+        notify(f"cannot remember the coordinator key in {coordinators.path}: "
+               f"{e.strerror or e}")
+    except HomeChannelError as e:   # damaged meanwhile: never replaces the outcome
+        notify(f"cannot remember the coordinator key: {e}")
 
 
 async def _attempt(coordinator, server_id, server_raw, key, device, ice_servers,

@@ -221,6 +221,15 @@ def test_coordinator_url_with_a_user_query_or_fragment_is_refused(url):
         client.coordinator_url(url)
 
 
+@pytest.mark.parametrize("url", ["https://.", "https://..:443", "ftp://hc.example.org",
+                                 "hc.example.org"])
+def test_coordinator_url_without_a_host_or_scheme_is_refused(url):
+    from homechannel import client
+    with pytest.raises(ConfigError, match="is not a coordinator URL"):
+        client.coordinator_url(url)
+
+
+
 @pytest.mark.parametrize("url", [
     "http://hc.example.org", "http://203.0.113.5:8080", "http://[2001:db8::1]:80",
     "http://127.0.0.1.example.org", "http://0x7f000001", "http://[::ffff:10.0.0.1]",

@@ -207,3 +207,17 @@ def test_concurrent_saves_lose_no_entry(tmp_path):
     assert [p.wait(timeout=60) for p in procs] == [0] * 8
     with open(path) as f:
         assert len(json.load(f)) == 8 * 25
+
+
+def test_a_store_damaged_meanwhile_never_replaces_the_outcome(tmp_path):
+    """The key is remembered after the connect: a store found damaged then is a note,
+    never an error that would replace a connection made (or the coordinator's own
+    refusal).  How this was shown to fail: _remember_key raised the ConfigError."""
+    known = client.KnownCoordinators(str(tmp_path / "coordinators.json"))
+    (tmp_path / "coordinators.json").write_text("{")
+    coordinator = client.Coordinator("https://hc.example.org", KEY.public_raw)
+    coordinator.verified = True
+    notes = []
+    client._remember_key(known, coordinator, notes.append)
+    assert len(notes) == 1 and "cannot remember the coordinator key" in notes[0]
+    assert "fix it or delete it" in notes[0]

@@ -103,11 +103,16 @@ class _Transport(transport.SSHClientTransport):
         self.term.ssh_lost(reason)
 
 
+_PUBLIC_WARNED = set()     # key paths whose missing .pub could not be written (logged once)
+
+
 def load_identity(path):
     """The SSH key at *path* (OpenSSH or PEM private key, unencrypted, mode 0600);
     created as a new Ed25519 key (``crypto.write_secret_file``: mode 0600, never
     over an existing file) with ``<path>.pub`` (mode 0644) if the file does not
-    exist.  Every problem is an ``Unavailable`` with the code ``bad-key``."""
+    exist; ``<path>.pub`` is written again whenever it is missing (a failure to is
+    logged once per process: the key still works).  Every problem is an
+    ``Unavailable`` with the code ``bad-key``."""
     try:
         if not os.path.lexists(path):
             return _create_identity(path)
@@ -125,8 +130,10 @@ def load_identity(path):
         try:
             _write_public(path, key)
         except OSError as e:
-            log.warn("terminal: cannot write {path}.pub ({error}); the key still works",
-                     path=path, error=e)
+            if path not in _PUBLIC_WARNED:
+                _PUBLIC_WARNED.add(path)
+                log.warn("terminal: cannot write {path}.pub ({error}); the key still works",
+                         path=path, error=e)
     return key
 
 
