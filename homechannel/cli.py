@@ -13,7 +13,7 @@ import sys
 import time
 import urllib.parse
 
-from homechannel import config, crypto
+from homechannel import config, connect, crypto
 from homechannel.errors import ConfigError, HomeChannelError
 
 
@@ -70,14 +70,10 @@ def cmd_pubkey(args):
     print(crypto.IdentityKey.load(_key_path(args, args.role)).text)
 
 
-def connect_link(coordinator_url, server_id):
-    return f"{coordinator_url.rstrip('/')}/#server={server_id}"
-
-
 def cmd_link(args):
     cfg = config.load_server(args.config, {"state_dir": args.state_dir})
     key = crypto.IdentityKey.load(_check_key_path(cfg.identity_key))
-    print(connect_link(cfg.coordinator_url, key.text))
+    print(connect.connect_link(cfg.coordinator_url, key.text))
 
 
 def _read_password(args):
@@ -163,7 +159,7 @@ def cmd_join(args):
               + path + "\n")
     crypto.replace_secret_file(path, (header + tomli_w.dumps(doc)).encode("utf-8"))
     os.chmod(path, 0o644)
-    link = connect_link(target["url"], key.text)
+    link = connect.connect_link(target["url"], key.text)
     print(f"wrote {path}; the password is stored only as a derived key in "
           f"{cfg.password_key}", file=sys.stderr)
     if not args.files_root:
@@ -342,7 +338,7 @@ def cmd_migrate(args):
         raise ConfigError(f"--key {args.key!r} is not a coordinator public key (base64url "
                           "P-256; the new coordinator logs it at start)") from None
     if args.server != "*":
-        server = args.server.partition("#server=")[2] or args.server
+        server = connect.split_link(args.server)[1]
         try:
             crypto.parse_server_id(server)
         except HomeChannelError:

@@ -632,10 +632,8 @@ def _common_options(p):
 
 def _parse_target(args):
     """--server may be an id or a connect link ``{url}/#server={id}``."""
-    server, url = args.server.strip(), args.url
-    if "#server=" in server:
-        link_url, _, server = server.partition("#server=")
-        url = url or link_url.rstrip("/") or None
+    link_url, server = flow.split_link(args.server.strip())
+    url = args.url or link_url
     if not url:
         raise ConfigError("no coordinator: pass --url (or a connect link as --server)")
     url = coordinator_url(url, args.insecure_http)

@@ -61,6 +61,24 @@ SIGNATURE_HEADER = "X-HomeChannel-Signature"
 # or 502): shown as such, nothing in it used.  A success without it is an attack.
 UNSIGNED_REFUSAL = "unsigned-refusal"
 
+# The connect link the home server prints and the browser opens: the coordinator's
+# URL with the server id in the fragment (never sent to the coordinator by a browser).
+LINK_MARK = "#server="
+
+
+def connect_link(coordinator_url: str, server_id: str) -> str:
+    """``{coordinator_url}/#server={server_id}``."""
+    return f"{coordinator_url.rstrip('/')}/{LINK_MARK}{server_id}"
+
+
+def split_link(text: str) -> tuple[str | None, str]:
+    """``(coordinator URL or None, server id)`` from a connect link or a bare id."""
+    if LINK_MARK in text:
+        url, _, server = text.partition(LINK_MARK)
+        return url.rstrip("/") or None, server
+    return None, text
+
+
 # -- codes of the home server's refusals ---------------------------------------
 # (code -> the error class and message the coordinator gives the browser)
 

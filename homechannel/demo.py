@@ -93,7 +93,7 @@ def prepare(run_dir, web_port=8080, udp_port=7777, metrics_port=9477, apps=None)
     *apps* maps "terminal"/"desktop" to the reason they are off (None: on);
     default: all on.  Returns ``(coordinator_toml, server_toml, link, password)``.
     """
-    from homechannel import default_static_dir
+    from homechannel import connect, default_static_dir
     from homechannel.crypto import IdentityKey, derive_password_key, save_password_key
 
     run_dir = os.path.abspath(run_dir)
@@ -154,7 +154,7 @@ def prepare(run_dir, web_port=8080, udp_port=7777, metrics_port=9477, apps=None)
                  **{name: {"enabled": reason is None} for name, reason in (apps or {}).items()}},
         "metrics": {"listen": f"tcp:{metrics_port + 1}:interface=127.0.0.1"},
     })
-    link = f"{public_url}/#server={server_key.text}"
+    link = connect.connect_link(public_url, server_key.text)
     return coordinator_toml, server_toml, link, password
 
 

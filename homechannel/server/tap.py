@@ -70,7 +70,7 @@ def _make(options):
     from twisted.internet import reactor
     from twisted.logger import Logger
 
-    from homechannel import aio, config, crypto, metrics
+    from homechannel import aio, config, connect, crypto, metrics
     from homechannel.errors import ConfigError
     from homechannel.server.apps import AppHost
     from homechannel.server.challenges import ChallengeSource
@@ -129,17 +129,13 @@ def _make(options):
     if cfg.metrics.listen:
         metrics.service(cfg.metrics.listen, metrics.registry_for(
             metrics.ServerCollector(udp, answerer, app_host)), reactor).setServiceParent(top)
-    link = connect_link(cfg.coordinator_url, identity.text)
+    link = connect.connect_link(cfg.coordinator_url, identity.text)
     log.info("home server id {id}", id=identity.text)
     log.info("ICE servers: {ice}", ice=", ".join(
         s["urls"] if isinstance(s["urls"], str) else " ".join(s["urls"])
         for s in ice_servers()) or "none (host candidates only)")
     log.info("connect link: {link}", link=link)
     return top
-
-
-def connect_link(coordinator_url, server_id):
-    return f"{coordinator_url.rstrip('/')}/#server={server_id}"
 
 
 def _home_server_class():
