@@ -17,6 +17,7 @@ Formats (see ``docs/protocol.md``):
 """
 
 import base64
+import contextlib
 import functools
 import hashlib
 import hmac
@@ -247,13 +248,32 @@ def write_secret_file(path: StrPath, data: bytes) -> None:
         os.close(fd)
 
 
-def replace_secret_file(path: StrPath, data: bytes) -> None:
-    """Atomically replace *path* with *data* (mode 0600).  For non-identity secrets."""
+def replace_file(path: StrPath, data: bytes, mode: int) -> None:
+    """Atomically replace *path* with *data*, with exactly *mode* whatever the umask:
+    written to a new temporary file next to it (``O_EXCL``: never through a link),
+    then moved into place; the temporary file is removed on failure."""
     tmp = f"{path}.tmp.{os.getpid()}"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
     if os.path.lexists(tmp):
         os.unlink(tmp)
-    write_secret_file(tmp, data)
-    os.replace(tmp, path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        try:
+            os.fchmod(fd, mode)
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def replace_secret_file(path: StrPath, data: bytes) -> None:
+    """Atomically replace *path* with *data* (mode 0600).  For non-identity secrets."""
+    replace_file(path, data, 0o600)
 
 
 # -- ephemeral key agreement and session keys ------------------------------

@@ -26,7 +26,6 @@ socket).  Browser→SSH, conch buffers what the SSH window does not take; more
 than ``MAX_INPUT_BACKLOG`` bytes there closes the session.
 """
 
-import contextlib
 import os
 
 from twisted.conch.client.knownhosts import KnownHostsFile
@@ -149,25 +148,9 @@ def _create_identity(path):
 
 
 def _write_public(path, key):
-    """``<path>.pub`` (mode 0644 whatever the umask, as ssh-keygen writes it), made
-    as a new file (never through a link) and moved into place; nothing left behind
-    on failure."""
+    """``<path>.pub`` at mode 0644 whatever the umask, as ssh-keygen writes it."""
     public = key.public().toString("openssh", comment=b"homechannel-terminal") + b"\n"
-    tmp = f"{path}.pub.tmp.{os.getpid()}"
-    if os.path.lexists(tmp):
-        os.unlink(tmp)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    try:
-        try:
-            os.fchmod(fd, 0o644)
-            os.write(fd, public)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path + ".pub")
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    crypto.replace_file(path + ".pub", public, 0o644)
 
 
 class _UserAuth(userauth.SSHUserAuthClient):
