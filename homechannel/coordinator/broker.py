@@ -80,11 +80,9 @@ def _settle(value):
 
 
 def _all(*values):
-    """Wait for several seams' results at once (one Redis round trip for all of them)."""
-    if not any(isinstance(v, defer.Deferred) for v in values):
-        return defer.succeed(list(values))
-    return defer.gatherResults([_settle(v) for v in values], consumeErrors=True).addErrback(
-        lambda f: f.value.subFailure)
+    """:func:`_now_all` as a Deferred, for callers that are not coroutines."""
+    ready = _now_all(*values)
+    return defer.succeed(ready.value) if isinstance(ready, _Ready) else ready
 
 
 class _Ready:
@@ -107,10 +105,12 @@ def _now(value):
 
 
 def _now_all(*values):
-    """:func:`_all` to ``await``: without any Deferred when every seam answered at once."""
+    """Wait for several seams' results at once (one Redis round trip for all of them),
+    to ``await``: without any Deferred when every seam answered at once."""
     if not any(isinstance(v, defer.Deferred) for v in values):
         return _Ready(list(values))
-    return _all(*values)
+    return defer.gatherResults([_settle(v) for v in values], consumeErrors=True).addErrback(
+        lambda f: f.value.subFailure)
 
 
 def memory_limiter(clock, name, limit, period, burst=None):
@@ -234,7 +234,7 @@ class Broker:
             self._refuse_rate(retry, "too many connection attempts from your address")
             if token_error is not None:
                 self.metrics["connect_bad_device"] += 1
-                await _settle(self._lockout.failure(lock, STALE_WEIGHT))
+                await _now(self._lockout.failure(lock, STALE_WEIGHT))
                 raise Forbidden(f"this device's sign-in token was not accepted ({token_error}): "
                                 "sign in with the password", connect.BAD_DEVICE)
             self._require_online(online)
@@ -271,13 +271,13 @@ class Broker:
         expected = await _now(self._relay.take_challenge(key, req.challenge))
         if expected is None:
             self.metrics["connect_stale_challenge"] += 1
-            await _settle(self._lockout.failure(lock, STALE_WEIGHT))
+            await _now(self._lockout.failure(lock, STALE_WEIGHT))
             raise Forbidden("the challenge was already used or has expired: look the server "
                             "up again", "stale-challenge")
         spend = [self._server_minute.hit(key), self._server_day.hit(key)]
         if not crypto.check_answer(req.answer, expected):
             self.metrics["connect_wrong_password"] += 1
-            await _all(*spend, self._failed(lock, source))
+            await _now_all(*spend, self._failed(lock, source))
             _background(self._relay.notify(key, connect.failure_notice(source, "wrong-password")),
                         "reporting a failed login to the home server")
             raise Forbidden("wrong password", "wrong-password")
