@@ -33,6 +33,11 @@ def _gauge(name, doc, value=None, labels=(), rows=()):
     return _family(GaugeMetricFamily, name, doc, value, labels, rows)
 
 
+def _by(label, counts):
+    """The ``labels``/``rows`` of a family with one label: a row per key of *counts*."""
+    return {"labels": [label], "rows": [((k,), v) for k, v in sorted(counts.items())]}
+
+
 def _kebab(key):
     return key.replace("_", "-")
 
@@ -62,11 +67,11 @@ class CoordinatorCollector:
         outcomes = {_kebab(k[len("connect_"):]): v for k, v in web.items()
                     if k.startswith("connect_")}
         yield _counter(_C + "connects", "Connect attempts by outcome.",
-                       labels=["outcome"], rows=[((k,), v) for k, v in sorted(outcomes.items())])
+                       **_by("outcome", outcomes))
         answers = {("answered" if k == "answers" else _kebab(k[len("answers_"):])): v
                    for k, v in web.items() if k == "answers" or k.startswith("answers_")}
         yield _counter(_C + "answers", "Home server answers by outcome.",
-                       labels=["outcome"], rows=[((k,), v) for k, v in sorted(answers.items())])
+                       **_by("outcome", answers))
         yield _counter(_C + "lookups", "Server lookups (GET /api/servers/{id}).",
                        web.get("lookups", 0))
         yield _counter(_C + "rate_limited", "Requests refused by a rate limit.",
@@ -85,10 +90,10 @@ class CoordinatorCollector:
                      getattr(sessions, "waiting", 0) or 0)
         drops = {k[len("dropped."):]: v for k, v in stats.items() if k.startswith("dropped.")}
         yield _counter(_C + "udp_dropped", "UDP datagrams dropped, by reason.",
-                       labels=["reason"], rows=[((k,), v) for k, v in sorted(drops.items())])
+                       **_by("reason", drops))
         events = {k: v for k, v in stats.items() if not k.startswith("dropped")}
         yield _counter(_C + "udp_events", "Every other UDP protocol counter, by name.",
-                       labels=["event"], rows=[((k,), v) for k, v in sorted(events.items())])
+                       **_by("event", events))
         yield _counter(_C + "udp_datagrams_received", "UDP datagrams received.",
                        getattr(self.rv, "received", 0))
 
