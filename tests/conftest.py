@@ -25,8 +25,10 @@ from helpers import CHROMIUM_ARGS, Twistd, in_ci, loopback_only, require_module,
 # the end-to-end lane: ``pytest -m "not e2e"`` is the fast lane (unit and
 # protocol tests).  A test is e2e when its module is ``test_e2e_*`` or
 # ``test_nat*``, when it carries ``@pytest.mark.e2e`` itself, or when it uses
-# one of these fixtures.
-E2E_FIXTURES = {"twistd", "chromium", "chromium_page"}
+# one of these fixtures (real daemons, browsers, sshd and test users, VNC
+# servers, installed wheels).  The fast lane touches nothing outside the checkout.
+E2E_FIXTURES = {"twistd", "chromium", "chromium_page", "sshd", "sshd_keyauth", "vnc",
+                "installed", "desktop_1280"}
 
 
 @pytest.fixture(autouse=True)
@@ -44,6 +46,14 @@ def pytest_collection_modifyitems(config, items):
         if (module.startswith(("test_e2e_", "test_nat"))
                 or E2E_FIXTURES.intersection(getattr(item, "fixturenames", ()))):
             item.add_marker(pytest.mark.e2e)
+    # The end-to-end tests first (the NAT tests, the longest, before the others), so
+    # that parallel workers (make test) start the long ones early and end the run
+    # together on short unit tests, never one worker alone on a long test.
+    def order(item):
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        return 0 if module.startswith("test_nat") else 1 if item.get_closest_marker("e2e") else 2
+
+    items.sort(key=order)
 
 
 def pytest_sessionstart(session):

@@ -37,17 +37,35 @@ def local_user(prefix, password=None):
     if os.geteuid() != 0:
         pytest.fail("this test creates a user with useradd: run it as root in tests/netns-run")
     user = prefix + secrets.token_hex(3)
-    subprocess.run(["useradd", "-m", "-s", "/bin/sh", user], check=True)
+    with accounts_lock():
+        subprocess.run(["useradd", "-m", "-s", "/bin/sh", user], check=True)
     try:
-        if password is not None:
-            subprocess.run(["chpasswd"], input=f"{user}:{password}".encode(), check=True)
-        else:
-            # A locked account ("!") is refused by sshd even for key auth
-            # without PAM: give it an unusable but unlocked hash.
-            subprocess.run(["usermod", "-p", "*", user], check=True)
+        with accounts_lock():
+            if password is not None:
+                subprocess.run(["chpasswd"], input=f"{user}:{password}".encode(), check=True)
+            else:
+                # A locked account ("!") is refused by sshd even for key auth
+                # without PAM: give it an unusable but unlocked hash.
+                subprocess.run(["usermod", "-p", "*", user], check=True)
         yield user
     finally:
-        subprocess.run(["userdel", "-r", user], stderr=subprocess.DEVNULL)
+        with accounts_lock():
+            subprocess.run(["userdel", "-r", user], stderr=subprocess.DEVNULL)
+
+
+@contextlib.contextmanager
+def accounts_lock():
+    """One user-account change at a time across parallel test workers: useradd and
+    friends refuse to wait for each other's lock on /etc/passwd ("cannot lock
+    /etc/passwd; try again later")."""
+    import fcntl
+
+    with open("/tmp/homechannel-tests-accounts.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager

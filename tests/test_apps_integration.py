@@ -47,7 +47,13 @@ async def open_app(client, label):
     return ch
 
 
-def test_control_hello_ping_and_refusals(tmp_path):
+def test_control_hello_ping_and_refusals(tmp_path, monkeypatch):
+    """Hello and ping on the control channel; channels for disabled or unknown apps
+    and bad labels get an error and are closed by the home server (after a grace
+    period, shortened here: the browser closes them itself on the error)."""
+    from homechannel.server.apps import channel
+
+    monkeypatch.setattr(channel, "CLOSE_GRACE", 0.3)
     apps = ServerApps(files=FilesApp(roots=(str(tmp_path),)), desktop=DesktopApp(enabled=False))
 
     async def body(reactor, pcs):

@@ -45,7 +45,12 @@ def test_rfb_banner_through_the_pipe(tmp_path, vnc):
     asyncio.run(asyncio.wait_for(main(), 60))
 
 
-def test_no_vnc_server_is_a_clear_error(tmp_path):
+def test_no_vnc_server_is_a_clear_error(tmp_path, monkeypatch):
+    """Nothing listens on the desktop's port: a clear error, then the home server
+    closes the channel (after a grace period, shortened here)."""
+    from homechannel.server.apps import channel
+
+    monkeypatch.setattr(channel, "CLOSE_GRACE", 0.3)
     apps = ServerApps(desktop=DesktopApp(port=free_tcp_port()))
 
     async def main():

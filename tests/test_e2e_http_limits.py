@@ -61,9 +61,15 @@ def test_connection_cap_and_header_timeout(tmp_path, twistd):
                               header_timeout=1.0)
     held = [connect(pair) for _ in range(3)]
     time.sleep(0.3)
-    extra = connect(pair)
     start_refused = time.monotonic()
-    assert read_all(extra) == b""                    # closed at once, nothing said
+    try:
+        extra = connect(pair)
+    except ConnectionResetError:
+        # Reset before connect() returned: a loaded machine may run the coordinator's
+        # accept-and-close before this thread is back from connect().
+        pass
+    else:
+        assert read_all(extra) == b""                # closed at once, nothing said
     assert time.monotonic() - start_refused < 5.0
     # The held ones send nothing: each is cut after the header timeout (408).
     for s in held:

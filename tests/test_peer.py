@@ -17,6 +17,7 @@ from twisted.internet.task import Clock
 
 from homechannel import aio, connect, crypto, webrtc
 from homechannel.config import ServerWebRTC
+from homechannel.server import peer
 from homechannel.server.peer import Answerer
 
 LOOPBACK = ("127.0.0.1",)
@@ -379,6 +380,30 @@ async def test_close_all_closes_every_session(h):
     assert all(pc.connectionState == "closed" for pc in h.app_host.attached)
     _, _, sdp = await h.client_offer()
     assert (await h.offer(h.payload(sdp)[0]))["error"] == "busy"
+
+
+@run
+async def test_a_session_that_does_not_close_does_not_hold_the_stop(h):
+    """A peer connection whose close() never returns (aiortc releasing a TURN
+    allocation on a relay that no longer answers) is abandoned after CLOSE_TIMEOUT:
+    the home server's stop is not held.  How this was shown to fail: without the
+    timeout, close_all's Deferred never fires (the wait below times out)."""
+    _, _, sdp = await h.client_offer()
+    assert "answer" in await h.offer(h.payload(sdp)[0])
+    pc = h.app_host.attached[0]
+    real_close, hang = pc.close, asyncio.Event()
+
+    async def stuck_close():
+        await real_close()
+        await hang.wait()
+
+    pc.close = stuck_close
+    stopped = h.answerer.close_all()
+    await wait_until(lambda: pc.connectionState == "closed")
+    assert not stopped.called
+    h.clock.advance(peer.CLOSE_TIMEOUT)
+    await asyncio.wait_for(aio.as_future(stopped), 5)
+    assert h.answerer.live_sessions == 0
 
 
 # -- the certificate actually presented ---------------------------------------

@@ -16,6 +16,7 @@ import sys
 import pytest
 
 from helpers import REPO, require_tool
+from services import accounts_lock
 
 UNITS = {
     "homechannel-coordinator.service": "homechannel-coordinator",
@@ -171,6 +172,7 @@ def _as_user(user, argv):
     return os.waitstatus_to_exitcode(status), err
 
 
+@pytest.mark.e2e   # adds a user with useradd: not in the fast lane
 def test_home_server_install_steps_work_as_written(tmp_path, capsys):
     """The install comment of homechannel-server.service, run as written, with
     /var/lib/homechannel and /etc/homechannel moved into a scratch root and a
@@ -224,7 +226,9 @@ def test_home_server_install_steps_work_as_written(tmp_path, capsys):
         for command in commands:
             argv = [rebase(t) for t in shlex.split(command)]
             if argv[0] in ("useradd", "install"):
-                r = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=30)
+                with accounts_lock():
+                    r = subprocess.run(argv, cwd=REPO, capture_output=True, text=True,
+                                       timeout=30)
                 assert r.returncode == 0, (command, r.stderr)
                 created_user = created_user or argv[0] == "useradd"
             elif argv[:3] == ["sudo", "-u", user]:
@@ -259,5 +263,6 @@ def test_home_server_install_steps_work_as_written(tmp_path, capsys):
         assert out.strip().endswith("#server=" + key.text)
     finally:
         if created_user:
-            subprocess.run(["userdel", user], check=False, timeout=30)
+            with accounts_lock():
+                subprocess.run(["userdel", user], check=False, timeout=30)
         shutil.rmtree(root, ignore_errors=True)

@@ -50,6 +50,10 @@ from homechannel.connect import (
 from homechannel.errors import AuthenticationError, ProtocolError
 
 DEVICE_CHALLENGES_KEPT = 4096
+# Seconds a peer connection may take to close when the home server stops; then it is
+# abandoned.  (aiortc releases a TURN allocation before it returns from close(); a relay
+# that no longer answers would hold the stop for about ten seconds.)
+CLOSE_TIMEOUT = 3.0
 
 
 def default_peer_connection_factory(ice_servers):
@@ -142,11 +146,13 @@ class Answerer:
             return succeed(Answer.refusal(connect.session_of(payload), INTERNAL).encode())
 
     def close_all(self):
-        """Close every peer connection (service shutdown); Deferred fires when done."""
+        """Close every peer connection (service shutdown); the Deferred fires when they
+        are closed, or after ``CLOSE_TIMEOUT`` seconds for those that hang (cancelled)."""
         self._stopping = True
         for session in list(self._live):
             self._close(session, "the home server is shutting down")
-        closing = [s.closing for s in self._sessions.values() if s.closing is not None]
+        closing = [s.closing.addTimeout(CLOSE_TIMEOUT, self._clock)
+                   for s in self._sessions.values() if s.closing is not None]
         for session in list(self._sessions.values()):
             if session.forget is not None and session.forget.active():
                 session.forget.cancel()
