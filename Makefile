@@ -24,7 +24,7 @@ TEST_TIMEOUT ?= 780
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv npm sysdeps run test test-fast typecheck bench clean
+.PHONY: help venv npm sysdeps run wheel test test-fast typecheck bench clean
 
 help:
 	@echo "make run     start a demo coordinator + home server on 127.0.0.1"
@@ -32,6 +32,7 @@ help:
 	@echo "make test-fast  unit and protocol tests only (pytest -m 'not e2e'), the type check included"
 	@echo "make typecheck  mypy on the pure modules listed in setup.cfg [mypy]"
 	@echo "make bench   run every bench/*.py (python -m bench.NAME)"
+	@echo "make wheel   build dist/homechannel-VERSION-py3-none-any.whl (and the sdist) to deploy"
 	@echo "make venv | npm | sysdeps | clean"
 
 # -- Python ---------------------------------------------------------------
@@ -73,6 +74,16 @@ static/node_modules/.stamp: static/package.json $(wildcard static/package-lock.j
 	cd static && if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; \
 		else npm install --no-audit --no-fund --no-package-lock; fi
 	@touch $@
+
+# -- the wheel to deploy ---------------------------------------------------
+
+# python -m build: the sdist, then the wheel from the sdist, with the venv's
+# setuptools (no download).  setup.py runs 'npm ci' in static/ by itself when
+# static/node_modules lacks the client's runtime packages (npm needed then).
+wheel: venv
+	rm -f dist/homechannel-*
+	$(PY) -m build --no-isolation --outdir dist .
+	@echo "the wheel: $$(ls dist/homechannel-*.whl)"
 
 # -- Debian packages ------------------------------------------------------
 
