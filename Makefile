@@ -110,8 +110,9 @@ sysdeps:
 
 # -- the two commands ------------------------------------------------------
 
+# V=1 streams the daemons' logs to the terminal too (always in .run/*.log).
 run: venv npm
-	$(PY) -m homechannel.demo
+	@$(PY) -m homechannel.demo $(if $(filter-out 0,$(V)),--verbose)
 
 # pytest's own exit status (including 5, "no tests collected") fails make.
 test: sysdeps venv npm
