@@ -27,7 +27,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 .PHONY: help venv npm sysdeps run wheel test test-fast typecheck bench clean
 
 help:
-	@echo "make run     start a demo coordinator + home server on 127.0.0.1"
+	@echo "make run     start a demo coordinator + home server on 127.0.0.1 (V=1: show their logs too)"
 	@echo "make test    install everything and run the tests in a loopback-only netns"
 	@echo "make test-fast  unit and protocol tests only (pytest -m 'not e2e'), the type check included"
 	@echo "make typecheck  mypy on the pure modules listed in setup.cfg [mypy]"
