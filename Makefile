@@ -32,15 +32,16 @@ SUITE_TIMEOUT ?= 3600
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv npm sysdeps run test test-fast soak typecheck bench clean
+.PHONY: help venv npm sysdeps run wheel test test-fast soak typecheck bench clean
 
 help:
-	@echo "make run     start a demo coordinator + home server on 127.0.0.1"
+	@echo "make run     start a demo coordinator + home server on 127.0.0.1 (V=1: show their logs too)"
 	@echo "make test    install everything and run the tests in a loopback-only netns"
 	@echo "make test-fast  unit and protocol tests only (pytest -m 'not e2e'), the type check included"
 	@echo "make typecheck  mypy on the pure modules listed in setup.cfg [mypy]"
 	@echo "make soak    full-size soak tests (a 2 GiB download in Chromium), not in make test"
 	@echo "make bench   run every bench/*.py (python -m bench.NAME)"
+	@echo "make wheel   build dist/homechannel-VERSION-py3-none-any.whl (and the sdist) to deploy"
 	@echo "make venv | npm | sysdeps | clean"
 
 # -- Python ---------------------------------------------------------------
@@ -83,6 +84,16 @@ static/node_modules/.stamp: static/package.json $(wildcard static/package-lock.j
 		else npm install --no-audit --no-fund --no-package-lock; fi
 	@touch $@
 
+# -- the wheel to deploy ---------------------------------------------------
+
+# python -m build: the sdist, then the wheel from the sdist, with the venv's
+# setuptools (no download).  setup.py runs 'npm ci' in static/ by itself when
+# static/node_modules lacks the client's runtime packages (npm needed then).
+wheel: venv
+	rm -f dist/homechannel-*
+	$(PY) -m build --no-isolation --outdir dist .
+	@echo "the wheel: $$(ls dist/homechannel-*.whl)"
+
 # -- Debian packages ------------------------------------------------------
 
 # As root or in CI: install what is missing (skipped quickly when all are
@@ -108,8 +119,9 @@ sysdeps:
 
 # -- the two commands ------------------------------------------------------
 
+# V=1 streams the daemons' logs to the terminal too (always in .run/*.log).
 run: venv npm
-	$(PY) -m homechannel.demo
+	@$(PY) -m homechannel.demo $(if $(filter-out 0,$(V)),--verbose)
 
 # pytest's own exit status (including 5, "no tests collected") fails make.
 # --durations=15: the slowest tests, printed at the end of every run.

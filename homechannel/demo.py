@@ -4,9 +4,14 @@
 ``$HOMECHANNEL_RUN_DIR``): both identity keys (created once, never
 replaced), a random demo password, the derived password key, both TOML
 configurations and a demo folder ``files/`` that the files app serves.  It
-starts both daemons as ``twistd`` child processes, waits until the home
-server has registered, prints the link to open and the password, streams the
-logs, and stops both children on Ctrl-C.
+starts the coordinator as a ``twistd`` child process, waits until it
+listens (its UDP port answers a STUN Binding request and its web port
+``/healthz``), then starts the home server the same way and waits until it has
+registered.  Then the first thing it prints is a short banner: the link to
+open, the password, where the logs are, and "Ctrl-C to stop".  The daemons'
+logs go to ``.run/coordinator.log`` and ``.run/server.log`` (new each run);
+``--verbose`` (``make run V=1``) streams them to the terminal too.  Ctrl-C
+stops both children; when one exits early, the end of its log is printed.
 
 Ports can be changed with ``HOMECHANNEL_WEB_PORT`` (8080),
 ``HOMECHANNEL_UDP_PORT`` (7777) and ``HOMECHANNEL_METRICS_PORT`` (9477 for the
@@ -23,6 +28,7 @@ that later runs can show it again; a real home server stores only the
 derived key (``homechannel passwd``).
 """
 
+import argparse
 import ctypes
 import fcntl
 import os
@@ -32,10 +38,12 @@ import socket
 import signal
 import subprocess
 import sys
-import threading
 import time
+import urllib.request
 
 REGISTERED = re.compile(r"registered with coordinator")
+# How many lines of a daemon's log to show when it exits early or does not start.
+TAIL_LINES = 30
 
 
 # -- configuration files -------------------------------------------------
@@ -87,11 +95,12 @@ def available_apps(check=listening):
     }
 
 
-def prepare(run_dir, web_port=8080, udp_port=7777, metrics_port=9477, apps=None):
+def prepare(run_dir, web_port=8080, udp_port=7777, metrics_port=9477, apps=None, say=print):
     """Create or reuse the demo state in *run_dir*; write both configs.
 
     *apps* maps "terminal"/"desktop" to the reason they are off (None: on);
-    default: all on.  Returns ``(coordinator_toml, server_toml, link, password)``.
+    default: all on.  *say* shows progress (a slow first key derivation).
+    Returns ``(coordinator_toml, server_toml, link, password)``.
     """
     from homechannel import connect, default_static_dir
     from homechannel.crypto import IdentityKey, derive_password_key, save_password_key
@@ -121,7 +130,7 @@ def prepare(run_dir, web_port=8080, udp_port=7777, metrics_port=9477, apps=None)
         if os.path.exists(password_key_path):
             os.unlink(password_key_path)
     if not _password_key_matches(password_key_path, server_key.public_raw):
-        print("deriving the password key (PBKDF2, a moment)...", flush=True)
+        say("deriving the password key (PBKDF2, a moment)...")
         k = derive_password_key(password, server_key.public_raw)
         save_password_key(password_key_path, server_key.public_raw, k)
 
@@ -227,32 +236,88 @@ def lock(run_dir):
     return fd
 
 
-class Child:
-    """A twistd child whose output is copied to ours with a prefix."""
+def stun_answers(host, port, timeout=0.3):
+    """True when a STUN Binding request to UDP (host, port) gets a Binding success
+    response: the coordinator's UDP port is served (RFC 5389; STUN is on in the
+    demo's coordinator)."""
+    txid = secrets.token_bytes(12)
+    request = b"\x00\x01\x00\x00\x21\x12\xa4\x42" + txid
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.sendto(request, (host, port))
+            data = s.recv(2048)
+        except OSError:         # timeout, or ICMP port unreachable: nothing there yet
+            return False
+    return data[:2] == b"\x01\x01" and data[8:20] == txid
 
-    def __init__(self, name, cmd, cwd, pattern=None):
+
+def healthy(url, timeout=0.5):
+    """True when GET *url* answers 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def tail(path, lines=TAIL_LINES):
+    """The last *lines* lines of the file at *path* ("" when there is none)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 64 * 1024))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class Child:
+    """A twistd child whose output goes to a log file of its own (new each run).
+
+    :meth:`poll` reads what the child wrote since the last call, copies it to
+    our stdout with a prefix when *echo* is set, and remembers whether a line
+    matched *pattern*."""
+
+    def __init__(self, name, cmd, cwd, log_path, pattern=None, echo=False):
         self.name = name
+        self.log_path = log_path
         self.pattern = pattern
-        self.seen = threading.Event()
+        self.echo = echo
+        self.seen = False
+        self._offset = 0
+        self._partial = b""
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         # Make sure twistd finds twisted/plugins/ of this checkout.
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-        self.proc = subprocess.Popen(
-            cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches only us; we stop the children
-            preexec_fn=_die_with_parent(os.getpid()),
-        )
-        self._thread = threading.Thread(target=self._pump, daemon=True)
-        self._thread.start()
+        with open(log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches only us; we stop the children
+                preexec_fn=_die_with_parent(os.getpid()),
+            )
 
-    def _pump(self):
-        for raw in self.proc.stdout:
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            print(f"[{self.name}] {line}", flush=True)
+    def poll(self):
+        """Read the log's new complete lines; the child's exit status, or None."""
+        status = self.proc.poll()
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except OSError:
+            data = b""
+        self._offset += len(data)
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        for raw in lines:
+            line = raw.decode("utf-8", "replace")
+            if self.echo:
+                print(f"[{self.name}] {line}", flush=True)
             if self.pattern is not None and self.pattern.search(line):
-                self.seen.set()
+                self.seen = True
+        return status
 
     def stop(self, timeout=10.0):
         if self.proc.poll() is None:
@@ -262,11 +327,91 @@ class Child:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self._thread.join(2)
+        self.poll()
         return self.proc.returncode
 
 
+class Failed(Exception):
+    """The demo cannot go on; ``str(e)`` says why (and shows the logs)."""
+
+
+def _show_path(path):
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
+def _log_tail(child):
+    text = tail(child.log_path)
+    where = _show_path(child.log_path)
+    if not text:
+        return f"(its log {where} is empty)"
+    return f"the end of its log ({where}):\n{text}"
+
+
+def _wait(children, done, what, deadline):
+    """Poll *children* until ``done()``; :class:`Failed` when one exits or at *deadline*."""
+    while not done():
+        for child in children:
+            status = child.poll()
+            if status is not None:
+                raise Failed(f"the {child.name} exited (status {status}) before {what}; "
+                             + _log_tail(child))
+        if time.monotonic() > deadline:
+            raise Failed(f"timed out waiting until {what}; "
+                         + "\n".join(_log_tail(child) for child in children))
+        time.sleep(0.1)
+
+
+class Progress:
+    """What the demo is doing while it starts.  On a terminal, one line that each step
+    overwrites and :meth:`done` erases, so the banner is the first thing left on the
+    screen; with *verbose*, plain lines among the logs; otherwise nothing."""
+
+    def __init__(self, verbose, stream=sys.stdout):
+        self.stream = stream
+        self.verbose = verbose
+        self.tty = not verbose and stream.isatty()
+
+    def __call__(self, text):
+        if self.verbose:
+            print(text, file=self.stream, flush=True)
+        elif self.tty:
+            self.stream.write("\r\033[K" + text)
+            self.stream.flush()
+
+    def done(self):
+        if self.tty:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+def banner(link, password, logs, verbose, notes):
+    """The lines the demo shows once it runs: the link and the password first."""
+    lines = [
+        f"HomeChannel demo is running: open {link}",
+        f"Password: {password}",
+        f"Logs: {' and '.join(logs)}" + ("" if verbose else
+                                         " (to see them here: make run V=1, or --verbose)"),
+        "Ctrl-C to stop.",
+    ]
+    return "\n".join(lines + list(notes)) + "\n"
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="python -m homechannel.demo",
+        description="Start a demo coordinator and home server on 127.0.0.1 (what 'make run' "
+                    "does), print the link to open and the password, and stop both on Ctrl-C. "
+                    "State and logs: .run/ (HOMECHANNEL_RUN_DIR); ports: HOMECHANNEL_WEB_PORT "
+                    "(8080), HOMECHANNEL_UDP_PORT (7777), HOMECHANNEL_METRICS_PORT (9477).")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="stream both daemons' logs to the terminal too (they always go "
+                             "to .run/coordinator.log and .run/server.log); make run V=1")
+    return parser.parse_args(argv)
+
+
 def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     run_dir = os.environ.get("HOMECHANNEL_RUN_DIR", ".run")
     web_port = _port("HOMECHANNEL_WEB_PORT", 8080)
     udp_port = _port("HOMECHANNEL_UDP_PORT", 7777)
@@ -287,13 +432,12 @@ def main(argv=None):
               "program (choose others with HOMECHANNEL_WEB_PORT / HOMECHANNEL_UDP_PORT)",
               file=sys.stderr)
         return 1
+    status = Progress(args.verbose)
     apps = available_apps()
-    for name, reason in apps.items():
-        if reason:
-            print(f"the {name} app is off in this demo: {reason}", flush=True)
     coordinator_toml, server_toml, link, password = prepare(
-        run_dir, web_port, udp_port, metrics_port, apps)
+        run_dir, web_port, udp_port, metrics_port, apps, say=status)
     cwd = os.path.abspath(run_dir)
+    logs = {name: os.path.join(cwd, name + ".log") for name in ("coordinator", "server")}
 
     children = []
     interrupted = False
@@ -303,40 +447,41 @@ def main(argv=None):
 
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        children.append(Child("coordinator", twistd_command(
-            "homechannel-coordinator", coordinator_toml), cwd))
-        server = Child("server", twistd_command(
-            "homechannel-server", server_toml, asyncio=True), cwd, pattern=REGISTERED)
-        children.append(server)
-
         deadline = time.monotonic() + float(os.environ.get("HOMECHANNEL_START_TIMEOUT", "60"))
-        while not server.seen.wait(0.2):
-            for child in children:
-                if child.proc.poll() is not None:
-                    print(f"\nthe {child.name} exited (status {child.proc.returncode}) "
-                          "before the home server registered; see its log above",
-                          file=sys.stderr)
-                    return 1
-            if time.monotonic() > deadline:
-                print("\nthe home server did not register with the coordinator in time; "
-                      "see the logs above", file=sys.stderr)
-                return 1
+        status("starting the coordinator...")
+        coordinator = Child("coordinator", twistd_command(
+            "homechannel-coordinator", coordinator_toml), cwd, logs["coordinator"],
+            echo=args.verbose)
+        children.append(coordinator)
+        # The home server starts once the coordinator answers on both ports: started
+        # earlier, its first registration attempts find no one and it warns about a
+        # firewall that is not there.
+        _wait(children, lambda: stun_answers("127.0.0.1", udp_port) and healthy(
+            f"http://127.0.0.1:{web_port}/healthz"), "the coordinator listened", deadline)
+        status("starting the home server...")
+        server = Child("server", twistd_command(
+            "homechannel-server", server_toml, asyncio=True), cwd, logs["server"],
+            pattern=REGISTERED, echo=args.verbose)
+        children.append(server)
+        _wait(children, lambda: server.seen, "the home server registered", deadline)
 
-        print(
-            "\n"
-            "HomeChannel demo is running.\n"
-            f"  Open:     {link}\n"
-            f"  Password: {password}\n"
-            "Press Ctrl-C to stop.\n",
-            flush=True,
-        )
+        status.done()
+        notes = [f"the {name} app is off in this demo: {reason}"
+                 for name, reason in apps.items() if reason]
+        print(banner(link, password, [_show_path(p) for p in logs.values()], args.verbose,
+                     notes), end="", flush=True)
         while True:
             for child in children:
-                if child.proc.poll() is not None:
-                    print(f"\nthe {child.name} exited (status {child.proc.returncode})",
+                code = child.poll()
+                if code is not None:
+                    print(f"\nthe {child.name} exited (status {code}); {_log_tail(child)}",
                           file=sys.stderr)
                     return 1
             time.sleep(0.5)
+    except Failed as e:
+        status.done()
+        print(f"cannot start the demo: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         interrupted = True
         return 0

@@ -85,12 +85,14 @@ def test_per_source_limits_key_an_ipv6_64_and_lockouts_a_56(h):
         resp = h.call("GET", f"/api/servers/{h.server_id}", ip=f"2001:db8:1:2::{i % 4 + 1}")
         codes.append(resp.code)
     assert codes.count(200) == 2 * limit and codes[-1] == 429
+    assert resp.json["scope"] == "source"
     # Lockout: five wrong answers spread over 2001:db8:1:3::/64 and 2001:db8:1:4::/64.
     for i in range(h.config.failures_before_lockout):
         resp, _ = h.connect(ip=f"2001:db8:1:{3 + i % 2}::7", password_key=WRONG_KEY)
         assert_error(resp, 403, "wrong-password")
     resp, _ = h.connect(ip="2001:db8:1:5::1")      # same /56, a fresh /64
     assert_error(resp, 429, "locked-out")
+    assert resp.json["scope"] == "source"
     resp, _ = h.connect(ip="2001:db8:2::1")        # another /56 is not affected
     assert resp.code == 202
 
@@ -119,6 +121,7 @@ def test_returning_client_connects_on_its_first_try_while_strangers_are_told_to_
     assert 1 <= resp.json["retry_after"] <= 60
     assert resp.header("Retry-After") == str(resp.json["retry_after"])
     assert "devices that signed in before are not affected" in resp.json["error"]
+    assert resp.json["scope"] == "server"       # what the browser's hint goes by
 
 
 def test_device_tokens_are_checked_and_devices_locked_out_on_their_own(h):
@@ -195,7 +198,9 @@ def test_device_budgets_are_per_server_and_device(h):
     assert device_key(h.home.public_raw, "d") != device_key(other.public_raw, "d")
     for _ in range(h.config.per_device_per_minute):
         assert post(h, device_body(h, device_token(h))).code == 202
-    assert_error(post(h, device_body(h, device_token(h))), 429, "rate-limited")
+    resp = post(h, device_body(h, device_token(h)))
+    assert_error(resp, 429, "rate-limited")
+    assert resp.json["scope"] == "device"
     h.relay.add_server(other.public_raw, PASSWORD_KEY)
     token = connect.DeviceToken.issue(other, crypto.b64u_encode(b"d" * 16), NOW)
     body = device_body(h, token, server=other.text)

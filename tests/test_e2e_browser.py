@@ -281,3 +281,166 @@ def test_client_hosted_on_another_origin_connects_through_the_allowed_origin(
             stop2()
     finally:
         stop()
+
+
+# -- a refusal that says when to try again ------------------------------------------------
+
+# Records every text the connect error box shows (window.__hcNotices), with whether
+# it was a countdown, so a test sees a countdown that lasts only a second or two.
+RECORD_NOTICES = """
+(() => {
+  window.__hcNotices = [];
+  const watch = () => {
+    const box = document.getElementById("connect-error");
+    if (!box) return setTimeout(watch, 10);
+    new MutationObserver(() => {
+      const text = box.hidden ? "" : box.innerText.trim();
+      const last = window.__hcNotices[window.__hcNotices.length - 1];
+      const entry = {text, retrying: box.dataset.retrying === "true"};
+      if (text && (!last || last.text !== text || last.retrying !== entry.retrying)) {
+        window.__hcNotices.push(entry);
+      }
+    }).observe(box, {subtree: true, childList: true, characterData: true, attributes: true});
+  };
+  watch();
+})();
+"""
+
+
+def spend_lookups(pair):
+    """Look the server up from this address (the browser's too: 127.0.0.1) until the
+    coordinator refuses; return the refusal's retry_after."""
+    url = f"{pair.url}/api/servers/{pair.server_key.text}"
+    for _ in range(1000):
+        try:
+            urllib.request.urlopen(url, timeout=5).read()
+        except urllib.error.HTTPError as e:
+            assert e.code == 429, e
+            doc = json.loads(e.read())
+            assert doc["code"] == "rate-limited" and doc["scope"] == "source", doc
+            return doc["retry_after"]
+    raise AssertionError("the coordinator never refused a lookup")
+
+
+class LookupGate:
+    """Counts the page's server lookups; before the ones numbered in *refuse* (1 = the
+    first) it spends this address's lookup budget, so the coordinator refuses that
+    lookup with a short Retry-After (a real refusal, deterministic: no race with the
+    budget's refill)."""
+
+    def __init__(self, page, pair):
+        self.pair = pair
+        self.count = 0
+        self.refuse = set()
+        self.waits = []
+        page.route(re.compile(r"/api/servers/"), self._route)
+
+    def _route(self, route):
+        self.count += 1
+        if self.count in self.refuse:
+            self.waits.append(spend_lookups(self.pair))
+        route.continue_()
+
+
+def notices(page):
+    return page.evaluate("window.__hcNotices")
+
+
+def start_limited_pair(twistd, tmp_path, **web):
+    # 20 connects a minute: 40 lookups a minute, one every 1.5 s once spent, so a
+    # spent budget says "Retry-After: 2".
+    return start_pair(twistd, tmp_path, coordinator_web={"per_ip_per_minute": 20, **web})
+
+
+def test_a_short_wait_is_counted_down_and_tried_again_by_itself(tmp_path, twistd,
+                                                                 chromium_page):
+    """The coordinator refuses the first lookup (429 rate-limited, Retry-After 2): the
+    page counts down ("Trying again in 2 s…", then 1 s) and tries again by itself,
+    which connects, with no click.  How this was shown to fail: with main.js before
+    the countdown, the page showed "Too many attempts. Try again in 2 seconds." and
+    waited for a click (the wait for a countdown timed out)."""
+    page = chromium_page
+    page.add_init_script(RECORD_NOTICES)
+    pair, coordinator, server = start_limited_pair(twistd, tmp_path)
+    open_link(page, pair)
+    gate = LookupGate(page, pair)
+    gate.refuse = {1}
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Connect").click()
+    page.locator("#connect-error[data-retrying=true]").wait_for(timeout=30_000)
+    assert page.locator("#connect-error").get_by_role("button", name="Cancel").is_visible()
+    page.get_by_role("button", name="Disconnect").wait_for(timeout=30_000)
+    server.wait_for_log(r"session \S+ connected", timeout=10)
+    assert gate.waits == [2] and gate.count == 2
+    seen = [n["text"] for n in notices(page) if n["retrying"]]
+    assert any(t.startswith("Too many attempts. Trying again in 2 s…") for t in seen), seen
+    assert any(t.startswith("Too many attempts. Trying again in 1 s…") for t in seen), seen
+    assert not [n for n in notices(page) if not n["retrying"]], notices(page)
+
+
+def test_a_refusal_waits_for_a_click_when_tried_again_cancelled_or_long(
+        tmp_path, twistd, chromium_page):
+    """Tried again once, not in a loop: when the automatic retry is refused too, the
+    error stays and waits for a click.  Editing the password during the countdown
+    cancels it.  A long wait (a 60 s lockout) gets no countdown at all.  How this was
+    shown to fail: with the retry in a loop (retryOnWait passed on to the retry), the
+    second refusal was counted down again and a third lookup connected by itself (the
+    wait for the error that waits timed out); with the password's input handler
+    removed, the countdown went on after the edit (the wait for it to stop timed out)."""
+    page = chromium_page
+    page.add_init_script(RECORD_NOTICES)
+    pair, coordinator, server = start_limited_pair(twistd, tmp_path,
+                                                   failures_before_lockout=1)
+    open_link(page, pair)
+    gate = LookupGate(page, pair)
+    box = page.locator("#connect-error")
+    retrying = page.locator("#connect-error[data-retrying=true]")
+    waiting = page.locator("#connect-error:not([data-retrying])")
+
+    # 1. Refused, counted down, tried again, refused again: the error waits for a click.
+    gate.refuse = {1, 2}
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Connect").click()
+    retrying.wait_for(timeout=30_000)
+    page.wait_for_function("() => window.__hcNotices.some((n, i) => i > 0 && !n.retrying)",
+                           timeout=30_000)
+    waiting.wait_for()
+    assert gate.count == 2 and len(gate.waits) == 2
+    wait = gate.waits[1]            # what the second refusal said
+    assert box.inner_text().startswith(
+        f"Too many attempts. Try again in {wait} second{'s' if wait != 1 else ''}."), \
+        box.inner_text()
+    time.sleep(4)                   # twice the wait: nothing more comes by itself
+    assert gate.count == 2 and waiting.is_visible() and page.locator("#session").is_hidden()
+
+    # 2. Counting down, the user edits the password: the countdown stops, the error stays.
+    gate.refuse = {3}
+    page.get_by_role("button", name="Connect").click()
+    retrying.wait_for(timeout=30_000)
+    page.get_by_label("Password").press("End")
+    page.get_by_label("Password").type("x")
+    waiting.wait_for()
+    assert "Try again in" in box.inner_text() and "Trying" not in box.inner_text()
+    time.sleep(4)
+    assert gate.count == 3 and page.locator("#session").is_hidden()
+
+    # 3. A click connects.
+    connect(page)
+    page.get_by_role("button", name="Disconnect").click()
+
+    # 4. A long wait: locked out for 60 s after a wrong password (this browser signed in
+    # before, so the home server refuses its proof: bad-proof); no countdown.
+    page.get_by_label("Password").fill("not the password")
+    page.get_by_role("button", name="Connect").click()
+    kind, _ = connect_error(page)
+    assert kind == "bad-proof"
+    before = len(notices(page))
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Connect").click()
+    page.locator("#connect-error[data-kind=locked-out]").wait_for(timeout=30_000)
+    text = box.inner_text()
+    m = re.match(r"Too many wrong passwords from this browser\. Try again in (\d+) seconds\.",
+                 text)
+    assert m and int(m.group(1)) > 10, text
+    assert not retrying.count() and not box.get_by_role("button", name="Cancel").count()
+    assert not [n for n in notices(page)[before:] if n["retrying"]], notices(page)

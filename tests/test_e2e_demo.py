@@ -1,9 +1,14 @@
-"""``make run`` (python -m homechannel.demo): its children die with it even when it
-is killed, a second one says so and exits, taken ports are named, and apps whose
-local services do not listen are off (and said to be)."""
+"""``make run`` (python -m homechannel.demo): the first lines it prints are the link
+and the password (the daemons' logs go to files, or stream with --verbose), the
+home server starts only once the coordinator answers (no "cannot register"
+warning), its children die with it even when it is killed and stop on Ctrl-C,
+a second one says so and exits, taken ports are named, a daemon that exits early
+is shown with the end of its log, and apps whose local services do not listen
+are off (and said to be)."""
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -11,14 +16,21 @@ import tomllib
 
 from helpers import REPO, free_tcp_port, free_udp_port
 
+BANNER_END = "Ctrl-C to stop."
 
-def start_demo(run_dir, web, udp, metrics):
+
+def start_demo(run_dir, web, udp, metrics, *args):
     env = dict(os.environ, PYTHONPATH=REPO, PYTHONUNBUFFERED="1",
                HOMECHANNEL_RUN_DIR=str(run_dir), HOMECHANNEL_WEB_PORT=str(web),
                HOMECHANNEL_UDP_PORT=str(udp), HOMECHANNEL_METRICS_PORT=str(metrics))
-    return subprocess.Popen([sys.executable, "-m", "homechannel.demo"], env=env, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    return subprocess.Popen([sys.executable, "-m", "homechannel.demo", *args], env=env,
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
+
+
+def read_file(path):
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read()
 
 
 def read_until(proc, needle, timeout=90):
@@ -62,12 +74,35 @@ def alive(pid):
 
 
 def test_demo_lock_apps_and_children_that_die_with_it(tmp_path):
+    """The first lines are the banner: link, password, the log files, Ctrl-C; the
+    daemons' logs are in those files, not on the screen; the home server's log has no
+    "cannot register" warning.  How this was shown to fail: with the demo before this
+    banner, the link came after about 30 lines of daemon logs, and with the home server
+    started right after the coordinator (no wait for it to answer), its log had
+    "cannot register with coordinator 127.0.0.1:...: no answer from the coordinator"."""
     run_dir = tmp_path / "run"
     web, udp, metrics = free_tcp_port(), free_udp_port(), free_tcp_port()
     demo = start_demo(run_dir, web, udp, metrics)
     try:
-        out = read_until(demo, "HomeChannel demo is running")
+        out = read_until(demo, BANNER_END)
+        lines = out.splitlines()
+        with open(run_dir / "password.txt") as f:
+            password = f.read().strip()
+        assert lines[0].startswith(f"HomeChannel demo is running: open "
+                                   f"http://127.0.0.1:{web}/#server="), out
+        assert lines[1] == f"Password: {password}", out
+        logs = {name: run_dir / f"{name}.log" for name in ("coordinator", "server")}
+        assert lines[2].startswith(f"Logs: {logs['coordinator']} and {logs['server']}"), out
+        assert lines[3] == BANNER_END, out
+        # The daemons' logs are in their files, not on the screen.
+        assert "[homechannel" not in out and "twistd" not in out, out
+        coordinator_log, server_log = (read_file(logs[n]) for n in ("coordinator", "server"))
+        assert "coordinator: UDP 127.0.0.1:" in coordinator_log
+        assert "registered with coordinator" in server_log
+        assert "cannot register" not in server_log, server_log
         # Nothing listens on 127.0.0.1:22 or :5900 in this namespace.
+        if "the desktop app is off" not in out:
+            out += read_until(demo, "the desktop app is off")
         assert "the terminal app is off in this demo: no sshd listens on 127.0.0.1:22" in out
         assert "the desktop app is off in this demo: no VNC server" in out
         with open(run_dir / "server.toml", "rb") as f:
@@ -97,3 +132,60 @@ def test_demo_lock_apps_and_children_that_die_with_it(tmp_path):
         if demo.poll() is None:
             os.killpg(demo.pid, signal.SIGKILL)
             demo.wait()
+
+
+def test_verbose_streams_the_logs_and_ctrl_c_stops_both(tmp_path):
+    """--verbose (make run V=1) shows both daemons' logs, prefixed, as well as writing
+    them to the files, and Ctrl-C (SIGINT to the demo's process group, as a terminal
+    sends it; the daemons are in sessions of their own) stops both daemons.  How this
+    was shown to fail: without --verbose handling (argparse refusing the option, or
+    the logs only in the files), no "[server]" line came before the banner."""
+    run_dir = tmp_path / "run"
+    demo = start_demo(run_dir, free_tcp_port(), free_udp_port(), free_tcp_port(), "--verbose")
+    try:
+        out = read_until(demo, BANNER_END)
+        assert "[coordinator] " in out and "coordinator: UDP 127.0.0.1:" in out, out
+        assert any(line.startswith("[server] ") and "registered with coordinator" in line
+                   for line in out.splitlines()), out
+        assert "registered with coordinator" in read_file(run_dir / "server.log")
+        twistds = children(demo.pid)
+        assert len(twistds) == 2, twistds
+
+        os.killpg(demo.pid, signal.SIGINT)
+        assert demo.wait(30) == 0
+        rest = demo.stdout.read().decode(errors="replace")
+        assert "stopping..." in rest, rest
+        assert not [p for p in twistds if alive(p)]
+        # Both said goodbye on the way out (their logs, still streamed).
+        assert "Server Shut Down." in read_file(run_dir / "server.log")
+        assert "Server Shut Down." in read_file(run_dir / "coordinator.log")
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+            demo.wait()
+
+
+def test_a_daemon_that_exits_early_is_shown_with_the_end_of_its_log(tmp_path):
+    """The home server cannot start (its state directory is a file here): the demo says
+    it exited and prints the end of its log, which says why, not just "see the log",
+    and stops the coordinator.  How this was shown to fail: with the message that only
+    named the log ("see its log above", the logs no longer on the screen), the
+    assertion on the reason (from the log) failed."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "server").write_text("not a directory\n")
+    demo = start_demo(run_dir, free_tcp_port(), free_udp_port(), free_tcp_port())
+    try:
+        assert demo.wait(90) == 1
+        out = demo.stdout.read().decode(errors="replace")
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+            demo.wait()
+    log = run_dir / "server.log"
+    assert (f"the server exited (status 1) before the home server registered; the end of "
+            f"its log ({log}):") in out, out
+    reason = "failover-coordinator.json is unreadable"
+    assert reason in out and reason in read_file(log), out
+    assert "Server Shut Down." in read_file(run_dir / "coordinator.log")    # stopped
+    assert "HomeChannel demo is running" not in out

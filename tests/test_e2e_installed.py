@@ -1,32 +1,43 @@
-"""The installed package works: a wheel built from the tree, installed into a
+"""The installed package works: a wheel built from a copy of the tree without
+static/node_modules (so the build itself runs 'npm ci'), installed into a
 fresh venv outside it, runs both daemons, and Chromium opens every app tab
 (the Terminal against a real sshd, the Desktop against a real VNC server), so
-noVNC and xterm.js come from the wheel's data files.
+noVNC and xterm.js come from the wheel's data files.  ``python -m build`` does
+the same through an sdist, from which a wheel builds without npm.
+
+'npm ci' runs in the loopback-only namespace with npm_config_offline, from
+npm's cache ('make npm' filled it).
 
 Offline: the wheel is installed with --no-deps, and the fresh venv finds the
 dependencies through a .pth line naming the test venv's site-packages (a
 plain path: the .pth files there, such as the editable install of this
 checkout, are not processed).  The checkout itself is never on its path."""
 
+import glob
 import os
+import shutil
 import site
 import subprocess
 import sys
+import tarfile
 
 import pytest
 
 import services
-from helpers import REPO, Twistd
+from helpers import REPO, Twistd, require_module, require_tool
 from daemons import make_pair
 from test_e2e_browser import check_node_modules, connect, open_link
-from test_packaging import build_wheel
+from test_packaging import (_copy_source, _shipped, build_wheel, loaded_files, npm_offline_env,
+                            require_npm_modules)
 from test_terminal import sshd  # noqa: F401  (fixture: a real sshd and a test user)
 from test_e2e_apps import wait_terminal
 
 
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory):
-    wheel = build_wheel(tmp_path_factory)
+    """How this was shown to fail without setup.py's 'npm ci': the wheel build stops
+    with "static/node_modules lacks ...: run 'make npm'" and every test here errors."""
+    wheel = build_wheel(tmp_path_factory, node_modules=False)
     env = dict(os.environ, PIP_NO_INDEX="1")
     root = tmp_path_factory.mktemp("installed") / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True,
@@ -40,6 +51,83 @@ def venv(tmp_path_factory):
     subprocess.run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps",
                     "--no-index", "-q", wheel], check=True, env=env, timeout=300)
     return root
+
+
+def source_without_node_modules(tmp_path):
+    require_npm_modules()       # and so npm's cache holds the packages
+    require_tool("npm", "npm")
+    src = tmp_path / "src"
+    src.mkdir()
+    _copy_source(src)
+    shutil.rmtree(src / "static" / "node_modules")
+    return src
+
+
+def test_python_m_build_runs_npm_ci_and_its_sdist_needs_no_npm(tmp_path):
+    """``python -m build`` from a tree without static/node_modules: the sdist build
+    runs 'npm ci' (the lockfile untouched) and the sdist carries the runtime packages,
+    so the wheel built from it, and any wheel built from it again where npm is
+    missing, ships every file the client loads.
+
+    How this was shown to fail: without setup.py's 'npm ci' the build stops ("run
+    'make npm'"); with package-lock.json left out of MANIFEST.in, the sdist lacks it
+    (and a wheel built from such an sdist would have no runtime packages: setup.py
+    finds them through the lockfile)."""
+    require_module("build", "pip install build (in the test extra: make venv)")
+    src = source_without_node_modules(tmp_path)
+    with open(src / "static" / "package-lock.json", "rb") as f:
+        lock = f.read()
+    dist = tmp_path / "dist"
+    r = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(dist),
+                        str(src)], env=npm_offline_env(), capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "running 'npm ci'" in r.stdout + r.stderr
+    assert os.path.isdir(src / "static" / "node_modules" / "@novnc" / "novnc")
+    with open(src / "static" / "package-lock.json", "rb") as f:
+        assert f.read() == lock, "npm ci rewrote package-lock.json"
+
+    (sdist,) = glob.glob(str(dist / "homechannel-*.tar.gz"))
+    with tarfile.open(sdist) as t:
+        names = {n.split("/", 1)[1] for n in t.getnames() if "/" in n}
+    assert {"static/package.json", "static/package-lock.json",
+            "static/node_modules/@xterm/xterm/lib/xterm.mjs"} <= names
+
+    loaded = loaded_files(os.path.join(REPO, "static"))
+    assert "node_modules/@novnc/novnc/core/rfb.js" in loaded
+    (wheel,) = glob.glob(str(dist / "homechannel-*.whl"))
+    assert not sorted(loaded - _shipped(wheel))
+
+    # Again from the sdist, where there is no npm at all.
+    again = tmp_path / "again"
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                        "-q", "-w", str(again), sdist],
+                       env=dict(os.environ, PIP_NO_INDEX="1",
+                                PATH=os.path.dirname(sys.executable)),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (rebuilt,) = glob.glob(str(again / "homechannel-*.whl"))
+    assert _shipped(rebuilt) == _shipped(wheel)
+
+
+def test_a_failed_npm_ci_stops_the_build_with_advice(tmp_path):
+    """npm is there but cannot get the packages (offline, with an empty cache): the build
+    stops, names what failed and what to do, and makes no wheel (not one without the
+    client's modules).  How this was shown to fail: with setup.py ignoring npm's exit
+    status, the build stopped only later, with the generic "run 'make npm'" that does
+    not say npm ci failed, and the assertion on the message failed."""
+    src = source_without_node_modules(tmp_path)
+    wheels = tmp_path / "wheels"
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+         "-w", str(wheels), str(src)],
+        env=npm_offline_env(npm_config_cache=str(tmp_path / "empty-npm-cache")),
+        capture_output=True, text=True, timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    assert "'npm ci --no-audit --no-fund' in" in out and "failed" in out, out
+    assert "make npm" in out, out
+    assert not glob.glob(str(wheels / "*.whl"))
 
 
 def run(venv, *args):

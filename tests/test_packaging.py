@@ -17,7 +17,7 @@ import zipfile
 
 import pytest
 
-from helpers import REPO, in_ci
+from helpers import REPO, in_ci, require_tool
 
 TAPNAMES = ("homechannel-coordinator", "homechannel-server")
 PLUGIN = "twisted/plugins/homechannel_plugins.py"
@@ -45,17 +45,30 @@ def require_npm_modules():
         pytest.skip(msg)
 
 
-def build_wheel(tmp_path_factory):
-    """A wheel built offline from a copy of the source (with its npm modules)."""
+def npm_offline_env(**extra):
+    """The environment for a build whose 'npm ci' may use only npm's cache (which
+    'make npm' filled): the tests run where no registry is reachable."""
+    return dict(os.environ, PIP_NO_INDEX="1", npm_config_offline="true",
+                npm_config_update_notifier="false", **extra)
+
+
+def build_wheel(tmp_path_factory, node_modules=True):
+    """A wheel built offline from a copy of the source: with the npm modules 'make npm'
+    left, or (*node_modules* false) without them, so that the build runs 'npm ci'."""
     require_npm_modules()
     src = tmp_path_factory.mktemp("src")
     _copy_source(src)
+    if not node_modules:
+        require_tool("npm", "npm")
+        shutil.rmtree(src / "static" / "node_modules")
     wheels = tmp_path_factory.mktemp("wheels")
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
          "-q", "-w", str(wheels), str(src)],
-        check=True, env=dict(os.environ, PIP_NO_INDEX="1"), timeout=300,
+        check=True, env=npm_offline_env(), timeout=300,
     )
+    if not node_modules:    # 'npm ci' ran in the copy
+        assert os.path.isdir(src / "static" / "node_modules" / "@xterm" / "xterm")
     (wheel,) = glob.glob(str(wheels / "homechannel-*.whl"))
     return wheel
 
@@ -248,9 +261,12 @@ def test_default_static_dir_in_checkout():
     assert default_static_dir() == os.path.join(REPO, "static")
 
 
+@pytest.mark.e2e   # runs pip wheel: not in the fast lane
 def test_wheel_without_npm_modules_is_refused(tmp_path):
     """A wheel built before 'make npm' would ship a client whose Terminal and Desktop
-    tabs cannot load: the build stops and says what to run."""
+    tabs cannot load: where npm is not installed either (not on PATH), the build stops
+    and says what to run.  (With npm, setup.py runs 'npm ci' itself:
+    test_e2e_installed.py.)"""
     src = tmp_path / "src"
     src.mkdir()
     _copy_source(src)
@@ -258,6 +274,9 @@ def test_wheel_without_npm_modules_is_refused(tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
          "-q", "-w", str(tmp_path / "wheels"), str(src)],
-        env=dict(os.environ, PIP_NO_INDEX="1"), capture_output=True, text=True, timeout=300)
+        env=dict(os.environ, PIP_NO_INDEX="1", PATH=os.path.dirname(sys.executable)),
+        capture_output=True, text=True, timeout=300)
     assert r.returncode != 0
     assert "make npm" in r.stdout + r.stderr
+    assert "install npm" in r.stdout + r.stderr
+    assert not glob.glob(str(tmp_path / "wheels" / "*.whl"))

@@ -66,6 +66,9 @@ STALE_WEIGHT = 0.5
 # Device-path attempts one source may make, as a multiple of web.per_ip_per_minute:
 # a budget of its own, so strangers spending a shared address's budget do not touch it.
 DEVICE_SOURCE_FACTOR = 4
+# The "scope" field of a 429 (rate-limited, locked-out): whose budget is spent, so a
+# client can say so without reading the message (docs/protocol.md, "Error codes").
+SOURCE, SERVER, DEVICE = "source", "server", "device"
 
 
 def device_key(server_key: bytes, device: str) -> str:
@@ -189,7 +192,7 @@ class Broker:
         between the two)."""
         retry, (online, challenge) = await _now_all(
             self._lookup_limiter.hit(source_key(source)), self._relay.server_status(server_key))
-        self._refuse_rate(retry, "too many lookups from your address")
+        self._refuse_rate(retry, "too many lookups from your address", SOURCE)
         self.metrics["lookups"] += 1
         return {"online": bool(online),
                 "challenge": challenge if online and challenge else None,
@@ -230,8 +233,8 @@ class Broker:
                 checks += [self._server_minute.peek(key), self._server_day.peek(key)]
             results = await _now_all(*checks)
             locked, retry, (online, _) = results[:3]
-            self._refuse_locked(locked, "from your address")
-            self._refuse_rate(retry, "too many connection attempts from your address")
+            self._refuse_locked(locked, "from your address", SOURCE)
+            self._refuse_rate(retry, "too many connection attempts from your address", SOURCE)
             if token_error is not None:
                 self.metrics["connect_bad_device"] += 1
                 await _now(self._lockout.failure(lock, STALE_WEIGHT))
@@ -267,7 +270,7 @@ class Broker:
             raise TooManyRequests(
                 f"too many sign-in attempts to this home server right now: try again in "
                 f"{whole_seconds(retry)} seconds (devices that signed in before are not affected)",
-                "rate-limited", retry_after=whole_seconds(retry))
+                "rate-limited", retry_after=whole_seconds(retry), scope=SERVER)
         expected = await _now(self._relay.take_challenge(key, req.challenge))
         if expected is None:
             self.metrics["connect_stale_challenge"] += 1
@@ -284,9 +287,10 @@ class Broker:
         return spend + [self._lockout.success(lock)]
 
     def _device_path(self, req, locked, retry, source_retry):
-        self._refuse_locked(locked, "from this device")
-        self._refuse_rate(retry, "too many connection attempts from this device")
-        self._refuse_rate(source_retry, "too many connection attempts from your address")
+        self._refuse_locked(locked, "from this device", DEVICE)
+        self._refuse_rate(retry, "too many connection attempts from this device", DEVICE)
+        self._refuse_rate(source_retry, "too many connection attempts from your address",
+                          SOURCE)
         made = connect.device_challenge_time(req.challenge)
         if not abs(made - self._clock.seconds()) < connect.MAX_CLOCK_SKEW:
             self.metrics["connect_stale_challenge"] += 1
@@ -391,19 +395,19 @@ class Broker:
 
     # -- helpers ---------------------------------------------------------------------
 
-    def _refuse_locked(self, locked, whose):
+    def _refuse_locked(self, locked, whose, scope):
         if locked is not None:
             self.metrics["connect_locked_out"] += 1
             seconds = whole_seconds(locked)
             raise TooManyRequests(f"too many wrong passwords {whose}: try again in {seconds} "
-                                  "seconds", "locked-out", retry_after=seconds)
+                                  "seconds", "locked-out", retry_after=seconds, scope=scope)
 
-    def _refuse_rate(self, retry, message):
+    def _refuse_rate(self, retry, message, scope):
         if retry is not None:
             self.metrics["rate_limited"] += 1
             seconds = whole_seconds(retry)
             raise TooManyRequests(f"{message}: try again in {seconds} seconds",
-                                  "rate-limited", retry_after=seconds)
+                                  "rate-limited", retry_after=seconds, scope=scope)
 
 
 def _background(value, what):

@@ -4,11 +4,13 @@
 import { b64uDecode, responseSignatureMessage, verify, importPublicKey, parseServerId } from "./crypto.js";
 
 export class ApiError extends Error {
-  constructor(status, code, message, retryAfter = null) {
+  /** fields: the refusal's other fields (e.g. a 429's "scope"; docs/protocol.md). */
+  constructor(status, code, message, retryAfter = null, fields = {}) {
     super(message);
     this.status = status;
     this.code = code;
     this.retryAfter = retryAfter;
+    this.fields = fields;
   }
 }
 
@@ -65,7 +67,8 @@ export class Coordinator {
     if (!response.ok) {
       const retry = doc.retry_after ?? Number(response.headers.get("Retry-After")) ?? null;
       throw new ApiError(response.status, doc.code || "error", doc.error || `HTTP ${response.status}`,
-        Number.isFinite(retry) && retry > 0 ? retry : null);
+        Number.isFinite(retry) && retry > 0 ? retry : null,
+        doc && typeof doc === "object" ? doc : {});
     }
     return { status: response.status, doc };
   }

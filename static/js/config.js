@@ -12,6 +12,9 @@ export const settings = Object.freeze({
   channelOpenTimeoutMs: 15000,
   // How long the home server may take to reply to our hello.
   helloTimeoutMs: 10000,
+  // A refusal that says to wait at most this long (a 429 rate-limited or locked-out
+  // with Retry-After) is counted down and tried again by itself, once.
+  autoRetryMaxSeconds: 10,
   // Keepalive pings on the control channel.
   pingIntervalMs: 20000,
   // localStorage key of the remembered servers.

@@ -23,14 +23,25 @@ const STEPS = [
   ["open", "Opening the channel"],
 ];
 
-/** A failure the user can act on; kind is a stable short name (tests, styling). */
+/** A failure the user can act on; kind is a stable short name (tests, styling).
+ * A refusal with a wait (retryAfter, seconds) also has its message in parts: the
+ * reason, then "Try again in ..." (or a countdown), then a note. */
 export class ConnectError extends Error {
-  constructor(kind, message, { retryAfter = null, step = null } = {}) {
+  constructor(kind, message, { retryAfter = null, step = null, reason = null, note = "" } = {}) {
     super(message);
     this.kind = kind;
     this.retryAfter = retryAfter;
     this.step = step;
+    this.reason = reason;
+    this.note = note;
   }
+}
+
+/** A refusal that says to wait *seconds*: "<reason> Try again in <wait>.< note>". */
+function waitError(kind, reason, seconds, note = "") {
+  const wait = seconds ? formatDuration(seconds) : "a while";
+  return new ConnectError(kind, `${reason} Try again in ${wait}.${note ? " " + note : ""}`,
+    { retryAfter: seconds, reason, note });
 }
 
 // The coordinator's API: this origin, or (a copy of the client hosted elsewhere) the
@@ -41,10 +52,12 @@ const api = new Coordinator(coordinatorKey, (coordinatorUrl || "").replace(/\/+$
 let current = null;      // {id, name, remembered}
 let connection = null;   // {pc, control, serverId, passwordKey, closing, pingTimer}
 let busy = false;
+let pendingRetry = null; // the automatic retry being counted down: {timer, error, left}
 
 // -- views ---------------------------------------------------------------------
 
 function show(view) {
+  if (view !== "connect") cancelRetry();
   for (const id of ["add-link", "servers", "connect", "session"]) $(id).hidden = id !== view;
   // the session view takes the whole window (apps.css)
   document.body.classList.toggle("in-session", view === "session");
@@ -126,6 +139,7 @@ function shortId(id) {
 }
 
 function openConnect(server) {
+  cancelRetry();
   current = server;
   $("connect-name").textContent = server.name;
   $("connect-id").textContent = server.id;
@@ -194,6 +208,7 @@ function showError(error) {
   p.textContent = error.message;
   box.append(p);
   box.dataset.kind = error.kind || "error";
+  delete box.dataset.retrying;
   box.hidden = false;
 }
 
@@ -220,7 +235,6 @@ function explain(error) {
   }
   if (error instanceof CheckError) return new ConnectError(error.code, error.message);
   if (error instanceof ApiError) {
-    const wait = error.retryAfter ? formatDuration(error.retryAfter) : "a while";
     switch (error.code) {
       case "wrong-password":
         return new ConnectError("wrong-password", "Wrong password. Check it and try again.");
@@ -228,13 +242,14 @@ function explain(error) {
         return new ConnectError("offline", "The home server is offline. Make sure it is " +
           "running and connected to the internet, then try again.");
       case "locked-out":
-        return new ConnectError("locked-out", `Too many wrong passwords from your network. ` +
-          `Try again in ${wait}.`, { retryAfter: error.retryAfter });
+        return waitError("locked-out", error.fields.scope === "device"
+          ? "Too many wrong passwords from this browser." : "Too many wrong passwords from " +
+          "your network.", error.retryAfter);
       case "rate-limited":
-        return new ConnectError("rate-limited", `Too many attempts. Try again in ${wait}.` +
-          (/this home server/.test(error.message) ? " (Someone may be guessing this server's " +
-            "password; browsers that signed in before are not affected.)" : ""),
-          { retryAfter: error.retryAfter });
+        // scope "server": the home server's own budget (strangers' guesses) is spent
+        return waitError("rate-limited", "Too many attempts.", error.retryAfter,
+          error.fields.scope === "server" ? "(Someone may be guessing this server's " +
+            "password; browsers that signed in before are not affected.)" : "");
       case "bad-proof":
         return new ConnectError("bad-proof", "The home server refused the connection: it " +
           "could not confirm the password. If the password was changed on the home server, " +
@@ -356,7 +371,64 @@ async function keepDeviceToken(server, hello) {
   }
 }
 
-async function connect({ password = null, passwordKey = null } = {}) {
+// -- a short wait, counted down and tried again once ----------------------------------
+
+/** Count *error*'s wait down in the error box, then connect again with *passwordKey*
+ * (no second key derivation), once: that attempt's refusal waits for a click.  Editing
+ * the password, Cancel, Connect or leaving the form cancels it. */
+function scheduleRetry(error, passwordKey) {
+  cancelRetry();
+  const box = $("connect-error");
+  box.replaceChildren();
+  const p = document.createElement("p");
+  const count = document.createElement("span");
+  count.setAttribute("aria-live", "off");   // the alert is read once, not every second
+  p.append(`${error.reason} Trying again in `, count, " s…",
+    error.note ? ` ${error.note}` : "");
+  const cancel = document.createElement("button");
+  cancel.type = "button";
+  cancel.textContent = "Cancel";
+  cancel.addEventListener("click", () => cancelRetry({ focus: true }));
+  const actions = document.createElement("div");
+  actions.className = "actions";
+  actions.append(cancel);
+  box.append(p, actions);
+  box.dataset.kind = error.kind;
+  box.dataset.retrying = "true";
+  box.hidden = false;
+
+  const retry = { timer: null, error, left: Math.ceil(error.retryAfter) };
+  const tick = () => {
+    if (retry.left <= 0) {
+      pendingRetry = null;
+      connect({ passwordKey, retryOnWait: false });
+      return;
+    }
+    count.textContent = String(retry.left);
+    retry.left -= 1;
+    retry.timer = setTimeout(tick, 1000);
+  };
+  pendingRetry = retry;
+  tick();
+}
+
+/** Stop a countdown; its refusal stays, with the wait that is left, for a click. */
+function cancelRetry({ focus = false } = {}) {
+  const retry = pendingRetry;
+  if (!retry) return;
+  pendingRetry = null;
+  clearTimeout(retry.timer);
+  const { kind, reason, note } = retry.error;
+  showError(waitError(kind, reason, Math.max(1, retry.left + 1), note));
+  if (focus) $("password").focus();
+}
+
+/** *retryOnWait*: a refusal with a short wait is counted down and tried again. */
+async function connect({ password = null, passwordKey = null, retryOnWait = true } = {}) {
+  if (pendingRetry) {
+    clearTimeout(pendingRetry.timer);
+    pendingRetry = null;
+  }
   if (busy || !current) return;
   const server = current;
   setBusy(true);
@@ -394,8 +466,17 @@ async function connect({ password = null, passwordKey = null } = {}) {
   } catch (error) {
     const explained = explain(error);
     failStep(explained.kind);
-    showError(explained);
+    if (retryOnWait && explained.reason && explained.retryAfter &&
+        explained.retryAfter <= settings.autoRetryMaxSeconds) {
+      const key = await keyPromise.catch(() => null);
+      if (key) {
+        setBusy(false);
+        scheduleRetry(explained, key);
+        return;
+      }
+    }
     setBusy(false);
+    showError(explained);
     if (explained.kind === "wrong-password" || explained.kind === "bad-proof") {
       $("password").select();
       $("password").focus();
@@ -549,6 +630,8 @@ function init() {
     const password = $("password").value;
     if (password) connect({ password });
   });
+  // A new password is not the one the countdown would try again with.
+  $("password").addEventListener("input", () => cancelRetry());
   $("back-button").addEventListener("click", () => {
     history.replaceState(null, "", location.pathname);
     renderServers();
