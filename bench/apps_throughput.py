@@ -227,7 +227,7 @@ class RawChannel:
 
     async def open(self, browser, url):
         from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-        from homechannel import webrtc
+        from homechannel.rtc import webrtc
 
         self.page = page = await browser.new_page()
         await page.goto(url + "/healthz")
@@ -351,7 +351,7 @@ def rss_kib(pid):
 async def slow_download_rss(pair, pid, name, size, rate):
     from daemons import PASSWORD
     from homechannel import client
-    from homechannel.server.apps import frames
+    from homechannel.protocol import frames
 
     pc, control, hello = await client.connect(
         pair.url, pair.server_key.text, PASSWORD, coordinator_key=pair.coordinator_key.text,
@@ -482,7 +482,7 @@ async def run(args, tmp):
 
 
 def frames_name(f):
-    from homechannel.server.apps import frames
+    from homechannel.protocol import frames
     return f"{frames.TYPES.get(f.type)} {f.body}"
 
 

@@ -167,8 +167,8 @@ def report_flows(results, setups):
 
 def redis_memory(url, port):
     """Bytes of Redis memory per registered server (directory entry + pool of two)."""
-    from homechannel.coordinator import redisrelay, redisstore
-    from homechannel.coordinator.testing import LoopClock
+    from homechannel.coordinator.cluster import redisrelay, redisstore
+    from homechannel.testing.coordinator import LoopClock
     from homechannel import aio
 
     async def main():

@@ -42,7 +42,8 @@ TURN_SECRET = "bench-turn-secret-0123456789abcdef"
 NATIVE = r"""
 import asyncio, json, sys, time
 sys.path.insert(0, {repo!r})
-from homechannel import client, crypto
+from homechannel import crypto
+from homechannel import client
 args = json.loads(sys.argv[1])
 
 async def main():
@@ -57,7 +58,7 @@ async def main():
                                                   insecure_http=True,   # the test topology
                                                   advertise_addresses=args["advertise"])
         took = time.monotonic() - t0
-        from homechannel import webrtc
+        from homechannel.rtc import webrtc
         pair = webrtc.selected_pair(pc) if hasattr(webrtc, "selected_pair") else None
         await pc.close()
         out.append((pair and "/".join(pair), took))

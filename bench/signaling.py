@@ -47,7 +47,8 @@ import tempfile
 import time
 
 from bench.udp_load import REPO, TWISTD, free_port
-from homechannel import connect as flow, crypto
+from homechannel import crypto
+from homechannel.protocol import connect as flow
 
 SERVERS = 200
 WORKERS = 48            # concurrent HTTP connections (and connect flows)

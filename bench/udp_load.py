@@ -5,7 +5,7 @@ measured in the same run.
 The coordinator is the real ``twistd homechannel-coordinator`` in a child
 process (its per-source handshake rate and table shares raised, since every registration
 here comes from 127.0.0.1).  This process is the load generator: it speaks
-the wire protocol with ``homechannel.wire``/``crypto``, from many source
+the wire protocol with ``homechannel.protocol.udp``/``crypto``, from many source
 ports, keeping a window of requests in flight.  The generator does not
 verify the coordinator's RESP signature (a real server does; skipping it
 keeps the generator from being the bottleneck) and pre-seals its pings, so
@@ -27,7 +27,9 @@ import sys
 import tempfile
 import time
 
-from homechannel import crypto, wire
+from homechannel import crypto
+
+from homechannel.protocol import udp as codec
 from homechannel.coordinator.registry import POOL
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -113,7 +115,7 @@ class Client:
     def begin(self):
         self.nonce = os.urandom(16)
         self.state = "hello"
-        self.last = wire.hello(self.nonce)
+        self.last = codec.hello(self.nonce)
         self.send(self.last)
 
     def send(self, data):
@@ -126,21 +128,21 @@ class Client:
     def on(self, data):
         """Returns True when a registration completed."""
         kind = data[3]
-        if kind == wire.COOKIE and self.state == "hello":
-            _, value = wire.parse_cookie(data)
-            self.init = wire.init(value, self.nonce, self.identity.public_raw, self.eph.public_raw)
+        if kind == codec.COOKIE and self.state == "hello":
+            _, value = codec.parse_cookie(data)
+            self.init = codec.init(value, self.nonce, self.identity.public_raw, self.eph.public_raw)
             self.state, self.last = "init", self.init
             self.send(self.init)
-        elif kind == wire.RESP and self.state == "init":
-            _, eph_c, _sig = wire.parse_resp(data)
-            th = wire.transcript_hash(self.init, eph_c)
+        elif kind == codec.RESP and self.state == "init":
+            _, eph_c, _sig = codec.parse_resp(data)
+            th = codec.transcript_hash(self.init, eph_c)
             tx, rx = crypto.session_keys(self.eph.shared_secret(eph_c), th)
             self.keys = (tx, rx)
-            self.last = wire.finish(self.nonce, self.identity.sign(wire.FINISH_LABEL + th), tx, 0,
-                                    wire.inner(wire.REGISTER, 1, wire.pairs(self.pair)))
+            self.last = codec.finish(self.nonce, self.identity.sign(codec.FINISH_LABEL + th), tx, 0,
+                                    codec.inner(codec.REGISTER, 1, codec.pairs(self.pair)))
             self.state = "finish"
             self.send(self.last)
-        elif kind == wire.DATA and self.state == "finish":
+        elif kind == codec.DATA and self.state == "finish":
             self.state = "up"
             return True
         return False
@@ -268,7 +270,7 @@ def blast(clients, target_of, datagrams_of, seconds, window=4):
 
 def sealed_pings(client, count):
     tx, _ = client.keys
-    return [wire.seal_data(tx, ctr, wire.inner(wire.PING, ctr), wire.MIN_SERVER_DATAGRAM)
+    return [codec.seal_data(tx, ctr, codec.inner(codec.PING, ctr), codec.MIN_SERVER_DATAGRAM)
             for ctr in range(1, count + 1)]
 
 

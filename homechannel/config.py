@@ -15,7 +15,7 @@ import typing
 import urllib.parse
 from dataclasses import dataclass, field
 
-from homechannel.connect import ICE_URL
+from homechannel.protocol.connect import ICE_URL
 from homechannel.errors import ConfigError
 
 

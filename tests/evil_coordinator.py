@@ -106,7 +106,7 @@ def rewrite(mode, sdp):
 
 
 def install(mode_file, log):
-    from homechannel import connect
+    from homechannel.protocol import connect
     from homechannel.coordinator.broker import Broker
     from homechannel.coordinator.udp import CoordinatorUDP
 
@@ -143,7 +143,7 @@ def install(mode_file, log):
     # tampering ones.
     CoordinatorUDP.send_offer = evil_send_offer
     Broker.on_answer = evil_on_answer
-    assert connect  # the payload format is homechannel.connect's
+    assert connect  # the payload format is homechannel.protocol.connect's
 
 
 def main(argv):

@@ -8,7 +8,7 @@ import pytest
 
 from homechannel.config import DesktopApp, FilesApp, ForwardApp, ServerApps, TerminalApp
 from homechannel.server.apps import APPS, AppHost, MAX_CHANNELS
-from homechannel.server.apps.testing import FakeChannel
+from homechannel.testing.apps import FakeChannel
 
 
 def host(tmp_path, **apps):

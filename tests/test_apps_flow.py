@@ -5,7 +5,7 @@ from twisted.internet import defer
 
 from homechannel.server.apps.channel import ChannelLink
 from homechannel.server.apps.pipe import TCPPipe
-from homechannel.server.apps.testing import FakeChannel
+from homechannel.testing.apps import FakeChannel
 
 
 class Producer:

@@ -1,7 +1,7 @@
 """AppHost over real aiortc datachannels (client and server in one loop).
 
 Runs in a loopback-only namespace (tests/netns-run); 127.0.0.1 is advertised
-as an ICE host candidate through homechannel.webrtc.  A private asyncio
+as an ICE host candidate through homechannel.rtc.webrtc.  A private asyncio
 reactor (not installed globally) carries the Twisted side.
 """
 
@@ -14,8 +14,9 @@ import time
 import pytest
 
 from homechannel.config import DesktopApp, FilesApp, ForwardApp, ServerApps, TerminalApp
-from homechannel.server.apps import AppHost, files, frames
-from homechannel.server.apps.testing import ClientChannel, connect_pair, private_reactor
+from homechannel.server.apps import AppHost, files
+from homechannel.protocol import frames
+from homechannel.testing.apps import ClientChannel, connect_pair, private_reactor
 
 # Real aiortc at both ends with real sshd/VNC stand-ins: the end-to-end lane.
 pytestmark = pytest.mark.e2e

@@ -25,9 +25,10 @@ from twisted.internet import defer
 
 from homechannel import errors
 from homechannel.config import FilesApp
-from homechannel.server.apps import files, frames
+from homechannel.server.apps import files
+from homechannel.protocol import frames
 from homechannel.server.apps.channel import ChannelLink
-from homechannel.server.apps.testing import FakeChannel
+from homechannel.testing.apps import FakeChannel
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 APPS = os.path.join(REPO, "static", "js", "apps")

@@ -5,7 +5,7 @@ adapter (tests/test_udp_adapters.py, tests/test_e2e_nginx.py)."""
 import pytest
 from twisted.logger import globalLogPublisher
 
-from homechannel.server.apps import frames
+from homechannel.protocol import frames
 from test_files import Client
 
 

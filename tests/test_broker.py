@@ -14,10 +14,12 @@ from twisted.python.failure import Failure
 
 from test_web import IP_A, NOW, PASSWORD_KEY, Harness, assert_error
 
-from homechannel import connect, crypto
+from homechannel import crypto
+
+from homechannel.protocol import connect
 from homechannel.config import CoordinatorWeb as WebConfig
 from homechannel.coordinator.broker import Broker
-from homechannel.coordinator.testing import FakeRelay
+from homechannel.testing.coordinator import FakeRelay
 from homechannel.errors import HomeChannelError
 
 WRONG_KEY = bytes(32)

@@ -10,7 +10,11 @@ import pytest
 
 from helpers import REPO
 
-from homechannel import cli, crypto, join
+from homechannel import crypto
+
+from homechannel import cli
+
+from homechannel.protocol import join
 from homechannel.errors import ConfigError
 
 KEY = crypto.IdentityKey.generate().text

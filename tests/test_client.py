@@ -1,7 +1,7 @@
 """The native client against the real coordinator API and a real Answerer.
 
 The coordinator side -- the real ``CoordinatorWeb``/``Broker`` with an
-``AnswererRelay`` (``homechannel.coordinator.testing``) that hands offers
+``AnswererRelay`` (``homechannel.testing.coordinator``) that hands offers
 straight to a real ``homechannel.server.peer.Answerer`` instead of UDP --
 runs in a subprocess under Twisted's asyncio reactor (this same file, run as
 ``python tests/test_client.py serve MODE``), so the suite's reactor choice is
@@ -22,7 +22,9 @@ import sys
 
 import pytest
 
-from homechannel import client, crypto
+from homechannel import crypto
+
+from homechannel import client
 from homechannel.errors import AuthenticationError, Forbidden
 
 # A coordinator subprocess and real aiortc at both ends: the end-to-end lane.
@@ -70,7 +72,7 @@ def serve(mode):
     from homechannel.config import CoordinatorWeb as WebConfig
     from homechannel.config import ServerWebRTC
     from homechannel.coordinator import web
-    from homechannel.coordinator.testing import AnswererRelay
+    from homechannel.testing.coordinator import AnswererRelay
     from homechannel.server.challenges import ChallengeSource
     from homechannel.server.peer import Answerer
 

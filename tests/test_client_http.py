@@ -21,8 +21,10 @@ import threading
 
 import pytest
 
-from homechannel import client, crypto
-from homechannel.connect import SIGNATURE_HEADER, UNSIGNED_REFUSAL
+from homechannel import crypto
+
+from homechannel import client
+from homechannel.protocol.connect import SIGNATURE_HEADER, UNSIGNED_REFUSAL
 from homechannel.errors import AuthenticationError, TooManyRequests, Unavailable
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -17,18 +17,20 @@ from zope.interface.verify import verifyObject
 from helpers import free_tcp_port, require_module
 from services import RedisServer
 
-from homechannel import aio, crypto, wire
-from homechannel.coordinator import noderelay
+from homechannel import aio, crypto
+
+from homechannel.protocol.udp import POOL
+from homechannel.coordinator.cluster import noderelay
 from homechannel.coordinator.interfaces import IRelay
 from homechannel.coordinator.ratelimit import ILockout, IRateLimiter
 from homechannel.coordinator.sessions import ISessionStore
-from homechannel.coordinator.testing import LoopClock
+from homechannel.testing.coordinator import LoopClock
 from homechannel.errors import (BadRequest, CapacityError, NotFound, RequestTimeout,
                                 Unavailable)
 
 require_module("redis", "pip install 'homechannel[cluster]' (make venv does it)")
-from homechannel.coordinator import redisrelay, redissessions, redisstore  # noqa: E402
-from homechannel.coordinator.redislimits import RedisLockout, RedisRateLimiter  # noqa: E402
+from homechannel.coordinator.cluster import redisrelay, redissessions, redisstore  # noqa: E402
+from homechannel.coordinator.cluster.redislimits import RedisLockout, RedisRateLimiter  # noqa: E402
 
 # A real redis-server (a process of its own): the end-to-end lane.
 pytestmark = pytest.mark.e2e
@@ -383,7 +385,7 @@ def test_directory_and_pools_are_written_by_the_owner_and_taken_by_any_node(serv
         dir_a.pool(kid, pairs(3, tag=1), False)  # the REFILL reply fills one free place
         await settle()
         entry = await get(a.store.call("HGETALL", a.store.key("d", kid)))
-        assert len(entry) == 1 + wire.POOL and entry[b"n"] == b"a"
+        assert len(entry) == 1 + POOL and entry[b"n"] == b"a"
         # A made-up challenge takes nothing.
         assert await get(rb.take_challenge(server_key, b"z" * 16)) is None
         # The owner's heartbeat goes: its servers are offline at once for other nodes.

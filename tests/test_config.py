@@ -161,5 +161,5 @@ def test_cluster_settings_are_checked():
     ]:
         with pytest.raises(ConfigError, match=message):
             config.load_coordinator(overrides=overrides)
-    from homechannel.coordinator.cluster import _safe_url
+    from homechannel.coordinator.cluster.node import _safe_url
     assert _safe_url("redis://user:secret@10.0.0.20:6379/0") == "redis://***@10.0.0.20:6379/0"

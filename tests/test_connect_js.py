@@ -1,4 +1,4 @@
-"""static/js/connect.js is a faithful twin of homechannel/connect.py.
+"""static/js/connect.js is a faithful twin of homechannel/protocol/connect.py.
 
 Runs connect.js (with crypto.js) in node against vectors made by the Python
 module: every SDP shape case is accepted or refused alike (with the same
@@ -16,7 +16,9 @@ import subprocess
 
 import pytest
 
-from homechannel import connect, crypto
+from homechannel import crypto
+
+from homechannel.protocol import connect
 from homechannel.errors import HomeChannelError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

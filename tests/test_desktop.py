@@ -10,7 +10,7 @@ import services
 from helpers import free_tcp_port
 from homechannel.config import DesktopApp, ServerApps
 from homechannel.server.apps import AppHost
-from homechannel.server.apps.testing import ClientChannel, connect_pair, private_reactor
+from homechannel.testing.apps import ClientChannel, connect_pair, private_reactor
 
 
 @pytest.fixture

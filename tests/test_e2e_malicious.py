@@ -249,7 +249,7 @@ def test_clients_refuse_a_dtls_certificate_other_than_the_signed_one(evil, chrom
     assert page.locator("#session").is_hidden()
     page.wait_for_function("window.__hcChannels.every((c) => c.readyState !== 'open')")
 
-    from homechannel import webrtc
+    from homechannel.rtc import webrtc
     monkeypatch.setattr(webrtc, "remote_fingerprint", lambda pc: ":".join(["5A"] * 32))
     with pytest.raises(AuthenticationError, match="presented a DTLS certificate") as refused:
         python_connect(pair)

@@ -13,7 +13,7 @@ from homechannel.coordinator.udp import CoordinatorUDP
 from homechannel.server.challenges import ChallengeSource
 from homechannel.server.registrant import PING_TIMEOUT
 from homechannel.server.udp import ServerUDP
-from homechannel.testing import MemoryNetwork
+from homechannel.testing.udp import MemoryNetwork
 
 K = b"K" * 32
 A = ("10.1.0.1", 7777)

@@ -20,9 +20,10 @@ import pytest
 from twisted.internet import defer
 
 from homechannel.config import FilesApp
-from homechannel.server.apps import files, frames, paths
+from homechannel.server.apps import files, paths
+from homechannel.protocol import frames
 from homechannel.server.apps.channel import ChannelLink
-from homechannel.server.apps.testing import FakeChannel
+from homechannel.testing.apps import FakeChannel
 
 from fsrace import Flipper, Interleave, exchange, run_with_timeout, snapshot
 

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from homechannel import errors
-from homechannel.server.apps import frames
+from homechannel.protocol import frames
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-2**53, 2**53) | st.text(max_size=20),

@@ -1,4 +1,4 @@
-"""homechannel/icechecks.py: an incoming check for a pair whose own check is in
+"""homechannel/rtc/icechecks.py: an incoming check for a pair whose own check is in
 progress restarts that check at once (RFC 8445 7.3.1.4), once per pair.  The
 connect-time effect across real NAT is measured by bench/nat_connect.py
 (Chromium, cone NATs: 791 -> 239 ms median)."""
@@ -8,7 +8,7 @@ import asyncio
 from aioice import Connection
 from aioice.ice import CandidatePair
 
-from homechannel import icechecks
+from homechannel.rtc import icechecks
 
 
 class FakeTask:

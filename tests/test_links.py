@@ -7,11 +7,14 @@ import random
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from homechannel import crypto, metrics
+from homechannel import crypto
+
+from homechannel.ops import metrics
 from homechannel.config import ServerApps, FilesApp, ServerKeepalive
 from homechannel.coordinator.rendezvous import Rendezvous
-from homechannel.server.apps import AppHost, frames
-from homechannel.server.apps.testing import FakeChannel
+from homechannel.server.apps import AppHost
+from homechannel.protocol import frames
+from homechannel.testing.apps import FakeChannel
 from homechannel.server.challenges import ChallengeSource
 from homechannel.server.links import Links
 

@@ -1,5 +1,5 @@
 """The messages between cluster nodes and the table of relayed offers, sans I/O
-(``coordinator/noderelay.py``), and the parsing of session completions: garbage
+(``coordinator/cluster/noderelay.py``), and the parsing of session completions: garbage
 is a ProtocolError (a counted drop) or ignored, never a crash."""
 
 import json
@@ -7,8 +7,8 @@ import json
 import pytest
 from hypothesis import given, strategies as st
 
-from homechannel.coordinator import noderelay
-from homechannel.coordinator.redissessions import RedisSessionStore, error_doc, error_from_doc
+from homechannel.coordinator.cluster import noderelay
+from homechannel.coordinator.cluster.redissessions import RedisSessionStore, error_doc, error_from_doc
 from homechannel.errors import CapacityError, ProtocolError, TooManyRequests
 
 KID = b"k" * 16

@@ -15,7 +15,11 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from twisted.internet.task import Clock
 
-from homechannel import aio, connect, crypto, webrtc
+from homechannel import aio, crypto
+
+from homechannel.protocol import connect
+
+from homechannel.rtc import webrtc
 from homechannel.config import ServerWebRTC
 from homechannel.server import peer
 from homechannel.server.peer import Answerer

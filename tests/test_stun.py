@@ -12,7 +12,9 @@ import pytest
 from aioice import stun as aioice_stun
 from hypothesis import given, settings, strategies as st
 
-from homechannel import crypto, wire
+from homechannel import crypto
+
+from homechannel.protocol import udp
 from homechannel.coordinator import stun
 from homechannel.coordinator.rendezvous import Rendezvous
 from homechannel.errors import ProtocolError
@@ -95,10 +97,10 @@ def stun_set_length(data, length):
 
 
 def test_homechannel_datagrams_are_never_stun():
-    for kind in (wire.HELLO, wire.COOKIE, wire.INIT, wire.DATA, wire.UNKNOWN):
-        datagram = wire.header(kind) + bytes(200)
+    for kind in (udp.HELLO, udp.COOKIE, udp.INIT, udp.DATA, udp.UNKNOWN):
+        datagram = udp.header(kind) + bytes(200)
         assert not stun.looks_like_stun(datagram)
-    assert not stun.looks_like_stun(wire.hello(bytes(16)))
+    assert not stun.looks_like_stun(udp.hello(bytes(16)))
 
 
 @pytest.mark.parametrize("mutate,reason", [
@@ -189,8 +191,8 @@ def test_rendezvous_answers_stun_and_still_speaks_homechannel():
     assert to == ("198.51.100.20", 61000)
     assert aioice_stun.parse_message(reply).attributes["XOR-MAPPED-ADDRESS"] == to
     assert rv.stats["stun-answers"] == 1
-    [(cookie, _)] = rv.receive(wire.hello(bytes(16)), ("198.51.100.20", 61000), 1.0)
-    assert wire.datagram_type(cookie) == wire.COOKIE
+    [(cookie, _)] = rv.receive(udp.hello(bytes(16)), ("198.51.100.20", 61000), 1.0)
+    assert udp.datagram_type(cookie) == udp.COOKIE
     rv.receive(raw[:-1], ("198.51.100.20", 61000), 1.0)
     assert rv.stats["dropped.stun-malformed"] == 1
 

@@ -189,7 +189,8 @@ def test_home_server_install_steps_work_as_written(tmp_path, capsys):
     import tomllib
 
     from helpers import write_toml
-    from homechannel import cli, crypto
+    from homechannel import crypto
+    from homechannel import cli
 
     if os.geteuid() != 0:
         pytest.fail("this test creates a user with useradd: run it as root in tests/netns-run")

@@ -15,9 +15,10 @@ import services
 from helpers import free_tcp_port
 from homechannel.config import ServerApps, TerminalApp
 from homechannel.errors import Unavailable
-from homechannel.server.apps import AppHost, frames
+from homechannel.server.apps import AppHost
+from homechannel.protocol import frames
 from homechannel.server.apps.terminal import HostKeyStore, load_identity
-from homechannel.server.apps.testing import ClientChannel, connect_pair, private_reactor
+from homechannel.testing.apps import ClientChannel, connect_pair, private_reactor
 
 
 @pytest.fixture

@@ -129,7 +129,7 @@ def test_turn_credentials_only_in_signed_responses():
     ``if online`` removed, the offline lookup hands out a credential."""
     from treq.testing import StubTreq
 
-    from homechannel import connect as flow
+    from homechannel.protocol import connect as flow
     from homechannel.coordinator import web
     from homechannel.coordinator.broker import Broker
     from test_web import Harness

@@ -7,7 +7,9 @@ import pytest
 from twisted.internet import task
 from zope.interface.verify import verifyObject
 
-from homechannel import connect, crypto
+from homechannel import crypto
+
+from homechannel.protocol import connect
 from homechannel.config import ServerKeepalive
 from homechannel.coordinator.interfaces import IRelay
 from homechannel.coordinator.rendezvous import Rendezvous
@@ -15,7 +17,7 @@ from homechannel.coordinator.udp import CoordinatorUDP
 from homechannel.errors import Unavailable
 from homechannel.server.challenges import ChallengeSource
 from homechannel.server.udp import ServerUDP, load_failover
-from homechannel.testing import MemoryNetwork
+from homechannel.testing.udp import MemoryNetwork
 
 K = b"K" * 32
 C1 = ("127.0.0.1", 7001)

@@ -6,14 +6,16 @@ import random
 
 import pytest
 
-from homechannel import crypto, wire
+from homechannel import crypto
+
+from homechannel.protocol import udp
 from homechannel.config import ServerKeepalive
 from homechannel.coordinator.registry import Registry
 from homechannel.coordinator.rendezvous import Rendezvous
 from homechannel.server import registrant as registrant_mod
 from homechannel.server.challenges import ChallengeSource
 from homechannel.server.registrant import Registrant
-from homechannel.testing import LossyWire
+from homechannel.testing.udp import LossyWire
 
 ADDR = ("127.0.0.1", 40000)
 K = bytes(range(32))
@@ -86,7 +88,7 @@ def test_a_forged_bye_ack_does_not_stop_the_server():
     w, rv, reg = make()
     w.run(1.0)
     reg.leave(w.now)
-    fake = wire.header(wire.DATA) + bytes(8) + bytes(100)
+    fake = udp.header(udp.DATA) + bytes(8) + bytes(100)
     assert reg.receive(fake, w.now) == []
     assert reg.state == "leaving"
 
@@ -135,11 +137,11 @@ def test_a_full_registry_refuses_with_a_reason_and_the_server_retries():
 
 
 def test_refused_counter_never_collides_with_session_counters():
-    assert wire.REFUSAL_COUNTER_BIT == 1 << 63
-    assert wire.parse_refusal(wire.refusal("registry full (1 servers)")) == \
+    assert udp.REFUSAL_COUNTER_BIT == 1 << 63
+    assert udp.parse_refusal(udp.refusal("registry full (1 servers)")) == \
         "registry full (1 servers)"
     with pytest.raises(Exception):
-        wire.parse_refusal(b"")
+        udp.parse_refusal(b"")
 
 
 def test_bye_gives_back_the_bytes_of_an_incomplete_answer():
@@ -153,7 +155,7 @@ def test_bye_gives_back_the_bytes_of_an_incomplete_answer():
     from homechannel.coordinator.rendezvous import Rendezvous
     from homechannel.server.challenges import ChallengeSource
     from homechannel.server.registrant import Registrant
-    from homechannel.testing import LossyWire
+    from homechannel.testing.udp import LossyWire
 
     coordinator = crypto.IdentityKey.generate()
     rv = Rendezvous(coordinator, per_source_per_second=1e6, reassembly_bytes=150_000,

@@ -1,4 +1,4 @@
-"""The UDP protocol between the real sans-I/O objects, over a lossy wire.
+"""The UDP protocol between the real sans-I/O objects, over a lossy udp.
 
 Every case ends registered with keys in sync, and every relayed payload is
 delivered exactly once, whatever single datagram is dropped, duplicated or
@@ -8,13 +8,15 @@ import random
 
 import pytest
 
-from homechannel import crypto, wire
+from homechannel import crypto
+
+from homechannel.protocol import udp
 from homechannel.config import ServerKeepalive
 from homechannel.coordinator.rendezvous import Rendezvous
 from homechannel.errors import Unavailable
 from homechannel.server.challenges import ChallengeSource
 from homechannel.server.registrant import Registrant
-from homechannel.testing import LossyWire
+from homechannel.testing.udp import LossyWire
 
 ADDR = ("127.0.0.1", 40000)
 K = bytes(range(32))
@@ -60,9 +62,9 @@ def test_clean_registration():
 
 
 def test_amplification_and_sizes():
-    assert wire.HELLO_SIZE >= len(wire.cookie(b"n" * 16, b"c" * 20))
-    assert wire.INIT_SIZE >= wire.RESP_SIZE
-    assert wire.MIN_SERVER_DATAGRAM >= wire.UNKNOWN_SIZE
+    assert udp.HELLO_SIZE >= len(udp.cookie(b"n" * 16, b"c" * 20))
+    assert udp.INIT_SIZE >= udp.RESP_SIZE
+    assert udp.MIN_SERVER_DATAGRAM >= udp.UNKNOWN_SIZE
 
 
 @pytest.mark.parametrize("n", range(1, 7))
@@ -152,7 +154,7 @@ def test_unknown_reply_is_authenticated():
     w.run(40.0)   # at least one ping sent
     forger = crypto.IdentityKey.generate()
     ref = reg._sent_refs[-1]
-    forged = wire.unknown(ref, forger.sign(wire.UNKNOWN_LABEL + ref))
+    forged = udp.unknown(ref, forger.sign(udp.UNKNOWN_LABEL + ref))
     assert reg.receive(forged, w.now) == []
     assert reg.state == "up"
     assert reg.stats["dropped.unauthenticated"] == 1
@@ -234,7 +236,7 @@ def test_expiry_forgets_silent_servers():
 def test_replayed_datagram_is_dropped():
     w, rv, reg, _ = make()
     w.run(5.0)
-    ping = reg._seal(wire.inner(wire.PING, 999))
+    ping = reg._seal(udp.inner(udp.PING, 999))
     assert len(rv.receive(ping, ADDR, w.now)) == 1
     assert rv.receive(ping, ADDR, w.now) == []
     assert rv.stats["dropped.replay"] == 1

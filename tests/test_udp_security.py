@@ -3,12 +3,14 @@ check it names is removed."""
 
 import os
 
-from homechannel import crypto, wire
+from homechannel import crypto
+
+from homechannel.protocol import udp
 from homechannel.coordinator.registry import Registry
 from homechannel.coordinator.rendezvous import Rendezvous
 from homechannel.server.challenges import ChallengeSource
 from homechannel.server.registrant import Registrant
-from homechannel.testing import LossyWire
+from homechannel.testing.udp import LossyWire
 
 COORDINATOR = crypto.IdentityKey.generate()
 SERVER = crypto.IdentityKey.generate()
@@ -54,7 +56,7 @@ def test_clean_handshake_sizes_never_amplify():
         request = out[0]
         replies = rv.receive(request, ADDR, 1.0)
         for reply, _ in replies:
-            if request[3] != wire.FINISH:   # before authentication
+            if request[3] != udp.FINISH:   # before authentication
                 assert len(reply) <= len(request)
         out = [d for reply, _ in replies for d in reg.receive(reply, 1.0)]
     assert reg.state == "up"
@@ -143,19 +145,19 @@ def test_unknown_for_a_datagram_the_server_never_sent_is_ignored():
     rv, reg, w = registered(40.0)
     assert reg.state == "up"
     ref = os.urandom(8) + os.urandom(16)
-    signed = wire.unknown(ref, COORDINATOR.sign(wire.UNKNOWN_LABEL + ref))
+    signed = udp.unknown(ref, COORDINATOR.sign(udp.UNKNOWN_LABEL + ref))
     assert reg.receive(signed, w.now) == []
     assert reg.state == "up"
     assert reg.stats["dropped.unexpected-unknown"] == 1
     mine = reg._sent_refs[-1]
-    genuine = wire.unknown(mine, COORDINATOR.sign(wire.UNKNOWN_LABEL + mine))
+    genuine = udp.unknown(mine, COORDINATOR.sign(udp.UNKNOWN_LABEL + mine))
     assert reg.receive(genuine, w.now)                      # a HELLO: registering again
     assert reg.state == "hello"
 
 
 def test_scoped_ipv6_source_is_a_counted_drop():
     rv = Rendezvous(COORDINATOR)
-    assert rv.receive(wire.hello(os.urandom(16)), ("fe80::1%eth0", 5), 1.0) == []
+    assert rv.receive(udp.hello(os.urandom(16)), ("fe80::1%eth0", 5), 1.0) == []
     assert rv.stats["dropped.bad-address"] == 1
 
 

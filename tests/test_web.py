@@ -14,7 +14,7 @@ from homechannel import crypto
 from homechannel.config import CoordinatorWeb as WebConfig
 from homechannel.coordinator import web
 from homechannel.coordinator.interfaces import IRelay
-from homechannel.coordinator.testing import FakeRelay
+from homechannel.testing.coordinator import FakeRelay
 
 PASSWORD_KEY = bytes(range(32))  # stands in for PBKDF2(password, server key)
 NOW = 1_700_000_000
@@ -248,7 +248,7 @@ def test_no_directory_listing_or_escape(h):
 
 
 def test_metrics_are_not_on_the_public_port(h):
-    """Counters are for the operator's listener (homechannel.metrics), not the world."""
+    """Counters are for the operator's listener (homechannel.ops.metrics), not the world."""
     h.lookup()
     resp = h.call("GET", "/metrics")
     assert resp.code == 404 and b"lookups" not in resp.body
@@ -639,7 +639,7 @@ def demo_coordinator(tmp_path):
     port = free_tcp_port()
     env = dict(os.environ, PYTHONPATH=REPO)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "homechannel.coordinator.testing", "--port", str(port),
+        [sys.executable, "-m", "homechannel.testing.coordinator", "--port", str(port),
          "--password", "correct horse", "--refuse", "bad-proof"],
         stdout=subprocess.PIPE, stderr=open(tmp_path / "demo.log", "wb"), env=env, cwd=REPO)
     try:
@@ -735,8 +735,8 @@ def test_signature_header_name_is_defined_once():
     """The header that carries the coordinator's signature is named in one place
     (``connect.SIGNATURE_HEADER``) that the coordinator's two HTTP layers and the
     native client import.  How this was shown to fail: on the tree before the
-    change, web.py, httpserver.py and client.py each defined it."""
-    from homechannel import connect
+    change, web.py, httpserver.py and client/__init__.py each defined it."""
+    from homechannel.protocol import connect
 
     package = os.path.dirname(os.path.dirname(os.path.abspath(web.__file__)))
     defining = set()
@@ -747,7 +747,7 @@ def test_signature_header_name_is_defined_once():
                 with open(path, encoding="utf-8") as f:
                     if "X-HomeChannel-Signature\"" in f.read():
                         defining.add(os.path.relpath(path, package))
-    assert defining == {"connect.py"}
+    assert defining == {"protocol/connect.py"}
     assert connect.SIGNATURE_HEADER == "X-HomeChannel-Signature"
 
 

@@ -1,9 +1,9 @@
-"""``homechannel/webrtc.py``: which TURN URL the native client gathers again with
+"""``homechannel/rtc/webrtc.py``: which TURN URL the native client gathers again with
 when the one aiortc used gave no relay candidate (``relay_alternative``)."""
 
 import pytest
 
-from homechannel import webrtc
+from homechannel.rtc import webrtc
 
 UDP = {"urls": "turn:t.example:3478?transport=udp", "username": "u", "credential": "c"}
 TCP = {"urls": "turn:t.example:3478?transport=tcp", "username": "u", "credential": "c"}

@@ -22,7 +22,9 @@ import stat
 from klein import Klein
 from twisted.logger import Logger
 
-from homechannel import crypto, endpoints
+from homechannel import crypto
+
+from homechannel.ops import endpoints
 from homechannel.errors import ConfigError, HomeChannelError, ProtocolError
 
 log = Logger()

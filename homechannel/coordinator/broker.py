@@ -3,7 +3,7 @@
 Everything the coordinator decides about a connect attempt lives here, apart
 from HTTP (``web.py`` maps requests to these calls and errors to responses)
 and apart from the UDP protocol (``IRelay``).  Formats, limits and codes come
-from :mod:`homechannel.connect`.
+from :mod:`homechannel.protocol.connect`.
 
 Order of checks for ``POST /api/connect`` (docs/protocol.md section 2):
 
@@ -46,7 +46,9 @@ from collections import Counter, OrderedDict
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from homechannel import connect, crypto
+from homechannel import crypto
+
+from homechannel.protocol import connect
 from homechannel.coordinator.ratelimit import Lockout, RateLimiter, lockout_key, source_key
 from homechannel.coordinator.sessions import MemorySessionStore
 from homechannel.errors import (

@@ -40,7 +40,9 @@ from dataclasses import dataclass
 from twisted.logger import Logger
 from twisted.web import http, server
 
-from homechannel import connect, crypto
+from homechannel import crypto
+
+from homechannel.protocol import connect
 from homechannel.coordinator.ratelimit import TrustedProxies, source_key
 from homechannel.coordinator.shares import Shares
 

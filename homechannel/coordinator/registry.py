@@ -34,7 +34,7 @@ from array import array
 
 from zope.interface import implementer
 
-from homechannel import wire
+from homechannel.protocol import udp
 from homechannel.coordinator.interfaces import IRegistry
 from homechannel.coordinator.ratelimit import WIDER_SHARES
 from homechannel.coordinator.slotindex import SlotIndex
@@ -42,9 +42,9 @@ from homechannel.crypto import (
     AEAD_KEY_SIZE, CHALLENGE_SIZE, EXPECTED_ANSWER_SIZE, KEY_ID_SIZE, open_sealed,
 )
 from homechannel.errors import CapacityError
-from homechannel.wire import parse_data, replay_check, seal_data
+from homechannel.protocol.udp import parse_data, replay_check, seal_data
 
-POOL = wire.POOL
+POOL = udp.POOL
 ADDR_SIZE = 18                                  # 16-byte IPv6 (IPv4-mapped) + port
 _PAIR = CHALLENGE_SIZE + EXPECTED_ANSWER_SIZE
 

@@ -24,7 +24,9 @@ from typing import Any, Literal
 
 from twisted.logger import Logger
 
-from homechannel import crypto, wire
+from homechannel import crypto
+
+from homechannel.protocol import udp
 from homechannel.coordinator import stun as stun_
 from homechannel.coordinator.interfaces import IRegistry
 from homechannel.coordinator.ratelimit import RateLimiter, source_key
@@ -33,12 +35,12 @@ from homechannel.coordinator.shares import Shares
 from homechannel.errors import (
     AuthenticationError, CapacityError, ProtocolError, Unavailable,
 )
-from homechannel.retransmit import Outstanding
-from homechannel.wire import Address, Datagrams
+from homechannel.protocol.retransmit import Outstanding
+from homechannel.protocol.udp import Address, Datagrams
 
 log = Logger()
 
-_DATA_HEADER = wire.header(wire.DATA)
+_DATA_HEADER = udp.header(udp.DATA)
 _RID = struct.Struct(">I")
 
 COOKIE_EPOCH = 60.0          # seconds; a cookie is valid in its epoch and the next
@@ -107,7 +109,7 @@ class Rendezvous:
         self._per_source = RateLimiter(None, max(1.0, 2 * per_source_per_second), 2.0,
                                        max_keys=10_000)
         # kid -> (its reassembly, its source network)
-        self._reassembly: dict[bytes, tuple[wire.Reassembly, str]] = {}
+        self._reassembly: dict[bytes, tuple[udp.Reassembly, str]] = {}
         self.reassembly_bytes = reassembly_bytes
         self._reassembled = 0              # bytes held by all of them
         self._reassembly_by_source = Shares(reassembly_bytes_per_source)
@@ -161,18 +163,18 @@ class Rendezvous:
         """One datagram in, datagrams out.  Never raises on bad input."""
         self.received += 1
         try:
-            if data[:4] == _DATA_HEADER and len(data) <= wire.MAX_DATAGRAM:
+            if data[:4] == _DATA_HEADER and len(data) <= udp.MAX_DATAGRAM:
                 return self._data(data, addr, now)   # the hot path: pings
             if self.stun is not None and stun_.looks_like_stun(data):
                 return self.stun.receive(data, addr, now)
-            kind = wire.datagram_type(data)
-            if kind == wire.DATA:
+            kind = udp.datagram_type(data)
+            if kind == udp.DATA:
                 return self._data(data, addr, now)
-            if kind == wire.HELLO:
+            if kind == udp.HELLO:
                 return self._hello(data, addr, now)
-            if kind == wire.INIT:
+            if kind == udp.INIT:
                 return self._init(data, addr, now)
-            if kind == wire.FINISH:
+            if kind == udp.FINISH:
                 return self._finish(data, addr, now)
             return self._drop("unexpected-type")
         except ProtocolError:
@@ -183,15 +185,15 @@ class Rendezvous:
             return self._drop("bad-address")   # e.g. a scoped IPv6 source
 
     def _hello(self, data: bytes, addr: Address, now: float) -> Datagrams:
-        nonce = wire.parse_hello(data)
+        nonce = udp.parse_hello(data)
         if self._hello_bucket.hit("", now) is not None:
             return self._drop("hello-rate")
         epoch = int(now // COOKIE_EPOCH)
         self.stats["cookies"] += 1
-        return [(wire.cookie(nonce, self._cookie(addr, nonce, epoch)), addr)]
+        return [(udp.cookie(nonce, self._cookie(addr, nonce, epoch)), addr)]
 
     def _init(self, data: bytes, addr: Address, now: float) -> Datagrams:
-        msg = wire.parse_init(data)
+        msg = udp.parse_init(data)
         pending = self._pending.get(msg.nonce)
         if pending is not None:
             if pending.addr == addr and pending.init == data:
@@ -211,17 +213,17 @@ class Rendezvous:
         crypto.public_key_from_raw(msg.identity)
         eph = crypto.Ephemeral()
         shared = eph.shared_secret(msg.ephemeral)
-        th = wire.transcript_hash(data, eph.public_raw)
+        th = udp.transcript_hash(data, eph.public_raw)
         rx_key, tx_key = crypto.session_keys(shared, th)
-        sig = self.identity.sign(wire.RESP_LABEL + th)
-        resp = wire.resp(msg.nonce, eph.public_raw, sig)
+        sig = self.identity.sign(udp.RESP_LABEL + th)
+        resp = udp.resp(msg.nonce, eph.public_raw, sig)
         self._pending[msg.nonce] = _Pending(addr, data, now, th, msg.identity,
                                             rx_key, tx_key, resp, source)
         self._handshakes_by_source.take(source)
         return [(resp, addr)]
 
     def _finish(self, data: bytes, addr: Address, now: float) -> Datagrams:
-        nonce, sig, counter, aad, ct = wire.parse_finish(data)
+        nonce, sig, counter, aad, ct = udp.parse_finish(data)
         pending = self._pending.get(nonce)
         if pending is None or pending.addr != addr:
             return self._drop("unknown-handshake")
@@ -231,15 +233,15 @@ class Rendezvous:
             if slot < 0 or self.registry.keys(slot) != (pending.rx_key, pending.tx_key):
                 return self._drop("stale-handshake")
             plain = crypto.open_sealed(pending.rx_key, counter, ct, aad)
-            _, rid, _ = wire.parse_inner(plain)
+            _, rid, _ = udp.parse_inner(plain)
             self.stats["registered-resent"] += 1
-            return [(self.registry.seal(slot, wire.inner(wire.REGISTERED, rid)), addr)]
-        crypto.verify(pending.server_key, sig, wire.FINISH_LABEL + pending.th)
+            return [(self.registry.seal(slot, udp.inner(udp.REGISTERED, rid)), addr)]
+        crypto.verify(pending.server_key, sig, udp.FINISH_LABEL + pending.th)
         plain = crypto.open_sealed(pending.rx_key, counter, ct, aad)
-        kind, rid, body = wire.parse_inner(plain)
-        if kind != wire.REGISTER:
+        kind, rid, body = udp.parse_inner(plain)
+        if kind != udp.REGISTER:
             return self._drop("finish-not-register")
-        pairs = wire.parse_pairs(body)
+        pairs = udp.parse_pairs(body)
         try:
             slot = self.registry.register(kid, addr, pending.rx_key, pending.tx_key, now)
         except CapacityError as e:
@@ -257,16 +259,16 @@ class Rendezvous:
         self.stats["registered"] += 1
         log.info("registered {server} from {addr}",
                  server=crypto.b64u_encode(pending.server_key)[:12], addr=f"{addr[0]}:{addr[1]}")
-        return [(self.registry.seal(slot, wire.inner(wire.REGISTERED, rid)), addr)]
+        return [(self.registry.seal(slot, udp.inner(udp.REGISTERED, rid)), addr)]
 
     def _refusal(self, pending: "_Pending", rid: int, reason: str) -> bytes:
         """REFUSED, sealed with the handshake's keys (the server proved its key,
-        so it may learn why): see ``wire.REFUSAL_COUNTER_BIT``."""
+        so it may learn why): see ``udp.REFUSAL_COUNTER_BIT``."""
         self.stats["refused"] += 1
-        counter = wire.REFUSAL_COUNTER_BIT | (
+        counter = udp.REFUSAL_COUNTER_BIT | (
             int.from_bytes(self.random_bytes(8), "big") >> 1)
-        return wire.seal_data(pending.tx_key, counter,
-                              wire.inner(wire.REFUSED, rid, wire.refusal(reason)))
+        return udp.seal_data(pending.tx_key, counter,
+                              udp.inner(udp.REFUSED, rid, udp.refusal(reason)))
 
     def _expire_handshakes(self, now: float) -> None:
         while self._pending:
@@ -284,33 +286,33 @@ class Rendezvous:
         if opened is None:
             return self._drop("replay")
         plain = opened[1]
-        if plain[0] == wire.PING:
+        if plain[0] == udp.PING:
             rid = _RID.unpack_from(plain, 1)[0]
             self.stats["pings"] += 1
-            return [(self.registry.seal(slot, wire.inner(wire.PONG, rid)), addr)]
-        kind, rid, body = wire.parse_inner(plain)
+            return [(self.registry.seal(slot, udp.inner(udp.PONG, rid)), addr)]
+        kind, rid, body = udp.parse_inner(plain)
         kid = self.registry.key_id(slot)
-        if kind == wire.CHALLENGES:
-            generation, pairs = wire.parse_generation_pairs(body)
+        if kind == udp.CHALLENGES:
+            generation, pairs = udp.parse_generation_pairs(body)
             if self.registry.replace_pool(slot, generation, pairs):
                 self.stats["challenge-refresh"] += 1
                 if self.on_pool is not None:
                     self.on_pool(kid, pairs, True)
             else:
                 self.stats["challenge-refresh-stale"] += 1
-            return [(self.registry.seal(slot, wire.inner(wire.CHALLENGES_ACK, rid)), addr)]
-        if kind == wire.XFER:
+            return [(self.registry.seal(slot, udp.inner(udp.CHALLENGES_ACK, rid)), addr)]
+        if kind == udp.XFER:
             return self._fragment(slot, kid, rid, body, addr, now)
-        if kind == wire.BYE:
+        if kind == udp.BYE:
             return self._bye(slot, kid, rid, addr)
-        if kind in wire.REPLIES:
+        if kind in udp.REPLIES:
             return self._reply(slot, kid, kind, rid, body)
         return self._drop("unexpected-message")
 
     def _bye(self, slot: int, kid: bytes, rid: int, addr: Address) -> Datagrams:
         """The server is stopping: acknowledge, then forget it at once (a lost
         BYE_ACK makes its resent BYE an UNKNOWN, which it also takes as done)."""
-        ack = self.registry.seal(slot, wire.inner(wire.BYE_ACK, rid))
+        ack = self.registry.seal(slot, udp.inner(udp.BYE_ACK, rid))
         self.registry.remove(slot)
         self._awaiting.pop(kid, None)
         self._forget_reassembly(kid)
@@ -322,20 +324,20 @@ class Rendezvous:
     def _unknown(self, data: bytes, addr: Address, now: float) -> Datagrams:
         # Authenticated "unknown, re-register": only for datagrams at least as
         # large as the reply, and globally rate-limited (each costs a signature).
-        if len(data) < wire.UNKNOWN_SIZE:
+        if len(data) < udp.UNKNOWN_SIZE:
             return self._drop("unknown-short")
         if self._unknown_per_source.hit(source_key(addr[0]), now) is not None:
             return self._drop("unknown-source-rate")
         if self._unknown_bucket.hit("", now) is not None:
             return self._drop("unknown-rate")
-        ref = wire.unknown_reference(data)
+        ref = udp.unknown_reference(data)
         self.stats["unknown-replies"] += 1
-        return [(wire.unknown(ref, self.identity.sign(wire.UNKNOWN_LABEL + ref)), addr)]
+        return [(udp.unknown(ref, self.identity.sign(udp.UNKNOWN_LABEL + ref)), addr)]
 
     def _fragment(self, slot: int, kid: bytes, rid: int, body: bytes, addr: Address,
                   now: float) -> Datagrams:
-        frag = wire.parse_fragment(body)
-        if frag.kind != wire.KIND_ANSWER:
+        frag = udp.parse_fragment(body)
+        if frag.kind != udp.KIND_ANSWER:
             return self._drop("unexpected-transfer")
         # Only servers we recently sent an offer to may send answers: reassembly
         # memory is bounded by offers in flight, not by what servers send.
@@ -343,7 +345,7 @@ class Rendezvous:
             return self._drop("unsolicited-answer")
         entry = self._reassembly.get(kid)
         if entry is None:
-            entry = self._reassembly[kid] = (wire.Reassembly(self._max_transfers),
+            entry = self._reassembly[kid] = (udp.Reassembly(self._max_transfers),
                                              source_key(addr[0]))
         reasm, source = entry
         cost = reasm.cost(frag)
@@ -358,8 +360,8 @@ class Rendezvous:
             payload = reasm.add(frag, now)
         finally:
             self._reassembly_moved(source, reasm.buffered - before)
-        out = [(self.registry.seal(slot, wire.inner(
-            wire.XFER_ACK, rid, wire.fragment_ack(frag.transfer, frag.index))), addr)]
+        out = [(self.registry.seal(slot, udp.inner(
+            udp.XFER_ACK, rid, udp.fragment_ack(frag.transfer, frag.index))), addr)]
         if payload is not None:
             self.stats["answers"] += 1
             try:
@@ -372,7 +374,7 @@ class Rendezvous:
         req = self._out.pop((kid, rid))
         if req is None:
             return self._drop("unexpected-reply")
-        if kind == wire.XFER_ACK:
+        if kind == udp.XFER_ACK:
             tkey = req.context
             offer = self._offers.get(tkey)
             if offer is not None:
@@ -380,16 +382,16 @@ class Rendezvous:
                 if not offer[0]:
                     del self._offers[tkey]
                     offer[1](None)
-        elif kind == wire.REFILL_REPLY:
+        elif kind == udp.REFILL_REPLY:
             self._refilling.discard(kid)
-            pairs = wire.parse_pairs(body)
+            pairs = udp.parse_pairs(body)
             self.registry.set_pool(slot, pairs, replace=False)
             self.stats["refilled"] += 1
             if self.on_pool is not None:
                 self.on_pool(kid, pairs, False)
-        elif kind == wire.NOTICE_ACK:
+        elif kind == udp.NOTICE_ACK:
             pass
-        elif kind == wire.MIGRATE_ACK:
+        elif kind == udp.MIGRATE_ACK:
             self.stats["migrate-acked"] += 1
             log.info("server {kid} acknowledged the move", kid=kid.hex()[:12])
         return []
@@ -399,7 +401,7 @@ class Rendezvous:
     def _request(self, slot: int, kid: bytes, kind: int, body: bytes, now: float,
                  deadline: float, context: Any = None) -> tuple[int, tuple[bytes, Address]]:
         rid = self._rid()
-        message = wire.inner(kind, rid, body)
+        message = udp.inner(kind, rid, body)
         self._out.add((kid, rid), message, now, deadline=now + deadline, context=context)
         return rid, (self.registry.seal(slot, message), self.registry.addr(slot))
 
@@ -415,8 +417,8 @@ class Rendezvous:
         tkey = (kid, "offer", tid)
         out, rids = [], set()
         try:
-            for body in wire.split(tid, wire.KIND_OFFER, payload):
-                rid, dgram = self._request(slot, kid, wire.XFER, body, now, OFFER_DEADLINE, tkey)
+            for body in udp.split(tid, udp.KIND_OFFER, payload):
+                rid, dgram = self._request(slot, kid, udp.XFER, body, now, OFFER_DEADLINE, tkey)
                 rids.add(rid)
                 out.append(dgram)
         except OverflowError:
@@ -436,7 +438,7 @@ class Rendezvous:
         if kid in self._refilling:
             return []  # one in flight is enough
         try:
-            _, dgram = self._request(slot, kid, wire.REFILL, bytes([count]), now,
+            _, dgram = self._request(slot, kid, udp.REFILL, bytes([count]), now,
                                      REFILL_DEADLINE, ("refill", kid))
         except OverflowError:
             return self._drop("in-flight-full")
@@ -446,12 +448,12 @@ class Rendezvous:
     def notify(self, kid: bytes, body: bytes, now: float) -> Datagrams:
         """A NOTICE (UTF-8 JSON, at most 512 bytes) to the server; best effort."""
         slot = self.registry.lookup_key(kid)
-        if slot < 0 or len(body) > wire.MAX_NOTICE:
+        if slot < 0 or len(body) > udp.MAX_NOTICE:
             return []
         if len(self._out) * 2 > self._out.limit:
             return self._drop("notice-busy")   # offers come first
         try:
-            _, dgram = self._request(slot, kid, wire.NOTICE, body, now, NOTICE_DEADLINE)
+            _, dgram = self._request(slot, kid, udp.NOTICE, body, now, NOTICE_DEADLINE)
         except OverflowError:
             return self._drop("in-flight-full")
         self.stats["notices"] += 1
@@ -463,8 +465,8 @@ class Rendezvous:
         if slot < 0:
             raise Unavailable("that home server is not registered here")
         try:
-            _, dgram = self._request(slot, kid, wire.MIGRATE,
-                                     wire.migrate(host, port, public_raw), now, MIGRATE_DEADLINE)
+            _, dgram = self._request(slot, kid, udp.MIGRATE,
+                                     udp.migrate(host, port, public_raw), now, MIGRATE_DEADLINE)
         except OverflowError:
             raise Unavailable("too many requests in flight: try again shortly") from None
         self.stats["migrate-sent"] += 1

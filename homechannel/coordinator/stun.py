@@ -28,7 +28,7 @@ from collections import Counter
 
 from homechannel.coordinator.ratelimit import RateLimiter, source_key
 from homechannel.errors import ProtocolError
-from homechannel.wire import Address, Datagrams
+from homechannel.protocol.udp import Address, Datagrams
 
 MAGIC_COOKIE = 0x2112A442
 _COOKIE = struct.pack(">I", MAGIC_COOKIE)

@@ -69,7 +69,9 @@ def _make(options):
     from twisted.logger import Logger
     from twisted.web.server import Site
 
-    from homechannel import join, metrics
+    from homechannel.protocol import join
+
+    from homechannel.ops import metrics
     from homechannel.coordinator import admin, tls
     from homechannel.coordinator.httpserver import LimitedSite, Limits, raise_fd_limit
     from homechannel.coordinator.registry import Registry
@@ -124,7 +126,7 @@ def _make(options):
                  urls=" ".join(minter.urls), lifetime=cfg.turn.lifetime)
     seams = {}
     if cfg.cluster.redis_url:
-        from homechannel.coordinator import cluster
+        from homechannel.coordinator.cluster import node as cluster
         node = cluster.build(cfg, reactor, udp, rv)
         node.service.setServiceParent(top)
         seams = dict(sessions=node.sessions, make_limiter=node.make_limiter,

@@ -20,7 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from twisted.logger import Logger
 
-from homechannel import endpoints
+from homechannel.ops import endpoints
 from homechannel.errors import ConfigError
 
 log = Logger()

@@ -2,7 +2,7 @@
 
 HTTP mapping only: the connect use-case (limits, lockouts, challenges, the
 answer check, sessions, the relay) is :class:`homechannel.coordinator.broker.Broker`,
-and the formats are :mod:`homechannel.connect`.  Wiring (the coordinator tap
+and the formats are :mod:`homechannel.protocol.connect`.  Wiring (the coordinator tap
 does this)::
 
     web_obj = web.CoordinatorWeb(identity, relay, config.web, reactor)
@@ -33,7 +33,9 @@ from twisted.logger import Logger
 from twisted.web import pages, resource, server, static
 from werkzeug.exceptions import MethodNotAllowed, NotFound as RouteNotFound
 
-from homechannel import connect, crypto, default_static_dir
+from homechannel import crypto, default_static_dir
+
+from homechannel.protocol import connect
 from homechannel.coordinator.broker import Broker, whole_seconds
 from homechannel.coordinator.ratelimit import TrustedProxies
 from homechannel.errors import BadRequest, HomeChannelError, PayloadTooLarge, Unavailable
@@ -117,7 +119,7 @@ def _api(handler):
 
 class CoordinatorWeb:
     """The Klein app: ``/api/*``, ``/config.js``, ``/healthz`` and the static
-    client.  (Metrics are on the operator's listener: ``homechannel.metrics``.)"""
+    client.  (Metrics are on the operator's listener: ``homechannel.ops.metrics``.)"""
 
     app = Klein()
     log = Logger()

@@ -3,8 +3,8 @@
 The UDP registrant hands every OFFER relayed by the coordinator to
 :meth:`Answerer.handle_offer` and sends back, as the ANSWER payload, whatever
 bytes the returned Deferred yields.  That Deferred never errbacks: every
-failure becomes a refusal payload (:class:`homechannel.connect.Answer`) and a
-log line.  Formats, limits and codes come from :mod:`homechannel.connect`.
+failure becomes a refusal payload (:class:`homechannel.protocol.connect.Answer`) and a
+log line.  Formats, limits and codes come from :mod:`homechannel.protocol.connect`.
 
 Order of checks, cheapest and most hostile first; no WebRTC object exists
 until all of them pass, and the challenge is consumed only by the last one:
@@ -37,8 +37,12 @@ from collections import OrderedDict
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 
-from homechannel import aio, connect, crypto, icechecks, webrtc
-from homechannel.connect import (
+from homechannel import aio, crypto
+
+from homechannel.protocol import connect
+
+from homechannel.rtc import icechecks, webrtc
+from homechannel.protocol.connect import (
     BAD_DEVICE,
     BAD_OFFER,
     BAD_PROOF,

@@ -31,11 +31,13 @@ from typing import Any, Optional
 
 from twisted.logger import Logger
 
-from homechannel import crypto, wire
-from homechannel.wire import POOL
+from homechannel import crypto
+
+from homechannel.protocol import udp
+from homechannel.protocol.udp import POOL
 from homechannel.config import ServerKeepalive
 from homechannel.errors import AuthenticationError, ProtocolError
-from homechannel.retransmit import Outstanding
+from homechannel.protocol.retransmit import Outstanding
 from homechannel.server.challenges import ChallengeSource
 
 log = Logger()
@@ -98,7 +100,7 @@ class Registrant:
         self._next_id = 0
         # Kept across sessions: transfer ids are unique per coordinator, and an
         # offer half received before a re-registration completes after it.
-        self._reassembly = wire.Reassembly(max_transfers=8)
+        self._reassembly = udp.Reassembly(max_transfers=8)
         self._out: Outstanding[int] = Outstanding(rto=1.0, rto_max=8.0, limit=1000)
         self._reset_session()
 
@@ -115,7 +117,7 @@ class Registrant:
         # Answers in flight survive a re-registration (re-sealed with the new
         # keys); a pending CHALLENGES refresh does not (REGISTER brings a pool).
         for req in self._out.clear():
-            if req.message[0] == wire.XFER:
+            if req.message[0] == udp.XFER:
                 self._out.add(req.key, req.message, req.sent, req.deadline)
         self._pool_gen = 0
         self._sent_refs = deque(maxlen=16)
@@ -157,9 +159,9 @@ class Registrant:
 
     def _seal(self, message: bytes) -> bytes:
         assert self._tx_key is not None   # states "finish", "up" and "leaving"
-        dgram = wire.seal_data(self._tx_key, self._tx_ctr, message, wire.MIN_SERVER_DATAGRAM)
+        dgram = udp.seal_data(self._tx_key, self._tx_ctr, message, udp.MIN_SERVER_DATAGRAM)
         self._tx_ctr += 1
-        self._sent_refs.append(wire.unknown_reference(dgram))
+        self._sent_refs.append(udp.unknown_reference(dgram))
         return dgram
 
     # -- handshake -----------------------------------------------------------
@@ -189,7 +191,7 @@ class Registrant:
         self._out.clear()
         rid = self._bye_rid = self._rid()
         self._bye_due = now + BYE_INTERVAL
-        return [self._seal(wire.inner(wire.BYE, rid))]
+        return [self._seal(udp.inner(udp.BYE, rid))]
 
     def _left(self) -> list[bytes]:
         self.stop()
@@ -200,9 +202,9 @@ class Registrant:
         self._reset_session()
         self._reported = False
         self.state = "hello"
-        self._nonce = self.random_bytes(wire.NONCE_SIZE)
+        self._nonce = self.random_bytes(udp.NONCE_SIZE)
         self._eph = crypto.Ephemeral()
-        self._hs_datagram = wire.hello(self._nonce)
+        self._hs_datagram = udp.hello(self._nonce)
         self._step_tries = 0
         return self._send_handshake(now)
 
@@ -223,11 +225,11 @@ class Registrant:
         return self._send_handshake(now)
 
     def _cookie(self, data: bytes, now: float) -> list[bytes]:
-        nonce, value = wire.parse_cookie(data)
+        nonce, value = udp.parse_cookie(data)
         if self.state != "hello" or nonce != self._nonce:
             return self._drop("unexpected-cookie")
         assert self._eph is not None   # made with the nonce
-        self._hs_datagram = wire.init(value, self._nonce, self.identity.public_raw,
+        self._hs_datagram = udp.init(value, self._nonce, self.identity.public_raw,
                                       self._eph.public_raw)
         self.state = "init"
         self._step_tries = 0
@@ -235,22 +237,22 @@ class Registrant:
         return self._send_handshake(now)
 
     def _resp(self, data: bytes, now: float) -> list[bytes]:
-        nonce, eph_c, sig = wire.parse_resp(data)
+        nonce, eph_c, sig = udp.parse_resp(data)
         if self.state != "init" or nonce != self._nonce:
             return self._drop("unexpected-resp")
         assert self._hs_datagram is not None and self._eph is not None   # state "init"
-        th = wire.transcript_hash(self._hs_datagram, eph_c)
+        th = udp.transcript_hash(self._hs_datagram, eph_c)
         try:
-            crypto.verify(self.coordinator_key, sig, wire.RESP_LABEL + th)
+            crypto.verify(self.coordinator_key, sig, udp.RESP_LABEL + th)
         except AuthenticationError:
             self._attempt_failed(SIGNATURE_MISMATCH)
             raise
         self._tx_key, self._rx_key = crypto.session_keys(self._eph.shared_secret(eph_c), th)
         self._register_rid = self._rid()
-        pool = wire.pairs(self.challenges.issue(POOL))
-        self._hs_datagram = wire.finish(
-            self._nonce, self.identity.sign(wire.FINISH_LABEL + th), self._tx_key, 0,
-            wire.inner(wire.REGISTER, self._register_rid, pool))
+        pool = udp.pairs(self.challenges.issue(POOL))
+        self._hs_datagram = udp.finish(
+            self._nonce, self.identity.sign(udp.FINISH_LABEL + th), self._tx_key, 0,
+            udp.inner(udp.REGISTER, self._register_rid, pool))
         self._tx_ctr = 1
         self.state = "finish"
         self._step_tries = 0
@@ -271,7 +273,7 @@ class Registrant:
         return []
 
     def _refused(self, body: bytes, now: float) -> list[bytes]:
-        reason = wire.parse_refusal(body)
+        reason = udp.parse_refusal(body)
         self._attempt_failed(f"the coordinator refused the registration: {reason}")
         self._reset_session()
         self.state = "refused"           # start over after the backoff
@@ -291,14 +293,14 @@ class Registrant:
         if self.state == "stopped":
             return []
         try:
-            kind = wire.datagram_type(data)
-            if kind == wire.COOKIE:
+            kind = udp.datagram_type(data)
+            if kind == udp.COOKIE:
                 return self._cookie(data, now)
-            if kind == wire.RESP:
+            if kind == udp.RESP:
                 return self._resp(data, now)
-            if kind == wire.DATA:
+            if kind == udp.DATA:
                 return self._data(data, now)
-            if kind == wire.UNKNOWN:
+            if kind == udp.UNKNOWN:
                 return self._unknown(data, now)
             return self._drop("unexpected-type")
         except ProtocolError:
@@ -307,10 +309,10 @@ class Registrant:
             return self._drop("unauthenticated")
 
     def _unknown(self, data: bytes, now: float) -> list[bytes]:
-        ref, sig = wire.parse_unknown(data)
+        ref, sig = udp.parse_unknown(data)
         if self.state not in ("up", "leaving") or ref not in self._sent_refs:
             return self._drop("unexpected-unknown")
-        crypto.verify(self.coordinator_key, sig, wire.UNKNOWN_LABEL + ref)
+        crypto.verify(self.coordinator_key, sig, udp.UNKNOWN_LABEL + ref)
         if self.state == "leaving":
             return self._left()      # it forgot us already (our BYE_ACK was lost)
         log.info("coordinator does not know this server (restarted?): registering again")
@@ -320,66 +322,66 @@ class Registrant:
         if self.state not in ("finish", "up", "leaving"):
             return self._drop("unexpected-data")
         assert self._rx_key is not None   # states "finish" and "up"
-        counter, plain = wire.open_data(self._rx_key, data)
-        ok, top, bitmap = wire.replay_check(self._rx_top, self._rx_map, counter)
+        counter, plain = udp.open_data(self._rx_key, data)
+        ok, top, bitmap = udp.replay_check(self._rx_top, self._rx_map, counter)
         if not ok:
             return self._drop("replay")
-        kind, rid, body = wire.parse_inner(plain)
+        kind, rid, body = udp.parse_inner(plain)
         self._rx_top, self._rx_map = top, bitmap
-        if kind == wire.REGISTERED:
+        if kind == udp.REGISTERED:
             if self.state == "finish" and rid == self._register_rid:
                 return self._registered(now)
             return []
-        if kind == wire.REFUSED:
+        if kind == udp.REFUSED:
             if self.state == "finish" and rid == self._register_rid:
                 return self._refused(body, now)
             return []
         if self.state == "leaving":
-            if kind == wire.BYE_ACK and rid == self._bye_rid:
+            if kind == udp.BYE_ACK and rid == self._bye_rid:
                 return self._left()
             return []
         if self.state != "up":
             return self._drop("not-registered")
-        if kind == wire.PONG:
+        if kind == udp.PONG:
             if rid == self._ping_rid:
                 self._ping_rid = None
                 self._missed = 0
                 self._ping_due = now + self._jitter(self.cfg.interval)
             return []
-        if kind in (wire.CHALLENGES_ACK, wire.XFER_ACK):
+        if kind in (udp.CHALLENGES_ACK, udp.XFER_ACK):
             self._out.pop(rid)
             return []
-        if kind == wire.REFILL:
+        if kind == udp.REFILL:
             n = min(body[0] if body else POOL, POOL)
-            return [self._seal(wire.inner(wire.REFILL_REPLY, rid,
-                                          wire.pairs(self.challenges.issue(n))))]
-        if kind == wire.XFER:
-            frag = wire.parse_fragment(body)
-            if frag.kind != wire.KIND_OFFER:
+            return [self._seal(udp.inner(udp.REFILL_REPLY, rid,
+                                          udp.pairs(self.challenges.issue(n))))]
+        if kind == udp.XFER:
+            frag = udp.parse_fragment(body)
+            if frag.kind != udp.KIND_OFFER:
                 return self._drop("unexpected-transfer")
             payload = self._reassembly.add(frag, now)
             if payload is not None:
                 self._events.append(("offer", payload))
-            return [self._seal(wire.inner(wire.XFER_ACK, rid,
-                                          wire.fragment_ack(frag.transfer, frag.index)))]
-        if kind == wire.NOTICE:
+            return [self._seal(udp.inner(udp.XFER_ACK, rid,
+                                          udp.fragment_ack(frag.transfer, frag.index)))]
+        if kind == udp.NOTICE:
             if rid not in self._notices_seen:
                 self._notices_seen.append(rid)
                 self._events.append(("notice", body))
-            return [self._seal(wire.inner(wire.NOTICE_ACK, rid))]
-        if kind == wire.MIGRATE:
-            target = wire.parse_migrate(body)
+            return [self._seal(udp.inner(udp.NOTICE_ACK, rid))]
+        if kind == udp.MIGRATE:
+            target = udp.parse_migrate(body)
             if rid not in self._migrations_seen:
                 self._migrations_seen.append(rid)
                 self._events.append(("migrate", target))
-            return [self._seal(wire.inner(wire.MIGRATE_ACK, rid))]
+            return [self._seal(udp.inner(udp.MIGRATE_ACK, rid))]
         return self._drop("unexpected-message")
 
     # -- requests from the home server --------------------------------------------
 
     def _request(self, kind: int, body: bytes, now: float, deadline: float = float("inf")) -> bytes:
         rid = self._rid()
-        message = wire.inner(kind, rid, body)
+        message = udp.inner(kind, rid, body)
         self._out.add(rid, message, now, deadline=now + deadline)
         return self._seal(message)
 
@@ -388,8 +390,8 @@ class Registrant:
         if self.state != "up":
             return []
         tid = self._rid()
-        return [self._request(wire.XFER, body, now, ANSWER_DEADLINE)
-                for body in wire.split(tid, wire.KIND_ANSWER, payload)]
+        return [self._request(udp.XFER, body, now, ANSWER_DEADLINE)
+                for body in udp.split(tid, udp.KIND_ANSWER, payload)]
 
     def refresh_challenges(self, now: float) -> list[bytes]:
         """Replace the coordinator's pool with fresh challenges (acknowledged)."""
@@ -397,7 +399,7 @@ class Registrant:
             return []
         self._refresh_at = now + self._jitter(self.cfg.challenge_refresh, 0.1)
         self._pool_gen += 1
-        return [self._request(wire.CHALLENGES, wire.generation_pairs(
+        return [self._request(udp.CHALLENGES, udp.generation_pairs(
             self._pool_gen, self.challenges.issue(POOL)), now)]
 
     # -- time ----------------------------------------------------------------------
@@ -409,7 +411,7 @@ class Registrant:
             assert self._bye_due is not None and self._bye_rid is not None
             if now >= self._bye_due:
                 self._bye_due = now + BYE_INTERVAL
-                return [self._seal(wire.inner(wire.BYE, self._bye_rid))]
+                return [self._seal(udp.inner(udp.BYE, self._bye_rid))]
             return []
         if self.state != "up":
             if self._timer is not None and now >= self._timer:
@@ -427,7 +429,7 @@ class Registrant:
                     return self._lost("pings unanswered", now)
             self._ping_rid = self._rid()
             self._ping_due = now + min(PING_TIMEOUT, self.cfg.interval)
-            out.append(self._seal(wire.inner(wire.PING, self._ping_rid)))
+            out.append(self._seal(udp.inner(udp.PING, self._ping_rid)))
         if now >= self._refresh_at:
             out += self.refresh_challenges(now)
         resend, _expired = self._out.due(now)

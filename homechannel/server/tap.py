@@ -70,7 +70,11 @@ def _make(options):
     from twisted.internet import reactor
     from twisted.logger import Logger
 
-    from homechannel import aio, config, connect, crypto, metrics
+    from homechannel import aio, config, crypto
+
+    from homechannel.protocol import connect
+
+    from homechannel.ops import metrics
     from homechannel.errors import ConfigError
     from homechannel.server.apps import AppHost
     from homechannel.server.challenges import ChallengeSource

@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 from twisted.internet.interfaces import IConsumer
 
-from homechannel.server.apps import frames
+from homechannel.protocol import frames
 
 HIGH = 1024 * 1024
 LOW = 256 * 1024

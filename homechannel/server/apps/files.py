@@ -27,7 +27,8 @@ from twisted.logger import Logger
 
 from homechannel import errors
 from homechannel.server import audit
-from homechannel.server.apps import frames, paths
+from homechannel.server.apps import paths
+from homechannel.protocol import frames
 
 log = Logger()
 

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from homechannel import errors
-from homechannel.server.apps import frames
+from homechannel.protocol import frames
 from homechannel.server.apps.channel import send_error_and_close, send_status
 
 log = Logger()

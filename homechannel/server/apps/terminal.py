@@ -37,8 +37,8 @@ from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 
 from homechannel import crypto, errors
-from homechannel.logfilter import protocol_logger
-from homechannel.server.apps import frames
+from homechannel.ops.logfilter import protocol_logger
+from homechannel.protocol import frames
 
 log = Logger()
 

@@ -39,7 +39,7 @@ from zope.interface import implementer
 
 from homechannel import crypto, errors
 from homechannel.coordinator.ratelimit import source_key, wider_keys
-from homechannel.coordinator.redisstore import Script
+from homechannel.coordinator.cluster.redisstore import Script
 from homechannel.coordinator.sessions import ISessionStore, SessionInfo
 from homechannel.coordinator.shares import Shares
 from homechannel.errors import BadRequest, CapacityError, NotFound, RequestTimeout

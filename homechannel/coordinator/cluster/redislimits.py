@@ -23,7 +23,7 @@ nodes' clocks in sync (NTP), as device challenges already require.
 from zope.interface import implementer
 
 from homechannel.coordinator.ratelimit import ILockout, IRateLimiter
-from homechannel.coordinator.redisstore import Script
+from homechannel.coordinator.cluster.redisstore import Script
 
 # Numbers cross the Lua boundary as strings: Redis truncates Lua numbers to integers.
 BUCKET = Script("bucket", """

@@ -12,7 +12,7 @@ straight to an in-process home server answerer (``server.peer.Answerer``)
 and its answer back, with an optional hook that rewrites the answer on the
 way (what a malicious coordinator would do).
 
-``python -m homechannel.coordinator.testing --port 8080 --password pw``
+``python -m homechannel.testing.coordinator --port 8080 --password pw``
 serves the web API with a FakeRelay that has one server online (for browser
 smoke tests).  The fake server never answers offers unless ``--refuse CODE``
 is given, in which case it answers every offer with that error.

@@ -8,7 +8,7 @@ may land on any node.  So:
 
 * :class:`Directory` (the owning node's side) keeps ``<prefix>d:<key id>``,
   a hash ``{n: owning node id, <challenge>: <expectedAnswer>, ...}`` (at most
-  ``wire.POOL`` challenges).  It is written on registration (the pool from
+  ``udp.POOL`` challenges).  It is written on registration (the pool from
   REGISTER), on a CHALLENGES refresh (replaced) and on a REFILL reply (free
   places filled), through a write-behind queue: writes made in one turn of the
   event loop go out as one pipeline, and writes that fail (Redis is gone) are
@@ -27,7 +27,7 @@ may land on any node.  So:
   every 2 s per server), and the offer: relayed by the owner's own UDP
   socket, directly when the owner is this node, else as an OFFER message on
   the owner's channel ``<prefix>n:<node id>`` and a RESULT back (see
-  :mod:`~homechannel.coordinator.noderelay`).  NOTICEs go the same way.  The
+  :mod:`~homechannel.coordinator.cluster.noderelay`).  NOTICEs go the same way.  The
   home server's ANSWER reaches its owning node, whose broker completes the
   shared session (``redissessions``): the answer goes back through Redis too.
 * :class:`NodeLink` holds this node's pub/sub subscription (its own channel
@@ -41,10 +41,12 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from homechannel import crypto, wire
-from homechannel.coordinator import noderelay
+from homechannel import crypto
+
+from homechannel.protocol.udp import POOL
+from homechannel.coordinator.cluster import noderelay
 from homechannel.coordinator.interfaces import IRelay
-from homechannel.coordinator.redisstore import Script
+from homechannel.coordinator.cluster.redisstore import Script
 from homechannel.errors import HomeChannelError, ProtocolError, Unavailable
 
 NODE_TTL = 5.0               # a node whose heartbeat is older is dead
@@ -177,7 +179,7 @@ class Directory:
         if op[0] == "set":
             return self._store.run(SET_POOL, keys, [self._node, self._ttl, *_flatten(op[1])])
         if op[0] == "fill":
-            return self._store.run(FILL_POOL, keys, [self._node, self._ttl, str(wire.POOL),
+            return self._store.run(FILL_POOL, keys, [self._node, self._ttl, str(POOL),
                                                      *_flatten(op[1])])
         return self._store.run(FORGET, keys[:1], [self._node])
 
@@ -306,7 +308,7 @@ class ClusterRelay:
     def take_challenge(self, server_key, challenge):
         kid = crypto.key_id(server_key)
         d = self._store.run(TAKE, [self._store.key("d", kid), self._store.key("rf", kid)],
-                            [challenge, str(wire.POOL), self._channel_prefix,
+                            [challenge, str(POOL), self._channel_prefix,
                              noderelay.refill(kid)])
 
         def taken(reply):

@@ -22,7 +22,7 @@ counts and drops it).
 import struct
 from dataclasses import dataclass
 
-from homechannel import wire
+from homechannel.protocol import udp
 from homechannel.errors import ProtocolError
 
 OFFER, RESULT, NOTICE, REFILL = b"O", b"R", b"N", b"F"
@@ -66,7 +66,7 @@ def decode(data: bytes) -> Message:
             sender = data[10:10 + n].decode("utf-8")
             kid = data[10 + n:10 + n + KID]
             payload = data[10 + n + KID:]
-            if len(kid) != KID or not 0 < len(payload) <= wire.MAX_TRANSFER:
+            if len(kid) != KID or not 0 < len(payload) <= udp.MAX_TRANSFER:
                 raise ProtocolError("truncated offer")
             return Message(OFFER, kid, request_id, sender, payload)
         if kind == RESULT:
@@ -80,7 +80,7 @@ def decode(data: bytes) -> Message:
             if len(kid) != KID:
                 raise ProtocolError("truncated message")
             body = data[1 + KID:]
-            if kind == NOTICE and not 0 < len(body) <= wire.MAX_NOTICE:
+            if kind == NOTICE and not 0 < len(body) <= udp.MAX_NOTICE:
                 raise ProtocolError("bad notice")
             return Message(kind, kid, payload=body)
     except (struct.error, IndexError, UnicodeDecodeError):

@@ -1,11 +1,13 @@
-"""homechannel/wire.py: the UDP codec round-trips, rejects garbage with ProtocolError only,
+"""homechannel/udp.py: the UDP codec round-trips, rejects garbage with ProtocolError only,
 and both protocol objects survive hostile datagrams without raising or amplifying."""
 
 import os
 
 from hypothesis import given, settings, strategies as st
 
-from homechannel import crypto, wire
+from homechannel import crypto
+
+from homechannel.protocol import udp
 from homechannel.coordinator.rendezvous import Rendezvous
 from homechannel.errors import ProtocolError
 from homechannel.server.challenges import ChallengeSource
@@ -19,15 +21,15 @@ SERVER = crypto.IdentityKey.generate()
 
 
 def test_inner_round_trip():
-    m = wire.inner(wire.PING, 7, b"body")
-    assert wire.parse_inner(m + b"\0" * 10) == (wire.PING, 7, b"body")
+    m = udp.inner(udp.PING, 7, b"body")
+    assert udp.parse_inner(m + b"\0" * 10) == (udp.PING, 7, b"body")
 
 
-@given(st.binary(min_size=1, max_size=wire.MAX_TRANSFER), st.integers(0, 2**32 - 1))
+@given(st.binary(min_size=1, max_size=udp.MAX_TRANSFER), st.integers(0, 2**32 - 1))
 @settings(max_examples=50)
 def test_fragments_round_trip(payload, tid):
-    r = wire.Reassembly()
-    frags = [wire.parse_fragment(b) for b in wire.split(tid, wire.KIND_OFFER, payload)]
+    r = udp.Reassembly()
+    frags = [udp.parse_fragment(b) for b in udp.split(tid, udp.KIND_OFFER, payload)]
     out = [r.add(f, 0.0) for f in reversed(frags)]
     assert out[-1] == payload and all(o is None for o in out[:-1])
     assert r.add(frags[0], 0.0) is None  # a late duplicate is never delivered twice
@@ -36,10 +38,10 @@ def test_fragments_round_trip(payload, tid):
 @given(st.binary(max_size=1300))
 @settings(max_examples=300)
 def test_codec_garbage_raises_only_protocol_error(data):
-    for parse in (wire.datagram_type, wire.parse_hello, wire.parse_cookie, wire.parse_init,
-                  wire.parse_resp, wire.parse_finish, wire.parse_data, wire.parse_unknown,
-                  wire.parse_inner, wire.parse_pairs, wire.parse_fragment,
-                  wire.parse_fragment_ack, wire.parse_migrate):
+    for parse in (udp.datagram_type, udp.parse_hello, udp.parse_cookie, udp.parse_init,
+                  udp.parse_resp, udp.parse_finish, udp.parse_data, udp.parse_unknown,
+                  udp.parse_inner, udp.parse_pairs, udp.parse_fragment,
+                  udp.parse_fragment_ack, udp.parse_migrate):
         try:
             parse(data)
         except ProtocolError:
@@ -47,8 +49,8 @@ def test_codec_garbage_raises_only_protocol_error(data):
 
 
 def test_migrate_round_trip():
-    body = wire.migrate("coord.example", 7777, COORDINATOR.public_raw)
-    assert wire.parse_migrate(body) == ("coord.example", 7777, COORDINATOR.public_raw)
+    body = udp.migrate("coord.example", 7777, COORDINATOR.public_raw)
+    assert udp.parse_migrate(body) == ("coord.example", 7777, COORDINATOR.public_raw)
 
 
 @given(st.lists(st.integers(0, 300), max_size=200))
@@ -56,8 +58,8 @@ def test_replay_window_accepts_each_counter_once(counters):
     top = bitmap = 0
     seen = set()
     for c in counters:
-        ok, top, bitmap = wire.replay_check(top, bitmap, c)
-        fresh = c not in seen and (not seen or c > max(seen) - wire.REPLAY_WINDOW)
+        ok, top, bitmap = udp.replay_check(top, bitmap, c)
+        fresh = c not in seen and (not seen or c > max(seen) - udp.REPLAY_WINDOW)
         assert ok == fresh, (c, sorted(seen))
         if ok:
             seen.add(c)
@@ -66,7 +68,7 @@ def test_replay_window_accepts_each_counter_once(counters):
 # -- hostile datagrams against both protocol objects ----------------------------------
 
 
-HEADERED = st.builds(lambda t, rest: wire.header(t) + rest,
+HEADERED = st.builds(lambda t, rest: udp.header(t) + rest,
                      st.integers(0, 255), st.binary(max_size=300))
 
 
@@ -91,7 +93,7 @@ def test_registrant_never_raises(data):
 
 def test_hello_flood_is_bounded_and_stores_nothing():
     rv = Rendezvous(COORDINATOR, hellos_per_second=100.0)
-    replies = sum(len(rv.receive(wire.hello(os.urandom(16)), ("192.0.2.%d" % (i % 250), i), 5.0))
+    replies = sum(len(rv.receive(udp.hello(os.urandom(16)), ("192.0.2.%d" % (i % 250), i), 5.0))
                   for i in range(1000))
     assert replies <= 100
     assert rv.stats["dropped.hello-rate"] >= 900
@@ -100,9 +102,9 @@ def test_hello_flood_is_bounded_and_stores_nothing():
 
 def test_unknown_replies_are_rate_limited_and_need_big_requests():
     rv = Rendezvous(COORDINATOR, unknown_replies_per_second=10)
-    small = wire.header(wire.DATA) + bytes(40)
+    small = udp.header(udp.DATA) + bytes(40)
     assert rv.receive(small, ("192.0.2.1", 1), 1.0) == []
-    big = wire.header(wire.DATA) + bytes(wire.MIN_SERVER_DATAGRAM - 4)
+    big = udp.header(udp.DATA) + bytes(udp.MIN_SERVER_DATAGRAM - 4)
     n = sum(len(rv.receive(big, ("192.0.2.1", 1), 1.0)) for _ in range(100))
     assert n <= 10
 
@@ -113,7 +115,7 @@ def test_one_source_cannot_spend_everybody_s_unknown_replies():
     re-registration (review #6; without the per-source bucket the second source gets
     nothing)."""
     rv = Rendezvous(COORDINATOR, unknown_replies_per_second=100)
-    big = wire.header(wire.DATA) + bytes(wire.MIN_SERVER_DATAGRAM - 4)
+    big = udp.header(udp.DATA) + bytes(udp.MIN_SERVER_DATAGRAM - 4)
     flood = sum(len(rv.receive(big, ("192.0.2.66", 1), 1.0)) for _ in range(1000))
     assert flood <= 50
     assert rv.receive(big, ("198.51.100.7", 2), 1.0) != []

@@ -18,7 +18,7 @@ wraps the connection's ``check_incoming`` on that instance only (aiortc and
 aioice have no knob for it), never aioice's module globals.
 """
 
-from homechannel.webrtc import ice_gatherers
+from homechannel.rtc.webrtc import ice_gatherers
 
 
 def prompt_triggered_checks(pc) -> None:

@@ -3,7 +3,7 @@
 The browser (``static/js/connect.js``, its twin, checked against vectors from
 this module by ``tests/test_connect_js.py``), the coordinator
 (``coordinator/broker.py``), the home server (``server/peer.py``) and the
-native client (``client.py``) all take their rules from here, so that an
+native client (``client/__init__.py``) all take their rules from here, so that an
 offer the coordinator relays is an offer the home server accepts, and a
 refusal means the same thing everywhere.  ``docs/protocol.md`` section 2
 documents every field.
@@ -39,7 +39,7 @@ MAX_SOURCE = 64                # characters of the source address in an offer
 MAX_DEVICE_TOKEN = 512         # characters of a device token
 MAX_ICE_SERVERS = 4            # entries handed to the home server with an offer
 MAX_ICE_TEXT = 512             # characters of one ICE server URL, username or credential
-# The relayed OFFER payload must fit one UDP transfer (``wire.MAX_TRANSFER``).
+# The relayed OFFER payload must fit one UDP transfer (``udp.MAX_TRANSFER``).
 # An ASCII SDP at most doubles in JSON (\r\n, \", \\), so 2 x MAX_SDP plus the
 # other fields stays well under it; ``Offer.encode`` checks it anyway.
 MAX_OFFER_PAYLOAD = 64 * 1024
@@ -54,7 +54,7 @@ DEVICE_TOKEN_PREFIX = "hcdev1"
 # -- the HTTP API ---------------------------------------------------------------
 
 # The coordinator's signature over every HTTP response (``crypto.response_signature_message``),
-# set by ``coordinator/web.py`` and ``coordinator/httpserver.py``, checked by ``client.py``
+# set by ``coordinator/web.py`` and ``coordinator/httpserver.py``, checked by ``client/__init__.py``
 # (and by ``static/js/api.js``).
 SIGNATURE_HEADER = "X-HomeChannel-Signature"
 # A client's code for an error response without that header (a reverse proxy's own 429

@@ -37,11 +37,11 @@ class ClusterNode:
     service: object
 
     def make_limiter(self, clock, name, limit, period, burst=None):
-        from homechannel.coordinator.redislimits import RedisRateLimiter
+        from homechannel.coordinator.cluster.redislimits import RedisRateLimiter
         return RedisRateLimiter(self.store, name, clock, limit, period, burst=burst)
 
     def make_lockout(self, clock, name, threshold, base, maximum):
-        from homechannel.coordinator.redislimits import RedisLockout
+        from homechannel.coordinator.cluster.redislimits import RedisLockout
         return RedisLockout(self.store, name, clock, threshold=threshold, base=base,
                             maximum=maximum)
 
@@ -92,8 +92,8 @@ def build(cfg, reactor, udp, rv):
     except ImportError:
         raise ConfigError("[cluster] needs redis-py: pip install 'homechannel[cluster]'") \
             from None
-    from homechannel.coordinator import redisrelay, redisstore
-    from homechannel.coordinator.redissessions import RedisSessionStore
+    from homechannel.coordinator.cluster import redisrelay, redisstore
+    from homechannel.coordinator.cluster.redissessions import RedisSessionStore
 
     c = cfg.cluster
     client = redisstore.connect(c.redis_url, password=read_password(c.redis_password_file))

@@ -35,8 +35,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from homechannel import connect as flow
-from homechannel import crypto, icechecks, webrtc
+from homechannel.protocol import connect as flow
+from homechannel import crypto
+from homechannel.rtc import icechecks, webrtc
 from homechannel.cli import read_secret_line
 from homechannel.config import default_state_dir
 from homechannel.errors import (

@@ -8,7 +8,7 @@
   Twisted together inside ``asyncio.run`` whatever reactor pytest installed.
 - :func:`connect_pair`: a client ``RTCPeerConnection`` connected to an
   :class:`~homechannel.server.apps.AppHost` in the same loop over loopback ICE
-  (127.0.0.1 advertised via :mod:`homechannel.webrtc`).
+  (127.0.0.1 advertised via :mod:`homechannel.rtc.webrtc`).
 - :class:`ClientChannel`: an awaitable client-side view of one channel.
 """
 
@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import json
 
-from homechannel.server.apps import frames
+from homechannel.protocol import frames
 
 
 class FakeChannel:
@@ -92,7 +92,7 @@ async def connect_pair(host, timeout=20):
     """Connect an aiortc client to *host* (an AppHost); return ``(client_pc, server_pc)``."""
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-    from homechannel import webrtc
+    from homechannel.rtc import webrtc
 
     client = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     server = RTCPeerConnection(RTCConfiguration(iceServers=[]))

@@ -102,7 +102,8 @@ def prepare(run_dir, web_port=8080, udp_port=7777, metrics_port=9477, apps=None,
     default: all on.  *say* shows progress (a slow first key derivation).
     Returns ``(coordinator_toml, server_toml, link, password)``.
     """
-    from homechannel import connect, default_static_dir
+    from homechannel import default_static_dir
+    from homechannel.protocol import connect
     from homechannel.crypto import IdentityKey, derive_password_key, save_password_key
 
     run_dir = os.path.abspath(run_dir)

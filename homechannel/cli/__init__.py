@@ -13,7 +13,9 @@ import sys
 import time
 import urllib.parse
 
-from homechannel import config, connect, crypto
+from homechannel import config, crypto
+
+from homechannel.protocol import connect
 from homechannel.errors import ConfigError, HomeChannelError
 
 
@@ -116,7 +118,7 @@ def cmd_passwd(args):
 
 
 def cmd_join_string(args):
-    from homechannel import join
+    from homechannel.protocol import join
     cfg = config.load_coordinator(args.config, {"state_dir": args.state_dir})
     key = crypto.IdentityKey.load(_check_key_path(cfg.identity_key))
     print(join.from_coordinator_config(cfg, key.text))
@@ -130,7 +132,7 @@ def default_server_config():
 def cmd_join(args):
     import tomli_w
 
-    from homechannel import join
+    from homechannel.protocol import join
     target = join.decode(args.join_string)
     path = os.path.abspath(args.config or default_server_config())
     if os.path.exists(path) and not args.force:
@@ -260,7 +262,7 @@ def _admin_target(args):
         if path:
             where, token_file = path, None
         else:
-            from homechannel import endpoints
+            from homechannel.ops import endpoints
             _, pos, kw = endpoints.split(cfg.admin.listen)
             host = kw.get("interface", "127.0.0.1")
             where = f"http://{'[' + host + ']' if ':' in host else host}:{pos[0]}"

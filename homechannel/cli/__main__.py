@@ -1,0 +1,5 @@
+import sys
+
+from homechannel.cli import main
+
+sys.exit(main())

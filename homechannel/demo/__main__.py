@@ -1,0 +1,5 @@
+import sys
+
+from homechannel.demo import main
+
+sys.exit(main())

@@ -1,0 +1,6 @@
+"""What both daemons need to be operated: endpoints, metrics, logs.
+
+- :mod:`~homechannel.ops.endpoints` -- Twisted endpoint strings, split and joined.
+- :mod:`~homechannel.ops.metrics` -- Prometheus collectors and their loopback listener.
+- :mod:`~homechannel.ops.logfilter` -- quieter loggers for libraries' protocol chatter.
+"""

@@ -1,0 +1,9 @@
+"""Test doubles shipped with the package (as treq ships ``StubTreq``), each checked
+against the interface it stands in for.
+
+- :mod:`~homechannel.testing.udp` -- a lossy in-memory UDP wire joining the real
+  sans-I/O cores (``Rendezvous``, ``Registrant``) under a fake clock.
+- :mod:`~homechannel.testing.coordinator` -- ``FakeRelay``, ``AnswererRelay``,
+  ``LoopClock``: the coordinator's seams in memory.
+- :mod:`~homechannel.testing.apps` -- fake and paired datachannels for the apps.
+"""
