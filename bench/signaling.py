@@ -47,7 +47,7 @@ import tempfile
 import time
 
 from bench.udp_load import REPO, TWISTD, free_port
-from homechannel import crypto
+from homechannel import crypto, keyfiles
 from homechannel.protocol import connect as flow
 
 SERVERS = 200
@@ -151,7 +151,7 @@ def start_coordinator(tmp, twistd=TWISTD, access_log=False, cluster=None, key_pa
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             cwd=repo)
     wait_port(web)
-    key = crypto.IdentityKey.load(key_path)
+    key = keyfiles.load_identity_key(key_path)
     return proc, udp, web, key
 
 

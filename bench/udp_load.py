@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 
-from homechannel import crypto
+from homechannel import crypto, keyfiles
 
 from homechannel.protocol import udp as codec
 from homechannel.coordinator.registry import POOL
@@ -74,7 +74,7 @@ def start_coordinator(tmp, udp_settings=("per_source_per_second = 1000000.0",
     for _ in range(200):
         if os.path.exists(os.path.join(tmp, "coordinator.key")):
             try:
-                key = crypto.IdentityKey.load(os.path.join(tmp, "coordinator.key"))
+                key = keyfiles.load_identity_key(os.path.join(tmp, "coordinator.key"))
                 break
             except Exception:
                 pass

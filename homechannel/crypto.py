@@ -1,7 +1,7 @@
 """The one crypto module of HomeChannel.
 
 Pure functions and small value objects: bytes and keys in, bytes out.  No
-reactor, no sockets.  Everything that signs, verifies, derives, encrypts or
+reactor, no sockets, no files (key files are :mod:`homechannel.keyfiles`).  Everything that signs, verifies, derives, encrypts or
 compares secrets lives here, so that the browser (``static/js/crypto.js``)
 has exactly one Python counterpart to match.
 
@@ -17,14 +17,10 @@ Formats (see ``docs/protocol.md``):
 """
 
 import base64
-import contextlib
 import functools
 import hashlib
 import hmac
-import json
-import os
 import re
-import stat
 import struct
 from typing import Self
 
@@ -38,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from homechannel.errors import AuthenticationError, KeyFileError, ProtocolError
+from homechannel.errors import AuthenticationError, ProtocolError
 
 PUBLIC_KEY_SIZE = 65
 SIGNATURE_SIZE = 64
@@ -52,9 +48,6 @@ PBKDF2_ITERATIONS = 600_000
 MIN_PBKDF2_ITERATIONS = 600_000
 
 _CURVE = ec.SECP256R1()
-
-# A file name as the functions below take it (a config string or a pathlib.Path).
-StrPath = str | os.PathLike[str]
 
 
 # -- encodings -------------------------------------------------------------
@@ -173,107 +166,17 @@ class IdentityKey:
             serialization.NoEncryption(),
         )
 
-    # -- files --
-
     @classmethod
-    def load(cls, path: StrPath) -> Self:
-        """Load a PEM private key; raise KeyFileError with advice on any problem."""
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            raise KeyFileError(
-                f"identity key {path} does not exist: create it with "
-                f"'homechannel keygen --key {path}'"
-            ) from None
-        except OSError as e:
-            raise KeyFileError(f"cannot read identity key {path}: {e.strerror}") from None
-        check_private_mode(path, st.st_mode, "identity key")
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise KeyFileError(f"cannot read identity key {path}: {e.strerror}") from None
+    def from_pem(cls, data: bytes) -> Self:
+        """The identity in a PEM (PKCS#8) private key; ValueError if *data* is not a
+        PEM private key, TypeError if it is another kind of key than P-256."""
         try:
             key = serialization.load_pem_private_key(data, password=None)
         except (ValueError, TypeError):
-            raise KeyFileError(
-                f"identity key {path} is not a PEM private key; it was not replaced. "
-                "Restore it from a backup, or move it away and generate a new one "
-                "(every pinned link to this key then stops working)"
-            ) from None
+            raise ValueError("not a PEM private key") from None
         if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != _CURVE.name:
-            raise KeyFileError(f"identity key {path} is not an ECDSA P-256 key")
+            raise TypeError("not an ECDSA P-256 key")
         return cls(key)
-
-    @classmethod
-    def create(cls, path: StrPath) -> Self:
-        """Create a new key at *path* (mode 0600).  Never overwrites."""
-        key = cls.generate()
-        write_secret_file(path, key.private_pem())
-        return key
-
-    @classmethod
-    def load_or_create(cls, path: StrPath) -> tuple[Self, bool]:
-        """Load *path*, creating it only if it does not exist at all.
-
-        Returns ``(key, created)``.  An existing file that does not load is
-        an error: a key is never silently replaced.
-        """
-        if os.path.lexists(path):
-            return cls.load(path), False
-        return cls.create(path), True
-
-
-def check_private_mode(path: StrPath, mode: int, what: str) -> None:
-    """Refuse a secret file (its ``st_mode`` *mode*) that group or others may use."""
-    if mode & 0o077:
-        raise KeyFileError(
-            f"{what} {path} is readable by others "
-            f"(mode {stat.S_IMODE(mode):04o}): run 'chmod 600 {path}'"
-        )
-
-
-def write_secret_file(path: StrPath, data: bytes) -> None:
-    """Write *data* to a new file with mode 0600; refuse to overwrite."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise KeyFileError(f"{path} already exists; it was not replaced") from None
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def replace_file(path: StrPath, data: bytes, mode: int) -> None:
-    """Atomically replace *path* with *data*, with exactly *mode* whatever the umask:
-    written to a new temporary file next to it (``O_EXCL``: never through a link),
-    then moved into place; the temporary file is removed on failure."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
-    if os.path.lexists(tmp):
-        os.unlink(tmp)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        try:
-            os.fchmod(fd, mode)
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def replace_secret_file(path: StrPath, data: bytes) -> None:
-    """Atomically replace *path* with *data* (mode 0600).  For non-identity secrets."""
-    replace_file(path, data, 0o600)
 
 
 # -- ephemeral key agreement and session keys ------------------------------
@@ -418,43 +321,3 @@ def normalize_fingerprint(fp: str) -> str:
 def certificate_fingerprint(der: bytes) -> str:
     """The sha-256 fingerprint of a DER certificate, as SDP writes it (upper case)."""
     return ":".join(f"{b:02X}" for b in sha256(der))
-
-
-# -- the home server's password key file ----------------------------------
-
-
-def save_password_key(path: StrPath, server_public_raw: bytes, password_key: bytes,
-                      iterations: int = PBKDF2_ITERATIONS) -> None:
-    """Store the derived key (never the password) as JSON, mode 0600."""
-    doc = {
-        "kdf": "pbkdf2-hmac-sha256",
-        "iterations": iterations,
-        "salt": "server public key",
-        "server_id": b64u_encode(server_public_raw),
-        "key": b64u_encode(password_key),
-    }
-    replace_secret_file(path, (json.dumps(doc, indent=2) + "\n").encode())
-
-
-def load_password_key(path: StrPath, server_public_raw: bytes) -> bytes:
-    """The derived key stored by :func:`save_password_key`; the file must be
-    private (mode 0600, as for an identity key: ``K`` is password-equivalent)."""
-    try:
-        with open(path, "rb") as f:
-            check_private_mode(path, os.fstat(f.fileno()).st_mode, "password key file")
-            doc = json.loads(f.read())
-        key = b64u_decode(doc["key"])
-        server_id = doc["server_id"]
-    except FileNotFoundError:
-        raise KeyFileError(
-            f"no password set ({path} does not exist): run 'homechannel passwd'"
-        ) from None
-    except (OSError, ValueError, KeyError, TypeError, ProtocolError):
-        raise KeyFileError(f"password key file {path} is unreadable or malformed: "
-                           "set the password again with 'homechannel passwd'") from None
-    if server_id != b64u_encode(server_public_raw) or len(key) != 32:
-        raise KeyFileError(
-            f"password key file {path} belongs to another identity key: "
-            "set the password again with 'homechannel passwd'"
-        )
-    return key

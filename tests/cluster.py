@@ -16,7 +16,7 @@ from helpers import (REPO, Twistd, free_tcp_port, free_udp_port, require_module,
 from daemons import PASSWORD
 from services import RedisServer, wait_for_port
 
-from homechannel import crypto
+from homechannel import crypto, keyfiles
 
 HAPROXY_EXAMPLE = os.path.join(REPO, "conf", "haproxy", "homechannel.cfg")
 
@@ -117,7 +117,7 @@ def make_cluster(tmp_path, n=2, web=None, udp=None, cluster=None, access_log=Tru
     require_module("redis", "pip install 'homechannel[cluster]' (make venv does it)")
     redis = RedisServer(tmp_path)
     key_path = os.path.join(base, "cluster", "coordinator.key")
-    ckey, _ = crypto.IdentityKey.load_or_create(key_path)
+    ckey, _ = keyfiles.load_or_create_identity_key(key_path)
     nodes = []
     for i in range(1, n + 1):
         name = f"node-{i}"
@@ -145,8 +145,8 @@ def add_home_server(c, keepalive=None, password=PASSWORD):
     sdir = os.path.join(c.base, "server")
     c.files_root = os.path.join(c.base, "files")
     os.makedirs(c.files_root, exist_ok=True)
-    skey, _ = crypto.IdentityKey.load_or_create(os.path.join(sdir, "server.key"))
-    crypto.save_password_key(os.path.join(sdir, "password.json"), skey.public_raw,
+    skey, _ = keyfiles.load_or_create_identity_key(os.path.join(sdir, "server.key"))
+    keyfiles.save_password_key(os.path.join(sdir, "password.json"), skey.public_raw,
                              crypto.derive_password_key(password, skey.public_raw))
     server = {
         "state_dir": sdir,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from helpers import free_tcp_port, free_udp_port, write_toml
 
-from homechannel import crypto
+from homechannel import crypto, keyfiles
 
 PASSWORD = "correct horse battery staple"
 
@@ -39,9 +39,9 @@ def make_pair(tmp_path, keepalive=None, server_extra=None, password=PASSWORD, st
     cdir, sdir = os.path.join(base, "coordinator"), os.path.join(base, "server")
     files_root = os.path.join(base, "files")
     os.makedirs(files_root, exist_ok=True)
-    ckey, _ = crypto.IdentityKey.load_or_create(os.path.join(cdir, "coordinator.key"))
-    skey, _ = crypto.IdentityKey.load_or_create(os.path.join(sdir, "server.key"))
-    crypto.save_password_key(os.path.join(sdir, "password.json"), skey.public_raw,
+    ckey, _ = keyfiles.load_or_create_identity_key(os.path.join(cdir, "coordinator.key"))
+    skey, _ = keyfiles.load_or_create_identity_key(os.path.join(sdir, "server.key"))
+    keyfiles.save_password_key(os.path.join(sdir, "password.json"), skey.public_raw,
                              crypto.derive_password_key(password, skey.public_raw))
     web, udp = free_tcp_port(), free_udp_port()
     metrics, server_metrics = free_tcp_port(), free_tcp_port()

@@ -10,7 +10,7 @@ import pytest
 
 from helpers import REPO
 
-from homechannel import crypto
+from homechannel import crypto, keyfiles
 
 from homechannel import cli
 
@@ -155,11 +155,11 @@ def test_password_file_is_read_the_same_by_passwd_and_connect(tmp_path):
     state = tmp_path / "state"
     r = run("passwd", "--state-dir", str(state), "--password-file", str(pw))
     assert r.returncode == 0, r.stderr
-    key = crypto.IdentityKey.load(str(state / "server.key"))
-    assert crypto.load_password_key(str(state / "password.json"), key.public_raw) == \
+    key = keyfiles.load_identity_key(str(state / "server.key"))
+    assert keyfiles.load_password_key(str(state / "password.json"), key.public_raw) == \
         crypto.derive_password_key("first-line pw", key.public_raw)
     assert client._read_password(argparse.Namespace(password_file=str(pw))) == "first-line pw"
-    assert cli.read_secret_line(str(pw)) == "first-line pw"
+    assert keyfiles.read_secret_line(str(pw)) == "first-line pw"
 
 
 @pytest.mark.parametrize("content", [b"", b"\n", b"\r\nsecond line\n"])

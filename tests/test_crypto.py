@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from homechannel import crypto
+from homechannel import crypto, keyfiles
 from homechannel.errors import AuthenticationError, KeyFileError, ProtocolError
 
 COORDINATOR = crypto.IdentityKey.generate()
@@ -81,10 +81,10 @@ def test_certificate_fingerprint_is_sdp_style_sha256():
 
 def test_key_created_once_with_mode_0600(tmp_path):
     path = tmp_path / "k" / "server.key"
-    key, created = crypto.IdentityKey.load_or_create(str(path))
+    key, created = keyfiles.load_or_create_identity_key(str(path))
     assert created
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    again, created = crypto.IdentityKey.load_or_create(str(path))
+    again, created = keyfiles.load_or_create_identity_key(str(path))
     assert not created and again.public_raw == key.public_raw
 
 
@@ -93,26 +93,47 @@ def test_broken_key_is_never_replaced(tmp_path):
     path.write_bytes(b"not a key")
     path.chmod(0o600)
     with pytest.raises(KeyFileError, match="not replaced"):
-        crypto.IdentityKey.load_or_create(str(path))
+        keyfiles.load_or_create_identity_key(str(path))
     assert path.read_bytes() == b"not a key"
 
 
 def test_readable_key_is_refused(tmp_path):
     path = tmp_path / "server.key"
-    crypto.IdentityKey.create(str(path))
+    keyfiles.create_identity_key(str(path))
     path.chmod(0o644)
     with pytest.raises(KeyFileError, match="chmod 600"):
-        crypto.IdentityKey.load(str(path))
+        keyfiles.load_identity_key(str(path))
+
+
+def test_identity_key_pem_round_trip_and_other_kinds_of_key(tmp_path):
+    """``crypto.IdentityKey.from_pem`` (pure) reads what ``private_pem`` writes; a PEM
+    key of another kind (Ed25519) is named as such by ``keyfiles``, not taken for a
+    damaged file.  Shown to fail by accepting any private key in ``from_pem``: reading
+    its public point then raises AttributeError instead of the KeyFileError below."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    again = crypto.IdentityKey.from_pem(SERVER.private_pem())
+    assert again.public_raw == SERVER.public_raw
+    with pytest.raises(ValueError):
+        crypto.IdentityKey.from_pem(b"not a key")
+    path = tmp_path / "ed25519.key"
+    path.write_bytes(ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    path.chmod(0o600)
+    with pytest.raises(KeyFileError, match="is not an ECDSA P-256 key"):
+        keyfiles.load_identity_key(str(path))
 
 
 def test_password_key_file_bound_to_identity(tmp_path):
     path = str(tmp_path / "password.json")
-    crypto.save_password_key(path, SERVER.public_raw, b"k" * 32)
+    keyfiles.save_password_key(path, SERVER.public_raw, b"k" * 32)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    assert crypto.load_password_key(path, SERVER.public_raw) == b"k" * 32
+    assert keyfiles.load_password_key(path, SERVER.public_raw) == b"k" * 32
     assert "k" * 10 not in open(path).read()  # stored encoded, never a password
     with pytest.raises(KeyFileError, match="another identity"):
-        crypto.load_password_key(path, COORDINATOR.public_raw)
+        keyfiles.load_password_key(path, COORDINATOR.public_raw)
 
 
 def test_password_key_file_readable_by_others_is_refused(tmp_path):
@@ -120,11 +141,11 @@ def test_password_key_file_readable_by_others_is_refused(tmp_path):
     group or others may read it, with the advice the identity key gets.  How this
     was shown to fail: the old loader read a 0644 file."""
     path = str(tmp_path / "password.json")
-    crypto.save_password_key(path, SERVER.public_raw, b"k" * 32)
+    keyfiles.save_password_key(path, SERVER.public_raw, b"k" * 32)
     for mode in (0o644, 0o640, 0o604):
         os.chmod(path, mode)
         with pytest.raises(KeyFileError, match=rf"password key file .* is readable by others "
                                                rf"\(mode {mode:04o}\): run 'chmod 600 {path}'"):
-            crypto.load_password_key(path, SERVER.public_raw)
+            keyfiles.load_password_key(path, SERVER.public_raw)
     os.chmod(path, 0o600)
-    assert crypto.load_password_key(path, SERVER.public_raw) == b"k" * 32
+    assert keyfiles.load_password_key(path, SERVER.public_raw) == b"k" * 32

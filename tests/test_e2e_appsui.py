@@ -160,8 +160,8 @@ def test_session_view_fills_the_window_in_light_dark_and_on_a_phone(
     page.on("console", lambda m: print(f"[browser {m.type}] {m.text}"))
     try:
         # -- the server list says which servers are online
-        from homechannel import crypto
-        stranger, _ = crypto.IdentityKey.load_or_create(str(tmp_path / "stranger.key"))
+        from homechannel import keyfiles
+        stranger, _ = keyfiles.load_or_create_identity_key(str(tmp_path / "stranger.key"))
         page.goto(pair.link)
         page.get_by_role("heading", name="Add this server?").wait_for()
         assert_accessible(page, "the add-this-server view")

@@ -176,11 +176,11 @@ def test_offline_server(tmp_path, twistd, chromium_page):
 
 
 def test_never_registered_server_is_offline(tmp_path, twistd, chromium_page):
-    from homechannel import crypto
+    from homechannel import keyfiles
 
     page = chromium_page
     pair, coordinator, server = start_pair(twistd, tmp_path)
-    other, _ = crypto.IdentityKey.load_or_create(str(tmp_path / "other.key"))
+    other, _ = keyfiles.load_or_create_identity_key(str(tmp_path / "other.key"))
     page.goto(f"{pair.url}/#server={other.text}")
     page.locator("#add-link").get_by_role("button", name="Add server").click()
     page.get_by_label("Password").fill(PASSWORD)

@@ -71,14 +71,14 @@ def test_migrate_with_the_cli_then_restart_uses_failover(tmp_path, twistd):
 
     from helpers import REPO, free_tcp_port, free_udp_port, write_toml
 
-    from homechannel import crypto
+    from homechannel import keyfiles
 
     pair = make_pair(tmp_path, keepalive={"interval": 2.0, "jitter": 0.1})
     old = twistd("homechannel-coordinator", pair.coordinator_config)
     old.wait_for_log("coordinator: UDP")
     # A second coordinator, the migration target.
     new_dir = tmp_path / "new"
-    new_key, _ = crypto.IdentityKey.load_or_create(str(new_dir / "coordinator.key"))
+    new_key, _ = keyfiles.load_or_create_identity_key(str(new_dir / "coordinator.key"))
     new_udp = free_udp_port()
     new_cfg = write_toml(tmp_path / "new.toml", {
         "state_dir": str(new_dir),

@@ -15,7 +15,7 @@ import urllib.request
 
 from helpers import REPO, free_tcp_port, free_udp_port, write_toml
 
-from homechannel import crypto
+from homechannel import crypto, keyfiles
 
 PASSWORD = "a long home password"
 
@@ -86,9 +86,9 @@ def test_join_from_the_coordinators_string(tmp_path, twistd):
         if path.is_file():
             assert PASSWORD.encode() not in path.read_bytes(), path
     server_id = link.split("#server=")[1]
-    key = crypto.IdentityKey.load(str(state / "server.key"))
+    key = keyfiles.load_identity_key(str(state / "server.key"))
     assert key.text == server_id
-    assert crypto.load_password_key(str(state / "password.json"), key.public_raw) == \
+    assert keyfiles.load_password_key(str(state / "password.json"), key.public_raw) == \
         crypto.derive_password_key(PASSWORD, key.public_raw)
 
     # A second join does not overwrite what the first one wrote.

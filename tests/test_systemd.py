@@ -189,7 +189,7 @@ def test_home_server_install_steps_work_as_written(tmp_path, capsys):
     import tomllib
 
     from helpers import write_toml
-    from homechannel import crypto
+    from homechannel import crypto, keyfiles
     from homechannel import cli
 
     if os.geteuid() != 0:
@@ -260,7 +260,7 @@ def test_home_server_install_steps_work_as_written(tmp_path, capsys):
         for name in ("server.key", "password.json"):
             st = os.stat(os.path.join(state, name))
             assert st.st_uid == entry.pw_uid and st.st_mode & 0o777 == 0o600, name
-        key = crypto.IdentityKey.load(os.path.join(state, "server.key"))
+        key = keyfiles.load_identity_key(os.path.join(state, "server.key"))
         assert out.strip().endswith("#server=" + key.text)
     finally:
         if created_user:

@@ -155,7 +155,7 @@ def umask_002():
 
 
 def test_ssh_key_is_created_private_with_a_public_half(tmp_path, umask_002):
-    """Created on first use through ``crypto.write_secret_file`` (0600), with the
+    """Created on first use through ``keyfiles.write_secret_file`` (0600), with the
     ``.pub`` at an explicit 0644 whatever the umask; loaded again unchanged.  How
     this was shown to fail: the old code wrote the ``.pub`` with the umask's mode
     (0664 here)."""
@@ -194,7 +194,7 @@ def test_a_missing_public_half_is_written_again_and_no_temporary_file_stays(tmp_
 
 
 def test_ssh_key_readable_by_others_is_refused(tmp_path):
-    """As ``IdentityKey.load`` (and ssh itself) does.  How this was shown to fail:
+    """As ``keyfiles.load_identity_key`` (and ssh itself) does.  How this was shown to fail:
     the old loader used a 0644 key as it was."""
     path = str(tmp_path / "terminal_key")
     load_identity(path)

@@ -13,7 +13,7 @@ import sys
 import time
 import urllib.parse
 
-from homechannel import config, crypto
+from homechannel import config, crypto, keyfiles
 
 from homechannel.protocol import connect
 from homechannel.errors import ConfigError, HomeChannelError
@@ -39,21 +39,6 @@ def _check_key_path(path):
     return path
 
 
-def read_secret_line(path, what="password file"):
-    """The first line of *path*, CR/LF stripped: the one way every command reads a
-    password (``passwd``, ``join``, ``connect``, ``forward``) or a credential file.
-    An empty first line is refused; every problem is a ConfigError."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            line = f.readline().rstrip("\r\n")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read the {what} {path}: "
-                          f"{getattr(e, 'strerror', None) or e}") from None
-    if not line:
-        raise ConfigError(f"the {what} {path} is empty (its first line is used)")
-    return line
-
-
 def _key_path(args, role):
     if args.key:
         return _check_key_path(args.key)
@@ -63,24 +48,24 @@ def _key_path(args, role):
 
 def cmd_keygen(args):
     path = _key_path(args, args.role)
-    key, created = crypto.IdentityKey.load_or_create(path)
+    key, created = keyfiles.load_or_create_identity_key(path)
     print(("created " if created else "exists: ") + path, file=sys.stderr)
     print(key.text)
 
 
 def cmd_pubkey(args):
-    print(crypto.IdentityKey.load(_key_path(args, args.role)).text)
+    print(keyfiles.load_identity_key(_key_path(args, args.role)).text)
 
 
 def cmd_link(args):
     cfg = config.load_server(args.config, {"state_dir": args.state_dir})
-    key = crypto.IdentityKey.load(_check_key_path(cfg.identity_key))
+    key = keyfiles.load_identity_key(_check_key_path(cfg.identity_key))
     print(connect.connect_link(cfg.coordinator_url, key.text))
 
 
 def _read_password(args):
     if args.password_file:
-        return read_secret_line(args.password_file)
+        return keyfiles.read_secret_line(args.password_file)
     if not sys.stdin.isatty():
         return sys.stdin.readline().rstrip("\r\n")
     first = getpass.getpass("New password: ")
@@ -99,14 +84,14 @@ def _read_new_password(args):
 
 def _store_password(cfg, key, password):
     derived = crypto.derive_password_key(password, key.public_raw)
-    crypto.save_password_key(cfg.password_key, key.public_raw, derived)
+    keyfiles.save_password_key(cfg.password_key, key.public_raw, derived)
 
 
 def cmd_passwd(args):
     cfg = config.load_server(args.config, {"state_dir": args.state_dir})
     path = _check_key_path(cfg.identity_key)
     password = _read_new_password(args)
-    key, created = crypto.IdentityKey.load_or_create(path)
+    key, created = keyfiles.load_or_create_identity_key(path)
     if created:
         print(f"created identity key {cfg.identity_key}", file=sys.stderr)
     _store_password(cfg, key, password)
@@ -120,7 +105,7 @@ def cmd_passwd(args):
 def cmd_join_string(args):
     from homechannel.protocol import join
     cfg = config.load_coordinator(args.config, {"state_dir": args.state_dir})
-    key = crypto.IdentityKey.load(_check_key_path(cfg.identity_key))
+    key = keyfiles.load_identity_key(_check_key_path(cfg.identity_key))
     print(join.from_coordinator_config(cfg, key.text))
 
 
@@ -151,7 +136,7 @@ def cmd_join(args):
     key_path = _check_key_path(cfg.identity_key)
     password = _read_new_password(args)
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    key, created = crypto.IdentityKey.load_or_create(key_path)
+    key, created = keyfiles.load_or_create_identity_key(key_path)
     print(("created identity key " if created else "using identity key ") + cfg.identity_key,
           file=sys.stderr)
     _store_password(cfg, key, password)
@@ -159,7 +144,7 @@ def cmd_join(args):
               "# Every key is documented in conf/server.example.toml.\n"
               "# Run: twistd -n --pidfile= --reactor=asyncio homechannel-server --config "
               + path + "\n")
-    crypto.replace_secret_file(path, (header + tomli_w.dumps(doc)).encode("utf-8"))
+    keyfiles.replace_secret_file(path, (header + tomli_w.dumps(doc)).encode("utf-8"))
     os.chmod(path, 0o644)
     link = connect.connect_link(target["url"], key.text)
     print(f"wrote {path}; the password is stored only as a derived key in "

@@ -38,7 +38,7 @@ import urllib.request
 from homechannel.protocol import connect as flow
 from homechannel import crypto
 from homechannel.rtc import icechecks, webrtc
-from homechannel.cli import read_secret_line
+from homechannel.keyfiles import read_secret_line, replace_secret_file
 from homechannel.config import default_state_dir
 from homechannel.errors import (
     AuthenticationError,
@@ -168,7 +168,7 @@ def _api_error(status, doc, context):
 
 class _JsonStore:
     """A JSON file ``{name: text}`` in the state directory with mode 0600
-    (``crypto.replace_secret_file``), changed under an exclusive lock (``FILE.lock``)
+    (``replace_secret_file``), changed under an exclusive lock (``FILE.lock``)
     so that two clients saving at once lose nothing.  A missing file is an empty
     store; a damaged one too (replaced on the next save) unless the store is
     ``STRICT``, where it is an error.  *path* None keeps nothing."""
@@ -221,7 +221,7 @@ class _JsonStore:
                     return
             else:
                 doc[name] = text
-            crypto.replace_secret_file(self.path, (json.dumps(doc, indent=2) + "\n").encode())
+            replace_secret_file(self.path, (json.dumps(doc, indent=2) + "\n").encode())
         finally:
             os.close(lock)
 

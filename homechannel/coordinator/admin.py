@@ -22,7 +22,7 @@ import stat
 from klein import Klein
 from twisted.logger import Logger
 
-from homechannel import crypto
+from homechannel import crypto, keyfiles
 
 from homechannel.ops import endpoints
 from homechannel.errors import ConfigError, HomeChannelError, ProtocolError
@@ -87,7 +87,7 @@ def listen_endpoint(cfg):
 def load_or_create_token(path):
     """The admin token in *path* (mode 0600), created if missing."""
     if not os.path.lexists(path):
-        crypto.write_secret_file(path, (secrets.token_urlsafe(32) + "\n").encode())
+        keyfiles.write_secret_file(path, (secrets.token_urlsafe(32) + "\n").encode())
     return read_token(path)
 
 

@@ -58,7 +58,7 @@ def _install_asyncio_reactor():
 
 
 def _make(options):
-    from homechannel import aio, config, crypto
+    from homechannel import aio, config, keyfiles
 
     cfg = config.load_coordinator(options["config"], options.overrides())
     if cfg.cluster.redis_url:
@@ -87,7 +87,7 @@ def _make(options):
         aio.require_asyncio_reactor(reactor, "a cluster node ([cluster] in the config) needs "
                                     "Twisted's asyncio reactor for its Redis client: run "
                                     "twistd with --reactor=asyncio, or with no --reactor")
-    identity, created = crypto.IdentityKey.load_or_create(cfg.identity_key)
+    identity, created = keyfiles.load_or_create_identity_key(cfg.identity_key)
     if created:
         log.info("created coordinator identity key {path}", path=cfg.identity_key)
     log.info("coordinator public key: {key}", key=identity.text)

@@ -22,11 +22,11 @@ from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 
-from homechannel import crypto
+from homechannel import crypto, keyfiles
 from homechannel.errors import ConfigError
 
 
-def load_secret(path: crypto.StrPath) -> bytes:
+def load_secret(path: keyfiles.StrPath) -> bytes:
     """coturn's ``static-auth-secret``, from a file (surrounding whitespace ignored)."""
     try:
         with open(path, "rb") as f:

@@ -104,7 +104,8 @@ def prepare(run_dir, web_port=8080, udp_port=7777, metrics_port=9477, apps=None,
     """
     from homechannel import default_static_dir
     from homechannel.protocol import connect
-    from homechannel.crypto import IdentityKey, derive_password_key, save_password_key
+    from homechannel.crypto import derive_password_key
+    from homechannel.keyfiles import load_or_create_identity_key, save_password_key
 
     run_dir = os.path.abspath(run_dir)
     os.makedirs(run_dir, mode=0o700, exist_ok=True)
@@ -114,9 +115,9 @@ def prepare(run_dir, web_port=8080, udp_port=7777, metrics_port=9477, apps=None,
         with open(os.path.join(files, "hello.txt"), "w") as f:
             f.write("Hello from your HomeChannel demo server.\n")
 
-    coordinator_key, _ = IdentityKey.load_or_create(os.path.join(run_dir, "coordinator.key"))
+    coordinator_key, _ = load_or_create_identity_key(os.path.join(run_dir, "coordinator.key"))
     server_key_path = os.path.join(run_dir, "server.key")
-    server_key, _ = IdentityKey.load_or_create(server_key_path)
+    server_key, _ = load_or_create_identity_key(server_key_path)
 
     password_txt = os.path.join(run_dir, "password.txt")
     password_key_path = os.path.join(run_dir, "password.json")
@@ -126,7 +127,7 @@ def prepare(run_dir, web_port=8080, udp_port=7777, metrics_port=9477, apps=None,
             password = f.read().strip() or None
     if password is None:
         password = secrets.token_urlsafe(12)
-        from homechannel.crypto import replace_secret_file
+        from homechannel.keyfiles import replace_secret_file
         replace_secret_file(password_txt, (password + "\n").encode())
         if os.path.exists(password_key_path):
             os.unlink(password_key_path)
@@ -178,7 +179,7 @@ def _port_busy(port, kind):
 
 
 def _password_key_matches(path, server_public_raw):
-    from homechannel.crypto import load_password_key
+    from homechannel.keyfiles import load_password_key
     from homechannel.errors import KeyFileError
     try:
         load_password_key(path, server_public_raw)

@@ -23,7 +23,7 @@ says when to call ``poll``; what the application acts on comes out of
 import json
 import os
 
-from homechannel import crypto
+from homechannel import crypto, keyfiles
 from homechannel.crypto import b64u_encode
 from homechannel.errors import ConfigError, ProtocolError
 from homechannel.server.registrant import Registrant
@@ -54,7 +54,7 @@ class FailoverFile:
 
     def save(self, host, port, key):
         doc = {"host": host, "port": port, "public_key": b64u_encode(key)}
-        crypto.replace_secret_file(self.path, (json.dumps(doc, indent=2) + "\n").encode())
+        keyfiles.replace_secret_file(self.path, (json.dumps(doc, indent=2) + "\n").encode())
 
 
 class Link:

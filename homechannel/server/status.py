@@ -9,7 +9,7 @@ import os
 
 from twisted.logger import Logger
 
-from homechannel import crypto
+from homechannel import keyfiles
 from homechannel.errors import ConfigError, HomeChannelError
 
 log = Logger()
@@ -66,7 +66,7 @@ class StatusFile:
         self._written_at = self.clock.seconds()
         body = dict(doc, updated=self._written_at)
         try:
-            crypto.replace_secret_file(self.path, (json.dumps(body, indent=2, sort_keys=True)
+            keyfiles.replace_secret_file(self.path, (json.dumps(body, indent=2, sort_keys=True)
                                                    + "\n").encode())
         except (OSError, HomeChannelError) as e:
             log.warn("cannot write the status file {path}: {err}", path=self.path, err=e)

@@ -70,7 +70,7 @@ def _make(options):
     from twisted.internet import reactor
     from twisted.logger import Logger
 
-    from homechannel import aio, config, crypto
+    from homechannel import aio, config, crypto, keyfiles
 
     from homechannel.protocol import connect
 
@@ -93,10 +93,10 @@ def _make(options):
         coordinator_key = crypto.parse_server_id(cfg.coordinator.public_key)
     except HomeChannelError:
         raise ConfigError("coordinator.public_key is not a base64url P-256 public key") from None
-    identity, created = crypto.IdentityKey.load_or_create(cfg.identity_key)
+    identity, created = keyfiles.load_or_create_identity_key(cfg.identity_key)
     if created:
         log.info("created home server identity key {path}", path=cfg.identity_key)
-    password_key = crypto.load_password_key(cfg.password_key, identity.public_raw)
+    password_key = keyfiles.load_password_key(cfg.password_key, identity.public_raw)
 
     challenges = ChallengeSource(password_key)
     target = load_failover(cfg.failover_path)

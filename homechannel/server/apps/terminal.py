@@ -36,7 +36,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 
-from homechannel import crypto, errors
+from homechannel import errors, keyfiles
 from homechannel.ops.logfilter import protocol_logger
 from homechannel.protocol import frames
 
@@ -107,7 +107,7 @@ _PUBLIC_WARNED = set()     # key paths whose missing .pub could not be written (
 
 def load_identity(path):
     """The SSH key at *path* (OpenSSH or PEM private key, unencrypted, mode 0600);
-    created as a new Ed25519 key (``crypto.write_secret_file``: mode 0600, never
+    created as a new Ed25519 key (``keyfiles.write_secret_file``: mode 0600, never
     over an existing file) with ``<path>.pub`` (mode 0644) if the file does not
     exist; ``<path>.pub`` is written again whenever it is missing (a failure to is
     logged once per process: the key still works).  Every problem is an
@@ -116,7 +116,7 @@ def load_identity(path):
         if not os.path.lexists(path):
             return _create_identity(path)
         with open(path, "rb") as f:
-            crypto.check_private_mode(path, os.fstat(f.fileno()).st_mode,
+            keyfiles.check_private_mode(path, os.fstat(f.fileno()).st_mode,
                                       "the terminal's SSH key")
             data = f.read()
         key = keys.Key.fromString(data)
@@ -140,7 +140,7 @@ def _create_identity(path):
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
     key = keys.Key(ed25519.Ed25519PrivateKey.generate())
-    crypto.write_secret_file(path, key.toString("openssh"))
+    keyfiles.write_secret_file(path, key.toString("openssh"))
     _write_public(path, key)
     log.info("terminal: created the SSH key {path}; to let the terminal sign in with it, "
              "add {path}.pub to ~/.ssh/authorized_keys of the users concerned", path=path)
@@ -150,7 +150,7 @@ def _create_identity(path):
 def _write_public(path, key):
     """``<path>.pub`` at mode 0644 whatever the umask, as ssh-keygen writes it."""
     public = key.public().toString("openssh", comment=b"homechannel-terminal") + b"\n"
-    crypto.replace_file(path + ".pub", public, 0o644)
+    keyfiles.replace_file(path + ".pub", public, 0o644)
 
 
 class _UserAuth(userauth.SSHUserAuthClient):
