@@ -16,6 +16,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 
 from homechannel.protocol.connect import ICE_URL
+from homechannel.protocol.hostport import HostPortError, format_host_port, parse_host_port
 from homechannel.errors import ConfigError
 
 
@@ -98,12 +99,7 @@ def parse_ice_servers(entries, key="ice_servers", allow_turn=True) -> tuple:
 
 def stun_url(host: str, port: int) -> str:
     """``stun:host:port``, with brackets around an IPv6 address."""
-    try:
-        if ipaddress.ip_address(host).version == 6:
-            host = f"[{host}]"
-    except ValueError:
-        pass
-    return f"stun:{host}:{port}"
+    return f"stun:{format_host_port(host, port)}"
 
 
 # -- coordinator -----------------------------------------------------------
@@ -342,11 +338,11 @@ def parse_address(entry, key="address"):
     """``"host:port"`` or ``"[v6]:port"`` as ``(host, port)``; ConfigError otherwise."""
     if not isinstance(entry, str):
         raise ConfigError(f"{key} must be a \"HOST:PORT\" string")
-    host, sep, port = entry.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"{key}: {entry!r} is not HOST:PORT (e.g. \"node1.example.org:7777\")")
-    return host, int(port)
+    try:
+        return parse_host_port(entry)
+    except HostPortError as e:
+        raise ConfigError(e.explain(
+            f"{key}: {entry!r} is not HOST:PORT (e.g. \"node1.example.org:7777\")")) from None
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import urllib.parse
 
 from homechannel import config, crypto, keyfiles
 
-from homechannel.protocol import connect
+from homechannel.protocol import connect, hostport
 from homechannel.errors import ConfigError, HomeChannelError
 
 
@@ -250,7 +250,7 @@ def _admin_target(args):
             from homechannel.ops import endpoints
             _, pos, kw = endpoints.split(cfg.admin.listen)
             host = kw.get("interface", "127.0.0.1")
-            where = f"http://{'[' + host + ']' if ':' in host else host}:{pos[0]}"
+            where = f"http://{hostport.format_host_port(host, pos[0])}"
             token_file = args.token_file or admin.token_path(cfg)
     if "://" in where:
         parts = urllib.parse.urlsplit(where)
@@ -303,22 +303,13 @@ def admin_call(args, method, path, doc=None):
     return result
 
 
-def parse_host_port(text, what="--to"):
-    host, sep, port = (text or "").rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"{what} {text!r}: expected HOST:PORT of the new coordinator's UDP "
-                          "port, e.g. coordinator2.example.org:7777")
-    try:
-        host.encode("ascii")
-    except UnicodeError:
-        raise ConfigError(f"{what} {text!r}: the host must be ASCII (use the IDNA form)") \
-            from None
-    return host, int(port)
-
-
 def cmd_migrate(args):
-    host, port = parse_host_port(args.to)
+    try:
+        host, port = hostport.parse_host_port(args.to)
+    except hostport.HostPortError as e:
+        raise ConfigError(e.explain(f"--to {args.to!r}: expected HOST:PORT of the new "
+                                    "coordinator's UDP port, e.g. "
+                                    "coordinator2.example.org:7777")) from None
     try:
         crypto.parse_server_id(args.key)
     except HomeChannelError:

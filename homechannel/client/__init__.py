@@ -36,6 +36,7 @@ import urllib.parse
 import urllib.request
 
 from homechannel.protocol import connect as flow
+from homechannel.protocol import hostport
 from homechannel import crypto
 from homechannel.rtc import icechecks, webrtc
 from homechannel.keyfiles import read_secret_line, replace_secret_file
@@ -948,10 +949,11 @@ async def _stdio_streams():
 
 
 def parse_listen(text):
-    host, sep, port = (text or "").rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ConfigError(f"--listen {text!r}: expected HOST:PORT, e.g. 127.0.0.1:2222")
-    return (host.strip("[]") or "127.0.0.1"), int(port)
+    try:
+        return hostport.parse_host_port(text, default_host="127.0.0.1", port_zero=True)
+    except hostport.HostPortError as e:
+        raise ConfigError(e.explain(f"--listen {text!r}: expected HOST:PORT, e.g. "
+                                    "127.0.0.1:2222")) from None
 
 
 async def forward(kwargs, port, listen=None, stdio=False, ready=None):

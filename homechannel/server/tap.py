@@ -34,13 +34,14 @@ class Options(usage.Options):
     ]
 
     def overrides(self):
+        from homechannel.protocol.hostport import HostPortError, parse_host_port
+
         host = port = None
         if self["coordinator"]:
-            host, _, p = self["coordinator"].rpartition(":")
             try:
-                port = int(p)
-            except ValueError:
-                raise usage.UsageError("--coordinator must be HOST:PORT") from None
+                host, port = parse_host_port(self["coordinator"])
+            except HostPortError as e:
+                raise usage.UsageError(e.explain("--coordinator must be HOST:PORT")) from None
         return {
             "state_dir": self["state-dir"],
             "coordinator.host": host or None,
