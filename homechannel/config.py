@@ -15,7 +15,7 @@ import typing
 import urllib.parse
 from dataclasses import dataclass, field
 
-from homechannel.protocol.connect import ICE_URL
+from homechannel.protocol.ice import is_turn_url, parse_ice_servers
 from homechannel.protocol.hostport import HostPortError, format_host_port, parse_host_port
 from homechannel.errors import ConfigError
 
@@ -36,65 +36,11 @@ class IceServers(tuple):
 
     Each entry is a URL string (``"stun:host:port"``) or a table
     ``{ urls = "..." | ["...", ...], username = "...", credential = "..." }``;
-    parsed into a tuple of dicts by :func:`parse_ice_servers`.  A setting of
+    parsed into a tuple of dicts by :func:`homechannel.protocol.ice.parse_ice_servers`
+    (its ConfigError names the key).  A setting of
     this type defaults to None, "not set", which is not the same as ``[]``
     (none at all): not set means "the coordinator's own STUN".
     """
-
-
-
-
-def parse_ice_servers(entries, key="ice_servers", allow_turn=True) -> tuple:
-    """Validate ICE server entries (strings or tables); return a tuple of dicts
-    ``{"urls": str | list, "username"?: str, "credential"?: str}``.
-
-    TURN needs a username and a credential (aioice silently drops a TURN server
-    without them).  With ``allow_turn=False`` a TURN URL is refused.
-    """
-    if isinstance(entries, (str, dict)) or not isinstance(entries, (list, tuple)):
-        raise ConfigError(f"{key} must be a list, e.g. [\"stun:stun.example.org:3478\"]")
-    result = []
-    for i, entry in enumerate(entries):
-        where = f"{key}[{i}]"
-        if isinstance(entry, str):
-            entry = {"urls": entry}
-        if not isinstance(entry, dict):
-            raise ConfigError(f"{where} must be a URL string or a table with urls")
-        unknown = set(entry) - {"urls", "username", "credential"}
-        if unknown:
-            raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r} (known: urls, "
-                              "username, credential)")
-        urls = entry.get("urls")
-        url_list = [urls] if isinstance(urls, str) else urls
-        if not isinstance(url_list, (list, tuple)) or not url_list or \
-                not all(isinstance(u, str) for u in url_list):
-            raise ConfigError(f"{where}: urls must be a URL string or a list of them")
-        turn = False
-        for url in url_list:
-            m = ICE_URL.match(url)
-            if not m:
-                raise ConfigError(f"{where}: {url!r} is not a STUN or TURN URL "
-                                  "(stun:HOST[:PORT], turn:HOST[:PORT][?transport=udp|tcp], "
-                                  "turns:...)")
-            port = m.group(3)
-            if port and not 0 < int(port[1:]) < 65536:
-                raise ConfigError(f"{where}: {url!r} has an invalid port")
-            turn = turn or m.group(1).startswith("turn")
-        doc = {"urls": urls if isinstance(urls, str) else list(urls)}
-        for name in ("username", "credential"):
-            value = entry.get(name)
-            if value is not None:
-                if not isinstance(value, str):
-                    raise ConfigError(f"{where}: {name} must be a string")
-                doc[name] = value
-        if turn and not allow_turn:
-            raise ConfigError(f"{where}: a TURN server here would publish its credentials "
-                              "to everyone in /config.js; configure [turn] (coturn's shared "
-                              "secret) so the coordinator hands out short-lived credentials")
-        if turn and not ("username" in doc and "credential" in doc):
-            raise ConfigError(f"{where}: a TURN server needs username and credential")
-        result.append(doc)
-    return tuple(result)
 
 
 def stun_url(host: str, port: int) -> str:
@@ -257,8 +203,7 @@ class CoordinatorTurn:
 
     def __post_init__(self):
         for i, url in enumerate(self.urls):
-            m = ICE_URL.match(url) if isinstance(url, str) else None
-            if not m or not m.group(1).startswith("turn"):
+            if not is_turn_url(url):
                 raise ConfigError(f"turn.urls[{i}]: {url!r} is not a TURN URL "
                                   "(turn:HOST[:PORT][?transport=udp|tcp] or turns:HOST[:PORT])")
         if self.urls and not self.secret_file:

@@ -37,6 +37,7 @@ import urllib.request
 
 from homechannel.protocol import connect as flow
 from homechannel.protocol import hostport
+from homechannel.protocol.ice import check_ice_servers, parse_ice_servers
 from homechannel import crypto
 from homechannel.rtc import icechecks, webrtc
 from homechannel.keyfiles import read_secret_line, replace_secret_file
@@ -503,10 +504,7 @@ async def _attempt(coordinator, server_id, server_raw, key, device, ice_servers,
         raise Unavailable("the home server has no fresh challenge right now; try again in a "
                           "minute", "busy")
     offered = doc.get("ice_servers") if isinstance(doc.get("ice_servers"), list) else []
-    try:
-        servers = webrtc.ice_servers(list(ice_servers) + list(flow.check_ice_servers(offered)))
-    except ProtocolError as e:
-        raise ProtocolError(f"the coordinator's ICE servers are malformed: {e}") from None
+    servers = webrtc.ice_servers(list(ice_servers) + list(check_ice_servers(offered)))
 
     # 2. The offer, the answer and the proof over this exact offer.
     pc, control = await _gather_offer(servers, advertise_addresses)
@@ -652,8 +650,6 @@ def ice_server_args(args):
     """``--ice-server`` URLs (+ ``--ice-username``/``--ice-credential-file`` for TURN)
     as validated RTCIceServer dicts; a TURN URL without credentials is refused here,
     not silently dropped by aioice."""
-    from homechannel.config import parse_ice_servers
-
     if not args.ice_server:
         if args.ice_username or args.ice_credential_file:
             raise ConfigError("--ice-username and --ice-credential-file need --ice-server")

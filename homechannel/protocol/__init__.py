@@ -13,6 +13,8 @@ twin checked against vectors made here.
 - :mod:`~homechannel.protocol.join` -- the join string a coordinator hands to new
   home servers.
 - :mod:`~homechannel.protocol.frames` -- binary frames of the datachannel apps.
+- :mod:`~homechannel.protocol.ice` -- STUN and TURN servers: the one validator, in
+  a config (ConfigError) and in a payload (ProtocolError).
 - :mod:`~homechannel.protocol.hostport` -- ``HOST:PORT`` and ``[IPV6]:PORT``, the one
   address parser of the command line and the configuration.
 """

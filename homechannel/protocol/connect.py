@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from homechannel import crypto
+from homechannel.protocol.ice import check_ice_servers
 from homechannel.errors import (
     AuthenticationError,
     BadRequest,
@@ -37,8 +38,6 @@ SESSION_ID = re.compile(r"\A[A-Za-z0-9_-]{22}\Z")   # b64u of 16 random bytes
 MAX_SDP = 16 * 1024            # bytes of an offer or answer SDP (ASCII)
 MAX_SOURCE = 64                # characters of the source address in an offer
 MAX_DEVICE_TOKEN = 512         # characters of a device token
-MAX_ICE_SERVERS = 4            # entries handed to the home server with an offer
-MAX_ICE_TEXT = 512             # characters of one ICE server URL, username or credential
 # The relayed OFFER payload must fit one UDP transfer (``udp.MAX_TRANSFER``).
 # An ASCII SDP at most doubles in JSON (\r\n, \", \\), so 2 x MAX_SDP plus the
 # other fields stays well under it; ``Offer.encode`` checks it anyway.
@@ -360,41 +359,6 @@ def parse_server_id(text: object) -> bytes:
 
 
 # -- what the coordinator relays to the home server (UDP OFFER transfer) ------------
-
-
-# A STUN or TURN URL as HomeChannel writes and accepts them (RFC 7064/7065, no user info).
-ICE_URL = re.compile(r"^(stun|stuns|turn|turns):(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)"
-                     r"(:[0-9]{1,5})?(\?transport=(udp|tcp))?$")
-
-
-def check_ice_servers(value: object) -> tuple[dict[str, Any], ...]:
-    """Validate ICE server entries carried in a payload (RTCIceServer dicts).
-
-    These come from the coordinator (a lookup's, or the home server's share of a
-    connect): anything malformed, URLs included, is its fault, and the message says so."""
-    if value is None:
-        return ()
-    if not isinstance(value, list) or len(value) > MAX_ICE_SERVERS:
-        raise ProtocolError(f"ice_servers must be a list of at most {MAX_ICE_SERVERS} entries")
-    out: list[dict[str, Any]] = []
-    for entry in value:
-        if not isinstance(entry, dict) or set(entry) - {"urls", "username", "credential"}:
-            raise ProtocolError("an ICE server is {urls, username?, credential?}")
-        urls = entry.get("urls")
-        urls = [urls] if isinstance(urls, str) else urls
-        if (not isinstance(urls, list) or not urls
-                or not all(isinstance(u, str) and 0 < len(u) <= MAX_ICE_TEXT for u in urls)):
-            raise ProtocolError("an ICE server needs urls")
-        for url in urls:
-            if not ICE_URL.match(url):
-                raise ProtocolError(f"the coordinator's ICE server URL {url[:80]!r} is "
-                                    "malformed")
-        for name in ("username", "credential"):
-            v = entry.get(name)
-            if v is not None and (not isinstance(v, str) or len(v) > MAX_ICE_TEXT):
-                raise ProtocolError(f"an ICE server's {name} must be text")
-        out.append({k: (list(urls) if k == "urls" else v) for k, v in entry.items()})
-    return tuple(out)
 
 
 @dataclass(frozen=True)
