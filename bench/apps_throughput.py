@@ -350,10 +350,10 @@ def rss_kib(pid):
 
 async def slow_download_rss(pair, pid, name, size, rate):
     from daemons import PASSWORD
-    from homechannel import client
+    from homechannel.client import session
     from homechannel.protocol import frames
 
-    pc, control, hello = await client.connect(
+    pc, control, hello = await session.connect(
         pair.url, pair.server_key.text, PASSWORD, coordinator_key=pair.coordinator_key.text,
         advertise_addresses=["127.0.0.1"])
     samples, stop = [], threading.Event()

@@ -13,7 +13,7 @@ in the native client, with loopback as the reference measured in the same run.
 Browser: from the click on Connect to the session view, on the page's clock,
 with the time of each step (lookup, password, gather, wait, open) and of the
 "open" sub-phases (ICE checking, ICE connected, DTLS, channel open).  Native:
-``homechannel.client.connect()`` in one process in the client namespace, from
+``homechannel.client.session.connect()`` in one process in the client namespace, from
 the call to the hello reply, minus nothing (PBKDF2 is printed apart).
 Prints medians and p95; no assertions.
 """
@@ -43,7 +43,7 @@ NATIVE = r"""
 import asyncio, json, sys, time
 sys.path.insert(0, {repo!r})
 from homechannel import crypto
-from homechannel import client
+from homechannel.client import session
 args = json.loads(sys.argv[1])
 
 async def main():
@@ -53,7 +53,7 @@ async def main():
     out.append(("pbkdf2", time.monotonic() - t0))
     for i in range(args["n"]):
         t0 = time.monotonic()
-        pc, control, hello = await client.connect(args["url"], args["server"], args["password"],
+        pc, control, hello = await session.connect(args["url"], args["server"], args["password"],
                                                   coordinator_key=args["key"],
                                                   insecure_http=True,   # the test topology
                                                   advertise_addresses=args["advertise"])

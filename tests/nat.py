@@ -249,7 +249,7 @@ def coordinator_status(pair):
     import json
     import os
 
-    from homechannel.cli import _UnixHTTPConnection
+    from homechannel.cli.coordinator import _UnixHTTPConnection
     conn = _UnixHTTPConnection(os.path.join(pair.base, "coordinator", "admin.sock"), 10)
     try:
         conn.request("GET", "/status", headers={"Host": "localhost"})

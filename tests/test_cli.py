@@ -133,7 +133,7 @@ def test_join_string_from_the_coordinator_config(tmp_path):
 
 
 def test_qr_code_encodes_the_link():
-    text = cli.qr_text("http://127.0.0.1:8080/#server=" + KEY)
+    text = cli.server.qr_text("http://127.0.0.1:8080/#server=" + KEY)
     lines = text.strip("\n").splitlines()
     assert len(lines) > 10 and any("\u2588" in line or "\u2580" in line for line in lines)
 
@@ -148,7 +148,7 @@ def test_password_file_is_read_the_same_by_passwd_and_connect(tmp_path):
     ("first-line pw\\r\\nsecond"), which ``connect`` could never send."""
     import argparse
 
-    from homechannel import client
+    from homechannel.cli import client
 
     pw = tmp_path / "pw"
     pw.write_bytes(b"first-line pw\r\nsecond line\n")
@@ -197,8 +197,8 @@ def test_unreadable_password_file_is_one_clear_line(tmp_path):
     "http://127.0.0.1:8080", "http://127.9.9.9", "http://[::1]:8080/", "http://localhost:1",
     "http://LOCALHOST:1", "https://hc.example.org", "https://203.0.113.5:8443/base/"])
 def test_coordinator_urls_allowed(url):
-    from homechannel import client
-    assert client.coordinator_url(url) == url.rstrip("/").replace("LOCALHOST", "localhost")
+    from homechannel.client import trust
+    assert trust.coordinator_url(url) == url.rstrip("/").replace("LOCALHOST", "localhost")
 
 
 @pytest.mark.parametrize("url", [
@@ -209,28 +209,28 @@ def test_every_spelling_of_a_coordinator_url_is_one_url(url):
     its requests): otherwise a link spelled otherwise would be a quiet first use
     instead of a changed key.  How this was shown to fail: each spelling was its own
     entry before (the URL as typed, less a trailing slash)."""
-    from homechannel import client
-    assert client.coordinator_url(url) == "https://hc.example.org"
-    assert client.coordinator_url(url.lower().replace("hc.example.org", "[2001:DB8::1]")) \
+    from homechannel.client import trust
+    assert trust.coordinator_url(url) == "https://hc.example.org"
+    assert trust.coordinator_url(url.lower().replace("hc.example.org", "[2001:DB8::1]")) \
         == "https://[2001:db8::1]"
-    assert client.coordinator_url("http://127.0.0.1:80/base/") == "http://127.0.0.1/base"
+    assert trust.coordinator_url("http://127.0.0.1:80/base/") == "http://127.0.0.1/base"
 
 
 @pytest.mark.parametrize("url", [
     "https://user@hc.example.org", "https://u:p@hc.example.org", "https://hc.example.org/?x=1",
     "https://hc.example.org?", "https://hc.example.org/#server=abc"])
 def test_coordinator_url_with_a_user_query_or_fragment_is_refused(url):
-    from homechannel import client
+    from homechannel.client import trust
     with pytest.raises(ConfigError, match="has no user name, query or fragment"):
-        client.coordinator_url(url)
+        trust.coordinator_url(url)
 
 
 @pytest.mark.parametrize("url", ["https://.", "https://..:443", "ftp://hc.example.org",
                                  "hc.example.org"])
 def test_coordinator_url_without_a_host_or_scheme_is_refused(url):
-    from homechannel import client
+    from homechannel.client import trust
     with pytest.raises(ConfigError, match="is not a coordinator URL"):
-        client.coordinator_url(url)
+        trust.coordinator_url(url)
 
 
 
@@ -243,8 +243,8 @@ def test_plain_http_to_another_machine_is_refused(url):
     key on first use and collects answers and proofs to guess the password offline.
     How this was shown to fail: the old ``_parse_target`` accepted every one of these
     ("localhost." is an absolute name glibc asks DNS for: accepted until review 2)."""
-    from homechannel import client
+    from homechannel.client import trust
     with pytest.raises(ConfigError, match=r"plain http:// .* use https:// \(http:// only "
                                           r"for 127\.0\.0\.1, ::1 or localhost\)"):
-        client.coordinator_url(url)
-    assert client.coordinator_url(url, insecure_http=True)     # the tests' escape hatch
+        trust.coordinator_url(url)
+    assert trust.coordinator_url(url, insecure_http=True)     # the tests' escape hatch

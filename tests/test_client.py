@@ -24,7 +24,9 @@ import pytest
 
 from homechannel import crypto
 
-from homechannel import client
+from homechannel.cli import client as cli_client
+from homechannel.client import session, trust
+from homechannel.client.control import ping
 from homechannel.errors import AuthenticationError, Forbidden
 
 # A coordinator subprocess and real aiortc at both ends: the end-to-end lane.
@@ -141,12 +143,12 @@ def _readline(proc, timeout):
 
 def connect(info, password=PASSWORD, **kwargs):
     async def main():
-        pc, control, hello = await client.connect(
+        pc, control, hello = await session.connect(
             info["url"], info["server"], password,
             coordinator_key=kwargs.pop("coordinator_key", info["coordinator_key"]),
             advertise_addresses=("127.0.0.1",), timeout=20, connect_timeout=15, **kwargs)
         try:
-            rtt = await client.ping(control, 3)
+            rtt = await ping(control, 3)
             return hello, rtt, pc.connectionState
         finally:
             await pc.close()
@@ -183,7 +185,7 @@ def test_coordinator_key_is_remembered_per_url_and_a_changed_one_is_refused(coor
     was kept."""
     info = coordinator()
     url, key = info["url"], info["coordinator_key"]
-    known = client.KnownCoordinators(str(tmp_path / "state" / "coordinators.json"))
+    known = trust.KnownCoordinators(str(tmp_path / "state" / "coordinators.json"))
     notes = []
     connect(info, coordinator_key=None, coordinators=known, notify=notes.append)
     assert known.get(url) == key
@@ -221,7 +223,7 @@ def test_plain_http_to_another_machine_is_refused_before_any_request():
     from homechannel.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"plain http:// .* use https://"):
-        asyncio.run(client.connect("http://192.0.2.1:8080", crypto.IdentityKey.generate().text,
+        asyncio.run(session.connect("http://192.0.2.1:8080", crypto.IdentityKey.generate().text,
                                    PASSWORD))
 
 
@@ -237,7 +239,7 @@ def test_device_token_is_kept_and_used_and_its_wrong_password_is_refused_at_home
     connect takes the device path (no coordinator challenge, no answer check there): the
     home server then checks the proof itself, and a wrong password is refused there."""
     info = coordinator()
-    store = client.DeviceStore(str(tmp_path / "devices.json"))
+    store = trust.DeviceStore(str(tmp_path / "devices.json"))
     connect(info, devices=store)
     token = store.get(info["server"])
     assert token and token.startswith("hcdev1.")
@@ -280,7 +282,7 @@ def test_main_connect_prints_apps_and_ping(coordinator, tmp_path, capsys):
     password_file = tmp_path / "password"
     password_file.write_text(PASSWORD + "\n")
     out = io.StringIO()
-    status = client.main_connect([
+    status = cli_client.main_connect([
         "--url", info["url"], "--server", info["server"],
         "--coordinator-key", info["coordinator_key"], "--password-file", str(password_file),
         "--advertise-address", "127.0.0.1"], out=out)
@@ -293,7 +295,7 @@ def test_main_connect_wrong_password_exits_1(coordinator, tmp_path, capsys):
     info = coordinator()
     password_file = tmp_path / "password"
     password_file.write_text("nope\n")
-    status = client.main_connect([
+    status = cli_client.main_connect([
         "--server", f"{info['url']}/#server={info['server']}",
         "--coordinator-key", info["coordinator_key"], "--password-file", str(password_file),
         "--advertise-address", "127.0.0.1"], out=io.StringIO())
@@ -311,14 +313,14 @@ if __name__ == "__main__" and sys.argv[1:2] == ["serve"]:
 def _ice_args(tmp_path, *argv):
     import argparse
 
-    from homechannel.client import _common_options
+    from homechannel.cli.client import _common_options
     p = argparse.ArgumentParser()
     _common_options(p)
     return p.parse_args(["--server", "x", *argv])
 
 
 def test_ice_server_with_turn_credentials(tmp_path):
-    from homechannel.client import ice_server_args
+    from homechannel.cli.client import ice_server_args
     secret = tmp_path / "turn-password"
     secret.write_text("s3cret\n")
     args = _ice_args(tmp_path, "--ice-server", "stun:stun.example:3478",
@@ -336,13 +338,39 @@ def test_ice_server_with_turn_credentials(tmp_path):
     (["--ice-username", "bob"], "need --ice-server"),
 ])
 def test_bad_ice_server_arguments_are_clear_errors(tmp_path, argv, message):
-    from homechannel.client import ice_server_args
+    from homechannel.cli.client import ice_server_args
     from homechannel.errors import ConfigError
     with pytest.raises(ConfigError, match=message):
         ice_server_args(_ice_args(tmp_path, *argv))
 
 
 def test_no_path_advice_names_the_relay_and_its_ports():
-    from homechannel.client import no_path_advice
+    from homechannel.client.control import no_path_advice
     text = no_path_advice(30)
     assert "TURN" in text and "[turn]" in text and "3478" in text and "--ice-server" in text
+
+
+# -- the package's shape ---------------------------------------------------------------
+
+
+def test_the_client_never_imports_the_cli_nor_twisted():
+    """``homechannel.client`` and every module in it, imported in a fresh interpreter,
+    load neither ``homechannel.cli`` (the command line is built on the client, not the
+    other way round) nor Twisted (the client is pure asyncio).  How this was shown to
+    fail: with ``import homechannel.cli`` added to ``client/trust.py`` (as the client
+    once imported ``cli.read_secret_line``), the first list is not empty."""
+    script = (
+        "import importlib, json, pkgutil, sys\n"
+        "import homechannel.client as c\n"
+        "names = [m.name for m in pkgutil.iter_modules(c.__path__, c.__name__ + '.')]\n"
+        "for name in names:\n"
+        "    importlib.import_module(name)\n"
+        "print(json.dumps([names, sorted(sys.modules)]))\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=60, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert r.returncode == 0, r.stderr
+    names, loaded = json.loads(r.stdout)
+    assert {"homechannel.client.session", "homechannel.client.forward"} <= set(names)
+    assert [m for m in loaded if m == "homechannel.cli" or m.startswith("homechannel.cli.")] \
+        == []
+    assert [m for m in loaded if m == "twisted" or m.startswith("twisted.")] == []

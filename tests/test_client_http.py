@@ -1,4 +1,4 @@
-"""How both clients read the coordinator's HTTP responses (``client.Coordinator`` and
+"""How both clients read the coordinator's HTTP responses (``client.api.Coordinator`` and
 ``static/js/api.js`` in node), against a real HTTP server on loopback: a signed error is
 the coordinator's and is reported with its code; an error with no signature header at all
 comes from something in between (a reverse proxy's 429 or 502) and is reported as that,
@@ -23,7 +23,7 @@ import pytest
 
 from homechannel import crypto
 
-from homechannel import client
+from homechannel.client import api, trust
 from homechannel.protocol.connect import SIGNATURE_HEADER, UNSIGNED_REFUSAL
 from homechannel.errors import AuthenticationError, TooManyRequests, Unavailable
 
@@ -95,11 +95,11 @@ def server():
 
 
 def _python(url, path):
-    coordinator = client.Coordinator(url, KEY.public_raw, http_timeout=10)
+    coordinator = api.Coordinator(url, KEY.public_raw, http_timeout=10)
     try:
         status, doc = asyncio.run(coordinator.call(path))
         if status >= 400:       # a signed error: the callers map it so
-            raise client._api_error(status, doc, path)
+            raise api.api_error(status, doc, path)
     except AuthenticationError as e:
         assert "not signed by the coordinator key" in str(e)
         return ("signature", None), str(e), coordinator.verified
@@ -169,7 +169,7 @@ def test_redirects_are_refused_not_followed(server):
     192.0.2.1 instead)."""
     with pytest.raises(Unavailable, match=r"redirects \(302\) to http://192.0.2.1/config.js: "
                                           "refused") as e:
-        asyncio.run(client.fetch_coordinator_key(server + "/moved"))
+        asyncio.run(trust.fetch_coordinator_key(server + "/moved"))
     assert e.value.code == "redirect"
 
 
@@ -180,7 +180,7 @@ def test_a_damaged_trust_store_is_an_error_not_a_first_use(tmp_path):
     How this was shown to fail: both read as empty stores before."""
     from homechannel.errors import ConfigError
 
-    known = client.KnownCoordinators(str(tmp_path / "coordinators.json"))
+    known = trust.KnownCoordinators(str(tmp_path / "coordinators.json"))
     known.put("https://hc.example.org", KEY.text)
     assert known.get("https://hc.example.org") == KEY.text
     for damage in ("{", "[]"):
@@ -190,7 +190,7 @@ def test_a_damaged_trust_store_is_an_error_not_a_first_use(tmp_path):
         with pytest.raises(ConfigError):
             known.put("https://other.example.org", KEY.text)
         assert (tmp_path / "coordinators.json").read_text() == damage
-    devices = client.DeviceStore(str(tmp_path / "devices.json"))
+    devices = trust.DeviceStore(str(tmp_path / "devices.json"))
     (tmp_path / "devices.json").write_text("{")
     assert devices.get("x") is None
     devices.put("x", "hcdev1.a.b")
@@ -202,7 +202,7 @@ def test_concurrent_saves_lose_no_entry(tmp_path):
     under a lock).  How this was shown to fail: without the lock, 8 processes saving
     25 entries each lost some."""
     path = str(tmp_path / "coordinators.json")
-    script = ("import sys; from homechannel import client; k = client.KnownCoordinators(sys.argv[1]);"
+    script = ("import sys; from homechannel.client import trust; k = trust.KnownCoordinators(sys.argv[1]);"
               " [k.put(f'https://c{sys.argv[2]}-{i}.example', 'K') for i in range(25)]")
     import sys
     procs = [subprocess.Popen([sys.executable, "-c", script, path, str(n)]) for n in range(8)]
@@ -215,11 +215,11 @@ def test_a_store_damaged_meanwhile_never_replaces_the_outcome(tmp_path):
     """The key is remembered after the connect: a store found damaged then is a note,
     never an error that would replace a connection made (or the coordinator's own
     refusal).  How this was shown to fail: _remember_key raised the ConfigError."""
-    known = client.KnownCoordinators(str(tmp_path / "coordinators.json"))
+    known = trust.KnownCoordinators(str(tmp_path / "coordinators.json"))
     (tmp_path / "coordinators.json").write_text("{")
-    coordinator = client.Coordinator("https://hc.example.org", KEY.public_raw)
+    coordinator = api.Coordinator("https://hc.example.org", KEY.public_raw)
     coordinator.verified = True
     notes = []
-    client._remember_key(known, coordinator, notes.append)
+    trust.remember_key(known, coordinator, notes.append)
     assert len(notes) == 1 and "cannot remember the coordinator key" in notes[0]
     assert "fix it or delete it" in notes[0]

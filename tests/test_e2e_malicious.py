@@ -10,7 +10,7 @@ the real one (``homechannel.coordinator.tap.makeService``: Klein API, broker,
 UDP registry and relay) with tampering hooks (tests/evil_coordinator.py)
 switched per attempt through a mode file; the home server is a real ``twistd
 homechannel-server``; the clients are real Chromium and
-``homechannel.client.connect``.
+``homechannel.client.session.connect``.
 
 Each rewrite is one row of the matrix, tried by both clients:
 
@@ -54,7 +54,7 @@ from helpers import Twistd, write_toml
 from daemons import PASSWORD, make_pair
 from test_e2e_browser import CAPTURE_CHANNELS, connect_error, open_link
 
-from homechannel import client
+from homechannel.client import session
 from homechannel.errors import AuthenticationError, HomeChannelError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -99,7 +99,7 @@ def evil(tmp_path, twistd):
 
 def python_connect(pair, devices=None):
     async def main():
-        pc, control, hello = await client.connect(
+        pc, control, hello = await session.connect(
             pair.url, pair.server_key.text, PASSWORD, pair.coordinator_key.text,
             advertise_addresses=("127.0.0.1",), timeout=30, connect_timeout=15,
             devices=devices)
@@ -236,7 +236,7 @@ def test_clients_refuse_a_dtls_certificate_other_than_the_signed_one(evil, chrom
     SDP, so the mismatch is staged on the client: Chromium's getStats() is made to report
     another remote certificate, and the native client's reading of the peer certificate
     (``webrtc.remote_fingerprint``) is replaced.  Without ``checkRemoteCertificate`` in
-    ``static/js/main.js`` / the check in ``client._attempt`` the clients connect and
+    ``static/js/main.js`` / the check in ``client.session._attempt`` the clients connect and
     this fails."""
     pair, coordinator, server, set_mode = evil
     page = chromium_page

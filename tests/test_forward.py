@@ -253,23 +253,23 @@ def test_server_refuses_port_itself(tmp_path, twistd, echo):
     """Bypass the client's early check: the home server's port_not_allowed reply."""
     import asyncio
 
-    from homechannel import client
+    from homechannel.client import forward, session
 
     pair, coordinator, server, password_file = start_daemons(twistd, tmp_path, [echo.port])
     other = free_tcp_port()
 
     async def main():
-        pc, control, hello = await client.connect(
+        pc, control, hello = await session.connect(
             pair.url, pair.server_key.text, PASSWORD, pair.coordinator_key.text,
             advertise_addresses=("127.0.0.1",), timeout=30)
         try:
-            pipe = client.ForwardPipe(pc, 1, other)
+            pipe = forward.ForwardPipe(pc, 1, other)
             await pipe.open(15)
         finally:
             await pc.close()
 
-    with pytest.raises(client.ForwardRefused, match=rf"refused port {other}: port {other} "
-                                                    r"is not forwarded by this server"):
+    with pytest.raises(forward.ForwardRefused, match=rf"refused port {other}: port {other} "
+                                                     r"is not forwarded by this server"):
         asyncio.run(asyncio.wait_for(main(), 90))
 
 
@@ -390,17 +390,17 @@ class FakeWriter:
 def test_pipe_stops_reading_above_1_mib_buffered_and_resumes_on_low():
     import asyncio
 
-    from homechannel import client
+    from homechannel.client import forward
 
     total = 8 * 1024 * 1024
     payload = os.urandom(total)
 
     async def main():
         pc = FakePC()
-        pipe = client.ForwardPipe(pc, 7, 2222)
+        pipe = forward.ForwardPipe(pc, 7, 2222)
         channel = pc.channels[0]
         assert channel.label == "app:forward:7"
-        assert channel.bufferedAmountLowThreshold == client.FORWARD_LOW
+        assert channel.bufferedAmountLowThreshold == forward.FORWARD_LOW
         await pipe.open(5)
         assert channel.text == ['{"op": "open", "port": 2222}']
         reader = asyncio.StreamReader(limit=2 ** 30)
@@ -414,8 +414,8 @@ def test_pipe_stops_reading_above_1_mib_buffered_and_resumes_on_low():
             if run.done():
                 break
             # Stalled: the buffer is over the high mark and nothing more was read.
-            assert client.FORWARD_HIGH < channel.bufferedAmount <= \
-                client.FORWARD_HIGH + client.FORWARD_CHUNK
+            assert forward.FORWARD_HIGH < channel.bufferedAmount <= \
+                forward.FORWARD_HIGH + forward.FORWARD_CHUNK
             stalled = len(channel.sent)
             await asyncio.sleep(0.05)
             assert len(channel.sent) == stalled
@@ -423,7 +423,7 @@ def test_pipe_stops_reading_above_1_mib_buffered_and_resumes_on_low():
             channel.drain()
         await run
         assert bytes(channel.sent) == payload
-        assert pauses >= total // (client.FORWARD_HIGH + client.FORWARD_CHUNK) - 1
+        assert pauses >= total // (forward.FORWARD_HIGH + forward.FORWARD_CHUNK) - 1
         # EOF on the local side closed the channel; and the local writer.
         assert channel.readyState == "closed" and writer.closed
 
@@ -433,11 +433,11 @@ def test_pipe_stops_reading_above_1_mib_buffered_and_resumes_on_low():
 def test_pipe_channel_bytes_go_to_the_local_side_and_close_closes_it():
     import asyncio
 
-    from homechannel import client
+    from homechannel.client import forward
 
     async def main():
         pc = FakePC()
-        pipe = client.ForwardPipe(pc, 1, 22)
+        pipe = forward.ForwardPipe(pc, 1, 22)
         channel = pc.channels[0]
         await pipe.open(5)
         channel.emit("message", b"early")   # before run(): kept, written first
@@ -449,7 +449,7 @@ def test_pipe_channel_bytes_go_to_the_local_side_and_close_closes_it():
         assert bytes(writer.data) == b"early and later"
         channel.emit("message", '{"op":"error","code":"backlog","message":"not reading"}')
         channel.close()                     # the server closes after an error
-        with pytest.raises(client.ForwardRefused, match="not reading"):
+        with pytest.raises(forward.ForwardRefused, match="not reading"):
             await run
         assert writer.closed
 

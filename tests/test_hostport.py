@@ -128,7 +128,7 @@ def test_migrate_to():
 
 
 def test_forward_listen():
-    from homechannel.client import parse_listen
+    from homechannel.cli.client import parse_listen
 
     assert parse_listen("[::1]:2222") == ("::1", 2222)
     assert parse_listen(":2222") == ("127.0.0.1", 2222)

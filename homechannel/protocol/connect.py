@@ -3,7 +3,7 @@
 The browser (``static/js/connect.js``, its twin, checked against vectors from
 this module by ``tests/test_connect_js.py``), the coordinator
 (``coordinator/broker.py``), the home server (``server/peer.py``) and the
-native client (``client/__init__.py``) all take their rules from here, so that an
+native client (``client/session.py``) all take their rules from here, so that an
 offer the coordinator relays is an offer the home server accepts, and a
 refusal means the same thing everywhere.  ``docs/protocol.md`` section 2
 documents every field.
@@ -53,7 +53,7 @@ DEVICE_TOKEN_PREFIX = "hcdev1"
 # -- the HTTP API ---------------------------------------------------------------
 
 # The coordinator's signature over every HTTP response (``crypto.response_signature_message``),
-# set by ``coordinator/web.py`` and ``coordinator/httpserver.py``, checked by ``client/__init__.py``
+# set by ``coordinator/web.py`` and ``coordinator/httpserver.py``, checked by ``client/api.py``
 # (and by ``static/js/api.js``).
 SIGNATURE_HEADER = "X-HomeChannel-Signature"
 # A client's code for an error response without that header (a reverse proxy's own 429
