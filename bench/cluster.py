@@ -208,10 +208,8 @@ def registrations(targets, seconds):
 def start_udp_node(tmp, name, redis_url=None):
     d = os.path.join(tmp, name)
     os.makedirs(d)
-    settings = ["per_source_per_second = 1000000.0", "max_handshakes = 100000",
-                "max_handshakes_per_source = 100000", "max_servers_per_source = 1000000"]
-    extra = f'[cluster]\nredis_url = "{redis_url}"\nnode_id = "{name}"\n' if redis_url else ""
-    return udp_load.start_coordinator(d, settings, extra=extra)
+    extra = {"cluster": {"redis_url": redis_url, "node_id": name}} if redis_url else None
+    return udp_load.start_coordinator(d, extra=extra)
 
 
 def udp_figures(tmp, redis_url, seconds):

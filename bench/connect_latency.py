@@ -18,12 +18,11 @@ import statistics
 import sys
 import tempfile
 import time
-import tomllib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [os.path.join(REPO, "tests"), REPO]
 
-from helpers import CHROMIUM_ARGS, Twistd, write_toml  # noqa: E402
+from helpers import CHROMIUM_ARGS, Twistd  # noqa: E402
 from daemons import PASSWORD, make_pair  # noqa: E402
 
 # Records when each connect step becomes active (performance.now()).
@@ -94,14 +93,11 @@ def fmt(values):
 @contextlib.contextmanager
 def daemons(tmp, server_extra=None, web=None, **kw):
     """A real coordinator + home server (registered); yields (pair, coordinator, server)."""
-    pair = make_pair(tmp, server_extra=server_extra, **kw)
-    with open(pair.coordinator_config, "rb") as f:
-        cfg = tomllib.load(f)
     # Many connects from one address in a minute: lift the per-IP limits.
-    cfg["web"].update({"per_ip_per_minute": 100000, "per_server_per_minute": 100000,
-                       "max_sessions_per_source": 100000, "max_sessions_per_server": 100000},
-                      **(web or {}))
-    write_toml(pair.coordinator_config, cfg)
+    pair = make_pair(tmp, server_extra=server_extra, coordinator_extra={"web": {
+        "per_ip_per_minute": 100000, "per_server_per_minute": 100000,
+        "max_sessions_per_source": 100000, "max_sessions_per_server": 100000, **(web or {})}},
+        **kw)
     coordinator = Twistd("homechannel-coordinator", pair.coordinator_config).start()
     server = None
     try:

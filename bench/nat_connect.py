@@ -26,13 +26,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import tomllib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [os.path.join(REPO, "tests"), REPO]
 
 import nat  # noqa: E402
-from helpers import CHROMIUM_ARGS, Twistd, write_toml  # noqa: E402
+from helpers import CHROMIUM_ARGS, Twistd  # noqa: E402
 from daemons import PASSWORD  # noqa: E402
 
 from bench.connect_latency import STEP_TIMES, fmt, timed_connect  # noqa: E402
@@ -68,16 +67,14 @@ asyncio.run(main())
 """
 
 
-def lift_limits(path):
-    with open(path, "rb") as f:
-        cfg = tomllib.load(f)
+def lifted_limits():
+    """The coordinator's settings for many connects from one address: merged into
+    its config (the ones this tree has)."""
     from homechannel.config import CoordinatorWeb
     fields = set(CoordinatorWeb.__dataclass_fields__)
-    for key in ("per_ip_per_minute", "per_server_per_minute", "per_server_per_day",
-                "per_device_per_minute"):
-        if key in fields:
-            cfg["web"][key] = 1_000_000
-    write_toml(path, cfg)
+    return {"web": {key: 1_000_000 for key in (
+        "per_ip_per_minute", "per_server_per_minute", "per_server_per_day",
+        "per_device_per_minute") if key in fields}}
 
 
 class _Here:
@@ -98,8 +95,7 @@ def loopback(tmp):
     from daemons import make_pair
     procs = []
     try:
-        pair = make_pair(tmp)
-        lift_limits(pair.coordinator_config)
+        pair = make_pair(tmp, coordinator_extra=lifted_limits())
         procs.append(Twistd("homechannel-coordinator", pair.coordinator_config).start())
         procs[-1].wait_for_log("coordinator: UDP")
         procs.append(Twistd("homechannel-server", pair.server_config).start())
@@ -120,13 +116,12 @@ def setup(case, tmp):
     procs = []
 
     def start(tapname, config, **kw):
-        lift_limits(config) if tapname == "homechannel-coordinator" else None
         t = Twistd(tapname, config, **kw).start()
         procs.append(t)
         return t
 
     try:
-        coordinator = None
+        coordinator = lifted_limits()
         with contextlib.ExitStack() as stack:
             if case == "symmetric":
                 from services import coturn
@@ -138,8 +133,8 @@ def setup(case, tmp):
                 stack.enter_context(coturn(pathlib.Path(tmp) / "coturn", TURN_SECRET,
                                            listen=nat.PUBLIC_HOST,
                                            prefix=topo.exec_prefix("pub"), quiet=True))
-                coordinator = {"turn": {"urls": [f"turn:{nat.PUBLIC_HOST}:3478?transport=udp"],
-                                        "secret_file": secret}}
+                coordinator["turn"] = {"urls": [f"turn:{nat.PUBLIC_HOST}:3478?transport=udp"],
+                                       "secret_file": secret}
             pair, c, s = nat.start_nat_pair(start, tmp, topo, coordinator=coordinator)
             yield topo, pair, s
     finally:

@@ -48,6 +48,7 @@ import time
 
 from bench.udp_load import REPO, TWISTD, free_port
 from homechannel import crypto, keyfiles
+from homechannel.testing import local
 from homechannel.protocol import connect as flow
 
 SERVERS = 200
@@ -127,24 +128,23 @@ def start_coordinator(tmp, twistd=TWISTD, access_log=False, cluster=None, key_pa
     node of a cluster, *key_path* the identity key file (shared by a cluster's nodes),
     *repo* the source tree it runs (another checkout: an A/B comparison in one run)."""
     udp, web = free_port(), free_port()
-    cfg = os.path.join(tmp, "coordinator.toml")
     key_path = key_path or os.path.join(tmp, "coordinator.key")
-    with open(cfg, "w") as f:
-        f.write(f'state_dir = "{tmp}"\nidentity_key = "{key_path}"\n'
-                f'[udp]\ninterface = "127.0.0.1"\nport = {udp}\n'
-                'per_source_per_second = 1000000.0\nmax_handshakes = 100000\n'
-                'max_handshakes_per_source = 100000\nmax_servers_per_source = 1000000\n'
-                f'[web]\nlisten = "tcp:{web}:interface=127.0.0.1"\n'
-                'per_ip_per_minute = 1000000000\nper_server_per_minute = 1000000000\n'
-                'per_server_per_day = 1000000000\n'
-                'max_sessions = 10000000\nmax_waiters = 100000\n'
+    extra = {
+        "udp": {"per_source_per_second": 1000000.0, "max_handshakes": 100000,
+                "max_handshakes_per_source": 100000, "max_servers_per_source": 1000000},
+        "web": {"per_ip_per_minute": 1000000000, "per_server_per_minute": 1000000000,
+                "per_server_per_day": 1000000000,
+                "max_sessions": 10000000, "max_waiters": 100000,
                 # Every client is 127.0.0.1: lift the per-source shares too.
-                'max_sessions_per_source = 10000000\nmax_sessions_per_server = 10000000\n'
-                'max_waiters_per_source = 100000\nmax_connections_per_source = 10000\n'
-                f'access_log = {"true" if access_log else "false"}\n'
-                '[admin]\nlisten = ""\n[metrics]\nlisten = ""\n')
-        if cluster:
-            f.write(f'[cluster]\nredis_url = "{cluster[0]}"\nnode_id = "{cluster[1]}"\n')
+                "max_sessions_per_source": 10000000, "max_sessions_per_server": 10000000,
+                "max_waiters_per_source": 100000, "max_connections_per_source": 10000,
+                "access_log": access_log},
+        "admin": {"listen": ""},
+    }
+    if cluster:
+        extra["cluster"] = {"redis_url": cluster[0], "node_id": cluster[1]}
+    cfg = local.write_toml(os.path.join(tmp, "coordinator.toml"), local.coordinator_config(
+        tmp, udp_port=udp, web_port=web, identity_key=key_path, extra=extra))
     env = dict(os.environ, PYTHONPATH=repo)
     proc = subprocess.Popen(twistd + ["-n", "--pidfile=",
                                       "homechannel-coordinator", "--config", cfg],

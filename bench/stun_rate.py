@@ -38,8 +38,8 @@ def main(argv=()):
     seconds = float(argv[0]) if argv else 4.0
     rounds = 3
     with tempfile.TemporaryDirectory() as tmp:
-        coord, target, _ = start_coordinator(tmp, ("stun_per_source_per_second = 10000000.0",
-                                                   "stun_per_second = 10000000.0"))
+        coord, target, _ = start_coordinator(tmp, {"stun_per_source_per_second": 10000000.0,
+                                                   "stun_per_second": 10000000.0})
         echo, echo_target = start_echo()
         try:
             senders = [_Sender(s) for s in sockets(256)]

@@ -28,6 +28,7 @@ import tempfile
 import time
 
 from homechannel import crypto, keyfiles
+from homechannel.testing import local
 
 from homechannel.protocol import udp as codec
 from homechannel.coordinator.registry import POOL
@@ -55,17 +56,18 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_coordinator(tmp, udp_settings=("per_source_per_second = 1000000.0",
-                                          "max_handshakes = 100000",
-                                          "max_handshakes_per_source = 100000",
-                                          "max_servers_per_source = 1000000"), extra=""):
-    """*extra*: more TOML appended to the config (e.g. a [cluster] table)."""
+# Every simulated home server is 127.0.0.1: lift the per-source limits.
+UNLIMITED_UDP = {"per_source_per_second": 1000000.0, "max_handshakes": 100000,
+                 "max_handshakes_per_source": 100000, "max_servers_per_source": 1000000}
+
+
+def start_coordinator(tmp, udp=UNLIMITED_UDP, extra=None):
+    """*udp*: settings of its [udp] table; *extra*: more tables merged into the config
+    (e.g. [cluster])."""
     port, web = free_port(), free_port()
-    cfg = os.path.join(tmp, "c.toml")
-    udp = "".join(line + "\n" for line in udp_settings)
-    with open(cfg, "w") as f:
-        f.write(f'state_dir = "{tmp}"\n[udp]\ninterface = "127.0.0.1"\nport = {port}\n{udp}'
-                f'[web]\nlisten = "tcp:{web}:interface=127.0.0.1"\n[admin]\nlisten = ""\n[metrics]\nlisten = ""\n{extra}')
+    cfg = local.write_toml(os.path.join(tmp, "c.toml"), local.coordinator_config(
+        tmp, udp_port=port, web_port=web,
+        extra=local.merge({"udp": dict(udp), "admin": {"listen": ""}}, extra)))
     env = dict(os.environ, PYTHONPATH=REPO)
     proc = subprocess.Popen(TWISTD + ["-n", "--pidfile=",
                                       "homechannel-coordinator", "--config", cfg],

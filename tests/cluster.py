@@ -17,6 +17,7 @@ from daemons import PASSWORD
 from services import RedisServer, wait_for_port
 
 from homechannel import crypto, keyfiles
+from homechannel.testing import local
 
 HAPROXY_EXAMPLE = os.path.join(REPO, "conf", "haproxy", "homechannel.cfg")
 
@@ -122,18 +123,15 @@ def make_cluster(tmp_path, n=2, web=None, udp=None, cluster=None, access_log=Tru
     for i in range(1, n + 1):
         name = f"node-{i}"
         web_port, udp_port = free_tcp_port(), free_udp_port()
-        cfg = {
-            "state_dir": os.path.join(base, name),
-            "identity_key": key_path,
-            "udp": {"interface": "127.0.0.1", "port": udp_port, "sweep_interval": 1.0,
-                    **(udp or {})},
-            "web": {"listen": f"tcp:{web_port}:interface=127.0.0.1",
-                    "public_url": "http://127.0.0.1", "trusted_proxies": ["127.0.0.1"],
-                    "access_log": access_log, **(web or {})},
-            "admin": {"listen": ""},
-            "metrics": {"listen": f"tcp:{free_tcp_port()}:interface=127.0.0.1"},
-            "cluster": {"redis_url": redis.url, "node_id": name, **(cluster or {})},
-        }
+        cfg = local.coordinator_config(
+            os.path.join(base, name), udp_port=udp_port, web_port=web_port,
+            metrics_port=free_tcp_port(), identity_key=key_path, extra={
+                "udp": {"sweep_interval": 1.0, **(udp or {})},
+                "web": {"public_url": "http://127.0.0.1", "trusted_proxies": ["127.0.0.1"],
+                        "access_log": access_log, **(web or {})},
+                "admin": {"listen": ""},
+                "cluster": {"redis_url": redis.url, "node_id": name, **(cluster or {})},
+            })
         path = write_toml(os.path.join(base, f"{name}.toml"), cfg)
         nodes.append(Node(name, path, web_port, udp_port))
     haproxy = Haproxy(base, [(node.name, node.web_port) for node in nodes])
@@ -145,21 +143,16 @@ def add_home_server(c, keepalive=None, password=PASSWORD):
     sdir = os.path.join(c.base, "server")
     c.files_root = os.path.join(c.base, "files")
     os.makedirs(c.files_root, exist_ok=True)
-    skey, _ = keyfiles.load_or_create_identity_key(os.path.join(sdir, "server.key"))
-    keyfiles.save_password_key(os.path.join(sdir, "password.json"), skey.public_raw,
-                             crypto.derive_password_key(password, skey.public_raw))
-    server = {
-        "state_dir": sdir,
-        "coordinator_url": c.url,
-        "coordinator": {"addresses": [f"127.0.0.1:{node.udp_port}" for node in c.nodes],
-                        "public_key": c.coordinator_key.text},
-        "webrtc": {"advertise_addresses": ["127.0.0.1"], "ice_servers": []},
-        "apps": {"files": {"roots": [c.files_root]}},
-        "metrics": {"listen": ""},
-    }
-    if keepalive:
-        server["keepalive"] = keepalive
-    c.server_key = skey
+    c.server_key = local.server_keys(os.path.join(sdir, "server.key"),
+                                     os.path.join(sdir, "password.json"), password)
+    server = local.server_config(
+        sdir, coordinator_key_text=c.coordinator_key.text, udp_port=c.nodes[0].udp_port,
+        web_port=c.haproxy.port, files_root=c.files_root, extra={
+            # every node: host and port are not used
+            "coordinator": {"addresses": [f"127.0.0.1:{node.udp_port}" for node in c.nodes]},
+            "webrtc": {"ice_servers": []},
+            "keepalive": keepalive or {},
+        })
     c.server_config = write_toml(os.path.join(c.base, "server.toml"), server)
     return c.server_config
 

@@ -1,76 +1,35 @@
 """Build a real coordinator + home server pair (configs, keys, password) for
-end-to-end tests.  Used with the ``twistd`` fixture from conftest."""
+end-to-end tests, with ``homechannel.testing.local`` (the demo's and the
+benchmarks' builder too) on free loopback ports.  Used with the ``twistd``
+fixture from conftest."""
 
 import os
 import signal
-from dataclasses import dataclass
 
-from helpers import free_tcp_port, free_udp_port, write_toml
+from helpers import free_tcp_port, free_udp_port
 
-from homechannel import crypto, keyfiles
+from homechannel.testing.local import LocalPair, merge, write_pair
 
 PASSWORD = "correct horse battery staple"
 
-
-@dataclass
-class Pair:
-    base: str
-    coordinator_config: str
-    server_config: str
-    coordinator_key: crypto.IdentityKey
-    server_key: crypto.IdentityKey
-    web_port: int
-    udp_port: int
-    metrics_port: int          # the coordinator's Prometheus listener
-    server_metrics_port: int   # the home server's
-    files_root: str
-
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.web_port}"
-
-    @property
-    def link(self):
-        return f"{self.url}/#server={self.server_key.text}"
+# What make_pair returns: configs, keys, ports, ``url`` and ``link``.
+Pair = LocalPair
 
 
-def make_pair(tmp_path, keepalive=None, server_extra=None, password=PASSWORD, static_dir=None):
-    base = str(tmp_path)
-    cdir, sdir = os.path.join(base, "coordinator"), os.path.join(base, "server")
-    files_root = os.path.join(base, "files")
-    os.makedirs(files_root, exist_ok=True)
-    ckey, _ = keyfiles.load_or_create_identity_key(os.path.join(cdir, "coordinator.key"))
-    skey, _ = keyfiles.load_or_create_identity_key(os.path.join(sdir, "server.key"))
-    keyfiles.save_password_key(os.path.join(sdir, "password.json"), skey.public_raw,
-                             crypto.derive_password_key(password, skey.public_raw))
-    web, udp = free_tcp_port(), free_udp_port()
-    metrics, server_metrics = free_tcp_port(), free_tcp_port()
-    web_cfg = {"listen": f"tcp:{web}:interface=127.0.0.1",
-               "public_url": f"http://127.0.0.1:{web}"}
-    if static_dir:
-        web_cfg["static_dir"] = static_dir
-    ccfg = write_toml(os.path.join(base, "coordinator.toml"), {
-        "state_dir": cdir,
-        "udp": {"interface": "127.0.0.1", "port": udp, "sweep_interval": 1.0},
-        "web": web_cfg,
+def make_pair(tmp_path, keepalive=None, server_extra=None, password=PASSWORD, static_dir=None,
+              coordinator_extra=None, web_port=None, udp_port=None, **kwargs):
+    """A pair on free ports (or *web_port*, *udp_port*); *server_extra* and
+    *coordinator_extra* are tables merged into the configs (``local.merge``), *kwargs*
+    go to ``local.write_pair``."""
+    return write_pair(
+        str(tmp_path), web_port=web_port or free_tcp_port(),
+        udp_port=udp_port or free_udp_port(), password=password,
+        metrics_port=free_tcp_port(), server_metrics_port=free_tcp_port(),
+        static_dir=static_dir,
         # admin: the default, a 0600 UNIX socket in state_dir ('migrate --config').
-        "metrics": {"listen": f"tcp:{metrics}:interface=127.0.0.1"},
-    })
-    server = {
-        "state_dir": sdir,
-        "coordinator_url": f"http://127.0.0.1:{web}",
-        "coordinator": {"host": "127.0.0.1", "port": udp, "public_key": ckey.text},
-        "webrtc": {"advertise_addresses": ["127.0.0.1"]},
-        "apps": {"files": {"roots": [files_root]}},
-        "metrics": {"listen": f"tcp:{server_metrics}:interface=127.0.0.1"},
-    }
-    if keepalive:
-        server["keepalive"] = keepalive
-    for section, values in (server_extra or {}).items():
-        server.setdefault(section, {}).update(values) if isinstance(values, dict) \
-            else server.__setitem__(section, values)
-    scfg = write_toml(os.path.join(base, "server.toml"), server)
-    return Pair(base, ccfg, scfg, ckey, skey, web, udp, metrics, server_metrics, files_root)
+        coordinator_extra=merge({"udp": {"sweep_interval": 1.0}}, coordinator_extra),
+        server_extra=merge({"keepalive": keepalive} if keepalive else {}, server_extra),
+        **kwargs)
 
 
 def kill(proc_wrapper):

@@ -101,7 +101,7 @@ def free_udp_port(host="127.0.0.1") -> int:
 
 def write_toml(path, data: dict):
     """Write *data* (nested dicts are tables) as TOML to *path*; return *path*."""
-    from homechannel.demo import write_toml as _write
+    from homechannel.testing.local import write_toml as _write
     _write(os.fspath(path), data)
     return path
 

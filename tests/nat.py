@@ -263,38 +263,11 @@ def nat_pair(tmp_path, topology, coordinator=None, server=None):
     server behind the home router: no ICE settings anywhere unless *coordinator*
     or *server* (tables merged into the configs) add them.  Returns a
     ``daemons.Pair`` whose ``url`` and ``link`` use the public address."""
-    import dataclasses
-    import tomllib
+    from daemons import make_pair
 
-    from helpers import write_toml
-    from daemons import Pair, make_pair
-
-    pair = make_pair(tmp_path)
-    with open(pair.coordinator_config, "rb") as f:
-        ccfg = tomllib.load(f)
-    with open(pair.server_config, "rb") as f:
-        scfg = tomllib.load(f)
-    url = f"http://{PUBLIC_HOST}:{WEB_PORT}"
-    ccfg["udp"] = {"interface": "0.0.0.0", "port": UDP_PORT, "sweep_interval": 1.0}
-    ccfg["web"] = {"listen": f"tcp:{WEB_PORT}:interface={PUBLIC_HOST}", "public_url": url}
-    scfg["coordinator_url"] = url
-    scfg["coordinator"].update(host=PUBLIC_HOST, port=UDP_PORT)
-    scfg.pop("webrtc", None)
-    for cfg, extra in ((ccfg, coordinator), (scfg, server)):
-        for section, values in (extra or {}).items():
-            if isinstance(values, dict):
-                cfg.setdefault(section, {}).update(values)
-            else:
-                cfg[section] = values
-    write_toml(pair.coordinator_config, ccfg)
-    write_toml(pair.server_config, scfg)
-
-    class NatPair(Pair):
-        @property
-        def url(self):
-            return url
-
-    return NatPair(**{f.name: getattr(pair, f.name) for f in dataclasses.fields(Pair)})
+    return make_pair(tmp_path, web_port=WEB_PORT, udp_port=UDP_PORT, host=PUBLIC_HOST,
+                     udp_interface="0.0.0.0", advertise_loopback=False,
+                     coordinator_extra=coordinator, server_extra=server)
 
 
 def start_nat_pair(start, tmp_path, topology, coordinator=None, server=None):

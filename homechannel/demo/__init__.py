@@ -46,19 +46,6 @@ REGISTERED = re.compile(r"registered with coordinator")
 TAIL_LINES = 30
 
 
-# -- configuration files -------------------------------------------------
-
-
-def dump_toml(data: dict) -> str:
-    import tomli_w
-    return tomli_w.dumps(data)
-
-
-def write_toml(path, data: dict) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(dump_toml(data))
-
-
 # -- state ------------------------------------------------------------------
 
 
@@ -96,16 +83,16 @@ def available_apps(check=listening):
 
 
 def prepare(run_dir, web_port=8080, udp_port=7777, metrics_port=9477, apps=None, say=print):
-    """Create or reuse the demo state in *run_dir*; write both configs.
+    """Create or reuse the demo state in *run_dir*; write both configs
+    (:func:`homechannel.testing.local.write_pair`, with the keys in *run_dir*).
 
     *apps* maps "terminal"/"desktop" to the reason they are off (None: on);
     default: all on.  *say* shows progress (a slow first key derivation).
     Returns ``(coordinator_toml, server_toml, link, password)``.
     """
     from homechannel import default_static_dir
-    from homechannel.protocol import connect
-    from homechannel.crypto import derive_password_key
-    from homechannel.keyfiles import load_or_create_identity_key, save_password_key
+    from homechannel.keyfiles import replace_secret_file
+    from homechannel.testing.local import write_pair
 
     run_dir = os.path.abspath(run_dir)
     os.makedirs(run_dir, mode=0o700, exist_ok=True)
@@ -115,58 +102,24 @@ def prepare(run_dir, web_port=8080, udp_port=7777, metrics_port=9477, apps=None,
         with open(os.path.join(files, "hello.txt"), "w") as f:
             f.write("Hello from your HomeChannel demo server.\n")
 
-    coordinator_key, _ = load_or_create_identity_key(os.path.join(run_dir, "coordinator.key"))
-    server_key_path = os.path.join(run_dir, "server.key")
-    server_key, _ = load_or_create_identity_key(server_key_path)
-
     password_txt = os.path.join(run_dir, "password.txt")
-    password_key_path = os.path.join(run_dir, "password.json")
     password = None
     if os.path.exists(password_txt):
         with open(password_txt, encoding="utf-8") as f:
             password = f.read().strip() or None
     if password is None:
         password = secrets.token_urlsafe(12)
-        from homechannel.keyfiles import replace_secret_file
         replace_secret_file(password_txt, (password + "\n").encode())
-        if os.path.exists(password_key_path):
-            os.unlink(password_key_path)
-    if not _password_key_matches(password_key_path, server_key.public_raw):
-        say("deriving the password key (PBKDF2, a moment)...")
-        k = derive_password_key(password, server_key.public_raw)
-        save_password_key(password_key_path, server_key.public_raw, k)
+        if os.path.exists(os.path.join(run_dir, "password.json")):
+            os.unlink(os.path.join(run_dir, "password.json"))
 
-    public_url = f"http://127.0.0.1:{web_port}"
-    coordinator_toml = os.path.join(run_dir, "coordinator.toml")
-    write_toml(coordinator_toml, {
-        "state_dir": os.path.join(run_dir, "coordinator"),
-        "identity_key": os.path.join(run_dir, "coordinator.key"),
-        "udp": {"interface": "127.0.0.1", "port": udp_port},
-        "web": {
-            "listen": f"tcp:{web_port}:interface=127.0.0.1",
-            "public_url": public_url,
-            "static_dir": default_static_dir(),
-        },
-        "metrics": {"listen": f"tcp:{metrics_port}:interface=127.0.0.1"},
-    })
-    server_toml = os.path.join(run_dir, "server.toml")
-    write_toml(server_toml, {
-        "state_dir": os.path.join(run_dir, "server"),
-        "identity_key": server_key_path,
-        "password_key": password_key_path,
-        "coordinator_url": public_url,
-        "coordinator": {
-            "host": "127.0.0.1",
-            "port": udp_port,
-            "public_key": coordinator_key.text,
-        },
-        "webrtc": {"advertise_addresses": ["127.0.0.1"]},
-        "apps": {"files": {"roots": [files]},
-                 **{name: {"enabled": reason is None} for name, reason in (apps or {}).items()}},
-        "metrics": {"listen": f"tcp:{metrics_port + 1}:interface=127.0.0.1"},
-    })
-    link = connect.connect_link(public_url, server_key.text)
-    return coordinator_toml, server_toml, link, password
+    pair = write_pair(
+        run_dir, web_port=web_port, udp_port=udp_port, password=password,
+        metrics_port=metrics_port, server_metrics_port=metrics_port + 1,
+        static_dir=default_static_dir(), keys_dir=run_dir, keep_password_key=True, say=say,
+        server_extra={"apps": {name: {"enabled": reason is None}
+                               for name, reason in (apps or {}).items()}})
+    return pair.coordinator_config, pair.server_config, pair.link, password
 
 
 def _port_busy(port, kind):
@@ -176,16 +129,6 @@ def _port_busy(port, kind):
         except OSError:
             return True
     return False
-
-
-def _password_key_matches(path, server_public_raw):
-    from homechannel.keyfiles import load_password_key
-    from homechannel.errors import KeyFileError
-    try:
-        load_password_key(path, server_public_raw)
-    except KeyFileError:
-        return False
-    return True
 
 
 # -- child processes --------------------------------------------------------

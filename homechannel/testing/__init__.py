@@ -6,4 +6,7 @@ against the interface it stands in for.
 - :mod:`~homechannel.testing.coordinator` -- ``FakeRelay``, ``AnswererRelay``,
   ``LoopClock``: the coordinator's seams in memory.
 - :mod:`~homechannel.testing.apps` -- fake and paired datachannels for the apps.
+- :mod:`~homechannel.testing.local` -- a coordinator and a home server on this
+  machine: both configs, keys and password key (for the demo, the end-to-end tests
+  and the benchmarks).
 """
