@@ -295,8 +295,10 @@ async def test_session_cap_returns_busy(h):
     _, _, sdp2 = await h.client_offer()
     payload2, sid2, _ = h.payload(sdp2)
     reply = await h.offer(payload2)
-    assert reply == {"session": sid2, "error": "busy", "message": reply["message"]}
-    # the refusal says what holds the slots (how many, how long, connected or not)
+    assert reply == {"session": sid2, "error": "busy", "message": reply["message"],
+                     "slots": 1, "sessions": [{"state": "connecting", "age": 0}]}
+    # the refusal says what holds the slots (how many, how long, connected or not), in
+    # words and as fields (for the browser: it reads fields, never the message)
     assert reply["message"] == "all 1 session slots are in use: connecting 0 s", reply
     assert h.answerer.peer_connections_created == 1
     # A retransmission of the refused offer gets the same refusal, not unknown-challenge.
@@ -514,6 +516,8 @@ async def test_closing_the_control_channel_frees_the_slot_at_once(h):
     busy = await h.offer(h.payload(sdp2)[0])
     assert busy["error"] == "busy"
     assert busy["message"] == "all 1 session slots are in use: connected 0 s from 198.51.100.7", busy
+    # the fields the client is shown: states and ages, never another session's address
+    assert busy["sessions"] == [{"state": "connected", "age": 0}] and busy["slots"] == 1
     channel.close()
     await wait_until(lambda: h.answerer.live_sessions == 0)
     _, _, sdp3 = await h.client_offer()

@@ -455,6 +455,41 @@ def test_relay_failure_reported_by_long_poll(h):
     assert_error(h.finish(d, path), 503, "relay-failed")
 
 
+def test_the_home_servers_busy_refusal_reaches_the_client_as_fields(h):
+    """A home server's busy refusal says what holds its slots as fields (its cap and each
+    session's state and age), which the coordinator passes on beside the message, so
+    that the browser never parses the message.  Shown to fail with the broker mapping a
+    refusal by code and message only (``refusal_error(answer.error, answer.message)``):
+    the JSON then has no slots or sessions.  Malformed fields make the whole refusal
+    malformed (a ProtocolError: the coordinator drops it, counted)."""
+    from homechannel.errors import ProtocolError
+    from homechannel.protocol import connect
+
+    resp, body = h.connect()
+    path = f"/api/sessions/{body['session']}"
+    d = h.start("GET", path)
+    holders = (connect.SlotHolder("connected", 75), connect.SlotHolder("connecting", 2))
+    h.relay.answer(h.home.public_raw, connect.Answer.refusal(
+        body["session"], connect.BUSY, "all 2 session slots are in use: connected 75 s "
+        "from 198.51.100.7; connecting 2 s", slots=2, holders=holders).encode())
+    resp = h.finish(d, path)
+    assert_error(resp, 503, "busy")
+    assert resp.json["slots"] == 2
+    assert resp.json["sessions"] == [{"state": "connected", "age": 75},
+                                     {"state": "connecting", "age": 2}]
+    assert "session slots are in use" in resp.json["error"]
+
+    payload = json.loads(connect.Answer.refusal("A" * 22, connect.BUSY, "x", slots=1,
+                                                holders=holders[:1]).encode())
+    assert connect.Answer.decode(json.dumps(payload).encode()).holders == holders[:1]
+    for damage in ({"sessions": [{"state": "connected", "age": 1, "source": "x"}]},
+                   {"sessions": [{"state": "idle", "age": 1}]}, {"slots": "1"},
+                   {"slots": True}, {"error": "bad-proof"}, {"sessions": "connected 1 s"},
+                   {"sessions": [{"state": "connected", "age": 1}] * 17}):
+        with pytest.raises(ProtocolError):
+            connect.Answer.decode(json.dumps(dict(payload, **damage)).encode())
+
+
 def test_unexpected_error_is_a_terse_500(h):
     def boom(server_key):
         raise RuntimeError("secret internals")

@@ -372,7 +372,7 @@ class Broker:
                 return None
 
             return _settle(self.sessions.fail(
-                answer.session, connect.refusal_error(answer.error, answer.message))
+                answer.session, answer.as_error())
             ).addCallback(failed)
 
         def stored(changed):

@@ -103,17 +103,48 @@ REFUSALS = {
 }
 
 
-def refusal_error(code: str, message: str = "") -> HomeChannelError:
+def refusal_error(code: str, message: str = "", **fields: Any) -> HomeChannelError:
     """The error a browser gets for a home server's refusal *code*.
 
     Unknown codes become ``refused`` (503); the home server's own message is
-    appended when it has one (it is the home server's, not the coordinator's)."""
+    appended when it has one (it is the home server's, not the coordinator's).
+    *fields* go with a ``busy`` refusal (``slots``, ``sessions``:
+    :meth:`Answer.busy_fields`), so that a client shows what holds the slots
+    without reading the message."""
     cls, text = REFUSALS.get(code, (Unavailable, "the home server refused the connection"))
     if code not in REFUSALS:
         code = "refused"
     if isinstance(message, str) and message and code in (BUSY, "refused"):
         text = f"{text} ({message[:200]})"
-    return cls(text, code)
+    return cls(text, code, **(fields if code == BUSY else {}))
+
+
+# What a ``busy`` refusal says holds the home server's session slots: each live
+# session's state and age, oldest first.  Never its address: the list is shown to
+# the client that was refused, who is not those sessions' owner.
+SLOT_STATES = ("connecting", "connected")
+MAX_SLOT_HOLDERS = 16
+MAX_SLOTS = 1_000_000
+MAX_AGE = 10**9
+
+
+@dataclass(frozen=True)
+class SlotHolder:
+    """A live session holding one of the home server's session slots."""
+
+    state: str      # one of SLOT_STATES
+    age: int        # whole seconds since its offer
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"state": self.state, "age": self.age}
+
+    @classmethod
+    def from_doc(cls, doc: object) -> "SlotHolder":
+        if (not isinstance(doc, dict) or set(doc) != {"state", "age"}
+                or doc["state"] not in SLOT_STATES or not isinstance(doc["age"], int)
+                or isinstance(doc["age"], bool) or not 0 <= doc["age"] < MAX_AGE):
+            raise ProtocolError("a slot holder is {state: connecting|connected, age: seconds}")
+        return cls(doc["state"], doc["age"])
 
 
 # -- session ids and SDP ---------------------------------------------------------
@@ -453,24 +484,43 @@ class Answer:
     signature: bytes | None = None
     error: str | None = None
     message: str = ""
+    # A busy refusal's detail: the home server's session cap and what holds the slots.
+    slots: int | None = None
+    holders: tuple[SlotHolder, ...] = ()
 
     @property
     def refused(self) -> bool:
         return self.error is not None
 
+    def busy_fields(self) -> dict[str, Any]:
+        """``{"slots": cap, "sessions": [{"state", "age"}, ...]}`` of a busy refusal
+        that says what holds the slots; ``{}`` otherwise."""
+        if self.error != BUSY or self.slots is None:
+            return {}
+        return {"slots": self.slots, "sessions": [h.to_doc() for h in self.holders]}
+
+    def as_error(self) -> HomeChannelError:
+        """The error a browser gets for this refusal (:func:`refusal_error`)."""
+        return refusal_error(self.error or INTERNAL, self.message, **self.busy_fields())
+
     def encode(self) -> bytes:
         doc: dict[str, Any]
         if self.error is not None:  # refused
             known = REFUSALS[self.error][1] if self.error in REFUSALS else ""
-            doc = {"session": self.session, "error": self.error, "message": self.message or known}
+            doc = {"session": self.session, "error": self.error, "message": self.message or known,
+                   **self.busy_fields()}
         else:
             doc = {"session": self.session, "answer": self.sdp, "time": int(self._time()),
                    "signature": crypto.b64u_encode(self._signature())}
         return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode("utf-8")
 
     @classmethod
-    def refusal(cls, session: str | None, code: str, message: str | None = None) -> "Answer":
-        return cls(session, error=code, message=message or REFUSALS[code][1])
+    def refusal(cls, session: str | None, code: str, message: str | None = None, *,
+                slots: int | None = None, holders: tuple[SlotHolder, ...] = ()) -> "Answer":
+        """A refusal; a busy one may say what holds the slots (*slots*, *holders*:
+        the oldest MAX_SLOT_HOLDERS are kept)."""
+        return cls(session, error=code, message=message or REFUSALS[code][1], slots=slots,
+                   holders=tuple(holders)[:MAX_SLOT_HOLDERS] if slots is not None else ())
 
     @classmethod
     def decode(cls, payload: bytes) -> "Answer":
@@ -487,8 +537,16 @@ class Answer:
             code, message = doc.get("error"), doc.get("message", "")
             if not isinstance(code, str) or not re.fullmatch(r"[a-z0-9-]{1,40}", code):
                 raise ProtocolError("malformed refusal code")
+            slots, holders = doc.get("slots"), doc.get("sessions")
+            if slots is not None or holders is not None:
+                if (code != BUSY or not isinstance(slots, int) or isinstance(slots, bool)
+                        or not 0 < slots <= MAX_SLOTS or not isinstance(holders, list)
+                        or len(holders) > MAX_SLOT_HOLDERS):
+                    raise ProtocolError("malformed busy refusal: slots and sessions go "
+                                        "together, with busy")
             return cls(session, error=code,
-                       message=message[:200] if isinstance(message, str) else "")
+                       message=message[:200] if isinstance(message, str) else "", slots=slots,
+                       holders=tuple(SlotHolder.from_doc(h) for h in holders or ()))
         sdp, when, signature = doc.get("answer"), doc.get("time"), doc.get("signature")
         if (not isinstance(sdp, str) or len(sdp) > MAX_SDP or not isinstance(when, int)
                 or isinstance(when, bool)):

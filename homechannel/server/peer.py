@@ -50,6 +50,7 @@ from homechannel.protocol.connect import (
     INTERNAL,
     UNKNOWN_CHALLENGE,
     Answer,
+    SlotHolder,
 )
 from homechannel.errors import AuthenticationError, ProtocolError
 
@@ -165,12 +166,13 @@ class Answerer:
 
     # -- the checks --
 
-    def _refuse(self, sid, code, reason, source=None, tell=False):
-        """Count and log a refusal; its payload (with *reason* in it if *tell*)."""
+    def _refuse(self, sid, code, reason, source=None, tell=False, **fields):
+        """Count and log a refusal; its payload (with *reason* in it if *tell*, and
+        *fields*: ``Answer.refusal``'s)."""
         self.logins_refused += 1
         self.log.warn("login refused: session {session} from {source}: {reason}",
                       session=sid, source=source or "?", reason=reason)
-        return Answer.refusal(sid, code, reason if tell else None).encode()
+        return Answer.refusal(sid, code, reason if tell else None, **fields).encode()
 
     def _handle_offer(self, payload):
         try:
@@ -218,8 +220,10 @@ class Answerer:
             if self._stopping:
                 self._finish(session, self._refuse(sid, BUSY, "shutting down", source))
             else:
-                why = self._slots_in_use()
-                self._finish(session, self._refuse(sid, BUSY, why, source, tell=True))
+                why, holders = self._slots_in_use()
+                self._finish(session, self._refuse(sid, BUSY, why, source, tell=True,
+                                                   slots=self._config.max_sessions,
+                                                   holders=holders))
             return succeed(session.payload)
 
         if device is not None:
@@ -256,18 +260,20 @@ class Answerer:
         return True
 
     def _slots_in_use(self):
-        """What holds the session slots, for the "busy" refusal (log and payload; the
-        coordinator passes on 200 characters): each live session's state, age, source."""
+        """What holds the session slots, for the "busy" refusal: in words for the log
+        and the message (the coordinator passes on 200 characters): each live
+        session's state, age and source; and as ``SlotHolder`` fields (state and age,
+        no address) for the client to show."""
         live = sorted(self._live, key=lambda s: s.started or 0)
         now = self._clock.seconds()
-        parts = []
-        for s in live[:3]:
-            state = "connected" if s.connected else "connecting"
-            age = f"{max(0, int(now - (s.started or now)))} s"
-            parts.append(f"{state} {age}" + (f" from {s.source}" if s.source else ""))
+        holders = tuple(SlotHolder("connected" if s.connected else "connecting",
+                                   max(0, int(now - (s.started or now)))) for s in live)
+        parts = [f"{h.state} {h.age} s" + (f" from {s.source}" if s.source else "")
+                 for h, s in zip(holders[:3], live)]
         if len(live) > 3:
             parts.append(f"{len(live) - 3} more")
-        return f"all {self._config.max_sessions} session slots are in use: {'; '.join(parts)}"
+        why = f"all {self._config.max_sessions} session slots are in use: {'; '.join(parts)}"
+        return why, holders
 
     def _reply_of(self, session):
         if session.payload is not None:

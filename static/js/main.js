@@ -226,6 +226,19 @@ function setBusy(value) {
 
 // -- errors ----------------------------------------------------------------------
 
+/** "all N session slots are in use: connected 75 s; connecting 2 s" from a busy
+ * refusal's fields {slots, sessions: [{state, age}]} (oldest first); null without them. */
+function slotsInUse(fields) {
+  const sessions = Array.isArray(fields.sessions) ? fields.sessions : null;
+  if (!sessions || !Number.isInteger(fields.slots)) return null;
+  const parts = sessions.slice(0, 3).map((s) =>
+    `${s.state === "connected" ? "connected" : "connecting"} ` +
+    `${Number.isInteger(s.age) ? s.age : 0} s`);
+  const more = Math.max(fields.slots, sessions.length) - parts.length;
+  if (more > 0 && parts.length) parts.push(`${more} more`);
+  return `all ${fields.slots} session slots are in use` + (parts.length ? `: ${parts.join("; ")}` : "");
+}
+
 function explain(error) {
   if (error instanceof ConnectError) return error;
   if (error instanceof SignatureError) {
@@ -257,15 +270,17 @@ function explain(error) {
       case "unknown-challenge":
         return new ConnectError("refused", "The home server did not recognise this attempt. " +
           "Try again.");
-      case "busy":
-        // the home server says what holds its session slots (connect.refusal_error)
-        if (/session slots are in use/.test(error.message)) {
-          const detail = error.message.slice(error.message.indexOf("(") + 1).replace(/\)$/, "");
-          return new ConnectError("busy", `The home server is busy: ${detail}. Close a ` +
+      case "busy": {
+        // the home server says what holds its session slots: fields "slots" and
+        // "sessions" (docs/protocol.md, "Error codes"), never parsed out of the message
+        const held = slotsInUse(error.fields);
+        if (held) {
+          return new ConnectError("busy", `The home server is busy: ${held}. Close a ` +
             "HomeChannel tab that is still open, or try again later.");
         }
         return new ConnectError("busy", "The home server (or the coordinator) is busy. " +
           "Try again in a minute.");
+      }
       case "timeout":
         return new ConnectError("timeout", "The home server did not answer in time. Check " +
           "that it is running, then try again.");
