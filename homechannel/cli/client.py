@@ -167,6 +167,7 @@ def parse_listen(text):
         raise ConfigError(e.explain(f"--listen {text!r}: expected HOST:PORT, e.g. "
                                     "127.0.0.1:2222")) from None
 
+
 def main_forward(argv):
     """``homechannel forward``: a local TCP port (or stdio) to a port on the home machine."""
     p = argparse.ArgumentParser(

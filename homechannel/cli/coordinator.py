@@ -20,7 +20,6 @@ def cmd_join_string(args):
     print(join.from_coordinator_config(cfg, key.text))
 
 
-
 class _UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, path, timeout):
         super().__init__("localhost", timeout=timeout)

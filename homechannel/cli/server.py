@@ -55,7 +55,6 @@ def cmd_passwd(args):
           "restart the home server to use it", file=sys.stderr)
 
 
-
 def default_server_config():
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     return os.path.join(base, "homechannel", "server.toml")

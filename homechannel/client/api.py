@@ -29,6 +29,7 @@ from homechannel.protocol import connect as flow
 
 MAX_RESPONSE = 256 * 1024
 
+
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
     """The coordinator never redirects: a redirect (to plain http, to another host)
     is refused, not followed, so the unsigned ``/config.js`` read on first use comes

@@ -10,6 +10,7 @@ import time
 from homechannel.errors import ProtocolError, RequestTimeout, Unavailable
 from homechannel.rtc import webrtc
 
+
 async def wait_open(channel, timeout):
     if channel.readyState == "open":
         return

@@ -227,7 +227,6 @@ async def _stdio_streams():
     return reader, writer
 
 
-
 async def forward(kwargs, port, listen=None, stdio=False, ready=None):
     """Connect once, then forward ``--stdio`` or every connection to *listen*."""
     notify = kwargs.get("notify") or (lambda message: None)

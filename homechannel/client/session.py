@@ -34,6 +34,7 @@ from homechannel.protocol import connect as flow
 from homechannel.protocol.ice import check_ice_servers
 from homechannel.rtc import icechecks, webrtc
 
+
 async def connect(url, server_id, password, coordinator_key=None, ice_servers=(),
                   advertise_addresses=(), *, timeout=60.0, connect_timeout=30.0,
                   random_bytes=os.urandom, notify=None, devices=None, coordinators=None,
@@ -88,7 +89,6 @@ async def connect(url, server_id, password, coordinator_key=None, ice_servers=()
     finally:
         remember_key(coordinators, coordinator, notify)
     raise Unavailable("the home server refused every attempt; try again later")
-
 
 
 async def _attempt(coordinator, server_id, server_raw, key, device, ice_servers,

@@ -27,6 +27,7 @@ from homechannel.keyfiles import replace_secret_file
 
 _CONFIG_KEY = re.compile(r'coordinatorKey\s*=\s*"([A-Za-z0-9_-]+)"')
 
+
 class _JsonStore:
     """A JSON file ``{name: text}`` in the state directory with mode 0600
     (``keyfiles.replace_secret_file``), changed under an exclusive lock (``FILE.lock``)
