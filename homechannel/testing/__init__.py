@@ -6,4 +6,6 @@ against the interface it stands in for.
 - :mod:`~homechannel.testing.coordinator` -- ``FakeRelay``, ``AnswererRelay``,
   ``LoopClock``: the coordinator's seams in memory.
 - :mod:`~homechannel.testing.apps` -- fake and paired datachannels for the apps.
+- :mod:`~homechannel.testing.threads` -- ``ManualThreads``, a thread pool whose
+  jobs run when the test says.
 """
