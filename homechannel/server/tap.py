@@ -74,7 +74,7 @@ def _make(options):
 
     from homechannel.protocol import connect
 
-    from homechannel.ops import metrics
+    from homechannel.ops import logfilter, metrics
     from homechannel.errors import ConfigError
     from homechannel.server.apps import AppHost
     from homechannel.server.challenges import ChallengeSource
@@ -84,6 +84,7 @@ def _make(options):
     from homechannel.server.udp import ServerUDP, load_failover, reactor_resolver
 
     aio.require_asyncio_reactor(reactor)
+    logfilter.capture_library_logging()
     log = Logger(namespace="homechannel.server")
     cfg = config.load_server(options["config"], options.overrides())
     if not cfg.coordinator.public_key:
