@@ -1,6 +1,6 @@
 """The home server's coordinator links as a pure object (no reactor, no
-sockets): resolution requests, migration with the failover store injected, and
-the collectors that read the daemons' counters at scrape time."""
+sockets): resolution requests, migration and the event that has the new target
+saved, and the collectors that read the daemons' counters at scrape time."""
 
 import random
 
@@ -16,51 +16,56 @@ from homechannel.server.apps import AppHost
 from homechannel.protocol import frames
 from homechannel.testing.apps import FakeChannel
 from homechannel.server.challenges import ChallengeSource
+from homechannel.server.events import (
+    MoveFailed, Moved, Moving, Registered, ResolveFailed, ResolveNeeded,
+)
 from homechannel.server.links import Links
 
 K = b"K" * 32
 C1, C2 = ("127.0.0.1", 7001), ("127.0.0.1", 7002)
 
 
-class MemoryStore:
-    def __init__(self):
-        self.saved = []
-
-    def save(self, host, port, key):
-        self.saved.append((host, port, key))
-
-
 class World:
-    """Two coordinators (Rendezvous) and one Links, datagrams passed by hand."""
+    """Two coordinators (Rendezvous) and one Links, datagrams passed by hand, host
+    names resolved from ``names`` as the links ask (``ResolveNeeded``)."""
 
     def __init__(self):
         self.keys = {C1: crypto.IdentityKey.generate(), C2: crypto.IdentityKey.generate()}
         self.coords = {a: Rendezvous(k) for a, k in self.keys.items()}
-        self.store = MemoryStore()
         self.server = crypto.IdentityKey.generate()
         self.links = Links(self.server, ChallengeSource(K), ServerKeepalive(),
-                           ("coordinator-one", C1[1], self.keys[C1].public_raw), self.store,
+                           ("coordinator-one", C1[1], self.keys[C1].public_raw),
                            random_bytes=random.Random(1).randbytes)
         self.now = 0.0
-        self.events = []
+        self.events = []       # (link, event), every one the links gave out
         self.names = {"coordinator-one": C1[0]}
 
     def pump(self, out):
-        queue = list(out)
+        """Deliver *out*'s datagrams (and the replies, until none is left); act on its
+        events."""
+        if out is None:
+            return
+        self.events += out.events
+        queue = list(out.datagrams)
         while queue:
             data, addr = queue.pop(0)
-            for reply, to in self.coords[addr].receive(data, ("127.0.0.1", 40000), self.now):
-                queue += self.links.receive(reply, addr, self.now) or []
-            self.resolve()
-        self.events += self.links.pop_events()
+            for reply, to in self.coords[addr].receive(data, ("127.0.0.1", 40000),
+                                                       self.now).datagrams:
+                more = self.links.receive(reply, addr, self.now)
+                if more is not None:
+                    self.events += more.events
+                    queue += more.datagrams
+                    self.resolve(more)
+        self.resolve(out)
 
-    def resolve(self):
-        for link in self.links.pop_resolves():
-            ip = self.names.get(link.host)
-            if ip is None:
-                self.links.resolve_failed(link, "no such host", self.now)
-            else:
-                self.pump(self.links.resolved(link, ip, self.now))
+    def resolve(self, out):
+        for link, event in out.events:
+            if isinstance(event, ResolveNeeded):
+                ip = self.names.get(link.host)
+                if ip is None:
+                    self.pump(self.links.resolve_failed(link, "no such host", self.now))
+                else:
+                    self.pump(self.links.resolved(link, ip, self.now))
 
     def run(self, until):
         while True:
@@ -69,51 +74,52 @@ class World:
                 break
             self.now = max(self.now, when)
             self.pump(self.links.poll(self.now))
-            self.resolve()
         self.now = until
 
 
 def kinds(world):
-    return [k for k, _, _ in world.events]
+    return [type(e) for _, e in world.events]
+
+
+def moved_to(world):
+    """The targets the adapter is told to save (``Moved``), in order."""
+    return [link.target for link, e in world.events if isinstance(e, Moved)]
 
 
 def test_resolution_is_asked_for_and_registration_follows():
     w = World()
-    assert w.links.start(0.0) == []
-    (link,) = w.links.pop_resolves()
-    assert link.host == "coordinator-one"
+    out = w.links.start(0.0)
+    assert out.datagrams == []
+    ((link, event),) = out.events
+    assert event == ResolveNeeded() and link.host == "coordinator-one"
     w.pump(w.links.resolved(link, C1[0], 0.0))
-    assert w.links.status()["state"] == "up" and "registered" in kinds(w)
+    assert w.links.status()["state"] == "up" and Registered in kinds(w)
 
 
-def test_migration_saves_the_target_through_the_store():
+def test_migration_has_the_target_saved():
     w = World()
-    w.links.start(0.0)
-    w.resolve()
+    w.pump(w.links.start(0.0))
     kid = w.server.id
     w.names["coordinator-two"] = C2[0]
     out = w.coords[C1].migrate(kid, "coordinator-two", C2[1], w.keys[C2].public_raw, w.now)
-    for data, _ in out:
+    for data, _ in out.datagrams:
         w.pump(w.links.receive(data, C1, w.now))
-    w.resolve()
     w.run(5.0)
-    assert "moving" in kinds(w) and "moved" in kinds(w)
-    assert w.store.saved == [("coordinator-two", C2[1], w.keys[C2].public_raw)]
+    assert Moving in kinds(w) and Moved in kinds(w)
+    assert moved_to(w) == [("coordinator-two", C2[1], w.keys[C2].public_raw)]
     assert w.links.active.name == f"coordinator-two:{C2[1]}" and w.links.moving is None
 
 
 def test_unresolvable_target_gives_up_after_the_migration_timeout():
     w = World()
-    w.links.start(0.0)
-    w.resolve()
+    w.pump(w.links.start(0.0))
     out = w.coords[C1].migrate(w.server.id, "nowhere.invalid", 7777,
                                crypto.IdentityKey.generate().public_raw, w.now)
-    for data, _ in out:
+    for data, _ in out.datagrams:
         w.pump(w.links.receive(data, C1, w.now))
-    w.resolve()
     w.run(40.0)
-    assert "resolve-failed" in kinds(w) and "move-failed" in kinds(w)
-    assert w.links.moving is None and w.store.saved == []
+    assert ResolveFailed in kinds(w) and MoveFailed in kinds(w)
+    assert w.links.moving is None and moved_to(w) == []
     assert w.links.status()["state"] == "up"
 
 

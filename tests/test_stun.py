@@ -187,11 +187,11 @@ def test_responder_global_budget_and_bounded_state():
 def test_rendezvous_answers_stun_and_still_speaks_homechannel():
     rv = Rendezvous(COORDINATOR)
     raw = bytes(aioice_request())
-    [(reply, to)] = rv.receive(raw, ("198.51.100.20", 61000), 1.0)
+    [(reply, to)] = rv.receive(raw, ("198.51.100.20", 61000), 1.0).datagrams
     assert to == ("198.51.100.20", 61000)
     assert aioice_stun.parse_message(reply).attributes["XOR-MAPPED-ADDRESS"] == to
     assert rv.stats["stun-answers"] == 1
-    [(cookie, _)] = rv.receive(udp.hello(bytes(16)), ("198.51.100.20", 61000), 1.0)
+    [(cookie, _)] = rv.receive(udp.hello(bytes(16)), ("198.51.100.20", 61000), 1.0).datagrams
     assert udp.datagram_type(cookie) == udp.COOKIE
     rv.receive(raw[:-1], ("198.51.100.20", 61000), 1.0)
     assert rv.stats["dropped.stun-malformed"] == 1
@@ -199,7 +199,7 @@ def test_rendezvous_answers_stun_and_still_speaks_homechannel():
 
 def test_rendezvous_without_stun_drops_it():
     rv = Rendezvous(COORDINATOR, stun=None)
-    assert rv.receive(bytes(aioice_request()), ("198.51.100.20", 61000), 1.0) == []
+    assert rv.receive(bytes(aioice_request()), ("198.51.100.20", 61000), 1.0).datagrams == []
     assert rv.stats["stun-answers"] == 0 and rv.stats["dropped"] == 1
 
 
@@ -221,7 +221,7 @@ def test_aioice_client_gets_its_address_over_udp():
 
         def serve():
             data, addr = server.recvfrom(2048)
-            for reply, to in rv.receive(data, addr, loop.time()):
+            for reply, to in rv.receive(data, addr, loop.time()).datagrams:
                 server.sendto(reply, to)
 
         loop.add_reader(server.fileno(), serve)

@@ -216,3 +216,72 @@ def test_ssh_key_is_never_written_through_a_link(tmp_path):
         load_identity(str(path))
     assert e.value.code == "bad-key" and "terminal's SSH key" in str(e.value)
     assert not (tmp_path / "elsewhere").exists()
+
+
+class PoolRecorder:
+    """A reactor's thread pool that records each job; the test runs it (the "thread")
+    and hands the result back as ``callFromThread`` would."""
+
+    def __init__(self):
+        self.jobs = []
+
+    def getThreadPool(self):
+        return self
+
+    def callInThreadWithCallback(self, on_result, f, *args, **kwargs):
+        self.jobs.append((on_result, f, args))
+
+    def callFromThread(self, f, *args, **kwargs):
+        f(*args, **kwargs)
+
+    def run(self):
+        on_result, f, args = self.jobs.pop(0)
+        try:
+            on_result(True, f(*args))
+        except Exception:
+            from twisted.python.failure import Failure
+            on_result(False, Failure())
+
+
+def test_ssh_key_is_loaded_once_in_a_thread_for_every_session(tmp_path):
+    """Sessions share one load, handed to the reactor's thread pool (never run on the
+    reactor: nothing is loaded before the pool runs it), and later sessions get the
+    key at once.  How this was shown to fail: the old code called ``load_identity``
+    on the reactor in every session's ``connect``."""
+    from homechannel.server.apps.terminal import SshKey
+
+    path = str(tmp_path / "terminal_key")
+    pool = PoolRecorder()
+    ssh_key = SshKey(path, pool)
+    first, second = [], []
+    ssh_key.get().addCallback(first.append)
+    ssh_key.get().addCallback(second.append)
+    assert len(pool.jobs) == 1 and pool.jobs[0][1:] == (load_identity, (path,))
+    assert not os.path.exists(path) and first == []
+    pool.run()
+    assert first == second and len(first) == 1 and os.path.exists(path)
+    third = []
+    ssh_key.get().addCallback(third.append)
+    assert third == first and pool.jobs == [] and ssh_key.loads == 1
+
+
+def test_a_key_that_failed_to_load_is_tried_again(tmp_path):
+    """A bad key file is an ``Unavailable`` for that session; once fixed, the next
+    session loads it (no restart needed)."""
+    from homechannel.server.apps.terminal import SshKey
+
+    path = str(tmp_path / "terminal_key")
+    load_identity(path)
+    os.chmod(path, 0o644)
+    pool = PoolRecorder()
+    ssh_key = SshKey(path, pool)
+    failed = []
+    ssh_key.get().addErrback(failed.append)
+    pool.run()
+    assert len(failed) == 1 and failed[0].check(Unavailable)
+    assert failed[0].value.code == "bad-key"
+    os.chmod(path, 0o600)
+    got = []
+    ssh_key.get().addCallback(got.append)
+    pool.run()
+    assert len(got) == 1 and ssh_key.loads == 2

@@ -2,6 +2,7 @@
 the relay seam, migration (success and failure) and failover persistence."""
 
 import json
+import os
 
 import pytest
 from twisted.internet import task
@@ -17,6 +18,7 @@ from homechannel.coordinator.udp import CoordinatorUDP
 from homechannel.errors import Unavailable
 from homechannel.server.challenges import ChallengeSource
 from homechannel.server.udp import ServerUDP, load_failover
+from homechannel.testing.threads import ManualThreads
 from homechannel.testing.udp import MemoryNetwork
 
 K = b"K" * 32
@@ -187,3 +189,140 @@ def test_migration_to_an_unresolvable_name_gives_up(tmp_path):
     network.run(45.0)
     assert srv.moving is None
     assert srv.active.name == f"{C1[0]}:{C1[1]}" and srv.registered
+
+
+# -- events dispatched by the adapters ------------------------------------------------
+
+
+class DirectoryRecorder:
+    """The two calls a cluster's directory (``redisrelay.Directory``) gets from the
+    coordinator's UDP side, recorded; *kind* "sync", "deferred" or "async" for what
+    its methods return (the directory's methods are becoming ``async def``)."""
+
+    def __init__(self, kind="sync"):
+        self.kind = kind
+        self.calls = []
+
+    def _result(self):
+        from twisted.internet import defer
+
+        if self.kind == "deferred":
+            return defer.succeed(None)
+        if self.kind == "async":
+            async def done():
+                return None
+            return done()
+        return None
+
+    def pool(self, kid, pairs, replace):
+        self.calls.append(("pool", kid, len(pairs), replace))
+        return self._result()
+
+    def forget(self, kid):
+        self.calls.append(("forget", kid))
+        return self._result()
+
+
+@pytest.mark.parametrize("kind", ["sync", "deferred", "async"])
+def test_pool_and_expiry_events_reach_the_cluster_directory(kind):
+    """Registration sets the pool (replace), a consumed challenge brings a REFILL
+    (filled, not replaced), expiry forgets the server: each reaches the directory
+    through ``set_directory``, whatever its methods return."""
+    clock = task.Clock()
+    network = MemoryNetwork(clock)
+    key = crypto.IdentityKey.generate()
+    coord = CoordinatorUDP(Rendezvous(key), clock, expiry=90.0)
+    directory = DirectoryRecorder(kind)
+    coord.set_directory(directory)
+    network.attach(coord, C1)
+    server_key = crypto.IdentityKey.generate()
+    network.attach(ServerUDP(server_key, ChallengeSource(K), ServerKeepalive(),
+                             (C1[0], C1[1], key.public_raw), clock), S)
+    network.run(1.0)
+    assert directory.calls == [("pool", server_key.id, 2, True)]
+    challenge = coord.server_status(server_key.public_raw)[1]
+    assert coord.take_challenge(server_key.public_raw, challenge) is not None
+    network.run(1.0)
+    assert directory.calls[1:] == [("pool", server_key.id, 2, False)]
+    network.detach(S)
+    network.run(100.0)
+    assert directory.calls[-1] == ("forget", server_key.id)
+
+
+def test_a_failing_directory_is_logged_and_the_udp_side_goes_on():
+    from twisted.logger import globalLogPublisher
+
+    class Broken(DirectoryRecorder):
+        def pool(self, kid, pairs, replace):
+            raise RuntimeError("redis is gone")
+
+    clock = task.Clock()
+    network = MemoryNetwork(clock)
+    key = crypto.IdentityKey.generate()
+    coord = CoordinatorUDP(Rendezvous(key), clock)
+    coord.set_directory(Broken())
+    network.attach(coord, C1)
+    seen = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        server = network.attach(ServerUDP(crypto.IdentityKey.generate(), ChallengeSource(K),
+                                          ServerKeepalive(), (C1[0], C1[1], key.public_raw),
+                                          clock), S)
+        network.run(1.0)
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    assert server.registered
+    failures = [e for e in seen if e.get("log_failure") is not None]
+    assert [e["log_format"] for e in failures] == ["the cluster directory failed"]
+    assert failures[0]["log_failure"].check(RuntimeError)
+
+
+def test_a_completed_move_is_saved_off_the_reactor(tmp_path):
+    """The failover file is written by *to_thread* (the reactor's thread pool in the
+    daemon), after the move: nothing is written on the reactor's side."""
+    clock = task.Clock()
+    network = MemoryNetwork(clock)
+    keys = {C1: crypto.IdentityKey.generate(), C2: crypto.IdentityKey.generate()}
+    coords = {a: network.attach(CoordinatorUDP(Rendezvous(k), clock), a)
+              for a, k in keys.items()}
+    threads = ManualThreads()
+    failover = str(tmp_path / "failover-coordinator.json")
+    server_key = crypto.IdentityKey.generate()
+    server = network.attach(ServerUDP(server_key, ChallengeSource(K), ServerKeepalive(),
+                                      (C1[0], C1[1], keys[C1].public_raw), clock,
+                                      failover_path=failover, to_thread=threads), S)
+    network.run(1.0)
+    coords[C1].migrate(server_key.public_raw, C2[0], C2[1], keys[C2].public_raw)
+    network.run(3.0)
+    assert server.active.name == f"{C2[0]}:{C2[1]}"
+    assert len(threads.jobs) == 1 and not os.path.exists(failover)
+    threads.finish_all()
+    assert load_failover(failover) == (C2[0], C2[1], keys[C2].public_raw)
+
+
+def test_a_failed_save_is_logged_with_the_reason(tmp_path):
+    from twisted.logger import LogLevel, globalLogPublisher
+
+    clock = task.Clock()
+    network = MemoryNetwork(clock)
+    keys = {C1: crypto.IdentityKey.generate(), C2: crypto.IdentityKey.generate()}
+    coords = {a: network.attach(CoordinatorUDP(Rendezvous(k), clock), a)
+              for a, k in keys.items()}
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    server_key = crypto.IdentityKey.generate()
+    network.attach(ServerUDP(server_key, ChallengeSource(K), ServerKeepalive(),
+                             (C1[0], C1[1], keys[C1].public_raw), clock,
+                             failover_path=str(blocker / "failover.json")), S)
+    network.run(1.0)
+    seen = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        coords[C1].migrate(server_key.public_raw, C2[0], C2[1], keys[C2].public_raw)
+        network.run(3.0)
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    errors = [e for e in seen if e.get("log_level") == LogLevel.error]
+    assert [e["log_format"] for e in errors] == [
+        "could not save the failover coordinator {name}: {err}"]
+    assert errors[0]["name"] == f"{C2[0]}:{C2[1]}"

@@ -77,7 +77,8 @@ HEADERED = st.builds(lambda t, rest: udp.header(t) + rest,
 def test_coordinator_never_raises_and_never_amplifies(data):
     rv = Rendezvous(COORDINATOR)
     out = rv.receive(data, ("192.0.2.1", 1234), 100.0)
-    for reply, _ in out:
+    assert not out.events, "garbage is never an event"
+    for reply, _ in out.datagrams:
         assert len(reply) <= len(data), "never a reply larger than the request"
     assert rv.registry.count == 0
     assert len(rv._pending) == 0, "nothing stored before the cookie round trip"
@@ -88,12 +89,13 @@ def test_coordinator_never_raises_and_never_amplifies(data):
 def test_registrant_never_raises(data):
     reg = Registrant(SERVER, COORDINATOR.public_raw, ChallengeSource(b"k" * 32))
     reg.start(0.0)
-    assert reg.receive(data, 1.0) == []
+    assert reg.receive(data, 1.0).datagrams == []
 
 
 def test_hello_flood_is_bounded_and_stores_nothing():
     rv = Rendezvous(COORDINATOR, hellos_per_second=100.0)
-    replies = sum(len(rv.receive(udp.hello(os.urandom(16)), ("192.0.2.%d" % (i % 250), i), 5.0))
+    replies = sum(len(rv.receive(udp.hello(os.urandom(16)), ("192.0.2.%d" % (i % 250), i),
+                                 5.0).datagrams)
                   for i in range(1000))
     assert replies <= 100
     assert rv.stats["dropped.hello-rate"] >= 900
@@ -103,9 +105,9 @@ def test_hello_flood_is_bounded_and_stores_nothing():
 def test_unknown_replies_are_rate_limited_and_need_big_requests():
     rv = Rendezvous(COORDINATOR, unknown_replies_per_second=10)
     small = udp.header(udp.DATA) + bytes(40)
-    assert rv.receive(small, ("192.0.2.1", 1), 1.0) == []
+    assert rv.receive(small, ("192.0.2.1", 1), 1.0).datagrams == []
     big = udp.header(udp.DATA) + bytes(udp.MIN_SERVER_DATAGRAM - 4)
-    n = sum(len(rv.receive(big, ("192.0.2.1", 1), 1.0)) for _ in range(100))
+    n = sum(len(rv.receive(big, ("192.0.2.1", 1), 1.0).datagrams) for _ in range(100))
     assert n <= 10
 
 
@@ -116,6 +118,6 @@ def test_one_source_cannot_spend_everybody_s_unknown_replies():
     nothing)."""
     rv = Rendezvous(COORDINATOR, unknown_replies_per_second=100)
     big = udp.header(udp.DATA) + bytes(udp.MIN_SERVER_DATAGRAM - 4)
-    flood = sum(len(rv.receive(big, ("192.0.2.66", 1), 1.0)) for _ in range(1000))
+    flood = sum(len(rv.receive(big, ("192.0.2.66", 1), 1.0).datagrams) for _ in range(1000))
     assert flood <= 50
-    assert rv.receive(big, ("198.51.100.7", 2), 1.0) != []
+    assert rv.receive(big, ("198.51.100.7", 2), 1.0).datagrams != []

@@ -14,6 +14,7 @@ from homechannel.coordinator.registry import Registry
 from homechannel.coordinator.rendezvous import Rendezvous
 from homechannel.server import registrant as registrant_mod
 from homechannel.server.challenges import ChallengeSource
+from homechannel.server.events import AttemptFailed, Left
 from homechannel.server.registrant import Registrant
 from homechannel.testing.udp import LossyWire
 
@@ -34,12 +35,17 @@ def make(plan=None, pinned=None, registry=None, down=()):
 
 
 def events(w, kind):
-    return [e[1] for _, e in w.events if e[0] == kind]
+    return [e for _, e in w.events if isinstance(e, kind)]
+
+
+def reasons(w, addr=ADDR):
+    """The reasons of the failed attempts of the registrant at *addr*."""
+    return [e.reason for a, e in w.events if a == addr and isinstance(e, AttemptFailed)]
 
 
 def leave(w, reg):
     start = w.count
-    w._from_server(ADDR, reg.leave(w.now))
+    w.send_from_server(ADDR, reg.leave(w.now))
     return start
 
 
@@ -51,7 +57,7 @@ def test_bye_forgets_the_server_at_once():
     w.run(w.now + 0.1)
     assert not rv.server_status(SERVER.id)[0]
     assert rv.registry.count == 0 and rv.stats["bye"] == 1
-    assert reg.state == "stopped" and events(w, "left") == [None]
+    assert reg.state == "stopped" and events(w, Left) == [Left()]
 
 
 def _bye_positions():
@@ -73,14 +79,15 @@ def test_bye_survives_any_single_fault(n, action):
     leave(w, reg)
     w.run(w.now + 1.0)
     assert not rv.server_status(SERVER.id)[0]
-    assert reg.state == "stopped" and events(w, "left") == [None]
+    assert reg.state == "stopped" and events(w, Left) == [Left()]
 
 
 def test_bye_before_registration_sends_nothing():
     w, rv, reg = make()
-    assert reg.leave(0.0) == []
+    out = reg.leave(0.0)
+    assert out.datagrams == [] and out.deadline is None
     assert reg.state == "stopped"
-    assert reg.pop_events() == [("left", None)]
+    assert out.events == [Left()]
 
 
 def test_a_forged_bye_ack_does_not_stop_the_server():
@@ -89,17 +96,17 @@ def test_a_forged_bye_ack_does_not_stop_the_server():
     w.run(1.0)
     reg.leave(w.now)
     fake = udp.header(udp.DATA) + bytes(8) + bytes(100)
-    assert reg.receive(fake, w.now) == []
+    assert reg.receive(fake, w.now).datagrams == []
     assert reg.state == "leaving"
 
 
 def test_no_answer_is_reported_once_per_attempt_with_the_reason():
     w, rv, reg = make(down={"up"})   # a firewall drops everything to the coordinator
     w.run(20.0)
-    reasons = events(w, "attempt-failed")
-    assert 3 <= len(reasons) <= 6   # backoff 1, 2, 4, 8 (jittered) within 20 s
-    assert all("no answer from the coordinator" in r and "firewall" in r for r in reasons)
-    assert reg.last_failure == reasons[-1]
+    failed = reasons(w)
+    assert 3 <= len(failed) <= 6   # backoff 1, 2, 4, 8 (jittered) within 20 s
+    assert all("no answer from the coordinator" in r and "firewall" in r for r in failed)
+    assert reg.last_failure == failed[-1]
     w.down.clear()
     w.run(90.0)
     assert reg.state == "up" and reg.last_failure is None
@@ -108,8 +115,8 @@ def test_no_answer_is_reported_once_per_attempt_with_the_reason():
 def test_wrong_pinned_key_is_reported_as_a_signature_mismatch():
     w, rv, reg = make(pinned=crypto.IdentityKey.generate().public_raw)
     w.run(10.0)
-    reasons = events(w, "attempt-failed")
-    assert reasons and all(r == registrant_mod.SIGNATURE_MISMATCH for r in reasons)
+    failed = reasons(w)
+    assert failed and all(r == registrant_mod.SIGNATURE_MISMATCH for r in failed)
     assert rv.registry.count == 0
 
 
@@ -127,11 +134,11 @@ def test_a_full_registry_refuses_with_a_reason_and_the_server_retries():
                      rng=random.Random(7))
     w.add(ADDR, reg)
     w.run(2.0)
-    reasons = [e[1] for a, e in w.events if a == ADDR and e[0] == "attempt-failed"]
-    assert reasons and "refused" in reasons[0] and "registry full" in reasons[0]
+    failed = reasons(w)
+    assert failed and "refused" in failed[0] and "registry full" in failed[0]
     assert reg.state in ("refused", "hello") and rv.stats["refused"] >= 1
     # Room again: the server registers by itself after its backoff.
-    w._from_server(("127.0.0.1", 40001), other.leave(w.now))
+    w.send_from_server(("127.0.0.1", 40001), other.leave(w.now))
     w.run(w.now + 10.0)
     assert reg.state == "up" and rv.server_status(SERVER.id)[0]
 
@@ -166,11 +173,11 @@ def test_bye_gives_back_the_bytes_of_an_incomplete_answer():
     server = Registrant(key, coordinator.public_raw, ChallengeSource(b"k" * 32))
     wire_.add(addr, server)
     wire_.run(3.0)
-    rv.send_offer(key.id, b"offer", wire_.now, lambda result: None)
-    for datagram in server.send_answer(os.urandom(60 * 1024), wire_.now)[:-1]:
+    rv.send_offer(key.id, b"offer", wire_.now, 1)
+    for datagram in server.send_answer(os.urandom(60 * 1024), wire_.now).datagrams[:-1]:
         rv.receive(datagram, addr, wire_.now)
     assert rv.reassembled > 50_000
-    for datagram in server.leave(wire_.now):
+    for datagram in server.leave(wire_.now).datagrams:
         rv.receive(datagram, addr, wire_.now)
     assert rv.registry.lookup_key(key.id) < 0          # it left ...
     assert rv.reassembled == 0                          # ... and its bytes are free

@@ -4,6 +4,7 @@ Every case ends registered with keys in sync, and every relayed payload is
 delivered exactly once, whatever single datagram is dropped, duplicated or
 delayed past its successor."""
 
+import dataclasses
 import random
 
 import pytest
@@ -12,9 +13,12 @@ from homechannel import crypto
 
 from homechannel.protocol import udp
 from homechannel.config import ServerKeepalive
+from homechannel.coordinator.events import (
+    AnswerReceived, OfferAcknowledged, OfferFailed, PoolUpdated, ServerForgotten,
+)
 from homechannel.coordinator.rendezvous import Rendezvous
-from homechannel.errors import Unavailable
 from homechannel.server.challenges import ChallengeSource
+from homechannel.server.events import Lost, OfferReceived, Registered
 from homechannel.server.registrant import Registrant
 from homechannel.testing.udp import LossyWire
 
@@ -48,7 +52,16 @@ def in_sync(rv, reg):
 
 
 def registered_events(w):
-    return [e for _, e in w.events if e[0] == "registered"]
+    return [e for _, e in w.events if isinstance(e, Registered)]
+
+
+def offers(w):
+    """What the server received: one ``OfferReceived`` per complete OFFER."""
+    return [e for _, e in w.events if isinstance(e, OfferReceived)]
+
+
+def coordinator_events(w, *kinds):
+    return [e for e in w.coordinator_events if isinstance(e, kinds)]
 
 
 def test_clean_registration():
@@ -77,24 +90,24 @@ def test_handshake_survives_any_single_fault(n, action):
 
 
 def scenario(plan=None):
-    """Register, then exercise every message type once; return the outcome."""
+    """Register, then exercise every message type once; return the outcome: the
+    offer's outcome events (``results``) and the ANSWERs the coordinator got."""
     w, rv, reg, challenges = make(plan=plan)
     w.run(5.0)
     t0 = w.now
-    results = []
     # Coordinator -> server: an OFFER transfer, a REFILL after a challenge is consumed.
-    w.send_from_coordinator(rv.send_offer(SERVER.id, OFFER, w.now, results.append))
+    w.send_from_coordinator(rv.send_offer(SERVER.id, OFFER, w.now, 1))
     challenge = rv.server_status(SERVER.id)[1]
     expected, out = rv.take_challenge(SERVER.id, challenge, w.now)
     assert expected is not None
     w.send_from_coordinator(out)
     w.run(t0 + 20.0)
     # Server -> coordinator: an ANSWER transfer, a challenge refresh, pings.
-    answers = []
-    rv.on_answer = lambda kid, payload: answers.append((kid, payload))
-    w._from_server(ADDR, reg.send_answer(ANSWER, w.now))
-    w._from_server(ADDR, reg.refresh_challenges(w.now))
+    w.send_from_server(ADDR, reg.send_answer(ANSWER, w.now))
+    w.send_from_server(ADDR, reg.refresh_challenges(w.now))
     w.run(t0 + 120.0)
+    results = coordinator_events(w, OfferAcknowledged, OfferFailed)
+    answers = coordinator_events(w, AnswerReceived)
     return w, rv, reg, challenges, results, answers
 
 
@@ -109,16 +122,21 @@ SCENARIO_LENGTH = _scenario_length()
 def test_scenario_clean():
     w, rv, reg, challenges, results, answers = scenario()
     in_sync(rv, reg)
-    assert results == [None]
-    offers = [e for _, e in w.events if e[0] == "offer"]
-    assert offers == [("offer", OFFER)]
-    assert answers == [(SERVER.id, ANSWER)]
+    assert results == [OfferAcknowledged(SERVER.id, 1)]
+    assert offers(w) == [OfferReceived(OFFER)]
+    assert answers == [AnswerReceived(SERVER.id, ANSWER)]
     slot = rv.registry.lookup_key(SERVER.id)
     pool = rv.registry.pool(slot)
     assert len(pool) == 2
     for c, e in pool:  # every pooled challenge is answerable with K
         assert crypto.check_answer(crypto.challenge_answer(K, c), e)
     assert rv.stats["pings"] >= 3
+    # Every pool the coordinator set (REGISTER, the REFILL reply, the refresh) is an
+    # event for a cluster's directory, with what the registry holds at the end.
+    pools = coordinator_events(w, PoolUpdated)
+    assert [p.replace for p in pools] == [True, False, True]
+    assert all(p.kid == SERVER.id for p in pools)
+    assert sorted(pools[-1].pairs) == sorted(pool)
 
 
 @pytest.mark.parametrize("n", range(7, SCENARIO_LENGTH + 1))
@@ -126,10 +144,11 @@ def test_scenario_clean():
 def test_every_message_survives_any_single_fault(n, action):
     w, rv, reg, challenges, results, answers = scenario(plan={n: action})
     in_sync(rv, reg)
-    assert results == [None], "the offer was acknowledged exactly once"
-    offers = [e for _, e in w.events if e[0] == "offer"]
-    assert offers == [("offer", OFFER)], "the offer was delivered exactly once"
-    assert answers == [(SERVER.id, ANSWER)], "the answer was delivered exactly once"
+    assert results == [OfferAcknowledged(SERVER.id, 1)], \
+        "the offer was acknowledged exactly once"
+    assert offers(w) == [OfferReceived(OFFER)], "the offer was delivered exactly once"
+    assert answers == [AnswerReceived(SERVER.id, ANSWER)], \
+        "the answer was delivered exactly once"
     assert len(registered_events(w)) == 1, "no spurious re-registration"
     slot = rv.registry.lookup_key(SERVER.id)
     for c, e in rv.registry.pool(slot):
@@ -155,7 +174,7 @@ def test_unknown_reply_is_authenticated():
     forger = crypto.IdentityKey.generate()
     ref = reg._sent_refs[-1]
     forged = udp.unknown(ref, forger.sign(udp.UNKNOWN_LABEL + ref))
-    assert reg.receive(forged, w.now) == []
+    assert reg.receive(forged, w.now).datagrams == []
     assert reg.state == "up"
     assert reg.stats["dropped.unauthenticated"] == 1
 
@@ -166,7 +185,7 @@ def test_server_restart_replaces_registration():
     reg.stop()
     fresh = Registrant(SERVER, COORDINATOR.public_raw, ChallengeSource(K))
     w.registrants[ADDR] = fresh
-    w._from_server(ADDR, fresh.start(w.now))
+    w.send_from_server(ADDR, fresh.start(w.now))
     w.run(w.now + 5.0)
     in_sync(rv, fresh)
     assert rv.registry.count == 1
@@ -179,7 +198,7 @@ def test_outage_then_recovery(direction):
     w.run(5.0)
     w.down = set(direction)
     w.run(300.0)
-    lost = [e for _, e in w.events if e[0] == "lost"]
+    lost = [e for _, e in w.events if isinstance(e, Lost)]
     assert lost, "a dead link is detected"
     assert reg.state != "up"
     # Backoff is capped at 60 s (+jitter): sends during the outage stay sparse.
@@ -209,26 +228,28 @@ def test_backoff_is_exponential_and_capped():
 
 def test_offer_to_offline_server_fails():
     rv = Rendezvous(COORDINATOR)
-    results = []
-    assert rv.send_offer(SERVER.id, OFFER, 0.0, results.append) == []
-    assert isinstance(results[0], Unavailable)
+    out = rv.send_offer(SERVER.id, OFFER, 0.0, 7)
+    assert out.datagrams == []
+    assert out.events == [OfferFailed(SERVER.id, 7, "home server is offline")]
 
 
 def test_offer_unacknowledged_times_out():
     w, rv, reg, _ = make()
     w.run(5.0)
     w.down = {"down"}
-    results = []
-    w.send_from_coordinator(rv.send_offer(SERVER.id, OFFER, w.now, results.append))
+    sent = rv.send_offer(SERVER.id, OFFER, w.now, 7)
+    assert sent.deadline is not None and sent.deadline <= w.now + 1.0   # a resend is due
+    w.send_from_coordinator(sent)
     w.run(w.now + 15.0)
-    assert len(results) == 1 and isinstance(results[0], Unavailable)
+    assert coordinator_events(w, OfferAcknowledged, OfferFailed) == [
+        OfferFailed(SERVER.id, 7, "the home server did not acknowledge the offer")]
 
 
 def test_expiry_forgets_silent_servers():
     w, rv, reg, _ = make()
     w.run(5.0)
     reg.stop()
-    assert rv.expire(w.now + 200.0, 90.0) == 1
+    assert rv.expire(w.now + 200.0, 90.0).events == [ServerForgotten(SERVER.id)]
     assert rv.registry.count == 0
     assert rv.server_status(SERVER.id) == (False, None)
 
@@ -237,8 +258,8 @@ def test_replayed_datagram_is_dropped():
     w, rv, reg, _ = make()
     w.run(5.0)
     ping = reg._seal(udp.inner(udp.PING, 999))
-    assert len(rv.receive(ping, ADDR, w.now)) == 1
-    assert rv.receive(ping, ADDR, w.now) == []
+    assert len(rv.receive(ping, ADDR, w.now).datagrams) == 1
+    assert rv.receive(ping, ADDR, w.now).datagrams == []
     assert rv.stats["dropped.replay"] == 1
 
 
@@ -268,32 +289,29 @@ def test_offer_survives_a_reregistration_midway():
     offer is delivered once, never reported delivered without arriving."""
     w, rv, reg, _ = make()
     w.run(5.0)
-    results = []
-    dgrams = rv.send_offer(SERVER.id, OFFER, w.now, results.append)
-    assert len(dgrams) == 3
-    w.send_from_coordinator(dgrams[:2])      # the third fragment is lost...
+    out = rv.send_offer(SERVER.id, OFFER, w.now, 1)
+    assert len(out.datagrams) == 3
+    # The third fragment is lost...
+    w.send_from_coordinator(dataclasses.replace(out, datagrams=out.datagrams[:2]))
     w.run(w.now + 0.1)
-    reg.receive_lost = True
-    # ...and the server re-registers (e.g. after a NAT rebinding).
-    w._from_server(ADDR, reg._lost("test", w.now))
+    # ...and the server registers again (e.g. after a NAT rebinding).
+    w.send_from_server(ADDR, reg.start(w.now))
     w.run(w.now + 15.0)
     in_sync(rv, reg)
-    offers = [e for _, e in w.events if e[0] == "offer"]
-    assert offers == [("offer", OFFER)]
-    assert results == [None]
+    assert offers(w) == [OfferReceived(OFFER)]
+    assert coordinator_events(w, OfferAcknowledged, OfferFailed) == [
+        OfferAcknowledged(SERVER.id, 1)]
 
 
 def test_answer_in_flight_survives_a_reregistration():
     w, rv, reg, _ = make()
     w.run(5.0)
-    answers = []
-    rv.on_answer = lambda kid, payload: answers.append(payload)
-    w.send_from_coordinator(rv.send_offer(SERVER.id, OFFER, w.now, lambda r: None))
+    w.send_from_coordinator(rv.send_offer(SERVER.id, OFFER, w.now, 1))
     w.run(w.now + 1.0)
     w.down = {"up"}
-    w._from_server(ADDR, reg.send_answer(ANSWER, w.now))   # lost on the way
-    w._from_server(ADDR, reg._lost("test", w.now))
+    w.send_from_server(ADDR, reg.send_answer(ANSWER, w.now))   # lost on the way
+    w.send_from_server(ADDR, reg.start(w.now))                # registering again
     w.down = set()
     w.run(w.now + 20.0)
     in_sync(rv, reg)
-    assert answers == [ANSWER]
+    assert [e.payload for e in coordinator_events(w, AnswerReceived)] == [ANSWER]

@@ -6,6 +6,7 @@ import os
 from homechannel import crypto
 
 from homechannel.protocol import udp
+from homechannel.coordinator.events import AnswerReceived
 from homechannel.coordinator.registry import Registry
 from homechannel.coordinator.rendezvous import Rendezvous
 from homechannel.server.challenges import ChallengeSource
@@ -22,19 +23,19 @@ def handshake_until_finish(rv, identity=SERVER, addr=ADDR, now=1.0):
     """Drive a real Registrant to the point where it sends FINISH; return
     (registrant, init datagram, finish datagram)."""
     reg = Registrant(identity, COORDINATOR.public_raw, ChallengeSource(K))
-    hello = reg.start(now)[0]
-    (cookie, _), = rv.receive(hello, addr, now)
-    init = reg.receive(cookie, now)[0]
-    (resp, _), = rv.receive(init, addr, now)
-    finish = reg.receive(resp, now)[0]
+    hello = reg.start(now).datagrams[0]
+    (cookie, _), = rv.receive(hello, addr, now).datagrams
+    init = reg.receive(cookie, now).datagrams[0]
+    (resp, _), = rv.receive(init, addr, now).datagrams
+    finish = reg.receive(resp, now).datagrams[0]
     return reg, init, finish
 
 
 def handshake_until_finish_or_none(rv, addr):
     """Send HELLO and INIT from *addr*; the RESP datagram, or None if refused."""
     reg = Registrant(SERVER, COORDINATOR.public_raw, ChallengeSource(K))
-    (cookie, _), = rv.receive(reg.start(1.0)[0], addr, 1.0)
-    replies = rv.receive(reg.receive(cookie, 1.0)[0], addr, 1.0)
+    (cookie, _), = rv.receive(reg.start(1.0).datagrams[0], addr, 1.0).datagrams
+    replies = rv.receive(reg.receive(cookie, 1.0).datagrams[0], addr, 1.0).datagrams
     return replies[0] if replies else None
 
 
@@ -51,14 +52,14 @@ def registered(seconds):
 def test_clean_handshake_sizes_never_amplify():
     rv = Rendezvous(COORDINATOR)
     reg = Registrant(SERVER, COORDINATOR.public_raw, ChallengeSource(K))
-    out = reg.start(1.0)
+    out = reg.start(1.0).datagrams
     while out:
         request = out[0]
-        replies = rv.receive(request, ADDR, 1.0)
+        replies = rv.receive(request, ADDR, 1.0).datagrams
         for reply, _ in replies:
             if request[3] != udp.FINISH:   # before authentication
                 assert len(reply) <= len(request)
-        out = [d for reply, _ in replies for d in reg.receive(reply, 1.0)]
+        out = [d for reply, _ in replies for d in reg.receive(reply, 1.0).datagrams]
     assert reg.state == "up"
 
 
@@ -79,13 +80,13 @@ def test_finish_signed_by_another_key_does_not_register():
     correctly) is refused on the signature alone."""
     rv = Rendezvous(COORDINATOR)
     _, _, finish = handshake_until_finish(rv, identity=Impostor(SERVER))
-    assert rv.receive(finish, ADDR, 1.0) == []
+    assert rv.receive(finish, ADDR, 1.0).datagrams == []
     assert rv.registry.count == 0
     assert rv.stats["dropped.unauthenticated"] == 1
     assert rv.server_status(SERVER.id) == (False, None)
     # The genuine server still registers from another address.
     _, _, finish = handshake_until_finish(rv, addr=("198.51.100.2", 4000))
-    assert rv.receive(finish, ("198.51.100.2", 4000), 1.0)
+    assert rv.receive(finish, ("198.51.100.2", 4000), 1.0).datagrams
     assert rv.registry.count == 1
 
 
@@ -93,24 +94,24 @@ def test_init_without_a_valid_cookie_creates_no_state():
     rv = Rendezvous(COORDINATOR)
     _, init, _ = handshake_until_finish(rv)
     rv2 = Rendezvous(COORDINATOR)                # another secret: the cookie is foreign
-    assert rv2.receive(init, ADDR, 1.0) == []
+    assert rv2.receive(init, ADDR, 1.0).datagrams == []
     assert rv2.stats["dropped.bad-cookie"] == 1 and not rv2._pending
     # The right coordinator, but from another source address (spoofed copy).
     rv3 = Rendezvous(COORDINATOR)
     reg = Registrant(SERVER, COORDINATOR.public_raw, ChallengeSource(K))
-    (cookie, _), = rv3.receive(reg.start(1.0)[0], ADDR, 1.0)
-    init = reg.receive(cookie, 1.0)[0]
-    assert rv3.receive(init, ("203.0.113.9", 4000), 1.0) == []
+    (cookie, _), = rv3.receive(reg.start(1.0).datagrams[0], ADDR, 1.0).datagrams
+    init = reg.receive(cookie, 1.0).datagrams[0]
+    assert rv3.receive(init, ("203.0.113.9", 4000), 1.0).datagrams == []
     assert rv3.stats["dropped.bad-cookie"] == 1 and not rv3._pending
     # An expired cookie (more than two epochs later).
-    assert rv3.receive(init, ADDR, 1.0 + 200.0) == []
+    assert rv3.receive(init, ADDR, 1.0 + 200.0).datagrams == []
     assert rv3.stats["dropped.bad-cookie"] == 2
 
 
 def test_finish_from_another_address_is_dropped():
     rv = Rendezvous(COORDINATOR)
     _, _, finish = handshake_until_finish(rv)
-    assert rv.receive(finish, ("203.0.113.9", 4000), 1.0) == []
+    assert rv.receive(finish, ("203.0.113.9", 4000), 1.0).datagrams == []
     assert rv.stats["dropped.unknown-handshake"] == 1
     assert rv.registry.count == 0
 
@@ -119,7 +120,7 @@ def test_init_nonce_reuse_with_other_content_is_dropped():
     rv = Rendezvous(COORDINATOR)
     _, init, _ = handshake_until_finish(rv)
     other = init[:-65] + crypto.Ephemeral().public_raw   # same cookie and nonce
-    assert rv.receive(other, ADDR, 1.0) == []
+    assert rv.receive(other, ADDR, 1.0).datagrams == []
     assert rv.stats["dropped.nonce-reuse"] == 1
 
 
@@ -146,33 +147,33 @@ def test_unknown_for_a_datagram_the_server_never_sent_is_ignored():
     assert reg.state == "up"
     ref = os.urandom(8) + os.urandom(16)
     signed = udp.unknown(ref, COORDINATOR.sign(udp.UNKNOWN_LABEL + ref))
-    assert reg.receive(signed, w.now) == []
+    assert reg.receive(signed, w.now).datagrams == []
     assert reg.state == "up"
     assert reg.stats["dropped.unexpected-unknown"] == 1
     mine = reg._sent_refs[-1]
     genuine = udp.unknown(mine, COORDINATOR.sign(udp.UNKNOWN_LABEL + mine))
-    assert reg.receive(genuine, w.now)                      # a HELLO: registering again
+    assert reg.receive(genuine, w.now).datagrams            # a HELLO: registering again
     assert reg.state == "hello"
 
 
 def test_scoped_ipv6_source_is_a_counted_drop():
     rv = Rendezvous(COORDINATOR)
-    assert rv.receive(udp.hello(os.urandom(16)), ("fe80::1%eth0", 5), 1.0) == []
+    assert rv.receive(udp.hello(os.urandom(16)), ("fe80::1%eth0", 5), 1.0).datagrams == []
     assert rv.stats["dropped.bad-address"] == 1
 
 
 def test_consumed_challenge_never_returns_through_a_late_refresh():
     rv, reg, w = registered(2.0)
     # A refresh whose ACK is lost: the server will retransmit it.
-    refresh = reg.refresh_challenges(w.now)[0]
+    refresh = reg.refresh_challenges(w.now).datagrams[0]
     pool = rv.registry.pool(rv.registry.lookup_key(SERVER.id))
-    assert rv.receive(refresh, ADDR, w.now)          # applied (the ACK is dropped)
+    assert rv.receive(refresh, ADDR, w.now).datagrams    # applied (the ACK is dropped)
     a = rv.server_status(SERVER.id)[1]
     expected, _ = rv.take_challenge(SERVER.id, a, w.now)
     assert expected is not None
     # The retransmission (re-sealed with a fresh counter) must not restore `a`.
     again = reg._seal(reg._out.get(next(iter(reg._out._items))).message)
-    assert rv.receive(again, ADDR, w.now)            # acknowledged, not applied
+    assert rv.receive(again, ADDR, w.now).datagrams      # acknowledged, not applied
     assert a not in [c for c, _ in rv.registry.pool(rv.registry.lookup_key(SERVER.id))]
     assert rv.stats["challenge-refresh-stale"] == 1
     assert pool  # (the initial pool existed)
@@ -181,9 +182,8 @@ def test_consumed_challenge_never_returns_through_a_late_refresh():
 def test_unsolicited_answers_are_dropped():
     rv, reg, w = registered(2.0)
     got = []
-    rv.on_answer = lambda kid, payload: got.append(payload)
-    for d in reg.send_answer(b"x" * 5000, w.now):
-        rv.receive(d, ADDR, w.now)
+    for d in reg.send_answer(b"x" * 5000, w.now).datagrams:
+        got += rv.receive(d, ADDR, w.now).events
     assert got == [] and rv.stats["dropped.unsolicited-answer"] == 5
     assert not rv._reassembly
 
@@ -197,8 +197,8 @@ KEYS = [crypto.IdentityKey.generate() for _ in range(12)]
 def resp_or_none(rv, addr, identity, now=1.0):
     """HELLO and INIT from *addr* for *identity*; the RESP, or None if refused."""
     reg = Registrant(identity, COORDINATOR.public_raw, ChallengeSource(K))
-    (cookie, _), = rv.receive(reg.start(now)[0], addr, now)
-    replies = rv.receive(reg.receive(cookie, now)[0], addr, now)
+    (cookie, _), = rv.receive(reg.start(now).datagrams[0], addr, now).datagrams
+    replies = rv.receive(reg.receive(cookie, now).datagrams[0], addr, now).datagrams
     return replies[0] if replies else None
 
 
@@ -252,7 +252,7 @@ def test_registration_flood_from_one_network_fills_only_its_share():
 
 def answer_fragments(reg, size, now):
     """The XFER datagrams of one ANSWER of *size* bytes from *reg*."""
-    return reg.send_answer(os.urandom(size), now)
+    return reg.send_answer(os.urandom(size), now).datagrams
 
 
 def test_reassembly_has_a_byte_budget_per_network_and_in_all():
@@ -277,14 +277,18 @@ def test_reassembly_has_a_byte_budget_per_network_and_in_all():
     w.run(3.0)
     assert rv.registry.count == 6
     for key in regs.values():            # an offer to each: answers are expected
-        rv.send_offer(key.id, b"offer", w.now, lambda result: None)
+        rv.send_offer(key.id, b"offer", w.now, 1)
     got = []
-    rv.on_answer = lambda kid, payload: got.append(kid)
+
+    def receive(d, addr):
+        out = rv.receive(d, addr, w.now)
+        got.extend(e.kid for e in out.events if isinstance(e, AnswerReceived))
+        return out.datagrams
 
     def send_all_but_last(addr, size):
         acked = 0
         for d in answer_fragments(registrants[addr], size, w.now)[:-1]:
-            acked += len(rv.receive(d, addr, w.now))
+            acked += len(receive(d, addr))
         return acked
 
     # The /64: 4 servers x 60 KiB would be 236 KiB; its share is 100 KB.
@@ -299,7 +303,7 @@ def test_reassembly_has_a_byte_budget_per_network_and_in_all():
     # ...and a complete answer is refused while the budget is full.
     owner = ("2001:db8:900d::1", 4000)
     for d in answer_fragments(registrants[owner], 3000, w.now):
-        rv.receive(d, owner, w.now)
+        receive(d, owner)
     assert got == []
     # Incomplete transfers time out (30 s) and give their bytes back.
     w.now += 31.0
@@ -307,8 +311,8 @@ def test_reassembly_has_a_byte_budget_per_network_and_in_all():
     assert rv.reassembled == 0 and len(rv._reassembly_by_source) == 0
     # Now the owner's answer fits; a complete answer holds nothing afterwards.
     for key in regs.values():
-        rv.send_offer(key.id, b"offer", w.now, lambda result: None)
+        rv.send_offer(key.id, b"offer", w.now, 2)
     for d in answer_fragments(registrants[owner], 3000, w.now):
-        rv.receive(d, owner, w.now)
+        receive(d, owner)
     assert got == [SERVER.id] and rv.reassembled == 0
     assert full > 100_000

@@ -1,11 +1,14 @@
 """The coordinator's side of the UDP protocol, sans I/O.
 
-``Rendezvous.receive(data, addr, now)`` and ``poll(now)`` return the
-datagrams to send as ``[(bytes, addr)]``; ``next_deadline()`` tells the
-adapter (``coordinator/udp.py``) when to call ``poll`` again.  Events for the
-application (complete ANSWER transfers, acknowledged offers) are delivered
-through callbacks.  Nothing here raises on hostile input: every drop is
-counted in ``self.stats`` under a reason.
+``Rendezvous.receive(data, addr, now)``, ``poll(now)`` and every request
+(``send_offer``, ``notify``, ``migrate``, ...) return an
+:class:`~homechannel.protocol.events.Output`: the datagrams to send as
+``[(bytes, addr)]``, the events for the application
+(:mod:`homechannel.coordinator.events`: a complete ANSWER, an offer
+acknowledged or failed, a challenge pool set, a server forgotten) and the
+next deadline, when the adapter (``coordinator/udp.py``) calls ``poll``
+again.  Nothing here calls back into the application, and nothing raises on
+hostile input: every drop is counted in ``self.stats`` under a reason.
 
 Every table here has a global cap and, inside it, a share per source network
 (``ratelimit.source_key``: IPv6 /64, IPv4 address): pending handshakes
@@ -20,7 +23,7 @@ import struct
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 from twisted.logger import Logger
 
@@ -28,6 +31,9 @@ from homechannel import crypto
 
 from homechannel.protocol import udp
 from homechannel.coordinator import stun as stun_
+from homechannel.coordinator.events import (
+    AnswerReceived, OfferAcknowledged, OfferFailed, PoolUpdated, ServerForgotten,
+)
 from homechannel.coordinator.interfaces import IRegistry
 from homechannel.coordinator.ratelimit import RateLimiter, source_key
 from homechannel.coordinator.registry import Registry, pack_addr
@@ -35,10 +41,14 @@ from homechannel.coordinator.shares import Shares
 from homechannel.errors import (
     AuthenticationError, CapacityError, ProtocolError, Unavailable,
 )
+from homechannel.protocol.events import Event, Output
 from homechannel.protocol.retransmit import Outstanding
 from homechannel.protocol.udp import Address, Datagrams
 
 log = Logger()
+
+RendezvousOutput: TypeAlias = Output[tuple[bytes, Address], Event]
+_NO_EVENTS: tuple[Event, ...] = ()
 
 _DATA_HEADER = udp.header(udp.DATA)
 _RID = struct.Struct(">I")
@@ -84,12 +94,7 @@ class Rendezvous:
         self._handshakes_by_source = Shares(max_handshakes_per_source)
         self.stats: Counter[str] = Counter()
         self.received = 0
-        self.on_answer: Callable[[bytes, bytes], object] = lambda kid, payload: None
-        # Cluster hooks (``redisrelay.Directory``): ``on_pool(kid, pairs, replace)``
-        # whenever a server's pool is set (registration and refresh: replace=True)
-        # or refilled (replace=False); ``on_forget(kid)`` when a server expires.
-        self.on_pool: Callable[[bytes, list[tuple[bytes, bytes]], bool], object] | None = None
-        self.on_forget: Callable[[bytes], object] | None = None
+        self._events: list[Event] = []     # of the call in progress (see _output)
         # STUN Binding requests on the same port (coordinator/stun.py); True
         # for the defaults, a StunResponder, or None to refuse them.
         if stun is True:
@@ -117,11 +122,21 @@ class Rendezvous:
         self._max_transfers = max_transfers_per_server
         self._out: Outstanding[tuple[bytes, int]] = Outstanding(
             rto=0.5, rto_max=2.0, limit=max_in_flight)
-        self._offers: dict[tuple[bytes, str, int], list[Any]] = {}  # -> [remaining rids, callback]
+        # (kid, "offer", transfer id) -> (its fragments' rids not yet acknowledged, offer_id)
+        self._offers: dict[tuple[bytes, str, int], tuple[set[int], int]] = {}
         self._refilling: set[bytes] = set()  # kids with a REFILL in flight
         self._next_id = int.from_bytes(random_bytes(4), "big") & 0x7FFFFFFF
 
     # -- helpers ------------------------------------------------------------
+
+    def _output(self, datagrams: Datagrams) -> RendezvousOutput:
+        """The datagrams of one call, with the events it raised and the next deadline."""
+        events: list[Event] | tuple[Event, ...] = self._events
+        if events:
+            self._events = []
+        else:
+            events = _NO_EVENTS
+        return Output(datagrams, events, self._out.next_deadline())
 
     def _drop(self, reason: str) -> Datagrams:
         self.stats["dropped"] += 1
@@ -159,8 +174,12 @@ class Rendezvous:
 
     # -- input --------------------------------------------------------------
 
-    def receive(self, data: bytes, addr: Address, now: float) -> Datagrams:
-        """One datagram in, datagrams out.  Never raises on bad input."""
+    def receive(self, data: bytes, addr: Address, now: float) -> RendezvousOutput:
+        """One datagram in; datagrams, events and the next deadline out.  Never
+        raises on bad input."""
+        return self._output(self._receive(data, addr, now))
+
+    def _receive(self, data: bytes, addr: Address, now: float) -> Datagrams:
         self.received += 1
         try:
             if data[:4] == _DATA_HEADER and len(data) <= udp.MAX_DATAGRAM:
@@ -253,8 +272,7 @@ class Rendezvous:
             return [(self._refusal(pending, rid, str(e) or e.code), addr)]
         self.registry.accept_counter(slot, counter)
         self.registry.set_pool(slot, pairs)
-        if self.on_pool is not None:
-            self.on_pool(kid, pairs, True)
+        self._events.append(PoolUpdated(kid, tuple(pairs), True))
         pending.done = True
         self.stats["registered"] += 1
         log.info("registered {server} from {addr}",
@@ -296,8 +314,7 @@ class Rendezvous:
             generation, pairs = udp.parse_generation_pairs(body)
             if self.registry.replace_pool(slot, generation, pairs):
                 self.stats["challenge-refresh"] += 1
-                if self.on_pool is not None:
-                    self.on_pool(kid, pairs, True)
+                self._events.append(PoolUpdated(kid, tuple(pairs), True))
             else:
                 self.stats["challenge-refresh-stale"] += 1
             return [(self.registry.seal(slot, udp.inner(udp.CHALLENGES_ACK, rid)), addr)]
@@ -364,10 +381,7 @@ class Rendezvous:
             udp.XFER_ACK, rid, udp.fragment_ack(frag.transfer, frag.index))), addr)]
         if payload is not None:
             self.stats["answers"] += 1
-            try:
-                self.on_answer(kid, payload)
-            except Exception:
-                log.failure("answer handler failed")
+            self._events.append(AnswerReceived(kid, payload))
         return out
 
     def _reply(self, slot: int, kid: bytes, kind: int, rid: int, body: bytes) -> Datagrams:
@@ -381,14 +395,13 @@ class Rendezvous:
                 offer[0].discard(rid)
                 if not offer[0]:
                     del self._offers[tkey]
-                    offer[1](None)
+                    self._events.append(OfferAcknowledged(kid, offer[1]))
         elif kind == udp.REFILL_REPLY:
             self._refilling.discard(kid)
             pairs = udp.parse_pairs(body)
             self.registry.set_pool(slot, pairs, replace=False)
             self.stats["refilled"] += 1
-            if self.on_pool is not None:
-                self.on_pool(kid, pairs, False)
+            self._events.append(PoolUpdated(kid, tuple(pairs), False))
         elif kind == udp.NOTICE_ACK:
             pass
         elif kind == udp.MIGRATE_ACK:
@@ -406,12 +419,16 @@ class Rendezvous:
         return rid, (self.registry.seal(slot, message), self.registry.addr(slot))
 
     def send_offer(self, kid: bytes, payload: bytes, now: float,
-                   callback: Callable[[Exception | None], object]) -> Datagrams:
-        """Relay *payload* as an OFFER transfer.  ``callback(None)`` once every
-        fragment is acknowledged, ``callback(Unavailable(...))`` on failure."""
+                   offer_id: int) -> RendezvousOutput:
+        """Relay *payload* as an OFFER transfer.  ``OfferAcknowledged(kid, offer_id)``
+        comes out once every fragment is acknowledged, ``OfferFailed(kid, offer_id,
+        reason)`` if it cannot be (at once when the server is not registered here)."""
+        return self._output(self._send_offer(kid, payload, now, offer_id))
+
+    def _send_offer(self, kid: bytes, payload: bytes, now: float, offer_id: int) -> Datagrams:
         slot = self.registry.lookup_key(kid)
         if slot < 0:
-            callback(Unavailable("home server is offline"))
+            self._events.append(OfferFailed(kid, offer_id, "home server is offline"))
             return []
         tid = self._rid()
         tkey = (kid, "offer", tid)
@@ -424,14 +441,18 @@ class Rendezvous:
         except OverflowError:
             for rid in rids:
                 self._out.pop((kid, rid))
-            callback(Unavailable("coordinator is busy, try again"))
+            self._events.append(OfferFailed(kid, offer_id, "coordinator is busy, try again"))
             return []
-        self._offers[tkey] = [rids, callback]
+        self._offers[tkey] = (rids, offer_id)
         self._awaiting[kid] = now + ANSWER_WINDOW
         self.stats["offers"] += 1
         return out
 
-    def request_refill(self, kid: bytes, now: float, count: int = 2) -> Datagrams:
+    def request_refill(self, kid: bytes, now: float, count: int = 2) -> RendezvousOutput:
+        """Ask the server for *count* fresh challenges (one REFILL in flight)."""
+        return self._output(self._request_refill(kid, now, count))
+
+    def _request_refill(self, kid: bytes, now: float, count: int = 2) -> Datagrams:
         slot = self.registry.lookup_key(kid)
         if slot < 0:
             return []
@@ -445,8 +466,11 @@ class Rendezvous:
         self._refilling.add(kid)
         return [dgram]
 
-    def notify(self, kid: bytes, body: bytes, now: float) -> Datagrams:
+    def notify(self, kid: bytes, body: bytes, now: float) -> RendezvousOutput:
         """A NOTICE (UTF-8 JSON, at most 512 bytes) to the server; best effort."""
+        return self._output(self._notify(kid, body, now))
+
+    def _notify(self, kid: bytes, body: bytes, now: float) -> Datagrams:
         slot = self.registry.lookup_key(kid)
         if slot < 0 or len(body) > udp.MAX_NOTICE:
             return []
@@ -460,7 +484,9 @@ class Rendezvous:
         return [dgram]
 
     def migrate(self, kid: bytes, host: str, port: int, public_raw: bytes,
-                now: float) -> Datagrams:
+                now: float) -> RendezvousOutput:
+        """Tell the server to move to another coordinator; raises ``Unavailable``
+        when it is not registered here or too many requests are in flight."""
         slot = self.registry.lookup_key(kid)
         if slot < 0:
             raise Unavailable("that home server is not registered here")
@@ -470,7 +496,7 @@ class Rendezvous:
         except OverflowError:
             raise Unavailable("too many requests in flight: try again shortly") from None
         self.stats["migrate-sent"] += 1
-        return [dgram]
+        return self._output([dgram])
 
     # -- the relay's view of the pool -------------------------------------------
 
@@ -481,20 +507,22 @@ class Rendezvous:
         return True, self.registry.peek_challenge(slot)
 
     def take_challenge(self, kid: bytes, challenge: bytes,
-                       now: float) -> tuple[bytes | None, Datagrams]:
-        """Consume *challenge*; returns ``(expectedAnswer or None, datagrams)``."""
+                       now: float) -> tuple[bytes | None, RendezvousOutput]:
+        """Consume *challenge*; returns ``(expectedAnswer or None, output)`` (a
+        REFILL when the pool runs short)."""
         slot = self.registry.lookup_key(kid)
         if slot < 0:
-            return None, []
+            return None, self._output([])
         expected = self.registry.take_challenge(slot, challenge)
-        out = []
+        out: Datagrams = []
         if expected is not None and len(self.registry.pool(slot)) < 2:
-            out = self.request_refill(kid, now)
-        return expected, out
+            out = self._request_refill(kid, now)
+        return expected, self._output(out)
 
     # -- time -------------------------------------------------------------------
 
-    def poll(self, now: float) -> Datagrams:
+    def poll(self, now: float) -> RendezvousOutput:
+        """Retransmissions due by *now*, and the offers that failed by then."""
         resend, expired = self._out.due(now)
         out = []
         for req in resend:
@@ -515,14 +543,20 @@ class Rendezvous:
             if offer is not None:
                 for rid in offer[0]:
                     self._out.pop((tkey[0], rid))
-                offer[1](Unavailable("the home server did not acknowledge the offer"))
-        return out
+                self._events.append(OfferFailed(tkey[0], offer[1],
+                                                "the home server did not acknowledge the offer"))
+        return self._output(out)
 
     def next_deadline(self) -> float | None:
+        """When to call ``poll`` (also in every :class:`Output`)."""
         return self._out.next_deadline()
 
-    def expire(self, now: float, max_age: float, budget: int = 20_000) -> int:
-        removed = self.registry.expire(now, max_age, budget, self.on_forget)
+    def expire(self, now: float, max_age: float, budget: int = 20_000) -> RendezvousOutput:
+        """Forget servers silent for more than *max_age* seconds (scanning at most
+        *budget* registry slots), handshakes and incomplete answers past their time:
+        a ``ServerForgotten`` event for each server."""
+        removed = self.registry.expire(
+            now, max_age, budget, lambda kid: self._events.append(ServerForgotten(kid)))
         if removed:
             self.stats["expired"] += removed
         self._expire_handshakes(now)
@@ -533,7 +567,7 @@ class Rendezvous:
             before = reasm.buffered
             reasm.expire(now)
             self._reassembly_moved(source, reasm.buffered - before)
-        return removed
+        return self._output([])
 
     def _forget_reassembly(self, kid: bytes) -> None:
         """Drop the server's incomplete answers and give their bytes back to the budgets."""

@@ -71,7 +71,7 @@ def _make(options):
 
     from homechannel.protocol import join
 
-    from homechannel.ops import metrics
+    from homechannel.ops import logfilter, metrics
     from homechannel.coordinator import admin, tls
     from homechannel.coordinator.httpserver import LimitedSite, Limits, raise_fd_limit
     from homechannel.coordinator.registry import Registry
@@ -83,6 +83,7 @@ def _make(options):
     from homechannel.coordinator.web import CoordinatorWeb
 
     log = Logger(namespace="homechannel.coordinator")
+    logfilter.capture_library_logging()
     if cfg.cluster.redis_url:
         aio.require_asyncio_reactor(reactor, "a cluster node ([cluster] in the config) needs "
                                     "Twisted's asyncio reactor for its Redis client: run "

@@ -1,6 +1,13 @@
 """The coordinator's UDP transport: a thin ``DatagramProtocol`` around the
 sans-I/O :class:`~homechannel.coordinator.rendezvous.Rendezvous`, which also
-provides :class:`IRelay` to the HTTPS API."""
+provides :class:`IRelay` to the HTTPS API.
+
+It moves datagrams, runs the core's one timer (``ops.deadline``) and its
+expiry sweep, and dispatches the core's events by class (``_HANDLERS``): an
+ANSWER to the broker's handler, an offer's outcome to its Deferred, pool and
+expiry events to a cluster's directory (``set_directory``)."""
+
+import itertools
 
 from twisted.internet import defer
 from twisted.internet.protocol import DatagramProtocol
@@ -9,8 +16,12 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from homechannel import crypto
+from homechannel.coordinator.events import (
+    AnswerReceived, OfferAcknowledged, OfferFailed, PoolUpdated, ServerForgotten,
+)
 from homechannel.coordinator.interfaces import IRelay
 from homechannel.errors import Unavailable
+from homechannel.ops.deadline import DeadlineTimer
 
 log = Logger()
 
@@ -50,10 +61,12 @@ class CoordinatorUDP(DatagramProtocol):
         self.clock = clock
         self.expiry = expiry
         self.sweep_interval = sweep_interval
-        self._timer = None
+        self._timer = DeadlineTimer(clock, self._fire)
         self._answer_handler = None
+        self._directory = None
+        self._offers = {}                 # offer_id -> Deferred
+        self._offer_ids = itertools.count(1)
         self._sweeper = None
-        rendezvous.on_answer = self._on_answer
 
     # -- transport --
 
@@ -66,9 +79,7 @@ class CoordinatorUDP(DatagramProtocol):
     def stopProtocol(self):
         if self._sweeper is not None and self._sweeper.running:
             self._sweeper.stop()
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self._timer.cancel()
 
     def _sweep(self):
         # Scan enough slots per tick that a whole pass takes at most a third
@@ -76,11 +87,14 @@ class CoordinatorUDP(DatagramProtocol):
         passes = max(1.0, (self.expiry / 3) / self.sweep_interval)
         budget = max(1000, int(self.rv.registry.slot_count / passes) + 1)
         try:
-            removed = self.rv.expire(self.clock.seconds(), self.expiry, budget)
-            if removed:
-                log.info("expired {n} silent servers", n=removed)
+            out = self.rv.expire(self.clock.seconds(), self.expiry, budget)
         except Exception:
             log.failure("expiry sweep failed (will run again)")
+            return
+        removed = sum(isinstance(e, ServerForgotten) for e in out.events)
+        if removed:
+            log.info("expired {n} silent servers", n=removed)
+        self._send(out)
 
     def datagramReceived(self, data, addr):
         try:
@@ -91,27 +105,24 @@ class CoordinatorUDP(DatagramProtocol):
         self._send(out)
 
     def _send(self, out):
+        """One call's output: its datagrams sent, the timer set, then its events
+        handled (a handler that calls the core again sends and schedules itself)."""
         if self.transport is not None:
-            write_all(self.transport, out, self.rv.stats)
-        self._reschedule()
-
-    def _reschedule(self):
-        when = self.rv.next_deadline()
-        if self._timer is not None and self._timer.active():
-            if when is not None and abs(self._timer.getTime() - when) < 1e-3:
-                return
-            self._timer.cancel()
-        self._timer = None
-        if when is not None:
-            self._timer = self.clock.callLater(max(0.0, when - self.clock.seconds()), self._fire)
+            write_all(self.transport, out.datagrams, self.rv.stats)
+        self._timer.schedule(out.deadline)
+        for event in out.events:
+            try:
+                self._HANDLERS[type(event)](self, event)
+            except Exception:
+                log.failure("bug handling {event}", event=type(event).__name__)
 
     def _fire(self):
-        self._timer = None
         try:
             out = self.rv.poll(self.clock.seconds())
         except Exception:
             log.failure("bug in retransmission")
-            out = []
+            self._timer.schedule(self.rv.next_deadline())
+            return
         self._send(out)
 
     # -- IRelay --
@@ -135,15 +146,9 @@ class CoordinatorUDP(DatagramProtocol):
 
     def offer_to(self, kid, payload):
         """``send_offer`` for the server with key id *kid*."""
-        d = defer.Deferred()
-
-        def done(result):
-            if isinstance(result, Exception):
-                d.errback(result)
-            else:
-                d.callback(None)
-
-        self._send(self.rv.send_offer(kid, payload, self.clock.seconds(), done))
+        offer_id = next(self._offer_ids)
+        d = self._offers[offer_id] = defer.Deferred()
+        self._send(self.rv.send_offer(kid, payload, self.clock.seconds(), offer_id))
         return d
 
     def notice_to(self, kid, body):
@@ -156,11 +161,50 @@ class CoordinatorUDP(DatagramProtocol):
     def set_answer_handler(self, handler):
         self._answer_handler = handler
 
-    def _on_answer(self, kid, payload):
+    def set_directory(self, directory):
+        """A cluster's directory (``redisrelay.Directory``): ``directory.pool(kid,
+        pairs, replace)`` whenever a server's challenge pool is set here,
+        ``directory.forget(kid)`` when a server expires here.  Either may return a
+        Deferred or a coroutine; its failure is logged."""
+        self._directory = directory
+
+    # -- events from the core --
+
+    def _answer_received(self, event):
         if self._answer_handler is None:
             self.rv.stats["dropped.unsolicited-answer"] += 1
             return
-        self._answer_handler(kid, payload)
+        self._answer_handler(event.kid, event.payload)
+
+    def _offer_acknowledged(self, event):
+        d = self._offers.pop(event.offer_id, None)
+        if d is not None:
+            d.callback(None)
+
+    def _offer_failed(self, event):
+        d = self._offers.pop(event.offer_id, None)
+        if d is not None:
+            d.errback(Unavailable(event.reason))
+
+    def _pool_updated(self, event):
+        if self._directory is not None:
+            self._to_directory(self._directory.pool, event.kid, event.pairs, event.replace)
+
+    def _server_forgotten(self, event):
+        if self._directory is not None:
+            self._to_directory(self._directory.forget, event.kid)
+
+    def _to_directory(self, method, *args):
+        defer.maybeDeferred(method, *args).addErrback(
+            lambda f: log.failure("the cluster directory failed", f))
+
+    _HANDLERS = {
+        AnswerReceived: _answer_received,
+        OfferAcknowledged: _offer_acknowledged,
+        OfferFailed: _offer_failed,
+        PoolUpdated: _pool_updated,
+        ServerForgotten: _server_forgotten,
+    }
 
     # -- operator --
 

@@ -8,6 +8,8 @@ twin checked against vectors made here.
   and the coordinator (handshake, sealed messages, fragments, replay window).
 - :mod:`~homechannel.protocol.retransmit` -- retransmission of requests until
   answered, for both UDP ends.
+- :mod:`~homechannel.protocol.events` -- what the UDP cores return from every call:
+  datagrams, events and the next deadline.
 - :mod:`~homechannel.protocol.connect` -- the connect flow: the HTTP API's bodies,
   device tokens, the OFFER and ANSWER payloads, refusal codes, connect links.
 - :mod:`~homechannel.protocol.join` -- the join string a coordinator hands to new

@@ -1,60 +1,40 @@
 """The home server's coordinator links, sans I/O: the active one and, while
-moving, the target's; migration and the failover file.
+moving, the target's; migration and failover between them.
 
 One :class:`Registrant` per coordinator.  A MIGRATE from the active
 coordinator starts a second link; the server registers there before it
-leaves, records the target in the failover store, and stays put if the move
-fails within ``migration_timeout``.  Host names are resolved by the adapter:
-``pop_resolves()`` says which links need an address, ``resolved()`` and
-``resolve_failed()`` bring the answer back.  Like the registrant, every
-input takes ``now`` and returns ``[(datagram, addr)]``; ``next_deadline()``
-says when to call ``poll``; what the application acts on comes out of
-``pop_events()`` as ``(kind, link, value)``:
+leaves, and stays put if the move fails within ``migration_timeout``.  Host
+names are resolved by the adapter: a ``ResolveNeeded`` event says which link
+needs an address, ``resolved()`` and ``resolve_failed()`` bring the answer
+back.  Like the registrant, every input takes ``now`` and returns an
+:class:`~homechannel.protocol.events.Output` (datagrams as ``[(datagram,
+addr)]``, the next deadline), whose events are ``(link, event)`` pairs
+(:mod:`homechannel.server.events`):
 
-* ``registered``, ``attempt-failed`` (reason), ``lost`` (reason), ``offer``
-  (payload), ``notice`` (body), ``left`` — from a link's registrant;
-* ``moving`` (None), ``moved`` (the old link), ``move-failed`` (reason);
-* ``failing-over`` (why), ``failed-over`` (the old link): the active
-  coordinator left a ping unanswered and another address of the same
-  cluster (``candidates``) is being registered with / was;
-* ``resolve-failed`` (reason) — the name did not resolve; retried later.
+* ``Registered``, ``AttemptFailed``, ``PingMissed``, ``Lost``,
+  ``OfferReceived``, ``NoticeReceived``, ``Left`` -- from a link's registrant
+  (a ``MigrateRequested`` is acted on here);
+* ``Moving``, ``Moved`` (the old link: the adapter saves the new target in the
+  failover file), ``MoveFailed`` (reason);
+* ``FailingOver`` (why), ``FailedOver`` (the old link): the active coordinator
+  left a ping unanswered and another address of the same cluster
+  (``candidates``) is being registered with / was;
+* ``ResolveNeeded``; ``ResolveFailed`` (reason) -- the name did not resolve;
+  retried later.
 """
 
-import json
 import os
 
-from homechannel import crypto, keyfiles
-from homechannel.crypto import b64u_encode
-from homechannel.errors import ConfigError, ProtocolError
+from homechannel.protocol.events import Output
+from homechannel.server.events import (
+    FailedOver, FailingOver, Lost, MigrateRequested, MoveFailed, Moved, Moving, PingMissed,
+    Registered, ResolveFailed, ResolveNeeded,
+)
 from homechannel.server.registrant import Registrant
 
 MIGRATION_TIMEOUT = 30.0
 FAILOVER_TIMEOUT = 10.0
 RESOLVE_RETRY = 5.0
-
-
-class FailoverFile:
-    """``failover-coordinator.json``: where a completed move points (mode 0600)."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def load(self):
-        """``(host, port, public_raw)``, or None when there is no file."""
-        try:
-            with open(self.path) as f:
-                doc = json.load(f)
-            host, port = doc["host"], int(doc["port"])
-            return host, port, crypto.parse_server_id(doc["public_key"])
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, KeyError, TypeError, ProtocolError) as e:
-            raise ConfigError(f"{self.path} is unreadable ({e}); remove it to use the "
-                              "configured coordinator") from None
-
-    def save(self, host, port, key):
-        doc = {"host": host, "port": port, "public_key": b64u_encode(key)}
-        keyfiles.replace_secret_file(self.path, (json.dumps(doc, indent=2) + "\n").encode())
 
 
 class Link:
@@ -80,20 +60,18 @@ class Link:
 
 
 class Links:
-    def __init__(self, identity, challenges, keepalive, target, store=None,
-                 random_bytes=os.urandom, migration_timeout=MIGRATION_TIMEOUT, candidates=()):
+    def __init__(self, identity, challenges, keepalive, target, random_bytes=os.urandom,
+                 migration_timeout=MIGRATION_TIMEOUT, candidates=()):
         """*candidates*: every ``(host, port)`` of the coordinators that share the
         target's key, in order (a cluster's nodes), for failover."""
         self.identity = identity
         self.challenges = challenges
         self.keepalive = keepalive
-        self.store = store
         self.random_bytes = random_bytes
         self.migration_timeout = migration_timeout
         self.active = self._link(*target)
         self.moving = None
-        self._events = []
-        self._resolves = []
+        self._events = []             # (link, event) of the call in progress (see _output)
         self.candidates = [tuple(c) for c in candidates]
         self._unanswered = set()      # (ip, port) that stopped answering
         self._several = False         # a name resolved to several addresses
@@ -110,42 +88,37 @@ class Links:
 
     def start(self, now):
         self._begin(self.active, now)
-        return []
+        return self._output([])
 
     def _begin(self, link, now):
         if link.started_at is None:
             link.started_at = now
         link.retry_at = None
         link.resolving = True
-        self._resolves.append(link)
-
-    def pop_resolves(self):
-        """Links whose host must be resolved now (call ``resolved``/``resolve_failed``)."""
-        links, self._resolves = self._resolves, []
-        return links
+        self._events.append((link, ResolveNeeded()))
 
     def resolved(self, link, ips, now):
         """*ips*: an address, or every address of the name (the first that has not
         stopped answering is used)."""
         link.resolving = False
         if link.registrant.state == "stopped" or link not in self.links():
-            return []
+            return self._output([])
         ips = [ips] if isinstance(ips, str) else list(ips)
         self._several = self._several or len(ips) > 1
         ip = next((ip for ip in ips if (ip, link.port) not in self._unanswered), ips[0])
         link.addr = (ip, link.port)
-        return self._out(link, link.registrant.start(now), now)
+        return self._output(self._out(link, link.registrant.start(now), now))
 
     def resolve_failed(self, link, reason, now):
         link.resolving = False
         if link.registrant.state == "stopped" or link not in self.links():
-            return []
+            return self._output([])
         if link is self.moving and now - link.started_at >= link.timeout:
             self._give_up(link, f"cannot resolve {link.host}: {reason}", now)
-            return []
-        self._events.append(("resolve-failed", link, reason))
+            return self._output([])
+        self._events.append((link, ResolveFailed(reason)))
         link.retry_at = now + RESOLVE_RETRY
-        return []
+        return self._output([])
 
     def stop(self):
         for link in self.links():
@@ -156,7 +129,7 @@ class Links:
         if self.moving is not None:
             self.moving.registrant.stop()
             self.moving = None
-        return self._out(self.active, self.active.registrant.leave(now), now)
+        return self._output(self._out(self.active, self.active.registrant.leave(now), now))
 
     @property
     def left(self):
@@ -168,13 +141,13 @@ class Links:
         """A datagram from *addr*; None if it is from no coordinator we talk to."""
         for link in self.links():
             if link.addr is not None and addr == link.addr:
-                return self._out(link, link.registrant.receive(data, now), now)
+                return self._output(self._out(link, link.registrant.receive(data, now), now))
         return None
 
     def send_answer(self, link, payload, now):
         if link not in self.links():
-            return []
-        return self._out(link, link.registrant.send_answer(payload, now), now)
+            return self._output([])
+        return self._output(self._out(link, link.registrant.send_answer(payload, now), now))
 
     def poll(self, now):
         out = []
@@ -188,7 +161,7 @@ class Links:
             deadline = link.registrant.next_deadline()
             if link.addr is not None and deadline is not None and now >= deadline:
                 out += self._out(link, link.registrant.poll(now), now)
-        return out
+        return self._output(out)
 
     def next_deadline(self):
         times = []
@@ -204,26 +177,28 @@ class Links:
 
     # -- events -----------------------------------------------------------------------
 
-    def pop_events(self):
+    def _output(self, datagrams):
+        """The datagrams of one call, with the events it raised and the next deadline."""
         events, self._events = self._events, []
-        return events
+        return Output(datagrams, events, self.next_deadline())
 
-    def _out(self, link, datagrams, now):
-        out = [(d, link.addr) for d in datagrams] if link.addr is not None else []
-        for kind, value in link.registrant.pop_events():
-            if kind == "registered":
+    def _out(self, link, output, now):
+        """A registrant's output: its datagrams addressed, its events acted on and passed on."""
+        out = [(d, link.addr) for d in output.datagrams] if link.addr is not None else []
+        for event in output.events:
+            if isinstance(event, Registered):
                 self._unanswered.discard(link.addr)
                 self._last_tried = None
                 if link is self.moving:
                     self._moved(link)
-            elif kind == "migrate":
-                self._migrate(value, now)
+            elif isinstance(event, MigrateRequested):
+                self._migrate(event.target, now)
                 continue
-            elif kind == "missed" and link is self.active:
-                self._failover(link, f"{value} ping(s) unanswered", now)
-            elif kind == "lost" and link is self.active:
-                self._failover(link, value, now)
-            self._events.append((kind, link, value))
+            elif isinstance(event, PingMissed) and link is self.active:
+                self._failover(link, f"{event.count} ping(s) unanswered", now)
+            elif isinstance(event, Lost) and link is self.active:
+                self._failover(link, event.reason, now)
+            self._events.append((link, event))
         return out
 
     def _moved(self, link):
@@ -232,19 +207,14 @@ class Links:
         old.registrant.stop()
         if link.failover:
             # Another node of the same cluster: the configured list stays the truth.
-            self._events.append(("failed-over", link, old))
-            return
-        self._events.append(("moved", link, old))
-        if self.store is not None:
-            try:
-                self.store.save(link.host, link.port, link.key)
-            except OSError as e:
-                self._events.append(("save-failed", link, str(e)))
+            self._events.append((link, FailedOver(old)))
+        else:
+            self._events.append((link, Moved(old)))
 
     def _give_up(self, link, reason, now):
         link.registrant.stop()
         self.moving = None
-        self._events.append(("move-failed", link, reason))
+        self._events.append((link, MoveFailed(reason)))
         if link.failover and (self.active.registrant.state != "up"
                               or self.active.addr in self._unanswered):
             # That one did not answer either: on to the next.
@@ -266,7 +236,7 @@ class Links:
         self.moving = self._link(host, port, link.key)
         self.moving.failover = True
         self.moving.timeout = FAILOVER_TIMEOUT
-        self._events.append(("failing-over", self.moving, why))
+        self._events.append((self.moving, FailingOver(why)))
         self._begin(self.moving, now)
 
     def _next_candidate(self, here):
@@ -291,7 +261,7 @@ class Links:
         if target == self.active.target:
             return
         self.moving = self._link(host, port, key)
-        self._events.append(("moving", self.moving, None))
+        self._events.append((self.moving, Moving()))
         self._begin(self.moving, now)
 
     # -- status ---------------------------------------------------------------------------

@@ -1,23 +1,25 @@
 """The home server's side of the UDP protocol, sans I/O.
 
-One ``Registrant`` talks to one coordinator.  ``start``, ``receive`` and
-``poll`` take ``now`` and return the datagrams to send to that coordinator;
-``next_deadline()`` says when to call ``poll``.  What the application must
-act on comes out of ``pop_events()``:
+One ``Registrant`` talks to one coordinator.  ``start``, ``receive``,
+``poll`` and the requests (``send_answer``, ``refresh_challenges``, ``leave``)
+take ``now`` and return an :class:`~homechannel.protocol.events.Output`: the
+datagrams to send to that coordinator, the events the application must act on
+and the next deadline (when to call ``poll``; also ``next_deadline()``).  The
+events (:mod:`homechannel.server.events`):
 
-* ``("registered", None)`` each time a registration completes;
-* ``("lost", reason)`` when the link is declared dead;
-* ``("offer", payload)`` once per complete OFFER transfer;
-* ``("migrate", (host, port, public_raw))`` once per MIGRATE request;
-* ``("notice", body)`` once per NOTICE (a failed login the coordinator caught);
-* ``("attempt-failed", reason)`` once per registration attempt that failed,
-  with a reason a person can act on (no answer: firewall or wrong address; a
+* ``Registered()`` each time a registration completes;
+* ``Lost(reason)`` when the link is declared dead;
+* ``OfferReceived(payload)`` once per complete OFFER transfer;
+* ``MigrateRequested(host, port, public_key)`` once per MIGRATE request;
+* ``NoticeReceived(body)`` once per NOTICE (a failed login the coordinator caught);
+* ``AttemptFailed(reason)`` once per registration attempt that failed, with a
+  reason a person can act on (no answer: firewall or wrong address; a
   signature that does not match the pinned key; the coordinator refused, and
   why);
-* ``("left", None)`` when a :meth:`leave` is acknowledged (or the coordinator
-  had already forgotten us);
-* ``("missed", n)`` each time a ping goes unanswered (*n* in a row), before
-  ``lost`` (a home server with other coordinators to go to starts there).
+* ``Left()`` when a :meth:`leave` is acknowledged (or the coordinator had
+  already forgotten us);
+* ``PingMissed(n)`` each time a ping goes unanswered (*n* in a row), before
+  ``Lost`` (a home server with other coordinators to go to starts there).
 
 It retries for ever: each handshake datagram is retransmitted with jittered
 exponential backoff from ``backoff_min`` to ``backoff_max``.
@@ -27,7 +29,7 @@ import os
 import random
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Optional, TypeAlias
 
 from twisted.logger import Logger
 
@@ -37,10 +39,17 @@ from homechannel.protocol import udp
 from homechannel.protocol.udp import POOL
 from homechannel.config import ServerKeepalive
 from homechannel.errors import AuthenticationError, ProtocolError
+from homechannel.protocol.events import Event, Output
 from homechannel.protocol.retransmit import Outstanding
 from homechannel.server.challenges import ChallengeSource
+from homechannel.server.events import (
+    AttemptFailed, Left, Lost, MigrateRequested, NoticeReceived, OfferReceived, PingMissed,
+    Registered,
+)
 
 log = Logger()
+
+RegistrantOutput: TypeAlias = Output[bytes, Event]
 
 HANDSHAKE_STEP_TRIES = 4     # resend INIT or FINISH this often, then start over
 PING_TIMEOUT = 5.0           # a ping not answered by then counts as missed
@@ -93,7 +102,7 @@ class Registrant:
         self.stats = {"dropped": 0, "registrations": 0, "lost": 0, "attempts-failed": 0}
         self.last_registered: Optional[float] = None   # ``now`` of the last registration
         self.last_failure: Optional[str] = None        # the reason of the last failed attempt
-        self._events: list[tuple[str, Any]] = []
+        self._events: list[Event] = []     # of the call in progress (see _output)
         self._backoff = keepalive.backoff_min
         self._timer = None
         self._step_tries = 0
@@ -145,9 +154,10 @@ class Registrant:
         log.debug("dropped datagram from coordinator: {reason}", reason=reason)
         return []
 
-    def pop_events(self) -> list[tuple[str, Any]]:
+    def _output(self, datagrams: list[bytes]) -> RegistrantOutput:
+        """The datagrams of one call, with the events it raised and the next deadline."""
         events, self._events = self._events, []
-        return events
+        return Output(datagrams, events, self.next_deadline())
 
     def _attempt_failed(self, reason: str) -> None:
         if self._reported:
@@ -155,7 +165,7 @@ class Registrant:
         self._reported = True
         self.last_failure = reason
         self.stats["attempts-failed"] += 1
-        self._events.append(("attempt-failed", reason))
+        self._events.append(AttemptFailed(reason))
 
     def _seal(self, message: bytes) -> bytes:
         assert self._tx_key is not None   # states "finish", "up" and "leaving"
@@ -166,36 +176,35 @@ class Registrant:
 
     # -- handshake -----------------------------------------------------------
 
-    def start(self, now: float) -> list[bytes]:
+    def start(self, now: float) -> RegistrantOutput:
         """Begin (or begin again) registering."""
-        return self._hello(now)
+        return self._output(self._hello(now))
 
     def stop(self) -> None:
         self.state = "stopped"
         self._timer = None
         self._out.clear()
 
-    def leave(self, now: float) -> list[bytes]:
+    def leave(self, now: float) -> RegistrantOutput:
         """Tell the coordinator we are going (BYE), so browsers see "offline" at once.
 
         Best effort: BYE is resent every ``BYE_INTERVAL`` while ``poll`` is called;
-        ``("left", None)`` comes when it is acknowledged.  If we are not
-        registered, there is nothing to say: the registrant stops at once."""
+        ``Left()`` comes when it is acknowledged.  If we are not registered, there
+        is nothing to say: the registrant stops at once (and ``Left()`` comes out
+        of this call)."""
         if self.state == "leaving":
-            return []
+            return self._output([])
         if self.state != "up":
-            self.stop()
-            self._events.append(("left", None))
-            return []
+            return self._output(self._left())
         self.state = "leaving"
         self._out.clear()
         rid = self._bye_rid = self._rid()
         self._bye_due = now + BYE_INTERVAL
-        return [self._seal(udp.inner(udp.BYE, rid))]
+        return self._output([self._seal(udp.inner(udp.BYE, rid))])
 
     def _left(self) -> list[bytes]:
         self.stop()
-        self._events.append(("left", None))
+        self._events.append(Left())
         return []
 
     def _hello(self, now: float) -> list[bytes]:
@@ -269,7 +278,7 @@ class Registrant:
         self.stats["registrations"] += 1
         self.last_registered = now
         self.last_failure = None
-        self._events.append(("registered", None))
+        self._events.append(Registered())
         return []
 
     def _refused(self, body: bytes, now: float) -> list[bytes]:
@@ -283,13 +292,17 @@ class Registrant:
 
     def _lost(self, reason: str, now: float) -> list[bytes]:
         self.stats["lost"] += 1
-        self._events.append(("lost", reason))
+        self._events.append(Lost(reason))
         self._backoff = self.cfg.backoff_min
         return self._hello(now)
 
     # -- input ----------------------------------------------------------------
 
-    def receive(self, data: bytes, now: float) -> list[bytes]:
+    def receive(self, data: bytes, now: float) -> RegistrantOutput:
+        """A datagram from the coordinator.  Never raises on bad input."""
+        return self._output(self._receive(data, now))
+
+    def _receive(self, data: bytes, now: float) -> list[bytes]:
         if self.state == "stopped":
             return []
         try:
@@ -361,19 +374,19 @@ class Registrant:
                 return self._drop("unexpected-transfer")
             payload = self._reassembly.add(frag, now)
             if payload is not None:
-                self._events.append(("offer", payload))
+                self._events.append(OfferReceived(payload))
             return [self._seal(udp.inner(udp.XFER_ACK, rid,
                                           udp.fragment_ack(frag.transfer, frag.index)))]
         if kind == udp.NOTICE:
             if rid not in self._notices_seen:
                 self._notices_seen.append(rid)
-                self._events.append(("notice", body))
+                self._events.append(NoticeReceived(body))
             return [self._seal(udp.inner(udp.NOTICE_ACK, rid))]
         if kind == udp.MIGRATE:
-            target = udp.parse_migrate(body)
+            host, port, public_key = udp.parse_migrate(body)
             if rid not in self._migrations_seen:
                 self._migrations_seen.append(rid)
-                self._events.append(("migrate", target))
+                self._events.append(MigrateRequested(host, port, public_key))
             return [self._seal(udp.inner(udp.MIGRATE_ACK, rid))]
         return self._drop("unexpected-message")
 
@@ -385,16 +398,19 @@ class Registrant:
         self._out.add(rid, message, now, deadline=now + deadline)
         return self._seal(message)
 
-    def send_answer(self, payload: bytes, now: float) -> list[bytes]:
+    def send_answer(self, payload: bytes, now: float) -> RegistrantOutput:
         """Send an ANSWER transfer (fragmented); retransmitted until acknowledged."""
         if self.state != "up":
-            return []
+            return self._output([])
         tid = self._rid()
-        return [self._request(udp.XFER, body, now, ANSWER_DEADLINE)
-                for body in udp.split(tid, udp.KIND_ANSWER, payload)]
+        return self._output([self._request(udp.XFER, body, now, ANSWER_DEADLINE)
+                             for body in udp.split(tid, udp.KIND_ANSWER, payload)])
 
-    def refresh_challenges(self, now: float) -> list[bytes]:
+    def refresh_challenges(self, now: float) -> RegistrantOutput:
         """Replace the coordinator's pool with fresh challenges (acknowledged)."""
+        return self._output(self._refresh_challenges(now))
+
+    def _refresh_challenges(self, now: float) -> list[bytes]:
         if self.state != "up":
             return []
         self._refresh_at = now + self._jitter(self.cfg.challenge_refresh, 0.1)
@@ -404,7 +420,12 @@ class Registrant:
 
     # -- time ----------------------------------------------------------------------
 
-    def poll(self, now: float) -> list[bytes]:
+    def poll(self, now: float) -> RegistrantOutput:
+        """Whatever is due by *now*: handshake resends, pings, a challenge refresh,
+        retransmissions, BYE while leaving."""
+        return self._output(self._poll(now))
+
+    def _poll(self, now: float) -> list[bytes]:
         if self.state in ("idle", "stopped"):
             return []
         if self.state == "leaving":
@@ -422,7 +443,7 @@ class Registrant:
         if now >= self._ping_due:
             if self._ping_rid is not None:
                 self._missed += 1
-                self._events.append(("missed", self._missed))
+                self._events.append(PingMissed(self._missed))
                 if self._missed >= self.cfg.missed_pongs:
                     log.info("coordinator stopped answering ({n} pings missed): registering again",
                              n=self._missed)
@@ -431,12 +452,13 @@ class Registrant:
             self._ping_due = now + min(PING_TIMEOUT, self.cfg.interval)
             out.append(self._seal(udp.inner(udp.PING, self._ping_rid)))
         if now >= self._refresh_at:
-            out += self.refresh_challenges(now)
+            out += self._refresh_challenges(now)
         resend, _expired = self._out.due(now)
         out += [self._seal(req.message) for req in resend]
         return out
 
     def next_deadline(self) -> float | None:
+        """When to call ``poll`` (also in every :class:`Output`)."""
         if self.state in ("idle", "stopped"):
             return None
         if self.state == "leaving":

@@ -1,16 +1,18 @@
 """The running home server's status file (``state_dir/status.json``, mode 0600),
 which ``homechannel status`` reads.
 
-Written atomically, when the coordinator link changes and otherwise at most
-once every ``interval`` seconds if something (live sessions) changed."""
+Written atomically and off the reactor (``statefiles.FileWriter``: in a thread,
+one write at a time, the newest wins), when the coordinator link changes and
+otherwise at most once every ``interval`` seconds if something (live
+sessions) changed."""
 
 import json
 import os
 
 from twisted.logger import Logger
 
-from homechannel import keyfiles
 from homechannel.errors import ConfigError, HomeChannelError
+from homechannel.server.statefiles import FileWriter, inline
 
 log = Logger()
 
@@ -33,8 +35,11 @@ def read_status(path):
 
 
 class StatusFile:
-    def __init__(self, path, udp, answerer, clock, interval=2.0):
+    def __init__(self, path, udp, answerer, clock, interval=2.0, to_thread=inline):
+        """*to_thread* runs the writes (``statefiles.reactor_threads(reactor)``; the
+        default, ``inline``, only for tests under ``task.Clock``)."""
         self.path = path
+        self._writer = FileWriter(path, to_thread)
         self.udp = udp
         self.answerer = answerer
         self.clock = clock
@@ -65,10 +70,13 @@ class StatusFile:
         self._last = doc
         self._written_at = self.clock.seconds()
         body = dict(doc, updated=self._written_at)
-        try:
-            keyfiles.replace_secret_file(self.path, (json.dumps(body, indent=2, sort_keys=True)
-                                                   + "\n").encode())
-        except (OSError, HomeChannelError) as e:
-            log.warn("cannot write the status file {path}: {err}", path=self.path, err=e)
+        d = self._writer.write((json.dumps(body, indent=2, sort_keys=True) + "\n").encode())
+        d.addErrback(self._failed)
+
+    def _failed(self, f):
+        if f.check(OSError, HomeChannelError):
+            log.warn("cannot write the status file {path}: {err}", path=self.path, err=f.value)
+        else:
+            log.failure("bug writing the status file {path}", f, path=self.path)
 
 

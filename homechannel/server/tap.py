@@ -75,15 +75,17 @@ def _make(options):
 
     from homechannel.protocol import connect
 
-    from homechannel.ops import metrics
+    from homechannel.ops import logfilter, metrics
     from homechannel.errors import ConfigError
     from homechannel.server.apps import AppHost
     from homechannel.server.challenges import ChallengeSource
     from homechannel.server.peer import Answerer
+    from homechannel.server.statefiles import reactor_threads
     from homechannel.server.status import StatusFile
     from homechannel.server.udp import ServerUDP, load_failover, reactor_resolver
 
     aio.require_asyncio_reactor(reactor)
+    logfilter.capture_library_logging()
     log = Logger(namespace="homechannel.server")
     cfg = config.load_server(options["config"], options.overrides())
     if not cfg.coordinator.public_key:
@@ -121,14 +123,15 @@ def _make(options):
 
     answerer = Answerer(identity, password_key, challenges, cfg.webrtc, app_host, reactor,
                         ice_servers=ice_servers)
+    to_thread = reactor_threads(reactor)    # the state files' writes (fsync)
     udp = ServerUDP(identity, challenges, cfg.keepalive, target, reactor, answerer,
                     cfg.failover_path, resolve=reactor_resolver(reactor),
-                    candidates=candidates)
+                    candidates=candidates, to_thread=to_thread)
     links.append(udp)
 
     top = _home_server_class()(answerer, udp)
     internet.UDPServer(0, udp).setServiceParent(top)
-    status = StatusFile(cfg.status_path, udp, answerer, reactor)
+    status = StatusFile(cfg.status_path, udp, answerer, reactor, to_thread=to_thread)
     udp.on_change = status.changed
     internet.TimerService(2.0, status.tick).setServiceParent(top)
     if cfg.metrics.listen:

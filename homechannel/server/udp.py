@@ -1,9 +1,11 @@
 """The home server's UDP transport: a thin ``DatagramProtocol`` around the
 sans-I/O :class:`~homechannel.server.links.Links` (the coordinator link, and a
-second one while migrating or failing over to another node of a cluster).  It moves datagrams, runs the one timer and the
-injected resolver, hands offers to the answerer, and turns link events into
-log lines (one per failed registration attempt, with the reason) and audit
-lines (logins)."""
+second one while migrating or failing over to another node of a cluster).  It
+moves datagrams, runs the one timer (``ops.deadline``) and the injected
+resolver, and dispatches the links' events by class (``_HANDLERS``): offers to
+the answerer, a completed move to the failover file (written off the reactor,
+``server/statefiles.py``), and the rest to log lines (one per failed
+registration attempt, with the reason) and audit lines (logins)."""
 
 import json
 import os
@@ -14,21 +16,26 @@ from twisted.internet import defer
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
+from homechannel.ops.deadline import DeadlineTimer
 from homechannel.server import audit
-from homechannel.server.links import MIGRATION_TIMEOUT, FailoverFile, Links  # noqa: F401
+from homechannel.server.events import (
+    AttemptFailed, FailedOver, FailingOver, Left, Lost, MoveFailed, Moved, Moving,
+    NoticeReceived, OfferReceived, Registered, ResolveFailed, ResolveNeeded,
+)
+from homechannel.server.links import Links
+from homechannel.server.statefiles import FailoverFile, inline
 
 log = Logger()
 
 LEAVE_TIMEOUT = 2.0
 
+# Events that do not change the link's state (no status update).
+_QUIET = (OfferReceived, NoticeReceived, ResolveNeeded)
+
 
 def load_failover(path):
     """``(host, port, public_raw)`` from failover-coordinator.json, or None."""
     return FailoverFile(path).load()
-
-
-def save_failover(path, host, port, key):
-    FailoverFile(path).save(host, port, key)
 
 
 def literal_ip(host):
@@ -83,17 +90,20 @@ def _all_ipv4(reactor, host):
 
 class ServerUDP(DatagramProtocol):
     def __init__(self, identity, challenges, keepalive, target, clock, answerer=None,
-                 failover_path=None, resolve=None, random_bytes=os.urandom, candidates=()):
+                 failover_path=None, resolve=None, random_bytes=os.urandom, candidates=(),
+                 to_thread=inline):
         """*candidates*: the ``(host, port)`` of every node of the target's cluster
         (``coordinator.addresses``), for failover; *resolve* returns (a Deferred of)
-        an address or a list of addresses."""
+        an address or a list of addresses; *to_thread* runs the failover file's
+        writes (``statefiles.reactor_threads(reactor)``; the default, ``inline``,
+        only for tests under ``task.Clock``)."""
         self.clock = clock
         self.answerer = answerer
-        self.links = Links(identity, challenges, keepalive, target,
-                           FailoverFile(failover_path) if failover_path else None,
-                           random_bytes, candidates=candidates)
+        self.links = Links(identity, challenges, keepalive, target, random_bytes,
+                           candidates=candidates)
+        self.failover = FailoverFile(failover_path, to_thread) if failover_path else None
         self._resolve = resolve or literal_ip
-        self._timer = None
+        self._timer = DeadlineTimer(clock, self._fire)
         self._leaving = None
         self._audited = OrderedDict()     # session ids with an audit line (bounded)
         self.failed_logins = 0            # refused by the coordinator (NOTICE)
@@ -127,7 +137,7 @@ class ServerUDP(DatagramProtocol):
 
     def stopProtocol(self):
         self.links.stop()
-        self._cancel_timer()
+        self._timer.cancel()
 
     def leave(self, timeout=LEAVE_TIMEOUT):
         """Say goodbye to the coordinator (BYE); the Deferred fires when it is
@@ -161,18 +171,43 @@ class ServerUDP(DatagramProtocol):
         self._flush(out)
 
     def _flush(self, out):
+        """One call's output: its datagrams sent, the timer set, then its events
+        handled (a handler that calls the links again flushes and schedules itself)."""
         if self.transport is not None:
-            for data, addr in out:
+            for data, addr in out.datagrams:
                 try:
                     self.transport.write(data, addr)
                 except OSError as e:
                     log.debug("send to {addr} failed: {err}", addr=addr, err=e)
-        for link in self.links.pop_resolves():
-            self._start_resolve(link)
-        self._events()
-        self._reschedule()
+        self._timer.schedule(out.deadline)
+        changed = False
+        for link, event in out.events:
+            changed = changed or not isinstance(event, _QUIET)
+            handler = self._HANDLERS.get(type(event))
+            if handler is None:
+                continue
+            try:
+                handler(self, link, event)
+            except Exception:
+                log.failure("bug handling {event}", event=type(event).__name__)
+        if changed:
+            try:
+                self.on_change()
+            except Exception:
+                log.failure("status update failed")
 
-    def _start_resolve(self, link):
+    def _fire(self):
+        try:
+            out = self.links.poll(self.clock.seconds())
+        except Exception:
+            log.failure("bug in the registrant timer")
+            self._timer.schedule(self.links.next_deadline())
+            return
+        self._flush(out)
+
+    # -- events --
+
+    def _resolve_needed(self, link, _):
         d = defer.maybeDeferred(self._resolve, link.host)
         d.addCallbacks(
             lambda ip: self._flush(self.links.resolved(link, ip, self.clock.seconds())),
@@ -180,90 +215,62 @@ class ServerUDP(DatagramProtocol):
                                                             self.clock.seconds())))
         d.addErrback(lambda f: log.failure("bug after resolving {host}", f, host=link.host))
 
-    def _cancel_timer(self):
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-
-    def _reschedule(self):
-        self._cancel_timer()
-        when = self.links.next_deadline()
-        if when is not None:
-            self._timer = self.clock.callLater(max(0.0, when - self.clock.seconds()),
-                                               self._fire)
-
-    def _fire(self):
-        self._timer = None
-        try:
-            out = self.links.poll(self.clock.seconds())
-        except Exception:
-            log.failure("bug in the registrant timer")
-            out = []
-        self._flush(out)
-
-    # -- events --
-
-    def _events(self):
-        changed = False
-        for kind, link, value in self.links.pop_events():
-            changed = changed or kind not in ("offer", "notice")
-            handler = getattr(self, "_on_" + kind.replace("-", "_"), None)
-            if handler is not None:
-                handler(link, value)
-        if changed:
-            try:
-                self.on_change()
-            except Exception:
-                log.failure("status update failed")
-
-    def _on_registered(self, link, _):
+    def _registered(self, link, _):
         log.info("registered with coordinator {name}", name=link.name)
 
-    def _on_attempt_failed(self, link, reason):
+    def _attempt_failed(self, link, event):
         delay = link.registrant.next_deadline()
         retry = "" if delay is None else \
             f"; trying again in {max(0.0, delay - self.clock.seconds()):.0f} s"
         log.warn("cannot register with coordinator {name}: {reason}{retry}",
-                 name=link.name, reason=reason, retry=retry)
+                 name=link.name, reason=event.reason, retry=retry)
 
-    def _on_lost(self, link, reason):
+    def _lost(self, link, event):
         log.info("lost the coordinator {name} ({reason}); registering again",
-                 name=link.name, reason=reason)
+                 name=link.name, reason=event.reason)
 
-    def _on_resolve_failed(self, link, reason):
+    def _resolve_failed(self, link, event):
         log.warn("cannot resolve coordinator {name}: {err}; retrying in 5 s",
-                 name=link.name, err=reason)
+                 name=link.name, err=event.reason)
 
-    def _on_moving(self, link, _):
+    def _moving(self, link, _):
         log.info("coordinator asked us to move to {host}:{port}", host=link.host,
                  port=link.port)
 
-    def _on_moved(self, link, old):
-        log.info("moved from coordinator {old} to {new}", old=old.name, new=link.name)
+    def _moved(self, link, event):
+        log.info("moved from coordinator {old} to {new}", old=event.old.name, new=link.name)
+        if self.failover is not None:
+            self.failover.save(link.host, link.port, link.key).addErrback(
+                self._save_failed, link)
 
-    def _on_failing_over(self, link, why):
+    def _save_failed(self, f, link):
+        if f.check(OSError):
+            log.error("could not save the failover coordinator {name}: {err}",
+                      name=link.name, err=f.value)
+        else:
+            log.failure("bug saving the failover coordinator {name}", f, name=link.name)
+
+    def _failing_over(self, link, event):
         log.info("coordinator {old} stopped answering ({why}): registering with {name}",
-                 old=self.links.active.name, why=why, name=link.name)
+                 old=self.links.active.name, why=event.reason, name=link.name)
 
-    def _on_failed_over(self, link, old):
-        log.info("failed over from coordinator {old} to {new}", old=old.name, new=link.name)
+    def _failed_over(self, link, event):
+        log.info("failed over from coordinator {old} to {new}", old=event.old.name,
+                 new=link.name)
 
-    def _on_move_failed(self, link, reason):
+    def _move_failed(self, link, event):
         log.warn("could not register with {name} ({reason}): staying with {old}",
-                 name=link.name, reason=reason, old=self.links.active.name)
+                 name=link.name, reason=event.reason, old=self.links.active.name)
 
-    def _on_save_failed(self, link, err):
-        log.error("could not save the failover coordinator {name}: {err}",
-                  name=link.name, err=err)
-
-    def _on_left(self, link, _):
+    def _left_coordinator(self, link, _):
         log.info("left coordinator {name}", name=link.name)
         self._left(True)
 
-    def _on_offer(self, link, payload):
+    def _offer_received(self, link, event):
         if self.answerer is None:
             log.warn("offer received but no answerer is configured")
             return
+        payload = event.payload
         d = defer.maybeDeferred(self.answerer.handle_offer, payload)
 
         def answered(answer):
@@ -274,9 +281,9 @@ class ServerUDP(DatagramProtocol):
         d.addCallback(answered)
         d.addErrback(lambda f: log.failure("answering an offer failed", f))
 
-    def _on_notice(self, link, body):
+    def _notice_received(self, link, event):
         try:
-            doc = json.loads(body)
+            doc = json.loads(event.body)
             source, reason = str(doc["source"]), str(doc["reason"])
         except (ValueError, KeyError, TypeError):
             log.debug("malformed notice from {name}", name=link.name)
@@ -285,6 +292,23 @@ class ServerUDP(DatagramProtocol):
             self.failed_logins += 1
             audit.login(False, None, source, f"{reason} (refused by the coordinator "
                                              f"{link.name})")
+
+    # PingMissed needs no handler (the links fail over on it; the status is updated).
+    _HANDLERS = {
+        ResolveNeeded: _resolve_needed,
+        Registered: _registered,
+        AttemptFailed: _attempt_failed,
+        Lost: _lost,
+        ResolveFailed: _resolve_failed,
+        Moving: _moving,
+        Moved: _moved,
+        FailingOver: _failing_over,
+        FailedOver: _failed_over,
+        MoveFailed: _move_failed,
+        Left: _left_coordinator,
+        OfferReceived: _offer_received,
+        NoticeReceived: _notice_received,
+    }
 
     def _audit_login(self, offer, answer):
         """One audit line per session: accepted or refused, with the client's

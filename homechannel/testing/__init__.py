@@ -9,4 +9,6 @@ against the interface it stands in for.
 - :mod:`~homechannel.testing.local` -- a coordinator and a home server on this
   machine: both configs, keys and password key (for the demo, the end-to-end tests
   and the benchmarks).
+- :mod:`~homechannel.testing.threads` -- ``ManualThreads``, a thread pool whose
+  jobs run when the test says.
 """

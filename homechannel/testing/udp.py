@@ -13,6 +13,11 @@ class LossyWire:
     both directions) to ``"drop"``, ``"dup"`` or ``"delay"`` (delivered
     after the next one: a reorder).  ``latency`` is the one-way delay.
     ``down`` (a set of "up"/"down" directions) drops everything that way.
+
+    Every output of the cores that passes through the wire (``add``,
+    ``send_from_server``, ``send_from_coordinator``, and what ``run`` delivers and
+    polls) has its events recorded: ``events`` holds ``(addr, event)`` from the
+    registrants, ``coordinator_events`` the coordinator's, in order.
     """
 
     def __init__(self, rendezvous, latency=0.01, plan=None):
@@ -27,14 +32,17 @@ class LossyWire:
         self._seq = itertools.count()
         self._held = None
         self.registrants = {}   # addr -> registrant
-        self.events = []        # (addr, event)
+        self.events = []        # (addr, event) from the registrants
+        self.coordinator_events = []
 
     def add(self, addr, registrant):
         self.registrants[addr] = registrant
-        self._from_server(addr, registrant.start(self.now))
+        self.send_from_server(addr, registrant.start(self.now))
 
-    def _from_server(self, addr, datagrams):
-        for d in datagrams:
+    def send_from_server(self, addr, out):
+        """A registrant's ``Output``: its datagrams onto the wire, its events recorded."""
+        self.events += [(addr, e) for e in out.events]
+        for d in out.datagrams:
             self._put(d, addr, "up")
 
     def _put(self, data, addr, direction):
@@ -63,17 +71,17 @@ class LossyWire:
     def _deliver(self, item):
         data, addr, direction = item
         if direction == "up":
-            for reply, to in self.rv.receive(data, addr, self.now):
-                self._put(reply, to, "down")
+            self.send_from_coordinator(self.rv.receive(data, addr, self.now))
         else:
             reg = self.registrants.get(addr)
             if reg is None:
                 return
-            self._from_server(addr, reg.receive(data, self.now))
-            self.events += [(addr, e) for e in reg.pop_events()]
+            self.send_from_server(addr, reg.receive(data, self.now))
 
-    def send_from_coordinator(self, datagrams):
-        for data, addr in datagrams:
+    def send_from_coordinator(self, out):
+        """The coordinator's ``Output``: its datagrams onto the wire, its events recorded."""
+        self.coordinator_events += out.events
+        for data, addr in out.datagrams:
             self._put(data, addr, "down")
 
     def run(self, until):
@@ -92,8 +100,7 @@ class LossyWire:
                 self._deliver(item)
             self.send_from_coordinator(self.rv.poll(self.now))
             for addr, reg in self.registrants.items():
-                self._from_server(addr, reg.poll(self.now))
-                self.events += [(addr, e) for e in reg.pop_events()]
+                self.send_from_server(addr, reg.poll(self.now))
         if self._held is not None:
             held, self._held = self._held, None
             self._schedule(held)

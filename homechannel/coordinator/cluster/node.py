@@ -109,8 +109,7 @@ def build(cfg, reactor, udp, rv):
     directory = redisrelay.Directory(
         store, c.node_id, reactor, rv.registry, ttl=2 * cfg.udp.expiry + c.directory_refresh,
         refresh=c.directory_refresh, request_refill=udp.refill)
-    rv.on_pool = directory.pool
-    rv.on_forget = directory.forget
+    udp.set_directory(directory)
     store.on_recovered.append(directory.refresh)
     link = redisrelay.NodeLink(store, c.node_id, reactor, relay, sessions)
     node = ClusterNode(store, relay, sessions, directory, link, None)

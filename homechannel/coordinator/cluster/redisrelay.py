@@ -48,6 +48,7 @@ from homechannel.coordinator.cluster import noderelay
 from homechannel.coordinator.interfaces import IRelay
 from homechannel.coordinator.cluster.redisstore import Script
 from homechannel.errors import HomeChannelError, ProtocolError, Unavailable
+from homechannel.ops.deadline import DeadlineTimer
 
 NODE_TTL = 5.0               # a node whose heartbeat is older is dead
 HEARTBEAT = 1.0
@@ -279,7 +280,7 @@ class ClusterRelay:
         self._owners = {}              # kid -> (node id bytes, when learned)
         self._pending = noderelay.PendingOffers(
             OFFER_DEADLINE, int.from_bytes(random_bytes(6), "big"))
-        self._timer = None
+        self._timer = DeadlineTimer(clock, self._expire)
         self._answer_handler = None
         self.stats = {"offers-relayed": 0, "offers-received": 0, "notices-relayed": 0,
                       "refills-asked": 0, "messages-dropped": 0}
@@ -416,22 +417,14 @@ class ClusterRelay:
             self._udp.refill(msg.kid)
 
     def _reschedule(self):
-        if self._timer is not None and self._timer.active():
-            return
-        when = self._pending.next_deadline()
-        if when is not None:
-            self._timer = self._clock.callLater(max(0.0, when - self._clock.seconds()),
-                                                self._expire)
+        self._timer.schedule(self._pending.next_deadline())
 
     def _expire(self):
-        self._timer = None
         self._pending.expire(self._clock.seconds())
         self._reschedule()
 
     def stop(self):
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self._timer.cancel()
         self._pending.fail_all("the coordinator is stopping")
 
 

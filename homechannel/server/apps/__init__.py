@@ -36,9 +36,11 @@ def _files(host, config, link):
 
 
 def _terminal(host, config, link):
-    from homechannel.server.apps.terminal import TerminalSession
+    from homechannel.server.apps.terminal import SshKey, TerminalSession
 
-    return TerminalSession(config, link, host.reactor, host.known_hosts)
+    if config.identity_key and host.terminal_key is None:
+        host.terminal_key = SshKey(config.identity_key, host.reactor)
+    return TerminalSession(config, link, host.reactor, host.known_hosts, host.terminal_key)
 
 
 def _desktop(host, config, link):
@@ -80,6 +82,7 @@ class AppHost:
         self.state_dir = state_dir
         self.reactor = reactor
         self.known_hosts = config.terminal.known_hosts or os.path.join(state_dir, "known_hosts")
+        self.terminal_key = None   # the terminal's SSH key, loaded once (terminal.SshKey)
         self.traffic = Counter()   # (app, "in" | "out") -> payload bytes (metrics)
 
     def app_list(self):

@@ -13,6 +13,8 @@ half is ``<identity_key>.pub``), so sshd setups with passwords switched off
 work.  The trade-off: whoever gets through HomeChannel's password gets a shell
 as any user that authorized that key, without typing that user's password.
 Without the key, or if sshd does not accept it, the password prompts follow.
+The key is loaded (or created) once per home server, in a thread
+(:class:`SshKey`): never on the reactor, which also runs every transfer.
 
 Frames (``docs/protocol.md`` section 3): the client sends REQ
 ``{"op":"open","cols","rows"[,"username"]}`` with id *s*; terminal bytes go
@@ -31,9 +33,10 @@ import os
 from twisted.conch.client.knownhosts import KnownHostsFile
 from twisted.conch.error import HostKeyChanged
 from twisted.conch.ssh import channel, connection, keys, session as sshsession, transport, userauth
-from twisted.internet import defer, protocol
+from twisted.internet import defer, protocol, threads
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 
 from homechannel import errors, keyfiles
@@ -134,6 +137,42 @@ def load_identity(path):
                 log.warn("terminal: cannot write {path}.pub ({error}); the key still works",
                          path=path, error=e)
     return key
+
+
+class SshKey:
+    """The terminal's own SSH key (``identity_key``), shared by every session of a
+    home server: loaded by :func:`load_identity` once, in *reactor*'s thread pool.
+    A failure is not kept: the next session tries again (so a fixed file works
+    without a restart)."""
+
+    def __init__(self, path, reactor):
+        self.path = path
+        self._reactor = reactor
+        self._key = None
+        self._waiting = []
+        self.loads = 0          # started
+
+    def get(self):
+        """A Deferred of the ``keys.Key``; fails with ``Unavailable`` (``bad-key``)."""
+        if self._key is not None:
+            return defer.succeed(self._key)
+        d = defer.Deferred()
+        self._waiting.append(d)
+        if len(self._waiting) == 1:
+            self.loads += 1
+            threads.deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
+                                      load_identity, self.path).addBoth(self._loaded)
+        return d
+
+    def _loaded(self, result):
+        waiting, self._waiting = self._waiting, []
+        if not isinstance(result, Failure):
+            self._key = result
+        for d in waiting:
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(result)
 
 
 def _create_identity(path):
@@ -255,14 +294,16 @@ class _Shell(channel.SSHChannel):
 class TerminalSession:
     """One ``app:terminal:<n>`` channel."""
 
-    def __init__(self, config, link, reactor, known_hosts):
+    def __init__(self, config, link, reactor, known_hosts, ssh_key=None):
+        """*ssh_key*: the home server's :class:`SshKey`, when ``identity_key`` is set."""
         self.config = config
         self.link = link
         self.reactor = reactor
         self.host = config.host
         self.port = config.port
         self.known = HostKeyStore(known_hosts)
-        self.identity = None  # the home server's SSH key, if configured (load_identity)
+        self.ssh_key = ssh_key
+        self.identity = None  # the home server's SSH key, once loaded (ssh_key)
         self.rid = None
         self.cols = 80
         self.rows = 24
@@ -414,12 +455,25 @@ class TerminalSession:
     def connect(self):
         self.state = "connecting"
         self.echo = True
-        if self.config.identity_key and self.identity is None:
-            try:
-                self.identity = load_identity(self.config.identity_key)
-            except errors.HomeChannelError as e:
-                self.fail(e)
-                return
+        if self.ssh_key is not None and self.identity is None:
+            self.ssh_key.get().addCallbacks(self._key_loaded, self._key_failed)
+            return
+        self._connect_ssh()
+
+    def _key_loaded(self, key):
+        if self.state == "done" or self.link.closed:
+            return
+        self.identity = key
+        self._connect_ssh()
+
+    def _key_failed(self, f):
+        if f.check(errors.HomeChannelError):
+            self.fail(f.value)
+        else:
+            log.failure("terminal: loading the SSH key {path}", f, path=self.ssh_key.path)
+            self.fail(errors.Unavailable("cannot load the terminal's SSH key", "bad-key"))
+
+    def _connect_ssh(self):
         endpoint = TCP4ClientEndpoint(self.reactor, self.host, self.port, timeout=10)
         d = endpoint.connect(protocol.Factory.forProtocol(lambda: _Transport(self)))
 

@@ -1,0 +1,227 @@
+"""The private internals of aiortc, aioice, pyOpenSSL and Twisted that HomeChannel
+wraps or reads, checked on the installed libraries themselves.
+
+``rtc/webrtc.py`` and ``rtc/icechecks.py`` reach into aiortc and aioice where they
+have no public knob, and ``coordinator/httpserver.py`` and ``coordinator/tap.py``
+use two of Twisted's private attributes.  ``setup.cfg`` bounds those libraries to
+the releases this was checked with; when one is lifted, each test here names the
+internal that changed (``INTERNAL`` in the failure message), instead of a connect
+that fails somewhere later for no visible reason."""
+
+import asyncio
+import inspect
+
+import pytest
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def has(obj, name):
+    """``obj.name`` exists (also when it is None), or fail naming the internal."""
+    if inspect.ismodule(obj):
+        where = obj.__name__
+    else:
+        cls = obj if inspect.isclass(obj) else type(obj)
+        where = f"{cls.__module__}.{cls.__qualname__}"
+    assert hasattr(obj, name), f"INTERNAL {where}.{name} is gone: see where homechannel " \
+                               "uses it"
+    return getattr(obj, name)
+
+
+def parameters(function, *names):
+    got = list(inspect.signature(function).parameters)
+    for name in names:
+        assert name in got, f"INTERNAL {function.__qualname__} has no parameter {name!r} " \
+                            f"(it has {got})"
+
+
+# -- aiortc -----------------------------------------------------------------------------
+
+
+def test_aiortc_peer_connection_certificates():
+    """``webrtc.peer_connection``: ``RTCPeerConnection.__certificates`` (name-mangled)
+    holds the connection's own ``RTCCertificate``s, whose ``getFingerprints`` we
+    replace on the instance to list sha-256 only."""
+    from aiortc import RTCCertificate
+
+    from homechannel.rtc import webrtc
+
+    async def main():
+        pc = webrtc.peer_connection([])
+        try:
+            certificates = has(pc, "_RTCPeerConnection__certificates")
+            assert certificates and all(isinstance(c, RTCCertificate) for c in certificates), \
+                "INTERNAL RTCPeerConnection.__certificates is not a list of RTCCertificate"
+            algorithms = [f.algorithm for c in certificates for f in c.getFingerprints()]
+            assert algorithms == ["sha-256"], \
+                f"INTERNAL RTCCertificate.getFingerprints not replaced: {algorithms}"
+        finally:
+            await pc.close()
+
+    asyncio.run(main())
+
+
+def test_aiortc_connection_kwargs():
+    """``webrtc.relay_alternative``: ``aiortc.rtcicetransport.connection_kwargs`` turns
+    ICE servers into aioice's keyword arguments (the TURN URL it picks)."""
+    from aiortc import RTCIceServer
+    from aiortc import rtcicetransport
+
+    connection_kwargs = has(rtcicetransport, "connection_kwargs")
+    got = connection_kwargs([RTCIceServer("turns:t.example:5349?transport=tcp", "u", "c")])
+    for key in ("turn_server", "turn_transport", "turn_ssl"):
+        assert key in got, f"INTERNAL connection_kwargs() has no {key!r}: {sorted(got)}"
+    assert (got["turn_transport"], got["turn_ssl"]) == ("tcp", True)
+
+
+def test_aioice_connection_methods_we_wrap_or_call():
+    """``icechecks`` wraps ``Connection.check_incoming`` on an instance and calls
+    ``check_state`` and ``check_start_task``; ``webrtc.advertise_host_addresses`` wraps
+    ``get_component_candidates`` and calls it with keywords; both read
+    ``_check_list`` and ``_nominated``; ``CandidatePair`` has the fields we read."""
+    from aioice import Connection
+    from aioice.ice import CandidatePair
+
+    connection = Connection(ice_controlling=False)
+    assert isinstance(has(connection, "_check_list"), list)
+    assert isinstance(has(connection, "_nominated"), dict)
+    parameters(Connection.check_incoming, "message", "addr", "protocol")
+    parameters(Connection.check_state, "pair", "state")
+    parameters(Connection.check_start_task, "pair")
+    parameters(Connection.get_component_candidates, "component", "addresses", "timeout")
+    assert inspect.iscoroutinefunction(Connection.get_component_candidates), \
+        "INTERNAL Connection.get_component_candidates is no longer a coroutine"
+    for state in ("IN_PROGRESS", "WAITING"):
+        has(CandidatePair.State, state)
+    pair = CandidatePair(object(), object())
+    for name in ("task", "protocol", "state"):
+        has(pair, name)
+    for name in ("remote_addr", "local_candidate", "remote_candidate"):
+        assert name in dir(CandidatePair) or hasattr(pair, name), \
+            f"INTERNAL CandidatePair.{name} is gone"
+
+
+def test_the_internals_at_work_in_a_real_connection():
+    """Two aiortc peers over loopback: the gatherers' ``_connection`` is aioice's
+    ``Connection`` and calls our instance wrappers (the host address we advertise is
+    gathered, ``check_incoming`` is looked up on the instance); after DTLS,
+    ``RTCDtlsTransport._ssl`` gives the peer's certificate
+    (``get_peer_certificate(as_cryptography=True)``) and
+    ``RTCIceTransport._connection._nominated`` the pair used."""
+    from aioice import Connection
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+    from homechannel.rtc import icechecks, webrtc
+
+    async def main():
+        client = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        server = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        incoming = []
+        opened = asyncio.get_running_loop().create_future()
+        server.on("datachannel", lambda channel: opened.done() or opened.set_result(channel))
+        try:
+            client.createDataChannel("control")
+            webrtc.advertise_host_addresses(client, ["127.0.0.1"])
+            await client.setLocalDescription(await client.createOffer())
+            await server.setRemoteDescription(
+                RTCSessionDescription(client.localDescription.sdp, "offer"))
+            webrtc.advertise_host_addresses(server, ["127.0.0.1"])
+            for gatherer in webrtc.ice_gatherers(server):
+                connection = has(gatherer, "_connection")
+                assert isinstance(connection, Connection), \
+                    "INTERNAL RTCIceGatherer._connection is not an aioice Connection"
+                icechecks.prompt_connection(connection)
+                wrapped = connection.check_incoming
+
+                def check_incoming(message, addr, protocol, _wrapped=wrapped):
+                    incoming.append(addr)
+                    _wrapped(message, addr, protocol)
+
+                connection.check_incoming = check_incoming
+            await server.setLocalDescription(await server.createAnswer())
+            assert "127.0.0.1" in server.localDescription.sdp, \
+                "INTERNAL Connection.get_component_candidates: the advertised address " \
+                "was not gathered"
+            await client.setRemoteDescription(
+                RTCSessionDescription(server.localDescription.sdp, "answer"))
+            await asyncio.wait_for(opened, 20)
+            assert incoming, "INTERNAL aioice no longer calls check_incoming on the " \
+                             "instance (our wrapper never ran)"
+            dtls = server.sctp.transport
+            has(dtls, "_ssl")
+            has(dtls.transport, "_connection")
+            has(dtls.transport._connection, "_nominated")
+            presented = webrtc.remote_fingerprint(server)
+            expected = [f.value for f in client.sctp.transport.getLocalParameters().fingerprints
+                        if f.algorithm == "sha-256"]
+            assert presented is not None and presented.lower() in [e.lower() for e in expected],\
+                "INTERNAL RTCDtlsTransport._ssl: the peer's certificate cannot be read"
+            assert webrtc.selected_pair(server) == ("host", "host"), \
+                "INTERNAL RTCIceTransport._connection._nominated: no pair found"
+        finally:
+            await client.close()
+            await server.close()
+
+    asyncio.run(main())
+
+
+def test_pyopenssl_peer_certificate_as_cryptography():
+    from OpenSSL import SSL
+
+    parameters(SSL.Connection.get_peer_certificate, "as_cryptography")
+
+
+# -- Twisted ----------------------------------------------------------------------------
+
+
+def test_twisted_http_channel_aborting_call():
+    """``httpserver.LimitedChannel`` sets ``HTTPChannel._abortingCall`` (as Twisted does
+    after a timeout) and relies on ``connectionLost`` cancelling it, and on
+    ``forceAbortClient`` and ``abortTimeout``."""
+    from twisted.internet import task
+    from twisted.internet.testing import StringTransport
+    from twisted.web import http
+
+    channel = http.HTTPChannel()
+    assert has(channel, "_abortingCall") is None
+    has(channel, "forceAbortClient")
+    has(channel, "abortTimeout")
+    clock = task.Clock()
+    channel.callLater = clock.callLater
+    channel.makeConnection(StringTransport())
+    call = channel._abortingCall = clock.callLater(15, lambda: None)
+    channel.connectionLost(None)
+    assert not call.active(), "INTERNAL HTTPChannel.connectionLost no longer cancels " \
+                              "_abortingCall"
+
+
+def test_twisted_http_channel_path_of_the_request_line():
+    """``httpserver.LimitedChannel`` reads ``HTTPChannel._path`` (the request line's
+    path, while the request arrives) to sign its 408 and 413 answers."""
+    from twisted.internet.testing import StringTransport
+    from twisted.web import http
+
+    channel = http.HTTPChannel()
+    channel.makeConnection(StringTransport())
+    channel.dataReceived(b"POST /api/connect?x=1 HTTP/1.1\r\n")
+    assert getattr(channel, "_path", None) == b"/api/connect?x=1", \
+        "INTERNAL HTTPChannel._path is not the request line's path"
+    channel.connectionLost(None)
+
+
+def test_twisted_endpoint_service_raise_synchronously():
+    """``coordinator/tap.py`` sets ``StreamServerEndpointService._raiseSynchronously``
+    (as ``strports.service`` does), so that a port that cannot be bound stops the
+    daemon at start instead of being logged."""
+    from twisted.application import internet
+    from twisted.internet import defer
+
+    class Refusing:
+        def listen(self, factory):
+            return defer.fail(OSError("address in use"))
+
+    service = internet.StreamServerEndpointService(Refusing(), None)
+    has(service, "_raiseSynchronously")
+    service._raiseSynchronously = True
+    with pytest.raises(OSError):
+        service.privilegedStartService()
