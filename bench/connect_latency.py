@@ -147,7 +147,7 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=2)
     args = ap.parse_args(argv)
     from playwright.sync_api import sync_playwright
-    from test_e2e_browser import open_link
+    from browser import open_link
 
     with tempfile.TemporaryDirectory() as tmp, daemons(tmp) as (pair, coordinator, server), \
             sync_playwright() as p:

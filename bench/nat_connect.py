@@ -151,7 +151,7 @@ def setup(case, tmp):
 def browser_runs(topo, pair, server, n, warmup):
     from playwright.sync_api import sync_playwright
 
-    from test_e2e_browser import open_link
+    from browser import open_link
 
     out = []
     with tempfile.TemporaryDirectory() as d, sync_playwright() as p:

@@ -14,10 +14,12 @@ Every test run under ``make test`` is inside ``tests/netns-run`` (a network
 namespace with only ``lo``).  In CI that is enforced at session start.
 """
 
+import secrets
 import sys
 
 import pytest
 
+import services
 from helpers import CHROMIUM_ARGS, Twistd, in_ci, loopback_only, require_module, require_tool
 
 
@@ -118,3 +120,15 @@ def chromium_page(chromium):
         yield page
     finally:
         context.close()
+
+
+# -- sshd --------------------------------------------------------------------
+
+
+@pytest.fixture
+def sshd(tmp_path):
+    """A real sshd (password sign-in) and a fresh test user."""
+    password = secrets.token_urlsafe(12)
+    with services.local_user("hct", password) as user, services.sshd(tmp_path) as port:
+        yield {"port": port, "user": user, "password": password,
+               "key": tmp_path / "host_ed25519"}

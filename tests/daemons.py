@@ -1,8 +1,10 @@
 """Build a real coordinator + home server pair (configs, keys, password) for
-end-to-end tests.  Used with the ``twistd`` fixture from conftest."""
+end-to-end tests, used with the ``twistd`` fixture from conftest; ``kill`` one of
+them; ``scrape`` a daemon's metrics."""
 
 import os
 import signal
+import urllib.request
 from dataclasses import dataclass
 
 from helpers import free_tcp_port, free_udp_port, write_toml
@@ -77,3 +79,17 @@ def kill(proc_wrapper):
     """SIGKILL a Twistd child (a crash, not a clean stop)."""
     os.killpg(proc_wrapper.proc.pid, signal.SIGKILL)
     proc_wrapper.proc.wait(10)
+
+
+def scrape(port):
+    """``{(name, labels tuple): value}`` of a daemon's Prometheus listener on *port*,
+    parsed with Prometheus's own text parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        status, body = resp.status, resp.read()
+    assert status == 200
+    samples = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return samples

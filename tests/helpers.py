@@ -1,6 +1,7 @@
 """Helpers shared by HomeChannel's tests (import them: ``from helpers import ...``).
 
 - ``REPO``: the checkout; ``TWISTD``: the command line of ``twistd`` in this venv;
+  ``TAPNAMES``: the tapnames of the two twistd plugins;
   ``CHROMIUM_ARGS``: the flags Chromium needs for WebRTC in a loopback-only netns.
 - ``in_ci()``: true when ``$CI`` is set (and not "0"/"false").
 - ``require_tool(name, package) -> str``: path of an executable; when it is
@@ -36,6 +37,8 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+
+TAPNAMES = ("homechannel-coordinator", "homechannel-server")
 
 # ``python -m twisted`` is the ``twist`` runner, not ``twistd``.
 TWISTD = [sys.executable, "-c",

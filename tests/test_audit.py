@@ -6,7 +6,7 @@ import pytest
 from twisted.logger import globalLogPublisher
 
 from homechannel.protocol import frames
-from test_files import Client
+from filesclient import Client
 
 
 @pytest.fixture

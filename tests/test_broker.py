@@ -1,6 +1,6 @@
 """The connect use-case under abuse (docs/security.md, "The owner can always get in").
 
-The real Klein resource through StubTreq (the ``Harness`` of test_web.py) for
+The real Klein resource through StubTreq (``webharness.Harness``) for
 the HTTP-visible behaviour, and the ``Broker`` directly where a simulated day
 of attacks would be too slow through HTTP.  Every budget here is one a test
 can exhaust, so each test fails if its rule is removed (noted per test).
@@ -12,7 +12,7 @@ import pytest
 from twisted.internet import task
 from twisted.python.failure import Failure
 
-from test_web import IP_A, NOW, PASSWORD_KEY, Harness, assert_error
+from webharness import IP_A, NOW, PASSWORD_KEY, Harness, assert_error
 
 from homechannel import crypto
 

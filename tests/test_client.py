@@ -77,7 +77,7 @@ def serve(mode):
     from homechannel.server.peer import Answerer
 
     sys.path.insert(0, HERE)
-    from test_peer import FakeAppHost
+    from fake_apphost import FakeAppHost
 
     stdout = sys.stdout     # Twisted's logging redirects sys.stdout
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)])

@@ -13,24 +13,8 @@ import zlib
 import pytest
 
 import services
-from test_e2e_browser import open_session, start_pair
-from test_terminal import sshd  # noqa: F401  (fixture: a real sshd and a test user)
-
-
-# Headless Chromium has the save picker but aborts it at once (as a user closing it
-# would): without it the files app streams downloads through its service worker.
-NO_SAVE_PICKER = "delete window.showSaveFilePicker; delete Window.prototype.showSaveFilePicker;"
-
-
-def files_tab(page):
-    page.get_by_role("tab", name="Files").click()
-    panel = page.locator(".app-files")
-    panel.locator(".files-table").wait_for()
-    return panel
-
-
-def row(panel, name):
-    return panel.locator(".files-table tbody tr").filter(has=panel.page.get_by_text(name, exact=True))
+from appsui import NO_SAVE_PICKER, files_tab, row, wait_terminal
+from browser import open_session, start_pair
 
 
 # -- files ---------------------------------------------------------------------------
@@ -152,26 +136,7 @@ def test_traversal_is_refused_with_an_error(tmp_path, twistd, chromium_page):
 # -- terminal --------------------------------------------------------------------------
 
 
-def terminal_text(page):
-    return page.evaluate("""() => {
-      const t = window.__hcTerminal;
-      if (!t) return "";
-      const b = t.buffer.active, lines = [];
-      for (let i = 0; i < b.length; i++) lines.push(b.getLine(i).translateToString(true));
-      return lines.join("\\n");
-    }""")
-
-
-def wait_terminal(page, needle, timeout=20):
-    deadline = time.monotonic() + timeout
-    while needle not in (text := terminal_text(page)):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{needle!r} not on the terminal screen:\n{text}")
-        time.sleep(0.1)
-    return text
-
-
-def test_terminal_sign_in_and_command(tmp_path, twistd, chromium_page, sshd):  # noqa: F811
+def test_terminal_sign_in_and_command(tmp_path, twistd, chromium_page, sshd):
     page = chromium_page
     pair, coordinator, server = start_pair(
         twistd, tmp_path, server_extra={"apps": {"terminal": {"port": sshd["port"]}}})

@@ -24,9 +24,8 @@ import pytest
 import services
 from helpers import free_tcp_port, require_tool
 from daemons import PASSWORD
-from test_e2e_apps import NO_SAVE_PICKER, files_tab, row, terminal_text, wait_terminal
-from test_e2e_browser import connect, connect_error, open_link, open_session, start_pair
-from test_terminal import sshd  # noqa: F401  (fixture: a real sshd and a test user)
+from appsui import NO_SAVE_PICKER, files_tab, row, terminal_text, wait_terminal
+from browser import connect, connect_error, open_link, open_session, start_pair
 
 AXE = "/node_modules/axe-core/axe.min.js"
 
@@ -147,7 +146,7 @@ def desktop_1280(tmp_path):
 
 
 def test_session_view_fills_the_window_in_light_dark_and_on_a_phone(
-        tmp_path, twistd, chromium, sshd, desktop_1280):  # noqa: F811
+        tmp_path, twistd, chromium, sshd, desktop_1280):
     xclip = require_tool("xclip", "xclip")
     vnc_port, display = desktop_1280
     pair, coordinator, server = start_pair(twistd, tmp_path, server_extra={"apps": {

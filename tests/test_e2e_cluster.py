@@ -18,8 +18,8 @@ import pytest
 from cluster import add_home_server, make_cluster, start_cluster
 from helpers import Twistd
 from daemons import kill
-from test_e2e_browser import connect, open_link
-from test_e2e_malicious import python_connect
+from browser import connect, open_link
+from nativeclient import python_connect
 
 from homechannel import crypto
 

@@ -26,11 +26,10 @@ import pytest
 import services
 from helpers import REPO, Twistd, require_module, require_tool
 from daemons import make_pair
-from test_e2e_browser import check_node_modules, connect, open_link
-from test_packaging import (_copy_source, _shipped, build_wheel, loaded_files, npm_offline_env,
-                            require_npm_modules)
-from test_terminal import sshd  # noqa: F401  (fixture: a real sshd and a test user)
-from test_e2e_apps import wait_terminal
+from browser import check_node_modules, connect, open_link
+from wheels import (build_wheel, copy_source, loaded_files, npm_offline_env,
+                    require_npm_modules, shipped_static)
+from appsui import wait_terminal
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +57,7 @@ def source_without_node_modules(tmp_path):
     require_tool("npm", "npm")
     src = tmp_path / "src"
     src.mkdir()
-    _copy_source(src)
+    copy_source(src)
     shutil.rmtree(src / "static" / "node_modules")
     return src
 
@@ -96,7 +95,7 @@ def test_python_m_build_runs_npm_ci_and_its_sdist_needs_no_npm(tmp_path):
     loaded = loaded_files(os.path.join(REPO, "static"))
     assert "node_modules/@novnc/novnc/core/rfb.js" in loaded
     (wheel,) = glob.glob(str(dist / "homechannel-*.whl"))
-    assert not sorted(loaded - _shipped(wheel))
+    assert not sorted(loaded - shipped_static(wheel))
 
     # Again from the sdist, where there is no npm at all.
     again = tmp_path / "again"
@@ -107,7 +106,7 @@ def test_python_m_build_runs_npm_ci_and_its_sdist_needs_no_npm(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     (rebuilt,) = glob.glob(str(again / "homechannel-*.whl"))
-    assert _shipped(rebuilt) == _shipped(wheel)
+    assert shipped_static(rebuilt) == shipped_static(wheel)
 
 
 def test_a_failed_npm_ci_stops_the_build_with_advice(tmp_path):
@@ -151,7 +150,7 @@ def test_installed_package_finds_itself_and_its_client(venv):
     assert r.returncode == 0 and r.stdout.startswith("homechannel 0."), r.stdout + r.stderr
 
 
-def test_every_app_tab_from_the_installed_package(tmp_path, venv, chromium_page, sshd):  # noqa: F811
+def test_every_app_tab_from_the_installed_package(tmp_path, venv, chromium_page, sshd):
     page = chromium_page
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))

@@ -39,8 +39,6 @@ Each rewrite is one row of the matrix, tried by both clients:
 connects, so a refusal below is caused by the rewrite.
 """
 
-import asyncio
-import concurrent.futures
 import os
 import re
 import sys
@@ -52,9 +50,9 @@ import pytest
 
 from helpers import Twistd, write_toml
 from daemons import PASSWORD, make_pair
-from test_e2e_browser import CAPTURE_CHANNELS, connect_error, open_link
+from browser import CAPTURE_CHANNELS, connect_error, open_link
+from nativeclient import python_connect
 
-from homechannel import client
 from homechannel.errors import AuthenticationError, HomeChannelError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -95,23 +93,6 @@ def evil(tmp_path, twistd):
     finally:
         status = coordinator.stop()
         print(f"--- evil coordinator (exit status {status}) ---\n{coordinator.output}")
-
-
-def python_connect(pair, devices=None):
-    async def main():
-        pc, control, hello = await client.connect(
-            pair.url, pair.server_key.text, PASSWORD, pair.coordinator_key.text,
-            advertise_addresses=("127.0.0.1",), timeout=30, connect_timeout=15,
-            devices=devices)
-        try:
-            return hello, pc.connectionState
-        finally:
-            await pc.close()
-
-    # A thread of its own: while Playwright's sync API is active, this thread
-    # counts as running an asyncio loop.
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, asyncio.wait_for(main(), 90)).result()
 
 
 def browser_attempt(page):

@@ -20,7 +20,7 @@ import pytest
 
 from helpers import CHROMIUM_ARGS, REPO, free_tcp_port, require_tool
 from daemons import PASSWORD
-from test_e2e_browser import start_pair
+from browser import start_pair
 from testca import TestCA
 
 NAME = "coordinator.test"

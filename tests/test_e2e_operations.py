@@ -15,9 +15,9 @@ import urllib.request
 import pytest
 
 from helpers import REPO, free_tcp_port, require_tool
-from daemons import make_pair
-from test_e2e_browser import start_pair
-from test_web import OFFER_SDP
+from daemons import make_pair, scrape
+from browser import start_pair
+from webharness import OFFER_SDP
 
 from homechannel import crypto
 
@@ -36,18 +36,6 @@ def get(url, timeout=10):
 def lookup(pair):
     _, body = get(f"{pair.url}/api/servers/{pair.server_key.text}")
     return json.loads(body)
-
-
-def scrape(port):
-    """``{(name, labels tuple): value}`` parsed with Prometheus's own text parser."""
-    from prometheus_client.parser import text_string_to_metric_families
-    status, body = get(f"http://127.0.0.1:{port}/metrics")
-    assert status == 200
-    samples = {}
-    for family in text_string_to_metric_families(body.decode()):
-        for s in family.samples:
-            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return samples
 
 
 def wait_until(check, timeout=20.0, what="condition"):

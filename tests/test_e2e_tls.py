@@ -13,10 +13,10 @@ import socket
 import ssl
 import time
 
+from daemons import scrape
 from helpers import free_tcp_port
-from test_e2e_browser import start_pair
+from browser import start_pair
 from testca import TestCA, certbot_layout
-from test_e2e_operations import scrape
 
 
 def served_serial(port, cafile):

@@ -148,7 +148,7 @@ def test_cone_nats_browser_connects_without_ice_settings(topology_factory, tmp_p
     """Cone NAT on both sides, no ICE setting anywhere: Chromium connects, over a
     server-reflexive (or host) pair, not a relay.  How this was shown to fail:
     with the coordinator's STUN off (udp.stun = false) nothing connects."""
-    from test_e2e_browser import connect, open_link
+    from browser import connect, open_link
 
     topo = topology_factory()
     pair, coordinator, server = nat.start_nat_pair(twistd, tmp_path, topo)
@@ -235,7 +235,7 @@ def test_recovers_quickly_after_the_home_routers_address_changes(
     again."""
     from homechannel.config import ServerKeepalive
 
-    from test_e2e_browser import connect, open_link
+    from browser import connect, open_link
 
     keepalive = ServerKeepalive(interval=4.0)
     topo = topology_factory()
@@ -293,7 +293,7 @@ def test_symmetric_nat_browser_and_native_client_connect_through_turn(turn_pair,
     coordinator, Chromium and the native client connect through the relay.  How this
     was shown to fail: without [turn] at the coordinator neither connects (Chromium
     reports ICE failure, the native client gives the no-path advice)."""
-    from test_e2e_browser import connect, open_link
+    from browser import connect, open_link
 
     topo, pair, coordinator, server = turn_pair
     page = nat_chromium(topo, pair.url)
@@ -321,7 +321,7 @@ def test_symmetric_home_nat_the_home_server_relays(topology_factory, tmp_path, t
     side of the pair being a relay candidate.  How this was shown to fail: with the
     home server's ICE servers taken from its config only (the relayed offer's
     ice_servers ignored), Chromium does not connect (ICE fails)."""
-    from test_e2e_browser import connect, open_link
+    from browser import connect, open_link
 
     topo = topology_factory(home_nat="symmetric")
     topo.block_outbound("client", 3478)
@@ -351,7 +351,7 @@ def test_a_network_without_udp_connects_through_turn_over_tcp(topology_factory, 
     URL, so the native client gathers again with the TCP one when the UDP one gave no
     relay (``webrtc.relay_alternative``).  How this was shown to fail: without that
     second gathering the native client gives the no-path advice."""
-    from test_e2e_browser import connect, open_link
+    from browser import connect, open_link
 
     topo = topology_factory()
     topo.block_outbound("client", protocols=("udp",))

@@ -1,4 +1,5 @@
-"""``pip install .`` ships the twistd plugins, and the plugin module is lazy.
+"""``pip install .`` ships the twistd plugins, the console script and the browser
+client.  (The plugins from the checkout: test_plugins.py.)
 
 Offline: the wheel is built with ``--no-build-isolation`` (setuptools and
 wheel come from the test venv) from a copy of the source, installed with
@@ -9,7 +10,6 @@ whose ``sys.path`` has that directory but not the checkout.
 import configparser
 import glob
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -17,60 +17,10 @@ import zipfile
 
 import pytest
 
-from helpers import REPO, in_ci, require_tool
+from helpers import REPO, TAPNAMES
+from wheels import build_wheel, copy_source, loaded_files, shipped_static
 
-TAPNAMES = ("homechannel-coordinator", "homechannel-server")
 PLUGIN = "twisted/plugins/homechannel_plugins.py"
-
-
-def _copy_source(dest):
-    """The files a build needs (static/node_modules as 'make npm' left it), without
-    .venv, build/ or .git."""
-    for name in ("setup.cfg", "setup.py", "pyproject.toml", "README.md", "LICENSE",
-                 "MANIFEST.in"):
-        if os.path.exists(os.path.join(REPO, name)):
-            shutil.copy(os.path.join(REPO, name), dest)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "dropin.cache")
-    shutil.copytree(os.path.join(REPO, "homechannel"), os.path.join(dest, "homechannel"),
-                    ignore=ignore)
-    shutil.copytree(os.path.join(REPO, "twisted"), os.path.join(dest, "twisted"), ignore=ignore)
-    shutil.copytree(os.path.join(REPO, "static"), os.path.join(dest, "static"), ignore=ignore)
-
-
-def require_npm_modules():
-    if not os.path.isdir(os.path.join(REPO, "static", "node_modules", "@xterm")):
-        msg = "static/node_modules is missing: run 'make npm'"
-        if in_ci():
-            pytest.fail(msg)
-        pytest.skip(msg)
-
-
-def npm_offline_env(**extra):
-    """The environment for a build whose 'npm ci' may use only npm's cache (which
-    'make npm' filled): the tests run where no registry is reachable."""
-    return dict(os.environ, PIP_NO_INDEX="1", npm_config_offline="true",
-                npm_config_update_notifier="false", **extra)
-
-
-def build_wheel(tmp_path_factory, node_modules=True):
-    """A wheel built offline from a copy of the source: with the npm modules 'make npm'
-    left, or (*node_modules* false) without them, so that the build runs 'npm ci'."""
-    require_npm_modules()
-    src = tmp_path_factory.mktemp("src")
-    _copy_source(src)
-    if not node_modules:
-        require_tool("npm", "npm")
-        shutil.rmtree(src / "static" / "node_modules")
-    wheels = tmp_path_factory.mktemp("wheels")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-         "-q", "-w", str(wheels), str(src)],
-        check=True, env=npm_offline_env(), timeout=300,
-    )
-    if not node_modules:    # 'npm ci' ran in the copy
-        assert os.path.isdir(src / "static" / "node_modules" / "@xterm" / "xterm")
-    (wheel,) = glob.glob(str(wheels / "homechannel-*.whl"))
-    return wheel
 
 
 @pytest.fixture(scope="module")
@@ -114,53 +64,11 @@ def test_wheel_contains_plugin_without_twisted_init(installed):
     assert not [n for n in names if "__pycache__" in n]
 
 
-def _shipped(wheel):
-    shipped = set()
-    for n in zipfile.ZipFile(wheel).namelist():
-        head, sep, rel = n.partition(".data/data/share/homechannel/static/")
-        if sep:
-            shipped.add(rel)
-    return shipped
-
-
-# What a browser loads: ES module imports, dynamic imports, and the
-# stylesheets the apps add (addStylesheet("/node_modules/...")).
-_IMPORT = re.compile(r"""(?:\bfrom\s*|\bimport\s*\(?\s*|addStylesheet\(\s*)["']([^"']+)["']""")
-
-
-def loaded_files(static):
-    """Every file under static/ the client can load, following imports from static/js
-    into node_modules (relative to static/)."""
-    todo = [os.path.relpath(os.path.join(dirpath, f), static)
-            for dirpath, _, files in os.walk(os.path.join(static, "js")) for f in files
-            if f.endswith(".js")]
-    seen = set()
-    while todo:
-        rel = todo.pop()
-        if rel in seen:
-            continue
-        seen.add(rel)
-        if not rel.endswith((".js", ".mjs")):
-            continue
-        with open(os.path.join(static, rel), encoding="utf-8") as f:
-            text = f.read()
-        for spec in _IMPORT.findall(text):
-            if spec.startswith("/"):
-                target = spec.lstrip("/")
-            elif spec.startswith("."):
-                target = os.path.normpath(os.path.join(os.path.dirname(rel), spec))
-            else:
-                continue   # a bare specifier (none today) or /config.js-like route
-            if os.path.exists(os.path.join(static, target)):
-                todo.append(target)
-    return seen
-
-
 def test_wheel_ships_every_module_the_client_loads(installed):
     """noVNC, xterm.js and the fit addon (and whatever they import) are in the wheel:
     without them an installed coordinator's Terminal and Desktop tabs do not load."""
     wheel, _ = installed
-    shipped = _shipped(wheel)
+    shipped = shipped_static(wheel)
     loaded = loaded_files(os.path.join(REPO, "static"))
     from_npm = {p for p in loaded if p.startswith("node_modules/")}
     assert "node_modules/@novnc/novnc/core/rfb.js" in from_npm
@@ -175,7 +83,7 @@ def test_wheel_ships_every_module_the_client_loads(installed):
 def test_wheel_ships_static_client_as_data_files(installed):
     """Every file of the browser client (not node_modules) is in the wheel, in place."""
     wheel, _ = installed
-    shipped = _shipped(wheel)
+    shipped = shipped_static(wheel)
     static = os.path.join(REPO, "static")
     expected = set()
     for dirpath, dirnames, filenames in os.walk(static):
@@ -228,39 +136,6 @@ def test_installed_twistd_help_lists_both(installed):
         assert tap in r.stdout, r.stdout
 
 
-def test_plugin_module_imports_nothing_heavy():
-    r = subprocess.run(
-        [sys.executable, "-c",
-         "import sys\n"
-         "import twisted.plugins.homechannel_plugins\n"
-         "heavy = [m for m in ('twisted.internet.reactor', 'homechannel.coordinator.tap',\n"
-         "                     'homechannel.server.tap', 'aiortc', 'klein', 'homechannel.crypto')\n"
-         "         if m in sys.modules]\n"
-         "print(heavy)\n"
-         "sys.exit(1 if heavy else 0)\n"],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
-    )
-    assert r.returncode == 0, r.stdout + r.stderr
-
-
-def test_checkout_plugins_found_by_twistd():
-    """The editable install (make venv) and the checkout: twistd finds both taps."""
-    r = subprocess.run(
-        [sys.executable, "-c",
-         "import sys; sys.argv = ['twistd', '--help']\n"
-         "from twisted.scripts.twistd import run; run()\n"],
-        cwd="/", capture_output=True, text=True, timeout=60,
-    )
-    assert r.returncode == 0, r.stderr
-    for tap in TAPNAMES:
-        assert tap in r.stdout, r.stdout
-
-
-def test_default_static_dir_in_checkout():
-    from homechannel import default_static_dir
-    assert default_static_dir() == os.path.join(REPO, "static")
-
-
 @pytest.mark.e2e   # runs pip wheel: not in the fast lane
 def test_wheel_without_npm_modules_is_refused(tmp_path):
     """A wheel built before 'make npm' would ship a client whose Terminal and Desktop
@@ -269,7 +144,7 @@ def test_wheel_without_npm_modules_is_refused(tmp_path):
     test_e2e_installed.py.)"""
     src = tmp_path / "src"
     src.mkdir()
-    _copy_source(src)
+    copy_source(src)
     shutil.rmtree(src / "static" / "node_modules", ignore_errors=True)
     r = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",

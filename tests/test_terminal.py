@@ -1,131 +1,19 @@
-"""The terminal app against a real sshd (loopback port, generated host key,
-a test user with a password created for the test).  Needs root (useradd) and
-runs inside tests/netns-run."""
+"""The terminal app without an SSH server (a clear error), and the home server's own
+SSH key: created private with its public half, refused when others can read it,
+never written through a link.  (Against a real sshd: test_terminal_sshd.py.)"""
 
-import asyncio
 import errno
 import os
-import secrets
 import stat
-import subprocess
 
 import pytest
 
-import services
 from helpers import free_tcp_port
-from homechannel.config import ServerApps, TerminalApp
 from homechannel.errors import Unavailable
-from homechannel.server.apps import AppHost
 from homechannel.protocol import frames
-from homechannel.server.apps.terminal import HostKeyStore, load_identity
-from homechannel.testing.apps import ClientChannel, connect_pair, private_reactor
+from homechannel.server.apps.terminal import load_identity
 
-
-@pytest.fixture
-def sshd(tmp_path):
-    """A real sshd (password sign-in) and a fresh test user."""
-    password = secrets.token_urlsafe(12)
-    with services.local_user("hct", password) as user, services.sshd(tmp_path) as port:
-        yield {"port": port, "user": user, "password": password,
-               "key": tmp_path / "host_ed25519"}
-
-
-class Term:
-    def __init__(self, ch):
-        self.ch = ch
-        self.screen = b""
-        self.frames = []
-
-    async def wait_for(self, needle, timeout=15):
-        deadline = asyncio.get_running_loop().time() + timeout
-        while needle not in self.screen:
-            left = deadline - asyncio.get_running_loop().time()
-            if left <= 0:
-                raise AssertionError(f"{needle!r} not seen; screen: {self.screen[-500:]!r}")
-            f = await self.ch.recv_frame(left)
-            self.frames.append(f)
-            if f.type == frames.DATA:
-                self.screen += f.data
-            elif f.type in (frames.ERR, frames.END):
-                raise AssertionError(f"terminal ended: {f}; screen: {self.screen[-500:]!r}")
-
-    def type(self, text):
-        self.ch.send_frame(frames.DATA, 1, data=text.encode())
-
-
-def run_terminal(tmp_path, port, body):
-    apps = ServerApps(terminal=TerminalApp(host="127.0.0.1", port=port))
-
-    async def main():
-        with private_reactor() as reactor:
-            host = AppHost(apps, "S", str(tmp_path / "state"), reactor)
-            client, server, _ = await connect_pair(host)
-            try:
-                ch = ClientChannel.open(client, "app:terminal:1")
-                await ch.opened()
-                ch.send_frame(frames.REQ, 1, {"op": "open", "cols": 80, "rows": 24})
-                await asyncio.wait_for(body(Term(ch), host), 60)
-            finally:
-                await client.close()
-                await server.close()
-
-    asyncio.run(main())
-
-
-def test_sign_in_run_command_resize_and_exit(tmp_path, sshd):
-    async def body(t, host):
-        await t.wait_for(b"login as: ")
-        t.type(sshd["user"] + "\r")
-        await t.wait_for(b"password: ")
-        t.type("wrong-password\r")
-        await t.wait_for(b"Permission denied")
-        await t.wait_for(b"password: ")
-        t.type(sshd["password"] + "\r")
-        await t.wait_for(b"$ ")
-        assert sshd["password"].encode() not in t.screen  # never echoed
-        assert any(f.type == frames.RES and f.body.get("user") == sshd["user"] for f in t.frames)
-        t.type("echo HC-MARK-$((40+2))\r")
-        await t.wait_for(b"HC-MARK-42")
-        t.ch.send_frame(frames.REQ, 9, {"op": "resize", "cols": 101, "rows": 31})
-        t.type("stty size\r")
-        await t.wait_for(b"31 101")
-        t.type("exit\r")
-        while True:
-            f = await t.ch.recv_frame()
-            if f.type == frames.END:
-                break
-        assert f.body == {"exitStatus": 0}
-        await asyncio.wait_for(t.ch.closed, 10)
-        assert os.path.exists(host.known_hosts)  # host key remembered on first use
-
-    run_terminal(tmp_path, sshd["port"], body)
-
-
-def test_changed_host_key_is_refused(tmp_path, sshd):
-    from twisted.conch.ssh import keys
-
-    # a different key remembered for sshd's host name and port: a changed host key
-    wrong = tmp_path / "wrong"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(wrong)], check=True)
-    store = HostKeyStore(str(tmp_path / "state" / "known_hosts"))
-    store.check("127.0.0.1", sshd["port"], keys.Key.fromString(open(str(wrong) + ".pub").read()).blob())
-    assert store.check("127.0.0.1", sshd["port"], keys.Key.fromString(
-        open(str(wrong) + ".pub").read()).blob()) == "known"
-
-    async def body(t, host):
-        await t.wait_for(b"login as: ")
-        t.type(sshd["user"] + "\r")
-        while True:
-            f = await t.ch.recv_frame()
-            if f.type == frames.DATA:
-                t.screen += f.data
-            if f.type == frames.ERR:
-                break
-        assert f.body["code"] == "host-key-changed"
-        assert b"CHANGED" in t.screen and b"known_hosts" in t.screen
-        await asyncio.wait_for(t.ch.closed, 10)
-
-    run_terminal(tmp_path, sshd["port"], body)
+from terminalapp import run_terminal
 
 
 def test_no_sshd_is_a_clear_error(tmp_path):

@@ -5,9 +5,7 @@ import json
 import os
 
 import pytest
-from treq.testing import StubTreq
-from twisted.internet import _producer_helpers, task
-from twisted.python.failure import Failure
+from twisted.internet import task
 from zope.interface.verify import verifyObject
 
 from homechannel import crypto
@@ -16,145 +14,7 @@ from homechannel.coordinator import web
 from homechannel.coordinator.interfaces import IRelay
 from homechannel.testing.coordinator import FakeRelay
 
-PASSWORD_KEY = bytes(range(32))  # stands in for PBKDF2(password, server key)
-NOW = 1_700_000_000
-IP_A = "198.51.100.1"
-IP_B = "203.0.113.7"
-OFFER_SDP = ("v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
-             "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\n"
-             "a=fingerprint:sha-256 " + ":".join(["AB"] * 32) + "\r\na=setup:actpass\r\n")
-
-
-def fired(d):
-    """The result of a Deferred that must already have fired."""
-    out = []
-    d.addBoth(out.append)
-    assert out, "Deferred has not fired"
-    if isinstance(out[0], Failure):
-        out[0].raiseException()
-    return out[0]
-
-
-def settled(d):
-    """Whether the response (status, headers and body) is complete."""
-    out = []
-    d.addBoth(lambda r: (out.append(r), r)[1])
-    return bool(out)
-
-
-class Response:
-    def __init__(self, code, headers, body):
-        self.code = code
-        self.headers = headers
-        self.body = body
-
-    def header(self, name):
-        values = self.headers.getRawHeaders(name.encode("ascii"))
-        return values[0].decode("latin-1") if values else None
-
-    @property
-    def json(self):
-        return json.loads(self.body)
-
-
-class Harness:
-    def __init__(self, tmp_path=None, **overrides):
-        self.clock = task.Clock()
-        self.clock.advance(NOW)
-        self.identity = crypto.IdentityKey.generate()
-        self.home = crypto.IdentityKey.generate()
-        self.server_id = self.home.text
-        self.relay = FakeRelay()
-        self.relay.add_server(self.home.public_raw, PASSWORD_KEY)
-        settings = dict(trusted_proxies=("127.0.0.1",))
-        settings.update(overrides)
-        self.config = WebConfig(**settings)
-        static_dir = str(tmp_path) if tmp_path is not None else None
-        self.web = web.CoordinatorWeb(self.identity, self.relay, self.config, self.clock,
-                                      static_dir=static_dir)
-        self.stub = StubTreq(self.web.resource())
-        self._counter = 0
-        self.cooperator_clock = task.Clock()
-
-    def drive_producers(self, monkeypatch):
-        """Run twisted.web's pull producers (static.File) on a test clock."""
-        coop = task.Cooperator(scheduler=lambda f: self.cooperator_clock.callLater(0, f),
-                               started=True)
-        monkeypatch.setattr(_producer_helpers, "cooperate", coop.cooperate)
-
-    # -- requests --
-
-    def start(self, method, path, ip=IP_A, body=None, headers=None, scheme="http"):
-        hdrs = {"X-Forwarded-For": [ip]} if ip else {}
-        if isinstance(body, (dict, list)):
-            body = json.dumps(body).encode()
-            hdrs["Content-Type"] = ["application/json"]
-        hdrs.update(headers or {})
-        d = self.stub.request(method, f"{scheme}://coordinator.test{path}", headers=hdrs,
-                              data=body)
-
-        def read(resp):
-            return resp.content().addCallback(
-                lambda content: Response(resp.code, resp.headers, content))
-
-        d.addCallback(read)
-        self.stub.flush()
-        return d
-
-    def finish(self, d, path):
-        for _ in range(10):  # static.File streams with a (cooperator-driven) producer
-            self.stub.flush()
-            self.cooperator_clock.advance(0)
-            if settled(d):
-                break
-        resp = fired(d)
-        if resp.header("Content-Type") == "application/json":
-            self.check_signature(resp, path.split("?")[0])
-        return resp
-
-    def call(self, method, path, **kwargs):
-        return self.finish(self.start(method, path, **kwargs), path)
-
-    def check_signature(self, resp, path):
-        sig = resp.header("X-HomeChannel-Signature")
-        assert sig, "unsigned response"
-        crypto.verify(self.identity.public_raw, crypto.b64u_decode(sig),
-                      crypto.response_signature_message(path, resp.body))
-
-    # -- the connect flow --
-
-    def lookup(self, ip=IP_A):
-        resp = self.call("GET", f"/api/servers/{self.server_id}", ip=ip)
-        assert resp.code == 200, resp.body
-        return crypto.b64u_decode(resp.json["challenge"])
-
-    def new_session(self):
-        self._counter += 1
-        return crypto.b64u_encode(self._counter.to_bytes(16, "big"))
-
-    def connect_body(self, challenge, password_key=PASSWORD_KEY, session=None, **extra):
-        doc = {
-            "server": self.server_id,
-            "session": session or self.new_session(),
-            "challenge": crypto.b64u_encode(challenge),
-            "answer": crypto.b64u_encode(crypto.challenge_answer(password_key, challenge)),
-            "proof": crypto.b64u_encode(b"p" * 32),
-            "offer": OFFER_SDP,
-        }
-        doc.update(extra)
-        return doc
-
-    def connect(self, ip=IP_A, password_key=PASSWORD_KEY, challenge=None, **extra):
-        if challenge is None:
-            challenge = self.lookup(ip)
-        body = self.connect_body(challenge, password_key, **extra)
-        return self.call("POST", "/api/connect", ip=ip, body=body), body
-
-    def answer_payload(self, session, **extra):
-        doc = {"session": session, "answer": "v=0\r\nanswer\r\n", "time": NOW,
-               "signature": crypto.b64u_encode(b"s" * 64)}
-        doc.update(extra)
-        return json.dumps(doc).encode()
+from webharness import IP_A, IP_B, NOW, Harness, assert_error, fired, settled
 
 
 @pytest.fixture
@@ -169,14 +29,6 @@ def h(tmp_path, monkeypatch):
     harness = Harness(tmp_path)
     harness.drive_producers(monkeypatch)
     return harness
-
-
-def assert_error(resp, status, code):
-    assert resp.code == status, (resp.code, resp.body)
-    doc = resp.json
-    assert doc["code"] == code, doc
-    assert isinstance(doc["error"], str) and doc["error"]
-    assert "Traceback" not in resp.body.decode()
 
 
 # -- fakes conform --------------------------------------------------------
@@ -624,82 +476,6 @@ def test_bundled_client_is_served(monkeypatch):
     for path in ("/js/main.js", "/js/api.js", "/js/crypto.js", "/js/config.js",
                  "/js/webrtc.js", "/js/servers.js", "/css/site.css"):
         assert h.call("GET", path).code == 200, path
-
-
-# -- browser smoke test (real Chromium, demo coordinator with a FakeRelay) ---------
-
-
-@pytest.fixture
-def demo_coordinator(tmp_path):
-    import subprocess
-    import sys
-
-    from helpers import REPO, free_tcp_port
-
-    port = free_tcp_port()
-    env = dict(os.environ, PYTHONPATH=REPO)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "homechannel.testing.coordinator", "--port", str(port),
-         "--password", "correct horse", "--refuse", "bad-proof"],
-        stdout=subprocess.PIPE, stderr=open(tmp_path / "demo.log", "wb"), env=env, cwd=REPO)
-    try:
-        info = json.loads(proc.stdout.readline())
-        yield f"http://127.0.0.1:{port}", info
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def test_browser_smoke(chromium_page, demo_coordinator, tmp_path):
-    from playwright.sync_api import expect
-
-    page = chromium_page
-    base, info = demo_coordinator
-    problems = []
-    page.on("pageerror", lambda e: problems.append(f"pageerror: {e}"))
-    page.on("console", lambda m: m.type == "error" and problems.append(f"console: {m.text}"))
-
-    page.goto(f"{base}/#server={info['server']}")
-    expect(page.get_by_role("heading", name="Add this server?")).to_be_visible()
-    name = page.locator("#add-link").get_by_label("Name")
-    expect(name).to_have_value("Home server")
-    name.fill("Test box")
-    page.get_by_role("button", name="Add server").click()
-
-    password = page.get_by_label("Password")
-    expect(password).to_be_visible()
-    expect(page.get_by_role("heading", name="Connect to Test box")).to_be_visible()
-    assert problems == []
-    page.screenshot(path=str(tmp_path / "connect.png"), full_page=True)
-
-    password.fill("not the password")
-    page.get_by_role("button", name="Connect").click()
-    alert = page.locator("#connect-error")
-    expect(alert).to_contain_text("Wrong password", timeout=20_000)
-    expect(page.locator("#steps li[data-state=failed]")).to_have_text("Checking the password")
-    page.screenshot(path=str(tmp_path / "wrong-password.png"), full_page=True)
-
-    # The right password passes the coordinator; this fake home server refuses the proof.
-    password.fill("correct horse")
-    page.get_by_role("button", name="Connect").click()
-    expect(alert).to_contain_text("refused the connection", timeout=20_000)
-    expect(page.locator("#steps li[data-state=failed]")).to_have_text(
-        "Waiting for the home server")
-
-    stored = page.evaluate("JSON.stringify(localStorage)")
-    assert "Test box" in stored and info["server"] in stored
-    assert "correct horse" not in stored and "not the password" not in stored
-    # Only the refused API calls may show up as failed resource loads.
-    unexpected = [p for p in problems if "status of 403" not in p]
-    assert unexpected == []
-
-    # Remembered: a fresh visit lists the server.
-    page.goto(base + "/")
-    expect(page.get_by_role("button", name="Forget Test box")).to_be_visible()
-    page.screenshot(path="/tmp/homechannel-smoke-list.png", full_page=True)
-    import shutil
-    shutil.copy(tmp_path / "wrong-password.png", "/tmp/homechannel-smoke-wrong.png")
-    shutil.copy(tmp_path / "connect.png", "/tmp/homechannel-smoke-connect.png")
 
 
 @pytest.mark.parametrize("entry,peer", [("127.0.0.0/8", "127.0.0.1"),
