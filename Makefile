@@ -144,7 +144,7 @@ soak: sysdeps venv npm
 	tests/netns-run $(PY) -m pytest -m soak --timeout=3600 --durations=0 -s $(PYTEST_ARGS)
 
 # mypy (with the zope plugin) on the pure modules listed in setup.cfg [mypy];
-# tests/test_types.py runs the same in both lanes.
+# tests/unit/test_types.py runs the same in both lanes.
 typecheck: venv
 	$(PY) -m mypy
 

@@ -21,7 +21,7 @@ import time
 import tomllib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [os.path.join(REPO, "tests"), REPO]
+sys.path[:0] = [os.path.join(REPO, "tests", "support"), REPO]
 
 from helpers import CHROMIUM_ARGS, Twistd, write_toml  # noqa: E402
 from daemons import PASSWORD, make_pair  # noqa: E402

@@ -1,4 +1,4 @@
-"""Click-to-open across kernel NAT (tests/nat.py topologies), in Chromium and
+"""Click-to-open across kernel NAT (tests/support/nat.py topologies), in Chromium and
 in the native client, with loopback as the reference measured in the same run.
 
     tests/netns-run python -m bench.nat_connect [--connects 10]
@@ -29,7 +29,7 @@ import tempfile
 import tomllib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [os.path.join(REPO, "tests"), REPO]
+sys.path[:0] = [os.path.join(REPO, "tests", "support"), REPO]
 
 import nat  # noqa: E402
 from helpers import CHROMIUM_ARGS, Twistd, write_toml  # noqa: E402

@@ -61,7 +61,7 @@ def test_an_error_leaves_the_channel_open_for_the_client_to_read_and_close(tmp_p
     """The refusal is sent, and the channel is closed by the home server only after
     CLOSE_GRACE (unless the client closes it first): an immediate close resets the stream
     so early that a browser whose channel is still opening drops the error and reports only
-    "closed before it opened" (seen in tests/test_e2e_appsui.py under load).  Without
+    "closed before it opened" (seen in tests/e2e/test_appsui.py under load).  Without
     close_after the first assertion fails."""
     from twisted.internet.task import Clock
 

@@ -1,6 +1,6 @@
 """The home server's audit log: one line per file upload, download, rename and
 delete (done or refused), none for listings; login lines come from the UDP
-adapter (tests/test_udp_adapters.py, tests/test_e2e_nginx.py)."""
+adapter (tests/unit/test_udp_adapters.py, tests/e2e/test_nginx.py)."""
 
 import pytest
 from twisted.logger import globalLogPublisher

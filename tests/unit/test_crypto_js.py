@@ -4,7 +4,7 @@ Runs crypto.js in node (WebCrypto is globalThis.crypto.subtle) against vectors
 computed by the Python module: PBKDF2, answer, expectedAnswer, proof and the
 signature messages must be byte-equal, and a signature made in Python must
 verify in JS (and a tampered one must not).  (The connect flow's rules, SDP
-shape included, are static/js/connect.js: tests/test_connect_js.py.)
+shape included, are static/js/connect.js: tests/unit/test_connect_js.py.)
 """
 
 import json
@@ -16,7 +16,8 @@ import pytest
 
 from homechannel import crypto
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO
+
 CRYPTO_JS = os.path.join(REPO, "static", "js", "crypto.js")
 
 FP_CLIENT = ":".join(f"{i:02x}" for i in range(32))

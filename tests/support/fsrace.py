@@ -1,4 +1,4 @@
-"""Helpers for the file-system race tests (tests/test_paths.py, tests/test_files.py).
+"""Helpers for the file-system race tests (tests/unit/test_paths.py, tests/unit/test_files.py).
 
 :class:`Interleave` lets an attacker act between any two file-system calls
 the code under test makes: it replaces the ``os`` module seen by the given

@@ -141,7 +141,7 @@ def test_wheel_without_npm_modules_is_refused(tmp_path):
     """A wheel built before 'make npm' would ship a client whose Terminal and Desktop
     tabs cannot load: where npm is not installed either (not on PATH), the build stops
     and says what to run.  (With npm, setup.py runs 'npm ci' itself:
-    test_e2e_installed.py.)"""
+    test_installed.py.)"""
     src = tmp_path / "src"
     src.mkdir()
     copy_source(src)

@@ -21,7 +21,8 @@ from homechannel import crypto
 from homechannel.protocol import connect
 from homechannel.errors import HomeChannelError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO
+
 JS = os.path.join(REPO, "static", "js")
 NOW = 1_700_000_000
 

@@ -1,6 +1,7 @@
 """Helpers shared by HomeChannel's tests (import them: ``from helpers import ...``).
 
-- ``REPO``: the checkout; ``TWISTD``: the command line of ``twistd`` in this venv;
+- ``REPO``: the checkout; ``SUPPORT``: this directory (on the ``PYTHONPATH`` of a
+  child that imports these modules); ``TWISTD``: the command line of ``twistd`` in this venv;
   ``TAPNAMES``: the tapnames of the two twistd plugins;
   ``CHROMIUM_ARGS``: the flags Chromium needs for WebRTC in a loopback-only netns.
 - ``in_ci()``: true when ``$CI`` is set (and not "0"/"false").
@@ -34,7 +35,9 @@ import time
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# tests/support/helpers.py: the checkout is two directories up.
+SUPPORT = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(SUPPORT))
 
 os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
 

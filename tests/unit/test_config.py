@@ -9,7 +9,9 @@ import pytest
 from homechannel import config
 from homechannel.errors import ConfigError
 
-CONF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+from helpers import REPO
+
+CONF = os.path.join(REPO, "conf")
 
 
 def _keys(cls, prefix=""):

@@ -1,6 +1,6 @@
 """Real kernel NAT between the parts, inside the test's own network namespaces.
 
-Used by ``tests/test_nat.py`` and ``bench/nat_connect.py``.  Must run inside
+Used by ``tests/e2e/test_nat.py`` and ``bench/nat_connect.py``.  Must run inside
 ``tests/netns-run`` (a loopback-only network namespace with a private mount
 namespace): :class:`Topology` mounts a tmpfs on ``/run/netns`` there and
 creates its namespaces with ``ip netns add``, so nothing it builds is visible

@@ -1,5 +1,5 @@
 """Across real NATs: kernel NAT (nftables) between the coordinator, the home
-server and the client, in the test's own network namespaces (tests/nat.py).
+server and the client, in the test's own network namespaces (tests/support/nat.py).
 
 Configs carry no ICE settings unless a test says so: the coordinator's own
 STUN (on its registry UDP port) is what makes the cone case work.

@@ -27,7 +27,8 @@ from homechannel import client
 from homechannel.protocol.connect import SIGNATURE_HEADER, UNSIGNED_REFUSAL
 from homechannel.errors import AuthenticationError, TooManyRequests, Unavailable
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO
+
 KEY = crypto.IdentityKey.generate()
 NGINX_429 = (b"<html>\r\n<head><title>429 Too Many Requests</title></head>\r\n<body>\r\n"
              b"<center><h1>429 Too Many Requests</h1></center>\r\n</body>\r\n</html>\r\n")

@@ -7,7 +7,7 @@ check the fingerprints of the section they use, in any hash and any case); the
 answer is signed by the home server over the session, the challenge, the offer
 hash, both fingerprints, the time and the answer SDP.  Here the coordinator is
 the real one (``homechannel.coordinator.tap.makeService``: Klein API, broker,
-UDP registry and relay) with tampering hooks (tests/evil_coordinator.py)
+UDP registry and relay) with tampering hooks (tests/support/evil_coordinator.py)
 switched per attempt through a mode file; the home server is a real ``twistd
 homechannel-server``; the clients are real Chromium and
 ``homechannel.client.connect``.
@@ -48,17 +48,15 @@ import tomllib
 
 import pytest
 
-from helpers import Twistd, write_toml
+import evil_coordinator
+from helpers import SUPPORT, Twistd, write_toml
 from daemons import PASSWORD, make_pair
 from browser import CAPTURE_CHANNELS, connect_error, open_link
 from nativeclient import python_connect
 
 from homechannel.errors import AuthenticationError, HomeChannelError
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-EVIL = os.path.join(HERE, "evil_coordinator.py")
-sys.path.insert(0, HERE)
-import evil_coordinator  # noqa: E402
+EVIL = os.path.join(SUPPORT, "evil_coordinator.py")
 
 SHAPE_KEEPING = {name for name, (_, keeps) in evil_coordinator.REWRITES.items() if keeps}
 

@@ -3,7 +3,7 @@ Klein API, the broker, the UDP registry and relay from
 ``homechannel.coordinator.tap``) with tampering hooks that rewrite the SDP it
 relays, in either direction.
 
-    python tests/evil_coordinator.py --mode-file FILE --config coordinator.toml
+    python tests/support/evil_coordinator.py --mode-file FILE --config coordinator.toml
 
 The mode is read from FILE (one word) at every relayed offer and answer, so one
 running coordinator serves a whole matrix of attacks.  ``honest`` relays

@@ -30,7 +30,8 @@ from homechannel.protocol import frames
 from homechannel.server.apps.channel import ChannelLink
 from homechannel.testing.apps import FakeChannel
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO
+
 APPS = os.path.join(REPO, "static", "js", "apps")
 
 

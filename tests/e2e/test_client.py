@@ -4,7 +4,7 @@ The coordinator side -- the real ``CoordinatorWeb``/``Broker`` with an
 ``AnswererRelay`` (``homechannel.testing.coordinator``) that hands offers
 straight to a real ``homechannel.server.peer.Answerer`` instead of UDP --
 runs in a subprocess under Twisted's asyncio reactor (this same file, run as
-``python tests/test_client.py serve MODE``), so the suite's reactor choice is
+``python tests/e2e/test_client.py serve MODE``), so the suite's reactor choice is
 untouched.  MODE tampers on the coordinator's side: ``response-signature``
 flips the coordinator's signatures; ``answer-*`` rewrites the home server's
 answer on its way.  The client runs here with asyncio.run: real HTTP on
@@ -27,11 +27,11 @@ from homechannel import crypto
 from homechannel import client
 from homechannel.errors import AuthenticationError, Forbidden
 
+from helpers import REPO, SUPPORT
+
 # A coordinator subprocess and real aiortc at both ends: the end-to-end lane.
 pytestmark = pytest.mark.e2e
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 PASSWORD = "correct horse battery staple"
 
 
@@ -76,7 +76,6 @@ def serve(mode):
     from homechannel.server.challenges import ChallengeSource
     from homechannel.server.peer import Answerer
 
-    sys.path.insert(0, HERE)
     from fake_apphost import FakeAppHost
 
     stdout = sys.stdout     # Twisted's logging redirects sys.stdout
@@ -110,8 +109,9 @@ def coordinator(tmp_path):
 
     def start(mode="honest"):
         log = open(tmp_path / f"coordinator-{mode}.log", "w")
-        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        proc = subprocess.Popen([sys.executable, __file__, "serve", mode], cwd=ROOT, env=env,
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [REPO, SUPPORT, os.environ.get("PYTHONPATH", "")]))
+        proc = subprocess.Popen([sys.executable, __file__, "serve", mode], cwd=REPO, env=env,
                                 stdout=subprocess.PIPE, stderr=log, text=True)
         procs.append((proc, log))
         line = _readline(proc, 30)
