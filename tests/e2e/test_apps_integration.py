@@ -11,15 +11,10 @@ import json
 import os
 import time
 
-import pytest
-
 from homechannel.config import DesktopApp, FilesApp, ForwardApp, ServerApps, TerminalApp
 from homechannel.server.apps import AppHost, files
 from homechannel.protocol import frames
 from homechannel.testing.apps import ClientChannel, connect_pair, private_reactor
-
-# Real aiortc at both ends with real sshd/VNC stand-ins: the end-to-end lane.
-pytestmark = pytest.mark.e2e
 
 
 def run(body, timeout=120):

@@ -29,8 +29,6 @@ from homechannel.errors import AuthenticationError, Forbidden
 
 from helpers import REPO, SUPPORT
 
-# A coordinator subprocess and real aiortc at both ends: the end-to-end lane.
-pytestmark = pytest.mark.e2e
 
 PASSWORD = "correct horse battery staple"
 

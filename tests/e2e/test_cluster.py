@@ -23,7 +23,6 @@ from nativeclient import python_connect
 
 from homechannel import crypto
 
-pytestmark = pytest.mark.e2e
 
 KEEPALIVE = {"interval": 3.0, "jitter": 0.2, "missed_pongs": 3}
 

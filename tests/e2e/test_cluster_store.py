@@ -32,8 +32,6 @@ require_module("redis", "pip install 'homechannel[cluster]' (make venv does it)"
 from homechannel.coordinator.cluster import redisrelay, redissessions, redisstore  # noqa: E402
 from homechannel.coordinator.cluster.redislimits import RedisLockout, RedisRateLimiter  # noqa: E402
 
-# A real redis-server (a process of its own): the end-to-end lane.
-pytestmark = pytest.mark.e2e
 
 _prefixes = itertools.count()
 

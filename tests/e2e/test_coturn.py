@@ -23,7 +23,6 @@ async def allocate(port, username, credential):
         transport.close()
 
 
-@pytest.mark.e2e
 def test_coturn_accepts_minted_and_refuses_expired_or_forged(tmp_path):
     """How this was shown to fail: with the HMAC over a different string, or
     with coturn started without use-auth-secret, the first allocation fails."""
@@ -154,7 +153,6 @@ async def _tcp_allocation(host, port, entry):
         proto.transport.close()
 
 
-@pytest.mark.e2e
 def test_readme_coturn_policy_keeps_the_relay_off_private_and_local_peers(tmp_path):
     """coturn run with the README's peer policy refuses (403) permissions towards this
     host, the private, carrier-grade NAT, link-local (cloud metadata), IPv6 local and

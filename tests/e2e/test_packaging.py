@@ -136,7 +136,6 @@ def test_installed_twistd_help_lists_both(installed):
         assert tap in r.stdout, r.stdout
 
 
-@pytest.mark.e2e   # runs pip wheel: not in the fast lane
 def test_wheel_without_npm_modules_is_refused(tmp_path):
     """A wheel built before 'make npm' would ship a client whose Terminal and Desktop
     tabs cannot load: where npm is not installed either (not on PATH), the build stops

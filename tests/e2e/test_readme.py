@@ -10,8 +10,6 @@ import sys
 import threading
 import time
 
-import pytest
-
 from helpers import REPO
 from daemons import make_pair
 
@@ -22,7 +20,6 @@ def readme_twistd_lines():
     return [line.strip() for line in section.splitlines() if line.startswith("    twistd ")]
 
 
-@pytest.mark.e2e
 def test_readme_twistd_commands_run_side_by_side(tmp_path):
     lines = readme_twistd_lines()
     assert len(lines) == 2 and "homechannel-coordinator" in lines[0] \

@@ -60,7 +60,6 @@ def _as_user(user, argv):
     return os.waitstatus_to_exitcode(status), err
 
 
-@pytest.mark.e2e   # adds a user with useradd: not in the fast lane
 def test_home_server_install_steps_work_as_written(tmp_path, capsys):
     """The install comment of homechannel-server.service, run as written, with
     /var/lib/homechannel and /etc/homechannel moved into a scratch root and a
