@@ -6,9 +6,11 @@ import json
 
 import pytest
 from hypothesis import given, strategies as st
+from twisted.internet import task
 
 from homechannel.coordinator.cluster import noderelay
 from homechannel.coordinator.cluster.redissessions import RedisSessionStore, error_doc, error_from_doc
+from homechannel.coordinator.cluster.redisstore import RedisStore
 from homechannel.errors import CapacityError, ProtocolError, TooManyRequests
 
 KID = b"k" * 16
@@ -60,8 +62,9 @@ def test_pending_offers_resolve_once_and_expire():
 
 
 def test_completions_that_do_not_parse_are_ignored():
-    store = RedisSessionStore.__new__(RedisSessionStore)
-    store._waiters, store._fresh = {}, {}
+    """A message on the ``done`` channel that does not parse is dropped without a
+    word to Redis (the store has no client to send one with)."""
+    store = RedisSessionStore(RedisStore(client=None), task.Clock())
     for junk in (b"nospace", b"\xff\xfe a {}", b""):
         store.completed(junk)
 

@@ -2,7 +2,6 @@
 treq's StubTreq and a task.Clock.  Every JSON response's signature is checked."""
 
 import json
-import os
 
 import pytest
 from twisted.internet import task
@@ -482,7 +481,7 @@ def test_bundled_client_is_served(monkeypatch):
                                         ("0:0:0:0:0:0:0:1", "::1"),
                                         ("::ffff:127.0.0.1", "127.0.0.1")])
 def test_trusted_proxies_match_networks_and_any_spelling(entry, peer):
-    """A trusted proxy written as a network or in another spelling is trusted (review #5:
+    """A trusted proxy written as a network or in another spelling is trusted (once
     these matched nobody, so every client behind the proxy was the proxy's address and one
     stranger's wrong passwords locked everyone out)."""
     from homechannel.coordinator.ratelimit import TrustedProxies
@@ -505,26 +504,6 @@ def test_trusted_proxies_that_are_not_addresses_are_a_config_error(entry):
 
     with pytest.raises(ConfigError, match="web.trusted_proxies"):
         config._build(config.CoordinatorConfig, {"web": {"trusted_proxies": [entry]}}, "")
-
-
-def test_signature_header_name_is_defined_once():
-    """The header that carries the coordinator's signature is named in one place
-    (``connect.SIGNATURE_HEADER``) that the coordinator's two HTTP layers and the
-    native client import.  How this was shown to fail: on the tree before the
-    change, web.py, httpserver.py and client/__init__.py each defined it."""
-    from homechannel.protocol import connect
-
-    package = os.path.dirname(os.path.dirname(os.path.abspath(web.__file__)))
-    defining = set()
-    for folder, _, files in os.walk(package):
-        for name in files:
-            if name.endswith(".py"):
-                path = os.path.join(folder, name)
-                with open(path, encoding="utf-8") as f:
-                    if "X-HomeChannel-Signature\"" in f.read():
-                        defining.add(os.path.relpath(path, package))
-    assert defining == {"protocol/connect.py"}
-    assert connect.SIGNATURE_HEADER == "X-HomeChannel-Signature"
 
 
 # -- the connect flow's routes without Klein ----------------------------------------
