@@ -1,4 +1,4 @@
-"""The apps (issue 4) end to end in Chromium, through real twistd daemons:
+"""The apps end to end in Chromium, through real twistd daemons:
 files (20 MB upload and download back, a resumed download, a refused
 traversal), the terminal against a real sshd, the desktop against a real VNC
 server.  Runs inside tests/netns-run."""

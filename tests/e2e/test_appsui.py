@@ -1,4 +1,4 @@
-"""The browser apps as a user meets them (issue 10), in Chromium through real
+"""The browser apps as a user meets them, in Chromium through real
 twistd daemons, sshd and Xtigervnc.  Screens are judged by measurable properties:
 the desktop canvas's share of the viewport, computed colours against WCAG AA
 contrast in light and dark mode, no sideways scrolling at 390 px, axe-core

@@ -80,7 +80,7 @@ def test_coordinator_starts_with_string_ice_servers_and_turn(tmp_path, twistd):
     assert "turn:" not in text and "credential" not in text
 
 
-# -- the README's coturn policy against a real coturn (review #11) -------------------------
+# -- the README's coturn policy against a real coturn --------------------------------------
 
 DENIED = ["0.1.2.3", "10.1.2.3", "100.64.0.1", "100.127.255.254", "127.0.0.2",
           "169.254.169.254", "172.16.0.1", "172.31.255.254", "192.168.1.1"]

@@ -170,8 +170,8 @@ def test_wrong_passwords_on_the_device_path_count_against_the_source_too(h):
 def test_a_stranger_on_the_owner_s_address_cannot_keep_the_owner_s_device_out(h):
     """Behind one IPv4 address (a carrier NAT, a hotel, an office) a stranger locks the
     address out and spends its rate; the owner's device-token connect from that address
-    still gets in, on its own budgets (review #2: the source lockout and rate came before
-    the device path, so this was 429)."""
+    still gets in, on its own budgets (when the source lockout and rate came before the
+    device path, this was 429)."""
     shared = "100.64.0.1"
     for i in range(12):                            # made-up challenges: half a failure each
         h.connect(ip=shared, challenge=bytes([i]) * 16)
@@ -192,8 +192,7 @@ def test_a_token_that_does_not_verify_counts_against_the_source(h):
 
 def test_device_budgets_are_per_server_and_device(h):
     """A device id is only a home server's word: the same id at another server is another
-    device (review #10: budgets keyed by the id alone let one server's tokens spend
-    another's)."""
+    device (budgets keyed by the id alone let one server's tokens spend another's)."""
     from homechannel.coordinator.broker import device_key
 
     other = crypto.IdentityKey.generate()

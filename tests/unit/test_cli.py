@@ -73,7 +73,7 @@ def test_help_has_a_description_and_an_example(name):
     (["join", "hcjoin:AAAA"], ["damaged"]),
     (["join", "https://example.org"], ["not a join string"]),
     (["status", "--state-dir", "/nonexistent-state"], ["no status"]),
-    # review #17: each of these was "unexpected error (ValueError: ...)", a confusing
+    # each of these was once "unexpected error (ValueError: ...)", a confusing
     # "/dev/null: File exists", or (the port) only refused by the home server
     (["connect", "--server", "http://[::1:99/#server=" + KEY],
      ["--url", "not a coordinator URL", "Invalid IPv6 URL"]),
@@ -84,7 +84,7 @@ def test_help_has_a_description_and_an_example(name):
       "--stdio"], ["--port 99999", "1-65535"]),
     (["forward", "--server", "http://127.0.0.1:1/#server=" + KEY, "--port", "0",
       "--listen", "127.0.0.1:0"], ["--port 0", "1-65535"]),
-    # review #8: plain http only on this machine
+    # plain http only to this machine
     (["connect", "--server", "http://203.0.113.5:8080/#server=" + KEY],
      ["'http://203.0.113.5:8080'", "plain http://", "use https://"]),
     (["forward", "--url", "http://hc.example.org", "--server", KEY, "--port", "22", "--stdio"],
@@ -138,7 +138,7 @@ def test_qr_code_encodes_the_link():
     assert len(lines) > 10 and any("\u2588" in line or "\u2580" in line for line in lines)
 
 
-# -- password files: one reader for every command (review #17) -------------------------
+# -- password files: one reader for every command ------------------------------------
 
 
 def test_password_file_is_read_the_same_by_passwd_and_connect(tmp_path):
@@ -190,7 +190,7 @@ def test_unreadable_password_file_is_one_clear_line(tmp_path):
                        "cannot read the password file", "No such file")
 
 
-# -- the coordinator URL of the native client (review #8) -------------------------------
+# -- the coordinator URL of the native client ------------------------------------------
 
 
 @pytest.mark.parametrize("url", [
@@ -242,7 +242,7 @@ def test_plain_http_to_another_machine_is_refused(url):
     """Over plain http anyone on the way plays the coordinator: it hands out its own
     key on first use and collects answers and proofs to guess the password offline.
     How this was shown to fail: the old ``_parse_target`` accepted every one of these
-    ("localhost." is an absolute name glibc asks DNS for: accepted until review 2)."""
+    ("localhost." is an absolute name glibc asks DNS for: accepted by the first fix too)."""
     from homechannel import client
     with pytest.raises(ConfigError, match=r"plain http:// .* use https:// \(http:// only "
                                           r"for 127\.0\.0\.1, ::1 or localhost\)"):

@@ -485,7 +485,7 @@ async def test_closing_the_control_channel_frees_the_slot_at_once(h):
 async def test_a_malformed_ice_server_from_the_coordinator_is_named_in_the_refusal(h):
     """ICE servers in the offer come from the coordinator; one aiortc cannot parse would
     make setRemoteDescription fail as if the client's offer were bad.  They are checked
-    with the offer, and the refusal says whose entry it was (review #15)."""
+    with the offer, and the refusal says whose entry it was."""
     _, _, sdp = await h.client_offer()
     payload, sid, challenge = h.payload(sdp, ice_servers=({"urls": ["turn:bad host:1"]},))
     reply = await h.offer(payload)

@@ -229,7 +229,7 @@ def test_source_counts_grow_with_the_registry():
 
 def test_a_56_holds_four_shares_and_a_48_sixteen():
     """An IPv6 server counts in its /64, its /56 and its /48: one holder of a /56 or /48
-    fills 4 or 16 shares however many /64s it uses (review #7: per /64 alone, 977 /64s
+    fills 4 or 16 shares however many /64s it uses (per /64 alone, 977 /64s
     of one /48 filled a million places).  Without the wider tiers this fails."""
     reg = Registry(max_per_source=2)
     n = 0

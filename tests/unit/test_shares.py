@@ -35,8 +35,8 @@ def test_limit_must_be_positive():
 
 def test_a_56_or_a_48_is_one_source_with_a_few_shares():
     """An IPv6 /64 key counts in its /56 (4 shares) and its /48 (16 shares): whoever holds a
-    /56 fills 4 shares however many /64s it uses, a /48 16 (review #3: per /64 alone, one
-    /56 was 256 sources).  IPv4 keys and other keys have no wider tiers."""
+    /56 fills 4 shares however many /64s it uses, a /48 16 (per /64 alone, one
+    /56 would be 256 sources).  IPv4 keys and other keys have no wider tiers."""
     from homechannel.coordinator.ratelimit import source_key
 
     shares = Shares(10)

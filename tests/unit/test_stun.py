@@ -248,8 +248,8 @@ def test_aioice_client_gets_its_address_over_udp():
 
 def test_one_flooding_source_does_not_spend_the_global_budget():
     """The per-source budget is checked before the global one: a refused request spends
-    nothing global, so a browser asking in the same second still gets its answer (review
-    #6; with the order reversed this fails)."""
+    nothing global, so a browser asking in the same second still gets its answer (with
+    the order reversed this fails)."""
     import os
     import struct
     from collections import Counter

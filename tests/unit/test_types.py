@@ -18,8 +18,8 @@ import pytest
 
 from helpers import REPO, in_ci
 
-# The modules issue 12 puts under the type check: the pure ones (no reactor,
-# no sockets).  More may be added in setup.cfg; none of these may be dropped.
+# The modules under the type check: the pure ones (no reactor, no sockets).  More
+# may be added in setup.cfg; none of these may be dropped.
 PURE_MODULES = {
     "homechannel/protocol/connect.py",
     "homechannel/crypto.py",

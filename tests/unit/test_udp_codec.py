@@ -112,8 +112,7 @@ def test_unknown_replies_are_rate_limited_and_need_big_requests():
 def test_one_source_cannot_spend_everybody_s_unknown_replies():
     """Each UNKNOWN reply costs a signature, so they have a global budget; a source's own
     budget is checked first, so one flooding host does not delay every other server's
-    re-registration (review #6; without the per-source bucket the second source gets
-    nothing)."""
+    re-registration (without the per-source bucket the second source gets nothing)."""
     rv = Rendezvous(COORDINATOR, unknown_replies_per_second=100)
     big = udp.header(udp.DATA) + bytes(udp.MIN_SERVER_DATAGRAM - 4)
     flood = sum(len(rv.receive(big, ("192.0.2.66", 1), 1.0)) for _ in range(1000))

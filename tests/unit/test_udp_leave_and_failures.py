@@ -146,9 +146,9 @@ def test_refused_counter_never_collides_with_session_counters():
 
 def test_bye_gives_back_the_bytes_of_an_incomplete_answer():
     """A server that sends all but the last fragment of an answer and then says BYE: its
-    bytes leave the reassembly budgets at once.  (Found by the independent review: BYE
-    dropped the buffers without giving their bytes back, so a few throwaway servers could
-    use up the global budget and every later answer was dropped.  Without
+    bytes leave the reassembly budgets at once.  (BYE once dropped the buffers without
+    giving their bytes back, so a few throwaway servers could use up the global budget
+    and every later answer was dropped.  Without
     ``_forget_reassembly`` in ``Rendezvous._bye`` this fails.)"""
     import os
 
