@@ -16,7 +16,8 @@ The tree:
   to move it.
 
 Every test (and every process it starts) keeps client state in a directory of its
-own (``XDG_CONFIG_HOME``).  Every test run under ``make test`` is inside
+own (``XDG_CONFIG_HOME``).  PBKDF2 password keys are derived once per (password,
+server key) in each worker (``support/keymaterial.py``).  Every test run under ``make test`` is inside
 ``tests/netns-run`` (a network namespace with only ``lo``); in CI that is enforced at
 session start.
 """
@@ -30,7 +31,20 @@ TESTS = os.path.dirname(os.path.abspath(__file__))
 UNIT, E2E = os.path.join(TESTS, "unit"), os.path.join(TESTS, "e2e")
 sys.path.insert(0, os.path.join(TESTS, "support"))
 
+import keymaterial  # noqa: E402
 from helpers import in_ci, loopback_only  # noqa: E402
+
+from homechannel import crypto  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _pbkdf2_once_per_key():
+    """PBKDF2 (a quarter of a second) once per (password, server key) in each worker:
+    ``crypto.derive_password_key`` is ``keymaterial.password_key`` for the session,
+    the same function behind a cache, for the tests and the code they run here."""
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(crypto, "derive_password_key", keymaterial.password_key)
+        yield
 
 
 @pytest.fixture(autouse=True)

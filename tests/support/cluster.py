@@ -14,6 +14,7 @@ import pytest
 from helpers import (REPO, Twistd, free_tcp_port, free_udp_port, require_module,
                       require_tool, write_toml)
 from daemons import PASSWORD
+from keymaterial import place_home_server_key
 from services import RedisServer, wait_for_port
 
 from homechannel import crypto
@@ -145,6 +146,7 @@ def add_home_server(c, keepalive=None, password=PASSWORD):
     sdir = os.path.join(c.base, "server")
     c.files_root = os.path.join(c.base, "files")
     os.makedirs(c.files_root, exist_ok=True)
+    place_home_server_key(os.path.join(sdir, "server.key"))    # its password key: derived once
     skey, _ = crypto.IdentityKey.load_or_create(os.path.join(sdir, "server.key"))
     crypto.save_password_key(os.path.join(sdir, "password.json"), skey.public_raw,
                              crypto.derive_password_key(password, skey.public_raw))

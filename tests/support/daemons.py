@@ -8,6 +8,7 @@ import urllib.request
 from dataclasses import dataclass
 
 from helpers import free_tcp_port, free_udp_port, write_toml
+from keymaterial import place_home_server_key
 
 from homechannel import crypto
 
@@ -42,6 +43,7 @@ def make_pair(tmp_path, keepalive=None, server_extra=None, password=PASSWORD, st
     files_root = os.path.join(base, "files")
     os.makedirs(files_root, exist_ok=True)
     ckey, _ = crypto.IdentityKey.load_or_create(os.path.join(cdir, "coordinator.key"))
+    place_home_server_key(os.path.join(sdir, "server.key"))    # its password key: derived once
     skey, _ = crypto.IdentityKey.load_or_create(os.path.join(sdir, "server.key"))
     crypto.save_password_key(os.path.join(sdir, "password.json"), skey.public_raw,
                              crypto.derive_password_key(password, skey.public_raw))
