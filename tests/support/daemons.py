@@ -1,6 +1,6 @@
 """Build a real coordinator + home server pair (configs, keys, password) for
-end-to-end tests, used with the ``twistd`` fixture from conftest; ``kill`` one of
-them; ``scrape`` a daemon's metrics."""
+end-to-end tests, used with the ``twistd`` fixture (tests/e2e/conftest.py); ``kill``
+one of them; ``scrape`` a daemon's metrics."""
 
 import os
 import signal

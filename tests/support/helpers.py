@@ -19,8 +19,8 @@
   NS``; *python*: run it from another venv); ``.wait_for_log(pattern, timeout)``,
   ``.mark()``, ``.output``, ``.stop()``.
 
-The fixtures (``twistd``, ``chromium``, ``chromium_page``) and the session hooks are in
-``conftest.py``.
+The fixtures (``twistd``, ``chromium``, ``chromium_page``, ``sshd``) are in
+``tests/e2e/conftest.py``, the session hooks in ``tests/conftest.py``.
 """
 
 import os
