@@ -3,12 +3,10 @@ traceback; every subcommand's help has a description and an example; the
 version comes from the package metadata; join strings round-trip."""
 
 import os
-import subprocess
-import sys
 
 import pytest
 
-from helpers import REPO
+from clirun import one_clear_line, run
 
 from homechannel import crypto
 
@@ -20,21 +18,6 @@ from homechannel.errors import ConfigError
 KEY = crypto.IdentityKey.generate().text
 SUBCOMMANDS = ["join", "join-string", "status", "keygen", "pubkey", "link", "passwd",
                "migrate", "connect", "forward"]
-
-
-def run(*args, stdin=None):
-    env = dict(os.environ, PYTHONPATH=REPO)
-    return subprocess.run([sys.executable, "-m", "homechannel.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=60, input=stdin)
-
-
-def one_clear_line(r, *words):
-    assert r.returncode == 1, r.stdout + r.stderr
-    assert "Traceback" not in r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
-    for w in words:
-        assert w in lines[0], lines[0]
 
 
 def test_version_from_metadata():
