@@ -131,9 +131,10 @@ test: sysdeps venv npm
 		tests/netns-run $(PY) -m pytest $(call xdist,$(TEST_WORKERS)) --durations=15 \
 		$(PYTEST_ARGS)
 
-# The fast lane (under 30 s): unit, protocol and web tests and the type check;
-# nothing that starts twistd, Chromium, sshd, VNC or Redis, adds users, builds
-# wheels or namespaces other than loopback.
+# The fast lane (under 30 s): tests/unit/, unit, protocol and web tests and the
+# type check; nothing that starts twistd, Chromium, sshd, VNC or Redis, adds
+# users, builds wheels or namespaces other than loopback (tests/conftest.py
+# marks every test under tests/e2e/, and only those, e2e).
 test-fast: venv
 	tests/netns-run $(PY) -m pytest -m "not e2e" $(call xdist,$(FAST_WORKERS)) \
 		$(PYTEST_ARGS)
@@ -144,7 +145,7 @@ soak: sysdeps venv npm
 	tests/netns-run $(PY) -m pytest -m soak --timeout=3600 --durations=0 -s $(PYTEST_ARGS)
 
 # mypy (with the zope plugin) on the pure modules listed in setup.cfg [mypy];
-# tests/test_types.py runs the same in both lanes.
+# tests/unit/test_types.py runs the same in both lanes.
 typecheck: venv
 	$(PY) -m mypy
 

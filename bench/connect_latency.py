@@ -20,7 +20,7 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [os.path.join(REPO, "tests"), REPO]
+sys.path[:0] = [os.path.join(REPO, "tests", "support"), REPO]
 
 from helpers import CHROMIUM_ARGS, Twistd  # noqa: E402
 from daemons import PASSWORD, make_pair  # noqa: E402
@@ -143,7 +143,7 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=2)
     args = ap.parse_args(argv)
     from playwright.sync_api import sync_playwright
-    from test_e2e_browser import open_link
+    from browser import open_link
 
     with tempfile.TemporaryDirectory() as tmp, daemons(tmp) as (pair, coordinator, server), \
             sync_playwright() as p:

@@ -1,4 +1,4 @@
-"""Click-to-open across kernel NAT (tests/nat.py topologies), in Chromium and
+"""Click-to-open across kernel NAT (tests/support/nat.py topologies), in Chromium and
 in the native client, with loopback as the reference measured in the same run.
 
     tests/netns-run python -m bench.nat_connect [--connects 10]
@@ -28,7 +28,7 @@ import sys
 import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [os.path.join(REPO, "tests"), REPO]
+sys.path[:0] = [os.path.join(REPO, "tests", "support"), REPO]
 
 import nat  # noqa: E402
 from helpers import CHROMIUM_ARGS, Twistd  # noqa: E402
@@ -146,7 +146,7 @@ def setup(case, tmp):
 def browser_runs(topo, pair, server, n, warmup):
     from playwright.sync_api import sync_playwright
 
-    from test_e2e_browser import open_link
+    from browser import open_link
 
     out = []
     with tempfile.TemporaryDirectory() as d, sync_playwright() as p:

@@ -1,34 +1,50 @@
-"""Fixtures and session hooks of HomeChannel's tests.
+"""Session hooks of HomeChannel's tests, and the fixtures every test gets.
 
-The helpers they use (``Twistd``, ``require_tool``, ports, TOML, certificates) are in
-``tests/helpers.py``; tests import them from there.
+The tree:
 
-- fixture ``twistd``: a factory ``twistd(tapname, config, **kw) -> Twistd``
-  (started); every process it made is stopped at teardown.
-- fixture ``chromium``: a Playwright ``Browser`` running Debian's
-  chromium headless with the flags WebRTC needs in a loopback-only netns.
-- fixture ``chromium_page``: a fresh context + page, closed at teardown.
-- every test gets its own ``XDG_CONFIG_HOME`` (client state never in ~/.config).
+- ``tests/unit/``: the fast lane (``make test-fast``, ``pytest -m "not e2e"``): unit,
+  protocol and web tests.  They start nothing the end-to-end lane starts (no twistd,
+  Chromium, sshd, VNC, redis-server, coturn, nginx or haproxy, no test users, no
+  wheels built, no network namespace but this loopback-only one); short-lived tools
+  (node, openssl, mypy, the ``homechannel`` command) are fine.
+- ``tests/e2e/``: the end-to-end lane, real processes.  Every test there, and only
+  those, is marked ``e2e`` here.  Their fixtures (``twistd``, ``chromium``,
+  ``chromium_page``, ``sshd``) are in ``tests/e2e/conftest.py``.
+- ``tests/support/``: what tests share.  This file puts it first on ``sys.path``, so
+  tests import its modules by name (``from helpers import ...``, ``import services``);
+  no test module imports another.  A test module anywhere else fails, saying where
+  to move it.
 
-Every test run under ``make test`` is inside ``tests/netns-run`` (a network
-namespace with only ``lo``).  In CI that is enforced at session start.
+Every test (and every process it starts) keeps client state in a directory of its
+own (``XDG_CONFIG_HOME``).  PBKDF2 password keys are derived once per (password,
+server key) in each worker (``support/keymaterial.py``).  Every test run under ``make test`` is inside
+``tests/netns-run`` (a network namespace with only ``lo``); in CI that is enforced at
+session start.
 """
 
+import os
 import sys
 
 import pytest
 
-from helpers import CHROMIUM_ARGS, Twistd, in_ci, loopback_only, require_module, require_tool
+TESTS = os.path.dirname(os.path.abspath(__file__))
+UNIT, E2E = os.path.join(TESTS, "unit"), os.path.join(TESTS, "e2e")
+sys.path.insert(0, os.path.join(TESTS, "support"))
+
+import keymaterial  # noqa: E402
+from helpers import in_ci, loopback_only  # noqa: E402
+
+from homechannel import crypto  # noqa: E402
 
 
-# Tests that start real processes (twistd, Chromium, sshd, Xtigervnc, ...) are
-# the end-to-end lane: ``pytest -m "not e2e"`` is the fast lane (unit and
-# protocol tests).  A test is e2e when its module is ``test_e2e_*`` or
-# ``test_nat*``, when it carries ``@pytest.mark.e2e`` itself, or when it uses
-# one of these fixtures (real daemons, browsers, sshd and test users, VNC
-# servers, installed wheels).  The fast lane touches nothing outside the checkout.
-E2E_FIXTURES = {"twistd", "chromium", "chromium_page", "sshd", "sshd_keyauth", "vnc",
-                "installed", "desktop_1280"}
+@pytest.fixture(scope="session", autouse=True)
+def _pbkdf2_once_per_key():
+    """PBKDF2 (a quarter of a second) once per (password, server key) in each worker:
+    ``crypto.derive_password_key`` is ``keymaterial.password_key`` for the session,
+    the same function behind a cache, for the tests and the code they run here."""
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(crypto, "derive_password_key", keymaterial.password_key)
+        yield
 
 
 @pytest.fixture(autouse=True)
@@ -40,20 +56,32 @@ def _private_state_dir(monkeypatch, tmp_path_factory):
     monkeypatch.delenv("STATE_DIRECTORY", raising=False)
 
 
+def _under(path, directory):
+    return os.path.commonpath([str(path), directory]) == directory
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
-        if (module.startswith(("test_e2e_", "test_nat"))
-                or E2E_FIXTURES.intersection(getattr(item, "fixturenames", ()))):
+        if _under(item.path, E2E):
             item.add_marker(pytest.mark.e2e)
+
     # The end-to-end tests first (the NAT tests, the longest, before the others), so
     # that parallel workers (make test) start the long ones early and end the run
     # together on short unit tests, never one worker alone on a long test.
     def order(item):
-        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
-        return 0 if module.startswith("test_nat") else 1 if item.get_closest_marker("e2e") else 2
+        if not _under(item.path, E2E):
+            return 2
+        return 0 if item.path.name.startswith("test_nat") else 1
 
     items.sort(key=order)
+
+
+def pytest_runtest_setup(item):
+    if not (_under(item.path, UNIT) or _under(item.path, E2E)):
+        pytest.fail(f"{os.path.relpath(item.path, TESTS)} is outside tests/unit/ and "
+                    "tests/e2e/: move it into tests/e2e/ if it starts real processes "
+                    "(tests/conftest.py says which), into tests/unit/ otherwise",
+                    pytrace=False)
 
 
 def pytest_sessionstart(session):
@@ -64,57 +92,3 @@ def pytest_sessionstart(session):
                     "namespace: run them with 'make test' (tests/netns-run)", returncode=3)
     sys.stderr.write("\nwarning: not in a loopback-only network namespace; "
                      "'make test' runs the tests inside tests/netns-run\n")
-
-
-@pytest.fixture
-def twistd():
-    """Factory: ``twistd(tapname, config, asyncio=False, cwd=None, env=None, args=())``.
-
-    Starts the process and returns a :class:`Twistd`; all of them are stopped
-    at teardown and their output is printed (pytest shows it on failure).
-    """
-    started = []
-
-    def start(tapname, config, **kw):
-        t = Twistd(tapname, config, **kw).start()
-        started.append(t)
-        return t
-
-    yield start
-    for t in reversed(started):
-        status = t.stop()
-        print(f"--- {t.tapname} (exit status {status}) ---\n{t.output}")
-
-
-# -- Chromium ----------------------------------------------------------------
-
-
-@pytest.fixture
-def chromium():
-    """A headless Debian chromium driven by Playwright (never downloads a browser).
-
-    Function-scoped on purpose: while Playwright's sync API is active, the
-    thread counts as running an asyncio loop, so ``asyncio.run()`` in any
-    later test would fail.
-    """
-    path = require_tool("chromium", "chromium")
-    sync_playwright = require_module("playwright.sync_api", "run 'make venv'").sync_playwright
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
-@pytest.fixture
-def chromium_page(chromium):
-    """A fresh browser context and page; browser console lines go to stdout."""
-    context = chromium.new_context()
-    page = context.new_page()
-    page.on("console", lambda msg: print(f"[browser {msg.type}] {msg.text}"))
-    page.on("pageerror", lambda err: print(f"[browser pageerror] {err}"))
-    try:
-        yield page
-    finally:
-        context.close()

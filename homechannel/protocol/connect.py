@@ -1,7 +1,7 @@
 """The connect flow's formats, limits and codes: one pure module for every side.
 
 The browser (``static/js/connect.js``, its twin, checked against vectors from
-this module by ``tests/test_connect_js.py``), the coordinator
+this module by ``tests/unit/test_connect_js.py``), the coordinator
 (``coordinator/broker.py``), the home server (``server/peer.py``) and the
 native client (``client/session.py``) all take their rules from here, so that an
 offer the coordinator relays is an offer the home server accepts, and a

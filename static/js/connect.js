@@ -1,7 +1,7 @@
 // The connect flow's rules, the browser twin of homechannel/protocol/connect.py (docs/protocol.md §2):
 // the strict SDP shape, the device-path challenge, device tokens, the answer checks and the
 // DTLS certificate check.  DOM-free: runs in browsers and in node >= 20;
-// tests/test_connect_js.py checks it against vectors made by the Python module.
+// tests/unit/test_connect_js.py checks it against vectors made by the Python module.
 
 import * as hc from "./crypto.js";
 

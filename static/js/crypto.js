@@ -1,6 +1,6 @@
 // The browser twin of homechannel/crypto.py (see docs/protocol.md, "Common formats").
 // WebCrypto only; runs in browsers and in node >= 20 (globalThis.crypto.subtle).
-// tests/test_crypto_js.py checks it against vectors computed by the Python module.
+// tests/unit/test_crypto_js.py checks it against vectors computed by the Python module.
 
 const subtle = globalThis.crypto.subtle;
 const utf8 = new TextEncoder();

@@ -1,5 +1,5 @@
 // Browser side of the app channels (docs/protocol.md section 3), DOM-free so that
-// node can test it (tests/test_channel_js.py, against homechannel/protocol/frames.py):
+// node can test it (tests/unit/test_apps_js.py, against homechannel/protocol/frames.py):
 //
 // - the frame codec, a twin of frames.py (same bytes for the same frame);
 // - AppChannel: an RTCDataChannel whose messages are captured from the moment the

@@ -1,5 +1,5 @@
 // The files app's transfer logic, DOM-free (node tests it against the real
-// FilesSession: tests/test_transfer_js.py).  docs/protocol.md section 3.4.
+// FilesSession: tests/unit/test_apps_js.py).  docs/protocol.md section 3.4.
 //
 // Download: DATA frames are hashed as they arrive (SHA-256, incrementally) and written
 // to a *sink* (a file on disk: see savefile.js), never gathered in memory.  The last

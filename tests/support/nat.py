@@ -1,0 +1,283 @@
+"""Real kernel NAT between the parts, inside the test's own network namespaces.
+
+Used by ``tests/e2e/test_nat.py`` and ``bench/nat_connect.py``.  Must run inside
+``tests/netns-run`` (a loopback-only network namespace with a private mount
+namespace): :class:`Topology` mounts a tmpfs on ``/run/netns`` there and
+creates its namespaces with ``ip netns add``, so nothing it builds is visible
+outside, and nothing in it can reach another machine::
+
+                       "public" 203.0.113.0/24 (bridge in ns pub)
+          coordinator + coturn: 203.0.113.10 (ns pub, default route on the bridge)
+               |                                          |
+      home router 203.0.113.2 (ns rhome)        client router 203.0.113.3 (ns rclient)
+      nftables masquerade [fully-random]        nftables masquerade [fully-random]
+               |                                          |
+      home server 10.1.0.2 (ns home)            client 10.2.0.2 (ns client)
+
+Cone NAT is ``masquerade`` (the kernel keeps the source port when it can, and
+one mapping serves every destination); symmetric NAT is ``masquerade
+fully-random`` (a new random port per flow).  Each router's firewall lets in
+only replies (``ct state established,related``), to the LAN and to itself.  ``udp_timeout`` sets the
+router's UDP conntrack timeouts (both unreplied and "stream").
+"""
+
+import os
+import shutil
+import subprocess
+import uuid
+
+PUBLIC_HOST = "203.0.113.10"
+ROUTER_WAN = {"home": "203.0.113.2", "client": "203.0.113.3"}
+LAN = {"home": ("10.1.0.1", "10.1.0.2"), "client": ("10.2.0.1", "10.2.0.2")}
+
+
+class TopologyError(Exception):
+    pass
+
+
+def _run(*argv, input=None, check=True):
+    result = subprocess.run(argv, input=input, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise TopologyError(f"{' '.join(argv)}: {result.stderr.strip() or result.returncode}")
+    return result
+
+
+def _loopback_only():
+    import socket
+    return [name for _, name in socket.if_nameindex()] == ["lo"]
+
+
+def _ensure_netns_dir():
+    """A tmpfs on /run/netns, private to this mount namespace (tests/netns-run)."""
+    os.makedirs("/run/netns", exist_ok=True)
+    with open("/proc/self/mountinfo") as f:
+        mounted = any(line.split()[4] == "/run/netns" for line in f)
+    if not mounted:
+        _run("mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", "/run/netns")
+
+
+def _nat_rules(nat):
+    masquerade = "masquerade fully-random" if nat == "symmetric" else "masquerade"
+    # 'fwd' is an nft keyword: name the chains otherwise.
+    return f"""
+table ip homechannel_nat {{
+  chain postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    oifname "wan" {masquerade}
+  }}
+  chain forward_filter {{
+    type filter hook forward priority filter; policy accept;
+    iifname "wan" ct state established,related accept
+    iifname "wan" drop
+  }}
+  # Unsolicited packets to the router itself are dropped, as home routers do.
+  # (Dropped before conntrack confirms them: an unanswered probe from a peer
+  # leaves no entry that would make the router pick another port later.)
+  chain input_filter {{
+    type filter hook input priority filter; policy accept;
+    iifname "wan" ct state established,related accept
+    iifname "wan" drop
+  }}
+}}
+"""
+
+
+class Topology:
+    """Build with :meth:`up`, always :meth:`down` (or use it as a context manager)."""
+
+    def __init__(self, home_nat="cone", client_nat="cone", udp_timeout=None):
+        for nat in (home_nat, client_nat):
+            if nat not in ("cone", "symmetric"):
+                raise ValueError(f"unknown NAT kind {nat!r}")
+        self.nat = {"home": home_nat, "client": client_nat}
+        self.udp_timeout = udp_timeout
+        tag = uuid.uuid4().hex[:6]
+        self.ns = {name: f"hc{tag}-{name}"
+                   for name in ("pub", "rhome", "home", "rclient", "client")}
+        self.public_address = dict(ROUTER_WAN)
+        self._made = []
+
+    # -- building --------------------------------------------------------------------
+
+    @staticmethod
+    def check_environment():
+        """None when a topology can be built here, else the reason it cannot."""
+        for tool in ("ip", "nft"):
+            if shutil.which(tool) is None:
+                return f"{tool} not found (Debian packages iproute2, nftables)"
+        if os.geteuid() != 0:
+            return "building NAT namespaces needs root (run under tests/netns-run as root)"
+        if not _loopback_only():
+            return "not in a loopback-only network namespace: run under tests/netns-run"
+        return None
+
+    def ip(self, ns, *args):
+        return _run("ip", "-n", self.ns[ns], *args)
+
+    def exec_prefix(self, ns):
+        """argv prefix that runs a command inside namespace *ns*."""
+        return ["ip", "netns", "exec", self.ns[ns]]
+
+    def run(self, ns, *argv, check=True, input=None):
+        return _run(*self.exec_prefix(ns), *argv, check=check, input=input)
+
+    def popen(self, ns, argv, **kw):
+        return subprocess.Popen(self.exec_prefix(ns) + list(argv), **kw)
+
+    def up(self):
+        why = self.check_environment()
+        if why:
+            raise TopologyError(why)
+        _ensure_netns_dir()
+        try:
+            for name in self.ns.values():
+                _run("ip", "netns", "add", name)
+                self._made.append(name)
+                # IPv4 only, and no IPv6 at all: a link-local address finishing
+                # duplicate address detection a second after "link up" is a network
+                # change to Chromium, which fails its page loads in flight with
+                # ERR_NETWORK_CHANGED (seen in CI).  Off before any link exists.
+                _run("ip", "netns", "exec", name, "sysctl", "-qw",
+                     "net.ipv6.conf.all.disable_ipv6=1",
+                     "net.ipv6.conf.default.disable_ipv6=1", check=False)
+                _run("ip", "-n", name, "link", "set", "lo", "up")
+            self.ip("pub", "link", "add", "br0", "type", "bridge")
+            self.ip("pub", "link", "set", "br0", "up")
+            self.ip("pub", "addr", "add", f"{PUBLIC_HOST}/24", "dev", "br0")
+            # coturn drops allocations on "network unreachable": give the public host
+            # a default route (nothing is behind it).
+            self.ip("pub", "route", "add", "default", "dev", "br0")
+            for side, router in (("home", "rhome"), ("client", "rclient")):
+                self._router(side, router)
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def _router(self, side, router):
+        ns = self.ns
+        port = f"{side[:1]}wan"
+        _run("ip", "link", "add", "wan", "netns", ns[router], "type", "veth",
+             "peer", "name", port, "netns", ns["pub"])
+        self.ip("pub", "link", "set", port, "master", "br0")
+        self.ip("pub", "link", "set", port, "up")
+        self.ip(router, "addr", "add", f"{self.public_address[side]}/24", "dev", "wan")
+        self.ip(router, "link", "set", "wan", "up")
+        self.ip(router, "route", "add", "default", "via", PUBLIC_HOST)
+        gateway, host = LAN[side]
+        _run("ip", "link", "add", "lan", "netns", ns[router], "type", "veth",
+             "peer", "name", "eth0", "netns", ns[side])
+        self.ip(router, "addr", "add", f"{gateway}/24", "dev", "lan")
+        self.ip(router, "link", "set", "lan", "up")
+        self.ip(side, "addr", "add", f"{host}/24", "dev", "eth0")
+        self.ip(side, "link", "set", "eth0", "up")
+        self.ip(side, "route", "add", "default", "via", gateway)
+        self.run(router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        self.run(router, "nft", "-f", "-", input=_nat_rules(self.nat[side]))
+        if self.udp_timeout is not None:
+            t = int(self.udp_timeout)
+            self.run(router, "sysctl", "-qw", f"net.netfilter.nf_conntrack_udp_timeout={t}",
+                     f"net.netfilter.nf_conntrack_udp_timeout_stream={t}")
+
+    def down(self):
+        for name in reversed(self._made):
+            _run("ip", "netns", "pids", name, check=False)
+            _run("ip", "netns", "del", name, check=False)
+        self._made = []
+
+    def __enter__(self):
+        return self.up()
+
+    def __exit__(self, *exc):
+        self.down()
+
+    def block_outbound(self, side, port=None, protocols=("tcp", "udp")):
+        """The router of *side* drops what its LAN sends out on *protocols* (to *port*,
+        or to every port): a network whose firewall lets no TURN out, or no UDP."""
+        router = "rhome" if side == "home" else "rclient"
+        match = ["meta", "l4proto", "{", ", ".join(protocols), "}"]
+        if port is not None:
+            match += ["th", "dport", str(port)]
+        self.run(router, "nft", "add", "rule", "ip", "homechannel_nat", "forward_filter",
+                 "oifname", "wan", *match, "drop")
+
+    # -- events ----------------------------------------------------------------------
+
+    def change_public_address(self, side="home", new=None):
+        """The router of *side* gets a new public address (an ISP reconnect): every
+        mapping through it is gone (masquerade forgets them with the old address)."""
+        router = "rhome" if side == "home" else "rclient"
+        old = self.public_address[side]
+        new = new or ("203.0.113.4" if side == "home" else "203.0.113.5")
+        if new == old:
+            new = ROUTER_WAN[side]
+        self.ip(router, "addr", "del", f"{old}/24", "dev", "wan")
+        self.ip(router, "addr", "add", f"{new}/24", "dev", "wan")
+        self.ip(router, "route", "replace", "default", "via", PUBLIC_HOST)
+        self.public_address[side] = new
+        return new
+
+    @property
+    def home_host(self):
+        return LAN["home"][1]
+
+    @property
+    def client_host(self):
+        return LAN["client"][1]
+
+
+def chromium_wrapper(topology, ns, directory, chromium="/usr/bin/chromium"):
+    """A script that starts *chromium* inside namespace *ns*, for Playwright's
+    ``executable_path`` (Playwright talks to it over inherited pipes)."""
+    path = os.path.join(directory, f"chromium-in-{ns}")
+    prefix = " ".join(topology.exec_prefix(ns))
+    with open(path, "w") as f:
+        f.write(f'#!/bin/sh\nexec {prefix} {chromium} "$@"\n')
+    os.chmod(path, 0o755)
+    return path
+
+
+# -- a coordinator and a home server in the topology -------------------------------------
+
+WEB_PORT = 8080
+UDP_PORT = 7777
+
+
+def coordinator_status(pair):
+    """The coordinator's admin ``/status`` (servers, UDP counters), through its admin
+    UNIX socket (a file: reachable from any network namespace)."""
+    import json
+    import os
+
+    from homechannel.cli.coordinator import _UnixHTTPConnection
+    conn = _UnixHTTPConnection(os.path.join(pair.base, "coordinator", "admin.sock"), 10)
+    try:
+        conn.request("GET", "/status", headers={"Host": "localhost"})
+        return json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
+
+
+def nat_pair(tmp_path, topology, coordinator=None, server=None):
+    """Keys, password and configs for a coordinator on the public host and a home
+    server behind the home router: no ICE settings anywhere unless *coordinator*
+    or *server* (tables merged into the configs) add them.  Returns a
+    ``daemons.Pair`` whose ``url`` and ``link`` use the public address."""
+    from daemons import make_pair
+
+    return make_pair(tmp_path, web_port=WEB_PORT, udp_port=UDP_PORT, host=PUBLIC_HOST,
+                     udp_interface="0.0.0.0", advertise_loopback=False,
+                     coordinator_extra=coordinator, server_extra=server)
+
+
+def start_nat_pair(start, tmp_path, topology, coordinator=None, server=None):
+    """Start the coordinator (ns pub) and the home server (ns home) with
+    *start* (the ``twistd`` fixture, or a function with its signature);
+    returns ``(pair, coordinator, server)`` once the server has registered."""
+    pair = nat_pair(tmp_path, topology, coordinator, server)
+    c = start("homechannel-coordinator", pair.coordinator_config,
+              prefix=topology.exec_prefix("pub"))
+    c.wait_for_log("coordinator: UDP")
+    s = start("homechannel-server", pair.server_config, prefix=topology.exec_prefix("home"))
+    s.wait_for_log("registered with coordinator", timeout=30)
+    return pair, c, s

@@ -1,0 +1,283 @@
+"""The connect use-case under abuse (docs/security.md, "The owner can always get in").
+
+The real Klein resource through StubTreq (``webharness.Harness``) for
+the HTTP-visible behaviour, and the ``Broker`` directly where a simulated day
+of attacks would be too slow through HTTP.  Every budget here is one a test
+can exhaust, so each test fails if its rule is removed (noted per test).
+"""
+
+import json
+
+import pytest
+from twisted.internet import task
+from twisted.python.failure import Failure
+
+from webharness import IP_A, NOW, PASSWORD_KEY, Harness, assert_error
+
+from homechannel import crypto
+
+from homechannel.protocol import connect
+from homechannel.config import CoordinatorWeb as WebConfig
+from homechannel.coordinator.broker import Broker
+from homechannel.testing.coordinator import FakeRelay
+from homechannel.errors import HomeChannelError
+
+WRONG_KEY = bytes(32)
+
+
+@pytest.fixture
+def h():
+    return Harness()
+
+
+def device_token(h, device=b"d" * 16, now=NOW, **kw):
+    return connect.DeviceToken.issue(h.home, crypto.b64u_encode(device), now, **kw)
+
+
+def device_body(h, token, challenge=None, **extra):
+    challenge = challenge if challenge is not None else connect.device_challenge(
+        h.clock.seconds(), lambda n: bytes(n))
+    doc = h.connect_body(challenge, **extra)
+    doc.pop("answer")
+    doc["device"] = token
+    return doc
+
+
+def post(h, body, ip=IP_A, path="/api/connect"):
+    return h.call("POST", path, ip=ip, body=body)
+
+
+def attack(h, n, source=lambda i: f"198.18.{i // 250}.{i % 250 + 1}"):
+    """*n* wrong-password attempts, each from its own address, each with a valid challenge."""
+    codes = []
+    for i in range(n):
+        ip = source(i)
+        resp, _ = h.connect(ip=ip, password_key=WRONG_KEY)
+        codes.append(resp.json.get("code") if resp.code != 202 else "relayed")
+    return codes
+
+
+# -- budgets are spent only by attempts that could guess ------------------------------
+
+
+def test_made_up_challenges_do_not_spend_the_servers_budget_but_count_against_the_source(h):
+    """Without 'spend only after a valid challenge' the owner below is rate-limited; without
+    counting stale challenges against the source, the flooding source is never locked out."""
+    for i in range(50):
+        resp, _ = h.connect(ip=f"198.18.0.{i + 1}", challenge=bytes([i]) * 16)
+        assert_error(resp, 403, "stale-challenge")
+    # The owner still has the whole budget.
+    resp, _ = h.connect(ip="192.0.2.10")
+    assert resp.code == 202, resp.body
+    # One source sending made-up challenges is locked out after 2 x failures_before_lockout.
+    codes = []
+    for i in range(12):
+        resp, _ = h.connect(ip="198.51.100.99", challenge=bytes([i]) * 16)
+        codes.append(resp.json["code"])
+    assert codes[:9] == ["stale-challenge"] * 9
+    assert codes[10:] == ["locked-out"] * 2
+
+
+def test_per_source_limits_key_an_ipv6_64_and_lockouts_a_56(h):
+    """Four addresses of one /64 share one per-source budget (the old per-address key gave
+    each its own); wrong passwords from two /64s of one /56 lock both out."""
+    limit = h.config.per_ip_per_minute
+    codes = []
+    for i in range(2 * limit + 4):
+        resp = h.call("GET", f"/api/servers/{h.server_id}", ip=f"2001:db8:1:2::{i % 4 + 1}")
+        codes.append(resp.code)
+    assert codes.count(200) == 2 * limit and codes[-1] == 429
+    assert resp.json["scope"] == "source"
+    # Lockout: five wrong answers spread over 2001:db8:1:3::/64 and 2001:db8:1:4::/64.
+    for i in range(h.config.failures_before_lockout):
+        resp, _ = h.connect(ip=f"2001:db8:1:{3 + i % 2}::7", password_key=WRONG_KEY)
+        assert_error(resp, 403, "wrong-password")
+    resp, _ = h.connect(ip="2001:db8:1:5::1")      # same /56, a fresh /64
+    assert_error(resp, 429, "locked-out")
+    assert resp.json["scope"] == "source"
+    resp, _ = h.connect(ip="2001:db8:2::1")        # another /56 is not affected
+    assert resp.code == 202
+
+
+# -- the owner gets in while an attack runs -----------------------------------------------
+
+
+def test_returning_client_connects_on_its_first_try_while_strangers_are_told_to_wait(h):
+    """An attacker at full rate from many sources spends the server's budget; a client
+    holding a device token (it signed in before) still connects on its first try, with its
+    own budget and no challenge from the pool; a new client is told how long to wait.
+    Without the device path the returning client is refused like the new one."""
+    codes = attack(h, 40)
+    budget = h.config.per_server_per_minute
+    assert codes.count("wrong-password") == budget
+    assert set(codes[budget:]) == {"rate-limited"}
+
+    token = device_token(h)
+    resp = post(h, device_body(h, token), ip="192.0.2.50")
+    assert resp.code == 202, resp.body
+    [offer] = [connect.Offer.decode(p) for _, p, _ in h.relay.offers[-1:]]
+    assert offer.device == token and offer.source == "192.0.2.50"
+
+    resp, _ = h.connect(ip="192.0.2.51")           # the right password, but no token
+    assert_error(resp, 429, "rate-limited")
+    assert 1 <= resp.json["retry_after"] <= 60
+    assert resp.header("Retry-After") == str(resp.json["retry_after"])
+    assert "devices that signed in before are not affected" in resp.json["error"]
+    assert resp.json["scope"] == "server"       # what the browser's hint goes by
+
+
+def test_device_tokens_are_checked_and_devices_locked_out_on_their_own(h):
+    other = crypto.IdentityKey.generate()
+    good = device_token(h)
+    cases = {
+        "forged": connect.DeviceToken.issue(other, crypto.b64u_encode(b"d" * 16), NOW),
+        "expired": device_token(h, now=NOW - 100, lifetime=50),
+        "garbage": "hcdev1.x.y",
+    }
+    for name, token in cases.items():
+        resp = post(h, device_body(h, token))
+        assert_error(resp, 403, "bad-device")
+    # A device-path challenge from a wrong clock.
+    stale = connect.device_challenge(NOW - 3600, lambda n: bytes(n))
+    assert_error(post(h, device_body(h, good, challenge=stale)), 403, "stale-challenge")
+
+    # Wrong passwords on the device path are refused by the home server (bad-proof);
+    # the coordinator counts them against that device only.
+    for _ in range(h.config.failures_before_lockout):
+        body = device_body(h, good)
+        assert post(h, body, ip=f"192.0.2.{_ + 1}").code == 202
+        h.relay.answer(h.home.public_raw, connect.Answer.refusal(body["session"],
+                                                                 connect.BAD_PROOF).encode())
+    assert_error(post(h, device_body(h, good), ip="192.0.2.200"), 429, "locked-out")
+    other_device = device_token(h, device=b"e" * 16)
+    assert post(h, device_body(h, other_device), ip="192.0.2.201").code == 202
+
+
+def test_wrong_passwords_on_the_device_path_count_against_the_source_too(h):
+    """Each device fails once, all from one source: the home server's bad-proof refusals
+    count like wrong answers, so the source's pool path is locked out; another device of
+    that source (the owner's other browser) keeps its own budget."""
+    for i in range(h.config.failures_before_lockout):
+        body = device_body(h, device_token(h, device=bytes([i]) * 16))
+        assert post(h, body).code == 202
+        h.relay.answer(h.home.public_raw, connect.Answer.refusal(body["session"],
+                                                                 connect.BAD_PROOF).encode())
+    resp, _ = h.connect()
+    assert_error(resp, 429, "locked-out")
+    assert post(h, device_body(h, device_token(h, device=b"z" * 16))).code == 202
+
+
+def test_a_stranger_on_the_owner_s_address_cannot_keep_the_owner_s_device_out(h):
+    """Behind one IPv4 address (a carrier NAT, a hotel, an office) a stranger locks the
+    address out and spends its rate; the owner's device-token connect from that address
+    still gets in, on its own budgets (when the source lockout and rate came before the
+    device path, this was 429)."""
+    shared = "100.64.0.1"
+    for i in range(12):                            # made-up challenges: half a failure each
+        h.connect(ip=shared, challenge=bytes([i]) * 16)
+    resp, _ = h.connect(ip=shared)
+    assert_error(resp, 429, "locked-out")
+    for i in range(h.config.per_ip_per_minute):    # and the address's rate is spent too
+        h.call("POST", "/api/connect", ip=shared, body={"server": h.server_id})
+    assert post(h, device_body(h, device_token(h)), ip=shared).code == 202
+
+
+def test_a_token_that_does_not_verify_counts_against_the_source(h):
+    other = crypto.IdentityKey.generate()
+    forged = connect.DeviceToken.issue(other, crypto.b64u_encode(b"d" * 16), NOW)
+    codes = [post(h, device_body(h, forged), ip="198.51.100.9").json["code"]
+             for _ in range(12)]
+    assert codes[:9] == ["bad-device"] * 9 and codes[-1] == "locked-out"
+
+
+def test_device_budgets_are_per_server_and_device(h):
+    """A device id is only a home server's word: the same id at another server is another
+    device (budgets keyed by the id alone let one server's tokens spend another's)."""
+    from homechannel.coordinator.broker import device_key
+
+    other = crypto.IdentityKey.generate()
+    assert device_key(h.home.public_raw, "d") != device_key(other.public_raw, "d")
+    for _ in range(h.config.per_device_per_minute):
+        assert post(h, device_body(h, device_token(h))).code == 202
+    resp = post(h, device_body(h, device_token(h)))
+    assert_error(resp, 429, "rate-limited")
+    assert resp.json["scope"] == "device"
+    h.relay.add_server(other.public_raw, PASSWORD_KEY)
+    token = connect.DeviceToken.issue(other, crypto.b64u_encode(b"d" * 16), NOW)
+    body = device_body(h, token, server=other.text)
+    assert post(h, body).code == 202
+
+
+# -- the ceiling on online guessing -----------------------------------------------------------
+
+
+def test_online_guessing_per_server_has_a_ceiling_per_day():
+    """A simulated day of attempts from ever-new sources, one every two seconds, each with a valid
+    challenge and a wrong password: the attempts that reach the password check stay under
+    1.1 x per_server_per_day (the daily budget plus its burst of a tenth; docs/security.md
+    quotes the figure).  Without the daily budget this is 10 a minute, 14,400 a day."""
+    clock = task.Clock()
+    clock.advance(NOW)
+    relay = FakeRelay()
+    home = crypto.IdentityKey.generate()
+    relay.add_server(home.public_raw, PASSWORD_KEY)
+    config = WebConfig()
+    broker = Broker(relay, config, clock)
+    guesses = refused = 0
+    for i in range(43200):
+        clock.advance(2.0)
+        source = f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
+        challenge = _result(broker.lookup(home.public_raw, source))["challenge"]
+        req = connect.ConnectRequest(
+            home.text, home.public_raw, crypto.b64u_encode(i.to_bytes(16, "big")), challenge,
+            b"p" * 32, "v=0\r\n", answer=crypto.challenge_answer(WRONG_KEY, challenge))
+        try:
+            _result(broker.connect(req, source))
+        except HomeChannelError as e:
+            if e.code == "wrong-password":
+                guesses += 1
+            else:
+                assert e.code == "rate-limited", e
+                refused += 1
+    ceiling = config.per_server_per_day + config.per_server_per_day // 10
+    assert guesses <= ceiling
+    assert guesses >= config.per_server_per_day      # the budget is usable, not zero
+    print(f"guesses reaching the password check in one day: {guesses} (ceiling {ceiling}); "
+          f"{refused} attempts refused")
+
+
+def _result(d):
+    """The result of a Deferred that the in-memory seams fired at once (or its error)."""
+    out = []
+    d.addBoth(out.append)
+    (result,) = out
+    if isinstance(result, Failure):
+        result.raiseException()
+    return result
+
+
+# -- the two-request connect --------------------------------------------------------------------
+
+
+def test_connect_can_hold_for_the_answer(h):
+    challenge = h.lookup()
+    body = h.connect_body(challenge)
+    d = h.start("POST", "/api/connect?wait=10", body=body)
+    h.relay.answer(h.home.public_raw, h.answer_payload(body["session"]))
+    resp = h.finish(d, "/api/connect")
+    assert resp.code == 200 and resp.json["status"] == "answered"
+    assert resp.json["session"] == body["session"]
+
+    body = h.connect_body(h.lookup())
+    d = h.start("POST", "/api/connect?wait=10", body=body)
+    h.clock.advance(10)
+    resp = h.finish(d, "/api/connect")
+    assert resp.code == 202 and resp.json == {"session": body["session"], "status": "pending"}
+
+    body = h.connect_body(h.lookup())
+    d = h.start("POST", "/api/connect?wait=10", body=body)
+    h.relay.answer(h.home.public_raw, json.dumps(
+        {"session": body["session"], "error": "bad-proof", "message": "no"}).encode())
+    assert_error(h.finish(d, "/api/connect"), 403, "bad-proof")
+    resp = h.call("POST", "/api/connect?wait=soon", body=h.connect_body(h.lookup()))
+    assert_error(resp, 400, "bad-request")
