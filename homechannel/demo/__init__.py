@@ -234,8 +234,9 @@ class Child:
         self._offset = 0
         self._partial = b""
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        # Make sure twistd finds twisted/plugins/ of this checkout.
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        # Make sure twistd finds twisted/plugins/ of this checkout (homechannel/demo/
+        # is two levels below it).
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen(

@@ -365,7 +365,7 @@ def test_the_client_never_imports_the_cli_nor_twisted():
         "    importlib.import_module(name)\n"
         "print(json.dumps([names, sorted(sys.modules)]))\n")
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                       timeout=60, env=dict(os.environ, PYTHONPATH=ROOT))
+                       timeout=60, env=dict(os.environ, PYTHONPATH=REPO))
     assert r.returncode == 0, r.stderr
     names, loaded = json.loads(r.stdout)
     assert {"homechannel.client.session", "homechannel.client.forward"} <= set(names)
