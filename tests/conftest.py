@@ -14,9 +14,13 @@ Every test run under ``make test`` is inside ``tests/netns-run`` (a network
 namespace with only ``lo``).  In CI that is enforced at session start.
 """
 
+import os
 import sys
 
 import pytest
+
+# Support modules (NAT and WAN topologies, ...) import as top-level modules.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "support"))
 
 from helpers import CHROMIUM_ARGS, Twistd, in_ci, loopback_only, require_module, require_tool
 
