@@ -14,7 +14,7 @@ import secrets
 import pytest
 
 import services
-from helpers import CHROMIUM_ARGS, Twistd, require_module, require_tool
+from helpers import CHROMIUM_ARGS, Twistd, in_ci, require_module, require_tool
 
 
 @pytest.fixture
@@ -81,3 +81,30 @@ def sshd(tmp_path):
     with services.local_user("hct", password) as user, services.sshd(tmp_path) as port:
         yield {"port": port, "user": user, "password": password,
                "key": tmp_path / "host_ed25519"}
+
+
+# -- network topologies in the test's own namespaces --------------------------------------
+
+
+@pytest.fixture
+def topology_factory():
+    """``make(home_nat=, client_nat=, udp_timeout=, wan=)`` -> a built
+    :class:`nat.Topology` (``tests/support/nat.py``, ``wan.py``); every one is torn
+    down at the end."""
+    import nat
+
+    why = nat.Topology.check_environment()
+    if why:
+        if in_ci():
+            pytest.fail(why)
+        pytest.skip(why)
+    made = []
+
+    def make(**kw):
+        topo = nat.Topology(**kw).up()
+        made.append(topo)
+        return topo
+
+    yield make
+    for topo in made:
+        topo.down()

@@ -14,7 +14,7 @@ import time
 import pytest
 
 import nat
-from helpers import CHROMIUM_ARGS, in_ci, require_tool
+from helpers import CHROMIUM_ARGS, require_tool
 from daemons import PASSWORD
 
 # Every RTCPeerConnection the page makes, for getStats().
@@ -44,27 +44,6 @@ SELECTED_PAIR = """async () => {
           localAddress: local.address, remoteAddress: remote.address,
           relayProtocol: local.relayProtocol || null};
 }"""
-
-
-@pytest.fixture
-def topology_factory():
-    """``make(home_nat=, client_nat=, udp_timeout=)`` -> a built :class:`nat.Topology`;
-    every one is torn down at the end."""
-    why = nat.Topology.check_environment()
-    if why:
-        if in_ci():
-            pytest.fail(why)
-        pytest.skip(why)
-    made = []
-
-    def make(**kw):
-        topo = nat.Topology(**kw).up()
-        made.append(topo)
-        return topo
-
-    yield make
-    for topo in made:
-        topo.down()
 
 
 @pytest.fixture

@@ -85,17 +85,21 @@ table ip homechannel_nat {{
 class Topology:
     """Build with :meth:`up`, always :meth:`down` (or use it as a context manager)."""
 
-    def __init__(self, home_nat="cone", client_nat="cone", udp_timeout=None):
+    def __init__(self, home_nat="cone", client_nat="cone", udp_timeout=None, wan=None):
+        """*wan* (a :class:`wan.Wan`): the client router's link to the public side is
+        an emulated WAN link (delay, loss, rate), see ``tests/support/wan.py``."""
         for nat in (home_nat, client_nat):
             if nat not in ("cone", "symmetric"):
                 raise ValueError(f"unknown NAT kind {nat!r}")
         self.nat = {"home": home_nat, "client": client_nat}
         self.udp_timeout = udp_timeout
+        self.wan = wan
         tag = uuid.uuid4().hex[:6]
-        self.ns = {name: f"hc{tag}-{name}"
-                   for name in ("pub", "rhome", "home", "rclient", "client")}
+        names = ["pub", "rhome", "home", "rclient", "client"] + (["wan"] if wan else [])
+        self.ns = {name: f"hc{tag}-{name}" for name in names}
         self.public_address = dict(ROUTER_WAN)
         self._made = []
+        self._procs = []
 
     # -- building --------------------------------------------------------------------
 
@@ -157,8 +161,17 @@ class Topology:
     def _router(self, side, router):
         ns = self.ns
         port = f"{side[:1]}wan"
-        _run("ip", "link", "add", "wan", "netns", ns[router], "type", "veth",
-             "peer", "name", port, "netns", ns["pub"])
+        if side == "client" and self.wan is not None:
+            # router --veth-- [wan: wana, wire, wanb] --veth-- public bridge
+            import wan as wan_
+            _run("ip", "link", "add", "wan", "netns", ns[router], "type", "veth",
+                 "peer", "name", "wana", "netns", ns["wan"])
+            _run("ip", "link", "add", "wanb", "netns", ns["wan"], "type", "veth",
+                 "peer", "name", port, "netns", ns["pub"])
+            self._procs.append(wan_.build(self, "wan", self.wan, "wana", "wanb"))
+        else:
+            _run("ip", "link", "add", "wan", "netns", ns[router], "type", "veth",
+                 "peer", "name", port, "netns", ns["pub"])
         self.ip("pub", "link", "set", port, "master", "br0")
         self.ip("pub", "link", "set", port, "up")
         self.ip(router, "addr", "add", f"{self.public_address[side]}/24", "dev", "wan")
@@ -180,6 +193,10 @@ class Topology:
                      f"net.netfilter.nf_conntrack_udp_timeout_stream={t}")
 
     def down(self):
+        for proc in self._procs:
+            proc.kill()
+            proc.wait()
+        self._procs = []
         for name in reversed(self._made):
             _run("ip", "netns", "pids", name, check=False)
             _run("ip", "netns", "del", name, check=False)
