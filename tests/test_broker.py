@@ -10,7 +10,6 @@ import json
 
 import pytest
 from twisted.internet import task
-from twisted.python.failure import Failure
 
 from test_web import IP_A, NOW, PASSWORD_KEY, Harness, assert_error
 
@@ -19,7 +18,7 @@ from homechannel import crypto
 from homechannel.protocol import connect
 from homechannel.config import CoordinatorWeb as WebConfig
 from homechannel.coordinator.broker import Broker
-from homechannel.testing.coordinator import FakeRelay
+from homechannel.testing.coordinator import FakeRelay, at_once
 from homechannel.errors import HomeChannelError
 
 WRONG_KEY = bytes(32)
@@ -228,12 +227,12 @@ def test_online_guessing_per_server_has_a_ceiling_per_day():
     for i in range(43200):
         clock.advance(2.0)
         source = f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
-        challenge = _result(broker.lookup(home.public_raw, source))["challenge"]
+        challenge = at_once(broker.lookup(home.public_raw, source))["challenge"]
         req = connect.ConnectRequest(
             home.text, home.public_raw, crypto.b64u_encode(i.to_bytes(16, "big")), challenge,
             b"p" * 32, "v=0\r\n", answer=crypto.challenge_answer(WRONG_KEY, challenge))
         try:
-            _result(broker.connect(req, source))
+            at_once(broker.connect(req, source))
         except HomeChannelError as e:
             if e.code == "wrong-password":
                 guesses += 1
@@ -245,16 +244,6 @@ def test_online_guessing_per_server_has_a_ceiling_per_day():
     assert guesses >= config.per_server_per_day      # the budget is usable, not zero
     print(f"guesses reaching the password check in one day: {guesses} (ceiling {ceiling}); "
           f"{refused} attempts refused")
-
-
-def _result(d):
-    """The result of a Deferred that the in-memory seams fired at once (or its error)."""
-    out = []
-    d.addBoth(out.append)
-    (result,) = out
-    if isinstance(result, Failure):
-        result.raiseException()
-    return result
 
 
 # -- the two-request connect --------------------------------------------------------------------

@@ -4,7 +4,7 @@ the relay seam, migration (success and failure) and failover persistence."""
 import json
 
 import pytest
-from twisted.internet import task
+from twisted.internet import defer, task
 from zope.interface.verify import verifyObject
 
 from homechannel import crypto
@@ -17,6 +17,7 @@ from homechannel.coordinator.udp import CoordinatorUDP
 from homechannel.errors import Unavailable
 from homechannel.server.challenges import ChallengeSource
 from homechannel.server.udp import ServerUDP, load_failover
+from homechannel.testing.coordinator import at_once
 from homechannel.testing.udp import MemoryNetwork
 
 K = b"K" * 32
@@ -67,24 +68,25 @@ def test_relay_offer_and_answer_through_adapters(net):
     relay = net["coords"][C1]
     server_key = net["server_key"]
     assert net["server"].registered
-    online, challenge = relay.server_status(server_key.public_raw)
+    online, challenge = at_once(relay.server_status(server_key.public_raw))
     assert online and len(challenge) == 16
     answers = []
     relay.set_answer_handler(lambda key, payload: answers.append((key, payload)))
-    d = relay.send_offer(server_key.public_raw, b"offer" * 500)
+    d = defer.Deferred.fromCoroutine(relay.send_offer(server_key.public_raw, b"offer" * 500))
     net["network"].run(2.0)
     assert d.called
     assert answers == [(server_key.id, b"answer to " + b"offer" * 500)]
-    expected = relay.take_challenge(server_key.public_raw, challenge)
+    expected = at_once(relay.take_challenge(server_key.public_raw, challenge))
     assert crypto.check_answer(crypto.challenge_answer(K, challenge), expected)
-    assert relay.take_challenge(server_key.public_raw, challenge) is None
+    assert at_once(relay.take_challenge(server_key.public_raw, challenge)) is None
     net["network"].run(2.0)      # the pool is refilled over UDP
     assert len(relay.rv.registry.pool(relay.rv.registry.lookup_key(server_key.id))) == 2
 
 
 def test_offer_to_unknown_server_fails(net):
     relay = net["coords"][C1]
-    d = relay.send_offer(crypto.IdentityKey.generate().public_raw, b"x")
+    d = defer.Deferred.fromCoroutine(
+        relay.send_offer(crypto.IdentityKey.generate().public_raw, b"x"))
     f = []
     d.addErrback(f.append)
     assert f and f[0].check(Unavailable)
@@ -151,8 +153,9 @@ def test_failed_login_is_reported_to_the_home_server(net):
     seen = []
     globalLogPublisher.addObserver(seen.append)
     try:
-        net["coords"][C1].notify(net["server_key"].public_raw,
-                                 connect.failure_notice("198.51.100.7", "wrong-password"))
+        at_once(net["coords"][C1].notify(net["server_key"].public_raw,
+                                         connect.failure_notice("198.51.100.7",
+                                                                "wrong-password")))
         net["network"].run(1.0)
     finally:
         globalLogPublisher.removeObserver(seen.append)
