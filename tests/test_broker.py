@@ -9,7 +9,10 @@ can exhaust, so each test fails if its rule is removed (noted per test).
 import json
 
 import pytest
-from twisted.internet import task
+from twisted.internet import defer, task
+from twisted.python.failure import Failure
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from test_web import IP_A, NOW, PASSWORD_KEY, Harness, assert_error
 
@@ -18,6 +21,7 @@ from homechannel import crypto
 from homechannel.protocol import connect
 from homechannel.config import CoordinatorWeb as WebConfig
 from homechannel.coordinator.broker import Broker
+from homechannel.coordinator.interfaces import ILockout, IRateLimiter, IRelay, ISessionStore
 from homechannel.testing.coordinator import FakeRelay, at_once
 from homechannel.errors import HomeChannelError
 
@@ -271,3 +275,206 @@ def test_connect_can_hold_for_the_answer(h):
     assert_error(h.finish(d, "/api/connect"), 403, "bad-proof")
     resp = h.call("POST", "/api/connect?wait=soon", body=h.connect_body(h.lookup()))
     assert_error(resp, 400, "bad-request")
+
+
+# -- the checks of one round are asked for together ----------------------------------------
+
+
+class Pipeline:
+    """What the cluster's store does to the seams' commands, in memory: everything queued
+    before the test calls :meth:`flush` is answered together (one Redis round trip)."""
+
+    def __init__(self):
+        self.rounds = []
+        self._queued = []
+
+    async def call(self, name):
+        d = defer.Deferred()
+        self._queued.append((name, d))
+        await d
+
+    def flush(self):
+        batch, self._queued = self._queued, []
+        self.rounds.append(sorted(name for name, _ in batch))
+        for _, d in batch:
+            d.callback(None)
+
+
+@implementer(IRateLimiter)
+class PipelinedLimiter:
+    """An in-memory limiter whose every answer waits for the pipeline's round."""
+
+    def __init__(self, pipeline, name, seam):
+        self.pipeline, self.name, self.seam = pipeline, name, seam
+
+    async def hit(self, key):
+        await self.pipeline.call(f"{self.name}.hit")
+        return await self.seam.hit(key)
+
+    async def peek(self, key):
+        await self.pipeline.call(f"{self.name}.peek")
+        return await self.seam.peek(key)
+
+
+@implementer(ILockout)
+class PipelinedLockout:
+    def __init__(self, pipeline, name, seam):
+        self.pipeline, self.name, self.seam = pipeline, name, seam
+
+    async def check(self, key):
+        await self.pipeline.call(f"{self.name}.check")
+        return await self.seam.check(key)
+
+    async def failure(self, key, weight=1.0):
+        await self.pipeline.call(f"{self.name}.failure")
+        return await self.seam.failure(key, weight)
+
+    async def success(self, key):
+        await self.pipeline.call(f"{self.name}.success")
+        return await self.seam.success(key)
+
+
+@implementer(IRelay)
+class PipelinedRelay:
+    """FakeRelay's answers, the two read from the cluster's directory after a round."""
+
+    def __init__(self, pipeline, relay):
+        self.pipeline, self.relay = pipeline, relay
+
+    async def server_status(self, server_key):
+        await self.pipeline.call("relay.status")
+        return await self.relay.server_status(server_key)
+
+    async def take_challenge(self, server_key, challenge):
+        await self.pipeline.call("relay.take")
+        return await self.relay.take_challenge(server_key, challenge)
+
+    async def send_offer(self, server_key, payload):
+        return await self.relay.send_offer(server_key, payload)
+
+    async def notify(self, server_key, body):
+        return await self.relay.notify(server_key, body)
+
+    def set_answer_handler(self, handler):
+        self.relay.set_answer_handler(handler)
+
+
+@implementer(ISessionStore)
+class PipelinedSessions:
+    def __init__(self, pipeline, sessions):
+        self.pipeline, self.sessions = pipeline, sessions
+
+    @property
+    def waiting(self):
+        return self.sessions.waiting
+
+    async def create(self, session_id, server_key, source=None, device=None):
+        await self.pipeline.call("sessions.create")
+        return await self.sessions.create(session_id, server_key, source, device)
+
+    async def info(self, session_id):
+        await self.pipeline.call("sessions.info")
+        return await self.sessions.info(session_id)
+
+    async def is_pending(self, session_id):
+        return await self.sessions.is_pending(session_id)
+
+    async def wait(self, session_id, timeout, source=None):
+        return await self.sessions.wait(session_id, timeout, source)
+
+    async def answer(self, session_id, result):
+        await self.pipeline.call("sessions.answer")
+        return await self.sessions.answer(session_id, result)
+
+    async def fail(self, session_id, error):
+        await self.pipeline.call("sessions.fail")
+        return await self.sessions.fail(session_id, error)
+
+
+def test_the_checks_of_a_round_are_asked_for_together():
+    """With seams that answer only when the store's pipeline is flushed (a cluster node),
+    a lookup is one round trip, a connect on the pool path three (the independent checks;
+    the challenge; the session with the budget spent and the lockout cleared), a wrong
+    password two and a device-token connect two.  Shown to fail with ``_together``
+    awaiting its coroutines one after another (one round per check)."""
+    from homechannel.coordinator.broker import memory_limiter, memory_lockout
+    from homechannel.coordinator.sessions import MemorySessionStore
+
+    clock = task.Clock()
+    clock.advance(NOW)
+    pipeline = Pipeline()
+    fake = FakeRelay()
+    home = crypto.IdentityKey.generate()
+    fake.add_server(home.public_raw, PASSWORD_KEY)
+    relay = PipelinedRelay(pipeline, fake)
+    sessions = PipelinedSessions(pipeline, MemorySessionStore(clock))
+    made = []
+
+    def make_limiter(clock, name, *args, **kw):
+        made.append((IRateLimiter, PipelinedLimiter(
+            pipeline, name, memory_limiter(clock, name, *args, **kw))))
+        return made[-1][1]
+
+    def make_lockout(clock, name, *args):
+        made.append((ILockout, PipelinedLockout(pipeline, name,
+                                                memory_lockout(clock, name, *args))))
+        return made[-1][1]
+
+    broker = Broker(relay, WebConfig(), clock, sessions=sessions, make_limiter=make_limiter,
+                    make_lockout=make_lockout)
+    for interface, seam in [(IRelay, relay), (ISessionStore, sessions)] + made:
+        assert verifyObject(interface, seam)
+
+    def rounds(coro):
+        pipeline.rounds.clear()
+        d = defer.Deferred.fromCoroutine(coro)
+        while not d.called:
+            pipeline.flush()
+        out = []
+        d.addBoth(out.append)
+        if isinstance(out[0], Failure):
+            out[0].raiseException()
+        return out[0], list(pipeline.rounds)
+
+    found, trips = rounds(broker.lookup(home.public_raw, IP_A))
+    assert trips == [["lookup.hit", "relay.status"]]
+
+    def request(challenge, key=PASSWORD_KEY, session=1, device=None):
+        return connect.ConnectRequest(
+            home.text, home.public_raw, crypto.b64u_encode(session.to_bytes(16, "big")),
+            challenge, b"p" * 32, "v=0\r\n", answer=crypto.challenge_answer(key, challenge),
+            device=device)
+
+    _, trips = rounds(broker.connect(request(found["challenge"]), IP_A))
+    checks = ["connect.hit", "relay.status", "server-day.peek", "server-minute.peek",
+              "source.check"]
+    assert trips == [checks, ["relay.take"],
+                     ["server-day.hit", "server-minute.hit", "sessions.create",
+                      "source.success"]]
+
+    challenge = at_once(fake.server_status(home.public_raw))[1]
+    with pytest.raises(HomeChannelError, match="wrong password"):
+        rounds(broker.connect(request(challenge, WRONG_KEY, 2), IP_A))
+    assert pipeline.rounds == [checks, ["relay.take"],
+                               ["server-day.hit", "server-minute.hit", "source.failure"]]
+
+    token = connect.DeviceToken.issue(home, crypto.b64u_encode(b"d" * 16), NOW)
+    device = connect.device_challenge(NOW, lambda n: bytes(n))
+    _, trips = rounds(broker.connect(request(device, session=3, device=token), IP_A))
+    assert trips == [["device-source.hit", "device.check", "device.hit", "relay.status"],
+                     ["sessions.create"]]
+
+
+def test_every_step_of_a_round_runs_even_when_one_is_refused():
+    """The last round of a connect makes the session and spends the server's budget
+    together: when the session table is full (503 busy) the budget is spent all the
+    same, in memory as in a cluster's pipeline (where every queued command runs).
+    Shown to fail with ``_together`` stopping at the first error (the third attempt
+    is busy again instead of rate-limited)."""
+    h = Harness(max_sessions=1, per_server_per_minute=2)
+    assert h.connect()[0].code == 202
+    resp, _ = h.connect(ip="192.0.2.2")
+    assert_error(resp, 503, "busy")
+    resp, _ = h.connect(ip="192.0.2.3")
+    assert_error(resp, 429, "rate-limited")
+    assert resp.json["scope"] == "server"

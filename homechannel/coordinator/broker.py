@@ -47,6 +47,7 @@ from collections import Counter, OrderedDict
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from homechannel import crypto
 
@@ -142,6 +143,27 @@ def _resume(coro, awaited):
                 awaited = coro.send(value)
             except StopIteration as done:
                 return done.value
+
+
+def _background(coro, what):
+    """Run the coroutine *coro* on its own (nobody waits for it); log what it fails
+    with (an unavailable store at info level, anything else as a bug).  One that
+    finishes at once (in-memory seams) makes no Deferred."""
+    try:
+        awaited = coro.send(None)
+    except StopIteration:
+        return
+    except Exception:
+        _log_background(Failure(), what)
+        return
+    defer.Deferred.fromCoroutine(_resume(coro, awaited)).addErrback(_log_background, what)
+
+
+def _log_background(failure, what):
+    if failure.check(HomeChannelError):
+        Broker.log.info("{what} failed: {error}", what=what, error=failure.getErrorMessage())
+    else:
+        Broker.log.failure("{what} failed", failure, what=what)
 
 
 def memory_limiter(clock, name, limit, period, burst=None):
@@ -362,7 +384,8 @@ class Broker:
 
     def on_answer(self, kid: bytes, payload: bytes):
         """A complete ANSWER transfer from the home server with key id *kid* (the
-        relay's answer handler: plain, it starts the coroutine that stores it).
+        relay's answer handler: plain, it starts the coroutine that stores it and
+        returns before a cluster's store has answered).
 
         Hostile or stale input is counted and dropped, never raised."""
         try:
@@ -370,8 +393,8 @@ class Broker:
         except ProtocolError:
             self.metrics["answers_malformed"] += 1
             self.log.debug("dropped a malformed answer")
-            return None
-        return _background(self._answered(kid, answer), "handling an answer")
+            return
+        _background(self._answered(kid, answer), "handling an answer")
 
     async def _answered(self, kid, answer):
         info = await self.sessions.info(answer.session)
@@ -419,16 +442,3 @@ class Broker:
             seconds = whole_seconds(retry)
             raise TooManyRequests(f"{message}: try again in {seconds} seconds",
                                   "rate-limited", retry_after=seconds, scope=scope)
-
-
-def _background(coro, what):
-    """Run the coroutine *coro* on its own (nobody waits for it); log what it fails
-    with (an unavailable store at info level, anything else as a bug)."""
-    return defer.Deferred.fromCoroutine(coro).addErrback(_log_background, what)
-
-
-def _log_background(failure, what):
-    if failure.check(HomeChannelError):
-        Broker.log.info("{what} failed: {error}", what=what, error=failure.getErrorMessage())
-    else:
-        Broker.log.failure("{what} failed", failure, what=what)
