@@ -464,6 +464,13 @@ def test_the_checks_of_a_round_are_asked_for_together():
     assert trips == [["device-source.hit", "device.check", "device.hit", "relay.status"],
                      ["sessions.create"]]
 
+    # An error in a round that waits is raised once every step of it has run.
+    challenge = at_once(fake.server_status(home.public_raw))[1]
+    with pytest.raises(HomeChannelError, match="already in use"):
+        rounds(broker.connect(request(challenge, session=1), IP_A))
+    assert pipeline.rounds[-1] == ["server-day.hit", "server-minute.hit", "sessions.create",
+                                   "source.success"]
+
 
 def test_every_step_of_a_round_runs_even_when_one_is_refused():
     """The last round of a connect makes the session and spends the server's budget
