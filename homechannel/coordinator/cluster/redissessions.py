@@ -19,8 +19,9 @@ long-poll (the node the browser's request reaches):
 * Completion is one script that sets the result only while the session is
   pending (the first answer wins) and publishes ``<session id> <state>
   <result>`` on ``<prefix>done`` (an error as the API's answer for it,
-  ``errors.to_response``, with its status).  Every node subscribes to that channel once
-  (``redisrelay.NodeLink``) and hands the messages to :meth:`completed`; a
+  ``errors.to_response``, with its status).  Every node subscribes to that
+  channel once (``redisrelay.NodeLink``) and hands the messages to
+  :meth:`completed`; a
   long-poll registers its local waiter *before* it reads the session, so an
   answer that arrives between the read and the subscription is never missed,
   and nothing polls Redis in a loop.
