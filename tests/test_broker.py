@@ -293,11 +293,15 @@ class Pipeline:
         self._queued.append((name, d))
         await d
 
-    def flush(self):
+    def flush(self, error=None):
+        """Answer every queued command (or fail each with *error*: Redis is gone)."""
         batch, self._queued = self._queued, []
         self.rounds.append(sorted(name for name, _ in batch))
         for _, d in batch:
-            d.callback(None)
+            if error is None:
+                d.callback(None)
+            else:
+                d.errback(error)
 
 
 @implementer(IRateLimiter)
@@ -391,59 +395,71 @@ class PipelinedSessions:
         return await self.sessions.fail(session_id, error)
 
 
+class PipelinedNode:
+    """A broker whose seams all answer through one :class:`Pipeline` (a cluster node's
+    store), each checked against its interface; FakeRelay behind the relay."""
+
+    def __init__(self):
+        from homechannel.coordinator.broker import memory_limiter, memory_lockout
+        from homechannel.coordinator.sessions import MemorySessionStore
+
+        clock = task.Clock()
+        clock.advance(NOW)
+        self.pipeline = pipeline = Pipeline()
+        self.fake = FakeRelay()
+        self.home = crypto.IdentityKey.generate()
+        self.fake.add_server(self.home.public_raw, PASSWORD_KEY)
+        relay = PipelinedRelay(pipeline, self.fake)
+        self.sessions = PipelinedSessions(pipeline, MemorySessionStore(clock))
+        made = []
+
+        def make_limiter(clock, name, *args, **kw):
+            made.append((IRateLimiter, PipelinedLimiter(
+                pipeline, name, memory_limiter(clock, name, *args, **kw))))
+            return made[-1][1]
+
+        def make_lockout(clock, name, *args):
+            made.append((ILockout, PipelinedLockout(pipeline, name,
+                                                    memory_lockout(clock, name, *args))))
+            return made[-1][1]
+
+        self.broker = Broker(relay, WebConfig(), clock, sessions=self.sessions,
+                             make_limiter=make_limiter, make_lockout=make_lockout)
+        for interface, seam in [(IRelay, relay), (ISessionStore, self.sessions)] + made:
+            assert verifyObject(interface, seam)
+
+    def request(self, challenge, key=PASSWORD_KEY, session=1, device=None):
+        return connect.ConnectRequest(
+            self.home.text, self.home.public_raw,
+            crypto.b64u_encode(session.to_bytes(16, "big")), challenge, b"p" * 32, "v=0\r\n",
+            answer=crypto.challenge_answer(key, challenge), device=device)
+
+    def rounds(self, coro, end_round=None):
+        """Run *coro* to its end, each round answered by *end_round* (default: the
+        pipeline's flush); its result (or raise its error) and the rounds."""
+        self.pipeline.rounds.clear()
+        d = defer.Deferred.fromCoroutine(coro)
+        while not d.called:
+            (end_round or self.pipeline.flush)()
+        out = []
+        d.addBoth(out.append)
+        if isinstance(out[0], Failure):
+            out[0].raiseException()
+        return out[0], list(self.pipeline.rounds)
+
+
 def test_the_checks_of_a_round_are_asked_for_together():
     """With seams that answer only when the store's pipeline is flushed (a cluster node),
     a lookup is one round trip, a connect on the pool path three (the independent checks;
     the challenge; the session with the budget spent and the lockout cleared), a wrong
     password two and a device-token connect two.  Shown to fail with ``_together``
     awaiting its coroutines one after another (one round per check)."""
-    from homechannel.coordinator.broker import memory_limiter, memory_lockout
-    from homechannel.coordinator.sessions import MemorySessionStore
-
-    clock = task.Clock()
-    clock.advance(NOW)
-    pipeline = Pipeline()
-    fake = FakeRelay()
-    home = crypto.IdentityKey.generate()
-    fake.add_server(home.public_raw, PASSWORD_KEY)
-    relay = PipelinedRelay(pipeline, fake)
-    sessions = PipelinedSessions(pipeline, MemorySessionStore(clock))
-    made = []
-
-    def make_limiter(clock, name, *args, **kw):
-        made.append((IRateLimiter, PipelinedLimiter(
-            pipeline, name, memory_limiter(clock, name, *args, **kw))))
-        return made[-1][1]
-
-    def make_lockout(clock, name, *args):
-        made.append((ILockout, PipelinedLockout(pipeline, name,
-                                                memory_lockout(clock, name, *args))))
-        return made[-1][1]
-
-    broker = Broker(relay, WebConfig(), clock, sessions=sessions, make_limiter=make_limiter,
-                    make_lockout=make_lockout)
-    for interface, seam in [(IRelay, relay), (ISessionStore, sessions)] + made:
-        assert verifyObject(interface, seam)
-
-    def rounds(coro):
-        pipeline.rounds.clear()
-        d = defer.Deferred.fromCoroutine(coro)
-        while not d.called:
-            pipeline.flush()
-        out = []
-        d.addBoth(out.append)
-        if isinstance(out[0], Failure):
-            out[0].raiseException()
-        return out[0], list(pipeline.rounds)
+    node = PipelinedNode()
+    pipeline, fake, home, broker = node.pipeline, node.fake, node.home, node.broker
+    rounds, request = node.rounds, node.request
 
     found, trips = rounds(broker.lookup(home.public_raw, IP_A))
     assert trips == [["lookup.hit", "relay.status"]]
-
-    def request(challenge, key=PASSWORD_KEY, session=1, device=None):
-        return connect.ConnectRequest(
-            home.text, home.public_raw, crypto.b64u_encode(session.to_bytes(16, "big")),
-            challenge, b"p" * 32, "v=0\r\n", answer=crypto.challenge_answer(key, challenge),
-            device=device)
 
     _, trips = rounds(broker.connect(request(found["challenge"]), IP_A))
     checks = ["connect.hit", "relay.status", "server-day.peek", "server-minute.peek",
@@ -485,3 +501,50 @@ def test_every_step_of_a_round_runs_even_when_one_is_refused():
     resp, _ = h.connect(ip="192.0.2.3")
     assert_error(resp, 429, "rate-limited")
     assert resp.json["scope"] == "server"
+
+
+def test_a_store_that_fails_is_a_clear_error_in_every_round_and_in_the_background():
+    """A cluster node's store that fails its commands (Redis gone) refuses a lookup and a
+    connect with its own error (503 unavailable), not an internal error; the background
+    steps (the offer the home server did not acknowledge, an answer whose session cannot
+    be read) log it at info level, not as a bug.  Shown to fail with the failure of a
+    Deferred handed to the waiting coroutine as a result (``_follow``'s first version:
+    an AssertionError inside Twisted, a 500)."""
+    from twisted.logger import globalLogPublisher
+
+    from homechannel.errors import Unavailable
+
+    node = PipelinedNode()
+    gone = Unavailable("the coordinator cluster's store is unavailable: try again shortly",
+                       "unavailable")
+
+    def fail():
+        node.pipeline.flush(gone)
+
+    with pytest.raises(Unavailable) as e:
+        node.rounds(node.broker.lookup(node.home.public_raw, IP_A), fail)
+    assert e.value.code == "unavailable"
+    challenge = at_once(node.fake.server_status(node.home.public_raw))[1]
+    with pytest.raises(Unavailable) as e:
+        node.rounds(node.broker.connect(node.request(challenge), IP_A), fail)
+    assert e.value.code == "unavailable"
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        node.fake.auto_ack = False
+        node.rounds(node.broker.connect(node.request(challenge, session=2), IP_A))
+        node.fake.offers[-1][2].errback(Unavailable("no ack", "relay-failed"))
+        node.pipeline.flush()                       # the session is failed
+        node.broker.on_answer(crypto.key_id(node.home.public_raw), json.dumps(
+            {"session": crypto.b64u_encode((2).to_bytes(16, "big")), "error": "busy"}).encode())
+        fail()                                      # its session cannot be read
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert not [e for e in events if "log_failure" in e]
+    said = [e["log_format"].format(**e) for e in events if e.get("log_namespace", "")
+            .startswith("homechannel.coordinator.broker")]
+    assert "could not relay the offer for " + crypto.b64u_encode(
+        (2).to_bytes(16, "big")) + ": no ack" in said
+    assert "handling an answer failed: " + str(gone) in said
+    assert node.broker.metrics["relay_failed"] == 1

@@ -141,9 +141,12 @@ def _follow(coro, awaited, done):
     less what nobody here uses (a Deferred of its own, cancelling, a context of its
     own): a third of its cost (``docs/performance.md``)."""
 
-    def step(_):
+    def step(result):
         try:
-            awaited = coro.send(None)      # a Deferred resumed takes its own result
+            if isinstance(result, Failure):
+                awaited = result.throwExceptionIntoGenerator(coro)
+            else:
+                awaited = coro.send(result)
         except StopIteration as stop:
             done(stop.value, None)
         except Exception as e:
