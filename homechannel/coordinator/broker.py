@@ -30,26 +30,34 @@ Order of checks for ``POST /api/connect`` (docs/protocol.md section 2):
 4. the pending session is created and the offer relayed.
 
 The checks of one path that do not depend on each other are asked for
-together, in one Redis round trip on a cluster node; they are decided in the
-order above, and an attempt refused for a lockout has still spent one of its
-rate's attempts.
+together (:func:`_together`: every seam's coroutine is started before any is
+waited for), so that a cluster node sends their Redis commands in one
+pipeline, one round trip; they are decided in the order above, and an attempt
+refused for a lockout has still spent one of its rate's attempts.  The seams
+are ``async def`` (``coordinator/interfaces.py``); an in-memory one finishes
+at once, and awaiting it makes no Deferred.
 
 So an attacker's attempts spend only what a valid challenge lets them spend,
 lockouts fall on sources and devices, never on the server, and a client that
 signed in before (it holds a device token) keeps a budget of its own.
 """
 
-import math
 import os
 from collections import Counter, OrderedDict
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from homechannel import crypto
 
 from homechannel.protocol import connect
-from homechannel.coordinator.ratelimit import Lockout, RateLimiter, lockout_key, source_key
+from homechannel.coordinator.ratelimit import (
+    MemoryLockout,
+    MemoryRateLimiter,
+    lockout_key,
+    source_key,
+)
 from homechannel.coordinator.sessions import MemorySessionStore
 from homechannel.errors import (
     AuthenticationError,
@@ -59,6 +67,7 @@ from homechannel.errors import (
     ProtocolError,
     TooManyRequests,
     Unavailable,
+    whole_seconds,
 )
 
 DAY = 86400.0
@@ -79,64 +88,116 @@ def device_key(server_key: bytes, device: str) -> str:
     return f"{crypto.b64u_encode(crypto.key_id(server_key))}:{device}"
 
 
-def _settle(value):
-    """A seam's result as a Deferred (in-memory seams answer at once, shared ones later)."""
-    return value if isinstance(value, defer.Deferred) else defer.succeed(value)
+async def _together(*steps):
+    """Await several seams' coroutines as one round: their results, in order.
+
+    Each is started before any is waited for, so that on a cluster node their Redis
+    commands are queued in the same turn and go out as one pipeline.  One that
+    finishes at once (an in-memory seam) is not wrapped in anything; one that waits
+    goes on from callbacks (:func:`_follow`).  All of them run to their end; then the
+    first error, in order, is raised."""
+    results = [None] * len(steps)
+    failed = None                   # (index, error) of the first error in order
+    waiting = None
+    for i, step in enumerate(steps):
+        try:
+            awaited = step.send(None)
+        except StopIteration as stop:
+            results[i] = stop.value
+        except Exception as e:
+            if failed is None:
+                failed = (i, e)
+        else:
+            if waiting is None:
+                waiting = []
+            waiting.append((i, step, awaited))
+    if waiting:
+        left = len(waiting)
+        all_done = defer.Deferred()
+
+        def finished(i):
+            def done(result, error):
+                nonlocal left, failed
+                results[i] = result
+                if error is not None and (failed is None or i < failed[0]):
+                    failed = (i, error)
+                left -= 1
+                if not left:
+                    all_done.callback(None)
+            return done
+
+        for i, step, awaited in waiting:
+            _follow(step, awaited, finished(i))
+        await all_done
+    if failed is not None:
+        raise failed[1]
+    return results
 
 
-def _all(*values):
-    """:func:`_now_all` as a Deferred, for callers that are not coroutines."""
-    ready = _now_all(*values)
-    return defer.succeed(ready.value) if isinstance(ready, _Ready) else ready
+def _follow(coro, awaited, done):
+    """Go on with the coroutine *coro*, which waits for the Deferred *awaited*: it is
+    resumed from a callback on that Deferred (and on each one it waits for next), and
+    ``done(result, error)`` is called at its end.  What ``Deferred.fromCoroutine`` does,
+    less what nobody here uses (a Deferred of its own, cancelling, a context of its
+    own): a third of its cost (``docs/performance.md``)."""
+
+    def step(result):
+        try:
+            if isinstance(result, Failure):
+                awaited = result.throwExceptionIntoGenerator(coro)
+            else:
+                awaited = coro.send(result)
+        except StopIteration as stop:
+            done(stop.value, None)
+        except Exception as e:
+            done(None, e)
+        else:
+            awaited.addBoth(step)
+
+    awaited.addBoth(step)
 
 
-class _Ready:
-    """A value that is already there, to ``await`` in a coroutine without a Deferred
-    (an in-memory seam's answer: no Deferred made, fired and taken apart again)."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value):
-        self.value = value
-
-    def __await__(self):
-        yield from ()
-        return self.value
-
-
-def _now(value):
-    """A seam's result to ``await``: its Deferred, or the value itself at once."""
-    return value if isinstance(value, defer.Deferred) else _Ready(value)
+def _background(coro, what):
+    """Run the coroutine *coro* on its own (nobody waits for it); log what it fails
+    with (an unavailable store at info level, anything else as a bug).  One that
+    finishes at once (in-memory seams) makes no Deferred and no callback."""
+    try:
+        awaited = coro.send(None)
+    except StopIteration:
+        return
+    except Exception:
+        _log_background(Failure(), what)
+        return
+    _follow(coro, awaited, lambda result, error: error is None or _log_background(
+        Failure(error), what))
 
 
-def _now_all(*values):
-    """Wait for several seams' results at once (one Redis round trip for all of them),
-    to ``await``: without any Deferred when every seam answered at once."""
-    if not any(isinstance(v, defer.Deferred) for v in values):
-        return _Ready(list(values))
-    return defer.gatherResults([_settle(v) for v in values], consumeErrors=True).addErrback(
-        lambda f: f.value.subFailure)
+def _log_background(failure, what):
+    if failure.check(HomeChannelError):
+        Broker.log.info("{what} failed: {error}", what=what, error=failure.getErrorMessage())
+    else:
+        Broker.log.failure("{what} failed", failure, what=what)
 
 
 def memory_limiter(clock, name, limit, period, burst=None):
-    """The default ``make_limiter``: an in-memory token bucket."""
-    return RateLimiter(clock, limit, period, burst=burst)
+    """The default ``make_limiter``: in-memory token buckets."""
+    return MemoryRateLimiter(clock, limit, period, burst=burst)
 
 
 def memory_lockout(clock, name, threshold, base, maximum):
     """The default ``make_lockout``: in-memory lockouts."""
-    return Lockout(clock, threshold=threshold, base=base, maximum=maximum)
+    return MemoryLockout(clock, threshold=threshold, base=base, maximum=maximum)
 
 
 class Broker:
     """The connect flow behind the HTTPS API (one per coordinator process).
 
     The seams (*relay*, *sessions*, the limiters and lockouts made by
-    *make_limiter* and *make_lockout*) may answer at once (in memory) or with
-    a Deferred (the cluster's Redis implementations); :meth:`lookup`,
-    :meth:`connect` and :meth:`wait` return Deferreds either way.  Checks that
-    do not depend on each other are asked for together, so that a cluster
-    node makes one Redis round trip for them."""
+    *make_limiter* and *make_lockout*) are ``async def``: in memory (they finish
+    at once) or the cluster's Redis implementations.  :meth:`lookup`,
+    :meth:`connect` and :meth:`wait` are coroutines; :meth:`on_answer` is the
+    relay's plain callback.  Checks that do not depend on each other are asked
+    for together, so that a cluster node makes one Redis round trip for them."""
 
     log = Logger()
 
@@ -184,15 +245,9 @@ class Broker:
 
     # -- lookups ---------------------------------------------------------------
 
-    def lookup(self, server_key: bytes, source: str):
-        """A Deferred of ``{"online", "challenge", "ice_servers"}`` for a browser
-        about to connect."""
-        return defer.Deferred.fromCoroutine(self.run_lookup(server_key, source))
-
-    async def run_lookup(self, server_key, source):
-        """:meth:`lookup` as a coroutine, for a caller that is one (no Deferred
-        between the two)."""
-        retry, (online, challenge) = await _now_all(
+    async def lookup(self, server_key: bytes, source: str):
+        """``{"online", "challenge", "ice_servers"}`` for a browser about to connect."""
+        retry, (online, challenge) = await _together(
             self._lookup_limiter.hit(source_key(source)), self._relay.server_status(server_key))
         self._refuse_rate(retry, "too many lookups from your address", SOURCE)
         self.metrics["lookups"] += 1
@@ -203,13 +258,9 @@ class Broker:
 
     # -- connects ----------------------------------------------------------------
 
-    def connect(self, req: connect.ConnectRequest, source: str):
-        """Check and relay one connect attempt: a Deferred that fails with a
-        HomeChannelError to refuse it."""
-        return defer.Deferred.fromCoroutine(self.run_connect(req, source))
-
-    async def run_connect(self, req, source):
-        """:meth:`connect` as a coroutine, for a caller that is one."""
+    async def connect(self, req: connect.ConnectRequest, source: str):
+        """Check and relay one connect attempt; raise a HomeChannelError to refuse it.
+        Returns once the session is made and the offer is on its way."""
         lock = lockout_key(source)
         key = req.server_key
         token = token_error = None
@@ -220,40 +271,42 @@ class Broker:
                 token_error = e
         if token is not None:
             device = device_key(key, token.device)
-            locked, retry, source_retry, (online, _) = await _now_all(
+            locked, retry, source_retry, (online, _) = await _together(
                 self._device_lockout.check(device), self._device_limiter.hit(device),
                 self._device_source_limiter.hit(source_key(source)),
                 self._relay.server_status(key))
             self._device_path(req, locked, retry, source_retry)
             self._require_online(online)
-            spend = []
         else:
             # One round: everything that does not depend on anything else.
             checks = [self._lockout.check(lock), self._ip_limiter.hit(source_key(source)),
                       self._relay.server_status(key)]
             if token_error is None:
                 checks += [self._server_minute.peek(key), self._server_day.peek(key)]
-            results = await _now_all(*checks)
+            results = await _together(*checks)
             locked, retry, (online, _) = results[:3]
             self._refuse_locked(locked, "from your address", SOURCE)
             self._refuse_rate(retry, "too many connection attempts from your address", SOURCE)
             if token_error is not None:
                 self.metrics["connect_bad_device"] += 1
-                await _now(self._lockout.failure(lock, STALE_WEIGHT))
+                await self._lockout.failure(lock, STALE_WEIGHT)
                 raise Forbidden(f"this device's sign-in token was not accepted ({token_error}): "
                                 "sign in with the password", connect.BAD_DEVICE)
             self._require_online(online)
-            spend = await self._pool_path(req, source, lock, *results[3:])
+            await self._pool_path(req, source, lock, *results[3:])
         payload = connect.Offer(req.session, req.challenge, req.proof, req.offer,
                                 source=source, device=req.device,
                                 ice_servers=tuple(self._ice("server"))).encode()
         # The session is made together with the budget spent on a right answer.
-        await _now_all(self.sessions.create(req.session, key, source=source,
-                                        device=token.device if token is not None else None),
-                   *spend)
+        create = self.sessions.create(req.session, key, source=source,
+                                      device=token.device if token is not None else None)
+        if token is None:
+            await _together(create, self._server_minute.hit(key), self._server_day.hit(key),
+                            self._lockout.success(lock))
+        else:
+            await create
         self.metrics["connect_relayed"] += 1
-        d = _settle(self._relay.send_offer(key, payload))
-        d.addErrback(self._offer_failed, req.session)
+        _background(self._relay_offer(req.session, key, payload), "relaying an offer")
 
     def _require_online(self, online):
         if not online:
@@ -262,8 +315,9 @@ class Broker:
                            "connected to the internet", "offline")
 
     async def _pool_path(self, req, source, lock, minute, day):
-        """Raise for a spent budget, a stale challenge or a wrong answer; for a right
-        answer, the seams' results still to wait for (budget spent, lockout cleared)."""
+        """Raise for a spent budget, a stale challenge or a wrong answer (a wrong one
+        spends the server's budget); return for a right answer, whose budget the
+        caller spends together with making the session."""
         key = req.server_key
         retry = max(minute or 0.0, day or 0.0)
         if retry:
@@ -273,20 +327,19 @@ class Broker:
                 f"too many sign-in attempts to this home server right now: try again in "
                 f"{whole_seconds(retry)} seconds (devices that signed in before are not affected)",
                 "rate-limited", retry_after=whole_seconds(retry), scope=SERVER)
-        expected = await _now(self._relay.take_challenge(key, req.challenge))
+        expected = await self._relay.take_challenge(key, req.challenge)
         if expected is None:
             self.metrics["connect_stale_challenge"] += 1
-            await _now(self._lockout.failure(lock, STALE_WEIGHT))
+            await self._lockout.failure(lock, STALE_WEIGHT)
             raise Forbidden("the challenge was already used or has expired: look the server "
                             "up again", "stale-challenge")
-        spend = [self._server_minute.hit(key), self._server_day.hit(key)]
         if not crypto.check_answer(req.answer, expected):
             self.metrics["connect_wrong_password"] += 1
-            await _now_all(*spend, self._failed(lock, source))
+            await _together(self._server_minute.hit(key), self._server_day.hit(key),
+                            self._failed(self._lockout, lock))
             _background(self._relay.notify(key, connect.failure_notice(source, "wrong-password")),
                         "reporting a failed login to the home server")
             raise Forbidden("wrong password", "wrong-password")
-        return spend + [self._lockout.success(lock)]
 
     def _device_path(self, req, locked, retry, source_retry):
         self._refuse_locked(locked, "from this device", DEVICE)
@@ -312,36 +365,40 @@ class Broker:
             raise AuthenticationError("the device token has expired")
         return token
 
-    def _failed(self, lock, source):
-        def counted(lockout):
-            if lockout is not None:
-                self.metrics["lockouts"] += 1
+    async def _failed(self, lockout, key):
+        """Count a wrong password against *key* in *lockout* (a source's or a device's)."""
+        length = await lockout.failure(key)
+        if length is not None:
+            self.metrics["lockouts"] += 1
+            if lockout is self._lockout:
                 self.log.info("locked out {source} for {seconds}s after failed answers",
-                              source=lock, seconds=lockout)
+                              source=key, seconds=length)
 
-        return _settle(self._lockout.failure(lock)).addCallback(counted)
-
-    def _offer_failed(self, failure, session_id):
-        if failure.check(HomeChannelError):
+    async def _relay_offer(self, session_id, key, payload):
+        """Send the offer; if the home server cannot be reached, end the session."""
+        try:
+            await self._relay.send_offer(key, payload)
+            return
+        except HomeChannelError as e:
             self.log.info("could not relay the offer for {session}: {error}",
-                          session=session_id, error=failure.getErrorMessage())
-        else:
-            self.log.failure("relaying the offer for {session} failed", failure,
-                             session=session_id)
+                          session=session_id, error=str(e))
+        except Exception:
+            self.log.failure("relaying the offer for {session} failed", session=session_id)
         self.metrics["relay_failed"] += 1
-        _background(self.sessions.fail(session_id, Unavailable(
-            "the coordinator could not reach the home server: try again", "relay-failed")),
-            "failing a session")
+        await self.sessions.fail(session_id, Unavailable(
+            "the coordinator could not reach the home server: try again", "relay-failed"))
 
     # -- answers -------------------------------------------------------------------
 
-    def wait(self, session_id: str, timeout: float, source: str = None):
-        """Deferred: the session's result dict, None while pending, or its error.
+    async def wait(self, session_id: str, timeout: float, source: str = None):
+        """The session's result dict, None while pending, or raise its error.
         *source* (the client's address) counts the wait against its network's share."""
-        return self.sessions.wait(session_id, timeout, source)
+        return await self.sessions.wait(session_id, timeout, source)
 
     def on_answer(self, kid: bytes, payload: bytes):
-        """A complete ANSWER transfer from the home server with key id *kid*.
+        """A complete ANSWER transfer from the home server with key id *kid* (the
+        relay's answer handler: plain, it starts the coroutine that stores it and
+        returns before a cluster's store has answered).
 
         Hostile or stale input is counted and dropped, never raised."""
         try:
@@ -349,51 +406,39 @@ class Broker:
         except ProtocolError:
             self.metrics["answers_malformed"] += 1
             self.log.debug("dropped a malformed answer")
-            return None
-        d = _settle(self.sessions.info(answer.session))
-        d.addCallback(self._answered, kid, answer)
-        return _background(d, "handling an answer")
+            return
+        _background(self._answered(kid, answer), "handling an answer")
 
-    def _answered(self, info, kid, answer):
+    async def _answered(self, kid, answer):
+        info = await self.sessions.info(answer.session)
         if info is None:
             self.metrics["answers_unknown_session"] += 1
-            return None
+            return
         if crypto.key_id(info.server_key) != kid:
             self.metrics["answers_wrong_server"] += 1
             self.log.debug("dropped an answer for {session} from another server",
                            session=answer.session)
-            return None
+            return
         if answer.refused:
-            def failed(changed):
-                if changed:
-                    self.metrics["answers_refused"] += 1
-                    if answer.error == connect.BAD_PROOF:
-                        return self._wrong_proof(info)
-                return None
+            if await self.sessions.fail(answer.session,
+                                        answer.as_error()):
+                self.metrics["answers_refused"] += 1
+                if answer.error == connect.BAD_PROOF:
+                    await self._wrong_proof(info)
+            return
+        changed = await self.sessions.answer(answer.session, answer.to_doc())
+        self.metrics["answers" if changed else "answers_duplicate"] += 1
 
-            return _settle(self.sessions.fail(
-                answer.session, answer.as_error())
-            ).addCallback(failed)
-
-        def stored(changed):
-            self.metrics["answers" if changed else "answers_duplicate"] += 1
-
-        return _settle(self.sessions.answer(answer.session, answer.to_doc())).addCallback(stored)
-
-    def _wrong_proof(self, info):
+    async def _wrong_proof(self, info):
         """The home server refused a proof: a wrong password that the coordinator could
         not see (device path, or a changed password).  Count it like one."""
         counts = []
         if info.source is not None:
-            counts.append(self._failed(lockout_key(info.source), info.source))
+            counts.append(self._failed(self._lockout, lockout_key(info.source)))
         if info.device is not None:
-            def counted(lockout):
-                if lockout is not None:
-                    self.metrics["lockouts"] += 1
-
-            counts.append(_settle(self._device_lockout.failure(
-                device_key(info.server_key, info.device))).addCallback(counted))
-        return _all(*counts)
+            counts.append(self._failed(self._device_lockout,
+                                       device_key(info.server_key, info.device)))
+        await _together(*counts)
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -410,22 +455,3 @@ class Broker:
             seconds = whole_seconds(retry)
             raise TooManyRequests(f"{message}: try again in {seconds} seconds",
                                   "rate-limited", retry_after=seconds, scope=scope)
-
-
-def _background(value, what):
-    """Let a seam's Deferred run on; log what it fails with (an unavailable store
-    at info level, anything else as a bug)."""
-    d = _settle(value)
-
-    def failed(f):
-        if f.check(HomeChannelError):
-            Broker.log.info("{what} failed: {error}", what=what, error=f.getErrorMessage())
-        else:
-            Broker.log.failure("{what} failed", f, what=what)
-
-    return d.addErrback(failed)
-
-
-def whole_seconds(value) -> int:
-    """A wait in seconds as people and ``Retry-After`` want it: a whole number, at least 1."""
-    return max(1, int(math.ceil(value)))

@@ -49,7 +49,7 @@ class PoolUpdated(Event):
 
 @dataclass(frozen=True, slots=True)
 class ServerForgotten(Event):
-    """A server expired (silent for longer than the expiry time).  For a cluster's
-    directory (``redisrelay.Directory.forget``)."""
+    """A server expired (silent for longer than the expiry time) or left (BYE).  For
+    a cluster's directory (``redisrelay.Directory.forget``)."""
 
     kid: bytes

@@ -29,39 +29,22 @@ HTTP/1.1 only (HTTP/2 would bypass these channels; it is not negotiated).
 A POST body is never parsed as an HTML form into ``request.args`` (the API
 takes JSON; Twisted's form parsing runs the Content-Type through the ``email``
 package on every POST, about a tenth of the coordinator's CPU per connect).
-Refusals and cuts are counted in :attr:`LimitedSite.stats`.
+Refusals and cuts are counted in :attr:`LimitedSite.stats`.  The limits are
+the ``[web]`` configuration's (``config.CoordinatorWeb``: ``max_body``,
+``max_connections``, ``max_connections_per_source``, the three timeouts and
+``trusted_proxies``), with its defaults.
 """
 
 import io
-import json
 from collections import Counter
-from dataclasses import dataclass
 
 from twisted.logger import Logger
 from twisted.web import http, server
 
-from homechannel import crypto
-
+from homechannel.config import CoordinatorWeb
 from homechannel.protocol import connect
 from homechannel.coordinator.ratelimit import TrustedProxies, source_key
 from homechannel.coordinator.shares import Shares
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_body: int = 65536
-    max_connections: int = 10_000
-    max_connections_per_source: int = 64
-    header_timeout: float = 10.0
-    body_timeout: float = 30.0
-    idle_timeout: float = 30.0
-    # Peers exempt from the per-source cap (reverse proxies: many clients each).
-    trusted_proxies: tuple = ()
-
-    @classmethod
-    def from_config(cls, web):
-        """From a :class:`homechannel.config.CoordinatorWeb` (same names)."""
-        return cls(**{name: getattr(web, name) for name in cls.__dataclass_fields__})
 
 
 class LimitedRequest(server.Request):
@@ -199,14 +182,14 @@ class LimitedChannel(http.HTTPChannel):
         self.site.stats[reason] += 1
         self.log.debug("refused a request from {peer}: {reason}",
                        peer=self._source, reason=reason)
-        body = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode("utf-8")
+        body, signature = connect.signed_json(self.site.identity,
+                                              path.decode("utf-8", "replace"), doc)
         headers = [b"HTTP/1.1 " + status,
                    b"Content-Type: application/json",
                    b"Content-Length: " + str(len(body)).encode("ascii"),
                    b"Cache-Control: no-store",
                    b"X-Content-Type-Options: nosniff",
                    b"Connection: close"]
-        signature = self.site.sign(path.decode("utf-8", "replace"), body)
         if signature is not None:
             headers.append(connect.SIGNATURE_HEADER.encode("ascii") + b": " + signature)
         self.transport.write(b"\r\n".join(headers) + b"\r\n\r\n" + body)
@@ -217,18 +200,20 @@ class LimitedChannel(http.HTTPChannel):
 class LimitedSite(server.Site):
     """``Site(resource, limits, identity=None, reactor=None)``.
 
-    *identity* (the coordinator's ``IdentityKey``) signs the 408/413 answers
-    the way ``coordinator.web`` signs API responses; without it they are
-    unsigned."""
+    *limits* is the ``[web]`` configuration (``config.CoordinatorWeb``; its
+    defaults when not given).  *identity* (the coordinator's ``IdentityKey``)
+    signs the 408/413 answers the way ``coordinator.web`` signs API responses;
+    without it they are unsigned."""
 
     protocol = LimitedChannel
     requestFactory = LimitedRequest
 
-    def __init__(self, resource, limits=Limits(), identity=None, reactor=None, **kwargs):
+    def __init__(self, resource, limits=CoordinatorWeb(), identity=None, reactor=None,
+                 **kwargs):
         kwargs.setdefault("parsePOSTFormSubmission", False)
         super().__init__(resource, timeout=limits.idle_timeout, reactor=reactor, **kwargs)
         self.limits = limits
-        self._identity = identity
+        self.identity = identity
         self._trusted = TrustedProxies(limits.trusted_proxies)
         self.stats = Counter()
         self.connections = 0
@@ -254,12 +239,6 @@ class LimitedSite(server.Site):
         self.connections -= 1
         if channel._source is not None:
             self._by_source.give_back(channel._source)
-
-    def sign(self, path, body):
-        if self._identity is None:
-            return None
-        signature = self._identity.sign(crypto.response_signature_message(path, body))
-        return crypto.b64u_encode(signature).encode("ascii")
 
 
 def raise_fd_limit(wanted):

@@ -334,6 +334,7 @@ class Rendezvous:
         self._awaiting.pop(kid, None)
         self._forget_reassembly(kid)
         self._refilling.discard(kid)
+        self._events.append(ServerForgotten(kid))
         self.stats["bye"] += 1
         log.info("server {kid} left", kid=kid.hex()[:12])
         return [(ack, addr)]

@@ -51,19 +51,15 @@ def makeService(options):
         raise SystemExit(f"homechannel-coordinator: {e}") from None
 
 
-def _install_asyncio_reactor():
-    if "twisted.internet.reactor" not in sys.modules:
-        from twisted.internet import asyncioreactor
-        asyncioreactor.install()
-
-
 def _make(options):
     from homechannel import aio, config, keyfiles
 
     cfg = config.load_coordinator(options["config"], options.overrides())
     if cfg.cluster.redis_url:
         # The cluster's Redis client (redis-py) runs on asyncio.
-        _install_asyncio_reactor()
+        aio.install_asyncio_reactor(
+            "a cluster node ([cluster] in the config) needs Twisted's asyncio reactor for "
+            "its Redis client: run twistd with --reactor=asyncio, or with no --reactor")
     from twisted.application import internet, service, strports
     from twisted.internet import reactor
     from twisted.logger import Logger
@@ -73,7 +69,7 @@ def _make(options):
 
     from homechannel.ops import logfilter, metrics
     from homechannel.coordinator import admin, tls
-    from homechannel.coordinator.httpserver import LimitedSite, Limits, raise_fd_limit
+    from homechannel.coordinator.httpserver import LimitedSite, raise_fd_limit
     from homechannel.coordinator.registry import Registry
     from homechannel.coordinator.rendezvous import Rendezvous
     from homechannel.coordinator.broker import Broker
@@ -84,10 +80,6 @@ def _make(options):
 
     log = Logger(namespace="homechannel.coordinator")
     logfilter.capture_library_logging()
-    if cfg.cluster.redis_url:
-        aio.require_asyncio_reactor(reactor, "a cluster node ([cluster] in the config) needs "
-                                    "Twisted's asyncio reactor for its Redis client: run "
-                                    "twistd with --reactor=asyncio, or with no --reactor")
     identity, created = keyfiles.load_or_create_identity_key(cfg.identity_key)
     if created:
         log.info("created coordinator identity key {path}", path=cfg.identity_key)
@@ -139,7 +131,7 @@ def _make(options):
                     **seams)
     web = CoordinatorWeb(identity, relay, cfg.web, reactor, broker=broker,
                          ice_servers=ice_servers, **kwargs)
-    site = LimitedSite(web.resource(), Limits.from_config(cfg.web), identity, reactor)
+    site = LimitedSite(web.resource(), cfg.web, identity, reactor)
     site.displayTracebacks = False
     fds = cfg.web.max_connections + 1024
     if raise_fd_limit(fds) < fds:
@@ -153,11 +145,14 @@ def _make(options):
         web_service = internet.StreamServerEndpointService(endpoint, site)
         web_service._raiseSynchronously = True     # as strports.service does
         web_service.setServiceParent(top)
-        tls.reload_on_sighup(reactor, certificate.reload)
+
+        def reload():
+            certificate.reload()
+            web.reload_client()
     else:
         strports.service(cfg.web.listen, site).setServiceParent(top)
-        tls.reload_on_sighup(reactor, lambda: log.info(
-            "SIGHUP: nothing to reload (web.listen is not ssl:)"))
+        reload = web.reload_client
+    tls.reload_on_sighup(reactor, reload)
 
     if cfg.admin.listen:
         admin_endpoint, token = admin.listen_endpoint(cfg)

@@ -125,21 +125,21 @@ class CoordinatorUDP(DatagramProtocol):
             return
         self._send(out)
 
-    # -- IRelay --
+    # -- IRelay (async def: the connect flow's seam; these finish at once but the offer) --
 
-    def server_status(self, server_key):
+    async def server_status(self, server_key):
         return self.rv.server_status(crypto.key_id(server_key))
 
-    def take_challenge(self, server_key, challenge):
+    async def take_challenge(self, server_key, challenge):
         expected, out = self.rv.take_challenge(crypto.key_id(server_key), challenge,
                                                self.clock.seconds())
         self._send(out)
         return expected
 
-    def send_offer(self, server_key, payload):
-        return self.offer_to(crypto.key_id(server_key), payload)
+    async def send_offer(self, server_key, payload):
+        await self.offer_to(crypto.key_id(server_key), payload)
 
-    def notify(self, server_key, body):
+    async def notify(self, server_key, body):
         self.notice_to(crypto.key_id(server_key), body)
 
     # -- by key id (the cluster relays offers, notices and refills from other nodes) --

@@ -14,14 +14,18 @@ broker registers itself as its answer handler), ``config`` is a
 :class:`homechannel.config.CoordinatorWeb` and ``clock`` an ``IReactorTime``.
 
 Every API response (errors too) is JSON signed with the coordinator key in
-``X-HomeChannel-Signature``.  Domain errors (``homechannel.errors``) are
-mapped to statuses in one place (:meth:`CoordinatorWeb._error_doc`);
-anything else is a bug: 500 ``{"error": "internal error"}`` and
-``log.failure``, never a traceback on the wire.
+``X-HomeChannel-Signature`` (``connect.signed_json``, which the listener's own
+408/413 answers use too).  Domain errors (``homechannel.errors``) become
+statuses and bodies in one place (``errors.to_response``, called by
+:meth:`CoordinatorWeb._error_doc`); anything else is a bug: 500 ``{"error":
+"internal error"}`` and ``log.failure``, never a traceback on the wire.
+
+The browser client's ``index.html`` is read once, at start, and again by
+:meth:`CoordinatorWeb.reload_client` (SIGHUP); ``js/``, ``css/`` and
+``node_modules/`` are served from the static directory as they are.
 """
 
 import functools
-import inspect
 import ipaddress
 import json
 import os
@@ -33,10 +37,10 @@ from twisted.logger import Logger
 from twisted.web import pages, resource, server, static
 from werkzeug.exceptions import MethodNotAllowed, NotFound as RouteNotFound
 
-from homechannel import crypto, default_static_dir
+from homechannel import crypto, default_static_dir, errors
 
 from homechannel.protocol import connect
-from homechannel.coordinator.broker import Broker, whole_seconds
+from homechannel.coordinator.broker import Broker
 from homechannel.coordinator.ratelimit import TrustedProxies
 from homechannel.errors import BadRequest, HomeChannelError, PayloadTooLarge, Unavailable
 
@@ -88,20 +92,20 @@ class _Wrapper(resource.Resource):
         return self._inner.render(request)
 
 
+_SIGNATURE = connect.SIGNATURE_HEADER.encode("ascii")
+
 # The plain form of a path argument on the direct routes (base64url): anything else,
 # percent escapes included, is left to Klein and werkzeug, which decode and match it.
 _PLAIN_ARG = re.compile(rb"\A[A-Za-z0-9_-]+\Z")
 
 
 def _api(handler):
-    """Run a route, map errors in one place, sign and send the JSON."""
+    """Run an ``async def`` route, map errors in one place, sign and send the JSON."""
 
     @functools.wraps(handler)
     async def wrapper(self, request, **kwargs):
         try:
-            result = handler(self, request, **kwargs)
-            if inspect.isawaitable(result):
-                result = await result
+            result = await handler(self, request, **kwargs)
             status, doc = result if isinstance(result, tuple) else (200, result)
         except defer.CancelledError:
             raise
@@ -142,6 +146,7 @@ class CoordinatorWeb:
         self._trusted = TrustedProxies(config.trusted_proxies)
         self.metrics = self.broker.metrics
         self._config_js = self._render_config_js()
+        self._index = self._read_index()
 
     def resource(self):
         return _Wrapper(self, self.app.resource())
@@ -154,7 +159,7 @@ class CoordinatorWeb:
 
     @app.route("/healthz", methods=["GET"])
     @_api
-    def healthz(self, request):
+    async def healthz(self, request):
         return {"ok": True}
 
     @app.route("/api/servers/<string:server_id>", methods=["GET"])
@@ -162,7 +167,7 @@ class CoordinatorWeb:
     async def server_status(self, request, server_id):
         source = self.source_address(request)
         server_key = connect.parse_server_id(server_id)
-        found = await self.broker.run_lookup(server_key, source)
+        found = await self.broker.lookup(server_key, source)
         return {
             "server": server_id,
             "online": found["online"],
@@ -176,7 +181,7 @@ class CoordinatorWeb:
     async def connect(self, request):
         source = self.source_address(request)
         req = connect.ConnectRequest.parse(self._read_body(request))
-        await self.broker.run_connect(req, source)
+        await self.broker.connect(req, source)
         wait = self._wait_seconds(request)
         if wait <= 0:
             return 202, {"session": req.session}
@@ -226,16 +231,30 @@ class CoordinatorWeb:
 
     @app.route("/", methods=["GET", "HEAD"])
     def index(self, request):
-        try:
-            with open(os.path.join(self._static_dir, "index.html"), "rb") as f:
-                page = f.read()
-        except OSError:
-            self.log.error("the browser client is missing from {dir}", dir=self._static_dir)
+        if self._index is None:
             return self._send_json(request, 404, {
                 "error": "the browser client is not installed", "code": "not-found"})
         request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
         request.setHeader(b"Cache-Control", b"no-cache")
-        return page
+        return self._index
+
+    def reload_client(self):
+        """Read ``index.html`` again (SIGHUP: after the static files were updated)."""
+        self._index = self._read_index()
+        if self._index is not None:
+            self.log.info("read the browser client again from {dir}", dir=self._static_dir)
+
+    def _read_index(self):
+        """The client's page, read once: None (GET / is a 404) if it is missing."""
+        path = os.path.join(self._static_dir, "index.html")
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as e:
+            self.log.error("the browser client is missing from {dir} ({error}): GET / "
+                           "answers 404 until it is installed and the coordinator "
+                           "reloaded", dir=self._static_dir, error=e.strerror)
+            return None
 
     @app.route("/js/", branch=True, methods=["GET", "HEAD"])
     def js(self, request):
@@ -418,26 +437,19 @@ class CoordinatorWeb:
         return max(0.0, min(wait, self._config.long_poll_timeout))
 
     def _error_doc(self, request, error):
-        status = getattr(error, "status", 500)
-        doc = {"error": str(error) or error.code, "code": error.code}
-        doc.update(error.extra)
-        retry_after = getattr(error, "retry_after", None)
-        if retry_after is not None:
-            retry_after = whole_seconds(retry_after)
-            request.setHeader(b"Retry-After", str(retry_after).encode("ascii"))
-            doc["retry_after"] = retry_after
+        status, doc = errors.to_response(error)
+        if "retry_after" in doc:
+            request.setHeader(b"Retry-After", str(doc["retry_after"]).encode("ascii"))
         if status >= 500 and not isinstance(error, Unavailable):
             self.log.error("{error}", error=str(error))
         return status, doc
 
     def _send_json(self, request, status, doc):
-        body = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode("utf-8")
-        path = request.path.decode("utf-8", "replace")
-        signature = self._identity.sign(crypto.response_signature_message(path, body))
+        body, signature = connect.signed_json(
+            self._identity, request.path.decode("utf-8", "replace"), doc)
         request.setResponseCode(status)
         request.setHeader(b"Content-Type", b"application/json")
         request.setHeader(b"Cache-Control", b"no-store")
-        request.setHeader(connect.SIGNATURE_HEADER.encode("ascii"),
-                          crypto.b64u_encode(signature).encode("ascii"))
+        request.setHeader(_SIGNATURE, signature)
         return body
 

@@ -53,9 +53,23 @@ DEVICE_TOKEN_PREFIX = "hcdev1"
 # -- the HTTP API ---------------------------------------------------------------
 
 # The coordinator's signature over every HTTP response (``crypto.response_signature_message``),
-# set by ``coordinator/web.py`` and ``coordinator/httpserver.py``, checked by ``client/api.py``
-# (and by ``static/js/api.js``).
+# made by :func:`signed_json` (for ``coordinator/web.py`` and ``coordinator/httpserver.py``),
+# checked by ``client/api.py`` (and by ``static/js/api.js``).
 SIGNATURE_HEADER = "X-HomeChannel-Signature"
+
+
+def signed_json(identity: crypto.IdentityKey | None, path: str,
+                doc: Any) -> tuple[bytes, bytes | None]:
+    """A coordinator API response: its JSON body (compact, keys sorted) and the value
+    of :data:`SIGNATURE_HEADER` for the request *path* (base64url of *identity*'s
+    signature), or None without an identity (an unsigned answer)."""
+    body = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode("utf-8")
+    if identity is None:
+        return body, None
+    signature = identity.sign(crypto.response_signature_message(path, body))
+    return body, crypto.b64u_encode(signature).encode("ascii")
+
+
 # A client's code for an error response without that header (a reverse proxy's own 429
 # or 502): shown as such, nothing in it used.  A success without it is an attack.
 UNSIGNED_REFUSAL = "unsigned-refusal"

@@ -5,8 +5,6 @@ When twistd has not installed a reactor yet, ``makeService`` installs it;
 when another reactor is already running it stops with advice instead of a
 traceback.  The reactor is imported only inside :func:`makeService`."""
 
-import sys
-
 from twisted.python import usage
 
 from homechannel.errors import HomeChannelError
@@ -59,14 +57,10 @@ def makeService(options):
         raise SystemExit(f"homechannel-server: {e}") from None
 
 
-def _install_asyncio_reactor():
-    if "twisted.internet.reactor" not in sys.modules:
-        from twisted.internet import asyncioreactor
-        asyncioreactor.install()
-
-
 def _make(options):
-    _install_asyncio_reactor()
+    from homechannel import aio
+
+    aio.install_asyncio_reactor()
     from twisted.application import internet
     from twisted.internet import reactor
     from twisted.logger import Logger
@@ -84,7 +78,6 @@ def _make(options):
     from homechannel.server.status import StatusFile
     from homechannel.server.udp import ServerUDP, load_failover, reactor_resolver
 
-    aio.require_asyncio_reactor(reactor)
     logfilter.capture_library_logging()
     log = Logger(namespace="homechannel.server")
     cfg = config.load_server(options["config"], options.overrides())

@@ -9,9 +9,11 @@ and offers, notices and refills travel between nodes.  The asyncio code runs
 under ``asyncio.run`` with ``LoopClock`` (no Twisted reactor needed)."""
 
 import asyncio
+import inspect
 import itertools
 
 import pytest
+from twisted.internet import defer
 from zope.interface.verify import verifyObject
 
 from helpers import free_tcp_port, require_module
@@ -21,9 +23,7 @@ from homechannel import aio, crypto
 
 from homechannel.protocol.udp import POOL
 from homechannel.coordinator.cluster import noderelay
-from homechannel.coordinator.interfaces import IRelay
-from homechannel.coordinator.ratelimit import ILockout, IRateLimiter
-from homechannel.coordinator.sessions import ISessionStore
+from homechannel.coordinator.interfaces import ILockout, IRateLimiter, IRelay, ISessionStore
 from homechannel.testing.coordinator import LoopClock
 from homechannel.errors import (BadRequest, CapacityError, NotFound, RequestTimeout,
                                 Unavailable)
@@ -47,7 +47,10 @@ def run(coro):
 
 
 def get(d):
-    """Await a Deferred from asyncio."""
+    """Await a seam's coroutine (started at once, as Twisted code starts one) or a
+    Deferred from asyncio."""
+    if inspect.iscoroutine(d):
+        d = defer.Deferred.fromCoroutine(d)
     return aio.as_future(d)
 
 
@@ -111,7 +114,7 @@ def test_a_rate_limit_is_one_budget_for_all_nodes_and_its_keys_expire(server):
 def test_five_wrong_passwords_spread_over_two_nodes_lock_the_source_out_on_both(server):
     """Failures on node a and node b count together; the lockout doubles; a success
     clears it; half failures (stale challenges) add up; the key expires.  Shown to fail
-    with an in-memory ``Lockout`` per node in place of the Redis ones (a scratch copy):
+    with an in-memory ``MemoryLockout`` per node in place of the Redis ones (a scratch copy):
     the fifth failure locks nothing, each node having counted 2 or 3."""
     async def main():
         a, b = nodes(server)

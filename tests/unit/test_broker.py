@@ -9,8 +9,10 @@ can exhaust, so each test fails if its rule is removed (noted per test).
 import json
 
 import pytest
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.python.failure import Failure
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from webharness import IP_A, NOW, PASSWORD_KEY, Harness, assert_error
 
@@ -19,7 +21,8 @@ from homechannel import crypto
 from homechannel.protocol import connect
 from homechannel.config import CoordinatorWeb as WebConfig
 from homechannel.coordinator.broker import Broker
-from homechannel.testing.coordinator import FakeRelay
+from homechannel.coordinator.interfaces import ILockout, IRateLimiter, IRelay, ISessionStore
+from homechannel.testing.coordinator import FakeRelay, at_once
 from homechannel.errors import HomeChannelError
 
 WRONG_KEY = bytes(32)
@@ -227,12 +230,12 @@ def test_online_guessing_per_server_has_a_ceiling_per_day():
     for i in range(43200):
         clock.advance(2.0)
         source = f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
-        challenge = _result(broker.lookup(home.public_raw, source))["challenge"]
+        challenge = at_once(broker.lookup(home.public_raw, source))["challenge"]
         req = connect.ConnectRequest(
             home.text, home.public_raw, crypto.b64u_encode(i.to_bytes(16, "big")), challenge,
             b"p" * 32, "v=0\r\n", answer=crypto.challenge_answer(WRONG_KEY, challenge))
         try:
-            _result(broker.connect(req, source))
+            at_once(broker.connect(req, source))
         except HomeChannelError as e:
             if e.code == "wrong-password":
                 guesses += 1
@@ -244,16 +247,6 @@ def test_online_guessing_per_server_has_a_ceiling_per_day():
     assert guesses >= config.per_server_per_day      # the budget is usable, not zero
     print(f"guesses reaching the password check in one day: {guesses} (ceiling {ceiling}); "
           f"{refused} attempts refused")
-
-
-def _result(d):
-    """The result of a Deferred that the in-memory seams fired at once (or its error)."""
-    out = []
-    d.addBoth(out.append)
-    (result,) = out
-    if isinstance(result, Failure):
-        result.raiseException()
-    return result
 
 
 # -- the two-request connect --------------------------------------------------------------------
@@ -281,3 +274,276 @@ def test_connect_can_hold_for_the_answer(h):
     assert_error(h.finish(d, "/api/connect"), 403, "bad-proof")
     resp = h.call("POST", "/api/connect?wait=soon", body=h.connect_body(h.lookup()))
     assert_error(resp, 400, "bad-request")
+
+
+# -- the checks of one round are asked for together ----------------------------------------
+
+
+class Pipeline:
+    """What the cluster's store does to the seams' commands, in memory: everything queued
+    before the test calls :meth:`flush` is answered together (one Redis round trip)."""
+
+    def __init__(self):
+        self.rounds = []
+        self._queued = []
+
+    async def call(self, name):
+        d = defer.Deferred()
+        self._queued.append((name, d))
+        await d
+
+    def flush(self, error=None):
+        """Answer every queued command (or fail each with *error*: Redis is gone)."""
+        batch, self._queued = self._queued, []
+        self.rounds.append(sorted(name for name, _ in batch))
+        for _, d in batch:
+            if error is None:
+                d.callback(None)
+            else:
+                d.errback(error)
+
+
+@implementer(IRateLimiter)
+class PipelinedLimiter:
+    """An in-memory limiter whose every answer waits for the pipeline's round."""
+
+    def __init__(self, pipeline, name, seam):
+        self.pipeline, self.name, self.seam = pipeline, name, seam
+
+    async def hit(self, key):
+        await self.pipeline.call(f"{self.name}.hit")
+        return await self.seam.hit(key)
+
+    async def peek(self, key):
+        await self.pipeline.call(f"{self.name}.peek")
+        return await self.seam.peek(key)
+
+
+@implementer(ILockout)
+class PipelinedLockout:
+    def __init__(self, pipeline, name, seam):
+        self.pipeline, self.name, self.seam = pipeline, name, seam
+
+    async def check(self, key):
+        await self.pipeline.call(f"{self.name}.check")
+        return await self.seam.check(key)
+
+    async def failure(self, key, weight=1.0):
+        await self.pipeline.call(f"{self.name}.failure")
+        return await self.seam.failure(key, weight)
+
+    async def success(self, key):
+        await self.pipeline.call(f"{self.name}.success")
+        return await self.seam.success(key)
+
+
+@implementer(IRelay)
+class PipelinedRelay:
+    """FakeRelay's answers, the two read from the cluster's directory after a round."""
+
+    def __init__(self, pipeline, relay):
+        self.pipeline, self.relay = pipeline, relay
+
+    async def server_status(self, server_key):
+        await self.pipeline.call("relay.status")
+        return await self.relay.server_status(server_key)
+
+    async def take_challenge(self, server_key, challenge):
+        await self.pipeline.call("relay.take")
+        return await self.relay.take_challenge(server_key, challenge)
+
+    async def send_offer(self, server_key, payload):
+        return await self.relay.send_offer(server_key, payload)
+
+    async def notify(self, server_key, body):
+        return await self.relay.notify(server_key, body)
+
+    def set_answer_handler(self, handler):
+        self.relay.set_answer_handler(handler)
+
+
+@implementer(ISessionStore)
+class PipelinedSessions:
+    def __init__(self, pipeline, sessions):
+        self.pipeline, self.sessions = pipeline, sessions
+
+    @property
+    def waiting(self):
+        return self.sessions.waiting
+
+    async def create(self, session_id, server_key, source=None, device=None):
+        await self.pipeline.call("sessions.create")
+        return await self.sessions.create(session_id, server_key, source, device)
+
+    async def info(self, session_id):
+        await self.pipeline.call("sessions.info")
+        return await self.sessions.info(session_id)
+
+    async def is_pending(self, session_id):
+        return await self.sessions.is_pending(session_id)
+
+    async def wait(self, session_id, timeout, source=None):
+        return await self.sessions.wait(session_id, timeout, source)
+
+    async def answer(self, session_id, result):
+        await self.pipeline.call("sessions.answer")
+        return await self.sessions.answer(session_id, result)
+
+    async def fail(self, session_id, error):
+        await self.pipeline.call("sessions.fail")
+        return await self.sessions.fail(session_id, error)
+
+
+class PipelinedNode:
+    """A broker whose seams all answer through one :class:`Pipeline` (a cluster node's
+    store), each checked against its interface; FakeRelay behind the relay."""
+
+    def __init__(self):
+        from homechannel.coordinator.broker import memory_limiter, memory_lockout
+        from homechannel.coordinator.sessions import MemorySessionStore
+
+        clock = task.Clock()
+        clock.advance(NOW)
+        self.pipeline = pipeline = Pipeline()
+        self.fake = FakeRelay()
+        self.home = crypto.IdentityKey.generate()
+        self.fake.add_server(self.home.public_raw, PASSWORD_KEY)
+        relay = PipelinedRelay(pipeline, self.fake)
+        self.sessions = PipelinedSessions(pipeline, MemorySessionStore(clock))
+        made = []
+
+        def make_limiter(clock, name, *args, **kw):
+            made.append((IRateLimiter, PipelinedLimiter(
+                pipeline, name, memory_limiter(clock, name, *args, **kw))))
+            return made[-1][1]
+
+        def make_lockout(clock, name, *args):
+            made.append((ILockout, PipelinedLockout(pipeline, name,
+                                                    memory_lockout(clock, name, *args))))
+            return made[-1][1]
+
+        self.broker = Broker(relay, WebConfig(), clock, sessions=self.sessions,
+                             make_limiter=make_limiter, make_lockout=make_lockout)
+        for interface, seam in [(IRelay, relay), (ISessionStore, self.sessions)] + made:
+            assert verifyObject(interface, seam)
+
+    def request(self, challenge, key=PASSWORD_KEY, session=1, device=None):
+        return connect.ConnectRequest(
+            self.home.text, self.home.public_raw,
+            crypto.b64u_encode(session.to_bytes(16, "big")), challenge, b"p" * 32, "v=0\r\n",
+            answer=crypto.challenge_answer(key, challenge), device=device)
+
+    def rounds(self, coro, end_round=None):
+        """Run *coro* to its end, each round answered by *end_round* (default: the
+        pipeline's flush); its result (or raise its error) and the rounds."""
+        self.pipeline.rounds.clear()
+        d = defer.Deferred.fromCoroutine(coro)
+        while not d.called:
+            (end_round or self.pipeline.flush)()
+        out = []
+        d.addBoth(out.append)
+        if isinstance(out[0], Failure):
+            out[0].raiseException()
+        return out[0], list(self.pipeline.rounds)
+
+
+def test_the_checks_of_a_round_are_asked_for_together():
+    """With seams that answer only when the store's pipeline is flushed (a cluster node),
+    a lookup is one round trip, a connect on the pool path three (the independent checks;
+    the challenge; the session with the budget spent and the lockout cleared), a wrong
+    password two and a device-token connect two.  Shown to fail with ``_together``
+    awaiting its coroutines one after another (one round per check)."""
+    node = PipelinedNode()
+    pipeline, fake, home, broker = node.pipeline, node.fake, node.home, node.broker
+    rounds, request = node.rounds, node.request
+
+    found, trips = rounds(broker.lookup(home.public_raw, IP_A))
+    assert trips == [["lookup.hit", "relay.status"]]
+
+    _, trips = rounds(broker.connect(request(found["challenge"]), IP_A))
+    checks = ["connect.hit", "relay.status", "server-day.peek", "server-minute.peek",
+              "source.check"]
+    assert trips == [checks, ["relay.take"],
+                     ["server-day.hit", "server-minute.hit", "sessions.create",
+                      "source.success"]]
+
+    challenge = at_once(fake.server_status(home.public_raw))[1]
+    with pytest.raises(HomeChannelError, match="wrong password"):
+        rounds(broker.connect(request(challenge, WRONG_KEY, 2), IP_A))
+    assert pipeline.rounds == [checks, ["relay.take"],
+                               ["server-day.hit", "server-minute.hit", "source.failure"]]
+
+    token = connect.DeviceToken.issue(home, crypto.b64u_encode(b"d" * 16), NOW)
+    device = connect.device_challenge(NOW, lambda n: bytes(n))
+    _, trips = rounds(broker.connect(request(device, session=3, device=token), IP_A))
+    assert trips == [["device-source.hit", "device.check", "device.hit", "relay.status"],
+                     ["sessions.create"]]
+
+    # An error in a round that waits is raised once every step of it has run.
+    challenge = at_once(fake.server_status(home.public_raw))[1]
+    with pytest.raises(HomeChannelError, match="already in use"):
+        rounds(broker.connect(request(challenge, session=1), IP_A))
+    assert pipeline.rounds[-1] == ["server-day.hit", "server-minute.hit", "sessions.create",
+                                   "source.success"]
+
+
+def test_every_step_of_a_round_runs_even_when_one_is_refused():
+    """The last round of a connect makes the session and spends the server's budget
+    together: when the session table is full (503 busy) the budget is spent all the
+    same, in memory as in a cluster's pipeline (where every queued command runs).
+    Shown to fail with ``_together`` stopping at the first error (the third attempt
+    is busy again instead of rate-limited)."""
+    h = Harness(max_sessions=1, per_server_per_minute=2)
+    assert h.connect()[0].code == 202
+    resp, _ = h.connect(ip="192.0.2.2")
+    assert_error(resp, 503, "busy")
+    resp, _ = h.connect(ip="192.0.2.3")
+    assert_error(resp, 429, "rate-limited")
+    assert resp.json["scope"] == "server"
+
+
+def test_a_store_that_fails_is_a_clear_error_in_every_round_and_in_the_background():
+    """A cluster node's store that fails its commands (Redis gone) refuses a lookup and a
+    connect with its own error (503 unavailable), not an internal error; the background
+    steps (the offer the home server did not acknowledge, an answer whose session cannot
+    be read) log it at info level, not as a bug.  Shown to fail with the failure of a
+    Deferred handed to the waiting coroutine as a result (``_follow``'s first version:
+    an AssertionError inside Twisted, a 500)."""
+    from twisted.logger import globalLogPublisher
+
+    from homechannel.errors import Unavailable
+
+    node = PipelinedNode()
+    gone = Unavailable("the coordinator cluster's store is unavailable: try again shortly",
+                       "unavailable")
+
+    def fail():
+        node.pipeline.flush(gone)
+
+    with pytest.raises(Unavailable) as e:
+        node.rounds(node.broker.lookup(node.home.public_raw, IP_A), fail)
+    assert e.value.code == "unavailable"
+    challenge = at_once(node.fake.server_status(node.home.public_raw))[1]
+    with pytest.raises(Unavailable) as e:
+        node.rounds(node.broker.connect(node.request(challenge), IP_A), fail)
+    assert e.value.code == "unavailable"
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        node.fake.auto_ack = False
+        node.rounds(node.broker.connect(node.request(challenge, session=2), IP_A))
+        node.fake.offers[-1][2].errback(Unavailable("no ack", "relay-failed"))
+        node.pipeline.flush()                       # the session is failed
+        node.broker.on_answer(crypto.key_id(node.home.public_raw), json.dumps(
+            {"session": crypto.b64u_encode((2).to_bytes(16, "big")), "error": "busy"}).encode())
+        fail()                                      # its session cannot be read
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert not [e for e in events if "log_failure" in e]
+    said = [e["log_format"].format(**e) for e in events if e.get("log_namespace", "")
+            .startswith("homechannel.coordinator.broker")]
+    assert "could not relay the offer for " + crypto.b64u_encode(
+        (2).to_bytes(16, "big")) + ": no ack" in said
+    assert "handling an answer failed: " + str(gone) in said
+    assert node.broker.metrics["relay_failed"] == 1

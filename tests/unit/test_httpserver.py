@@ -17,7 +17,8 @@ from twisted.web import resource, server
 from helpers import self_signed_cert
 
 from homechannel import crypto
-from homechannel.coordinator.httpserver import LimitedSite, Limits
+from homechannel.config import CoordinatorWeb
+from homechannel.coordinator.httpserver import LimitedSite
 
 IDENTITY = crypto.IdentityKey.generate()
 
@@ -151,7 +152,7 @@ def limits(**kw):
     kw.setdefault("header_timeout", 5.0)
     kw.setdefault("body_timeout", 5.0)
     kw.setdefault("idle_timeout", 5.0)
-    return Limits(**kw)
+    return CoordinatorWeb(**kw)
 
 
 def post_head(length, path=b"/api/connect", extra=b""):

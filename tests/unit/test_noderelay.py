@@ -9,9 +9,10 @@ from hypothesis import given, strategies as st
 from twisted.internet import task
 
 from homechannel.coordinator.cluster import noderelay
-from homechannel.coordinator.cluster.redissessions import RedisSessionStore, error_doc, error_from_doc
+from homechannel.coordinator.cluster.redissessions import RedisSessionStore
 from homechannel.coordinator.cluster.redisstore import RedisStore
-from homechannel.errors import CapacityError, ProtocolError, TooManyRequests
+from homechannel.errors import (CapacityError, ProtocolError, TooManyRequests, from_response,
+                                to_response)
 
 KID = b"k" * 16
 
@@ -70,8 +71,12 @@ def test_completions_that_do_not_parse_are_ignored():
 
 
 def test_errors_cross_nodes_with_their_status_code_and_fields():
-    err = error_from_doc(json.loads(json.dumps(error_doc(CapacityError("full", "busy")))))
+    """A session's error goes between nodes as the API's answer for it (one mapping,
+    ``errors.to_response``) and comes back as the same status, code, message and fields."""
+    err = from_response(*json.loads(json.dumps(to_response(CapacityError("full", "busy")))))
     assert (err.status, err.code, str(err)) == (503, "busy", "full")
-    err = error_from_doc(error_doc(TooManyRequests("slow", "rate-limited", retry_after=7,
-                                                   maxUpload=3)))
+    err = from_response(*to_response(TooManyRequests("slow", "rate-limited", retry_after=7,
+                                                     maxUpload=3)))
     assert (err.status, err.retry_after, err.extra) == (429, 7, {"maxUpload": 3})
+    assert to_response(err) == (429, {"error": "slow", "code": "rate-limited",
+                                      "retry_after": 7, "maxUpload": 3})

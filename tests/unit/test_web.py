@@ -342,7 +342,7 @@ def test_the_home_servers_busy_refusal_reaches_the_client_as_fields(h):
 
 
 def test_unexpected_error_is_a_terse_500(h):
-    def boom(server_key):
+    async def boom(server_key):
         raise RuntimeError("secret internals")
 
     h.relay.server_status = boom
@@ -500,6 +500,27 @@ def test_source_address(peer, xff, expected):
     w = web.CoordinatorWeb(crypto.IdentityKey.generate(), FakeRelay(),
                            WebConfig(trusted_proxies=("10.0.0.1", "10.0.0.2")), task.Clock())
     assert w.source_address(_Req(peer, xff)) == expected
+
+
+def test_the_client_page_is_read_once_and_again_on_reload(h, tmp_path):
+    """``GET /`` answers the index.html read at start, without touching the disk: a
+    changed or deleted file shows only after ``reload_client`` (SIGHUP); a client that
+    is missing then is the signed 404 it is when missing at start.  Shown to fail with
+    the file read on every request again (the change shows at once)."""
+    page = tmp_path / "index.html"
+    page.write_text("<!doctype html><title>changed</title>")
+    resp = h.call("GET", "/")
+    assert resp.code == 200 and b"HomeChannel" in resp.body
+    h.web.reload_client()
+    assert b"changed" in h.call("GET", "/").body
+    page.unlink()
+    assert b"changed" in h.call("GET", "/").body
+    h.web.reload_client()
+    resp = h.call("GET", "/")
+    assert_error(resp, 404, "not-found")
+    assert resp.json["error"] == "the browser client is not installed"
+    missing = Harness(tmp_path)
+    assert_error(missing.call("GET", "/"), 404, "not-found")
 
 
 def test_bundled_client_is_served(monkeypatch):

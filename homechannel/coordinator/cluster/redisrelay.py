@@ -19,7 +19,7 @@ may land on any node.  So:
   asked for fresh challenges.  A server the node forgets (expiry) has its
   entry deleted; an entry of a node that died expires with its TTL, and
   until then :class:`ClusterRelay` treats it as offline (no heartbeat).
-* :class:`ClusterRelay` (every node; ``IRelay`` for the broker): the
+* :class:`ClusterRelay` (every node; ``IRelay``, ``async def``, for the broker): the
   server's status and its next challenge (one script, which also checks that
   the owner is alive: ``<prefix>node:<id>`` is its heartbeat, set every second
   and expiring after :data:`NODE_TTL`), taking a challenge atomically (a take
@@ -157,7 +157,8 @@ class Directory:
     # -- events from the node's rendezvous -------------------------------------------
 
     def pool(self, kid, pairs, replace):
-        """``Rendezvous.on_pool``: a registration or refresh (*replace*) or a refill."""
+        """A ``PoolUpdated`` event (``CoordinatorUDP.set_directory``): a registration or
+        refresh (*replace*) or a refill."""
         if replace:
             self._ops[kid] = [("set", tuple(pairs))]
         else:
@@ -165,7 +166,8 @@ class Directory:
         self._schedule(0)
 
     def forget(self, kid):
-        """``Rendezvous.on_forget``: the server expired here."""
+        """A ``ServerForgotten`` event (``CoordinatorUDP.set_directory``): the server
+        expired here, or left."""
         self._ops[kid] = [("forget",)]
         self._schedule(0)
 
@@ -236,7 +238,7 @@ class Directory:
         if self._refreshing:
             return defer.succeed(None)
         self._refreshing = True
-        d = defer.ensureDeferred(self._refresh())
+        d = defer.Deferred.fromCoroutine(self._refresh())
 
         def finished(result):
             self._refreshing = False
@@ -292,42 +294,34 @@ class ClusterRelay:
 
     # -- IRelay ------------------------------------------------------------------------
 
-    def server_status(self, server_key):
+    async def server_status(self, server_key):
         kid = crypto.key_id(server_key)
-        d = self._store.run(STATUS, [self._store.key("d", kid), self._store.key("rf", kid)],
-                            [self._node_prefix, self._channel_prefix, noderelay.refill(kid)])
+        reply = await self._store.run(
+            STATUS, [self._store.key("d", kid), self._store.key("rf", kid)],
+            [self._node_prefix, self._channel_prefix, noderelay.refill(kid)])
+        if not reply:
+            return False, None
+        owner, challenge = reply
+        self._owners[kid] = (owner, self._clock.seconds())
+        return True, challenge or None
 
-        def status(reply):
-            if not reply:
-                return False, None
-            owner, challenge = reply
-            self._owners[kid] = (owner, self._clock.seconds())
-            return True, challenge or None
-
-        return d.addCallback(status)
-
-    def take_challenge(self, server_key, challenge):
+    async def take_challenge(self, server_key, challenge):
         kid = crypto.key_id(server_key)
-        d = self._store.run(TAKE, [self._store.key("d", kid), self._store.key("rf", kid)],
-                            [challenge, str(POOL), self._channel_prefix,
-                             noderelay.refill(kid)])
+        reply = await self._store.run(
+            TAKE, [self._store.key("d", kid), self._store.key("rf", kid)],
+            [challenge, str(POOL), self._channel_prefix, noderelay.refill(kid)])
+        if not reply:
+            return None
+        owner, expected = reply
+        self._owners[kid] = (owner, self._clock.seconds())
+        return expected or None
 
-        def taken(reply):
-            if not reply:
-                return None
-            owner, expected = reply
-            self._owners[kid] = (owner, self._clock.seconds())
-            return expected or None
-
-        return d.addCallback(taken)
-
-    def send_offer(self, server_key, payload):
+    async def send_offer(self, server_key, payload):
         kid = crypto.key_id(server_key)
-        return self._owner(kid).addCallback(self._offer, kid, payload)
-
-    def _offer(self, owner, kid, payload):
+        owner = await self._owner(kid)
         if owner == self._node:
-            return self._udp.offer_to(kid, payload)
+            await self._udp.offer_to(kid, payload)
+            return
         d = defer.Deferred()
 
         def result(ok, message):
@@ -342,52 +336,45 @@ class ClusterRelay:
         message = noderelay.offer(request_id, self.node_id, kid, payload)
         self.stats["offers-relayed"] += 1
 
-        def published(receivers):
+        try:
+            receivers = await self._store.call("PUBLISH", self.channel(owner), message)
+        except HomeChannelError as e:
+            self._pending.resolve(request_id, False, str(e))
+        else:
             if not receivers:
                 self._pending.resolve(request_id, False, "the home server's coordinator "
                                       "node is gone: try again in a few seconds")
+        await d     # the owner's RESULT (it may have come already), or the deadline
 
-        def failed(f):
-            self._pending.resolve(request_id, False, str(f.value))
-
-        self._store.call("PUBLISH", self.channel(owner), message).addCallbacks(
-            published, failed)
-        return d
-
-    def notify(self, server_key, body):
+    async def notify(self, server_key, body):
+        """Best effort: a failure is logged, not raised."""
         kid = crypto.key_id(server_key)
-
-        def send(owner):
+        try:
+            owner = await self._owner(kid)
             if owner == self._node:
                 self._udp.notice_to(kid, body)
-                return None
+                return
             self.stats["notices-relayed"] += 1
-            return self._store.call("PUBLISH", self.channel(owner), noderelay.notice(kid, body))
-
-        d = self._owner(kid).addCallback(send)
-        d.addErrback(lambda f: self.log.info("could not relay a notice: {error}",
-                                             error=f.getErrorMessage()))
-        return d
+            await self._store.call("PUBLISH", self.channel(owner), noderelay.notice(kid, body))
+        except HomeChannelError as e:
+            self.log.info("could not relay a notice: {error}", error=str(e))
 
     def set_answer_handler(self, handler):
         # ANSWERs reach the node that owns the server, over its own UDP socket.
         self._answer_handler = handler
         self._udp.set_answer_handler(handler)
 
-    def _owner(self, kid):
+    async def _owner(self, kid):
         cached = self._owners.get(kid)
         if cached is not None and self._clock.seconds() - cached[1] < OWNER_CACHE:
-            return defer.succeed(cached[0])
+            return cached[0]
         if len(self._owners) > 10_000:
             self._owners.clear()
-
-        def found(owner):
-            if owner is None:
-                raise Unavailable("the home server is offline", "relay-failed")
-            self._owners[kid] = (owner, self._clock.seconds())
-            return owner
-
-        return self._store.call("HGET", self._store.key("d", kid), "n").addCallback(found)
+        owner = await self._store.call("HGET", self._store.key("d", kid), "n")
+        if owner is None:
+            raise Unavailable("the home server is offline", "relay-failed")
+        self._owners[kid] = (owner, self._clock.seconds())
+        return owner
 
     # -- messages from other nodes -----------------------------------------------------------
 
@@ -401,13 +388,9 @@ class ClusterRelay:
             return
         if msg.kind == noderelay.OFFER:
             self.stats["offers-received"] += 1
-            d = self._udp.offer_to(msg.kid, msg.payload)
-            d.addCallbacks(lambda _: noderelay.result(msg.id, True),
-                           lambda f: noderelay.result(msg.id, False, f.getErrorMessage()))
-            d.addCallback(lambda reply: self._store.call(
-                "PUBLISH", self.channel(msg.sender.encode("utf-8")), reply))
-            d.addErrback(lambda f: self.log.info("could not return an offer's result: {error}",
-                                                 error=f.getErrorMessage()))
+            defer.Deferred.fromCoroutine(self._offer_for(msg)).addErrback(
+                lambda f: self.log.info("could not return an offer's result: {error}",
+                                        error=f.getErrorMessage()))
         elif msg.kind == noderelay.RESULT:
             self._pending.resolve(msg.id, msg.ok, msg.payload.decode("utf-8", "replace"))
         elif msg.kind == noderelay.NOTICE:
@@ -415,6 +398,16 @@ class ClusterRelay:
         elif msg.kind == noderelay.REFILL:
             self.stats["refills-asked"] += 1
             self._udp.refill(msg.kid)
+
+    async def _offer_for(self, msg):
+        """An OFFER from another node: to the home server registered here, and its
+        RESULT back to that node."""
+        try:
+            await self._udp.offer_to(msg.kid, msg.payload)
+            reply = noderelay.result(msg.id, True)
+        except Exception as e:
+            reply = noderelay.result(msg.id, False, str(e))
+        await self._store.call("PUBLISH", self.channel(msg.sender.encode("utf-8")), reply)
 
     def _reschedule(self):
         self._timer.schedule(self._pending.next_deadline())

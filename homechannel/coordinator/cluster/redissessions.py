@@ -1,10 +1,10 @@
 """Connect sessions shared by the nodes of a coordinator cluster.
 
 :class:`RedisSessionStore` implements
-:class:`~homechannel.coordinator.sessions.ISessionStore` (every method
-returns a Deferred) with the rules of the in-memory store, so that any node
-can create a session, complete it (the node the home server's answer reaches)
-and serve its long-poll (the node the browser's request reaches):
+:class:`~homechannel.coordinator.interfaces.ISessionStore` (``async def``)
+with the rules of the in-memory store, so that any node can create a session,
+complete it (the node the home server's answer reaches) and serve its
+long-poll (the node the browser's request reaches):
 
 * ``<prefix>s:<session id>``: a hash ``{k: server key, src: source,
   dev: device, st: p|a|f (pending, answered, failed), r: the result or the
@@ -18,8 +18,10 @@ and serve its long-poll (the node the browser's request reaches):
   ``web.max_sessions`` and its shares hold for the whole cluster.
 * Completion is one script that sets the result only while the session is
   pending (the first answer wins) and publishes ``<session id> <state>
-  <result>`` on ``<prefix>done``.  Every node subscribes to that channel once
-  (``redisrelay.NodeLink``) and hands the messages to :meth:`completed`; a
+  <result>`` on ``<prefix>done`` (an error as the API's answer for it,
+  ``errors.to_response``, with its status).  Every node subscribes to that
+  channel once (``redisrelay.NodeLink``) and hands the messages to
+  :meth:`completed`; a
   long-poll registers its local waiter *before* it reads the session, so an
   answer that arrives between the read and the subscription is never missed,
   and nothing polls Redis in a loop.
@@ -38,11 +40,12 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from homechannel import crypto, errors
+from homechannel.coordinator.interfaces import ISessionStore
 from homechannel.coordinator.ratelimit import source_key, wider_keys
 from homechannel.coordinator.cluster.redisstore import Script
-from homechannel.coordinator.sessions import ISessionStore, SessionInfo
+from homechannel.coordinator.sessions import SessionInfo, timed_out
 from homechannel.coordinator.shares import Shares
-from homechannel.errors import BadRequest, CapacityError, NotFound, RequestTimeout
+from homechannel.errors import BadRequest, CapacityError, NotFound
 
 # KEYS: session, all-share, source /64 share, server share, the source's wider shares
 # (its /56 and /48, if IPv6); ARGV: now, forget-at, deadline, server key, source, device,
@@ -82,34 +85,8 @@ redis.call('PUBLISH', ARGV[5], ARGV[6] .. ' ' .. ARGV[3] .. ' ' .. ARGV[4])
 return 1
 """)
 
-_ERRORS = {cls.status: cls for cls in (
-    errors.BadRequest, errors.Forbidden, errors.NotFound, errors.RequestTimeout,
-    errors.PayloadTooLarge, errors.TooManyRequests, errors.Unavailable)}
-
-
 # A session made here is known to be pending (no read needed) this long after.
 FRESH = 1.0
-
-
-def error_doc(error):
-    """A HomeChannelError as JSON-able fields (what crosses between nodes)."""
-    doc = {"status": error.status, "code": error.code, "message": str(error)}
-    if error.extra:
-        doc["extra"] = error.extra
-    if error.retry_after is not None:
-        doc["retry_after"] = error.retry_after
-    return doc
-
-
-def error_from_doc(doc):
-    cls = _ERRORS.get(doc.get("status"), errors.Unavailable)
-    return cls(doc.get("message", ""), doc.get("code"), retry_after=doc.get("retry_after"),
-               **(doc.get("extra") or {}))
-
-
-def _timeout():
-    return RequestTimeout("the home server did not answer in time: check that it is "
-                          "running and try again", "timeout")
 
 
 class _Waiter:
@@ -155,7 +132,7 @@ class RedisSessionStore:
 
     # -- ISessionStore ---------------------------------------------------------------
 
-    def create(self, session_id, server_key, source=None, device=None):
+    async def create(self, session_id, server_key, source=None, device=None):
         now = self._clock.seconds()
         forget = now + self._session_timeout + self._retention
         share = source_key(source if source is not None else "unknown")
@@ -171,7 +148,7 @@ class RedisSessionStore:
         args = [repr(now), repr(forget), repr(now + self._session_timeout), server_key,
                 source or "", device or "", session_id,
                 b" ".join(key for key, _ in source_shares), *limits]
-        return self._store.run(CREATE, keys, args).addCallback(self._created, session_id, now)
+        self._created(await self._store.run(CREATE, keys, args), session_id, now)
 
     def _created(self, code, session_id, now):
         if code == 0:
@@ -190,44 +167,39 @@ class RedisSessionStore:
                                 "progress: try again in a minute", "busy")
         raise CapacityError("the coordinator is busy: try again in a minute", "busy")
 
-    def info(self, session_id):
-        d = self._store.call("HMGET", self._key(session_id), "k", "src", "dev")
+    async def info(self, session_id):
+        key, src, dev = await self._store.call("HMGET", self._key(session_id), "k", "src", "dev")
+        if key is None:
+            return None
+        return SessionInfo(key, src.decode() or None, dev.decode() or None)
 
-        def parsed(reply):
-            key, src, dev = reply
-            if key is None:
-                return None
-            return SessionInfo(key, src.decode() or None, dev.decode() or None)
+    async def is_pending(self, session_id):
+        state, deadline = await self._store.call("HMGET", self._key(session_id), "st", "dl")
+        return state == b"p" and self._clock.seconds() < float(deadline)
 
-        return d.addCallback(parsed)
+    async def answer(self, session_id, result):
+        return await self._complete(session_id, "a", result)
 
-    def is_pending(self, session_id):
-        d = self._store.call("HMGET", self._key(session_id), "st", "dl")
-        return d.addCallback(lambda r: r[0] == b"p" and self._clock.seconds() < float(r[1]))
+    async def fail(self, session_id, error):
+        status, doc = errors.to_response(error)
+        return await self._complete(session_id, "f", dict(doc, status=status))
 
-    def answer(self, session_id, result):
-        return self._complete(session_id, "a", json.dumps(result, separators=(",", ":")))
-
-    def fail(self, session_id, error):
-        return self._complete(session_id, "f", json.dumps(error_doc(error),
-                                                          separators=(",", ":")))
-
-    def _complete(self, session_id, state, body):
+    async def _complete(self, session_id, state, doc):
         now = self._clock.seconds()
-        d = self._store.run(COMPLETE, [self._key(session_id), self._store.key("ss")],
-                            [repr(now), repr(now + self._retention), state, body,
-                             self.channel, session_id])
-        return d.addCallback(lambda n: n == 1)
+        done = await self._store.run(
+            COMPLETE, [self._key(session_id), self._store.key("ss")],
+            [repr(now), repr(now + self._retention), state,
+             json.dumps(doc, separators=(",", ":")), self.channel, session_id])
+        return done == 1
 
-    def wait(self, session_id, timeout, source=None):
+    async def wait(self, session_id, timeout, source=None):
         waiters = self._waiters.get(session_id, ())
         if self._waiting >= self._max_waiters or len(waiters) >= self._max_waiters_per_session:
-            return defer.fail(CapacityError("too many requests are waiting: try again shortly",
-                                            "busy"))
+            raise CapacityError("too many requests are waiting: try again shortly", "busy")
         share = source_key(source if source is not None else "unknown")
         if not self._waiters_by_source.room(share):
-            return defer.fail(CapacityError("too many requests from your network are waiting: "
-                                            "try again shortly", "busy"))
+            raise CapacityError("too many requests from your network are waiting: "
+                                "try again shortly", "busy")
         waiter = _Waiter(session_id, share)
         waiter.d = defer.Deferred(lambda d: self._drop(waiter))
         # Registered before the read: a completion published meanwhile finds it.
@@ -239,11 +211,9 @@ class RedisSessionStore:
         if fresh is not None and self._clock.seconds() < fresh[0]:
             # Made here a moment ago: pending, and its answer will be published.
             self._read([b"p", None, repr(fresh[1]).encode()], waiter)
-            return waiter.d
-        read = self._store.call("HMGET", self._key(session_id), "st", "r", "dl")
-        read.addCallbacks(self._read, self._read_failed, callbackArgs=(waiter,),
-                          errbackArgs=(waiter,))
-        return waiter.d
+        else:
+            self._read_for(waiter)
+        return await waiter.d
 
     # -- completions -----------------------------------------------------------------
 
@@ -258,6 +228,13 @@ class RedisSessionStore:
         self._fresh.pop(sid, None)
         if sid in self._waiters:
             self._resolve_all(sid, state, body)
+
+    def _read_for(self, waiter):
+        """Read the session for *waiter* (in the background: a completion published
+        meanwhile may resolve the waiter first)."""
+        read = self._store.call("HMGET", self._key(waiter.sid), "st", "r", "dl")
+        read.addCallbacks(self._read, self._read_failed, callbackArgs=(waiter,),
+                          errbackArgs=(waiter,))
 
     def _read(self, reply, waiter):
         if waiter.d.called:
@@ -287,7 +264,7 @@ class RedisSessionStore:
         except ValueError:
             self.log.error("malformed session result for {session}", session=sid)
             return
-        outcome = error_from_doc(doc) if state == b"f" else doc
+        outcome = errors.from_response(doc.pop("status", 503), doc) if state == b"f" else doc
         for waiter in list(self._waiters.get(sid, ())):
             self._finish(waiter, outcome)
 
@@ -321,16 +298,18 @@ class RedisSessionStore:
 
     def _expire(self, sid):
         """The session's deadline passed while it was pending: end it for every node."""
-        d = self.fail(sid, _timeout())
+        defer.Deferred.fromCoroutine(self._end_late(sid)).addErrback(
+            lambda f: self.log.failure("ending a late session failed", f))
 
-        def done(changed):
-            if not changed:
-                # Completed meanwhile (its message is on the way) or already expired:
-                # read it again.
-                for waiter in list(self._waiters.get(sid, ())):
-                    read = self._store.call("HMGET", self._key(sid), "st", "r", "dl")
-                    read.addCallbacks(self._read, self._read_failed, callbackArgs=(waiter,),
-                                      errbackArgs=(waiter,))
-
-        d.addCallbacks(done, lambda f: [self._finish(w, f.value)
-                                        for w in list(self._waiters.get(sid, ()))])
+    async def _end_late(self, sid):
+        try:
+            changed = await self.fail(sid, timed_out())
+        except Exception as e:
+            for waiter in list(self._waiters.get(sid, ())):
+                self._finish(waiter, e)
+            return
+        if not changed:
+            # Completed meanwhile (its message is on the way) or already expired:
+            # read it again.
+            for waiter in list(self._waiters.get(sid, ())):
+                self._read_for(waiter)
