@@ -109,10 +109,13 @@ def write_secret_file(path: StrPath, data: bytes) -> None:
         os.close(fd)
 
 
-def replace_file(path: StrPath, data: bytes, mode: int) -> None:
+def replace_file(path: StrPath, data: bytes, mode: int, durable: bool = True) -> None:
     """Atomically replace *path* with *data*, with exactly *mode* whatever the umask:
     written to a new temporary file next to it (``O_EXCL``: never through a link),
-    then moved into place; the temporary file is removed on failure."""
+    synced to disk unless *durable* is False (a file rewritten every few seconds and
+    made again at start, such as the status file: readers see the old or the new
+    file whole either way, and an fsync may wait seconds on a busy disk), then moved
+    into place; the temporary file is removed on failure."""
     tmp = f"{path}.tmp.{os.getpid()}"
     os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
     if os.path.lexists(tmp):
@@ -122,7 +125,8 @@ def replace_file(path: StrPath, data: bytes, mode: int) -> None:
         try:
             os.fchmod(fd, mode)
             os.write(fd, data)
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
@@ -132,9 +136,9 @@ def replace_file(path: StrPath, data: bytes, mode: int) -> None:
         raise
 
 
-def replace_secret_file(path: StrPath, data: bytes) -> None:
+def replace_secret_file(path: StrPath, data: bytes, durable: bool = True) -> None:
     """Atomically replace *path* with *data* (mode 0600).  For non-identity secrets."""
-    replace_file(path, data, 0o600)
+    replace_file(path, data, 0o600, durable)
 
 
 def read_secret_line(path: StrPath, what: str = "password file") -> str:
