@@ -22,10 +22,10 @@ class DevicePolicies:
     """``kid -> (session tag, generation, DevicePolicy)``: the newest policy of each
     server's current registration."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._table: dict[bytes, tuple[bytes, int, DevicePolicy]] = {}
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._table)
 
     def update(self, kid: bytes, session: bytes, generation: int,

@@ -199,7 +199,7 @@ class AllowedHosts:
     coordinator cannot point the home server's TURN client at the home network,
     whatever its DNS answers."""
 
-    def __init__(self, entries):
+    def __init__(self, entries: Any) -> None:
         self.names: set[str] = set()
         self.networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         for entry in entries:

@@ -69,6 +69,7 @@ class Links:
         self.keepalive = keepalive
         self.random_bytes = random_bytes
         self.migration_timeout = migration_timeout
+        self._devices = None          # the device policy every registrant tells
         self.active = self._link(*target)
         self.moving = None
         self._events = []             # (link, event) of the call in progress (see _output)
@@ -76,7 +77,6 @@ class Links:
         self._unanswered = set()      # (ip, port) that stopped answering
         self._several = False         # a name resolved to several addresses
         self._last_tried = None       # (host, port) the last failover went to
-        self._devices = None          # the device policy every registrant tells
 
     def _link(self, host, port, key):
         return Link(host, port, key, Registrant(self.identity, key, self.challenges,
