@@ -90,8 +90,7 @@ async def connect(url, server_id, password, coordinator_key=None, ice_servers=()
                     notify("the home server no longer accepts this device's token (the "
                            "password was changed, or the device was revoked); signing in "
                            "with the password")
-                    devices.keep(url, server_id, None)
-                    device = None
+                    device = None     # kept until this sign-in replaces it (see main.js)
                 elif device is not None and _device_path_held(e):
                     notify(f"this device's own sign-in budget is spent ({e}); signing in "
                            "with the password instead")

@@ -533,8 +533,9 @@ async function connect({ password = null, passwordKey = null, retryOnWait = true
         const code = error.code;
         const refused = device ? devicePathRefusal(error) : null;
         if (refused) {
-          // The device path is refused or held: the password path, once, by itself.
-          if (code === "bad-device") setDeviceToken(server.id, null);
+          // The device path is refused or held: the password path, once, by itself.  (The
+          // token is kept until that sign-in replaces it: a coordinator that altered the
+          // offer makes a good token look refused.)
           device = null;
           note = refused;
         } else if (tries === 0 && (code === "stale-challenge" || code === "unknown-challenge")) {
