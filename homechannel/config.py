@@ -148,6 +148,10 @@ class CoordinatorWeb:
     per_server_per_day: int = 1000
     # Connect attempts per device token (a client that signed in before) per minute.
     per_device_per_minute: int = 10
+    # Connect attempts on one home server's device path per minute and per day, from
+    # all its devices together: the number of tokens cannot multiply the ceiling.
+    per_server_device_per_minute: int = 20
+    per_server_device_per_day: int = 2000
     # Failed answers from one source (IPv6 /56) or device before it is locked out;
     # the lockout doubles each time.
     failures_before_lockout: int = 5
@@ -158,7 +162,8 @@ class CoordinatorWeb:
         _require_positive(self, "web", (
             "max_body", "max_sessions", "max_waiters", "max_sessions_per_source",
             "max_sessions_per_server", "max_waiters_per_source", "max_connections",
-            "max_connections_per_source", "header_timeout", "body_timeout", "idle_timeout"))
+            "max_connections_per_source", "header_timeout", "body_timeout", "idle_timeout",
+            "per_server_device_per_minute", "per_server_device_per_day"))
         for entry in self.trusted_proxies:
             try:
                 if not isinstance(entry, str):
@@ -189,6 +194,9 @@ class CoordinatorMetrics:
     listen: str = "tcp:9477:interface=127.0.0.1"
 
 
+MAX_TURN_LIFETIME = 3600.0
+
+
 @dataclass(frozen=True)
 class CoordinatorTurn:
     # coturn's URLs (turn:/turns:, e.g. "turn:turn.example.org:3478?transport=udp").
@@ -196,12 +204,24 @@ class CoordinatorTurn:
     urls: tuple = ()
     # A file holding coturn's static-auth-secret (coturn runs with use-auth-secret).
     secret_file: str = ""
-    # Seconds a minted credential stays valid.  Peers refresh their relay
-    # allocation with the same credential, which coturn checks each time: keep
-    # it longer than the longest relayed session (the TURN REST draft: a day).
-    lifetime: float = 86400.0
+    # Seconds a minted credential stays valid (at most an hour).  Peers refresh
+    # their relay allocation with the same credential, which coturn checks each
+    # time: a relayed session ends when it expires (connect again).
+    lifetime: float = 3600.0
+    # Credentials minted (only for clients that proved the password or a device key)
+    # per home server per minute and per day, and in all per minute; beyond them a
+    # connect goes on without a relay.
+    per_server_per_minute: int = 10
+    per_server_per_day: int = 1000
+    per_minute: int = 600
 
     def __post_init__(self):
+        _require_positive(self, "turn", ("lifetime", "per_server_per_minute",
+                                         "per_server_per_day", "per_minute"))
+        if self.lifetime > MAX_TURN_LIFETIME:
+            raise ConfigError(f"turn.lifetime must be at most {MAX_TURN_LIFETIME:g} seconds "
+                              "(an hour): a credential anyone took from a client stays good "
+                              "for that long")
         for i, url in enumerate(self.urls):
             if not is_turn_url(url):
                 raise ConfigError(f"turn.urls[{i}]: {url!r} is not a TURN URL "
@@ -313,6 +333,11 @@ class ServerWebRTC:
     advertise_addresses: tuple = ()
     max_sessions: int = 4
     connect_timeout: float = 30.0
+    # The hosts whose STUN/TURN servers a coordinator's offer may name (the TURN
+    # credential it mints for this server's side of a connect): names, addresses or
+    # networks.  Empty: the coordinator's host(s) and the hosts of ice_servers.  A
+    # name must also resolve to public addresses only (or to ones listed here).
+    offer_ice_hosts: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -378,6 +403,11 @@ class ServerConfig:
     @property
     def failover_path(self):
         return os.path.join(self.state_dir, "failover-coordinator.json")
+
+    @property
+    def devices_path(self):
+        """The devices enrolled with this home server (``homechannel devices``)."""
+        return os.path.join(self.state_dir, "enrolled-devices.json")
 
     @property
     def status_path(self):
@@ -484,6 +514,21 @@ def server_ice_servers(cfg: "ServerConfig", host: str, port: int) -> tuple:
     if cfg.webrtc.ice_servers is not None:
         return cfg.webrtc.ice_servers
     return ({"urls": stun_url(host, port)},)
+
+
+def offer_ice_hosts(cfg: "ServerConfig", host: str) -> tuple:
+    """The hosts a coordinator's offer may point the home server's STUN/TURN client at:
+    ``webrtc.offer_ice_hosts`` if set, else the coordinator it registers with (*host*),
+    the configured coordinator(s) and the hosts of ``webrtc.ice_servers``."""
+    from homechannel.protocol.ice import url_host
+
+    if cfg.webrtc.offer_ice_hosts:
+        return tuple(cfg.webrtc.offer_ice_hosts)
+    hosts = [host] + [h for h, _ in cfg.coordinator.candidates()]
+    for entry in cfg.webrtc.ice_servers or ():
+        urls = entry["urls"] if isinstance(entry["urls"], list) else [entry["urls"]]
+        hosts += [url_host(u) for u in urls]
+    return tuple(dict.fromkeys(hosts))
 
 
 def load_coordinator(path=None, overrides=None) -> CoordinatorConfig:

@@ -160,16 +160,41 @@ def read_secret_line(path: StrPath, what: str = "password file") -> str:
 
 
 def save_password_key(path: StrPath, server_public_raw: bytes, password_key: bytes,
-                      iterations: int = crypto.PBKDF2_ITERATIONS) -> None:
-    """Store the derived key (never the password) as JSON, mode 0600."""
+                      iterations: int = crypto.PBKDF2_ITERATIONS, *,
+                      epoch: int | None = None) -> int:
+    """Store the derived key (never the password) as JSON, mode 0600, with the
+    password **epoch** that device tokens are bound to: one more than the file held
+    before (a device token of the old password stops working), or a random one for
+    a first password (so that a password file removed and made again never brings
+    back tokens of its past).  Returns the epoch."""
+    if epoch is None:
+        previous = load_password_epoch(path)
+        epoch = ((previous + 1) % 2 ** 32 if previous is not None
+                 else int.from_bytes(os.urandom(4), "big") >> 1)
     doc = {
         "kdf": "pbkdf2-hmac-sha256",
         "iterations": iterations,
         "salt": "server public key",
         "server_id": crypto.b64u_encode(server_public_raw),
         "key": crypto.b64u_encode(password_key),
+        "epoch": epoch,
     }
     replace_secret_file(path, (json.dumps(doc, indent=2) + "\n").encode())
+    return epoch
+
+
+def load_password_epoch(path: StrPath) -> int | None:
+    """The password epoch kept with the password key (``save_password_key``): None
+    when there is no readable file; 0 for a file written before epochs existed."""
+    try:
+        with open(path, "rb") as f:
+            doc = json.loads(f.read())
+    except (OSError, ValueError):
+        return None
+    epoch = doc.get("epoch", 0) if isinstance(doc, dict) else None
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch < 2 ** 32:
+        return None
+    return epoch
 
 
 def load_password_key(path: StrPath, server_public_raw: bytes) -> bytes:

@@ -19,6 +19,7 @@ import sys
 from homechannel.cli.coordinator import cmd_join_string, cmd_migrate
 from homechannel.cli.keys import cmd_keygen, cmd_pubkey
 from homechannel.cli.server import (
+    cmd_devices,
     cmd_join,
     cmd_link,
     cmd_passwd,
@@ -127,12 +128,27 @@ def _parser():
     sp.set_defaults(func=cmd_link)
     sp = _sub(sub, "passwd", "set the home server's password (stores a derived key)",
               "Set the home server's password. Only a derived key (PBKDF2) is stored; "
-              "restart the home server to use it.",
+              "restart the home server to use it. Every device's sign-in token of the old "
+              "password stops working (a new password epoch).",
               "homechannel passwd --config /etc/homechannel/server.toml")
     common(sp, role=False)
     sp.add_argument("--password-file", help="read the password from the first line of this "
                                             "file (default: prompt, or one line of stdin)")
     sp.set_defaults(func=cmd_passwd)
+
+    sp = _sub(sub, "devices", "list or revoke the devices enrolled with the home server",
+              "List the devices (browsers, native clients) that enrolled a key with this "
+              "home server after signing in, or revoke one: its sign-in token stops working "
+              "at the coordinator and here (the running home server notices within "
+              "seconds), and it signs in with the password again next time. To keep out "
+              "someone who knows the password, change it ('homechannel passwd'): that ends "
+              "every device's token.",
+              "homechannel devices revoke Xy3k --config /etc/homechannel/server.toml")
+    sp.add_argument("action", choices=["list", "revoke"])
+    sp.add_argument("device", nargs="?", default="",
+                    help="revoke: the device's id, or the start of it ('devices list')")
+    common(sp, role=False)
+    sp.set_defaults(func=cmd_devices)
 
     sp = _sub(sub, "migrate", "ask home servers to move to another coordinator",
               "Ask home servers registered with this coordinator to move to another one. "

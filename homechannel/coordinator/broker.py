@@ -9,16 +9,23 @@ Order of checks for ``POST /api/connect`` (docs/protocol.md section 2):
 
 1. the body parses (``ConnectRequest.parse``: shape of every field and of the
    offer SDP);
-2. with a **device token** that verifies with the server's key (a client that
-   signed in before): the device (for this server) is not locked out and is
-   within its own rate, the source is within its device-path rate (a generous
-   one of its own, apart from strangers' budget: whoever shares the owner's
-   address, behind a carrier NAT or in a hotel, cannot lock the owner's
-   device out), the server is online, the client-made challenge is fresh;
-   the offer goes to the home server, which checks the proof (a wrong
+2. with a **device token** that verifies with the server's key and a
+   signature by the device key it names over this session, challenge and
+   offer (a client that signed in before; a token copied without its key
+   cannot sign): the device (for this server) is not locked out and is within
+   its own rate, the source is within its device-path rate (a generous one of
+   its own, apart from strangers' budget: whoever shares the owner's address,
+   behind a carrier NAT or in a hotel, cannot lock the owner's device out), the
+   server is online, the token's password epoch and device are the ones the
+   home server told (``DevicePolicy``: a token from before ``homechannel
+   passwd``, or of a removed device, is refused as ``bad-device``), the
+   devices' budget of this server (per minute and per day, all its devices
+   together) is not spent, the client-made challenge is fresh; the offer goes
+   to the home server, which checks it all again and the proof (a wrong
    password there counts against the device and the source);
-3. otherwise (**pool path**; a token that does not verify is refused as
-   ``bad-device`` after these, and counts half a failure against the source):
+3. otherwise (**pool path**; a token or device signature that does not verify
+   is refused as ``bad-device`` after these, and counts half a failure
+   against the source, never against the device):
    the source (IPv6 /56) is not locked out; the source (IPv6 /64) is within
    its rate; the server is online; the server's budget (per minute and per
    day) is not spent -- checked before the challenge is touched, so a spent
@@ -28,6 +35,15 @@ Order of checks for ``POST /api/connect`` (docs/protocol.md section 2):
    against ``expectedAnswer`` in constant time (a wrong one counts a
    failure against the source and is reported to the home server);
 4. the pending session is created and the offer relayed.
+
+With TURN configured a connect has two steps.  ``POST /api/prove``
+(:meth:`Broker.prove`) makes checks 2-3 without the offer (the device key
+signs the session and challenge instead) and, within the TURN budgets (per
+server per minute and per day, and in all), mints the client's relay
+credential and a ticket; ``POST /api/connect`` with that ticket
+(:meth:`Broker.connect`) checks the ticket (and the device key's signature
+over the offer), makes the session and relays the offer with the home
+server's credential.  A lookup never carries a credential.
 
 The checks of one path that do not depend on each other are asked for
 together (:func:`_together`: every seam's coroutine is started before any is
@@ -52,6 +68,7 @@ from twisted.python.failure import Failure
 from homechannel import crypto
 
 from homechannel.protocol import connect
+from homechannel.config import CoordinatorTurn
 from homechannel.coordinator.ratelimit import (
     MemoryLockout,
     MemoryRateLimiter,
@@ -79,7 +96,7 @@ STALE_WEIGHT = 0.5
 DEVICE_SOURCE_FACTOR = 4
 # The "scope" field of a 429 (rate-limited, locked-out): whose budget is spent, so a
 # client can say so without reading the message (docs/protocol.md, "Error codes").
-SOURCE, SERVER, DEVICE = "source", "server", "device"
+SOURCE, SERVER, DEVICE, DEVICES = "source", "server", "device", "devices"
 
 
 def device_key(server_key: bytes, device: str) -> str:
@@ -195,15 +212,23 @@ class Broker:
     The seams (*relay*, *sessions*, the limiters and lockouts made by
     *make_limiter* and *make_lockout*) are ``async def``: in memory (they finish
     at once) or the cluster's Redis implementations.  :meth:`lookup`,
-    :meth:`connect` and :meth:`wait` are coroutines; :meth:`on_answer` is the
-    relay's plain callback.  Checks that do not depend on each other are asked
-    for together, so that a cluster node makes one Redis round trip for them."""
+    :meth:`prove`, :meth:`connect` and :meth:`wait` are coroutines;
+    :meth:`on_answer` is the relay's plain callback.  Checks that do not depend on
+    each other are asked for together, so that a cluster node makes one Redis
+    round trip for them.
+
+    *ice_servers* are the clients' (STUN; no credentials).  With *turn* (a
+    ``turn.TurnMinter``) a connect has two steps: :meth:`prove` (the checks, then a
+    TURN credential for the client, within the budgets of *turn_limits*, a
+    ``config.CoordinatorTurn``) and :meth:`connect` with the ticket it gave (the
+    offer; the home server's credential).  *ticket_key* MACs those tickets (the
+    tap derives it from the identity key, so every node of a cluster has it)."""
 
     log = Logger()
 
-    def __init__(self, relay, config, clock, *, sessions=None,
-                 ice_servers=None, random_bytes=os.urandom, make_limiter=memory_limiter,
-                 make_lockout=memory_lockout):
+    def __init__(self, relay, config, clock, *, sessions=None, ice_servers=None, turn=None,
+                 turn_limits=None, ticket_key=None, random_bytes=os.urandom,
+                 make_limiter=memory_limiter, make_lockout=memory_lockout):
         """*config* is the ``[web]`` configuration (``config.CoordinatorWeb``): the
         budgets and the tables' caps come from it."""
         self._relay = relay
@@ -236,54 +261,166 @@ class Broker:
         self._device_limiter = make_limiter(clock, "device", limits.per_device_per_minute, 60.0)
         self._device_source_limiter = make_limiter(
             clock, "device-source", DEVICE_SOURCE_FACTOR * limits.per_ip_per_minute, 60.0)
+        # The device path's own budget per server, for all its devices together: however
+        # many tokens exist, they add at most this to the ceiling (docs/security.md).
+        self._devices_minute = make_limiter(clock, "devices-minute",
+                                            limits.per_server_device_per_minute, 60.0)
+        self._devices_day = make_limiter(
+            clock, "devices-day", limits.per_server_device_per_day, DAY,
+            burst=max(1, limits.per_server_device_per_day // 10))
         self._tokens = OrderedDict()     # device token text -> DeviceToken (verified)
-        # ice_servers(role) -> list of RTCIceServer dicts for "client" or "server".
-        self._ice = ice_servers or (lambda role: list(config.ice_servers or ())
-                                    if role == "client" else [])
+        if ice_servers is None:
+            ice_servers = config.ice_servers or ()
+        self._ice = [dict(s) for s in ice_servers]
+        self._turn = turn
+        self._ticket_key = ticket_key or random_bytes(32)
+        if turn is not None:
+            turn_limits = turn_limits or CoordinatorTurn()
+            self._turn_minute = make_limiter(clock, "turn-server-minute",
+                                             turn_limits.per_server_per_minute, 60.0)
+            self._turn_day = make_limiter(clock, "turn-server-day",
+                                          turn_limits.per_server_per_day, DAY,
+                                          burst=max(1, turn_limits.per_server_per_day // 10))
+            self._turn_all = make_limiter(clock, "turn-all", turn_limits.per_minute, 60.0)
         self.metrics = Counter()
         relay.set_answer_handler(self.on_answer)
 
     # -- lookups ---------------------------------------------------------------
 
     async def lookup(self, server_key: bytes, source: str):
-        """``{"online", "challenge", "ice_servers"}`` for a browser about to connect."""
+        """``{"online", "challenge", "ice_servers", "turn"}`` for a client about to
+        connect: ``turn`` says a relay exists, and that its credential comes from
+        :meth:`prove`, never from a lookup."""
         retry, (online, challenge) = await _together(
             self._lookup_limiter.hit(source_key(source)), self._relay.server_status(server_key))
         self._refuse_rate(retry, "too many lookups from your address", SOURCE)
         self.metrics["lookups"] += 1
         return {"online": bool(online),
                 "challenge": challenge if online and challenge else None,
-                # TURN credentials are minted only for a server that is online.
-                "ice_servers": self._ice("client") if online else []}
+                "ice_servers": list(self._ice) if online else [],
+                "turn": bool(online) and self._turn is not None}
+
+    # -- the proven first step of a connect with TURN ------------------------------------
+
+    async def prove(self, req: connect.ProveRequest, source: str):
+        """The checks of :meth:`connect` before the offer exists, then a TURN credential
+        for the client (within the budgets) and a ticket for the second step.  Returns
+        ``{"session", "ticket", "ice_servers", "expires"}``."""
+        message = None
+        if req.device is not None:
+            message = crypto.device_start_message(req.session, req.challenge)
+        token, spend, turn = await self._admit(req, source, message, self._turn is not None)
+        results = await _together(*spend)
+        ice = list(self._ice)
+        if turn and all(r is None for r in results[-3:]):
+            ice.append(self._turn.mint(req.server_key, "c"))
+            self.metrics["turn_minted"] += 1
+        else:
+            turn = False
+            if self._turn is not None:
+                self.metrics["turn_refused"] += 1
+        expires = int(self._clock.seconds() + self._config.session_timeout)
+        ticket = connect.Ticket(req.server_key, req.session, req.challenge,
+                                token.device if token is not None else None, expires, turn)
+        self.metrics["proven"] += 1
+        return {"session": req.session, "ticket": ticket.encode(self._ticket_key),
+                "ice_servers": ice, "expires": expires}
 
     # -- connects ----------------------------------------------------------------
 
     async def connect(self, req: connect.ConnectRequest, source: str):
         """Check and relay one connect attempt; raise a HomeChannelError to refuse it.
-        Returns once the session is made and the offer is on its way."""
+        Returns once the session is made and the offer is on its way.  With a ticket
+        (the second step after :meth:`prove`) the checks were made there."""
+        if req.ticket is not None:
+            device, turn = await self._ticketed(req, source)
+            await self._relay_session(req, source, device, turn, ())
+            return
+        message = None
+        if req.device is not None:
+            message = crypto.device_offer_message(req.session, req.challenge, req.offer_digest)
+        token, spend, _ = await self._admit(req, source, message, False)
+        await self._relay_session(req, source, token.device if token is not None else None,
+                                  False, spend)
+
+    async def _relay_session(self, req, source, device, turn, spend):
+        """Make the session (with the budget *spend* spent in the same round) and relay
+        the offer; the home server's TURN credential only after a proven first step."""
+        key = req.server_key
+        ice = (self._turn.mint(key, "s"),) if turn else ()
+        payload = connect.Offer(req.session, req.challenge, req.proof, req.offer,
+                                source=source, device=req.device, ice_servers=ice,
+                                device_signature=req.device_signature).encode()
+        await _together(self.sessions.create(req.session, key, source=source, device=device),
+                        *spend)
+        self.metrics["connect_relayed"] += 1
+        _background(self._relay_offer(req.session, key, payload), "relaying an offer")
+
+    async def _ticketed(self, req, source):
+        """The second step: the ticket is this connect's, and on the device path the
+        device key signed this offer.  ``(device id or None, turn)``."""
+        token = None
+        if req.device is not None:
+            try:
+                token = self._device_token(req.server_key, req.device)
+                token.check_signature(req.device_signature, crypto.device_offer_message(
+                    req.session, req.challenge, req.offer_digest))
+            except (ProtocolError, AuthenticationError) as e:
+                self.metrics["connect_bad_device"] += 1
+                await self._lockout.failure(lockout_key(source), STALE_WEIGHT)
+                raise Forbidden(f"this device's sign-in was not accepted ({e}): sign in "
+                                "with the password", connect.BAD_DEVICE) from None
+        device = token.device if token is not None else None
+        ticket = connect.Ticket.check(self._ticket_key, req.ticket, req.server_key,
+                                      req.session, req.challenge, device,
+                                      self._clock.seconds())
+        return device, ticket.turn
+
+    async def _admit(self, req, source, message, want_turn):
+        """Every check of a connect attempt that does not need the offer (the order of
+        the module's docstring); raise to refuse it.  Returns ``(device token or None,
+        the budget to spend (coroutines) once the attempt goes on, whether the TURN
+        budgets have room)``: the last three of the spending are the TURN budgets'
+        when that is true.  *message* is what the device key must have signed."""
         lock = lockout_key(source)
         key = req.server_key
         token = token_error = None
         if req.device is not None:
             try:
                 token = self._device_token(key, req.device)
+                token.check_signature(req.device_signature, message)
             except (ProtocolError, AuthenticationError) as e:
-                token_error = e
+                token, token_error = None, e
+        turn = [self._turn_minute.peek(key), self._turn_day.peek(key),
+                self._turn_all.peek("")] if want_turn else []
         if token is not None:
             device = device_key(key, token.device)
-            locked, retry, source_retry, (online, _) = await _together(
+            results = await _together(
                 self._device_lockout.check(device), self._device_limiter.hit(device),
                 self._device_source_limiter.hit(source_key(source)),
-                self._relay.server_status(key))
+                self._relay.server_status(key), self._relay.device_policy(key),
+                self._devices_minute.peek(key), self._devices_day.peek(key), *turn)
+            locked, retry, source_retry, (online, _), policy, minute, day = results[:7]
             self._device_path(req, locked, retry, source_retry)
             self._require_online(online)
+            if policy is None or not policy.allows(token):
+                self.metrics["connect_device_refused"] += 1
+                await self._lockout.failure(lock, STALE_WEIGHT)
+                raise Forbidden("this device's sign-in token is no longer valid (the "
+                                "password was changed or the device was removed on the home "
+                                "server): sign in with the password", connect.BAD_DEVICE)
+            self._refuse_budget(minute, day, "sign-in attempts from this home server's "
+                                "devices", DEVICES)
+            self.metrics["connect_device"] += 1
+            spend = [self._devices_minute.hit(key), self._devices_day.hit(key)]
+            turn_results = results[7:]
         else:
             # One round: everything that does not depend on anything else.
             checks = [self._lockout.check(lock), self._ip_limiter.hit(source_key(source)),
                       self._relay.server_status(key)]
             if token_error is None:
                 checks += [self._server_minute.peek(key), self._server_day.peek(key)]
-            results = await _together(*checks)
+            results = await _together(*checks, *turn)
             locked, retry, (online, _) = results[:3]
             self._refuse_locked(locked, "from your address", SOURCE)
             self._refuse_rate(retry, "too many connection attempts from your address", SOURCE)
@@ -293,20 +430,15 @@ class Broker:
                 raise Forbidden(f"this device's sign-in token was not accepted ({token_error}): "
                                 "sign in with the password", connect.BAD_DEVICE)
             self._require_online(online)
-            await self._pool_path(req, source, lock, *results[3:])
-        payload = connect.Offer(req.session, req.challenge, req.proof, req.offer,
-                                source=source, device=req.device,
-                                ice_servers=tuple(self._ice("server"))).encode()
-        # The session is made together with the budget spent on a right answer.
-        create = self.sessions.create(req.session, key, source=source,
-                                      device=token.device if token is not None else None)
-        if token is None:
-            await _together(create, self._server_minute.hit(key), self._server_day.hit(key),
-                            self._lockout.success(lock))
-        else:
-            await create
-        self.metrics["connect_relayed"] += 1
-        _background(self._relay_offer(req.session, key, payload), "relaying an offer")
+            await self._pool_path(req, source, lock, *results[3:5])
+            spend = [self._server_minute.hit(key), self._server_day.hit(key),
+                     self._lockout.success(lock)]
+            turn_results = results[5:]
+        room = want_turn and all(r is None for r in turn_results)
+        if room:
+            spend += [self._turn_minute.hit(key), self._turn_day.hit(key),
+                      self._turn_all.hit("")]
+        return token, spend, room
 
     def _require_online(self, online):
         if not online:
@@ -314,19 +446,22 @@ class Broker:
             raise NotFound("the home server is offline: check that it is running and "
                            "connected to the internet", "offline")
 
-    async def _pool_path(self, req, source, lock, minute, day):
-        """Raise for a spent budget, a stale challenge or a wrong answer (a wrong one
-        spends the server's budget); return for a right answer, whose budget the
-        caller spends together with making the session."""
-        key = req.server_key
+    def _refuse_budget(self, minute, day, what, scope, note=""):
         retry = max(minute or 0.0, day or 0.0)
         if retry:
             self.metrics["rate_limited"] += 1
             self.metrics["connect_server_budget"] += 1
             raise TooManyRequests(
-                f"too many sign-in attempts to this home server right now: try again in "
-                f"{whole_seconds(retry)} seconds (devices that signed in before are not affected)",
-                "rate-limited", retry_after=whole_seconds(retry), scope=SERVER)
+                f"too many {what} right now: try again in {whole_seconds(retry)} seconds"
+                f"{note}", "rate-limited", retry_after=whole_seconds(retry), scope=scope)
+
+    async def _pool_path(self, req, source, lock, minute, day):
+        """Raise for a spent budget, a stale challenge or a wrong answer (a wrong one
+        spends the server's budget); return for a right answer, whose budget the
+        caller spends together with making the session."""
+        key = req.server_key
+        self._refuse_budget(minute, day, "sign-in attempts to this home server", SERVER,
+                            " (devices that signed in before are not affected)")
         expected = await self._relay.take_challenge(key, req.challenge)
         if expected is None:
             self.metrics["connect_stale_challenge"] += 1

@@ -56,6 +56,11 @@ class IRelay(Interface):
         bytes, e.g. ``connect.failure_notice(source, "wrong-password")``), so
         that it logs every failed login.  Best effort."""
 
+    async def device_policy(server_key):
+        """The server's ``connect.DevicePolicy`` (its password epoch and enrolled
+        devices, told over UDP: DEVICES), or None if it told none (no devices, or
+        not yet): then no device token is accepted at the door."""
+
     def set_answer_handler(handler):
         """``handler(kid, payload)`` is called once for each complete ANSWER
         transfer from a home server (*kid*: ``crypto.key_id`` of its key).

@@ -52,7 +52,7 @@ def makeService(options):
 
 
 def _make(options):
-    from homechannel import aio, config, keyfiles
+    from homechannel import aio, config, crypto, keyfiles
 
     cfg = config.load_coordinator(options["config"], options.overrides())
     if cfg.cluster.redis_url:
@@ -74,7 +74,7 @@ def _make(options):
     from homechannel.coordinator.rendezvous import Rendezvous
     from homechannel.coordinator.broker import Broker
     from homechannel.coordinator.stun import StunResponder
-    from homechannel.coordinator.turn import TurnMinter, ice_servers_for, load_secret
+    from homechannel.coordinator.turn import TurnMinter, load_secret
     from homechannel.coordinator.udp import CoordinatorUDP, StunUDP
     from homechannel.coordinator.web import CoordinatorWeb
 
@@ -115,8 +115,11 @@ def _make(options):
     if cfg.turn.urls:
         minter = TurnMinter(cfg.turn.urls, load_secret(cfg.turn.secret_file), cfg.turn.lifetime,
                             reactor)
-        log.info("TURN: {urls}, credentials valid {lifetime:g} s",
-                 urls=" ".join(minter.urls), lifetime=cfg.turn.lifetime)
+        log.info("TURN: {urls}, credentials valid {lifetime:g} s, only for proven clients "
+                 "({server_minute} a minute and {server_day} a day per home server, "
+                 "{all} a minute in all)", urls=" ".join(minter.urls),
+                 lifetime=cfg.turn.lifetime, server_minute=cfg.turn.per_server_per_minute,
+                 server_day=cfg.turn.per_server_per_day, all=cfg.turn.per_minute)
     seams = {}
     if cfg.cluster.redis_url:
         from homechannel.coordinator.cluster import node as cluster
@@ -127,8 +130,9 @@ def _make(options):
         relay = node.relay
     else:
         relay = udp
-    broker = Broker(relay, cfg.web, reactor, ice_servers=ice_servers_for(ice_servers, minter),
-                    **seams)
+    broker = Broker(relay, cfg.web, reactor, ice_servers=ice_servers, turn=minter,
+                    turn_limits=cfg.turn,
+                    ticket_key=identity.derived_key(crypto.TICKET_KEY_LABEL), **seams)
     web = CoordinatorWeb(identity, relay, cfg.web, reactor, broker=broker,
                          ice_servers=ice_servers, **kwargs)
     site = LimitedSite(web.resource(), cfg.web, identity, reactor)

@@ -140,8 +140,8 @@ class CoordinatorWeb:
         self._ice_servers = [dict(s) for s in ice_servers]
         self._static_dir = static_dir or config.static_dir or default_static_dir()
         self.broker = broker or Broker(
-            relay, config, clock, random_bytes=random_bytes,
-            ice_servers=lambda role: list(self._ice_servers) if role == "client" else [])
+            relay, config, clock, random_bytes=random_bytes, ice_servers=self._ice_servers,
+            ticket_key=identity.derived_key(crypto.TICKET_KEY_LABEL))
         self._cors = frozenset(config.cors_origins)
         self._trusted = TrustedProxies(config.trusted_proxies)
         self.metrics = self.broker.metrics
@@ -173,8 +173,19 @@ class CoordinatorWeb:
             "online": found["online"],
             "challenge": crypto.b64u_encode(found["challenge"]) if found["challenge"] else None,
             "ice_servers": found["ice_servers"],
+            "turn": found["turn"],
             "time": int(self._clock.seconds()),
         }
+
+    @app.route("/api/prove", methods=["POST"])
+    @_api
+    async def prove(self, request):
+        """The first step of a connect with TURN: the proof without the offer; the
+        client's ICE servers with a TURN credential, and a ticket for the second."""
+        source = self.source_address(request)
+        req = connect.ProveRequest.parse(self._read_body(request))
+        result = await self.broker.prove(req, source)
+        return dict(result, time=int(self._clock.seconds()))
 
     @app.route("/api/connect", methods=["POST"])
     @_api
@@ -287,6 +298,8 @@ class CoordinatorWeb:
         if method == b"POST":
             if path == b"/api/connect":
                 return self._run(request, self.connect(request))
+            if path == b"/api/prove":
+                return self._run(request, self.prove(request))
         elif method == b"GET":
             if path.startswith(b"/api/servers/"):
                 arg = path[13:]

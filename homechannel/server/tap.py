@@ -73,6 +73,8 @@ def _make(options):
     from homechannel.errors import ConfigError
     from homechannel.server.apps import AppHost
     from homechannel.server.challenges import ChallengeSource
+    from homechannel.server.devices import EnrolledDevices
+    from homechannel.server.offerice import OfferIcePolicy
     from homechannel.server.peer import Answerer
     from homechannel.server.statefiles import reactor_threads
     from homechannel.server.status import StatusFile
@@ -93,6 +95,7 @@ def _make(options):
     if created:
         log.info("created home server identity key {path}", path=cfg.identity_key)
     password_key = keyfiles.load_password_key(cfg.password_key, identity.public_raw)
+    epoch = keyfiles.load_password_epoch(cfg.password_key) or 0
 
     challenges = ChallengeSource(password_key)
     target = load_failover(cfg.failover_path)
@@ -114,19 +117,31 @@ def _make(options):
         host, port = (active.host, active.port) if active else target[:2]
         return config.server_ice_servers(cfg, host, port)
 
-    answerer = Answerer(identity, password_key, challenges, cfg.webrtc, app_host, reactor,
-                        ice_servers=ice_servers)
     to_thread = reactor_threads(reactor)    # the state files' writes (fsync)
+    devices = EnrolledDevices(cfg.devices_path, epoch, reactor, to_thread=to_thread)
+    devices.load()
+
+    def allowed_ice_hosts():
+        active = links[0].active if links else None
+        return config.offer_ice_hosts(cfg, active.host if active else target[0])
+
+    answerer = Answerer(identity, password_key, challenges, cfg.webrtc, app_host, reactor,
+                        ice_servers=ice_servers, devices=devices,
+                        offer_ice=OfferIcePolicy(allowed_ice_hosts))
     udp = ServerUDP(identity, challenges, cfg.keepalive, target, reactor, answerer,
                     cfg.failover_path, resolve=reactor_resolver(reactor),
                     candidates=candidates, to_thread=to_thread)
     links.append(udp)
+    devices.on_change = udp.set_devices
+    udp.set_devices(devices.policy())
 
     top = _home_server_class()(answerer, udp)
     internet.UDPServer(0, udp).setServiceParent(top)
     status = StatusFile(cfg.status_path, udp, answerer, reactor, to_thread=to_thread)
     udp.on_change = status.changed
     internet.TimerService(2.0, status.tick).setServiceParent(top)
+    # 'homechannel devices revoke' changes the file: noticed within one tick.
+    internet.TimerService(2.0, devices.poll).setServiceParent(top)
     if cfg.metrics.listen:
         metrics.service(cfg.metrics.listen, metrics.registry_for(
             metrics.ServerCollector(udp, answerer, app_host)), reactor).setServiceParent(top)
@@ -136,6 +151,8 @@ def _make(options):
         s["urls"] if isinstance(s["urls"], str) else " ".join(s["urls"])
         for s in ice_servers()) or "none (host candidates only)")
     log.info("connect link: {link}", link=link)
+    log.info("password epoch {epoch}; {n} enrolled device(s) in {path}", epoch=epoch,
+             n=len(devices), path=cfg.devices_path)
     return top
 
 

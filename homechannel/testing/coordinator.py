@@ -46,6 +46,7 @@ class FakeRelay:
         self.servers = {}
         self.offers = []  # (server_key, payload, Deferred)
         self.failures = []  # (server_key, source, reason)
+        self.policies = {}  # server key -> connect.DevicePolicy (set_device_policy)
         self.answer_handler = None
         # When False, send_offer returns a Deferred the test fires itself.
         self.auto_ack = True
@@ -60,6 +61,10 @@ class FakeRelay:
 
     def remove_server(self, server_key):
         self.servers.pop(server_key, None)
+
+    def set_device_policy(self, server_key, policy):
+        """What the server told of its devices (``connect.DevicePolicy``; None: nothing)."""
+        self.policies[server_key] = policy
 
     def empty_pool(self, server_key):
         self.servers[server_key]["pool"].clear()
@@ -95,6 +100,11 @@ class FakeRelay:
     async def notify(self, server_key, body):
         doc = json.loads(body)
         self.failures.append((server_key, doc["source"], doc["reason"]))
+
+    async def device_policy(self, server_key):
+        if server_key not in self.servers:
+            return None
+        return self.policies.get(server_key)
 
     async def send_offer(self, server_key, payload):
         if server_key not in self.servers:
@@ -143,6 +153,12 @@ class AnswererRelay:
 
     async def notify(self, server_key, body):
         self.notices.append((server_key, body))
+
+    async def device_policy(self, server_key):
+        """What the home server would tell over UDP (``Answerer.device_policy``)."""
+        if server_key != self.server_key:
+            return None
+        return self.answerer.device_policy()
 
     async def send_offer(self, server_key, payload):
         """Acknowledged at once; the answer comes when the answerer has made it."""

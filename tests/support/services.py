@@ -143,16 +143,23 @@ def xtigervnc(geometry="320x200"):
 
 # The relay policy lines of the README's /etc/turnserver.conf example.
 _README_POLICY = re.compile(r"^ {7}((?:denied|allowed)-peer-ip=\S+|no-tcp-relay|no-udp-relay"
-                            r"|no-multicast-peers|allow-loopback-peers)$", re.M)
+                            r"|no-multicast-peers|allow-loopback-peers"
+                            r"|(?:user-quota|total-quota|max-bps)=\d+)$", re.M)
+# The README's example of the relay host's own public address (its deny line).
+README_RELAY_ADDRESS = "203.0.113.10"
 
 
-def readme_coturn_policy():
-    """The peer and transport policy of the README's coturn example, as config lines
-    (what an operator who follows the README runs)."""
+def readme_coturn_policy(relay_address=README_RELAY_ADDRESS):
+    """The peer, transport and quota policy of the README's coturn example, as config
+    lines (what an operator who follows the README runs), with *relay_address* as the
+    relay host's own public address (the README's example is 203.0.113.10, which is
+    also the NAT topology's public host)."""
     with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
         lines = _README_POLICY.findall(f.read())
     assert any(line.startswith("denied-peer-ip=") for line in lines), "README changed?"
-    return lines
+    own = f"denied-peer-ip={README_RELAY_ADDRESS}"
+    assert own in lines, "the README's coturn example lost its own-address line"
+    return [f"denied-peer-ip={relay_address}" if line == own else line for line in lines]
 
 
 @contextlib.contextmanager

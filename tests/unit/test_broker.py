@@ -6,6 +6,7 @@ of attacks would be too slow through HTTP.  Every budget here is one a test
 can exhaust, so each test fails if its rule is removed (noted per test).
 """
 
+import dataclasses
 import json
 
 import pytest
@@ -14,7 +15,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from webharness import IP_A, NOW, PASSWORD_KEY, Harness, assert_error
+from devicekeys import Device, policy
+from webharness import IP_A, NOW, OFFER_SDP, PASSWORD_KEY, Harness, assert_error
 
 from homechannel import crypto
 
@@ -28,21 +30,31 @@ from homechannel.errors import HomeChannelError
 WRONG_KEY = bytes(32)
 
 
+EPOCH = 7
+
+
 @pytest.fixture
 def h():
     return Harness()
 
 
-def device_token(h, device=b"d" * 16, now=NOW, **kw):
-    return connect.DeviceToken.issue(h.home, crypto.b64u_encode(device), now, **kw)
+def enrolled(h, *devices, epoch=EPOCH):
+    """Tell the coordinator (as the home server would over UDP) these devices are enrolled."""
+    h.relay.set_device_policy(h.home.public_raw, policy(epoch, *devices))
+    return devices[0] if len(devices) == 1 else devices
 
 
-def device_body(h, token, challenge=None, **extra):
+def device_body(h, device, token=None, challenge=None, signer=None, **extra):
+    """A device-path connect: *device*'s token (or *token*) and a signature by *signer*
+    (default: the device's own key) over this session, challenge and offer."""
     challenge = challenge if challenge is not None else connect.device_challenge(
         h.clock.seconds(), lambda n: bytes(n))
     doc = h.connect_body(challenge, **extra)
     doc.pop("answer")
-    doc["device"] = token
+    doc["device"] = token if token is not None else device.token(h.home, EPOCH)
+    signer = signer or device
+    doc["device_signature"] = crypto.b64u_encode(signer.offer_signature(
+        doc["session"], challenge, doc["offer"]))
     return doc
 
 
@@ -115,11 +127,13 @@ def test_returning_client_connects_on_its_first_try_while_strangers_are_told_to_
     assert codes.count("wrong-password") == budget
     assert set(codes[budget:]) == {"rate-limited"}
 
-    token = device_token(h)
-    resp = post(h, device_body(h, token), ip="192.0.2.50")
+    device = enrolled(h, Device())
+    body = device_body(h, device)
+    resp = post(h, body, ip="192.0.2.50")
     assert resp.code == 202, resp.body
     [offer] = [connect.Offer.decode(p) for _, p, _ in h.relay.offers[-1:]]
-    assert offer.device == token and offer.source == "192.0.2.50"
+    assert offer.device == body["device"] and offer.source == "192.0.2.50"
+    assert offer.device_signature == crypto.b64u_decode(body["device_signature"])
 
     resp, _ = h.connect(ip="192.0.2.51")           # the right password, but no token
     assert_error(resp, 429, "rate-limited")
@@ -131,14 +145,15 @@ def test_returning_client_connects_on_its_first_try_while_strangers_are_told_to_
 
 def test_device_tokens_are_checked_and_devices_locked_out_on_their_own(h):
     other = crypto.IdentityKey.generate()
-    good = device_token(h)
+    good, second = enrolled(h, Device(), Device())
     cases = {
-        "forged": connect.DeviceToken.issue(other, crypto.b64u_encode(b"d" * 16), NOW),
-        "expired": device_token(h, now=NOW - 100, lifetime=50),
-        "garbage": "hcdev1.x.y",
+        "forged": good.token(other, EPOCH),
+        "expired": good.token(h.home, EPOCH, now=NOW - 100, lifetime=50),
+        "garbage": "hcdev2.x.y",
+        "version 1": "hcdev1.eyJ2IjoxfQ.AAAA",
     }
     for name, token in cases.items():
-        resp = post(h, device_body(h, token))
+        resp = post(h, device_body(h, good, token=token))
         assert_error(resp, 403, "bad-device")
     # A device-path challenge from a wrong clock.
     stale = connect.device_challenge(NOW - 3600, lambda n: bytes(n))
@@ -152,22 +167,22 @@ def test_device_tokens_are_checked_and_devices_locked_out_on_their_own(h):
         h.relay.answer(h.home.public_raw, connect.Answer.refusal(body["session"],
                                                                  connect.BAD_PROOF).encode())
     assert_error(post(h, device_body(h, good), ip="192.0.2.200"), 429, "locked-out")
-    other_device = device_token(h, device=b"e" * 16)
-    assert post(h, device_body(h, other_device), ip="192.0.2.201").code == 202
+    assert post(h, device_body(h, second), ip="192.0.2.201").code == 202
 
 
 def test_wrong_passwords_on_the_device_path_count_against_the_source_too(h):
     """Each device fails once, all from one source: the home server's bad-proof refusals
     count like wrong answers, so the source's pool path is locked out; another device of
     that source (the owner's other browser) keeps its own budget."""
-    for i in range(h.config.failures_before_lockout):
-        body = device_body(h, device_token(h, device=bytes([i]) * 16))
+    devices = enrolled(h, *[Device() for _ in range(h.config.failures_before_lockout + 1)])
+    for device in devices[:-1]:
+        body = device_body(h, device)
         assert post(h, body).code == 202
         h.relay.answer(h.home.public_raw, connect.Answer.refusal(body["session"],
                                                                  connect.BAD_PROOF).encode())
     resp, _ = h.connect()
     assert_error(resp, 429, "locked-out")
-    assert post(h, device_body(h, device_token(h, device=b"z" * 16))).code == 202
+    assert post(h, device_body(h, devices[-1])).code == 202
 
 
 def test_a_stranger_on_the_owner_s_address_cannot_keep_the_owner_s_device_out(h):
@@ -175,6 +190,7 @@ def test_a_stranger_on_the_owner_s_address_cannot_keep_the_owner_s_device_out(h)
     address out and spends its rate; the owner's device-token connect from that address
     still gets in, on its own budgets (when the source lockout and rate came before the
     device path, this was 429)."""
+    device = enrolled(h, Device())
     shared = "100.64.0.1"
     for i in range(12):                            # made-up challenges: half a failure each
         h.connect(ip=shared, challenge=bytes([i]) * 16)
@@ -182,15 +198,59 @@ def test_a_stranger_on_the_owner_s_address_cannot_keep_the_owner_s_device_out(h)
     assert_error(resp, 429, "locked-out")
     for i in range(h.config.per_ip_per_minute):    # and the address's rate is spent too
         h.call("POST", "/api/connect", ip=shared, body={"server": h.server_id})
-    assert post(h, device_body(h, device_token(h)), ip=shared).code == 202
+    assert post(h, device_body(h, device), ip=shared).code == 202
 
 
 def test_a_token_that_does_not_verify_counts_against_the_source(h):
     other = crypto.IdentityKey.generate()
-    forged = connect.DeviceToken.issue(other, crypto.b64u_encode(b"d" * 16), NOW)
-    codes = [post(h, device_body(h, forged), ip="198.51.100.9").json["code"]
+    device = enrolled(h, Device())
+    forged = device.token(other, EPOCH)
+    codes = [post(h, device_body(h, device, token=forged), ip="198.51.100.9").json["code"]
              for _ in range(12)]
     assert codes[:9] == ["bad-device"] * 9 and codes[-1] == "locked-out"
+
+
+def test_a_copied_token_without_its_key_is_useless_and_cannot_lock_the_owner_out(h):
+    """17.4/17.5: someone who copied the owner's token (not its key) signs with a key of
+    their own, or not at all: refused as bad-device, counted against their source, never
+    against the device, so the owner's device still connects (and is never locked out).
+    How this was shown to fail: with the device signature unchecked at the coordinator
+    the copies were relayed (202) and their home-server refusals locked the device out."""
+    owner = enrolled(h, Device())
+    thief = Device()
+    token = owner.token(h.home, EPOCH)
+    for i in range(3 * h.config.failures_before_lockout):
+        body = device_body(h, owner, token=token, signer=thief)
+        resp = post(h, body, ip=f"203.0.113.{i + 1}")
+        assert_error(resp, 403, "bad-device")
+    unsigned = device_body(h, owner)
+    del unsigned["device_signature"]
+    assert_error(post(h, unsigned, ip="203.0.113.99"), 403, "bad-device")
+    assert not h.relay.offers
+    assert post(h, device_body(h, owner), ip="192.0.2.7").code == 202
+    # From one source the copies lock the source out, not the device.
+    codes = [post(h, device_body(h, owner, token=token, signer=thief),
+                  ip="198.51.100.77").json["code"] for _ in range(12)]
+    assert codes[-1] == "locked-out"
+    assert post(h, device_body(h, owner), ip="192.0.2.8").code == 202
+
+
+def test_tokens_of_an_old_password_or_a_revoked_device_are_refused_at_the_door(h):
+    """17.4: the home server tells its coordinator its password epoch and enrolled devices
+    (DEVICES); a token of another epoch (issued before 'homechannel passwd') or of a device
+    that is no longer enrolled ('homechannel devices revoke') is refused before it spends
+    anything or reaches the home server, and so is every token of a server that told
+    nothing.  How this was shown to fail: without the policy check all three were relayed."""
+    kept, revoked = Device(), Device()
+    assert_error(post(h, device_body(h, kept)), 403, "bad-device")       # nothing told yet
+    enrolled(h, kept, revoked)
+    assert post(h, device_body(h, revoked)).code == 202
+    enrolled(h, kept)                                                   # revoked
+    assert_error(post(h, device_body(h, revoked)), 403, "bad-device")
+    old = kept.token(h.home, EPOCH - 1)
+    assert_error(post(h, device_body(h, kept, token=old)), 403, "bad-device")
+    assert len(h.relay.offers) == 1
+    assert post(h, device_body(h, kept)).code == 202
 
 
 def test_device_budgets_are_per_server_and_device(h):
@@ -198,17 +258,32 @@ def test_device_budgets_are_per_server_and_device(h):
     device (budgets keyed by the id alone let one server's tokens spend another's)."""
     from homechannel.coordinator.broker import device_key
 
+    device = enrolled(h, Device())
     other = crypto.IdentityKey.generate()
     assert device_key(h.home.public_raw, "d") != device_key(other.public_raw, "d")
     for _ in range(h.config.per_device_per_minute):
-        assert post(h, device_body(h, device_token(h))).code == 202
-    resp = post(h, device_body(h, device_token(h)))
+        assert post(h, device_body(h, device)).code == 202
+    resp = post(h, device_body(h, device))
     assert_error(resp, 429, "rate-limited")
     assert resp.json["scope"] == "device"
     h.relay.add_server(other.public_raw, PASSWORD_KEY)
-    token = connect.DeviceToken.issue(other, crypto.b64u_encode(b"d" * 16), NOW)
-    body = device_body(h, token, server=other.text)
+    h.relay.set_device_policy(other.public_raw, policy(EPOCH, device))
+    body = device_body(h, device, token=device.token(other, EPOCH), server=other.text)
     assert post(h, body).code == 202
+
+
+def test_the_device_path_has_a_budget_per_server_for_all_its_devices(h):
+    """17.4: many devices of one server share its device-path budget (per minute here),
+    so the number of tokens does not multiply it.  How this was shown to fail: without
+    the per-server device budget, all 40 were relayed."""
+    devices = enrolled(h, *[Device() for _ in range(40)])
+    codes = [post(h, device_body(h, d), ip=f"192.0.2.{i + 1}").code
+             for i, d in enumerate(devices)]
+    limit = h.config.per_server_device_per_minute
+    assert codes.count(202) == limit
+    resp = post(h, device_body(h, devices[0]), ip="192.0.2.99")
+    assert_error(resp, 429, "rate-limited")
+    assert resp.json["scope"] == "devices"
 
 
 # -- the ceiling on online guessing -----------------------------------------------------------
@@ -247,6 +322,57 @@ def test_online_guessing_per_server_has_a_ceiling_per_day():
     assert guesses >= config.per_server_per_day      # the budget is usable, not zero
     print(f"guesses reaching the password check in one day: {guesses} (ceiling {ceiling}); "
           f"{refused} attempts refused")
+
+
+def test_online_guessing_on_the_device_path_has_a_ceiling_per_day():
+    """17.4: the device path cannot multiply the ceiling.  A simulated day: 64 enrolled
+    devices whose keys an attacker holds (the most a server enrols) and 500 tokens from
+    before a password change, used in turn from ever-new sources, one attempt every
+    eight seconds, each refused at home as a wrong password, with the devices' lockouts
+    switched off (they bound it further: about 1,400 a day with the defaults).  The
+    attempts that reach the home server's password check stay under 1.1 x
+    per_server_device_per_day, and none of the old tokens' do.  How this was shown to
+    fail: without the per-server device budget all 8,100 of the enrolled devices'
+    attempts reached it (the issue measured 77,520 a day with 500 old tokens and no
+    epoch); without the epoch check the old tokens' did too."""
+    clock = task.Clock()
+    clock.advance(NOW)
+    relay = FakeRelay()
+    home = crypto.IdentityKey.generate()
+    relay.add_server(home.public_raw, PASSWORD_KEY)
+    stolen = [Device() for _ in range(connect.MAX_POLICY_DEVICES)]
+    old = [Device() for _ in range(500)]
+    relay.set_device_policy(home.public_raw, policy(EPOCH, *stolen))
+    tokens = {d: d.token(home, EPOCH, NOW) for d in stolen}
+    tokens.update({d: d.token(home, EPOCH - 1, NOW) for d in old})
+    config = WebConfig(failures_before_lockout=10**6)
+    broker = Broker(relay, config, clock)
+    refused = {}
+    for i in range(10800):
+        clock.advance(8.0)
+        device = old[i // 4 % len(old)] if i % 4 == 3 else stolen[i % len(stolen)]
+        source = f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
+        challenge = connect.device_challenge(clock.seconds(), lambda n: i.to_bytes(n, "big"))
+        session = crypto.b64u_encode(i.to_bytes(16, "big"))
+        req = connect.ConnectRequest(
+            home.text, home.public_raw, session, challenge, b"p" * 32, OFFER_SDP,
+            device=tokens[device],
+            device_signature=device.offer_signature(session, challenge, OFFER_SDP))
+        try:
+            at_once(broker.connect(req, source))
+        except HomeChannelError as e:
+            refused[e.code] = refused.get(e.code, 0) + 1
+            continue
+        relay.answer(home.public_raw, connect.Answer.refusal(session, connect.BAD_PROOF).encode())
+    reached = [connect.Offer.decode(p) for _, p, _ in relay.offers]
+    ceiling = config.per_server_device_per_day + config.per_server_device_per_day // 10
+    assert len(reached) <= ceiling
+    old_tokens = {tokens[d] for d in old}
+    assert not [o for o in reached if o.device in old_tokens]
+    assert refused["bad-device"] == 2700
+    assert len(reached) >= config.per_server_device_per_day    # usable, not zero
+    print(f"device-path guesses reaching the home server in one day: {len(reached)} "
+          f"(ceiling {ceiling}); refused: {refused}")
 
 
 # -- the two-request connect --------------------------------------------------------------------
@@ -358,6 +484,10 @@ class PipelinedRelay:
     async def notify(self, server_key, body):
         return await self.relay.notify(server_key, body)
 
+    async def device_policy(self, server_key):
+        await self.pipeline.call("relay.policy")
+        return await self.relay.device_policy(server_key)
+
     def set_answer_handler(self, handler):
         self.relay.set_answer_handler(handler)
 
@@ -451,7 +581,8 @@ def test_the_checks_of_a_round_are_asked_for_together():
     """With seams that answer only when the store's pipeline is flushed (a cluster node),
     a lookup is one round trip, a connect on the pool path three (the independent checks;
     the challenge; the session with the budget spent and the lockout cleared), a wrong
-    password two and a device-token connect two.  Shown to fail with ``_together``
+    password two and a device-token connect two (the checks, the policy and the devices'
+    budget; the session with that budget spent).  Shown to fail with ``_together``
     awaiting its coroutines one after another (one round per check)."""
     node = PipelinedNode()
     pipeline, fake, home, broker = node.pipeline, node.fake, node.home, node.broker
@@ -473,11 +604,17 @@ def test_the_checks_of_a_round_are_asked_for_together():
     assert pipeline.rounds == [checks, ["relay.take"],
                                ["server-day.hit", "server-minute.hit", "source.failure"]]
 
-    token = connect.DeviceToken.issue(home, crypto.b64u_encode(b"d" * 16), NOW)
-    device = connect.device_challenge(NOW, lambda n: bytes(n))
-    _, trips = rounds(broker.connect(request(device, session=3, device=token), IP_A))
-    assert trips == [["device-source.hit", "device.check", "device.hit", "relay.status"],
-                     ["sessions.create"]]
+    device = Device()
+    fake.set_device_policy(home.public_raw, policy(EPOCH, device))
+    challenge = connect.device_challenge(NOW, lambda n: bytes(n))
+    session = crypto.b64u_encode((3).to_bytes(16, "big"))
+    req = dataclasses.replace(request(challenge, session=3, device=device.token(home, EPOCH)),
+                              answer=None, device_signature=device.offer_signature(
+                                  session, challenge, "v=0\r\n"))
+    _, trips = rounds(broker.connect(req, IP_A))
+    assert trips == [["device-source.hit", "device.check", "device.hit", "devices-day.peek",
+                      "devices-minute.peek", "relay.policy", "relay.status"],
+                     ["devices-day.hit", "devices-minute.hit", "sessions.create"]]
 
     # An error in a round that waits is raised once every step of it has run.
     challenge = at_once(fake.server_status(home.public_raw))[1]

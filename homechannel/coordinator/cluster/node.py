@@ -35,6 +35,7 @@ class ClusterNode:
     directory: object
     link: object
     service: object
+    policies: object = None
 
     def make_limiter(self, clock, name, limit, period, burst=None):
         from homechannel.coordinator.cluster.redislimits import RedisRateLimiter
@@ -63,10 +64,14 @@ class ClusterService(service.Service):
         if self.running:
             self.node.link.start()
             self.node.directory.start()
+            if self.node.policies is not None:
+                self.node.policies.start()
 
     def stopService(self):
         super().stopService()
         self.node.directory.stop()
+        if self.node.policies is not None:
+            self.node.policies.stop()
         self.node.relay.stop()
         d = self.node.link.stop()
         d.addBoth(lambda _: self.node.store.close())
@@ -93,12 +98,16 @@ def build(cfg, reactor, udp, rv):
         raise ConfigError("[cluster] needs redis-py: pip install 'homechannel[cluster]'") \
             from None
     from homechannel.coordinator.cluster import redisrelay, redisstore
+    from homechannel.coordinator.cluster.redispolicies import PolicyStore
     from homechannel.coordinator.cluster.redissessions import RedisSessionStore
 
     c = cfg.cluster
     client = redisstore.connect(c.redis_url, password=read_password(c.redis_password_file))
     store = redisstore.RedisStore(client, prefix=c.key_prefix)
-    relay = redisrelay.ClusterRelay(store, c.node_id, udp, reactor)
+    ttl = 2 * cfg.udp.expiry + c.directory_refresh
+    policies = PolicyStore(store, reactor, ttl=ttl, refresh=c.directory_refresh)
+    udp.set_policy_store(policies)
+    relay = redisrelay.ClusterRelay(store, c.node_id, udp, reactor, policies=policies)
     web = cfg.web
     sessions = RedisSessionStore(
         store, reactor, session_timeout=web.session_timeout,
@@ -111,8 +120,9 @@ def build(cfg, reactor, udp, rv):
         refresh=c.directory_refresh, request_refill=udp.refill)
     udp.set_directory(directory)
     store.on_recovered.append(directory.refresh)
+    store.on_recovered.append(policies.refresh)
     link = redisrelay.NodeLink(store, c.node_id, reactor, relay, sessions)
-    node = ClusterNode(store, relay, sessions, directory, link, None)
+    node = ClusterNode(store, relay, sessions, directory, link, None, policies)
     node.service = ClusterService(node, reactor)
     log.info("cluster node {node}: Redis {url}, keys {prefix}*", node=c.node_id,
              url=_safe_url(c.redis_url), prefix=c.key_prefix)

@@ -273,8 +273,10 @@ class ClusterRelay:
 
     log = Logger()
 
-    def __init__(self, store, node_id, udp, clock, random_bytes=os.urandom):
+    def __init__(self, store, node_id, udp, clock, random_bytes=os.urandom, policies=None):
+        """*policies*: the cluster's device policies (``redispolicies.PolicyStore``)."""
         self._store = store
+        self._policies = policies
         self.node_id = node_id
         self._node = node_id.encode("utf-8")
         self._udp = udp
@@ -358,6 +360,11 @@ class ClusterRelay:
             await self._store.call("PUBLISH", self.channel(owner), noderelay.notice(kid, body))
         except HomeChannelError as e:
             self.log.info("could not relay a notice: {error}", error=str(e))
+
+    async def device_policy(self, server_key):
+        if self._policies is None:
+            return None
+        return await self._policies.get(crypto.key_id(server_key))
 
     def set_answer_handler(self, handler):
         # ANSWERs reach the node that owns the server, over its own UDP socket.
