@@ -118,6 +118,7 @@ def _make(options):
         log.info("TURN: {urls}, credentials valid {lifetime:g} s",
                  urls=" ".join(minter.urls), lifetime=cfg.turn.lifetime)
     seams = {}
+    node = None
     if cfg.cluster.redis_url:
         from homechannel.coordinator.cluster import node as cluster
         node = cluster.build(cfg, reactor, udp, rv)
@@ -162,7 +163,7 @@ def _make(options):
         log.info("admin API: {where}", where=admin_endpoint)
     if cfg.metrics.listen:
         metrics.service(cfg.metrics.listen, metrics.registry_for(
-            metrics.CoordinatorCollector(rv, web)), reactor).setServiceParent(top)
+            metrics.CoordinatorCollector(rv, web, cluster=node)), reactor).setServiceParent(top)
     log.info("coordinator: UDP {iface}:{port}, web {web}, STUN {stun}",
              iface=cfg.udp.interface, port=cfg.udp.port, web=cfg.web.listen,
              stun=_stun_ports(cfg.udp))

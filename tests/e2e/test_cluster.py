@@ -212,7 +212,8 @@ def test_a_cluster_node_on_another_reactor_is_a_clear_error(tmp_path):
         "web": {"listen": "tcp:0:interface=127.0.0.1"},
         "udp": {"interface": "127.0.0.1", "port": 0},
         "metrics": {"listen": ""},
-        "cluster": {"redis_url": "redis://127.0.0.1:1/0", "node_id": "n1"}})
+        "cluster": {"redis_url": "redis://127.0.0.1:1/0", "node_id": "n1",
+                    "redis_password_file": str(tmp_path / "redis-password")}})
     node = Twistd("homechannel-coordinator", cfg)
     node.cmd.insert(node.cmd.index("homechannel-coordinator"), "--reactor=poll")
     node.start()

@@ -11,6 +11,8 @@ under ``asyncio.run`` with ``LoopClock`` (no Twisted reactor needed)."""
 import asyncio
 import inspect
 import itertools
+import os
+import time
 
 import pytest
 from twisted.internet import defer
@@ -23,6 +25,7 @@ from homechannel import aio, crypto
 
 from homechannel.protocol.udp import POOL
 from homechannel.coordinator.cluster import noderelay
+from homechannel.coordinator.cluster.clusterkey import DONE, ClusterKey
 from homechannel.coordinator.interfaces import ILockout, IRateLimiter, IRelay, ISessionStore
 from homechannel.testing.coordinator import LoopClock
 from homechannel.errors import (BadRequest, CapacityError, NotFound, RequestTimeout,
@@ -54,11 +57,17 @@ def get(d):
     return aio.as_future(d)
 
 
-class Node:
-    """One node's store (own client and connections) under a shared key prefix."""
+# The cluster key of the nodes of these tests (each node has its own MessageSeal).
+KEY = ClusterKey(os.urandom(32))
 
-    def __init__(self, url, prefix, name="a"):
-        self.store = redisstore.RedisStore(redisstore.connect(url), prefix=prefix)
+
+class Node:
+    """One node's store (own client and connections, the nodes' Redis user of the shipped
+    ACL) under a shared key prefix."""
+
+    def __init__(self, redis, prefix, name="a", key=KEY):
+        self.store = redisstore.RedisStore(redisstore.connect(redis.url, **redis.options()),
+                                           key, prefix=prefix)
         self.clock = LoopClock()
         self.name = name
 
@@ -66,9 +75,15 @@ class Node:
         await get(self.store.close())
 
 
+def admin(redis):
+    """A plain client of the tests' admin user (PTTL: more than the nodes' ACL allows)."""
+    import redis as redispy
+    return redispy.Redis.from_url(redis.url, **redis.admin_options())
+
+
 def nodes(server, n=2):
-    prefix = f"t{next(_prefixes)}:"
-    return [Node(server.url, prefix, name) for name in "abcdefg"[:n]]
+    prefix = f"hc:t{next(_prefixes)}:"
+    return [Node(server, prefix, name) for name in "abcdefg"[:n]]
 
 
 # -- rate limits and lockouts ---------------------------------------------------------
@@ -100,11 +115,11 @@ def test_a_rate_limit_is_one_budget_for_all_nodes_and_its_keys_expire(server):
         assert all(r is not None and 0 < r <= 12.5 for r in results[5:])
         assert await get(la.peek("198.51.100.7")) is not None
         assert await get(lb.peek("198.51.100.8")) is None     # another source
-        ttl = await get(a.store.call("PTTL", a.store.key("rl", "connect", "198.51.100.7")))
+        ttl = admin(server).pttl(a.store.hidden_key("rl", "connect", hidden="198.51.100.7"))
         assert 0 < ttl <= 61_000
         # peek makes no entry for a key it has not seen
-        assert await get(a.store.call("EXISTS", a.store.key("rl", "connect",
-                                                            "198.51.100.8"))) == 0
+        assert await get(a.store.call("EXISTS", a.store.hidden_key(
+            "rl", "connect", hidden="198.51.100.8"))) == 0
         await a.close()
         await b.close()
 
@@ -127,7 +142,7 @@ def test_five_wrong_passwords_spread_over_two_nodes_lock_the_source_out_on_both(
             left = await get(lock.check(src))
             assert 55 < left <= 60
         assert await get(la.failure(src)) == 120.0       # doubling once locked out
-        ttl = await get(a.store.call("PTTL", a.store.key("lo", "source", src)))
+        ttl = admin(server).pttl(a.store.hidden_key("lo", "source", hidden=src))
         assert 0 < ttl <= (120 + 3600) * 1000
         await get(lb.success(src))
         assert await get(la.check(src)) is None
@@ -160,7 +175,8 @@ class Completions:
         while True:
             msg = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
             if msg is not None:
-                self.sessions.completed(msg["data"])
+                self.sessions.completed(self.store.messages.open(DONE, msg["data"],
+                                                                 time.time()))
 
     async def __aexit__(self, *exc):
         self.task.cancel()
@@ -171,7 +187,7 @@ def sessions_for(node, **kw):
     return redissessions.RedisSessionStore(node.store, node.clock, **kw)
 
 
-KEY = crypto.IdentityKey.generate().public_raw
+SERVER = crypto.IdentityKey.generate().public_raw
 
 
 def test_a_session_made_on_one_node_is_answered_on_another_and_waited_for_on_a_third(server):
@@ -181,9 +197,9 @@ def test_a_session_made_on_one_node_is_answered_on_another_and_waited_for_on_a_t
         a, b, c = nodes(server, 3)
         sa, sb, sc = sessions_for(a), sessions_for(b), sessions_for(c)
         async with Completions(c.store, sc):
-            await get(sa.create("s" * 22, KEY, source="192.0.2.1", device="dev1"))
+            await get(sa.create("s" * 22, SERVER, source="192.0.2.1", device="dev1"))
             info = await get(sb.info("s" * 22))
-            assert info.server_key == KEY and info.source == "192.0.2.1" \
+            assert info.server_key == SERVER and info.source == "192.0.2.1" \
                 and info.device == "dev1"
             waiting = get(sc.wait("s" * 22, 20.0, "192.0.2.1"))
             await asyncio.sleep(0.2)
@@ -197,7 +213,7 @@ def test_a_session_made_on_one_node_is_answered_on_another_and_waited_for_on_a_t
             # The first answer wins; a later poll gets the same result at once.
             assert not await get(sa.answer("s" * 22, {"status": "other"}))
             assert await get(sb.wait("s" * 22, 5.0)) == result
-            ttl = await get(a.store.call("PTTL", a.store.key("s", "s" * 22)))
+            ttl = admin(server).pttl(a.store.key("s", "s" * 22))
             assert 0 < ttl <= 30_000
         for n in (a, b, c):
             await n.close()
@@ -210,9 +226,9 @@ def test_session_errors_cross_nodes_and_the_deadline_holds(server):
         a, b = nodes(server)
         sa, sb = sessions_for(a, session_timeout=1.0), sessions_for(b, session_timeout=1.0)
         async with Completions(b.store, sb):
-            await get(sa.create("e" * 22, KEY, source="192.0.2.1"))
+            await get(sa.create("e" * 22, SERVER, source="192.0.2.1"))
             with pytest.raises(BadRequest) as e:
-                await get(sb.create("e" * 22, KEY, source="192.0.2.1"))
+                await get(sb.create("e" * 22, SERVER, source="192.0.2.1"))
             assert e.value.code == "session-exists"
             waiting = get(sb.wait("e" * 22, 10.0))
             await asyncio.sleep(0.1)
@@ -223,13 +239,13 @@ def test_session_errors_cross_nodes_and_the_deadline_holds(server):
             with pytest.raises(NotFound):
                 await get(sb.wait("x" * 22, 1.0))
             # Not answered by its deadline: 408 timeout for every node.
-            await get(sa.create("t" * 22, KEY, source="192.0.2.1"))
+            await get(sa.create("t" * 22, SERVER, source="192.0.2.1"))
             with pytest.raises(RequestTimeout):
                 await get(sb.wait("t" * 22, 10.0))
             with pytest.raises(RequestTimeout):
                 await get(sa.wait("t" * 22, 10.0))
             # A wait that ends first answers None (still pending).
-            await get(sa.create("p" * 22, KEY, source="192.0.2.1"))
+            await get(sa.create("p" * 22, SERVER, source="192.0.2.1"))
             assert await get(sb.wait("p" * 22, 0.2)) is None
         await a.close()
         await b.close()
@@ -245,13 +261,13 @@ def test_session_shares_hold_across_nodes(server):
         kw = dict(max_sessions_per_source=2, max_sessions_per_server=3, max_sessions=4)
         sa, sb = sessions_for(a, **kw), sessions_for(b, **kw)
         other = crypto.IdentityKey.generate().public_raw
-        await get(sa.create("a" * 22, KEY, source="2001:db8:1:2::1"))
-        await get(sb.create("b" * 22, KEY, source="2001:db8:1:2::2"))
+        await get(sa.create("a" * 22, SERVER, source="2001:db8:1:2::1"))
+        await get(sb.create("b" * 22, SERVER, source="2001:db8:1:2::2"))
         with pytest.raises(CapacityError, match="from your network"):
-            await get(sa.create("c" * 22, KEY, source="2001:db8:1:2::3"))
-        await get(sb.create("d" * 22, KEY, source="192.0.2.1"))
+            await get(sa.create("c" * 22, SERVER, source="2001:db8:1:2::3"))
+        await get(sb.create("d" * 22, SERVER, source="192.0.2.1"))
         with pytest.raises(CapacityError, match="to this home server"):
-            await get(sa.create("e" * 22, KEY, source="192.0.2.2"))
+            await get(sa.create("e" * 22, SERVER, source="192.0.2.2"))
         await get(sa.create("f" * 22, other, source="192.0.2.3"))
         with pytest.raises(CapacityError, match="coordinator is busy"):
             await get(sb.create("g" * 22, other, source="192.0.2.4"))
@@ -273,13 +289,13 @@ def test_a_wider_ipv6_prefix_is_one_source_with_a_few_shares_across_nodes(server
             for j in range(2):
                 store = sa if (i + j) % 2 else sb
                 try:
-                    await get(store.create(f"{i:02d}{j}".ljust(22, "x"), KEY,
+                    await get(store.create(f"{i:02d}{j}".ljust(22, "x"), SERVER,
                                            source=f"2001:db8:0:{i:x}::{j + 1}"))
                     made += 1
                 except CapacityError as e:
                     assert "from your network" in str(e)
         assert made == 4 * 2
-        await get(sa.create("z" * 22, KEY, source="2001:db8:0:100::1"))   # another /56
+        await get(sa.create("z" * 22, SERVER, source="2001:db8:0:100::1"))   # another /56
         await a.close()
         await b.close()
 
@@ -375,12 +391,14 @@ def test_directory_and_pools_are_written_by_the_owner_and_taken_by_any_node(serv
         await settle()
         online, challenge = await get(rb.server_status(server_key))
         assert online and challenge in dict(pairs(2))
-        ttl = await get(b.store.call("PTTL", b.store.key("d", kid)))
+        ttl = admin(server).pttl(b.store.key("d", kid))
         assert 0 < ttl <= 60_000
         c0, e0 = pairs(2)[0]
         first, second = await asyncio.gather(get(rb.take_challenge(server_key, c0)),
                                              get(ra.take_challenge(server_key, c0)))
-        assert sorted([first, second], key=lambda x: x is None) == [e0, None]
+        # What the pool held: the keyed hash of e0 (never e0 itself).
+        assert sorted([first, second], key=lambda x: x is None) == [
+            KEY.pool_entry(kid, c0, e0), None]
         await settle()
         assert udp_a.refills == [kid]          # the owner was asked, once
         dir_a.pool(kid, pairs(3, tag=1), False)  # the REFILL reply fills one free place
@@ -434,11 +452,12 @@ def test_offers_notices_and_refills_travel_to_the_owning_node(server):
         with pytest.raises(Unavailable, match="node is gone"):
             await get(rb.send_offer(server_key, b'{"offer": 4}'))
         assert asyncio.get_running_loop().time() - started < 2
-        # Garbage on a node's channel is counted and dropped.
+        # Garbage on a node's channel is counted and dropped: unsealed, or sealed but
+        # malformed inside.
         await get(b.store.call("PUBLISH", rb.channel(), b"Xjunk"))
-        await get(b.store.call("PUBLISH", rb.channel(), noderelay.refill(b"short")))
+        await get(b.store.call("PUBLISH", rb.channel(), rb._sealed(noderelay.refill(b"short"))))
         await settle()
-        assert rb.stats["messages-dropped"] == 2
+        assert rb.stats["messages-dropped"] == 1 and link_b.dropped == {"malformed": 1}
         for link in (link_a, link_b):
             await get(link.stop())
         await a.close()
@@ -461,7 +480,7 @@ def test_the_directory_writes_again_what_redis_lost_and_what_failed(server, tmp_
     silently), so it failed every time there."""
     async def main():
         own = RedisServer(tmp_path).start()
-        a = Node(own.url, "r:")
+        a = Node(own, "hc:r:")
         kids = [bytes([i]) * 16 for i in range(3)]
         reg = Registry(kids)
         ra, udp_a, dir_a, link_a = await cluster_node(a, registry=reg)
@@ -523,7 +542,7 @@ async def written(node, kids):
 def test_an_unreachable_redis_is_a_clear_503(server):
     async def main():
         store = redisstore.RedisStore(redisstore.connect(
-            f"redis://127.0.0.1:{free_tcp_port()}/0", timeout=0.5))
+            f"redis://127.0.0.1:{free_tcp_port()}/0", timeout=0.5, **server.options()), KEY)
         limiter = RedisRateLimiter(store, "x", LoopClock(), 5)
         with pytest.raises(Unavailable) as e:
             await get(limiter.hit("192.0.2.1"))

@@ -1,5 +1,6 @@
-"""A real coordinator cluster for end-to-end tests and benches: a redis-server,
-N ``twistd homechannel-coordinator`` nodes sharing one identity key, haproxy
+"""A real coordinator cluster for end-to-end tests and benches: a redis-server
+(with ``conf/redis/users.acl`` as written: ``services.RedisServer``), N ``twistd
+homechannel-coordinator`` nodes sharing one identity key and one cluster key, haproxy
 in front of them (``conf/haproxy/homechannel.cfg`` as written, with loopback
 ports), and home server configs that list every node's UDP address."""
 
@@ -120,6 +121,8 @@ def make_cluster(tmp_path, n=2, web=None, udp=None, cluster=None, access_log=Tru
     redis = RedisServer(tmp_path)
     key_path = os.path.join(base, "cluster", "coordinator.key")
     ckey, _ = keyfiles.load_or_create_identity_key(key_path)
+    cluster_key = os.path.join(base, "cluster", "cluster.key")
+    keyfiles.create_cluster_key(cluster_key)
     nodes = []
     for i in range(1, n + 1):
         name = f"node-{i}"
@@ -131,7 +134,8 @@ def make_cluster(tmp_path, n=2, web=None, udp=None, cluster=None, access_log=Tru
                 "web": {"public_url": "http://127.0.0.1", "trusted_proxies": ["127.0.0.1"],
                         "access_log": access_log, **(web or {})},
                 "admin": {"listen": ""},
-                "cluster": {"redis_url": redis.url, "node_id": name, **(cluster or {})},
+                "cluster": {**redis.cluster_config(), "node_id": name,
+                            "key_file": cluster_key, **(cluster or {})},
             })
         path = write_toml(os.path.join(base, f"{name}.toml"), cfg)
         nodes.append(Node(name, path, web_port, udp_port))
