@@ -25,7 +25,7 @@ from homechannel import aio, crypto
 
 from homechannel.protocol.udp import POOL
 from homechannel.coordinator.cluster import noderelay
-from homechannel.coordinator.cluster.clusterkey import DONE, ClusterKey
+from homechannel.coordinator.cluster.clusterkey import DONE, ClusterKey, MessageRefused
 from homechannel.coordinator.interfaces import ILockout, IRateLimiter, IRelay, ISessionStore
 from homechannel.testing.coordinator import LoopClock
 from homechannel.errors import (BadRequest, CapacityError, NotFound, RequestTimeout,
@@ -160,27 +160,21 @@ def test_five_wrong_passwords_spread_over_two_nodes_lock_the_source_out_on_both(
 
 
 class Completions:
-    """The part of NodeLink that feeds the ``done`` channel to a session store."""
+    """A node's subscription (``NodeLink``: its channel and the ``done`` channel) feeding
+    the session completions to *sessions*."""
 
-    def __init__(self, store, sessions):
-        self.store, self.sessions = store, sessions
+    def __init__(self, node, sessions):
+        relay = redisrelay.ClusterRelay(node.store, node.name, FakeUDP(), node.clock)
+        self.link = redisrelay.NodeLink(node.store, node.name, node.clock, relay, sessions)
 
     async def __aenter__(self):
-        self.pubsub = self.store.client.pubsub()
-        await self.pubsub.subscribe(self.sessions.channel)
-        self.task = asyncio.ensure_future(self._loop())
+        self.link.start()
+        while not self.link.subscribed:
+            await asyncio.sleep(0.02)
         return self
 
-    async def _loop(self):
-        while True:
-            msg = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-            if msg is not None:
-                self.sessions.completed(self.store.messages.open(DONE, msg["data"],
-                                                                 time.time()))
-
     async def __aexit__(self, *exc):
-        self.task.cancel()
-        await self.pubsub.aclose()
+        await get(self.link.stop())
 
 
 def sessions_for(node, **kw):
@@ -196,7 +190,7 @@ def test_a_session_made_on_one_node_is_answered_on_another_and_waited_for_on_a_t
     async def main():
         a, b, c = nodes(server, 3)
         sa, sb, sc = sessions_for(a), sessions_for(b), sessions_for(c)
-        async with Completions(c.store, sc):
+        async with Completions(c, sc):
             await get(sa.create("s" * 22, SERVER, source="192.0.2.1", device="dev1"))
             info = await get(sb.info("s" * 22))
             assert info.server_key == SERVER and info.source == "192.0.2.1" \
@@ -225,7 +219,7 @@ def test_session_errors_cross_nodes_and_the_deadline_holds(server):
     async def main():
         a, b = nodes(server)
         sa, sb = sessions_for(a, session_timeout=1.0), sessions_for(b, session_timeout=1.0)
-        async with Completions(b.store, sb):
+        async with Completions(b, sb):
             await get(sa.create("e" * 22, SERVER, source="192.0.2.1"))
             with pytest.raises(BadRequest) as e:
                 await get(sb.create("e" * 22, SERVER, source="192.0.2.1"))
@@ -549,5 +543,193 @@ def test_an_unreachable_redis_is_a_clear_503(server):
         assert e.value.code == "unavailable" and e.value.status == 503
         assert str(e.value) == redisstore.STORE_UNAVAILABLE
         await get(store.close())
+
+    run(main())
+
+
+# -- whoever reaches Redis -------------------------------------------------------------------
+# (docs/security.md, "Redis"): it can read, change and delete every key, and publish on
+# every channel, with the admin user's rights here.  Nothing it holds or carries lets it
+# check a password guess, read an offer, or make a node act.
+
+
+class Capture:
+    """An admin subscription to every channel of *prefix*: what Redis carries."""
+
+    def __init__(self, redis, prefix):
+        import redis.asyncio as aredis
+        self.client = aredis.Redis.from_url(redis.url, **redis.admin_options())
+        self.prefix = prefix
+        self.messages = []
+
+    async def __aenter__(self):
+        self.pubsub = self.client.pubsub()
+        await self.pubsub.psubscribe(self.prefix + "*")
+        self.task = asyncio.ensure_future(self._loop())
+        return self
+
+    async def _loop(self):
+        while True:
+            msg = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if msg is not None:
+                self.messages.append((msg["channel"], msg["data"]))
+
+    async def publish(self, channel, data):
+        return await self.client.publish(channel, data)
+
+    async def __aexit__(self, *exc):
+        self.task.cancel()
+        await self.pubsub.aclose()
+        await self.client.aclose()
+
+
+def test_offers_cross_redis_sealed_and_what_redis_forges_or_replays_is_dropped(server):
+    """The OFFER node b relays to node a carries the client's proof and device token: in
+    Redis it is sealed (none of it readable), and node a acts on it once.  The attacks of
+    issue 17 from Redis: a hand-made OFFER (the format as it was, with a source and device
+    of the attacker's choosing), one sealed with another cluster key, the captured OFFER
+    published again, a forged NOTICE and REFILL: none reaches the home server; each is a
+    counted drop.  How this was shown to fail: with ``NodeLink.deliver`` handing
+    ``data`` to the handler unopened (and ``_sealed`` returning the message as it is, as
+    before), the payload was readable in the capture and the hand-made OFFER reached
+    ``udp_a.offers``."""
+    async def main():
+        (a, b), server_key, kid, (ra, udp_a, dir_a, link_a), (rb, udp_b, dir_b, link_b) = \
+            await two_nodes(server)
+        dir_a.pool(kid, pairs(2), True)
+        await settle()
+        payload = b'{"proof":"PROOF-abc","device":"hcdev1.TOKEN","source":"192.0.2.50"}'
+        async with Capture(server, a.store.prefix.decode()) as redis:
+            await get(rb.send_offer(server_key, payload))
+            await settle()
+            assert udp_a.offers == [(kid, payload)]
+            offer = [data for channel, data in redis.messages if channel == rb.channel(b"a")]
+            assert len(offer) == 1
+            assert all(b"PROOF" not in d and b"hcdev1" not in d and b"192.0.2" not in d
+                       for _, d in redis.messages)
+            # The attacks.
+            forged = noderelay.offer(7, "b", kid, b'{"source":"6.6.6.6","device":"x"}')
+            other = Node(server, a.store.prefix.decode(), "b", key=ClusterKey(os.urandom(32)))
+            await redis.publish(ra.channel(), forged)
+            await redis.publish(ra.channel(), other.store.messages.seal(b"n", forged,
+                                                                        time.time()))
+            await redis.publish(ra.channel(), offer[0])                      # replayed
+            await redis.publish(ra.channel(), noderelay.notice(kid, b'{"forged":1}'))
+            await redis.publish(ra.channel(), noderelay.refill(kid))
+            await settle()
+            await other.close()
+        assert udp_a.offers == [(kid, payload)] and udp_a.notices == [] \
+            and udp_a.refills == []
+        assert link_a.dropped == {"malformed": 3, "bad-mac": 1, "replayed": 1}
+        for link in (link_a, link_b):
+            await get(link.stop())
+        await a.close()
+        await b.close()
+
+    run(main())
+
+
+def test_redis_holds_no_expected_answer_address_device_or_result_it_can_use(server):
+    """After a session, pools, budgets and lockouts for a source and a device: no value
+    or key name in Redis holds the expectedAnswer, the source address, the device id, the
+    server key or the answer; a pool entry is the keyed hash of its expectedAnswer.  How
+    this was shown to fail: with ``Directory._op`` storing ``e`` (as before) the
+    expectedAnswer was found among the values."""
+    async def main():
+        (a, b), server_key, kid, (ra, udp_a, dir_a, link_a), (rb, udp_b, dir_b, link_b) = \
+            await two_nodes(server)
+        source, device = "203.0.113.99", "dev-SECRET-id"
+        dir_a.pool(kid, pairs(2, tag=9), True)
+        sa = sessions_for(a)
+        await get(sa.create("h" * 22, server_key, source=source, device=device))
+        await get(sa.answer("h" * 22, {"status": "answered", "answer": "v=0 ANSWER-SDP"}))
+        await get(RedisRateLimiter(a.store, "connect", a.clock, 5).hit(source))
+        await get(RedisLockout(a.store, "device", a.clock).failure(device))
+        await settle()
+        admin_client = admin(server)
+        dump = b""
+        for name in admin_client.keys(a.store.prefix + b"*"):
+            kind = admin_client.type(name)
+            dump += name + b"\n"
+            if kind == b"hash":
+                for k, v in admin_client.hgetall(name).items():
+                    dump += k + b"=" + v + b"\n"
+            elif kind == b"zset":
+                dump += b" ".join(admin_client.zrange(name, 0, -1)) + b"\n"
+            else:
+                dump += admin_client.get(name) + b"\n"
+        for secret in (source.encode(), device.encode(), b"ANSWER-SDP", server_key,
+                       crypto.b64u_encode(server_key).encode()) + tuple(
+                           e for _, e in pairs(2, tag=9)):
+            assert secret not in dump, secret
+        entry = admin_client.hgetall(a.store.key("d", kid))
+        c, e = pairs(2, tag=9)[0]
+        assert entry[c] == KEY.pool_entry(kid, c, e)
+        for link in (link_a, link_b):
+            await get(link.stop())
+        await a.close()
+        await b.close()
+
+    run(main())
+
+
+def test_a_session_record_redis_changed_or_moved_is_never_used(server):
+    """Redis can end a session (delete it, or write a result): the node refuses a result
+    or an info it did not seal for that session (a 503, counted), and a forged completion
+    on the done channel is dropped while the genuine answer still arrives.  How this was
+    shown to fail: with ``open_record`` returning the blob unchecked, the forged result
+    was handed to the waiter."""
+    async def main():
+        a, b = nodes(server)
+        sa, sb = sessions_for(a), sessions_for(b)
+        await get(sa.create("x" * 22, SERVER, source="192.0.2.1"))
+        await get(sa.create("y" * 22, SERVER, source="192.0.2.2", device="d2"))
+        db = admin(server)
+        async with Completions(b, sb) as completions:
+            waiting = get(sb.wait("x" * 22, 20.0))
+            await asyncio.sleep(0.2)
+            # A completion Redis made up, in the format as it was: not a sealed message.
+            with pytest.raises(MessageRefused):
+                b.store.messages.open(DONE, b"x" * 22 + b' a {"answer":"evil"}', time.time())
+            db.publish(sb.channel, b"x" * 22 + b' a {"answer":"evil"}')
+            await asyncio.sleep(0.2)
+            assert completions.link.dropped == {"malformed": 1} and not waiting.done()
+            await get(sa.answer("x" * 22, {"answer": "genuine"}))
+            assert await waiting == {"answer": "genuine"}
+        # The stored records: y's sealed info moved onto x, x's result onto y.
+        x, y = a.store.key("s", "x" * 22), a.store.key("s", "y" * 22)
+        db.hset(x, "i", db.hget(y, "i"))
+        db.hset(y, mapping={"st": "a", "r": db.hget(x, "r")})
+        assert await get(sb.info("x" * 22)) is None
+        with pytest.raises(Unavailable):
+            await get(sb.wait("y" * 22, 5.0))
+        assert sb.dropped == {"bad-record": 2}
+        await a.close()
+        await b.close()
+
+    run(main())
+
+
+def test_budgets_redis_forgets_still_hold_on_each_node(server):
+    """Whoever reaches Redis can DEL the budget keys (or restart Redis): each node's
+    budget then still holds in its memory, so the cluster allows at most one budget per
+    node, never an unbounded number.  How this was shown to fail: with ``make_limiter``
+    returning the ``RedisRateLimiter`` alone (as before), the hit after the DEL was
+    allowed."""
+    from homechannel.coordinator.cluster.node import ClusterNode
+
+    async def main():
+        (a,) = nodes(server, 1)
+        node = ClusterNode(a.store, None, None, None, None, None)
+        limiter = node.make_limiter(a.clock, "server-minute", 3, 60.0)
+        kid = b"s" * 16
+        assert [await get(limiter.hit(kid)) for _ in range(3)] == [None] * 3
+        assert await get(limiter.hit(kid)) is not None
+        db = admin(server)
+        db.delete(*db.keys(a.store.prefix + b"rl:*"))
+        assert await get(limiter.shared.peek(kid)) is None      # Redis forgot ...
+        assert await get(limiter.peek(kid)) is not None           # ... this node did not
+        assert await get(limiter.hit(kid)) is not None
+        await a.close()
 
     run(main())

@@ -71,6 +71,7 @@ class Node:
     config: str
     web_port: int
     udp_port: int
+    metrics_port: int = None
     proc: Twistd = None
 
     @property
@@ -126,10 +127,10 @@ def make_cluster(tmp_path, n=2, web=None, udp=None, cluster=None, access_log=Tru
     nodes = []
     for i in range(1, n + 1):
         name = f"node-{i}"
-        web_port, udp_port = free_tcp_port(), free_udp_port()
+        web_port, udp_port, metrics_port = free_tcp_port(), free_udp_port(), free_tcp_port()
         cfg = local.coordinator_config(
             os.path.join(base, name), udp_port=udp_port, web_port=web_port,
-            metrics_port=free_tcp_port(), identity_key=key_path, extra={
+            metrics_port=metrics_port, identity_key=key_path, extra={
                 "udp": {"sweep_interval": 1.0, **(udp or {})},
                 "web": {"public_url": "http://127.0.0.1", "trusted_proxies": ["127.0.0.1"],
                         "access_log": access_log, **(web or {})},
@@ -138,9 +139,11 @@ def make_cluster(tmp_path, n=2, web=None, udp=None, cluster=None, access_log=Tru
                             "key_file": cluster_key, **(cluster or {})},
             })
         path = write_toml(os.path.join(base, f"{name}.toml"), cfg)
-        nodes.append(Node(name, path, web_port, udp_port))
+        nodes.append(Node(name, path, web_port, udp_port, metrics_port))
     haproxy = Haproxy(base, [(node.name, node.web_port) for node in nodes])
-    return Cluster(base, redis, haproxy, nodes, ckey)
+    c = Cluster(base, redis, haproxy, nodes, ckey)
+    c.extra["cluster_key"] = cluster_key
+    return c
 
 
 def add_home_server(c, keepalive=None, password=PASSWORD):

@@ -234,11 +234,12 @@ class RedisServer:
     off; the nodes' user ``homechannel`` with only the cluster's keys, channels and
     commands), its password in :attr:`password_file` (0600).  An ``admin`` user
     with every right is added for the tests' own looks (:meth:`cli`,
-    :meth:`admin_options`).  With *tls* (a ``testca.TestCA``): TLS only
+    :meth:`admin_options`); *acl* False leaves Redis's own default (a default user
+    without a password).  With *tls* (a ``testca.TestCA``): TLS only
     (``rediss://``), a certificate for 127.0.0.1 from that CA, and with
     *client_certs* a client certificate required (:attr:`client_cert`)."""
 
-    def __init__(self, tmp_path, port=None, tls=None, client_certs=False):
+    def __init__(self, tmp_path, port=None, tls=None, client_certs=False, acl=True):
         self.binary = require_tool("redis-server", "redis-server")
         self.dir = tmp_path
         self.port = port or free_tcp_port()
@@ -250,6 +251,7 @@ class RedisServer:
         self.acl_file = str(tmp_path / f"redis-{self.port}.acl")
         self._private(self.acl_file, redis_acl(self.password, [
             f"user admin on >{self.admin_password} ~* &* +@all"]))
+        self.acl = acl        # False: Redis's own default, a default user with no password
         self.tls = tls
         self.client_certs = client_certs
         self.tls_args = []
@@ -313,7 +315,7 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", str(self.dir), "--logfile", str(log),
-             "--aclfile", self.acl_file, *self.tls_args],
+             *(["--aclfile", self.acl_file] if self.acl else []), *self.tls_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_port(self.proc, self.port, "redis-server",
                       lambda: log.read_text() if log.exists() else "")

@@ -268,25 +268,31 @@ def check_login(url, options, timeout=2.0):
     """Log in to Redis once, at start (blocking: before the reactor runs).
 
     Raises ``ConfigError`` for what only the operator can fix: a refused user or
-    password, a Redis with no password at all, a certificate that does not
-    verify, a user that may not run PING.  Returns a warning (a string) for a
-    Redis not reachable yet (the node starts; the API answers 503 until it is)
-    or a user allowed more than the nodes need; None when all is well."""
+    password, a Redis that lets a client in without any password, a certificate
+    that does not verify, a user that may not run PING.  Returns a warning (a
+    string) for a Redis not reachable yet (the node starts; the API answers 503
+    until it is) or for the default user (which may do anything); None when all
+    is well.  Nothing here is a command the ACL refuses: Redis's ACL log stays
+    empty."""
     import redis
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
+    def client(**changes):
+        return redis.Redis.from_url(url, **dict(options, **changes), socket_timeout=timeout,
+                                    socket_connect_timeout=timeout,
+                                    retry=Retry(NoBackoff(), 0))
+
     what = f"Redis at {url} as user {options.get('username')!r}"
-    client = redis.Redis.from_url(url, **options, socket_timeout=timeout,
-                                  socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
+    user, anonymous = client(), client(username=None, password=None)
     try:
-        return _check_login(client, what, url)
+        return _check_login(user, anonymous, what, url, options.get("username"))
     finally:
-        client.close()
+        user.close()
+        anonymous.close()
 
 
-def _check_login(client, what, url):
-    import secrets
+def _check_login(user, anonymous, what, url, username):
     import ssl
 
     import redis
@@ -294,12 +300,8 @@ def _check_login(client, what, url):
     from homechannel.errors import ConfigError
 
     try:
-        client.ping()
+        user.ping()
     except redis.AuthenticationError as e:
-        if "without any password configured" in str(e):
-            raise ConfigError(f"{what}: this Redis has no password, so whoever reaches it "
-                              "has the cluster: load conf/redis/users.acl (README, "
-                              "Cluster)") from None
         raise ConfigError(f"{what} refused the login ({e}): check cluster.redis_username and "
                           "cluster.redis_password_file against the Redis ACL") from None
     except redis.ResponseError as e:
@@ -316,17 +318,15 @@ def _check_login(client, what, url):
                               "Redis asks for one") from None
         return f"{what} is not reachable yet ({e}): the API answers 503 until it is"
     try:
-        # A default user without a password takes any: then anyone is in.
-        client.execute_command("AUTH", "default", secrets.token_urlsafe(16))
+        anonymous.ping()
     except redis.RedisError:
-        pass
+        pass            # NOAUTH: a client must log in
     else:
-        raise ConfigError(f"Redis at {url} lets anyone in (its default user has no password):"
-                          " turn it off ('user default off', as conf/redis/users.acl does) "
-                          "or give it a password")
-    try:
-        client.execute_command("CONFIG", "GET", "port")
-    except redis.RedisError:
-        return None
-    return (f"{what} may run CONFIG, so it may do anything to Redis: give the nodes the "
-            "user of conf/redis/users.acl (only the cluster's keys and commands)")
+        raise ConfigError(f"Redis at {url} lets anyone in (its default user needs no "
+                          "password): turn it off ('user default off', as "
+                          "conf/redis/users.acl does) or give it a password")
+    if username == "default":
+        return (f"{what}: the default user may do anything to Redis unless you restricted "
+                "it; give the nodes the user of conf/redis/users.acl (only the cluster's "
+                "keys, channels and commands)")
+    return None
