@@ -16,7 +16,7 @@ from homechannel.protocol import join
 from homechannel.errors import ConfigError
 
 KEY = crypto.IdentityKey.generate().text
-SUBCOMMANDS = ["join", "join-string", "status", "keygen", "pubkey", "link", "passwd",
+SUBCOMMANDS = ["join", "join-string", "cluster-key", "status", "keygen", "pubkey", "link", "passwd",
                "migrate", "connect", "forward"]
 
 

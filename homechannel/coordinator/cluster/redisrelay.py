@@ -7,8 +7,9 @@ and keepalives stay there: no Redis round trip per ping).  HTTPS requests
 may land on any node.  So:
 
 * :class:`Directory` (the owning node's side) keeps ``<prefix>d:<key id>``,
-  a hash ``{n: owning node id, <challenge>: <expectedAnswer>, ...}`` (at most
-  ``udp.POOL`` challenges).  It is written on registration (the pool from
+  a hash ``{n: owning node id, <challenge>: <keyed hash of its expectedAnswer>,
+  ...}`` (at most ``udp.POOL`` challenges; ``ClusterKey.pool_entry``: what Redis
+  holds cannot check a password guess).  It is written on registration (the pool from
   REGISTER), on a CHALLENGES refresh (replaced) and on a REFILL reply (free
   places filled), through a write-behind queue: writes made in one turn of the
   event loop go out as one pipeline, and writes that fail (Redis is gone) are
@@ -21,8 +22,8 @@ may land on any node.  So:
   until then :class:`ClusterRelay` treats it as offline (no heartbeat).
 * :class:`ClusterRelay` (every node; ``IRelay``, ``async def``, for the broker): the
   server's status and its next challenge (one script, which also checks that
-  the owner is alive: ``<prefix>node:<id>`` is its heartbeat, set every second
-  and expiring after :data:`NODE_TTL`), taking a challenge atomically (a take
+  the owner is alive: ``<prefix>node:<id>`` is its heartbeat, its cluster key's
+  fingerprint, set every second and expiring after :data:`NODE_TTL`), taking a challenge atomically (a take
   that leaves the pool short publishes a REFILL to the owner, at most one
   every 2 s per server), and the offer: relayed by the owner's own UDP
   socket, directly when the owner is this node, else as an OFFER message on
@@ -32,6 +33,10 @@ may land on any node.  So:
   shared session (``redissessions``): the answer goes back through Redis too.
 * :class:`NodeLink` holds this node's pub/sub subscription (its own channel
   and the session completions) and its heartbeat, and reconnects by itself.
+
+Every message between nodes is sealed with the cluster key, and opened by
+:meth:`NodeLink.deliver` before anything acts on it: whoever reaches Redis can
+neither read nor forge nor replay one (``clusterkey.MessageSeal``).
 """
 
 import asyncio

@@ -6,19 +6,23 @@ with the rules of the in-memory store, so that any node can create a session,
 complete it (the node the home server's answer reaches) and serve its
 long-poll (the node the browser's request reaches):
 
-* ``<prefix>s:<session id>``: a hash ``{k: server key, src: source,
-  dev: device, st: p|a|f (pending, answered, failed), r: the result or the
-  error as JSON, dl: deadline, ss: source share, sv: server share}``.  It
-  expires ``retention`` seconds after it completes, and at the latest
+* ``<prefix>s:<session id>``: a hash ``{i: server key, source and device,
+  sealed; st: p|a|f (pending, answered, failed), r: the result or the error as
+  JSON, sealed; dl: deadline, ss: source shares, sv: server share}``.  The
+  sealed records (``ClusterKey.seal_record``) are bound to the session id (the
+  result to its state too): Redis can neither read nor change nor move them,
+  and a node refuses one that does not open (a 503, counted).  It expires
+  ``retention`` seconds after it completes, and at the latest
   ``session_timeout + retention`` after it was made.
 * Shares: three sorted sets of session ids scored by when each session will
-  be forgotten, ``<prefix>ss`` (all), ``<prefix>ss:src:<source network>`` and
-  ``<prefix>ss:srv:<server key id>``; entries past their score are dropped
+  be forgotten, ``<prefix>ss`` (all), ``<prefix>ss:src:<hash of the source
+  network>`` and ``<prefix>ss:srv:<hash of the server key id>``; entries past their score are dropped
   before counting, so a share is held exactly until the session is forgotten.
   ``web.max_sessions`` and its shares hold for the whole cluster.
 * Completion is one script that sets the result only while the session is
   pending (the first answer wins) and publishes ``<session id> <state>
-  <result>`` on ``<prefix>done`` (an error as the API's answer for it,
+  <sealed result>`` (itself sealed, as every message between nodes) on
+  ``<prefix>done`` (an error as the API's answer for it,
   ``errors.to_response``, with its status).  Every node subscribes to that
   channel once (``redisrelay.NodeLink``) and hands the messages to
   :meth:`completed`; a

@@ -17,6 +17,10 @@ reactor, and :mod:`homechannel.aio` is the bridge) and hands out Deferreds:
   server) carry its keyed hash (:meth:`RedisStore.hidden_key`), and the store
   holds the node's :class:`~homechannel.coordinator.cluster.clusterkey.MessageSeal`
   (``messages``): see :mod:`~homechannel.coordinator.cluster.clusterkey`.
+* A node logs in as a user with a password (:func:`client_options`: and TLS
+  that checks Redis's certificate and name), and checks the login once at start
+  (:func:`check_login`): a refused password, a Redis that lets anyone in or a
+  certificate that does not verify stops the node with advice.
 * Any failure to talk to Redis (refused, reset, timed out, loading its data
   after a restart) fails the command with :data:`UNAVAILABLE`
   (``Unavailable``, HTTP 503, code ``unavailable``), is logged once per
