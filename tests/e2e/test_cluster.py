@@ -152,8 +152,9 @@ def test_the_shipped_acl_is_all_the_nodes_need(cluster):
     """Every flow so far (Chromium and the native client across both nodes, wrong
     passwords, lockouts, notices) ran as the user of ``conf/redis/users.acl`` as written:
     Redis's ACL log, which records every command, key or channel it refused (even one a
-    client ignores), is empty.  How this was shown to fail: with ``+hlen`` taken out of
-    the user's line, the log held the scripts' refused HLEN (and connects failed)."""
+    client ignores), is empty.  How this was shown to fail: with ``+hset`` taken out of
+    the user's line, the log held the refused HSET of the directory write at the home
+    server's registration."""
     refused = cluster.redis.cli("ACL", "LOG")
     assert refused.strip() == "", refused
 
@@ -174,9 +175,12 @@ def test_what_redis_holds_and_carries_is_useless_to_it_and_its_forgeries_move_no
     by hand (with a source of the attacker's choosing) published to each node, and every
     captured message published again: no node acts (each counts the drop in /metrics),
     and the home server never hears of the forged source.  How this was shown to fail:
-    on the code before this change (messages in clear, expectedAnswer in the pools) the
-    capture held the proof, the pool held SHA-256(HMAC(K, challenge)), and the home
-    server logged a refused login from 198.51.100.66."""
+    with the messages in clear again (``NodeLink.deliver`` not opening,
+    ``ClusterRelay._sealed`` not sealing) the capture held the proof, and with that
+    assertion set aside no drop was counted and the home server logged the forged
+    source 198.51.100.66; with the pools holding expectedAnswer again (``Directory._op``
+    storing ``e``, ``answer_matches`` comparing it) the pool held SHA-256(HMAC(K,
+    challenge)) of the real password."""
     import redis as redispy
 
     owner, other = cluster.nodes

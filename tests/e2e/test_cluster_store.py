@@ -590,9 +590,8 @@ def test_offers_cross_redis_sealed_and_what_redis_forges_or_replays_is_dropped(s
     of the attacker's choosing), one sealed with another cluster key, the captured OFFER
     published again, a forged NOTICE and REFILL: none reaches the home server; each is a
     counted drop.  How this was shown to fail: with ``NodeLink.deliver`` handing
-    ``data`` to the handler unopened (and ``_sealed`` returning the message as it is, as
-    before), the payload was readable in the capture and the hand-made OFFER reached
-    ``udp_a.offers``."""
+    ``data`` to the handler unopened and ``ClusterRelay._sealed`` returning the message as
+    it is (the messages as they were), the capture showed the proof."""
     async def main():
         (a, b), server_key, kid, (ra, udp_a, dir_a, link_a), (rb, udp_b, dir_b, link_b) = \
             await two_nodes(server)
@@ -634,7 +633,8 @@ def test_redis_holds_no_expected_answer_address_device_or_result_it_can_use(serv
     or key name in Redis holds the expectedAnswer, the source address, the device id, the
     server key or the answer; a pool entry is the keyed hash of its expectedAnswer.  How
     this was shown to fail: with ``Directory._op`` storing ``e`` (as before) the
-    expectedAnswer was found among the values."""
+    expectedAnswer was found among the values; with ``RedisRateLimiter`` naming its key
+    with ``store.key`` (as before) the source address was in a key name."""
     async def main():
         (a, b), server_key, kid, (ra, udp_a, dir_a, link_a), (rb, udp_b, dir_b, link_b) = \
             await two_nodes(server)
@@ -677,8 +677,8 @@ def test_a_session_record_redis_changed_or_moved_is_never_used(server):
     """Redis can end a session (delete it, or write a result): the node refuses a result
     or an info it did not seal for that session (a 503, counted), and a forged completion
     on the done channel is dropped while the genuine answer still arrives.  How this was
-    shown to fail: with ``open_record`` returning the blob unchecked, the forged result
-    was handed to the waiter."""
+    shown to fail: with ``_info_aad`` not naming the session (``b"info "``), session y's
+    info moved onto x was read as x's."""
     async def main():
         a, b = nodes(server)
         sa, sb = sessions_for(a), sessions_for(b)
@@ -713,9 +713,9 @@ def test_a_session_record_redis_changed_or_moved_is_never_used(server):
 def test_budgets_redis_forgets_still_hold_on_each_node(server):
     """Whoever reaches Redis can DEL the budget keys (or restart Redis): each node's
     budget then still holds in its memory, so the cluster allows at most one budget per
-    node, never an unbounded number.  How this was shown to fail: with ``make_limiter``
-    returning the ``RedisRateLimiter`` alone (as before), the hit after the DEL was
-    allowed."""
+    node, never an unbounded number.  How this was shown to fail: with the local budget
+    of ``ClusterNode.make_limiter`` unbounded (Redis's alone deciding, as before), the
+    peek after the DEL allowed the hit."""
     from homechannel.coordinator.cluster.node import ClusterNode
 
     async def main():

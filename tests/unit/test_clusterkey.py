@@ -29,9 +29,10 @@ def refused(seal, purpose, data, now=NOW):
 def test_a_message_opens_once_for_its_purpose_with_its_key_near_its_time():
     """What a node acts on is what a node sealed, once: a flipped bit anywhere, another
     cluster key, the other channel's purpose, a second delivery (a replay) or a time more
-    than WINDOW off is refused with its reason.  How this was shown to fail: with
-    ``open`` returning ``data[25:]`` unchecked (the messages as they were, in clear) every
-    refusal below was an accepted message."""
+    than WINDOW off is refused with its reason.  How this was shown to fail: without the
+    salt check in ``MessageSeal.open`` the replay opened; without the time check the
+    message WINDOW + 1 s old opened; with the purpose left out of the authenticated data
+    (``header`` for ``purpose + header``) the node message opened as a completion."""
     sender, receiver = MessageSeal(KEY), MessageSeal(KEY)
     sealed = sender.seal(NODE, b"Fk" * 8, NOW)
     assert b"Fk" not in sealed                       # not readable in Redis
@@ -85,7 +86,8 @@ def test_a_pool_entry_checks_the_answer_only_with_the_key():
     answer matches, a wrong one does not, and the entry moved to another server or
     challenge matches nothing; the entry is not the expectedAnswer (which would check a
     password guess in one SHA-256).  How this was shown to fail: with ``pool_entry``
-    returning *expected* itself, ``entry != expected`` failed."""
+    returning *expected* itself, ``entry != expected`` failed; with the HMAC over
+    *expected* alone, the entry matched for another server's key id."""
     password_key = bytes(range(100, 132))        # K, as PBKDF2 would derive it
     kid, challenge = b"k" * 16, b"c" * 16
     answer = crypto.challenge_answer(password_key, challenge)
@@ -100,6 +102,10 @@ def test_a_pool_entry_checks_the_answer_only_with_the_key():
 
 
 def test_records_open_only_for_their_session_and_names_are_keyed_hashes():
+    """A sealed record opens only for what it was sealed for (a session's info does not
+    open as another session's); a name is a keyed hash, the same for str and bytes, and
+    another key's differs.  How this was shown to fail: with the record's authenticated
+    data ``b"record "`` alone (not bound to *aad*), the record opened for session s2."""
     blob = KEY.seal_record(b"info s1", b'["k","203.0.113.9","dev"]')
     assert b"203.0.113" not in blob
     assert KEY.open_record(b"info s1", blob) == b'["k","203.0.113.9","dev"]'

@@ -155,7 +155,8 @@ def test_cluster_settings_are_checked():
     """No [cluster]: one process, nothing to check.  With a Redis URL, a node id and a
     password file are required (a Redis without a password gives whoever reaches it the
     cluster), the URL must be Redis's and carry no credentials, and the cluster key
-    file defaults to the state directory."""
+    file defaults to the state directory.  How this was shown to fail: without the
+    ``redis_password_file`` check a config without one loaded."""
     assert config.load_coordinator(overrides={}).cluster.redis_url == ""
     ok = config.load_coordinator(overrides=dict(CLUSTER, state_dir="/var/lib/hc"))
     assert ok.cluster.node_id == "n1" and ok.cluster.key_prefix == "hc:"
