@@ -373,6 +373,13 @@ async def settle():
     await asyncio.sleep(0.2)
 
 
+async def stop(links, nodes):
+    for link in links:
+        await get(link.stop())
+    for node in nodes:
+        await node.close()
+
+
 def test_directory_and_pools_are_written_by_the_owner_and_taken_by_any_node(server):
     """Atomic takes (of two concurrent takes of one challenge, one wins); a take that
     leaves the pool short asks the owner for a refill; a refill fills free places; an
@@ -410,10 +417,7 @@ def test_directory_and_pools_are_written_by_the_owner_and_taken_by_any_node(serv
         dir_a.forget(kid)
         await settle()
         assert await get(rb.server_status(server_key)) == (False, None)
-        for link in (link_a, link_b):
-            await get(link.stop())
-        await a.close()
-        await b.close()
+        await stop((link_a, link_b), (a, b))
 
     run(main())
 
@@ -452,10 +456,7 @@ def test_offers_notices_and_refills_travel_to_the_owning_node(server):
         await get(b.store.call("PUBLISH", rb.channel(), rb._sealed(noderelay.refill(b"short"))))
         await settle()
         assert rb.stats["messages-dropped"] == 1 and link_b.dropped == {"malformed": 1}
-        for link in (link_a, link_b):
-            await get(link.stop())
-        await a.close()
-        await b.close()
+        await stop((link_a, link_b), (a, b))
 
     run(main())
 
@@ -620,10 +621,7 @@ def test_offers_cross_redis_sealed_and_what_redis_forges_or_replays_is_dropped(s
         assert udp_a.offers == [(kid, payload)] and udp_a.notices == [] \
             and udp_a.refills == []
         assert link_a.dropped == {"malformed": 3, "bad-mac": 1, "replayed": 1}
-        for link in (link_a, link_b):
-            await get(link.stop())
-        await a.close()
-        await b.close()
+        await stop((link_a, link_b), (a, b))
 
     run(main())
 
@@ -665,10 +663,7 @@ def test_redis_holds_no_expected_answer_address_device_or_result_it_can_use(serv
         entry = admin_client.hgetall(a.store.key("d", kid))
         c, e = pairs(2, tag=9)[0]
         assert entry[c] == KEY.pool_entry(kid, c, e)
-        for link in (link_a, link_b):
-            await get(link.stop())
-        await a.close()
-        await b.close()
+        await stop((link_a, link_b), (a, b))
 
     run(main())
 
