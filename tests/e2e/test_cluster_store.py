@@ -698,7 +698,13 @@ def test_a_session_record_redis_changed_or_moved_is_never_used(server):
         assert await get(sb.info("x" * 22)) is None
         with pytest.raises(Unavailable):
             await get(sb.wait("y" * 22, 5.0))
-        assert sb.dropped == {"bad-record": 2}
+        # A pending session whose deadline Redis made a word: a 503, not a crash.
+        await get(sa.create("z" * 22, SERVER, source="192.0.2.3"))
+        db.hset(a.store.key("s", "z" * 22), "dl", "soon")
+        assert not await get(sb.is_pending("z" * 22))
+        with pytest.raises(Unavailable):
+            await get(sb.wait("z" * 22, 5.0))
+        assert sb.dropped == {"bad-record": 3}
         await a.close()
         await b.close()
 
@@ -728,3 +734,38 @@ def test_budgets_redis_forgets_still_hold_on_each_node(server):
         await a.close()
 
     run(main())
+
+
+def test_a_node_with_another_cluster_key_is_named_once(server):
+    """Nodes with different key files cannot open each other's messages (every offer
+    between them would time out): a node finds the other key in the heartbeat of the node
+    owning a server, and says so once, naming both fingerprints.  How this was shown to
+    fail: without the ``_check_key`` call in ``server_status`` nothing was logged."""
+    from twisted.logger import globalLogPublisher
+
+    events = []
+
+    def observer(event):
+        if "another cluster key" in event.get("log_format", ""):
+            events.append(event)
+
+    async def main():
+        prefix = f"hc:t{next(_prefixes)}:"
+        a, b = Node(server, prefix, "a"), Node(server, prefix, "b", ClusterKey(os.urandom(32)))
+        server_key = crypto.IdentityKey.generate().public_raw
+        ra, _, _, link_a = await cluster_node(a)
+        rb, _, dir_b, link_b = await cluster_node(b)
+        dir_b.pool(crypto.key_id(server_key), pairs(2), True)
+        await settle()
+        for _ in range(3):
+            assert (await get(ra.server_status(server_key)))[0]
+        await stop((link_a, link_b), (a, b))
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        run(main())
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert len(events) == 1
+    assert events[0]["node"] == "b" and events[0]["ours"] == KEY.fingerprint
+    assert events[0]["theirs"] not in ("", KEY.fingerprint)

@@ -92,6 +92,14 @@ return 1
 """)
 
 
+def _seconds(value):
+    """A time Redis holds (bytes), or None if it is not a number (Redis changed it)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def _info_aad(session_id):
     return b"info " + session_id.encode("ascii")
 
@@ -203,7 +211,8 @@ class RedisSessionStore:
 
     async def is_pending(self, session_id):
         state, deadline = await self._store.call("HMGET", self._key(session_id), "st", "dl")
-        return state == b"p" and self._clock.seconds() < float(deadline)
+        deadline = _seconds(deadline)
+        return state == b"p" and deadline is not None and self._clock.seconds() < deadline
 
     async def answer(self, session_id, result):
         return await self._complete(session_id, "a", result)
@@ -279,8 +288,12 @@ class RedisSessionStore:
                                           "unknown-session"))
         elif state != b"p":
             self._resolve_all(waiter.sid, state, body)
+        elif _seconds(deadline) is None:
+            self._refused(waiter.sid, MessageRefused("bad-record", "a session deadline that "
+                                                     "is not a number"))
+            self._finish(waiter, unavailable())
         else:
-            left = float(deadline) - self._clock.seconds()
+            left = _seconds(deadline) - self._clock.seconds()
             if left <= 0:
                 self._expire(waiter.sid)
             elif waiter.timer.getTime() - self._clock.seconds() > left:
