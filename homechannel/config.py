@@ -236,11 +236,29 @@ _NODE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 @dataclass(frozen=True)
 class CoordinatorCluster:
-    # Redis shared by the nodes of a cluster: redis://HOST:PORT/DB, rediss:// (TLS)
+    # Redis shared by the nodes of a cluster: rediss://HOST:PORT/DB (TLS),
+    # redis://HOST:PORT/DB (plain: loopback only, unless insecure_plaintext_redis),
     # or unix:///PATH.  Empty (the default): one process, no Redis, all in memory.
+    # Never with a user or password in it: they go below.
     redis_url: str = ""
-    # A file holding Redis's password (requirepass or an ACL user's), if it has one.
+    # The Redis user the nodes log in as (conf/redis/users.acl: "homechannel";
+    # "default" for a Redis with only requirepass).
+    redis_username: str = "homechannel"
+    # A file (mode 0600) whose first line is that user's password.  Required.
     redis_password_file: str = ""
+    # TLS (rediss://): the CA file that signed Redis's certificate (empty: the
+    # system's CAs); the name in the URL must match the certificate.
+    redis_tls_ca_file: str = ""
+    # TLS client certificate and its key, for a Redis with tls-auth-clients yes.
+    redis_tls_cert_file: str = ""
+    redis_tls_key_file: str = ""
+    # true: allow plaintext redis:// to a Redis that is not on this machine.  Anyone
+    # on the network path then reads the Redis password and everything the cluster
+    # stores, and can inject commands: only on a network nobody else can reach.
+    insecure_plaintext_redis: bool = False
+    # The cluster key (mode 0600; 'homechannel cluster-key' makes it): the same file
+    # on every node, never in Redis.  Default: cluster.key in state_dir.
+    key_file: str = ""
     # This node's name, unique in the cluster (letters, digits, ".", "_", "-").
     node_id: str = ""
     # Prefix of every Redis key and channel of this cluster (several can share a Redis).
@@ -251,14 +269,51 @@ class CoordinatorCluster:
     def __post_init__(self):
         if not self.redis_url:
             return
-        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError("cluster.redis_url must be a redis://, rediss:// or unix:// URL")
+        parts = urllib.parse.urlsplit(self.redis_url)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError("cluster.redis_url must be a rediss://, redis:// or unix:// URL")
+        if "@" in parts.netloc or parts.username or parts.password or "password=" in \
+                parts.query or "username=" in parts.query:
+            raise ConfigError("cluster.redis_url must not carry a user or password: set "
+                              "cluster.redis_username, and put the password in the file "
+                              "named by cluster.redis_password_file")
+        if parts.scheme == "redis" and not self.insecure_plaintext_redis \
+                and not _is_loopback(parts.hostname):
+            raise ConfigError(
+                f"cluster.redis_url: plaintext redis:// to {parts.hostname} would send the "
+                "Redis password and every session over the network in clear: use rediss:// "
+                "(TLS; cluster.redis_tls_ca_file), or set "
+                "cluster.insecure_plaintext_redis = true if nobody else can reach that network")
+        if parts.scheme != "rediss" and (self.redis_tls_ca_file or self.redis_tls_cert_file
+                                         or self.redis_tls_key_file):
+            raise ConfigError("cluster.redis_tls_* is set but cluster.redis_url is not "
+                              "rediss://: use rediss:// for TLS")
+        if bool(self.redis_tls_cert_file) != bool(self.redis_tls_key_file):
+            raise ConfigError("cluster.redis_tls_cert_file and redis_tls_key_file go "
+                              "together (the client certificate and its key)")
+        if not self.redis_password_file:
+            raise ConfigError(
+                "cluster.redis_password_file is required: a Redis without a password gives "
+                "whoever reaches it the cluster; set up the user of conf/redis/users.acl and "
+                "put its password in a file (mode 0600)")
+        if not self.redis_username:
+            raise ConfigError("cluster.redis_username must not be empty (\"default\" for a "
+                              "Redis with only requirepass)")
         if not _NODE_ID.match(self.node_id):
             raise ConfigError("cluster.node_id must name this node, unique in the cluster "
                               "(1-64 letters, digits, '.', '_' or '-'), e.g. \"node-1\"")
         if not self.key_prefix:
             raise ConfigError("cluster.key_prefix must not be empty")
         _require_positive(self, "cluster", ("directory_refresh",))
+
+
+def _is_loopback(host):
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host or "").is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -488,6 +543,9 @@ def load(cls, path=None, overrides=None):
         changes["identity_key"] = os.path.join(state_dir, name)
     if cls is ServerConfig and not cfg.password_key:
         changes["password_key"] = os.path.join(state_dir, "password.json")
+    if cls is CoordinatorConfig and cfg.cluster.redis_url and not cfg.cluster.key_file:
+        changes["cluster"] = dataclasses.replace(
+            cfg.cluster, key_file=os.path.join(state_dir, "cluster.key"))
     return dataclasses.replace(cfg, **changes)
 
 

@@ -13,7 +13,10 @@ bytes meet the disk, with the rules every secret file follows:
 - the home server's password key file holds the derived key ``K``, never the
   password (:func:`save_password_key`, :func:`load_password_key`);
 - a password or credential file is read as its first line
-  (:func:`read_secret_line`), the one way every command reads one.
+  (:func:`read_secret_line`), the one way every command reads one; a
+  daemon's credential file must also be private (:func:`read_private_line`);
+- a coordinator cluster's key is one line of base64url, mode 0600
+  (:func:`create_cluster_key`, :func:`load_cluster_key`).
 
 Every problem is a :class:`~homechannel.errors.KeyFileError` or
 :class:`~homechannel.errors.ConfigError` whose message says what to do.
@@ -154,6 +157,53 @@ def read_secret_line(path: StrPath, what: str = "password file") -> str:
     if not line:
         raise ConfigError(f"the {what} {path} is empty (its first line is used)")
     return line
+
+
+# -- the cluster key -------------------------------------------------------
+
+CLUSTER_KEY_SIZE = 32
+
+
+def create_cluster_key(path: StrPath, random_bytes=os.urandom) -> bytes:
+    """Make a new cluster key file (mode 0600: one line, 32 random bytes in
+    base64url); never replaces one.  The same file goes to every node."""
+    key = random_bytes(CLUSTER_KEY_SIZE)
+    write_secret_file(path, (crypto.b64u_encode(key) + "\n").encode("ascii"))
+    return key
+
+
+def load_cluster_key(path: StrPath) -> bytes:
+    """The key of a cluster key file; the file must be private (mode 0600)."""
+    try:
+        with open(path, "rb") as f:
+            check_private_mode(path, os.fstat(f.fileno()).st_mode, "cluster key file")
+            line = f.readline(200).strip()
+    except FileNotFoundError:
+        raise KeyFileError(
+            f"cluster key file {path} does not exist: make it on one node with "
+            f"'homechannel cluster-key --key-file {path}' and copy it to every node "
+            "(mode 0600)") from None
+    except OSError as e:
+        raise KeyFileError(f"cannot read cluster key file {path}: {e.strerror}") from None
+    try:
+        key = crypto.b64u_decode(line.decode("ascii"))
+    except (UnicodeDecodeError, ProtocolError):
+        key = b""
+    if len(key) != CLUSTER_KEY_SIZE:
+        raise KeyFileError(f"cluster key file {path} is not a cluster key (one line of "
+                           "base64url, 32 bytes): copy the file of the other nodes, or make "
+                           "a new one with 'homechannel cluster-key' for every node")
+    return key
+
+
+def read_private_line(path: StrPath, what: str) -> str:
+    """:func:`read_secret_line` of a file that must be private (mode 0600)."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise ConfigError(f"cannot read the {what} {path}: {e.strerror}") from None
+    check_private_mode(path, st.st_mode, what)
+    return read_secret_line(path, what)
 
 
 # -- the home server's password key file ----------------------------------

@@ -3,8 +3,8 @@
 - :mod:`~homechannel.cli.keys` -- ``keygen``, ``pubkey`` (and the key-path checks).
 - :mod:`~homechannel.cli.server` -- the home server's ``join``, ``passwd``, ``link``,
   ``status``.
-- :mod:`~homechannel.cli.coordinator` -- the coordinator's ``join-string`` and
-  ``migrate`` (through its admin API).
+- :mod:`~homechannel.cli.coordinator` -- the coordinator's ``join-string``,
+  ``cluster-key`` and ``migrate`` (through its admin API).
 - :mod:`~homechannel.cli.client` -- ``connect`` and ``forward``: the native client's
   options, run with :mod:`homechannel.client` (which never imports this package).
 
@@ -16,7 +16,7 @@ never a traceback.
 import argparse
 import sys
 
-from homechannel.cli.coordinator import cmd_join_string, cmd_migrate
+from homechannel.cli.coordinator import cmd_cluster_key, cmd_join_string, cmd_migrate
 from homechannel.cli.keys import cmd_keygen, cmd_pubkey
 from homechannel.cli.server import (
     cmd_devices,
@@ -98,6 +98,17 @@ def _parser():
               "homechannel join-string --config /etc/homechannel/coordinator.toml")
     common(sp, role=False)
     sp.set_defaults(func=cmd_join_string)
+
+    sp = _sub(sub, "cluster-key", "make the key every node of a coordinator cluster holds",
+              "Make the cluster key file (32 random bytes, mode 0600) if it does not exist; "
+              "never replace one. Copy the file to every node of the cluster, as the "
+              "identity key; it never goes into Redis. Prints the key's fingerprint, which "
+              "each node logs at start: the same on every node.",
+              "homechannel cluster-key --config /etc/homechannel/coordinator.toml")
+    common(sp, role=False)
+    sp.add_argument("--key-file", help="the cluster key file (default: cluster.key_file from "
+                                       "--config, or cluster.key in the state directory)")
+    sp.set_defaults(func=cmd_cluster_key)
 
     sp = _sub(sub, "status", "show whether the home server is registered, and its sessions",
               "Show the running home server's coordinator link (registered or not, and "

@@ -468,7 +468,7 @@ class Broker:
             await self._lockout.failure(lock, STALE_WEIGHT)
             raise Forbidden("the challenge was already used or has expired: look the server "
                             "up again", "stale-challenge")
-        if not crypto.check_answer(req.answer, expected):
+        if not self._relay.answer_matches(key, req.challenge, req.answer, expected):
             self.metrics["connect_wrong_password"] += 1
             await _together(self._server_minute.hit(key), self._server_day.hit(key),
                             self._failed(self._lockout, lock))

@@ -40,9 +40,14 @@ class IRelay(Interface):
         """
 
     async def take_challenge(server_key, challenge):
-        """Consume *challenge* from the server's pool and return its 32-byte
-        ``expectedAnswer``, or None if it is not (or no longer) in the pool.
-        Consuming triggers a refill request to the home server over UDP."""
+        """Consume *challenge* from the server's pool and return what the pool held
+        for it (its ``expectedAnswer``, or a cluster's keyed hash of it), or None if
+        it is not (or no longer) in the pool.  Consuming triggers a refill request to
+        the home server over UDP."""
+
+    def answer_matches(server_key, challenge, answer, expected):
+        """Constant time: does the client's *answer* to *challenge* match *expected*,
+        what :meth:`take_challenge` returned?  Plain (not async): no I/O."""
 
     async def send_offer(server_key, payload):
         """Relay opaque *payload* bytes (at most 64 KiB) to the home server.

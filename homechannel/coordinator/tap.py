@@ -121,6 +121,7 @@ def _make(options):
                  lifetime=cfg.turn.lifetime, server_minute=cfg.turn.per_server_per_minute,
                  server_day=cfg.turn.per_server_per_day, all=cfg.turn.per_minute)
     seams = {}
+    node = None
     if cfg.cluster.redis_url:
         from homechannel.coordinator.cluster import node as cluster
         node = cluster.build(cfg, reactor, udp, rv)
@@ -166,7 +167,7 @@ def _make(options):
         log.info("admin API: {where}", where=admin_endpoint)
     if cfg.metrics.listen:
         metrics.service(cfg.metrics.listen, metrics.registry_for(
-            metrics.CoordinatorCollector(rv, web)), reactor).setServiceParent(top)
+            metrics.CoordinatorCollector(rv, web, cluster=node)), reactor).setServiceParent(top)
     log.info("coordinator: UDP {iface}:{port}, web {web}, STUN {stun}",
              iface=cfg.udp.interface, port=cfg.udp.port, web=cfg.web.listen,
              stun=_stun_ports(cfg.udp))

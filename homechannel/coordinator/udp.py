@@ -140,6 +140,9 @@ class CoordinatorUDP(DatagramProtocol):
         self._send(out)
         return expected
 
+    def answer_matches(self, server_key, challenge, answer, expected):
+        return crypto.check_answer(answer, expected)
+
     async def send_offer(self, server_key, payload):
         await self.offer_to(crypto.key_id(server_key), payload)
 

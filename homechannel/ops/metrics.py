@@ -45,9 +45,10 @@ def _kebab(key):
 class CoordinatorCollector:
     """Registry, UDP protocol and web counters of one coordinator."""
 
-    def __init__(self, rendezvous, web):
+    def __init__(self, rendezvous, web, cluster=None):
         self.rv = rendezvous
         self.web = web
+        self.cluster = cluster          # a cluster node's ``ClusterNode``, if any
 
     def collect(self):
         stats = dict(self.rv.stats)
@@ -96,6 +97,11 @@ class CoordinatorCollector:
                        **_by("event", events))
         yield _counter(_C + "udp_datagrams_received", "UDP datagrams received.",
                        getattr(self.rv, "received", 0))
+        if self.cluster is not None:
+            yield _counter(_C + "cluster_dropped",
+                           "Messages and records from the cluster's Redis not acted on "
+                           "(forged, replayed, stale, malformed), by reason.",
+                           **_by("reason", self.cluster.dropped()))
 
 
 class ServerCollector:

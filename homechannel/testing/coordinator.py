@@ -97,6 +97,9 @@ class FakeRelay:
             self._refill(server_key)
         return expected
 
+    def answer_matches(self, server_key, challenge, answer, expected):
+        return crypto.check_answer(answer, expected)
+
     async def notify(self, server_key, body):
         doc = json.loads(body)
         self.failures.append((server_key, doc["source"], doc["reason"]))
@@ -150,6 +153,9 @@ class AnswererRelay:
         expected = self.pool.pop(challenge, None)
         self._refill()
         return expected
+
+    def answer_matches(self, server_key, challenge, answer, expected):
+        return crypto.check_answer(answer, expected)
 
     async def notify(self, server_key, body):
         self.notices.append((server_key, body))

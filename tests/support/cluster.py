@@ -1,5 +1,6 @@
-"""A real coordinator cluster for end-to-end tests and benches: a redis-server,
-N ``twistd homechannel-coordinator`` nodes sharing one identity key, haproxy
+"""A real coordinator cluster for end-to-end tests and benches: a redis-server
+(with ``conf/redis/users.acl`` as written: ``services.RedisServer``), N ``twistd
+homechannel-coordinator`` nodes sharing one identity key and one cluster key, haproxy
 in front of them (``conf/haproxy/homechannel.cfg`` as written, with loopback
 ports), and home server configs that list every node's UDP address."""
 
@@ -70,6 +71,7 @@ class Node:
     config: str
     web_port: int
     udp_port: int
+    metrics_port: int = None
     proc: Twistd = None
 
     @property
@@ -120,23 +122,28 @@ def make_cluster(tmp_path, n=2, web=None, udp=None, cluster=None, access_log=Tru
     redis = RedisServer(tmp_path)
     key_path = os.path.join(base, "cluster", "coordinator.key")
     ckey, _ = keyfiles.load_or_create_identity_key(key_path)
+    cluster_key = os.path.join(base, "cluster", "cluster.key")
+    keyfiles.create_cluster_key(cluster_key)
     nodes = []
     for i in range(1, n + 1):
         name = f"node-{i}"
-        web_port, udp_port = free_tcp_port(), free_udp_port()
+        web_port, udp_port, metrics_port = free_tcp_port(), free_udp_port(), free_tcp_port()
         cfg = local.coordinator_config(
             os.path.join(base, name), udp_port=udp_port, web_port=web_port,
-            metrics_port=free_tcp_port(), identity_key=key_path, extra={
+            metrics_port=metrics_port, identity_key=key_path, extra={
                 "udp": {"sweep_interval": 1.0, **(udp or {})},
                 "web": {"public_url": "http://127.0.0.1", "trusted_proxies": ["127.0.0.1"],
                         "access_log": access_log, **(web or {})},
                 "admin": {"listen": ""},
-                "cluster": {"redis_url": redis.url, "node_id": name, **(cluster or {})},
+                "cluster": {**redis.cluster_config(), "node_id": name,
+                            "key_file": cluster_key, **(cluster or {})},
             })
         path = write_toml(os.path.join(base, f"{name}.toml"), cfg)
-        nodes.append(Node(name, path, web_port, udp_port))
+        nodes.append(Node(name, path, web_port, udp_port, metrics_port))
     haproxy = Haproxy(base, [(node.name, node.web_port) for node in nodes])
-    return Cluster(base, redis, haproxy, nodes, ckey)
+    c = Cluster(base, redis, haproxy, nodes, ckey)
+    c.extra["cluster_key"] = cluster_key
+    return c
 
 
 def add_home_server(c, keepalive=None, password=PASSWORD):

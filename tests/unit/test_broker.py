@@ -478,6 +478,9 @@ class PipelinedRelay:
         await self.pipeline.call("relay.take")
         return await self.relay.take_challenge(server_key, challenge)
 
+    def answer_matches(self, server_key, challenge, answer, expected):
+        return self.relay.answer_matches(server_key, challenge, answer, expected)
+
     async def send_offer(self, server_key, payload):
         return await self.relay.send_offer(server_key, payload)
 

@@ -9,6 +9,7 @@ from hypothesis import given, strategies as st
 from twisted.internet import task
 
 from homechannel.coordinator.cluster import noderelay
+from homechannel.coordinator.cluster.clusterkey import ClusterKey
 from homechannel.coordinator.cluster.redissessions import RedisSessionStore
 from homechannel.coordinator.cluster.redisstore import RedisStore
 from homechannel.errors import (CapacityError, ProtocolError, TooManyRequests, from_response,
@@ -65,8 +66,8 @@ def test_pending_offers_resolve_once_and_expire():
 def test_completions_that_do_not_parse_are_ignored():
     """A message on the ``done`` channel that does not parse is dropped without a
     word to Redis (the store has no client to send one with)."""
-    store = RedisSessionStore(RedisStore(client=None), task.Clock())
-    for junk in (b"nospace", b"\xff\xfe a {}", b""):
+    store = RedisSessionStore(RedisStore(None, ClusterKey(bytes(32))), task.Clock())
+    for junk in (b"nospace", b"\xff\xfe a {}", b"", b"s" * 22 + b" a not-sealed"):
         store.completed(junk)
 
 

@@ -11,11 +11,18 @@ nothing grows without bound.
 
 Keys (``<prefix>`` is ``cluster.key_prefix``, default ``hc:``):
 
-* ``<prefix>rl:<name>:<key>``: a hash ``{t: tokens, ts: last update}``;
+* ``<prefix>rl:<name>:<hash of key>``: a hash ``{t: tokens, ts: last update}``;
   expires when the bucket would be full again.
-* ``<prefix>lo:<name>:<key>``: a hash ``{f: failures since the last lockout,
+* ``<prefix>lo:<name>:<hash of key>``: a hash ``{f: failures since the last lockout,
   n: lockouts so far, u: locked until, l: last failure}``; expires
   ``forget_after`` seconds after the later of ``u`` and ``l``.
+
+``<hash of key>`` is the keyed hash of the source network, device or server
+(``RedisStore.hidden_key``): Redis holds no address or device id.
+
+Redis can delete these keys (whoever reaches it can): so each node also keeps
+every budget in memory (:class:`LocalCeiling`), and a Redis that forgets or
+resets the cluster's counts gives at most one budget per node, never more.
 
 Times are the nodes' clocks (Unix seconds, passed to the scripts): keep the
 nodes' clocks in sync (NTP), as device challenges already require.
@@ -99,7 +106,7 @@ class RedisRateLimiter:
         self._rate = repr(float(limit) / float(period))
 
     def _run(self, key, peek):
-        return self._store.run(BUCKET, [self._store.key("rl", self._name, key)],
+        return self._store.run(BUCKET, [self._store.hidden_key("rl", self._name, hidden=key)],
                                [repr(self._clock.seconds()), self._capacity, self._rate, peek])
 
     async def hit(self, key):
@@ -124,7 +131,7 @@ class RedisLockout:
         self._forget = repr(float(maximum if forget_after is None else forget_after))
 
     def _key(self, key):
-        return self._store.key("lo", self._name, key)
+        return self._store.hidden_key("lo", self._name, hidden=key)
 
     async def check(self, key):
         return _float(await self._store.run(LOCKOUT_CHECK, [self._key(key)],
@@ -137,3 +144,29 @@ class RedisLockout:
 
     async def success(self, key):
         await self._store.call("DEL", self._key(key))
+
+
+@implementer(IRateLimiter)
+class LocalCeiling:
+    """A cluster's budget (*shared*, in Redis) that also holds on this node alone
+    (*local*, in memory, the same limits): whatever Redis forgets (a restart) or
+    is made to forget (a DEL by whoever reaches it), this node allows no more than
+    a coordinator of its own would.  In normal operation the local budget never
+    binds first: this node's hits are a part of the cluster's."""
+
+    def __init__(self, shared, local):
+        self.shared = shared
+        self.local = local
+
+    async def hit(self, key):
+        retry = await self.shared.hit(key)
+        if retry is not None:
+            return retry
+        return await self.local.hit(key)
+
+    async def peek(self, key):
+        shared = await self.shared.peek(key)
+        local = await self.local.peek(key)
+        if shared is None or local is None:
+            return shared if local is None else local
+        return max(shared, local)

@@ -10,8 +10,10 @@ server stays registered there, so that an entry of a node that died goes with it
 A write that fails (Redis is gone) is made again at the next refresh; meanwhile the
 door check may refuse a good token (its client signs in with the password) or
 accept a stale one (the home server, which checks every token itself, refuses it).
-Whoever can write to Redis can change what the door lets through, never what the
-home server accepts.
+The value is sealed with the cluster key (``ClusterKey.seal_record``, bound to the
+key id): Redis cannot forge a policy or move one to another server; it can delete one
+or put back an older one of the same server, which changes what the door lets
+through, never what the home server accepts (it checks every token itself).
 """
 
 from twisted.internet import defer, task
@@ -53,7 +55,8 @@ class PolicyStore:
 
     def _write(self, kid):
         self.stats["writes"] += 1
-        d = self._store.call("SET", self.key(kid), self._owned[kid], "PX", self._ttl)
+        sealed = self._store.cluster_key.seal_record(_aad(kid), self._owned[kid])
+        d = self._store.call("SET", self.key(kid), sealed, "PX", self._ttl)
         return d.addErrback(self._failed)
 
     def _delete(self, kid):
@@ -87,7 +90,12 @@ class PolicyStore:
         if raw is None:
             return None
         try:
-            return DevicePolicy.decode(bytes(raw))
+            return DevicePolicy.decode(self._store.cluster_key.open_record(_aad(kid),
+                                                                           bytes(raw)))
         except ProtocolError:
             self.stats["malformed"] += 1
             return None
+
+
+def _aad(kid):
+    return b"dp:" + (kid.encode() if isinstance(kid, str) else kid)

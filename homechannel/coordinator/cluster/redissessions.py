@@ -6,19 +6,23 @@ with the rules of the in-memory store, so that any node can create a session,
 complete it (the node the home server's answer reaches) and serve its
 long-poll (the node the browser's request reaches):
 
-* ``<prefix>s:<session id>``: a hash ``{k: server key, src: source,
-  dev: device, st: p|a|f (pending, answered, failed), r: the result or the
-  error as JSON, dl: deadline, ss: source share, sv: server share}``.  It
-  expires ``retention`` seconds after it completes, and at the latest
+* ``<prefix>s:<session id>``: a hash ``{i: server key, source and device,
+  sealed; st: p|a|f (pending, answered, failed), r: the result or the error as
+  JSON, sealed; dl: deadline, ss: source shares, sv: server share}``.  The
+  sealed records (``ClusterKey.seal_record``) are bound to the session id (the
+  result to its state too): Redis can neither read nor change nor move them,
+  and a node refuses one that does not open (a 503, counted).  It expires
+  ``retention`` seconds after it completes, and at the latest
   ``session_timeout + retention`` after it was made.
 * Shares: three sorted sets of session ids scored by when each session will
-  be forgotten, ``<prefix>ss`` (all), ``<prefix>ss:src:<source network>`` and
-  ``<prefix>ss:srv:<server key id>``; entries past their score are dropped
+  be forgotten, ``<prefix>ss`` (all), ``<prefix>ss:src:<hash of the source
+  network>`` and ``<prefix>ss:srv:<hash of the server key id>``; entries past their score are dropped
   before counting, so a share is held exactly until the session is forgotten.
   ``web.max_sessions`` and its shares hold for the whole cluster.
 * Completion is one script that sets the result only while the session is
   pending (the first answer wins) and publishes ``<session id> <state>
-  <result>`` on ``<prefix>done`` (an error as the API's answer for it,
+  <sealed result>`` (itself sealed, as every message between nodes) on
+  ``<prefix>done`` (an error as the API's answer for it,
   ``errors.to_response``, with its status).  Every node subscribes to that
   channel once (``redisrelay.NodeLink``) and hands the messages to
   :meth:`completed`; a
@@ -33,7 +37,7 @@ long-poll (the node the browser's request reaches):
 """
 
 import json
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -42,33 +46,35 @@ from zope.interface import implementer
 from homechannel import crypto, errors
 from homechannel.coordinator.interfaces import ISessionStore
 from homechannel.coordinator.ratelimit import source_key, wider_keys
-from homechannel.coordinator.cluster.redisstore import Script
+from homechannel.coordinator.cluster.clusterkey import DONE, MessageRefused
+from homechannel.coordinator.cluster.redisstore import Script, unavailable
 from homechannel.coordinator.sessions import SessionInfo, timed_out
 from homechannel.coordinator.shares import Shares
 from homechannel.errors import BadRequest, CapacityError, NotFound
 
 # KEYS: session, all-share, source /64 share, server share, the source's wider shares
-# (its /56 and /48, if IPv6); ARGV: now, forget-at, deadline, server key, source, device,
-# session id, the source's share keys (space-separated), then one limit per share key.
+# (its /56 and /48, if IPv6); ARGV: now, forget-at, deadline, the sealed info (server key,
+# source, device), session id, the source's share keys (space-separated), then one limit
+# per share key.
 CREATE = Script("session-create", """
 local now, forget, dl = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
 for i = 2, #KEYS do
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
-  if redis.call('ZCARD', KEYS[i]) >= tonumber(ARGV[7 + i]) then return i end
+  if redis.call('ZCARD', KEYS[i]) >= tonumber(ARGV[5 + i]) then return i end
 end
-redis.call('HSET', KEYS[1], 'k', ARGV[4], 'src', ARGV[5], 'dev', ARGV[6], 'st', 'p',
-           'dl', dl, 'ss', ARGV[8], 'sv', KEYS[4])
+redis.call('HSET', KEYS[1], 'i', ARGV[4], 'st', 'p', 'dl', dl, 'ss', ARGV[6], 'sv', KEYS[4])
 redis.call('PEXPIRE', KEYS[1], math.ceil((forget - now) * 1000))
 -- The newest session is forgotten last: the share expires with it.
 for i = 2, #KEYS do
-  redis.call('ZADD', KEYS[i], forget, ARGV[7])
+  redis.call('ZADD', KEYS[i], forget, ARGV[5])
   redis.call('PEXPIRE', KEYS[i], math.ceil((forget - now) * 1000) + 1000)
 end
 return 0
 """)
 
-# KEYS: session, all-share; ARGV: now, forget-at, state, result, channel, session id
+# KEYS: session, all-share; ARGV: now, forget-at, state, sealed result, channel,
+# session id, the completion message (sealed: published only if this completed it)
 COMPLETE = Script("session-complete", """
 local st = redis.call('HGET', KEYS[1], 'st')
 if st ~= 'p' then return 0 end
@@ -81,9 +87,25 @@ if shares[1] then
   for key in string.gmatch(shares[1], '%S+') do redis.call('ZADD', key, 'XX', forget, ARGV[6]) end
 end
 if shares[2] then redis.call('ZADD', shares[2], 'XX', forget, ARGV[6]) end
-redis.call('PUBLISH', ARGV[5], ARGV[6] .. ' ' .. ARGV[3] .. ' ' .. ARGV[4])
+redis.call('PUBLISH', ARGV[5], ARGV[7])
 return 1
 """)
+
+
+def _seconds(value):
+    """A time Redis holds (bytes), or None if it is not a number (Redis changed it)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _info_aad(session_id):
+    return b"info " + session_id.encode("ascii")
+
+
+def _result_aad(session_id, state):
+    return b"result " + state + b" " + session_id.encode("ascii")
 
 # A session made here is known to be pending (no read needed) this long after.
 FRESH = 1.0
@@ -122,6 +144,7 @@ class RedisSessionStore:
         self._waiting = 0
         self._waiters_by_source = Shares(max_waiters_per_source)
         self.channel = store.key("done")
+        self.dropped = Counter()       # reason -> session records that did not open
 
     @property
     def waiting(self):
@@ -137,16 +160,18 @@ class RedisSessionStore:
         forget = now + self._session_timeout + self._retention
         share = source_key(source if source is not None else "unknown")
         per_source = int(self._limits[1])
-        source_shares = [(self._store.key("ss", "src", share), per_source)] + [
-            (self._store.key("ss", "src", wider), n * per_source)
+        hidden = self._store.hidden_key
+        source_shares = [(hidden("ss", "src", hidden=share), per_source)] + [
+            (hidden("ss", "src", hidden=wider), n * per_source)
             for wider, n in wider_keys(share)]
         keys = [self._key(session_id), self._store.key("ss"), source_shares[0][0],
-                self._store.key("ss", "srv", crypto.key_id(server_key))]
+                hidden("ss", "srv", hidden=crypto.key_id(server_key))]
         keys += [key for key, _ in source_shares[1:]]
         limits = [self._limits[0], self._limits[1], self._limits[2]]
         limits += [str(limit) for _, limit in source_shares[1:]]
-        args = [repr(now), repr(forget), repr(now + self._session_timeout), server_key,
-                source or "", device or "", session_id,
+        info = json.dumps([crypto.b64u_encode(server_key), source, device]).encode()
+        args = [repr(now), repr(forget), repr(now + self._session_timeout),
+                self._store.cluster_key.seal_record(_info_aad(session_id), info), session_id,
                 b" ".join(key for key, _ in source_shares), *limits]
         self._created(await self._store.run(CREATE, keys, args), session_id, now)
 
@@ -168,14 +193,26 @@ class RedisSessionStore:
         raise CapacityError("the coordinator is busy: try again in a minute", "busy")
 
     async def info(self, session_id):
-        key, src, dev = await self._store.call("HMGET", self._key(session_id), "k", "src", "dev")
-        if key is None:
+        sealed = await self._store.call("HGET", self._key(session_id), "i")
+        if sealed is None:
             return None
-        return SessionInfo(key, src.decode() or None, dev.decode() or None)
+        try:
+            key, source, device = json.loads(self._store.cluster_key.open_record(
+                _info_aad(session_id), sealed))
+        except MessageRefused as e:
+            self._refused(session_id, e)
+            return None
+        return SessionInfo(crypto.b64u_decode(key), source or None, device or None)
+
+    def _refused(self, session_id, error):
+        """A record that does not open (Redis changed it): counted, never used."""
+        self.dropped[error.reason] += 1
+        self.log.debug("session {session}: {error}", session=session_id, error=str(error))
 
     async def is_pending(self, session_id):
         state, deadline = await self._store.call("HMGET", self._key(session_id), "st", "dl")
-        return state == b"p" and self._clock.seconds() < float(deadline)
+        deadline = _seconds(deadline)
+        return state == b"p" and deadline is not None and self._clock.seconds() < deadline
 
     async def answer(self, session_id, result):
         return await self._complete(session_id, "a", result)
@@ -186,10 +223,15 @@ class RedisSessionStore:
 
     async def _complete(self, session_id, state, doc):
         now = self._clock.seconds()
+        result = self._store.cluster_key.seal_record(
+            _result_aad(session_id, state.encode()),
+            json.dumps(doc, separators=(",", ":")).encode())
+        message = self._store.messages.seal(
+            DONE, b" ".join([session_id.encode("ascii"), state.encode(), result]), now)
         done = await self._store.run(
             COMPLETE, [self._key(session_id), self._store.key("ss")],
-            [repr(now), repr(now + self._retention), state,
-             json.dumps(doc, separators=(",", ":")), self.channel, session_id])
+            [repr(now), repr(now + self._retention), state, result, self.channel, session_id,
+             message])
         return done == 1
 
     async def wait(self, session_id, timeout, source=None):
@@ -218,7 +260,8 @@ class RedisSessionStore:
     # -- completions -----------------------------------------------------------------
 
     def completed(self, message):
-        """A message from the ``done`` channel: ``<session id> <state> <result>``."""
+        """A message from the ``done`` channel (opened by ``NodeLink``): ``<session id>
+        <state> <sealed result>``."""
         try:
             sid, state, body = message.split(b" ", 2)
             sid = sid.decode("ascii")
@@ -245,8 +288,12 @@ class RedisSessionStore:
                                           "unknown-session"))
         elif state != b"p":
             self._resolve_all(waiter.sid, state, body)
+        elif _seconds(deadline) is None:
+            self._refused(waiter.sid, MessageRefused("bad-record", "a session deadline that "
+                                                     "is not a number"))
+            self._finish(waiter, unavailable())
         else:
-            left = float(deadline) - self._clock.seconds()
+            left = _seconds(deadline) - self._clock.seconds()
             if left <= 0:
                 self._expire(waiter.sid)
             elif waiter.timer.getTime() - self._clock.seconds() > left:
@@ -258,9 +305,15 @@ class RedisSessionStore:
         if not waiter.d.called:
             self._finish(waiter, failure.value)
 
-    def _resolve_all(self, sid, state, body):
+    def _resolve_all(self, sid, state, sealed):
         try:
-            doc = json.loads(body)
+            doc = json.loads(self._store.cluster_key.open_record(_result_aad(sid, state),
+                                                                 sealed))
+        except MessageRefused as e:
+            self._refused(sid, e)
+            for waiter in list(self._waiters.get(sid, ())):
+                self._finish(waiter, unavailable())
+            return
         except ValueError:
             self.log.error("malformed session result for {session}", session=sid)
             return
