@@ -22,7 +22,6 @@ anything else is a bug: 500 ``{"error": "internal error"}`` and
 
 import functools
 import inspect
-import ipaddress
 import json
 import os
 import re
@@ -375,21 +374,12 @@ class CoordinatorWeb:
         return getattr(address, "host", None) or "unknown"
 
     def source_address(self, request):
-        """The client's IP: the peer, or, if the peer is a trusted proxy, the
-        right-most address in X-Forwarded-For that is not a trusted proxy."""
-        peer = self._peer(request)
-        if peer not in self._trusted:
-            return peer
-        values = request.requestHeaders.getRawHeaders(b"X-Forwarded-For") or []
-        hops = [h.strip() for v in values for h in v.decode("latin-1").split(",")]
-        for hop in reversed(hops):
-            try:
-                hop = str(ipaddress.ip_address(hop))
-            except ValueError:
-                return peer  # a forged or broken header: do not trust anything left of it
-            if hop not in self._trusted:
-                return hop
-        return peer
+        """The client's IP (``TrustedProxies.client_address``): the peer, or, if the
+        peer is a trusted proxy, the right-most address in X-Forwarded-For that is
+        not one; the peer if that one is not exactly an IP address (a zone such as
+        ``%eth0``, a port, anything else)."""
+        return self._trusted.client_address(
+            self._peer(request), request.requestHeaders.getRawHeaders(b"X-Forwarded-For"))
 
     def _read_body(self, request):
         limit = self._config.max_body
