@@ -136,7 +136,8 @@ def _make(options):
     internet.TimerService(2.0, status.tick).setServiceParent(top)
     if cfg.metrics.listen:
         metrics.service(cfg.metrics.listen, metrics.registry_for(
-            metrics.ServerCollector(udp, answerer, app_host)), reactor).setServiceParent(top)
+            metrics.ServerCollector(udp, answerer, app_host)), reactor,
+            allowed_hosts=cfg.metrics.allowed_hosts).setServiceParent(top)
     link = connect.connect_link(cfg.coordinator_url, identity.text)
     log.info("home server id {id}", id=identity.text)
     log.info("ICE servers: {ice}", ice=", ".join(

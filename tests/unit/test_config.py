@@ -165,3 +165,14 @@ def test_cluster_settings_are_checked():
             config.load_coordinator(overrides=overrides)
     from homechannel.coordinator.cluster.node import _safe_url
     assert _safe_url("redis://user:secret@10.0.0.20:6379/0") == "redis://***@10.0.0.20:6379/0"
+
+
+@pytest.mark.parametrize("load", [config.load_coordinator, config.load_server])
+def test_metrics_allowed_hosts_are_host_names(load):
+    """Names pass (the listener also answers addresses and localhost by itself); an
+    address, a port, a wildcard or a URL is a clear error naming the key."""
+    ok = load(overrides={"metrics.allowed_hosts": ["prom.internal", "node-1."]})
+    assert ok.metrics.allowed_hosts == ("prom.internal", "node-1.")
+    for bad in ("prom.internal:9477", "*.internal", "http://prom", "", "a b", 7):
+        with pytest.raises(ConfigError, match="metrics.allowed_hosts"):
+            load(overrides={"metrics.allowed_hosts": [bad]})
