@@ -39,8 +39,15 @@ from homechannel.coordinator.broker import Broker, whole_seconds
 from homechannel.coordinator.ratelimit import TrustedProxies
 from homechannel.errors import BadRequest, HomeChannelError, PayloadTooLarge, Unavailable
 
-CSP = (b"default-src 'self'; connect-src 'self'; img-src 'self' data: blob:; "
-       b"style-src 'self'; script-src 'self'; frame-ancestors 'none'")
+# Nothing but what the client uses (docs/security.md, "The browser page"): its own
+# scripts, styles, images (data: and blob: for noVNC's cursor and previews), API calls,
+# the download service worker and its hidden download frame; no plugins, no <base>, no
+# form submissions (every form is handled by script; one sent before the script ran
+# would put the password in the URL), no framing by others.
+CSP = (b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+       b"font-src 'self'; connect-src 'self'; worker-src 'self'; frame-src 'self'; "
+       b"manifest-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; "
+       b"frame-ancestors 'none'")
 
 _CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -339,6 +346,7 @@ class CoordinatorWeb:
         request.setHeader(b"X-Content-Type-Options", b"nosniff")
         request.setHeader(b"Referrer-Policy", b"no-referrer")
         request.setHeader(b"X-Frame-Options", b"DENY")
+        request.setHeader(b"Cross-Origin-Opener-Policy", b"same-origin")
         if self._is_secure(request):
             request.setHeader(b"Strict-Transport-Security", b"max-age=31536000")
         origin = self._allowed_origin(request)
