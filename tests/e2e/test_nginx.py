@@ -23,6 +23,7 @@ from helpers import CHROMIUM_ARGS, REPO, free_tcp_port, require_tool
 from daemons import PASSWORD
 from browser import start_pair
 from testca import TestCA
+from slowloris import Slowloris, assert_served_during, timed_get
 
 NAME = "coordinator.test"
 # As an operator sizes it (conf/nginx/homechannel.conf): well above what one source may
@@ -289,8 +290,6 @@ def test_a_slowloris_from_one_address_does_not_stop_another(tmp_path, twistd, ng
     the attack held every worker connection and 127.0.0.3 got no answer; with the
     firewall but the example's timeouts before (nginx's 60 s), the slow heads were
     held as long as they trickled."""
-    from slowloris import Slowloris, timed_get
-
     pair, coordinator, server, https_port, ca, _ = behind_example_nginx(
         tmp_path, twistd, nginx, firewall)
     victim_tls = ssl.create_default_context(cadata=ca.root_pem.decode())
@@ -300,17 +299,9 @@ def test_a_slowloris_from_one_address_does_not_stop_another(tmp_path, twistd, ng
     attack = Slowloris(https_port, "127.0.0.2", ATTACK, tls=attack_tls,
                        server_hostname=NAME).start()
     try:
-        deadline = time.monotonic() + 15
-        while attack.opened + attack.refused < ATTACK:      # every connection tried
-            assert time.monotonic() < deadline, (attack.opened, attack.refused)
-            time.sleep(0.1)
-        time.sleep(1.0)
-        status, answered = timed_get(https_port, "127.0.0.3", tls=victim_tls,
-                                     server_hostname=NAME)
-        assert status == 200, (status, attack.holding, attack.opened, attack.refused)
-        # ... without waiting for a place to come free.
-        assert attack.first_timeout_at is None or answered < attack.first_timeout_at, \
-            (answered, attack.first_timeout_at)
+        attack.wait_in_full_swing()
+        assert_served_during(attack, https_port, "127.0.0.3", tls=victim_tls,
+                             server_hostname=NAME)
         assert attack.holding <= 64, attack.holding
         # Slow heads are cut, not held: none lives past the 5 s head timeout (+ slack).
         time.sleep(7.0)

@@ -9,8 +9,9 @@ thread's loop) and records what happened: how many connections it holds now, the
 longest any was held, and how many the server cut or refused.
 
 :func:`timed_get` is the other client: one ``GET`` from another address, and when it
-was answered, to compare with :attr:`Slowloris.first_timeout_at`: a client answered
-before then did not wait for the attack's connections to be cut."""
+was answered; :func:`assert_served_during` checks it was answered before
+:attr:`Slowloris.first_timeout_at`, so without waiting for the attack's connections to be
+cut."""
 
 import asyncio
 import socket
@@ -63,6 +64,15 @@ class Slowloris:
     def stop(self):
         self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(30)
+
+    def wait_in_full_swing(self, timeout=15.0):
+        """Wait until every connection has been tried once (opened, or refused), and a
+        second more for the server to take in what it accepted."""
+        deadline = time.monotonic() + timeout
+        while self.opened + self.refused < self.connections:
+            assert time.monotonic() < deadline, (self.opened, self.refused)
+            time.sleep(0.1)
+        time.sleep(1.0)
 
     def held_now(self):
         """The longest a connection open now has been held, in seconds."""
@@ -144,3 +154,13 @@ def timed_get(port, source, path="/healthz", *, host="127.0.0.1", tls=None,
     if not data.startswith(b"HTTP/1.1 "):
         return None, time.monotonic()
     return int(data.split(b" ", 2)[1]), time.monotonic()
+
+
+def assert_served_during(attack, port, source, **kw):
+    """*source* gets ``200`` for a ``GET`` (:func:`timed_get` with *kw*) while *attack*
+    goes on, without waiting for a place to come free: answered before the server cut
+    any connection of the attack's that it had held."""
+    status, answered = timed_get(port, source, **kw)
+    assert status == 200, (status, attack.holding, attack.opened, attack.refused)
+    assert attack.first_timeout_at is None or answered < attack.first_timeout_at, \
+        (answered, attack.first_timeout_at)
