@@ -186,12 +186,31 @@ class CoordinatorAdmin:
     token_file: str = ""
 
 
+_HOST_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})"
+                        r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,62}))*\.?$")
+
+
+def _check_allowed_hosts(names, key):
+    for name in names:
+        if not isinstance(name, str) or not _HOST_NAME.match(name):
+            raise ConfigError(f"{key}: {name!r} is not a host name (e.g. "
+                              "\"metrics.internal.example\"; IP addresses and localhost are "
+                              "always answered)")
+
+
 @dataclass(frozen=True)
 class CoordinatorMetrics:
     # Prometheus metrics (text format, /metrics) for the operator: a Twisted
     # endpoint string, loopback by default, never the public port.  Empty
     # string disables it.
     listen: str = "tcp:9477:interface=127.0.0.1"
+    # Host names (besides IP addresses and localhost) a request's Host header may
+    # give, e.g. the name Prometheus scrapes this node by; any other is refused (421):
+    # a page in a browser on this machine must not read metrics by DNS rebinding.
+    allowed_hosts: tuple = ()
+
+    def __post_init__(self):
+        _check_allowed_hosts(self.allowed_hosts, "metrics.allowed_hosts")
 
 
 MAX_TURN_LIFETIME = 3600.0
@@ -440,6 +459,11 @@ class ServerApps:
 class ServerMetrics:
     # As the coordinator's [metrics] listen: loopback by default; empty disables.
     listen: str = "tcp:9478:interface=127.0.0.1"
+    # As the coordinator's: Host names besides IP addresses and localhost.
+    allowed_hosts: tuple = ()
+
+    def __post_init__(self):
+        _check_allowed_hosts(self.allowed_hosts, "metrics.allowed_hosts")
 
 
 @dataclass(frozen=True)

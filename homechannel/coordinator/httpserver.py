@@ -16,6 +16,13 @@ take or on how many connections one client holds.  :class:`LimitedSite` is a
   ``max_connections_per_source`` from one source network (``source_key``:
   IPv6 /64, IPv4 address; a trusted reverse proxy is exempt, it is many
   clients); a connection over either cap is aborted at once;
+* count each request that comes through a trusted proxy, while it is answered,
+  against the source network X-Forwarded-For names
+  (``TrustedProxies.client_address``): at most ``max_connections_per_source``
+  of them at once, as a direct client holds at most that many connections and
+  so requests; the next is refused (``503 busy``, signed) on the proxy's
+  connection, which stays open.  The proxy's own requests (health checks, no
+  or a broken header) are exempt;
 * close a connection whose request head (request line and headers) has not
   arrived ``header_timeout`` seconds after its first byte (or after the
   connection opened, TLS handshake included), or whose body has not arrived
@@ -39,7 +46,7 @@ import io
 from collections import Counter
 
 from twisted.logger import Logger
-from twisted.web import http, server
+from twisted.web import http, resource, server
 
 from homechannel.config import CoordinatorWeb
 from homechannel.protocol import connect
@@ -218,6 +225,8 @@ class LimitedSite(server.Site):
         self.stats = Counter()
         self.connections = 0
         self._by_source = Shares(limits.max_connections_per_source)
+        # Requests in progress through a trusted proxy, by the source it names.
+        self._forwarded = Shares(limits.max_connections_per_source)
 
     def admit(self, channel):
         """Count a new connection, or refuse it (False) over a cap."""
@@ -239,6 +248,50 @@ class LimitedSite(server.Site):
         self.connections -= 1
         if channel._source is not None:
             self._by_source.give_back(channel._source)
+
+    def getResourceFor(self, request):
+        if self._trusted:
+            key = self._forwarded_key(request)
+            if key is not None:
+                if not self._forwarded.room(key):
+                    self.stats["refused-source-requests"] += 1
+                    return _Busy(self)
+                self._forwarded.take(key)
+                request.notifyFinish().addBoth(lambda _: self._forwarded.give_back(key))
+        return super().getResourceFor(request)
+
+    def _forwarded_key(self, request):
+        """The source network a request through a trusted proxy counts against, or
+        None (not through a proxy, or the proxy's own)."""
+        peer = getattr(request.getClientAddress(), "host", None)
+        if peer is None or peer not in self._trusted:
+            return None
+        source = self._trusted.client_address(
+            peer, request.requestHeaders.getRawHeaders(b"X-Forwarded-For"))
+        return None if source in self._trusted else source_key(source)
+
+
+class _Busy(resource.Resource):
+    """The refusal of a request over its source's share of requests in progress."""
+
+    isLeaf = True
+
+    def __init__(self, site):
+        super().__init__()
+        self._site = site
+
+    def render(self, request):
+        body, signature = connect.signed_json(self._site.identity, request.path.decode(
+            "utf-8", "replace"), {
+            "error": "too many requests from your network are in progress: try again "
+                     "shortly", "code": "busy"})
+        request.setResponseCode(503)
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Cache-Control", b"no-store")
+        request.setHeader(b"X-Content-Type-Options", b"nosniff")
+        if signature is not None:
+            request.setHeader(connect.SIGNATURE_HEADER.encode("ascii"), signature)
+        return body
 
 
 def raise_fd_limit(wanted):

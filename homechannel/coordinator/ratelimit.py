@@ -83,6 +83,30 @@ def _v4_if_mapped(network):
     return network
 
 
+def canonical_address(text):
+    """*text* (str or bytes) as one IP address in its one spelling (IPv6 compressed and
+    lower case, an IPv4-mapped IPv6 address as IPv4), or None if it is anything else.
+
+    A zone (``fe80::1%eth0``) is refused, not stripped: it names an interface of some
+    other host, and its text is whatever that host or a forger wrote.  So are a port,
+    brackets, a prefix, spaces and every other character: what this returns is safe
+    to log, to key a table by, and to send to a home server."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+    if not isinstance(text, str) or "%" in text:
+        return None
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip)
+
+
 class TrustedProxies:
     """The reverse proxies whose X-Forwarded-For is believed: addresses or networks
     (``web.trusted_proxies``, checked by ``config``), matched by value, so any way of
@@ -105,6 +129,28 @@ class TrustedProxies:
         if ip.version == 6 and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
         return any(ip in network for network in self._networks if network.version == ip.version)
+
+    def client_address(self, peer, forwarded=()):
+        """The address a request from *peer* (the TCP peer's address) comes from, given
+        its X-Forwarded-For header lines *forwarded* (bytes or str): the peer, or, if
+        the peer is one of these proxies, the right-most address in the header that is
+        not; the peer again if that hop is not exactly one address
+        (:func:`canonical_address`): a forged or broken header, of which nothing left
+        of the break is believed.  Always :func:`canonical_address` spelling, except
+        for a peer that is not an IP address (kept as it is)."""
+        peer = canonical_address(peer.split("%", 1)[0]) or peer  # the kernel's own zone
+        if not forwarded or peer not in self:
+            return peer
+        hops = [hop for line in forwarded
+                for hop in (line.decode("latin-1") if isinstance(line, bytes) else line)
+                .split(",")]
+        for hop in reversed(hops):
+            hop = canonical_address(hop.strip(" \t"))   # HTTP whitespace only
+            if hop is None:
+                return peer
+            if hop not in self:
+                return hop
+        return peer
 
 
 def lockout_key(address: str) -> str:

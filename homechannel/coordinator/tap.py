@@ -167,7 +167,8 @@ def _make(options):
         log.info("admin API: {where}", where=admin_endpoint)
     if cfg.metrics.listen:
         metrics.service(cfg.metrics.listen, metrics.registry_for(
-            metrics.CoordinatorCollector(rv, web, cluster=node)), reactor).setServiceParent(top)
+            metrics.CoordinatorCollector(rv, web, cluster=node)), reactor,
+            allowed_hosts=cfg.metrics.allowed_hosts).setServiceParent(top)
     log.info("coordinator: UDP {iface}:{port}, web {web}, STUN {stun}",
              iface=cfg.udp.interface, port=cfg.udp.port, web=cfg.web.listen,
              stun=_stun_ports(cfg.udp))

@@ -26,7 +26,6 @@ The browser client's ``index.html`` is read once, at start, and again by
 """
 
 import functools
-import ipaddress
 import json
 import os
 import re
@@ -44,8 +43,15 @@ from homechannel.coordinator.broker import Broker
 from homechannel.coordinator.ratelimit import TrustedProxies
 from homechannel.errors import BadRequest, HomeChannelError, PayloadTooLarge, Unavailable
 
-CSP = (b"default-src 'self'; connect-src 'self'; img-src 'self' data: blob:; "
-       b"style-src 'self'; script-src 'self'; frame-ancestors 'none'")
+# Nothing but what the client uses (docs/security.md, "The browser page"): its own
+# scripts, styles, images (data: and blob: for noVNC's cursor and previews), API calls,
+# the download service worker and its hidden download frame; no plugins, no <base>, no
+# form submissions (every form is handled by script; one sent before the script ran
+# would put the password in the URL), no framing by others.
+CSP = (b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+       b"font-src 'self'; connect-src 'self'; worker-src 'self'; frame-src 'self'; "
+       b"manifest-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; "
+       b"frame-ancestors 'none'")
 
 _CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -372,6 +378,7 @@ class CoordinatorWeb:
         request.setHeader(b"X-Content-Type-Options", b"nosniff")
         request.setHeader(b"Referrer-Policy", b"no-referrer")
         request.setHeader(b"X-Frame-Options", b"DENY")
+        request.setHeader(b"Cross-Origin-Opener-Policy", b"same-origin")
         if self._is_secure(request):
             request.setHeader(b"Strict-Transport-Security", b"max-age=31536000")
         origin = self._allowed_origin(request)
@@ -407,21 +414,12 @@ class CoordinatorWeb:
         return getattr(address, "host", None) or "unknown"
 
     def source_address(self, request):
-        """The client's IP: the peer, or, if the peer is a trusted proxy, the
-        right-most address in X-Forwarded-For that is not a trusted proxy."""
-        peer = self._peer(request)
-        if peer not in self._trusted:
-            return peer
-        values = request.requestHeaders.getRawHeaders(b"X-Forwarded-For") or []
-        hops = [h.strip() for v in values for h in v.decode("latin-1").split(",")]
-        for hop in reversed(hops):
-            try:
-                hop = str(ipaddress.ip_address(hop))
-            except ValueError:
-                return peer  # a forged or broken header: do not trust anything left of it
-            if hop not in self._trusted:
-                return hop
-        return peer
+        """The client's IP (``TrustedProxies.client_address``): the peer, or, if the
+        peer is a trusted proxy, the right-most address in X-Forwarded-For that is
+        not one; the peer if that one is not exactly an IP address (a zone such as
+        ``%eth0``, a port, anything else)."""
+        return self._trusted.client_address(
+            self._peer(request), request.requestHeaders.getRawHeaders(b"X-Forwarded-For"))
 
     def _read_body(self, request):
         limit = self._config.max_body

@@ -144,7 +144,8 @@ def _make(options):
     internet.TimerService(2.0, devices.poll).setServiceParent(top)
     if cfg.metrics.listen:
         metrics.service(cfg.metrics.listen, metrics.registry_for(
-            metrics.ServerCollector(udp, answerer, app_host)), reactor).setServiceParent(top)
+            metrics.ServerCollector(udp, answerer, app_host)), reactor,
+            allowed_hosts=cfg.metrics.allowed_hosts).setServiceParent(top)
     link = connect.connect_link(cfg.coordinator_url, identity.text)
     log.info("home server id {id}", id=identity.text)
     log.info("ICE servers: {ice}", ice=", ".join(

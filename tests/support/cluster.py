@@ -24,12 +24,16 @@ from homechannel.testing import local
 HAPROXY_EXAMPLE = os.path.join(REPO, "conf", "haproxy", "homechannel.cfg")
 
 
-def haproxy_config(frontend_port, nodes):
+def haproxy_config(frontend_port, nodes, maxconn=None):
     """The example configuration with loopback addresses: a plain bind on
-    *frontend_port* instead of TLS, and one server line per ``(name, port)``."""
+    *frontend_port* instead of TLS, and one server line per ``(name, port)``;
+    *maxconn* (if given) in place of the example's, to scale a test down."""
     with open(HAPROXY_EXAMPLE) as f:
         text = f.read()
     text = re.sub(r"(?m)^    bind .*$", f"    bind 127.0.0.1:{frontend_port}", text)
+    if maxconn is not None:
+        text, n = re.subn(r"(?m)^    maxconn \d+$", f"    maxconn {maxconn}", text)
+        assert n == 1, "the example no longer has one maxconn line: update this helper"
     text = re.sub(r"(?m)^    server .*\n", "", text)
     text = text.rstrip("\n") + "\n" + "".join(
         f"    server {name} 127.0.0.1:{port}\n" for name, port in nodes)
@@ -38,12 +42,12 @@ def haproxy_config(frontend_port, nodes):
 
 
 class Haproxy:
-    def __init__(self, base, nodes):
+    def __init__(self, base, nodes, maxconn=None):
         self.binary = require_tool("haproxy", "haproxy")
         self.port = free_tcp_port()
         self.config = os.path.join(base, "haproxy.cfg")
         with open(self.config, "w") as f:
-            f.write(haproxy_config(self.port, nodes))
+            f.write(haproxy_config(self.port, nodes, maxconn))
         self.proc = None
 
     @property

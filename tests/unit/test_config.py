@@ -202,3 +202,14 @@ def test_plaintext_redis_is_refused_off_this_machine_unless_the_risk_is_taken():
     with pytest.raises(ConfigError, match="go together"):
         config.load_coordinator(overrides=dict(CLUSTER, **{
             "cluster.redis_tls_cert_file": "/c"}))
+
+
+@pytest.mark.parametrize("load", [config.load_coordinator, config.load_server])
+def test_metrics_allowed_hosts_are_host_names(load):
+    """Names pass (the listener also answers addresses and localhost by itself); an
+    address, a port, a wildcard or a URL is a clear error naming the key."""
+    ok = load(overrides={"metrics.allowed_hosts": ["prom.internal", "node-1."]})
+    assert ok.metrics.allowed_hosts == ("prom.internal", "node-1.")
+    for bad in ("prom.internal:9477", "*.internal", "http://prom", "", "a b", 7):
+        with pytest.raises(ConfigError, match="metrics.allowed_hosts"):
+            load(overrides={"metrics.allowed_hosts": [bad]})
