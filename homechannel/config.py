@@ -75,9 +75,12 @@ class CoordinatorUDP:
     reassembly_bytes: int = 32 * 1024 * 1024
     reassembly_bytes_per_source: int = 1024 * 1024
     # Replies to unauthenticated-but-well-formed datagrams ("unknown,
-    # re-register"), at most this many per second in all.
+    # re-register"), at most this many per second in all (and 5 a second, in bursts
+    # of 50, to one source network).
     unknown_replies_per_second: float = 1000.0
-    # Handshakes (INIT) answered per second from one source network (IPv6 /64, IPv4).
+    # HELLOs and INITs (each) answered per second from one source network (an IPv4
+    # address or an IPv6 /64; its /56 and /48 get 4 and 16 times as many), in bursts
+    # of two seconds' worth.
     per_source_per_second: float = 20.0
     # The host name or address clients reach this UDP port at (for the default
     # STUN server and the join string).  Empty: the host of web.public_url.
@@ -90,7 +93,8 @@ class CoordinatorUDP:
     stun: bool = True
     # Also answer STUN on this extra UDP port (same interface); 0: off.
     stun_port: int = 0
-    # STUN answers per second to one source (IPv6 /64), and in all.
+    # STUN answers per second to one source network (as per_source_per_second), and
+    # in all.
     stun_per_source_per_second: float = 20.0
     stun_per_second: float = 20000.0
 

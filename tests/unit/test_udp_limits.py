@@ -20,7 +20,7 @@ from homechannel.protocol import udp
 from homechannel.coordinator import stun
 from homechannel.coordinator.registry import pack_addr, source_tiers
 from homechannel.coordinator.rendezvous import Rendezvous
-from homechannel.coordinator.udplimits import SourceRates, UdpLimit
+from homechannel.coordinator.udplimits import SourceRates, UdpLimit, tier_keys
 from homechannel.server.challenges import ChallengeSource
 from homechannel.server.events import AttemptFailed
 from homechannel.server.registrant import Registrant
@@ -202,7 +202,7 @@ def test_no_source_network_ever_gets_more_than_its_limit(hits, width):
     t = 1.0
     for host, dt in hits:
         t += dt
-        plan = rates.plan((host, 1), t)
+        plan = rates.plan(tier_keys(host), t)
         if plan is not None:
             rates.commit(plan)
             for key, shares in source_tiers(pack_addr((host, 1))):
