@@ -43,6 +43,14 @@ class PingMissed(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class Reregistering(Event):
+    """A signed UNKNOWN: registering again while the session is kept (and answers
+    offers) until the new one is up; a PONG on the session in the meantime cancels it."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Lost(Event):
     """The link was declared dead; registering again has started."""
 

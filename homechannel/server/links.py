@@ -11,7 +11,7 @@ back.  Like the registrant, every input takes ``now`` and returns an
 addr)]``, the next deadline), whose events are ``(link, event)`` pairs
 (:mod:`homechannel.server.events`):
 
-* ``Registered``, ``AttemptFailed``, ``PingMissed``, ``Lost``,
+* ``Registered``, ``AttemptFailed``, ``PingMissed``, ``Reregistering``, ``Lost``,
   ``OfferReceived``, ``NoticeReceived``, ``Left`` -- from a link's registrant
   (a ``MigrateRequested`` is acted on here);
 * ``Moving``, ``Moved`` (the old link: the adapter saves the new target in the
@@ -270,6 +270,7 @@ class Links:
         r = self.active.registrant
         return {
             "state": r.state,
+            "reregistering": r.reregistering,
             "coordinator": self.active.name,
             "moving_to": self.moving.name if self.moving is not None else None,
             "registrations": r.stats["registrations"],

@@ -20,7 +20,7 @@ from homechannel.ops.deadline import DeadlineTimer
 from homechannel.server import audit
 from homechannel.server.events import (
     AttemptFailed, FailedOver, FailingOver, Left, Lost, MoveFailed, Moved, Moving,
-    NoticeReceived, OfferReceived, Registered, ResolveFailed, ResolveNeeded,
+    NoticeReceived, OfferReceived, Registered, Reregistering, ResolveFailed, ResolveNeeded,
 )
 from homechannel.server.links import Links
 from homechannel.server.statefiles import FailoverFile, inline
@@ -229,6 +229,10 @@ class ServerUDP(DatagramProtocol):
         log.info("lost the coordinator {name} ({reason}); registering again",
                  name=link.name, reason=event.reason)
 
+    def _reregistering(self, link, event):
+        log.info("coordinator {name}: {reason}: registering again, keeping the current "
+                 "session until then", name=link.name, reason=event.reason)
+
     def _resolve_failed(self, link, event):
         log.warn("cannot resolve coordinator {name}: {err}; retrying in 5 s",
                  name=link.name, err=event.reason)
@@ -299,6 +303,7 @@ class ServerUDP(DatagramProtocol):
         Registered: _registered,
         AttemptFailed: _attempt_failed,
         Lost: _lost,
+        Reregistering: _reregistering,
         ResolveFailed: _resolve_failed,
         Moving: _moving,
         Moved: _moved,
