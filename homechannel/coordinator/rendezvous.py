@@ -412,8 +412,13 @@ class Rendezvous:
         elif kind == udp.NOTICE_ACK:
             pass
         elif kind == udp.MIGRATE_ACK:
-            self.stats["migrate-acked"] += 1
-            log.info("server {kid} acknowledged the move", kid=kid.hex()[:12])
+            if body:      # refused: the reason (older servers send nothing and move)
+                self.stats["migrate-refused"] += 1
+                log.warn("server {kid} refused the move: {reason}", kid=kid.hex()[:12],
+                         reason=udp.parse_refusal(body))
+            else:
+                self.stats["migrate-acked"] += 1
+                log.info("server {kid} acknowledged the move", kid=kid.hex()[:12])
         return []
 
     # -- requests from the coordinator ----------------------------------------

@@ -85,6 +85,18 @@ class MigrateRequested(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class MigrateRefused(Event):
+    """The coordinator asked the server to move to a coordinator whose key it may not
+    move to (not the configured ``coordinator.public_key``, nor in
+    ``coordinator.allow_migrate``): acknowledged with the reason, not followed."""
+
+    host: str
+    port: int
+    public_key: bytes
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Left(Event):
     """A ``leave`` is done: BYE acknowledged, the coordinator had already
     forgotten us, or we were not registered."""

@@ -12,7 +12,9 @@ events (:mod:`homechannel.server.events`):
   the session is kept until it completes (make-before-break, see :meth:`_unknown`);
 * ``Lost(reason)`` when the link is declared dead;
 * ``OfferReceived(payload)`` once per complete OFFER transfer;
-* ``MigrateRequested(host, port, public_key)`` once per MIGRATE request;
+* ``MigrateRequested(host, port, public_key)`` once per MIGRATE request to a key in
+  *may_move_to*; ``MigrateRefused(host, port, public_key, reason)`` once per one to
+  any other key (acknowledged with the reason, so the coordinator's operator sees it);
 * ``NoticeReceived(body)`` once per NOTICE (a failed login the coordinator caught);
 * ``AttemptFailed(reason)`` once per registration attempt that failed, with a
   reason a person can act on (no answer: firewall or wrong address; a
@@ -30,7 +32,7 @@ exponential backoff from ``backoff_min`` to ``backoff_max``.
 import os
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Optional, TypeAlias
 
@@ -46,8 +48,8 @@ from homechannel.protocol.events import Event, Output
 from homechannel.protocol.retransmit import Outstanding
 from homechannel.server.challenges import ChallengeSource
 from homechannel.server.events import (
-    AttemptFailed, Left, Lost, MigrateRequested, NoticeReceived, OfferReceived, PingMissed,
-    Registered, Reregistering,
+    AttemptFailed, Left, Lost, MigrateRefused, MigrateRequested, NoticeReceived,
+    OfferReceived, PingMissed, Registered, Reregistering,
 )
 
 log = Logger()
@@ -69,6 +71,7 @@ NO_ANSWER = {
     "finish": "the coordinator did not confirm the registration (packet loss, or it is "
               "overloaded)",
 }
+MIGRATE_NOT_ALLOWED = "key not in coordinator.allow_migrate"
 SIGNATURE_MISMATCH = ("the coordinator's signature does not match the pinned key (is "
                       "coordinator.public_key the key this coordinator logs at start?)")
 
@@ -108,10 +111,14 @@ class Registrant:
                  challenges: ChallengeSource,
                  keepalive: ServerKeepalive = ServerKeepalive(),
                  random_bytes: Callable[[int], bytes] = os.urandom,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 may_move_to: Collection[bytes] = ()) -> None:
+        """*may_move_to*: the coordinator keys a MIGRATE may move this server to (the
+        configured key and ``coordinator.allow_migrate``); others are refused."""
         crypto.public_key_from_raw(coordinator_key)
         self.identity = identity
         self.coordinator_key = coordinator_key
+        self.may_move_to = frozenset(may_move_to)
         self.challenges = challenges
         self.cfg = keepalive
         self.random_bytes = random_bytes
@@ -479,10 +486,14 @@ class Registrant:
             return [self._seal(udp.inner(udp.NOTICE_ACK, rid))]
         if kind == udp.MIGRATE:
             host, port, public_key = udp.parse_migrate(body)
+            allowed = public_key in self.may_move_to
             if rid not in self._migrations_seen:
                 self._migrations_seen.append(rid)
-                self._events.append(MigrateRequested(host, port, public_key))
-            return [self._seal(udp.inner(udp.MIGRATE_ACK, rid))]
+                self._events.append(MigrateRequested(host, port, public_key) if allowed else
+                                    MigrateRefused(host, port, public_key,
+                                                   MIGRATE_NOT_ALLOWED))
+            reply = b"" if allowed else udp.refusal(MIGRATE_NOT_ALLOWED)
+            return [self._seal(udp.inner(udp.MIGRATE_ACK, rid, reply))]
         return self._drop("unexpected-message")
 
     # -- requests from the home server --------------------------------------------
