@@ -419,15 +419,25 @@ class Registrant:
             return self._handshake_data(pending, data, now)
         return self._drop("unexpected-data")
 
+    @staticmethod
+    def _open(key: bytes, top: int, bitmap: int,
+              data: bytes) -> tuple[int, int, bytes, int, int] | None:
+        """DATA opened under *key* past the replay window (*top*, *bitmap*): ``(kind,
+        rid, body, top, bitmap)`` with the window moved, or None for a replay.  Raises
+        AuthenticationError or ProtocolError (the window then stays)."""
+        counter, plain = udp.open_data(key, data)
+        ok, top, bitmap = udp.replay_check(top, bitmap, counter)
+        if not ok:
+            return None
+        return (*udp.parse_inner(plain), top, bitmap)
+
     def _handshake_data(self, hs: _Handshake, data: bytes, now: float) -> list[bytes]:
         """DATA under the keys of the registration in progress: REGISTERED or REFUSED."""
         assert hs.rx_key is not None
-        counter, plain = udp.open_data(hs.rx_key, data)
-        ok, top, bitmap = udp.replay_check(hs.rx_top, hs.rx_map, counter)
-        if not ok:
+        opened = self._open(hs.rx_key, hs.rx_top, hs.rx_map, data)
+        if opened is None:
             return self._drop("replay")
-        kind, rid, body = udp.parse_inner(plain)
-        hs.rx_top, hs.rx_map = top, bitmap
+        kind, rid, body, hs.rx_top, hs.rx_map = opened
         if rid == hs.register_rid and hs.step == "finish":
             if kind == udp.REGISTERED:
                 return self._registered(hs, now)
@@ -437,12 +447,10 @@ class Registrant:
 
     def _session_data(self, data: bytes, now: float) -> list[bytes]:
         assert self._rx_key is not None   # states "up" and "leaving"
-        counter, plain = udp.open_data(self._rx_key, data)
-        ok, top, bitmap = udp.replay_check(self._rx_top, self._rx_map, counter)
-        if not ok:
+        opened = self._open(self._rx_key, self._rx_top, self._rx_map, data)
+        if opened is None:
             return self._drop("replay")
-        kind, rid, body = udp.parse_inner(plain)
-        self._rx_top, self._rx_map = top, bitmap
+        kind, rid, body, self._rx_top, self._rx_map = opened
         if kind in (udp.REGISTERED, udp.REFUSED):
             return []                 # a late duplicate
         if self.state == "leaving":
