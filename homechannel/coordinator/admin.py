@@ -20,12 +20,12 @@ import secrets
 import stat
 
 from klein import Klein
-from twisted.logger import Logger
 
 from homechannel import crypto, keyfiles
 
 from homechannel.ops import endpoints
 from homechannel.errors import ConfigError, HomeChannelError, ProtocolError
+from homechannel.ops.logsafe import Logger
 
 log = Logger()
 

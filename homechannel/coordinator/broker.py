@@ -44,10 +44,10 @@ import os
 from collections import Counter, OrderedDict
 
 from twisted.internet import defer
-from twisted.logger import Logger
 
 from homechannel import crypto
 
+from homechannel.ops.logsafe import Logger
 from homechannel.protocol import connect
 from homechannel.coordinator.ratelimit import Lockout, RateLimiter, lockout_key, source_key
 from homechannel.coordinator.sessions import MemorySessionStore

@@ -37,11 +37,11 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 
-from twisted.logger import Logger
 from twisted.web import http, server
 
 from homechannel import crypto
 
+from homechannel.ops.logsafe import Logger
 from homechannel.protocol import connect
 from homechannel.coordinator.ratelimit import TrustedProxies, source_key
 from homechannel.coordinator.shares import Shares

@@ -29,12 +29,12 @@ import re
 
 from klein import Klein
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.web import pages, resource, server, static
 from werkzeug.exceptions import MethodNotAllowed, NotFound as RouteNotFound
 
 from homechannel import crypto, default_static_dir
 
+from homechannel.ops.logsafe import Logger
 from homechannel.protocol import connect
 from homechannel.coordinator.broker import Broker, whole_seconds
 from homechannel.coordinator.ratelimit import TrustedProxies

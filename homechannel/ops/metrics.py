@@ -10,7 +10,8 @@ only ``/healthz``.
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from twisted.logger import Logger
+
+from homechannel.ops.logsafe import Logger
 
 log = Logger()
 

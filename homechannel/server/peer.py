@@ -35,10 +35,10 @@ import os
 from collections import OrderedDict
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.logger import Logger
 
 from homechannel import aio, crypto
 
+from homechannel.ops.logsafe import Logger
 from homechannel.protocol import connect
 
 from homechannel.rtc import icechecks, webrtc

@@ -31,10 +31,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import Optional, TypeAlias
 
-from twisted.logger import Logger
 
 from homechannel import crypto
 
+from homechannel.ops.logsafe import Logger
 from homechannel.protocol import udp
 from homechannel.protocol.udp import POOL
 from homechannel.config import ServerKeepalive

@@ -9,9 +9,8 @@ sessions) changed."""
 import json
 import os
 
-from twisted.logger import Logger
-
 from homechannel.errors import ConfigError, HomeChannelError
+from homechannel.ops.logsafe import Logger
 from homechannel.server.statefiles import FileWriter, inline
 
 log = Logger()

@@ -69,13 +69,13 @@ def _make(options):
     _install_asyncio_reactor()
     from twisted.application import internet
     from twisted.internet import reactor
-    from twisted.logger import Logger
 
     from homechannel import aio, config, crypto, keyfiles
 
     from homechannel.protocol import connect
 
     from homechannel.ops import logfilter, metrics
+    from homechannel.ops.logsafe import Logger
     from homechannel.errors import ConfigError
     from homechannel.server.apps import AppHost
     from homechannel.server.challenges import ChallengeSource

@@ -20,9 +20,9 @@ the home server already runs on (aiortc), bridged in one module
 from dataclasses import dataclass
 
 from twisted.application import service
-from twisted.logger import Logger
 
 from homechannel.errors import ConfigError
+from homechannel.ops.logsafe import Logger
 
 log = Logger()
 

@@ -38,11 +38,11 @@ import asyncio
 import os
 
 from twisted.internet import defer, task
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from homechannel import crypto
 
+from homechannel.ops.logsafe import Logger
 from homechannel.protocol.udp import POOL
 from homechannel.coordinator.cluster import noderelay
 from homechannel.coordinator.interfaces import IRelay

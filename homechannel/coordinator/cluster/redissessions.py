@@ -34,7 +34,6 @@ import json
 from collections import OrderedDict
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from homechannel import crypto, errors
@@ -43,6 +42,7 @@ from homechannel.coordinator.cluster.redisstore import Script
 from homechannel.coordinator.sessions import ISessionStore, SessionInfo
 from homechannel.coordinator.shares import Shares
 from homechannel.errors import BadRequest, CapacityError, NotFound, RequestTimeout
+from homechannel.ops.logsafe import Logger
 
 # KEYS: session, all-share, source /64 share, server share, the source's wider shares
 # (its /56 and /48, if IPv6); ARGV: now, forget-at, deadline, server key, source, device,

@@ -28,10 +28,10 @@ import hashlib
 import math
 
 from twisted.internet import defer
-from twisted.logger import Logger
 
 from homechannel import aio
 from homechannel.errors import Unavailable
+from homechannel.ops.logsafe import Logger
 
 STORE_UNAVAILABLE = "the coordinator cluster's store is unavailable: try again shortly"
 

@@ -13,9 +13,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
-from twisted.logger import Logger
 
 from homechannel import errors
+from homechannel.ops.logsafe import Logger
 from homechannel.server.apps.channel import ChannelLink, send_error_and_close
 
 log = Logger()

@@ -23,9 +23,9 @@ import stat as statmod
 import uuid
 
 from twisted.internet import defer, threads
-from twisted.logger import Logger
 
 from homechannel import errors
+from homechannel.ops.logsafe import Logger
 from homechannel.server import audit
 from homechannel.server.apps import paths
 from homechannel.protocol import frames

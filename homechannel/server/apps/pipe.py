@@ -14,10 +14,10 @@ than growing without bound (browsers also stop sending while their own
 from twisted.internet import protocol
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.interfaces import IPushProducer
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from homechannel import errors
+from homechannel.ops.logsafe import Logger
 from homechannel.protocol import frames
 from homechannel.server.apps.channel import send_error_and_close, send_status
 

@@ -35,12 +35,12 @@ from twisted.conch.error import HostKeyChanged
 from twisted.conch.ssh import channel, connection, keys, session as sshsession, transport, userauth
 from twisted.internet import defer, protocol, threads
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 
 from homechannel import errors, keyfiles
 from homechannel.ops.logfilter import protocol_logger
+from homechannel.ops.logsafe import Logger
 from homechannel.protocol import frames
 
 log = Logger()
