@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from twisted.application import service
 
+from homechannel import keyfiles
 from homechannel.errors import ConfigError
 from homechannel.ops.logsafe import Logger
 
@@ -75,14 +76,16 @@ class ClusterService(service.Service):
 
 
 def read_password(path):
+    """Redis's password from *path* (surrounding whitespace ignored), a file group
+    and others cannot read; None without a path."""
     if not path:
         return None
+    data = keyfiles.read_private_file(path, "cluster.redis_password_file",
+                                      "write Redis's password there (one line, mode 0600)")
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read().strip()
-    except OSError as e:
-        raise ConfigError(f"cannot read cluster.redis_password_file {path}: "
-                          f"{e.strerror}") from None
+        return data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ConfigError(f"cluster.redis_password_file {path} is not UTF-8 text") from None
 
 
 def build(cfg, reactor, udp, rv):
