@@ -321,6 +321,20 @@ class FilesApp:
     roots: tuple = ()
     read_only: bool = False
     max_upload: int = 10 * 1024 ** 3
+    # Bytes an upload must leave free on the file system it writes to (counting what
+    # the uploads in progress there still have to write); refused up front otherwise.
+    min_free: int = 1024 ** 3
+    # Uploads in progress at once on the whole home server.
+    max_uploads: int = 8
+    # Seconds an upload may go without data before it is abandoned (its partial
+    # file deleted); partial files a crash left behind are deleted once this old.
+    upload_idle_timeout: float = 300.0
+
+    def __post_init__(self):
+        if self.min_free < 0:
+            raise ConfigError("apps.files.min_free must not be negative")
+        _require_positive(self, "apps.files", ("max_upload", "max_uploads",
+                                               "upload_idle_timeout"))
 
 
 @dataclass(frozen=True)

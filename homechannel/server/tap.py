@@ -78,6 +78,7 @@ def _make(options):
     from homechannel.ops.logsafe import Logger
     from homechannel.errors import ConfigError
     from homechannel.server.apps import AppHost
+    from homechannel.server.apps.uploads import SWEEP_INTERVAL
     from homechannel.server.challenges import ChallengeSource
     from homechannel.server.peer import Answerer
     from homechannel.server.statefiles import reactor_threads
@@ -112,7 +113,8 @@ def _make(options):
     else:
         target = (*candidates[0], coordinator_key)
 
-    app_host = AppHost(cfg.apps, identity.text, cfg.state_dir, reactor)
+    to_thread = reactor_threads(reactor)    # the state files' writes (fsync), the sweep
+    app_host = AppHost(cfg.apps, identity.text, cfg.state_dir, reactor, to_thread)
     links = []
 
     def ice_servers():
@@ -123,7 +125,6 @@ def _make(options):
 
     answerer = Answerer(identity, password_key, challenges, cfg.webrtc, app_host, reactor,
                         ice_servers=ice_servers)
-    to_thread = reactor_threads(reactor)    # the state files' writes (fsync)
     udp = ServerUDP(identity, challenges, cfg.keepalive, target, reactor, answerer,
                     cfg.failover_path, resolve=reactor_resolver(reactor),
                     candidates=candidates, to_thread=to_thread)
@@ -134,6 +135,11 @@ def _make(options):
     status = StatusFile(cfg.status_path, udp, answerer, reactor, to_thread=to_thread)
     udp.on_change = status.changed
     internet.TimerService(2.0, status.tick).setServiceParent(top)
+    files = cfg.apps.files
+    if files.enabled and files.roots and not files.read_only:
+        # partial upload files a crash left behind: at start, then every hour
+        internet.TimerService(SWEEP_INTERVAL, lambda: app_host.uploads.sweep(
+            reactor.seconds())).setServiceParent(top)
     if cfg.metrics.listen:
         metrics.service(cfg.metrics.listen, metrics.registry_for(
             metrics.ServerCollector(udp, answerer, app_host)), reactor).setServiceParent(top)

@@ -15,13 +15,11 @@ import threading
 
 import pytest
 
-from daemons import PASSWORD, make_pair
-from helpers import free_tcp_port
+from daemons import make_pair
+from nativeclient import NativeFiles
 
 from homechannel.client import session
-from homechannel.client.control import wait_open
 from homechannel.errors import HomeChannelError
-from homechannel.protocol import frames
 
 pytestmark = pytest.mark.e2e
 
@@ -86,30 +84,10 @@ class ForgingProxy:
 
 
 async def upload_all(pair, url):
-    """Sign in through *url* and upload one small file under each of NAMES; returns
-    the answers (RES or ERR bodies), in order."""
-    pc, control, hello = await session.connect(
-        url, pair.server_key.text, PASSWORD, pair.coordinator_key.text,
-        advertise_addresses=("127.0.0.1",), timeout=30, connect_timeout=15)
-    try:
-        channel = pc.createDataChannel("app:files:1")
-        replies = asyncio.Queue()
-        channel.on("message", lambda m: replies.put_nowait(frames.decode(m)))
-        await wait_open(channel, 15)
-        answers = []
-        for rid, name in enumerate(NAMES, 1):
-            channel.send(frames.encode(frames.REQ, rid, {"op": "upload", "root": 0,
-                                                         "path": name, "size": 5}))
-            frame = await asyncio.wait_for(replies.get(), 15)
-            if frame.type == frames.ACK:
-                channel.send(frames.encode(frames.DATA, rid, data=b"hello"))
-                channel.send(frames.encode(frames.END, rid, {}))
-                while frame.type == frames.ACK:
-                    frame = await asyncio.wait_for(replies.get(), 15)
-            answers.append((frames.TYPES[frame.type], frame.body))
-        return answers
-    finally:
-        await pc.close()
+    """Sign in through *url* and upload a small file under each of NAMES; returns the
+    answers, in order."""
+    async with NativeFiles(pair, url) as files:
+        return [await files.upload(rid, name, b"hello") for rid, name in enumerate(NAMES, 1)]
 
 
 def lines_with(output, text):

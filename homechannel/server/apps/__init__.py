@@ -17,6 +17,8 @@ from typing import Callable
 from homechannel import errors
 from homechannel.ops.logsafe import Logger
 from homechannel.server.apps.channel import ChannelLink, send_error_and_close
+from homechannel.server.apps.uploads import Uploads
+from homechannel.server.statefiles import inline
 
 log = Logger()
 
@@ -32,7 +34,7 @@ def _files(host, config, link):
     from homechannel.server.apps.files import CHANNEL_LOW, FilesSession
 
     link.set_low(CHANNEL_LOW)  # downloads keep more queued (see files.py)
-    return FilesSession(config, link, host.reactor)
+    return FilesSession(config, link, host.reactor, uploads=host.uploads)
 
 
 def _terminal(host, config, link):
@@ -76,11 +78,15 @@ APPS = {
 
 
 class AppHost:
-    def __init__(self, config, server_id, state_dir, reactor):
+    def __init__(self, config, server_id, state_dir, reactor, to_thread=None):
+        """*to_thread* runs the sweep of stale upload files (``uploads.sweep``; the
+        reactor's thread pool in the daemon, ``statefiles.inline`` by default)."""
         self.config = config
         self.server_id = server_id
         self.state_dir = state_dir
         self.reactor = reactor
+        # every files channel's uploads, counted together (the reserve, max_uploads)
+        self.uploads = Uploads(config.files, to_thread or inline)
         self.known_hosts = config.terminal.known_hosts or os.path.join(state_dir, "known_hosts")
         self.terminal_key = None   # the terminal's SSH key, loaded once (terminal.SshKey)
         self.traffic = Counter()   # (app, "in" | "out") -> payload bytes (metrics)
