@@ -19,8 +19,8 @@ import time
 import pytest
 
 from daemons import PASSWORD, make_pair
-from helpers import free_tcp_port, require_tool
-from services import local_user
+from helpers import free_tcp_port
+from services import local_user, xtigervnc
 
 from homechannel.client import forward, session
 from homechannel.client.control import wait_open
@@ -62,22 +62,25 @@ def shared():
     subprocess.run(["rm", "-rf", where], check=False)
 
 
-async def first_message(url, pair, label, request=None, timeout=15):
+def first_messages(pair, label, request=None, count=1, timeout=15):
     """Sign in, open channel *label* (send *request* as a REQ frame first, if any) and
-    return the first message the home server sends on it."""
-    pc, _, _ = await session.connect(url, pair.server_key.text, PASSWORD,
-                                     pair.coordinator_key.text,
-                                     advertise_addresses=("127.0.0.1",), timeout=30)
-    try:
-        channel = pc.createDataChannel(label)
-        got = asyncio.Queue()
-        channel.on("message", got.put_nowait)
-        await wait_open(channel, 15)
-        if request is not None:
-            channel.send(frames.encode(frames.REQ, 1, request))
-        return await asyncio.wait_for(got.get(), timeout)
-    finally:
-        await pc.close()
+    return the first *count* messages the home server sends on it."""
+    async def main():
+        pc, _, _ = await session.connect(pair.url, pair.server_key.text, PASSWORD,
+                                         pair.coordinator_key.text,
+                                         advertise_addresses=("127.0.0.1",), timeout=30)
+        try:
+            channel = pc.createDataChannel(label)
+            got = asyncio.Queue()
+            channel.on("message", got.put_nowait)
+            await wait_open(channel, 15)
+            if request is not None:
+                channel.send(frames.encode(frames.REQ, 1, request))
+            return [await asyncio.wait_for(got.get(), timeout) for _ in range(count)]
+        finally:
+            await pc.close()
+
+    return asyncio.run(asyncio.wait_for(main(), 60))
 
 
 async def forward_open(pair, port):
@@ -94,7 +97,6 @@ def test_the_squatter_gets_nothing_and_the_real_vnc_server_works(tmp_path, twist
     """How this was shown to fail: with ``LocalService.check`` passing every socket, the
     desktop channel opened to the squatter's socket, and the terminal sent its SSH
     version string to the squatter and then waited for sshd's (the test timed out)."""
-    xtigervnc = require_tool("Xtigervnc", "tigervnc-standalone-server")
     port, path = free_tcp_port(), os.path.join(shared, "vnc.sock")
     received = os.path.join(shared, "squatter.log")
     pair = make_pair(tmp_path, server_extra={"apps": {
@@ -113,9 +115,9 @@ def test_the_squatter_gets_nothing_and_the_real_vnc_server_works(tmp_path, twist
             stdout=subprocess.PIPE, text=True)
         try:
             assert squatter.stdout.readline().strip() == "listening"
-            desktop = asyncio.run(first_message(pair.url, pair, "app:desktop:1"))
-            terminal = asyncio.run(first_message(pair.url, pair, "app:terminal:1", {
-                "op": "open", "cols": 80, "rows": 24, "username": "alice"}))
+            [desktop] = first_messages(pair, "app:desktop:1")
+            [terminal] = first_messages(pair, "app:terminal:1", {
+                "op": "open", "cols": 80, "rows": 24, "username": "alice"})
             with pytest.raises(forward.ForwardRefused) as refused:
                 asyncio.run(asyncio.wait_for(forward_open(pair, port), 60))
             time.sleep(0.5)     # anything sent would have reached the squatter's log by now
@@ -139,33 +141,7 @@ def test_the_squatter_gets_nothing_and_the_real_vnc_server_works(tmp_path, twist
 
     # The real VNC server, the home server's own user's, at the same path: it works.
     os.unlink(path)
-    display = next(n for n in range(60, 200) if not os.path.exists(f"/tmp/.X11-unix/X{n}"))
-    vnc = subprocess.Popen([xtigervnc, f":{display}", "-rfbunixpath", path, "-SecurityTypes",
-                            "None", "-geometry", "320x200"], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 15
-        while not os.path.exists(path):
-            assert time.monotonic() < deadline and vnc.poll() is None, "Xtigervnc did not start"
-            time.sleep(0.05)
-
-        async def greeting():
-            pc, _, _ = await session.connect(pair.url, pair.server_key.text, PASSWORD,
-                                             pair.coordinator_key.text,
-                                             advertise_addresses=("127.0.0.1",), timeout=30)
-            try:
-                channel = pc.createDataChannel("app:desktop:1")
-                got = asyncio.Queue()
-                channel.on("message", got.put_nowait)
-                await wait_open(channel, 15)
-                messages = [await asyncio.wait_for(got.get(), 15) for _ in range(2)]
-                return messages
-            finally:
-                await pc.close()
-
-        status, banner = asyncio.run(asyncio.wait_for(greeting(), 60))
-        assert json.loads(status) == {"op": "open"}
-        assert bytes(banner) == b"RFB 003.008\n"
-    finally:
-        vnc.terminate()
-        vnc.wait(5)
+    with xtigervnc(unix_path=path):
+        status, banner = first_messages(pair, "app:desktop:1", count=2)
+    assert json.loads(status) == {"op": "open"}
+    assert bytes(banner) == b"RFB 003.008\n"
