@@ -24,6 +24,7 @@ import stat as statmod
 from twisted.internet import defer, threads
 
 from homechannel import errors
+from homechannel.ops.deadline import DeadlineTimer
 from homechannel.ops.logsafe import Logger
 from homechannel.server import audit
 from homechannel.server.apps import paths
@@ -484,7 +485,10 @@ class _Upload:
         self.name = None
         self.mode = session.upload_mode   # a replaced regular file's permissions are kept
         self.hash = hashlib.sha256()
-        self.idle = None    # fails the upload after upload_idle_timeout without data
+        # fails the upload after upload_idle_timeout without data (a DeadlineTimer, set
+        # once per idle period: each frame only notes its time in last_data)
+        self.idle = None
+        self.last_data = None
 
     async def run(self):
         s = self.s
@@ -545,21 +549,25 @@ class _Upload:
         return {"size": self.written, "sha256": self.hash.hexdigest()}
 
     def _idle_reset(self):
-        timeout = self.s.config.upload_idle_timeout
-        if self.s.clock is None or self.ended is not None:
+        clock = self.s.clock
+        if clock is None or self.ended is not None:
             return
-        if self.idle is not None and self.idle.active():
-            self.idle.reset(timeout)
-        else:
-            self.idle = self.s.clock.callLater(timeout, self._idle_expired, timeout)
+        self.last_data = clock.seconds()
+        if self.idle is None:
+            self.idle = DeadlineTimer(clock, self._idle_check)
+        if self.idle.when is None:
+            self.idle.schedule(self.last_data + self.s.config.upload_idle_timeout)
 
     def _idle_stop(self):
-        if self.idle is not None and self.idle.active():
+        if self.idle is not None:
             self.idle.cancel()
-        self.idle = None
 
-    def _idle_expired(self, timeout):
-        self.idle = None
+    def _idle_check(self):
+        timeout = self.s.config.upload_idle_timeout
+        due = self.last_data + timeout
+        if self.s.clock.seconds() < due:
+            self.idle.schedule(due)         # data came meanwhile
+            return
         self._fail(errors.RequestTimeout(
             f"no upload data for {timeout:g} s (apps.files.upload_idle_timeout): the upload "
             f"was abandoned and its partial file deleted", "idle"))
