@@ -128,6 +128,7 @@ def setup(case, tmp):
                 secret = os.path.join(tmp, "turn-secret")
                 with open(secret, "w") as f:
                     f.write(TURN_SECRET + "\n")
+                os.chmod(secret, 0o600)     # the coordinator refuses a secret others read
                 os.makedirs(os.path.join(tmp, "coturn"), exist_ok=True)
                 import pathlib
                 stack.enter_context(coturn(pathlib.Path(tmp) / "coturn", TURN_SECRET,

@@ -6,7 +6,7 @@ bytes meet the disk, with the rules every secret file follows:
 - an identity key is a PEM (PKCS#8) P-256 private key with mode 0600, created
   once and never replaced (:func:`load_or_create_identity_key`);
 - a secret file is refused when group or others may use it
-  (:func:`check_private_mode`);
+  (:func:`check_private_mode`; :func:`read_private_file` reads one);
 - a new secret file is written with ``O_EXCL`` and mode 0600
   (:func:`write_secret_file`), a changing one is replaced atomically
   (:func:`replace_file`, :func:`replace_secret_file`);
@@ -96,6 +96,22 @@ def check_private_mode(path: StrPath, mode: int, what: str) -> None:
             f"{what} {path} is readable by others "
             f"(mode {stat.S_IMODE(mode):04o}): run 'chmod 600 {path}'"
         )
+
+
+def read_private_file(path: StrPath, what: str, missing: str = "") -> bytes:
+    """The bytes of the secret file *path* (a shared secret, a password, a token),
+    refused like a key when group or others may use it; the mode is checked on the
+    open file.  *what* names it in messages (e.g. ``"turn.secret_file"``), *missing*
+    says what to do when it does not exist.  Every problem is a ConfigError."""
+    try:
+        with open(path, "rb") as f:
+            check_private_mode(path, os.fstat(f.fileno()).st_mode, what)
+            return f.read()
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist" +
+                          (f": {missing}" if missing else "")) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from None
 
 
 def write_secret_file(path: StrPath, data: bytes) -> None:

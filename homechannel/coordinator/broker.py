@@ -62,11 +62,11 @@ import os
 from collections import Counter, OrderedDict
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from homechannel import crypto
 
+from homechannel.ops.logsafe import Logger
 from homechannel.protocol import connect
 from homechannel.config import CoordinatorTurn
 from homechannel.coordinator.ratelimit import (

@@ -45,10 +45,10 @@ the ``[web]`` configuration's (``config.CoordinatorWeb``: ``max_body``,
 import io
 from collections import Counter
 
-from twisted.logger import Logger
 from twisted.web import http, resource, server
 
 from homechannel.config import CoordinatorWeb
+from homechannel.ops.logsafe import Logger
 from homechannel.protocol import connect
 from homechannel.coordinator.ratelimit import TrustedProxies, source_key
 from homechannel.coordinator.shares import Shares

@@ -25,10 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
-from twisted.logger import Logger
 
 from homechannel import crypto
 
+from homechannel.ops.logsafe import Logger
 from homechannel.protocol import udp
 from homechannel.protocol.connect import DevicePolicy
 from homechannel.coordinator import stun as stun_

@@ -62,12 +62,12 @@ def _make(options):
             "its Redis client: run twistd with --reactor=asyncio, or with no --reactor")
     from twisted.application import internet, service, strports
     from twisted.internet import reactor
-    from twisted.logger import Logger
     from twisted.web.server import Site
 
     from homechannel.protocol import join
 
     from homechannel.ops import logfilter, metrics
+    from homechannel.ops.logsafe import Logger
     from homechannel.coordinator import admin, tls
     from homechannel.coordinator.httpserver import LimitedSite, raise_fd_limit
     from homechannel.coordinator.registry import Registry

@@ -32,12 +32,12 @@ import re
 
 from klein import Klein
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.web import pages, resource, server, static
 from werkzeug.exceptions import MethodNotAllowed, NotFound as RouteNotFound
 
 from homechannel import crypto, default_static_dir, errors
 
+from homechannel.ops.logsafe import Logger
 from homechannel.protocol import connect
 from homechannel.coordinator.broker import Broker
 from homechannel.coordinator.ratelimit import TrustedProxies

@@ -19,8 +19,11 @@ import logging
 import os
 
 from twisted.logger import (
-    FilteringLogObserver, LogLevel, LogLevelFilterPredicate, Logger, globalLogPublisher,
+    FilteringLogObserver, LogLevel, LogLevelFilterPredicate, globalLogPublisher,
 )
+from twisted.python.failure import Failure
+
+from homechannel.ops.logsafe import Logger
 
 # The stdlib loggers captured, and the level each keeps unless debug is asked for.
 LIBRARIES = {"aiortc": logging.INFO, "aioice": logging.WARNING, "redis": logging.INFO}
@@ -56,8 +59,9 @@ def twisted_level(levelno):
 
 class TwistedHandler(logging.Handler):
     """A stdlib ``logging`` handler that emits each record as a ``twisted.logger``
-    event in the namespace of the record's logger (its text in the field ``line``,
-    with the traceback when there is one)."""
+    event in the namespace of the record's logger: its text in the field ``line``
+    (escaped, as every field: ``ops/logsafe.py``), and its exception, when there
+    is one, as the event's failure, whose traceback Twisted prints below it."""
 
     def __init__(self, observer=None):
         super().__init__()
@@ -65,11 +69,12 @@ class TwistedHandler(logging.Handler):
 
     def emit(self, record):
         try:
-            line = record.getMessage()
-            if record.exc_info:
-                line += "\n" + logging.Formatter().formatException(record.exc_info)
+            fields = {"line": record.getMessage()}
+            if record.exc_info and record.exc_info[1] is not None:
+                _, value, tb = record.exc_info
+                fields["log_failure"] = Failure(value, type(value), tb)
             Logger(namespace=record.name, observer=self._observer).emit(
-                twisted_level(record.levelno), "{line}", line=line)
+                twisted_level(record.levelno), "{line}", **fields)
         except Exception:
             self.handleError(record)
 

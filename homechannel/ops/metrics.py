@@ -20,11 +20,11 @@ import re
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from twisted.logger import Logger
 from twisted.web import resource
 
 from homechannel.config import CoordinatorWeb
 from homechannel.coordinator.httpserver import LimitedSite
+from homechannel.ops.logsafe import Logger
 
 log = Logger()
 

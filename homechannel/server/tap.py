@@ -63,15 +63,16 @@ def _make(options):
     aio.install_asyncio_reactor()
     from twisted.application import internet
     from twisted.internet import reactor
-    from twisted.logger import Logger
 
     from homechannel import aio, config, crypto, keyfiles
 
     from homechannel.protocol import connect
 
     from homechannel.ops import logfilter, metrics
+    from homechannel.ops.logsafe import Logger
     from homechannel.errors import ConfigError
     from homechannel.server.apps import AppHost
+    from homechannel.server.apps.uploads import SWEEP_INTERVAL
     from homechannel.server.challenges import ChallengeSource
     from homechannel.server.devices import EnrolledDevices
     from homechannel.server.offerice import OfferIcePolicy
@@ -118,7 +119,8 @@ def _make(options):
                  "allows); remove the file to go back to the configured coordinator",
                  path=cfg.failover_path, key=crypto.b64u_encode(target[2]))
 
-    app_host = AppHost(cfg.apps, identity.text, cfg.state_dir, reactor)
+    to_thread = reactor_threads(reactor)    # the state files' writes (fsync), the sweep
+    app_host = AppHost(cfg.apps, identity.text, cfg.state_dir, reactor, to_thread)
     links = []
 
     def ice_servers():
@@ -153,6 +155,12 @@ def _make(options):
     internet.TimerService(2.0, status.tick).setServiceParent(top)
     # 'homechannel devices revoke' changes the file: noticed within one tick.
     internet.TimerService(2.0, devices.poll).setServiceParent(top)
+
+    files = cfg.apps.files
+    if files.enabled and files.roots and not files.read_only:
+        # partial upload files a crash left behind: at start, then every hour
+        internet.TimerService(SWEEP_INTERVAL, lambda: app_host.uploads.sweep(
+            reactor.seconds())).setServiceParent(top)
     if cfg.metrics.listen:
         metrics.service(cfg.metrics.listen, metrics.registry_for(
             metrics.ServerCollector(udp, answerer, app_host)), reactor,

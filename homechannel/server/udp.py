@@ -14,10 +14,10 @@ from collections import OrderedDict
 
 from twisted.internet import defer
 from twisted.internet.protocol import DatagramProtocol
-from twisted.logger import Logger
 
 from homechannel.crypto import b64u_encode
 from homechannel.ops.deadline import DeadlineTimer
+from homechannel.ops.logsafe import Logger
 from homechannel.server import audit
 from homechannel.server.events import (
     AttemptFailed, FailedOver, FailingOver, Left, Lost, MigrateRefused, MoveFailed, Moved,

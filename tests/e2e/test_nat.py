@@ -256,6 +256,7 @@ def _turn_pair(topo, tmp_path, twistd):
 
     secret = tmp_path / "turn-secret"
     secret.write_text(TURN_SECRET + "\n")
+    secret.chmod(0o600)                   # the coordinator refuses a secret others read
     (tmp_path / "coturn").mkdir()
     with coturn(tmp_path / "coturn", TURN_SECRET, listen=nat.PUBLIC_HOST,
                 prefix=topo.exec_prefix("pub"), extra=readme_coturn_policy()):

@@ -123,19 +123,34 @@ def authorize_key(user, tmp_path):
 
 
 @contextlib.contextmanager
-def xtigervnc(geometry="320x200"):
-    """Xtigervnc without a VNC password on a loopback port; yields (port, display)."""
+def xtigervnc(geometry="320x200", unix_path=None):
+    """Xtigervnc without a VNC password on a loopback port; yields (port, display).
+    With *unix_path*: on that UNIX socket instead (``-rfbunixpath``, mode 0600, no TCP
+    port); yields (unix_path, display)."""
     binary = require_tool("Xtigervnc", "tigervnc-standalone-server")
-    port = free_tcp_port()
     display = next(n for n in range(60, 200) if not os.path.exists(f"/tmp/.X11-unix/X{n}")
                    and not os.path.exists(f"/tmp/.X{n}-lock"))
-    proc = subprocess.Popen([binary, f":{display}", "-rfbport", str(port), "-localhost",
-                             "-SecurityTypes", "None", "-geometry", geometry],
+    if unix_path is None:
+        port = free_tcp_port()
+        listen = ["-rfbport", str(port), "-localhost"]
+    else:
+        listen = ["-rfbunixpath", str(unix_path)]
+    proc = subprocess.Popen([binary, f":{display}", *listen, "-SecurityTypes", "None",
+                             "-geometry", geometry],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        wait_for_port(proc, port, "Xtigervnc",
-                      lambda: proc.stderr.read().decode(errors="replace"))
-        yield port, display
+        log_text = lambda: proc.stderr.read().decode(errors="replace")  # noqa: E731
+        if unix_path is None:
+            wait_for_port(proc, port, "Xtigervnc", log_text)
+            yield port, display
+            return
+        deadline = time.monotonic() + 15
+        while not os.path.exists(unix_path):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail(f"Xtigervnc did not start: {log_text()}")
+            time.sleep(0.05)
+        yield str(unix_path), display
     finally:
         proc.terminate()
         proc.wait(5)

@@ -4,7 +4,9 @@ TCP transport) and keeps the buffered bytes bounded; draining resumes it."""
 from twisted.internet import defer
 
 from homechannel.server.apps.channel import ChannelLink
+from homechannel.server.apps.localservice import LocalService
 from homechannel.server.apps.pipe import TCPPipe
+from homechannel.server.statefiles import inline
 from homechannel.testing.apps import FakeChannel
 
 
@@ -97,7 +99,8 @@ class FakeTransport:
 def test_pipe_ties_tcp_reading_to_the_channel_and_bounds_the_other_way():
     ch = FakeChannel("app:desktop:1")
     link = ChannelLink(ch, high=1 << 20, low=256 << 10)
-    pipe = TCPPipe(link, None, "127.0.0.1", 5900, "VNC server")
+    pipe = TCPPipe(link, None, LocalService.tcp("the VNC server", "apps.desktop", "127.0.0.1",
+                                                5900, ()), inline)
     t = FakeTransport()
     pipe.tcp_connected(t)
     assert ch.sent[0] == '{"op": "open", "port": 5900}'

@@ -471,19 +471,37 @@ async def test_the_proven_certificate_passes_the_check(h):
 async def test_closing_the_control_channel_frees_the_slot_at_once(h):
     """A browser that closes its control channel (Disconnect, a closed tab) frees its
     session slot at once, not after ICE consent times out; the busy refusal before
-    that says what holds the slot.  (Without Answerer._watch_control the slot stays
-    taken: the wait_until below times out.)"""
+    that says what holds the slot, and only the home server's log says from where.
+    (Without Answerer._watch_control the slot stays taken: the wait_until below
+    times out.  How the address was shown to leak: before ``_slots_in_use`` kept
+    the told and the logged texts apart, the message was "... connected 0 s from
+    198.51.100.7".)"""
+    from twisted.logger import globalLogPublisher
+
     pc, channel, sdp = await h.client_offer()
     reply = await h.offer(h.payload(sdp, source="198.51.100.7")[0])
     await pc.setRemoteDescription(RTCSessionDescription(sdp=reply["answer"], type="answer"))
     await channel_open(channel)
     await wait_until(lambda: h.app_host.attached[0].connectionState == "connected")
     _, _, sdp2 = await h.client_offer()
-    busy = await h.offer(h.payload(sdp2)[0])
+    logged = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        payload2 = h.payload(sdp2, source="203.0.113.9")[0]
+        raw = await aio.as_future(h.answerer.handle_offer(payload2))
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    busy = json.loads(raw)
     assert busy["error"] == "busy"
-    assert busy["message"] == "all 1 session slots are in use: connected 0 s from 198.51.100.7", busy
-    # the fields the client is shown: states and ages, never another session's address
+    # what travels to the refused client: states and ages, never another session's address
+    assert "198.51.100.7" not in raw.decode()
+    assert busy["message"] == "all 1 session slots are in use: connected 0 s", busy
     assert busy["sessions"] == [{"state": "connected", "age": 0}] and busy["slots"] == 1
+    assert "198.51.100.7" not in str(connect.Answer.decode(raw).as_error())
+    # the home server's own log has both addresses
+    (line,) = [e for e in logged if e.get("log_format", "").startswith("login refused")]
+    assert line["source"] == "203.0.113.9"
+    assert line["reason"] == "all 1 session slots are in use: connected 0 s from 198.51.100.7"
     channel.close()
     await wait_until(lambda: h.answerer.live_sessions == 0)
     _, _, sdp3 = await h.client_offer()

@@ -21,9 +21,10 @@ from collections import Counter
 from dataclasses import dataclass
 
 from twisted.application import service
-from twisted.logger import Logger
 
+from homechannel import keyfiles
 from homechannel.errors import ConfigError
+from homechannel.ops.logsafe import Logger
 
 log = Logger()
 
@@ -101,7 +102,6 @@ def build(cfg, reactor, udp, rv):
     except ImportError:
         raise ConfigError("[cluster] needs redis-py: pip install 'homechannel[cluster]'") \
             from None
-    from homechannel import keyfiles
     from homechannel.coordinator.cluster import redisrelay, redisstore
     from homechannel.coordinator.cluster.clusterkey import ClusterKey
     from homechannel.coordinator.cluster.redispolicies import PolicyStore
