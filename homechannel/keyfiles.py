@@ -214,14 +214,17 @@ def load_cluster_key(path: StrPath) -> bytes:
     return key
 
 
-def read_private_line(path: StrPath, what: str) -> str:
-    """:func:`read_secret_line` of a file that must be private (mode 0600)."""
+def read_private_line(path: StrPath, what: str, missing: str = "") -> str:
+    """The first line of the private secret file *path* (:func:`read_private_file`),
+    CR/LF stripped; an empty first line or one that is not UTF-8 is refused."""
     try:
-        st = os.stat(path)
-    except OSError as e:
-        raise ConfigError(f"cannot read the {what} {path}: {e.strerror}") from None
-    check_private_mode(path, st.st_mode, what)
-    return read_secret_line(path, what)
+        line = read_private_file(path, what, missing).decode("utf-8").split("\n", 1)[0]
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {path} is not UTF-8 text") from None
+    line = line.rstrip("\r")
+    if not line:
+        raise ConfigError(f"{what} {path} is empty (its first line is used)")
+    return line
 
 
 # -- the home server's password key file ----------------------------------

@@ -43,13 +43,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer
-from twisted.logger import Logger
 
 from homechannel import crypto
 from homechannel.errors import AuthenticationError, ConfigError, ProtocolError
 from homechannel.keyfiles import replace_secret_file
 from homechannel.protocol import connect
 from homechannel.server.statefiles import inline
+from homechannel.ops.logsafe import Logger
 
 log = Logger()
 
