@@ -1,7 +1,7 @@
 """``ops/logsafe.py``: a field a peer chose can neither add a line to the log, nor
 rewrite what a terminal shows, nor make the log lose the event; and every logger of
 both daemons is the escaping one.  (End to end, through the files app, a NOTICE and
-X-Forwarded-For: ``tests/e2e/test_logsafe.py``.)"""
+X-Forwarded-For: ``tests/e2e/test_logsafe_daemons.py``.)"""
 
 import importlib
 import pkgutil

@@ -1,7 +1,7 @@
 """What uploads may take (``server/apps/uploads.py``): the free-space reserve and
 the number in progress, checked before a byte is sent; the idle timeout; and the
 sweep of partial files a crash left behind.  (Through a real twistd and a tmpfs of
-known size: ``tests/e2e/test_uploads.py``.)"""
+known size: ``tests/e2e/test_uploads_limits.py``.)"""
 
 import os
 
