@@ -134,6 +134,8 @@ def cmd_status(args):
     state = doc.get("state", "?")
     label = {"up": "registered", "leaving": "leaving", "stopped": "stopped"}.get(
         state, f"not registered ({state})")
+    if state == "up" and doc.get("family"):
+        label += f" over {doc['family']} ({doc.get('address') or '?'})"
     print(f"coordinator: {doc.get('coordinator', '?')}, {label}")
     print(f"last registered: {_ago(now, doc.get('last_registered'))}")
     if doc.get("last_failure") and state != "up":

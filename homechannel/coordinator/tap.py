@@ -71,7 +71,8 @@ def _make(options):
 
     from homechannel.protocol import join
 
-    from homechannel.ops import logfilter, metrics
+    from homechannel.ops import dualstack, logfilter, metrics
+    from homechannel.protocol.hostport import format_host_port
     from homechannel.coordinator import admin, tls
     from homechannel.coordinator.httpserver import LimitedSite, Limits, raise_fd_limit
     from homechannel.coordinator.registry import Registry
@@ -112,10 +113,11 @@ def _make(options):
                          sweep_interval=cfg.udp.sweep_interval)
 
     top = service.MultiService()
-    internet.UDPServer(cfg.udp.port, udp, interface=cfg.udp.interface).setServiceParent(top)
+    dualstack.UDPServer(reactor, cfg.udp.port, udp, cfg.udp.interface).setServiceParent(top)
     if cfg.udp.stun_port:
-        internet.UDPServer(cfg.udp.stun_port, StunUDP(stun, reactor),
-                           interface=cfg.udp.interface).setServiceParent(top)
+        dualstack.UDPServer(reactor, cfg.udp.stun_port, StunUDP(stun, reactor),
+                            cfg.udp.interface).setServiceParent(top)
+    web_listen = dualstack.both_families(cfg.web.listen)
 
     kwargs = {"static_dir": cfg.web.static_dir} if cfg.web.static_dir else {}
     ice_servers = config.coordinator_ice_servers(cfg)
@@ -147,15 +149,15 @@ def _make(options):
                  n=fds)
     if not cfg.web.access_log:
         site.log = lambda request: None
-    if tls.is_tls(cfg.web.listen):
+    if tls.is_tls(web_listen):
         # Twisted's ssl: endpoint, built here so that SIGHUP can swap the certificate.
-        endpoint, certificate = tls.server_endpoint(reactor, cfg.web.listen)
+        endpoint, certificate = tls.server_endpoint(reactor, web_listen)
         web_service = internet.StreamServerEndpointService(endpoint, site)
         web_service._raiseSynchronously = True     # as strports.service does
         web_service.setServiceParent(top)
         tls.reload_on_sighup(reactor, certificate.reload)
     else:
-        strports.service(cfg.web.listen, site).setServiceParent(top)
+        strports.service(web_listen, site).setServiceParent(top)
         tls.reload_on_sighup(reactor, lambda: log.info(
             "SIGHUP: nothing to reload (web.listen is not ssl:)"))
 
@@ -168,9 +170,10 @@ def _make(options):
     if cfg.metrics.listen:
         metrics.service(cfg.metrics.listen, metrics.registry_for(
             metrics.CoordinatorCollector(rv, web)), reactor).setServiceParent(top)
-    log.info("coordinator: UDP {iface}:{port}, web {web}, STUN {stun}",
-             iface=cfg.udp.interface, port=cfg.udp.port, web=cfg.web.listen,
-             stun=_stun_ports(cfg.udp))
+    log.info("coordinator: UDP {udp}{families}, web {web}, STUN {stun}",
+             udp=format_host_port(cfg.udp.interface, cfg.udp.port),
+             families=" (IPv6 and IPv4)" if cfg.udp.interface == dualstack.BOTH else "",
+             web=web_listen, stun=_stun_ports(cfg.udp))
     log.info("ICE servers for clients: {ice}",
              ice=", ".join(_urls(s) for s in ice_servers) or "none")
     log.info("join string for home servers ('homechannel join STRING' there): {join}",

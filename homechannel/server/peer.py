@@ -327,7 +327,7 @@ class Answerer:
         dtls = pc.sctp.transport if pc.sctp is not None else None
         if dtls is not None:
             dtls.on("statechange", lambda: self._dtls_state(session, dtls))
-        webrtc.advertise_host_addresses(pc, self._advertise)
+        webrtc.prepare_gathering(pc, self._advertise)
         icechecks.prompt_triggered_checks(pc)
         await pc.setLocalDescription(await pc.createAnswer())
         if session.closed:
