@@ -36,6 +36,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound as RouteNotFound
 from homechannel import crypto, default_static_dir
 
 from homechannel.protocol import connect
+from homechannel.protocol.hostport import unmapped
 from homechannel.coordinator.broker import Broker, whole_seconds
 from homechannel.coordinator.ratelimit import TrustedProxies
 from homechannel.errors import BadRequest, HomeChannelError, PayloadTooLarge, Unavailable
@@ -371,8 +372,10 @@ class CoordinatorWeb:
 
     @staticmethod
     def _peer(request):
+        # A dual-stack listener (web.listen on "::") reports an IPv4 client as
+        # ::ffff:a.b.c.d: rate limits, logs and the home server's audit see IPv4.
         address = request.getClientAddress()
-        return getattr(address, "host", None) or "unknown"
+        return unmapped(getattr(address, "host", None) or "unknown")
 
     def source_address(self, request):
         """The client's IP: the peer, or, if the peer is a trusted proxy, the
@@ -384,7 +387,7 @@ class CoordinatorWeb:
         hops = [h.strip() for v in values for h in v.decode("latin-1").split(",")]
         for hop in reversed(hops):
             try:
-                hop = str(ipaddress.ip_address(hop))
+                hop = unmapped(str(ipaddress.ip_address(hop)))
             except ValueError:
                 return peer  # a forged or broken header: do not trust anything left of it
             if hop not in self._trusted:

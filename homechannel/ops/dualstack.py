@@ -66,8 +66,13 @@ class _MappingTransport:
 class DualStackProtocol(DatagramProtocol):
     """Between a dual-stack socket and *inner*, which sees IPv4 peers as IPv4."""
 
+    noisy = False
+
     def __init__(self, inner):
         self.inner = inner
+
+    def logPrefix(self):
+        return self.inner.__class__.__name__
 
     def startProtocol(self):
         self.inner.makeConnection(_MappingTransport(self.transport))

@@ -187,18 +187,41 @@ def remote_fingerprint(pc):
     return crypto.certificate_fingerprint(certificate.public_bytes(Encoding.DER))
 
 
-def selected_pair(pc):
-    """``"host"``/``"srflx"``/``"prflx"``/``"relay"`` of the local and remote
-    candidates of the nominated pair, e.g. ``("host", "srflx")``, or None."""
+def _nominated(pc):
+    """aioice's nominated candidate pair of *pc*'s data transport, or None."""
     sctp = getattr(pc, "sctp", None)
     ice = getattr(getattr(getattr(sctp, "transport", None), "transport", None),
                   "_connection", None)
     pair = None
     for check in getattr(ice, "_nominated", {}).values() if ice is not None else ():
         pair = check
+    return pair
+
+
+def selected_pair(pc):
+    """``"host"``/``"srflx"``/``"prflx"``/``"relay"`` of the local and remote
+    candidates of the nominated pair, e.g. ``("host", "srflx")``, or None."""
+    pair = _nominated(pc)
     if pair is None:
         return None
     return pair.local_candidate.type, pair.remote_candidate.type
+
+
+def selected_family(pc):
+    """``"IPv6"`` or ``"IPv4"``: the family of the nominated pair, or None."""
+    from homechannel.protocol.hostport import ip_family
+
+    pair = _nominated(pc)
+    return ip_family(pair.remote_candidate.host) if pair is not None else None
+
+
+def describe_path(pc):
+    """The path a connection took, for a log line: ``host/srflx over IPv6``."""
+    pair = selected_pair(pc)
+    if pair is None:
+        return "unknown"
+    family = selected_family(pc)
+    return "/".join(pair) + (f" over {family}" if family else "")
 
 
 def parse_addresses(addresses) -> tuple:

@@ -388,8 +388,9 @@ class Answerer:
             if session.timeout is not None and session.timeout.active():
                 session.timeout.cancel()
             pair = webrtc.selected_pair(session.pc)
-            self.log.info("session {session} connected ({path})", session=session.sid,
-                          path="/".join(pair) if pair else "path unknown")
+            self.log.info("session {session} connected ({path}){family}", session=session.sid,
+                          path="/".join(pair) if pair else "path unknown",
+                          family=f" over {webrtc.selected_family(session.pc)}" if pair else "")
         elif state in ("failed", "closed"):
             self._close(session, f"connection {state}")
 

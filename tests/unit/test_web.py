@@ -495,6 +495,11 @@ class _Req:
     ("10.0.0.1", None, "10.0.0.1"),
     ("10.0.0.1", [b"10.0.0.2"], "10.0.0.1"),
     ("192.0.2.9", [b"1.2.3.4"], "192.0.2.9"),                  # untrusted peer
+    # A dual-stack listener (web.listen on "::") reports IPv4 peers IPv4-mapped: they
+    # are IPv4 to the rate limits, the logs and the home server's audit.
+    ("::ffff:192.0.2.9", None, "192.0.2.9"),
+    ("::ffff:10.0.0.1", [b"::ffff:1.2.3.4"], "1.2.3.4"),
+    ("2001:db8::9", None, "2001:db8::9"),
 ])
 def test_source_address(peer, xff, expected):
     w = web.CoordinatorWeb(crypto.IdentityKey.generate(), FakeRelay(),
