@@ -37,9 +37,9 @@ def check_browser_goes_direct_over_ipv6(topo, pair, server, nat_chromium, url=No
         server.output[-2000:]
 
 
-def check_native_client_goes_direct_over_ipv6(topo, pair, server, tmp_path, url=None):
+def check_native_client_goes_direct_over_ipv6(topo, pair, server, tmp_path, *extra, url=None):
     mark = server.mark()
-    status, out, path, err = native_connect(topo, pair, tmp_path, url=url)
+    status, out, path, err = native_connect(topo, pair, tmp_path, *extra, url=url)
     assert status == 0, err
     assert "ping:" in out
     assert path is not None and "relay" not in path and " over IPv6" in err, err
@@ -87,8 +87,9 @@ def test_a_coordinator_reachable_only_at_an_ipv6_literal_url(topology_factory, t
     is the literal ``http://[2001:db8::10]:8080``: the home server registers with
     ``coordinator.host = "2001:db8::10"``; its STUN URL (``stun:[2001:db8::10]:7777``,
     in /config.js, in the signed lookup, in the relayed offer and the home server's
-    own) reaches Chromium, the native client and the home server's aiortc; both
-    clients connect, and ``homechannel connect --url http://[...]`` trusts and
+    own, and the native client's ``--ice-server``) reaches Chromium, the native
+    client and the home server's aiortc; both clients connect, and
+    ``homechannel connect --url http://[...]`` trusts and
     remembers the coordinator key by that URL.  How this was shown to fail: with
     ``webrtc.aiortc_url`` giving aiortc the URL as it is, the home server refuses
     the offer ("unusable offer SDP: malformed uri") and Chromium never connects
@@ -105,7 +106,9 @@ def test_a_coordinator_reachable_only_at_an_ipv6_literal_url(topology_factory, t
         coordinator.output
     assert "over IPv6" in server.output
     check_browser_goes_direct_over_ipv6(topo, pair, server, nat_chromium, url=url)
-    check_native_client_goes_direct_over_ipv6(topo, pair, server, tmp_path, url=url)
+    stun = f"stun:[{nat.PUBLIC_HOST6}]:{nat.UDP_PORT}"
+    check_native_client_goes_direct_over_ipv6(topo, pair, server, tmp_path,
+                                              "--ice-server", stun, url=url)
     trusted = json.loads((tmp_path / "client-config" / "homechannel" /
                           "coordinators.json").read_text())
     assert url in json.dumps(trusted), trusted
@@ -145,3 +148,87 @@ def test_registration_over_ipv6_survives_a_firewall_that_forgets_idle_udp_after_
     assert len(registered_from(coordinator, pair)) == 1, coordinator.output[-3000:]
     assert server.output.count("registered with coordinator") == 1
     assert "lost the coordinator" not in server.output and "failed over" not in server.output
+
+
+# -- the coordinator's defaults, in the loopback-only namespace ---------------------------
+
+
+def stun_mapped(family, host, port):
+    """The XOR-MAPPED-ADDRESS a STUN Binding request from a *family* socket on *host*
+    gets from *host*:*port*, and that socket's own address."""
+    import os
+    import socket
+
+    from aioice import stun
+
+    request = stun.Message(message_method=stun.Method.BINDING,
+                           message_class=stun.Class.REQUEST,
+                           transaction_id=os.urandom(12))
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.settimeout(5)
+        s.bind((host, 0))
+        s.sendto(bytes(request), (host, port))
+        data, _ = s.recvfrom(1500)
+        return stun.parse_message(data).attributes["XOR-MAPPED-ADDRESS"], s.getsockname()[:2]
+
+
+def test_the_default_coordinator_serves_both_families(tmp_path, twistd):
+    """The coordinator with the default ``udp.interface`` ("::") and a web endpoint
+    without ``interface=``: one home server registers over IPv4 (127.0.0.1), another
+    over IPv6 (::1); STUN answers each family with its own XOR-MAPPED-ADDRESS; the
+    web answers on both; ``homechannel status`` and the home server's metrics say
+    which family each registered over.  How this was shown to fail: with
+    ``udp.interface = "0.0.0.0"`` (the old default) the IPv6 server never registers
+    and the IPv6 STUN request gets no answer."""
+    import json
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    from daemons import make_pair, scrape
+    from helpers import free_tcp_port, write_toml
+
+    from homechannel.testing import local
+
+    web = free_tcp_port()
+    pair = make_pair(tmp_path, web_port=web, udp_interface="::",
+                     coordinator_extra={"web": {"listen": f"tcp:{web}"}})
+    coordinator = twistd("homechannel-coordinator", pair.coordinator_config)
+    coordinator.wait_for_log("coordinator: UDP")
+    assert f"coordinator: UDP [::]:{pair.udp_port} (IPv6 and IPv4)" in coordinator.output
+    # A second home server, with an identity of its own, at the coordinator's ::1.
+    sdir = tmp_path / "server6"
+    sdir.mkdir()
+    key = local.server_keys(str(sdir / "server.key"), str(sdir / "password.json"), PASSWORD)
+    metrics6 = free_tcp_port()
+    config6 = write_toml(str(tmp_path / "server6.toml"), local.server_config(
+        str(sdir), coordinator_key_text=pair.coordinator_key.text, udp_port=pair.udp_port,
+        web_port=web, host="::1", metrics_port=metrics6))
+    servers = {"IPv4": (twistd("homechannel-server", pair.server_config), pair.server_config),
+               "IPv6": (twistd("homechannel-server", config6), config6)}
+    for family, (server, _) in servers.items():
+        server.wait_for_log(f"registered with coordinator .* over {family}", timeout=20)
+    coordinator.wait_for_log(rf"registered {key.text[:12]} from \[::1\]:", timeout=5)
+    coordinator.wait_for_log(rf"registered {pair.server_key.text[:12]} from 127\.0\.0\.1:",
+                             timeout=5)
+
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        mapped, own = stun_mapped(family, host, pair.udp_port)
+        assert mapped == own
+        url = f"http://{'[::1]' if ':' in host else host}:{web}/healthz"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            assert r.status == 200
+
+    for family, (server, config) in servers.items():
+        out = subprocess.run([sys.executable, "-m", "homechannel.cli", "status", "--config",
+                              config], capture_output=True, text=True, timeout=60)
+        assert f"registered over {family} (" in out.stdout, out.stdout + out.stderr
+        status = json.loads(subprocess.run(
+            [sys.executable, "-m", "homechannel.cli", "status", "--config", config, "--json"],
+            capture_output=True, text=True, timeout=60).stdout)
+        assert status["family"] == family
+    samples = scrape(metrics6)
+    family = "homechannel_server_coordinator_family"
+    assert samples[(family, (("family", "IPv6"),))] == 1
+    assert samples[(family, (("family", "IPv4"),))] == 0
