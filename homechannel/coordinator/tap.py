@@ -20,10 +20,12 @@ class Options(usage.Options):
         ["config", "c", None, "TOML configuration file"],
         ["state-dir", None, None, "state directory (identity key); default "
                                   "~/.config/homechannel or $STATE_DIRECTORY"],
-        ["udp-interface", None, None, "UDP address to listen on (udp.interface)"],
+        ["udp-interface", None, None, "UDP address to listen on (udp.interface; the "
+                                      "default :: is IPv6 and IPv4, 0.0.0.0 IPv4 only)"],
         ["udp-port", None, None, "UDP port to listen on (udp.port)", int],
         ["web-listen", None, None, "Twisted endpoint string for HTTP(S) (web.listen), "
-                                   "e.g. ssl:8443:privateKey=key.pem:certKey=cert.pem"],
+                                   "e.g. ssl:8443:privateKey=key.pem:certKey=cert.pem "
+                                   "(without interface=: IPv6 and IPv4)"],
         ["public-url", None, None, "public URL of this coordinator (web.public_url)"],
         ["admin-listen", None, None, "endpoint of the operator API (admin.listen): a "
                                      "unix: socket, or loopback tcp: with a token; "
