@@ -266,8 +266,9 @@ class ServerUDP(DatagramProtocol):
                  old=self.links.active.name, why=event.reason, name=link.name)
 
     def _failed_over(self, link, event):
-        log.info("failed over from coordinator {old} to {new}", old=event.old.name,
-                 new=link.name)
+        # One name may be both (another address of it, e.g. the other IP family).
+        log.info("failed over from coordinator {old} to {new}", old=_where(event.old),
+                 new=_where(link))
 
     def _move_failed(self, link, event):
         log.warn("could not register with {name} ({reason}): staying with {old}",
@@ -337,6 +338,13 @@ class ServerUDP(DatagramProtocol):
             audit.login(False, session, source, str(answer_doc.get("error"))[:64])
         else:
             audit.login(True, session, source)
+
+
+def _where(link):
+    """A link's name, with its address when that says more: ``hc.example:7777
+    ([2001:db8::10]:7777)``."""
+    address = format_host_port(*link.addr) if link.addr else link.name
+    return link.name if address == link.name else f"{link.name} ({address})"
 
 
 def _json(payload):

@@ -10,7 +10,7 @@ import time
 
 import nat
 from daemons import PASSWORD
-from natpeers import SELECTED_PAIR, family_of, native_connect, native_offer, path_of
+from natpeers import SELECTED_PAIR, family_of, native_connect, offer_gets_in, path_of
 
 
 def registered_from(coordinator, pair):
@@ -138,12 +138,7 @@ def test_registration_over_ipv6_survives_a_firewall_that_forgets_idle_udp_after_
                                                           server={"keepalive": keepalive})
     assert "over IPv6" in server.output
     time.sleep(3 * 30 / SCALE)
-    client = native_offer(topo, pair, tmp_path)
-    try:
-        server.wait_for_log(r"login accepted: session", timeout=15)
-    finally:
-        client.kill()
-        client.wait()
+    offer_gets_in(topo, pair, tmp_path, server, timeout=15)
     assert dropped() == 0
     assert len(registered_from(coordinator, pair)) == 1, coordinator.output[-3000:]
     assert server.output.count("registered with coordinator") == 1

@@ -14,7 +14,7 @@ import pytest
 import nat
 from helpers import require_tool
 from daemons import PASSWORD
-from natpeers import SELECTED_PAIR, native_connect, native_offer, path_of
+from natpeers import SELECTED_PAIR, native_connect, offer_gets_in, path_of
 
 
 def test_stun_answer_through_nat_with_coturns_client(topology_factory, tmp_path, twistd):
@@ -103,12 +103,7 @@ def test_registration_survives_30s_nat_udp_timeout(topology_factory, tmp_path, t
         coordinator.output[-3000:]
     assert "lost the coordinator" not in server.output
     assert "stopped answering" not in server.output
-    client = native_offer(topo, pair, tmp_path)
-    try:
-        server.wait_for_log(r"login accepted: session", timeout=30)
-    finally:
-        client.kill()
-        client.wait()
+    offer_gets_in(topo, pair, tmp_path, server, timeout=30)
 
 
 def test_recovers_quickly_after_the_home_routers_address_changes(

@@ -2,7 +2,8 @@
 end-to-end tests drive and check them: Chromium's selected candidate pair
 (``CAPTURE_PCS`` as an init script, ``SELECTED_PAIR`` to evaluate; the Chromium
 itself is the ``nat_chromium`` fixture of tests/e2e/conftest.py), the native client
-in the client namespace (:func:`native_connect`, :func:`native_offer`) and the path the home server
+in the client namespace (:func:`native_connect`, :func:`native_offer`,
+:func:`offer_gets_in`) and the path the home server
 logged (:func:`path_of`, :func:`family_of`)."""
 
 import os
@@ -69,6 +70,17 @@ def native_offer(topo, pair, tmp_path):
                                  "--coordinator-key", pair.coordinator_key.text,
                                  "--insecure-http"],
                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def offer_gets_in(topo, pair, tmp_path, server, timeout=30):
+    """A native client's offer reaches the home server ("login accepted") within
+    *timeout* seconds; the client is stopped after."""
+    client = native_offer(topo, pair, tmp_path)
+    try:
+        server.wait_for_log(r"login accepted: session", timeout=timeout)
+    finally:
+        client.kill()
+        client.wait()
 
 
 def path_of(server):
