@@ -60,6 +60,8 @@ async def test_one_port_hears_and_answers_ipv4_and_ipv6_and_sees_ipv4_as_ipv4():
 
 
 def test_other_interfaces_are_twisteds_own():
+    """How this was shown to fail: with every interface made a dual-stack socket, the
+    port listened on ``::``."""
     echo = Echo()
     port = dualstack.listen_udp(reactor, 0, echo, "127.0.0.1")
     try:
@@ -69,6 +71,8 @@ def test_other_interfaces_are_twisteds_own():
 
 
 def test_a_taken_port_is_cannot_listen():
+    """As Twisted's own ports say it (the daemons' start-up error).  How this was
+    shown to fail: without the ``except OSError`` the bind error came out raw."""
     from twisted.internet.error import CannotListenError
 
     first = dualstack.listen_udp(reactor, 0, Echo(), dualstack.BOTH)
@@ -88,11 +92,15 @@ def test_a_taken_port_is_cannot_listen():
     ("unix:/run/hc.sock", "unix:/run/hc.sock"),
 ])
 def test_web_endpoints_without_an_interface_listen_on_both_families(listen, expected):
+    """How this was shown to fail: without the ``"interface" in kwargs`` check, an
+    endpoint that names its interface got a second one."""
     assert dualstack.both_families(listen, available=lambda: True) == expected
     assert dualstack.both_families(listen, available=lambda: False) == listen
 
 
 def test_address_helpers():
+    """How this was shown to fail: with ``unmapped`` matching ``::ffff:`` in lower case
+    only, ``::FFFF:192.0.2.1`` stayed IPv6-mapped."""
     assert unmapped("::ffff:192.0.2.1") == "192.0.2.1"
     assert unmapped("::FFFF:192.0.2.1") == "192.0.2.1"
     assert unmapped("2001:db8::1") == "2001:db8::1" and unmapped("192.0.2.1") == "192.0.2.1"

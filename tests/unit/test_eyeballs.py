@@ -135,7 +135,8 @@ def test_ipv6_lost_ipv4_joins_after_the_head_start_and_keeps_the_mapping():
 def test_when_ipv6_is_slower_than_the_head_start_ipv4_wins_and_ipv6s_late_cookie_is_dropped():
     """IPv6 works but answers after 400 ms: IPv4 (sent at 250 ms, answered at once)
     wins; IPv6's COOKIE arriving later is dropped, and the coordinator holds one
-    registration, from the home server's IPv4 address."""
+    registration, from the home server's IPv4 address.  How this was shown to fail:
+    without the race it waited for IPv6 and registered over it."""
     net = Net()
     net.delay[V6] = 0.4
     net.start(until=30.0)
@@ -147,19 +148,26 @@ def test_when_ipv6_is_slower_than_the_head_start_ipv4_wins_and_ipv6s_late_cookie
 
 
 def test_one_family_only_is_not_raced():
-    """A name with IPv4 addresses only (or a literal): no race, nothing changes."""
-    net = Net(names=("203.0.113.10",))
-    net.start(until=20.0)
+    """A name with IPv4 addresses only (or a literal): no race, nothing changes (two
+    addresses of one family are a cluster's nodes, tried one after the other when one
+    stops answering).  How this was shown to fail: with ``other_family`` taking any
+    other address, the two IPv4 addresses were raced."""
+    net = Net(names=("203.0.113.10", "203.0.113.11"))
+    net.handle(net.links.start(net.now))
+    assert net.links.active.race is None        # resolved, its first HELLO on its way
+    net.run(20.0)
     assert net.links.status()["family"] == "IPv4"
-    assert net.to(V6) == []
-    assert net.links.active.race is None
+    assert {addr for _, addr in net.sent} == {V4}
 
 
 def test_after_a_lost_registration_it_moves_back_to_ipv6():
     """Registered over IPv4 while IPv6 was down; IPv6 comes back, then the
     coordinator restarts (it forgets the server: UNKNOWN at the next ping): the home
     server registers again, and over IPv6 (the links fail over to the name's other
-    address, registering there before leaving the IPv4 one)."""
+    address, registering there before leaving the IPv4 one).  How this was shown to
+    fail: with the race started again on the same link at every new HELLO (a first
+    version), that link and the failover's talked to one address and it stayed on
+    IPv4."""
     net = Net()
     net.dead.add(V6)
     net.start(until=5.0)
@@ -174,7 +182,9 @@ def test_after_a_lost_registration_it_moves_back_to_ipv6():
 
 def test_ipv6_stops_answering_it_fails_over_to_ipv4_before_leaving():
     """Registered over IPv6, then IPv6 loses everything: after the first unanswered
-    ping the links register over IPv4 (make before break), and stay there."""
+    ping the links register over IPv4 (make before break), and stay there.  How this
+    was shown to fail: with a name of two families not counted as several addresses
+    (``Links._several`` left False) it kept sending HELLO to IPv6 for ever."""
     net = Net()
     net.start(until=5.0)
     assert net.links.status()["family"] == "IPv6"
