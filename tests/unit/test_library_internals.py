@@ -79,7 +79,9 @@ def test_aiortc_rejects_ipv6_literals_and_takes_the_stand_in_names():
     ``parse_stun_turn_uri`` rejects a host in brackets ("malformed uri"), and
     ``webrtc.prepare_gathering`` puts the address back into the aioice
     ``Connection``'s ``stun_server`` and ``turn_server`` (read when it gathers).  When
-    aiortc learns IPv6 literals this fails, and the stand-in names can go."""
+    aiortc learns IPv6 literals this fails, and the stand-in names can go.  How this
+    was shown to fail: without setting ``stun_server`` after the constructor, the
+    gathering below has no server-reflexive candidate."""
     from aioice import Connection
     from aiortc import RTCIceServer
     from aiortc import rtcicetransport

@@ -61,6 +61,8 @@ def test_an_ipv6_literal_gets_a_stand_in_that_aiortc_parses_and_back(url):
 @pytest.mark.parametrize("url", ["stun:t.example:3478", "turn:192.0.2.1:3478?transport=udp",
                                  "not a url"])
 def test_names_and_ipv4_are_left_alone(url):
+    """How this was shown to fail: with the stand-in made for every bracketless host
+    too, a name became a stand-in that never resolves."""
     assert webrtc.aiortc_url(url) == url == webrtc.display_url(url)
     assert webrtc.literal_host("t.example") == "t.example"
 
@@ -68,7 +70,8 @@ def test_names_and_ipv4_are_left_alone(url):
 def test_a_stun_server_aioice_can_use_goes_first():
     """aiortc uses the first STUN URL only, and aioice asks it from IPv4 host
     addresses only: an IPv6-literal one listed first would leave the IPv4 side
-    without a server-reflexive candidate, so a usable one is put first."""
+    without a server-reflexive candidate, so a usable one is put first.  How this was
+    shown to fail: without that insertion the first STUN URL stayed the IPv6 one."""
     servers = webrtc.ice_servers(["stun:[2001:db8::10]:7777", UDP, "stun:203.0.113.10:7777"])
     assert urls(servers)[0] == "stun:203.0.113.10:7777"
     assert urls(servers)[1:] == [webrtc.aiortc_url("stun:[2001:db8::10]:7777"), UDP["urls"],
