@@ -84,7 +84,9 @@ def _require_positive(obj, section, names):
 
 @dataclass(frozen=True)
 class CoordinatorUDP:
-    interface: str = "0.0.0.0"
+    # "::" (the default): every address of both families, IPv6 and IPv4, on one
+    # socket; "0.0.0.0" IPv4 only; or one address.
+    interface: str = "::"
     port: int = 7777
     # How long a registered server may stay silent before it is forgotten.
     expiry: float = 90.0
@@ -124,6 +126,11 @@ class CoordinatorUDP:
     stun_per_second: float = 20000.0
 
     def __post_init__(self):
+        try:
+            ipaddress.ip_address(self.interface)
+        except ValueError:
+            raise ConfigError(f"udp.interface: {self.interface!r} is not an IP address (\"::\" "
+                              "for both IPv6 and IPv4, \"0.0.0.0\" for IPv4 only)") from None
         _require_positive(self, "udp", (
             "max_servers", "max_servers_per_source", "max_handshakes",
             "max_handshakes_per_source", "reassembly_bytes", "reassembly_bytes_per_source"))

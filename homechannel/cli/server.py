@@ -167,6 +167,8 @@ def cmd_status(args):
     state = doc.get("state", "?")
     label = {"up": "registered", "leaving": "leaving", "stopped": "stopped"}.get(
         state, f"not registered ({state})")
+    if state == "up" and doc.get("family"):
+        label += f" over {doc['family']} ({doc.get('address') or '?'})"
     print(f"coordinator: {doc.get('coordinator', '?')}, {label}")
     if doc.get("pin_overridden"):
         print(f"coordinator key: {doc.get('coordinator_key', '?')}, not the configured "

@@ -171,7 +171,7 @@ async def _attempt(target, key, device, ice_servers, advertise_addresses, timeou
     if alternative is not None:
         # aiortc uses one TURN URL; the first gave no relay (UDP blocked here?)
         target.notify("the TURN relay gave no candidate over its first URL; trying "
-                      f"{alternative[0].urls}")
+                      f"{webrtc.display_url(alternative[0].urls)}")
         await pc.close()
         pc, control = await _gather_offer(alternative, advertise_addresses)
     try:
@@ -247,7 +247,7 @@ async def _gather_offer(servers, advertise_addresses):
     pc = webrtc.peer_connection(servers)
     try:
         control = pc.createDataChannel("control")
-        webrtc.advertise_host_addresses(pc, advertise_addresses)
+        webrtc.prepare_gathering(pc, advertise_addresses)
         icechecks.prompt_triggered_checks(pc)
         await pc.setLocalDescription(await pc.createOffer())
     except BaseException:

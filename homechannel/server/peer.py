@@ -349,7 +349,7 @@ class Answerer:
         dtls = pc.sctp.transport if pc.sctp is not None else None
         if dtls is not None:
             dtls.on("statechange", lambda: self._dtls_state(session, dtls))
-        webrtc.advertise_host_addresses(pc, self._advertise)
+        webrtc.prepare_gathering(pc, self._advertise)
         icechecks.prompt_triggered_checks(pc)
         await pc.setLocalDescription(await pc.createAnswer())
         if session.closed:
@@ -433,8 +433,9 @@ class Answerer:
             if session.timeout is not None and session.timeout.active():
                 session.timeout.cancel()
             pair = webrtc.selected_pair(session.pc)
-            self.log.info("session {session} connected ({path})", session=session.sid,
-                          path="/".join(pair) if pair else "path unknown")
+            self.log.info("session {session} connected ({path}){family}", session=session.sid,
+                          path="/".join(pair) if pair else "path unknown",
+                          family=f" over {webrtc.selected_family(session.pc)}" if pair else "")
         elif state in ("failed", "closed"):
             self._close(session, f"connection {state}")
 

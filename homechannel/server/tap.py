@@ -68,7 +68,7 @@ def _make(options):
 
     from homechannel.protocol import connect
 
-    from homechannel.ops import logfilter, metrics
+    from homechannel.ops import dualstack, logfilter, metrics
     from homechannel.ops.logsafe import Logger
     from homechannel.errors import ConfigError
     from homechannel.server.apps import AppHost
@@ -140,8 +140,10 @@ def _make(options):
     answerer = Answerer(identity, password_key, challenges, cfg.webrtc, app_host, reactor,
                         ice_servers=ice_servers, devices=devices,
                         offer_ice=OfferIcePolicy(allowed_ice_hosts))
+    # One UDP port for both families (IPv4 only on a host without IPv6).
+    ipv6 = dualstack.ipv6_available()
     udp = ServerUDP(identity, challenges, cfg.keepalive, target, reactor, answerer,
-                    cfg.failover_path, resolve=reactor_resolver(reactor),
+                    cfg.failover_path, resolve=reactor_resolver(reactor, ipv6=ipv6),
                     candidates=candidates, to_thread=to_thread,
                     allow_migrate=allow_migrate, pinned=coordinator_key)
     links.append(udp)
@@ -149,7 +151,8 @@ def _make(options):
     udp.set_devices(devices.policy())
 
     top = _home_server_class()(answerer, udp)
-    internet.UDPServer(0, udp).setServiceParent(top)
+    dualstack.UDPServer(reactor, 0, udp,
+                        dualstack.BOTH if ipv6 else dualstack.ANY_IPV4).setServiceParent(top)
     status = StatusFile(cfg.status_path, udp, answerer, reactor, to_thread=to_thread)
     udp.on_change = status.changed
     internet.TimerService(2.0, status.tick).setServiceParent(top)
