@@ -22,7 +22,7 @@ import socket
 from twisted.application import service
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import DatagramProtocol
-from twisted.logger import Logger
+from homechannel.ops.logsafe import Logger
 
 from homechannel.ops import endpoints
 from homechannel.protocol.hostport import unmapped

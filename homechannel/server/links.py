@@ -41,7 +41,7 @@ from homechannel.protocol.hostport import format_host_port, ip_family
 from homechannel.server import eyeballs
 from homechannel.server.events import (
     FailedOver, FailingOver, Lost, MigrateRequested, MoveFailed, Moved, Moving, PingMissed,
-    Registered, ResolveFailed, ResolveNeeded,
+    Registered, Reregistering, ResolveFailed, ResolveNeeded,
 )
 from homechannel.server.registrant import Registrant
 
@@ -61,6 +61,7 @@ class Link:
         self.started_at = None    # first attempt (a move's deadline counts from it)
         self.retry_at = None      # when to resolve again after a failure
         self.resolving = False
+        self.ipv6 = False         # its name has an IPv6 address
         self.failover = False     # to another node of the same cluster, not a move
         self.timeout = MIGRATION_TIMEOUT
 
@@ -127,6 +128,7 @@ class Links:
             return self._output([])
         ips = eyeballs.interleave([ips] if isinstance(ips, str) else list(ips))
         self._several = self._several or len(ips) > 1
+        link.ipv6 = any(ip_family(ip) == "IPv6" for ip in ips)
         ip = next((ip for ip in ips if (ip, link.port) not in self._unanswered), ips[0])
         link.addr = (ip, link.port)
         other = eyeballs.other_family(
@@ -240,6 +242,12 @@ class Links:
                 self._failover(link, f"{event.count} ping(s) unanswered", now)
             elif isinstance(event, Lost) and link is self.active:
                 self._failover(link, event.reason, now)
+            elif (isinstance(event, Reregistering) and link is self.active and link.ipv6
+                  and link.addr is not None and ip_family(link.addr[0]) == "IPv4"):
+                # Registering again anyway (make before break, on this IPv4 address):
+                # the name's IPv6 is tried beside it, and taken if it answers (IPv6
+                # first, as at start: a mapping through no NAT).
+                self._failover(link, "registering again: IPv6 first", now)
             self._events.append((link, event))
         return out
 

@@ -163,10 +163,12 @@ def test_one_family_only_is_not_raced():
 def test_after_a_lost_registration_it_moves_back_to_ipv6():
     """Registered over IPv4 while IPv6 was down; IPv6 comes back, then the
     coordinator restarts (it forgets the server: UNKNOWN at the next ping): the home
-    server registers again, and over IPv6 (the links fail over to the name's other
-    address, registering there before leaving the IPv4 one).  How this was shown to
-    fail: with the race started again on the same link at every new HELLO (a first
-    version), that link and the failover's talked to one address and it stayed on
+    server registers again, and over IPv6 (the UNKNOWN starts a registration on the
+    side on the IPv4 address, and the links try the name's IPv6 beside it, taking it
+    when it answers).  How this was shown to fail: with the race started again on the
+    same link at every new HELLO (a first version), that link and the failover's
+    talked to one address and it stayed on IPv4; after make-before-break on UNKNOWN
+    (issue 17), without ``Reregistering`` trying IPv6 in ``Links._out``, it stayed on
     IPv4."""
     net = Net()
     net.dead.add(V6)
