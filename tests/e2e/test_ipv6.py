@@ -6,6 +6,7 @@ The coordinator listens on both families; the home server finds it at a name wit
 both addresses (``nat.COORDINATOR_NAME``) and registers over IPv6 when it can
 (Happy Eyeballs, homechannel/server/eyeballs.py)."""
 
+import re
 import time
 
 import nat
@@ -15,7 +16,6 @@ from natpeers import SELECTED_PAIR, family_of, native_connect, offer_gets_in, pa
 
 def registered_from(coordinator, pair):
     """The addresses the coordinator logged the home server registering from."""
-    import re
     return re.findall(rf"registered {re.escape(pair.server_key.text[:12])} from (\S+)",
                       coordinator.output)
 
@@ -60,7 +60,10 @@ def test_ds_lite_connects_directly_over_ipv6_where_ipv4_would_need_a_relay(
     pair, coordinator, server = nat.start_dual_stack_pair(twistd, tmp_path, topo)
     assert f"registered with coordinator {nat.COORDINATOR_NAME}:{nat.UDP_PORT} over IPv6 " \
            f"([{nat.PUBLIC_HOST6}]:{nat.UDP_PORT})" in server.output, server.output[-2000:]
-    assert registered_from(coordinator, pair)[0].startswith(f"[{nat.LAN6['home'][1]}]:")
+    # The coordinator's own line (its output is read as it comes: wait for it).
+    m = coordinator.wait_for_log(
+        rf"registered {re.escape(pair.server_key.text[:12])} from (\S+)", timeout=10)
+    assert m.group(1).startswith(f"[{nat.LAN6['home'][1]}]:"), m.group(0)
     check_browser_goes_direct_over_ipv6(topo, pair, server, nat_chromium)
     check_native_client_goes_direct_over_ipv6(topo, pair, server, tmp_path)
 
