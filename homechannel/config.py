@@ -11,6 +11,7 @@ import ipaddress
 import os
 import re
 import tomllib
+import types
 import typing
 import urllib.parse
 from dataclasses import dataclass, field
@@ -152,7 +153,7 @@ class CoordinatorWeb:
     trusted_proxies: tuple = ()
     # ICE servers for browsers and native clients (STUN only: TURN comes from
     # [turn]).  Not set: the coordinator's own STUN; [] for none.
-    ice_servers: IceServers = None
+    ice_servers: IceServers | None = None
     # Log every HTTP request (combined log format, with client addresses).
     # Costs about a tenth of the coordinator's CPU per connect.
     access_log: bool = False
@@ -440,7 +441,7 @@ class ServerKeepalive:
 class ServerWebRTC:
     # ICE servers (URL strings or RTCIceServer tables).  Not set: the
     # coordinator's STUN (coordinator.host:port); [] for none.
-    ice_servers: IceServers = None
+    ice_servers: IceServers | None = None
     # Host addresses to advertise as ICE candidates in addition to what aioice
     # finds (aioice never offers loopback).  E.g. ["127.0.0.1"].
     advertise_addresses: tuple = ()
@@ -609,6 +610,9 @@ class ServerConfig:
 
 
 def _coerce(value, typ, key):
+    if isinstance(typ, types.UnionType):
+        # "X | None": None is the default (nothing set); a value given is an X
+        (typ,) = [t for t in typ.__args__ if t is not type(None)]
     if dataclasses.is_dataclass(typ):
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a table")

@@ -215,6 +215,3 @@ def main(argv=None):
         return 1
     return result or 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

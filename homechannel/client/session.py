@@ -35,6 +35,7 @@ from homechannel.errors import (
 )
 from homechannel.protocol import connect as flow
 from homechannel.protocol.ice import check_ice_servers
+from homechannel.protocol.sdp import fingerprint as sdp_fingerprint
 from homechannel.rtc import icechecks, webrtc
 
 
@@ -176,7 +177,7 @@ async def _attempt(target, key, device, ice_servers, advertise_addresses, timeou
         pc, control = await _gather_offer(alternative, advertise_addresses)
     try:
         offer = pc.localDescription.sdp
-        client_fp = flow.sdp_fingerprint(offer)
+        client_fp = sdp_fingerprint(offer)
         digest = crypto.offer_hash(offer)
         request = flow.ConnectRequest(
             server_id, server_raw, session, challenge,

@@ -525,7 +525,7 @@ class Broker:
 
     # -- answers -------------------------------------------------------------------
 
-    async def wait(self, session_id: str, timeout: float, source: str = None):
+    async def wait(self, session_id: str, timeout: float, source: str | None = None):
         """The session's result dict, None while pending, or raise its error.
         *source* (the client's address) counts the wait against its network's share."""
         return await self.sessions.wait(session_id, timeout, source)

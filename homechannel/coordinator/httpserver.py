@@ -212,7 +212,7 @@ class LimitedSite(server.Site):
     signs the 408/413 answers the way ``coordinator.web`` signs API responses;
     without it they are unsigned."""
 
-    protocol = LimitedChannel
+    protocol = LimitedChannel  # type: ignore[assignment]  # HTTPFactory's stub: any callable
     requestFactory = LimitedRequest
 
     def __init__(self, resource, limits=CoordinatorWeb(), identity=None, reactor=None,

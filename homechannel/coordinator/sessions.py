@@ -38,8 +38,8 @@ from homechannel.ops.logsafe import Logger
 @dataclass(frozen=True)
 class SessionInfo:
     server_key: bytes
-    source: str = None
-    device: str = None
+    source: str | None = None
+    device: str | None = None
 
 
 class _Session:

@@ -475,6 +475,3 @@ def main(argv=None):
         for child in reversed(children):
             child.stop()
 
-
-if __name__ == "__main__":
-    sys.exit(main())

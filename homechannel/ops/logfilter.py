@@ -19,9 +19,10 @@ import logging
 import os
 
 from twisted.logger import (
-    FilteringLogObserver, LogLevel, LogLevelFilterPredicate, globalLogPublisher,
+    FilteringLogObserver, ILogObserver, LogLevel, LogLevelFilterPredicate, globalLogPublisher,
 )
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from homechannel.ops.logsafe import Logger
 
@@ -30,6 +31,7 @@ LIBRARIES = {"aiortc": logging.INFO, "aioice": logging.WARNING, "redis": logging
 DEBUG_ENV = "HOMECHANNEL_DEBUG_LOGGERS"
 
 
+@implementer(ILogObserver)
 class _Global:
     """The global publisher, looked up at each event (tests may swap observers)."""
 
@@ -100,4 +102,4 @@ def capture_library_logging(environ=os.environ, observer=None):
             _DEBUGGED.add(name)
 
 
-_DEBUGGED = set()     # loggers an earlier call set to debug (reset by the next one)
+_DEBUGGED: set[str] = set()     # loggers an earlier call set to debug (reset by the next one)

@@ -149,7 +149,7 @@ def peer_connection(servers):
 
     aiortc lists its certificate's sha-256, sha-384 and sha-512 fingerprints;
     HomeChannel accepts exactly one fingerprint attribute per SDP
-    (``connect.sdp_fingerprint``), so each certificate of this connection is
+    (``protocol.sdp.fingerprint``), so each certificate of this connection is
     told to list only its sha-256 one.  aiortc has no public knob: the
     certificates are the connection's own (made in its constructor), and only
     their instance attribute is replaced.

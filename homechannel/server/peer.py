@@ -44,6 +44,7 @@ from homechannel import aio, crypto
 
 from homechannel.ops.logsafe import Logger
 from homechannel.protocol import connect
+from homechannel.protocol.sdp import fingerprint as sdp_fingerprint
 
 from homechannel.rtc import icechecks, webrtc
 from homechannel.server.devices import EnrolledDevices
@@ -190,7 +191,7 @@ class Answerer:
     def _handle_offer(self, payload):
         try:
             offer = connect.Offer.decode(payload)
-            client_fp = connect.sdp_fingerprint(offer.sdp)
+            client_fp = sdp_fingerprint(offer.sdp)
         except ProtocolError as e:
             sid = connect.session_of(payload)
             self.logins_refused += 1
@@ -356,7 +357,7 @@ class Answerer:
             return self._refuse(session.sid, INTERNAL, "peer connection closed while answering",
                                 session.source)
         sdp = pc.localDescription.sdp
-        server_fp = connect.sdp_fingerprint(sdp, "answer")
+        server_fp = sdp_fingerprint(sdp, "answer")
         now = int(self._clock.seconds())
         signature = self._identity.sign(crypto.answer_signature_message(
             session.sid, offer.challenge, digest, session.client_fp, server_fp, now, sdp))

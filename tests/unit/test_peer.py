@@ -18,6 +18,7 @@ from twisted.internet.task import Clock
 from homechannel import aio, crypto
 
 from homechannel.protocol import connect
+from homechannel.protocol.sdp import fingerprint as sdp_fingerprint
 
 from homechannel.rtc import webrtc
 from homechannel.config import ServerWebRTC
@@ -156,8 +157,8 @@ async def test_valid_offer_is_answered_signed_and_connects(h):
     assert abs(reply["time"] - time.time()) < 60
     answer = reply["answer"]
     message = crypto.answer_signature_message(
-        sid, challenge, crypto.offer_hash(sdp), connect.sdp_fingerprint(sdp),
-        connect.sdp_fingerprint(answer), reply["time"], answer)
+        sid, challenge, crypto.offer_hash(sdp), sdp_fingerprint(sdp),
+        sdp_fingerprint(answer), reply["time"], answer)
     crypto.verify(h.identity.public_raw, crypto.b64u_decode(reply["signature"]), message)
     # The signature covers the SDP: any change breaks it.
     with pytest.raises(Exception):
@@ -387,7 +388,7 @@ async def forged_certificate_session(h):
     as if a DTLS stack checked something else.  Returns (client pc, its control channel,
     the server's DTLS transport) once the answer is applied."""
     pc, channel, sdp = await h.client_offer()
-    forged = sdp.replace(connect.sdp_fingerprint(sdp), ":".join(["5A"] * 32))
+    forged = sdp.replace(sdp_fingerprint(sdp), ":".join(["5A"] * 32))
     reply = await h.offer(h.payload(forged)[0])
     assert "answer" in reply      # the proof is right for the SDP it came with
     await pc.setRemoteDescription(RTCSessionDescription(sdp=reply["answer"], type="answer"))
@@ -440,7 +441,7 @@ async def test_the_real_app_host_serves_no_channel_to_a_certificate_other_than_t
     h.answerer._dtls_state = lambda session, dtls: None
     h.app_host.attached = []
     pc, channel, sdp = await h.client_offer()
-    forged = sdp.replace(connect.sdp_fingerprint(sdp), ":".join(["5A"] * 32))
+    forged = sdp.replace(sdp_fingerprint(sdp), ":".join(["5A"] * 32))
     reply = await h.offer(h.payload(forged)[0])
     got = []
     channel.on("message", got.append)
@@ -463,7 +464,7 @@ async def test_the_proven_certificate_passes_the_check(h):
     assert h.app_host.contexts[0].verify_peer() is True
     assert h.app_host.refused == []
     # The client sees the certificate the home server signed, too.
-    assert webrtc.remote_fingerprint(pc) == connect.sdp_fingerprint(reply["answer"])
+    assert webrtc.remote_fingerprint(pc) == sdp_fingerprint(reply["answer"])
 
 
 @run

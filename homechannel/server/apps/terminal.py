@@ -106,7 +106,7 @@ class _Transport(transport.SSHClientTransport):
         self.term.ssh_lost(reason)
 
 
-_PUBLIC_WARNED = set()     # key paths whose missing .pub could not be written (logged once)
+_PUBLIC_WARNED: set[str] = set()     # key paths whose missing .pub could not be written (logged once)
 
 
 def load_identity(path):
