@@ -486,7 +486,6 @@ class Broker:
             self.metrics["connect_stale_challenge"] += 1
             raise Forbidden("the connection attempt is too old or this device's clock is wrong "
                             "(more than 5 minutes off)", "stale-challenge")
-        self.metrics["connect_device"] += 1
 
     def _device_token(self, server_key, text):
         token = self._tokens.get(text)

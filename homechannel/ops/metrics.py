@@ -89,6 +89,12 @@ class CoordinatorCollector:
                        **_by("outcome", answers))
         yield _counter(_C + "lookups", "Server lookups (GET /api/servers/{id}).",
                        web.get("lookups", 0))
+        yield _counter(_C + "proofs", "First steps of a connect with TURN that were proven "
+                       "(POST /api/prove).", web.get("proven", 0))
+        yield _counter(_C + "turn_credentials", "TURN credentials for proven clients, by "
+                       "outcome (refused: a TURN budget was spent).",
+                       **_by("outcome", {"minted": web.get("turn_minted", 0),
+                                         "refused": web.get("turn_refused", 0)}))
         yield _counter(_C + "rate_limited", "Requests refused by a rate limit.",
                        web.get("rate_limited", 0))
         yield _counter(_C + "lockout_hits", "Connects refused because the source is locked out.",

@@ -134,6 +134,9 @@ def test_returning_client_connects_on_its_first_try_while_strangers_are_told_to_
     [offer] = [connect.Offer.decode(p) for _, p, _ in h.relay.offers[-1:]]
     assert offer.device == body["device"] and offer.source == "192.0.2.50"
     assert offer.device_signature == crypto.b64u_decode(body["device_signature"])
+    # One admitted device-path connect counts once (it counted twice: _device_path and
+    # _admit both added one).
+    assert h.web.broker.metrics["connect_device"] == 1
 
     resp, _ = h.connect(ip="192.0.2.51")           # the right password, but no token
     assert_error(resp, 429, "rate-limited")
