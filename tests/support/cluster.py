@@ -30,7 +30,11 @@ def haproxy_config(frontend_port, nodes, maxconn=None):
     *maxconn* (if given) in place of the example's, to scale a test down."""
     with open(HAPROXY_EXAMPLE) as f:
         text = f.read()
-    text = re.sub(r"(?m)^    bind .*$", f"    bind 127.0.0.1:{frontend_port}", text)
+    # The shipped bind's address and family options kept (both families), its port
+    # and TLS options replaced.
+    text, n = re.subn(r"(?m)^    bind :::443 v4v6 ssl .*$", f"    bind :::{frontend_port} v4v6",
+                      text)
+    assert n == 1, "the example's bind is no longer ':::443 v4v6 ssl ...': update this helper"
     if maxconn is not None:
         text, n = re.subn(r"(?m)^    maxconn \d+$", f"    maxconn {maxconn}", text)
         assert n == 1, "the example no longer has one maxconn line: update this helper"
