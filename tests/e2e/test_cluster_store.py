@@ -25,7 +25,9 @@ from homechannel import aio, crypto
 
 from homechannel.protocol.udp import POOL
 from homechannel.coordinator.cluster import noderelay
-from homechannel.coordinator.cluster.clusterkey import DONE, ClusterKey, MessageRefused
+from homechannel.coordinator.cluster.clusterkey import (
+    DONE, ClusterKey, MessageRefused, node_purpose,
+)
 from homechannel.coordinator.interfaces import ILockout, IRateLimiter, IRelay, ISessionStore
 from homechannel.testing.coordinator import LoopClock
 from homechannel.errors import (BadRequest, CapacityError, NotFound, RequestTimeout,
@@ -590,7 +592,9 @@ def test_offers_cross_redis_sealed_and_what_redis_forges_or_replays_is_dropped(s
     issue 17 from Redis: a hand-made OFFER (the format as it was, with a source and device
     of the attacker's choosing), one sealed with another cluster key, the captured OFFER
     published again, a forged NOTICE and REFILL: none reaches the home server; each is a
-    counted drop.  How this was shown to fail: with ``NodeLink.deliver`` handing
+    counted drop, and so is the captured OFFER published on another node's channel.
+    How this was shown to fail (the other node): with every node message sealed for the
+    one purpose ``n``, node b opened a's OFFER and relayed it.  And: with ``NodeLink.deliver`` handing
     ``data`` to the handler unopened and ``ClusterRelay._sealed`` returning the message as
     it is (the messages as they were), the capture showed the proof."""
     async def main():
@@ -611,9 +615,10 @@ def test_offers_cross_redis_sealed_and_what_redis_forges_or_replays_is_dropped(s
             forged = noderelay.offer(7, "b", kid, b'{"source":"6.6.6.6","device":"x"}')
             other = Node(server, a.store.prefix.decode(), "b", key=ClusterKey(os.urandom(32)))
             await redis.publish(ra.channel(), forged)
-            await redis.publish(ra.channel(), other.store.messages.seal(b"n", forged,
-                                                                        time.time()))
+            await redis.publish(ra.channel(), other.store.messages.seal(
+                node_purpose(ra.channel()), forged, time.time()))
             await redis.publish(ra.channel(), offer[0])                      # replayed
+            await redis.publish(rb.channel(), offer[0])     # replayed to another node
             await redis.publish(ra.channel(), noderelay.notice(kid, b'{"forged":1}'))
             await redis.publish(ra.channel(), noderelay.refill(kid))
             await settle()
@@ -621,6 +626,8 @@ def test_offers_cross_redis_sealed_and_what_redis_forges_or_replays_is_dropped(s
         assert udp_a.offers == [(kid, payload)] and udp_a.notices == [] \
             and udp_a.refills == []
         assert link_a.dropped == {"malformed": 3, "bad-mac": 1, "replayed": 1}
+        # A message is sealed for its node's channel: on b's, a's OFFER does not open.
+        assert udp_b.offers == [] and link_b.dropped == {"bad-mac": 1}
         await stop((link_a, link_b), (a, b))
 
     run(main())

@@ -10,8 +10,9 @@ make what Redis holds and carries useless to them:
 * **Messages between nodes** (OFFER, RESULT, NOTICE, REFILL on a node's
   channel, session completions on ``done``) are sealed: AES-256-GCM under a
   key used once, ``HMAC(messages key, salt)``, with a fresh random 16-byte
-  salt; the channel's purpose, the format version and the time are
-  authenticated.  A node opens every message before it acts on it: one that
+  salt; the purpose (a message to one node: that node's channel, so it opens
+  nowhere else; a REFILL: any node; ``done``), the format version and the time
+  are authenticated.  A node opens every message before it acts on it: one that
   does not open, is more than :data:`WINDOW` seconds off the node's clock, or
   was seen before (its salt is remembered for ``2 x WINDOW``) is a counted drop
   (:class:`MessageSeal`).  So Redis can neither forge a message nor replay one,
@@ -62,6 +63,15 @@ _HEADER = struct.Struct(">BQ")          # version, time (ms)
 # The purposes a message is sealed for (authenticated with it): a node channel's
 # messages and the session completions are never taken for each other.
 NODE, DONE = b"n", b"d"
+# A node's channel: a message to one node is sealed for that node's channel
+# (``node_purpose``), so Redis cannot replay it to another node; only a REFILL, which
+# a script publishes to an owner it looks up, is sealed for any node (ANY_NODE).
+ANY_NODE = b"a"
+
+
+def node_purpose(channel: bytes) -> bytes:
+    """The purpose of a message to the node whose channel is *channel*."""
+    return NODE + b" " + channel
 
 
 class MessageRefused(ProtocolError):

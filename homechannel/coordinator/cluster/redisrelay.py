@@ -51,7 +51,9 @@ from homechannel import crypto
 from homechannel.ops.logsafe import Logger
 from homechannel.protocol.udp import POOL
 from homechannel.coordinator.cluster import noderelay
-from homechannel.coordinator.cluster.clusterkey import DONE, NODE, MessageRefused
+from homechannel.coordinator.cluster.clusterkey import (
+    ANY_NODE, DONE, MessageRefused, node_purpose,
+)
 from homechannel.coordinator.interfaces import IRelay
 from homechannel.coordinator.cluster.redisstore import Script
 from homechannel.errors import HomeChannelError, ProtocolError, Unavailable
@@ -303,12 +305,16 @@ class ClusterRelay:
     def channel(self, node=None):
         return self._channel_prefix + (self._node if node is None else node)
 
-    def _sealed(self, message):
-        """*message* sealed for a node's channel (``clusterkey.MessageSeal``)."""
-        return self._store.messages.seal(NODE, message, self._clock.seconds())
+    def _sealed(self, message, channel=None):
+        """*message* sealed for the node whose channel is *channel*, or (None) for any
+        node: a REFILL that a script publishes to the owner it finds
+        (``clusterkey.MessageSeal``, ``node_purpose``)."""
+        purpose = ANY_NODE if channel is None else node_purpose(channel)
+        return self._store.messages.seal(purpose, message, self._clock.seconds())
 
     def _publish(self, node, message):
-        return self._store.call("PUBLISH", self.channel(node), self._sealed(message))
+        channel = self.channel(node)
+        return self._store.call("PUBLISH", channel, self._sealed(message, channel))
 
     # -- IRelay ------------------------------------------------------------------------
 
@@ -476,8 +482,11 @@ class NodeLink:
         self._sessions = sessions
         # The heartbeat names this node's cluster key (``ClusterRelay._check_key``).
         self._info = store.cluster_key.fingerprint.encode()
-        self._channels = {relay.channel(): (NODE, relay.received),
-                          sessions.channel: (DONE, sessions.completed)}
+        # channel -> (purposes it takes, handler); a message to any node must be a
+        # REFILL (``ClusterRelay._sealed``).
+        self._channels = {relay.channel(): ((node_purpose(relay.channel()), ANY_NODE),
+                                            relay.received),
+                          sessions.channel: ((DONE,), sessions.completed)}
         self._task = None
         self._heartbeat = None
         self.subscribed = False
@@ -487,15 +496,30 @@ class NodeLink:
     def deliver(self, channel, data):
         """Open a message from *channel* and hand it to its handler; one that does not
         open (forged, replayed, stale: ``clusterkey.MessageRefused``) is a counted drop."""
-        purpose, handler = self._channels[channel]
+        purposes, handler = self._channels[channel]
         try:
-            message = self._store.messages.open(purpose, data, self._clock.seconds())
+            message = self._open(purposes, data)
         except MessageRefused as e:
             self.dropped[e.reason] += 1
             self.log.debug("dropped a cluster message on {channel}: {error}",
                            channel=channel.decode("utf-8", "replace"), error=str(e))
             return
         handler(message)
+
+    def _open(self, purposes, data):
+        """The first of *purposes* the message opens for (a message for another node's
+        channel opens for none: ``bad-mac``); one for any node must be a REFILL."""
+        now = self._clock.seconds()
+        for purpose in purposes[:-1]:
+            try:
+                return self._store.messages.open(purpose, data, now)
+            except MessageRefused as e:
+                if e.reason != "bad-mac":
+                    raise
+        message = self._store.messages.open(purposes[-1], data, now)
+        if purposes[-1] == ANY_NODE and message[:1] != noderelay.REFILL:
+            raise MessageRefused("wrong-node", "a message for any node that is not a REFILL")
+        return message
 
     def start(self):
         self._task = asyncio.ensure_future(self._listen())
