@@ -47,9 +47,9 @@ def test_every_node_checks_the_policy_its_owner_wrote(server):
                                       KEY, prefix="hc:tdp:")
         stores.append(admin)
         clock = LoopClock()
-        owner = PolicyStore(stores[0], clock, ttl=60)
+        owner = PolicyStore(stores[0], clock, "a", ttl=60)
         other = redisrelay.ClusterRelay(stores[1], "b", None, clock,
-                                        policies=PolicyStore(stores[1], clock))
+                                        policies=PolicyStore(stores[1], clock, "b"))
         try:
             assert await awaited(other.device_policy(SERVER.public_raw)) is None
             await awaited(owner.set(SERVER.id, POLICY))
@@ -76,6 +76,43 @@ def test_every_node_checks_the_policy_its_owner_wrote(server):
             await awaited(admin.call("SET", owner.key(SERVER.id), moved))
             assert await awaited(other.device_policy(SERVER.public_raw)) is None
             assert other._policies.stats["malformed"] == 3   # garbage, in the clear, moved
+        finally:
+            for store in stores:
+                await awaited(store.close())
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_a_node_the_server_left_neither_overwrites_nor_deletes_the_new_owners_policy(server):
+    """The server moved from node a to node b (a failover or a migrate: a keeps it until
+    it expires there).  a's refresh must not put its stale policy back over b's (a
+    device revoked since would pass the door again), nor a's forget delete b's (every
+    device refused until b's next refresh).  How this was shown to fail (found by a
+    review): with plain SET and DEL, the policy read after a's refresh was a's, and
+    after a's forget there was none."""
+    async def main():
+        stores = [redisstore.RedisStore(redisstore.connect(server.url, **server.options()),
+                                        KEY, prefix="hc:tdo:") for _ in range(2)]
+        clock = LoopClock()
+        a, b = PolicyStore(stores[0], clock, "a"), PolicyStore(stores[1], clock, "b")
+        reader = redisrelay.ClusterRelay(stores[1], "c", None, clock,
+                                         policies=PolicyStore(stores[1], clock, "c"))
+        directory = stores[1].key("d", SERVER.id)
+        old = DevicePolicy(9, frozenset({crypto.b64u_encode(b"d" * 16),
+                                         crypto.b64u_encode(b"r" * 16)}))
+        try:
+            await awaited(stores[0].call("HSET", directory, "n", "a"))
+            await awaited(a.set(SERVER.id, old))
+            assert await awaited(reader.device_policy(SERVER.public_raw)) == old
+            await awaited(stores[1].call("HSET", directory, "n", "b"))    # moved to b
+            await awaited(b.set(SERVER.id, POLICY))                        # one revoked
+            await awaited(a.refresh())
+            assert await awaited(reader.device_policy(SERVER.public_raw)) == POLICY
+            assert a.stats["not-owner"] == 1
+            await awaited(a.forget(SERVER.id))
+            assert await awaited(reader.device_policy(SERVER.public_raw)) == POLICY
+            await awaited(b.refresh())
+            assert await awaited(reader.device_policy(SERVER.public_raw)) == POLICY
         finally:
             for store in stores:
                 await awaited(store.close())

@@ -124,7 +124,7 @@ def build(cfg, reactor, udp, rv):
     store = redisstore.RedisStore(redisstore.connect(c.redis_url, **options), key,
                                   prefix=c.key_prefix)
     ttl = 2 * cfg.udp.expiry + c.directory_refresh
-    policies = PolicyStore(store, reactor, ttl=ttl, refresh=c.directory_refresh)
+    policies = PolicyStore(store, reactor, c.node_id, ttl=ttl, refresh=c.directory_refresh)
     udp.set_policy_store(policies)
     relay = redisrelay.ClusterRelay(store, c.node_id, udp, reactor, policies=policies)
     web = cfg.web

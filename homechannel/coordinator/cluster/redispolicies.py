@@ -7,6 +7,11 @@ devices, written by the node the server is registered with (the owner: its
 ``CoordinatorUDP`` calls :meth:`PolicyStore.set` and :meth:`PolicyStore.forget`),
 with a TTL (the directory's), written again every ``refresh`` seconds while the
 server stays registered there, so that an entry of a node that died goes with it.
+Only the owner writes or deletes it: a script checks that the directory entry
+(``hc:d:<key id>``) names this node (or is missing), so a node the server has left,
+which keeps the server until it expires there, neither writes its stale policy over
+the new owner's (a revoked device let through at the door) nor deletes it (every
+device refused until the next refresh).
 A write that fails (Redis is gone) is made again at the next refresh; meanwhile the
 door check may refuse a good token (its client signs in with the password) or
 accept a stale one (the home server, which checks every token itself, refuses it).
@@ -18,22 +23,46 @@ through, never what the home server accepts (it checks every token itself).
 
 from twisted.internet import defer, task
 
+from homechannel.coordinator.cluster.redisstore import Script
 from homechannel.errors import HomeChannelError, ProtocolError
 from homechannel.protocol.connect import DevicePolicy
 from homechannel.ops.logsafe import Logger
+
+# The writes of the node the server is registered with, and only of it: a node the
+# server left (it keeps it until it expires there) must neither write its stale policy
+# over the new owner's nor delete it.  The directory entry (``hc:d:<key id>``, field
+# ``n``) names the owner; with no entry (not written yet, or lost) the writer is taken
+# for the owner.
+# KEYS: policy, directory entry.  ARGV: node id, sealed policy, ttl ms.
+# 1: written, 2: another node's server (nothing written).
+POLICY_SET = Script("policy-set", """
+local owner = redis.call('HGET', KEYS[2], 'n')
+if owner and owner ~= ARGV[1] then return 2 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+""")
+
+# KEYS: policy, directory entry.  ARGV: node id.  1: deleted, 2: another node's server.
+POLICY_DEL = Script("policy-del", """
+local owner = redis.call('HGET', KEYS[2], 'n')
+if owner and owner ~= ARGV[1] then return 2 end
+redis.call('DEL', KEYS[1])
+return 1
+""")
 
 
 class PolicyStore:
     log = Logger()
 
-    def __init__(self, store, clock, ttl=180.0, refresh=30.0):
+    def __init__(self, store, clock, node_id, ttl=180.0, refresh=30.0):
         self._store = store
+        self._node = node_id.encode("utf-8")
         self._clock = clock
         self._ttl = str(int(ttl * 1000))
         self.refresh_interval = refresh
         self._owned = {}                # kid -> encoded policy (this node's servers)
         self._loop = None
-        self.stats = {"writes": 0, "write-failures": 0, "malformed": 0}
+        self.stats = {"writes": 0, "write-failures": 0, "malformed": 0, "not-owner": 0}
 
     def key(self, kid):
         return self._store.key("dp", kid)
@@ -56,11 +85,22 @@ class PolicyStore:
     def _write(self, kid):
         self.stats["writes"] += 1
         sealed = self._store.cluster_key.seal_record(_aad(kid), self._owned[kid])
-        d = self._store.call("SET", self.key(kid), sealed, "PX", self._ttl)
-        return d.addErrback(self._failed)
+        d = self._store.run(POLICY_SET, self._keys(kid), [self._node, sealed, self._ttl])
+        return d.addCallback(self._written, kid).addErrback(self._failed)
 
     def _delete(self, kid):
-        return self._store.call("DEL", self.key(kid)).addErrback(self._failed)
+        d = self._store.run(POLICY_DEL, self._keys(kid), [self._node])
+        return d.addCallback(self._written, kid).addErrback(self._failed)
+
+    def _keys(self, kid):
+        return [self.key(kid), self._store.key("d", kid)]
+
+    def _written(self, reply, kid):
+        if reply == 2:
+            # The server is registered with another node now: its policy is that
+            # node's to write; this node stops refreshing its own.
+            self.stats["not-owner"] += 1
+            self._owned.pop(kid, None)
 
     def _failed(self, failure):
         self.stats["write-failures"] += 1
