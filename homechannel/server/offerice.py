@@ -12,8 +12,11 @@ to public addresses (or ones the operator listed); the URL then names the
 checked address (so aiortc does not resolve it again, and a DNS answer that
 changes between the check and the use cannot lead elsewhere), except for
 ``turns:``, whose TLS certificate is for the name (a name that resolves
-elsewhere later meets a certificate check it cannot pass).  Literal addresses
-must be listed themselves.  What is dropped is logged.
+elsewhere later meets a certificate check it cannot pass).  A name with addresses
+of both families becomes one URL per family, the family the home server is
+registered over first (the one it knows it can reach: an IPv6-only home cannot
+use a relay's IPv4 address).  Literal addresses must be listed themselves.  What
+is dropped is logged.
 """
 
 import asyncio
@@ -34,12 +37,14 @@ async def getaddrinfo_resolve(host):
 class OfferIcePolicy:
     """*allowed*: the configuration's hosts (names, addresses, networks), or a callable
     returning them (the coordinator registered with now: it follows a move);
-    *resolve*: ``async resolve(host) -> [address, ...]``."""
+    *resolve*: ``async resolve(host) -> [address, ...]``; *family*: a callable giving
+    the family the home server is registered over ("IPv6", "IPv4" or None)."""
 
-    def __init__(self, allowed, resolve=getaddrinfo_resolve):
+    def __init__(self, allowed, resolve=getaddrinfo_resolve, family=lambda: None):
         self._allowed = allowed if callable(allowed) else (lambda entries=tuple(allowed):
                                                             entries)
         self._resolve = resolve
+        self._family = family
         self.dropped = 0
 
     @property
@@ -55,10 +60,10 @@ class OfferIcePolicy:
             good = []
             for url in urls:
                 checked = await self._check_url(url)
-                if checked is None:
+                if not checked:
                     self.dropped += 1
                 else:
-                    good.append(checked)
+                    good += [u for u in checked if u not in good]
             if good:
                 kept.append(dict(entry, urls=good))
         return tuple(kept)
@@ -67,7 +72,7 @@ class OfferIcePolicy:
         host = url_host(url)
         allowed = self.allowed
         if allowed.listed(host):
-            return url                      # an address the operator wrote down
+            return [url]                    # an address the operator wrote down
         if not allowed.name_allowed(host):
             log.warn("ignoring the ICE server {url} the coordinator offered: {host} is not "
                      "one of this home server's allowed hosts (webrtc.offer_ice_hosts)",
@@ -86,11 +91,10 @@ class OfferIcePolicy:
                      url=url, host=host, address=(refused or ["nothing"])[0])
             return None
         if url.startswith("turns:"):
-            return url
-        ipv4 = [a for a in addresses if ":" not in a]
-        if not ipv4:
-            # aiortc's ICE URLs take no IPv6 literal (docs/architecture.md, the stack).
-            log.warn("ignoring the ICE server {url}: {host} has no IPv4 address",
-                     url=url, host=host)
-            return None
-        return with_host(url, ipv4[0])
+            return [url]
+        # One address of each family (rtc/webrtc.py puts an IPv6 literal back for aiortc),
+        # the family this server reaches its coordinator over first.
+        ipv6 = [a for a in addresses if ":" in a][:1]
+        ipv4 = [a for a in addresses if ":" not in a][:1]
+        ordered = ipv6 + ipv4 if self._family() == "IPv6" else ipv4 + ipv6
+        return [with_host(url, a) for a in ordered]

@@ -139,7 +139,9 @@ def _make(options):
 
     answerer = Answerer(identity, password_key, challenges, cfg.webrtc, app_host, reactor,
                         ice_servers=ice_servers, devices=devices,
-                        offer_ice=OfferIcePolicy(allowed_ice_hosts))
+                        offer_ice=OfferIcePolicy(
+                            allowed_ice_hosts,
+                            family=lambda: links[0].status().get("family") if links else None))
     # One UDP port for both families (IPv4 only on a host without IPv6).
     ipv6 = dualstack.ipv6_available()
     udp = ServerUDP(identity, challenges, cfg.keepalive, target, reactor, answerer,

@@ -656,3 +656,38 @@ async def test_the_coordinator_cannot_point_the_turn_client_at_the_home_network(
     payload, _, _ = h.payload(sdp, ice_servers=({"urls": "turn:203.0.113.9:3478", **cred},))
     assert "answer" in await h.offer(payload)
     assert factory.servers[-1][0].urls == ["turn:203.0.113.9:3478"]
+
+
+@run
+async def test_a_turn_name_of_either_family_gives_an_address_of_each_the_registered_first(h):
+    """A TURN name with IPv6 addresses only is used (an IPv6-only home reaches no IPv4
+    relay), and a name with both becomes one URL per family, the family the home server
+    is registered over first.  How this was shown to fail (found by a review): the
+    IPv6-only name was dropped ("has no IPv4 address") and the dual-stack one pinned to
+    its IPv4 address, whatever the home server could reach."""
+    from homechannel.server.offerice import OfferIcePolicy
+
+    answers = {"turn6.example.org": ["2606:4700:4700::1111"],
+               "turn46.example.org": ["93.184.216.34", "2606:4700::6810:84e5"]}
+
+    async def resolve(host):
+        return answers[host]
+
+    family = ["IPv6"]
+    policy = OfferIcePolicy(["turn6.example.org", "turn46.example.org"], resolve,
+                            family=lambda: family[0])
+    cred = {"username": "1:x", "credential": "y"}
+    offered = ({"urls": "turn:turn6.example.org:3478", **cred},
+               {"urls": "turn:turn46.example.org:3478?transport=udp", **cred})
+    kept = await policy.check(offered)
+    assert [s["urls"] for s in kept] == [
+        ["turn:[2606:4700:4700::1111]:3478"],
+        ["turn:[2606:4700::6810:84e5]:3478?transport=udp",
+         "turn:93.184.216.34:3478?transport=udp"]]
+    family[0] = "IPv4"
+    kept = await policy.check(offered[1:])
+    assert kept[0]["urls"] == ["turn:93.184.216.34:3478?transport=udp",
+                               "turn:[2606:4700::6810:84e5]:3478?transport=udp"]
+    assert policy.dropped == 0
+    # And aiortc takes them (rtc/webrtc.py's stand-in names for IPv6 literals).
+    await webrtc.peer_connection(webrtc.ice_servers(kept)).close()
