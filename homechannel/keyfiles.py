@@ -27,6 +27,7 @@ import contextlib
 import json
 import os
 import stat
+from collections.abc import Callable
 
 from homechannel import crypto
 from homechannel.errors import ConfigError, KeyFileError, ProtocolError
@@ -164,7 +165,8 @@ def read_secret_line(path: StrPath, what: str = "password file") -> str:
 CLUSTER_KEY_SIZE = 32
 
 
-def create_cluster_key(path: StrPath, random_bytes=os.urandom) -> bytes:
+def create_cluster_key(path: StrPath,
+                       random_bytes: Callable[[int], bytes] = os.urandom) -> bytes:
     """Make a new cluster key file (mode 0600: one line, 32 random bytes in
     base64url); never replaces one.  The same file goes to every node."""
     key = random_bytes(CLUSTER_KEY_SIZE)

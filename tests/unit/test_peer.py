@@ -170,7 +170,8 @@ async def test_valid_offer_is_answered_signed_and_connects(h):
     hello = await request(channel, {"op": "hello", "device": device.enrol(
         sid, h.identity.public_raw)})
     token = connect.DeviceToken.verify(h.identity.public_raw, hello.pop("device"), time.time())
-    assert hello == {"op": "hello", "server": h.identity.text, "apps": ["forward"]}
+    assert hello == {"op": "hello", "server": h.identity.text, "apps": ["forward"],
+                     "person": "owner", "rights": {"owner": True}, "passkeys": False}
     assert token.expires > time.time() + 80 * 86400
     assert token.key == device.key.public_raw and token.epoch == h.answerer.devices.epoch
     assert h.answerer.device_policy().devices == {device.id}

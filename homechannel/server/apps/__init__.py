@@ -85,13 +85,19 @@ class AppHost:
         self.terminal_key = None   # the terminal's SSH key, loaded once (terminal.SshKey)
         self.traffic = Counter()   # (app, "in" | "out") -> payload bytes (metrics)
 
-    def app_list(self):
+    def app_list(self, rights=None):
+        """The apps the hello lists: those enabled, and that *rights* (the person's,
+        ``people.Rights``; None: all) allow, as they would run for that person."""
         out = []
         for name, app in APPS.items():
-            config = getattr(self.config, name)
-            if config.enabled:
+            config = self._config_for(name, rights)
+            if config is not None and config.enabled:
                 out.append({"name": name, "title": app.title, "version": VERSION, **app.describe(config)})
         return out
+
+    def _config_for(self, name, rights):
+        config = getattr(self.config, name)
+        return config if rights is None else rights.app_config(name, config)
 
     def attach(self, pc, context=None):
         """Serve the channels the browser opens on *pc* (call before setRemoteDescription).
@@ -135,12 +141,20 @@ class AppHost:
         config = getattr(self.config, name)
         if not config.enabled:
             return self._refuse(link, errors.Forbidden(f"the {name} app is disabled on this server", "app-disabled"))
+        context = state.get("context")
+        rights = getattr(context, "rights", None)
+        config = self._config_for(name, rights)
+        if config is None:
+            # The person's rights, enforced here whatever the page shows (people.py).
+            return self._refuse(link, errors.Forbidden(
+                f"{context.person} may not open the {name} app on this server", "not-allowed"))
         if state["channels"] >= MAX_CHANNELS:
             return self._refuse(link, errors.CapacityError(f"at most {MAX_CHANNELS} app channels per session", "capacity"))
         state["channels"] += 1
         link.on_close(lambda: state.__setitem__("channels", state["channels"] - 1))
         channel.binaryType = "arraybuffer"  # ignored by aiortc; harmless
         session = app.session(self, config, link)
+        session.person = getattr(context, "person", None)
         log.info("app channel {label} opened", label=label)
         traffic = self.traffic
         link.on_sent = lambda n: traffic.update({(name, "out"): n})
