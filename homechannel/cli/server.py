@@ -142,6 +142,54 @@ def cmd_devices(args):
     return 0
 
 
+# -- people ------------------------------------------------------------------------
+
+
+def cmd_people(args):
+    import time
+
+    from homechannel import keyfiles
+    from homechannel.protocol import connect
+    from homechannel.server import devices
+    from homechannel.server.people import check_person, parse_rights_option
+
+    cfg = config.load_server(args.config, {"state_dir": args.state_dir})
+    path = cfg.devices_path
+    now = time.time()
+    if args.action == "list":
+        if args.person:
+            raise HomeChannelError("'people list' takes no name")
+        enrolled = devices.read_file(path)
+        if not enrolled:
+            print(f"nobody has a credential yet: only the password signs in ({path})")
+            return 0
+        for line in devices.describe_people(enrolled, now):
+            print(line)
+        return 0
+    try:
+        person = check_person(args.person)
+    except HomeChannelError as e:
+        raise HomeChannelError(f"name the person: {e}") from None
+    if args.action == "revoke":
+        removed = devices.revoke_person(path, person)
+        print(f"revoked {person}: {len(removed)} credential(s) no longer work; the running "
+              "home server tells its coordinator within seconds", file=sys.stderr)
+        return 0
+    if not 0 < args.minutes <= 1440:
+        raise HomeChannelError("--minutes is 1-1440")
+    rights = parse_rights_option(args.apps, args.read_only, args.root, args.may_invite,
+                                 args.owner)
+    identity = keyfiles.load_identity_key(cfg.identity_key)
+    device, token, private = devices.new_invite(identity, person, rights, now,
+                                                args.minutes * 60)
+    devices.add_invite(path, device)
+    print(f"invite for {person} ({rights.describe()}), single use, until "
+          f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(device.expires))}; give the "
+          "link to them alone (whoever opens it first gets the rights):", file=sys.stderr)
+    print(connect.invite_link(cfg.coordinator_url, identity.text, token, private))
+    return 0
+
+
 # -- status ------------------------------------------------------------------------
 
 
