@@ -333,6 +333,9 @@ class EnrolledDevices:
         self._mtime = None
         self._polling = False
         self.on_change = lambda policy: None
+        # Called with the ids revoked from the file (``devices``/``people revoke``): the
+        # answerer ends their live sessions.
+        self.on_removed = lambda ids: None
 
     def load(self):
         """Read the file (blocking: once, at start)."""
@@ -439,6 +442,8 @@ class EnrolledDevices:
         after = self.policy()
         if after != before:
             self.on_change(after)
+        if removed:
+            self.on_removed(frozenset(removed))
 
     def _failed(self, failure):
         if failure.check(OSError, ConfigError):

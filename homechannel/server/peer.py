@@ -177,6 +177,7 @@ class Answerer:
         self._ice_servers = ice_servers if callable(ice_servers) else tuple(ice_servers)
         self._advertise = webrtc.parse_addresses(config.advertise_addresses)
         self.devices = devices if devices is not None else EnrolledDevices(None, 0, clock)
+        self.devices.on_removed = self._revoked
         self._offer_ice = offer_ice
         self.passkey_origin = passkey_origin
         self._coordinator_url = coordinator_url
@@ -486,6 +487,14 @@ class Answerer:
         session.device = device
         return connect.DeviceToken.issue(self._identity, key, self.devices.epoch, now,
                                          kind=kind)
+
+    def _revoked(self, ids):
+        """Credentials were revoked: the live sessions that signed in with them end now
+        (a session signed in with the password, or with an invite, is not one of them)."""
+        for session in list(self._live):
+            device = session.device
+            if device is not None and device.id in ids and device.kind in ("key", "passkey"):
+                self._close(session, f"{session.person}'s {device.kind} was revoked")
 
     def person_of(self, sid):
         """The person a session signed in as (the audit line), or None."""

@@ -190,10 +190,12 @@ class FilesSession:
             handler = getattr(self, f"op_{op}", None) if isinstance(op, str) else None
             if handler is None:
                 raise errors.BadRequest(f"unknown files operation {op!r}", "unknown-op")
-            if op in _WRITES and self.config.read_only:
-                raise errors.Forbidden("the files app is read-only on this server", "read-only")
             self.requests[rid] = "busy"
-            d = defer.maybeDeferred(handler, rid, frame.body)
+            if op in _WRITES and self.config.read_only:
+                # Refused, and audited as such (a person with read-only rights: people.py).
+                d = defer.fail(errors.Forbidden("the files app is read-only here", "read-only"))
+            else:
+                d = defer.maybeDeferred(handler, rid, frame.body)
             d.addBoth(audit.file_request, op, frame.body, self.person)
             d.addCallback(lambda body: body is not None and self._send(frames.RES, rid, body))
             d.addErrback(lambda f: self._error(rid, f.value))

@@ -1,0 +1,203 @@
+"""Passkeys and people in Chromium (issue 19), with a virtual authenticator through
+Playwright's CDP session (``WebAuthn.addVirtualAuthenticator``, user verification on).
+The page is at ``http://localhost:PORT``: a passkey's RP ID is a domain name, never an
+IP address.  Real twistd coordinator and home server in the loopback-only namespace.
+
+The owner signs in with the password, enrols a passkey and signs in with it alone;
+invites a reader (files read-only) from the browser; the reader opens the one-time link
+in another browser, enrols a passkey, signs in with it, and the home server refuses
+them the terminal and a write even when the page is bypassed (channels opened from the
+page's own JS); ``homechannel people revoke`` ends the reader's live session and their
+next sign-in; the invite link does not work twice."""
+
+import json
+import subprocess
+import sys
+
+from daemons import PASSWORD, make_pair
+from helpers import REPO, free_tcp_port
+
+# Every RTCPeerConnection the page makes, for the "altered page" checks.
+KEEP_PCS = """
+  (() => {
+    const Original = window.RTCPeerConnection;
+    window.__pcs = [];
+    window.RTCPeerConnection = function (...args) {
+      const pc = new Original(...args);
+      window.__pcs.push(pc);
+      return pc;
+    };
+    window.RTCPeerConnection.prototype = Original.prototype;
+  })();
+"""
+
+# Open an app channel on the live connection and report the first thing the home server
+# says: a text error ({"op":"error","code"}) or a binary frame (its type and JSON body).
+PROBE = """async ([label, frame]) => {
+  const pc = window.__pcs.filter((p) => p.connectionState === "connected").at(-1);
+  const channel = pc.createDataChannel(label);
+  channel.binaryType = "arraybuffer";
+  return await new Promise((resolve) => {
+    channel.onopen = () => {
+      if (frame) {
+        const body = new TextEncoder().encode(JSON.stringify(frame));
+        const bytes = new Uint8Array(5 + body.length);
+        bytes[0] = 1; bytes[4] = 1; bytes.set(body, 5);           // REQ, id 1
+        channel.send(bytes);
+      }
+    };
+    channel.onmessage = (m) => {
+      if (typeof m.data === "string") return resolve(JSON.parse(m.data));
+      const bytes = new Uint8Array(m.data);
+      resolve({ type: bytes[0], body: JSON.parse(new TextDecoder().decode(bytes.slice(5))) });
+    };
+    channel.onclose = () => resolve({ closed: true });
+  });
+}"""
+
+
+def authenticator(page):
+    """A virtual platform authenticator with user verification, for this page's context."""
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("WebAuthn.enable")
+    cdp.send("WebAuthn.addVirtualAuthenticator", {"options": {
+        "protocol": "ctap2", "transport": "internal", "hasResidentKey": True,
+        "hasUserVerification": True, "isUserVerified": True}})
+    return cdp
+
+
+def new_page(chromium):
+    context = chromium.new_context()
+    page = context.new_page()
+    page.add_init_script(KEEP_PCS)
+    page.on("console", lambda msg: print(f"[browser {msg.type}] {msg.text}"))
+    page.on("pageerror", lambda err: print(f"[browser pageerror] {err}"))
+    authenticator(page)
+    return page
+
+
+def people(pair, *args):
+    return subprocess.run([sys.executable, "-m", "homechannel.cli", "people", *args,
+                           "--config", str(pair.server_config)], capture_output=True,
+                          text=True, timeout=60, cwd=REPO)
+
+
+def start(twistd, tmp_path, server_extra=None):
+    """A pair whose coordinator is at http://localhost:PORT for browsers and in links."""
+    port = free_tcp_port()
+    url = f"http://localhost:{port}"
+    pair = make_pair(tmp_path, web_port=port,
+                     coordinator_extra={"web": {"public_url": url},
+                                        "udp": {"public_host": "127.0.0.1"}},
+                     server_extra={"coordinator_url": url, **(server_extra or {})})
+    coordinator = twistd("homechannel-coordinator", pair.coordinator_config)
+    coordinator.wait_for_log("coordinator: UDP")
+    server = twistd("homechannel-server", pair.server_config)
+    server.wait_for_log("registered with coordinator", timeout=20)
+    return pair, url, coordinator, server
+
+
+def add_server(page, url, pair):
+    page.goto(f"{url}/#server={pair.server_key.text}")
+    page.get_by_role("heading", name="Add this server?").wait_for()
+    page.locator("#add-link").get_by_role("button", name="Add server").click()
+    page.get_by_label("Password").wait_for()
+
+
+def sign_in_with_passkey(page):
+    page.get_by_role("button", name="Sign in with a passkey").click()
+    page.get_by_role("button", name="Disconnect").wait_for(timeout=30_000)
+
+
+def disconnect(page):
+    page.get_by_role("button", name="Disconnect").click()
+    page.get_by_role("button", name="Connect", exact=True).wait_for()
+
+
+def enrol_passkey(page, button="Use a passkey next time"):
+    page.get_by_role("button", name=button).click()
+    page.locator("#people-status").get_by_text("Your passkey is ready").wait_for(timeout=30_000)
+
+
+def test_passkeys_invites_and_rights_end_to_end(tmp_path, twistd, chromium):
+    """How this was shown to fail: with ``Rights.app_config`` returning the server's own
+    configuration the reader's terminal channel opened and mkdir was done; without
+    ``Answerer._revoked`` the reader's live session survived the revocation; with the
+    invite not removed by ``used`` the second use of the link signed in."""
+    pair, url, coordinator, server = start(twistd, tmp_path)
+    owner = new_page(chromium)
+    add_server(owner, url, pair)
+    owner.get_by_label("Password").fill(PASSWORD)
+    owner.get_by_role("button", name="Connect", exact=True).click()
+    owner.get_by_role("button", name="Disconnect").wait_for(timeout=30_000)
+    enrol_passkey(owner)
+    server.wait_for_log(r"passkey \S+ of owner enrolled", timeout=10)
+
+    # The owner signs in with the passkey alone: no password anywhere in the request.
+    disconnect(owner)
+    requests = []
+    owner.on("request", lambda r: requests.append(r.post_data or "")
+             if r.url.endswith("/api/connect") or "/api/connect?" in r.url else None)
+    mark = server.mark()
+    sign_in_with_passkey(owner)
+    server.wait_for_log(r"login accepted: session \S+ from \S+ \(passkey \S+\) as owner",
+                        since=mark, timeout=10)
+    [body] = [json.loads(r) for r in requests]
+    assert "passkey" in body and "proof" not in body and "answer" not in body
+
+    # The owner invites a reader: files only, read-only.
+    owner.get_by_role("button", name="Invite someone").click()
+    owner.get_by_label("Their name").fill("reader")
+    owner.get_by_role("button", name="Make an invite link").click()
+    link = owner.locator("#invite-link")
+    link.wait_for()
+    invite = link.input_value()
+    assert invite.startswith(f"{url}/#server=") and "&invite=hcdev2." in invite
+
+    reader = new_page(chromium)
+    reader.goto(invite)
+    reader.get_by_role("button", name="Accept the invite").click()
+    reader.get_by_text("Welcome, reader").wait_for(timeout=30_000)
+    assert "&invite=" not in reader.url                      # the key left the address bar
+    enrol_passkey(reader, "Create your passkey")
+    server.wait_for_log(r"passkey \S+ of reader enrolled", timeout=10)
+    disconnect(reader)
+    mark = server.mark()
+    sign_in_with_passkey(reader)
+    server.wait_for_log(r"login accepted: session \S+ from \S+ \(passkey \S+\) as reader",
+                        since=mark, timeout=10)
+    server.wait_for_log(r"audit: accepted login, session \S+, source \S+, person reader",
+                        since=mark, timeout=10)
+    assert reader.locator("#invite-open").is_hidden()        # may not invite
+
+    # The page is bypassed: the home server refuses the terminal and a write anyway.
+    refused = reader.evaluate(PROBE, ["app:terminal:probe", None])
+    assert refused.get("code") == "not-allowed", refused
+    write = reader.evaluate(PROBE, ["app:files:probe", {"op": "mkdir", "root": 0,
+                                                         "path": "written-by-reader"}])
+    assert write["type"] == 3 and write["body"]["code"] == "read-only", write
+    server.wait_for_log(r"audit: file mkdir refused: 0:written-by-reader \(read-only\), "
+                        r"person reader", timeout=10)
+    listed = people(pair, "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "reader: files; files read-only" in listed.stdout and "owner:" in listed.stdout
+
+    # Revoked: the live session ends, and the next sign-in is refused at the door.
+    revoked = people(pair, "revoke", "reader")
+    assert revoked.returncode == 0, revoked.stderr
+    server.wait_for_log(r"reader's passkey was revoked", timeout=10)
+    reader.locator("#dropped").wait_for(timeout=30_000)
+    reader.get_by_role("button", name="Reconnect").click()
+    reader.get_by_role("button", name="Sign in with a passkey").click()
+    box = reader.locator("#connect-error")
+    box.wait_for(state="visible", timeout=30_000)
+    assert box.get_attribute("data-kind") == "bad-device"
+    assert "not accepted" in box.inner_text()
+
+    # The invite link worked once.
+    again = new_page(chromium)
+    again.goto(invite)
+    again.get_by_role("button", name="Accept the invite").click()
+    box = again.locator("#connect-error")
+    box.wait_for(state="visible", timeout=30_000)
+    assert "invite was not accepted" in box.inner_text()
