@@ -355,7 +355,8 @@ async function attempt(server, passwordKeyPromise, device, keyPromise, alone = n
       }
       if (!doc.challenge) {
         throw new ConnectError("busy", "The home server has no fresh challenge right now. " +
-          "Try again in a minute.");
+          "Try again in a minute. (A home server with signing in with the password turned " +
+          "off never has one: sign in with a passkey.)");
       }
       challenge = hc.b64uDecode(doc.challenge);
     }

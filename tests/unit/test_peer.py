@@ -638,3 +638,54 @@ async def test_the_coordinator_cannot_point_the_turn_client_at_the_home_network(
     payload, _, _ = h.payload(sdp, ice_servers=({"urls": "turn:203.0.113.9:3478", **cred},))
     assert "answer" in await h.offer(payload)
     assert factory.servers[-1][0].urls == ["turn:203.0.113.9:3478"]
+
+
+# -- passkeys: what a coordinator could alter (issue 19) ---------------------------------
+
+
+@run
+async def test_the_home_server_refuses_a_passkey_sign_in_the_coordinator_altered(h):
+    """The malicious-coordinator matrix on the passkey path, at the home server (which
+    checks everything again whatever the coordinator let through): a genuine assertion
+    relayed with another offer, an assertion without user verification, one made for
+    another origin, the genuine assertion replayed under another session, and the
+    whole offer replayed once its session is forgotten are refused; the genuine one is
+    answered, without any password proof.  How this was shown to fail: with the
+    assertion's challenge taken from the client data instead of computed from the
+    relayed offer (``EnrolledDevices.check``), the swapped offer was answered."""
+    from authenticator import UP, UV, Authenticator
+
+    from homechannel.server.people import Rights
+
+    origin = "https://home.example"
+    a = Authenticator()
+    now = h.clock.seconds()
+    h.answerer.devices.enrol(a.public_raw, "phone", now, kind="passkey", person="alice",
+                             rights=Rights(frozenset({"forward"})), credential=a.credential,
+                             origin=origin)
+    token = connect.DeviceToken.issue(h.identity, a.public_raw, connect.KEY_EPOCH, now,
+                                      kind="passkey", origin=origin)
+    _, _, sdp = await h.client_offer()
+    _, _, other_sdp = await h.client_offer()
+
+    def payload(relayed, signed=None, sid=None, challenge=None, at=origin, flags=UP | UV,
+                assertion=None):
+        sid = sid or crypto.b64u_encode(os.urandom(16))
+        challenge = challenge or connect.device_challenge(h.clock.seconds(), os.urandom)
+        assertion = assertion or a.get(crypto.passkey_challenge(
+            sid, challenge, crypto.offer_hash(signed or relayed)), at, flags=flags)
+        offer = connect.Offer(sid, challenge, None, relayed, device=token, passkey=assertion)
+        return offer.encode(), sid, challenge, assertion
+
+    for bad in (payload(other_sdp, signed=sdp), payload(sdp, flags=UP),
+                payload(sdp, at="https://evil.example")):
+        reply = await h.offer(bad[0])
+        assert reply["error"] == "bad-device", reply
+    good, sid, challenge, assertion = payload(sdp)
+    reply = await h.offer(good)
+    assert "answer" in reply, reply
+    replayed = payload(sdp, challenge=challenge, assertion=assertion)
+    assert (await h.offer(replayed[0]))["error"] == "bad-device"
+    h.clock.advance(h.config.connect_timeout * 2 + 1)      # the session is forgotten
+    assert (await h.offer(good))["error"] in ("bad-device", "unknown-challenge")
+    assert h.answerer.devices.person_of(crypto.device_id(a.public_raw)).sign_count >= 1
