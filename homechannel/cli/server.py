@@ -185,7 +185,8 @@ def cmd_people(args):
     devices.add_invite(path, device)
     print(f"invite for {person} ({rights.describe()}), single use, until "
           f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(device.expires))}; give the "
-          "link to them alone (whoever opens it first gets the rights):", file=sys.stderr)
+          "link to them alone (whoever opens it first gets the rights); it works once the "
+          "running home server has read it (within seconds):", file=sys.stderr)
     print(connect.invite_link(cfg.coordinator_url, identity.text, token, private))
     return 0
 

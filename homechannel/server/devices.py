@@ -439,6 +439,10 @@ class EnrolledDevices:
         self._devices = dict(devices)
         for device in removed:
             log.info("device {device} is no longer enrolled", device=device[:8])
+        for added in set(devices) - set(before.devices):
+            d = devices[added]
+            log.info("{kind} {device} of {person} added to {path}", kind=d.kind,
+                     device=added[:8], person=d.person, path=self.path)
         after = self.policy()
         if after != before:
             self.on_change(after)

@@ -212,8 +212,10 @@ def test_without_the_password_nothing_at_the_coordinator_verifies_one(tmp_path, 
     challenge, so the coordinator's lookup has none (it holds no expectedAnswer) and the
     password path is refused; the owner gets in through an owner invite made with
     ``homechannel people invite --owner`` on the home machine, enrols a passkey and signs
-    in with it.  How this was shown to fail: without the ``_key is None`` check in
-    ``ChallengeSource.issue`` the home server did not start (HMAC of None), and with the
+    in with it.  A passkey made on another domain (a migration) is not offered, and the
+    page says why.  How this was shown to fail: with ``passkeyElsewhere`` returning
+    null the passkey button was offered for the old domain; without the ``_key is None`` check in
+    ``ChallengeSource.issue`` the home server never registered (HMAC of None), and with the
     password key loaded regardless the lookup carried a challenge."""
     pair, url, coordinator, server = start(twistd, tmp_path,
                                            server_extra={"auth": {"password": False}})
@@ -226,6 +228,7 @@ def test_without_the_password_nothing_at_the_coordinator_verifies_one(tmp_path, 
     assert made.returncode == 0, made.stderr
     invite = made.stdout.strip()
     assert invite.startswith(f"{url}/#server=") and "&key=" in invite
+    server.wait_for_log(r"invite \S+ of me added", timeout=10)   # the status tick read it
     page = new_page(chromium)
     page.goto(invite)
     page.get_by_role("button", name="Accept the invite").click()
@@ -246,3 +249,18 @@ def test_without_the_password_nothing_at_the_coordinator_verifies_one(tmp_path, 
     box.wait_for(state="visible", timeout=30_000)
     assert box.get_attribute("data-kind") == "busy"
     assert "password" in box.inner_text()
+
+    # After a migration to another domain the passkey is not usable here: the page says
+    # so and offers the password or an invite (here: a passkey made "elsewhere").
+    page.evaluate("""() => {
+      const key = "homechannel.passkeys.v1";
+      const doc = JSON.parse(localStorage.getItem(key));
+      for (const id in doc) doc[id].origin = "https://old.example";
+      localStorage.setItem(key, JSON.stringify(doc));
+    }""")
+    page.goto(f"{url}/")
+    page.locator("#server-list button.open").first.click()
+    note = page.locator("#passkey-note")
+    note.wait_for()
+    assert "made on https://old.example" in note.inner_text()
+    assert page.locator("#passkey-button").is_hidden()
