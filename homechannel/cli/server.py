@@ -129,16 +129,17 @@ def cmd_devices(args):
     if args.action == "list":
         if args.device:
             raise HomeChannelError("'devices list' takes no device")
-        enrolled = devices.read_file(path)
-        if not enrolled:
-            print(f"no devices enrolled ({path})")
-            return 0
-        for line in devices.describe(enrolled):
-            print(line)
-        return 0
+        return _print_lines(devices.describe(devices.read_file(path)),
+                            f"no devices enrolled ({path})")
     device = devices.revoke(path, args.device)
     print(f"revoked {device.id} ({device.name}): its sign-in token no longer works; the "
           "running home server tells its coordinator within seconds", file=sys.stderr)
+    return 0
+
+
+def _print_lines(lines, empty):
+    """``list``'s output: *lines*, or *empty* when there are none; exit status 0."""
+    print("\n".join(lines) if lines else empty)
     return 0
 
 
@@ -159,13 +160,8 @@ def cmd_people(args):
     if args.action == "list":
         if args.person:
             raise HomeChannelError("'people list' takes no name")
-        enrolled = devices.read_file(path)
-        if not enrolled:
-            print(f"nobody has a credential yet: only the password signs in ({path})")
-            return 0
-        for line in devices.describe_people(enrolled, now):
-            print(line)
-        return 0
+        return _print_lines(devices.describe_people(devices.read_file(path), now),
+                            f"nobody has a credential yet: only the password signs in ({path})")
     try:
         person = check_person(args.person)
     except HomeChannelError as e:

@@ -522,17 +522,24 @@ function cancelRetry({ focus = false } = {}) {
   if (focus) $("password").focus();
 }
 
-/** *retryOnWait*: a refusal with a short wait is counted down and tried again. */
-async function connect({ password = null, passwordKey = null, retryOnWait = true } = {}) {
+/** The start of every sign-in: a retry being counted down is dropped and the form is
+ * busy.  The server to connect to, or null when a sign-in is under way already. */
+function beginConnect() {
   if (pendingRetry) {
     clearTimeout(pendingRetry.timer);
     pendingRetry = null;
   }
-  if (busy || !current) return;
-  const server = current;
+  if (busy || !current) return null;
   setBusy(true);
   hideError();
   resetSteps();
+  return current;
+}
+
+/** *retryOnWait*: a refusal with a short wait is counted down and tried again. */
+async function connect({ password = null, passwordKey = null, retryOnWait = true } = {}) {
+  const server = beginConnect();
+  if (!server) return;
   const serverRaw = hc.parseServerId(server.id);
   // PBKDF2 starts at once, in parallel with the lookup.
   const keyPromise = passwordKey ? Promise.resolve(passwordKey)
@@ -597,15 +604,8 @@ async function connect({ password = null, passwordKey = null, retryOnWait = true
 /** Sign in without the password (*alone*, see attempt): this browser's passkey, or the
  * one-time key of an invite link. */
 async function connectAlone(alone) {
-  if (pendingRetry) {
-    clearTimeout(pendingRetry.timer);
-    pendingRetry = null;
-  }
-  if (busy || !current) return;
-  const server = current;
-  setBusy(true);
-  hideError();
-  resetSteps();
+  const server = beginConnect();
+  if (!server) return;
   try {
     const link = await attempt(server, null, alone.token, Promise.resolve(alone.key || null),
       alone);

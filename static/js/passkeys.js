@@ -11,33 +11,21 @@
 // connect, on which this browser enrols a passkey with the rights the invite gives.
 
 import * as hc from "./crypto.js";
+import { loadStore, storeEntry } from "./devices.js";
 
 const PASSKEYS = "homechannel.passkeys.v1";
 
-function load() {
-  try {
-    const doc = JSON.parse(localStorage.getItem(PASSKEYS) || "{}");
-    return doc && typeof doc === "object" && !Array.isArray(doc) ? doc : {};
-  } catch (e) {
-    return {};
-  }
-}
-
 /** This browser's passkey for *serverId*: {token, credential, origin, person} or null. */
 export function getPasskey(serverId) {
-  const entry = load()[serverId];
+  const entry = loadStore(PASSKEYS)[serverId];
   return entry && typeof entry.token === "string" && typeof entry.credential === "string"
     ? entry : null;
 }
 
+/** Keep (or with null, forget) *serverId*'s passkey entry.  Without storage the passkey
+ * stays on the authenticator, unusable here: an invite enrols another. */
 export function setPasskey(serverId, entry) {
-  const doc = load();
-  if (entry) doc[serverId] = entry; else delete doc[serverId];
-  try {
-    localStorage.setItem(PASSKEYS, JSON.stringify(doc));
-  } catch (e) {
-    // Storage off: the passkey stays on the authenticator; an invite enrols another.
-  }
+  storeEntry(PASSKEYS, serverId, entry);
 }
 
 /** The origin a stored passkey was made for is not this page's (the coordinator moved to
