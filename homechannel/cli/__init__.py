@@ -2,7 +2,7 @@
 
 - :mod:`~homechannel.cli.keys` -- ``keygen``, ``pubkey`` (and the key-path checks).
 - :mod:`~homechannel.cli.server` -- the home server's ``join``, ``passwd``, ``link``,
-  ``status``.
+  ``status``, ``devices`` and ``people``.
 - :mod:`~homechannel.cli.coordinator` -- the coordinator's ``join-string``,
   ``cluster-key`` and ``migrate`` (through its admin API).
 - :mod:`~homechannel.cli.client` -- ``connect`` and ``forward``: the native client's

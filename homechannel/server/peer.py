@@ -88,6 +88,7 @@ class _Session:
         self.rights = OWNER         # people.Rights: the password's, or the credential's
         self.person = OWNER_NAME
         self.invite = None          # the invite (devices.Device) it signed in with
+        self.invite_spent = False   # that invite enrolled its one passkey
         self.passkey_challenge = None   # the open passkey enrolment's challenge
         self.pc = None
         self.payload = None         # the reply, once known
@@ -531,6 +532,8 @@ class Answerer:
         if self.passkey_origin is None:
             raise ProtocolError("passkeys are off: the home server's coordinator_url has no "
                                 "web origin")
+        if session.invite_spent:
+            raise ProtocolError("this invite enrolled its passkey already: sign in with it")
         person, _ = self._enrolling_as(session)
         session.passkey_challenge = self._random(32)
         user = crypto.sha256(self._identity.public_raw + person.encode("utf-8"))[:16]
@@ -553,6 +556,7 @@ class Answerer:
                                     sign_count=reg.sign_count)
         self.log.info("session {session}: passkey {device} of {person} enrolled",
                       session=session.sid, device=device.id[:8], person=person)
+        session.invite_spent = session.invite is not None
         token = connect.DeviceToken.issue(self._identity, reg.public_raw, connect.KEY_EPOCH,
                                           now, kind="passkey", origin=self.passkey_origin)
         return {"op": "passkey-registered", "token": token, "person": person,

@@ -674,15 +674,23 @@ function showPasskeyChoice(server) {
 
 // -- people and passkeys in the session ----------------------------------------------------
 
-/** The session's people panel: "Use a passkey next time" (or, after an invite sign-in,
- * "Create your passkey"), and "Invite someone" for a person who may invite.  Only what
- * the hello says is shown; the home server enforces every right itself. */
+/** The session's people panel, behind the "People" button of the session's heading (open
+ * by itself after an invite sign-in): "Use a passkey next time" (or "Create your
+ * passkey"), and "Invite someone" for a person who may invite.  Only what the hello says
+ * is shown; the home server enforces every right itself. */
 function showPeople(server, link) {
   const hello = link.hello;
   const panel = $("people");
   const rights = hello.rights || {};
   const canInvite = rights.owner === true || rights.invite === true;
-  panel.hidden = !(hello.passkeys || canInvite);
+  const button = $("people-button");
+  button.hidden = !(hello.passkeys || canInvite);
+  panel.hidden = !(hello.invite && hello.passkeys);
+  button.setAttribute("aria-expanded", String(!panel.hidden));
+  button.onclick = () => {
+    panel.hidden = !panel.hidden;
+    button.setAttribute("aria-expanded", String(!panel.hidden));
+  };
   $("passkey-enrol").hidden = !hello.passkeys;
   $("passkey-enrol").textContent = hello.invite ? "Create your passkey" : "Use a passkey next time";
   $("invite-open").hidden = !canInvite || !!hello.invite;
@@ -806,6 +814,7 @@ function closeConnection() {
     conn.passwordKey = null;
   }
   $("people").hidden = true;
+  $("people-button").hidden = true;
   return conn;
 }
 

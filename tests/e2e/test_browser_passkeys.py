@@ -117,6 +117,8 @@ def disconnect(page):
 
 
 def enrol_passkey(page, button="Use a passkey next time"):
+    if page.locator("#people").is_hidden():
+        page.get_by_role("button", name="People").click()
     page.get_by_role("button", name=button).click()
     page.locator("#people-status").get_by_text("Your passkey is ready").wait_for(timeout=30_000)
 
@@ -148,6 +150,7 @@ def test_passkeys_invites_and_rights_end_to_end(tmp_path, twistd, chromium):
     assert "passkey" in body and "proof" not in body and "answer" not in body
 
     # The owner invites a reader: files only, read-only.
+    owner.get_by_role("button", name="People").click()
     owner.get_by_role("button", name="Invite someone").click()
     owner.get_by_label("Their name").fill("reader")
     owner.get_by_role("button", name="Make an invite link").click()
@@ -178,6 +181,7 @@ def test_passkeys_invites_and_rights_end_to_end(tmp_path, twistd, chromium):
                         since=mark, timeout=10)
     server.wait_for_log(r"audit: accepted login, session \S+, source \S+, person reader",
                         since=mark, timeout=10)
+    reader.get_by_role("button", name="People").click()
     assert reader.locator("#invite-open").is_hidden()        # may not invite
 
     # The page is bypassed: the home server refuses the terminal and a write anyway.
@@ -239,6 +243,7 @@ def test_without_the_password_nothing_at_the_coordinator_verifies_one(tmp_path, 
     sign_in_with_passkey(page)
     server.wait_for_log(r"login accepted: session \S+ from \S+ \(passkey \S+\) as me",
                         since=mark, timeout=10)
+    page.get_by_role("button", name="People").click()
     assert page.locator("#invite-open").is_visible()          # an owner may invite
 
     # The password path: no challenge to be had, nothing to guess.

@@ -689,3 +689,53 @@ async def test_the_home_server_refuses_a_passkey_sign_in_the_coordinator_altered
     h.clock.advance(h.config.connect_timeout * 2 + 1)      # the session is forgotten
     assert (await h.offer(good))["error"] in ("bad-device", "unknown-challenge")
     assert h.answerer.devices.person_of(crypto.device_id(a.public_raw)).sign_count >= 1
+
+
+@run
+async def test_an_invite_signs_in_once_and_enrols_one_passkey_with_its_rights(h):
+    """An invite's key signs one connect without a password; that session is told who
+    it is for, may enrol exactly one passkey (with the invite's person and rights, for
+    the home server's origin), and the invite is used up.  How this was shown to fail:
+    without ``invite_spent`` a second passkey-options on the same session was answered
+    (one invite, many passkeys)."""
+    from authenticator import Authenticator
+
+    from homechannel.server import devices as store
+    from homechannel.server.people import Rights
+
+    origin = "https://home.example"
+    h.answerer.passkey_origin = origin
+    now = h.clock.seconds()
+    rights = Rights(frozenset({"forward"}), True)
+    invite, token, private = store.new_invite(h.identity, "bob", rights, now, 600)
+    h.answerer.devices.enrol(invite.key, invite.name, now, kind="invite", person="bob",
+                             rights=rights, expires=invite.expires)
+    key = Device(crypto.IdentityKey.from_private_raw(private))
+    pc, channel, sdp = await h.client_offer()
+    sid, challenge = crypto.b64u_encode(os.urandom(16)), connect.device_challenge(now, os.urandom)
+    payload = key.offer(sid, challenge, sdp, token=token, proof=None).encode()
+    reply = await h.offer(payload)
+    assert "answer" in reply, reply
+    assert h.answerer.device_policy().devices == frozenset()        # used up
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=reply["answer"], type="answer"))
+    await channel_open(channel)
+    hello = await request(channel, {"op": "hello"})
+    assert (hello["person"], hello["invite"], hello["passkeys"]) == ("bob", True, True)
+    assert hello["rights"] == {"apps": [], "read_only": True, "roots": [], "invite": False}
+    options = await request(channel, {"op": "passkey-options"})
+    assert options["rp"]["id"] == "home.example" and options["user"]["name"] == "bob"
+    a = Authenticator()
+    made = await request(channel, {"op": "passkey-register", "name": "phone", "credential":
+                                   a.create(crypto.b64u_decode(options["challenge"]), origin)})
+    assert made["op"] == "passkey-registered" and made["person"] == "bob", made
+    issued = connect.DeviceToken.verify(h.identity.public_raw, made["token"], time.time())
+    assert (issued.kind, issued.origin, issued.key) == ("passkey", origin, a.public_raw)
+    enrolled = h.answerer.devices.person_of(issued.device)
+    assert (enrolled.person, enrolled.rights, enrolled.credential) == ("bob", rights,
+                                                                       a.credential)
+    again = await request(channel, {"op": "passkey-options"})
+    assert again["op"] == "error" and "already" in again["message"]
+    # Another invite's worth: an owner's invite needs the invite right, which bob lacks.
+    refused = await request(channel, {"op": "invite", "person": "eve",
+                                      "rights": {"apps": ["forward"]}})
+    assert refused["op"] == "error" and "may not invite" in refused["message"]
