@@ -243,8 +243,9 @@ def test_a_home_server_without_the_password_leaves_nothing_in_redis_to_check_one
     """``auth.password = false`` (issue 19): a second home server registered with the
     cluster issues no challenge, so its directory entry in Redis holds its owner and no
     pool entry at all (nothing there, keyed or not, relates to a password), and a lookup
-    through either node has no challenge.  How this was shown to fail: with the password
-    key loaded regardless (``server/tap.py``), the entry held two pool entries."""
+    through either node has no challenge.  It needs no password file at all.  How this
+    was shown to fail: with ``server/tap.py`` loading the password key regardless, this
+    home server (no password file) did not start."""
     import redis as redispy
 
     from homechannel.testing import local
