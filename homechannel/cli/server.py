@@ -150,7 +150,7 @@ def cmd_people(args):
     import time
 
     from homechannel import keyfiles
-    from homechannel.protocol import connect
+    from homechannel.protocol import connect, passkey
     from homechannel.server import devices
     from homechannel.server.people import check_person, parse_rights_option
 
@@ -173,6 +173,10 @@ def cmd_people(args):
         return 0
     if not 0 < args.minutes <= 1440:
         raise HomeChannelError("--minutes is 1-1440")
+    if passkey.relying_party_origin(cfg.coordinator_url) is None:
+        raise HomeChannelError(f"an invite enrols a passkey, and passkeys are off: "
+                               f"coordinator_url ({cfg.coordinator_url}) must name the "
+                               "coordinator by a domain name, not an IP address")
     rights = parse_rights_option(args.apps, args.read_only, args.root, args.may_invite,
                                  args.owner)
     identity = keyfiles.load_identity_key(cfg.identity_key)

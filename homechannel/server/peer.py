@@ -565,6 +565,10 @@ class Answerer:
     def _invite(self, session, body):
         if not session.rights.invite:
             raise ProtocolError(f"{session.person} may not invite others")
+        if self.passkey_origin is None:
+            raise ProtocolError("an invite enrols a passkey, and passkeys are off: the home "
+                                "server's coordinator_url must name the coordinator by a "
+                                "domain name")
         person = check_person(body.get("person"))
         rights = Rights.from_doc(body.get("rights"))
         if not rights.within(session.rights):

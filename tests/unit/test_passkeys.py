@@ -270,3 +270,45 @@ def test_rights_narrow_the_apps_and_the_files_roots():
     for bad in ({"apps": ["shell"]}, {"apps": "files"}, {"read_only": "yes"}, {"x": 1}, []):
         with pytest.raises(ProtocolError):
             Rights.from_doc(bad)
+
+
+# -- homechannel people ------------------------------------------------------------------
+
+
+def test_people_invite_list_and_revoke(tmp_path, capsys):
+    """``homechannel people``: an invite link (only with a domain name for the
+    coordinator: a passkey needs one), the store's entry for it, the list by person,
+    a revocation by name, and clear errors.  How this was shown to fail: without the
+    domain-name check the CLI printed an invite for an IP address that could never
+    enrol a passkey."""
+    from homechannel import cli, keyfiles
+
+    state = tmp_path / "state"
+    key, _ = keyfiles.load_or_create_identity_key(str(state / "server.key"))
+
+    def run(*args, url="https://hc.example"):
+        config = tmp_path / "server.toml"
+        config.write_text(f'state_dir = "{state}"\ncoordinator_url = "{url}"\n')
+        capsys.readouterr()
+        status = cli.main(["people", *args, "--config", str(config)])
+        out = capsys.readouterr()
+        return status, out.out, out.err
+
+    status, out, err = run("invite", "alice", "--apps", "files,desktop", url="http://10.0.0.1")
+    assert status == 1 and "domain name" in err and not out
+    status, out, err = run("invite", "alice", "--apps", "files,desktop", "--minutes", "30")
+    assert status == 0, err
+    assert out.startswith(f"https://hc.example/#server={key.text}&invite=hcdev2.")
+    assert "files read-only" in err and "single use" in err
+    [entry] = store.read_file(str(state / store.FILE)).values()
+    assert (entry.kind, entry.person, entry.rights.apps) == ("invite", "alice",
+                                                             frozenset({"files", "desktop"}))
+    status, out, _ = run("list")
+    assert status == 0 and out.splitlines()[0] == "alice: desktop,files; files read-only"
+    assert "invite (unused, expires" in out
+    assert run("invite", "bad/name")[0] == 1
+    assert run("invite", "x", "--apps", "shell")[0] == 1
+    assert run("revoke", "bob")[0] == 1
+    status, _, err = run("revoke", "alice")
+    assert status == 0 and "1 credential(s)" in err
+    assert store.read_file(str(state / store.FILE)) == {}
