@@ -67,7 +67,7 @@ from twisted.python.failure import Failure
 
 from homechannel import crypto
 
-from homechannel.protocol import connect, passkey
+from homechannel.protocol import connect
 from homechannel.config import CoordinatorTurn
 from homechannel.coordinator.ratelimit import (
     MemoryLockout,
@@ -86,6 +86,7 @@ from homechannel.errors import (
     Unavailable,
     whole_seconds,
 )
+from homechannel.protocol.passkey import verify_assertion
 
 DAY = 86400.0
 # A stale or made-up challenge counts this much of a failed password towards
@@ -497,7 +498,7 @@ class Broker:
             if offer_digest is None or req.passkey is None:
                 raise AuthenticationError("a passkey signs in with one assertion over the "
                                           "offer (no first step)")
-            passkey.verify_assertion(token.key, req.passkey, crypto.passkey_challenge(
+            verify_assertion(token.key, req.passkey, crypto.passkey_challenge(
                 req.session, req.challenge, offer_digest), token.origin)
             return
         if offer_digest is None:
