@@ -131,9 +131,9 @@ def _make(options):
         return config.offer_ice_hosts(cfg, active.host if active else target[0])
 
     answerer = Answerer(identity, password_key, challenges, cfg.webrtc, app_host, reactor,
+                        passkey_origin=passkey_origin, coordinator_url=cfg.coordinator_url,
                         ice_servers=ice_servers, devices=devices,
-                        offer_ice=OfferIcePolicy(allowed_ice_hosts),
-                        passkey_origin=passkey_origin, coordinator_url=cfg.coordinator_url)
+                        offer_ice=OfferIcePolicy(allowed_ice_hosts))
     udp = ServerUDP(identity, challenges, cfg.keepalive, target, reactor, answerer,
                     cfg.failover_path, resolve=reactor_resolver(reactor),
                     candidates=candidates, to_thread=to_thread)
