@@ -90,14 +90,19 @@ class AppHost:
         ``people.Rights``; None: all) allow, as they would run for that person."""
         out = []
         for name, app in APPS.items():
-            config = self._config_for(name, rights)
-            if config is not None and config.enabled:
+            config = getattr(self.config, name)
+            if config.enabled:
                 out.append({"name": name, "title": app.title, "version": VERSION, **app.describe(config)})
-        return out
+        return out if rights is None else self._allowed(out, rights)
 
-    def _config_for(self, name, rights):
-        config = getattr(self.config, name)
-        return config if rights is None else rights.app_config(name, config)
+    def _allowed(self, listed, rights):
+        """The entries of *listed* that *rights* allow, described as they run for them."""
+        out = []
+        for entry in listed:
+            config = rights.app_config(entry["name"], getattr(self.config, entry["name"]))
+            if config is not None:
+                out.append({**entry, **APPS[entry["name"]].describe(config)})
+        return out
 
     def attach(self, pc, context=None):
         """Serve the channels the browser opens on *pc* (call before setRemoteDescription).
@@ -141,15 +146,17 @@ class AppHost:
         config = getattr(self.config, name)
         if not config.enabled:
             return self._refuse(link, errors.Forbidden(f"the {name} app is disabled on this server", "app-disabled"))
-        context = state.get("context")
-        rights = getattr(context, "rights", None)
-        config = self._config_for(name, rights)
-        if config is None:
-            # The person's rights, enforced here whatever the page shows (people.py).
-            return self._refuse(link, errors.Forbidden(
-                f"{context.person} may not open the {name} app on this server", "not-allowed"))
         if state["channels"] >= MAX_CHANNELS:
             return self._refuse(link, errors.CapacityError(f"at most {MAX_CHANNELS} app channels per session", "capacity"))
+        context = state.get("context")
+        if getattr(context, "rights", None) is not None:
+            # The person's rights, enforced here whatever the page shows (people.py): the
+            # app as it runs for them (the files app's roots and read-only flag), or none.
+            config = context.rights.app_config(name, config)
+            if config is None:
+                return self._refuse(link, errors.Forbidden(
+                    f"{context.person} may not open the {name} app on this server",
+                    "not-allowed"))
         state["channels"] += 1
         link.on_close(lambda: state.__setitem__("channels", state["channels"] - 1))
         channel.binaryType = "arraybuffer"  # ignored by aiortc; harmless
