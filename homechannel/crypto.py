@@ -377,6 +377,7 @@ def device_enrol_message(session_id: str, server_public_raw: bytes) -> bytes:
 # A passkey's assertion over a connect (docs/protocol.md, "Passkeys"): the WebAuthn
 # challenge the browser asks the authenticator to sign.
 PASSKEY_LABEL = b"homechannel-passkey-v1"
+PASSKEY_START_LABEL = b"homechannel-passkey-start-v1"
 
 
 def passkey_challenge(session_id: str, challenge: bytes, offer_digest: bytes) -> bytes:
@@ -387,6 +388,14 @@ def passkey_challenge(session_id: str, challenge: bytes, offer_digest: bytes) ->
         raise ProtocolError("an offer hash is 32 bytes")
     return sha256(PASSKEY_LABEL + _session_bytes(session_id) + _challenge_bytes(challenge)
                   + offer_digest)
+
+
+def passkey_start_challenge(session_id: str, challenge: bytes) -> bytes:
+    """The WebAuthn challenge of the first step of a passkey connect with TURN (no offer
+    yet): ``SHA-256(label || session id || challenge)``; the second step carries the
+    assertion over the offer (:func:`passkey_challenge`)."""
+    return sha256(PASSKEY_START_LABEL + _session_bytes(session_id)
+                  + _challenge_bytes(challenge))
 
 
 # The coordinator's tickets: the proven first step of a connect with TURN, MACed with

@@ -488,18 +488,21 @@ class Broker:
         """The credential *token* names signed this connect: a device key its session,
         challenge and offer (:func:`crypto.device_offer_message`; before the offer,
         :func:`crypto.device_start_message`), a passkey a WebAuthn assertion over them
-        (:func:`crypto.passkey_challenge`, with the public key and origin in the token:
-        one step, with the offer).  A connect without the password proof needs a
+        (:func:`crypto.passkey_challenge`; before the offer,
+        :func:`crypto.passkey_start_challenge`), with the public key and origin in the
+        token.  A connect without the password proof needs a
         credential that signs in by itself.  AuthenticationError or ProtocolError."""
         if getattr(req, "proof", b"") is None and not token.password_free:
             raise AuthenticationError("this device signs in with the password, and the "
                                       "password proof is missing")
         if token.kind == "passkey":
-            if offer_digest is None or req.passkey is None:
-                raise AuthenticationError("a passkey signs in with one assertion over the "
-                                          "offer (no first step)")
-            verify_assertion(token.key, req.passkey, crypto.passkey_challenge(
-                req.session, req.challenge, offer_digest), token.origin)
+            if req.passkey is None:
+                raise AuthenticationError("a passkey connect carries the passkey's assertion")
+            if offer_digest is None:
+                wanted = crypto.passkey_start_challenge(req.session, req.challenge)
+            else:
+                wanted = crypto.passkey_challenge(req.session, req.challenge, offer_digest)
+            verify_assertion(token.key, req.passkey, wanted, token.origin)
             return
         if offer_digest is None:
             message = crypto.device_start_message(req.session, req.challenge)

@@ -512,6 +512,16 @@ def _json_body(body: bytes) -> dict[str, Any]:
     return doc
 
 
+def _passkey(doc: dict[str, Any]) -> Assertion | None:
+    """A request's passkey assertion, if it has one."""
+    if doc.get("passkey") is None:
+        return None
+    try:
+        return Assertion.from_doc(doc["passkey"])
+    except ProtocolError as e:
+        raise BadRequest(f"malformed request: {e}", "bad-request") from None
+
+
 def _common(doc: dict[str, Any]) -> dict[str, Any]:
     """The fields the two steps share: server, session, challenge, device and its
     signature, answer (required on the pool path: no device token)."""
@@ -599,12 +609,7 @@ class ConnectRequest:
         proof = None
         if fields["device"] is None or doc.get("proof") is not None:
             proof = _b64(doc, "proof", PROOF_SIZE)
-        passkey = None
-        if doc.get("passkey") is not None:
-            try:
-                passkey = Assertion.from_doc(doc["passkey"])
-            except ProtocolError as e:
-                raise BadRequest(f"malformed request: {e}", "bad-request") from None
+        passkey = _passkey(doc)
         try:
             sdp_fingerprint(doc.get("offer"))
         except ProtocolError as e:
@@ -618,7 +623,8 @@ class ProveRequest:
     """The body of ``POST /api/prove``, the first step of a connect when the
     coordinator has TURN: the proof without the offer, so that the client gets its
     relay credential before it gathers.  Pool path: ``answer``; device path:
-    ``device`` and ``device_signature`` over :func:`crypto.device_start_message`."""
+    ``device`` and ``device_signature`` over :func:`crypto.device_start_message`, or
+    for a passkey ``passkey``, an assertion over :func:`crypto.passkey_start_challenge`."""
 
     server: str
     server_key: bytes
@@ -627,16 +633,19 @@ class ProveRequest:
     answer: bytes | None = None
     device: str | None = None
     device_signature: bytes | None = None
+    passkey: Assertion | None = None
 
     def to_doc(self) -> dict:
-        doc = {"server": self.server, "session": self.session,
-               "challenge": crypto.b64u_encode(self.challenge)}
+        doc: dict[str, Any] = {"server": self.server, "session": self.session,
+                               "challenge": crypto.b64u_encode(self.challenge)}
         if self.answer is not None:
             doc["answer"] = crypto.b64u_encode(self.answer)
         if self.device is not None:
             doc["device"] = self.device
         if self.device_signature is not None:
             doc["device_signature"] = crypto.b64u_encode(self.device_signature)
+        if self.passkey is not None:
+            doc["passkey"] = self.passkey.to_doc()
         return doc
 
     @classmethod
@@ -646,7 +655,7 @@ class ProveRequest:
         answer = None
         if fields["device"] is None or doc.get("answer") is not None:
             answer = _b64(doc, "answer", ANSWER_SIZE)
-        return cls(answer=answer, **fields)
+        return cls(answer=answer, passkey=_passkey(doc), **fields)
 
 
 def parse_server_id(text: object) -> bytes:

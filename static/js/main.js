@@ -329,8 +329,8 @@ function sleep(ms) {
  *
  * *alone*: a credential that signs in without the password, its token as *device*: a
  * passkey ({kind: "passkey", credential}: the authenticator signs the offer) or an
- * invite ({kind: "invite"}: *keyPromise* is its key).  One step (no TURN credential), no
- * proof, no device key enrolled. */
+ * invite ({kind: "invite"}: *keyPromise* is its key).  No proof, no device key enrolled;
+ * with TURN a passkey signs the first step too (a second prompt). */
 async function attempt(server, passwordKeyPromise, device, keyPromise, alone = null) {
   const serverRaw = hc.parseServerId(server.id);
   setStep("lookup");
@@ -339,7 +339,7 @@ async function attempt(server, passwordKeyPromise, device, keyPromise, alone = n
   const lookupIce = Array.isArray(doc.ice_servers) ? doc.ice_servers : iceServers;
   // Without TURN the ICE servers are the lookup's: gathering starts now, in parallel with
   // the password derivation.
-  let peer = doc.turn && !alone ? null : createPeer(lookupIce);
+  let peer = doc.turn ? null : createPeer(lookupIce);
   let offerPromise = peer ? makeOffer(peer.pc, settings.iceGatheringTimeoutMs) : null;
   if (offerPromise) offerPromise.catch(() => {});
   try {
@@ -368,7 +368,12 @@ async function attempt(server, passwordKeyPromise, device, keyPromise, alone = n
       // answer carries the ICE servers with a TURN credential minted for this connect.
       setStep("password");
       const body = { server: server.id, session, challenge: hc.b64uEncode(challenge) };
-      if (device) {
+      if (passkey) {
+        // The authenticator signs twice: this step, then the offer.
+        body.device = device;
+        body.passkey = await assertion(alone.credential,
+          await hc.passkeyStartChallenge(session, challenge));
+      } else if (device) {
         body.device = device;
         body.device_signature = hc.b64uEncode(await hc.sign(key.privateKey,
           hc.deviceStartMessage(session, challenge)));

@@ -84,13 +84,14 @@ def people(pair, *args):
                           text=True, timeout=60, cwd=REPO)
 
 
-def start(twistd, tmp_path, server_extra=None):
+def start(twistd, tmp_path, server_extra=None, coordinator_extra=None):
     """A pair whose coordinator is at http://localhost:PORT for browsers and in links."""
     port = free_tcp_port()
     url = f"http://localhost:{port}"
     pair = make_pair(tmp_path, web_port=port,
                      coordinator_extra={"web": {"public_url": url},
-                                        "udp": {"public_host": "127.0.0.1"}},
+                                        "udp": {"public_host": "127.0.0.1"},
+                                        **(coordinator_extra or {})},
                      server_extra={"coordinator_url": url, **(server_extra or {})})
     coordinator = twistd("homechannel-coordinator", pair.coordinator_config)
     coordinator.wait_for_log("coordinator: UDP")
@@ -216,13 +217,20 @@ def test_without_the_password_nothing_at_the_coordinator_verifies_one(tmp_path, 
     challenge, so the coordinator's lookup has none (it holds no expectedAnswer) and the
     password path is refused; the owner gets in through an owner invite made with
     ``homechannel people invite --owner`` on the home machine, enrols a passkey and signs
-    in with it.  A passkey made on another domain (a migration) is not offered, and the
+    in with it, in two steps (TURN).  A passkey made on another domain (a migration) is not offered, and the
     page says why.  How this was shown to fail: with ``passkeyElsewhere`` returning
     null the passkey button was offered for the old domain; without the ``_key is None`` check in
     ``ChallengeSource.issue`` the home server never registered (HMAC of None), and with the
     password key loaded regardless the lookup carried a challenge."""
-    pair, url, coordinator, server = start(twistd, tmp_path,
-                                           server_extra={"auth": {"password": False}})
+    # With TURN at the coordinator (nothing need listen there): a passkey's connect has
+    # two steps, each signed by the authenticator.
+    secret = tmp_path / "turn-secret"
+    secret.write_text("a turn secret of the coordinator\n")
+    secret.chmod(0o600)
+    pair, url, coordinator, server = start(
+        twistd, tmp_path, server_extra={"auth": {"password": False}},
+        coordinator_extra={"turn": {"urls": ["turn:127.0.0.1:9?transport=udp"],
+                                    "secret_file": str(secret)}})
     server.wait_for_log("signing in with the password is off", timeout=10)
     lookup = json.load(urllib.request.urlopen(
         f"http://127.0.0.1:{pair.web_port}/api/servers/{pair.server_key.text}", timeout=10))
@@ -240,9 +248,13 @@ def test_without_the_password_nothing_at_the_coordinator_verifies_one(tmp_path, 
     enrol_passkey(page, "Create your passkey")
     disconnect(page)
     mark = server.mark()
+    steps = []
+    page.on("request", lambda r: steps.append(r.url.split("?")[0].rsplit("/", 1)[-1])
+            if r.method == "POST" else None)
     sign_in_with_passkey(page)
     server.wait_for_log(r"login accepted: session \S+ from \S+ \(passkey \S+\) as me",
                         since=mark, timeout=10)
+    assert steps == ["prove", "connect"], steps
     page.get_by_role("button", name="People").click()
     assert page.locator("#invite-open").is_visible()          # an owner may invite
 
