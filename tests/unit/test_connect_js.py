@@ -105,6 +105,8 @@ for (const [name, t] of Object.entries(v.tokens)) {
 }
 out.passkey_challenge = hc.b64uEncode(await hc.passkeyChallenge(v.passkey.session,
   hc.b64uDecode(v.passkey.challenge), hc.b64uDecode(v.passkey.digest)));
+out.passkey_start = hc.b64uEncode(await hc.passkeyStartChallenge(v.passkey.session,
+  hc.b64uDecode(v.passkey.challenge)));
 out.device_challenge = hc.b64uEncode(c.deviceChallenge(v.now + 0.9, (n) => new Uint8Array(n).fill(7)));
 const stats = new Map(v.stats.map((r) => [r.id, r]));
 out.stats_fp = c.remoteFingerprintFromStats(stats);
@@ -232,6 +234,8 @@ def test_connect_js_matches_python(tmp_path):
     # The passkey challenge, the twin of crypto.passkey_challenge (issue 19).
     assert crypto.b64u_decode(out["passkey_challenge"]) == crypto.passkey_challenge(
         session, challenge, digest)
+    assert crypto.b64u_decode(out["passkey_start"]) == crypto.passkey_start_challenge(
+        session, challenge)
 
     made = crypto.b64u_decode(out["device_challenge"])
     assert connect.device_challenge_time(made) == NOW and made[8:] == b"\x07" * 8
