@@ -22,7 +22,6 @@ from typing import Any, cast
 
 from homechannel import crypto
 from homechannel.protocol.ice import check_ice_servers
-from homechannel.protocol.passkey import Assertion
 from homechannel.errors import (
     AuthenticationError,
     BadRequest,
@@ -32,6 +31,7 @@ from homechannel.errors import (
     ProtocolError,
     Unavailable,
 )
+from homechannel.protocol.passkey import Assertion
 
 # -- limits ------------------------------------------------------------------
 

@@ -158,6 +158,7 @@ def verify_registration(doc: object, challenge: bytes, origin: str) -> Registrat
     from webauthn import verify_registration_response
     from webauthn.helpers import decode_credential_public_key
     from webauthn.helpers.cose import COSEAlgorithmIdentifier
+    from webauthn.helpers.decode_credential_public_key import DecodedEC2PublicKey
     from webauthn.helpers.exceptions import InvalidRegistrationResponse
 
     if not isinstance(doc, dict):
@@ -168,6 +169,8 @@ def verify_registration(doc: object, challenge: bytes, origin: str) -> Registrat
             expected_origin=origin, require_user_verification=True,
             supported_pub_key_algs=[COSEAlgorithmIdentifier.ECDSA_SHA_256])
         key = decode_credential_public_key(verified.credential_public_key)
+        if not isinstance(key, DecodedEC2PublicKey):
+            raise InvalidRegistrationResponse("not an ES256 (EC2 P-256) public key")
         raw = b"\x04" + bytes(key.x) + bytes(key.y)
         crypto.public_key_from_raw(raw)
     except InvalidRegistrationResponse as e:

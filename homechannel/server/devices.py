@@ -119,9 +119,17 @@ class Device:
         key = connect.parse_device_key(doc.get("key"))
         if crypto.device_id(key) != device_id:
             raise ProtocolError("a device's id is the hash of its key")
-        times = [doc.get("enrolled"), doc.get("last_seen")]
-        if not all(_integer(t) for t in times):
+        enrolled, last_seen = doc.get("enrolled"), doc.get("last_seen")
+        if not (isinstance(enrolled, int) and isinstance(last_seen, int)) \
+                or isinstance(enrolled, bool) or isinstance(last_seen, bool):
             raise ProtocolError("a device's times are integers")
+        return cls(device_id, key, clean_name(doc.get("name")), enrolled, last_seen)
+
+    @classmethod
+    def entry(cls, device_id: str, doc: Any) -> "Device":
+        """A credential of the file: :meth:`from_doc`, and its kind, person, rights and
+        the fields of a passkey or an invite (none of them: the owner's device key)."""
+        device = cls.from_doc(device_id, doc)
         kind = doc.get("kind", "device")
         if kind not in connect.TOKEN_KINDS:
             raise ProtocolError(f"unknown credential kind {kind!r}")
@@ -138,8 +146,8 @@ class Device:
             expires = doc.get("expires")
             if not _integer(expires):
                 raise ProtocolError("an invite has an expiry")
-        return cls(device_id, key, clean_name(doc.get("name")), times[0], times[1], kind,
-                   person, rights, credential, origin, count, expires)
+        return replace(device, kind=kind, person=person, rights=rights, credential=credential,
+                       origin=origin, sign_count=count, expires=expires)
 
 
 # -- the file (blocking: the CLI, and the running server's threads) ----------------------
@@ -159,7 +167,7 @@ def read_file(path: str) -> dict[str, Device]:
         if not isinstance(doc, dict) or doc.get("version") != 1 \
                 or not isinstance(doc.get("devices"), dict):
             raise ProtocolError("not an enrolled-devices file")
-        return {d: Device.from_doc(d, entry) for d, entry in doc["devices"].items()}
+        return {d: Device.entry(d, entry) for d, entry in doc["devices"].items()}
     except ProtocolError as e:
         raise ConfigError(f"{path} is damaged ({e}): fix it, or remove it (every device "
                           "then signs in with the password once more)") from None
