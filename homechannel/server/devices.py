@@ -113,19 +113,6 @@ class Device:
         return doc
 
     @classmethod
-    def from_doc(cls, device_id: str, doc: object) -> "Device":
-        if not isinstance(doc, dict):
-            raise ProtocolError("a device entry is an object")
-        key = connect.parse_device_key(doc.get("key"))
-        if crypto.device_id(key) != device_id:
-            raise ProtocolError("a device's id is the hash of its key")
-        enrolled, last_seen = doc.get("enrolled"), doc.get("last_seen")
-        if not (isinstance(enrolled, int) and isinstance(last_seen, int)) \
-                or isinstance(enrolled, bool) or isinstance(last_seen, bool):
-            raise ProtocolError("a device's times are integers")
-        return cls(device_id, key, clean_name(doc.get("name")), enrolled, last_seen)
-
-    @classmethod
     def entry(cls, device_id: str, doc: Any) -> "Device":
         """A credential of the file: :meth:`from_doc`, and its kind, person, rights and
         the fields of a passkey or an invite (none of them: the owner's device key)."""
@@ -148,6 +135,19 @@ class Device:
                 raise ProtocolError("an invite has an expiry")
         return replace(device, kind=kind, person=person, rights=rights, credential=credential,
                        origin=origin, sign_count=count, expires=expires)
+
+    @classmethod
+    def from_doc(cls, device_id: str, doc: object) -> "Device":
+        if not isinstance(doc, dict):
+            raise ProtocolError("a device entry is an object")
+        key = connect.parse_device_key(doc.get("key"))
+        if crypto.device_id(key) != device_id:
+            raise ProtocolError("a device's id is the hash of its key")
+        enrolled, last_seen = doc.get("enrolled"), doc.get("last_seen")
+        if not (isinstance(enrolled, int) and isinstance(last_seen, int)) \
+                or isinstance(enrolled, bool) or isinstance(last_seen, bool):
+            raise ProtocolError("a device's times are integers")
+        return cls(device_id, key, clean_name(doc.get("name")), enrolled, last_seen)
 
 
 # -- the file (blocking: the CLI, and the running server's threads) ----------------------
