@@ -579,6 +579,14 @@ class ServerMetrics:
 
 
 @dataclass(frozen=True)
+class ServerAuth:
+    # false: the password path is off (no password key read, no challenge issued, so
+    # the coordinator holds nothing that verifies a password): passkeys, sign-in keys
+    # (``connect --key``) and invites only.  Enrol an owner passkey or key first.
+    password: bool = True
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     state_dir: str = ""
     identity_key: str = ""
@@ -586,6 +594,7 @@ class ServerConfig:
     # Public URL of the coordinator's web client, for the printed connect link.
     coordinator_url: str = "http://127.0.0.1:8080"
     coordinator: ServerCoordinator = field(default_factory=ServerCoordinator)
+    auth: ServerAuth = field(default_factory=ServerAuth)
     keepalive: ServerKeepalive = field(default_factory=ServerKeepalive)
     webrtc: ServerWebRTC = field(default_factory=ServerWebRTC)
     apps: ServerApps = field(default_factory=ServerApps)

@@ -167,6 +167,20 @@ class IdentityKey:
         scalar = self._key.private_numbers().private_value.to_bytes(32, "big")
         return hkdf(scalar, b"homechannel derived key v1", label, 32)
 
+    def private_raw(self) -> bytes:
+        """The private scalar (32 bytes): only for a one-time invite key, which travels
+        in an invite link (``connect.invite_link``)."""
+        return self._key.private_numbers().private_value.to_bytes(32, "big")
+
+    @classmethod
+    def from_private_raw(cls, raw: bytes) -> Self:
+        if not isinstance(raw, bytes) or len(raw) != 32:
+            raise ProtocolError("a private scalar is 32 bytes")
+        try:
+            return cls(ec.derive_private_key(int.from_bytes(raw, "big"), _CURVE))
+        except ValueError:
+            raise ProtocolError("not a P-256 private scalar") from None
+
     def private_pem(self) -> bytes:
         return self._key.private_bytes(
             serialization.Encoding.PEM,
@@ -358,6 +372,30 @@ def device_enrol_message(session_id: str, server_public_raw: bytes) -> bytes:
     if not isinstance(server_public_raw, bytes) or len(server_public_raw) != PUBLIC_KEY_SIZE:
         raise ProtocolError("a server key is 65 bytes")
     return DEVICE_ENROL_LABEL + _session_bytes(session_id) + server_public_raw
+
+
+# A passkey's assertion over a connect (docs/protocol.md, "Passkeys"): the WebAuthn
+# challenge the browser asks the authenticator to sign.
+PASSKEY_LABEL = b"homechannel-passkey-v1"
+PASSKEY_START_LABEL = b"homechannel-passkey-start-v1"
+
+
+def passkey_challenge(session_id: str, challenge: bytes, offer_digest: bytes) -> bytes:
+    """The WebAuthn challenge of a passkey sign-in: ``SHA-256(label || session id ||
+    challenge || SHA-256(offer SDP))`` (22 + 22 + 16 + 32 bytes hashed): the
+    authenticator's signature binds the exact offer, as the password proof does."""
+    if not isinstance(offer_digest, bytes) or len(offer_digest) != 32:
+        raise ProtocolError("an offer hash is 32 bytes")
+    return sha256(PASSKEY_LABEL + _session_bytes(session_id) + _challenge_bytes(challenge)
+                  + offer_digest)
+
+
+def passkey_start_challenge(session_id: str, challenge: bytes) -> bytes:
+    """The WebAuthn challenge of the first step of a passkey connect with TURN (no offer
+    yet): ``SHA-256(label || session id || challenge)``; the second step carries the
+    assertion over the offer (:func:`passkey_challenge`)."""
+    return sha256(PASSKEY_START_LABEL + _session_bytes(session_id)
+                  + _challenge_bytes(challenge))
 
 
 # The coordinator's tickets: the proven first step of a connect with TURN, MACed with

@@ -2,7 +2,7 @@
 
 - :mod:`~homechannel.cli.keys` -- ``keygen``, ``pubkey`` (and the key-path checks).
 - :mod:`~homechannel.cli.server` -- the home server's ``join``, ``passwd``, ``link``,
-  ``status``.
+  ``status``, ``devices`` and ``people``.
 - :mod:`~homechannel.cli.coordinator` -- the coordinator's ``join-string``,
   ``cluster-key`` and ``migrate`` (through its admin API).
 - :mod:`~homechannel.cli.client` -- ``connect`` and ``forward``: the native client's
@@ -23,6 +23,7 @@ from homechannel.cli.server import (
     cmd_join,
     cmd_link,
     cmd_passwd,
+    cmd_people,
     cmd_status,
     default_server_config,
 )
@@ -164,6 +165,36 @@ def _parser():
                     help="revoke: the device's id, or the start of it ('devices list')")
     common(sp, role=False)
     sp.set_defaults(func=cmd_devices)
+
+    sp = _sub(sub, "people", "list, revoke or invite the people who may sign in",
+              "List the people who may sign in to this home server, with their rights "
+              "and credentials (passkeys, sign-in keys, devices, invites); revoke one "
+              "(every credential of theirs stops working at the coordinator and here "
+              "within seconds); or invite one: print a one-time invite link (a random "
+              "key, single use, short expiry) that lets its holder enrol a passkey with "
+              "the rights given here, and nothing else. The owner, who signs in with the "
+              "password, can also invite from the browser.",
+              "homechannel people invite alice --apps files --read-only --config "
+              "/etc/homechannel/server.toml")
+    sp.add_argument("action", choices=["list", "revoke", "invite"])
+    sp.add_argument("person", nargs="?", default="",
+                    help="revoke, invite: the person's name (letters, digits, space, ._@-)")
+    sp.add_argument("--apps", default="files",
+                    help="invite: the apps they may open, comma-separated (files, terminal, "
+                         "desktop, forward; default: files)")
+    sp.add_argument("--read-only", action=argparse.BooleanOptionalAction, default=True,
+                    help="invite: the files app read-only for them (default: yes)")
+    sp.add_argument("--root", action="append", default=[],
+                    help="invite: a files root they see (as configured; repeat; default: all)")
+    sp.add_argument("--may-invite", action="store_true",
+                    help="invite: they may invite others, with at most their own rights")
+    sp.add_argument("--owner", action="store_true",
+                    help="invite: the owner's rights (everything; for a passkey of your own "
+                         "on another device, or before turning the password off)")
+    sp.add_argument("--minutes", type=int, default=60,
+                    help="invite: how long the link works (default 60, at most 1440)")
+    common(sp, role=False)
+    sp.set_defaults(func=cmd_people)
 
     sp = _sub(sub, "migrate", "ask home servers to move to another coordinator",
               "Ask home servers registered with this coordinator to move to another one. "

@@ -11,7 +11,7 @@ import sys
 from homechannel import crypto
 from homechannel.client.control import ping
 from homechannel.client.forward import forward
-from homechannel.client.session import connect
+from homechannel.client.session import connect, key_sign_in_ready
 from homechannel.client.trust import DeviceStore, KnownCoordinators, coordinator_url
 from homechannel.errors import ConfigError, HomeChannelError, ProtocolError
 from homechannel.keyfiles import read_secret_line
@@ -53,6 +53,12 @@ def _common_options(p):
                    help="also offer this host address as an ICE candidate (e.g. 127.0.0.1)")
     p.add_argument("--timeout", type=float, default=60.0,
                    help="seconds to wait for the home server's answer")
+    p.add_argument("--key", action="store_true",
+                   help="sign in with this device's key alone, no password (like an ssh "
+                        "key: the key file in the state directory, mode 0600). The first "
+                        "time, the password is asked for once and the key is enrolled to "
+                        "sign in by itself; 'homechannel people revoke owner' or "
+                        "'devices revoke' on the home server ends it")
     p.add_argument("--no-device-token", action="store_true",
                    help="neither use nor keep a device token (by default the token the home "
                         "server gives after a sign-in is kept in the state directory's "
@@ -109,12 +115,18 @@ def _read_password(args):
 
 def _connect_kwargs(args):
     url, server = _parse_target(args)
-    return dict(url=url, server_id=server, password=_read_password(args),
+    if args.key and args.no_device_token:
+        raise ConfigError("--key signs in with the device's key and token: drop "
+                          "--no-device-token")
+    devices = DeviceStore(None) if args.no_device_token else DeviceStore.default()
+    # --key with a sign-in key enrolled: no password at all (ssh's ProxyCommand, cron).
+    ready = args.key and key_sign_in_ready(devices, url, server)
+    return dict(url=url, server_id=server, password=None if ready else _read_password(args),
                 coordinator_key=args.coordinator_key, ice_servers=ice_server_args(args),
                 advertise_addresses=webrtc.parse_addresses(args.advertise_address),
-                timeout=args.timeout, notify=_stderr,
-                devices=DeviceStore(None) if args.no_device_token else DeviceStore.default(),
-                coordinators=KnownCoordinators.default(), insecure_http=args.insecure_http)
+                timeout=args.timeout, notify=_stderr, devices=devices,
+                coordinators=KnownCoordinators.default(), insecure_http=args.insecure_http,
+                sign_in_key=args.key)
 
 
 async def _connect_and_ping(kwargs, out):
@@ -178,7 +190,9 @@ def main_forward(argv):
         epilog='examples:\n'
                '  homechannel forward --server LINK --port 5900 --listen 127.0.0.1:5901\n'
                '  ssh -o ProxyCommand="homechannel forward --stdio --server LINK '
-               '--password-file F --port 22" user@home',
+               '--password-file F --port 22" user@home\n'
+               '  ssh -o ProxyCommand="homechannel forward --stdio --server LINK --key '
+               '--port 22" user@home   # after one --key sign-in with the password',
         formatter_class=argparse.RawDescriptionHelpFormatter)
     _common_options(p)
     p.add_argument("--port", type=int, required=True,

@@ -135,16 +135,65 @@ def cmd_devices(args):
     if args.action == "list":
         if args.device:
             raise HomeChannelError("'devices list' takes no device")
-        enrolled = devices.read_file(path)
-        if not enrolled:
-            print(f"no devices enrolled ({path})")
-            return 0
-        for line in devices.describe(enrolled):
-            print(line)
-        return 0
+        return _print_lines(devices.describe(devices.read_file(path)),
+                            f"no devices enrolled ({path})")
     device = devices.revoke(path, args.device)
     print(f"revoked {device.id} ({device.name}): its sign-in token no longer works; the "
           "running home server tells its coordinator within seconds", file=sys.stderr)
+    return 0
+
+
+def _print_lines(lines, empty):
+    """``list``'s output: *lines*, or *empty* when there are none; exit status 0."""
+    print("\n".join(lines) if lines else empty)
+    return 0
+
+
+# -- people ------------------------------------------------------------------------
+
+
+def cmd_people(args):
+    import time
+
+    from homechannel import keyfiles
+    from homechannel.protocol import connect, passkey
+    from homechannel.server import devices
+    from homechannel.server.people import check_person, parse_rights_option
+
+    cfg = config.load_server(args.config, {"state_dir": args.state_dir})
+    path = cfg.devices_path
+    now = time.time()
+    if args.action == "list":
+        if args.person:
+            raise HomeChannelError("'people list' takes no name")
+        return _print_lines(devices.describe_people(devices.read_file(path), now),
+                            f"nobody has a credential yet: only the password signs in ({path})")
+    try:
+        person = check_person(args.person)
+    except HomeChannelError as e:
+        raise HomeChannelError(f"name the person: {e}") from None
+    if args.action == "revoke":
+        removed = devices.revoke_person(path, person)
+        print(f"revoked {person}: {len(removed)} credential(s) no longer work; the running "
+              "home server tells its coordinator within seconds", file=sys.stderr)
+        return 0
+    if not 0 < args.minutes <= 1440:
+        raise HomeChannelError("--minutes is 1-1440")
+    if passkey.relying_party_origin(cfg.coordinator_url) is None:
+        raise HomeChannelError(f"an invite enrols a passkey, and passkeys are off: "
+                               f"coordinator_url ({cfg.coordinator_url}) must name the "
+                               "coordinator by a domain name, not an IP address")
+    rights = parse_rights_option(args.apps, args.read_only, args.root, args.may_invite,
+                                 args.owner)
+    identity = keyfiles.load_identity_key(cfg.identity_key)
+    device, token, private = devices.new_invite(identity, person, rights, now,
+                                                args.minutes * 60)
+    devices.add_invite(path, device)
+    print(f"invite for {person} ({rights.describe()}), single use, until "
+          f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(device.expires))}; give the "
+          "link to them alone (whoever opens it first gets the rights); it works once the "
+          "running home server has read it (within seconds):", file=sys.stderr)
+    print(connect.invite_link(cfg.coordinator_url, identity.text, token, private))
     return 0
 
 

@@ -42,7 +42,7 @@ from homechannel.rtc import icechecks, webrtc
 async def connect(url, server_id, password, coordinator_key=None, ice_servers=(),
                   advertise_addresses=(), *, timeout=60.0, connect_timeout=30.0,
                   random_bytes=os.urandom, notify=None, devices=None, coordinators=None,
-                  insecure_http=False):
+                  insecure_http=False, sign_in_key=False):
     """Connect to home server *server_id* through the coordinator at *url*.
 
     Returns ``(pc, control_channel, hello)``: the open RTCPeerConnection, its
@@ -61,6 +61,12 @@ async def connect(url, server_id, password, coordinator_key=None, ice_servers=()
     connect and enrols after each sign-in.  When the device path is refused (a token
     of an old password, a revoked device) or this device's budget is spent, the same
     connect goes on with the password.
+
+    *sign_in_key* (``connect --key``): this device's key signs in by itself.  Once
+    enrolled as a sign-in key (the first such connect signs in with the password and
+    asks for it in the hello: ``"sign_in": true``), its token is of kind ``key`` and
+    the connect carries no password proof at all: *password* may then be None
+    (:func:`key_sign_in_ready` says whether it is needed).
     """
     notify = notify or (lambda message: None)
     devices = devices or DeviceStore(None)
@@ -74,19 +80,31 @@ async def connect(url, server_id, password, coordinator_key=None, ice_servers=()
         coordinator_raw = await trusted_coordinator_key(url, coordinators, notify)
     coordinator = Coordinator(url, coordinator_raw)
     loop = asyncio.get_running_loop()
-    key = loop.run_in_executor(None, crypto.derive_password_key, password, server_raw)
     device_key = devices.device_key(server_id)
     device = devices.token(url, server_id)
+    password_free = sign_in_key and key_sign_in_ready(devices, url, server_id)
+    if password is None and not password_free:
+        raise AuthenticationError("this device's key is not enrolled to sign in by itself "
+                                  "yet: sign in once with the password (--key with "
+                                  "--password-file, or at the prompt)", "bad-device")
+    key = None if password is None else loop.run_in_executor(
+        None, crypto.derive_password_key, password, server_raw)
     target = _Target(coordinator, url, server_id, server_raw, device_key, devices, notify)
+    target.sign_in_key = sign_in_key
     try:
         for attempt in range(3):
             try:
-                result = await _attempt(target, await key, device, tuple(ice_servers),
-                                        advertise_addresses, timeout, connect_timeout,
-                                        random_bytes)
+                result = await _attempt(target, None if password_free else await key, device,
+                                        tuple(ice_servers), advertise_addresses, timeout,
+                                        connect_timeout, random_bytes)
                 notify(path_line(result[0]))
                 return result
             except HomeChannelError as e:
+                if e.code == flow.BAD_DEVICE and password_free:
+                    raise AuthenticationError(
+                        f"this device's sign-in key was not accepted ({e}): it was revoked, "
+                        "or the password was changed; sign in with the password to enrol "
+                        "it again (--key with --password-file)", flow.BAD_DEVICE) from None
                 if e.code == flow.BAD_DEVICE and device is not None:
                     notify("the home server no longer accepts this device's token (the "
                            "password was changed, or the device was revoked); signing in "
@@ -103,6 +121,19 @@ async def connect(url, server_id, password, coordinator_key=None, ice_servers=()
     finally:
         remember_key(coordinators, coordinator, notify)
     raise Unavailable("the home server refused every attempt; try again later")
+
+
+def key_sign_in_ready(devices, url, server_id):
+    """True if *devices* holds a sign-in key's token (kind ``key``) for this coordinator
+    URL and server: ``connect --key`` then needs no password."""
+    token = devices.token(url, server_id)
+    if token is None:
+        return False
+    try:
+        parsed = flow.DeviceToken.verify(crypto.parse_server_id(server_id), token, time.time())
+    except (ProtocolError, AuthenticationError):
+        return False
+    return parsed.kind == "key"
 
 
 def _device_path_held(error):
@@ -123,6 +154,7 @@ class _Target:
         self.device_key = device_key
         self.devices = devices
         self.notify = notify
+        self.sign_in_key = False    # connect --key: enrol the key to sign in by itself
 
 
 async def _attempt(target, key, device, ice_servers, advertise_addresses, timeout,
@@ -181,7 +213,8 @@ async def _attempt(target, key, device, ice_servers, advertise_addresses, timeou
         digest = crypto.offer_hash(offer)
         request = flow.ConnectRequest(
             server_id, server_raw, session, challenge,
-            crypto.client_proof(key, session, challenge, digest), offer,
+            None if key is None else crypto.client_proof(key, session, challenge, digest),
+            offer,
             answer=None if device or ticket else crypto.challenge_answer(key, challenge),
             device=device, ticket=ticket,
             device_signature=signer.sign(crypto.device_offer_message(
@@ -212,7 +245,7 @@ async def _attempt(target, key, device, ice_servers, advertise_addresses, timeou
                 f"one it signed ({server_fp}): someone is in the middle; refusing to connect",
                 "server-certificate")
         hello = await control_request(control, {"op": "hello", "device": enrolment(
-            target.device_key, session, server_raw)}, "hello")
+            target.device_key, session, server_raw, target.sign_in_key)}, "hello")
         _keep_token(target, hello.get("device"))
         return pc, control, hello
     except BaseException:
@@ -220,13 +253,17 @@ async def _attempt(target, key, device, ice_servers, advertise_addresses, timeou
         raise
 
 
-def enrolment(device_key, session, server_raw):
+def enrolment(device_key, session, server_raw, sign_in=False):
     """The ``device`` field of the hello: this client's device key, signed over the
-    session (``crypto.device_enrol_message``), and a name for ``devices list``."""
-    return {"key": crypto.b64u_encode(device_key.public_raw),
-            "signature": crypto.b64u_encode(device_key.sign(
-                crypto.device_enrol_message(session, server_raw))),
-            "name": f"homechannel connect on {socket.gethostname()}"[:64]}
+    session (``crypto.device_enrol_message``), and a name for ``devices list``;
+    *sign_in* asks for a key that signs in by itself (``connect --key``)."""
+    doc = {"key": crypto.b64u_encode(device_key.public_raw),
+           "signature": crypto.b64u_encode(device_key.sign(
+               crypto.device_enrol_message(session, server_raw))),
+           "name": f"homechannel connect on {socket.gethostname()}"[:64]}
+    if sign_in:
+        doc["sign_in"] = True
+    return doc
 
 
 def _keep_token(target, token):

@@ -86,6 +86,7 @@ from homechannel.errors import (
     Unavailable,
     whole_seconds,
 )
+from homechannel.protocol.passkey import verify_assertion
 
 DAY = 86400.0
 # A stale or made-up challenge counts this much of a failed password towards
@@ -306,10 +307,7 @@ class Broker:
         """The checks of :meth:`connect` before the offer exists, then a TURN credential
         for the client (within the budgets) and a ticket for the second step.  Returns
         ``{"session", "ticket", "ice_servers", "expires"}``."""
-        message = None
-        if req.device is not None:
-            message = crypto.device_start_message(req.session, req.challenge)
-        token, spend, turn = await self._admit(req, source, message, self._turn is not None)
+        token, spend, turn = await self._admit(req, source, None, self._turn is not None)
         results = await _together(*spend)
         ice = list(self._ice)
         if turn and all(r is None for r in results[-3:]):
@@ -336,10 +334,7 @@ class Broker:
             device, turn = await self._ticketed(req, source)
             await self._relay_session(req, source, device, turn, ())
             return
-        message = None
-        if req.device is not None:
-            message = crypto.device_offer_message(req.session, req.challenge, req.offer_digest)
-        token, spend, _ = await self._admit(req, source, message, False)
+        token, spend, _ = await self._admit(req, source, req.offer_digest, False)
         await self._relay_session(req, source, token.device if token is not None else None,
                                   False, spend)
 
@@ -350,7 +345,8 @@ class Broker:
         ice = (self._turn.mint(key, "s"),) if turn else ()
         payload = connect.Offer(req.session, req.challenge, req.proof, req.offer,
                                 source=source, device=req.device, ice_servers=ice,
-                                device_signature=req.device_signature).encode()
+                                device_signature=req.device_signature,
+                                passkey=req.passkey).encode()
         await _together(self.sessions.create(req.session, key, source=source, device=device),
                         *spend)
         self.metrics["connect_relayed"] += 1
@@ -363,8 +359,7 @@ class Broker:
         if req.device is not None:
             try:
                 token = self._device_token(req.server_key, req.device)
-                token.check_signature(req.device_signature, crypto.device_offer_message(
-                    req.session, req.challenge, req.offer_digest))
+                self._check_credential(token, req, req.offer_digest)
             except (ProtocolError, AuthenticationError) as e:
                 self.metrics["connect_bad_device"] += 1
                 await self._lockout.failure(lockout_key(source), STALE_WEIGHT)
@@ -376,19 +371,20 @@ class Broker:
                                       self._clock.seconds())
         return device, ticket.turn
 
-    async def _admit(self, req, source, message, want_turn):
+    async def _admit(self, req, source, offer_digest, want_turn):
         """Every check of a connect attempt that does not need the offer (the order of
         the module's docstring); raise to refuse it.  Returns ``(device token or None,
         the budget to spend (coroutines) once the attempt goes on, whether the TURN
         budgets have room)``: the last three of the spending are the TURN budgets'
-        when that is true.  *message* is what the device key must have signed."""
+        when that is true.  *offer_digest* is the offer's hash (None in the first step,
+        before the offer exists: :meth:`_check_credential`)."""
         lock = lockout_key(source)
         key = req.server_key
         token = token_error = None
         if req.device is not None:
             try:
                 token = self._device_token(key, req.device)
-                token.check_signature(req.device_signature, message)
+                self._check_credential(token, req, offer_digest)
             except (ProtocolError, AuthenticationError) as e:
                 token, token_error = None, e
         turn = [self._turn_minute.peek(key), self._turn_day.peek(key),
@@ -486,6 +482,32 @@ class Broker:
             self.metrics["connect_stale_challenge"] += 1
             raise Forbidden("the connection attempt is too old or this device's clock is wrong "
                             "(more than 5 minutes off)", "stale-challenge")
+
+    def _check_credential(self, token, req, offer_digest):
+        """The credential *token* names signed this connect: a device key its session,
+        challenge and offer (:func:`crypto.device_offer_message`; before the offer,
+        :func:`crypto.device_start_message`), a passkey a WebAuthn assertion over them
+        (:func:`crypto.passkey_challenge`; before the offer,
+        :func:`crypto.passkey_start_challenge`), with the public key and origin in the
+        token.  A connect without the password proof needs a
+        credential that signs in by itself.  AuthenticationError or ProtocolError."""
+        if getattr(req, "proof", b"") is None and not token.password_free:
+            raise AuthenticationError("this device signs in with the password, and the "
+                                      "password proof is missing")
+        if token.kind == "passkey":
+            if req.passkey is None:
+                raise AuthenticationError("a passkey connect carries the passkey's assertion")
+            if offer_digest is None:
+                wanted = crypto.passkey_start_challenge(req.session, req.challenge)
+            else:
+                wanted = crypto.passkey_challenge(req.session, req.challenge, offer_digest)
+            verify_assertion(token.key, req.passkey, wanted, token.origin)
+            return
+        if offer_digest is None:
+            message = crypto.device_start_message(req.session, req.challenge)
+        else:
+            message = crypto.device_offer_message(req.session, req.challenge, offer_digest)
+        token.check_signature(req.device_signature, message)
 
     def _device_token(self, server_key, text):
         token = self._tokens.get(text)

@@ -33,6 +33,7 @@ from homechannel.errors import (
     ProtocolError,
     Unavailable,
 )
+from homechannel.protocol.passkey import Assertion
 
 # -- limits ------------------------------------------------------------------
 
@@ -50,6 +51,14 @@ ANSWER_SIZE = 32
 DEVICE_ID_SIZE = 16
 DEVICE_TOKEN_LIFETIME = 90 * 86400
 DEVICE_TOKEN_PREFIX = "hcdev2"
+# A token's kind: a device key that signs with the password (``device``), one that
+# signs in by itself (``key``: the native client's ``connect --key``), a passkey
+# (``passkey``: it signs WebAuthn assertions), a one-time invite key (``invite``).
+TOKEN_KINDS = ("device", "key", "passkey", "invite")
+# The epoch of a token that does not depend on the password (a passkey, an invite):
+# never a password epoch, so ``homechannel passwd`` leaves those in place.
+KEY_EPOCH = 2 ** 32 - 1
+INVITE_LIFETIME = 24 * 3600     # the longest an invite link may live
 
 # -- the HTTP API ---------------------------------------------------------------
 
@@ -86,11 +95,21 @@ def connect_link(coordinator_url: str, server_id: str) -> str:
 
 
 def split_link(text: str) -> tuple[str | None, str]:
-    """``(coordinator URL or None, server id)`` from a connect link or a bare id."""
+    """``(coordinator URL or None, server id)`` from a connect link or a bare id (an
+    invite link's other fields are left off)."""
     if LINK_MARK in text:
         url, _, server = text.partition(LINK_MARK)
-        return url.rstrip("/") or None, server
+        return url.rstrip("/") or None, server.partition("&")[0]
     return None, text
+
+
+def invite_link(coordinator_url: str, server_id: str, token: str, private_raw: bytes) -> str:
+    """An invite link: the connect link with ``&invite=<invite token>&key=<b64u private
+    scalar of the invite key>``.  Everything after ``#`` stays in the browser: the
+    coordinator never sees the key, only the token and the key's signature over one
+    connect."""
+    return (f"{connect_link(coordinator_url, server_id)}&invite={token}"
+            f"&key={crypto.b64u_encode(private_raw)}")
 
 
 # -- codes of the home server's refusals ---------------------------------------
@@ -198,30 +217,40 @@ class DeviceToken:
     carries the password proof.
 
     Text form: ``hcdev2.<b64u payload>.<b64u signature>``; payload: compact JSON
-    ``{"device","epoch","exp","iat","key","server","v":2}`` (sorted keys); ``device``
-    is :func:`crypto.device_id` of ``key``; signature: ECDSA(server identity,
-    ``"homechannel-device-v2\\n" + payload``).
+    ``{"device","epoch","exp","iat","key","server","v":2}`` (sorted keys), and
+    ``"kind"`` (one of :data:`TOKEN_KINDS` but ``device``) and ``"origin"`` (a
+    passkey's WebAuthn origin) when they apply; ``device`` is :func:`crypto.device_id`
+    of ``key``; signature: ECDSA(server identity, ``"homechannel-device-v2\\n" +
+    payload``).  Every credential of a person is one of these: the coordinator checks
+    each with the public key it names (a passkey's with :mod:`~homechannel.protocol.passkey`).
     """
 
     server: str
     device: str
     key: bytes          # the device's raw public key
-    epoch: int          # the password epoch it was issued in
+    epoch: int          # the password epoch it was issued in (KEY_EPOCH: none)
     issued: int
     expires: int
+    kind: str = "device"
+    origin: str | None = None
 
     def payload(self) -> bytes:
-        return json.dumps({"v": 2, "server": self.server, "device": self.device,
-                           "key": crypto.b64u_encode(self.key), "epoch": int(self.epoch),
-                           "iat": int(self.issued), "exp": int(self.expires)},
-                          separators=(",", ":"), sort_keys=True).encode("ascii")
+        doc: dict[str, Any] = {"v": 2, "server": self.server, "device": self.device,
+                               "key": crypto.b64u_encode(self.key), "epoch": int(self.epoch),
+                               "iat": int(self.issued), "exp": int(self.expires)}
+        if self.kind != "device":
+            doc["kind"] = self.kind
+        if self.origin is not None:
+            doc["origin"] = self.origin
+        return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode("ascii")
 
     @classmethod
     def issue(cls, identity: crypto.IdentityKey, device_key: bytes, epoch: int, now: float,
-              lifetime: float = DEVICE_TOKEN_LIFETIME) -> str:
+              lifetime: float = DEVICE_TOKEN_LIFETIME, kind: str = "device",
+              origin: str | None = None) -> str:
         """A token for the device with raw public key *device_key*."""
         token = cls(identity.text, crypto.device_id(device_key), device_key, int(epoch),
-                    int(now), int(now + lifetime))
+                    int(now), int(now + lifetime), kind, origin)
         payload = token.payload()
         signature = identity.sign(crypto.device_token_message(payload))
         return ".".join([DEVICE_TOKEN_PREFIX, crypto.b64u_encode(payload),
@@ -244,9 +273,14 @@ class DeviceToken:
         try:
             doc = json.loads(payload.decode("ascii"))
             token = cls(doc["server"], doc["device"], parse_device_key(doc["key"]),
-                        doc["epoch"], doc["iat"], doc["exp"])
+                        doc["epoch"], doc["iat"], doc["exp"], doc.get("kind", "device"),
+                        doc.get("origin"))
             ok = (doc.get("v") == 2 and isinstance(token.server, str)
-                  and isinstance(token.device, str)
+                  and isinstance(token.device, str) and token.kind in TOKEN_KINDS
+                  and (token.origin is None or (token.kind == "passkey"
+                                                and isinstance(token.origin, str)
+                                                and len(token.origin) <= 200))
+                  and (token.kind != "passkey" or token.origin is not None)
                   and all(isinstance(t, int) and not isinstance(t, bool)
                           for t in (token.epoch, token.issued, token.expires)))
         except (UnicodeDecodeError, ValueError, KeyError, TypeError, ProtocolError):
@@ -258,6 +292,11 @@ class DeviceToken:
         if not token.issued - MAX_CLOCK_SKEW <= now < token.expires:
             raise AuthenticationError("the device token has expired")
         return token
+
+    @property
+    def password_free(self) -> bool:
+        """True for a credential that signs in without the password proof."""
+        return self.kind != "device"
 
     def check_signature(self, signature: bytes | None, message: bytes) -> None:
         """The device key's *signature* over *message*; AuthenticationError if it is
@@ -290,7 +329,10 @@ class DevicePolicy:
     devices: frozenset[str] = frozenset()
 
     def allows(self, token: "DeviceToken") -> bool:
-        return token.epoch == self.epoch and token.device in self.devices
+        """The token's credential is enrolled, and it is of the current password epoch
+        (a passkey's or an invite's, of none)."""
+        epoch = KEY_EPOCH if token.kind in ("passkey", "invite") else self.epoch
+        return token.epoch == epoch and token.device in self.devices
 
     def encode(self) -> bytes:
         ids = sorted(self.devices)
@@ -403,6 +445,16 @@ def _json_body(body: bytes) -> dict[str, Any]:
     return doc
 
 
+def _passkey(doc: dict[str, Any]) -> Assertion | None:
+    """A request's passkey assertion, if it has one."""
+    if doc.get("passkey") is None:
+        return None
+    try:
+        return Assertion.from_doc(doc["passkey"])
+    except ProtocolError as e:
+        raise BadRequest(f"malformed request: {e}", "bad-request") from None
+
+
 def _common(doc: dict[str, Any]) -> dict[str, Any]:
     """The fields the two steps share: server, session, challenge, device and its
     signature, answer (required on the pool path: no device token)."""
@@ -442,17 +494,22 @@ class ConnectRequest:
     server_key: bytes
     session: str
     challenge: bytes
-    proof: bytes
+    proof: bytes | None
     offer: str
     answer: bytes | None = None
     device: str | None = None
     device_signature: bytes | None = None
     ticket: str | None = None
+    passkey: Assertion | None = None
 
     def to_doc(self) -> dict:
-        doc = {"server": self.server, "session": self.session,
-               "challenge": crypto.b64u_encode(self.challenge),
-               "proof": crypto.b64u_encode(self.proof), "offer": self.offer}
+        doc: dict[str, Any] = {"server": self.server, "session": self.session,
+                               "challenge": crypto.b64u_encode(self.challenge),
+                               "offer": self.offer}
+        if self.proof is not None:
+            doc["proof"] = crypto.b64u_encode(self.proof)
+        if self.passkey is not None:
+            doc["passkey"] = self.passkey.to_doc()
         if self.answer is not None:
             doc["answer"] = crypto.b64u_encode(self.answer)
         if self.device is not None:
@@ -480,12 +537,18 @@ class ConnectRequest:
         answer = None
         if (fields["device"] is None and ticket is None) or doc.get("answer") is not None:
             answer = _b64(doc, "answer", ANSWER_SIZE)
-        proof = _b64(doc, "proof", PROOF_SIZE)
+        # Without the password: a credential that signs in by itself (its token says so,
+        # and the home server's record of it decides).
+        proof = None
+        if fields["device"] is None or doc.get("proof") is not None:
+            proof = _b64(doc, "proof", PROOF_SIZE)
+        passkey = _passkey(doc)
         try:
             sdp_fingerprint(doc.get("offer"))
         except ProtocolError as e:
             raise BadRequest(f"malformed request: {e}", "bad-offer") from None
-        return cls(proof=proof, offer=doc["offer"], answer=answer, ticket=ticket, **fields)
+        return cls(proof=proof, offer=doc["offer"], answer=answer, ticket=ticket,
+                   passkey=passkey, **fields)
 
 
 @dataclass(frozen=True)
@@ -493,7 +556,8 @@ class ProveRequest:
     """The body of ``POST /api/prove``, the first step of a connect when the
     coordinator has TURN: the proof without the offer, so that the client gets its
     relay credential before it gathers.  Pool path: ``answer``; device path:
-    ``device`` and ``device_signature`` over :func:`crypto.device_start_message`."""
+    ``device`` and ``device_signature`` over :func:`crypto.device_start_message`, or
+    for a passkey ``passkey``, an assertion over :func:`crypto.passkey_start_challenge`."""
 
     server: str
     server_key: bytes
@@ -502,16 +566,19 @@ class ProveRequest:
     answer: bytes | None = None
     device: str | None = None
     device_signature: bytes | None = None
+    passkey: Assertion | None = None
 
     def to_doc(self) -> dict:
-        doc = {"server": self.server, "session": self.session,
-               "challenge": crypto.b64u_encode(self.challenge)}
+        doc: dict[str, Any] = {"server": self.server, "session": self.session,
+                               "challenge": crypto.b64u_encode(self.challenge)}
         if self.answer is not None:
             doc["answer"] = crypto.b64u_encode(self.answer)
         if self.device is not None:
             doc["device"] = self.device
         if self.device_signature is not None:
             doc["device_signature"] = crypto.b64u_encode(self.device_signature)
+        if self.passkey is not None:
+            doc["passkey"] = self.passkey.to_doc()
         return doc
 
     @classmethod
@@ -521,7 +588,7 @@ class ProveRequest:
         answer = None
         if fields["device"] is None or doc.get("answer") is not None:
             answer = _b64(doc, "answer", ANSWER_SIZE)
-        return cls(answer=answer, **fields)
+        return cls(answer=answer, passkey=_passkey(doc), **fields)
 
 
 def parse_server_id(text: object) -> bytes:
@@ -549,17 +616,22 @@ class Offer:
 
     session: str
     challenge: bytes
-    proof: bytes
+    proof: bytes | None
     sdp: str
     source: str | None = None
     device: str | None = None
     ice_servers: tuple[dict[str, Any], ...] = field(default_factory=tuple)
     device_signature: bytes | None = None
+    passkey: Assertion | None = None
 
     def encode(self) -> bytes:
         doc: dict[str, Any] = {
             "session": self.session, "challenge": crypto.b64u_encode(self.challenge),
-            "proof": crypto.b64u_encode(self.proof), "offer": self.sdp}
+            "offer": self.sdp}
+        if self.proof is not None:
+            doc["proof"] = crypto.b64u_encode(self.proof)
+        if self.passkey is not None:
+            doc["passkey"] = self.passkey.to_doc()
         if self.source is not None:
             doc["source"] = str(self.source)[:MAX_SOURCE]
         if self.device is not None:
@@ -587,9 +659,14 @@ class Offer:
         challenge = crypto.b64u_decode(doc.get("challenge"))
         if len(challenge) != crypto.CHALLENGE_SIZE:
             raise ProtocolError("challenge must be 16 bytes")
-        proof = crypto.b64u_decode(doc.get("proof"))
-        if len(proof) != PROOF_SIZE:
-            raise ProtocolError("proof must be 32 bytes")
+        proof = None
+        if doc.get("proof") is not None or doc.get("device") is None:
+            proof = crypto.b64u_decode(doc.get("proof"))
+            if len(proof) != PROOF_SIZE:
+                raise ProtocolError("proof must be 32 bytes")
+        passkey = None
+        if doc.get("passkey") is not None:
+            passkey = Assertion.from_doc(doc["passkey"])
         sdp = doc.get("offer")
         if not isinstance(sdp, str):
             raise ProtocolError("offer SDP missing")
@@ -604,7 +681,7 @@ class Offer:
             if len(signature) != crypto.SIGNATURE_SIZE:
                 raise ProtocolError("device_signature must be 64 bytes")
         return cls(session, challenge, proof, sdp, source, device,
-                   check_ice_servers(doc.get("ice_servers")), signature)
+                   check_ice_servers(doc.get("ice_servers")), signature, passkey)
 
 
 def session_of(payload: bytes) -> str | None:

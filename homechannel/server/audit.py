@@ -13,15 +13,15 @@ from homechannel.ops.logsafe import Logger
 log = Logger(namespace="homechannel.audit")
 
 
-def login(accepted, session, source, detail=""):
+def login(accepted, session, source, detail="", person=None):
     """A login accepted by the home server, or refused by it or by the coordinator.
 
     *source* is the client address the coordinator saw (``"unknown"`` when the
-    coordinator did not send it)."""
+    coordinator did not send it); *person* who signed in (``people``)."""
     if accepted:
-        log.info("audit: accepted login, session {session}, source {source}",
+        log.info("audit: accepted login, session {session}, source {source}, person {person}",
                  session=session or "-", source=source or "unknown", audit="login",
-                 result="accepted")
+                 result="accepted", person=person or "-")
     else:
         log.warn("audit: refused login, session {session}, source {source}: {detail}",
                  session=session or "-", source=source or "unknown", detail=detail,
@@ -31,11 +31,13 @@ def login(accepted, session, source, detail=""):
 AUDITED_FILE_OPS = {"upload", "download", "rename", "delete", "mkdir"}
 
 
-def file_request(result, op, body):
+def file_request(result, op, body, person=None):
     """A files request finished (``addBoth``): one line for the audited operations,
-    done or refused; *result* is passed through unchanged."""
+    done or refused, naming *person* (who signed in); *result* is passed through
+    unchanged."""
     if op in AUDITED_FILE_OPS and isinstance(body, dict):
-        fields = {"root": body.get("root"), "path": str(body.get("path"))[:512]}
+        fields = {"root": body.get("root"), "path": str(body.get("path"))[:512],
+                  "person": person or "-"}
         detail = ""
         if op == "rename":
             detail = ", to {to_root}:{to}"
@@ -49,9 +51,11 @@ def file_request(result, op, body):
             fields["offset"] = body.get("offset")
         if isinstance(result, Failure):
             code = getattr(result.value, "code", None) or type(result.value).__name__
-            log.warn("audit: file {op} refused: {root}:{path}" + detail + " ({code})",
+            log.warn("audit: file {op} refused: {root}:{path}" + detail + " ({code}), "
+                     "person {person}",
                      op=op, code=code, audit="file", result="refused", **fields)
         else:
-            log.info("audit: file {op} {root}:{path}" + detail, op=op, audit="file",
+            log.info("audit: file {op} {root}:{path}" + detail + ", person {person}", op=op,
+                     audit="file",
                      result="done", **fields)
     return result

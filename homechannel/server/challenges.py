@@ -20,8 +20,11 @@ class ChallengeSource:
         self._remember = remember
 
     def issue(self, count):
-        """*count* fresh ``(challenge, expectedAnswer)`` pairs."""
+        """*count* fresh ``(challenge, expectedAnswer)`` pairs; none when the password
+        path is off (no password key: ``auth.password = false``)."""
         out = []
+        if self._key is None:
+            return out
         for _ in range(count):
             c = self._random(crypto.CHALLENGE_SIZE)
             self._issued[c] = None

@@ -29,9 +29,15 @@ new key; its old entry ages out).  Revoking removes the entry: the device's toke
 no longer works, and it signs in with the password again (which enrols it again:
 to keep someone out who knows the password, change the password).
 
-Issue 19 (passkeys, people) builds on this store: an entry is where a device's
-person and rights go, and a key-only sign-in (``homechannel connect --key``)
-checks the same token and the same signature over the offer.
+Every credential of a person is an entry here, with the same id (the hash of its
+public key), the same token and the same door at the coordinator: a browser's device
+key (``device``: it signs with the password), a native client's sign-in key (``key``:
+``homechannel connect --key`` signs in with it alone), a passkey (``passkey``: its
+credential id, WebAuthn origin and sign count are kept too), and an invite
+(``invite``: a one-time key in an invite link, with an expiry, usable once, only to
+enrol a passkey).  Each entry names its person and their rights (``people.Rights``);
+entries written before people existed are the owner's.  ``homechannel people
+list|revoke|invite`` works on the same file.
 """
 
 import contextlib
@@ -39,7 +45,7 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from twisted.internet import defer
@@ -47,7 +53,8 @@ from twisted.internet import defer
 from homechannel import crypto
 from homechannel.errors import AuthenticationError, ConfigError, ProtocolError
 from homechannel.keyfiles import replace_secret_file
-from homechannel.protocol import connect
+from homechannel.protocol import connect, passkey
+from homechannel.server.people import OWNER, OWNER_NAME, Rights, check_person
 from homechannel.server.statefiles import inline
 from homechannel.ops.logsafe import Logger
 
@@ -65,17 +72,69 @@ def clean_name(name: object) -> str:
     return _UNPRINTABLE.sub("?", text)[:MAX_NAME].strip() or "unnamed device"
 
 
+def _integer(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class Device:
+    """One credential of a person (the module's docstring: the kinds)."""
+
     id: str
     key: bytes          # raw public key
     name: str
     enrolled: int
     last_seen: int
+    kind: str = "device"
+    person: str = OWNER_NAME
+    rights: Rights = OWNER
+    credential: bytes | None = None     # a passkey's credential id
+    origin: str | None = None           # a passkey's WebAuthn origin
+    sign_count: int = 0                 # a passkey's last sign count
+    expires: int | None = None          # an invite's expiry
+
+    @property
+    def epoch_free(self) -> bool:
+        """A passkey or an invite: not bound to the password epoch."""
+        return self.kind in ("passkey", "invite")
 
     def to_doc(self) -> dict[str, Any]:
-        return {"key": crypto.b64u_encode(self.key), "name": self.name,
-                "enrolled": self.enrolled, "last_seen": self.last_seen}
+        doc: dict[str, Any] = {"key": crypto.b64u_encode(self.key), "name": self.name,
+                               "enrolled": self.enrolled, "last_seen": self.last_seen}
+        if self.kind != "device":
+            doc["kind"] = self.kind
+        if self.person != OWNER_NAME or self.rights != OWNER:
+            doc["person"], doc["rights"] = self.person, self.rights.to_doc()
+        if self.credential is not None:
+            doc["credential"] = crypto.b64u_encode(self.credential)
+            doc["origin"], doc["sign_count"] = self.origin, self.sign_count
+        if self.expires is not None:
+            doc["expires"] = self.expires
+        return doc
+
+    @classmethod
+    def entry(cls, device_id: str, doc: Any) -> "Device":
+        """A credential of the file: :meth:`from_doc`, and its kind, person, rights and
+        the fields of a passkey or an invite (none of them: the owner's device key)."""
+        device = cls.from_doc(device_id, doc)
+        kind = doc.get("kind", "device")
+        if kind not in connect.TOKEN_KINDS:
+            raise ProtocolError(f"unknown credential kind {kind!r}")
+        person = check_person(doc.get("person", OWNER_NAME))
+        rights = Rights.from_doc(doc["rights"]) if "rights" in doc else OWNER
+        credential = origin = expires = None
+        count = 0
+        if kind == "passkey":
+            credential = crypto.b64u_decode(doc.get("credential"))
+            origin, count = passkey.origin_of(doc.get("origin")), doc.get("sign_count")
+            if not credential or not _integer(count) or count < 0:
+                raise ProtocolError("a passkey has its credential id, origin and sign count")
+        if kind == "invite":
+            expires = doc.get("expires")
+            if not _integer(expires):
+                raise ProtocolError("an invite has an expiry")
+        return replace(device, kind=kind, person=person, rights=rights, credential=credential,
+                       origin=origin, sign_count=count, expires=expires)
 
     @classmethod
     def from_doc(cls, device_id: str, doc: object) -> "Device":
@@ -108,7 +167,7 @@ def read_file(path: str) -> dict[str, Device]:
         if not isinstance(doc, dict) or doc.get("version") != 1 \
                 or not isinstance(doc.get("devices"), dict):
             raise ProtocolError("not an enrolled-devices file")
-        return {d: Device.from_doc(d, entry) for d, entry in doc["devices"].items()}
+        return {d: Device.entry(d, entry) for d, entry in doc["devices"].items()}
     except ProtocolError as e:
         raise ConfigError(f"{path} is damaged ({e}): fix it, or remove it (every device "
                           "then signs in with the password once more)") from None
@@ -147,15 +206,32 @@ def change_file(path: str, change) -> dict[str, Device]:
 
 
 def _upsert(devices: dict[str, Device], device: Device, limit: int) -> None:
-    """Add or refresh *device*; the least recently seen go beyond *limit*."""
+    """Add or refresh *device*; beyond *limit* the least recently seen go, browser
+    device keys and invites before sign-in keys and passkeys (the ones a person
+    cannot get back without the password or a new invite)."""
     held = devices.get(device.id)
     if held is not None:
-        device = Device(device.id, device.key, device.name, held.enrolled,
-                        max(held.last_seen, device.last_seen))
+        device = replace(device, enrolled=held.enrolled,
+                         last_seen=max(held.last_seen, device.last_seen),
+                         sign_count=max(held.sign_count, device.sign_count))
     devices[device.id] = device
     while len(devices) > limit:
-        oldest = min(devices.values(), key=lambda d: (d.last_seen, d.enrolled))
+        oldest = min(devices.values(), key=lambda d: (d.kind in ("key", "passkey"),
+                                                       d.last_seen, d.enrolled))
         del devices[oldest.id]
+
+
+def _used(devices: dict[str, Device], device: Device) -> None:
+    """A sign-in with *device*: an invite is gone, a passkey's sign count and anyone's
+    last sign-in move forward."""
+    held = devices.get(device.id)
+    if held is None:
+        return
+    if held.kind == "invite":
+        del devices[held.id]
+    else:
+        devices[held.id] = replace(held, last_seen=max(held.last_seen, device.last_seen),
+                                   sign_count=max(held.sign_count, device.sign_count))
 
 
 def revoke(path: str, prefix: str) -> Device:
@@ -183,6 +259,66 @@ def revoke(path: str, prefix: str) -> Device:
     return found[0]
 
 
+def new_invite(identity: crypto.IdentityKey, person: str, rights: Rights, now: float,
+               lifetime: float) -> tuple[Device, str, bytes]:
+    """A one-time invite for *person* with *rights*: ``(its entry, its token, the
+    invite key's private scalar)``; the caller enrols the entry and hands out
+    ``connect.invite_link`` of the other two."""
+    lifetime = min(float(lifetime), connect.INVITE_LIFETIME)
+    if lifetime <= 0:
+        raise ConfigError("an invite lives between a second and a day")
+    key = crypto.IdentityKey.generate()
+    device = Device(crypto.device_id(key.public_raw), key.public_raw,
+                    clean_name(f"invite for {person}"), int(now), int(now), "invite",
+                    check_person(person), rights, expires=int(now + lifetime))
+    token = connect.DeviceToken.issue(identity, key.public_raw, connect.KEY_EPOCH, now,
+                                      lifetime, kind="invite")
+    return device, token, key.private_raw()
+
+
+def add_invite(path: str, device: Device) -> None:
+    """Write the invite *device* to the file (``people invite``: the running server
+    reads it on its next status tick and tells its coordinator)."""
+    change_file(path, lambda devices: _upsert(devices, device, connect.MAX_POLICY_DEVICES))
+
+
+def revoke_person(path: str, person: str) -> list[Device]:
+    """Remove every credential of *person* (``people revoke``): their passkeys, keys,
+    devices and invites."""
+    removed: list[Device] = []
+
+    def change(devices):
+        for d in [d for d in devices.values() if d.person == person]:
+            removed.append(d)
+            del devices[d.id]
+
+    change_file(path, change)
+    if not removed:
+        raise ConfigError(f"nobody called {person!r} has a credential here: see "
+                          "'homechannel people list'")
+    return removed
+
+
+def describe_people(devices: dict[str, Device], now: float) -> list[str]:
+    """``people list``'s lines: each person, their rights, then their credentials."""
+    lines = []
+    people: dict[str, list[Device]] = {}
+    for d in devices.values():
+        people.setdefault(d.person, []).append(d)
+    for person in sorted(people, key=lambda p: (p != OWNER_NAME, p)):
+        held = sorted(people[person], key=lambda d: -d.last_seen)
+        lines.append(f"{person}: {held[0].rights.describe()}")
+        for d in held:
+            seen = time.strftime("%Y-%m-%d %H:%M", time.localtime(d.last_seen))
+            if d.kind == "invite":
+                state = ("expired" if now >= (d.expires or 0) else "unused, expires " +
+                         time.strftime("%Y-%m-%d %H:%M", time.localtime(d.expires or 0)))
+                lines.append(f"  {d.id}  invite ({state})")
+            else:
+                lines.append(f"  {d.id}  {d.kind}  {d.name}  (last sign-in {seen})")
+    return lines
+
+
 # -- the running home server's view ---------------------------------------------------------
 
 
@@ -205,6 +341,9 @@ class EnrolledDevices:
         self._mtime = None
         self._polling = False
         self.on_change = lambda policy: None
+        # Called with the ids revoked from the file (``devices``/``people revoke``): the
+        # answerer ends their live sessions.
+        self.on_removed = lambda ids: None
 
     def load(self):
         """Read the file (blocking: once, at start)."""
@@ -218,24 +357,63 @@ class EnrolledDevices:
     def policy(self) -> connect.DevicePolicy:
         return connect.DevicePolicy(self.epoch, frozenset(self._devices))
 
-    def check(self, token: connect.DeviceToken, signature: bytes | None,
-              message: bytes) -> Device:
-        """The enrolled device a verified *token* stands for, if it is of this password
-        epoch, still enrolled with that key, and its key signed *message*;
-        AuthenticationError saying which is not so."""
-        if token.epoch != self.epoch:
-            raise AuthenticationError("the token was issued before the password was changed")
+    def check(self, token: connect.DeviceToken, offer: connect.Offer, digest: bytes,
+              now: float) -> Device:
+        """The enrolled credential a verified *token* stands for, if it is still
+        enrolled with that key and kind, of this password epoch (a passkey or an
+        invite: of none), an invite not expired, and it signed this connect: a device
+        key *offer*'s session, challenge and offer hash *digest*
+        (``crypto.device_offer_message``), a passkey a WebAuthn assertion over them
+        (``crypto.passkey_challenge``) from its origin, with user verification and a
+        sign count beyond the last one.  Without the password proof only a credential
+        that signs in by itself is accepted.  AuthenticationError saying what is not so.
+        Nothing changes until :meth:`used`."""
         device = self._devices.get(token.device)
-        if device is None or device.key != token.key:
-            raise AuthenticationError("the device is not enrolled (it was revoked, or "
-                                      "removed to make room)")
-        token.check_signature(signature, message)
-        return device
+        if device is None or device.key != token.key or device.kind != token.kind:
+            raise AuthenticationError("the credential is not enrolled (it was revoked, "
+                                      "removed to make room, or an invite already used)")
+        epoch = connect.KEY_EPOCH if device.epoch_free else self.epoch
+        if token.epoch != epoch:
+            raise AuthenticationError("the token was issued before the password was changed")
+        if offer.proof is None and device.kind == "device":
+            raise AuthenticationError("this device signs in with the password, and the "
+                                      "password proof is missing")
+        if device.kind == "invite" and not now < (device.expires or 0):
+            raise AuthenticationError("the invite has expired: ask for a new one")
+        if device.kind == "passkey":
+            if offer.passkey is None or offer.passkey.credential != device.credential:
+                raise AuthenticationError("the connect carries no assertion of this passkey")
+            count = passkey.verify_assertion(
+                device.key, offer.passkey,
+                crypto.passkey_challenge(offer.session, offer.challenge, digest),
+                device.origin or "", device.sign_count)
+            return replace(device, sign_count=count, last_seen=int(now))
+        token.check_signature(offer.device_signature, crypto.device_offer_message(
+            offer.session, offer.challenge, digest))
+        return replace(device, last_seen=int(now))
 
-    def enrol(self, key: bytes, name: str, now: float) -> Device:
-        """Enrol (or refresh) the device with raw public key *key*; written to the file
+    def used(self, device: Device) -> None:
+        """A sign-in with *device* (what :meth:`check` returned) was accepted: an invite
+        is used up, a passkey's sign count moves forward (in memory at once, in the
+        file off the reactor)."""
+        before = self.policy()
+        _used(self._devices, device)
+        after = self.policy()
+        if after != before:
+            self.on_change(after)
+        if self.path and (device.kind in ("invite", "passkey")):
+            d = self._to_thread(change_file, self.path, lambda devices: _used(devices, device))
+            d.addCallbacks(self._read, self._failed)
+
+    def person_of(self, device_id: str) -> Device | None:
+        return self._devices.get(device_id)
+
+    def enrol(self, key: bytes, name: str, now: float, **fields) -> Device:
+        """Enrol (or refresh) the device with raw public key *key* (*fields*: the
+        :class:`Device` fields of another kind of credential); written to the file
         off the reactor; ``on_change`` if the policy changed."""
-        device = Device(crypto.device_id(key), key, clean_name(name), int(now), int(now))
+        device = Device(crypto.device_id(key), key, clean_name(name), int(now), int(now),
+                        **fields)
         before = self.policy()
         _upsert(self._devices, device, self._limit)
         after = self.policy()
@@ -269,9 +447,15 @@ class EnrolledDevices:
         self._devices = dict(devices)
         for device in removed:
             log.info("device {device} is no longer enrolled", device=device[:8])
+        for added in set(devices) - set(before.devices):
+            d = devices[added]
+            log.info("{kind} {device} of {person} added to {path}", kind=d.kind,
+                     device=added[:8], person=d.person, path=self.path)
         after = self.policy()
         if after != before:
             self.on_change(after)
+        if removed:
+            self.on_removed(frozenset(removed))
 
     def _failed(self, failure):
         if failure.check(OSError, ConfigError):

@@ -14,12 +14,18 @@ until all of them pass, and the challenge is consumed only by the last one:
    ``a=fingerprint`` attribute in the whole SDP, sha-256   -> ``bad-offer``
 3. a device token, if the client sent one: issued by this
    server, for this server, not expired, of this password
-   epoch, for a device still enrolled, and the device key's
-   signature over this session, challenge and offer (before
-   the proof: a token that is not good learns nothing
-   about the password)                                    -> ``bad-device``
+   epoch (a passkey's or an invite's: of none), for a
+   credential still enrolled with that key and kind, and
+   its signature over this session, challenge and offer:
+   the device key's, or a passkey's WebAuthn assertion
+   (origin, RP ID, user presence and verification, a sign
+   count that moves forward: ``devices.EnrolledDevices.check``;
+   before the proof: a token that is not good learns
+   nothing about the password)                            -> ``bad-device``
 4. the client's proof over the exact offer SDP bytes, in
-   constant time                                          -> ``bad-proof``
+   constant time (required but for a credential that signs
+   in by itself: a passkey, a sign-in key, an invite; with
+   ``auth.password = false`` every proof is refused)       -> ``bad-proof``
 5. (a retransmitted offer for a known session gets the same reply again)
 6. the concurrent session cap                             -> ``busy``
 7. the challenge: one this server issued (single use), or
@@ -47,7 +53,9 @@ from homechannel.protocol import connect
 from homechannel.protocol.sdp import fingerprint as sdp_fingerprint
 
 from homechannel.rtc import icechecks, webrtc
-from homechannel.server.devices import EnrolledDevices
+from homechannel.server.devices import EnrolledDevices, new_invite
+from homechannel.server.people import ENROL_ONLY, OWNER, OWNER_NAME, Rights, check_person
+from homechannel.protocol import passkey
 from homechannel.protocol.connect import (
     BAD_DEVICE,
     BAD_OFFER,
@@ -78,6 +86,11 @@ class _Session:
         self.source = source        # the client address the coordinator saw
         self.client_fp = None       # the fingerprint the proof bound
         self.device = None          # its enrolled devices.Device (device path, or enrolled)
+        self.rights = OWNER         # people.Rights: the password's, or the credential's
+        self.person = OWNER_NAME
+        self.invite = None          # the invite (devices.Device) it signed in with
+        self.invite_spent = False   # that invite enrolled its one passkey
+        self.passkey_challenge = None   # the open passkey enrolment's challenge
         self.pc = None
         self.payload = None         # the reply, once known
         self.waiters = []           # Deferreds of retransmissions while answering
@@ -104,12 +117,33 @@ class _AppContext:
         """True if the DTLS certificate presented is the one the proof bound."""
         return self._answerer._peer_verified(self._session)
 
+    @property
+    def rights(self):
+        """The person's rights (``people.Rights``): the app host enforces them."""
+        return self._session.rights
+
+    @property
+    def person(self) -> str:
+        return self._session.person
+
     def hello_fields(self, hello: dict) -> dict:
-        """Extra fields of the control channel's hello reply: a device token for the
-        key the client enrols in its *hello* (``{"device": {"key", "signature",
-        "name"}}``), or none."""
-        token = self._answerer._enrol(self._session, hello.get("device"))
-        return {"device": token} if token is not None else {}
+        """Extra fields of the control channel's hello reply: who signed in and with
+        what rights, and a device token for the key the client enrols in its *hello*
+        (``{"device": {"key", "signature", "name", "sign_in"}}``), if any."""
+        session = self._session
+        fields = {"person": session.person, "rights": session.rights.to_doc(),
+                  "passkeys": self._answerer.passkey_origin is not None}
+        if session.invite is not None:
+            fields["invite"] = True
+        token = self._answerer._enrol(session, hello.get("device"))
+        if token is not None:
+            fields["device"] = token
+        return fields
+
+    def control(self, op: str, body: dict) -> dict | None:
+        """A control operation of people and passkeys (``passkey-options``,
+        ``passkey-register``, ``invite``): its reply, or None if *op* is not one."""
+        return self._answerer.people_op(self._session, op, body)
 
 
 class Answerer:
@@ -119,10 +153,15 @@ class Answerer:
 
     def __init__(self, identity, password_key, challenges, config, app_host, clock,
                  log=None, *, peer_connection_factory=default_peer_connection_factory,
-                 random_bytes=os.urandom, ice_servers=None, devices=None, offer_ice=None):
+                 random_bytes=os.urandom, ice_servers=None, devices=None, offer_ice=None,
+                 passkey_origin=None, coordinator_url=None):
         """*devices* is the store of enrolled devices (``devices.EnrolledDevices``,
         with the password epoch; memory only when None); *offer_ice* checks the ICE
-        servers an offer brings (``offerice.OfferIcePolicy``; None: none are used)."""
+        servers an offer brings (``offerice.OfferIcePolicy``; None: none are used).
+        *password_key* None: the password path is off (``auth.password = false``).
+        *passkey_origin*: the WebAuthn origin passkeys are enrolled for (the
+        coordinator's web origin; None: no passkeys); *coordinator_url* makes invite
+        links."""
         self._identity = identity
         self._key = password_key
         self._challenges = challenges
@@ -140,7 +179,10 @@ class Answerer:
         self._ice_servers = ice_servers if callable(ice_servers) else tuple(ice_servers)
         self._advertise = webrtc.parse_addresses(config.advertise_addresses)
         self.devices = devices if devices is not None else EnrolledDevices(None, 0, clock)
+        self.devices.on_removed = self._revoked
         self._offer_ice = offer_ice
+        self.passkey_origin = passkey_origin
+        self._coordinator_url = coordinator_url
         self._sessions = {}         # sid -> _Session (live, answering, or cached reply)
         self._live = set()          # _Sessions with an open peer connection
         self._device_challenges = OrderedDict()   # challenge -> expiry (device path, once)
@@ -207,16 +249,23 @@ class Answerer:
             try:
                 token = connect.DeviceToken.verify(self._identity.public_raw, offer.device,
                                                    self._clock.seconds())
-                device = self.devices.check(token, offer.device_signature,
-                                            crypto.device_offer_message(
-                                                sid, offer.challenge, digest))
+                device = self.devices.check(token, offer, digest, self._clock.seconds())
             except (ProtocolError, AuthenticationError) as e:
                 return succeed(self._refuse(sid, BAD_DEVICE, f"device token refused: {e}",
                                             source))
 
-        if not crypto.check_proof(self._key, sid, offer.challenge, digest, offer.proof):
-            return succeed(self._refuse(sid, BAD_PROOF, "the password proof does not verify",
-                                        source))
+        # The password proof: required unless a credential that signs in by itself did
+        # (it is checked when sent anyway); none is ever good when the password is off.
+        if offer.proof is not None or device is None or device.kind == "device":
+            if self._key is None:
+                return succeed(self._refuse(sid, BAD_PROOF, "signing in with the password "
+                                            "is off on this home server (auth.password = "
+                                            "false): use a passkey or a sign-in key",
+                                            source, tell=True))
+            if offer.proof is None or not crypto.check_proof(self._key, sid, offer.challenge,
+                                                             digest, offer.proof):
+                return succeed(self._refuse(sid, BAD_PROOF,
+                                            "the password proof does not verify", source))
 
         known = self._sessions.get(sid)
         payload_digest = crypto.sha256(payload)
@@ -230,6 +279,10 @@ class Answerer:
         session = _Session(sid, payload_digest, source)
         session.client_fp = client_fp
         session.device = device
+        if device is not None and device.kind == "invite":
+            session.rights, session.person, session.invite = ENROL_ONLY, device.person, device
+        elif device is not None and device.kind != "device":
+            session.rights, session.person = device.rights, device.person
         if self._stopping or len(self._live) >= self._config.max_sessions:
             # Refused before the challenge is looked at: it stays usable.  The refusal
             # is kept for retransmissions of this offer.
@@ -251,6 +304,8 @@ class Answerer:
         elif not self._challenges.consume(offer.challenge):
             return succeed(self._refuse(sid, UNKNOWN_CHALLENGE,
                                         "the challenge is unknown or already used", source))
+        if device is not None:
+            self.devices.used(device)       # an invite is used up; a sign count moves on
         self._sessions[sid] = session
         session.started = self._clock.seconds()
 
@@ -362,9 +417,12 @@ class Answerer:
         signature = self._identity.sign(crypto.answer_signature_message(
             session.sid, offer.challenge, digest, session.client_fp, server_fp, now, sdp))
         self.logins_accepted += 1
-        device = f" (device {session.device.id[:8]})" if session.device else ""
-        self.log.info("login accepted: session {session} from {source}{device}: answered",
-                      session=session.sid, source=session.source or "?", device=device)
+        device = ""
+        if session.device is not None:
+            device = f" ({session.device.kind} {session.device.id[:8]})"
+        self.log.info("login accepted: session {session} from {source}{device} as {person}: "
+                      "answered", session=session.sid, source=session.source or "?",
+                      device=device, person=session.person)
         return Answer(session.sid, sdp, now, signature).encode()
 
     def _answer_failed(self, failure, session):
@@ -412,6 +470,9 @@ class Answerer:
         try:
             if not isinstance(request, dict):
                 raise ProtocolError("device must be an object")
+            if not session.rights.owner:
+                raise ProtocolError(f"{session.person} is not the owner: device keys are the "
+                                    "owner's (a person signs in with their passkey)")
             key = connect.parse_device_key(request.get("key"))
             crypto.verify(key, crypto.b64u_decode(request.get("signature")),
                           crypto.device_enrol_message(session.sid, self._identity.public_raw))
@@ -420,12 +481,114 @@ class Answerer:
                           session=session.sid, error=str(e))
             return None
         now = self._clock.seconds()
-        device = self.devices.enrol(key, request.get("name"), now)
+        # A native client's key that signs in by itself ("sign_in": ``connect --key``).
+        kind = "key" if request.get("sign_in") is True else "device"
+        device = self.devices.enrol(key, request.get("name"), now, kind=kind,
+                                    person=session.person, rights=session.rights)
         if session.device is None or session.device.id != device.id:
             self.log.info("session {session}: device {device} ({name}) enrolled",
                           session=session.sid, device=device.id[:8], name=device.name)
         session.device = device
-        return connect.DeviceToken.issue(self._identity, key, self.devices.epoch, now)
+        return connect.DeviceToken.issue(self._identity, key, self.devices.epoch, now,
+                                         kind=kind)
+
+    def _revoked(self, ids):
+        """Credentials were revoked: the live sessions that signed in with them end now
+        (a session signed in with the password, or with an invite, is not one of them)."""
+        for session in list(self._live):
+            device = session.device
+            if device is not None and device.id in ids and device.kind in ("key", "passkey"):
+                self._close(session, f"{session.person}'s {device.kind} was revoked")
+
+    def person_of(self, sid):
+        """The person a session signed in as (the audit line), or None."""
+        session = self._sessions.get(sid)
+        return session.person if session is not None else None
+
+    # -- people and passkeys (control operations) --
+
+    def people_op(self, session, op, body):
+        """The reply to the control operation *op* of *session*, or None if it is none
+        of ours.  ``passkey-options``/``passkey-register``: enrol a passkey for the
+        person signed in (or the one the invite is for); ``invite``: make an invite
+        link (a person who may invite, with at most their own rights)."""
+        handlers = {"passkey-options": self._passkey_options,
+                    "passkey-register": self._passkey_register, "invite": self._invite}
+        handler = handlers.get(op)
+        if handler is None:
+            return None
+        try:
+            return handler(session, body)
+        except (ProtocolError, AuthenticationError) as e:
+            self.log.info("session {session}: {op} refused: {error}", session=session.sid,
+                          op=op, error=str(e))
+            return {"op": "error", "code": getattr(e, "code", None) or "refused",
+                    "message": str(e), "for": op}
+
+    def _enrolling_as(self, session):
+        """``(person, rights)`` a passkey enrolled on *session* gets."""
+        if session.invite is not None:
+            return session.invite.person, session.invite.rights
+        return session.person, session.rights
+
+    def _passkey_options(self, session, body):
+        if self.passkey_origin is None:
+            raise ProtocolError("passkeys are off: the home server's coordinator_url has no "
+                                "web origin")
+        if session.invite_spent:
+            raise ProtocolError("this invite enrolled its passkey already: sign in with it")
+        person, _ = self._enrolling_as(session)
+        session.passkey_challenge = self._random(32)
+        user = crypto.sha256(self._identity.public_raw + person.encode("utf-8"))[:16]
+        return {"op": "passkey-options", "challenge": crypto.b64u_encode(session.passkey_challenge),
+                "rp": {"id": passkey.rp_id(self.passkey_origin), "name": "HomeChannel"},
+                "user": {"id": crypto.b64u_encode(user), "name": person},
+                "origin": self.passkey_origin}
+
+    def _passkey_register(self, session, body):
+        challenge, session.passkey_challenge = session.passkey_challenge, None
+        if challenge is None or self.passkey_origin is None:
+            raise ProtocolError("ask for passkey-options first (each is good once)")
+        reg = passkey.verify_registration(body.get("credential"), challenge,
+                                          self.passkey_origin)
+        person, rights = self._enrolling_as(session)
+        now = self._clock.seconds()
+        device = self.devices.enrol(reg.public_raw, body.get("name") or "passkey", now,
+                                    kind="passkey", person=person, rights=rights,
+                                    credential=reg.credential, origin=self.passkey_origin,
+                                    sign_count=reg.sign_count)
+        self.log.info("session {session}: passkey {device} of {person} enrolled",
+                      session=session.sid, device=device.id[:8], person=person)
+        session.invite_spent = session.invite is not None
+        token = connect.DeviceToken.issue(self._identity, reg.public_raw, connect.KEY_EPOCH,
+                                          now, kind="passkey", origin=self.passkey_origin)
+        return {"op": "passkey-registered", "token": token, "person": person,
+                "credential": crypto.b64u_encode(reg.credential)}
+
+    def _invite(self, session, body):
+        if not session.rights.invite:
+            raise ProtocolError(f"{session.person} may not invite others")
+        if self.passkey_origin is None:
+            raise ProtocolError("an invite enrols a passkey, and passkeys are off: the home "
+                                "server's coordinator_url must name the coordinator by a "
+                                "domain name")
+        person = check_person(body.get("person"))
+        rights = Rights.from_doc(body.get("rights"))
+        if not rights.within(session.rights):
+            raise ProtocolError("an invite gives at most the rights of whoever makes it")
+        minutes = body.get("minutes", 60)
+        if not isinstance(minutes, int) or isinstance(minutes, bool) or not 0 < minutes <= 1440:
+            raise ProtocolError("minutes is 1-1440")
+        now = self._clock.seconds()
+        device, token, private = new_invite(self._identity, person, rights, now, minutes * 60)
+        self.devices.enrol(device.key, device.name, now, kind="invite", person=person,
+                           rights=rights, expires=device.expires)
+        self.log.info("session {session}: {by} invited {person} ({rights}) until {expires}",
+                      session=session.sid, by=session.person, person=person,
+                      rights=rights.describe(), expires=device.expires)
+        link = connect.invite_link(self._coordinator_url or "", self._identity.text, token,
+                                   private)
+        return {"op": "invite", "link": link, "expires": device.expires, "person": person}
 
     def _state_changed(self, session):
         state = session.pc.connectionState if session.pc is not None else "closed"

@@ -66,7 +66,7 @@ def _make(options):
 
     from homechannel import aio, config, crypto, keyfiles
 
-    from homechannel.protocol import connect
+    from homechannel.protocol import connect, passkey
 
     from homechannel.ops import dualstack, logfilter, metrics
     from homechannel.ops.logsafe import Logger
@@ -97,8 +97,13 @@ def _make(options):
     identity, created = keyfiles.load_or_create_identity_key(cfg.identity_key)
     if created:
         log.info("created home server identity key {path}", path=cfg.identity_key)
-    password_key = keyfiles.load_password_key(cfg.password_key, identity.public_raw)
+    # auth.password = false: no password key is read, no challenge is issued, so the
+    # coordinator holds no expectedAnswer and nothing that verifies a password.
+    password_key = None
+    if cfg.auth.password:
+        password_key = keyfiles.load_password_key(cfg.password_key, identity.public_raw)
     epoch = keyfiles.load_password_epoch(cfg.password_key) or 0
+    passkey_origin = passkey.relying_party_origin(cfg.coordinator_url)
 
     challenges = ChallengeSource(password_key)
     allow_migrate = [crypto.parse_server_id(k) for k in cfg.coordinator.allow_migrate]
@@ -138,6 +143,7 @@ def _make(options):
         return config.offer_ice_hosts(cfg, active.host if active else target[0])
 
     answerer = Answerer(identity, password_key, challenges, cfg.webrtc, app_host, reactor,
+                        passkey_origin=passkey_origin, coordinator_url=cfg.coordinator_url,
                         ice_servers=ice_servers, devices=devices,
                         offer_ice=OfferIcePolicy(
                             allowed_ice_hosts,
@@ -178,6 +184,14 @@ def _make(options):
     log.info("connect link: {link}", link=link)
     log.info("password epoch {epoch}; {n} enrolled device(s) in {path}", epoch=epoch,
              n=len(devices), path=cfg.devices_path)
+    if password_key is None:
+        log.info("signing in with the password is off (auth.password = false): passkeys, "
+                 "sign-in keys and invites only")
+    if passkey_origin is None:
+        log.info("passkeys are off: coordinator_url {url} has an IP address for a host (a "
+                 "passkey is bound to a domain name)", url=cfg.coordinator_url)
+    else:
+        log.info("passkeys are enrolled for {origin}", origin=passkey_origin)
     return top
 
 

@@ -391,7 +391,7 @@ class ServerUDP(DatagramProtocol):
         if "error" in answer_doc:
             audit.login(False, session, source, str(answer_doc.get("error"))[:64])
         else:
-            audit.login(True, session, source)
+            audit.login(True, session, source, person=self.answerer.person_of(session))
 
 
 def _where(link):

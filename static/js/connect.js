@@ -102,7 +102,7 @@ export async function verifyDeviceToken(serverRaw, text, nowSeconds) {
     throw bad("the device token has expired");
   }
   return { server: doc.server, device: doc.device, key, epoch: doc.epoch, issued: doc.iat,
-    expires: doc.exp };
+    expires: doc.exp, kind: doc.kind || "device", origin: doc.origin || null };
 }
 
 /** What the browser checks before it uses an answer (the long-poll result *doc*):

@@ -218,6 +218,20 @@ export function deviceEnrolMessage(sessionId, serverRaw) {
     fixed(serverRaw, PUBLIC_KEY_SIZE, "a server key"));
 }
 
+/** A passkey sign-in's WebAuthn challenge: SHA-256(label || session || challenge ||
+ * SHA-256(offer)), the twin of crypto.passkey_challenge. */
+export async function passkeyChallenge(sessionId, challenge, offerDigest) {
+  return sha256(concatBytes(utf8.encode("homechannel-passkey-v1"), sessionBytes(sessionId),
+    fixed(challenge, CHALLENGE_SIZE, "a challenge"), fixed(offerDigest, 32, "an offer hash")));
+}
+
+/** The first step's challenge of a passkey connect with TURN: SHA-256(label || session ||
+ * challenge), the twin of crypto.passkey_start_challenge. */
+export async function passkeyStartChallenge(sessionId, challenge) {
+  return sha256(concatBytes(utf8.encode("homechannel-passkey-start-v1"),
+    sessionBytes(sessionId), fixed(challenge, CHALLENGE_SIZE, "a challenge")));
+}
+
 /** What the coordinator signs over every HTTP response: path without query, raw body. */
 export function responseSignatureMessage(path, body) {
   return concatBytes(utf8.encode("homechannel-response-v1\n" + path + "\n"),

@@ -15,28 +15,34 @@ const KEYS = "device-keys";
 // Tokens of the first version were bound to no key: useless now.
 try { localStorage.removeItem("homechannel.devices.v1"); } catch (e) { /* storage off */ }
 
-function load() {
+/** The object kept as JSON in localStorage under *key* ({} if none or damaged). */
+export function loadStore(key) {
   try {
-    const doc = JSON.parse(localStorage.getItem(TOKENS) || "{}");
+    const doc = JSON.parse(localStorage.getItem(key) || "{}");
     return doc && typeof doc === "object" && !Array.isArray(doc) ? doc : {};
   } catch (e) {
     return {};
   }
 }
 
+/** Set (or with a falsy *value*, delete) *serverId*'s entry of the store under *key*. */
+export function storeEntry(key, serverId, value) {
+  const doc = loadStore(key);
+  if (value) doc[serverId] = value; else delete doc[serverId];
+  try {
+    localStorage.setItem(key, JSON.stringify(doc));
+  } catch (e) {
+    // Storage full or disabled: the next sign-in uses the password; nothing breaks.
+  }
+}
+
 export function getDeviceToken(serverId) {
-  const token = load()[serverId];
+  const token = loadStore(TOKENS)[serverId];
   return typeof token === "string" ? token : null;
 }
 
 export function setDeviceToken(serverId, token) {
-  const doc = load();
-  if (token) doc[serverId] = token; else delete doc[serverId];
-  try {
-    localStorage.setItem(TOKENS, JSON.stringify(doc));
-  } catch (e) {
-    // Storage full or disabled: the next sign-in uses the password path; nothing breaks.
-  }
+  storeEntry(TOKENS, serverId, token);
 }
 
 function openDb() {

@@ -10,6 +10,8 @@ import { CheckError, checkAnswer, checkRemoteCertificate, deviceChallenge,
   verifyDeviceToken } from "./connect.js";
 import { deviceKey, enrolment, forgetDevice, getDeviceToken, setDeviceToken } from "./devices.js";
 import * as servers from "./servers.js";
+import { assertion, getPasskey, inviteFromHash, inviteKey, passkeyElsewhere, register,
+  setPasskey } from "./passkeys.js";
 import { applyAnswer, createPeer, makeOffer, request, StepTimeout, waitOpen } from "./webrtc.js";
 import { confirmAction } from "./apps/ui.js";
 
@@ -103,6 +105,7 @@ function renderServers() {
       if (ok) {
         servers.forgetServer(server.id);
         await forgetDevice(server.id);     // its sign-in token and this browser's key
+        setPasskey(server.id, null);       // the passkey stays on the authenticator
         renderServers();
       }
     });
@@ -148,6 +151,8 @@ function openConnect(server) {
   $("connect-id").textContent = server.id;
   $("username").value = server.id;  // lets password managers tell servers apart
   $("steps").hidden = true;
+  showPasskeyChoice(server);
+  $("invite-accept").hidden = !server.invite;
   hideError();
   setBusy(false);
   show("connect");
@@ -320,8 +325,13 @@ function sleep(ms) {
  * With a device token the challenge is one this browser makes (no coordinator challenge) and
  * the device key signs the connect.  When the coordinator has TURN ("turn" in the lookup),
  * the proof comes first (POST /api/prove): the relay credential comes only then, before the
- * candidates are gathered.  The hello enrols this browser's device key. */
-async function attempt(server, passwordKeyPromise, device, keyPromise) {
+ * candidates are gathered.  The hello enrols this browser's device key.
+ *
+ * *alone*: a credential that signs in without the password, its token as *device*: a
+ * passkey ({kind: "passkey", credential}: the authenticator signs the offer) or an
+ * invite ({kind: "invite"}: *keyPromise* is its key).  No proof, no device key enrolled;
+ * with TURN a passkey signs the first step too (a second prompt). */
+async function attempt(server, passwordKeyPromise, device, keyPromise, alone = null) {
   const serverRaw = hc.parseServerId(server.id);
   setStep("lookup");
   let { doc } = await api.lookup(server.id);
@@ -345,18 +355,25 @@ async function attempt(server, passwordKeyPromise, device, keyPromise) {
       }
       if (!doc.challenge) {
         throw new ConnectError("busy", "The home server has no fresh challenge right now. " +
-          "Try again in a minute.");
+          "Try again in a minute. (A home server with signing in with the password turned " +
+          "off never has one: sign in with a passkey.)");
       }
       challenge = hc.b64uDecode(doc.challenge);
     }
-    const key = device ? await keyPromise : null;
+    const passkey = alone && alone.kind === "passkey";
+    const key = device && !passkey ? await keyPromise : null;
     let ticket = null;
     if (!peer) {
       // The proof without the offer (answer, or the device key's signature): the signed
       // answer carries the ICE servers with a TURN credential minted for this connect.
       setStep("password");
       const body = { server: server.id, session, challenge: hc.b64uEncode(challenge) };
-      if (device) {
+      if (passkey) {
+        // The authenticator signs twice: this step, then the offer.
+        body.device = device;
+        body.passkey = await assertion(alone.credential,
+          await hc.passkeyStartChallenge(session, challenge));
+      } else if (device) {
         body.device = device;
         body.device_signature = hc.b64uEncode(await hc.sign(key.privateKey,
           hc.deviceStartMessage(session, challenge)));
@@ -371,15 +388,22 @@ async function attempt(server, passwordKeyPromise, device, keyPromise) {
     const { pc, control } = peer;
 
     setStep("password");
-    const passwordKey = await passwordKeyPromise;
+    const passwordKey = alone ? null : await passwordKeyPromise;
 
     setStep("gather");
     const offer = await offerPromise;
-    const proof = await hc.clientProof(passwordKey, session, challenge, offer.digest);
     const body = { server: server.id, session, challenge: hc.b64uEncode(challenge),
-      proof: hc.b64uEncode(proof), offer: offer.sdp };
+      offer: offer.sdp };
+    if (passwordKey) {
+      body.proof = hc.b64uEncode(await hc.clientProof(passwordKey, session, challenge,
+        offer.digest));
+    }
     if (ticket) body.ticket = ticket;
-    if (device) {
+    if (passkey) {
+      body.device = device;
+      body.passkey = await assertion(alone.credential,
+        await hc.passkeyChallenge(session, challenge, offer.digest));
+    } else if (device) {
       body.device = device;
       body.device_signature = hc.b64uEncode(await hc.sign(key.privateKey,
         hc.deviceOfferMessage(session, challenge, offer.digest)));
@@ -409,7 +433,7 @@ async function attempt(server, passwordKeyPromise, device, keyPromise) {
     // DTLS checked the certificate against the answer's fingerprint; check it ourselves too.
     await checkRemoteCertificate(pc, serverFingerprint);
     const hello = await request(control, {
-      op: "hello", device: await enrolment(await keyPromise, session, serverRaw),
+      op: "hello", device: alone ? undefined : await enrolment(await keyPromise, session, serverRaw),
     }, (m) => m.op === "hello", settings.helloTimeoutMs);
     return { pc, control, hello };
   } catch (error) {
@@ -503,17 +527,24 @@ function cancelRetry({ focus = false } = {}) {
   if (focus) $("password").focus();
 }
 
-/** *retryOnWait*: a refusal with a short wait is counted down and tried again. */
-async function connect({ password = null, passwordKey = null, retryOnWait = true } = {}) {
+/** The start of every sign-in: a retry being counted down is dropped and the form is
+ * busy.  The server to connect to, or null when a sign-in is under way already. */
+function beginConnect() {
   if (pendingRetry) {
     clearTimeout(pendingRetry.timer);
     pendingRetry = null;
   }
-  if (busy || !current) return;
-  const server = current;
+  if (busy || !current) return null;
   setBusy(true);
   hideError();
   resetSteps();
+  return current;
+}
+
+/** *retryOnWait*: a refusal with a short wait is counted down and tried again. */
+async function connect({ password = null, passwordKey = null, retryOnWait = true } = {}) {
+  const server = beginConnect();
+  if (!server) return;
   const serverRaw = hc.parseServerId(server.id);
   // PBKDF2 starts at once, in parallel with the lookup.
   const keyPromise = passwordKey ? Promise.resolve(passwordKey)
@@ -550,6 +581,7 @@ async function connect({ password = null, passwordKey = null, retryOnWait = true
     $("password").value = "";
     startSession(server, link, await keyPromise,
       Array.isArray(link.hello.apps) ? link.hello.apps : [], note);
+    showPeople(server, link);
   } catch (error) {
     const explained = explain(error);
     if (note) explained.deviceNote = note;
@@ -572,6 +604,169 @@ async function connect({ password = null, passwordKey = null, retryOnWait = true
     return;
   }
   setBusy(false);
+}
+
+/** Sign in without the password (*alone*, see attempt): this browser's passkey, or the
+ * one-time key of an invite link. */
+async function connectAlone(alone) {
+  const server = beginConnect();
+  if (!server) return;
+  try {
+    const link = await attempt(server, null, alone.token, Promise.resolve(alone.key || null),
+      alone);
+    if (alone.kind === "invite") history.replaceState(null, "", location.pathname);
+    startSession(server, link, null, Array.isArray(link.hello.apps) ? link.hello.apps : [],
+      alone.kind === "invite" ? `Welcome, ${link.hello.person}. Create your passkey below ` +
+        "to finish the invite: the link works only once." : null);
+    showPeople(server, link);
+  } catch (error) {
+    let explained;
+    if (error && error.name === "NotAllowedError") {
+      explained = new ConnectError("passkey-cancelled", "The passkey was not used (cancelled, " +
+        "timed out, or not on this device). Try again, or sign in with the password.");
+    } else if (error && error.code === "bad-device") {
+      explained = new ConnectError("bad-device", alone.kind === "invite"
+        ? "This invite was not accepted: it was used already, has expired or was revoked. " +
+          "Ask for a new one."
+        : "This passkey was not accepted: it was revoked on the home server, or the sign-in " +
+          "was altered on the way. Sign in with the password, or ask for a new invite.");
+    } else {
+      explained = explain(error);
+    }
+    failStep(explained.kind);
+    setBusy(false);
+    showError(explained);
+    return;
+  }
+  setBusy(false);
+}
+
+/** Sign in with the invite link's one-time key, to enrol a passkey. */
+async function acceptInvite() {
+  const server = current;
+  if (!server || !server.invite || busy) return;
+  let key;
+  try {
+    const token = await verifyDeviceToken(hc.parseServerId(server.id), server.invite.token,
+      Date.now() / 1000);
+    if (token.kind !== "invite") throw new Error("not an invite");
+    key = { privateKey: await inviteKey(token.key, server.invite.key) };
+  } catch (error) {
+    showError(new ConnectError("bad-invite", "This invite link is damaged, expired or not " +
+      "from this home server. Ask for a new one."));
+    return;
+  }
+  const { token } = server.invite;
+  server.invite = null;     // one use: a failure needs a new link anyway
+  $("invite-accept").hidden = true;
+  await connectAlone({ kind: "invite", token, key });
+}
+
+/** The connect view's passkey line: a "Sign in with a passkey" button when this browser
+ * holds one for *server* made on this origin; a note when it was made on another (the
+ * coordinator moved to another domain: the authenticator will not use it here). */
+function showPasskeyChoice(server) {
+  const entry = getPasskey(server.id);
+  const elsewhere = passkeyElsewhere(entry);
+  $("passkey-button").hidden = !entry || !!elsewhere;
+  $("passkey-note").hidden = !elsewhere;
+  if (elsewhere) {
+    $("passkey-note").textContent = `Your passkey for this server was made on ${elsewhere}; ` +
+      `this coordinator is ${location.origin}, and a passkey works only on the domain it was ` +
+      "made on. Sign in with the password, or ask the owner for a new invite.";
+  }
+}
+
+// -- people and passkeys in the session ----------------------------------------------------
+
+/** The session's people panel, behind the "People" button of the session's heading (open
+ * by itself after an invite sign-in): "Use a passkey next time" (or "Create your
+ * passkey"), and "Invite someone" for a person who may invite.  Only what the hello says
+ * is shown; the home server enforces every right itself. */
+function showPeople(server, link) {
+  const hello = link.hello;
+  const panel = $("people");
+  const rights = hello.rights || {};
+  const canInvite = rights.owner === true || rights.invite === true;
+  const button = $("people-button");
+  button.hidden = !(hello.passkeys || canInvite);
+  panel.hidden = !(hello.invite && hello.passkeys);
+  button.setAttribute("aria-expanded", String(!panel.hidden));
+  button.onclick = () => {
+    panel.hidden = !panel.hidden;
+    button.setAttribute("aria-expanded", String(!panel.hidden));
+  };
+  $("passkey-enrol").hidden = !hello.passkeys;
+  $("passkey-enrol").textContent = hello.invite ? "Create your passkey" : "Use a passkey next time";
+  $("invite-open").hidden = !canInvite || !!hello.invite;
+  $("invite-form").hidden = true;
+  $("people-status").textContent = "";
+  $("person-name").textContent = hello.person || "";
+  for (const box of document.querySelectorAll("#invite-form input[name=app]")) {
+    const offered = (hello.apps || []).some((a) => a.name === box.value);
+    box.closest("label").hidden = !offered;
+    box.checked = box.value === "files" && offered;
+  }
+  $("passkey-enrol").onclick = () => enrolPasskey(server, link);
+  $("invite-open").onclick = () => {
+    $("invite-form").hidden = false;
+    $("invite-person").focus();
+  };
+  $("invite-form").onsubmit = (event) => {
+    event.preventDefault();
+    makeInvite(link);
+  };
+}
+
+async function enrolPasskey(server, link) {
+  const status = $("people-status");
+  status.textContent = "Creating a passkey…";
+  try {
+    const options = await request(link.control, { op: "passkey-options" },
+      (m) => m.op === "passkey-options" || (m.op === "error" && m.for === "passkey-options"),
+      settings.helloTimeoutMs);
+    if (options.op === "error") throw new Error(options.message);
+    const credential = await register(options);
+    const done = await request(link.control, { op: "passkey-register", credential,
+      name: deviceLabel() }, (m) => m.op === "passkey-registered" ||
+        (m.op === "error" && m.for === "passkey-register"), settings.helloTimeoutMs);
+    if (done.op === "error") throw new Error(done.message);
+    const token = await verifyDeviceToken(hc.parseServerId(server.id), done.token,
+      Date.now() / 1000);
+    if (token.kind !== "passkey") throw new Error("the home server sent another kind of token");
+    setPasskey(server.id, { token: done.token, credential: done.credential,
+      origin: token.origin, person: done.person });
+    if (!servers.getServer(server.id)) servers.rememberServer(server.id, server.name);
+    status.textContent = `Your passkey is ready, ${done.person}: next time, choose ` +
+      "\"Sign in with a passkey\".";
+    $("passkey-enrol").hidden = true;
+  } catch (error) {
+    status.textContent = error && error.name === "NotAllowedError"
+      ? "The passkey was not created (cancelled or timed out)."
+      : `The passkey was not created: ${error.message || error}`;
+  }
+}
+
+async function makeInvite(link) {
+  const status = $("people-status");
+  const apps = [...document.querySelectorAll("#invite-form input[name=app]:checked")]
+    .map((box) => box.value);
+  const reply = await request(link.control, { op: "invite", person: $("invite-person").value,
+    rights: { apps, read_only: $("invite-read-only").checked, roots: [], invite: false },
+    minutes: 60 }, (m) => m.op === "invite" || (m.op === "error" && m.for === "invite"),
+  settings.helloTimeoutMs).catch((e) => ({ op: "error", message: e.message }));
+  if (reply.op === "error") {
+    status.textContent = `No invite was made: ${reply.message}`;
+    return;
+  }
+  $("invite-link").value = reply.link;
+  $("invite-result").hidden = false;
+  status.textContent = `Give this link to ${reply.person} alone: it works once, within an hour.`;
+}
+
+function deviceLabel() {
+  const data = navigator.userAgentData;
+  return `passkey in ${(data && data.platform) || navigator.platform || "a browser"}`.slice(0, 64);
 }
 
 // -- the session -------------------------------------------------------------------------
@@ -623,6 +818,8 @@ function closeConnection() {
     try { conn.pc.close(); } catch (e) { /* ignore */ }
     conn.passwordKey = null;
   }
+  $("people").hidden = true;
+  $("people-button").hidden = true;
   return conn;
 }
 
@@ -668,7 +865,11 @@ export async function onConnected({ pc, control, apps, serverId }) {
 
 function route() {
   const id = servers.serverIdFromHash(location.hash);
-  if (id) {
+  const invite = id ? inviteFromHash(location.hash) : null;
+  if (invite) {
+    const known = servers.getServer(id);
+    openConnect({ ...(known || { id, name: "this server" }), remembered: !!known, invite });
+  } else if (id) {
     const known = servers.getServer(id);
     if (known) openConnect({ ...known, remembered: true });
     else offerToAdd(id);
@@ -714,6 +915,12 @@ function init() {
     $("add-id").value = "";
     openConnect({ ...saved, remembered: true });
   });
+
+  $("passkey-button").addEventListener("click", () => {
+    const entry = current && getPasskey(current.id);
+    if (entry) connectAlone({ kind: "passkey", token: entry.token, credential: entry.credential });
+  });
+  $("invite-accept").addEventListener("click", () => acceptInvite());
 
   $("connect-form").addEventListener("submit", (event) => {
     event.preventDefault();

@@ -160,7 +160,8 @@ def test_connect_hello_and_ping(coordinator):
     info = coordinator()
     hello, rtt, state = connect(info)
     assert hello.pop("device").startswith("hcdev2.")
-    assert hello == {"op": "hello", "server": info["server"], "apps": ["forward"]}
+    assert hello == {"op": "hello", "server": info["server"], "apps": ["forward"],
+                     "person": "owner", "rights": {"owner": True}, "passkeys": False}
     assert 0 < rtt < 5
     assert state == "connected"
 
@@ -319,6 +320,39 @@ def test_main_connect_prints_apps_and_ping(coordinator, tmp_path, capsys):
     assert status == 0, capsys.readouterr().err
     text = out.getvalue()
     assert "apps: forward" in text and "ping: " in text
+
+
+def test_connect_key_signs_in_with_the_device_key_alone(coordinator, tmp_path, capsys,
+                                                        monkeypatch):
+    """``homechannel connect --key``: the first time the password is asked for once and
+    the device key is enrolled to sign in by itself (a token of kind ``key``); from then
+    on no password is read (no --password-file, nothing on stdin) and the connect carries
+    no proof: the home server accepts the key's signature over the offer alone.  How
+    this was shown to fail: with ``"sign_in"`` left out of the hello the token stayed of
+    kind ``device`` and the second run asked for the password (stdin at EOF: exit 1)."""
+    info = coordinator()
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    password_file = tmp_path / "password"
+    password_file.write_text(PASSWORD + "\n")
+    argv = ["--url", info["url"], "--server", info["server"], "--key",
+            "--coordinator-key", info["coordinator_key"], "--advertise-address", "127.0.0.1"]
+    assert cli_client.main_connect(argv + ["--password-file", str(password_file)],
+                                   out=io.StringIO()) == 0, capsys.readouterr().err
+    store = trust.DeviceStore.default()
+    token = flow.DeviceToken.verify(crypto.parse_server_id(info["server"]),
+                                    store.token(info["url"], info["server"]), time.time())
+    assert token.kind == "key"
+    password_file.unlink()
+    out = io.StringIO()
+    assert cli_client.main_connect(argv, out=out) == 0, capsys.readouterr().err
+    assert "ping: " in out.getvalue()
+    log = (tmp_path / "coordinator-honest.log").read_text()
+    assert re.search(r"login accepted: session \S+ from 127.0.0.1 \(key \S+\) as owner", log)
+    # A sign-in key that is not there (another state directory): a clear error, no prompt.
+    with pytest.raises(AuthenticationError, match="not enrolled to sign in by itself"):
+        connect(info, password=None, devices=trust.DeviceStore(str(tmp_path / "x.json")),
+                sign_in_key=True)
 
 
 def test_main_connect_wrong_password_exits_1(coordinator, tmp_path, capsys):

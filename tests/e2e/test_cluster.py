@@ -238,6 +238,40 @@ def test_what_redis_holds_and_carries_is_useless_to_it_and_its_forgeries_move_no
     admin.close()
 
 
+def test_a_home_server_without_the_password_leaves_nothing_in_redis_to_check_one(
+        cluster, tmp_path):
+    """``auth.password = false`` (issue 19): a second home server registered with the
+    cluster issues no challenge, so its directory entry in Redis holds its owner and no
+    pool entry at all (nothing there, keyed or not, relates to a password), and a lookup
+    through either node has no challenge.  It needs no password file at all.  How this
+    was shown to fail: with ``server/tap.py`` loading the password key regardless, this
+    home server (no password file) did not start."""
+    import redis as redispy
+
+    from homechannel.testing import local
+
+    sdir = str(tmp_path / "passwordless")
+    # No password file at all: with the password off the home server reads none.
+    key, _ = keyfiles.load_or_create_identity_key(os.path.join(sdir, "server.key"))
+    config = local.write_toml(str(tmp_path / "passwordless.toml"), local.server_config(
+        sdir, coordinator_key_text=cluster.coordinator_key.text,
+        udp_port=cluster.nodes[0].udp_port, web_port=cluster.haproxy.port, extra={
+            "auth": {"password": False}, "webrtc": {"ice_servers": []},
+            "coordinator": {"addresses": [f"127.0.0.1:{n.udp_port}" for n in cluster.nodes]}}))
+    server = Twistd("homechannel-server", config).start()
+    try:
+        server.wait_for_log("registered with coordinator", timeout=30)
+        admin = redispy.Redis.from_url(cluster.redis.url, **cluster.redis.admin_options())
+        entry = admin.hgetall(b"hc:d:" + crypto.key_id(key.public_raw))
+        admin.close()
+        assert set(entry) == {b"n"}, entry
+        for node in cluster.nodes:
+            status, doc = api(node.url, f"/api/servers/{key.text}")
+            assert status == 200 and doc["online"] is True and doc["challenge"] is None, doc
+    finally:
+        server.stop()
+
+
 def test_redis_restart_gives_clear_errors_then_recovers_without_restarting_anything(cluster):
     cluster.redis.stop()
     for node in cluster.nodes:

@@ -26,6 +26,12 @@ class Device:
     def start_signature(self, session, challenge):
         return self.key.sign(crypto.device_start_message(session, challenge))
 
+    def offer(self, session, challenge, sdp, token=None, proof=bytes(32), sign=True):
+        """The OFFER this device relays (``connect.Offer``), signed by its key."""
+        return connect.Offer(session, challenge, proof, sdp, device=token,
+                             device_signature=self.offer_signature(session, challenge, sdp)
+                             if sign else None)
+
     def enrol(self, session, server_raw, name="test device"):
         """The ``device`` field of a hello that enrols this key."""
         return {"key": crypto.b64u_encode(self.key.public_raw), "name": name,

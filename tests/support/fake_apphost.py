@@ -1,5 +1,6 @@
 """``FakeAppHost``: a hand-written stand-in for the home server's ``AppHost`` that
-speaks just enough of the control protocol (hello and ping) for the answerer's
+speaks just enough of the control protocol (hello, ping, and the answerer's own
+operations: passkeys and invites) for the answerer's
 tests and the native client's coordinator stand-in (``test_client.py serve``)."""
 
 import json
@@ -41,6 +42,9 @@ class FakeAppHost:
                         reply.update(context.hello_fields(doc))
                 elif doc.get("op") == "ping":
                     reply = {"op": "pong", "id": doc.get("id")}
+                elif context is not None and (
+                        own := context.control(doc.get("op"), doc)) is not None:
+                    reply = own
                 else:
                     reply = {"op": "error", "message": "unknown op"}
                 channel.send(json.dumps(reply))

@@ -86,7 +86,7 @@ import * as c from "./connect.js";
 import * as hc from "./crypto.js";
 import { readFileSync } from "node:fs";
 const v = JSON.parse(readFileSync(0, "utf8"));
-const out = { sdp: {}, answers: {}, tokens: {} };
+const out = { sdp: {}, answers: {}, tokens: {}, kinds: {} };
 for (const [name, sdp] of Object.entries(v.sdp)) {
   try { out.sdp[name] = c.sdpFingerprint(sdp); } catch (e) { out.sdp[name] = "refused:" + e.code; }
 }
@@ -102,8 +102,13 @@ for (const [name, t] of Object.entries(v.tokens)) {
   try {
     const token = await c.verifyDeviceToken(hc.parseServerId(t.server), t.token, v.now);
     out.tokens[name] = token.device;
+    out.kinds[name] = `${token.kind} ${token.origin}`;
   } catch (e) { out.tokens[name] = "refused:" + e.code; }
 }
+out.passkey_challenge = hc.b64uEncode(await hc.passkeyChallenge(v.passkey.session,
+  hc.b64uDecode(v.passkey.challenge), hc.b64uDecode(v.passkey.digest)));
+out.passkey_start = hc.b64uEncode(await hc.passkeyStartChallenge(v.passkey.session,
+  hc.b64uDecode(v.passkey.challenge)));
 out.device_challenge = hc.b64uEncode(c.deviceChallenge(v.now + 0.9, (n) => new Uint8Array(n).fill(7)));
 const stats = new Map(v.stats.map((r) => [r.id, r]));
 out.stats_fp = c.remoteFingerprintFromStats(stats);
@@ -174,6 +179,9 @@ def test_connect_js_matches_python(tmp_path):
         "another server's": {"server": other.text, "token": connect.DeviceToken.issue(
             server, device, 3, NOW)},
         "garbage": {"server": server.text, "token": "hcdev2.abc.def"},
+        "passkey": {"server": server.text, "token": connect.DeviceToken.issue(
+            server, device, connect.KEY_EPOCH, NOW, kind="passkey",
+            origin="https://home.example")},
         "version 1": {"server": server.text, "token": "hcdev1.abc.def"},
     }
     good_token = tokens["good"]["token"]
@@ -188,7 +196,9 @@ def test_connect_js_matches_python(tmp_path):
              {"id": "RC", "type": "certificate", "fingerprint": FP2.lower(),
               "fingerprintAlgorithm": "sha-256"}]
     vectors = {"sdp": SDP_CASES, "server_id": server.text, "answers": answers,
-               "tokens": tokens, "now": NOW, "stats": stats}
+               "tokens": tokens, "now": NOW, "stats": stats,
+               "passkey": {"session": session, "challenge": crypto.b64u_encode(challenge),
+                           "digest": crypto.b64u_encode(digest)}}
     proc = subprocess.run([node, str(tmp_path / "run.mjs")], input=json.dumps(vectors),
                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -221,6 +231,13 @@ def test_connect_js_matches_python(tmp_path):
             expected = "refused:bad-device"
         assert out["tokens"][name] == expected, name
     assert out["tokens"]["good"] == crypto.device_id(device)
+    assert out["kinds"]["good"] == "device null"
+    assert out["kinds"]["passkey"] == "passkey https://home.example"
+    # The passkey challenge, the twin of crypto.passkey_challenge (issue 19).
+    assert crypto.b64u_decode(out["passkey_challenge"]) == crypto.passkey_challenge(
+        session, challenge, digest)
+    assert crypto.b64u_decode(out["passkey_start"]) == crypto.passkey_start_challenge(
+        session, challenge)
 
     made = crypto.b64u_decode(out["device_challenge"])
     assert connect.device_challenge_time(made) == NOW and made[8:] == b"\x07" * 8

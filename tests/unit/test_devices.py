@@ -69,17 +69,19 @@ def test_the_server_checks_epoch_enrolment_key_and_signature(tmp_path):
     enrolled.enrol(device.key.public_raw, "laptop", NOW)
     home = crypto.IdentityKey.generate()
     token = connect.DeviceToken.verify(home.public_raw, device.token(home, 5, NOW), NOW)
-    message = b"what the connect binds"
-    assert enrolled.check(token, device.key.sign(message), message).id == device.id
-    for t, signature, why in (
-            (token, thief.key.sign(message), "signature"),
-            (token, None, "not signed"),
+    sid, challenge, sdp = "S" * 22, bytes(16), "v=0"
+    digest = crypto.offer_hash(sdp)
+    assert enrolled.check(token, device.offer(sid, challenge, sdp), digest, NOW).id == device.id
+    for t, offer, why in (
+            (token, thief.offer(sid, challenge, sdp), "signature"),
+            (token, device.offer(sid, challenge, sdp, sign=False), "not signed"),
+            (token, device.offer(sid, challenge, sdp, proof=None), "password proof is missing"),
             (connect.DeviceToken.verify(home.public_raw, device.token(home, 4, NOW), NOW),
-             device.key.sign(message), "password was changed"),
+             device.offer(sid, challenge, sdp), "password was changed"),
             (connect.DeviceToken.verify(home.public_raw, thief.token(home, 5, NOW), NOW),
-             thief.key.sign(message), "not enrolled")):
+             thief.offer(sid, challenge, sdp), "not enrolled")):
         with pytest.raises(AuthenticationError, match=why):
-            enrolled.check(t, signature, message)
+            enrolled.check(t, offer, digest, NOW)
 
 
 def test_revoking_reaches_the_running_server_within_one_poll(tmp_path, run):
@@ -102,7 +104,8 @@ def test_revoking_reaches_the_running_server_within_one_poll(tmp_path, run):
     home = crypto.IdentityKey.generate()
     token = connect.DeviceToken.verify(home.public_raw, lose.token(home, 5, NOW), NOW)
     with pytest.raises(AuthenticationError, match="not enrolled"):
-        enrolled.check(token, lose.key.sign(b"m"), b"m")
+        enrolled.check(token, lose.offer("S" * 22, bytes(16), "v=0"),
+                       crypto.offer_hash("v=0"), NOW)
     n = len(told)
     enrolled.poll()                  # nothing changed: nothing told
     assert len(told) == n

@@ -171,7 +171,8 @@ async def test_valid_offer_is_answered_signed_and_connects(h):
     hello = await request(channel, {"op": "hello", "device": device.enrol(
         sid, h.identity.public_raw)})
     token = connect.DeviceToken.verify(h.identity.public_raw, hello.pop("device"), time.time())
-    assert hello == {"op": "hello", "server": h.identity.text, "apps": ["forward"]}
+    assert hello == {"op": "hello", "server": h.identity.text, "apps": ["forward"],
+                     "person": "owner", "rights": {"owner": True}, "passkeys": False}
     assert token.expires > time.time() + 80 * 86400
     assert token.key == device.key.public_raw and token.epoch == h.answerer.devices.epoch
     assert h.answerer.device_policy().devices == {device.id}
@@ -691,3 +692,104 @@ async def test_a_turn_name_of_either_family_gives_an_address_of_each_the_registe
     assert policy.dropped == 0
     # And aiortc takes them (rtc/webrtc.py's stand-in names for IPv6 literals).
     await webrtc.peer_connection(webrtc.ice_servers(kept)).close()
+
+
+# -- passkeys: what a coordinator could alter (issue 19) ---------------------------------
+
+
+@run
+async def test_the_home_server_refuses_a_passkey_sign_in_the_coordinator_altered(h):
+    """The malicious-coordinator matrix on the passkey path, at the home server (which
+    checks everything again whatever the coordinator let through): a genuine assertion
+    relayed with another offer, an assertion without user verification, one made for
+    another origin, the genuine assertion replayed under another session, and the
+    whole offer replayed once its session is forgotten are refused; the genuine one is
+    answered, without any password proof.  How this was shown to fail: with the
+    assertion's challenge taken from the client data instead of computed from the
+    relayed offer (``EnrolledDevices.check``), the swapped offer was answered."""
+    from authenticator import UP, UV, Authenticator
+
+    from homechannel.server.people import Rights
+
+    origin = "https://home.example"
+    a = Authenticator()
+    now = h.clock.seconds()
+    h.answerer.devices.enrol(a.public_raw, "phone", now, kind="passkey", person="alice",
+                             rights=Rights(frozenset({"forward"})), credential=a.credential,
+                             origin=origin)
+    token = connect.DeviceToken.issue(h.identity, a.public_raw, connect.KEY_EPOCH, now,
+                                      kind="passkey", origin=origin)
+    _, _, sdp = await h.client_offer()
+    _, _, other_sdp = await h.client_offer()
+
+    def payload(relayed, signed=None, sid=None, challenge=None, at=origin, flags=UP | UV,
+                assertion=None):
+        sid = sid or crypto.b64u_encode(os.urandom(16))
+        challenge = challenge or connect.device_challenge(h.clock.seconds(), os.urandom)
+        assertion = assertion or a.get(crypto.passkey_challenge(
+            sid, challenge, crypto.offer_hash(signed or relayed)), at, flags=flags)
+        offer = connect.Offer(sid, challenge, None, relayed, device=token, passkey=assertion)
+        return offer.encode(), sid, challenge, assertion
+
+    for bad in (payload(other_sdp, signed=sdp), payload(sdp, flags=UP),
+                payload(sdp, at="https://evil.example")):
+        reply = await h.offer(bad[0])
+        assert reply["error"] == "bad-device", reply
+    good, sid, challenge, assertion = payload(sdp)
+    reply = await h.offer(good)
+    assert "answer" in reply, reply
+    replayed = payload(sdp, challenge=challenge, assertion=assertion)
+    assert (await h.offer(replayed[0]))["error"] == "bad-device"
+    h.clock.advance(h.config.connect_timeout * 2 + 1)      # the session is forgotten
+    assert (await h.offer(good))["error"] in ("bad-device", "unknown-challenge")
+    assert h.answerer.devices.person_of(crypto.device_id(a.public_raw)).sign_count >= 1
+
+
+@run
+async def test_an_invite_signs_in_once_and_enrols_one_passkey_with_its_rights(h):
+    """An invite's key signs one connect without a password; that session is told who
+    it is for, may enrol exactly one passkey (with the invite's person and rights, for
+    the home server's origin), and the invite is used up.  How this was shown to fail:
+    without ``invite_spent`` a second passkey-options on the same session was answered
+    (one invite, many passkeys)."""
+    from authenticator import Authenticator
+
+    from homechannel.server import devices as store
+    from homechannel.server.people import Rights
+
+    origin = "https://home.example"
+    h.answerer.passkey_origin = origin
+    now = h.clock.seconds()
+    rights = Rights(frozenset({"forward"}), True)
+    invite, token, private = store.new_invite(h.identity, "bob", rights, now, 600)
+    h.answerer.devices.enrol(invite.key, invite.name, now, kind="invite", person="bob",
+                             rights=rights, expires=invite.expires)
+    key = Device(crypto.IdentityKey.from_private_raw(private))
+    pc, channel, sdp = await h.client_offer()
+    sid, challenge = crypto.b64u_encode(os.urandom(16)), connect.device_challenge(now, os.urandom)
+    payload = key.offer(sid, challenge, sdp, token=token, proof=None).encode()
+    reply = await h.offer(payload)
+    assert "answer" in reply, reply
+    assert h.answerer.device_policy().devices == frozenset()        # used up
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=reply["answer"], type="answer"))
+    await channel_open(channel)
+    hello = await request(channel, {"op": "hello"})
+    assert (hello["person"], hello["invite"], hello["passkeys"]) == ("bob", True, True)
+    assert hello["rights"] == {"apps": [], "read_only": True, "roots": [], "invite": False}
+    options = await request(channel, {"op": "passkey-options"})
+    assert options["rp"]["id"] == "home.example" and options["user"]["name"] == "bob"
+    a = Authenticator()
+    made = await request(channel, {"op": "passkey-register", "name": "phone", "credential":
+                                   a.create(crypto.b64u_decode(options["challenge"]), origin)})
+    assert made["op"] == "passkey-registered" and made["person"] == "bob", made
+    issued = connect.DeviceToken.verify(h.identity.public_raw, made["token"], time.time())
+    assert (issued.kind, issued.origin, issued.key) == ("passkey", origin, a.public_raw)
+    enrolled = h.answerer.devices.person_of(issued.device)
+    assert (enrolled.person, enrolled.rights, enrolled.credential) == ("bob", rights,
+                                                                       a.credential)
+    again = await request(channel, {"op": "passkey-options"})
+    assert again["op"] == "error" and "already" in again["message"]
+    # Another invite's worth: an owner's invite needs the invite right, which bob lacks.
+    refused = await request(channel, {"op": "invite", "person": "eve",
+                                      "rights": {"apps": ["forward"]}})
+    assert refused["op"] == "error" and "may not invite" in refused["message"]

@@ -256,3 +256,47 @@ def test_minting_has_budgets_per_server_and_in_all():
         got.append(len(resp.json["ice_servers"]) == 2)
     assert got == [True, True, False, False]        # 5 in all
     assert h.minter.minted == 5
+
+
+def test_a_passkey_proves_with_one_assertion_and_signs_the_offer_with_another():
+    """Issue 19: a passkey's first step is an assertion over the session and challenge
+    (``crypto.passkey_start_challenge``), which gets the relay credential; the second step
+    needs a second assertion, over the offer, which the home server checks again.  The
+    first step's assertion does not pass for the second (the offer would be unbound).
+    How this was shown to fail: with the first step's challenge accepted for the offer
+    in ``Broker._check_credential``, the reused assertion was relayed (202)."""
+    from authenticator import Authenticator
+
+    origin = "https://home.example"
+    h = harness()
+    a = Authenticator()
+    raw = a.public_raw
+    h.relay.set_device_policy(h.home.public_raw, flow.DevicePolicy(
+        0, frozenset({crypto.device_id(raw)})))
+    token = flow.DeviceToken.issue(h.home, raw, flow.KEY_EPOCH, NOW, kind="passkey",
+                                   origin=origin)
+    challenge = flow.device_challenge(NOW, lambda n: bytes(n))
+    session = h.new_session()
+    start = a.get(crypto.passkey_start_challenge(session, challenge), origin).to_doc()
+    body = {"server": h.server_id, "session": session,
+            "challenge": crypto.b64u_encode(challenge), "device": token}
+    assert_error(h.call("POST", "/api/prove", body=body), 403, "bad-device")   # none
+    resp = h.call("POST", "/api/prove", body={**body, "passkey": start})
+    assert resp.code == 200, resp.body
+    assert any(str(s["urls"]).startswith("turn") or "turn:" in str(s["urls"])
+               for s in resp.json["ice_servers"])
+    proved = {"session": session, "challenge": crypto.b64u_encode(challenge)}
+    resp2, _ = offer_after(h, proved, resp.json["ticket"], device=token, passkey=start)
+    assert_error(resp2, 403, "bad-device")
+    signed = a.get(crypto.passkey_challenge(session, challenge, crypto.offer_hash(OFFER_SDP)),
+                   origin).to_doc()
+    resp = h.call("POST", "/api/prove", body={**body, "passkey": a.get(
+        crypto.passkey_start_challenge(session, challenge), origin).to_doc()})
+    second = h.connect_body(challenge, session=session, ticket=resp.json["ticket"],
+                            device=token, passkey=signed)
+    second.pop("answer"), second.pop("proof")            # no password at all
+    resp3 = h.call("POST", "/api/connect", ip=IP_A, body=second)
+    assert resp3.code == 202, resp3.body
+    offer = flow.Offer.decode(h.relay.offers[-1][1])
+    assert offer.passkey.to_doc() == signed and offer.proof is None
+    assert len(offer.ice_servers) == 1

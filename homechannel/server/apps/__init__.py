@@ -110,12 +110,23 @@ class AppHost:
         self.terminal_key = None   # the terminal's SSH key, loaded once (terminal.SshKey)
         self.traffic = Counter()   # (app, "in" | "out") -> payload bytes (metrics)
 
-    def app_list(self):
+    def app_list(self, rights=None):
+        """The apps the hello lists: those enabled, and that *rights* (the person's,
+        ``people.Rights``; None: all) allow, as they would run for that person."""
         out = []
         for name, app in APPS.items():
             config = getattr(self.config, name)
             if app.active(config):
                 out.append({"name": name, "title": app.title, "version": VERSION, **app.describe(config)})
+        return out if rights is None else self._allowed(out, rights)
+
+    def _allowed(self, listed, rights):
+        """The entries of *listed* that *rights* allow, described as they run for them."""
+        out = []
+        for entry in listed:
+            config = rights.app_config(entry["name"], getattr(self.config, entry["name"]))
+            if config is not None:
+                out.append({**entry, **APPS[entry["name"]].describe(config)})
         return out
 
     def attach(self, pc, context=None):
@@ -162,10 +173,20 @@ class AppHost:
             return self._refuse(link, errors.Forbidden(app.off.format(name=name), "app-disabled"))
         if state["channels"] >= MAX_CHANNELS:
             return self._refuse(link, errors.CapacityError(f"at most {MAX_CHANNELS} app channels per session", "capacity"))
+        context = state.get("context")
+        if getattr(context, "rights", None) is not None:
+            # The person's rights, enforced here whatever the page shows (people.py): the
+            # app as it runs for them (the files app's roots and read-only flag), or none.
+            config = context.rights.app_config(name, config)
+            if config is None:
+                return self._refuse(link, errors.Forbidden(
+                    f"{context.person} may not open the {name} app on this server",
+                    "not-allowed"))
         state["channels"] += 1
         link.on_close(lambda: state.__setitem__("channels", state["channels"] - 1))
         channel.binaryType = "arraybuffer"  # ignored by aiortc; harmless
         session = app.session(self, config, link)
+        session.person = getattr(context, "person", None)
         log.info("app channel {label} opened", label=label)
         traffic = self.traffic
         link.on_sent = lambda n: traffic.update({(name, "out"): n})

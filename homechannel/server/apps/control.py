@@ -32,11 +32,15 @@ class ControlSession:
             return
         op = body["op"]
         if op == "hello":
-            reply = {"op": "hello", "server": self.host.server_id, "apps": self.host.app_list()}
+            rights = self.context.rights if self.context is not None else None
+            reply = {"op": "hello", "server": self.host.server_id,
+                     "apps": self.host.app_list(rights)}
             if self.context is not None:
                 reply.update(self.context.hello_fields(body))
             self.reply(reply)
         elif op == "ping":
             self.reply({"op": "pong", "id": body.get("id")})
+        elif self.context is not None and (reply := self.context.control(op, body)) is not None:
+            self.reply(reply)
         else:
             self.reply({"op": "error", "code": "unknown-op", "message": f"unknown control operation {op!r}"})

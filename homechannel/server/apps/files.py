@@ -153,6 +153,7 @@ class FilesSession:
         # The mode of a new uploaded file, as mkdir and every other program honour the
         # umask (the systemd unit's UMask=0077 gives 0600); read once per session.
         self.upload_mode = 0o666 & ~process_umask()
+        self.person = None   # who signed in (the audit lines; set by the app host)
         self._thread = defer_to_thread or (
             lambda f, *a: threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *a))
         self.uploads = uploads or Uploads(config, self._thread)
@@ -193,11 +194,13 @@ class FilesSession:
             handler = getattr(self, f"op_{op}", None) if isinstance(op, str) else None
             if handler is None:
                 raise errors.BadRequest(f"unknown files operation {op!r}", "unknown-op")
-            if op in _WRITES and self.config.read_only:
-                raise errors.Forbidden("the files app is read-only on this server", "read-only")
             self.requests[rid] = "busy"
-            d = defer.maybeDeferred(handler, rid, frame.body)
-            d.addBoth(audit.file_request, op, frame.body)
+            if op in _WRITES and self.config.read_only:
+                # Refused, and audited as such (a person with read-only rights: people.py).
+                d = defer.fail(errors.Forbidden("the files app is read-only here", "read-only"))
+            else:
+                d = defer.maybeDeferred(handler, rid, frame.body)
+            d.addBoth(audit.file_request, op, frame.body, self.person)
             d.addCallback(lambda body: body is not None and self._send(frames.RES, rid, body))
             d.addErrback(lambda f: self._error(rid, f.value))
             d.addBoth(lambda _: self.requests.pop(rid, None))
