@@ -345,7 +345,7 @@ def test_replays_for_ten_minutes_never_move_the_server_between_nodes():
     fail: with the IPv6 try a failover to the next node (``_failover``), as before, the
     first replayed UNKNOWN moved the server to node-b, and from there it tried node-a's
     (dead) IPv6 every 10 s for ever (58 FailingOver in ten minutes); with ``StillUp``
-    cleared nothing either, it moved back and forth (39 moves in ten minutes)."""
+    clearing nothing as well, it moved back and forth (39 moves in ten minutes)."""
     net = two_nodes()
     net.dead |= {A6, B6}
     net.start(until=5.0)
