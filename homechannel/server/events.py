@@ -51,6 +51,14 @@ class Reregistering(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class StillUp(Event):
+    """A PONG on the session after something cast doubt on it (a ping missed, or an
+    UNKNOWN, which it makes moot): the coordinator still answers at that address."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Lost(Event):
     """The link was declared dead; registering again has started."""
 

@@ -11,8 +11,8 @@ back.  Like the registrant, every input takes ``now`` and returns an
 addr)]``, the next deadline), whose events are ``(link, event)`` pairs
 (:mod:`homechannel.server.events`):
 
-* ``Registered``, ``AttemptFailed``, ``PingMissed``, ``Reregistering``, ``Lost``,
-  ``OfferReceived``, ``NoticeReceived``, ``MigrateRefused``, ``Left`` -- from a link's
+* ``Registered``, ``AttemptFailed``, ``PingMissed``, ``StillUp``, ``Reregistering``,
+  ``Lost``, ``OfferReceived``, ``NoticeReceived``, ``MigrateRefused``, ``Left`` -- from a link's
   registrant (a ``MigrateRequested`` is acted on here);
 * ``Moving``, ``Moved`` (the old link: the adapter saves the new target in the
   failover file), ``MoveFailed`` (reason);
@@ -41,7 +41,7 @@ from homechannel.protocol.hostport import format_host_port, ip_family
 from homechannel.server import eyeballs
 from homechannel.server.events import (
     FailedOver, FailingOver, Lost, MigrateRequested, MoveFailed, Moved, Moving, PingMissed,
-    Registered, Reregistering, ResolveFailed, ResolveNeeded,
+    Registered, Reregistering, ResolveFailed, ResolveNeeded, StillUp,
 )
 from homechannel.server.registrant import Registrant
 
@@ -63,6 +63,7 @@ class Link:
         self.resolving = False
         self.ipv6 = False         # its name has an IPv6 address
         self.failover = False     # to another node of the same cluster, not a move
+        self.family = None        # only the name's addresses of this family ("IPv6")
         self.timeout = MIGRATION_TIMEOUT
 
     @property
@@ -121,18 +122,29 @@ class Links:
         self._events.append((link, ResolveNeeded()))
 
     def resolved(self, link, ips, now):
-        """*ips*: an address, or every address of the name (the first that has not
-        stopped answering is used)."""
+        """*ips*: an address, or every address of the name.  The first that has not
+        stopped answering is used, raced against the other family's first (that has
+        not, if any has not); when every one has stopped answering, a new round starts
+        (they are all tried again, from the first)."""
         link.resolving = False
         if link.registrant.state == "stopped" or link not in self.links():
             return self._output([])
         ips = eyeballs.interleave([ips] if isinstance(ips, str) else list(ips))
         self._several = self._several or len(ips) > 1
         link.ipv6 = any(ip_family(ip) == "IPv6" for ip in ips)
-        ip = next((ip for ip in ips if (ip, link.port) not in self._unanswered), ips[0])
+        if link.family is not None:
+            ips = [ip for ip in ips if ip_family(ip) == link.family]
+            if not ips:
+                self._give_up(link, f"{link.host} has no {link.family} address", now)
+                return self._output([])
+        unanswered = {ip for ip in ips if (ip, link.port) in self._unanswered}
+        if len(unanswered) == len(ips):
+            self._unanswered -= {(ip, link.port) for ip in ips}
+            unanswered = set()
+        ip = next(ip for ip in ips if ip not in unanswered)
         link.addr = (ip, link.port)
-        other = eyeballs.other_family(
-            ips, ip, skip={a for a, port in self._unanswered if port == link.port})
+        other = (eyeballs.other_family(ips, ip, skip=unanswered)
+                 or eyeballs.other_family(ips, ip))
         link.race = eyeballs.Race(link.addr, (other, link.port), now) if other else None
         return self._output(self._out(link, link.registrant.start(now), now))
 
@@ -238,16 +250,17 @@ class Links:
             elif isinstance(event, MigrateRequested):
                 self._migrate(event.target, now)
                 continue
+            elif isinstance(event, StillUp) and link is self.active:
+                # It answers after all: not an address that stopped answering (a
+                # failover under way may still finish, but none follows it).
+                self._unanswered.discard(link.addr)
             elif isinstance(event, PingMissed) and link is self.active:
                 self._failover(link, f"{event.count} ping(s) unanswered", now)
             elif isinstance(event, Lost) and link is self.active:
                 self._failover(link, event.reason, now)
             elif (isinstance(event, Reregistering) and link is self.active and link.ipv6
                   and link.addr is not None and ip_family(link.addr[0]) == "IPv4"):
-                # Registering again anyway (make before break, on this IPv4 address):
-                # the name's IPv6 is tried beside it, and taken if it answers (IPv6
-                # first, as at start: a mapping through no NAT).
-                self._failover(link, "registering again: IPv6 first", now)
+                self._try_ipv6(link, now)
             self._events.append((link, event))
         return out
 
@@ -278,7 +291,8 @@ class Links:
         self._events.append((link, MoveFailed(reason)))
         if link.failover and (self.active.registrant.state != "up"
                               or self.active.addr in self._unanswered):
-            # That one did not answer either: on to the next.
+            # That one did not answer either, and the active one still does not
+            # (it has not answered since it stopped): on to the next.
             if link.addr is not None:
                 self._unanswered.add(link.addr)
             self._failover(link, "the next one did not answer either", now)
@@ -286,17 +300,36 @@ class Links:
     # -- failover -------------------------------------------------------------------
 
     def _failover(self, link, why, now):
-        """The active coordinator stopped answering: register with the next address
-        of the same cluster (the old link is kept until the new one is up)."""
-        if self.moving is not None or not (len(self.candidates) > 1 or self._several):
-            return
+        """*link* stopped answering (the active one, or the last one failed over to):
+        register with the next address of the same cluster (the old link is kept until
+        the new one is up).  Its address is tried last from then on, until it answers
+        again (``Registered``, ``StillUp``) or a new round starts (``resolved``)."""
         if link.addr is not None:
             self._unanswered.add(link.addr)
+        if self.moving is not None or not (len(self.candidates) > 1 or self._several):
+            return
         host, port = self._next_candidate(self._last_tried or (link.host, link.port))
         self._last_tried = (host, port)
-        self.moving = self._link(host, port, link.key)
+        self._start_failover(host, port, link.key, why, now)
+
+    def _try_ipv6(self, link, now):
+        """Registering again anyway (make before break, on *link*'s IPv4 address): the
+        name's IPv6 addresses are tried beside it, and taken if one answers (IPv6
+        first, as at start: a mapping through no NAT).  The IPv4 address is not one
+        that stopped answering (the UNKNOWN came from it, and it may be moot), and the
+        try is not a failover round: if IPv6 does not answer, the links stay, and go on
+        from there only if the active link stops answering meanwhile (``_give_up``).
+        The same name, never another node: a replayed UNKNOWN does not move the server
+        between a cluster's nodes."""
+        if self.moving is None:
+            self._start_failover(link.host, link.port, link.key,
+                                 "registering again: IPv6 first", now, family="IPv6")
+
+    def _start_failover(self, host, port, key, why, now, family=None):
+        self.moving = self._link(host, port, key)
         self.moving.failover = True
         self.moving.timeout = FAILOVER_TIMEOUT
+        self.moving.family = family
         self._events.append((self.moving, FailingOver(why)))
         self._begin(self.moving, now)
 

@@ -23,7 +23,9 @@ events (:mod:`homechannel.server.events`):
 * ``Left()`` when a :meth:`leave` is acknowledged (or the coordinator had
   already forgotten us);
 * ``PingMissed(n)`` each time a ping goes unanswered (*n* in a row), before
-  ``Lost`` (a home server with other coordinators to go to starts there).
+  ``Lost`` (a home server with other coordinators to go to starts there);
+* ``StillUp(reason)`` when a PONG comes after all: after pings missed, or making an
+  UNKNOWN moot (the coordinator still answers at its address).
 
 It retries for ever: each handshake datagram is retransmitted with jittered
 exponential backoff from ``backoff_min`` to ``backoff_max``.
@@ -49,7 +51,7 @@ from homechannel.protocol.retransmit import Outstanding
 from homechannel.server.challenges import ChallengeSource
 from homechannel.server.events import (
     AttemptFailed, Left, Lost, MigrateRefused, MigrateRequested, NoticeReceived,
-    OfferReceived, PingMissed, Registered, Reregistering,
+    OfferReceived, PingMissed, Registered, Reregistering, StillUp,
 )
 
 log = Logger()
@@ -464,8 +466,8 @@ class Registrant:
             return []
         if kind == udp.PONG:
             if rid == self._ping_rid:
+                missed, self._missed = self._missed, 0
                 self._ping_rid = None
-                self._missed = 0
                 self._ping_due = now + self._jitter(self.cfg.interval)
                 if self._hs is not None:
                     # A ping sent since the UNKNOWN was answered: the session works.
@@ -475,6 +477,9 @@ class Registrant:
                     log.info("the coordinator answers this session: the UNKNOWN was "
                              "not about it (a datagram of ours replayed from another "
                              "address?); not registering again")
+                    self._events.append(StillUp("a PONG made the UNKNOWN moot"))
+                elif missed:
+                    self._events.append(StillUp(f"a PONG after {missed} ping(s) missed"))
             return []
         if kind in (udp.CHALLENGES_ACK, udp.XFER_ACK, udp.DEVICES_ACK):
             self._out.pop(rid)

@@ -18,8 +18,10 @@ from homechannel.config import ServerKeepalive
 from homechannel.coordinator.events import AnswerReceived, OfferAcknowledged
 from homechannel.coordinator.rendezvous import Rendezvous
 from homechannel.server.challenges import ChallengeSource
-from homechannel.server.events import OfferReceived, Registered, Reregistering
-from homechannel.server.registrant import UNKNOWN_HOLDOFF, Registrant
+from homechannel.server.events import (
+    OfferReceived, PingMissed, Registered, Reregistering, StillUp,
+)
+from homechannel.server.registrant import PING_TIMEOUT, UNKNOWN_HOLDOFF, Registrant
 from homechannel.testing.udp import LossyWire, ReplayAttacker
 
 COORDINATOR = crypto.IdentityKey.generate()
@@ -133,6 +135,25 @@ def test_a_pong_since_the_unknown_makes_it_moot():
     assert not reg.reregistering and len(of(w, Registered)) == 1
     assert keys_at_coordinator(rv) == keys
     assert reg.stats["dropped.unexpected-cookie"] == 1
+    assert of(w, StillUp) == [StillUp("a PONG made the UNKNOWN moot")]
+
+
+def test_a_pong_after_a_missed_ping_says_still_up():
+    """Pings answered in time say nothing; a ping lost, then its resend answered, gives
+    ``StillUp`` once (the links then no longer count the address as one that stopped
+    answering, ``test_eyeballs``).  How this was shown to fail: with the event left
+    out of the PONG branch, nothing came."""
+    w, rv, reg = make()
+    w.run(60.0)
+    assert of(w, StillUp) == [] and of(w, PingMissed) == []
+    when = reg.next_deadline()
+    w.down.add("up")                     # that ping is lost
+    w.run(when + PING_TIMEOUT - 0.1)
+    w.down.clear()
+    w.run(when + 60.0)
+    assert of(w, PingMissed) == [PingMissed(1)]
+    assert of(w, StillUp) == [StillUp("a PONG after 1 ping(s) missed")]
+    in_sync(rv, reg)
 
 
 def test_an_unknown_starts_a_registration_at_most_once_per_holdoff():
