@@ -307,6 +307,11 @@ class ServerUDP(DatagramProtocol):
             log.failure("bug saving the failover coordinator {name}", f, name=link.name)
 
     def _failing_over(self, link, event):
+        if link.family == "IPv6" and link.name == self.links.active.name:
+            # Links._try_ipv6: nothing stopped answering.
+            log.info("registering again with coordinator {name}: trying its IPv6 address "
+                     "beside the IPv4 one in use", name=link.name)
+            return
         log.info("coordinator {old} stopped answering ({why}): registering with {name}",
                  old=self.links.active.name, why=event.reason, name=link.name)
 
