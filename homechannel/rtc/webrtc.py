@@ -1,9 +1,9 @@
 """WebRTC helpers shared by the home server's answerer and the native client.
 
 The one place for what both aiortc sides need: ICE servers from settings,
-the peer connection factory, which host addresses to advertise, the DTLS
-certificate the peer actually presented, which candidate pair was used, and
-which TURN URL to try next when the first gave no relay.
+the peer connection factory, which host addresses to advertise, the SCTP receive
+window, the DTLS certificate the peer actually presented, which candidate pair
+was used, and which TURN URL to try next when the first gave no relay.
 Nothing here imports aiortc at module import time.
 
 Which host addresses to advertise
@@ -91,6 +91,42 @@ def peer_connection(servers):
         certificate.getFingerprints = lambda _all=fingerprints: [
             f for f in _all() if f.algorithm == "sha-256"]
     return pc
+
+
+# The SCTP receive window this end advertises (bytes).  aiortc advertises 1 MiB, so
+# a peer may have at most 1 MiB unacknowledged on the way here: an upload from a
+# browser was capped at 1 MiB per round trip (10 MB/s at 100 ms), whatever the link
+# carries.  8 MiB is the bandwidth-delay product of Chromium's own datachannel
+# ceiling (about 30 MB/s) at 250 ms, a 100 ms link with its bottleneck queue full
+# (docs/performance.md, "Over a WAN link").  aiortc hands every complete message
+# to the app at once, so the window only ever fills with data held for reassembly
+# (out of order after a loss): that, at most this much per connection, is what it
+# costs in memory.
+RECEIVE_WINDOW = 8 * 1024 * 1024
+
+
+def set_receive_window(pc, size=RECEIVE_WINDOW) -> None:
+    """Advertise an SCTP receive window of *size* bytes on *pc*.
+
+    Call it once the SCTP transport exists and before it starts (as for
+    ``advertise_host_addresses``: for an answerer after ``setRemoteDescription``,
+    for an offerer after ``createDataChannel``).  aiortc has no knob: its
+    ``RTCSctpTransport`` keeps the window it advertises (in INIT, INIT ACK and every
+    SACK) in ``_advertised_rwnd``, a counter that received data lowers and
+    delivered messages raise again; before the association starts it holds the
+    initial window.  Raises RuntimeError if aiortc changed that
+    (``tests/unit/test_library_internals.py`` checks it on the installed aiortc)."""
+    sctp = pc.sctp
+    if sctp is None:
+        raise RuntimeError("set_receive_window() called before the SCTP transport exists")
+    current = getattr(sctp, "_advertised_rwnd", None)
+    if not isinstance(current, int):
+        raise RuntimeError("aiortc's RTCSctpTransport has no integer _advertised_rwnd any "
+                           "more: the receive window cannot be raised (see "
+                           "homechannel/rtc/webrtc.py, set_receive_window)")
+    if sctp._association_state != sctp.State.CLOSED:
+        raise RuntimeError("set_receive_window() called after the SCTP association started")
+    sctp._advertised_rwnd = int(size)
 
 
 def remote_fingerprint(pc):

@@ -329,6 +329,7 @@ class Answerer:
             dtls.on("statechange", lambda: self._dtls_state(session, dtls))
         webrtc.advertise_host_addresses(pc, self._advertise)
         icechecks.prompt_triggered_checks(pc)
+        webrtc.set_receive_window(pc)
         await pc.setLocalDescription(await pc.createAnswer())
         if session.closed:
             return self._refuse(session.sid, INTERNAL, "peer connection closed while answering",
