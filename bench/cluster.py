@@ -27,6 +27,7 @@ Run: python -m bench.cluster [seconds]   (inside tests/netns-run: loopback only)
 
 import asyncio
 import os
+import pathlib
 import shutil
 import signal
 import socket
@@ -49,28 +50,25 @@ PROFILE = None          # --profile FILE: py-spy (if installed) samples the defa
 
 
 def start_redis(tmp):
-    binary = shutil.which("redis-server")
-    if binary is None:
+    """A redis-server as the tests run it (tests/support/services.RedisServer: the
+    shipped ACL, a password file), and a cluster key file for the nodes."""
+    sys.path.insert(0, os.path.join(signaling.REPO, "tests", "support"))
+    from services import RedisServer
+
+    from homechannel import keyfiles
+
+    if shutil.which("redis-server") is None:
         sys.exit("redis-server not found: apt-get install redis-server")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", tmp],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    signaling.wait_port(port)
-    return proc, f"redis://127.0.0.1:{port}/0", port
-
-
-def redis_cli(port, *args):
-    return subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True,
-                          text=True, check=True).stdout
+    redis = RedisServer(pathlib.Path(tmp)).start()
+    key_file = os.path.join(tmp, "cluster.key")
+    keyfiles.create_cluster_key(key_file)
+    return redis, dict(redis.cluster_config(), key_file=key_file)
 
 
 class Setup:
     """A coordinator setup: one default process, or N cluster nodes on one Redis."""
 
-    def __init__(self, tmp, name, nodes, redis_url=None, repo=signaling.REPO):
+    def __init__(self, tmp, name, nodes, cluster=None, repo=signaling.REPO):
         self.name = name
         self.procs, self.udp, self.web = [], [], []
         slug = "".join(ch if ch.isalnum() else "-" for ch in name)
@@ -78,8 +76,8 @@ class Setup:
         for i in range(nodes):
             d = os.path.join(tmp, f"{slug}-{i}")
             os.makedirs(d)
-            cluster = (redis_url, f"{slug}-{i}") if redis_url else None
-            proc, udp, web, key = signaling.start_coordinator(d, cluster=cluster,
+            node = dict(cluster, node_id=f"{slug}-{i}") if cluster else None
+            proc, udp, web, key = signaling.start_coordinator(d, cluster=node,
                                                               key_path=key_path, repo=repo)
             self.procs.append(proc)
             self.udp.append(udp)
@@ -165,16 +163,18 @@ def report_flows(results, setups):
     return bare_us, out
 
 
-def redis_memory(url, port):
+def redis_memory(redis):
     """Bytes of Redis memory per registered server (directory entry + pool of two)."""
     from homechannel.coordinator.cluster import redisrelay, redisstore
+    from homechannel.coordinator.cluster.clusterkey import ClusterKey
     from homechannel.testing.coordinator import LoopClock
     from homechannel import aio
 
     async def main():
-        store = redisstore.RedisStore(redisstore.connect(url), prefix="mem:")
+        store = redisstore.RedisStore(redisstore.connect(redis.url, **redis.options()),
+                                      ClusterKey(os.urandom(32)), prefix="hc:mem:")
         directory = redisrelay.Directory(store, "node-1", LoopClock(), None, ttl=3600.0)
-        before = int(redis_info(port)["used_memory"])
+        before = int(redis_info(redis)["used_memory"])
         t0 = time.perf_counter()
         for start in range(0, MEMORY_SERVERS, 5000):
             for i in range(start, start + 5000):
@@ -183,17 +183,17 @@ def redis_memory(url, port):
             while directory._ops or directory._flushing:
                 await asyncio.sleep(0.01)
         elapsed = time.perf_counter() - t0
-        after = int(redis_info(port)["used_memory"])
-        keys = int(redis_cli(port, "DBSIZE").strip())
+        after = int(redis_info(redis)["used_memory"])
+        keys = int(redis.cli("DBSIZE").strip())
         await aio.as_future(store.close())
         return (after - before) / MEMORY_SERVERS, keys, MEMORY_SERVERS / elapsed
 
     return asyncio.run(main())
 
 
-def redis_info(port):
+def redis_info(redis):
     out = {}
-    for line in redis_cli(port, "INFO", "memory").splitlines():
+    for line in redis.cli("INFO", "memory").splitlines():
         if ":" in line:
             k, v = line.split(":", 1)
             out[k] = v.strip()
@@ -205,17 +205,17 @@ def registrations(targets, seconds):
     return udp_load.bench_registrations(list(targets), seconds)[0]
 
 
-def start_udp_node(tmp, name, redis_url=None):
+def start_udp_node(tmp, name, cluster=None):
     d = os.path.join(tmp, name)
     os.makedirs(d)
-    extra = {"cluster": {"redis_url": redis_url, "node_id": name}} if redis_url else None
+    extra = {"cluster": dict(cluster, node_id=name)} if cluster else None
     return udp_load.start_coordinator(d, extra=extra)
 
 
-def udp_figures(tmp, redis_url, seconds):
+def udp_figures(tmp, cluster, seconds):
     med = statistics.median
     default = start_udp_node(tmp, "udp-default")
-    nodes = [start_udp_node(tmp, f"udp-node-{i}", redis_url) for i in (1, 2)]
+    nodes = [start_udp_node(tmp, f"udp-node-{i}", cluster) for i in (1, 2)]
     try:
         single = [registrations([default[1]], seconds) for _ in range(ROUNDS)]
         both = [registrations([n[1] for n in nodes], seconds) for _ in range(ROUNDS)]
@@ -267,28 +267,27 @@ def main(argv=()):
             parts = {name}
     seconds = float(argv[0]) if argv else 3.0
     with tempfile.TemporaryDirectory() as tmp:
-        redis, url, redis_port = start_redis(tmp)
+        redis, cluster = start_redis(tmp)
         try:
             print(f"coordinator cluster on this machine ({os.cpu_count()} cores, shared): "
                   f"medians of {ROUNDS} runs of {seconds:g} s")
             if "flows" in parts:
-                flow_figures(tmp, url, redis, seconds)
+                flow_figures(tmp, cluster, redis, seconds)
             if "memory" in parts:
                 print()
                 print(f"== Redis memory at {MEMORY_SERVERS:,} registered servers")
-                per_server, keys, rate = redis_memory(url, redis_port)
+                per_server, keys, rate = redis_memory(redis)
                 print(f"  {per_server:.0f} bytes per server ({keys:,} keys; written at "
                       f"{rate:,.0f} entries/s from one node)")
             if "udp" in parts:
                 print()
                 print("== UDP: registrations and keepalives")
-                udp_figures(tmp, url, seconds)
+                udp_figures(tmp, cluster, seconds)
         finally:
-            redis.terminate()
-            redis.wait()
+            redis.stop()
 
 
-def flow_figures(tmp, url, redis, seconds):
+def flow_figures(tmp, cluster, redis, seconds):
     print()
     print(f"== complete connects, two-request flow ({signaling.SERVERS} home servers, "
           f"{signaling.WORKERS} connections)")
@@ -299,11 +298,11 @@ def flow_figures(tmp, url, redis, seconds):
             setups.append(Setup(tmp, "default @" + os.path.basename(AGAINST), 1,
                                 repo=AGAINST))
         if not ONLY_DEFAULT:
-            setups.append(Setup(tmp, "cluster, 1 node", 1, url))
-            setups.append(Setup(tmp, "cluster, 2 nodes", 2, url))
+            setups.append(Setup(tmp, "cluster, 1 node", 1, cluster))
+            setups.append(Setup(tmp, "cluster, 2 nodes", 2, cluster))
         bare, bare_port = signaling.start_bare()
         try:
-            results = asyncio.run(flows(setups, bare_port, bare.pid, redis.pid,
+            results = asyncio.run(flows(setups, bare_port, bare.pid, redis.proc.pid,
                                         seconds))
         finally:
             bare.terminate()

@@ -124,8 +124,8 @@ def wait_port(port, timeout=15.0):
 
 def start_coordinator(tmp, twistd=TWISTD, access_log=False, cluster=None, key_path=None,
                       repo=REPO):
-    """One coordinator (its logs discarded); *cluster* = (redis URL, node id) makes it a
-    node of a cluster, *key_path* the identity key file (shared by a cluster's nodes),
+    """One coordinator (its logs discarded); *cluster* (its [cluster] settings) makes it
+    a node of a cluster, *key_path* the identity key file (shared by a cluster's nodes),
     *repo* the source tree it runs (another checkout: an A/B comparison in one run)."""
     udp, web = free_port(), free_port()
     key_path = key_path or os.path.join(tmp, "coordinator.key")
@@ -142,7 +142,7 @@ def start_coordinator(tmp, twistd=TWISTD, access_log=False, cluster=None, key_pa
         "admin": {"listen": ""},
     }
     if cluster:
-        extra["cluster"] = {"redis_url": cluster[0], "node_id": cluster[1]}
+        extra["cluster"] = dict(cluster)
     cfg = local.write_toml(os.path.join(tmp, "coordinator.toml"), local.coordinator_config(
         tmp, udp_port=udp, web_port=web, identity_key=key_path, extra=extra))
     env = dict(os.environ, PYTHONPATH=repo)

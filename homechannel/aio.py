@@ -7,12 +7,15 @@ other.  Everything that crosses goes through this module:
 * :func:`as_deferred` runs an asyncio coroutine (or wraps a future) and gives a
   Deferred: ``Deferred.fromFuture(asyncio.ensure_future(coro))``.
 * :func:`as_future` gives an asyncio future for a Deferred: ``d.asFuture(loop)``.
-* :func:`require_asyncio_reactor` checks, at service start, that the reactor is
-  the asyncio one, with a message that says how to fix it.
+* :func:`install_asyncio_reactor` installs Twisted's asyncio reactor when none
+  is installed yet (both taps: the home server always, the coordinator as a
+  cluster node) and refuses any other, with a message that says how to fix it;
+  :func:`require_asyncio_reactor` is that check alone.
 """
 
 import asyncio
 import inspect
+import sys
 
 from twisted.internet.defer import Deferred
 
@@ -58,3 +61,16 @@ def require_asyncio_reactor(reactor, advice=REACTOR_ADVICE) -> None:
     if not isinstance(reactor, AsyncioSelectorReactor):
         name = f"{type(reactor).__module__}.{type(reactor).__qualname__}"
         raise ConfigError(f"the running reactor is {name}; {advice}")
+
+
+def install_asyncio_reactor(advice=REACTOR_ADVICE):
+    """Twisted's asyncio reactor, installed if twistd (or anything) has not installed a
+    reactor yet; ConfigError (with *advice*) if another one is installed.  For a
+    composition root (a tap's ``makeService``), before anything imports the reactor."""
+    if "twisted.internet.reactor" not in sys.modules:
+        from twisted.internet import asyncioreactor
+        asyncioreactor.install()
+    from twisted.internet import reactor
+
+    require_asyncio_reactor(reactor, advice)
+    return reactor

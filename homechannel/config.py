@@ -148,6 +148,10 @@ class CoordinatorWeb:
     per_server_per_day: int = 1000
     # Connect attempts per device token (a client that signed in before) per minute.
     per_device_per_minute: int = 10
+    # Connect attempts on one home server's device path per minute and per day, from
+    # all its devices together: the number of tokens cannot multiply the ceiling.
+    per_server_device_per_minute: int = 20
+    per_server_device_per_day: int = 2000
     # Failed answers from one source (IPv6 /56) or device before it is locked out;
     # the lockout doubles each time.
     failures_before_lockout: int = 5
@@ -158,7 +162,8 @@ class CoordinatorWeb:
         _require_positive(self, "web", (
             "max_body", "max_sessions", "max_waiters", "max_sessions_per_source",
             "max_sessions_per_server", "max_waiters_per_source", "max_connections",
-            "max_connections_per_source", "header_timeout", "body_timeout", "idle_timeout"))
+            "max_connections_per_source", "header_timeout", "body_timeout", "idle_timeout",
+            "per_server_device_per_minute", "per_server_device_per_day"))
         for entry in self.trusted_proxies:
             try:
                 if not isinstance(entry, str):
@@ -181,12 +186,34 @@ class CoordinatorAdmin:
     token_file: str = ""
 
 
+_HOST_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})"
+                        r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,62}))*\.?$")
+
+
+def _check_allowed_hosts(names, key):
+    for name in names:
+        if not isinstance(name, str) or not _HOST_NAME.match(name):
+            raise ConfigError(f"{key}: {name!r} is not a host name (e.g. "
+                              "\"metrics.internal.example\"; IP addresses and localhost are "
+                              "always answered)")
+
+
 @dataclass(frozen=True)
 class CoordinatorMetrics:
     # Prometheus metrics (text format, /metrics) for the operator: a Twisted
     # endpoint string, loopback by default, never the public port.  Empty
     # string disables it.
     listen: str = "tcp:9477:interface=127.0.0.1"
+    # Host names (besides IP addresses and localhost) a request's Host header may
+    # give, e.g. the name Prometheus scrapes this node by; any other is refused (421):
+    # a page in a browser on this machine must not read metrics by DNS rebinding.
+    allowed_hosts: tuple = ()
+
+    def __post_init__(self):
+        _check_allowed_hosts(self.allowed_hosts, "metrics.allowed_hosts")
+
+
+MAX_TURN_LIFETIME = 3600.0
 
 
 @dataclass(frozen=True)
@@ -196,12 +223,24 @@ class CoordinatorTurn:
     urls: tuple = ()
     # A file holding coturn's static-auth-secret (coturn runs with use-auth-secret).
     secret_file: str = ""
-    # Seconds a minted credential stays valid.  Peers refresh their relay
-    # allocation with the same credential, which coturn checks each time: keep
-    # it longer than the longest relayed session (the TURN REST draft: a day).
-    lifetime: float = 86400.0
+    # Seconds a minted credential stays valid (at most an hour).  Peers refresh
+    # their relay allocation with the same credential, which coturn checks each
+    # time: a relayed session ends when it expires (connect again).
+    lifetime: float = 3600.0
+    # Credentials minted (only for clients that proved the password or a device key)
+    # per home server per minute and per day, and in all per minute; beyond them a
+    # connect goes on without a relay.
+    per_server_per_minute: int = 10
+    per_server_per_day: int = 1000
+    per_minute: int = 600
 
     def __post_init__(self):
+        _require_positive(self, "turn", ("lifetime", "per_server_per_minute",
+                                         "per_server_per_day", "per_minute"))
+        if self.lifetime > MAX_TURN_LIFETIME:
+            raise ConfigError(f"turn.lifetime must be at most {MAX_TURN_LIFETIME:g} seconds "
+                              "(an hour): a credential anyone took from a client stays good "
+                              "for that long")
         for i, url in enumerate(self.urls):
             if not is_turn_url(url):
                 raise ConfigError(f"turn.urls[{i}]: {url!r} is not a TURN URL "
@@ -216,11 +255,29 @@ _NODE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 @dataclass(frozen=True)
 class CoordinatorCluster:
-    # Redis shared by the nodes of a cluster: redis://HOST:PORT/DB, rediss:// (TLS)
+    # Redis shared by the nodes of a cluster: rediss://HOST:PORT/DB (TLS),
+    # redis://HOST:PORT/DB (plain: loopback only, unless insecure_plaintext_redis),
     # or unix:///PATH.  Empty (the default): one process, no Redis, all in memory.
+    # Never with a user or password in it: they go below.
     redis_url: str = ""
-    # A file holding Redis's password (requirepass or an ACL user's), if it has one.
+    # The Redis user the nodes log in as (conf/redis/users.acl: "homechannel";
+    # "default" for a Redis with only requirepass).
+    redis_username: str = "homechannel"
+    # A file (mode 0600) whose first line is that user's password.  Required.
     redis_password_file: str = ""
+    # TLS (rediss://): the CA file that signed Redis's certificate (empty: the
+    # system's CAs); the name in the URL must match the certificate.
+    redis_tls_ca_file: str = ""
+    # TLS client certificate and its key, for a Redis with tls-auth-clients yes.
+    redis_tls_cert_file: str = ""
+    redis_tls_key_file: str = ""
+    # true: allow plaintext redis:// to a Redis that is not on this machine.  Anyone
+    # on the network path then reads the Redis password and everything the cluster
+    # stores, and can inject commands: only on a network nobody else can reach.
+    insecure_plaintext_redis: bool = False
+    # The cluster key (mode 0600; 'homechannel cluster-key' makes it): the same file
+    # on every node, never in Redis.  Default: cluster.key in state_dir.
+    key_file: str = ""
     # This node's name, unique in the cluster (letters, digits, ".", "_", "-").
     node_id: str = ""
     # Prefix of every Redis key and channel of this cluster (several can share a Redis).
@@ -231,14 +288,51 @@ class CoordinatorCluster:
     def __post_init__(self):
         if not self.redis_url:
             return
-        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError("cluster.redis_url must be a redis://, rediss:// or unix:// URL")
+        parts = urllib.parse.urlsplit(self.redis_url)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError("cluster.redis_url must be a rediss://, redis:// or unix:// URL")
+        if "@" in parts.netloc or parts.username or parts.password or "password=" in \
+                parts.query or "username=" in parts.query:
+            raise ConfigError("cluster.redis_url must not carry a user or password: set "
+                              "cluster.redis_username, and put the password in the file "
+                              "named by cluster.redis_password_file")
+        if parts.scheme == "redis" and not self.insecure_plaintext_redis \
+                and not _is_loopback(parts.hostname):
+            raise ConfigError(
+                f"cluster.redis_url: plaintext redis:// to {parts.hostname} would send the "
+                "Redis password and every session over the network in clear: use rediss:// "
+                "(TLS; cluster.redis_tls_ca_file), or set "
+                "cluster.insecure_plaintext_redis = true if nobody else can reach that network")
+        if parts.scheme != "rediss" and (self.redis_tls_ca_file or self.redis_tls_cert_file
+                                         or self.redis_tls_key_file):
+            raise ConfigError("cluster.redis_tls_* is set but cluster.redis_url is not "
+                              "rediss://: use rediss:// for TLS")
+        if bool(self.redis_tls_cert_file) != bool(self.redis_tls_key_file):
+            raise ConfigError("cluster.redis_tls_cert_file and redis_tls_key_file go "
+                              "together (the client certificate and its key)")
+        if not self.redis_password_file:
+            raise ConfigError(
+                "cluster.redis_password_file is required: a Redis without a password gives "
+                "whoever reaches it the cluster; set up the user of conf/redis/users.acl and "
+                "put its password in a file (mode 0600)")
+        if not self.redis_username:
+            raise ConfigError("cluster.redis_username must not be empty (\"default\" for a "
+                              "Redis with only requirepass)")
         if not _NODE_ID.match(self.node_id):
             raise ConfigError("cluster.node_id must name this node, unique in the cluster "
                               "(1-64 letters, digits, '.', '_' or '-'), e.g. \"node-1\"")
         if not self.key_prefix:
             raise ConfigError("cluster.key_prefix must not be empty")
         _require_positive(self, "cluster", ("directory_refresh",))
+
+
+def _is_loopback(host):
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host or "").is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -313,6 +407,11 @@ class ServerWebRTC:
     advertise_addresses: tuple = ()
     max_sessions: int = 4
     connect_timeout: float = 30.0
+    # The hosts whose STUN/TURN servers a coordinator's offer may name (the TURN
+    # credential it mints for this server's side of a connect): names, addresses or
+    # networks.  Empty: the coordinator's host(s) and the hosts of ice_servers.  A
+    # name must also resolve to public addresses only (or to ones listed here).
+    offer_ice_hosts: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -360,6 +459,11 @@ class ServerApps:
 class ServerMetrics:
     # As the coordinator's [metrics] listen: loopback by default; empty disables.
     listen: str = "tcp:9478:interface=127.0.0.1"
+    # As the coordinator's: Host names besides IP addresses and localhost.
+    allowed_hosts: tuple = ()
+
+    def __post_init__(self):
+        _check_allowed_hosts(self.allowed_hosts, "metrics.allowed_hosts")
 
 
 @dataclass(frozen=True)
@@ -378,6 +482,11 @@ class ServerConfig:
     @property
     def failover_path(self):
         return os.path.join(self.state_dir, "failover-coordinator.json")
+
+    @property
+    def devices_path(self):
+        """The devices enrolled with this home server (``homechannel devices``)."""
+        return os.path.join(self.state_dir, "enrolled-devices.json")
 
     @property
     def status_path(self):
@@ -458,6 +567,9 @@ def load(cls, path=None, overrides=None):
         changes["identity_key"] = os.path.join(state_dir, name)
     if cls is ServerConfig and not cfg.password_key:
         changes["password_key"] = os.path.join(state_dir, "password.json")
+    if cls is CoordinatorConfig and cfg.cluster.redis_url and not cfg.cluster.key_file:
+        changes["cluster"] = dataclasses.replace(
+            cfg.cluster, key_file=os.path.join(state_dir, "cluster.key"))
     return dataclasses.replace(cfg, **changes)
 
 
@@ -484,6 +596,21 @@ def server_ice_servers(cfg: "ServerConfig", host: str, port: int) -> tuple:
     if cfg.webrtc.ice_servers is not None:
         return cfg.webrtc.ice_servers
     return ({"urls": stun_url(host, port)},)
+
+
+def offer_ice_hosts(cfg: "ServerConfig", host: str) -> tuple:
+    """The hosts a coordinator's offer may point the home server's STUN/TURN client at:
+    ``webrtc.offer_ice_hosts`` if set, else the coordinator it registers with (*host*),
+    the configured coordinator(s) and the hosts of ``webrtc.ice_servers``."""
+    from homechannel.protocol.ice import url_host
+
+    if cfg.webrtc.offer_ice_hosts:
+        return tuple(cfg.webrtc.offer_ice_hosts)
+    hosts = [host] + [h for h, _ in cfg.coordinator.candidates()]
+    for entry in cfg.webrtc.ice_servers or ():
+        urls = entry["urls"] if isinstance(entry["urls"], list) else [entry["urls"]]
+        hosts += [url_host(u) for u in urls]
+    return tuple(dict.fromkeys(hosts))
 
 
 def load_coordinator(path=None, overrides=None) -> CoordinatorConfig:

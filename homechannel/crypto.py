@@ -159,6 +159,14 @@ class IdentityKey:
         r, s = decode_dss_signature(der)
         return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
+    def derived_key(self, label: bytes) -> bytes:
+        """A 32-byte secret derived from this private key for one purpose (*label*):
+        HKDF-SHA256 of the private scalar.  Every process holding the key derives the
+        same one (a coordinator cluster's nodes share the identity key), and it
+        tells nothing about the key itself."""
+        scalar = self._key.private_numbers().private_value.to_bytes(32, "big")
+        return hkdf(scalar, b"homechannel derived key v1", label, 32)
+
     def private_pem(self) -> bytes:
         return self._key.private_bytes(
             serialization.Encoding.PEM,
@@ -298,7 +306,64 @@ def answer_signature_message(session_id: str, challenge: bytes, offer_digest: by
 
 def device_token_message(payload: bytes) -> bytes:
     """What a home server signs to issue a device token (``connect.DeviceToken``)."""
-    return b"homechannel-device-v1\n" + payload
+    return b"homechannel-device-v2\n" + payload
+
+
+def device_id(device_public_raw: bytes) -> str:
+    """A device's id: base64url of the first 16 bytes of SHA-256 of its public key
+    (the same key enrolled again is the same device)."""
+    return b64u_encode(sha256(device_public_raw)[:16])
+
+
+# The device key's signatures over a connect (docs/protocol.md, "Device signatures").
+# Every label is 27 bytes and every field has a fixed size, so plain concatenation is
+# unambiguous, and no signature made for one purpose verifies for another.
+DEVICE_OFFER_LABEL = b"homechannel-device-offer-v1"
+DEVICE_START_LABEL = b"homechannel-device-start-v1"
+DEVICE_ENROL_LABEL = b"homechannel-device-enrol-v1"
+
+
+def _session_bytes(session_id: str) -> bytes:
+    sid = session_id.encode("ascii") if isinstance(session_id, str) else b""
+    if len(sid) != SESSION_ID_SIZE:
+        raise ProtocolError("a session id is 22 base64url characters")
+    return sid
+
+
+def _challenge_bytes(challenge: bytes) -> bytes:
+    if not isinstance(challenge, bytes) or len(challenge) != CHALLENGE_SIZE:
+        raise ProtocolError("a challenge is 16 bytes")
+    return challenge
+
+
+def device_offer_message(session_id: str, challenge: bytes, offer_digest: bytes) -> bytes:
+    """What the device key signs over a connect with an offer: ``label || session id ||
+    challenge || SHA-256(offer SDP)`` (27 + 22 + 16 + 32 bytes): the proof's binding,
+    made by a key the device holds."""
+    if not isinstance(offer_digest, bytes) or len(offer_digest) != 32:
+        raise ProtocolError("an offer hash is 32 bytes")
+    return (DEVICE_OFFER_LABEL + _session_bytes(session_id) + _challenge_bytes(challenge)
+            + offer_digest)
+
+
+def device_start_message(session_id: str, challenge: bytes) -> bytes:
+    """What the device key signs to prove itself before the offer exists (the first
+    step of a connect with TURN): ``label || session id || challenge``."""
+    return DEVICE_START_LABEL + _session_bytes(session_id) + _challenge_bytes(challenge)
+
+
+def device_enrol_message(session_id: str, server_public_raw: bytes) -> bytes:
+    """What the device key signs to enrol over a signed-in session: ``label || session
+    id || the home server's raw public key`` (proof that the device holds the key)."""
+    if not isinstance(server_public_raw, bytes) or len(server_public_raw) != PUBLIC_KEY_SIZE:
+        raise ProtocolError("a server key is 65 bytes")
+    return DEVICE_ENROL_LABEL + _session_bytes(session_id) + server_public_raw
+
+
+# The coordinator's tickets: the proven first step of a connect with TURN, MACed with
+# a key derived from its identity (``IdentityKey.derived_key(TICKET_KEY_LABEL)``).
+TICKET_KEY_LABEL = b"homechannel connect tickets v1"
+TICKET_LABEL = b"homechannel-ticket-v1"
 
 
 def response_signature_message(path: str, body: bytes) -> bytes:

@@ -12,11 +12,16 @@ frames ``{"code", "message"}``).  A more specific code is given at the raise:
 
 Extra keyword arguments are fields that go with the error on the wire
 (``retry_after`` is kept apart: the HTTP layer turns it into ``Retry-After``).
-``docs/protocol.md`` ("Error codes") lists every code once.  The HTTP layer
-maps these (and only these) to responses in one place
-(``homechannel.coordinator.web``); anything else is a bug and becomes a 500
-without a traceback on the wire.
+``docs/protocol.md`` ("Error codes") lists every code once.
+
+:func:`to_response` maps these (and only these) to an HTTP status and JSON body,
+and :func:`from_response` maps an answer back to the error: the one place for
+both directions (``coordinator.web`` answers with it; a cluster's sessions carry
+their errors between nodes with it).  Anything else the API meets is a bug and
+becomes a 500 without a traceback on the wire.
 """
+
+import math
 
 
 class HomeChannelError(Exception):
@@ -104,3 +109,36 @@ class CapacityError(Unavailable):
     """A capped table is full."""
 
     code = "busy"
+
+
+def whole_seconds(value) -> int:
+    """A wait in seconds as people and ``Retry-After`` want it: a whole number, at least 1."""
+    return max(1, int(math.ceil(value)))
+
+
+# What each HTTP status stands for, for :func:`from_response`.
+_BY_STATUS = {cls.status: cls for cls in (
+    BadRequest, Forbidden, NotFound, RequestTimeout, PayloadTooLarge, TooManyRequests,
+    Unavailable)}
+_FIELDS = ("error", "code", "retry_after")
+
+
+def to_response(error: HomeChannelError) -> tuple:
+    """``(status, body)`` of the HTTP API's answer for *error*: ``{"error": message,
+    "code": code, **extra}``, with ``retry_after`` in whole seconds when the error has
+    one (the ``Retry-After`` header carries the same number)."""
+    doc = {"error": str(error) or error.code, "code": error.code}
+    doc.update(error.extra)
+    if error.retry_after is not None:
+        doc["retry_after"] = whole_seconds(error.retry_after)
+    return error.status, doc
+
+
+def from_response(status: int, doc: dict) -> HomeChannelError:
+    """The error that the answer ``(status, body)`` of :func:`to_response` stands for:
+    the class of that status (``Unavailable`` for any other), message, code, wait and
+    extra fields."""
+    cls = _BY_STATUS.get(status, Unavailable)
+    extra = {k: v for k, v in doc.items() if k not in _FIELDS}
+    return cls(doc.get("error", ""), doc.get("code"), retry_after=doc.get("retry_after"),
+               **extra)

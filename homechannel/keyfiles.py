@@ -13,7 +13,10 @@ bytes meet the disk, with the rules every secret file follows:
 - the home server's password key file holds the derived key ``K``, never the
   password (:func:`save_password_key`, :func:`load_password_key`);
 - a password or credential file is read as its first line
-  (:func:`read_secret_line`), the one way every command reads one.
+  (:func:`read_secret_line`), the one way every command reads one; a
+  daemon's credential file must also be private (:func:`read_private_line`);
+- a coordinator cluster's key is one line of base64url, mode 0600
+  (:func:`create_cluster_key`, :func:`load_cluster_key`).
 
 Every problem is a :class:`~homechannel.errors.KeyFileError` or
 :class:`~homechannel.errors.ConfigError` whose message says what to do.
@@ -109,10 +112,13 @@ def write_secret_file(path: StrPath, data: bytes) -> None:
         os.close(fd)
 
 
-def replace_file(path: StrPath, data: bytes, mode: int) -> None:
+def replace_file(path: StrPath, data: bytes, mode: int, durable: bool = True) -> None:
     """Atomically replace *path* with *data*, with exactly *mode* whatever the umask:
     written to a new temporary file next to it (``O_EXCL``: never through a link),
-    then moved into place; the temporary file is removed on failure."""
+    synced to disk unless *durable* is False (a file rewritten every few seconds and
+    made again at start, such as the status file: readers see the old or the new
+    file whole either way, and an fsync may wait seconds on a busy disk), then moved
+    into place; the temporary file is removed on failure."""
     tmp = f"{path}.tmp.{os.getpid()}"
     os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
     if os.path.lexists(tmp):
@@ -122,7 +128,8 @@ def replace_file(path: StrPath, data: bytes, mode: int) -> None:
         try:
             os.fchmod(fd, mode)
             os.write(fd, data)
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
@@ -132,9 +139,9 @@ def replace_file(path: StrPath, data: bytes, mode: int) -> None:
         raise
 
 
-def replace_secret_file(path: StrPath, data: bytes) -> None:
+def replace_secret_file(path: StrPath, data: bytes, durable: bool = True) -> None:
     """Atomically replace *path* with *data* (mode 0600).  For non-identity secrets."""
-    replace_file(path, data, 0o600)
+    replace_file(path, data, 0o600, durable)
 
 
 def read_secret_line(path: StrPath, what: str = "password file") -> str:
@@ -152,20 +159,92 @@ def read_secret_line(path: StrPath, what: str = "password file") -> str:
     return line
 
 
+# -- the cluster key -------------------------------------------------------
+
+CLUSTER_KEY_SIZE = 32
+
+
+def create_cluster_key(path: StrPath, random_bytes=os.urandom) -> bytes:
+    """Make a new cluster key file (mode 0600: one line, 32 random bytes in
+    base64url); never replaces one.  The same file goes to every node."""
+    key = random_bytes(CLUSTER_KEY_SIZE)
+    write_secret_file(path, (crypto.b64u_encode(key) + "\n").encode("ascii"))
+    return key
+
+
+def load_cluster_key(path: StrPath) -> bytes:
+    """The key of a cluster key file; the file must be private (mode 0600)."""
+    try:
+        with open(path, "rb") as f:
+            check_private_mode(path, os.fstat(f.fileno()).st_mode, "cluster key file")
+            line = f.readline(200).strip()
+    except FileNotFoundError:
+        raise KeyFileError(
+            f"cluster key file {path} does not exist: make it on one node with "
+            f"'homechannel cluster-key --key-file {path}' and copy it to every node "
+            "(mode 0600)") from None
+    except OSError as e:
+        raise KeyFileError(f"cannot read cluster key file {path}: {e.strerror}") from None
+    try:
+        key = crypto.b64u_decode(line.decode("ascii"))
+    except (UnicodeDecodeError, ProtocolError):
+        key = b""
+    if len(key) != CLUSTER_KEY_SIZE:
+        raise KeyFileError(f"cluster key file {path} is not a cluster key (one line of "
+                           "base64url, 32 bytes): copy the file of the other nodes, or make "
+                           "a new one with 'homechannel cluster-key' for every node")
+    return key
+
+
+def read_private_line(path: StrPath, what: str) -> str:
+    """:func:`read_secret_line` of a file that must be private (mode 0600)."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise ConfigError(f"cannot read the {what} {path}: {e.strerror}") from None
+    check_private_mode(path, st.st_mode, what)
+    return read_secret_line(path, what)
+
+
 # -- the home server's password key file ----------------------------------
 
 
 def save_password_key(path: StrPath, server_public_raw: bytes, password_key: bytes,
-                      iterations: int = crypto.PBKDF2_ITERATIONS) -> None:
-    """Store the derived key (never the password) as JSON, mode 0600."""
+                      iterations: int = crypto.PBKDF2_ITERATIONS, *,
+                      epoch: int | None = None) -> int:
+    """Store the derived key (never the password) as JSON, mode 0600, with the
+    password **epoch** that device tokens are bound to: one more than the file held
+    before (a device token of the old password stops working), or a random one for
+    a first password (so that a password file removed and made again never brings
+    back tokens of its past).  Returns the epoch."""
+    if epoch is None:
+        previous = load_password_epoch(path)
+        epoch = ((previous + 1) % 2 ** 32 if previous is not None
+                 else int.from_bytes(os.urandom(4), "big") >> 1)
     doc = {
         "kdf": "pbkdf2-hmac-sha256",
         "iterations": iterations,
         "salt": "server public key",
         "server_id": crypto.b64u_encode(server_public_raw),
         "key": crypto.b64u_encode(password_key),
+        "epoch": epoch,
     }
     replace_secret_file(path, (json.dumps(doc, indent=2) + "\n").encode())
+    return epoch
+
+
+def load_password_epoch(path: StrPath) -> int | None:
+    """The password epoch kept with the password key (``save_password_key``): None
+    when there is no readable file; 0 for a file written before epochs existed."""
+    try:
+        with open(path, "rb") as f:
+            doc = json.loads(f.read())
+    except (OSError, ValueError):
+        return None
+    epoch = doc.get("epoch", 0) if isinstance(doc, dict) else None
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch < 2 ** 32:
+        return None
+    return epoch
 
 
 def load_password_key(path: StrPath, server_public_raw: bytes) -> bytes:

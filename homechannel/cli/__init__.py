@@ -3,8 +3,8 @@
 - :mod:`~homechannel.cli.keys` -- ``keygen``, ``pubkey`` (and the key-path checks).
 - :mod:`~homechannel.cli.server` -- the home server's ``join``, ``passwd``, ``link``,
   ``status``.
-- :mod:`~homechannel.cli.coordinator` -- the coordinator's ``join-string`` and
-  ``migrate`` (through its admin API).
+- :mod:`~homechannel.cli.coordinator` -- the coordinator's ``join-string``,
+  ``cluster-key`` and ``migrate`` (through its admin API).
 - :mod:`~homechannel.cli.client` -- ``connect`` and ``forward``: the native client's
   options, run with :mod:`homechannel.client` (which never imports this package).
 
@@ -16,9 +16,10 @@ never a traceback.
 import argparse
 import sys
 
-from homechannel.cli.coordinator import cmd_join_string, cmd_migrate
+from homechannel.cli.coordinator import cmd_cluster_key, cmd_join_string, cmd_migrate
 from homechannel.cli.keys import cmd_keygen, cmd_pubkey
 from homechannel.cli.server import (
+    cmd_devices,
     cmd_join,
     cmd_link,
     cmd_passwd,
@@ -98,6 +99,17 @@ def _parser():
     common(sp, role=False)
     sp.set_defaults(func=cmd_join_string)
 
+    sp = _sub(sub, "cluster-key", "make the key every node of a coordinator cluster holds",
+              "Make the cluster key file (32 random bytes, mode 0600) if it does not exist; "
+              "never replace one. Copy the file to every node of the cluster, as the "
+              "identity key; it never goes into Redis. Prints the key's fingerprint, which "
+              "each node logs at start: the same on every node.",
+              "homechannel cluster-key --config /etc/homechannel/coordinator.toml")
+    common(sp, role=False)
+    sp.add_argument("--key-file", help="the cluster key file (default: cluster.key_file from "
+                                       "--config, or cluster.key in the state directory)")
+    sp.set_defaults(func=cmd_cluster_key)
+
     sp = _sub(sub, "status", "show whether the home server is registered, and its sessions",
               "Show the running home server's coordinator link (registered or not, and "
               "why), when it last registered, and its live sessions, from the status file "
@@ -127,12 +139,27 @@ def _parser():
     sp.set_defaults(func=cmd_link)
     sp = _sub(sub, "passwd", "set the home server's password (stores a derived key)",
               "Set the home server's password. Only a derived key (PBKDF2) is stored; "
-              "restart the home server to use it.",
+              "restart the home server to use it. Every device's sign-in token of the old "
+              "password stops working (a new password epoch).",
               "homechannel passwd --config /etc/homechannel/server.toml")
     common(sp, role=False)
     sp.add_argument("--password-file", help="read the password from the first line of this "
                                             "file (default: prompt, or one line of stdin)")
     sp.set_defaults(func=cmd_passwd)
+
+    sp = _sub(sub, "devices", "list or revoke the devices enrolled with the home server",
+              "List the devices (browsers, native clients) that enrolled a key with this "
+              "home server after signing in, or revoke one: its sign-in token stops working "
+              "at the coordinator and here (the running home server notices within "
+              "seconds), and it signs in with the password again next time. To keep out "
+              "someone who knows the password, change it ('homechannel passwd'): that ends "
+              "every device's token.",
+              "homechannel devices revoke Xy3k --config /etc/homechannel/server.toml")
+    sp.add_argument("action", choices=["list", "revoke"])
+    sp.add_argument("device", nargs="?", default="",
+                    help="revoke: the device's id, or the start of it ('devices list')")
+    common(sp, role=False)
+    sp.set_defaults(func=cmd_devices)
 
     sp = _sub(sub, "migrate", "ask home servers to move to another coordinator",
               "Ask home servers registered with this coordinator to move to another one. "

@@ -20,6 +20,28 @@ def cmd_join_string(args):
     print(join.from_coordinator_config(cfg, key.text))
 
 
+def cmd_cluster_key(args):
+    """Make the cluster key file if it is missing (never replace one); print its
+    fingerprint, the one every node's start line must show."""
+    import os
+    import sys
+
+    from homechannel.coordinator.cluster.clusterkey import ClusterKey
+
+    path = args.key_file
+    if not path:
+        cfg = config.load_coordinator(args.config, {"state_dir": args.state_dir})
+        path = cfg.cluster.key_file or os.path.join(cfg.state_dir, "cluster.key")
+    check_key_path(path)
+    if os.path.lexists(path):
+        key, what = keyfiles.load_cluster_key(path), "exists: "
+    else:
+        key, what = keyfiles.create_cluster_key(path), "created "
+    print(f"{what}{path}: copy this file to every node of the cluster (mode 0600, the "
+          "nodes' user); never into Redis", file=sys.stderr)
+    print(f"fingerprint {ClusterKey(key).fingerprint}")
+
+
 class _UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, path, timeout):
         super().__init__("localhost", timeout=timeout)

@@ -39,8 +39,10 @@ def _read_new_password(args):
 
 
 def _store_password(cfg, key, password):
+    """Store the derived key with a new password epoch: every device token of the
+    old password stops working once the home server runs with it."""
     derived = crypto.derive_password_key(password, key.public_raw)
-    keyfiles.save_password_key(cfg.password_key, key.public_raw, derived)
+    return keyfiles.save_password_key(cfg.password_key, key.public_raw, derived)
 
 
 def cmd_passwd(args):
@@ -50,9 +52,10 @@ def cmd_passwd(args):
     key, created = keyfiles.load_or_create_identity_key(path)
     if created:
         print(f"created identity key {cfg.identity_key}", file=sys.stderr)
-    _store_password(cfg, key, password)
-    print(f"password key stored in {cfg.password_key} (the password itself is not stored); "
-          "restart the home server to use it", file=sys.stderr)
+    epoch = _store_password(cfg, key, password)
+    print(f"password key stored in {cfg.password_key} (the password itself is not stored; "
+          f"password epoch {epoch}: devices signed in with an earlier password sign in "
+          "again); restart the home server to use it", file=sys.stderr)
 
 
 def default_server_config():
@@ -113,6 +116,30 @@ def qr_text(text):
     out = io.StringIO()
     segno.make(text, error="m").terminal(out=out, compact=True, border=2)
     return out.getvalue()
+
+
+# -- devices ------------------------------------------------------------------------
+
+
+def cmd_devices(args):
+    from homechannel.server import devices
+
+    cfg = config.load_server(args.config, {"state_dir": args.state_dir})
+    path = cfg.devices_path
+    if args.action == "list":
+        if args.device:
+            raise HomeChannelError("'devices list' takes no device")
+        enrolled = devices.read_file(path)
+        if not enrolled:
+            print(f"no devices enrolled ({path})")
+            return 0
+        for line in devices.describe(enrolled):
+            print(line)
+        return 0
+    device = devices.revoke(path, args.device)
+    print(f"revoked {device.id} ({device.name}): its sign-in token no longer works; the "
+          "running home server tells its coordinator within seconds", file=sys.stderr)
+    return 0
 
 
 # -- status ------------------------------------------------------------------------

@@ -128,7 +128,9 @@ def api_error(status, doc, context):
     if status == 408:
         return RequestTimeout(text, code)
     if status == 429:
-        return TooManyRequests(text, code, retry_after=doc.get("retry_after"))
+        scope = doc.get("scope") if isinstance(doc.get("scope"), str) else None
+        return TooManyRequests(text, code, retry_after=doc.get("retry_after"),
+                               **({"scope": scope} if scope else {}))
     if status == 404 or status >= 500:
         return Unavailable(text, code)
     return ProtocolError(text, code)

@@ -1,16 +1,19 @@
 """The connect flow, as the browser runs it (docs/protocol.md section 2).
 
 :func:`connect` looks the home server up (a challenge and the ICE servers, signed
-by the coordinator), proves the password over this exact offer (or presents the
-device token), sends the offer and waits for the answer, then checks what the
-browser checks: the echoed session id, the answer's shape, the home server's
-signature over this offer and the answer, and the clock; after DTLS, that the
-certificate the home server presented is the one it signed.  Then it says hello
-on the control channel, and keeps the device token the home server gives.
+by the coordinator); when the coordinator has TURN, proves itself first (``POST
+/api/prove``: the relay credential comes only then); proves the password over this
+exact offer (and, with a device token, signs it with the device key), sends the
+offer and waits for the answer, then checks what the browser checks: the echoed
+session id, the answer's shape, the home server's signature over this offer and
+the answer, and the clock; after DTLS, that the certificate the home server
+presented is the one it signed.  Then it says hello on the control channel,
+enrolling its device key, and keeps the device token the home server gives.
 """
 
 import asyncio
 import os
+import socket
 import time
 
 from homechannel import crypto
@@ -52,7 +55,11 @@ async def connect(url, server_id, password, coordinator_key=None, ice_servers=()
     *ice_servers* come first, then the ones the coordinator hands out (aiortc
     uses only the first STUN and the first TURN entry; when that TURN URL gives no
     relay, the offer is gathered again with one of another transport).  *devices* is a
-    :class:`DeviceStore` (None: keep no device token).
+    :class:`DeviceStore` (None: keep no device token): the token for this coordinator
+    URL and server and the device key it is bound to, which signs every device-path
+    connect and enrols after each sign-in.  When the device path is refused (a token
+    of an old password, a revoked device) or this device's budget is spent, the same
+    connect goes on with the password.
     """
     notify = notify or (lambda message: None)
     devices = devices or DeviceStore(None)
@@ -67,20 +74,26 @@ async def connect(url, server_id, password, coordinator_key=None, ice_servers=()
     coordinator = Coordinator(url, coordinator_raw)
     loop = asyncio.get_running_loop()
     key = loop.run_in_executor(None, crypto.derive_password_key, password, server_raw)
-    device = devices.get(server_id)
+    device_key = devices.device_key(server_id)
+    device = devices.token(url, server_id)
+    target = _Target(coordinator, url, server_id, server_raw, device_key, devices, notify)
     try:
         for attempt in range(3):
             try:
-                result = await _attempt(coordinator, server_id, server_raw, await key, device,
-                                        tuple(ice_servers), advertise_addresses, timeout,
-                                        connect_timeout, random_bytes, devices, notify)
+                result = await _attempt(target, await key, device, tuple(ice_servers),
+                                        advertise_addresses, timeout, connect_timeout,
+                                        random_bytes)
                 notify(path_line(result[0]))
                 return result
             except HomeChannelError as e:
                 if e.code == flow.BAD_DEVICE and device is not None:
-                    notify("the home server no longer accepts this device's token; "
-                           "signing in with the password")
-                    devices.put(server_id, None)
+                    notify("the home server no longer accepts this device's token (the "
+                           "password was changed, or the device was revoked); signing in "
+                           "with the password")
+                    device = None     # kept until this sign-in replaces it (see main.js)
+                elif device is not None and _device_path_held(e):
+                    notify(f"this device's own sign-in budget is spent ({e}); signing in "
+                           "with the password instead")
                     device = None
                 elif e.code in ("stale-challenge", "unknown-challenge") and attempt == 0:
                     pass    # someone else used the challenge first: look up again, once
@@ -91,12 +104,35 @@ async def connect(url, server_id, password, coordinator_key=None, ice_servers=()
     raise Unavailable("the home server refused every attempt; try again later")
 
 
-async def _attempt(coordinator, server_id, server_raw, key, device, ice_servers,
-                   advertise_addresses, timeout, connect_timeout, random_bytes, devices,
-                   notify):
-    """One attempt of the connect flow (docs/protocol.md section 2)."""
+def _device_path_held(error):
+    """A refusal of the device path that the password path may not share: this device
+    locked out or over its rate, or the server's devices' budget spent."""
+    return (error.code in ("locked-out", "rate-limited")
+            and error.extra.get("scope") in ("device", "devices"))
+
+
+class _Target:
+    """What every attempt of one connect shares."""
+
+    def __init__(self, coordinator, url, server_id, server_raw, device_key, devices, notify):
+        self.coordinator = coordinator
+        self.url = url
+        self.server_id = server_id
+        self.server_raw = server_raw
+        self.device_key = device_key
+        self.devices = devices
+        self.notify = notify
+
+
+async def _attempt(target, key, device, ice_servers, advertise_addresses, timeout,
+                   connect_timeout, random_bytes):
+    """One attempt of the connect flow (docs/protocol.md section 2): the lookup; with
+    TURN, the proof first (``POST /api/prove``: the relay credential comes in its signed
+    answer); the offer, gathered with those ICE servers; the answer; the control
+    channel, whose hello enrols this device's key and brings its token."""
     from aiortc import RTCSessionDescription
 
+    coordinator, server_id, server_raw = target.coordinator, target.server_id, target.server_raw
     # 1. The server's state, a challenge and the ICE servers (signed by the coordinator).
     status, doc = await coordinator.call(f"/api/servers/{server_id}")
     if status != 200:
@@ -111,7 +147,22 @@ async def _attempt(coordinator, server_id, server_raw, key, device, ice_servers,
     else:
         raise Unavailable("the home server has no fresh challenge right now; try again in a "
                           "minute", "busy")
+    session = crypto.b64u_encode(random_bytes(16))
+    signer = target.device_key if device is not None else None
     offered = doc.get("ice_servers") if isinstance(doc.get("ice_servers"), list) else []
+    ticket = None
+    if doc.get("turn") is True:
+        # 1b. The proof without the offer: the relay credential comes only now.
+        proved = flow.ProveRequest(
+            server_id, server_raw, session, challenge,
+            answer=None if device else crypto.challenge_answer(key, challenge), device=device,
+            device_signature=signer.sign(crypto.device_start_message(session, challenge))
+            if signer else None)
+        status, doc = await coordinator.call("/api/prove", proved.to_doc())
+        if status != 200:
+            raise api_error(status, doc, "the coordinator refused the connection")
+        ticket = doc.get("ticket")
+        offered = doc.get("ice_servers") if isinstance(doc.get("ice_servers"), list) else []
     servers = webrtc.ice_servers(list(ice_servers) + list(check_ice_servers(offered)))
 
     # 2. The offer, the answer and the proof over this exact offer.
@@ -119,19 +170,21 @@ async def _attempt(coordinator, server_id, server_raw, key, device, ice_servers,
     alternative = webrtc.relay_alternative(servers, pc.localDescription.sdp)
     if alternative is not None:
         # aiortc uses one TURN URL; the first gave no relay (UDP blocked here?)
-        notify("the TURN relay gave no candidate over its first URL; trying "
-               f"{alternative[0].urls}")
+        target.notify("the TURN relay gave no candidate over its first URL; trying "
+                      f"{alternative[0].urls}")
         await pc.close()
         pc, control = await _gather_offer(alternative, advertise_addresses)
     try:
         offer = pc.localDescription.sdp
         client_fp = flow.sdp_fingerprint(offer)
         digest = crypto.offer_hash(offer)
-        session = crypto.b64u_encode(random_bytes(16))
         request = flow.ConnectRequest(
             server_id, server_raw, session, challenge,
             crypto.client_proof(key, session, challenge, digest), offer,
-            answer=None if device else crypto.challenge_answer(key, challenge), device=device)
+            answer=None if device or ticket else crypto.challenge_answer(key, challenge),
+            device=device, ticket=ticket,
+            device_signature=signer.sign(crypto.device_offer_message(
+                session, challenge, digest)) if signer else None)
         wait = min(25.0, timeout)
         status, doc = await coordinator.call(f"/api/connect?wait={wait:g}", request.to_doc(),
                                              timeout=wait + 15)
@@ -157,17 +210,35 @@ async def _attempt(coordinator, server_id, server_raw, key, device, ice_servers,
                 f"the home server presented a DTLS certificate ({presented}) that is not the "
                 f"one it signed ({server_fp}): someone is in the middle; refusing to connect",
                 "server-certificate")
-        hello = await control_request(control, {"op": "hello"}, "hello")
-        if isinstance(hello.get("device"), str):
-            try:
-                flow.DeviceToken.verify(server_raw, hello["device"], time.time())
-                devices.put(server_id, hello["device"])
-            except (ProtocolError, AuthenticationError, OSError):
-                pass    # keep connecting; the next sign-in uses the password again
+        hello = await control_request(control, {"op": "hello", "device": enrolment(
+            target.device_key, session, server_raw)}, "hello")
+        _keep_token(target, hello.get("device"))
         return pc, control, hello
     except BaseException:
         await pc.close()
         raise
+
+
+def enrolment(device_key, session, server_raw):
+    """The ``device`` field of the hello: this client's device key, signed over the
+    session (``crypto.device_enrol_message``), and a name for ``devices list``."""
+    return {"key": crypto.b64u_encode(device_key.public_raw),
+            "signature": crypto.b64u_encode(device_key.sign(
+                crypto.device_enrol_message(session, server_raw))),
+            "name": f"homechannel connect on {socket.gethostname()}"[:64]}
+
+
+def _keep_token(target, token):
+    """Keep the token the hello brought if it is the home server's, for this key."""
+    if not isinstance(token, str):
+        return
+    try:
+        checked = flow.DeviceToken.verify(target.server_raw, token, time.time())
+        if checked.key != target.device_key.public_raw:
+            raise AuthenticationError("the token is for another key")
+        target.devices.keep(target.url, target.server_id, token)
+    except (ProtocolError, AuthenticationError, OSError):
+        pass    # keep connecting; the next sign-in uses the password again
 
 
 async def _gather_offer(servers, advertise_addresses):

@@ -8,7 +8,10 @@
   remembered once a response verifies with it (:func:`remember_key`), and a
   different key later is refused.
 - :class:`DeviceStore` (``devices.json``): the device tokens home servers issued
-  to this client, so that it keeps its own sign-in budget while strangers guess.
+  to this client, keyed by coordinator URL and server (a token is never handed to
+  another coordinator's URL than the one it was used with), and the device keys
+  they are bound to (``device-keys/``, one 0600 key file per server), so that it
+  keeps its own sign-in budget while strangers guess.
 
 Both files are in the state directory with mode 0600, changed under a lock.
 """
@@ -89,9 +92,39 @@ class _JsonStore:
 
 
 class DeviceStore(_JsonStore):
-    """Device tokens the home servers issued to this client: ``{server id: token}``."""
+    """Device tokens the home servers issued to this client: ``{"<coordinator URL>
+    <server id>": token}`` (a token is only ever sent to the coordinator URL it was
+    kept for), and the device key each is bound to: ``device-keys/<key id of the
+    server>.pem`` next to the file (ECDSA P-256, mode 0600, created on first use,
+    never replaced; ``keyfiles``).  *path* None keeps nothing: a fresh key in memory."""
 
     FILE = "devices.json"
+
+    def __init__(self, path):
+        super().__init__(path)
+        self._keys = {}
+
+    def token(self, url, server_id):
+        return self.get(f"{url} {server_id}")
+
+    def keep(self, url, server_id, token):
+        """Keep *token* for *url* and *server_id* (None: forget it)."""
+        self.put(f"{url} {server_id}", token)
+
+    def device_key(self, server_id):
+        """This client's key for the home server *server_id* (an ``IdentityKey``)."""
+        key = self._keys.get(server_id)
+        if key is None:
+            if self.path:
+                from homechannel.keyfiles import load_or_create_identity_key
+
+                name = crypto.b64u_encode(crypto.key_id(crypto.parse_server_id(server_id)))
+                key, _ = load_or_create_identity_key(os.path.join(
+                    os.path.dirname(self.path) or ".", "device-keys", f"{name}.pem"))
+            else:
+                key = crypto.IdentityKey.generate()
+            self._keys[server_id] = key
+        return key
 
 
 class KnownCoordinators(_JsonStore):

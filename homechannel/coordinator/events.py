@@ -7,7 +7,12 @@ home server's key id (``crypto.key_id`` of its public key).
 
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 from homechannel.protocol.events import Event
+
+if TYPE_CHECKING:
+    from homechannel.protocol.connect import DevicePolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +54,21 @@ class PoolUpdated(Event):
 
 @dataclass(frozen=True, slots=True)
 class ServerForgotten(Event):
-    """A server expired (silent for longer than the expiry time).  For a cluster's
-    directory (``redisrelay.Directory.forget``)."""
+    """A server expired (silent for longer than the expiry time) or left (BYE).  For
+    a cluster's directory (``redisrelay.Directory.forget``)."""
 
     kid: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DevicesUpdated(Event):
+    """A server told its device policy (DEVICES): *policy* is a
+    ``connect.DevicePolicy``, *generation* counts up within the
+    registration *session* (a tag of its session keys), so that a late copy never
+    undoes a newer one.  For the in-memory table (``devicepolicy.DevicePolicies``)
+    and a cluster's store of them."""
+
+    kid: bytes
+    session: bytes
+    generation: int
+    policy: "DevicePolicy"

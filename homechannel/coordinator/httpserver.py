@@ -16,6 +16,13 @@ take or on how many connections one client holds.  :class:`LimitedSite` is a
   ``max_connections_per_source`` from one source network (``source_key``:
   IPv6 /64, IPv4 address; a trusted reverse proxy is exempt, it is many
   clients); a connection over either cap is aborted at once;
+* count each request that comes through a trusted proxy, while it is answered,
+  against the source network X-Forwarded-For names
+  (``TrustedProxies.client_address``): at most ``max_connections_per_source``
+  of them at once, as a direct client holds at most that many connections and
+  so requests; the next is refused (``503 busy``, signed) on the proxy's
+  connection, which stays open.  The proxy's own requests (health checks, no
+  or a broken header) are exempt;
 * close a connection whose request head (request line and headers) has not
   arrived ``header_timeout`` seconds after its first byte (or after the
   connection opened, TLS handshake included), or whose body has not arrived
@@ -29,39 +36,22 @@ HTTP/1.1 only (HTTP/2 would bypass these channels; it is not negotiated).
 A POST body is never parsed as an HTML form into ``request.args`` (the API
 takes JSON; Twisted's form parsing runs the Content-Type through the ``email``
 package on every POST, about a tenth of the coordinator's CPU per connect).
-Refusals and cuts are counted in :attr:`LimitedSite.stats`.
+Refusals and cuts are counted in :attr:`LimitedSite.stats`.  The limits are
+the ``[web]`` configuration's (``config.CoordinatorWeb``: ``max_body``,
+``max_connections``, ``max_connections_per_source``, the three timeouts and
+``trusted_proxies``), with its defaults.
 """
 
 import io
-import json
 from collections import Counter
-from dataclasses import dataclass
 
 from twisted.logger import Logger
-from twisted.web import http, server
+from twisted.web import http, resource, server
 
-from homechannel import crypto
-
+from homechannel.config import CoordinatorWeb
 from homechannel.protocol import connect
 from homechannel.coordinator.ratelimit import TrustedProxies, source_key
 from homechannel.coordinator.shares import Shares
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_body: int = 65536
-    max_connections: int = 10_000
-    max_connections_per_source: int = 64
-    header_timeout: float = 10.0
-    body_timeout: float = 30.0
-    idle_timeout: float = 30.0
-    # Peers exempt from the per-source cap (reverse proxies: many clients each).
-    trusted_proxies: tuple = ()
-
-    @classmethod
-    def from_config(cls, web):
-        """From a :class:`homechannel.config.CoordinatorWeb` (same names)."""
-        return cls(**{name: getattr(web, name) for name in cls.__dataclass_fields__})
 
 
 class LimitedRequest(server.Request):
@@ -199,14 +189,14 @@ class LimitedChannel(http.HTTPChannel):
         self.site.stats[reason] += 1
         self.log.debug("refused a request from {peer}: {reason}",
                        peer=self._source, reason=reason)
-        body = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode("utf-8")
+        body, signature = connect.signed_json(self.site.identity,
+                                              path.decode("utf-8", "replace"), doc)
         headers = [b"HTTP/1.1 " + status,
                    b"Content-Type: application/json",
                    b"Content-Length: " + str(len(body)).encode("ascii"),
                    b"Cache-Control: no-store",
                    b"X-Content-Type-Options: nosniff",
                    b"Connection: close"]
-        signature = self.site.sign(path.decode("utf-8", "replace"), body)
         if signature is not None:
             headers.append(connect.SIGNATURE_HEADER.encode("ascii") + b": " + signature)
         self.transport.write(b"\r\n".join(headers) + b"\r\n\r\n" + body)
@@ -217,22 +207,26 @@ class LimitedChannel(http.HTTPChannel):
 class LimitedSite(server.Site):
     """``Site(resource, limits, identity=None, reactor=None)``.
 
-    *identity* (the coordinator's ``IdentityKey``) signs the 408/413 answers
-    the way ``coordinator.web`` signs API responses; without it they are
-    unsigned."""
+    *limits* is the ``[web]`` configuration (``config.CoordinatorWeb``; its
+    defaults when not given).  *identity* (the coordinator's ``IdentityKey``)
+    signs the 408/413 answers the way ``coordinator.web`` signs API responses;
+    without it they are unsigned."""
 
     protocol = LimitedChannel
     requestFactory = LimitedRequest
 
-    def __init__(self, resource, limits=Limits(), identity=None, reactor=None, **kwargs):
+    def __init__(self, resource, limits=CoordinatorWeb(), identity=None, reactor=None,
+                 **kwargs):
         kwargs.setdefault("parsePOSTFormSubmission", False)
         super().__init__(resource, timeout=limits.idle_timeout, reactor=reactor, **kwargs)
         self.limits = limits
-        self._identity = identity
+        self.identity = identity
         self._trusted = TrustedProxies(limits.trusted_proxies)
         self.stats = Counter()
         self.connections = 0
         self._by_source = Shares(limits.max_connections_per_source)
+        # Requests in progress through a trusted proxy, by the source it names.
+        self._forwarded = Shares(limits.max_connections_per_source)
 
     def admit(self, channel):
         """Count a new connection, or refuse it (False) over a cap."""
@@ -255,11 +249,49 @@ class LimitedSite(server.Site):
         if channel._source is not None:
             self._by_source.give_back(channel._source)
 
-    def sign(self, path, body):
-        if self._identity is None:
+    def getResourceFor(self, request):
+        if self._trusted:
+            key = self._forwarded_key(request)
+            if key is not None:
+                if not self._forwarded.room(key):
+                    self.stats["refused-source-requests"] += 1
+                    return _Busy(self)
+                self._forwarded.take(key)
+                request.notifyFinish().addBoth(lambda _: self._forwarded.give_back(key))
+        return super().getResourceFor(request)
+
+    def _forwarded_key(self, request):
+        """The source network a request through a trusted proxy counts against, or
+        None (not through a proxy, or the proxy's own)."""
+        peer = getattr(request.getClientAddress(), "host", None)
+        if peer is None or peer not in self._trusted:
             return None
-        signature = self._identity.sign(crypto.response_signature_message(path, body))
-        return crypto.b64u_encode(signature).encode("ascii")
+        source = self._trusted.client_address(
+            peer, request.requestHeaders.getRawHeaders(b"X-Forwarded-For"))
+        return None if source in self._trusted else source_key(source)
+
+
+class _Busy(resource.Resource):
+    """The refusal of a request over its source's share of requests in progress."""
+
+    isLeaf = True
+
+    def __init__(self, site):
+        super().__init__()
+        self._site = site
+
+    def render(self, request):
+        body, signature = connect.signed_json(self._site.identity, request.path.decode(
+            "utf-8", "replace"), {
+            "error": "too many requests from your network are in progress: try again "
+                     "shortly", "code": "busy"})
+        request.setResponseCode(503)
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Cache-Control", b"no-store")
+        request.setHeader(b"X-Content-Type-Options", b"nosniff")
+        if signature is not None:
+            request.setHeader(connect.SIGNATURE_HEADER.encode("ascii"), signature)
+        return body
 
 
 def raise_fd_limit(wanted):

@@ -1,28 +1,31 @@
-"""Rate limits and failed-answer lockouts for the HTTPS API.
+"""Rate limits and failed-answer lockouts.
 
-Two small objects behind two small interfaces, so that a shared (Redis)
-implementation can replace them when several coordinators sit behind one
-load balancer:
+* :class:`RateLimiter`: token buckets, one per key, at most ``limit`` hits per
+  ``period`` seconds with bursts up to ``limit``.  Synchronous and sans-I/O
+  (``hit(key, now)``): the UDP cores (``rendezvous``, ``stun``) spend one per
+  datagram.
+* :class:`MemoryRateLimiter`: the same buckets behind the connect flow's
+  seam, :class:`~homechannel.coordinator.interfaces.IRateLimiter` (``async
+  def``, so that ``cluster.redislimits`` can replace it for a cluster).
+* :class:`MemoryLockout` (:class:`~homechannel.coordinator.interfaces.ILockout`):
+  counts failed answers per *source* (or device) and locks it out with a
+  doubling backoff.  It is keyed by the source only, never by the target
+  server, so an attacker's failures can never lock the owner out.
 
-* :class:`RateLimiter` (:class:`IRateLimiter`): a token bucket per key
-  (source IP or target server): at most ``limit`` hits per ``period``
-  seconds, with bursts up to ``limit``.
-* :class:`Lockout` (:class:`ILockout`): counts failed answers per *source*
-  and locks that source out with a doubling backoff.  It is keyed by the
-  source only, never by the target server, so an attacker's failures can
-  never lock the owner out.
-
-Both take an injected clock (``IReactorTime``) and are capped: when a table
+All take an injected clock (``IReactorTime``) and are capped: when a table
 is full the least recently used entry is forgotten (which at worst gives an
 attacker who controls more than ``max_keys`` addresses a fresh budget; it
-never denies service to anybody else).
+never denies service to anybody else).  :func:`source_key` and
+:func:`lockout_key` say what a source is (an IPv6 /64 and /56).
 """
 
 import functools
 import ipaddress
 from collections import OrderedDict
 
-from zope.interface import Interface, implementer
+from zope.interface import implementer
+
+from homechannel.coordinator.interfaces import ILockout, IRateLimiter
 
 # Per-source tables key an IPv6 source by its /64 (what one subscriber line or
 # one cloud VM usually gets) and lockouts by its /56; an IPv4 source by its
@@ -80,6 +83,30 @@ def _v4_if_mapped(network):
     return network
 
 
+def canonical_address(text):
+    """*text* (str or bytes) as one IP address in its one spelling (IPv6 compressed and
+    lower case, an IPv4-mapped IPv6 address as IPv4), or None if it is anything else.
+
+    A zone (``fe80::1%eth0``) is refused, not stripped: it names an interface of some
+    other host, and its text is whatever that host or a forger wrote.  So are a port,
+    brackets, a prefix, spaces and every other character: what this returns is safe
+    to log, to key a table by, and to send to a home server."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+    if not isinstance(text, str) or "%" in text:
+        return None
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip)
+
+
 class TrustedProxies:
     """The reverse proxies whose X-Forwarded-For is believed: addresses or networks
     (``web.trusted_proxies``, checked by ``config``), matched by value, so any way of
@@ -103,40 +130,37 @@ class TrustedProxies:
             ip = ip.ipv4_mapped
         return any(ip in network for network in self._networks if network.version == ip.version)
 
+    def client_address(self, peer, forwarded=()):
+        """The address a request from *peer* (the TCP peer's address) comes from, given
+        its X-Forwarded-For header lines *forwarded* (bytes or str): the peer, or, if
+        the peer is one of these proxies, the right-most address in the header that is
+        not; the peer again if that hop is not exactly one address
+        (:func:`canonical_address`): a forged or broken header, of which nothing left
+        of the break is believed.  Always :func:`canonical_address` spelling, except
+        for a peer that is not an IP address (kept as it is)."""
+        peer = canonical_address(peer.split("%", 1)[0]) or peer  # the kernel's own zone
+        if not forwarded or peer not in self:
+            return peer
+        hops = [hop for line in forwarded
+                for hop in (line.decode("latin-1") if isinstance(line, bytes) else line)
+                .split(",")]
+        for hop in reversed(hops):
+            hop = canonical_address(hop.strip(" \t"))   # HTTP whitespace only
+            if hop is None:
+                return peer
+            if hop not in self:
+                return hop
+        return peer
+
 
 def lockout_key(address: str) -> str:
     """The key failed-password lockouts use: IPv6 /56, IPv4 /32."""
     return source_key(address, LOCKOUT_PREFIX_V6)
 
 
-class IRateLimiter(Interface):
-    """Implementations answer at once (here) or with a Deferred of the same value
-    (``redislimits``, shared by a cluster's nodes)."""
-
-    def hit(key):
-        """Count one event for *key*.
-
-        Returns None if it is allowed, else the number of seconds (float > 0)
-        after which it would be allowed.  A refused hit is not counted."""
-
-
-class ILockout(Interface):
-    """Answers at once (here) or as Deferreds (``redislimits``)."""
-
-    def check(key):
-        """None if *key* may try, else the seconds until its lockout ends."""
-
-    def failure(key, weight=1.0):
-        """Count a failed attempt by *key* (*weight* of one failure); return the
-        new lockout's length in seconds if this failure started one, else None."""
-
-    def success(key):
-        """*key* succeeded: forget its failures."""
-
-
-@implementer(IRateLimiter)
 class RateLimiter:
-    """Token buckets, one per key, in a capped LRU table."""
+    """Token buckets, one per key, in a capped LRU table (sans-I/O: *clock* may be
+    None when every call gives *now*)."""
 
     def __init__(self, clock, limit, period=60.0, max_keys=100_000, burst=None):
         """At most *limit* hits per *period* seconds sustained, and *burst* (default
@@ -184,8 +208,25 @@ class RateLimiter:
         return None if tokens >= 1.0 else (1.0 - tokens) / self._rate
 
 
+@implementer(IRateLimiter)
+class MemoryRateLimiter:
+    """:class:`RateLimiter`'s buckets as the connect flow's ``IRateLimiter``."""
+
+    def __init__(self, clock, limit, period=60.0, max_keys=100_000, burst=None):
+        self.buckets = RateLimiter(clock, limit, period, max_keys=max_keys, burst=burst)
+
+    def __len__(self):
+        return len(self.buckets)
+
+    async def hit(self, key):
+        return self.buckets.hit(key)
+
+    async def peek(self, key):
+        return self.buckets.peek(key)
+
+
 @implementer(ILockout)
-class Lockout:
+class MemoryLockout:
     """Failed-answer lockout per source with doubling backoff.
 
     ``threshold`` failures in a row lock the source out for ``base`` seconds.
@@ -218,14 +259,14 @@ class Lockout:
             return None
         return entry
 
-    def check(self, key):
+    async def check(self, key):
         now = self._clock.seconds()
         entry = self._entry(key, now)
         if entry is None or now >= entry[2]:
             return None
         return entry[2] - now
 
-    def failure(self, key, weight=1.0):
+    async def failure(self, key, weight=1.0):
         now = self._clock.seconds()
         entry = self._entry(key, now)
         if entry is None:
@@ -244,5 +285,5 @@ class Lockout:
         entry[2] = now + length
         return length
 
-    def success(self, key):
+    async def success(self, key):
         self._entries.pop(key, None)

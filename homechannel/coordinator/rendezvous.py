@@ -30,9 +30,11 @@ from twisted.logger import Logger
 from homechannel import crypto
 
 from homechannel.protocol import udp
+from homechannel.protocol.connect import DevicePolicy
 from homechannel.coordinator import stun as stun_
 from homechannel.coordinator.events import (
-    AnswerReceived, OfferAcknowledged, OfferFailed, PoolUpdated, ServerForgotten,
+    AnswerReceived, DevicesUpdated, OfferAcknowledged, OfferFailed, PoolUpdated,
+    ServerForgotten,
 )
 from homechannel.coordinator.interfaces import IRegistry
 from homechannel.coordinator.ratelimit import RateLimiter, source_key
@@ -320,6 +322,8 @@ class Rendezvous:
             return [(self.registry.seal(slot, udp.inner(udp.CHALLENGES_ACK, rid)), addr)]
         if kind == udp.XFER:
             return self._fragment(slot, kid, rid, body, addr, now)
+        if kind == udp.DEVICES:
+            return self._devices(slot, kid, rid, body, addr)
         if kind == udp.BYE:
             return self._bye(slot, kid, rid, addr)
         if kind in udp.REPLIES:
@@ -334,9 +338,22 @@ class Rendezvous:
         self._awaiting.pop(kid, None)
         self._forget_reassembly(kid)
         self._refilling.discard(kid)
+        self._events.append(ServerForgotten(kid))
         self.stats["bye"] += 1
         log.info("server {kid} left", kid=kid.hex()[:12])
         return [(ack, addr)]
+
+    def _devices(self, slot: int, kid: bytes, rid: int, body: bytes,
+                 addr: Address) -> Datagrams:
+        """DEVICES: the server's password epoch and enrolled devices, for the door
+        check of device tokens (``broker``).  Acknowledged always (idempotent); the
+        table keeps the newest generation of this registration (a tag of its keys)."""
+        generation, encoded = udp.parse_devices(body)
+        policy = DevicePolicy.decode(encoded)
+        self.stats["devices"] += 1
+        self._events.append(DevicesUpdated(kid, crypto.sha256(self.registry.keys(slot)[0])[:8],
+                                           generation, policy))
+        return [(self.registry.seal(slot, udp.inner(udp.DEVICES_ACK, rid)), addr)]
 
     def _unknown(self, data: bytes, addr: Address, now: float) -> Datagrams:
         # Authenticated "unknown, re-register": only for datagrams at least as

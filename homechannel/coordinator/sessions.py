@@ -1,8 +1,10 @@
 """Pending connect sessions: created by ``POST /api/connect``, completed by
 the home server's answer (or an error), waited for by long-polls.
 
-:class:`ISessionStore` is the seam a shared (Redis) store will implement
-later.  :class:`MemorySessionStore` keeps everything in this process:
+:class:`MemorySessionStore` is the in-memory
+:class:`~homechannel.coordinator.interfaces.ISessionStore` (``async def``;
+``cluster.redissessions`` is the cluster's).  It keeps everything in this
+process, and its coroutines finish at once except :meth:`~MemorySessionStore.wait`:
 
 * every session has a deadline (``session_timeout``); a session that is not
   completed by then ends with ``RequestTimeout`` (code ``timeout``);
@@ -25,50 +27,12 @@ from dataclasses import dataclass
 
 from twisted.internet import defer
 from twisted.logger import Logger
-from zope.interface import Interface, implementer
+from zope.interface import implementer
 
+from homechannel.coordinator.interfaces import ISessionStore
 from homechannel.coordinator.ratelimit import source_key
 from homechannel.coordinator.shares import Shares
 from homechannel.errors import BadRequest, CapacityError, NotFound, RequestTimeout
-
-
-class ISessionStore(Interface):
-    """:class:`MemorySessionStore` answers at once (raising its errors);
-    ``redissessions.RedisSessionStore`` (a cluster) returns Deferreds of the
-    same values and errors.  ``wait`` is a Deferred in both."""
-
-    def create(session_id, server_key, source=None, device=None):
-        """Start a pending session for the server with raw key *server_key*,
-        asked for by the client address *source* (and device id *device* if
-        it came with a device token).
-
-        Raises ``BadRequest`` (code ``session-exists``) if *session_id* is in
-        use and ``CapacityError`` (code ``busy``) if the table, the share of
-        the source's network or the server's share of it is full (a missing
-        *source* counts as one source, "unknown")."""
-
-    def info(session_id):
-        """The :class:`SessionInfo` of *session_id* (server key, source,
-        device), or None if it is unknown or forgotten."""
-
-    def is_pending(session_id):
-        """True while the session waits for its answer."""
-
-    def wait(session_id, timeout, source=None):
-        """A Deferred that fires with the session's result dict once it is
-        answered, with None if *timeout* seconds pass first, or fails with
-        the ``HomeChannelError`` the session ended with (``NotFound`` for an
-        unknown session, ``CapacityError`` if too many are waiting, in all,
-        for the session or from the network of the client address *source*).
-        Cancelling it stops the wait."""
-
-    def answer(session_id, result):
-        """Complete a pending session with *result* (a JSON-able dict).
-        Returns False (and changes nothing) if it is unknown or complete."""
-
-    def fail(session_id, error):
-        """Complete a pending session with the exception *error*.
-        Returns False if it is unknown or already complete."""
 
 
 @dataclass(frozen=True)
@@ -118,7 +82,7 @@ class MemorySessionStore:
     def waiting(self):
         return self._waiting
 
-    def create(self, session_id, server_key, source=None, device=None):
+    async def create(self, session_id, server_key, source=None, device=None):
         if session_id in self._sessions:
             raise BadRequest("this session id is already in use: start a new attempt",
                         "session-exists")
@@ -137,27 +101,29 @@ class MemorySessionStore:
             SessionInfo(server_key, source, device), share)
         session.timer = self._clock.callLater(self._session_timeout, self._expire, session_id)
 
-    def info(self, session_id):
+    async def info(self, session_id):
         session = self._sessions.get(session_id)
         return None if session is None else session.info
 
-    def is_pending(self, session_id):
+    async def is_pending(self, session_id):
         session = self._sessions.get(session_id)
         return session is not None and not session.done
 
-    def wait(self, session_id, timeout, source=None):
+    async def wait(self, session_id, timeout, source=None):
         session = self._sessions.get(session_id)
         if session is None:
-            return defer.fail(NotFound("unknown or forgotten session: connect again", "unknown-session"))
+            raise NotFound("unknown or forgotten session: connect again", "unknown-session")
         if session.done:
-            return self._outcome(session)
+            if session.error is not None:
+                raise session.error.with_traceback(None)   # kept: no traceback to grow
+            return session.result
         if (self._waiting >= self._max_waiters
                 or len(session.waiters) >= self._max_waiters_per_session):
-            return defer.fail(CapacityError("too many requests are waiting: try again shortly", "busy"))
+            raise CapacityError("too many requests are waiting: try again shortly", "busy")
         share = _share_key(source)
         if not self._waiters_by_source.room(share):
-            return defer.fail(CapacityError("too many requests from your network are waiting: "
-                                            "try again shortly", "busy"))
+            raise CapacityError("too many requests from your network are waiting: "
+                                "try again shortly", "busy")
 
         entry = []
 
@@ -170,21 +136,15 @@ class MemorySessionStore:
         session.waiters.append(entry)
         self._waiting += 1
         self._waiters_by_source.take(share)
-        return d
+        return await d
 
-    def answer(self, session_id, result):
+    async def answer(self, session_id, result):
         return self._complete(session_id, result, None)
 
-    def fail(self, session_id, error):
+    async def fail(self, session_id, error):
         return self._complete(session_id, None, error)
 
     # -- internals --
-
-    @staticmethod
-    def _outcome(session):
-        if session.error is not None:
-            return defer.fail(session.error)
-        return defer.succeed(session.result)
 
     def _drop_waiter(self, session, entry):
         try:
@@ -232,14 +192,19 @@ class MemorySessionStore:
         if session is None or session.done:
             return
         session.timer = None
-        self._finish(session_id, session, None, RequestTimeout("the home server did not answer in time: check that it is "
-            "running and try again", "timeout"))
+        self._finish(session_id, session, None, timed_out())
 
     def _forget(self, session_id):
         session = self._sessions.pop(session_id, None)
         if session is not None:
             self._by_source.give_back(session.share)
             self._by_server.give_back(session.info.server_key)
+
+
+def timed_out():
+    """How a session not answered by its deadline ends (here and in a cluster)."""
+    return RequestTimeout("the home server did not answer in time: check that it is "
+                          "running and try again", "timeout")
 
 
 def _share_key(source):

@@ -51,19 +51,15 @@ def makeService(options):
         raise SystemExit(f"homechannel-coordinator: {e}") from None
 
 
-def _install_asyncio_reactor():
-    if "twisted.internet.reactor" not in sys.modules:
-        from twisted.internet import asyncioreactor
-        asyncioreactor.install()
-
-
 def _make(options):
-    from homechannel import aio, config, keyfiles
+    from homechannel import aio, config, crypto, keyfiles
 
     cfg = config.load_coordinator(options["config"], options.overrides())
     if cfg.cluster.redis_url:
         # The cluster's Redis client (redis-py) runs on asyncio.
-        _install_asyncio_reactor()
+        aio.install_asyncio_reactor(
+            "a cluster node ([cluster] in the config) needs Twisted's asyncio reactor for "
+            "its Redis client: run twistd with --reactor=asyncio, or with no --reactor")
     from twisted.application import internet, service, strports
     from twisted.internet import reactor
     from twisted.logger import Logger
@@ -73,21 +69,17 @@ def _make(options):
 
     from homechannel.ops import logfilter, metrics
     from homechannel.coordinator import admin, tls
-    from homechannel.coordinator.httpserver import LimitedSite, Limits, raise_fd_limit
+    from homechannel.coordinator.httpserver import LimitedSite, raise_fd_limit
     from homechannel.coordinator.registry import Registry
     from homechannel.coordinator.rendezvous import Rendezvous
     from homechannel.coordinator.broker import Broker
     from homechannel.coordinator.stun import StunResponder
-    from homechannel.coordinator.turn import TurnMinter, ice_servers_for, load_secret
+    from homechannel.coordinator.turn import TurnMinter, load_secret
     from homechannel.coordinator.udp import CoordinatorUDP, StunUDP
     from homechannel.coordinator.web import CoordinatorWeb
 
     log = Logger(namespace="homechannel.coordinator")
     logfilter.capture_library_logging()
-    if cfg.cluster.redis_url:
-        aio.require_asyncio_reactor(reactor, "a cluster node ([cluster] in the config) needs "
-                                    "Twisted's asyncio reactor for its Redis client: run "
-                                    "twistd with --reactor=asyncio, or with no --reactor")
     identity, created = keyfiles.load_or_create_identity_key(cfg.identity_key)
     if created:
         log.info("created coordinator identity key {path}", path=cfg.identity_key)
@@ -123,9 +115,13 @@ def _make(options):
     if cfg.turn.urls:
         minter = TurnMinter(cfg.turn.urls, load_secret(cfg.turn.secret_file), cfg.turn.lifetime,
                             reactor)
-        log.info("TURN: {urls}, credentials valid {lifetime:g} s",
-                 urls=" ".join(minter.urls), lifetime=cfg.turn.lifetime)
+        log.info("TURN: {urls}, credentials valid {lifetime:g} s, only for proven clients "
+                 "({server_minute} a minute and {server_day} a day per home server, "
+                 "{all} a minute in all)", urls=" ".join(minter.urls),
+                 lifetime=cfg.turn.lifetime, server_minute=cfg.turn.per_server_per_minute,
+                 server_day=cfg.turn.per_server_per_day, all=cfg.turn.per_minute)
     seams = {}
+    node = None
     if cfg.cluster.redis_url:
         from homechannel.coordinator.cluster import node as cluster
         node = cluster.build(cfg, reactor, udp, rv)
@@ -135,11 +131,12 @@ def _make(options):
         relay = node.relay
     else:
         relay = udp
-    broker = Broker(relay, cfg.web, reactor, ice_servers=ice_servers_for(ice_servers, minter),
-                    **seams)
+    broker = Broker(relay, cfg.web, reactor, ice_servers=ice_servers, turn=minter,
+                    turn_limits=cfg.turn,
+                    ticket_key=identity.derived_key(crypto.TICKET_KEY_LABEL), **seams)
     web = CoordinatorWeb(identity, relay, cfg.web, reactor, broker=broker,
                          ice_servers=ice_servers, **kwargs)
-    site = LimitedSite(web.resource(), Limits.from_config(cfg.web), identity, reactor)
+    site = LimitedSite(web.resource(), cfg.web, identity, reactor)
     site.displayTracebacks = False
     fds = cfg.web.max_connections + 1024
     if raise_fd_limit(fds) < fds:
@@ -153,11 +150,14 @@ def _make(options):
         web_service = internet.StreamServerEndpointService(endpoint, site)
         web_service._raiseSynchronously = True     # as strports.service does
         web_service.setServiceParent(top)
-        tls.reload_on_sighup(reactor, certificate.reload)
+
+        def reload():
+            certificate.reload()
+            web.reload_client()
     else:
         strports.service(cfg.web.listen, site).setServiceParent(top)
-        tls.reload_on_sighup(reactor, lambda: log.info(
-            "SIGHUP: nothing to reload (web.listen is not ssl:)"))
+        reload = web.reload_client
+    tls.reload_on_sighup(reactor, reload)
 
     if cfg.admin.listen:
         admin_endpoint, token = admin.listen_endpoint(cfg)
@@ -167,7 +167,8 @@ def _make(options):
         log.info("admin API: {where}", where=admin_endpoint)
     if cfg.metrics.listen:
         metrics.service(cfg.metrics.listen, metrics.registry_for(
-            metrics.CoordinatorCollector(rv, web)), reactor).setServiceParent(top)
+            metrics.CoordinatorCollector(rv, web, cluster=node)), reactor,
+            allowed_hosts=cfg.metrics.allowed_hosts).setServiceParent(top)
     log.info("coordinator: UDP {iface}:{port}, web {web}, STUN {stun}",
              iface=cfg.udp.interface, port=cfg.udp.port, web=cfg.web.listen,
              stun=_stun_ports(cfg.udp))

@@ -4,10 +4,11 @@ coturn, run with ``use-auth-secret`` and ``static-auth-secret=<secret>``,
 accepts any username of the form ``"<expiry unix time>:<anything>"`` whose
 password is ``base64(HMAC-SHA1(secret, username))``, until that expiry time.
 The coordinator shares the secret with coturn (``[turn] secret_file``) and
-mints one credential per use: for a browser or native client in the signed
-server lookup, and for the home server in the relayed offer.  The secret
-never leaves the coordinator, and no credential appears in the public
-``/config.js``.
+mints one credential per use, and only for a client that proved the password or
+a device key (``broker.Broker.prove``): one for the client, in the signed answer
+to that proof, and one for the home server, in the relayed offer of that
+connect.  Never in a lookup or in the public ``/config.js``; the secret never
+leaves the coordinator.
 
 Pure: the clock and the randomness are injected.
 """
@@ -75,28 +76,21 @@ class TurnMinter:
         self._random_bytes = random_bytes
         self.minted = 0
 
-    def mint(self) -> dict[str, Any]:
+    def mint(self, server_key: bytes, role: str) -> dict[str, Any]:
+        """A credential for one side (*role*: ``"c"`` the client, ``"s"`` the home
+        server) of a connect to the home server with raw key *server_key*.  The
+        username is ``<expiry>:<server tag>.<role>.<random>``, where the server tag
+        is the first 11 characters of its key id in base64url (:func:`server_tag`):
+        coturn logs usernames, so abuse of the relay traces back to a home server."""
         expiry = int(math.ceil(self._clock.seconds() + self.lifetime))
-        username = f"{expiry}:{crypto.b64u_encode(self._random_bytes(9))}"
+        username = (f"{expiry}:{server_tag(server_key)}.{role}."
+                    f"{crypto.b64u_encode(self._random_bytes(6))}")
         self.minted += 1
         return {"urls": list(self.urls), "username": username,
                 "credential": credential(self._secret, username)}
 
 
-def ice_servers_for(client_ice: Iterable[dict[str, Any]],
-                    minter: TurnMinter | None = None) -> Callable[[str], list[dict[str, Any]]]:
-    """The ``ice_servers(role)`` callable the connect broker uses.
-
-    ``"client"`` (the signed server lookup, for browsers and native clients):
-    *client_ice* (the coordinator's STUN by default) then, with a *minter*, one
-    TURN entry minted for this lookup.  ``"server"`` (the relayed offer, for the
-    home server, which has its own STUN): only a TURN entry minted for it, or
-    nothing.  STUN first, one TURN entry: aiortc uses only the first of each.
-    """
-    client_ice = [dict(s) for s in client_ice]
-
-    def ice_servers(role: str) -> list[dict[str, Any]]:
-        turn = [minter.mint()] if minter is not None else []
-        return (list(client_ice) if role == "client" else []) + turn
-
-    return ice_servers
+def server_tag(server_key: bytes) -> str:
+    """The home server in a TURN username: its key id, short (66 bits; the operator's
+    ``homechannel`` tools and the coordinator's log show the same prefix)."""
+    return crypto.b64u_encode(crypto.key_id(server_key))[:11]

@@ -16,8 +16,10 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from homechannel import crypto
+from homechannel.coordinator.devicepolicy import DevicePolicies
 from homechannel.coordinator.events import (
-    AnswerReceived, OfferAcknowledged, OfferFailed, PoolUpdated, ServerForgotten,
+    AnswerReceived, DevicesUpdated, OfferAcknowledged, OfferFailed, PoolUpdated,
+    ServerForgotten,
 )
 from homechannel.coordinator.interfaces import IRelay
 from homechannel.errors import Unavailable
@@ -64,6 +66,8 @@ class CoordinatorUDP(DatagramProtocol):
         self._timer = DeadlineTimer(clock, self._fire)
         self._answer_handler = None
         self._directory = None
+        self.devices = DevicePolicies()   # the device policies of servers registered here
+        self._policies = None             # a cluster's store of them (set_policy_store)
         self._offers = {}                 # offer_id -> Deferred
         self._offer_ids = itertools.count(1)
         self._sweeper = None
@@ -125,22 +129,28 @@ class CoordinatorUDP(DatagramProtocol):
             return
         self._send(out)
 
-    # -- IRelay --
+    # -- IRelay (async def: the connect flow's seam; these finish at once but the offer) --
 
-    def server_status(self, server_key):
+    async def server_status(self, server_key):
         return self.rv.server_status(crypto.key_id(server_key))
 
-    def take_challenge(self, server_key, challenge):
+    async def take_challenge(self, server_key, challenge):
         expected, out = self.rv.take_challenge(crypto.key_id(server_key), challenge,
                                                self.clock.seconds())
         self._send(out)
         return expected
 
-    def send_offer(self, server_key, payload):
-        return self.offer_to(crypto.key_id(server_key), payload)
+    def answer_matches(self, server_key, challenge, answer, expected):
+        return crypto.check_answer(answer, expected)
 
-    def notify(self, server_key, body):
+    async def send_offer(self, server_key, payload):
+        await self.offer_to(crypto.key_id(server_key), payload)
+
+    async def notify(self, server_key, body):
         self.notice_to(crypto.key_id(server_key), body)
+
+    async def device_policy(self, server_key):
+        return self.devices.get(crypto.key_id(server_key))
 
     # -- by key id (the cluster relays offers, notices and refills from other nodes) --
 
@@ -193,6 +203,20 @@ class CoordinatorUDP(DatagramProtocol):
     def _server_forgotten(self, event):
         if self._directory is not None:
             self._to_directory(self._directory.forget, event.kid)
+        if self.devices.get(event.kid) is not None and self._policies is not None:
+            self._to_directory(self._policies.forget, event.kid)
+        self.devices.forget(event.kid)
+
+    def set_policy_store(self, store):
+        """A cluster's store of device policies (``redispolicies.PolicyStore``):
+        ``store.set(kid, policy)`` when a server here tells a new one,
+        ``store.forget(kid)`` when it is forgotten here."""
+        self._policies = store
+
+    def _devices_updated(self, event):
+        if self.devices.update(event.kid, event.session, event.generation, event.policy):
+            if self._policies is not None:
+                self._to_directory(self._policies.set, event.kid, event.policy)
 
     def _to_directory(self, method, *args):
         defer.maybeDeferred(method, *args).addErrback(
@@ -204,6 +228,7 @@ class CoordinatorUDP(DatagramProtocol):
         OfferFailed: _offer_failed,
         PoolUpdated: _pool_updated,
         ServerForgotten: _server_forgotten,
+        DevicesUpdated: _devices_updated,
     }
 
     # -- operator --

@@ -14,15 +14,18 @@ broker registers itself as its answer handler), ``config`` is a
 :class:`homechannel.config.CoordinatorWeb` and ``clock`` an ``IReactorTime``.
 
 Every API response (errors too) is JSON signed with the coordinator key in
-``X-HomeChannel-Signature``.  Domain errors (``homechannel.errors``) are
-mapped to statuses in one place (:meth:`CoordinatorWeb._error_doc`);
-anything else is a bug: 500 ``{"error": "internal error"}`` and
-``log.failure``, never a traceback on the wire.
+``X-HomeChannel-Signature`` (``connect.signed_json``, which the listener's own
+408/413 answers use too).  Domain errors (``homechannel.errors``) become
+statuses and bodies in one place (``errors.to_response``, called by
+:meth:`CoordinatorWeb._error_doc`); anything else is a bug: 500 ``{"error":
+"internal error"}`` and ``log.failure``, never a traceback on the wire.
+
+The browser client's ``index.html`` is read once, at start, and again by
+:meth:`CoordinatorWeb.reload_client` (SIGHUP); ``js/``, ``css/`` and
+``node_modules/`` are served from the static directory as they are.
 """
 
 import functools
-import inspect
-import ipaddress
 import json
 import os
 import re
@@ -33,15 +36,22 @@ from twisted.logger import Logger
 from twisted.web import pages, resource, server, static
 from werkzeug.exceptions import MethodNotAllowed, NotFound as RouteNotFound
 
-from homechannel import crypto, default_static_dir
+from homechannel import crypto, default_static_dir, errors
 
 from homechannel.protocol import connect
-from homechannel.coordinator.broker import Broker, whole_seconds
+from homechannel.coordinator.broker import Broker
 from homechannel.coordinator.ratelimit import TrustedProxies
 from homechannel.errors import BadRequest, HomeChannelError, PayloadTooLarge, Unavailable
 
-CSP = (b"default-src 'self'; connect-src 'self'; img-src 'self' data: blob:; "
-       b"style-src 'self'; script-src 'self'; frame-ancestors 'none'")
+# Nothing but what the client uses (docs/security.md, "The browser page"): its own
+# scripts, styles, images (data: and blob: for noVNC's cursor and previews), API calls,
+# the download service worker and its hidden download frame; no plugins, no <base>, no
+# form submissions (every form is handled by script; one sent before the script ran
+# would put the password in the URL), no framing by others.
+CSP = (b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+       b"font-src 'self'; connect-src 'self'; worker-src 'self'; frame-src 'self'; "
+       b"manifest-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; "
+       b"frame-ancestors 'none'")
 
 _CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -88,20 +98,20 @@ class _Wrapper(resource.Resource):
         return self._inner.render(request)
 
 
+_SIGNATURE = connect.SIGNATURE_HEADER.encode("ascii")
+
 # The plain form of a path argument on the direct routes (base64url): anything else,
 # percent escapes included, is left to Klein and werkzeug, which decode and match it.
 _PLAIN_ARG = re.compile(rb"\A[A-Za-z0-9_-]+\Z")
 
 
 def _api(handler):
-    """Run a route, map errors in one place, sign and send the JSON."""
+    """Run an ``async def`` route, map errors in one place, sign and send the JSON."""
 
     @functools.wraps(handler)
     async def wrapper(self, request, **kwargs):
         try:
-            result = handler(self, request, **kwargs)
-            if inspect.isawaitable(result):
-                result = await result
+            result = await handler(self, request, **kwargs)
             status, doc = result if isinstance(result, tuple) else (200, result)
         except defer.CancelledError:
             raise
@@ -136,12 +146,13 @@ class CoordinatorWeb:
         self._ice_servers = [dict(s) for s in ice_servers]
         self._static_dir = static_dir or config.static_dir or default_static_dir()
         self.broker = broker or Broker(
-            relay, config, clock, random_bytes=random_bytes,
-            ice_servers=lambda role: list(self._ice_servers) if role == "client" else [])
+            relay, config, clock, random_bytes=random_bytes, ice_servers=self._ice_servers,
+            ticket_key=identity.derived_key(crypto.TICKET_KEY_LABEL))
         self._cors = frozenset(config.cors_origins)
         self._trusted = TrustedProxies(config.trusted_proxies)
         self.metrics = self.broker.metrics
         self._config_js = self._render_config_js()
+        self._index = self._read_index()
 
     def resource(self):
         return _Wrapper(self, self.app.resource())
@@ -154,7 +165,7 @@ class CoordinatorWeb:
 
     @app.route("/healthz", methods=["GET"])
     @_api
-    def healthz(self, request):
+    async def healthz(self, request):
         return {"ok": True}
 
     @app.route("/api/servers/<string:server_id>", methods=["GET"])
@@ -162,21 +173,32 @@ class CoordinatorWeb:
     async def server_status(self, request, server_id):
         source = self.source_address(request)
         server_key = connect.parse_server_id(server_id)
-        found = await self.broker.run_lookup(server_key, source)
+        found = await self.broker.lookup(server_key, source)
         return {
             "server": server_id,
             "online": found["online"],
             "challenge": crypto.b64u_encode(found["challenge"]) if found["challenge"] else None,
             "ice_servers": found["ice_servers"],
+            "turn": found["turn"],
             "time": int(self._clock.seconds()),
         }
+
+    @app.route("/api/prove", methods=["POST"])
+    @_api
+    async def prove(self, request):
+        """The first step of a connect with TURN: the proof without the offer; the
+        client's ICE servers with a TURN credential, and a ticket for the second."""
+        source = self.source_address(request)
+        req = connect.ProveRequest.parse(self._read_body(request))
+        result = await self.broker.prove(req, source)
+        return dict(result, time=int(self._clock.seconds()))
 
     @app.route("/api/connect", methods=["POST"])
     @_api
     async def connect(self, request):
         source = self.source_address(request)
         req = connect.ConnectRequest.parse(self._read_body(request))
-        await self.broker.run_connect(req, source)
+        await self.broker.connect(req, source)
         wait = self._wait_seconds(request)
         if wait <= 0:
             return 202, {"session": req.session}
@@ -226,16 +248,30 @@ class CoordinatorWeb:
 
     @app.route("/", methods=["GET", "HEAD"])
     def index(self, request):
-        try:
-            with open(os.path.join(self._static_dir, "index.html"), "rb") as f:
-                page = f.read()
-        except OSError:
-            self.log.error("the browser client is missing from {dir}", dir=self._static_dir)
+        if self._index is None:
             return self._send_json(request, 404, {
                 "error": "the browser client is not installed", "code": "not-found"})
         request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
         request.setHeader(b"Cache-Control", b"no-cache")
-        return page
+        return self._index
+
+    def reload_client(self):
+        """Read ``index.html`` again (SIGHUP: after the static files were updated)."""
+        self._index = self._read_index()
+        if self._index is not None:
+            self.log.info("read the browser client again from {dir}", dir=self._static_dir)
+
+    def _read_index(self):
+        """The client's page, read once: None (GET / is a 404) if it is missing."""
+        path = os.path.join(self._static_dir, "index.html")
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as e:
+            self.log.error("the browser client is missing from {dir} ({error}): GET / "
+                           "answers 404 until it is installed and the coordinator "
+                           "reloaded", dir=self._static_dir, error=e.strerror)
+            return None
 
     @app.route("/js/", branch=True, methods=["GET", "HEAD"])
     def js(self, request):
@@ -268,6 +304,8 @@ class CoordinatorWeb:
         if method == b"POST":
             if path == b"/api/connect":
                 return self._run(request, self.connect(request))
+            if path == b"/api/prove":
+                return self._run(request, self.prove(request))
         elif method == b"GET":
             if path.startswith(b"/api/servers/"):
                 arg = path[13:]
@@ -340,6 +378,7 @@ class CoordinatorWeb:
         request.setHeader(b"X-Content-Type-Options", b"nosniff")
         request.setHeader(b"Referrer-Policy", b"no-referrer")
         request.setHeader(b"X-Frame-Options", b"DENY")
+        request.setHeader(b"Cross-Origin-Opener-Policy", b"same-origin")
         if self._is_secure(request):
             request.setHeader(b"Strict-Transport-Security", b"max-age=31536000")
         origin = self._allowed_origin(request)
@@ -375,21 +414,12 @@ class CoordinatorWeb:
         return getattr(address, "host", None) or "unknown"
 
     def source_address(self, request):
-        """The client's IP: the peer, or, if the peer is a trusted proxy, the
-        right-most address in X-Forwarded-For that is not a trusted proxy."""
-        peer = self._peer(request)
-        if peer not in self._trusted:
-            return peer
-        values = request.requestHeaders.getRawHeaders(b"X-Forwarded-For") or []
-        hops = [h.strip() for v in values for h in v.decode("latin-1").split(",")]
-        for hop in reversed(hops):
-            try:
-                hop = str(ipaddress.ip_address(hop))
-            except ValueError:
-                return peer  # a forged or broken header: do not trust anything left of it
-            if hop not in self._trusted:
-                return hop
-        return peer
+        """The client's IP (``TrustedProxies.client_address``): the peer, or, if the
+        peer is a trusted proxy, the right-most address in X-Forwarded-For that is
+        not one; the peer if that one is not exactly an IP address (a zone such as
+        ``%eth0``, a port, anything else)."""
+        return self._trusted.client_address(
+            self._peer(request), request.requestHeaders.getRawHeaders(b"X-Forwarded-For"))
 
     def _read_body(self, request):
         limit = self._config.max_body
@@ -418,26 +448,19 @@ class CoordinatorWeb:
         return max(0.0, min(wait, self._config.long_poll_timeout))
 
     def _error_doc(self, request, error):
-        status = getattr(error, "status", 500)
-        doc = {"error": str(error) or error.code, "code": error.code}
-        doc.update(error.extra)
-        retry_after = getattr(error, "retry_after", None)
-        if retry_after is not None:
-            retry_after = whole_seconds(retry_after)
-            request.setHeader(b"Retry-After", str(retry_after).encode("ascii"))
-            doc["retry_after"] = retry_after
+        status, doc = errors.to_response(error)
+        if "retry_after" in doc:
+            request.setHeader(b"Retry-After", str(doc["retry_after"]).encode("ascii"))
         if status >= 500 and not isinstance(error, Unavailable):
             self.log.error("{error}", error=str(error))
         return status, doc
 
     def _send_json(self, request, status, doc):
-        body = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode("utf-8")
-        path = request.path.decode("utf-8", "replace")
-        signature = self._identity.sign(crypto.response_signature_message(path, body))
+        body, signature = connect.signed_json(
+            self._identity, request.path.decode("utf-8", "replace"), doc)
         request.setResponseCode(status)
         request.setHeader(b"Content-Type", b"application/json")
         request.setHeader(b"Cache-Control", b"no-store")
-        request.setHeader(connect.SIGNATURE_HEADER.encode("ascii"),
-                          crypto.b64u_encode(signature).encode("ascii"))
+        request.setHeader(_SIGNATURE, signature)
         return body
 

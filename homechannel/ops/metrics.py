@@ -6,11 +6,24 @@ Prometheus scrapes, so the hot paths count nothing twice.  Each daemon has
 its own ``CollectorRegistry``; nothing is registered globally.  The listener
 is never the public web port: the default is loopback, and the public API has
 only ``/healthz``.
+
+The listener is the coordinator's ``LimitedSite`` (caps on connections in all and
+per source, header, body and idle timeouts: :data:`LIMITS`), and it answers only a
+request whose ``Host`` is an IP address, ``localhost`` or a name in
+``metrics.allowed_hosts`` (:func:`host_refusal`): a page in a browser on the same
+machine that points a name of its own at 127.0.0.1 (DNS rebinding) gets 421, not
+the metrics.
 """
+
+import ipaddress
+import re
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.logger import Logger
+from twisted.web import resource
+
+from homechannel.coordinator.httpserver import LimitedSite, Limits
 
 log = Logger()
 
@@ -45,9 +58,10 @@ def _kebab(key):
 class CoordinatorCollector:
     """Registry, UDP protocol and web counters of one coordinator."""
 
-    def __init__(self, rendezvous, web):
+    def __init__(self, rendezvous, web, cluster=None):
         self.rv = rendezvous
         self.web = web
+        self.cluster = cluster          # a cluster node's ``ClusterNode``, if any
 
     def collect(self):
         stats = dict(self.rv.stats)
@@ -96,6 +110,11 @@ class CoordinatorCollector:
                        **_by("event", events))
         yield _counter(_C + "udp_datagrams_received", "UDP datagrams received.",
                        getattr(self.rv, "received", 0))
+        if self.cluster is not None:
+            yield _counter(_C + "cluster_dropped",
+                           "Messages and records from the cluster's Redis not acted on "
+                           "(forged, replayed, stale, malformed), by reason.",
+                           **_by("reason", self.cluster.dropped()))
 
 
 class ServerCollector:
@@ -133,20 +152,108 @@ def registry_for(collector):
     return registry
 
 
-def service(endpoint, registry, reactor, what="metrics"):
-    """A service serving *registry* at ``/metrics`` on *endpoint*.
+# A scraper holds one kept-alive connection; a few scrapers (and a person with curl)
+# fit with room.  What these bound is the daemon's file descriptors and memory.
+LIMITS = Limits(max_body=4096, max_connections=64, max_connections_per_source=16,
+                header_timeout=5.0, body_timeout=5.0, idle_timeout=60.0)
+
+_PORT = re.compile(r":[0-9]{1,5}")
+
+
+def host_refusal(values, names=()):
+    """None if a request's ``Host`` header lines *values* (bytes, as
+    ``getRawHeaders`` gives them) name this listener: an IP address (a browser sends
+    one only to a page whose origin is that address, never to a name an attacker
+    rebinds), ``localhost``, or one of *names* (lower case, no trailing dot); else the
+    status to refuse with: 400 for no Host, several, or one that is not
+    ``host[:port]``, 421 for any other name."""
+    if not values or len(values) != 1:
+        return 400
+    try:
+        text = values[0].decode("ascii")
+    except UnicodeDecodeError:
+        return 400
+    if text.startswith("["):
+        host, bracket, port = text[1:].partition("]")
+        if not bracket or (port and not _PORT.fullmatch(port)):
+            return 400
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return 400
+        return None
+    host, colon, port = text.partition(":")
+    if not host or (colon and not _PORT.fullmatch(colon + port)):
+        return 400
+    try:
+        ipaddress.IPv4Address(host)
+        return None
+    except ValueError:
+        pass
+    name = host.lower().rstrip(".")
+    return None if name == "localhost" or name in names else 421
+
+
+class HostChecked(resource.Resource):
+    """*inner*, for requests whose ``Host`` passes :func:`host_refusal` (with the
+    host *names* allowed besides addresses and localhost); a plain-text refusal for
+    the rest."""
+
+    def __init__(self, inner, names=()):
+        super().__init__()
+        self._inner = inner
+        self._names = frozenset(n.lower().rstrip(".") for n in names)
+        self.refused = 0
+
+    def _refusal(self, request):
+        status = host_refusal(request.requestHeaders.getRawHeaders(b"host"), self._names)
+        if status is None:
+            return None
+        self.refused += 1
+        log.debug("metrics: refused a request for Host {host!r} ({status})",
+                  host=request.getHeader(b"host"), status=status)
+        text = (b"this listener answers only to its own address (an IP address or "
+                b"localhost) or a name in metrics.allowed_hosts\n" if status == 421 else
+                b"a request needs one Host header: host[:port]\n")
+        return _Plain(status, text)
+
+    def getChildWithDefault(self, name, request):
+        refusal = self._refusal(request)
+        return self._inner.getChildWithDefault(name, request) if refusal is None else refusal
+
+    def render(self, request):
+        refusal = self._refusal(request)
+        return (self._inner if refusal is None else refusal).render(request)
+
+
+class _Plain(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, status, text):
+        super().__init__()
+        self._status = status
+        self._text = text
+
+    def render(self, request):
+        request.setResponseCode(self._status)
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        request.setHeader(b"Cache-Control", b"no-store")
+        return self._text
+
+
+def service(endpoint, registry, reactor, what="metrics", allowed_hosts=(), limits=LIMITS):
+    """A service serving *registry* at ``/metrics`` on *endpoint*, to requests whose
+    Host is an address, localhost or one of *allowed_hosts*, within *limits*.
 
     Not being able to listen is logged, not fatal: metrics are for the operator,
     and the daemon's real work goes on without them."""
     from prometheus_client.twisted import MetricsResource
     from twisted.application import service as _service
     from twisted.internet.endpoints import serverFromString
-    from twisted.web.resource import Resource
-    from twisted.web.server import Site
 
-    root = Resource()
+    root = resource.Resource()
     root.putChild(b"metrics", MetricsResource(registry=registry))
-    site = Site(root)
+    site = LimitedSite(HostChecked(root, allowed_hosts), limits, reactor=reactor)
     site.displayTracebacks = False
     site.log = lambda request: None
 
@@ -172,7 +279,9 @@ def service(endpoint, registry, reactor, what="metrics"):
             if self.port is not None:
                 return self.port.stopListening()
 
-    return _Listener()
+    listener = _Listener()
+    listener.site = site
+    return listener
 
 
 def _where(port):

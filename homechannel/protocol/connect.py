@@ -37,7 +37,7 @@ from homechannel.errors import (
 SESSION_ID = re.compile(r"\A[A-Za-z0-9_-]{22}\Z")   # b64u of 16 random bytes
 MAX_SDP = 16 * 1024            # bytes of an offer or answer SDP (ASCII)
 MAX_SOURCE = 64                # characters of the source address in an offer
-MAX_DEVICE_TOKEN = 512         # characters of a device token
+MAX_DEVICE_TOKEN = 1024        # characters of a device token
 # The relayed OFFER payload must fit one UDP transfer (``udp.MAX_TRANSFER``).
 # An ASCII SDP at most doubles in JSON (\r\n, \", \\), so 2 x MAX_SDP plus the
 # other fields stays well under it; ``Offer.encode`` checks it anyway.
@@ -48,14 +48,28 @@ PROOF_SIZE = 32
 ANSWER_SIZE = 32
 DEVICE_ID_SIZE = 16
 DEVICE_TOKEN_LIFETIME = 90 * 86400
-DEVICE_TOKEN_PREFIX = "hcdev1"
+DEVICE_TOKEN_PREFIX = "hcdev2"
 
 # -- the HTTP API ---------------------------------------------------------------
 
 # The coordinator's signature over every HTTP response (``crypto.response_signature_message``),
-# set by ``coordinator/web.py`` and ``coordinator/httpserver.py``, checked by ``client/api.py``
-# (and by ``static/js/api.js``).
+# made by :func:`signed_json` (for ``coordinator/web.py`` and ``coordinator/httpserver.py``),
+# checked by ``client/api.py`` (and by ``static/js/api.js``).
 SIGNATURE_HEADER = "X-HomeChannel-Signature"
+
+
+def signed_json(identity: crypto.IdentityKey | None, path: str,
+                doc: Any) -> tuple[bytes, bytes | None]:
+    """A coordinator API response: its JSON body (compact, keys sorted) and the value
+    of :data:`SIGNATURE_HEADER` for the request *path* (base64url of *identity*'s
+    signature), or None without an identity (an unsigned answer)."""
+    body = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode("utf-8")
+    if identity is None:
+        return body, None
+    signature = identity.sign(crypto.response_signature_message(path, body))
+    return body, crypto.b64u_encode(signature).encode("ascii")
+
+
 # A client's code for an error response without that header (a reverse proxy's own 429
 # or 502): shown as such, nothing in it used.  A success without it is an attack.
 UNSIGNED_REFUSAL = "unsigned-refusal"
@@ -227,36 +241,54 @@ def sdp_fingerprint(sdp: object, what: str = "offer") -> str:
 # -- device tokens ---------------------------------------------------------------
 
 
+def parse_device_key(text: object) -> bytes:
+    """A device's public key (base64url of the raw 65-byte P-256 point) as raw bytes;
+    ProtocolError if it is not one."""
+    raw = crypto.b64u_decode(text)
+    crypto.public_key_from_raw(raw)
+    return raw
+
+
 @dataclass(frozen=True)
 class DeviceToken:
-    """A home server's signed statement "this device signed in with the password".
+    """A home server's signed statement: "the device holding this key signed in with
+    the password of this epoch".
 
-    The home server issues one over the control channel after a successful
-    login; the client presents it with later connects.  The coordinator
-    verifies it with the server's public key (the server id) and gives its
-    holder a budget of its own, apart from strangers' attempts; the home
-    server verifies it again.  It grants no access by itself: every connect
-    still carries the password proof.
+    The home server issues one over the control channel after a sign-in, to the key
+    the client enrols (``hello``'s ``device``); the client presents it with later
+    connects, each signed by that key (:func:`crypto.device_offer_message`), so a
+    copied token is useless without the key.  The coordinator verifies it with the
+    server's public key, checks the epoch and the device against the server's
+    :class:`DevicePolicy`, and gives its holder a budget of its own, apart from
+    strangers' attempts; the home server verifies all of it again against its own
+    store of enrolled devices.  It grants no access by itself: every connect still
+    carries the password proof.
 
-    Text form: ``hcdev1.<b64u payload>.<b64u signature>``; payload: compact
-    JSON ``{"device","exp","iat","server","v":1}`` (sorted keys); signature:
-    ECDSA(server identity, ``"homechannel-device-v1\\n" + payload``).
+    Text form: ``hcdev2.<b64u payload>.<b64u signature>``; payload: compact JSON
+    ``{"device","epoch","exp","iat","key","server","v":2}`` (sorted keys); ``device``
+    is :func:`crypto.device_id` of ``key``; signature: ECDSA(server identity,
+    ``"homechannel-device-v2\\n" + payload``).
     """
 
     server: str
     device: str
+    key: bytes          # the device's raw public key
+    epoch: int          # the password epoch it was issued in
     issued: int
     expires: int
 
     def payload(self) -> bytes:
-        return json.dumps({"v": 1, "server": self.server, "device": self.device,
+        return json.dumps({"v": 2, "server": self.server, "device": self.device,
+                           "key": crypto.b64u_encode(self.key), "epoch": int(self.epoch),
                            "iat": int(self.issued), "exp": int(self.expires)},
                           separators=(",", ":"), sort_keys=True).encode("ascii")
 
     @classmethod
-    def issue(cls, identity: crypto.IdentityKey, device: str, now: float,
+    def issue(cls, identity: crypto.IdentityKey, device_key: bytes, epoch: int, now: float,
               lifetime: float = DEVICE_TOKEN_LIFETIME) -> str:
-        token = cls(identity.text, device, int(now), int(now + lifetime))
+        """A token for the device with raw public key *device_key*."""
+        token = cls(identity.text, crypto.device_id(device_key), device_key, int(epoch),
+                    int(now), int(now + lifetime))
         payload = token.payload()
         signature = identity.sign(crypto.device_token_message(payload))
         return ".".join([DEVICE_TOKEN_PREFIX, crypto.b64u_encode(payload),
@@ -266,31 +298,85 @@ class DeviceToken:
     def verify(cls, server_raw: bytes, text: object, now: float) -> "DeviceToken":
         """Parse and verify *text* for the server with raw key *server_raw*.
 
-        Raises ProtocolError (malformed) or AuthenticationError (forged,
-        another server's, expired or issued in the future)."""
+        Raises ProtocolError (malformed, or of another version: sign in with the
+        password again) or AuthenticationError (forged, another server's, expired
+        or issued in the future)."""
         if not isinstance(text, str) or len(text) > MAX_DEVICE_TOKEN:
             raise ProtocolError("device token missing or too long")
         parts = text.split(".")
         if len(parts) != 3 or parts[0] != DEVICE_TOKEN_PREFIX:
-            raise ProtocolError("not a device token")
+            raise ProtocolError("not a device token of this version")
         payload, signature = crypto.b64u_decode(parts[1]), crypto.b64u_decode(parts[2])
         crypto.verify(server_raw, signature, crypto.device_token_message(payload))
         try:
             doc = json.loads(payload.decode("ascii"))
-            token = cls(doc["server"], doc["device"], doc["iat"], doc["exp"])
-            ok = (doc.get("v") == 1 and isinstance(token.server, str)
+            token = cls(doc["server"], doc["device"], parse_device_key(doc["key"]),
+                        doc["epoch"], doc["iat"], doc["exp"])
+            ok = (doc.get("v") == 2 and isinstance(token.server, str)
                   and isinstance(token.device, str)
                   and all(isinstance(t, int) and not isinstance(t, bool)
-                          for t in (token.issued, token.expires)))
-        except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+                          for t in (token.epoch, token.issued, token.expires)))
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError, ProtocolError):
             ok = False
-        if not ok or len(crypto.b64u_decode(token.device)) != DEVICE_ID_SIZE:
+        if not ok or token.device != crypto.device_id(token.key):
             raise ProtocolError("malformed device token")
         if token.server != crypto.b64u_encode(server_raw):
             raise AuthenticationError("the device token belongs to another server")
         if not token.issued - MAX_CLOCK_SKEW <= now < token.expires:
             raise AuthenticationError("the device token has expired")
         return token
+
+    def check_signature(self, signature: bytes | None, message: bytes) -> None:
+        """The device key's *signature* over *message*; AuthenticationError if it is
+        missing or does not verify (a copied token without its key)."""
+        if signature is None:
+            raise AuthenticationError("the connect is not signed by the device's key")
+        try:
+            crypto.verify(self.key, signature, message)
+        except AuthenticationError:
+            raise AuthenticationError("the device's signature does not verify (a token "
+                                      "used without its key?)") from None
+
+
+MAX_POLICY_DEVICES = 64        # devices a home server enrols (and tells its coordinator of)
+_POLICY = struct.Struct(">IB")
+
+
+@dataclass(frozen=True)
+class DevicePolicy:
+    """What a home server tells its coordinator about its devices, so that the
+    coordinator refuses a stale token at the door: the current password ``epoch``
+    and the ids of the enrolled ``devices`` (an allow-list: a revoked device is one
+    that is no longer listed, so the list stays bounded by the devices that exist).
+
+    Wire form (the body of the UDP DEVICES message after its generation, and what a
+    coordinator cluster keeps in Redis): ``epoch(4) || count(1) || count x device
+    id(16)``, at most :data:`MAX_POLICY_DEVICES` ids."""
+
+    epoch: int
+    devices: frozenset[str] = frozenset()
+
+    def allows(self, token: "DeviceToken") -> bool:
+        return token.epoch == self.epoch and token.device in self.devices
+
+    def encode(self) -> bytes:
+        ids = sorted(self.devices)
+        if len(ids) > MAX_POLICY_DEVICES or not 0 <= self.epoch < 2 ** 32:
+            raise ValueError("a device policy has at most 64 devices and a 32-bit epoch")
+        return _POLICY.pack(self.epoch, len(ids)) + b"".join(
+            crypto.b64u_decode(d) for d in ids)
+
+    @classmethod
+    def decode(cls, body: bytes) -> "DevicePolicy":
+        if not isinstance(body, bytes) or len(body) < _POLICY.size:
+            raise ProtocolError("bad device policy")
+        epoch, count = _POLICY.unpack_from(body)
+        if count > MAX_POLICY_DEVICES or len(body) != _POLICY.size + count * DEVICE_ID_SIZE:
+            raise ProtocolError("bad device policy")
+        at = _POLICY.size
+        return cls(epoch, frozenset(
+            crypto.b64u_encode(body[at + i * DEVICE_ID_SIZE:at + (i + 1) * DEVICE_ID_SIZE])
+            for i in range(count)))
 
 
 def device_challenge(now: float, random_bytes: Callable[[int], bytes]) -> bytes:
@@ -303,6 +389,60 @@ def device_challenge(now: float, random_bytes: Callable[[int], bytes]) -> bytes:
 
 def device_challenge_time(challenge: bytes) -> int:
     return struct.unpack(">Q", challenge[:8])[0]
+
+
+# -- the proven first step of a connect with TURN ---------------------------------
+
+TICKET_SIZE = 8 + 1 + 16       # expiry, flags, MAC
+TICKET_TURN = 1                # flag: a TURN credential was minted for the client
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """The coordinator's word that the first step of a connect (``POST /api/prove``)
+    passed every check: for this server, session, challenge and device (None on the
+    pool path), until ``expires``; ``turn`` if a TURN credential was minted for the
+    client (then the home server gets one with the offer).  Text: base64url of
+    ``expires(8) || flags(1) || HMAC-SHA256(key, label || expires || flags || server
+    key id(16) || session(22) || challenge(16) || device id(16) or zeros)[:16]``."""
+
+    server_key: bytes
+    session: str
+    challenge: bytes
+    device: str | None
+    expires: int
+    turn: bool
+
+    def _mac(self, key: bytes) -> bytes:
+        device = crypto.b64u_decode(self.device) if self.device else bytes(DEVICE_ID_SIZE)
+        head = struct.pack(">QB", self.expires, TICKET_TURN if self.turn else 0)
+        return crypto.hmac_sha256(key, crypto.TICKET_LABEL + head
+                                  + crypto.key_id(self.server_key)
+                                  + self.session.encode("ascii") + self.challenge
+                                  + device)[:16]
+
+    def encode(self, key: bytes) -> str:
+        head = struct.pack(">QB", self.expires, TICKET_TURN if self.turn else 0)
+        return crypto.b64u_encode(head + self._mac(key))
+
+    @classmethod
+    def check(cls, key: bytes, text: object, server_key: bytes, session: str,
+              challenge: bytes, device: str | None, now: float) -> "Ticket":
+        """The ticket *text* for exactly these values; Forbidden (``bad-ticket``) if it
+        is not the coordinator's, is another connect's, or has expired."""
+        refused = Forbidden("the first step of this connect is not valid or has expired: "
+                            "connect again", "bad-ticket")
+        try:
+            raw = crypto.b64u_decode(text)
+        except ProtocolError:
+            raise refused from None
+        if len(raw) != TICKET_SIZE:
+            raise refused
+        expires, flags = struct.unpack_from(">QB", raw)
+        ticket = cls(server_key, session, challenge, device, expires, bool(flags & TICKET_TURN))
+        if not crypto.constant_time_equal(ticket._mac(key), raw[9:]) or not now < expires:
+            raise refused
+        return ticket
 
 
 # -- what the browser posts ------------------------------------------------------
@@ -319,13 +459,51 @@ def _b64(doc: dict[str, Any], name: str, size: int,
     return value
 
 
+def _json_body(body: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(body.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("malformed request: the body must be a JSON object",
+                         "bad-request") from None
+    if not isinstance(doc, dict):
+        raise BadRequest("malformed request: the body must be a JSON object", "bad-request")
+    return doc
+
+
+def _common(doc: dict[str, Any]) -> dict[str, Any]:
+    """The fields the two steps share: server, session, challenge, device and its
+    signature, answer (required on the pool path: no device token)."""
+    server = doc.get("server")
+    if not isinstance(server, str):
+        raise BadRequest("malformed request: server is missing", "bad-request")
+    server_key = parse_server_id(server)
+    try:
+        session = check_session_id(doc.get("session"))
+    except ProtocolError as e:
+        raise BadRequest(f"malformed request: {e}", "bad-request") from None
+    device = doc.get("device")
+    if device is not None and (not isinstance(device, str) or not device
+                               or len(device) > MAX_DEVICE_TOKEN):
+        raise BadRequest("malformed request: device must be a device token", "bad-request")
+    signature = None
+    if doc.get("device_signature") is not None:
+        signature = _b64(doc, "device_signature", crypto.SIGNATURE_SIZE)
+    return dict(server=server, server_key=server_key, session=session,
+                challenge=_b64(doc, "challenge", crypto.CHALLENGE_SIZE),
+                device=device, device_signature=signature)
+
+
 @dataclass(frozen=True)
 class ConnectRequest:
     """The body of ``POST /api/connect``.
 
     With ``device`` (a device token) the challenge is one the client made
-    (:func:`device_challenge`) and ``answer`` is not needed; without it the
-    challenge comes from the coordinator's pool and ``answer`` is required."""
+    (:func:`device_challenge`), ``device_signature`` is the device key's over
+    :func:`crypto.device_offer_message`, and ``answer`` is not needed; without it
+    the challenge comes from the coordinator's pool and ``answer`` is required.
+    With ``ticket`` (the second step of a connect with TURN, after ``POST
+    /api/prove``) the checks were made in the first step and ``answer`` is not
+    sent either."""
 
     server: str
     server_key: bytes
@@ -335,6 +513,8 @@ class ConnectRequest:
     offer: str
     answer: bytes | None = None
     device: str | None = None
+    device_signature: bytes | None = None
+    ticket: str | None = None
 
     def to_doc(self) -> dict:
         doc = {"server": self.server, "session": self.session,
@@ -344,41 +524,71 @@ class ConnectRequest:
             doc["answer"] = crypto.b64u_encode(self.answer)
         if self.device is not None:
             doc["device"] = self.device
+        if self.device_signature is not None:
+            doc["device_signature"] = crypto.b64u_encode(self.device_signature)
+        if self.ticket is not None:
+            doc["ticket"] = self.ticket
         return doc
+
+    @property
+    def offer_digest(self) -> bytes:
+        return crypto.offer_hash(self.offer)
 
     @classmethod
     def parse(cls, body: bytes) -> "ConnectRequest":
         """Parse the request body; BadRequest (code ``bad-request`` or
         ``bad-server-id``) with a message that says what is wrong."""
-        try:
-            doc = json.loads(body.decode("utf-8"))
-        except (ValueError, UnicodeDecodeError):
-            raise BadRequest("malformed request: the body must be a JSON object",
-                             "bad-request") from None
-        if not isinstance(doc, dict):
-            raise BadRequest("malformed request: the body must be a JSON object", "bad-request")
-        server = doc.get("server")
-        if not isinstance(server, str):
-            raise BadRequest("malformed request: server is missing", "bad-request")
-        server_key = parse_server_id(server)
-        try:
-            session = check_session_id(doc.get("session"))
-        except ProtocolError as e:
-            raise BadRequest(f"malformed request: {e}", "bad-request") from None
-        device = doc.get("device")
-        if device is not None and (not isinstance(device, str) or not device
-                                   or len(device) > MAX_DEVICE_TOKEN):
-            raise BadRequest("malformed request: device must be a device token", "bad-request")
+        doc = _json_body(body)
+        fields = _common(doc)
+        ticket = doc.get("ticket")
+        if ticket is not None and (not isinstance(ticket, str) or len(ticket) > 64):
+            raise BadRequest("malformed request: ticket must be the first step's ticket",
+                             "bad-request")
         answer = None
-        if device is None or doc.get("answer") is not None:
+        if (fields["device"] is None and ticket is None) or doc.get("answer") is not None:
             answer = _b64(doc, "answer", ANSWER_SIZE)
-        challenge = _b64(doc, "challenge", crypto.CHALLENGE_SIZE)
         proof = _b64(doc, "proof", PROOF_SIZE)
         try:
             sdp_fingerprint(doc.get("offer"))
         except ProtocolError as e:
             raise BadRequest(f"malformed request: {e}", "bad-offer") from None
-        return cls(server, server_key, session, challenge, proof, doc["offer"], answer, device)
+        return cls(proof=proof, offer=doc["offer"], answer=answer, ticket=ticket, **fields)
+
+
+@dataclass(frozen=True)
+class ProveRequest:
+    """The body of ``POST /api/prove``, the first step of a connect when the
+    coordinator has TURN: the proof without the offer, so that the client gets its
+    relay credential before it gathers.  Pool path: ``answer``; device path:
+    ``device`` and ``device_signature`` over :func:`crypto.device_start_message`."""
+
+    server: str
+    server_key: bytes
+    session: str
+    challenge: bytes
+    answer: bytes | None = None
+    device: str | None = None
+    device_signature: bytes | None = None
+
+    def to_doc(self) -> dict:
+        doc = {"server": self.server, "session": self.session,
+               "challenge": crypto.b64u_encode(self.challenge)}
+        if self.answer is not None:
+            doc["answer"] = crypto.b64u_encode(self.answer)
+        if self.device is not None:
+            doc["device"] = self.device
+        if self.device_signature is not None:
+            doc["device_signature"] = crypto.b64u_encode(self.device_signature)
+        return doc
+
+    @classmethod
+    def parse(cls, body: bytes) -> "ProveRequest":
+        doc = _json_body(body)
+        fields = _common(doc)
+        answer = None
+        if fields["device"] is None or doc.get("answer") is not None:
+            answer = _b64(doc, "answer", ANSWER_SIZE)
+        return cls(answer=answer, **fields)
 
 
 def parse_server_id(text: object) -> bytes:
@@ -398,8 +608,11 @@ class Offer:
 
     ``source`` is the client address the coordinator saw (for the home
     server's audit log), ``device`` the client's device token if it sent
-    one, ``ice_servers`` extra ICE servers (TURN credentials minted for this
-    connect) for the home server's side of this connection only."""
+    one, with ``device_signature`` (the device key's over
+    :func:`crypto.device_offer_message`), ``ice_servers`` extra ICE servers
+    (TURN credentials minted for this connect) for the home server's side of
+    this connection only (checked against its own allowed hosts:
+    ``server/offerice.py``)."""
 
     session: str
     challenge: bytes
@@ -408,6 +621,7 @@ class Offer:
     source: str | None = None
     device: str | None = None
     ice_servers: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+    device_signature: bytes | None = None
 
     def encode(self) -> bytes:
         doc: dict[str, Any] = {
@@ -417,6 +631,8 @@ class Offer:
             doc["source"] = str(self.source)[:MAX_SOURCE]
         if self.device is not None:
             doc["device"] = self.device
+        if self.device_signature is not None:
+            doc["device_signature"] = crypto.b64u_encode(self.device_signature)
         if self.ice_servers:
             doc["ice_servers"] = [dict(e) for e in self.ice_servers]
         payload = json.dumps(doc, separators=(",", ":")).encode("utf-8")
@@ -449,8 +665,13 @@ class Offer:
             raise ProtocolError("source must be an address")
         if device is not None and (not isinstance(device, str) or len(device) > MAX_DEVICE_TOKEN):
             raise ProtocolError("device must be a device token")
+        signature = doc.get("device_signature")
+        if signature is not None:
+            signature = crypto.b64u_decode(signature)
+            if len(signature) != crypto.SIGNATURE_SIZE:
+                raise ProtocolError("device_signature must be 64 bytes")
         return cls(session, challenge, proof, sdp, source, device,
-                   check_ice_servers(doc.get("ice_servers")))
+                   check_ice_servers(doc.get("ice_servers")), signature)
 
 
 def session_of(payload: bytes) -> str | None:

@@ -147,3 +147,81 @@ def check_ice_servers(value: object) -> tuple[dict[str, Any], ...]:
     if value is None:
         return ()
     return parse_ice_servers(value, flavour=PAYLOAD)
+
+
+# -- which hosts a home server lets an offer's ICE servers name (docs/security.md) --------
+
+# NAT64 prefixes (RFC 6052, RFC 8215): on an IPv6-only network they reach IPv4 neighbours.
+_NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+
+
+def url_host(url: str) -> str:
+    """The host of a valid STUN or TURN URL (an IPv6 address without its brackets)."""
+    m = ICE_URL.match(url)
+    if not m:
+        raise ProtocolError(f"{url[:80]!r} is not a STUN or TURN URL")
+    host = m["host"]
+    return host[1:-1] if host.startswith("[") else host
+
+
+def with_host(url: str, address: str) -> str:
+    """*url* with its host replaced by the IP *address* (in brackets for IPv6)."""
+    m = ICE_URL.match(url)
+    if not m:
+        raise ProtocolError(f"{url[:80]!r} is not a STUN or TURN URL")
+    host = f"[{address}]" if ":" in address else address
+    return url[:m.start("host")] + host + url[m.end("host"):]
+
+
+def is_public_address(address: str) -> bool:
+    """A globally routable unicast address: never private, loopback, link-local,
+    carrier-grade NAT, documentation, multicast, unspecified or reserved, and no IPv4
+    hidden in IPv6 (IPv4-mapped, NAT64, 6to4, Teredo) that is not public itself."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return is_public_address(str(ip.ipv4_mapped))
+        if any(ip in net for net in _NAT64):
+            return False
+        if ip.sixtofour is not None or ip.teredo is not None:
+            return False
+    return ip.is_global and not ip.is_multicast
+
+
+class AllowedHosts:
+    """The hosts a home server lets a coordinator's offer point its STUN and TURN
+    client at: names (exact, any letter case, no trailing dot) and addresses or
+    networks the operator wrote in its own configuration.  A name must also
+    resolve only to public addresses, or to addresses the operator listed: a
+    coordinator cannot point the home server's TURN client at the home network,
+    whatever its DNS answers."""
+
+    def __init__(self, entries: Any) -> None:
+        self.names: set[str] = set()
+        self.networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for entry in entries:
+            text = str(entry).strip().lower().rstrip(".")
+            if text.startswith("[") and text.endswith("]"):
+                text = text[1:-1]
+            try:
+                self.networks.append(ipaddress.ip_network(text, strict=False))
+            except ValueError:
+                if text:
+                    self.names.add(text)
+
+    def listed(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip.version == net.version and ip in net for net in self.networks)
+
+    def name_allowed(self, host: str) -> bool:
+        return host.lower().rstrip(".") in self.names
+
+    def address_allowed(self, address: str) -> bool:
+        """For an address a listed name resolved to."""
+        return is_public_address(address) or self.listed(address)

@@ -53,7 +53,8 @@ BYE, BYE_ACK = 0x18, 0x19                # the server leaves (stopping); forgott
 XFER, XFER_ACK = 0x20, 0x21              # one fragment of an offer/answer transfer
 MIGRATE, MIGRATE_ACK = 0x30, 0x31        # move to another coordinator
 NOTICE, NOTICE_ACK = 0x40, 0x41          # coordinator tells the server of a failed login
-REQUESTS = {REGISTER, PING, CHALLENGES, REFILL, BYE, XFER, MIGRATE, NOTICE}
+DEVICES, DEVICES_ACK = 0x50, 0x51        # the server's password epoch and enrolled devices
+REQUESTS = {REGISTER, PING, CHALLENGES, REFILL, BYE, XFER, MIGRATE, NOTICE, DEVICES}
 MAX_NOTICE = 512
 MAX_REFUSAL = 64
 REPLIES = {t | 1 for t in REQUESTS} | {REFUSED}
@@ -254,6 +255,20 @@ def parse_pairs(body: bytes) -> list[tuple[bytes, bytes]]:
         raise ProtocolError("bad challenge pool")
     return [(body[1 + i * _PAIR:17 + i * _PAIR], body[17 + i * _PAIR:1 + (i + 1) * _PAIR])
             for i in range(body[0])]
+
+
+def devices(generation: int, policy: bytes) -> bytes:
+    """A DEVICES body: generation (4, counts up from 1 in each session), then the
+    device policy (``connect.DevicePolicy.encode``: epoch, count, device ids)."""
+    return _GEN.pack(generation) + policy
+
+
+def parse_devices(body: bytes) -> tuple[int, bytes]:
+    """``(generation, policy bytes)`` of a DEVICES body (the policy is parsed by
+    ``connect.DevicePolicy.decode``)."""
+    if len(body) < _GEN.size + 5:
+        raise ProtocolError("bad DEVICES")
+    return _GEN.unpack_from(body)[0], body[_GEN.size:]
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,7 @@ class Links:
         self.keepalive = keepalive
         self.random_bytes = random_bytes
         self.migration_timeout = migration_timeout
+        self._devices = None          # the device policy every registrant tells
         self.active = self._link(*target)
         self.moving = None
         self._events = []             # (link, event) of the call in progress (see _output)
@@ -79,7 +80,8 @@ class Links:
 
     def _link(self, host, port, key):
         return Link(host, port, key, Registrant(self.identity, key, self.challenges,
-                                                self.keepalive, self.random_bytes))
+                                                self.keepalive, self.random_bytes,
+                                                devices=self._devices))
 
     def links(self):
         return [link for link in (self.active, self.moving) if link is not None]
@@ -143,6 +145,14 @@ class Links:
             if link.addr is not None and addr == link.addr:
                 return self._output(self._out(link, link.registrant.receive(data, now), now))
         return None
+
+    def set_devices(self, policy, now):
+        """The device policy changed: every link tells its coordinator."""
+        self._devices = policy
+        out = []
+        for link in self.links():
+            out += self._out(link, link.registrant.set_devices(policy, now), now)
+        return self._output(out)
 
     def send_answer(self, link, payload, now):
         if link not in self.links():

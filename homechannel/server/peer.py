@@ -12,11 +12,15 @@ until all of them pass, and the challenge is consumed only by the last one:
 1. parse the payload                                      -> ``bad-offer``
 2. the SDP shape: one datachannel media section, exactly one
    ``a=fingerprint`` attribute in the whole SDP, sha-256   -> ``bad-offer``
-3. the client's proof over the exact offer SDP bytes, in
+3. a device token, if the client sent one: issued by this
+   server, for this server, not expired, of this password
+   epoch, for a device still enrolled, and the device key's
+   signature over this session, challenge and offer (before
+   the proof: a token that is not good learns nothing
+   about the password)                                    -> ``bad-device``
+4. the client's proof over the exact offer SDP bytes, in
    constant time                                          -> ``bad-proof``
-4. (a retransmitted offer for a known session gets the same reply again)
-5. a device token, if the client sent one: issued by this
-   server, for this server, not expired                   -> ``bad-device``
+5. (a retransmitted offer for a known session gets the same reply again)
 6. the concurrent session cap                             -> ``busy``
 7. the challenge: one this server issued (single use), or
    on the device path a fresh one within the clock window  -> ``unknown-challenge``
@@ -42,6 +46,7 @@ from homechannel import aio, crypto
 from homechannel.protocol import connect
 
 from homechannel.rtc import icechecks, webrtc
+from homechannel.server.devices import EnrolledDevices
 from homechannel.protocol.connect import (
     BAD_DEVICE,
     BAD_OFFER,
@@ -71,7 +76,7 @@ class _Session:
         self.digest = digest        # SHA-256 of the whole offer payload (retransmissions)
         self.source = source        # the client address the coordinator saw
         self.client_fp = None       # the fingerprint the proof bound
-        self.device = None          # the device id, once the login is accepted
+        self.device = None          # its enrolled devices.Device (device path, or enrolled)
         self.pc = None
         self.payload = None         # the reply, once known
         self.waiters = []           # Deferreds of retransmissions while answering
@@ -98,9 +103,12 @@ class _AppContext:
         """True if the DTLS certificate presented is the one the proof bound."""
         return self._answerer._peer_verified(self._session)
 
-    def hello_fields(self) -> dict:
-        """Extra fields of the control channel's hello reply: a fresh device token."""
-        return {"device": self._answerer._device_token(self._session)}
+    def hello_fields(self, hello: dict) -> dict:
+        """Extra fields of the control channel's hello reply: a device token for the
+        key the client enrols in its *hello* (``{"device": {"key", "signature",
+        "name"}}``), or none."""
+        token = self._answerer._enrol(self._session, hello.get("device"))
+        return {"device": token} if token is not None else {}
 
 
 class Answerer:
@@ -110,7 +118,10 @@ class Answerer:
 
     def __init__(self, identity, password_key, challenges, config, app_host, clock,
                  log=None, *, peer_connection_factory=default_peer_connection_factory,
-                 random_bytes=os.urandom, ice_servers=None):
+                 random_bytes=os.urandom, ice_servers=None, devices=None, offer_ice=None):
+        """*devices* is the store of enrolled devices (``devices.EnrolledDevices``,
+        with the password epoch; memory only when None); *offer_ice* checks the ICE
+        servers an offer brings (``offerice.OfferIcePolicy``; None: none are used)."""
         self._identity = identity
         self._key = password_key
         self._challenges = challenges
@@ -127,6 +138,8 @@ class Answerer:
             ice_servers = tuple(config.ice_servers or ())
         self._ice_servers = ice_servers if callable(ice_servers) else tuple(ice_servers)
         self._advertise = webrtc.parse_addresses(config.advertise_addresses)
+        self.devices = devices if devices is not None else EnrolledDevices(None, 0, clock)
+        self._offer_ice = offer_ice
         self._sessions = {}         # sid -> _Session (live, answering, or cached reply)
         self._live = set()          # _Sessions with an open peer connection
         self._device_challenges = OrderedDict()   # challenge -> expiry (device path, once)
@@ -188,6 +201,18 @@ class Answerer:
         sid, source = offer.session, offer.source
         digest = crypto.offer_hash(offer.sdp)
 
+        device = None
+        if offer.device is not None:
+            try:
+                token = connect.DeviceToken.verify(self._identity.public_raw, offer.device,
+                                                   self._clock.seconds())
+                device = self.devices.check(token, offer.device_signature,
+                                            crypto.device_offer_message(
+                                                sid, offer.challenge, digest))
+            except (ProtocolError, AuthenticationError) as e:
+                return succeed(self._refuse(sid, BAD_DEVICE, f"device token refused: {e}",
+                                            source))
+
         if not crypto.check_proof(self._key, sid, offer.challenge, digest, offer.proof):
             return succeed(self._refuse(sid, BAD_PROOF, "the password proof does not verify",
                                         source))
@@ -201,18 +226,9 @@ class Answerer:
             self.log.debug("retransmitted offer for session {session}", session=sid)
             return self._reply_of(known)
 
-        device = None
-        if offer.device is not None:
-            try:
-                device = connect.DeviceToken.verify(self._identity.public_raw, offer.device,
-                                                    self._clock.seconds())
-            except (ProtocolError, AuthenticationError) as e:
-                return succeed(self._refuse(sid, BAD_DEVICE, f"device token refused: {e}",
-                                            source))
-
         session = _Session(sid, payload_digest, source)
         session.client_fp = client_fp
-        session.device = device.device if device is not None else None
+        session.device = device
         if self._stopping or len(self._live) >= self._config.max_sessions:
             # Refused before the challenge is looked at: it stays usable.  The refusal
             # is kept for retransmissions of this offer.
@@ -306,9 +322,13 @@ class Answerer:
         from aiortc import RTCSessionDescription
 
         # The configured servers first (aiortc uses only the first STUN and the
-        # first TURN entry), then what the coordinator minted for this connect.
+        # first TURN entry), then what the coordinator minted for this connect, if
+        # it names hosts this server allows (``offerice``: none without a policy).
         own = self._ice_servers() if callable(self._ice_servers) else self._ice_servers
-        servers = webrtc.ice_servers(tuple(own) + tuple(offer.ice_servers))
+        offered = ()
+        if offer.ice_servers and self._offer_ice is not None:
+            offered = await self._offer_ice.check(offer.ice_servers)
+        servers = webrtc.ice_servers(tuple(own) + tuple(offered))
         pc = self._pc_factory(servers)
         session.pc = pc
         self.peer_connections_created += 1
@@ -340,7 +360,7 @@ class Answerer:
         signature = self._identity.sign(crypto.answer_signature_message(
             session.sid, offer.challenge, digest, session.client_fp, server_fp, now, sdp))
         self.logins_accepted += 1
-        device = f" (device {session.device[:8]})" if session.device else ""
+        device = f" (device {session.device.id[:8]})" if session.device else ""
         self.log.info("login accepted: session {session} from {source}{device}: answered",
                       session=session.sid, source=session.source or "?", device=device)
         return Answer(session.sid, sdp, now, signature).encode()
@@ -376,11 +396,34 @@ class Answerer:
                           presented=presented or "none")
         return False
 
-    def _device_token(self, session):
-        """A device token for the signed-in client: the same device id if it used one."""
-        if session.device is None:
-            session.device = crypto.b64u_encode(self._random(connect.DEVICE_ID_SIZE))
-        return connect.DeviceToken.issue(self._identity, session.device, self._clock.seconds())
+    def device_policy(self):
+        """What this server tells its coordinator of its devices (``DevicePolicy``)."""
+        return self.devices.policy()
+
+    def _enrol(self, session, request):
+        """Enrol the key a signed-in client offers in its hello (*request*: ``{"key",
+        "signature", "name"}``, the signature over ``crypto.device_enrol_message``:
+        proof that it holds the key) and issue a token bound to it and to the
+        password epoch; None (and a log line) for anything else."""
+        if request is None:
+            return None
+        try:
+            if not isinstance(request, dict):
+                raise ProtocolError("device must be an object")
+            key = connect.parse_device_key(request.get("key"))
+            crypto.verify(key, crypto.b64u_decode(request.get("signature")),
+                          crypto.device_enrol_message(session.sid, self._identity.public_raw))
+        except (ProtocolError, AuthenticationError) as e:
+            self.log.info("session {session}: not enrolling the device: {error}",
+                          session=session.sid, error=str(e))
+            return None
+        now = self._clock.seconds()
+        device = self.devices.enrol(key, request.get("name"), now)
+        if session.device is None or session.device.id != device.id:
+            self.log.info("session {session}: device {device} ({name}) enrolled",
+                          session=session.sid, device=device.id[:8], name=device.name)
+        session.device = device
+        return connect.DeviceToken.issue(self._identity, key, self.devices.epoch, now)
 
     def _state_changed(self, session):
         state = session.pc.connectionState if session.pc is not None else "closed"

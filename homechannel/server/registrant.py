@@ -90,7 +90,7 @@ class Registrant:
                  challenges: ChallengeSource,
                  keepalive: ServerKeepalive = ServerKeepalive(),
                  random_bytes: Callable[[int], bytes] = os.urandom,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, devices: bytes | None = None) -> None:
         crypto.public_key_from_raw(coordinator_key)
         self.identity = identity
         self.coordinator_key = coordinator_key
@@ -111,6 +111,9 @@ class Registrant:
         # offer half received before a re-registration completes after it.
         self._reassembly = udp.Reassembly(max_transfers=8)
         self._out: Outstanding[int] = Outstanding(rto=1.0, rto_max=8.0, limit=1000)
+        # The device policy (``connect.DevicePolicy.encode``) told to every coordinator
+        # after each registration and whenever it changes (:meth:`set_devices`).
+        self._devices = devices
         self._reset_session()
 
     # -- helpers -----------------------------------------------------------
@@ -129,6 +132,7 @@ class Registrant:
             if req.message[0] == udp.XFER:
                 self._out.add(req.key, req.message, req.sent, req.deadline)
         self._pool_gen = 0
+        self._devices_gen = 0
         self._sent_refs = deque(maxlen=16)
         self._ping_rid = None
         self._ping_due = None
@@ -279,7 +283,7 @@ class Registrant:
         self.last_registered = now
         self.last_failure = None
         self._events.append(Registered())
-        return []
+        return self._send_devices(now)
 
     def _refused(self, body: bytes, now: float) -> list[bytes]:
         reason = udp.parse_refusal(body)
@@ -361,7 +365,7 @@ class Registrant:
                 self._missed = 0
                 self._ping_due = now + self._jitter(self.cfg.interval)
             return []
-        if kind in (udp.CHALLENGES_ACK, udp.XFER_ACK):
+        if kind in (udp.CHALLENGES_ACK, udp.XFER_ACK, udp.DEVICES_ACK):
             self._out.pop(rid)
             return []
         if kind == udp.REFILL:
@@ -417,6 +421,20 @@ class Registrant:
         self._pool_gen += 1
         return [self._request(udp.CHALLENGES, udp.generation_pairs(
             self._pool_gen, self.challenges.issue(POOL)), now)]
+
+    def set_devices(self, policy: bytes, now: float) -> RegistrantOutput:
+        """The home server's device policy changed (a device enrolled or revoked, or
+        read at start): tell the coordinator now if registered, else after the next
+        registration.  Acknowledged; the generation keeps a late copy from undoing a
+        newer one."""
+        self._devices = policy
+        return self._output(self._send_devices(now))
+
+    def _send_devices(self, now: float) -> list[bytes]:
+        if self.state != "up" or self._devices is None:
+            return []
+        self._devices_gen += 1
+        return [self._request(udp.DEVICES, udp.devices(self._devices_gen, self._devices), now)]
 
     # -- time ----------------------------------------------------------------------
 

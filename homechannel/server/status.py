@@ -8,9 +8,11 @@ sessions) changed."""
 
 import json
 import os
+from functools import partial
 
 from twisted.logger import Logger
 
+from homechannel import keyfiles
 from homechannel.errors import ConfigError, HomeChannelError
 from homechannel.server.statefiles import FileWriter, inline
 
@@ -39,7 +41,10 @@ class StatusFile:
         """*to_thread* runs the writes (``statefiles.reactor_threads(reactor)``; the
         default, ``inline``, only for tests under ``task.Clock``)."""
         self.path = path
-        self._writer = FileWriter(path, to_thread)
+        # Rewritten every few seconds and made again at start: atomic, not synced
+        # (an fsync can wait seconds on a busy disk, in the thread and at stop).
+        self._writer = FileWriter(path, to_thread, write=partial(keyfiles.replace_secret_file,
+                                                                 durable=False))
         self.udp = udp
         self.answerer = answerer
         self.clock = clock

@@ -5,8 +5,6 @@ When twistd has not installed a reactor yet, ``makeService`` installs it;
 when another reactor is already running it stops with advice instead of a
 traceback.  The reactor is imported only inside :func:`makeService`."""
 
-import sys
-
 from twisted.python import usage
 
 from homechannel.errors import HomeChannelError
@@ -59,14 +57,10 @@ def makeService(options):
         raise SystemExit(f"homechannel-server: {e}") from None
 
 
-def _install_asyncio_reactor():
-    if "twisted.internet.reactor" not in sys.modules:
-        from twisted.internet import asyncioreactor
-        asyncioreactor.install()
-
-
 def _make(options):
-    _install_asyncio_reactor()
+    from homechannel import aio
+
+    aio.install_asyncio_reactor()
     from twisted.application import internet
     from twisted.internet import reactor
     from twisted.logger import Logger
@@ -79,12 +73,13 @@ def _make(options):
     from homechannel.errors import ConfigError
     from homechannel.server.apps import AppHost
     from homechannel.server.challenges import ChallengeSource
+    from homechannel.server.devices import EnrolledDevices
+    from homechannel.server.offerice import OfferIcePolicy
     from homechannel.server.peer import Answerer
     from homechannel.server.statefiles import reactor_threads
     from homechannel.server.status import StatusFile
     from homechannel.server.udp import ServerUDP, load_failover, reactor_resolver
 
-    aio.require_asyncio_reactor(reactor)
     logfilter.capture_library_logging()
     log = Logger(namespace="homechannel.server")
     cfg = config.load_server(options["config"], options.overrides())
@@ -100,6 +95,7 @@ def _make(options):
     if created:
         log.info("created home server identity key {path}", path=cfg.identity_key)
     password_key = keyfiles.load_password_key(cfg.password_key, identity.public_raw)
+    epoch = keyfiles.load_password_epoch(cfg.password_key) or 0
 
     challenges = ChallengeSource(password_key)
     target = load_failover(cfg.failover_path)
@@ -121,28 +117,43 @@ def _make(options):
         host, port = (active.host, active.port) if active else target[:2]
         return config.server_ice_servers(cfg, host, port)
 
-    answerer = Answerer(identity, password_key, challenges, cfg.webrtc, app_host, reactor,
-                        ice_servers=ice_servers)
     to_thread = reactor_threads(reactor)    # the state files' writes (fsync)
+    devices = EnrolledDevices(cfg.devices_path, epoch, reactor, to_thread=to_thread)
+    devices.load()
+
+    def allowed_ice_hosts():
+        active = links[0].active if links else None
+        return config.offer_ice_hosts(cfg, active.host if active else target[0])
+
+    answerer = Answerer(identity, password_key, challenges, cfg.webrtc, app_host, reactor,
+                        ice_servers=ice_servers, devices=devices,
+                        offer_ice=OfferIcePolicy(allowed_ice_hosts))
     udp = ServerUDP(identity, challenges, cfg.keepalive, target, reactor, answerer,
                     cfg.failover_path, resolve=reactor_resolver(reactor),
                     candidates=candidates, to_thread=to_thread)
     links.append(udp)
+    devices.on_change = udp.set_devices
+    udp.set_devices(devices.policy())
 
     top = _home_server_class()(answerer, udp)
     internet.UDPServer(0, udp).setServiceParent(top)
     status = StatusFile(cfg.status_path, udp, answerer, reactor, to_thread=to_thread)
     udp.on_change = status.changed
     internet.TimerService(2.0, status.tick).setServiceParent(top)
+    # 'homechannel devices revoke' changes the file: noticed within one tick.
+    internet.TimerService(2.0, devices.poll).setServiceParent(top)
     if cfg.metrics.listen:
         metrics.service(cfg.metrics.listen, metrics.registry_for(
-            metrics.ServerCollector(udp, answerer, app_host)), reactor).setServiceParent(top)
+            metrics.ServerCollector(udp, answerer, app_host)), reactor,
+            allowed_hosts=cfg.metrics.allowed_hosts).setServiceParent(top)
     link = connect.connect_link(cfg.coordinator_url, identity.text)
     log.info("home server id {id}", id=identity.text)
     log.info("ICE servers: {ice}", ice=", ".join(
         s["urls"] if isinstance(s["urls"], str) else " ".join(s["urls"])
         for s in ice_servers()) or "none (host candidates only)")
     log.info("connect link: {link}", link=link)
+    log.info("password epoch {epoch}; {n} enrolled device(s) in {path}", epoch=epoch,
+             n=len(devices), path=cfg.devices_path)
     return top
 
 

@@ -107,6 +107,7 @@ class ServerUDP(DatagramProtocol):
         self._leaving = None
         self._audited = OrderedDict()     # session ids with an audit line (bounded)
         self.failed_logins = 0            # refused by the coordinator (NOTICE)
+        self._told_devices = False        # a device policy was ever set (set_devices)
         self.on_change = lambda: None     # called when the link state changes
 
     # -- what others read --
@@ -138,6 +139,16 @@ class ServerUDP(DatagramProtocol):
     def stopProtocol(self):
         self.links.stop()
         self._timer.cancel()
+
+    def set_devices(self, policy):
+        """Tell the coordinator(s) the device policy (``connect.DevicePolicy``: the
+        password epoch and the enrolled devices) now, and after every registration.
+        A server that has never had a device tells nothing (its coordinator keeps no
+        entry for it, and accepts no device token for it)."""
+        if not policy.devices and not self._told_devices:
+            return
+        self._told_devices = True
+        self._flush(self.links.set_devices(policy.encode(), self.clock.seconds()))
 
     def leave(self, timeout=LEAVE_TIMEOUT):
         """Say goodbye to the coordinator (BYE); the Deferred fires when it is

@@ -3,9 +3,15 @@
 :class:`LoopClock` is an ``IReactorTime`` on a plain asyncio loop, for tests
 of the cluster's Redis modules without Twisted's asyncio reactor.
 
+:func:`at_once` runs a coroutine of an in-memory seam (the seams are ``async
+def``, ``coordinator/interfaces.py``), which finishes without waiting, and
+gives its result or raises its error.
+
 :class:`FakeRelay` implements :class:`~homechannel.coordinator.interfaces.IRelay`
 in memory: tests (and the in-process demo below) put servers online with a
-password, and it records every offer.  A hand-written recorder, not a mock.
+password, and it records every offer (with the Deferred its ``send_offer``
+waits for: fired at once, or by the test when ``auto_ack`` is False).  A
+hand-written recorder, not a mock.
 
 :class:`AnswererRelay` is an ``IRelay`` without UDP: it hands each offer
 straight to an in-process home server answerer (``server.peer.Answerer``)
@@ -40,6 +46,7 @@ class FakeRelay:
         self.servers = {}
         self.offers = []  # (server_key, payload, Deferred)
         self.failures = []  # (server_key, source, reason)
+        self.policies = {}  # server key -> connect.DevicePolicy (set_device_policy)
         self.answer_handler = None
         # When False, send_offer returns a Deferred the test fires itself.
         self.auto_ack = True
@@ -54,6 +61,10 @@ class FakeRelay:
 
     def remove_server(self, server_key):
         self.servers.pop(server_key, None)
+
+    def set_device_policy(self, server_key, policy):
+        """What the server told of its devices (``connect.DevicePolicy``; None: nothing)."""
+        self.policies[server_key] = policy
 
     def empty_pool(self, server_key):
         self.servers[server_key]["pool"].clear()
@@ -71,13 +82,13 @@ class FakeRelay:
 
     # -- IRelay --
 
-    def server_status(self, server_key):
+    async def server_status(self, server_key):
         entry = self.servers.get(server_key)
         if entry is None:
             return False, None
         return True, next(iter(entry["pool"]), None)
 
-    def take_challenge(self, server_key, challenge):
+    async def take_challenge(self, server_key, challenge):
         entry = self.servers.get(server_key)
         if entry is None:
             return None
@@ -86,16 +97,24 @@ class FakeRelay:
             self._refill(server_key)
         return expected
 
-    def notify(self, server_key, body):
+    def answer_matches(self, server_key, challenge, answer, expected):
+        return crypto.check_answer(answer, expected)
+
+    async def notify(self, server_key, body):
         doc = json.loads(body)
         self.failures.append((server_key, doc["source"], doc["reason"]))
 
-    def send_offer(self, server_key, payload):
+    async def device_policy(self, server_key):
         if server_key not in self.servers:
-            return defer.fail(Unavailable("server offline"))
+            return None
+        return self.policies.get(server_key)
+
+    async def send_offer(self, server_key, payload):
+        if server_key not in self.servers:
+            raise Unavailable("server offline")
         d = defer.succeed(None) if self.auto_ack else defer.Deferred()
         self.offers.append((server_key, payload, d))
-        return d
+        await d
 
     def set_answer_handler(self, handler):
         self.answer_handler = handler
@@ -123,31 +142,53 @@ class AnswererRelay:
         for challenge, expected in self.challenges.issue(2 - len(self.pool)):
             self.pool[challenge] = expected
 
-    def server_status(self, server_key):
+    async def server_status(self, server_key):
         if server_key != self.server_key:
             return False, None
         return True, next(iter(self.pool), None)
 
-    def take_challenge(self, server_key, challenge):
+    async def take_challenge(self, server_key, challenge):
         if server_key != self.server_key:
             return None
         expected = self.pool.pop(challenge, None)
         self._refill()
         return expected
 
-    def notify(self, server_key, body):
+    def answer_matches(self, server_key, challenge, answer, expected):
+        return crypto.check_answer(answer, expected)
+
+    async def notify(self, server_key, body):
         self.notices.append((server_key, body))
 
-    def send_offer(self, server_key, payload):
+    async def device_policy(self, server_key):
+        """What the home server would tell over UDP (``Answerer.device_policy``)."""
         if server_key != self.server_key:
-            return defer.fail(Unavailable("server offline"))
+            return None
+        return self.answerer.device_policy()
+
+    async def send_offer(self, server_key, payload):
+        """Acknowledged at once; the answer comes when the answerer has made it."""
+        if server_key != self.server_key:
+            raise Unavailable("server offline")
         d = self.answerer.handle_offer(payload)
         d.addCallback(lambda answer: self.answer_handler(crypto.key_id(server_key),
                                                          self.tamper(answer)))
-        return defer.succeed(None)
 
     def set_answer_handler(self, handler):
         self.answer_handler = handler
+
+
+def at_once(coro):
+    """The result of *coro*, a coroutine of an in-memory seam that finishes without
+    waiting for anything; raises its error.  (A coroutine that waits is a test's
+    mistake: AssertionError.)"""
+    try:
+        awaited = coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise AssertionError(f"the coroutine waits for {awaited!r}: drive it with "
+                         "Deferred.fromCoroutine")
 
 
 class _LoopCall:
@@ -214,12 +255,11 @@ def main(argv=None):
     if args.refuse:
         original = relay.send_offer
 
-        def refuse(server_key, payload):
-            d = original(server_key, payload)
+        async def refuse(server_key, payload):
+            await original(server_key, payload)
             sid = json.loads(payload)["session"]
             reactor.callLater(0.1, relay.answer, server_key, json.dumps(
                 {"session": sid, "error": args.refuse, "message": "refused"}).encode())
-            return d
 
         relay.send_offer = refuse
     reactor.listenTCP(args.port, server.Site(web.resource()), interface="127.0.0.1")

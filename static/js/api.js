@@ -77,6 +77,12 @@ export class Coordinator {
     return this.request("GET", `/api/servers/${encodeURIComponent(serverId)}`, undefined, signal);
   }
 
+  /** The first step of a connect when the coordinator has TURN (lookup's "turn"): the proof
+   * without the offer; resolves to {session, ticket, ice_servers} (a TURN credential in them). */
+  prove(body, signal) {
+    return this.request("POST", "/api/prove", body, signal);
+  }
+
   /** POST the connect request; with waitSeconds > 0 the coordinator holds the response until
    * the home server's answer arrives (200, status "answered") or the wait ends (202). */
   connect(body, waitSeconds = 0, signal) {

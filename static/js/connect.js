@@ -1,6 +1,6 @@
 // The connect flow's rules, the browser twin of homechannel/protocol/connect.py (docs/protocol.md §2):
-// the strict SDP shape, the device-path challenge, device tokens, the answer checks and the
-// DTLS certificate check.  DOM-free: runs in browsers and in node >= 20;
+// the strict SDP shape, the device-path challenge, device tokens (bound to a device key), the
+// answer checks and the DTLS certificate check.  DOM-free: runs in browsers and in node >= 20;
 // tests/unit/test_connect_js.py checks it against vectors made by the Python module.
 
 import * as hc from "./crypto.js";
@@ -9,7 +9,7 @@ export const SESSION_ID = /^[A-Za-z0-9_-]{22}$/;
 export const MAX_SDP = 16 * 1024;
 export const MAX_CLOCK_SKEW = 300;
 export const DEVICE_ID_SIZE = 16;
-export const MAX_DEVICE_TOKEN = 512;
+export const MAX_DEVICE_TOKEN = 1024;
 
 /** A check failed; code is the stable short name (docs/protocol.md, "Error codes"). */
 export class CheckError extends Error {
@@ -65,13 +65,14 @@ export function deviceChallenge(nowSeconds, random = hc.randomBytes) {
   return out;
 }
 
-/** Parse and verify a device token for the server with raw key serverRaw.
- * Resolves to {server, device, issued, expires}; rejects with CheckError("bad-device"). */
+/** Parse and verify a device token (hcdev2) for the server with raw key serverRaw.
+ * Resolves to {server, device, key, epoch, issued, expires}; rejects with
+ * CheckError("bad-device"). */
 export async function verifyDeviceToken(serverRaw, text, nowSeconds) {
   const bad = (message) => new CheckError("bad-device", message);
   if (typeof text !== "string" || text.length > MAX_DEVICE_TOKEN) throw bad("not a device token");
   const parts = text.split(".");
-  if (parts.length !== 3 || parts[0] !== "hcdev1") throw bad("not a device token");
+  if (parts.length !== 3 || parts[0] !== "hcdev2") throw bad("not a device token of this version");
   let payload;
   let signature;
   try {
@@ -84,20 +85,24 @@ export async function verifyDeviceToken(serverRaw, text, nowSeconds) {
     throw bad("the device token is not signed by this home server");
   }
   let doc;
+  let key;
   try {
     doc = JSON.parse(new TextDecoder().decode(payload));
+    key = hc.b64uDecode(doc.key);
   } catch (e) {
     throw bad("malformed device token");
   }
-  const ints = [doc.iat, doc.exp].every((t) => Number.isInteger(t));
-  if (doc.v !== 1 || typeof doc.server !== "string" || typeof doc.device !== "string" || !ints) {
+  const ints = [doc.epoch, doc.iat, doc.exp].every((t) => Number.isInteger(t));
+  if (doc.v !== 2 || typeof doc.server !== "string" || typeof doc.device !== "string" || !ints ||
+      key.length !== hc.PUBLIC_KEY_SIZE || doc.device !== await hc.deviceId(key)) {
     throw bad("malformed device token");
   }
   if (doc.server !== hc.b64uEncode(serverRaw)) throw bad("the device token belongs to another server");
   if (!(doc.iat - MAX_CLOCK_SKEW <= nowSeconds && nowSeconds < doc.exp)) {
     throw bad("the device token has expired");
   }
-  return { server: doc.server, device: doc.device, issued: doc.iat, expires: doc.exp };
+  return { server: doc.server, device: doc.device, key, epoch: doc.epoch, issued: doc.iat,
+    expires: doc.exp };
 }
 
 /** What the browser checks before it uses an answer (the long-poll result *doc*):

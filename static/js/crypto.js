@@ -158,7 +158,64 @@ export function answerSignatureMessage(sessionId, challenge, offerDigest, client
 
 /** What a home server signs to issue a device token. */
 export function deviceTokenMessage(payload) {
-  return concatBytes(utf8.encode("homechannel-device-v1\n"), payload);
+  return concatBytes(utf8.encode("homechannel-device-v2\n"), payload);
+}
+
+// -- the device key (docs/protocol.md, "Device keys") ------------------------------
+
+/** A new device key: ECDSA P-256 whose private half cannot be exported (kept in IndexedDB,
+ * where a CryptoKey survives as it is; script in the page can use it, never copy it). */
+export async function generateDeviceKey() {
+  return subtle.generateKey({ name: "ECDSA", namedCurve: "P-256" }, false, ["sign", "verify"]);
+}
+
+/** The raw 65-byte public key of a key pair. */
+export async function publicKeyRaw(keyPair) {
+  return new Uint8Array(await subtle.exportKey("raw", keyPair.publicKey));
+}
+
+/** A device's id: base64url of the first 16 bytes of SHA-256 of its raw public key. */
+export async function deviceId(publicRaw) {
+  return b64uEncode((await sha256(publicRaw)).slice(0, 16));
+}
+
+/** ECDSA-P256-SHA256 with *privateKey*: raw r||s, 64 bytes. */
+export async function sign(privateKey, data) {
+  return new Uint8Array(await subtle.sign({ name: "ECDSA", hash: "SHA-256" }, privateKey, data));
+}
+
+function sessionBytes(sessionId) {
+  if (typeof sessionId !== "string" || !/^[A-Za-z0-9_-]{22}$/.test(sessionId)) {
+    throw new CryptoFormatError("a session id is 22 base64url characters");
+  }
+  return utf8.encode(sessionId);
+}
+
+function fixed(bytes, size, what) {
+  if (!(bytes instanceof Uint8Array) || bytes.length !== size) {
+    throw new CryptoFormatError(`${what} must be ${size} bytes`);
+  }
+  return bytes;
+}
+
+/** What the device key signs over a connect with an offer: label || session || challenge ||
+ * SHA-256(offer). */
+export function deviceOfferMessage(sessionId, challenge, offerDigest) {
+  return concatBytes(utf8.encode("homechannel-device-offer-v1"), sessionBytes(sessionId),
+    fixed(challenge, CHALLENGE_SIZE, "a challenge"), fixed(offerDigest, 32, "an offer hash"));
+}
+
+/** What the device key signs before the offer exists (the first step with TURN). */
+export function deviceStartMessage(sessionId, challenge) {
+  return concatBytes(utf8.encode("homechannel-device-start-v1"), sessionBytes(sessionId),
+    fixed(challenge, CHALLENGE_SIZE, "a challenge"));
+}
+
+/** What the device key signs to enrol on a signed-in session: label || session || the home
+ * server's raw public key. */
+export function deviceEnrolMessage(sessionId, serverRaw) {
+  return concatBytes(utf8.encode("homechannel-device-enrol-v1"), sessionBytes(sessionId),
+    fixed(serverRaw, PUBLIC_KEY_SIZE, "a server key"));
 }
 
 /** What the coordinator signs over every HTTP response: path without query, raw body. */

@@ -8,7 +8,7 @@ import * as hc from "./crypto.js";
 import { ApiError, Coordinator, SignatureError } from "./api.js";
 import { CheckError, checkAnswer, checkRemoteCertificate, deviceChallenge,
   verifyDeviceToken } from "./connect.js";
-import { getDeviceToken, setDeviceToken } from "./devices.js";
+import { deviceKey, enrolment, forgetDevice, getDeviceToken, setDeviceToken } from "./devices.js";
 import * as servers from "./servers.js";
 import { applyAnswer, createPeer, makeOffer, request, StepTimeout, waitOpen } from "./webrtc.js";
 import { confirmAction } from "./apps/ui.js";
@@ -96,10 +96,13 @@ function renderServers() {
     forget.setAttribute("aria-label", `Forget ${server.name}`);
     forget.addEventListener("click", async () => {
       const ok = await confirmAction(`Forget ${server.name}?`, "This browser will no longer list " +
-        "this server. The home server itself is not changed; its connect link adds it again.",
+        "this server, and forgets its sign-in token and key for it. The home server itself is " +
+        "not changed (remove the device there with 'homechannel devices revoke'); its connect " +
+        "link adds it again.",
         "Forget");
       if (ok) {
         servers.forgetServer(server.id);
+        await forgetDevice(server.id);     // its sign-in token and this browser's key
         renderServers();
       }
     });
@@ -207,6 +210,14 @@ function showError(error) {
   const p = document.createElement("p");
   p.textContent = error.message;
   box.append(p);
+  if (error.deviceNote) {
+    // The device path was refused first, and the password path was tried by itself.
+    const why = document.createElement("p");
+    why.className = "device-note";
+    why.textContent = error.deviceNote.replace(/, so it signed in with the password( and was enrolled again| instead)?\./,
+      "; the password was tried instead.");
+    box.append(why);
+  }
   box.dataset.kind = error.kind || "error";
   delete box.dataset.retrying;
   box.hidden = false;
@@ -306,18 +317,23 @@ function sleep(ms) {
 }
 
 /** One attempt: returns {pc, control, hello} with the control channel open and checked.
- * With a device token the challenge is one this browser makes (no coordinator challenge). */
-async function attempt(server, passwordKeyPromise, device) {
+ * With a device token the challenge is one this browser makes (no coordinator challenge) and
+ * the device key signs the connect.  When the coordinator has TURN ("turn" in the lookup),
+ * the proof comes first (POST /api/prove): the relay credential comes only then, before the
+ * candidates are gathered.  The hello enrols this browser's device key. */
+async function attempt(server, passwordKeyPromise, device, keyPromise) {
   const serverRaw = hc.parseServerId(server.id);
   setStep("lookup");
   let { doc } = await api.lookup(server.id);
   if (!doc.online) throw new ApiError(404, "offline", "offline");
-  // The ICE servers come in the signed lookup (with TURN credentials minted for this connect);
-  // gathering starts now, in parallel with the password derivation.
-  const { pc, control } = createPeer(Array.isArray(doc.ice_servers) ? doc.ice_servers : iceServers);
-  const offerPromise = makeOffer(pc, settings.iceGatheringTimeoutMs);
-  offerPromise.catch(() => {});
+  const lookupIce = Array.isArray(doc.ice_servers) ? doc.ice_servers : iceServers;
+  // Without TURN the ICE servers are the lookup's: gathering starts now, in parallel with
+  // the password derivation.
+  let peer = doc.turn ? null : createPeer(lookupIce);
+  let offerPromise = peer ? makeOffer(peer.pc, settings.iceGatheringTimeoutMs) : null;
+  if (offerPromise) offerPromise.catch(() => {});
   try {
+    const session = hc.newSessionId();
     let challenge;
     if (device) {
       challenge = deviceChallenge(Date.now() / 1000);
@@ -333,18 +349,43 @@ async function attempt(server, passwordKeyPromise, device) {
       }
       challenge = hc.b64uDecode(doc.challenge);
     }
+    const key = device ? await keyPromise : null;
+    let ticket = null;
+    if (!peer) {
+      // The proof without the offer (answer, or the device key's signature): the signed
+      // answer carries the ICE servers with a TURN credential minted for this connect.
+      setStep("password");
+      const body = { server: server.id, session, challenge: hc.b64uEncode(challenge) };
+      if (device) {
+        body.device = device;
+        body.device_signature = hc.b64uEncode(await hc.sign(key.privateKey,
+          hc.deviceStartMessage(session, challenge)));
+      } else {
+        body.answer = hc.b64uEncode(await hc.challengeAnswer(await passwordKeyPromise, challenge));
+      }
+      const { doc: proved } = await api.prove(body);
+      ticket = proved.ticket;
+      peer = createPeer(Array.isArray(proved.ice_servers) ? proved.ice_servers : lookupIce);
+      offerPromise = makeOffer(peer.pc, settings.iceGatheringTimeoutMs);
+    }
+    const { pc, control } = peer;
 
     setStep("password");
     const passwordKey = await passwordKeyPromise;
 
     setStep("gather");
     const offer = await offerPromise;
-    const session = hc.newSessionId();
     const proof = await hc.clientProof(passwordKey, session, challenge, offer.digest);
     const body = { server: server.id, session, challenge: hc.b64uEncode(challenge),
       proof: hc.b64uEncode(proof), offer: offer.sdp };
-    if (device) body.device = device;
-    else body.answer = hc.b64uEncode(await hc.challengeAnswer(passwordKey, challenge));
+    if (ticket) body.ticket = ticket;
+    if (device) {
+      body.device = device;
+      body.device_signature = hc.b64uEncode(await hc.sign(key.privateKey,
+        hc.deviceOfferMessage(session, challenge, offer.digest)));
+    } else if (!ticket) {
+      body.answer = hc.b64uEncode(await hc.challengeAnswer(passwordKey, challenge));
+    }
 
     setStep("wait");
     // The coordinator holds this request until the answer arrives (the usual case: one
@@ -367,23 +408,47 @@ async function attempt(server, passwordKeyPromise, device) {
     await waitOpen(pc, control, settings.channelOpenTimeoutMs);
     // DTLS checked the certificate against the answer's fingerprint; check it ourselves too.
     await checkRemoteCertificate(pc, serverFingerprint);
-    const hello = await request(control, { op: "hello" }, (m) => m.op === "hello",
-      settings.helloTimeoutMs);
+    const hello = await request(control, {
+      op: "hello", device: await enrolment(await keyPromise, session, serverRaw),
+    }, (m) => m.op === "hello", settings.helloTimeoutMs);
     return { pc, control, hello };
   } catch (error) {
-    pc.close();
+    if (peer) peer.pc.close();
     throw error;
   }
 }
 
-async function keepDeviceToken(server, hello) {
+async function keepDeviceToken(server, hello, key) {
   if (typeof hello.device !== "string") return;
   try {
-    await verifyDeviceToken(hc.parseServerId(server.id), hello.device, Date.now() / 1000);
+    const token = await verifyDeviceToken(hc.parseServerId(server.id), hello.device,
+      Date.now() / 1000);
+    if (hc.b64uEncode(token.key) !== hc.b64uEncode(key.publicRaw)) {
+      throw new Error("the token is for another key");
+    }
     setDeviceToken(server.id, hello.device);
   } catch (e) {
     console.warn("ignored a device token that does not verify:", e.message);
   }
+}
+
+/** Why this browser's device path was refused, for the note the session shows once the
+ * password path got in (null: not a device-path refusal). */
+function devicePathRefusal(error) {
+  const code = error && error.code;
+  const scope = error && error.fields && error.fields.scope;
+  if (code === "bad-device") {
+    return "This browser's sign-in token was not accepted (the password was changed, or " +
+      "this browser was removed on the home server), so it signed in with the password and " +
+      "was enrolled again.";
+  }
+  if ((code === "locked-out" || code === "rate-limited") &&
+      (scope === "device" || scope === "devices")) {
+    return (code === "locked-out" ? "This browser is locked out after wrong passwords"
+      : "This browser's own sign-in budget is spent") + ", so it signed in with the password " +
+      "instead.";
+  }
+  return null;
 }
 
 // -- a short wait, counted down and tried again once ----------------------------------
@@ -454,18 +519,25 @@ async function connect({ password = null, passwordKey = null, retryOnWait = true
   const keyPromise = passwordKey ? Promise.resolve(passwordKey)
     : hc.derivePasswordKey(password, serverRaw);
   keyPromise.catch(() => {});
+  // This browser's device key for the server (IndexedDB), in parallel with the rest.
+  const devicePromise = deviceKey(server.id);
+  devicePromise.catch(() => {});
+  let note = null;
   try {
     let device = getDeviceToken(server.id);
     let link = null;
     for (let tries = 0; !link; tries++) {
       try {
-        link = await attempt(server, keyPromise, device);
+        link = await attempt(server, keyPromise, device, devicePromise);
       } catch (error) {
         const code = error.code;
-        if (device && code === "bad-device") {
-          // The home server (or coordinator) no longer accepts this browser's token.
-          setDeviceToken(server.id, null);
+        const refused = device ? devicePathRefusal(error) : null;
+        if (refused) {
+          // The device path is refused or held: the password path, once, by itself.  (The
+          // token is kept until that sign-in replaces it: a coordinator that altered the
+          // offer makes a good token look refused.)
           device = null;
+          note = refused;
         } else if (tries === 0 && (code === "stale-challenge" || code === "unknown-challenge")) {
           // A challenge someone else used first: fetch a fresh one, once.
         } else {
@@ -474,12 +546,13 @@ async function connect({ password = null, passwordKey = null, retryOnWait = true
         resetSteps();
       }
     }
-    await keepDeviceToken(server, link.hello);
+    await keepDeviceToken(server, link.hello, await devicePromise);
     $("password").value = "";
     startSession(server, link, await keyPromise,
-      Array.isArray(link.hello.apps) ? link.hello.apps : []);
+      Array.isArray(link.hello.apps) ? link.hello.apps : [], note);
   } catch (error) {
     const explained = explain(error);
+    if (note) explained.deviceNote = note;
     failStep(explained.kind);
     if (retryOnWait && explained.reason && explained.retryAfter &&
         explained.retryAfter <= settings.autoRetryMaxSeconds) {
@@ -503,11 +576,13 @@ async function connect({ password = null, passwordKey = null, retryOnWait = true
 
 // -- the session -------------------------------------------------------------------------
 
-function startSession(server, link, passwordKey, apps) {
+function startSession(server, link, passwordKey, apps, note = null) {
   const { pc, control } = link;
   connection = { pc, control, serverId: server.id, passwordKey, closing: false, pingTimer: null };
   const conn = connection;
   setSessionHeading(true, server.name);
+  $("session-note").textContent = note || "";
+  $("session-note").hidden = !note;
   $("dropped").hidden = true;
   $("disconnect-button").hidden = false;
   show("session");

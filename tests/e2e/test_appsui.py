@@ -25,7 +25,8 @@ import services
 from helpers import free_tcp_port, require_tool
 from daemons import PASSWORD
 from appsui import NO_SAVE_PICKER, files_tab, row, terminal_text, wait_terminal
-from browser import connect, connect_error, open_link, open_session, start_pair
+from browser import (CAPTURE_CSP_VIOLATIONS, connect, connect_error, csp_violations, open_link,
+                     open_session, start_pair)
 
 AXE = "/node_modules/axe-core/axe.min.js"
 
@@ -590,10 +591,14 @@ def test_download_memory_does_not_grow_with_the_files_size(tmp_path, twistd, chr
     against 116 MB for 64 MiB."""
     page = chromium_page
     page.add_init_script(NO_SAVE_PICKER)
+    page.add_init_script(CAPTURE_CSP_VIOLATIONS)
     pair, coordinator, server = start_pair(twistd, tmp_path)
     open_session(page, pair)
     panel = files_tab(page)
     _, small_rss, small_heap = download_measured(page, panel, tmp_path, "small.img", 64 * MiB)
+    # The service worker and its download frame are within the page's policy (with
+    # frame-src left out of it, the download never started).
+    assert csp_violations(page) == []
     _, big_rss, big_heap = download_measured(page, panel, tmp_path, "big.img", 320 * MiB)
     # 256 MiB more data: growth must not follow it (a quarter of it is slack for the
     # noise of a garbage-collected renderer).

@@ -80,3 +80,48 @@ def test_browser_smoke(chromium_page, demo_coordinator, tmp_path):
     import shutil
     shutil.copy(tmp_path / "wrong-password.png", "/tmp/homechannel-smoke-wrong.png")
     shutil.copy(tmp_path / "connect.png", "/tmp/homechannel-smoke-connect.png")
+
+
+def test_the_pages_policy_refuses_a_base_plugins_and_form_submissions(chromium_page,
+                                                                       demo_coordinator):
+    """The page's Content-Security-Policy, as Chromium applies it: an injected
+    ``<base>`` does not move the page's base URL (``base-uri 'none'``), an ``<object>``
+    loads nothing (``object-src 'none'``), and a form submitted before (or without)
+    the script's handler goes nowhere (``form-action 'none'``: the connect form's
+    GET would put the password in the URL).  How this was shown to fail: with the
+    policy before these directives, the object loaded /healthz without a violation,
+    the base moved to elsewhere.example, and the form navigated to
+    ``/healthz?password=hunter2`` (and with the base left in, to elsewhere.example:
+    an injected ``<base>`` sends the password to another site)."""
+    from browser import CAPTURE_CSP_VIOLATIONS, csp_violations
+
+    page = chromium_page
+    base, _ = demo_coordinator
+    page.add_init_script(CAPTURE_CSP_VIOLATIONS)
+    page.goto(base + "/")
+    page.locator("#servers").wait_for()
+    moved = page.evaluate("""async () => {
+      const o = document.createElement("object");
+      o.data = "/healthz";
+      document.body.append(o);
+      await new Promise((r) => setTimeout(r, 500));
+      const b = document.createElement("base");
+      b.href = "https://elsewhere.example/";
+      document.head.prepend(b);
+      return document.baseURI;
+    }""")
+    assert moved == base + "/"
+    page.evaluate("""() => {
+      const f = document.createElement("form");
+      f.action = location.origin + "/healthz";
+      const i = document.createElement("input");
+      i.name = "password";
+      i.value = "hunter2";
+      f.append(i);
+      document.body.append(f);
+      f.submit();
+    }""")
+    page.wait_for_timeout(1000)
+    assert page.url == base + "/"
+    refused = {v.split(" ")[0] for v in csp_violations(page)}
+    assert {"base-uri", "object-src", "form-action"} <= refused, refused

@@ -19,6 +19,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -28,6 +29,7 @@ from homechannel.cli import client as cli_client
 from homechannel.client import session, trust
 from homechannel.client.control import ping
 from homechannel.errors import AuthenticationError, Forbidden
+from homechannel.protocol import connect as flow
 
 from helpers import REPO, SUPPORT
 
@@ -157,7 +159,7 @@ def connect(info, password=PASSWORD, **kwargs):
 def test_connect_hello_and_ping(coordinator):
     info = coordinator()
     hello, rtt, state = connect(info)
-    assert hello.pop("device").startswith("hcdev1.")
+    assert hello.pop("device").startswith("hcdev2.")
     assert hello == {"op": "hello", "server": info["server"], "apps": ["forward"]}
     assert 0 < rtt < 5
     assert state == "connected"
@@ -233,26 +235,56 @@ def test_wrong_password_is_a_clear_error(coordinator):
 
 def test_device_token_is_kept_and_used_and_its_wrong_password_is_refused_at_home(
         coordinator, tmp_path):
-    """After a sign-in the home server's device token is kept (mode 0600) and the next
-    connect takes the device path (no coordinator challenge, no answer check there): the
-    home server then checks the proof itself, and a wrong password is refused there."""
+    """After a sign-in the client enrols its device key (a 0600 file) and keeps the home
+    server's token (mode 0600) for this coordinator URL and server; the next connect
+    takes the device path, signed by that key (no coordinator challenge, no answer check
+    there): the home server then checks the proof itself, and a wrong password is
+    refused there."""
     info = coordinator()
     store = trust.DeviceStore(str(tmp_path / "devices.json"))
     connect(info, devices=store)
-    token = store.get(info["server"])
-    assert token and token.startswith("hcdev1.")
+    token = store.token(info["url"], info["server"])
+    assert token and token.startswith("hcdev2.")
     assert oct(os.stat(store.path).st_mode & 0o777) == "0o600"
+    [key_file] = (tmp_path / "device-keys").iterdir()
+    assert oct(os.stat(key_file).st_mode & 0o777) == "0o600"
+    assert store.token("https://other.example", info["server"]) is None
 
     hello, _, state = connect(info, devices=store)
     assert state == "connected"
     log = (tmp_path / "coordinator-honest.log").read_text()
     assert len(re.findall(r"login accepted: session \S+ from 127.0.0.1 \(device ", log)) == 1
-    assert store.get(info["server"]) != token      # renewed on every sign-in
+    assert store.token(info["url"], info["server"]) != token      # renewed on every sign-in
 
     with pytest.raises(Forbidden, match="bad-proof"):
         connect(info, password="not the password", devices=store)
     log = (tmp_path / "coordinator-honest.log").read_text()
     assert "login refused" in log and "the password proof does not verify" in log
+
+
+def test_a_copied_token_without_its_key_falls_back_to_the_password(coordinator, tmp_path):
+    """17.4/17.5: a token copied to another client (another key) cannot sign: the
+    coordinator refuses its device path (bad-device, counted against the source, not the
+    device), the client says so and signs in with the password in the same connect, and
+    enrols its own key.  The owner's device path still works afterwards.  How this was
+    shown to fail: before device keys the copy was accepted on the device path."""
+    info = coordinator()
+    owner = trust.DeviceStore(str(tmp_path / "owner" / "devices.json"))
+    connect(info, devices=owner)
+    copy = trust.DeviceStore(str(tmp_path / "thief" / "devices.json"))
+    copy.keep(info["url"], info["server"], owner.token(info["url"], info["server"]))
+    notes = []
+    hello, _, state = connect(info, devices=copy, notify=notes.append)
+    assert state == "connected"
+    assert any("no longer accepts this device's token" in n for n in notes), notes
+    mine = copy.token(info["url"], info["server"])
+    assert mine != owner.token(info["url"], info["server"])
+    assert flow.DeviceToken.verify(crypto.parse_server_id(info["server"]), mine,
+                                   time.time()).key == copy.device_key(info["server"]).public_raw
+    hello, _, state = connect(info, devices=owner)
+    assert state == "connected"
+    log = (tmp_path / "coordinator-honest.log").read_text()
+    assert len(re.findall(r"login accepted: session \S+ from 127.0.0.1 \(device ", log)) == 1
 
 
 def test_wrong_coordinator_key_is_refused(coordinator):

@@ -8,20 +8,24 @@ kills a node).  Missing redis-server or haproxy: skipped outside CI, naming the
 package; in CI they fail."""
 
 import json
+import os
 import re
 import time
 import urllib.error
 import urllib.request
+from types import SimpleNamespace
 
 import pytest
 
 from cluster import add_home_server, make_cluster, start_cluster
 from helpers import Twistd
-from daemons import kill
+from daemons import kill, scrape
 from browser import connect, open_link
 from nativeclient import python_connect
 
-from homechannel import crypto
+from homechannel import crypto, keyfiles
+from homechannel.coordinator.cluster import noderelay
+from homechannel.protocol import connect as flow
 
 
 KEEPALIVE = {"interval": 3.0, "jitter": 0.2, "missed_pongs": 3}
@@ -144,6 +148,96 @@ def test_five_wrong_passwords_over_both_nodes_lock_the_source_out_on_both(cluste
         time.sleep(0.2)
 
 
+def test_the_shipped_acl_is_all_the_nodes_need(cluster):
+    """Every flow so far (Chromium and the native client across both nodes, wrong
+    passwords, lockouts, notices) ran as the user of ``conf/redis/users.acl`` as written:
+    Redis's ACL log, which records every command, key or channel it refused (even one a
+    client ignores), is empty.  How this was shown to fail: with ``+hset`` taken out of
+    the user's line, the log held the refused HSET of the directory write at the home
+    server's registration."""
+    refused = cluster.redis.cli("ACL", "LOG")
+    assert refused.strip() == "", refused
+
+
+def dropped(node):
+    """The node's ``cluster_dropped`` counters by reason."""
+    return {dict(labels)["reason"]: value for (name, labels), value in scrape(
+        node.metrics_port).items() if name == "homechannel_coordinator_cluster_dropped_total"}
+
+
+def test_what_redis_holds_and_carries_is_useless_to_it_and_its_forgeries_move_no_node(
+        cluster):
+    """Whoever reaches the cluster's Redis (here with every right), against the running
+    nodes and home server.  A connect through the node that does not own the home server
+    crosses Redis (OFFER to the owner, RESULT back, the completion): none of it shows the
+    proof, the device token, the SDP or the client's address.  The pool entries Redis
+    holds do not check even the right password.  The attacks of issue 17: an OFFER made
+    by hand (with a source of the attacker's choosing) published to each node, and every
+    captured message published again: no node acts (each counts the drop in /metrics),
+    and the home server never hears of the forged source.  How this was shown to fail:
+    with the messages in clear again (``NodeLink.deliver`` not opening,
+    ``ClusterRelay._sealed`` not sealing) the capture held the proof, and with that
+    assertion set aside no drop was counted and the home server logged the forged
+    source 198.51.100.66; with the pools holding expectedAnswer again (``Directory._op``
+    storing ``e``, ``answer_matches`` comparing it) the pool held SHA-256(HMAC(K,
+    challenge)) of the real password."""
+    import redis as redispy
+
+    owner, other = cluster.nodes
+    server = cluster.extra["server"]
+    admin = redispy.Redis.from_url(cluster.redis.url, **cluster.redis.admin_options())
+    capture = admin.pubsub()
+    capture.psubscribe("hc:*")
+    assert capture.get_message(timeout=5)["type"] == "psubscribe"
+    via_other = SimpleNamespace(url=other.url, server_key=cluster.server_key,
+                                coordinator_key=cluster.coordinator_key)
+    hello, state = python_connect(via_other)
+    assert state == "connected"
+    captured = []
+    while (msg := capture.get_message(timeout=1.0)) is not None:
+        if msg["type"] == "pmessage":
+            captured.append((msg["channel"], msg["data"]))
+    capture.close()
+    channels = {channel for channel, _ in captured}
+    assert {b"hc:n:node-1", b"hc:n:node-2", b"hc:done"} <= channels, channels
+    for _, data in captured:
+        for secret in (b"proof", b"hcdev1", b"fingerprint", b"v=0", b"127.0.0.1", b"offer"):
+            assert secret not in data, (secret, data[:80])
+    # The pools: the right password's expectedAnswer is not what Redis holds.
+    password_key = keyfiles.load_password_key(os.path.join(cluster.base, "server",
+                                                           "password.json"),
+                                              cluster.server_key.public_raw)
+    kid = crypto.key_id(cluster.server_key.public_raw)
+    entry = admin.hgetall(b"hc:d:" + kid)
+    challenges = [c for c in entry if c != b"n"]
+    assert challenges and entry[b"n"] == b"node-1"
+    for c in challenges:
+        assert entry[c] != crypto.expected_answer(crypto.challenge_answer(password_key, c))
+    # The forgeries.
+    before = {node.name: dropped(node) for node in cluster.nodes}
+    mark = server.mark()
+    forged = noderelay.offer(1, "node-2", kid, flow.Offer(
+        crypto.b64u_encode(bytes(16)), bytes(16), bytes(32), OFFER,
+        source="198.51.100.66").encode())
+    for node in cluster.nodes:
+        admin.publish(f"hc:n:{node.name}", forged)
+    for channel, data in captured:
+        admin.publish(channel, data)
+    deadline = time.monotonic() + 10
+    while True:
+        after = {node.name: dropped(node) for node in cluster.nodes}
+        grew = {name: {reason: n - before[name].get(reason, 0) for reason, n in d.items()}
+                for name, d in after.items()}
+        if all(g.get("malformed", 0) >= 1 and g.get("replayed", 0) >= 1
+               for g in grew.values()):
+            break
+        assert time.monotonic() < deadline, grew
+        time.sleep(0.2)
+    time.sleep(1.0)
+    assert "198.51.100.66" not in server.output[mark:]
+    admin.close()
+
+
 def test_redis_restart_gives_clear_errors_then_recovers_without_restarting_anything(cluster):
     cluster.redis.stop()
     for node in cluster.nodes:
@@ -212,7 +306,8 @@ def test_a_cluster_node_on_another_reactor_is_a_clear_error(tmp_path):
         "web": {"listen": "tcp:0:interface=127.0.0.1"},
         "udp": {"interface": "127.0.0.1", "port": 0},
         "metrics": {"listen": ""},
-        "cluster": {"redis_url": "redis://127.0.0.1:1/0", "node_id": "n1"}})
+        "cluster": {"redis_url": "redis://127.0.0.1:1/0", "node_id": "n1",
+                    "redis_password_file": str(tmp_path / "redis-password")}})
     node = Twistd("homechannel-coordinator", cfg)
     node.cmd.insert(node.cmd.index("homechannel-coordinator"), "--reactor=poll")
     node.start()

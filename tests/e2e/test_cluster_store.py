@@ -9,9 +9,13 @@ and offers, notices and refills travel between nodes.  The asyncio code runs
 under ``asyncio.run`` with ``LoopClock`` (no Twisted reactor needed)."""
 
 import asyncio
+import inspect
 import itertools
+import os
+import time
 
 import pytest
+from twisted.internet import defer
 from zope.interface.verify import verifyObject
 
 from helpers import free_tcp_port, require_module
@@ -21,9 +25,8 @@ from homechannel import aio, crypto
 
 from homechannel.protocol.udp import POOL
 from homechannel.coordinator.cluster import noderelay
-from homechannel.coordinator.interfaces import IRelay
-from homechannel.coordinator.ratelimit import ILockout, IRateLimiter
-from homechannel.coordinator.sessions import ISessionStore
+from homechannel.coordinator.cluster.clusterkey import DONE, ClusterKey, MessageRefused
+from homechannel.coordinator.interfaces import ILockout, IRateLimiter, IRelay, ISessionStore
 from homechannel.testing.coordinator import LoopClock
 from homechannel.errors import (BadRequest, CapacityError, NotFound, RequestTimeout,
                                 Unavailable)
@@ -47,15 +50,24 @@ def run(coro):
 
 
 def get(d):
-    """Await a Deferred from asyncio."""
+    """Await a seam's coroutine (started at once, as Twisted code starts one) or a
+    Deferred from asyncio."""
+    if inspect.iscoroutine(d):
+        d = defer.Deferred.fromCoroutine(d)
     return aio.as_future(d)
 
 
-class Node:
-    """One node's store (own client and connections) under a shared key prefix."""
+# The cluster key of the nodes of these tests (each node has its own MessageSeal).
+KEY = ClusterKey(os.urandom(32))
 
-    def __init__(self, url, prefix, name="a"):
-        self.store = redisstore.RedisStore(redisstore.connect(url), prefix=prefix)
+
+class Node:
+    """One node's store (own client and connections, the nodes' Redis user of the shipped
+    ACL) under a shared key prefix."""
+
+    def __init__(self, redis, prefix, name="a", key=KEY):
+        self.store = redisstore.RedisStore(redisstore.connect(redis.url, **redis.options()),
+                                           key, prefix=prefix)
         self.clock = LoopClock()
         self.name = name
 
@@ -63,9 +75,15 @@ class Node:
         await get(self.store.close())
 
 
+def admin(redis):
+    """A plain client of the tests' admin user (PTTL: more than the nodes' ACL allows)."""
+    import redis as redispy
+    return redispy.Redis.from_url(redis.url, **redis.admin_options())
+
+
 def nodes(server, n=2):
-    prefix = f"t{next(_prefixes)}:"
-    return [Node(server.url, prefix, name) for name in "abcdefg"[:n]]
+    prefix = f"hc:t{next(_prefixes)}:"
+    return [Node(server, prefix, name) for name in "abcdefg"[:n]]
 
 
 # -- rate limits and lockouts ---------------------------------------------------------
@@ -97,11 +115,11 @@ def test_a_rate_limit_is_one_budget_for_all_nodes_and_its_keys_expire(server):
         assert all(r is not None and 0 < r <= 12.5 for r in results[5:])
         assert await get(la.peek("198.51.100.7")) is not None
         assert await get(lb.peek("198.51.100.8")) is None     # another source
-        ttl = await get(a.store.call("PTTL", a.store.key("rl", "connect", "198.51.100.7")))
+        ttl = admin(server).pttl(a.store.hidden_key("rl", "connect", hidden="198.51.100.7"))
         assert 0 < ttl <= 61_000
         # peek makes no entry for a key it has not seen
-        assert await get(a.store.call("EXISTS", a.store.key("rl", "connect",
-                                                            "198.51.100.8"))) == 0
+        assert await get(a.store.call("EXISTS", a.store.hidden_key(
+            "rl", "connect", hidden="198.51.100.8"))) == 0
         await a.close()
         await b.close()
 
@@ -111,7 +129,7 @@ def test_a_rate_limit_is_one_budget_for_all_nodes_and_its_keys_expire(server):
 def test_five_wrong_passwords_spread_over_two_nodes_lock_the_source_out_on_both(server):
     """Failures on node a and node b count together; the lockout doubles; a success
     clears it; half failures (stale challenges) add up; the key expires.  Shown to fail
-    with an in-memory ``Lockout`` per node in place of the Redis ones (a scratch copy):
+    with an in-memory ``MemoryLockout`` per node in place of the Redis ones (a scratch copy):
     the fifth failure locks nothing, each node having counted 2 or 3."""
     async def main():
         a, b = nodes(server)
@@ -124,7 +142,7 @@ def test_five_wrong_passwords_spread_over_two_nodes_lock_the_source_out_on_both(
             left = await get(lock.check(src))
             assert 55 < left <= 60
         assert await get(la.failure(src)) == 120.0       # doubling once locked out
-        ttl = await get(a.store.call("PTTL", a.store.key("lo", "source", src)))
+        ttl = admin(server).pttl(a.store.hidden_key("lo", "source", hidden=src))
         assert 0 < ttl <= (120 + 3600) * 1000
         await get(lb.success(src))
         assert await get(la.check(src)) is None
@@ -142,33 +160,28 @@ def test_five_wrong_passwords_spread_over_two_nodes_lock_the_source_out_on_both(
 
 
 class Completions:
-    """The part of NodeLink that feeds the ``done`` channel to a session store."""
+    """A node's subscription (``NodeLink``: its channel and the ``done`` channel) feeding
+    the session completions to *sessions*."""
 
-    def __init__(self, store, sessions):
-        self.store, self.sessions = store, sessions
+    def __init__(self, node, sessions):
+        relay = redisrelay.ClusterRelay(node.store, node.name, FakeUDP(), node.clock)
+        self.link = redisrelay.NodeLink(node.store, node.name, node.clock, relay, sessions)
 
     async def __aenter__(self):
-        self.pubsub = self.store.client.pubsub()
-        await self.pubsub.subscribe(self.sessions.channel)
-        self.task = asyncio.ensure_future(self._loop())
+        self.link.start()
+        while not self.link.subscribed:
+            await asyncio.sleep(0.02)
         return self
 
-    async def _loop(self):
-        while True:
-            msg = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-            if msg is not None:
-                self.sessions.completed(msg["data"])
-
     async def __aexit__(self, *exc):
-        self.task.cancel()
-        await self.pubsub.aclose()
+        await get(self.link.stop())
 
 
 def sessions_for(node, **kw):
     return redissessions.RedisSessionStore(node.store, node.clock, **kw)
 
 
-KEY = crypto.IdentityKey.generate().public_raw
+SERVER = crypto.IdentityKey.generate().public_raw
 
 
 def test_a_session_made_on_one_node_is_answered_on_another_and_waited_for_on_a_third(server):
@@ -177,10 +190,10 @@ def test_a_session_made_on_one_node_is_answered_on_another_and_waited_for_on_a_t
     async def main():
         a, b, c = nodes(server, 3)
         sa, sb, sc = sessions_for(a), sessions_for(b), sessions_for(c)
-        async with Completions(c.store, sc):
-            await get(sa.create("s" * 22, KEY, source="192.0.2.1", device="dev1"))
+        async with Completions(c, sc):
+            await get(sa.create("s" * 22, SERVER, source="192.0.2.1", device="dev1"))
             info = await get(sb.info("s" * 22))
-            assert info.server_key == KEY and info.source == "192.0.2.1" \
+            assert info.server_key == SERVER and info.source == "192.0.2.1" \
                 and info.device == "dev1"
             waiting = get(sc.wait("s" * 22, 20.0, "192.0.2.1"))
             await asyncio.sleep(0.2)
@@ -194,7 +207,7 @@ def test_a_session_made_on_one_node_is_answered_on_another_and_waited_for_on_a_t
             # The first answer wins; a later poll gets the same result at once.
             assert not await get(sa.answer("s" * 22, {"status": "other"}))
             assert await get(sb.wait("s" * 22, 5.0)) == result
-            ttl = await get(a.store.call("PTTL", a.store.key("s", "s" * 22)))
+            ttl = admin(server).pttl(a.store.key("s", "s" * 22))
             assert 0 < ttl <= 30_000
         for n in (a, b, c):
             await n.close()
@@ -206,10 +219,10 @@ def test_session_errors_cross_nodes_and_the_deadline_holds(server):
     async def main():
         a, b = nodes(server)
         sa, sb = sessions_for(a, session_timeout=1.0), sessions_for(b, session_timeout=1.0)
-        async with Completions(b.store, sb):
-            await get(sa.create("e" * 22, KEY, source="192.0.2.1"))
+        async with Completions(b, sb):
+            await get(sa.create("e" * 22, SERVER, source="192.0.2.1"))
             with pytest.raises(BadRequest) as e:
-                await get(sb.create("e" * 22, KEY, source="192.0.2.1"))
+                await get(sb.create("e" * 22, SERVER, source="192.0.2.1"))
             assert e.value.code == "session-exists"
             waiting = get(sb.wait("e" * 22, 10.0))
             await asyncio.sleep(0.1)
@@ -220,13 +233,13 @@ def test_session_errors_cross_nodes_and_the_deadline_holds(server):
             with pytest.raises(NotFound):
                 await get(sb.wait("x" * 22, 1.0))
             # Not answered by its deadline: 408 timeout for every node.
-            await get(sa.create("t" * 22, KEY, source="192.0.2.1"))
+            await get(sa.create("t" * 22, SERVER, source="192.0.2.1"))
             with pytest.raises(RequestTimeout):
                 await get(sb.wait("t" * 22, 10.0))
             with pytest.raises(RequestTimeout):
                 await get(sa.wait("t" * 22, 10.0))
             # A wait that ends first answers None (still pending).
-            await get(sa.create("p" * 22, KEY, source="192.0.2.1"))
+            await get(sa.create("p" * 22, SERVER, source="192.0.2.1"))
             assert await get(sb.wait("p" * 22, 0.2)) is None
         await a.close()
         await b.close()
@@ -242,13 +255,13 @@ def test_session_shares_hold_across_nodes(server):
         kw = dict(max_sessions_per_source=2, max_sessions_per_server=3, max_sessions=4)
         sa, sb = sessions_for(a, **kw), sessions_for(b, **kw)
         other = crypto.IdentityKey.generate().public_raw
-        await get(sa.create("a" * 22, KEY, source="2001:db8:1:2::1"))
-        await get(sb.create("b" * 22, KEY, source="2001:db8:1:2::2"))
+        await get(sa.create("a" * 22, SERVER, source="2001:db8:1:2::1"))
+        await get(sb.create("b" * 22, SERVER, source="2001:db8:1:2::2"))
         with pytest.raises(CapacityError, match="from your network"):
-            await get(sa.create("c" * 22, KEY, source="2001:db8:1:2::3"))
-        await get(sb.create("d" * 22, KEY, source="192.0.2.1"))
+            await get(sa.create("c" * 22, SERVER, source="2001:db8:1:2::3"))
+        await get(sb.create("d" * 22, SERVER, source="192.0.2.1"))
         with pytest.raises(CapacityError, match="to this home server"):
-            await get(sa.create("e" * 22, KEY, source="192.0.2.2"))
+            await get(sa.create("e" * 22, SERVER, source="192.0.2.2"))
         await get(sa.create("f" * 22, other, source="192.0.2.3"))
         with pytest.raises(CapacityError, match="coordinator is busy"):
             await get(sb.create("g" * 22, other, source="192.0.2.4"))
@@ -270,13 +283,13 @@ def test_a_wider_ipv6_prefix_is_one_source_with_a_few_shares_across_nodes(server
             for j in range(2):
                 store = sa if (i + j) % 2 else sb
                 try:
-                    await get(store.create(f"{i:02d}{j}".ljust(22, "x"), KEY,
+                    await get(store.create(f"{i:02d}{j}".ljust(22, "x"), SERVER,
                                            source=f"2001:db8:0:{i:x}::{j + 1}"))
                     made += 1
                 except CapacityError as e:
                     assert "from your network" in str(e)
         assert made == 4 * 2
-        await get(sa.create("z" * 22, KEY, source="2001:db8:0:100::1"))   # another /56
+        await get(sa.create("z" * 22, SERVER, source="2001:db8:0:100::1"))   # another /56
         await a.close()
         await b.close()
 
@@ -360,6 +373,13 @@ async def settle():
     await asyncio.sleep(0.2)
 
 
+async def stop(links, nodes):
+    for link in links:
+        await get(link.stop())
+    for node in nodes:
+        await node.close()
+
+
 def test_directory_and_pools_are_written_by_the_owner_and_taken_by_any_node(server):
     """Atomic takes (of two concurrent takes of one challenge, one wins); a take that
     leaves the pool short asks the owner for a refill; a refill fills free places; an
@@ -372,12 +392,14 @@ def test_directory_and_pools_are_written_by_the_owner_and_taken_by_any_node(serv
         await settle()
         online, challenge = await get(rb.server_status(server_key))
         assert online and challenge in dict(pairs(2))
-        ttl = await get(b.store.call("PTTL", b.store.key("d", kid)))
+        ttl = admin(server).pttl(b.store.key("d", kid))
         assert 0 < ttl <= 60_000
         c0, e0 = pairs(2)[0]
         first, second = await asyncio.gather(get(rb.take_challenge(server_key, c0)),
                                              get(ra.take_challenge(server_key, c0)))
-        assert sorted([first, second], key=lambda x: x is None) == [e0, None]
+        # What the pool held: the keyed hash of e0 (never e0 itself).
+        assert sorted([first, second], key=lambda x: x is None) == [
+            KEY.pool_entry(kid, c0, e0), None]
         await settle()
         assert udp_a.refills == [kid]          # the owner was asked, once
         dir_a.pool(kid, pairs(3, tag=1), False)  # the REFILL reply fills one free place
@@ -395,10 +417,7 @@ def test_directory_and_pools_are_written_by_the_owner_and_taken_by_any_node(serv
         dir_a.forget(kid)
         await settle()
         assert await get(rb.server_status(server_key)) == (False, None)
-        for link in (link_a, link_b):
-            await get(link.stop())
-        await a.close()
-        await b.close()
+        await stop((link_a, link_b), (a, b))
 
     run(main())
 
@@ -431,15 +450,13 @@ def test_offers_notices_and_refills_travel_to_the_owning_node(server):
         with pytest.raises(Unavailable, match="node is gone"):
             await get(rb.send_offer(server_key, b'{"offer": 4}'))
         assert asyncio.get_running_loop().time() - started < 2
-        # Garbage on a node's channel is counted and dropped.
+        # Garbage on a node's channel is counted and dropped: unsealed, or sealed but
+        # malformed inside.
         await get(b.store.call("PUBLISH", rb.channel(), b"Xjunk"))
-        await get(b.store.call("PUBLISH", rb.channel(), noderelay.refill(b"short")))
+        await get(b.store.call("PUBLISH", rb.channel(), rb._sealed(noderelay.refill(b"short"))))
         await settle()
-        assert rb.stats["messages-dropped"] == 2
-        for link in (link_a, link_b):
-            await get(link.stop())
-        await a.close()
-        await b.close()
+        assert rb.stats["messages-dropped"] == 1 and link_b.dropped == {"malformed": 1}
+        await stop((link_a, link_b), (a, b))
 
     run(main())
 
@@ -458,7 +475,7 @@ def test_the_directory_writes_again_what_redis_lost_and_what_failed(server, tmp_
     silently), so it failed every time there."""
     async def main():
         own = RedisServer(tmp_path).start()
-        a = Node(own.url, "r:")
+        a = Node(own, "hc:r:")
         kids = [bytes([i]) * 16 for i in range(3)]
         reg = Registry(kids)
         ra, udp_a, dir_a, link_a = await cluster_node(a, registry=reg)
@@ -520,7 +537,7 @@ async def written(node, kids):
 def test_an_unreachable_redis_is_a_clear_503(server):
     async def main():
         store = redisstore.RedisStore(redisstore.connect(
-            f"redis://127.0.0.1:{free_tcp_port()}/0", timeout=0.5))
+            f"redis://127.0.0.1:{free_tcp_port()}/0", timeout=0.5, **server.options()), KEY)
         limiter = RedisRateLimiter(store, "x", LoopClock(), 5)
         with pytest.raises(Unavailable) as e:
             await get(limiter.hit("192.0.2.1"))
@@ -529,3 +546,226 @@ def test_an_unreachable_redis_is_a_clear_503(server):
         await get(store.close())
 
     run(main())
+
+
+# -- whoever reaches Redis -------------------------------------------------------------------
+# (docs/security.md, "Redis"): it can read, change and delete every key, and publish on
+# every channel, with the admin user's rights here.  Nothing it holds or carries lets it
+# check a password guess, read an offer, or make a node act.
+
+
+class Capture:
+    """An admin subscription to every channel of *prefix*: what Redis carries."""
+
+    def __init__(self, redis, prefix):
+        import redis.asyncio as aredis
+        self.client = aredis.Redis.from_url(redis.url, **redis.admin_options())
+        self.prefix = prefix
+        self.messages = []
+
+    async def __aenter__(self):
+        self.pubsub = self.client.pubsub()
+        await self.pubsub.psubscribe(self.prefix + "*")
+        self.task = asyncio.ensure_future(self._loop())
+        return self
+
+    async def _loop(self):
+        while True:
+            msg = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if msg is not None:
+                self.messages.append((msg["channel"], msg["data"]))
+
+    async def publish(self, channel, data):
+        return await self.client.publish(channel, data)
+
+    async def __aexit__(self, *exc):
+        self.task.cancel()
+        await self.pubsub.aclose()
+        await self.client.aclose()
+
+
+def test_offers_cross_redis_sealed_and_what_redis_forges_or_replays_is_dropped(server):
+    """The OFFER node b relays to node a carries the client's proof and device token: in
+    Redis it is sealed (none of it readable), and node a acts on it once.  The attacks of
+    issue 17 from Redis: a hand-made OFFER (the format as it was, with a source and device
+    of the attacker's choosing), one sealed with another cluster key, the captured OFFER
+    published again, a forged NOTICE and REFILL: none reaches the home server; each is a
+    counted drop.  How this was shown to fail: with ``NodeLink.deliver`` handing
+    ``data`` to the handler unopened and ``ClusterRelay._sealed`` returning the message as
+    it is (the messages as they were), the capture showed the proof."""
+    async def main():
+        (a, b), server_key, kid, (ra, udp_a, dir_a, link_a), (rb, udp_b, dir_b, link_b) = \
+            await two_nodes(server)
+        dir_a.pool(kid, pairs(2), True)
+        await settle()
+        payload = b'{"proof":"PROOF-abc","device":"hcdev1.TOKEN","source":"192.0.2.50"}'
+        async with Capture(server, a.store.prefix.decode()) as redis:
+            await get(rb.send_offer(server_key, payload))
+            await settle()
+            assert udp_a.offers == [(kid, payload)]
+            offer = [data for channel, data in redis.messages if channel == rb.channel(b"a")]
+            assert len(offer) == 1
+            assert all(b"PROOF" not in d and b"hcdev1" not in d and b"192.0.2" not in d
+                       for _, d in redis.messages)
+            # The attacks.
+            forged = noderelay.offer(7, "b", kid, b'{"source":"6.6.6.6","device":"x"}')
+            other = Node(server, a.store.prefix.decode(), "b", key=ClusterKey(os.urandom(32)))
+            await redis.publish(ra.channel(), forged)
+            await redis.publish(ra.channel(), other.store.messages.seal(b"n", forged,
+                                                                        time.time()))
+            await redis.publish(ra.channel(), offer[0])                      # replayed
+            await redis.publish(ra.channel(), noderelay.notice(kid, b'{"forged":1}'))
+            await redis.publish(ra.channel(), noderelay.refill(kid))
+            await settle()
+            await other.close()
+        assert udp_a.offers == [(kid, payload)] and udp_a.notices == [] \
+            and udp_a.refills == []
+        assert link_a.dropped == {"malformed": 3, "bad-mac": 1, "replayed": 1}
+        await stop((link_a, link_b), (a, b))
+
+    run(main())
+
+
+def test_redis_holds_no_expected_answer_address_device_or_result_it_can_use(server):
+    """After a session, pools, budgets and lockouts for a source and a device: no value
+    or key name in Redis holds the expectedAnswer, the source address, the device id, the
+    server key or the answer; a pool entry is the keyed hash of its expectedAnswer.  How
+    this was shown to fail: with ``Directory._op`` storing ``e`` (as before) the
+    expectedAnswer was found among the values; with ``RedisRateLimiter`` naming its key
+    with ``store.key`` (as before) the source address was in a key name."""
+    async def main():
+        (a, b), server_key, kid, (ra, udp_a, dir_a, link_a), (rb, udp_b, dir_b, link_b) = \
+            await two_nodes(server)
+        source, device = "203.0.113.99", "dev-SECRET-id"
+        dir_a.pool(kid, pairs(2, tag=9), True)
+        sa = sessions_for(a)
+        await get(sa.create("h" * 22, server_key, source=source, device=device))
+        await get(sa.answer("h" * 22, {"status": "answered", "answer": "v=0 ANSWER-SDP"}))
+        await get(RedisRateLimiter(a.store, "connect", a.clock, 5).hit(source))
+        await get(RedisLockout(a.store, "device", a.clock).failure(device))
+        await settle()
+        admin_client = admin(server)
+        dump = b""
+        for name in admin_client.keys(a.store.prefix + b"*"):
+            kind = admin_client.type(name)
+            dump += name + b"\n"
+            if kind == b"hash":
+                for k, v in admin_client.hgetall(name).items():
+                    dump += k + b"=" + v + b"\n"
+            elif kind == b"zset":
+                dump += b" ".join(admin_client.zrange(name, 0, -1)) + b"\n"
+            else:
+                dump += admin_client.get(name) + b"\n"
+        for secret in (source.encode(), device.encode(), b"ANSWER-SDP", server_key,
+                       crypto.b64u_encode(server_key).encode()) + tuple(
+                           e for _, e in pairs(2, tag=9)):
+            assert secret not in dump, secret
+        entry = admin_client.hgetall(a.store.key("d", kid))
+        c, e = pairs(2, tag=9)[0]
+        assert entry[c] == KEY.pool_entry(kid, c, e)
+        await stop((link_a, link_b), (a, b))
+
+    run(main())
+
+
+def test_a_session_record_redis_changed_or_moved_is_never_used(server):
+    """Redis can end a session (delete it, or write a result): the node refuses a result
+    or an info it did not seal for that session (a 503, counted), and a forged completion
+    on the done channel is dropped while the genuine answer still arrives.  How this was
+    shown to fail: with ``_info_aad`` not naming the session (``b"info "``), session y's
+    info moved onto x was read as x's."""
+    async def main():
+        a, b = nodes(server)
+        sa, sb = sessions_for(a), sessions_for(b)
+        await get(sa.create("x" * 22, SERVER, source="192.0.2.1"))
+        await get(sa.create("y" * 22, SERVER, source="192.0.2.2", device="d2"))
+        db = admin(server)
+        async with Completions(b, sb) as completions:
+            waiting = get(sb.wait("x" * 22, 20.0))
+            await asyncio.sleep(0.2)
+            # A completion Redis made up, in the format as it was: not a sealed message.
+            with pytest.raises(MessageRefused):
+                b.store.messages.open(DONE, b"x" * 22 + b' a {"answer":"evil"}', time.time())
+            db.publish(sb.channel, b"x" * 22 + b' a {"answer":"evil"}')
+            await asyncio.sleep(0.2)
+            assert completions.link.dropped == {"malformed": 1} and not waiting.done()
+            await get(sa.answer("x" * 22, {"answer": "genuine"}))
+            assert await waiting == {"answer": "genuine"}
+        # The stored records: y's sealed info moved onto x, x's result onto y.
+        x, y = a.store.key("s", "x" * 22), a.store.key("s", "y" * 22)
+        db.hset(x, "i", db.hget(y, "i"))
+        db.hset(y, mapping={"st": "a", "r": db.hget(x, "r")})
+        assert await get(sb.info("x" * 22)) is None
+        with pytest.raises(Unavailable):
+            await get(sb.wait("y" * 22, 5.0))
+        # A pending session whose deadline Redis made a word: a 503, not a crash.
+        await get(sa.create("z" * 22, SERVER, source="192.0.2.3"))
+        db.hset(a.store.key("s", "z" * 22), "dl", "soon")
+        assert not await get(sb.is_pending("z" * 22))
+        with pytest.raises(Unavailable):
+            await get(sb.wait("z" * 22, 5.0))
+        assert sb.dropped == {"bad-record": 3}
+        await a.close()
+        await b.close()
+
+    run(main())
+
+
+def test_budgets_redis_forgets_still_hold_on_each_node(server):
+    """Whoever reaches Redis can DEL the budget keys (or restart Redis): each node's
+    budget then still holds in its memory, so the cluster allows at most one budget per
+    node, never an unbounded number.  How this was shown to fail: with the local budget
+    of ``ClusterNode.make_limiter`` unbounded (Redis's alone deciding, as before), the
+    peek after the DEL allowed the hit."""
+    from homechannel.coordinator.cluster.node import ClusterNode
+
+    async def main():
+        (a,) = nodes(server, 1)
+        node = ClusterNode(a.store, None, None, None, None, None)
+        limiter = node.make_limiter(a.clock, "server-minute", 3, 60.0)
+        kid = b"s" * 16
+        assert [await get(limiter.hit(kid)) for _ in range(3)] == [None] * 3
+        assert await get(limiter.hit(kid)) is not None
+        db = admin(server)
+        db.delete(*db.keys(a.store.prefix + b"rl:*"))
+        assert await get(limiter.shared.peek(kid)) is None      # Redis forgot ...
+        assert await get(limiter.peek(kid)) is not None           # ... this node did not
+        assert await get(limiter.hit(kid)) is not None
+        await a.close()
+
+    run(main())
+
+
+def test_a_node_with_another_cluster_key_is_named_once(server):
+    """Nodes with different key files cannot open each other's messages (every offer
+    between them would time out): a node finds the other key in the heartbeat of the node
+    owning a server, and says so once, naming both fingerprints.  How this was shown to
+    fail: without the ``_check_key`` call in ``server_status`` nothing was logged."""
+    from twisted.logger import globalLogPublisher
+
+    events = []
+
+    def observer(event):
+        if "another cluster key" in event.get("log_format", ""):
+            events.append(event)
+
+    async def main():
+        prefix = f"hc:t{next(_prefixes)}:"
+        a, b = Node(server, prefix, "a"), Node(server, prefix, "b", ClusterKey(os.urandom(32)))
+        server_key = crypto.IdentityKey.generate().public_raw
+        ra, _, _, link_a = await cluster_node(a)
+        rb, _, dir_b, link_b = await cluster_node(b)
+        dir_b.pool(crypto.key_id(server_key), pairs(2), True)
+        await settle()
+        for _ in range(3):
+            assert (await get(ra.server_status(server_key)))[0]
+        await stop((link_a, link_b), (a, b))
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        run(main())
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert len(events) == 1
+    assert events[0]["node"] == "b" and events[0]["ours"] == KEY.fingerprint
+    assert events[0]["theirs"] not in ("", KEY.fingerprint)

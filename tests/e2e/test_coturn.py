@@ -9,6 +9,10 @@ import pytest
 
 from turncreds import SECRET, minter
 
+from homechannel import crypto
+
+SERVER_KEY = crypto.IdentityKey.generate().public_raw
+
 
 async def allocate(port, username, credential):
     """A TURN allocation with aioice's client; returns the relayed address."""
@@ -32,19 +36,19 @@ def test_coturn_accepts_minted_and_refuses_expired_or_forged(tmp_path):
 
     with coturn(tmp_path, SECRET.decode()) as port:
         import time
-        good = minter(now=time.time()).mint()
+        good = minter(now=time.time()).mint(SERVER_KEY, "c")
         _, relayed = asyncio.run(allocate(port, good["username"], good["credential"]))
         assert relayed[0] == "127.0.0.1"
 
-        expired = minter(now=time.time() - 700).mint()   # expired 100 s ago
+        expired = minter(now=time.time() - 700).mint(SERVER_KEY, "c")   # expired 100 s ago
         with pytest.raises(TransactionFailed, match="401"):
             asyncio.run(allocate(port, expired["username"], expired["credential"]))
 
-        forged = minter(now=time.time(), secret=b"not-the-secret-at-all!").mint()
+        forged = minter(now=time.time(), secret=b"not-the-secret-at-all!").mint(SERVER_KEY, "c")
         with pytest.raises(TransactionFailed, match="401"):
             asyncio.run(allocate(port, forged["username"], forged["credential"]))
 
-        future = minter(now=time.time()).mint()
+        future = minter(now=time.time()).mint(SERVER_KEY, "c")
         with pytest.raises(TransactionFailed, match="401"):   # username changed, same password
             asyncio.run(allocate(port, "9" + future["username"], future["credential"]))
 
@@ -167,7 +171,7 @@ def test_readme_coturn_policy_keeps_the_relay_off_private_and_local_peers(tmp_pa
 
     policy = readme_coturn_policy()
     assert "no-tcp-relay" in policy
-    entry = minter(now=time.time()).mint()
+    entry = minter(now=time.time()).mint(SERVER_KEY, "c")
     (tmp_path / "v4").mkdir()
     with coturn(tmp_path / "v4", SECRET.decode(), extra=policy) as port:
         got = asyncio.run(_permissions("127.0.0.1", port, entry, DENIED + ALLOWED))
@@ -178,3 +182,73 @@ def test_readme_coturn_policy_keeps_the_relay_off_private_and_local_peers(tmp_pa
                 extra=[*policy, "allocation-default-address-family=keep"]) as port:
         got = asyncio.run(_permissions("::1", port, entry, DENIED6 + ALLOWED6))
         assert got == {**{p: 403 for p in DENIED6}, **{p: 200 for p in ALLOWED6}}
+
+
+# -- the relay's own address and the quotas (17.3) -------------------------------------------
+
+RELAY = "198.51.100.77"       # this test's "public address" of the relay host (on lo)
+
+
+@pytest.fixture
+def relay_address():
+    """*RELAY* on this namespace's loopback interface, as a relay host's public address."""
+    import subprocess
+
+    from helpers import require_tool
+
+    ip = require_tool("ip", "iproute2")
+    subprocess.run([ip, "addr", "add", f"{RELAY}/32", "dev", "lo"], check=True)
+    try:
+        yield RELAY
+    finally:
+        subprocess.run([ip, "addr", "del", f"{RELAY}/32", "dev", "lo"], check=False)
+
+
+def test_readme_coturn_policy_keeps_the_relay_off_its_own_host_and_holds_quotas(
+        tmp_path, relay_address):
+    """coturn on a "public" address, with the README's policy as written (its own-address
+    line naming that address): a permission towards the relay host itself is refused, so
+    no UDP service on that host is reachable through the relay; one credential holds at
+    most user-quota allocations.  How this was shown to fail: without the README's
+    own-address line the permission to the relay host got 200 (coturn 4.6 does not deny
+    its own address), and without user-quota the 13th allocation succeeded."""
+    import time
+
+    from services import coturn, readme_coturn_policy
+
+    policy = readme_coturn_policy(relay_address)
+    quota = int(next(line for line in policy if line.startswith("user-quota="))
+                .split("=")[1])
+    assert any(line.startswith("max-bps=") for line in policy)
+    assert any(line.startswith("total-quota=") for line in policy)
+    entry = minter(now=time.time()).mint(SERVER_KEY, "c")
+    with coturn(tmp_path, SECRET.decode(), listen=relay_address, extra=policy) as port:
+        got = asyncio.run(_permissions(relay_address, port, entry, [relay_address,
+                                                                    "198.51.100.7"]))
+        assert got == {relay_address: 403, "198.51.100.7": 200}
+        fresh = minter(now=time.time(), random=b"\x01" * 6).mint(SERVER_KEY, "c")
+        outcomes = asyncio.run(_allocations(relay_address, port, fresh, quota + 1))
+    assert outcomes == [200] * quota + [486]
+
+
+async def _allocations(host, port, entry, n):
+    """Allocate *n* times with one credential, each allocation kept until the end; the
+    outcome of each (200, or coturn's error code: 486 Allocation Quota Reached)."""
+    from aioice import stun
+
+    protos, outcomes = [], []
+    try:
+        for _ in range(n):
+            proto = await _turn_client(host, port, entry)
+            protos.append(proto)
+            try:
+                await proto.connect()
+                outcomes.append(200)
+            except stun.TransactionFailed as e:
+                outcomes.append(e.response.attributes["ERROR-CODE"][0])
+    finally:
+        for proto in protos:
+            if getattr(proto, "refresh_task", None) is not None:
+                proto.refresh_task.cancel()
+            proto.transport.close()
+    return outcomes

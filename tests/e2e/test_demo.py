@@ -14,6 +14,8 @@ import sys
 import time
 import tomllib
 
+import pytest
+
 from helpers import REPO, free_tcp_port, free_udp_port
 
 BANNER_END = "Ctrl-C to stop."
@@ -134,6 +136,22 @@ def test_demo_lock_apps_and_children_that_die_with_it(tmp_path):
             demo.wait()
 
 
+def process_states(pids):
+    """State, kernel wait channel and stack of each process in *pids* (what a stop that
+    hangs is waiting for)."""
+    lines = []
+    for pid in pids:
+        parts = []
+        for name in ("stat", "wchan", "stack"):
+            try:
+                with open(f"/proc/{pid}/{name}") as f:
+                    parts.append(f"{name}: {f.read().strip()[:300]}")
+            except OSError as e:
+                parts.append(f"{name}: {e.strerror}")
+        lines.append(f"pid {pid}: " + "; ".join(parts))
+    return "\n".join(lines)
+
+
 def test_verbose_streams_the_logs_and_ctrl_c_stops_both(tmp_path):
     """--verbose (make run V=1) shows both daemons' logs, prefixed, as well as writing
     them to the files, and Ctrl-C (SIGINT to the demo's process group, as a terminal
@@ -153,7 +171,14 @@ def test_verbose_streams_the_logs_and_ctrl_c_stops_both(tmp_path):
 
         os.killpg(demo.pid, signal.SIGINT)
         # Read while it stops: the streamed logs must never fill the pipe and block it.
-        rest = demo.communicate(timeout=60)[0].decode(errors="replace")
+        try:
+            rest = demo.communicate(timeout=60)[0].decode(errors="replace")
+        except subprocess.TimeoutExpired:
+            states = process_states([demo.pid, *twistds])
+            os.killpg(demo.pid, signal.SIGKILL)
+            said = demo.communicate()[0].decode(errors="replace")
+            pytest.fail(f"the demo did not stop within 60 s of Ctrl-C:\n{states}\n"
+                        f"--- what it printed ---\n{said[-4000:]}")
         assert demo.returncode == 0
         assert "stopping..." in rest, rest
         assert not [p for p in twistds if alive(p)]

@@ -3,7 +3,8 @@ as shipped (only names, ports and paths substituted): nginx terminates TLS with
 a certificate from a local test CA, the coordinator listens on loopback tcp
 with ``web.trusted_proxies``, Chromium connects through nginx, and the
 coordinator sees the browser's address from X-Forwarded-For (the browser comes
-from ::1, nginx from 127.0.0.1)."""
+from ::1, nginx from 127.0.0.1).  The slowloris test adds the example firewall,
+conf/nftables/homechannel.nft (its ports substituted), in the test's namespace."""
 
 import base64
 import hashlib
@@ -22,8 +23,13 @@ from helpers import CHROMIUM_ARGS, REPO, free_tcp_port, require_tool
 from daemons import PASSWORD
 from browser import start_pair
 from testca import TestCA
+from slowloris import Slowloris, assert_served_during, timed_get
 
 NAME = "coordinator.test"
+# As an operator sizes it (conf/nginx/homechannel.conf): well above what one source may
+# hold (64 connections, each with one to the coordinator), scaled down for a test.
+WORKER_CONNECTIONS = 128
+ATTACK = 400        # slow connections from one address: well over WORKER_CONNECTIONS
 
 
 def render(example, *, https_port, http_port, upstream, certs, webroot):
@@ -59,7 +65,7 @@ daemon off;
 worker_processes 1;
 pid {prefix}/nginx.pid;
 error_log stderr notice;
-events {{ worker_connections 128; }}
+events {{ worker_connections {WORKER_CONNECTIONS}; }}
 http {{
     access_log {prefix}/access.log;
     client_body_temp_path {prefix}/body;
@@ -92,6 +98,25 @@ http {{
         print("--- nginx ---\n" + p.stdout.read().decode("utf-8", "replace"))
 
 
+@pytest.fixture
+def firewall():
+    """``load(https_port, http_port)``: conf/nftables/homechannel.nft as shipped, with
+    its ports replaced, in this test's network namespace; removed at teardown."""
+    exe = require_tool("nft", "nftables")
+    loaded = []
+
+    def load(https_port, http_port):
+        text = open(os.path.join(REPO, "conf", "nftables", "homechannel.nft")).read()
+        assert "tcp dport { 80, 443 }" in text, "the example changed: update this test"
+        text = text.replace("tcp dport { 80, 443 }", f"tcp dport {{ {http_port}, {https_port} }}")
+        subprocess.run([exe, "-f", "-"], input=text, text=True, check=True, timeout=30)
+        loaded.append(True)
+
+    yield load
+    if loaded:
+        subprocess.run([exe, "delete", "table", "inet", "homechannel"], timeout=30)
+
+
 def spki_hash(cert):
     from cryptography.hazmat.primitives import serialization
     spki = cert.public_key().public_bytes(serialization.Encoding.DER,
@@ -99,11 +124,14 @@ def spki_hash(cert):
     return base64.b64encode(hashlib.sha256(spki).digest()).decode()
 
 
-def behind_example_nginx(tmp_path, twistd, nginx):
+def behind_example_nginx(tmp_path, twistd, nginx, firewall=None):
     """The coordinator (and a home server) on loopback tcp, trusting nginx (127.0.0.1)
-    only, behind nginx with the example as shipped; returns (pair, coordinator, server,
-    the HTTPS port, the test CA, the leaf certificate)."""
-    https_port = free_tcp_port()
+    only, behind nginx with the example as shipped (and the example firewall, given
+    the *firewall* fixture); returns (pair, coordinator, server, the HTTPS port, the
+    test CA, the leaf certificate)."""
+    https_port, http_port = free_tcp_port(), free_tcp_port()
+    if firewall is not None:
+        firewall(https_port, http_port)
     pair, coordinator, server = start_pair(twistd, tmp_path, coordinator_web={
         "public_url": f"https://{NAME}:{https_port}", "trusted_proxies": ["127.0.0.1"]})
 
@@ -116,7 +144,7 @@ def behind_example_nginx(tmp_path, twistd, nginx):
     webroot = tmp_path / "www"
     webroot.mkdir()
     example = open(os.path.join(REPO, "conf", "nginx", "homechannel.conf")).read()
-    nginx(render(example, https_port=https_port, http_port=free_tcp_port(),
+    nginx(render(example, https_port=https_port, http_port=http_port,
                  upstream=pair.web_port, certs=str(certs), webroot=str(webroot)))
     deadline = time.monotonic() + 15
     while True:     # nginx is listening
@@ -248,3 +276,37 @@ def test_example_limits_requests_in_progress_and_api_rate_per_client(tmp_path, t
     assert passed == [(200, True)] * len(passed), got
     # the first and a burst of 40, plus what 10 a second refilled meanwhile
     assert 41 <= len(passed) <= 41 + 10 * took + 2, (len(passed), took)
+
+
+def test_a_slowloris_from_one_address_does_not_stop_another(tmp_path, twistd, nginx,
+                                                            firewall):
+    """400 TLS connections from 127.0.0.2, each sending a request head a byte at a
+    time (and opened again whenever one is cut or refused), against nginx with 256
+    worker connections: 127.0.0.3 is still answered at once, because the example
+    firewall lets one source hold 64 connections, counted from the SYN (which nginx's
+    limit_conn cannot: it counts only requests whose head has been read), and nginx
+    cuts each slow head after 5 s (``client_header_timeout``).  How this was shown to
+    fail: without the firewall (the site file alone, before or after its timeouts),
+    the attack held every worker connection and 127.0.0.3 got no answer; with the
+    firewall but the example's timeouts before (nginx's 60 s), the slow heads were
+    held as long as they trickled."""
+    pair, coordinator, server, https_port, ca, _ = behind_example_nginx(
+        tmp_path, twistd, nginx, firewall)
+    victim_tls = ssl.create_default_context(cadata=ca.root_pem.decode())
+    attack_tls = ssl.create_default_context()
+    attack_tls.check_hostname = False
+    attack_tls.verify_mode = ssl.CERT_NONE
+    attack = Slowloris(https_port, "127.0.0.2", ATTACK, tls=attack_tls,
+                       server_hostname=NAME).start()
+    try:
+        attack.wait_in_full_swing()
+        assert_served_during(attack, https_port, "127.0.0.3", tls=victim_tls,
+                             server_hostname=NAME)
+        assert attack.holding <= 64, attack.holding
+        # Slow heads are cut, not held: none lives past the 5 s head timeout (+ slack).
+        time.sleep(7.0)
+        assert attack.cut > 0 and attack.held_now() < 7.0, (attack.cut, attack.held_now())
+        assert timed_get(https_port, "127.0.0.3", tls=victim_tls,
+                         server_hostname=NAME)[0] == 200
+    finally:
+        attack.stop()

@@ -2,7 +2,9 @@
 coordinator and a home server running and registered), ``open_link`` (the connect
 link opened and the server added), ``connect`` / ``connect_error`` (the password
 typed and Connect clicked), ``open_session`` (the whole flow), ``check_node_modules``,
-and ``CAPTURE_CHANNELS`` (an init script that records the page's datachannels)."""
+``CAPTURE_CHANNELS`` (an init script that records the page's datachannels), and
+``CAPTURE_CSP_VIOLATIONS`` with ``csp_violations`` (what the page's
+Content-Security-Policy refused)."""
 
 import os
 import tomllib
@@ -15,6 +17,29 @@ from helpers import REPO, write_toml
 from daemons import PASSWORD, make_pair
 
 NODE_MODULES = os.path.join(REPO, "static", "node_modules")
+
+# Records every Content-Security-Policy violation in the page (window.__cspViolations:
+# "directive blocked-URI"), so a test that walks the UI can show the policy lets the
+# client do all it does.
+CAPTURE_CSP_VIOLATIONS = """
+(() => {
+  window.__cspViolations = [];
+  document.addEventListener("securitypolicyviolation",
+    (e) => window.__cspViolations.push(`${e.effectiveDirective} ${e.blockedURI}`));
+})();
+"""
+
+
+# Refused by design: xterm.js's <style> elements (terminal.js mirrors their text into a
+# constructed stylesheet, which style-src 'self' allows).
+XTERM_INLINE_STYLES = "style-src-elem inline"
+
+
+def csp_violations(page, expected=(XTERM_INLINE_STYLES,)):
+    """What the page's policy refused since it loaded (``CAPTURE_CSP_VIOLATIONS``),
+    but for the *expected* refusals."""
+    return [v for v in page.evaluate("window.__cspViolations") if v not in expected]
+
 
 # Captures every RTCDataChannel the page creates (window.__hcChannels), so a test
 # can use the control channel without a hook in main.js.

@@ -1,5 +1,6 @@
-"""A real coordinator cluster for end-to-end tests and benches: a redis-server,
-N ``twistd homechannel-coordinator`` nodes sharing one identity key, haproxy
+"""A real coordinator cluster for end-to-end tests and benches: a redis-server
+(with ``conf/redis/users.acl`` as written: ``services.RedisServer``), N ``twistd
+homechannel-coordinator`` nodes sharing one identity key and one cluster key, haproxy
 in front of them (``conf/haproxy/homechannel.cfg`` as written, with loopback
 ports), and home server configs that list every node's UDP address."""
 
@@ -23,12 +24,16 @@ from homechannel.testing import local
 HAPROXY_EXAMPLE = os.path.join(REPO, "conf", "haproxy", "homechannel.cfg")
 
 
-def haproxy_config(frontend_port, nodes):
+def haproxy_config(frontend_port, nodes, maxconn=None):
     """The example configuration with loopback addresses: a plain bind on
-    *frontend_port* instead of TLS, and one server line per ``(name, port)``."""
+    *frontend_port* instead of TLS, and one server line per ``(name, port)``;
+    *maxconn* (if given) in place of the example's, to scale a test down."""
     with open(HAPROXY_EXAMPLE) as f:
         text = f.read()
     text = re.sub(r"(?m)^    bind .*$", f"    bind 127.0.0.1:{frontend_port}", text)
+    if maxconn is not None:
+        text, n = re.subn(r"(?m)^    maxconn \d+$", f"    maxconn {maxconn}", text)
+        assert n == 1, "the example no longer has one maxconn line: update this helper"
     text = re.sub(r"(?m)^    server .*\n", "", text)
     text = text.rstrip("\n") + "\n" + "".join(
         f"    server {name} 127.0.0.1:{port}\n" for name, port in nodes)
@@ -37,12 +42,12 @@ def haproxy_config(frontend_port, nodes):
 
 
 class Haproxy:
-    def __init__(self, base, nodes):
+    def __init__(self, base, nodes, maxconn=None):
         self.binary = require_tool("haproxy", "haproxy")
         self.port = free_tcp_port()
         self.config = os.path.join(base, "haproxy.cfg")
         with open(self.config, "w") as f:
-            f.write(haproxy_config(self.port, nodes))
+            f.write(haproxy_config(self.port, nodes, maxconn))
         self.proc = None
 
     @property
@@ -70,6 +75,7 @@ class Node:
     config: str
     web_port: int
     udp_port: int
+    metrics_port: int = None
     proc: Twistd = None
 
     @property
@@ -120,23 +126,28 @@ def make_cluster(tmp_path, n=2, web=None, udp=None, cluster=None, access_log=Tru
     redis = RedisServer(tmp_path)
     key_path = os.path.join(base, "cluster", "coordinator.key")
     ckey, _ = keyfiles.load_or_create_identity_key(key_path)
+    cluster_key = os.path.join(base, "cluster", "cluster.key")
+    keyfiles.create_cluster_key(cluster_key)
     nodes = []
     for i in range(1, n + 1):
         name = f"node-{i}"
-        web_port, udp_port = free_tcp_port(), free_udp_port()
+        web_port, udp_port, metrics_port = free_tcp_port(), free_udp_port(), free_tcp_port()
         cfg = local.coordinator_config(
             os.path.join(base, name), udp_port=udp_port, web_port=web_port,
-            metrics_port=free_tcp_port(), identity_key=key_path, extra={
+            metrics_port=metrics_port, identity_key=key_path, extra={
                 "udp": {"sweep_interval": 1.0, **(udp or {})},
                 "web": {"public_url": "http://127.0.0.1", "trusted_proxies": ["127.0.0.1"],
                         "access_log": access_log, **(web or {})},
                 "admin": {"listen": ""},
-                "cluster": {"redis_url": redis.url, "node_id": name, **(cluster or {})},
+                "cluster": {**redis.cluster_config(), "node_id": name,
+                            "key_file": cluster_key, **(cluster or {})},
             })
         path = write_toml(os.path.join(base, f"{name}.toml"), cfg)
-        nodes.append(Node(name, path, web_port, udp_port))
+        nodes.append(Node(name, path, web_port, udp_port, metrics_port))
     haproxy = Haproxy(base, [(node.name, node.web_port) for node in nodes])
-    return Cluster(base, redis, haproxy, nodes, ckey)
+    c = Cluster(base, redis, haproxy, nodes, ckey)
+    c.extra["cluster_key"] = cluster_key
+    return c
 
 
 def add_home_server(c, keepalive=None, password=PASSWORD):

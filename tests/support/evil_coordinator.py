@@ -117,7 +117,7 @@ def install(mode_file, log):
     send_offer = CoordinatorUDP.send_offer
     on_answer = Broker.on_answer
 
-    def evil_send_offer(self, server_key, payload):
+    async def evil_send_offer(self, server_key, payload):
         m = mode()
         if m.startswith("offer-"):
             doc = json.loads(bytes(payload).decode("utf-8"))
@@ -125,7 +125,7 @@ def install(mode_file, log):
             log.info("evil: rewrote the offer with {mode} in session {session}",
                      mode=m, session=doc["session"])
             payload = json.dumps(doc, separators=(",", ":")).encode("utf-8")
-        return send_offer(self, server_key, payload)
+        await send_offer(self, server_key, payload)
 
     def evil_on_answer(self, kid, payload):
         m = mode()

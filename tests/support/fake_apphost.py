@@ -38,7 +38,7 @@ class FakeAppHost:
                 if doc.get("op") == "hello":
                     reply = {"op": "hello", "server": self.server_id, "apps": self.apps}
                     if context is not None:
-                        reply.update(context.hello_fields())
+                        reply.update(context.hello_fields(doc))
                 elif doc.get("op") == "ping":
                     reply = {"op": "pong", "id": doc.get("id")}
                 else:

@@ -162,16 +162,23 @@ def xtigervnc(geometry="320x200", prefix=(), port=None, localhost=True, args=(),
 
 # The relay policy lines of the README's /etc/turnserver.conf example.
 _README_POLICY = re.compile(r"^ {7}((?:denied|allowed)-peer-ip=\S+|no-tcp-relay|no-udp-relay"
-                            r"|no-multicast-peers|allow-loopback-peers)$", re.M)
+                            r"|no-multicast-peers|allow-loopback-peers"
+                            r"|(?:user-quota|total-quota|max-bps)=\d+)$", re.M)
+# The README's example of the relay host's own public address (its deny line).
+README_RELAY_ADDRESS = "203.0.113.10"
 
 
-def readme_coturn_policy():
-    """The peer and transport policy of the README's coturn example, as config lines
-    (what an operator who follows the README runs)."""
+def readme_coturn_policy(relay_address=README_RELAY_ADDRESS):
+    """The peer, transport and quota policy of the README's coturn example, as config
+    lines (what an operator who follows the README runs), with *relay_address* as the
+    relay host's own public address (the README's example is 203.0.113.10, which is
+    also the NAT topology's public host)."""
     with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
         lines = _README_POLICY.findall(f.read())
     assert any(line.startswith("denied-peer-ip=") for line in lines), "README changed?"
-    return lines
+    own = f"denied-peer-ip={README_RELAY_ADDRESS}"
+    assert own in lines, "the README's coturn example lost its own-address line"
+    return [f"denied-peer-ip={relay_address}" if line == own else line for line in lines]
 
 
 @contextlib.contextmanager
@@ -227,26 +234,114 @@ def red_xtigervnc(geometry):
         yield port, display
 
 
+REDIS_ACL = os.path.join(REPO, "conf", "redis", "users.acl")
+NODE_USER = "homechannel"
+
+
+def redis_acl(password, extra=()):
+    """``conf/redis/users.acl`` as written, with *password*'s SHA-256 in place of its
+    zeros (as README's setup step does), and the *extra* lines after it."""
+    import hashlib
+
+    with open(REDIS_ACL) as f:
+        text = f.read()
+    digest = hashlib.sha256(password.encode()).hexdigest()
+    assert text.count("#" + "0" * 64) == 1
+    return text.replace("#" + "0" * 64, "#" + digest).rstrip("\n") + "\n" + "".join(
+        line + "\n" for line in extra)
+
+
 class RedisServer:
     """Debian's ``redis-server`` on a loopback port, in memory only (no RDB or
     AOF files).  ``stop()``/``start()`` keep the port, so ``restart()`` is what
-    a Redis restart looks like to its clients: connections reset, data gone."""
+    a Redis restart looks like to its clients: connections reset, data gone.
 
-    def __init__(self, tmp_path, port=None):
+    Logins as in production: ``conf/redis/users.acl`` as written (the default user
+    off; the nodes' user ``homechannel`` with only the cluster's keys, channels and
+    commands), its password in :attr:`password_file` (0600).  An ``admin`` user
+    with every right is added for the tests' own looks (:meth:`cli`,
+    :meth:`admin_options`); *acl* False leaves Redis's own default (a default user
+    without a password).  With *tls* (a ``testca.TestCA``): TLS only
+    (``rediss://``), a certificate for 127.0.0.1 from that CA, and with
+    *client_certs* a client certificate required (:attr:`client_cert`)."""
+
+    def __init__(self, tmp_path, port=None, tls=None, client_certs=False, acl=True):
         self.binary = require_tool("redis-server", "redis-server")
         self.dir = tmp_path
         self.port = port or free_tcp_port()
         self.proc = None
+        self.password = secrets.token_urlsafe(18)
+        self.admin_password = secrets.token_urlsafe(18)
+        self.password_file = str(tmp_path / f"redis-{self.port}.password")
+        self._private(self.password_file, self.password + "\n")
+        self.acl_file = str(tmp_path / f"redis-{self.port}.acl")
+        self._private(self.acl_file, redis_acl(self.password, [
+            f"user admin on >{self.admin_password} ~* &* +@all"]))
+        self.acl = acl        # False: Redis's own default, a default user with no password
+        self.tls = tls
+        self.client_certs = client_certs
+        self.tls_args = []
+        self.client_cert = None
+        if tls is not None:
+            self._tls_files(tls)
+
+    @staticmethod
+    def _private(path, text):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+
+    def _tls_files(self, ca):
+        base = str(self.dir / f"redis-{self.port}-tls")
+        os.makedirs(base, exist_ok=True)
+        key, chain, _ = ca.issue(["127.0.0.1"], serial=self.port)
+        files = {"ca": ca.root_pem, "key": key, "cert": chain}
+        ckey, cchain, _ = ca.issue(["homechannel-node"], serial=self.port + 100_000)
+        files.update(client_key=ckey, client_cert=cchain)
+        paths = {}
+        for name, data in files.items():
+            paths[name] = os.path.join(base, name + ".pem")
+            with open(paths[name], "wb") as f:
+                f.write(data)
+            os.chmod(paths[name], 0o600)
+        self.ca_file = paths["ca"]
+        self.client_cert = (paths["client_cert"], paths["client_key"])
+        self.tls_args = ["--port", "0", "--tls-port", str(self.port),
+                         "--tls-cert-file", paths["cert"], "--tls-key-file", paths["key"],
+                         "--tls-ca-cert-file", paths["ca"],
+                         "--tls-auth-clients", "yes" if self.client_certs else "no"]
 
     @property
     def url(self):
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
+
+    def cluster_config(self, client_cert=True):
+        """The ``[cluster]`` settings a node logs in with (node_id and key_file apart)."""
+        cfg = {"redis_url": self.url, "redis_username": NODE_USER,
+               "redis_password_file": self.password_file}
+        if self.tls:
+            cfg["redis_tls_ca_file"] = self.ca_file
+            if client_cert and self.client_cert:
+                cfg["redis_tls_cert_file"], cfg["redis_tls_key_file"] = self.client_cert
+        return cfg
+
+    def options(self, user=NODE_USER, password=None):
+        """redis-py options (``redisstore.connect(url, **options)``) of the nodes' user."""
+        from homechannel.config import CoordinatorCluster
+        from homechannel.coordinator.cluster import redisstore
+
+        cfg = dict(self.cluster_config(), node_id="test", redis_username=user)
+        return redisstore.client_options(CoordinatorCluster(**cfg), password or self.password)
+
+    def admin_options(self):
+        return self.options("admin", self.admin_password)
 
     def start(self):
         log = self.dir / f"redis-{self.port}.log"
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.dir), "--logfile", str(log)],
+             "--appendonly", "no", "--dir", str(self.dir), "--logfile", str(log),
+             *(["--aclfile", self.acl_file] if self.acl else []), *self.tls_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_port(self.proc, self.port, "redis-server",
                       lambda: log.read_text() if log.exists() else "")
@@ -266,11 +361,19 @@ class RedisServer:
         self.stop()
         return self.start()
 
-    def cli(self, *args):
-        """Run one command with redis-cli; its output."""
+    def cli(self, *args, user="admin", password=None, check=True):
+        """Run one command with redis-cli as *user* (default: the tests' admin); its
+        output.  The password goes in the environment, never on the command line."""
         cli = require_tool("redis-cli", "redis-tools")
-        return subprocess.run([cli, "-p", str(self.port), *args], capture_output=True,
-                              text=True, check=True).stdout
+        tls = []
+        if self.tls:
+            tls = ["--tls", "--cacert", self.ca_file]
+            if self.client_certs:
+                tls += ["--cert", self.client_cert[0], "--key", self.client_cert[1]]
+        env = dict(os.environ, REDISCLI_AUTH=password or (
+            self.admin_password if user == "admin" else self.password))
+        return subprocess.run([cli, "-p", str(self.port), "--user", user, *tls, *args],
+                              capture_output=True, text=True, check=check, env=env).stdout
 
     def __enter__(self):
         return self.start()

@@ -75,6 +75,17 @@ def tbf(rate):
 # -- the wire process ------------------------------------------------------------------
 
 
+def realtime():
+    """Run this process at a real-time priority when allowed (root in the test's
+    namespaces): on a loaded machine an ordinary process is scheduled late by
+    milliseconds, which would show as extra delay (netem runs in the kernel).  It
+    sleeps in epoll between frames, so it does not starve anything."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+    except (OSError, AttributeError):
+        pass
+
+
 def open_tap(name):
     fd = os.open("/dev/net/tun", os.O_RDWR)
     import fcntl
@@ -89,6 +100,7 @@ def run_wire(tap_a, tap_b, delay, loss, seed):
     import asyncio
     import collections
 
+    realtime()
     rng = random.Random(seed)
     link = {"delay": delay, "loss": loss}
     fds = {"a": open_tap(tap_a), "b": open_tap(tap_b)}
@@ -205,7 +217,10 @@ def change(topology, ns, proc, wan, ports):
 
 def echo_server(topology, ns, host, port):
     """A UDP echo server in namespace *ns* on host:port (a process); for probe_rtt."""
-    code = ("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    code = ("import os, socket\n"
+            "try:\n    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))\n"
+            "except OSError:\n    pass\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
             f"s.bind(({host!r}, {port}))\nprint('ready', flush=True)\n"
             "while True:\n    data, addr = s.recvfrom(2048)\n    s.sendto(data, addr)\n")
     proc = topology.popen(ns, [sys.executable, "-c", code], stdout=subprocess.PIPE)
@@ -214,7 +229,11 @@ def echo_server(topology, ns, host, port):
 
 
 PROBE = r"""
-import json, socket, sys, time
+import json, os, socket, sys, time
+try:
+    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))   # as the wire: see realtime()
+except OSError:
+    pass
 host, port, count, interval, wait = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.settimeout(wait)

@@ -90,3 +90,31 @@ def test_require_asyncio_reactor():
         aio.require_asyncio_reactor(AsyncioSelectorReactor(loop))
     finally:
         loop.close()
+
+
+@pytest.mark.parametrize("before,expected", [
+    ("", "AsyncioSelectorReactor"),
+    ("from twisted.internet import asyncioreactor; asyncioreactor.install()",
+     "AsyncioSelectorReactor"),
+    ("from twisted.internet import selectreactor; selectreactor.install()",
+     "ConfigError: the running reactor is twisted.internet.selectreactor.SelectReactor; "
+     "use the asyncio one"),
+])
+def test_install_asyncio_reactor_installs_it_or_refuses_another(before, expected):
+    """What both taps call first: with no reactor yet it installs the asyncio one; with
+    the asyncio one installed (twistd --reactor=asyncio) it keeps it; with any other it
+    refuses with the advice it is given.  In a child process: a reactor is installed
+    once per process."""
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    code = ("import sys\n" + before + "\nfrom homechannel import aio\n"
+            "try:\n"
+            "    print(type(aio.install_asyncio_reactor('use the asyncio one')).__name__)\n"
+            "except Exception as e:\n"
+            "    print(f'{type(e).__name__}: {e}')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=REPO, timeout=60)
+    assert out.stdout.strip() == expected, out.stderr

@@ -16,8 +16,8 @@ from homechannel.protocol import join
 from homechannel.errors import ConfigError
 
 KEY = crypto.IdentityKey.generate().text
-SUBCOMMANDS = ["join", "join-string", "status", "keygen", "pubkey", "link", "passwd",
-               "migrate", "connect", "forward"]
+SUBCOMMANDS = ["join", "join-string", "cluster-key", "status", "keygen", "pubkey", "link",
+               "passwd", "migrate", "connect", "forward"]
 
 
 def test_version_from_metadata():

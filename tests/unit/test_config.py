@@ -147,21 +147,69 @@ stun_port = 3478
     assert config.server_ice_servers(server, "203.0.113.10", 7777) == ()
 
 
+CLUSTER = {"cluster.redis_url": "rediss://redis.internal:6379/0", "cluster.node_id": "n1",
+           "cluster.redis_password_file": "/etc/homechannel/redis-password"}
+
+
 def test_cluster_settings_are_checked():
-    """No [cluster]: one process, nothing to check.  With a Redis URL, a node id is
-    required and the URL must be Redis's; the password is never in the log line."""
+    """No [cluster]: one process, nothing to check.  With a Redis URL, a node id and a
+    password file are required (a Redis without a password gives whoever reaches it the
+    cluster), the URL must be Redis's and carry no credentials, and the cluster key
+    file defaults to the state directory.  How this was shown to fail: without the
+    ``redis_password_file`` check a config without one loaded."""
     assert config.load_coordinator(overrides={}).cluster.redis_url == ""
-    ok = config.load_coordinator(overrides={"cluster.redis_url": "redis://10.0.0.20:6379/0",
-                                            "cluster.node_id": "node-1"})
-    assert ok.cluster.node_id == "node-1" and ok.cluster.key_prefix == "hc:"
-    for overrides, message in [
-        ({"cluster.redis_url": "redis://r:6379/0"}, "cluster.node_id"),
-        ({"cluster.redis_url": "redis://r:6379/0", "cluster.node_id": "a b"}, "node_id"),
-        ({"cluster.redis_url": "http://r:6379", "cluster.node_id": "n"}, "redis_url"),
-        ({"cluster.redis_url": "redis://r", "cluster.node_id": "n",
-          "cluster.key_prefix": ""}, "key_prefix"),
+    ok = config.load_coordinator(overrides=dict(CLUSTER, state_dir="/var/lib/hc"))
+    assert ok.cluster.node_id == "n1" and ok.cluster.key_prefix == "hc:"
+    assert ok.cluster.redis_username == "homechannel"
+    assert ok.cluster.key_file == "/var/lib/hc/cluster.key"
+    for change, message in [
+        ({"cluster.node_id": None}, "cluster.node_id"),
+        ({"cluster.node_id": "a b"}, "node_id"),
+        ({"cluster.redis_url": "http://r:6379"}, "redis_url"),
+        ({"cluster.key_prefix": ""}, "key_prefix"),
+        ({"cluster.redis_password_file": None}, "redis_password_file is required"),
+        ({"cluster.redis_username": ""}, "redis_username"),
+        ({"cluster.redis_url": "rediss://hc:secret@r:6379/0"}, "must not carry a user"),
+        ({"cluster.redis_url": "rediss://:secret@r:6379/0"}, "must not carry a user"),
+        ({"cluster.redis_url": "rediss://r:6379/0?password=x"}, "must not carry a user"),
     ]:
+        overrides = dict(CLUSTER, **{k: v for k, v in change.items() if v is not None})
+        for k, v in change.items():
+            if v is None:
+                del overrides[k]
         with pytest.raises(ConfigError, match=message):
             config.load_coordinator(overrides=overrides)
-    from homechannel.coordinator.cluster.node import _safe_url
-    assert _safe_url("redis://user:secret@10.0.0.20:6379/0") == "redis://***@10.0.0.20:6379/0"
+
+
+def test_plaintext_redis_is_refused_off_this_machine_unless_the_risk_is_taken():
+    """redis:// sends the password and every session in clear: to loopback or a UNIX
+    socket only, unless cluster.insecure_plaintext_redis says the operator takes that
+    risk; the TLS settings need rediss://.  How this was shown to fail: without the
+    check in ``CoordinatorCluster.__post_init__`` the plaintext URL to 10.0.0.20 loads."""
+    for url in ("redis://10.0.0.20:6379/0", "redis://redis.internal/0",
+                "redis://[2001:db8::1]:6379/0"):
+        with pytest.raises(ConfigError, match="insecure_plaintext_redis = true"):
+            config.load_coordinator(overrides=dict(CLUSTER, **{"cluster.redis_url": url}))
+        c = config.load_coordinator(overrides=dict(CLUSTER, **{
+            "cluster.redis_url": url, "cluster.insecure_plaintext_redis": True}))
+        assert c.cluster.redis_url == url
+    for url in ("redis://127.0.0.1:6379/0", "redis://localhost/1", "redis://[::1]:6379/0",
+                "unix:///run/redis/redis-server.sock"):
+        config.load_coordinator(overrides=dict(CLUSTER, **{"cluster.redis_url": url}))
+    with pytest.raises(ConfigError, match="not rediss://"):
+        config.load_coordinator(overrides=dict(CLUSTER, **{
+            "cluster.redis_url": "redis://127.0.0.1/0", "cluster.redis_tls_ca_file": "/ca"}))
+    with pytest.raises(ConfigError, match="go together"):
+        config.load_coordinator(overrides=dict(CLUSTER, **{
+            "cluster.redis_tls_cert_file": "/c"}))
+
+
+@pytest.mark.parametrize("load", [config.load_coordinator, config.load_server])
+def test_metrics_allowed_hosts_are_host_names(load):
+    """Names pass (the listener also answers addresses and localhost by itself); an
+    address, a port, a wildcard or a URL is a clear error naming the key."""
+    ok = load(overrides={"metrics.allowed_hosts": ["prom.internal", "node-1."]})
+    assert ok.metrics.allowed_hosts == ("prom.internal", "node-1.")
+    for bad in ("prom.internal:9477", "*.internal", "http://prom", "", "a b", 7):
+        with pytest.raises(ConfigError, match="metrics.allowed_hosts"):
+            load(overrides={"metrics.allowed_hosts": [bad]})

@@ -163,14 +163,16 @@ def test_connect_js_matches_python(tmp_path):
         "two fingerprints, signed": answer_case(*args, answer_sdp + fp_line(FP), NOW),
     }
     answers["other offer hash"]["digest"] = crypto.b64u_encode(digest)
+    device = crypto.IdentityKey.generate().public_raw
     tokens = {
         "good": {"server": server.text,
-                 "token": connect.DeviceToken.issue(server, crypto.b64u_encode(b"d" * 16), NOW)},
+                 "token": connect.DeviceToken.issue(server, device, 3, NOW)},
         "expired": {"server": server.text, "token": connect.DeviceToken.issue(
-            server, crypto.b64u_encode(b"d" * 16), NOW - 100, lifetime=50)},
+            server, device, 3, NOW - 100, lifetime=50)},
         "another server's": {"server": other.text, "token": connect.DeviceToken.issue(
-            server, crypto.b64u_encode(b"d" * 16), NOW)},
-        "garbage": {"server": server.text, "token": "hcdev1.abc.def"},
+            server, device, 3, NOW)},
+        "garbage": {"server": server.text, "token": "hcdev2.abc.def"},
+        "version 1": {"server": server.text, "token": "hcdev1.abc.def"},
     }
     good_token = tokens["good"]["token"]
     head, payload, sig = good_token.split(".")
@@ -216,7 +218,7 @@ def test_connect_js_matches_python(tmp_path):
         except HomeChannelError:
             expected = "refused:bad-device"
         assert out["tokens"][name] == expected, name
-    assert out["tokens"]["good"] == crypto.b64u_encode(b"d" * 16)
+    assert out["tokens"]["good"] == crypto.device_id(device)
 
     made = crypto.b64u_decode(out["device_challenge"])
     assert connect.device_challenge_time(made) == NOW and made[8:] == b"\x07" * 8

@@ -44,6 +44,16 @@ out.answer_message = hex(c.answerSignatureMessage(v.session, d(v.challenge), dig
   v.fp_server, v.time, v.sdp));
 out.device_message = hex(c.deviceTokenMessage(Buffer.from(v.body, "hex")));
 out.response_message = hex(c.responseSignatureMessage(v.path, Buffer.from(v.body, "hex")));
+out.device_offer = hex(c.deviceOfferMessage(v.session, d(v.challenge), digest));
+out.device_start = hex(c.deviceStartMessage(v.session, d(v.challenge)));
+out.device_enrol = hex(c.deviceEnrolMessage(v.session, server));
+out.device_id = await c.deviceId(server);
+// A key made the browser's way signs what Python verifies (test below).
+const pair = await c.generateDeviceKey();
+out.device_key = c.b64uEncode(await c.publicKeyRaw(pair));
+out.device_signature = c.b64uEncode(await c.sign(pair.privateKey,
+  c.deviceOfferMessage(v.session, d(v.challenge), digest)));
+out.device_key_extractable = pair.privateKey.extractable;
 const sig = d(v.signature);
 const msg = Buffer.from(v.signed, "hex");
 out.verify_good = await c.verify(server, sig, msg);
@@ -104,6 +114,14 @@ def test_crypto_js_matches_python(tmp_path):
     assert out["device_message"] == crypto.device_token_message(body).hex()
     assert out["response_message"] == crypto.response_signature_message(
         "/api/servers/x", body).hex()
+    assert out["device_offer"] == crypto.device_offer_message(session, challenge, digest).hex()
+    assert out["device_start"] == crypto.device_start_message(session, challenge).hex()
+    assert out["device_enrol"] == crypto.device_enrol_message(session, home.public_raw).hex()
+    assert out["device_id"] == crypto.device_id(home.public_raw)
+    crypto.verify(crypto.b64u_decode(out["device_key"]),
+                  crypto.b64u_decode(out["device_signature"]),
+                  crypto.device_offer_message(session, challenge, digest))
+    assert out["device_key_extractable"] is False
     assert out["verify_good"] is True
     assert out["verify_bad_sig"] is False
     assert out["verify_bad_msg"] is False

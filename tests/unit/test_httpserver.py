@@ -17,7 +17,8 @@ from twisted.web import resource, server
 from helpers import self_signed_cert
 
 from homechannel import crypto
-from homechannel.coordinator.httpserver import LimitedSite, Limits
+from homechannel.config import CoordinatorWeb
+from homechannel.coordinator.httpserver import LimitedSite
 
 IDENTITY = crypto.IdentityKey.generate()
 
@@ -151,7 +152,7 @@ def limits(**kw):
     kw.setdefault("header_timeout", 5.0)
     kw.setdefault("body_timeout", 5.0)
     kw.setdefault("idle_timeout", 5.0)
-    return Limits(**kw)
+    return CoordinatorWeb(**kw)
 
 
 def post_head(length, path=b"/api/connect", extra=b""):
@@ -363,6 +364,58 @@ async def test_one_source_holds_at_most_its_share_of_connections():
     finally:
         await srv.stop()
     assert srv.site.connections == 0 and len(srv.site._by_source) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_source_behind_a_trusted_proxy_holds_at_most_its_share_of_requests():
+    """The proxy is exempt from the connection cap, so the requests it carries count
+    against the source X-Forwarded-For names while they are answered: with two
+    long-polls waiting for 198.51.100.7 (and for two addresses of one IPv6 /64), the
+    next is refused with a signed 503 busy on the proxy's connection, which stays
+    open, while another source and the proxy's own requests (no header, as health
+    checks) are served; once the long-polls end, the source is served again.
+    How this was shown to fail: without ``LimitedSite.getResourceFor``'s count, the
+    third long-poll waited like the others (``waiting`` grew to 3)."""
+    srv = await Server(limits(max_connections_per_source=2,
+                              trusted_proxies=("127.0.0.3",))).start()
+
+    def get(path, source=None):
+        xff = b"X-Forwarded-For: " + source.encode() + b"\r\n" if source else b""
+        return b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n" + xff + b"\r\n"
+
+    try:
+        for sources in (["198.51.100.7"] * 3, ["2001:db8::1", "2001:db8::2", "2001:db8::3"]):
+            polls = []
+            for source in sources[:2]:
+                polls.append(await srv.connect("127.0.0.3"))
+                polls[-1].send(get(b"/wait", source))
+            await until(lambda: len(srv.resource.waiting) == 2)
+            over = await srv.connect("127.0.0.3")
+            over.send(get(b"/wait", sources[2]))
+            await until(lambda: b"\r\n\r\n{" in over.data)
+            assert status_of(over.data) == 503
+            head, body = over.data.split(b"\r\n\r\n", 1)
+            signature = next(line.split(b": ", 1)[1] for line in head.split(b"\r\n")
+                             if line.lower().startswith(b"x-homechannel-signature: "))
+            crypto.verify(IDENTITY.public_raw, crypto.b64u_decode(signature.decode()),
+                          crypto.response_signature_message("/wait", body))
+            assert json.loads(body)["code"] == "busy"
+            assert len(srv.resource.waiting) == 2
+            # The proxy's connection is kept: another source and the proxy's own go on it.
+            over.data = b""
+            over.send(get(b"/", "203.0.113.9") + get(b"/"))
+            await until(lambda: over.data.count(b"ok") == 2)
+            assert not over.closed.called
+            srv.resource.answer_waiting()
+            for poll in polls:
+                await until(lambda: b"answered" in poll.data)
+            over.data = b""
+            over.send(get(b"/", sources[2]))
+            await until(lambda: over.data.endswith(b"ok"))
+        assert srv.site.stats["refused-source-requests"] == 2
+    finally:
+        await srv.stop()
+    assert len(srv.site._forwarded) == 0
 
 
 # -- the same over TLS -------------------------------------------------------------------------

@@ -82,7 +82,8 @@ def test_another_host_and_one_half(tmp_path):
     assert c.metrics.listen == "" and s.metrics.listen == ""
     alone = local.write_toml(tmp_path / "alone.toml", local.coordinator_config(
         str(tmp_path / "alone"), udp_port=1, web_port=2, identity_key="/k",
-        extra={"admin": {"listen": ""}, "cluster": {"redis_url": "redis://r:6379/0",
+        extra={"admin": {"listen": ""}, "cluster": {"redis_url": "rediss://r:6379/0",
+                                                    "redis_password_file": "/p",
                                                     "node_id": "n1"}}))
     c = config.load_coordinator(str(alone))
     assert (c.identity_key, c.admin.listen, c.cluster.node_id) == ("/k", "", "n1")

@@ -9,9 +9,11 @@ from hypothesis import given, strategies as st
 from twisted.internet import task
 
 from homechannel.coordinator.cluster import noderelay
-from homechannel.coordinator.cluster.redissessions import RedisSessionStore, error_doc, error_from_doc
+from homechannel.coordinator.cluster.clusterkey import ClusterKey
+from homechannel.coordinator.cluster.redissessions import RedisSessionStore
 from homechannel.coordinator.cluster.redisstore import RedisStore
-from homechannel.errors import CapacityError, ProtocolError, TooManyRequests
+from homechannel.errors import (CapacityError, ProtocolError, TooManyRequests, from_response,
+                                to_response)
 
 KID = b"k" * 16
 
@@ -64,14 +66,18 @@ def test_pending_offers_resolve_once_and_expire():
 def test_completions_that_do_not_parse_are_ignored():
     """A message on the ``done`` channel that does not parse is dropped without a
     word to Redis (the store has no client to send one with)."""
-    store = RedisSessionStore(RedisStore(client=None), task.Clock())
-    for junk in (b"nospace", b"\xff\xfe a {}", b""):
+    store = RedisSessionStore(RedisStore(None, ClusterKey(bytes(32))), task.Clock())
+    for junk in (b"nospace", b"\xff\xfe a {}", b"", b"s" * 22 + b" a not-sealed"):
         store.completed(junk)
 
 
 def test_errors_cross_nodes_with_their_status_code_and_fields():
-    err = error_from_doc(json.loads(json.dumps(error_doc(CapacityError("full", "busy")))))
+    """A session's error goes between nodes as the API's answer for it (one mapping,
+    ``errors.to_response``) and comes back as the same status, code, message and fields."""
+    err = from_response(*json.loads(json.dumps(to_response(CapacityError("full", "busy")))))
     assert (err.status, err.code, str(err)) == (503, "busy", "full")
-    err = error_from_doc(error_doc(TooManyRequests("slow", "rate-limited", retry_after=7,
-                                                   maxUpload=3)))
+    err = from_response(*to_response(TooManyRequests("slow", "rate-limited", retry_after=7,
+                                                     maxUpload=3)))
     assert (err.status, err.retry_after, err.extra) == (429, 7, {"maxUpload": 3})
+    assert to_response(err) == (429, {"error": "slow", "code": "rate-limited",
+                                      "retry_after": 7, "maxUpload": 3})

@@ -24,6 +24,7 @@ from homechannel.config import ServerWebRTC
 from homechannel.server import peer
 from homechannel.server.peer import Answerer
 
+from devicekeys import Device
 from fake_apphost import FakeAppHost
 
 LOOPBACK = ("127.0.0.1",)
@@ -165,10 +166,14 @@ async def test_valid_offer_is_answered_signed_and_connects(h):
 
     await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
     await channel_open(channel)
-    hello = await request(channel, {"op": "hello"})
+    device = Device()
+    hello = await request(channel, {"op": "hello", "device": device.enrol(
+        sid, h.identity.public_raw)})
     token = connect.DeviceToken.verify(h.identity.public_raw, hello.pop("device"), time.time())
     assert hello == {"op": "hello", "server": h.identity.text, "apps": ["forward"]}
     assert token.expires > time.time() + 80 * 86400
+    assert token.key == device.key.public_raw and token.epoch == h.answerer.devices.epoch
+    assert h.answerer.device_policy().devices == {device.id}
     pong = await request(channel, {"op": "ping", "id": 7})
     assert pong == {"op": "pong", "id": 7}
 
@@ -497,3 +502,138 @@ async def test_a_malformed_ice_server_from_the_coordinator_is_named_in_the_refus
     assert "the coordinator's ICE server URL" in reply["message"]
     assert h.answerer.peer_connections_created == 0
     assert challenge in h.challenges.issued          # nothing consumed
+
+
+# -- device keys (17.4, 17.5) ---------------------------------------------------------
+
+
+async def connected_hello(h, payload, sdp, pc, channel, hello):
+    reply = await h.offer(payload)
+    assert "answer" in reply, reply
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=reply["answer"], type="answer"))
+    await channel_open(channel)
+    return await request(channel, hello)
+
+
+def device_payload(h, sdp, device, token, key=K, signer=None, **extra):
+    """A device-path OFFER payload: a fresh device challenge, the token, and a signature
+    by *signer* (default: the device) over this session, challenge and offer."""
+    sid = crypto.b64u_encode(os.urandom(16))
+    challenge = connect.device_challenge(h.clock.seconds(), os.urandom)
+    signature = (signer or device).offer_signature(sid, challenge, sdp)
+    payload, _, _ = h.payload(sdp, challenge=challenge, key=key, sid=sid, device=token,
+                              device_signature=signature, **extra)
+    return payload, sid
+
+
+@run
+async def test_a_device_enrols_its_key_and_signs_in_with_it(h):
+    """Enrolment on the control channel needs the key's signature over the session; the
+    token it gets then works on the device path, signed by that key, and the hello of
+    that session renews it with the same device id."""
+    device = Device()
+    pc, channel, sdp = await h.client_offer()
+    payload, sid, _ = h.payload(sdp)
+    forged = device.enrol(sid, crypto.IdentityKey.generate().public_raw)   # wrong server
+    hello = await connected_hello(h, payload, sdp, pc, channel, {"op": "hello", "device": forged})
+    assert "device" not in hello and len(h.answerer.devices) == 0
+    hello = await request(channel, {"op": "hello", "device": device.enrol(
+        sid, h.identity.public_raw)})
+    token = hello["device"]
+
+    pc2, channel2, sdp2 = await h.client_offer()
+    payload, sid2 = device_payload(h, sdp2, device, token)
+    hello = await connected_hello(h, payload, sdp2, pc2, channel2,
+                                  {"op": "hello", "device": device.enrol(
+                                      sid2, h.identity.public_raw)})
+    renewed = connect.DeviceToken.verify(h.identity.public_raw, hello["device"], time.time())
+    assert renewed.device == device.id and len(h.answerer.devices) == 1
+
+
+@run
+async def test_a_copied_token_is_refused_before_the_password_is_checked(h):
+    """17.4: a token with a signature by another key (a copy without its key), of an old
+    password epoch, or of a revoked device is refused as bad-device, before the proof
+    (so it learns nothing about the password) and before any challenge or peer
+    connection.  How this was shown to fail: with the proof checked first (as before)
+    the copied token with a wrong password got bad-proof, telling the guess was wrong;
+    with the signature unchecked, the copy with the right password was answered."""
+    device, thief = Device(), Device()
+    h.answerer.devices.enrol(device.key.public_raw, "laptop", h.clock.seconds())
+    token = device.token(h.identity, h.answerer.devices.epoch, now=h.clock.seconds())
+    _, _, sdp = await h.client_offer()
+    for key in (K, WRONG_K):
+        payload, _ = device_payload(h, sdp, device, token, key=key, signer=thief)
+        reply = await h.offer(payload)
+        assert reply["error"] == "bad-device", reply
+        assert "signature" in reply["message"] or reply["error"] == "bad-device"
+    old = device.token(h.identity, h.answerer.devices.epoch + 1, now=h.clock.seconds())
+    reply = await h.offer(device_payload(h, sdp, device, old, key=WRONG_K)[0])
+    assert reply["error"] == "bad-device"
+    revoked = Device()
+    other = revoked.token(h.identity, h.answerer.devices.epoch, now=h.clock.seconds())
+    reply = await h.offer(device_payload(h, sdp, revoked, other)[0])
+    assert reply["error"] == "bad-device"
+    assert h.answerer.peer_connections_created == 0
+    # The real key, the right password: answered.
+    reply = await h.offer(device_payload(h, sdp, device, token)[0])
+    assert "answer" in reply, reply
+
+
+# -- the offer's ICE servers (17.7) ------------------------------------------------------
+
+
+class RecordingFactory:
+    """A peer connection factory that records the ICE servers it is given (and makes
+    one without them: nothing here may send to a host outside this machine)."""
+
+    def __init__(self):
+        self.servers = []
+
+    def __call__(self, servers):
+        self.servers.append(servers)
+        return webrtc.peer_connection([])
+
+
+@run
+async def test_the_coordinator_cannot_point_the_turn_client_at_the_home_network(h):
+    """17.7: the TURN/STUN hosts an offer names are used only when the home server's own
+    configuration names them, and a name only when it resolves to public addresses (then
+    the checked address is what aiortc gets: no second lookup to rebind); private,
+    loopback, link-local and NAT64 literals and names resolving to them are dropped.  How
+    this was shown to fail: with the offer's ice_servers used as they came (before), the
+    factory got all six entries."""
+    from homechannel.server.offerice import OfferIcePolicy
+
+    answers = {"turn.example.org": ["93.184.216.34"], "rebind.example.org": ["192.168.1.1"],
+               "nat64.example.org": ["64:ff9b::c0a8:101"]}
+
+    async def resolve(host):
+        return answers[host]
+
+    factory = RecordingFactory()
+    policy = OfferIcePolicy(["turn.example.org", "rebind.example.org", "nat64.example.org",
+                             "203.0.113.9"], resolve)
+    h.answerer = Answerer(h.identity, K, h.challenges, h.config, h.app_host, h.clock,
+                          peer_connection_factory=factory, offer_ice=policy)
+    cred = {"username": "1:x", "credential": "y"}
+    offered = (
+        {"urls": ["turn:turn.example.org:3478?transport=udp",
+                  "turns:turn.example.org:5349", "turn:10.0.0.1:3478"], **cred},
+        {"urls": "turn:rebind.example.org:3478", **cred},
+        {"urls": "turn:nat64.example.org:3478", **cred},
+        {"urls": ["turn:[fe80::1]:3478", "turn:127.0.0.1:3478"], **cred},
+    )
+    _, _, sdp = await h.client_offer()
+    payload, _, _ = h.payload(sdp, ice_servers=offered)
+    assert "answer" in await h.offer(payload)
+    [servers] = factory.servers
+    assert [(s.urls, s.username) for s in servers] == [
+        (["turn:93.184.216.34:3478?transport=udp", "turns:turn.example.org:5349"], "1:x")]
+    assert policy.dropped == 5
+
+    # A literal the operator listed is used as it is.
+    _, _, sdp = await h.client_offer()
+    payload, _, _ = h.payload(sdp, ice_servers=({"urls": "turn:203.0.113.9:3478", **cred},))
+    assert "answer" in await h.offer(payload)
+    assert factory.servers[-1][0].urls == ["turn:203.0.113.9:3478"]

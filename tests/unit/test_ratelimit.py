@@ -3,13 +3,32 @@
 from twisted.internet import task
 from zope.interface.verify import verifyObject
 
-from homechannel.coordinator.ratelimit import ILockout, IRateLimiter, Lockout, RateLimiter
+from homechannel.coordinator.interfaces import ILockout, IRateLimiter
+from homechannel.coordinator.ratelimit import (
+    MemoryLockout,
+    MemoryRateLimiter,
+    RateLimiter,
+)
+from homechannel.testing.coordinator import at_once
 
 
 def test_interfaces():
     clock = task.Clock()
-    assert verifyObject(IRateLimiter, RateLimiter(clock, 5))
-    assert verifyObject(ILockout, Lockout(clock))
+    assert verifyObject(IRateLimiter, MemoryRateLimiter(clock, 5))
+    assert verifyObject(ILockout, MemoryLockout(clock))
+
+
+def test_the_seam_spends_the_same_buckets():
+    """MemoryRateLimiter (the connect flow's seam) counts in its RateLimiter: a peek
+    counts nothing and makes no entry."""
+    clock = task.Clock()
+    limiter = MemoryRateLimiter(clock, limit=2, period=60.0)
+    assert at_once(limiter.peek("a")) is None and len(limiter) == 0
+    assert [at_once(limiter.hit("a")) for _ in range(3)] == [None, None, 30.0]
+    assert at_once(limiter.peek("a")) == 30.0 and limiter.buckets.hit("a") == 30.0
+    clock.advance(30)
+    assert at_once(limiter.peek("a")) is None
+    assert at_once(limiter.hit("a")) is None
 
 
 def test_rate_limiter_burst_and_refill():
@@ -46,38 +65,38 @@ def test_rate_limiter_table_is_capped():
 
 def test_lockout_doubles_and_is_capped():
     clock = task.Clock()
-    lockout = Lockout(clock, threshold=3, base=10.0, maximum=35.0)
-    assert lockout.failure("a") is None
-    assert lockout.failure("a") is None
-    assert lockout.check("a") is None
-    assert lockout.failure("a") == 10.0
-    assert lockout.check("a") == 10.0
-    assert lockout.check("b") is None  # other sources are never affected
+    lockout = MemoryLockout(clock, threshold=3, base=10.0, maximum=35.0)
+    assert at_once(lockout.failure("a")) is None
+    assert at_once(lockout.failure("a")) is None
+    assert at_once(lockout.check("a")) is None
+    assert at_once(lockout.failure("a")) == 10.0
+    assert at_once(lockout.check("a")) == 10.0
+    assert at_once(lockout.check("b")) is None  # other sources are never affected
     clock.advance(10)
-    assert lockout.check("a") is None
-    assert lockout.failure("a") == 20.0
+    assert at_once(lockout.check("a")) is None
+    assert at_once(lockout.failure("a")) == 20.0
     clock.advance(20)
-    assert lockout.failure("a") == 35.0
+    assert at_once(lockout.failure("a")) == 35.0
     clock.advance(35)
-    assert lockout.failure("a") == 35.0
+    assert at_once(lockout.failure("a")) == 35.0
 
 
 def test_lockout_forgets_after_good_behaviour_and_on_success():
     clock = task.Clock()
-    lockout = Lockout(clock, threshold=2, base=10.0, maximum=100.0, forget_after=100.0)
-    lockout.failure("a")
-    assert lockout.failure("a") == 10.0
+    lockout = MemoryLockout(clock, threshold=2, base=10.0, maximum=100.0, forget_after=100.0)
+    at_once(lockout.failure("a"))
+    assert at_once(lockout.failure("a")) == 10.0
     clock.advance(10 + 100)
-    assert lockout.failure("a") is None  # a fresh start
-    lockout.success("a")
+    assert at_once(lockout.failure("a")) is None  # a fresh start
+    at_once(lockout.success("a"))
     assert len(lockout) == 0
 
 
 def test_lockout_table_is_capped():
     clock = task.Clock()
-    lockout = Lockout(clock, max_keys=10)
+    lockout = MemoryLockout(clock, max_keys=10)
     for i in range(100):
-        lockout.failure(i)
+        at_once(lockout.failure(i))
     assert len(lockout) == 10
 
 

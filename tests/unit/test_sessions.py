@@ -6,8 +6,10 @@ from twisted.internet import defer, task
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
-from homechannel.coordinator.sessions import ISessionStore, MemorySessionStore
+from homechannel.coordinator.interfaces import ISessionStore
+from homechannel.coordinator.sessions import MemorySessionStore
 from homechannel.errors import BadRequest, CapacityError, NotFound, RequestTimeout, Unavailable
+from homechannel.testing.coordinator import at_once
 
 KEY = b"\x04" + b"k" * 64
 
@@ -19,15 +21,47 @@ def result_of(d):
     return out[0]
 
 
+class Store:
+    """The store's coroutines as a test calls them: ``wait`` started as a Deferred
+    (to fire later, or to cancel), the others run at once (they never wait)."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def __len__(self):
+        return len(self.store)
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+    def wait(self, *args):
+        return defer.Deferred.fromCoroutine(self.store.wait(*args))
+
+    def create(self, *args):
+        return at_once(self.store.create(*args))
+
+    def info(self, *args):
+        return at_once(self.store.info(*args))
+
+    def is_pending(self, *args):
+        return at_once(self.store.is_pending(*args))
+
+    def answer(self, *args):
+        return at_once(self.store.answer(*args))
+
+    def fail(self, *args):
+        return at_once(self.store.fail(*args))
+
+
 def make(**kw):
     clock = task.Clock()
     kw.setdefault("session_timeout", 60.0)
     kw.setdefault("retention", 30.0)
-    return clock, MemorySessionStore(clock, **kw)
+    return clock, Store(MemorySessionStore(clock, **kw))
 
 
 def test_interface():
-    assert verifyObject(ISessionStore, make()[1])
+    assert verifyObject(ISessionStore, make()[1].store)
 
 
 def test_answer_wakes_every_waiter_and_is_retained():
@@ -180,6 +214,7 @@ def test_one_source_network_fills_only_its_share_of_waiters():
     assert store.waiting == 0
     again = [store.wait(f"s{i}", 25, "2001:db8:bad:1::1") for i in range(2, 10)]
     assert sum(not p.called for p in again) == 6
+    assert all(result_of(p).check(CapacityError) for p in again if p.called)
     assert len(store._waiters_by_source) == 3      # the /64, its /56 and its /48
 
 

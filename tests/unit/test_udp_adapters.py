@@ -5,7 +5,7 @@ import json
 import os
 
 import pytest
-from twisted.internet import task
+from twisted.internet import defer, task
 from zope.interface.verify import verifyObject
 
 from homechannel import crypto
@@ -18,6 +18,7 @@ from homechannel.coordinator.udp import CoordinatorUDP
 from homechannel.errors import Unavailable
 from homechannel.server.challenges import ChallengeSource
 from homechannel.server.udp import ServerUDP, load_failover
+from homechannel.testing.coordinator import at_once
 from homechannel.testing.threads import ManualThreads
 from homechannel.testing.udp import MemoryNetwork
 
@@ -69,24 +70,25 @@ def test_relay_offer_and_answer_through_adapters(net):
     relay = net["coords"][C1]
     server_key = net["server_key"]
     assert net["server"].registered
-    online, challenge = relay.server_status(server_key.public_raw)
+    online, challenge = at_once(relay.server_status(server_key.public_raw))
     assert online and len(challenge) == 16
     answers = []
     relay.set_answer_handler(lambda key, payload: answers.append((key, payload)))
-    d = relay.send_offer(server_key.public_raw, b"offer" * 500)
+    d = defer.Deferred.fromCoroutine(relay.send_offer(server_key.public_raw, b"offer" * 500))
     net["network"].run(2.0)
     assert d.called
     assert answers == [(server_key.id, b"answer to " + b"offer" * 500)]
-    expected = relay.take_challenge(server_key.public_raw, challenge)
+    expected = at_once(relay.take_challenge(server_key.public_raw, challenge))
     assert crypto.check_answer(crypto.challenge_answer(K, challenge), expected)
-    assert relay.take_challenge(server_key.public_raw, challenge) is None
+    assert at_once(relay.take_challenge(server_key.public_raw, challenge)) is None
     net["network"].run(2.0)      # the pool is refilled over UDP
     assert len(relay.rv.registry.pool(relay.rv.registry.lookup_key(server_key.id))) == 2
 
 
 def test_offer_to_unknown_server_fails(net):
     relay = net["coords"][C1]
-    d = relay.send_offer(crypto.IdentityKey.generate().public_raw, b"x")
+    d = defer.Deferred.fromCoroutine(
+        relay.send_offer(crypto.IdentityKey.generate().public_raw, b"x"))
     f = []
     d.addErrback(f.append)
     assert f and f[0].check(Unavailable)
@@ -153,8 +155,9 @@ def test_failed_login_is_reported_to_the_home_server(net):
     seen = []
     globalLogPublisher.addObserver(seen.append)
     try:
-        net["coords"][C1].notify(net["server_key"].public_raw,
-                                 connect.failure_notice("198.51.100.7", "wrong-password"))
+        at_once(net["coords"][C1].notify(net["server_key"].public_raw,
+                                         connect.failure_notice("198.51.100.7",
+                                                                "wrong-password")))
         net["network"].run(1.0)
     finally:
         globalLogPublisher.removeObserver(seen.append)
@@ -240,12 +243,35 @@ def test_pool_and_expiry_events_reach_the_cluster_directory(kind):
                              (C1[0], C1[1], key.public_raw), clock), S)
     network.run(1.0)
     assert directory.calls == [("pool", server_key.id, 2, True)]
-    challenge = coord.server_status(server_key.public_raw)[1]
-    assert coord.take_challenge(server_key.public_raw, challenge) is not None
+    challenge = at_once(coord.server_status(server_key.public_raw))[1]
+    assert at_once(coord.take_challenge(server_key.public_raw, challenge)) is not None
     network.run(1.0)
     assert directory.calls[1:] == [("pool", server_key.id, 2, False)]
     network.detach(S)
     network.run(100.0)
+    assert directory.calls[-1] == ("forget", server_key.id)
+
+
+def test_a_server_that_leaves_is_forgotten_by_the_cluster_directory_at_once():
+    """A stopping home server says BYE: the node forgets it at once, and so does the
+    cluster's directory (other nodes then see it offline at once, not when its entry's
+    TTL runs out).  How this was shown to fail: without the ServerForgotten event on
+    BYE the directory heard nothing until expiry."""
+    clock = task.Clock()
+    network = MemoryNetwork(clock)
+    key = crypto.IdentityKey.generate()
+    coord = CoordinatorUDP(Rendezvous(key), clock, expiry=90.0)
+    directory = DirectoryRecorder("sync")
+    coord.set_directory(directory)
+    network.attach(coord, C1)
+    server_key = crypto.IdentityKey.generate()
+    server = ServerUDP(server_key, ChallengeSource(K), ServerKeepalive(),
+                       (C1[0], C1[1], key.public_raw), clock)
+    network.attach(server, S)
+    network.run(1.0)
+    assert directory.calls == [("pool", server_key.id, 2, True)]
+    server.leave()
+    network.run(1.0)
     assert directory.calls[-1] == ("forget", server_key.id)
 
 

@@ -342,7 +342,7 @@ def test_the_home_servers_busy_refusal_reaches_the_client_as_fields(h):
 
 
 def test_unexpected_error_is_a_terse_500(h):
-    def boom(server_key):
+    async def boom(server_key):
         raise RuntimeError("secret internals")
 
     h.relay.server_status = boom
@@ -495,11 +495,82 @@ class _Req:
     ("10.0.0.1", None, "10.0.0.1"),
     ("10.0.0.1", [b"10.0.0.2"], "10.0.0.1"),
     ("192.0.2.9", [b"1.2.3.4"], "192.0.2.9"),                  # untrusted peer
+    # One spelling for each address: what keys the limits and goes to the home server.
+    ("10.0.0.1", [b"2001:DB8:0:0::1"], "2001:db8::1"),
+    ("10.0.0.1", [b"::ffff:1.2.3.4"], "1.2.3.4"),
+    ("10.0.0.1", [b" 1.2.3.4 "], "1.2.3.4"),
+    # Anything but exactly one address is a broken header: the peer.
+    ("10.0.0.1", [b"fe80::1%eth0"], "10.0.0.1"),
+    ("10.0.0.1", [b"fe80::1%\x1b[2J"], "10.0.0.1"),
+    ("10.0.0.1", [b"fe80::1%0"], "10.0.0.1"),
+    ("10.0.0.1", [b"1.2.3.4:5678"], "10.0.0.1"),
+    ("10.0.0.1", [b"[2001:db8::1]"], "10.0.0.1"),
+    ("10.0.0.1", [b"2001:db8::/64"], "10.0.0.1"),
+    ("10.0.0.1", [b"01.2.3.4"], "10.0.0.1"),
+    ("10.0.0.1", [b"1.2.3.4\x85"], "10.0.0.1"),
+    ("10.0.0.1", [b""], "10.0.0.1"),
+    ("10.0.0.1", [b"1.2.3.4, fe80::1%eth0"], "10.0.0.1"),       # the right-most decides
+    ("10.0.0.1", [b"fe80::1%eth0, 1.2.3.4"], "1.2.3.4"),        # left of it: never read
 ])
 def test_source_address(peer, xff, expected):
+    """How the odd spellings were shown to fail: with the parser before them
+    (``str(ipaddress.ip_address(hop.strip()))``), every zone (``%eth0``, ``%0``, the
+    escape sequence) came back as sent, also as the right-most hop after a good one,
+    ``::ffff:1.2.3.4`` stayed IPv4-mapped, and ``1.2.3.4\\x85`` was taken as
+    ``1.2.3.4`` (``str.strip`` takes NEL for whitespace)."""
     w = web.CoordinatorWeb(crypto.IdentityKey.generate(), FakeRelay(),
                            WebConfig(trusted_proxies=("10.0.0.1", "10.0.0.2")), task.Clock())
     assert w.source_address(_Req(peer, xff)) == expected
+
+
+def test_the_client_page_is_read_once_and_again_on_reload(h, tmp_path):
+    """``GET /`` answers the index.html read at start, without touching the disk: a
+    changed or deleted file shows only after ``reload_client`` (SIGHUP); a client that
+    is missing then is the signed 404 it is when missing at start.  Shown to fail with
+    the file read on every request again (the change shows at once)."""
+    page = tmp_path / "index.html"
+    page.write_text("<!doctype html><title>changed</title>")
+    resp = h.call("GET", "/")
+    assert resp.code == 200 and b"HomeChannel" in resp.body
+    h.web.reload_client()
+    assert b"changed" in h.call("GET", "/").body
+    page.unlink()
+    assert b"changed" in h.call("GET", "/").body
+    h.web.reload_client()
+    resp = h.call("GET", "/")
+    assert_error(resp, 404, "not-found")
+    assert resp.json["error"] == "the browser client is not installed"
+    missing = Harness(tmp_path)
+    assert_error(missing.call("GET", "/"), 404, "not-found")
+
+
+@pytest.mark.parametrize("forwarded,expected", [
+    ("fe80::1%eth0", "127.0.0.1"),
+    ("fe80::1%\x1b[1A\x1b[2K", "127.0.0.1"),
+    ("::FFFF:198.51.100.1", "198.51.100.1"),
+])
+def test_odd_forwarded_addresses_never_reach_the_home_server_nor_the_limits(forwarded,
+                                                                            expected):
+    """A zone or another spelling in X-Forwarded-For (through a trusted proxy) never
+    reaches the failed-login NOTICE, the offer's ``source`` (both go to the home
+    server, which logs them), or the per-source limits: the request counts as the
+    proxy's own (a broken header), or as the address in its one spelling.  How this
+    was shown to fail: with the parser before ``canonical_address``, the NOTICE and
+    the offer carried ``fe80::1%eth0`` and the escape sequence as sent, and the mapped
+    address as ``::ffff:198.51.100.1``."""
+    h = Harness(failures_before_lockout=1)
+    resp, _ = h.connect(ip=forwarded, password_key=b"x" * 32)
+    assert_error(resp, 403, "wrong-password")
+    assert [source for _, source, _ in h.relay.failures] == [expected]
+    # The lockout fell on that source: the proxy's own address (or the canonical one)
+    # is now locked out, whatever it is written as.
+    resp, _ = h.connect(ip=expected)
+    assert_error(resp, 429, "locked-out")
+    h2 = Harness()
+    resp, _ = h2.connect(ip=forwarded)
+    assert resp.code == 202
+    offer = json.loads(h2.relay.offers[0][1])
+    assert offer["source"] == expected
 
 
 def test_bundled_client_is_served(monkeypatch):

@@ -11,4 +11,10 @@ a single coordinator process.
 - :mod:`~homechannel.coordinator.cluster.redisrelay` -- the directory of owners, the
   shared challenge pools, offers and notices relayed between nodes.
 - :mod:`~homechannel.coordinator.cluster.noderelay` -- the messages between nodes (pure).
+- :mod:`~homechannel.coordinator.cluster.clusterkey` -- the cluster key, which Redis never
+  sees: sealed messages and records, keyed hashes of pools and key names (pure).
+
+Redis is a party of its own (docs/security.md, "Redis"): the nodes log in
+(``redisstore.check_login``), and what Redis holds and carries is sealed or
+hashed with the cluster key.
 """

@@ -17,6 +17,7 @@ the home server already runs on (aiortc), bridged in one module
 (:mod:`homechannel.aio`).
 """
 
+from collections import Counter
 from dataclasses import dataclass
 
 from twisted.application import service
@@ -35,10 +36,23 @@ class ClusterNode:
     directory: object
     link: object
     service: object
+    policies: object = None
+
+    def dropped(self):
+        """What came from Redis and was not acted on, by reason (the metrics): messages
+        that did not open (``bad-mac``, ``stale``, ``replayed``, ...), opened messages
+        that did not parse (``malformed``), session records that did not open."""
+        counts = Counter(self.link.dropped)
+        counts.update(self.sessions.dropped)
+        counts["malformed"] += self.relay.stats["messages-dropped"]
+        return counts
 
     def make_limiter(self, clock, name, limit, period, burst=None):
-        from homechannel.coordinator.cluster.redislimits import RedisRateLimiter
-        return RedisRateLimiter(self.store, name, clock, limit, period, burst=burst)
+        """The cluster's budget, held on this node alone as well (``LocalCeiling``)."""
+        from homechannel.coordinator.cluster.redislimits import LocalCeiling, RedisRateLimiter
+        from homechannel.coordinator.ratelimit import MemoryRateLimiter
+        return LocalCeiling(RedisRateLimiter(self.store, name, clock, limit, period, burst=burst),
+                            MemoryRateLimiter(clock, limit, period, burst=burst))
 
     def make_lockout(self, clock, name, threshold, base, maximum):
         from homechannel.coordinator.cluster.redislimits import RedisLockout
@@ -63,10 +77,14 @@ class ClusterService(service.Service):
         if self.running:
             self.node.link.start()
             self.node.directory.start()
+            if self.node.policies is not None:
+                self.node.policies.start()
 
     def stopService(self):
         super().stopService()
         self.node.directory.stop()
+        if self.node.policies is not None:
+            self.node.policies.stop()
         self.node.relay.stop()
         d = self.node.link.stop()
         d.addBoth(lambda _: self.node.store.close())
@@ -74,31 +92,35 @@ class ClusterService(service.Service):
         return d
 
 
-def read_password(path):
-    if not path:
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read().strip()
-    except OSError as e:
-        raise ConfigError(f"cannot read cluster.redis_password_file {path}: "
-                          f"{e.strerror}") from None
-
-
 def build(cfg, reactor, udp, rv):
-    """The cluster seams of this node: relay, sessions, limiters, and its service."""
+    """The cluster seams of this node: relay, sessions, limiters, and its service.
+    Blocks to log in to Redis once (at start, before the reactor runs): a refused
+    login or certificate stops the node with advice."""
     try:
         import redis  # noqa: F401
     except ImportError:
         raise ConfigError("[cluster] needs redis-py: pip install 'homechannel[cluster]'") \
             from None
+    from homechannel import keyfiles
     from homechannel.coordinator.cluster import redisrelay, redisstore
+    from homechannel.coordinator.cluster.clusterkey import ClusterKey
+    from homechannel.coordinator.cluster.redispolicies import PolicyStore
     from homechannel.coordinator.cluster.redissessions import RedisSessionStore
 
     c = cfg.cluster
-    client = redisstore.connect(c.redis_url, password=read_password(c.redis_password_file))
-    store = redisstore.RedisStore(client, prefix=c.key_prefix)
-    relay = redisrelay.ClusterRelay(store, c.node_id, udp, reactor)
+    key = ClusterKey(keyfiles.load_cluster_key(c.key_file))
+    password = keyfiles.read_private_line(c.redis_password_file,
+                                          "Redis password file (cluster.redis_password_file)")
+    options = redisstore.client_options(c, password)
+    warning = redisstore.check_login(c.redis_url, options)
+    if warning:
+        log.warn("{warning}", warning=warning)
+    store = redisstore.RedisStore(redisstore.connect(c.redis_url, **options), key,
+                                  prefix=c.key_prefix)
+    ttl = 2 * cfg.udp.expiry + c.directory_refresh
+    policies = PolicyStore(store, reactor, ttl=ttl, refresh=c.directory_refresh)
+    udp.set_policy_store(policies)
+    relay = redisrelay.ClusterRelay(store, c.node_id, udp, reactor, policies=policies)
     web = cfg.web
     sessions = RedisSessionStore(
         store, reactor, session_timeout=web.session_timeout,
@@ -111,20 +133,11 @@ def build(cfg, reactor, udp, rv):
         refresh=c.directory_refresh, request_refill=udp.refill)
     udp.set_directory(directory)
     store.on_recovered.append(directory.refresh)
+    store.on_recovered.append(policies.refresh)
     link = redisrelay.NodeLink(store, c.node_id, reactor, relay, sessions)
-    node = ClusterNode(store, relay, sessions, directory, link, None)
+    node = ClusterNode(store, relay, sessions, directory, link, None, policies)
     node.service = ClusterService(node, reactor)
-    log.info("cluster node {node}: Redis {url}, keys {prefix}*", node=c.node_id,
-             url=_safe_url(c.redis_url), prefix=c.key_prefix)
+    log.info("cluster node {node}: Redis {url} as {user}, keys {prefix}*, cluster key "
+             "fingerprint {fingerprint}", node=c.node_id, url=c.redis_url,
+             user=c.redis_username, prefix=c.key_prefix, fingerprint=key.fingerprint)
     return node
-
-
-def _safe_url(url):
-    """The URL without a password in it (for the log)."""
-    import urllib.parse
-
-    parts = urllib.parse.urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.rsplit("@", 1)[1]
-        parts = parts._replace(netloc=("***@" + netloc))
-    return urllib.parse.urlunsplit(parts)

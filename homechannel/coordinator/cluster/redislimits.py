@@ -1,20 +1,28 @@
 """Rate limits and lockouts shared by the nodes of a coordinator cluster.
 
-The same rules as :class:`~homechannel.coordinator.ratelimit.RateLimiter`
-and :class:`~homechannel.coordinator.ratelimit.Lockout` (and the same
-interfaces, ``IRateLimiter`` and ``ILockout``), kept in Redis so that every
-node counts against one budget: five wrong passwords spread over two nodes
-lock the source out on both.  Each operation is one atomic Lua script, every
-key carries a TTL (the time after which it would be the same as missing), so
-nothing grows without bound, and every method returns a Deferred.
+The same rules as :class:`~homechannel.coordinator.ratelimit.MemoryRateLimiter`
+and :class:`~homechannel.coordinator.ratelimit.MemoryLockout` (and the same
+interfaces, ``IRateLimiter`` and ``ILockout``, ``async def``), kept in Redis
+so that every node counts against one budget: five wrong passwords spread over
+two nodes lock the source out on both.  Each operation is one atomic Lua
+script (queued on the node's pipeline when the coroutine starts), and every key
+carries a TTL (the time after which it would be the same as missing), so
+nothing grows without bound.
 
 Keys (``<prefix>`` is ``cluster.key_prefix``, default ``hc:``):
 
-* ``<prefix>rl:<name>:<key>``: a hash ``{t: tokens, ts: last update}``;
+* ``<prefix>rl:<name>:<hash of key>``: a hash ``{t: tokens, ts: last update}``;
   expires when the bucket would be full again.
-* ``<prefix>lo:<name>:<key>``: a hash ``{f: failures since the last lockout,
+* ``<prefix>lo:<name>:<hash of key>``: a hash ``{f: failures since the last lockout,
   n: lockouts so far, u: locked until, l: last failure}``; expires
   ``forget_after`` seconds after the later of ``u`` and ``l``.
+
+``<hash of key>`` is the keyed hash of the source network, device or server
+(``RedisStore.hidden_key``): Redis holds no address or device id.
+
+Redis can delete these keys (whoever reaches it can): so each node also keeps
+every budget in memory (:class:`LocalCeiling`), and a Redis that forgets or
+resets the cluster's counts gives at most one budget per node, never more.
 
 Times are the nodes' clocks (Unix seconds, passed to the scripts): keep the
 nodes' clocks in sync (NTP), as device challenges already require.
@@ -22,7 +30,7 @@ nodes' clocks in sync (NTP), as device challenges already require.
 
 from zope.interface import implementer
 
-from homechannel.coordinator.ratelimit import ILockout, IRateLimiter
+from homechannel.coordinator.interfaces import ILockout, IRateLimiter
 from homechannel.coordinator.cluster.redisstore import Script
 
 # Numbers cross the Lua boundary as strings: Redis truncates Lua numbers to integers.
@@ -98,17 +106,16 @@ class RedisRateLimiter:
         self._rate = repr(float(limit) / float(period))
 
     def _run(self, key, peek):
-        d = self._store.run(BUCKET, [self._store.key("rl", self._name, key)],
-                            [repr(self._clock.seconds()), self._capacity, self._rate, peek])
-        return d.addCallback(_float)
+        return self._store.run(BUCKET, [self._store.hidden_key("rl", self._name, hidden=key)],
+                               [repr(self._clock.seconds()), self._capacity, self._rate, peek])
 
-    def hit(self, key):
-        """A Deferred: None if allowed, else the seconds until it would be."""
-        return self._run(key, "0")
+    async def hit(self, key):
+        """None if allowed, else the seconds until it would be."""
+        return _float(await self._run(key, "0"))
 
-    def peek(self, key):
-        """A Deferred: what :meth:`hit` would say, without counting anything."""
-        return self._run(key, "1")
+    async def peek(self, key):
+        """What :meth:`hit` would say, without counting anything."""
+        return _float(await self._run(key, "1"))
 
 
 @implementer(ILockout)
@@ -124,18 +131,42 @@ class RedisLockout:
         self._forget = repr(float(maximum if forget_after is None else forget_after))
 
     def _key(self, key):
-        return self._store.key("lo", self._name, key)
+        return self._store.hidden_key("lo", self._name, hidden=key)
 
-    def check(self, key):
-        d = self._store.run(LOCKOUT_CHECK, [self._key(key)],
-                            [repr(self._clock.seconds()), self._forget])
-        return d.addCallback(_float)
+    async def check(self, key):
+        return _float(await self._store.run(LOCKOUT_CHECK, [self._key(key)],
+                                            [repr(self._clock.seconds()), self._forget]))
 
-    def failure(self, key, weight=1.0):
-        d = self._store.run(LOCKOUT_FAILURE, [self._key(key)],
-                            [repr(self._clock.seconds()), self._forget, repr(float(weight)),
-                             *self._params])
-        return d.addCallback(_float)
+    async def failure(self, key, weight=1.0):
+        return _float(await self._store.run(
+            LOCKOUT_FAILURE, [self._key(key)],
+            [repr(self._clock.seconds()), self._forget, repr(float(weight)), *self._params]))
 
-    def success(self, key):
-        return self._store.call("DEL", self._key(key)).addCallback(lambda _: None)
+    async def success(self, key):
+        await self._store.call("DEL", self._key(key))
+
+
+@implementer(IRateLimiter)
+class LocalCeiling:
+    """A cluster's budget (*shared*, in Redis) that also holds on this node alone
+    (*local*, in memory, the same limits): whatever Redis forgets (a restart) or
+    is made to forget (a DEL by whoever reaches it), this node allows no more than
+    a coordinator of its own would.  In normal operation the local budget never
+    binds first: this node's hits are a part of the cluster's."""
+
+    def __init__(self, shared, local):
+        self.shared = shared
+        self.local = local
+
+    async def hit(self, key):
+        retry = await self.shared.hit(key)
+        if retry is not None:
+            return retry
+        return await self.local.hit(key)
+
+    async def peek(self, key):
+        shared = await self.shared.peek(key)
+        local = await self.local.peek(key)
+        if shared is None or local is None:
+            return shared if local is None else local
+        return max(shared, local)

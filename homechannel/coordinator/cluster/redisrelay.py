@@ -7,8 +7,9 @@ and keepalives stay there: no Redis round trip per ping).  HTTPS requests
 may land on any node.  So:
 
 * :class:`Directory` (the owning node's side) keeps ``<prefix>d:<key id>``,
-  a hash ``{n: owning node id, <challenge>: <expectedAnswer>, ...}`` (at most
-  ``udp.POOL`` challenges).  It is written on registration (the pool from
+  a hash ``{n: owning node id, <challenge>: <keyed hash of its expectedAnswer>,
+  ...}`` (at most ``udp.POOL`` challenges; ``ClusterKey.pool_entry``: what Redis
+  holds cannot check a password guess).  It is written on registration (the pool from
   REGISTER), on a CHALLENGES refresh (replaced) and on a REFILL reply (free
   places filled), through a write-behind queue: writes made in one turn of the
   event loop go out as one pipeline, and writes that fail (Redis is gone) are
@@ -19,10 +20,10 @@ may land on any node.  So:
   asked for fresh challenges.  A server the node forgets (expiry) has its
   entry deleted; an entry of a node that died expires with its TTL, and
   until then :class:`ClusterRelay` treats it as offline (no heartbeat).
-* :class:`ClusterRelay` (every node; ``IRelay`` for the broker): the
+* :class:`ClusterRelay` (every node; ``IRelay``, ``async def``, for the broker): the
   server's status and its next challenge (one script, which also checks that
-  the owner is alive: ``<prefix>node:<id>`` is its heartbeat, set every second
-  and expiring after :data:`NODE_TTL`), taking a challenge atomically (a take
+  the owner is alive: ``<prefix>node:<id>`` is its heartbeat, its cluster key's
+  fingerprint, set every second and expiring after :data:`NODE_TTL`), taking a challenge atomically (a take
   that leaves the pool short publishes a REFILL to the owner, at most one
   every 2 s per server), and the offer: relayed by the owner's own UDP
   socket, directly when the owner is this node, else as an OFFER message on
@@ -32,10 +33,15 @@ may land on any node.  So:
   shared session (``redissessions``): the answer goes back through Redis too.
 * :class:`NodeLink` holds this node's pub/sub subscription (its own channel
   and the session completions) and its heartbeat, and reconnects by itself.
+
+Every message between nodes is sealed with the cluster key, and opened by
+:meth:`NodeLink.deliver` before anything acts on it: whoever reaches Redis can
+neither read nor forge nor replay one (``clusterkey.MessageSeal``).
 """
 
 import asyncio
 import os
+from collections import Counter
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -45,6 +51,7 @@ from homechannel import crypto
 
 from homechannel.protocol.udp import POOL
 from homechannel.coordinator.cluster import noderelay
+from homechannel.coordinator.cluster.clusterkey import DONE, NODE, MessageRefused
 from homechannel.coordinator.interfaces import IRelay
 from homechannel.coordinator.cluster.redisstore import Script
 from homechannel.errors import HomeChannelError, ProtocolError, Unavailable
@@ -58,17 +65,20 @@ OWNER_CACHE = 5.0            # seconds an owner learned from a status or take is
 OFFER_DEADLINE = 15.0        # an OFFER relayed to another node must be acknowledged by then
 
 # KEYS: server entry, refill mark.  ARGV: node-key prefix, channel prefix, REFILL message.
+# Returns the owner, a challenge and the owner's heartbeat (its cluster key's fingerprint).
 STATUS = Script("relay-status", """
 local h = redis.call('HGETALL', KEYS[1])
 local owner, challenge = false, false
 for i = 1, #h, 2 do
   if h[i] == 'n' then owner = h[i + 1] elseif not challenge then challenge = h[i] end
 end
-if not owner or redis.call('EXISTS', ARGV[1] .. owner) == 0 then return false end
+if not owner then return false end
+local beat = redis.call('GET', ARGV[1] .. owner)
+if not beat then return false end
 if not challenge and redis.call('SET', KEYS[2], '1', 'NX', 'PX', %d) then
   redis.call('PUBLISH', ARGV[2] .. owner, ARGV[3])
 end
-return {owner, challenge}
+return {owner, challenge, beat}
 """ % REFILL_MARK)
 
 # KEYS: server entry, refill mark.  ARGV: challenge, pool size, channel prefix, REFILL message.
@@ -125,10 +135,6 @@ return 0
 """)
 
 
-def _flatten(pairs):
-    return [x for pair in pairs for x in pair]
-
-
 class Directory:
     """The owning node's writes to the shared directory and pools (write-behind)."""
 
@@ -157,7 +163,8 @@ class Directory:
     # -- events from the node's rendezvous -------------------------------------------
 
     def pool(self, kid, pairs, replace):
-        """``Rendezvous.on_pool``: a registration or refresh (*replace*) or a refill."""
+        """A ``PoolUpdated`` event (``CoordinatorUDP.set_directory``): a registration or
+        refresh (*replace*) or a refill."""
         if replace:
             self._ops[kid] = [("set", tuple(pairs))]
         else:
@@ -165,7 +172,8 @@ class Directory:
         self._schedule(0)
 
     def forget(self, kid):
-        """``Rendezvous.on_forget``: the server expired here."""
+        """A ``ServerForgotten`` event (``CoordinatorUDP.set_directory``): the server
+        expired here, or left."""
         self._ops[kid] = [("forget",)]
         self._schedule(0)
 
@@ -177,12 +185,14 @@ class Directory:
 
     def _op(self, kid, op):
         keys = [self.key(kid), self._store.key("rf", kid)]
+        if op[0] == "forget":
+            return self._store.run(FORGET, keys[:1], [self._node])
+        # Redis gets a keyed hash of each expectedAnswer, never the value itself.
+        entry = self._store.cluster_key.pool_entry
+        pool = [x for c, e in op[1] for x in (c, entry(kid, c, e))]
         if op[0] == "set":
-            return self._store.run(SET_POOL, keys, [self._node, self._ttl, *_flatten(op[1])])
-        if op[0] == "fill":
-            return self._store.run(FILL_POOL, keys, [self._node, self._ttl, str(POOL),
-                                                     *_flatten(op[1])])
-        return self._store.run(FORGET, keys[:1], [self._node])
+            return self._store.run(SET_POOL, keys, [self._node, self._ttl, *pool])
+        return self._store.run(FILL_POOL, keys, [self._node, self._ttl, str(POOL), *pool])
 
     def _flush(self):
         self._call = None
@@ -236,7 +246,7 @@ class Directory:
         if self._refreshing:
             return defer.succeed(None)
         self._refreshing = True
-        d = defer.ensureDeferred(self._refresh())
+        d = defer.Deferred.fromCoroutine(self._refresh())
 
         def finished(result):
             self._refreshing = False
@@ -271,8 +281,10 @@ class ClusterRelay:
 
     log = Logger()
 
-    def __init__(self, store, node_id, udp, clock, random_bytes=os.urandom):
+    def __init__(self, store, node_id, udp, clock, random_bytes=os.urandom, policies=None):
+        """*policies*: the cluster's device policies (``redispolicies.PolicyStore``)."""
         self._store = store
+        self._policies = policies
         self.node_id = node_id
         self._node = node_id.encode("utf-8")
         self._udp = udp
@@ -286,48 +298,67 @@ class ClusterRelay:
                       "refills-asked": 0, "messages-dropped": 0}
         self._node_prefix = store.key("node", "")
         self._channel_prefix = store.key("n", "")
+        self._other_keys = set()         # owners found with another cluster key (warned)
 
     def channel(self, node=None):
         return self._channel_prefix + (self._node if node is None else node)
 
+    def _sealed(self, message):
+        """*message* sealed for a node's channel (``clusterkey.MessageSeal``)."""
+        return self._store.messages.seal(NODE, message, self._clock.seconds())
+
+    def _publish(self, node, message):
+        return self._store.call("PUBLISH", self.channel(node), self._sealed(message))
+
     # -- IRelay ------------------------------------------------------------------------
 
-    def server_status(self, server_key):
+    async def server_status(self, server_key):
         kid = crypto.key_id(server_key)
-        d = self._store.run(STATUS, [self._store.key("d", kid), self._store.key("rf", kid)],
-                            [self._node_prefix, self._channel_prefix, noderelay.refill(kid)])
+        reply = await self._store.run(
+            STATUS, [self._store.key("d", kid), self._store.key("rf", kid)],
+            [self._node_prefix, self._channel_prefix, self._sealed(noderelay.refill(kid))])
+        if not reply:
+            return False, None
+        owner, challenge, beat = reply
+        self._check_key(owner, beat)
+        self._owners[kid] = (owner, self._clock.seconds())
+        return True, challenge or None
 
-        def status(reply):
-            if not reply:
-                return False, None
-            owner, challenge = reply
-            self._owners[kid] = (owner, self._clock.seconds())
-            return True, challenge or None
+    def _check_key(self, owner, beat):
+        """Say once per node if *owner*'s heartbeat names another cluster key: the two
+        cannot open each other's messages, and every offer between them times out."""
+        ours = self._store.cluster_key.fingerprint.encode()
+        if beat == ours or owner in self._other_keys or len(self._other_keys) >= 100:
+            return
+        self._other_keys.add(owner)
+        self.log.warn("coordinator node {node} holds another cluster key (fingerprint "
+                      "{theirs}; this node's is {ours}): the two cannot read each other's "
+                      "messages; copy one cluster.key_file to every node",
+                      node=owner.decode("utf-8", "replace"),
+                      theirs=beat.decode("ascii", "replace"), ours=ours.decode())
 
-        return d.addCallback(status)
-
-    def take_challenge(self, server_key, challenge):
+    async def take_challenge(self, server_key, challenge):
         kid = crypto.key_id(server_key)
-        d = self._store.run(TAKE, [self._store.key("d", kid), self._store.key("rf", kid)],
-                            [challenge, str(POOL), self._channel_prefix,
-                             noderelay.refill(kid)])
+        reply = await self._store.run(
+            TAKE, [self._store.key("d", kid), self._store.key("rf", kid)],
+            [challenge, str(POOL), self._channel_prefix, self._sealed(noderelay.refill(kid))])
+        if not reply:
+            return None
+        owner, entry = reply
+        self._owners[kid] = (owner, self._clock.seconds())
+        return entry or None
 
-        def taken(reply):
-            if not reply:
-                return None
-            owner, expected = reply
-            self._owners[kid] = (owner, self._clock.seconds())
-            return expected or None
+    def answer_matches(self, server_key, challenge, answer, expected):
+        # *expected* is the pool's keyed hash (``Directory``), not the expectedAnswer.
+        return self._store.cluster_key.answer_matches(crypto.key_id(server_key), challenge,
+                                                      answer, expected)
 
-        return d.addCallback(taken)
-
-    def send_offer(self, server_key, payload):
+    async def send_offer(self, server_key, payload):
         kid = crypto.key_id(server_key)
-        return self._owner(kid).addCallback(self._offer, kid, payload)
-
-    def _offer(self, owner, kid, payload):
+        owner = await self._owner(kid)
         if owner == self._node:
-            return self._udp.offer_to(kid, payload)
+            await self._udp.offer_to(kid, payload)
+            return
         d = defer.Deferred()
 
         def result(ok, message):
@@ -342,57 +373,55 @@ class ClusterRelay:
         message = noderelay.offer(request_id, self.node_id, kid, payload)
         self.stats["offers-relayed"] += 1
 
-        def published(receivers):
+        try:
+            receivers = await self._publish(owner, message)
+        except HomeChannelError as e:
+            self._pending.resolve(request_id, False, str(e))
+        else:
             if not receivers:
                 self._pending.resolve(request_id, False, "the home server's coordinator "
                                       "node is gone: try again in a few seconds")
+        await d     # the owner's RESULT (it may have come already), or the deadline
 
-        def failed(f):
-            self._pending.resolve(request_id, False, str(f.value))
-
-        self._store.call("PUBLISH", self.channel(owner), message).addCallbacks(
-            published, failed)
-        return d
-
-    def notify(self, server_key, body):
+    async def notify(self, server_key, body):
+        """Best effort: a failure is logged, not raised."""
         kid = crypto.key_id(server_key)
-
-        def send(owner):
+        try:
+            owner = await self._owner(kid)
             if owner == self._node:
                 self._udp.notice_to(kid, body)
-                return None
+                return
             self.stats["notices-relayed"] += 1
-            return self._store.call("PUBLISH", self.channel(owner), noderelay.notice(kid, body))
+            await self._publish(owner, noderelay.notice(kid, body))
+        except HomeChannelError as e:
+            self.log.info("could not relay a notice: {error}", error=str(e))
 
-        d = self._owner(kid).addCallback(send)
-        d.addErrback(lambda f: self.log.info("could not relay a notice: {error}",
-                                             error=f.getErrorMessage()))
-        return d
+    async def device_policy(self, server_key):
+        if self._policies is None:
+            return None
+        return await self._policies.get(crypto.key_id(server_key))
 
     def set_answer_handler(self, handler):
         # ANSWERs reach the node that owns the server, over its own UDP socket.
         self._answer_handler = handler
         self._udp.set_answer_handler(handler)
 
-    def _owner(self, kid):
+    async def _owner(self, kid):
         cached = self._owners.get(kid)
         if cached is not None and self._clock.seconds() - cached[1] < OWNER_CACHE:
-            return defer.succeed(cached[0])
+            return cached[0]
         if len(self._owners) > 10_000:
             self._owners.clear()
-
-        def found(owner):
-            if owner is None:
-                raise Unavailable("the home server is offline", "relay-failed")
-            self._owners[kid] = (owner, self._clock.seconds())
-            return owner
-
-        return self._store.call("HGET", self._store.key("d", kid), "n").addCallback(found)
+        owner = await self._store.call("HGET", self._store.key("d", kid), "n")
+        if owner is None:
+            raise Unavailable("the home server is offline", "relay-failed")
+        self._owners[kid] = (owner, self._clock.seconds())
+        return owner
 
     # -- messages from other nodes -----------------------------------------------------------
 
     def received(self, data):
-        """A message on this node's channel."""
+        """A message on this node's channel (opened by ``NodeLink``: it verified)."""
         try:
             msg = noderelay.decode(data)
         except ProtocolError as e:
@@ -401,13 +430,9 @@ class ClusterRelay:
             return
         if msg.kind == noderelay.OFFER:
             self.stats["offers-received"] += 1
-            d = self._udp.offer_to(msg.kid, msg.payload)
-            d.addCallbacks(lambda _: noderelay.result(msg.id, True),
-                           lambda f: noderelay.result(msg.id, False, f.getErrorMessage()))
-            d.addCallback(lambda reply: self._store.call(
-                "PUBLISH", self.channel(msg.sender.encode("utf-8")), reply))
-            d.addErrback(lambda f: self.log.info("could not return an offer's result: {error}",
-                                                 error=f.getErrorMessage()))
+            defer.Deferred.fromCoroutine(self._offer_for(msg)).addErrback(
+                lambda f: self.log.info("could not return an offer's result: {error}",
+                                        error=f.getErrorMessage()))
         elif msg.kind == noderelay.RESULT:
             self._pending.resolve(msg.id, msg.ok, msg.payload.decode("utf-8", "replace"))
         elif msg.kind == noderelay.NOTICE:
@@ -415,6 +440,16 @@ class ClusterRelay:
         elif msg.kind == noderelay.REFILL:
             self.stats["refills-asked"] += 1
             self._udp.refill(msg.kid)
+
+    async def _offer_for(self, msg):
+        """An OFFER from another node: to the home server registered here, and its
+        RESULT back to that node."""
+        try:
+            await self._udp.offer_to(msg.kid, msg.payload)
+            reply = noderelay.result(msg.id, True)
+        except Exception as e:
+            reply = noderelay.result(msg.id, False, str(e))
+        await self._publish(msg.sender.encode("utf-8"), reply)
 
     def _reschedule(self):
         self._timer.schedule(self._pending.next_deadline())
@@ -433,18 +468,34 @@ class NodeLink:
 
     log = Logger()
 
-    def __init__(self, store, node_id, clock, relay, sessions, info=b"1"):
+    def __init__(self, store, node_id, clock, relay, sessions):
         self._store = store
         self.node_id = node_id
         self._clock = clock
         self._relay = relay
         self._sessions = sessions
-        self._info = info
-        self._channels = {relay.channel(): relay.received, sessions.channel: sessions.completed}
+        # The heartbeat names this node's cluster key (``ClusterRelay._check_key``).
+        self._info = store.cluster_key.fingerprint.encode()
+        self._channels = {relay.channel(): (NODE, relay.received),
+                          sessions.channel: (DONE, sessions.completed)}
         self._task = None
         self._heartbeat = None
         self.subscribed = False
         self.stats = {"messages": 0, "resubscribed": 0}
+        self.dropped = Counter()          # reason -> messages not acted on
+
+    def deliver(self, channel, data):
+        """Open a message from *channel* and hand it to its handler; one that does not
+        open (forged, replayed, stale: ``clusterkey.MessageRefused``) is a counted drop."""
+        purpose, handler = self._channels[channel]
+        try:
+            message = self._store.messages.open(purpose, data, self._clock.seconds())
+        except MessageRefused as e:
+            self.dropped[e.reason] += 1
+            self.log.debug("dropped a cluster message on {channel}: {error}",
+                           channel=channel.decode("utf-8", "replace"), error=str(e))
+            return
+        handler(message)
 
     def start(self):
         self._task = asyncio.ensure_future(self._listen())
@@ -475,10 +526,9 @@ class NodeLink:
                     if msg.get("type") != "message":
                         continue
                     self.stats["messages"] += 1
-                    handler = self._channels.get(msg["channel"])
-                    if handler is not None:
+                    if msg["channel"] in self._channels:
                         try:
-                            handler(msg["data"])
+                            self.deliver(msg["channel"], msg["data"])
                         except Exception:
                             self.log.failure("handling a cluster message failed")
                 raise rex.ConnectionError("the subscription ended")

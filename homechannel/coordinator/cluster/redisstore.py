@@ -13,6 +13,14 @@ reactor, and :mod:`homechannel.aio` is the bridge) and hands out Deferreds:
   what keeps a Redis command at about a tenth of its cost when sent alone.
 * Scripts are sent as ``EVALSHA``; a Redis that does not know one (it was
   restarted) gets ``SCRIPT LOAD`` and the command again.
+* Key names that count something private (a source network, a device, a
+  server) carry its keyed hash (:meth:`RedisStore.hidden_key`), and the store
+  holds the node's :class:`~homechannel.coordinator.cluster.clusterkey.MessageSeal`
+  (``messages``): see :mod:`~homechannel.coordinator.cluster.clusterkey`.
+* A node logs in as a user with a password (:func:`client_options`: and TLS
+  that checks Redis's certificate and name), and checks the login once at start
+  (:func:`check_login`): a refused password, a Redis that lets anyone in or a
+  certificate that does not verify stops the node with advice.
 * Any failure to talk to Redis (refused, reset, timed out, loading its data
   after a restart) fails the command with :data:`UNAVAILABLE`
   (``Unavailable``, HTTP 503, code ``unavailable``), is logged once per
@@ -31,6 +39,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from homechannel import aio
+from homechannel.coordinator.cluster.clusterkey import MessageSeal
 from homechannel.errors import Unavailable
 
 STORE_UNAVAILABLE = "the coordinator cluster's store is unavailable: try again shortly"
@@ -60,10 +69,14 @@ class RedisStore:
 
     log = Logger()
 
-    def __init__(self, client, prefix="hc:", timeout=2.0):
+    def __init__(self, client, cluster_key, prefix="hc:", timeout=2.0):
         self.client = client
         self.timeout = timeout
         self.prefix = prefix.encode("utf-8") if isinstance(prefix, str) else prefix
+        # What Redis never sees (clusterkey.py): the keyed hashes in key names and
+        # pools, sealed records, and this node's seal of the messages between nodes.
+        self.cluster_key = cluster_key
+        self.messages = MessageSeal(cluster_key)
         self.available = True
         self.on_recovered = []          # callables, after an outage ends
         self.stats = {"commands": 0, "pipelines": 0, "errors": 0, "outages": 0}
@@ -75,6 +88,12 @@ class RedisStore:
         """A key name: the prefix and *parts* (bytes or str) joined with ':'."""
         return self.prefix + b":".join(p if isinstance(p, bytes) else str(p).encode("utf-8")
                                        for p in parts)
+
+    def hidden_key(self, *parts, hidden):
+        """A key name for a counter of *hidden* (a source network, a device, a
+        server): the prefix, *parts*, and the keyed hash of *hidden*
+        (``ClusterKey.pseudonym``), never *hidden* itself."""
+        return self.key(*parts, self.cluster_key.pseudonym(hidden))
 
     # -- commands ------------------------------------------------------------------
 
@@ -219,16 +238,99 @@ def _pack(commands):
     return b"".join(pack_command(args) for args in commands)
 
 
-def connect(url, *, password=None, max_connections=32, timeout=2.0):
-    """A redis-py asyncio client for *url* (``redis://host:port/db``,
-    ``rediss://`` for TLS, ``unix:///path``), with short timeouts so that a
-    lost Redis is noticed in seconds, and no retries of its own."""
+def client_options(cluster, password):
+    """redis-py's options for the ``[cluster]`` config *cluster*: the user and its
+    *password*, and for ``rediss://`` TLS that always checks Redis's certificate and
+    name (against ``redis_tls_ca_file``, or the system's CAs), with the client
+    certificate if one is set."""
+    options = {"username": cluster.redis_username, "password": password}
+    if cluster.redis_url.startswith("rediss://"):
+        options.update(ssl_cert_reqs="required", ssl_check_hostname=True,
+                       ssl_ca_certs=cluster.redis_tls_ca_file or None)
+        if cluster.redis_tls_cert_file:
+            options.update(ssl_certfile=cluster.redis_tls_cert_file,
+                           ssl_keyfile=cluster.redis_tls_key_file)
+    return options
+
+
+def connect(url, *, max_connections=32, timeout=2.0, **options):
+    """A redis-py asyncio client for *url* (``rediss://host:port/db`` for TLS,
+    ``redis://``, ``unix:///path``) with *options* (:func:`client_options`), with
+    short timeouts so that a lost Redis is noticed in seconds, and no retries of
+    its own."""
     import redis.asyncio as aredis
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
 
-    extra = {"password": password} if password else {}
     return aredis.Redis.from_url(
-        url, **extra, max_connections=max_connections, socket_timeout=timeout,
+        url, **options, max_connections=max_connections, socket_timeout=timeout,
         socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0),
         health_check_interval=0)
+
+
+def check_login(url, options, timeout=2.0):
+    """Log in to Redis once, at start (blocking: before the reactor runs).
+
+    Raises ``ConfigError`` for what only the operator can fix: a refused user or
+    password, a Redis that lets a client in without any password, a certificate
+    that does not verify, a user that may not run PING.  Returns a warning (a
+    string) for a Redis not reachable yet (the node starts; the API answers 503
+    until it is) or for the default user (which may do anything); None when all
+    is well.  Nothing here is a command the ACL refuses: Redis's ACL log stays
+    empty."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    def client(**changes):
+        return redis.Redis.from_url(url, **dict(options, **changes), socket_timeout=timeout,
+                                    socket_connect_timeout=timeout,
+                                    retry=Retry(NoBackoff(), 0))
+
+    what = f"Redis at {url} as user {options.get('username')!r}"
+    user, anonymous = client(), client(username=None, password=None)
+    try:
+        return _check_login(user, anonymous, what, url, options.get("username"))
+    finally:
+        user.close()
+        anonymous.close()
+
+
+def _check_login(user, anonymous, what, url, username):
+    import ssl
+
+    import redis
+
+    from homechannel.errors import ConfigError
+
+    try:
+        user.ping()
+    except redis.AuthenticationError as e:
+        raise ConfigError(f"{what} refused the login ({e}): check cluster.redis_username and "
+                          "cluster.redis_password_file against the Redis ACL") from None
+    except redis.ResponseError as e:
+        raise ConfigError(f"{what} refused PING ({e}): give the user the commands of "
+                          "conf/redis/users.acl") from None
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+        cause = e
+        while cause is not None and not isinstance(cause, ssl.SSLError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None or "SSL" in str(e):
+            raise ConfigError(f"TLS to {url} failed ({e}): check cluster.redis_tls_ca_file "
+                              "(the CA of Redis's certificate), that the certificate names "
+                              "the host of cluster.redis_url, and the client certificate if "
+                              "Redis asks for one") from None
+        return f"{what} is not reachable yet ({e}): the API answers 503 until it is"
+    try:
+        anonymous.ping()
+    except redis.RedisError:
+        pass            # NOAUTH: a client must log in
+    else:
+        raise ConfigError(f"Redis at {url} lets anyone in (its default user needs no "
+                          "password): turn it off ('user default off', as "
+                          "conf/redis/users.acl does) or give it a password")
+    if username == "default":
+        return (f"{what}: the default user may do anything to Redis unless you restricted "
+                "it; give the nodes the user of conf/redis/users.acl (only the cluster's "
+                "keys, channels and commands)")
+    return None

@@ -99,8 +99,8 @@ class AppHost:
 
         *context* (the answerer's, see ``server/peer.py``) gates every channel:
         none is served unless ``context.verify_peer()`` says the DTLS peer is
-        the one the password proof bound; its ``hello_fields()`` go into the
-        control channel's hello reply."""
+        the one the password proof bound; its ``hello_fields(hello)`` go into the
+        control channel's hello reply (a device token for the key *hello* enrols)."""
         state = {"channels": 0, "context": context}
 
         def on_datachannel(channel):

@@ -34,7 +34,7 @@ class ControlSession:
         if op == "hello":
             reply = {"op": "hello", "server": self.host.server_id, "apps": self.host.app_list()}
             if self.context is not None:
-                reply.update(self.context.hello_fields())
+                reply.update(self.context.hello_fields(body))
             self.reply(reply)
         elif op == "ping":
             self.reply({"op": "pong", "id": body.get("id")})
