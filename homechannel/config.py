@@ -15,9 +15,10 @@ import typing
 import urllib.parse
 from dataclasses import dataclass, field
 
+from homechannel.crypto import parse_server_id
 from homechannel.protocol.ice import is_turn_url, parse_ice_servers
 from homechannel.protocol.hostport import HostPortError, format_host_port, parse_host_port
-from homechannel.errors import ConfigError
+from homechannel.errors import ConfigError, HomeChannelError
 
 
 def default_state_dir() -> str:
@@ -41,6 +42,30 @@ class IceServers(tuple):
     this type defaults to None, "not set", which is not the same as ``[]``
     (none at all): not set means "the coordinator's own STUN".
     """
+
+
+class CoordinatorKeys(tuple):
+    """Type marker: coordinator public keys, base64url as each coordinator logs it at
+    start (``coordinator.allow_migrate``): a list, or ``false`` for none.  Each is
+    checked when the file is loaded."""
+
+
+def _coordinator_keys(value, key) -> CoordinatorKeys:
+    if value is True:
+        raise ConfigError(f"{key} = true is not a setting: list the public keys of the "
+                          "coordinators a migration may move this server to (or false)")
+    if value is False:
+        return CoordinatorKeys()
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{key} must be false or a list of coordinator public keys")
+    for i, text in enumerate(value):
+        try:
+            parse_server_id(text)
+        except HomeChannelError:
+            raise ConfigError(f"{key}[{i}] is not a coordinator public key (base64url, as "
+                              "the coordinator logs it at start: \"coordinator public key: "
+                              "...\")") from None
+    return CoordinatorKeys(value)
 
 
 def stun_url(host: str, port: int) -> str:
@@ -75,9 +100,12 @@ class CoordinatorUDP:
     reassembly_bytes: int = 32 * 1024 * 1024
     reassembly_bytes_per_source: int = 1024 * 1024
     # Replies to unauthenticated-but-well-formed datagrams ("unknown,
-    # re-register"), at most this many per second in all.
+    # re-register"), at most this many per second in all (and 5 a second, in bursts
+    # of 50, to one source network).
     unknown_replies_per_second: float = 1000.0
-    # Handshakes (INIT) answered per second from one source network (IPv6 /64, IPv4).
+    # HELLOs and INITs (each) answered per second from one source network (an IPv4
+    # address or an IPv6 /64; its /56 and /48 get 4 and 16 times as many), in bursts
+    # of two seconds' worth.
     per_source_per_second: float = 20.0
     # The host name or address clients reach this UDP port at (for the default
     # STUN server and the join string).  Empty: the host of web.public_url.
@@ -90,7 +118,8 @@ class CoordinatorUDP:
     stun: bool = True
     # Also answer STUN on this extra UDP port (same interface); 0: off.
     stun_port: int = 0
-    # STUN answers per second to one source (IPv6 /64), and in all.
+    # STUN answers per second to one source network (as per_source_per_second), and
+    # in all.
     stun_per_source_per_second: float = 20.0
     stun_per_second: float = 20000.0
 
@@ -361,6 +390,9 @@ class ServerCoordinator:
     # first is registered with, the next ones when it stops answering.  Empty:
     # host:port only (a name with several addresses fails over between them).
     addresses: tuple = ()
+    # The keys of the coordinators a MIGRATE from the coordinator may move this
+    # server to (besides public_key itself); false (or empty) for none.
+    allow_migrate: CoordinatorKeys = CoordinatorKeys()
 
     def __post_init__(self):
         for i, entry in enumerate(self.addresses):
@@ -504,6 +536,8 @@ def _coerce(value, typ, key):
         return _build(typ, value, key)
     if typ is IceServers:
         return parse_ice_servers(value, key, allow_turn=not key.startswith("web."))
+    if typ is CoordinatorKeys:
+        return _coordinator_keys(value, key)
     if typ is bool:
         if isinstance(value, bool):
             return value

@@ -162,6 +162,10 @@ def cmd_status(args):
     label = {"up": "registered", "leaving": "leaving", "stopped": "stopped"}.get(
         state, f"not registered ({state})")
     print(f"coordinator: {doc.get('coordinator', '?')}, {label}")
+    if doc.get("pin_overridden"):
+        print(f"coordinator key: {doc.get('coordinator_key', '?')}, not the configured "
+              f"coordinator.public_key: a migration moved this server there "
+              f"(coordinator.allow_migrate); remove {cfg.failover_path} to go back")
     print(f"last registered: {_ago(now, doc.get('last_registered'))}")
     if doc.get("last_failure") and state != "up":
         print(f"last failure: {doc['last_failure']}")

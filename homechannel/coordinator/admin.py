@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from homechannel import crypto, keyfiles
 
 from homechannel.ops import endpoints
+from homechannel.protocol import udp
 from homechannel.errors import ConfigError, HomeChannelError, ProtocolError
 
 log = Logger()
@@ -159,12 +160,12 @@ class Admin:
             host.encode("ascii")
             target = crypto.parse_server_id(doc["public_key"])
             server = doc["server"]
-            if not (0 < port < 65536 and 0 < len(host) < 256):
+            if not (0 < port < 65536 and 0 < len(host) < 256 and udp.host_ok(host)):
                 raise ValueError("port or host out of range")
         except (ValueError, KeyError, TypeError, ProtocolError, UnicodeError):
             request.setResponseCode(400)
-            return json.dumps({"error": "expected JSON {server, host (ASCII), "
-                                        "port (1-65535), public_key}"})
+            return json.dumps({"error": "expected JSON {server, host (a name or an IP "
+                                        "address), port (1-65535), public_key}"})
         if server == "*":
             n = self.udp.migrate_all(host, port, target)
         else:

@@ -37,9 +37,10 @@ from homechannel.coordinator.events import (
     ServerForgotten,
 )
 from homechannel.coordinator.interfaces import IRegistry
-from homechannel.coordinator.ratelimit import RateLimiter, source_key
+from homechannel.coordinator.ratelimit import source_key
 from homechannel.coordinator.registry import Registry, pack_addr
 from homechannel.coordinator.shares import Shares
+from homechannel.coordinator.udplimits import UdpLimit
 from homechannel.errors import (
     AuthenticationError, CapacityError, ProtocolError, Unavailable,
 )
@@ -62,6 +63,10 @@ OFFER_DEADLINE = 10.0        # an offer not acknowledged by then fails
 REFILL_DEADLINE = 30.0
 MIGRATE_DEADLINE = 30.0
 NOTICE_DEADLINE = 30.0
+# Signed UNKNOWN replies to one source network: 5 a second, in bursts of 50 (a
+# carrier-grade NAT's home servers all meet one after a coordinator restart).
+UNKNOWN_PER_SOURCE_PER_SECOND = 5.0
+UNKNOWN_PER_SOURCE_BURST = 50.0
 
 
 @dataclass
@@ -100,21 +105,26 @@ class Rendezvous:
         # STUN Binding requests on the same port (coordinator/stun.py); True
         # for the defaults, a StunResponder, or None to refuse them.
         if stun is True:
-            stun = stun_.StunResponder(self.stats)
+            stun = stun_.StunResponder(self.stats, random_bytes=random_bytes)
         self.stun = stun
         self._cookie_secrets: dict[int, bytes] = {}
         self._pending: OrderedDict[bytes, _Pending] = OrderedDict()      # nonce -> _Pending
-        # Token buckets over 1 s: global ones keyed by "", per source by host.
-        self._unknown_bucket = RateLimiter(None, max(1.0, unknown_replies_per_second), 1.0)
-        # ... and a small budget per source, checked first, so one host cannot spend the
-        # global one and delay every other server's fast re-registration.
-        self._unknown_per_source = RateLimiter(None, 50.0, 10.0, max_keys=10_000)
-        # HELLO is answered before the source proved its address, so it is
-        # limited by one global bucket (no state per source); INIT, after the
-        # cookie, by a bucket per source address.
-        self._hello_bucket = RateLimiter(None, max(1.0, hellos_per_second), 1.0)
-        self._per_source = RateLimiter(None, max(1.0, 2 * per_source_per_second), 2.0,
-                                       max_keys=10_000)
+        # Rate limits per source network (with the /56 and /48 tiers) in fixed memory
+        # that no flood can reset (udplimits.py), the source's checked first:
+        # HELLO is answered before the source proved its address, so one source may
+        # take only its share of the budget in all; INIT, after the cookie, has a
+        # limit per source; the signed UNKNOWN (a signature each) has both, so one
+        # host cannot spend the budget in all and delay every other server's fast
+        # re-registration.
+        self._hello_limit = UdpLimit(max(1.0, per_source_per_second),
+                                     2 * max(1.0, per_source_per_second),
+                                     max(1.0, hellos_per_second), random_bytes=random_bytes)
+        self._init_limit = UdpLimit(max(1.0, per_source_per_second),
+                                    2 * max(1.0, per_source_per_second),
+                                    random_bytes=random_bytes)
+        self._unknown_limit = UdpLimit(UNKNOWN_PER_SOURCE_PER_SECOND, UNKNOWN_PER_SOURCE_BURST,
+                                       max(1.0, unknown_replies_per_second),
+                                       random_bytes=random_bytes)
         # kid -> (its reassembly, its source network)
         self._reassembly: dict[bytes, tuple[udp.Reassembly, str]] = {}
         self.reassembly_bytes = reassembly_bytes
@@ -171,9 +181,6 @@ class Rendezvous:
             return False
         return crypto.constant_time_equal(self._cookie(addr, nonce, epoch), value)
 
-    def _source_ok(self, addr: Address, now: float) -> bool:
-        return self._per_source.hit(source_key(addr[0]), now) is None
-
     # -- input --------------------------------------------------------------
 
     def receive(self, data: bytes, addr: Address, now: float) -> RendezvousOutput:
@@ -207,8 +214,9 @@ class Rendezvous:
 
     def _hello(self, data: bytes, addr: Address, now: float) -> Datagrams:
         nonce = udp.parse_hello(data)
-        if self._hello_bucket.hit("", now) is not None:
-            return self._drop("hello-rate")
+        refused = self._hello_limit.admit(addr, now)
+        if refused is not None:
+            return self._drop("hello-" + refused)
         epoch = int(now // COOKIE_EPOCH)
         self.stats["cookies"] += 1
         return [(udp.cookie(nonce, self._cookie(addr, nonce, epoch)), addr)]
@@ -223,7 +231,7 @@ class Rendezvous:
             return self._drop("nonce-reuse")
         if not self._cookie_ok(addr, msg.nonce, msg.cookie, now):
             return self._drop("bad-cookie")
-        if not self._source_ok(addr, now):
+        if self._init_limit.admit(addr, now) is not None:
             return self._drop("source-rate")
         self._expire_handshakes(now)
         if len(self._pending) >= self.max_handshakes:
@@ -360,10 +368,9 @@ class Rendezvous:
         # large as the reply, and globally rate-limited (each costs a signature).
         if len(data) < udp.UNKNOWN_SIZE:
             return self._drop("unknown-short")
-        if self._unknown_per_source.hit(source_key(addr[0]), now) is not None:
-            return self._drop("unknown-source-rate")
-        if self._unknown_bucket.hit("", now) is not None:
-            return self._drop("unknown-rate")
+        refused = self._unknown_limit.admit(addr, now)
+        if refused is not None:
+            return self._drop("unknown-" + refused)
         ref = udp.unknown_reference(data)
         self.stats["unknown-replies"] += 1
         return [(udp.unknown(ref, self.identity.sign(udp.UNKNOWN_LABEL + ref)), addr)]
@@ -422,8 +429,13 @@ class Rendezvous:
         elif kind == udp.NOTICE_ACK:
             pass
         elif kind == udp.MIGRATE_ACK:
-            self.stats["migrate-acked"] += 1
-            log.info("server {kid} acknowledged the move", kid=kid.hex()[:12])
+            if body:      # refused: the reason (older servers send nothing and move)
+                self.stats["migrate-refused"] += 1
+                log.warn("server {kid} refused the move: {reason}", kid=kid.hex()[:12],
+                         reason=udp.parse_refusal(body))
+            else:
+                self.stats["migrate-acked"] += 1
+                log.info("server {kid} acknowledged the move", kid=kid.hex()[:12])
         return []
 
     # -- requests from the coordinator ----------------------------------------

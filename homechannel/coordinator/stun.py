@@ -15,18 +15,21 @@ lets two peers behind ordinary (cone) NATs reach each other.
   FINGERPRINT when the request had one.  At most :data:`MAX_RESPONSE` (52)
   bytes whatever the request held; nothing of the request but its
   transaction id is echoed.
-* :class:`StunResponder` keeps no state per request: only a capped token
-  bucket per source (IPv6 /64) and one global bucket.  Every drop is counted
-  in the shared ``stats`` (``dropped.stun-<reason>``), every answer in
-  ``stun-answers``.
+* :class:`StunResponder` keeps no state per request: only a limit per source
+  network (an IPv4 address, an IPv6 /64, and its /56 and /48 with 4 and 16 times
+  the allowance) in fixed memory that no flood can reset, and a budget in all
+  (``udplimits.UdpLimit``).  Every drop is counted in the shared ``stats``
+  (``dropped.stun-<reason>``), every answer in ``stun-answers``.
 """
 
 import binascii
+import os
 import socket
 import struct
 from collections import Counter
+from collections.abc import Callable
 
-from homechannel.coordinator.ratelimit import RateLimiter, source_key
+from homechannel.coordinator.udplimits import UdpLimit
 from homechannel.errors import ProtocolError
 from homechannel.protocol.udp import Address, Datagrams
 
@@ -130,7 +133,7 @@ def binding_response(transaction_id: bytes, addr: Address, fingerprint: bool) ->
 
 
 class StunResponder:
-    """Answers Binding requests; rate-limited per source /64 and in all.
+    """Answers Binding requests; rate-limited per source network and in all.
 
     ``receive(data, addr, now)`` returns ``[(response, addr)]`` or ``[]``;
     it never raises on hostile input.  *stats* is a ``Counter`` (shared with
@@ -138,11 +141,12 @@ class StunResponder:
     """
 
     def __init__(self, stats: Counter[str], per_source_per_second: float = 20.0,
-                 per_second: float = 20_000.0, max_sources: int = 10_000) -> None:
+                 per_second: float = 20_000.0,
+                 random_bytes: Callable[[int], bytes] = os.urandom) -> None:
         self.stats = stats
-        self._per_source = RateLimiter(None, max(1.0, 2 * per_source_per_second), 2.0,
-                                       max_keys=max_sources)
-        self._global = RateLimiter(None, max(1.0, per_second), 1.0)
+        per_source = max(1.0, per_source_per_second)
+        self.limit = UdpLimit(per_source, 2 * per_source, max(1.0, per_second),
+                              random_bytes=random_bytes)
 
     def _drop(self, reason: str) -> Datagrams:
         self.stats["dropped"] += 1
@@ -155,11 +159,13 @@ class StunResponder:
         except ProtocolError:
             return self._drop("malformed")
         # The source's own budget first: a refused request must not spend the global
-        # one, or one flooding host would starve everybody else.
-        if self._per_source.hit(source_key(addr[0]), now) is not None:
-            return self._drop("source-rate")
-        if self._global.hit("", now) is not None:
-            return self._drop("rate")
+        # one, or one flooding network would starve everybody else.
+        try:
+            refused = self.limit.admit(addr, now)
+        except (OSError, ValueError, TypeError):
+            return self._drop("bad-address")
+        if refused is not None:
+            return self._drop(refused)
         try:
             response = binding_response(request.transaction_id, addr, request.fingerprint)
         except (OSError, ValueError, TypeError, IndexError, struct.error):

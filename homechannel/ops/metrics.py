@@ -23,7 +23,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.logger import Logger
 from twisted.web import resource
 
-from homechannel.coordinator.httpserver import LimitedSite, Limits
+from homechannel.config import CoordinatorWeb
+from homechannel.coordinator.httpserver import LimitedSite
 
 log = Logger()
 
@@ -154,8 +155,8 @@ def registry_for(collector):
 
 # A scraper holds one kept-alive connection; a few scrapers (and a person with curl)
 # fit with room.  What these bound is the daemon's file descriptors and memory.
-LIMITS = Limits(max_body=4096, max_connections=64, max_connections_per_source=16,
-                header_timeout=5.0, body_timeout=5.0, idle_timeout=60.0)
+LIMITS = CoordinatorWeb(max_body=4096, max_connections=64, max_connections_per_source=16,
+                        header_timeout=5.0, body_timeout=5.0, idle_timeout=60.0)
 
 _PORT = re.compile(r":[0-9]{1,5}")
 

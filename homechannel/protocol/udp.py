@@ -51,7 +51,8 @@ CHALLENGES, CHALLENGES_ACK = 0x14, 0x15  # fresh pool (replaces), acknowledged
 REFILL, REFILL_REPLY = 0x16, 0x17        # coordinator asks for challenges; reply carries them
 BYE, BYE_ACK = 0x18, 0x19                # the server leaves (stopping); forgotten at once
 XFER, XFER_ACK = 0x20, 0x21              # one fragment of an offer/answer transfer
-MIGRATE, MIGRATE_ACK = 0x30, 0x31        # move to another coordinator
+MIGRATE, MIGRATE_ACK = 0x30, 0x31        # move to another coordinator (ACK: empty, or
+                                          # the refusal's reason)
 NOTICE, NOTICE_ACK = 0x40, 0x41          # coordinator tells the server of a failed login
 DEVICES, DEVICES_ACK = 0x50, 0x51        # the server's password epoch and enrolled devices
 REQUESTS = {REGISTER, PING, CHALLENGES, REFILL, BYE, XFER, MIGRATE, NOTICE, DEVICES}
@@ -335,9 +336,14 @@ def parse_refusal(body: bytes) -> str:
     return "".join(c if c.isalnum() or c in "-_.,()/ " else "?" for c in text)
 
 
+def host_ok(host: str) -> bool:
+    """A host name or an IP address: letters, digits, ".", "-" and ":" only."""
+    return bool(host) and all(c.isascii() and (c.isalnum() or c in ".-:") for c in host)
+
+
 def migrate(host: str, port: int, public_raw: bytes) -> bytes:
     h = host.encode("ascii")
-    if not 0 < len(h) < 256:
+    if not 0 < len(h) < 256 or not host_ok(host):
         raise ValueError("bad host")
     return bytes([len(h)]) + h + port.to_bytes(2, "big") + public_raw
 
@@ -346,10 +352,9 @@ def parse_migrate(body: bytes) -> tuple[str, int, bytes]:
     if not body or len(body) != 1 + body[0] + 2 + crypto.PUBLIC_KEY_SIZE:
         raise ProtocolError("bad MIGRATE")
     n = body[0]
-    try:
-        host = body[1:1 + n].decode("ascii")
-    except UnicodeDecodeError:
-        raise ProtocolError("bad MIGRATE host") from None
+    host = body[1:1 + n].decode("ascii", "replace")
+    if not host_ok(host):
+        raise ProtocolError("bad MIGRATE host")    # a name or an address, nothing else
     port = int.from_bytes(body[1 + n:3 + n], "big")
     key = body[3 + n:]
     crypto.public_key_from_raw(key)

@@ -43,6 +43,14 @@ class PingMissed(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class Reregistering(Event):
+    """A signed UNKNOWN: registering again while the session is kept (and answers
+    offers) until the new one is up; a PONG on the session in the meantime cancels it."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Lost(Event):
     """The link was declared dead; registering again has started."""
 
@@ -74,6 +82,18 @@ class MigrateRequested(Event):
     @property
     def target(self) -> tuple[str, int, bytes]:
         return self.host, self.port, self.public_key
+
+
+@dataclass(frozen=True, slots=True)
+class MigrateRefused(Event):
+    """The coordinator asked the server to move to a coordinator whose key it may not
+    move to (not the configured ``coordinator.public_key``, nor in
+    ``coordinator.allow_migrate``): acknowledged with the reason, not followed."""
+
+    host: str
+    port: int
+    public_key: bytes
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,9 +11,9 @@ back.  Like the registrant, every input takes ``now`` and returns an
 addr)]``, the next deadline), whose events are ``(link, event)`` pairs
 (:mod:`homechannel.server.events`):
 
-* ``Registered``, ``AttemptFailed``, ``PingMissed``, ``Lost``,
-  ``OfferReceived``, ``NoticeReceived``, ``Left`` -- from a link's registrant
-  (a ``MigrateRequested`` is acted on here);
+* ``Registered``, ``AttemptFailed``, ``PingMissed``, ``Reregistering``, ``Lost``,
+  ``OfferReceived``, ``NoticeReceived``, ``MigrateRefused``, ``Left`` -- from a link's
+  registrant (a ``MigrateRequested`` is acted on here);
 * ``Moving``, ``Moved`` (the old link: the adapter saves the new target in the
   failover file), ``MoveFailed`` (reason);
 * ``FailingOver`` (why), ``FailedOver`` (the old link): the active coordinator
@@ -21,10 +21,17 @@ addr)]``, the next deadline), whose events are ``(link, event)`` pairs
   (``candidates``) is being registered with / was;
 * ``ResolveNeeded``; ``ResolveFailed`` (reason) -- the name did not resolve;
   retried later.
+
+A MIGRATE may move the server only to a coordinator whose key is the configured one
+(*pinned*: a move that keeps the key changes only the address) or in *allow_migrate*
+(``coordinator.allow_migrate``, empty by default); any other is refused by the
+registrant (``MigrateRefused``).  ``status()`` says whether the active coordinator's
+key is another than the configured one (``pin_overridden``).
 """
 
 import os
 
+from homechannel.crypto import b64u_encode
 from homechannel.protocol.events import Output
 from homechannel.server.events import (
     FailedOver, FailingOver, Lost, MigrateRequested, MoveFailed, Moved, Moving, PingMissed,
@@ -61,15 +68,20 @@ class Link:
 
 class Links:
     def __init__(self, identity, challenges, keepalive, target, random_bytes=os.urandom,
-                 migration_timeout=MIGRATION_TIMEOUT, candidates=()):
+                 migration_timeout=MIGRATION_TIMEOUT, candidates=(), allow_migrate=(),
+                 pinned=None):
         """*candidates*: every ``(host, port)`` of the coordinators that share the
-        target's key, in order (a cluster's nodes), for failover."""
+        target's key, in order (a cluster's nodes), for failover.  *pinned*: the
+        configured coordinator key (default: the target's); *allow_migrate*: the other
+        keys a MIGRATE may move the server to."""
         self.identity = identity
         self.challenges = challenges
         self.keepalive = keepalive
         self.random_bytes = random_bytes
         self.migration_timeout = migration_timeout
         self._devices = None          # the device policy every registrant tells
+        self.pinned = target[2] if pinned is None else pinned
+        self.may_move_to = frozenset((self.pinned, *allow_migrate))
         self.active = self._link(*target)
         self.moving = None
         self._events = []             # (link, event) of the call in progress (see _output)
@@ -81,7 +93,8 @@ class Links:
     def _link(self, host, port, key):
         return Link(host, port, key, Registrant(self.identity, key, self.challenges,
                                                 self.keepalive, self.random_bytes,
-                                                devices=self._devices))
+                                                devices=self._devices,
+                                                may_move_to=self.may_move_to))
 
     def links(self):
         return [link for link in (self.active, self.moving) if link is not None]
@@ -280,7 +293,10 @@ class Links:
         r = self.active.registrant
         return {
             "state": r.state,
+            "reregistering": r.reregistering,
             "coordinator": self.active.name,
+            "coordinator_key": b64u_encode(self.active.key),
+            "pin_overridden": self.active.key != self.pinned,
             "moving_to": self.moving.name if self.moving is not None else None,
             "registrations": r.stats["registrations"],
             "lost": r.stats["lost"],

@@ -8,9 +8,13 @@ and the next deadline (when to call ``poll``; also ``next_deadline()``).  The
 events (:mod:`homechannel.server.events`):
 
 * ``Registered()`` each time a registration completes;
+* ``Reregistering(reason)`` when a signed UNKNOWN started a new registration while
+  the session is kept until it completes (make-before-break, see :meth:`_unknown`);
 * ``Lost(reason)`` when the link is declared dead;
 * ``OfferReceived(payload)`` once per complete OFFER transfer;
-* ``MigrateRequested(host, port, public_key)`` once per MIGRATE request;
+* ``MigrateRequested(host, port, public_key)`` once per MIGRATE request to a key in
+  *may_move_to*; ``MigrateRefused(host, port, public_key, reason)`` once per one to
+  any other key (acknowledged with the reason, so the coordinator's operator sees it);
 * ``NoticeReceived(body)`` once per NOTICE (a failed login the coordinator caught);
 * ``AttemptFailed(reason)`` once per registration attempt that failed, with a
   reason a person can act on (no answer: firewall or wrong address; a
@@ -28,7 +32,8 @@ exponential backoff from ``backoff_min`` to ``backoff_max``.
 import os
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from typing import Optional, TypeAlias
 
 from twisted.logger import Logger
@@ -43,8 +48,8 @@ from homechannel.protocol.events import Event, Output
 from homechannel.protocol.retransmit import Outstanding
 from homechannel.server.challenges import ChallengeSource
 from homechannel.server.events import (
-    AttemptFailed, Left, Lost, MigrateRequested, NoticeReceived, OfferReceived, PingMissed,
-    Registered,
+    AttemptFailed, Left, Lost, MigrateRefused, MigrateRequested, NoticeReceived,
+    OfferReceived, PingMissed, Registered, Reregistering,
 )
 
 log = Logger()
@@ -55,6 +60,7 @@ HANDSHAKE_STEP_TRIES = 4     # resend INIT or FINISH this often, then start over
 PING_TIMEOUT = 5.0           # a ping not answered by then counts as missed
 ANSWER_DEADLINE = 30.0
 BYE_INTERVAL = 0.25          # BYE is resent this often while leaving
+UNKNOWN_HOLDOFF = 30.0       # an UNKNOWN starts a registration at most this often
 
 # Why an attempt failed, by the step that got no answer.
 NO_ANSWER = {
@@ -65,20 +71,35 @@ NO_ANSWER = {
     "finish": "the coordinator did not confirm the registration (packet loss, or it is "
               "overloaded)",
 }
+MIGRATE_NOT_ALLOWED = "key not in coordinator.allow_migrate"
 SIGNATURE_MISMATCH = ("the coordinator's signature does not match the pinned key (is "
                       "coordinator.public_key the key this coordinator logs at start?)")
 
 
+@dataclass(slots=True)
+class _Handshake:
+    """One registration attempt: its datagram (HELLO, INIT or FINISH, resent until the
+    next step's answer), then the new session's keys until REGISTERED installs them."""
+
+    nonce: bytes
+    eph: crypto.Ephemeral
+    datagram: bytes
+    step: str = "hello"              # "hello", "init", "finish"; "refused": start over later
+    tries: int = 0
+    timer: float | None = None       # resend (or start over) at this time
+    reported: bool = False           # this attempt's failure is already reported
+    register_rid: int | None = None
+    tx_key: bytes | None = None
+    rx_key: bytes | None = None
+    rx_top: int = 0
+    rx_map: int = 0
+
+
 class Registrant:
-    # Per-session state: _reset_session sets these to None, then the step that
-    # makes each sets it (the state tells which are set; the asserts say so).
-    _nonce: bytes | None
-    _eph: crypto.Ephemeral | None
-    _hs_datagram: bytes | None
+    # The session's state: _reset_session sets these to None, and a registration
+    # (_registered) sets the keys and the ping and refresh times.
     _tx_key: bytes | None
     _rx_key: bytes | None
-    _register_rid: int | None
-    _timer: float | None
     _ping_rid: int | None
     _ping_due: float | None
     _refresh_at: float | None
@@ -90,22 +111,30 @@ class Registrant:
                  challenges: ChallengeSource,
                  keepalive: ServerKeepalive = ServerKeepalive(),
                  random_bytes: Callable[[int], bytes] = os.urandom,
-                 rng: random.Random | None = None, devices: bytes | None = None) -> None:
+                 rng: random.Random | None = None, devices: bytes | None = None,
+                 may_move_to: Collection[bytes] = ()) -> None:
+        """*devices*: the device policy to tell (``set_devices``); *may_move_to*: the
+        coordinator keys a MIGRATE may move this server to (the configured key and
+        ``coordinator.allow_migrate``); others are refused."""
         crypto.public_key_from_raw(coordinator_key)
         self.identity = identity
         self.coordinator_key = coordinator_key
+        self.may_move_to = frozenset(may_move_to)
         self.challenges = challenges
         self.cfg = keepalive
         self.random_bytes = random_bytes
         self.rng = rng or random.Random(int.from_bytes(random_bytes(8), "big"))
+        # "idle", the handshake's step ("hello", "init", "finish", "refused") while not
+        # registered, "up", "leaving" or "stopped".
         self.state = "idle"
-        self.stats = {"dropped": 0, "registrations": 0, "lost": 0, "attempts-failed": 0}
+        self.stats = {"dropped": 0, "registrations": 0, "lost": 0, "attempts-failed": 0,
+                      "reregistrations": 0}
         self.last_registered: Optional[float] = None   # ``now`` of the last registration
         self.last_failure: Optional[str] = None        # the reason of the last failed attempt
         self._events: list[Event] = []     # of the call in progress (see _output)
         self._backoff = keepalive.backoff_min
-        self._timer = None
-        self._step_tries = 0
+        self._hs: _Handshake | None = None   # the registration in progress, if any
+        self._unknown_at: float | None = None  # when an UNKNOWN last started one
         self._next_id = 0
         # Kept across sessions: transfer ids are unique per coordinator, and an
         # offer half received before a re-registration completes after it.
@@ -116,16 +145,17 @@ class Registrant:
         self._devices = devices
         self._reset_session()
 
+    @property
+    def reregistering(self) -> bool:
+        """Registered, and registering again (after an UNKNOWN) on the side."""
+        return self.state == "up" and self._hs is not None
+
     # -- helpers -----------------------------------------------------------
 
     def _reset_session(self) -> None:
-        self._nonce = None
-        self._eph = None
-        self._hs_datagram = None
         self._tx_key = self._rx_key = None
         self._tx_ctr = 0
         self._rx_top = self._rx_map = 0
-        self._register_rid = None
         # Answers in flight survive a re-registration (re-sealed with the new
         # keys); a pending CHALLENGES refresh does not (REGISTER brings a pool).
         for req in self._out.clear():
@@ -140,7 +170,6 @@ class Registrant:
         self._refresh_at = None
         self._migrations_seen = deque(maxlen=8)
         self._notices_seen = deque(maxlen=64)
-        self._reported = False        # this attempt's failure is already reported
         self._bye_rid: Optional[int] = None
         self._bye_due: Optional[float] = None
 
@@ -163,20 +192,30 @@ class Registrant:
         events, self._events = self._events, []
         return Output(datagrams, events, self.next_deadline())
 
-    def _attempt_failed(self, reason: str) -> None:
-        if self._reported:
+    def _attempt_failed(self, hs: _Handshake, reason: str) -> None:
+        if hs.reported:
             return
-        self._reported = True
+        hs.reported = True
         self.last_failure = reason
         self.stats["attempts-failed"] += 1
         self._events.append(AttemptFailed(reason))
 
-    def _seal(self, message: bytes) -> bytes:
-        assert self._tx_key is not None   # states "finish", "up" and "leaving"
-        dgram = udp.seal_data(self._tx_key, self._tx_ctr, message, udp.MIN_SERVER_DATAGRAM)
+    def _seal(self, message: bytes, pad_to: int = udp.MIN_SERVER_DATAGRAM) -> bytes:
+        assert self._tx_key is not None   # states "up" and "leaving"
+        dgram = udp.seal_data(self._tx_key, self._tx_ctr, message, pad_to)
         self._tx_ctr += 1
         self._sent_refs.append(udp.unknown_reference(dgram))
         return dgram
+
+    @property
+    def _registered_now(self) -> bool:
+        return self.state in ("up", "leaving")
+
+    def _set_step(self, hs: _Handshake, step: str) -> None:
+        """The handshake moves to *step*; so does the state while not registered."""
+        hs.step = step
+        if not self._registered_now:
+            self.state = step
 
     # -- handshake -----------------------------------------------------------
 
@@ -186,7 +225,7 @@ class Registrant:
 
     def stop(self) -> None:
         self.state = "stopped"
-        self._timer = None
+        self._hs = None
         self._out.clear()
 
     def leave(self, now: float) -> RegistrantOutput:
@@ -201,6 +240,7 @@ class Registrant:
         if self.state != "up":
             return self._output(self._left())
         self.state = "leaving"
+        self._hs = None
         self._out.clear()
         rid = self._bye_rid = self._rid()
         self._bye_due = now + BYE_INTERVAL
@@ -212,71 +252,76 @@ class Registrant:
         return []
 
     def _hello(self, now: float) -> list[bytes]:
+        """Start registering from scratch, with no session."""
         self._reset_session()
-        self._reported = False
         self.state = "hello"
-        self._nonce = self.random_bytes(udp.NONCE_SIZE)
-        self._eph = crypto.Ephemeral()
-        self._hs_datagram = udp.hello(self._nonce)
-        self._step_tries = 0
-        return self._send_handshake(now)
+        return self._begin_handshake(now)
 
-    def _send_handshake(self, now: float) -> list[bytes]:
-        self._step_tries += 1
-        self._timer = now + self._jitter(self._backoff)
+    def _begin_handshake(self, now: float) -> list[bytes]:
+        """A new handshake from HELLO (a registered session, if any, is kept)."""
+        nonce = self.random_bytes(udp.NONCE_SIZE)
+        hs = self._hs = _Handshake(nonce, crypto.Ephemeral(), udp.hello(nonce))
+        self._set_step(hs, "hello")
+        return self._send_handshake(hs, now)
+
+    def _send_handshake(self, hs: _Handshake, now: float) -> list[bytes]:
+        hs.tries += 1
+        hs.timer = now + self._jitter(self._backoff)
         self._backoff = min(self._backoff * 2, self.cfg.backoff_max)
-        assert self._hs_datagram is not None   # every handshake state has one
-        return [self._hs_datagram]
+        return [hs.datagram]
 
-    def _handshake_timeout(self, now: float) -> list[bytes]:
-        if self.state == "refused":
-            return self._hello(now)
-        self._attempt_failed(NO_ANSWER[self.state])
-        if self.state in ("init", "finish") and self._step_tries >= HANDSHAKE_STEP_TRIES:
-            return self._hello(now)   # the cookie or pending state may be gone: start over
-        self._reported = False        # each resend is a new attempt, reported once
-        return self._send_handshake(now)
+    def _handshake_timeout(self, hs: _Handshake, now: float) -> list[bytes]:
+        if hs.step == "refused":
+            return self._begin_handshake(now)
+        self._attempt_failed(hs, NO_ANSWER[hs.step])
+        if hs.step in ("init", "finish") and hs.tries >= HANDSHAKE_STEP_TRIES:
+            return self._begin_handshake(now)   # the cookie or pending state may be gone
+        hs.reported = False           # each resend is a new attempt, reported once
+        return self._send_handshake(hs, now)
 
     def _cookie(self, data: bytes, now: float) -> list[bytes]:
         nonce, value = udp.parse_cookie(data)
-        if self.state != "hello" or nonce != self._nonce:
+        hs = self._hs
+        if hs is None or hs.step != "hello" or nonce != hs.nonce:
             return self._drop("unexpected-cookie")
-        assert self._eph is not None   # made with the nonce
-        self._hs_datagram = udp.init(value, self._nonce, self.identity.public_raw,
-                                      self._eph.public_raw)
-        self.state = "init"
-        self._step_tries = 0
+        hs.datagram = udp.init(value, hs.nonce, self.identity.public_raw, hs.eph.public_raw)
+        self._set_step(hs, "init")
+        hs.tries = 0
         self._backoff = self.cfg.backoff_min
-        return self._send_handshake(now)
+        return self._send_handshake(hs, now)
 
     def _resp(self, data: bytes, now: float) -> list[bytes]:
         nonce, eph_c, sig = udp.parse_resp(data)
-        if self.state != "init" or nonce != self._nonce:
+        hs = self._hs
+        if hs is None or hs.step != "init" or nonce != hs.nonce:
             return self._drop("unexpected-resp")
-        assert self._hs_datagram is not None and self._eph is not None   # state "init"
-        th = udp.transcript_hash(self._hs_datagram, eph_c)
+        th = udp.transcript_hash(hs.datagram, eph_c)
         try:
             crypto.verify(self.coordinator_key, sig, udp.RESP_LABEL + th)
         except AuthenticationError:
-            self._attempt_failed(SIGNATURE_MISMATCH)
+            self._attempt_failed(hs, SIGNATURE_MISMATCH)
             raise
-        self._tx_key, self._rx_key = crypto.session_keys(self._eph.shared_secret(eph_c), th)
-        self._register_rid = self._rid()
+        hs.tx_key, hs.rx_key = crypto.session_keys(hs.eph.shared_secret(eph_c), th)
+        hs.register_rid = self._rid()
         pool = udp.pairs(self.challenges.issue(POOL))
-        self._hs_datagram = udp.finish(
-            self._nonce, self.identity.sign(udp.FINISH_LABEL + th), self._tx_key, 0,
-            udp.inner(udp.REGISTER, self._register_rid, pool))
-        self._tx_ctr = 1
-        self.state = "finish"
-        self._step_tries = 0
+        hs.datagram = udp.finish(
+            hs.nonce, self.identity.sign(udp.FINISH_LABEL + th), hs.tx_key, 0,
+            udp.inner(udp.REGISTER, hs.register_rid, pool))
+        self._set_step(hs, "finish")
+        hs.tries = 0
         self._backoff = self.cfg.backoff_min
-        return self._send_handshake(now)
+        return self._send_handshake(hs, now)
 
-    def _registered(self, now: float) -> list[bytes]:
+    def _registered(self, hs: _Handshake, now: float) -> list[bytes]:
+        """REGISTERED: the handshake's keys become the session (the one it replaces,
+        if any, ends here)."""
+        self._reset_session()
+        self._tx_key, self._rx_key = hs.tx_key, hs.rx_key
+        self._tx_ctr = 1                  # 0 was FINISH's
+        self._rx_top, self._rx_map = hs.rx_top, hs.rx_map
+        self._hs = None
         self.state = "up"
         self._backoff = self.cfg.backoff_min
-        self._timer = None
-        self._hs_datagram = None
         self._ping_due = now + self._jitter(self.cfg.interval)
         self._refresh_at = now + self._jitter(self.cfg.challenge_refresh, 0.1)
         self.stats["registrations"] += 1
@@ -285,12 +330,12 @@ class Registrant:
         self._events.append(Registered())
         return self._send_devices(now)
 
-    def _refused(self, body: bytes, now: float) -> list[bytes]:
+    def _refused(self, hs: _Handshake, body: bytes, now: float) -> list[bytes]:
         reason = udp.parse_refusal(body)
-        self._attempt_failed(f"the coordinator refused the registration: {reason}")
-        self._reset_session()
-        self.state = "refused"           # start over after the backoff
-        self._timer = now + self._jitter(self._backoff)
+        self._attempt_failed(hs, f"the coordinator refused the registration: {reason}")
+        hs.tx_key = hs.rx_key = None
+        self._set_step(hs, "refused")     # start over after the backoff
+        hs.timer = now + self._jitter(self._backoff)
         self._backoff = min(self._backoff * 2, self.cfg.backoff_max)
         return []
 
@@ -298,6 +343,12 @@ class Registrant:
         self.stats["lost"] += 1
         self._events.append(Lost(reason))
         self._backoff = self.cfg.backoff_min
+        hs = self._hs
+        if hs is not None and self.state == "up":
+            # Registering again already (an UNKNOWN): carry on with that, sessionless.
+            self._reset_session()
+            self.state = hs.step
+            return []
         return self._hello(now)
 
     # -- input ----------------------------------------------------------------
@@ -326,44 +377,104 @@ class Registrant:
             return self._drop("unauthenticated")
 
     def _unknown(self, data: bytes, now: float) -> list[bytes]:
+        """A signed "unknown, register again" for one of our last datagrams.
+
+        Make-before-break: the session is kept (offers on it are answered) while a
+        new registration runs on the side, and a PING probes it at once.  A PONG to
+        that probe (or a later ping) proves the coordinator still knows the session:
+        the UNKNOWN was not about it (someone replayed our datagram from another
+        address) and the new registration is abandoned.  Otherwise REGISTERED
+        replaces the session.  (The probe is smaller than an UNKNOWN, so a coordinator
+        that lost the session answers it with nothing.)  Each datagram's UNKNOWN is acted on once, and an
+        UNKNOWN starts a registration at most once every ``UNKNOWN_HOLDOFF`` seconds
+        (a session that is really gone then ends by missed pings)."""
         ref, sig = udp.parse_unknown(data)
-        if self.state not in ("up", "leaving") or ref not in self._sent_refs:
+        if not self._registered_now or ref not in self._sent_refs:
             return self._drop("unexpected-unknown")
         crypto.verify(self.coordinator_key, sig, udp.UNKNOWN_LABEL + ref)
+        self._sent_refs.remove(ref)
         if self.state == "leaving":
             return self._left()      # it forgot us already (our BYE_ACK was lost)
-        log.info("coordinator does not know this server (restarted?): registering again")
-        return self._lost("coordinator forgot us", now)
+        if self._hs is not None:
+            return self._drop("unknown-registering")
+        if self._unknown_at is not None and now - self._unknown_at < UNKNOWN_HOLDOFF:
+            return self._drop("unknown-holdoff")
+        self._unknown_at = now
+        self.stats["reregistrations"] += 1
+        self._events.append(Reregistering("it does not know this server (it restarted, or "
+                                          "this server's address changed)"))
+        # The probe is not padded: smaller than an UNKNOWN, so a coordinator that
+        # really lost the session does not spend a signature on a second one.
+        self._ping_rid = self._rid()
+        self._ping_due = now + min(PING_TIMEOUT, self.cfg.interval)
+        probe = self._seal(udp.inner(udp.PING, self._ping_rid), pad_to=0)
+        return [probe, *self._begin_handshake(now)]
 
     def _data(self, data: bytes, now: float) -> list[bytes]:
-        if self.state not in ("finish", "up", "leaving"):
-            return self._drop("unexpected-data")
-        assert self._rx_key is not None   # states "finish" and "up"
-        counter, plain = udp.open_data(self._rx_key, data)
-        ok, top, bitmap = udp.replay_check(self._rx_top, self._rx_map, counter)
+        hs = self._hs
+        pending = hs if hs is not None and hs.rx_key is not None else None
+        if self._registered_now:
+            if pending is None:
+                return self._session_data(data, now)
+            try:
+                return self._session_data(data, now)
+            except AuthenticationError:
+                pass                  # not the session's: maybe the new one's REGISTERED
+        if pending is not None:
+            return self._handshake_data(pending, data, now)
+        return self._drop("unexpected-data")
+
+    @staticmethod
+    def _open(key: bytes, top: int, bitmap: int,
+              data: bytes) -> tuple[int, int, bytes, int, int] | None:
+        """DATA opened under *key* past the replay window (*top*, *bitmap*): ``(kind,
+        rid, body, top, bitmap)`` with the window moved, or None for a replay.  Raises
+        AuthenticationError or ProtocolError (the window then stays)."""
+        counter, plain = udp.open_data(key, data)
+        ok, top, bitmap = udp.replay_check(top, bitmap, counter)
         if not ok:
+            return None
+        return (*udp.parse_inner(plain), top, bitmap)
+
+    def _handshake_data(self, hs: _Handshake, data: bytes, now: float) -> list[bytes]:
+        """DATA under the keys of the registration in progress: REGISTERED or REFUSED."""
+        assert hs.rx_key is not None
+        opened = self._open(hs.rx_key, hs.rx_top, hs.rx_map, data)
+        if opened is None:
             return self._drop("replay")
-        kind, rid, body = udp.parse_inner(plain)
-        self._rx_top, self._rx_map = top, bitmap
-        if kind == udp.REGISTERED:
-            if self.state == "finish" and rid == self._register_rid:
-                return self._registered(now)
-            return []
-        if kind == udp.REFUSED:
-            if self.state == "finish" and rid == self._register_rid:
-                return self._refused(body, now)
-            return []
+        kind, rid, body, hs.rx_top, hs.rx_map = opened
+        if rid == hs.register_rid and hs.step == "finish":
+            if kind == udp.REGISTERED:
+                return self._registered(hs, now)
+            if kind == udp.REFUSED:
+                return self._refused(hs, body, now)
+        return self._drop("not-registered")
+
+    def _session_data(self, data: bytes, now: float) -> list[bytes]:
+        assert self._rx_key is not None   # states "up" and "leaving"
+        opened = self._open(self._rx_key, self._rx_top, self._rx_map, data)
+        if opened is None:
+            return self._drop("replay")
+        kind, rid, body, self._rx_top, self._rx_map = opened
+        if kind in (udp.REGISTERED, udp.REFUSED):
+            return []                 # a late duplicate
         if self.state == "leaving":
             if kind == udp.BYE_ACK and rid == self._bye_rid:
                 return self._left()
             return []
-        if self.state != "up":
-            return self._drop("not-registered")
         if kind == udp.PONG:
             if rid == self._ping_rid:
                 self._ping_rid = None
                 self._missed = 0
                 self._ping_due = now + self._jitter(self.cfg.interval)
+                if self._hs is not None:
+                    # A ping sent since the UNKNOWN was answered: the session works.
+                    self._hs = None
+                    self.stats["reregistrations-moot"] = \
+                        self.stats.get("reregistrations-moot", 0) + 1
+                    log.info("the coordinator answers this session: the UNKNOWN was "
+                             "not about it (a datagram of ours replayed from another "
+                             "address?); not registering again")
             return []
         if kind in (udp.CHALLENGES_ACK, udp.XFER_ACK, udp.DEVICES_ACK):
             self._out.pop(rid)
@@ -388,10 +499,14 @@ class Registrant:
             return [self._seal(udp.inner(udp.NOTICE_ACK, rid))]
         if kind == udp.MIGRATE:
             host, port, public_key = udp.parse_migrate(body)
+            allowed = public_key in self.may_move_to
             if rid not in self._migrations_seen:
                 self._migrations_seen.append(rid)
-                self._events.append(MigrateRequested(host, port, public_key))
-            return [self._seal(udp.inner(udp.MIGRATE_ACK, rid))]
+                self._events.append(MigrateRequested(host, port, public_key) if allowed else
+                                    MigrateRefused(host, port, public_key,
+                                                   MIGRATE_NOT_ALLOWED))
+            reply = b"" if allowed else udp.refusal(MIGRATE_NOT_ALLOWED)
+            return [self._seal(udp.inner(udp.MIGRATE_ACK, rid, reply))]
         return self._drop("unexpected-message")
 
     # -- requests from the home server --------------------------------------------
@@ -452,11 +567,12 @@ class Registrant:
                 self._bye_due = now + BYE_INTERVAL
                 return [self._seal(udp.inner(udp.BYE, self._bye_rid))]
             return []
-        if self.state != "up":
-            if self._timer is not None and now >= self._timer:
-                return self._handshake_timeout(now)
-            return []
         out = []
+        hs = self._hs
+        if hs is not None and hs.timer is not None and now >= hs.timer:
+            out += self._handshake_timeout(hs, now)
+        if self.state != "up":
+            return out
         assert self._ping_due is not None and self._refresh_at is not None   # state "up"
         if now >= self._ping_due:
             if self._ping_rid is not None:
@@ -465,7 +581,7 @@ class Registrant:
                 if self._missed >= self.cfg.missed_pongs:
                     log.info("coordinator stopped answering ({n} pings missed): registering again",
                              n=self._missed)
-                    return self._lost("pings unanswered", now)
+                    return out + self._lost("pings unanswered", now)
             self._ping_rid = self._rid()
             self._ping_due = now + min(PING_TIMEOUT, self.cfg.interval)
             out.append(self._seal(udp.inner(udp.PING, self._ping_rid)))
@@ -481,7 +597,8 @@ class Registrant:
             return None
         if self.state == "leaving":
             return self._bye_due
+        hs_timer = self._hs.timer if self._hs is not None else None
         if self.state != "up":
-            return self._timer
-        times = [self._ping_due, self._refresh_at, self._out.next_deadline()]
+            return hs_timer
+        times = [self._ping_due, self._refresh_at, self._out.next_deadline(), hs_timer]
         return min(t for t in times if t is not None)

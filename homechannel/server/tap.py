@@ -78,7 +78,9 @@ def _make(options):
     from homechannel.server.peer import Answerer
     from homechannel.server.statefiles import reactor_threads
     from homechannel.server.status import StatusFile
-    from homechannel.server.udp import ServerUDP, load_failover, reactor_resolver
+    from homechannel.server.udp import (
+        ServerUDP, load_failover, reactor_resolver, start_target,
+    )
 
     logfilter.capture_library_logging()
     log = Logger(namespace="homechannel.server")
@@ -98,15 +100,23 @@ def _make(options):
     epoch = keyfiles.load_password_epoch(cfg.password_key) or 0
 
     challenges = ChallengeSource(password_key)
-    target = load_failover(cfg.failover_path)
-    candidates = cfg.coordinator.candidates()
-    if target is not None:
+    allow_migrate = [crypto.parse_server_id(k) for k in cfg.coordinator.allow_migrate]
+    saved = load_failover(cfg.failover_path)
+    target, candidates, why = start_target(saved, cfg.coordinator.candidates(),
+                                           coordinator_key, allow_migrate)
+    if why == "not-allowed":
+        log.warn("ignoring {path}: a migration moved this server to the coordinator with "
+                 "the key {key}, which is neither coordinator.public_key nor in "
+                 "coordinator.allow_migrate; using the configured coordinator",
+                 path=cfg.failover_path, key=crypto.b64u_encode(saved[2]))
+    elif why is not None:
         log.info("using the coordinator from {path}: {host}:{port}",
                  path=cfg.failover_path, host=target[0], port=target[1])
-        if target[2] != coordinator_key:
-            candidates = []         # another coordinator's: none of ours to fail over to
-    else:
-        target = (*candidates[0], coordinator_key)
+    if why == "overridden":
+        log.warn("the coordinator key from {path} ({key}) replaces the configured "
+                 "coordinator.public_key (a migration, which coordinator.allow_migrate "
+                 "allows); remove the file to go back to the configured coordinator",
+                 path=cfg.failover_path, key=crypto.b64u_encode(target[2]))
 
     app_host = AppHost(cfg.apps, identity.text, cfg.state_dir, reactor)
     links = []
@@ -130,7 +140,8 @@ def _make(options):
                         offer_ice=OfferIcePolicy(allowed_ice_hosts))
     udp = ServerUDP(identity, challenges, cfg.keepalive, target, reactor, answerer,
                     cfg.failover_path, resolve=reactor_resolver(reactor),
-                    candidates=candidates, to_thread=to_thread)
+                    candidates=candidates, to_thread=to_thread,
+                    allow_migrate=allow_migrate, pinned=coordinator_key)
     links.append(udp)
     devices.on_change = udp.set_devices
     udp.set_devices(devices.policy())

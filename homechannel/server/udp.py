@@ -16,11 +16,13 @@ from twisted.internet import defer
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
+from homechannel.crypto import b64u_encode
 from homechannel.ops.deadline import DeadlineTimer
 from homechannel.server import audit
 from homechannel.server.events import (
-    AttemptFailed, FailedOver, FailingOver, Left, Lost, MoveFailed, Moved, Moving,
-    NoticeReceived, OfferReceived, Registered, ResolveFailed, ResolveNeeded,
+    AttemptFailed, FailedOver, FailingOver, Left, Lost, MigrateRefused, MoveFailed, Moved,
+    Moving, NoticeReceived, OfferReceived, Registered, Reregistering, ResolveFailed,
+    ResolveNeeded,
 )
 from homechannel.server.links import Links
 from homechannel.server.statefiles import FailoverFile, inline
@@ -36,6 +38,25 @@ _QUIET = (OfferReceived, NoticeReceived, ResolveNeeded)
 def load_failover(path):
     """``(host, port, public_raw)`` from failover-coordinator.json, or None."""
     return FailoverFile(path).load()
+
+
+def start_target(saved, candidates, pinned, allow_migrate=()):
+    """Where the home server registers at start: ``(target, candidates, why)``.
+
+    *saved*: the failover file's ``(host, port, key)`` (a completed move), or None;
+    *candidates*: the configured ``[(host, port)]``; *pinned*: the configured key.  The
+    file is used when its key is *pinned* or in *allow_migrate*, and ignored otherwise:
+    the list is the authority, so taking a key off it takes the server back to the
+    configured coordinator.  *why*: None (the configured coordinator), ``"moved"``
+    (the file, with the configured key), ``"overridden"`` (the file, with another
+    key: the pin is overridden) or ``"not-allowed"`` (the file was ignored)."""
+    if saved is not None and saved[2] not in (pinned, *allow_migrate):
+        return (*candidates[0], pinned), candidates, "not-allowed"
+    if saved is None:
+        return (*candidates[0], pinned), candidates, None
+    if saved[2] != pinned:
+        return saved, [], "overridden"   # another coordinator's: none of ours to fail over to
+    return saved, candidates, "moved"
 
 
 def literal_ip(host):
@@ -91,16 +112,19 @@ def _all_ipv4(reactor, host):
 class ServerUDP(DatagramProtocol):
     def __init__(self, identity, challenges, keepalive, target, clock, answerer=None,
                  failover_path=None, resolve=None, random_bytes=os.urandom, candidates=(),
-                 to_thread=inline):
+                 to_thread=inline, allow_migrate=(), pinned=None):
         """*candidates*: the ``(host, port)`` of every node of the target's cluster
         (``coordinator.addresses``), for failover; *resolve* returns (a Deferred of)
         an address or a list of addresses; *to_thread* runs the failover file's
         writes (``statefiles.reactor_threads(reactor)``; the default, ``inline``,
-        only for tests under ``task.Clock``)."""
+        only for tests under ``task.Clock``); *pinned* (the configured coordinator
+        key, default the target's) and *allow_migrate* (raw keys,
+        ``coordinator.allow_migrate``): where a MIGRATE may move the server."""
         self.clock = clock
         self.answerer = answerer
         self.links = Links(identity, challenges, keepalive, target, random_bytes,
-                           candidates=candidates)
+                           candidates=candidates, allow_migrate=allow_migrate,
+                           pinned=pinned)
         self.failover = FailoverFile(failover_path, to_thread) if failover_path else None
         self._resolve = resolve or literal_ip
         self._timer = DeadlineTimer(clock, self._fire)
@@ -240,6 +264,10 @@ class ServerUDP(DatagramProtocol):
         log.info("lost the coordinator {name} ({reason}); registering again",
                  name=link.name, reason=event.reason)
 
+    def _reregistering(self, link, event):
+        log.info("coordinator {name}: {reason}: registering again, keeping the current "
+                 "session until then", name=link.name, reason=event.reason)
+
     def _resolve_failed(self, link, event):
         log.warn("cannot resolve coordinator {name}: {err}; retrying in 5 s",
                  name=link.name, err=event.reason)
@@ -250,6 +278,12 @@ class ServerUDP(DatagramProtocol):
 
     def _moved(self, link, event):
         log.info("moved from coordinator {old} to {new}", old=event.old.name, new=link.name)
+        if link.key != self.links.pinned:
+            log.warn("the key of coordinator {new} ({key}) now replaces the configured "
+                     "coordinator.public_key (coordinator.allow_migrate allows it), also "
+                     "after a restart: remove {path} to go back to the configured "
+                     "coordinator", new=link.name, key=b64u_encode(link.key),
+                     path=self.failover.path if self.failover else "the failover file")
         if self.failover is not None:
             self.failover.save(link.host, link.port, link.key).addErrback(
                 self._save_failed, link)
@@ -268,6 +302,13 @@ class ServerUDP(DatagramProtocol):
     def _failed_over(self, link, event):
         log.info("failed over from coordinator {old} to {new}", old=event.old.name,
                  new=link.name)
+
+    def _migrate_refused(self, link, event):
+        log.warn("coordinator {name} asked this server to move to {host}:{port} with the "
+                 "key {key}; refused: that key is not the configured coordinator.public_key "
+                 "nor in coordinator.allow_migrate (add it there to allow the move)",
+                 name=link.name, host=event.host, port=event.port,
+                 key=b64u_encode(event.public_key))
 
     def _move_failed(self, link, event):
         log.warn("could not register with {name} ({reason}): staying with {old}",
@@ -310,9 +351,11 @@ class ServerUDP(DatagramProtocol):
         Registered: _registered,
         AttemptFailed: _attempt_failed,
         Lost: _lost,
+        Reregistering: _reregistering,
         ResolveFailed: _resolve_failed,
         Moving: _moving,
         Moved: _moved,
+        MigrateRefused: _migrate_refused,
         FailingOver: _failing_over,
         FailedOver: _failed_over,
         MoveFailed: _move_failed,

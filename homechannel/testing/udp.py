@@ -5,6 +5,8 @@ under a fake clock."""
 import heapq
 import itertools
 
+from homechannel.protocol import udp as codec
+
 
 class LossyWire:
     """Delivers datagrams between one coordinator core and registrants.
@@ -18,6 +20,10 @@ class LossyWire:
     ``send_from_server``, ``send_from_coordinator``, and what ``run`` delivers and
     polls) has its events recorded: ``events`` holds ``(addr, event)`` from the
     registrants, ``coordinator_events`` the coordinator's, in order.
+
+    ``taps`` are called with ``(data, addr, direction)`` for every datagram put on
+    the wire (an eavesdropper on the path, e.g. :class:`ReplayAttacker`); ``inject``
+    puts a datagram on it as though one side had sent it.
     """
 
     def __init__(self, rendezvous, latency=0.01, plan=None):
@@ -34,6 +40,7 @@ class LossyWire:
         self.registrants = {}   # addr -> registrant
         self.events = []        # (addr, event) from the registrants
         self.coordinator_events = []
+        self.taps = []
 
     def add(self, addr, registrant):
         self.registrants[addr] = registrant
@@ -45,7 +52,13 @@ class LossyWire:
         for d in out.datagrams:
             self._put(d, addr, "up")
 
+    def inject(self, data, addr, direction):
+        """*data* on the wire: ``"up"`` from the server at *addr*, ``"down"`` to it."""
+        self._put(data, addr, direction)
+
     def _put(self, data, addr, direction):
+        for tap in self.taps:
+            tap(data, addr, direction)
         self.count += 1
         n = self.count
         self.log.append((n, direction, data[3]))
@@ -105,6 +118,32 @@ class LossyWire:
             held, self._held = self._held, None
             self._schedule(held)
         self.now = max(self.now, until)
+
+
+class ReplayAttacker:
+    """Someone on a home server's path who replays each DATA datagram it sends from
+    another address: the coordinator does not know that address, so it answers with
+    an UNKNOWN signed for that datagram, which the attacker delivers to the server as
+    though the coordinator had sent it there.  Tap it into a :class:`LossyWire`;
+    ``unknowns`` counts the UNKNOWNs it got and delivered."""
+
+    def __init__(self, wire, victim, addr=("203.0.113.66", 4444)):
+        self.wire = wire
+        self.victim = victim
+        self.addr = addr
+        self.active = True
+        self.unknowns = 0
+        wire.taps.append(self._tap)
+
+    def _tap(self, data, addr, direction):
+        if not self.active or direction != "up" or addr != self.victim or \
+                codec.datagram_type(data) != codec.DATA:
+            return
+        out = self.wire.rv.receive(data, self.addr, self.wire.now)
+        for reply, _ in out.datagrams:
+            if codec.datagram_type(reply) == codec.UNKNOWN:
+                self.unknowns += 1
+                self.wire.inject(reply, self.victim, "down")
 
 
 class _MemoryTransport:

@@ -65,11 +65,19 @@ def test_corrupt_identity_key_stops_the_daemon(tmp_path, twistd):
 
 
 def test_migrate_with_the_cli_then_restart_uses_failover(tmp_path, twistd):
+    """``homechannel migrate`` to a coordinator with another key: refused while the key is
+    not in coordinator.allow_migrate (both logs say why, the server stays); followed
+    once it is, with a warning that the pinned key is replaced, a ``coordinator key:``
+    line in ``homechannel status`` and ``pin_overridden`` in status.json; a restart
+    goes to the new coordinator, saying so again.  Shown to fail with the check removed
+    (every key allowed, as before allow_migrate): the first migrate moved the server."""
     import json
     import subprocess
     import sys
+    import tomllib
 
-    from helpers import REPO, free_tcp_port, free_udp_port, write_toml
+    from clirun import run as cli
+    from helpers import REPO, free_tcp_port, free_udp_port, wait_until, write_toml
 
     from homechannel import keyfiles
 
@@ -90,25 +98,61 @@ def test_migrate_with_the_cli_then_restart_uses_failover(tmp_path, twistd):
     new.wait_for_log("coordinator: UDP")
     server = twistd("homechannel-server", pair.server_config)
     server.wait_for_log("registered with coordinator 127.0.0.1:%d" % pair.udp_port, timeout=15)
+    failover_path = os.path.join(pair.base, "server", "failover-coordinator.json")
 
-    env = dict(os.environ, PYTHONPATH=REPO)
-    done = subprocess.run(
-        [sys.executable, "-m", "homechannel.cli", "migrate",
-         "--config", pair.coordinator_config, "--server", pair.server_key.text,
-         "--to", f"127.0.0.1:{new_udp}", "--key", new_key.text],
-        env=env, capture_output=True, text=True, timeout=30)
-    assert done.returncode == 0, done.stderr
-    assert "1 server(s) asked to move" in done.stdout
+    def migrate():
+        env = dict(os.environ, PYTHONPATH=REPO)
+        done = subprocess.run(
+            [sys.executable, "-m", "homechannel.cli", "migrate",
+             "--config", pair.coordinator_config, "--server", pair.server_key.text,
+             "--to", f"127.0.0.1:{new_udp}", "--key", new_key.text],
+            env=env, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        assert "1 server(s) asked to move" in done.stdout
+
+    # Not allowed (the default): refused, with the reason on both sides.
+    migrate()
+    server.wait_for_log(r"asked this server to move to 127.0.0.1:%d with the key %s; "
+                        r"refused" % (new_udp, new_key.text), timeout=15)
+    old.wait_for_log(r"server \w+ refused the move: key not in coordinator.allow_migrate",
+                     timeout=10)
+    assert not os.path.exists(failover_path)
+    assert "moved from coordinator" not in server.output
+
+    # Allowed: the server moves, and says that the pinned key is replaced.
+    server.stop()
+    cfg = tomllib.load(open(pair.server_config, "rb"))
+    cfg["coordinator"]["allow_migrate"] = [new_key.text]
+    write_toml(pair.server_config, cfg)
+    server = twistd("homechannel-server", pair.server_config)
+    server.wait_for_log("registered with coordinator 127.0.0.1:%d" % pair.udp_port, timeout=15)
+    migrate()
     server.wait_for_log(f"moved from coordinator 127.0.0.1:{pair.udp_port} to "
                         f"127.0.0.1:{new_udp}", timeout=15)
+    server.wait_for_log(r"\(%s\) now replaces the configured coordinator.public_key"
+                        % new_key.text, timeout=5)
     new.wait_for_log("registered " + pair.server_key.text[:12])
-    failover = json.load(open(os.path.join(pair.base, "server", "failover-coordinator.json")))
+    failover = json.load(open(failover_path))
     assert failover == {"host": "127.0.0.1", "port": new_udp, "public_key": new_key.text}
+    status_path = os.path.join(pair.base, "server", "status.json")
 
-    # After a restart the server goes straight to the new coordinator.
+    def overridden():
+        try:
+            doc = json.load(open(status_path))
+        except (OSError, ValueError):
+            return False
+        return doc.get("pin_overridden") and doc.get("coordinator_key") == new_key.text
+
+    wait_until(overridden, what="status.json with pin_overridden")
+    status = cli("status", "--config", pair.server_config)
+    assert f"coordinator key: {new_key.text}, not the configured" in status.stdout, \
+        status.stdout
+
+    # After a restart the server goes straight to the new coordinator, saying why.
     server.stop()
     server = twistd("homechannel-server", pair.server_config)
     server.wait_for_log(f"using the coordinator from .*failover-coordinator.json", timeout=15)
+    server.wait_for_log("replaces the configured coordinator.public_key", timeout=5)
     server.wait_for_log(f"registered with coordinator 127.0.0.1:{new_udp}", timeout=15)
 
 

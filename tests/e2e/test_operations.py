@@ -8,13 +8,12 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
 import pytest
 
-from helpers import REPO, free_tcp_port, require_tool
+from helpers import REPO, free_tcp_port, require_tool, wait_until
 from daemons import make_pair, scrape
 from browser import start_pair
 from webharness import OFFER_SDP
@@ -36,16 +35,6 @@ def get(url, timeout=10):
 def lookup(pair):
     _, body = get(f"{pair.url}/api/servers/{pair.server_key.text}")
     return json.loads(body)
-
-
-def wait_until(check, timeout=20.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

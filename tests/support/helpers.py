@@ -105,6 +105,18 @@ def free_udp_port(host="127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def wait_until(check, timeout=20.0, what="condition"):
+    """Poll *check* every 0.1 s until it returns something true (returned), or fail
+    naming *what* after *timeout* seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def write_toml(path, data: dict):
     """Write *data* (nested dicts are tables) as TOML to *path*; return *path*."""
     from homechannel.testing.local import write_toml as _write

@@ -55,8 +55,11 @@ def test_non_json_is_refused(admin, ctype):
 
 
 @pytest.mark.parametrize("change", [{"port": 70000}, {"port": 0}, {"host": "h\u00e9"},
-                                    {"public_key": "nope"}, {"host": ""}])
+                                    {"public_key": "nope"}, {"host": ""},
+                                    {"host": "evil\nregistered"}, {"host": "a b"}])
 def test_bad_input_is_400(admin, change):
+    """(A host other than a name or an address, e.g. with a line feed, is refused here:
+    home servers drop a MIGRATE with such a host as malformed.)"""
     assert run(post(admin, dict(TARGET, **change))).code == 400
 
 

@@ -213,3 +213,24 @@ def test_metrics_allowed_hosts_are_host_names(load):
     for bad in ("prom.internal:9477", "*.internal", "http://prom", "", "a b", 7):
         with pytest.raises(ConfigError, match="metrics.allowed_hosts"):
             load(overrides={"metrics.allowed_hosts": [bad]})
+
+
+def test_allow_migrate_is_false_or_a_list_of_coordinator_keys():
+    """Off by default; ``false`` or ``[]`` for none; each key checked at load, by
+    position; ``true`` (any coordinator at all) is refused with what to write instead."""
+    from homechannel import crypto
+
+    key = crypto.IdentityKey.generate().text
+    assert config.load_server(None).coordinator.allow_migrate == ()
+    for value in (False, []):
+        assert config.load_server(
+            None, {"coordinator.allow_migrate": value}).coordinator.allow_migrate == ()
+    assert config.load_server(
+        None, {"coordinator.allow_migrate": [key]}).coordinator.allow_migrate == (key,)
+    with pytest.raises(ConfigError, match=r"coordinator.allow_migrate\[1\] is not a "
+                                          r"coordinator public key"):
+        config.load_server(None, {"coordinator.allow_migrate": [key, "nope"]})
+    with pytest.raises(ConfigError, match="list the public keys"):
+        config.load_server(None, {"coordinator.allow_migrate": True})
+    with pytest.raises(ConfigError, match="false or a list"):
+        config.load_server(None, {"coordinator.allow_migrate": key})

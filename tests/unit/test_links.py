@@ -4,6 +4,7 @@ saved, and the collectors that read the daemons' counters at scrape time."""
 
 import random
 
+import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -17,25 +18,31 @@ from homechannel.protocol import frames
 from homechannel.testing.apps import FakeChannel
 from homechannel.server.challenges import ChallengeSource
 from homechannel.server.events import (
-    MoveFailed, Moved, Moving, Registered, ResolveFailed, ResolveNeeded,
+    MigrateRefused, MoveFailed, Moved, Moving, Registered, ResolveFailed, ResolveNeeded,
 )
 from homechannel.server.links import Links
+from homechannel.server.udp import start_target
 
 K = b"K" * 32
 C1, C2 = ("127.0.0.1", 7001), ("127.0.0.1", 7002)
+OTHER = ("127.0.0.1", 7003)
 
 
 class World:
     """Two coordinators (Rendezvous) and one Links, datagrams passed by hand, host
     names resolved from ``names`` as the links ask (``ResolveNeeded``)."""
 
-    def __init__(self):
-        self.keys = {C1: crypto.IdentityKey.generate(), C2: crypto.IdentityKey.generate()}
+    def __init__(self, allow=(C2,)):
+        """*allow*: the coordinators (of C1, C2, OTHER) a MIGRATE may move the server to,
+        besides the configured one (C1)."""
+        self.keys = {C1: crypto.IdentityKey.generate(), C2: crypto.IdentityKey.generate(),
+                     OTHER: crypto.IdentityKey.generate()}
         self.coords = {a: Rendezvous(k) for a, k in self.keys.items()}
         self.server = crypto.IdentityKey.generate()
         self.links = Links(self.server, ChallengeSource(K), ServerKeepalive(),
                            ("coordinator-one", C1[1], self.keys[C1].public_raw),
-                           random_bytes=random.Random(1).randbytes)
+                           random_bytes=random.Random(1).randbytes,
+                           allow_migrate=[self.keys[a].public_raw for a in allow])
         self.now = 0.0
         self.events = []       # (link, event), every one the links gave out
         self.names = {"coordinator-one": C1[0]}
@@ -111,16 +118,100 @@ def test_migration_has_the_target_saved():
 
 
 def test_unresolvable_target_gives_up_after_the_migration_timeout():
-    w = World()
+    w = World(allow=(C2, OTHER))
     w.pump(w.links.start(0.0))
     out = w.coords[C1].migrate(w.server.id, "nowhere.invalid", 7777,
-                               crypto.IdentityKey.generate().public_raw, w.now)
+                               w.keys[OTHER].public_raw, w.now)
     for data, _ in out.datagrams:
         w.pump(w.links.receive(data, C1, w.now))
     w.run(40.0)
     assert ResolveFailed in kinds(w) and MoveFailed in kinds(w)
     assert w.links.moving is None and moved_to(w) == []
     assert w.links.status()["state"] == "up"
+
+
+def ask_to_move(w, to, key):
+    """The active coordinator (C1) sends a MIGRATE to *to* with *key*; run 5 s."""
+    host = {C2: "coordinator-two", OTHER: "coordinator-three"}[to]
+    w.names[host] = to[0]
+    out = w.coords[C1].migrate(w.server.id, host, to[1], key, w.now)
+    for data, _ in out.datagrams:
+        w.pump(w.links.receive(data, C1, w.now))
+    w.run(w.now + 5.0)
+
+
+def test_a_move_to_a_key_not_allowed_is_refused_with_the_reason():
+    """coordinator.allow_migrate empty: the MIGRATE is acknowledged with the reason
+    (so the coordinator stops asking, and logs why), nothing is registered there and
+    nothing is saved.  Shown to fail with the check removed (every key allowed, as
+    before allow_migrate): the server moved, and the new key replaced the pinned one."""
+    w = World(allow=())
+    w.pump(w.links.start(0.0))
+    ask_to_move(w, C2, w.keys[C2].public_raw)
+    refused = [e for _, e in w.events if isinstance(e, MigrateRefused)]
+    assert [(e.port, e.public_key) for e in refused] == [(C2[1], w.keys[C2].public_raw)]
+    assert Moving not in kinds(w) and moved_to(w) == []
+    assert w.coords[C2].registry.count == 0
+    assert w.coords[C1].stats["migrate-refused"] == 1 and not w.coords[C1]._out
+    status = w.links.status()
+    assert status["state"] == "up" and status["coordinator"] == f"coordinator-one:{C1[1]}"
+    assert status["pin_overridden"] is False
+
+
+def test_a_move_to_an_allowed_key_overrides_the_pin_and_says_so():
+    w = World(allow=(C2,))
+    w.pump(w.links.start(0.0))
+    assert w.links.status()["pin_overridden"] is False
+    ask_to_move(w, C2, w.keys[C2].public_raw)
+    assert moved_to(w) == [("coordinator-two", C2[1], w.keys[C2].public_raw)]
+    assert w.coords[C1].stats["migrate-acked"] == 1
+    status = w.links.status()
+    assert status["pin_overridden"] is True
+    assert status["coordinator_key"] == crypto.b64u_encode(w.keys[C2].public_raw)
+    # A move onwards from there needs the list too; back to the configured key does not.
+    assert w.links.active.registrant.may_move_to == w.links.may_move_to
+    out = w.coords[C2].migrate(w.server.id, "coordinator-three", OTHER[1],
+                               w.keys[OTHER].public_raw, w.now)
+    for data, _ in out.datagrams:
+        w.pump(w.links.receive(data, C2, w.now))
+    assert MigrateRefused in kinds(w)
+
+
+def test_a_move_that_keeps_the_pinned_key_needs_no_permission():
+    """Another address of the pinned coordinator (the same key): allowed with an empty
+    allow_migrate, and the pin is not overridden."""
+    w = World(allow=())
+    same = w.keys[C1]
+    w.coords[OTHER] = Rendezvous(same)
+    w.pump(w.links.start(0.0))
+    ask_to_move(w, OTHER, same.public_raw)
+    assert moved_to(w) == [("coordinator-three", OTHER[1], same.public_raw)]
+    assert w.links.status()["pin_overridden"] is False
+
+
+@pytest.mark.parametrize("saved, allowed, expected", [
+    (None, (), ("configured", None)),
+    ("pinned", (), ("saved", "moved")),
+    ("other", ("other",), ("saved", "overridden")),
+    ("other", (), ("configured", "not-allowed")),
+])
+def test_the_failover_file_is_used_only_for_an_allowed_key(saved, allowed, expected):
+    """At start: the saved move is followed for the pinned key or a listed one, and
+    ignored for any other (taking a key off allow_migrate takes the server back).
+    Shown to fail with the check removed (any saved key used, as before)."""
+    keys = {"pinned": b"P" * 65, "other": b"O" * 65}
+    configured = [("coordinator.example", 7777), ("node2.example", 7777)]
+    file = None if saved is None else ("moved.example", 7001, keys[saved])
+    target, candidates, why = start_target(file, configured, keys["pinned"],
+                                           [keys[a] for a in allowed])
+    where, reason = expected
+    assert why == reason
+    if where == "configured":
+        assert target == ("coordinator.example", 7777, keys["pinned"])
+        assert candidates == configured
+    else:
+        assert target == file
+        assert candidates == (configured if saved == "pinned" else [])
 
 
 def parse(registry):

@@ -10,7 +10,7 @@ import pytest_twisted
 from prometheus_client import CollectorRegistry, Counter
 from twisted.internet import reactor, task, threads
 
-from homechannel.coordinator.httpserver import Limits
+from homechannel.config import CoordinatorWeb
 from homechannel.ops import metrics
 
 
@@ -96,8 +96,8 @@ async def test_the_listener_has_connection_caps_and_a_header_timeout():
     is cut (408) after the header timeout.  How this was shown to fail: with the plain
     ``Site`` of before, the third connection from 127.0.0.2 was served (and with
     that check taken out, the trickling head was never cut: the 10 s bound was hit)."""
-    limits = Limits(max_connections=10, max_connections_per_source=2, header_timeout=0.5,
-                    body_timeout=0.5, idle_timeout=5.0)
+    limits = CoordinatorWeb(max_connections=10, max_connections_per_source=2, header_timeout=0.5,
+                            body_timeout=0.5, idle_timeout=5.0)
     service, port = await listening(limits=limits)
     held = []
     try:

@@ -169,8 +169,8 @@ def test_responder_limits_per_source_prefix_and_counts():
 
 def test_responder_global_budget_and_bounded_state():
     stats = Counter()
-    r = stun.StunResponder(stats, per_source_per_second=1000.0, per_second=50.0,
-                           max_sources=100)
+    r = stun.StunResponder(stats, per_source_per_second=1000.0, per_second=50.0)
+    memory = r.limit.nbytes
     raw = bytes(aioice_request())
     answered = sum(len(r.receive(raw, (f"10.0.{i // 256}.{i % 256}", 1), 7.0))
                    for i in range(1000))
@@ -178,7 +178,7 @@ def test_responder_global_budget_and_bounded_state():
     assert stats["dropped.stun-rate"] == 950
     for i in range(1000):
         r.receive(raw, (f"10.1.{i // 256}.{i % 256}", 1), 8.0 + i)
-    assert len(r._per_source) <= 100
+    assert r.limit.nbytes == memory
 
 
 # -- through the rendezvous on the registry port ---------------------------------------

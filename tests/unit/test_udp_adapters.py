@@ -48,18 +48,23 @@ def net(tmp_path):
     server_key = crypto.IdentityKey.generate()
     answerer = EchoAnswerer()
     failover = str(tmp_path / "failover-coordinator.json")
+    # Keys a MIGRATE may move the server to (coordinator.allow_migrate): C2's, and two
+    # that no coordinator here has.
+    others = [crypto.IdentityKey.generate() for _ in range(2)]
+    allowed = [keys[C2].public_raw] + [k.public_raw for k in others]
 
     def start_server(target=None):
         target = target or (C1[0], C1[1], keys[C1].public_raw)
         srv = ServerUDP(server_key, ChallengeSource(K), ServerKeepalive(), target, clock,
-                        answerer, failover)
+                        answerer, failover, allow_migrate=allowed,
+                        pinned=keys[C1].public_raw)
         return network.attach(srv, S)
 
     server = start_server()
     network.run(1.0)
     return dict(clock=clock, network=network, keys=keys, coords=coords, server=server,
                 server_key=server_key, answerer=answerer, failover=failover,
-                start_server=start_server)
+                start_server=start_server, others=others)
 
 
 def test_relay_provides_the_interface(net):
@@ -118,7 +123,7 @@ def test_migration_success_persists_and_survives_restart(net):
 
 def test_migration_to_unreachable_coordinator_stays(net):
     server, network = net["server"], net["network"]
-    bogus = crypto.IdentityKey.generate()
+    bogus = net["others"][0]
     net["coords"][C1].migrate(net["server_key"].public_raw, "127.0.0.1", 7999, bogus.public_raw)
     network.run(40.0)
     assert server.moving is None
@@ -134,7 +139,7 @@ def test_migration_to_unreachable_coordinator_stays(net):
 def test_migration_to_impostor_key_stays(net):
     """A target whose key does not match the coordinator there is refused."""
     server, network = net["server"], net["network"]
-    wrong = crypto.IdentityKey.generate()
+    wrong = net["others"][1]
     net["coords"][C1].migrate(net["server_key"].public_raw, C2[0], C2[1], wrong.public_raw)
     network.run(40.0)
     assert server.active.name == f"{C1[0]}:{C1[1]}"
@@ -183,12 +188,13 @@ def test_migration_to_an_unresolvable_name_gives_up(tmp_path):
             return host
         return defer.fail(OSError("no such host"))
 
+    target_key = crypto.IdentityKey.generate().public_raw
     srv = network.attach(ServerUDP(server_key, ChallengeSource(K), ServerKeepalive(),
                                    (C1[0], C1[1], key.public_raw), clock, EchoAnswerer(),
-                                   str(tmp_path / "f.json"), resolve=resolve), S)
+                                   str(tmp_path / "f.json"), resolve=resolve,
+                                   allow_migrate=[target_key]), S)
     network.run(1.0)
-    coord.migrate(server_key.public_raw, "nowhere.invalid", 7777,
-                  crypto.IdentityKey.generate().public_raw)
+    coord.migrate(server_key.public_raw, "nowhere.invalid", 7777, target_key)
     network.run(45.0)
     assert srv.moving is None
     assert srv.active.name == f"{C1[0]}:{C1[1]}" and srv.registered
@@ -316,7 +322,8 @@ def test_a_completed_move_is_saved_off_the_reactor(tmp_path):
     server_key = crypto.IdentityKey.generate()
     server = network.attach(ServerUDP(server_key, ChallengeSource(K), ServerKeepalive(),
                                       (C1[0], C1[1], keys[C1].public_raw), clock,
-                                      failover_path=failover, to_thread=threads), S)
+                                      failover_path=failover, to_thread=threads,
+                                      allow_migrate=[keys[C2].public_raw]), S)
     network.run(1.0)
     coords[C1].migrate(server_key.public_raw, C2[0], C2[1], keys[C2].public_raw)
     network.run(3.0)
@@ -339,7 +346,8 @@ def test_a_failed_save_is_logged_with_the_reason(tmp_path):
     server_key = crypto.IdentityKey.generate()
     network.attach(ServerUDP(server_key, ChallengeSource(K), ServerKeepalive(),
                              (C1[0], C1[1], keys[C1].public_raw), clock,
-                             failover_path=str(blocker / "failover.json")), S)
+                             failover_path=str(blocker / "failover.json"),
+                             allow_migrate=[keys[C2].public_raw]), S)
     network.run(1.0)
     seen = []
     globalLogPublisher.addObserver(seen.append)

@@ -3,6 +3,8 @@ and both protocol objects survive hostile datagrams without raising or amplifyin
 
 import os
 
+import pytest
+
 from hypothesis import given, settings, strategies as st
 
 from homechannel import crypto
@@ -93,13 +95,17 @@ def test_registrant_never_raises(data):
 
 
 def test_hello_flood_is_bounded_and_stores_nothing():
+    """No entry for an unproven source: HELLO counts in the per-source sketch, whose
+    memory was fixed when it was made."""
     rv = Rendezvous(COORDINATOR, hellos_per_second=100.0)
+    memory = rv._hello_limit.nbytes
     replies = sum(len(rv.receive(udp.hello(os.urandom(16)), ("192.0.2.%d" % (i % 250), i),
                                  5.0).datagrams)
                   for i in range(1000))
     assert replies <= 100
     assert rv.stats["dropped.hello-rate"] >= 900
-    assert not rv._per_source and not rv._pending, "no state for unproven sources"
+    assert not rv._pending and rv._hello_limit.nbytes == memory, \
+        "no state for unproven sources"
 
 
 def test_unknown_replies_are_rate_limited_and_need_big_requests():
@@ -120,3 +126,17 @@ def test_one_source_cannot_spend_everybody_s_unknown_replies():
     flood = sum(len(rv.receive(big, ("192.0.2.66", 1), 1.0).datagrams) for _ in range(1000))
     assert flood <= 50
     assert rv.receive(big, ("198.51.100.7", 2), 1.0).datagrams != []
+
+
+def test_a_migrate_host_is_a_name_or_an_address_only():
+    """A host with a control character (a forged log line waiting to happen), a space or
+    anything else but letters, digits, ".", "-" and ":" is malformed: never followed,
+    never logged.  Shown to fail without the check: parse_migrate returned the LF."""
+    key = COORDINATOR.public_raw
+    for host in ("node1.example.org", "192.0.2.1", "2001:db8::1"):
+        assert udp.parse_migrate(udp.migrate(host, 7777, key)) == (host, 7777, key)
+    for host in ("evil\nregistered", "a b", "x/y", "caf\u00e9", "%0a"):
+        raw = host.encode("utf-8")
+        body = bytes([len(raw)]) + raw + (7777).to_bytes(2, "big") + key
+        with pytest.raises(ProtocolError):
+            udp.parse_migrate(body)
