@@ -165,6 +165,54 @@ def test_the_internals_at_work_in_a_real_connection():
     asyncio.run(main())
 
 
+def test_aiortc_sctp_receive_window():
+    """``webrtc.set_receive_window``: ``RTCSctpTransport._advertised_rwnd`` is the
+    window aiortc advertises in its INIT / INIT ACK (and SACKs) while the association
+    is CLOSED (``_association_state``, ``State``).  Checked on the wire: the offerer
+    sets the window the answerer advertised as its ``_ssthresh`` (RFC 4960 7.2.1).
+    Once the association started it is refused.  How this was shown to fail: with
+    the assignment in ``set_receive_window`` left out, the peer saw 1048576."""
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+    from aiortc.rtcsctptransport import RTCSctpTransport
+
+    from homechannel.rtc import webrtc
+
+    has(RTCSctpTransport, "State")
+    has(RTCSctpTransport.State, "CLOSED")
+    size = 3 * 1024 * 1024 + 5
+
+    async def main():
+        client = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        server = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        opened = asyncio.get_running_loop().create_future()
+        server.on("datachannel", lambda channel: opened.done() or opened.set_result(channel))
+        try:
+            client.createDataChannel("control")
+            webrtc.advertise_host_addresses(client, ["127.0.0.1"])
+            await client.setLocalDescription(await client.createOffer())
+            await server.setRemoteDescription(
+                RTCSessionDescription(client.localDescription.sdp, "offer"))
+            webrtc.advertise_host_addresses(server, ["127.0.0.1"])
+            assert isinstance(has(server.sctp, "_advertised_rwnd"), int), \
+                "INTERNAL RTCSctpTransport._advertised_rwnd is not an int"
+            has(server.sctp, "_association_state")
+            webrtc.set_receive_window(server, size)
+            await server.setLocalDescription(await server.createAnswer())
+            await client.setRemoteDescription(
+                RTCSessionDescription(server.localDescription.sdp, "answer"))
+            await asyncio.wait_for(opened, 20)
+            seen = has(client.sctp, "_ssthresh")
+            assert seen == size, f"INTERNAL RTCSctpTransport._advertised_rwnd: the peer saw " \
+                                 f"a window of {seen}, not the {size} set"
+            with pytest.raises(RuntimeError, match="after the SCTP association started"):
+                webrtc.set_receive_window(server, size)
+        finally:
+            await client.close()
+            await server.close()
+
+    asyncio.run(main())
+
+
 def test_pyopenssl_peer_certificate_as_cryptography():
     from OpenSSL import SSL
 
