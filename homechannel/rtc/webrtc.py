@@ -2,7 +2,7 @@
 
 The one place for what both aiortc sides need: ICE servers from settings,
 the peer connection factory, which host addresses to advertise, the SCTP receive
-window, the DTLS certificate the peer actually presented, which candidate pair
+window (and the UDP receive buffers that hold it), the DTLS certificate the peer actually presented, which candidate pair
 was used, and which TURN URL to try next when the first gave no relay.
 Nothing here imports aiortc at module import time.
 
@@ -106,7 +106,8 @@ RECEIVE_WINDOW = 8 * 1024 * 1024
 
 
 def set_receive_window(pc, size=RECEIVE_WINDOW) -> None:
-    """Advertise an SCTP receive window of *size* bytes on *pc*.
+    """Advertise an SCTP receive window of *size* bytes on *pc*, and give its UDP
+    sockets a receive buffer that holds it.
 
     Call it once the SCTP transport exists and before it starts (as for
     ``advertise_host_addresses``: for an answerer after ``setRemoteDescription``,
@@ -115,7 +116,14 @@ def set_receive_window(pc, size=RECEIVE_WINDOW) -> None:
     SACK) in ``_advertised_rwnd``, a counter that received data lowers and
     delivered messages raise again; before the association starts it holds the
     initial window.  Raises RuntimeError if aiortc changed that
-    (``tests/unit/test_library_internals.py`` checks it on the installed aiortc)."""
+    (``tests/unit/test_library_internals.py`` checks it on the installed aiortc).
+
+    The window counts only what aiortc has read from its socket.  What the peer
+    sends within it first waits in the UDP socket's receive buffer, which aioice
+    sets to 256 KiB; a burst larger than that while aiortc (pure Python) is busy is
+    dropped by the kernel (``RcvbufErrors`` in ``/proc/net/snmp``), and the
+    sender's congestion control takes each drop for congestion.  So the buffer is
+    raised to *size* too (see :func:`raise_socket_buffers`)."""
     sctp = pc.sctp
     if sctp is None:
         raise RuntimeError("set_receive_window() called before the SCTP transport exists")
@@ -127,6 +135,56 @@ def set_receive_window(pc, size=RECEIVE_WINDOW) -> None:
     if sctp._association_state != sctp.State.CLOSED:
         raise RuntimeError("set_receive_window() called after the SCTP association started")
     sctp._advertised_rwnd = int(size)
+    for gatherer in ice_gatherers(pc):
+        if gatherer.state != "new":
+            raise RuntimeError("set_receive_window() called after ICE gathering started")
+        connection = gatherer._connection  # aioice.Connection; no public accessor exists
+        original = connection.get_component_candidates
+
+        async def get_component_candidates(component, addresses, timeout=5,
+                                           _original=original, _connection=connection):
+            candidates = await _original(component=component, addresses=addresses,
+                                         timeout=timeout)
+            raise_socket_buffers(_connection, size)
+            return candidates
+
+        connection.get_component_candidates = get_component_candidates
+
+
+_buffer_warned = []
+SO_RCVBUFFORCE = 33  # Linux (asm-generic/socket.h); Python's socket module lacks it
+
+
+def raise_socket_buffers(connection, size) -> list:
+    """Give the UDP sockets of the aioice *connection* (its ``_protocols``, host and
+    relay) a receive buffer of *size* bytes: ``SO_RCVBUFFORCE`` where the process
+    may (root, CAP_NET_ADMIN), else ``SO_RCVBUF``, which the kernel caps at the
+    ``net.core.rmem_max`` sysctl; logged once if that leaves it smaller.  Returns
+    the sizes the kernel reports (it doubles what it was asked, for its
+    bookkeeping)."""
+    import socket
+
+    from twisted.logger import Logger
+
+    got = []
+    for protocol in getattr(connection, "_protocols", ()):
+        transport = getattr(protocol, "transport", None)
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is None or sock.type != socket.SOCK_DGRAM:
+            continue
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+        got.append(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+    if got and min(got) < 2 * size and not _buffer_warned:
+        _buffer_warned.append(True)
+        Logger().warn(
+            "UDP receive buffers are {got} bytes, not the {size} the SCTP receive window "
+            "needs: uploads over a long link will lose packets and slow down; raise the "
+            "limit with 'sysctl -w net.core.rmem_max={size}' (see docs/performance.md)",
+            got=min(got) // 2, size=size)
+    return got
 
 
 def remote_fingerprint(pc):

@@ -6,6 +6,8 @@
 - fixture ``chromium``: a Playwright ``Browser`` running Debian's
   chromium headless with the flags WebRTC needs in a loopback-only netns.
 - fixture ``chromium_page``: a fresh context + page, closed at teardown.
+- fixture ``nat_chromium``: ``launch(topology, url)`` -> a page in a Chromium that runs
+  in the client namespace of a ``tests/support/nat.py`` topology.
 - fixture ``sshd``: a real sshd (password sign-in) and a fresh test user.
 """
 
@@ -69,6 +71,51 @@ def chromium_page(chromium):
         yield page
     finally:
         context.close()
+
+
+# Every RTCPeerConnection the page makes, for getStats().
+CAPTURE_PCS = """
+(() => {
+  const Orig = window.RTCPeerConnection;
+  window.__hcPcs = [];
+  window.RTCPeerConnection = function (...args) {
+    const pc = new Orig(...args);
+    window.__hcPcs.push(pc);
+    return pc;
+  };
+  window.RTCPeerConnection.prototype = Orig.prototype;
+})();
+"""
+
+
+@pytest.fixture
+def nat_chromium(tmp_path):
+    """``launch(topology, url)`` -> a Playwright page in a Chromium that runs in the
+    client namespace and treats the coordinator's http origin as secure."""
+    import nat
+
+    chromium = require_tool("chromium", "chromium")
+    sync_playwright = require_module("playwright.sync_api", "run 'make venv'").sync_playwright
+
+    with sync_playwright() as p:
+        browsers = []
+
+        def launch(topology, url):
+            wrapper = nat.chromium_wrapper(topology, "client", str(tmp_path), chromium)
+            browser = p.chromium.launch(
+                executable_path=wrapper, headless=True,
+                args=CHROMIUM_ARGS + [f"--unsafely-treat-insecure-origin-as-secure={url}"])
+            browsers.append(browser)
+            page = browser.new_context().new_page()
+            page.on("console", lambda msg: print(f"[browser {msg.type}] {msg.text}"))
+            page.add_init_script(CAPTURE_PCS)
+            return page
+
+        try:
+            yield launch
+        finally:
+            for b in browsers:
+                b.close()
 
 
 # -- sshd --------------------------------------------------------------------

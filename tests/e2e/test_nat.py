@@ -14,22 +14,8 @@ import time
 import pytest
 
 import nat
-from helpers import CHROMIUM_ARGS, require_tool
+from helpers import require_tool
 from daemons import PASSWORD
-
-# Every RTCPeerConnection the page makes, for getStats().
-CAPTURE_PCS = """
-(() => {
-  const Orig = window.RTCPeerConnection;
-  window.__hcPcs = [];
-  window.RTCPeerConnection = function (...args) {
-    const pc = new Orig(...args);
-    window.__hcPcs.push(pc);
-    return pc;
-  };
-  window.RTCPeerConnection.prototype = Orig.prototype;
-})();
-"""
 
 # The candidate types of the pair the last peer connection uses.
 SELECTED_PAIR = """async () => {
@@ -44,34 +30,6 @@ SELECTED_PAIR = """async () => {
           localAddress: local.address, remoteAddress: remote.address,
           relayProtocol: local.relayProtocol || null};
 }"""
-
-
-@pytest.fixture
-def nat_chromium(tmp_path):
-    """``launch(topology, url)`` -> a Playwright page in a Chromium that runs in the
-    client namespace and treats the coordinator's http origin as secure."""
-    chromium = require_tool("chromium", "chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browsers = []
-
-        def launch(topology, url):
-            wrapper = nat.chromium_wrapper(topology, "client", str(tmp_path), chromium)
-            browser = p.chromium.launch(
-                executable_path=wrapper, headless=True,
-                args=CHROMIUM_ARGS + [f"--unsafely-treat-insecure-origin-as-secure={url}"])
-            browsers.append(browser)
-            page = browser.new_context().new_page()
-            page.on("console", lambda msg: print(f"[browser {msg.type}] {msg.text}"))
-            page.add_init_script(CAPTURE_PCS)
-            return page
-
-        try:
-            yield launch
-        finally:
-            for b in browsers:
-                b.close()
 
 
 def native_connect(topo, pair, tmp_path, *extra, timeout=90):

@@ -224,11 +224,11 @@ def coturn(tmp_path, secret, listen="127.0.0.1", port=None, prefix=(), extra=(),
 
 
 @contextlib.contextmanager
-def red_xtigervnc(geometry):
+def red_xtigervnc(geometry, prefix=()):
     """:func:`xtigervnc` with its root window painted red (easy to find in a screenshot);
-    yields (port, display)."""
+    yields (port, display).  *prefix*: in a network namespace, as for :func:`xtigervnc`."""
     xsetroot = require_tool("xsetroot", "x11-xserver-utils")
-    with xtigervnc(geometry) as (port, display):
+    with xtigervnc(geometry, prefix=prefix) as (port, display):
         subprocess.run([xsetroot, "-display", f":{display}", "-solid", "#ff0000"], check=True,
                        timeout=10)
         yield port, display
