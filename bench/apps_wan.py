@@ -67,6 +67,10 @@ def median(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
+def ratio(a, b):
+    return a / b if b else float("nan")
+
+
 def load():
     return os.getloadavg()[0]
 
@@ -491,7 +495,8 @@ async def desktop_part(bench, browser, page):
                   f"{median([x for x in k['key_video'] if x is not None]):10.0f}"
                   + (f"   ({lost} keys not seen)" if lost else ""))
         a, t = res["app"], res["tcp"]
-        print(f"{'':6s} {'ratio':5s} {a['drag'] / t['drag']:9.2f} {a['video'] / t['video']:10.2f}"
+        print(f"{'':6s} {'ratio':5s} {ratio(a['drag'], t['drag']):9.2f} "
+              f"{ratio(a['video'], t['video']):10.2f}"
               "   (target >= 0.8 at 40 ms)")
     await direct.close()
     print(flush=True)

@@ -93,6 +93,7 @@ def main():
         video.place_forget()
         if mode == "drag":
             win.deiconify()
+            win.lift()   # above the full-screen root window, or its moves show nothing
         elif mode == "video":
             video.place(x=560, y=300)
         root.update_idletasks()

@@ -21,8 +21,12 @@ on that instance only, so every other connection in the process is untouched.
 
 import ipaddress
 
+from twisted.logger import Logger
+
 from homechannel import crypto
 from homechannel.errors import ConfigError
+
+log = Logger()
 
 
 def ice_servers(entries):
@@ -164,8 +168,6 @@ def raise_socket_buffers(connection, size) -> list:
     bookkeeping)."""
     import socket
 
-    from twisted.logger import Logger
-
     got = []
     for protocol in getattr(connection, "_protocols", ()):
         transport = getattr(protocol, "transport", None)
@@ -179,7 +181,7 @@ def raise_socket_buffers(connection, size) -> list:
         got.append(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
     if got and min(got) < 2 * size and not _buffer_warned:
         _buffer_warned.append(True)
-        Logger().warn(
+        log.warn(
             "UDP receive buffers are {got} bytes, not the {size} the SCTP receive window "
             "needs: uploads over a long link will lose packets and slow down; raise the "
             "limit with 'sysctl -w net.core.rmem_max={size}' (see docs/performance.md)",
