@@ -116,3 +116,40 @@ def test_pipe_ties_tcp_reading_to_the_channel_and_bounds_the_other_way():
         pipe.channel_data(b"k" * 65536)
     assert t.aborted and ch.readyState == "closed"
     assert sum(map(len, t.written)) <= 9 * 1024 * 1024
+
+
+def test_desktop_reads_the_vnc_socket_only_while_little_is_queued(tmp_path):
+    """The desktop app's channel (opened through the AppHost, as the browser opens
+    it) stops reading the VNC server's socket once more than ``desktop.HIGH``
+    (256 KiB, not the 1 MiB other pipes queue) waits in the channel, and reads
+    again once it drained to ``desktop.LOW``: screen updates wait in the VNC
+    server, where it sees the backlog, not in the channel where they go stale.
+    How this was shown to fail: without the ``set_marks`` in ``apps._desktop``,
+    the socket was read until 1 MiB was queued."""
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import MemoryReactor
+
+    from homechannel.config import DesktopApp, ServerApps
+    from homechannel.server.apps import AppHost, desktop
+
+    reactor = MemoryReactor()
+    host = AppHost(ServerApps(desktop=DesktopApp(port=5901)), "S", str(tmp_path), reactor)
+    ch = FakeChannel("app:desktop:1")
+    host.channel_opened(ch)
+    [(address, port, factory, _timeout, _bind)] = reactor.tcpClients
+    assert (address, port) == ("127.0.0.1", 5901)
+    t = FakeTransport()
+    tcp = factory.buildProtocol(IPv4Address("TCP", address, port))
+    tcp.makeConnection(t)
+    assert ch.sent[0] == '{"op": "open", "port": 5901}'
+    block = 16 * 1024
+    for _ in range(100):
+        if t.paused:
+            break
+        tcp.dataReceived(b"v" * block)
+    assert t.paused
+    assert desktop.HIGH < ch.bufferedAmount <= desktop.HIGH + block, ch.bufferedAmount
+    ch.drain(ch.bufferedAmount - desktop.LOW - 1)
+    assert t.paused          # not yet at the low mark
+    ch.drain()
+    assert not t.paused      # drained: the socket is read again
