@@ -204,25 +204,30 @@ async def app_upload(page, src, size):
 
 
 # Keypress to echo: [parsed by xterm.js, rendered] in ms, per key.
+# (Each key waits for its own echo, the cursor one column on, and a line cleared with
+# Ctrl-U for the cursor back at the prompt: over a long link an echo still on its way
+# must not count for the next key.)
 TERMINAL_ECHO = """async (n) => {
-  const term = window.__hcTerminal, out = [];
+  const term = window.__hcTerminal, out = [], cursor = () => term.buffer.active.cursorX;
+  const until = (pred) => new Promise((resolve) => {
+    if (pred()) { resolve(performance.now()); return; }
+    const d = term.onWriteParsed(() => { if (pred()) { d.dispose(); resolve(performance.now()); } });
+  });
   const nextRender = () => new Promise((r) => { const d = term.onRender(() => { d.dispose(); r(performance.now()); }); });
+  const x0 = cursor();
   for (let i = 0; i < n; i++) {
-    const x = term.buffer.active.cursorX;
+    const x = cursor();
     const t0 = performance.now();
-    const echoed = new Promise((resolve) => {
-      const d = term.onWriteParsed(() => {
-        if (term.buffer.active.cursorX !== x) { d.dispose(); resolve(performance.now()); }
-      });
-    });
+    const echoed = until(() => cursor() === x + 1);
     const rendered = echoed.then(nextRender);
     term.input("x", true);
     const [parsed, drawn] = await Promise.all([echoed, rendered]);
     out.push([parsed - t0, drawn - t0]);
     await new Promise((r) => setTimeout(r, 20));
-    if (i % 20 === 19) { term.input("\\x15", true); await new Promise((r) => setTimeout(r, 50)); }
+    if (i % 20 === 19) { term.input("\\x15", true); await until(() => cursor() === x0); }
   }
   term.input("\\x15", true);
+  await until(() => cursor() === x0);
   return out;
 }"""
 
