@@ -3,7 +3,7 @@
 - files download (to memory: a Blob) and upload (default 50 MB) through the
   browser UI, real twistd coordinator + home server;
 - (a) the raw aiortc <-> Chromium datachannel ceiling, same size, no app
-  protocol (``bench.rawpeer``, an aiortc peer set up as the home server's;
+  protocol (``bench._rawpeer``, an aiortc peer set up as the home server's;
   Chromium does the signaling through page.evaluate);
 - (b) ``ssh cat`` of the same file, both ways, to a local sshd (key auth);
 - terminal echo latency (keypress to the echo rendered by xterm.js), through
@@ -30,7 +30,7 @@ import threading
 import time
 
 from bench.connect_latency import CHROMIUM_ARGS, daemons, fmt
-from bench.rawpeer import MB, RawChannel
+from bench._rawpeer import MB, RawChannel
 
 
 # -- sshd with a test user (password for the terminal, key for ssh cat) --------------

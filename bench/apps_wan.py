@@ -15,7 +15,7 @@ the references cross the same link over plain TCP.
 Parts (each prints a table; "ratio" is the app against its reference):
 
 - ``files``: the files app through Chromium (download to memory, upload), the raw
-  aiortc <-> Chromium datachannel (``bench.rawpeer``, set up as the home server:
+  aiortc <-> Chromium datachannel (``bench._rawpeer``, set up as the home server:
   the raw ceiling), the raw channel with aiortc's own 1 MiB receive window, and
   ``ssh cat`` over the forwarded port, at each RTT and ``--files-rate``;
 - ``big``: a ``--big-mib`` download to disk through both save paths (the save
@@ -28,10 +28,12 @@ Parts (each prints a table; "ratio" is the app against its reference):
 - ``desktop``: the Desktop tab (noVNC over the datachannel) against noVNC through
   websockify (run in the client network: plain TCP across the link) to the same
   Xtigervnc, at each RTT and ``--desktop-rate``: frames per second while a window
-  is dragged and while a video plays (``bench.xapp``), and key-to-pixels latency
+  is dragged and while a video plays (``bench._xapp``), and key-to-pixels latency
   with the screen still and while the video plays.
 
-Needs root (namespaces, useradd).  Prints figures; no assertions.
+Needs root (namespaces, useradd).  Prints figures; no assertions.  (``bench._rawpeer``
+and ``bench._xapp`` are its helper programs, not benchmarks: ``make bench`` skips
+names that start with ``_``.)
 """
 
 import argparse
@@ -55,7 +57,7 @@ from wan import Wan  # noqa: E402
 
 from bench.apps_throughput import (MB, app_download, app_upload, choose_sink,  # noqa: E402
                                    open_session, terminal_echo)
-from bench.rawpeer import RawChannel  # noqa: E402
+from bench._rawpeer import RawChannel  # noqa: E402
 
 SSH_PORT = 2222
 VNC_PORT = 5901
@@ -117,7 +119,7 @@ class Bench:
             args=["-Log", "*:stderr:30"]))
         for port in (SSH_PORT, VNC_PORT):
             self.topo.forward_port("home", port)
-        self.xapp = self.topo.popen("home", [sys.executable, "-m", "bench.xapp"], cwd=REPO,
+        self.xapp = self.topo.popen("home", [sys.executable, "-m", "bench._xapp"], cwd=REPO,
                                     env=dict(os.environ, DISPLAY=f":{self.display}"),
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         stack.callback(self.xapp.kill)
@@ -434,7 +436,7 @@ async def wait_js(page, expression, timeout):
 
 async def desktop_measure(bench, page, seconds):
     """(drag fps, video fps, key latency still, key latency during video) on *page*."""
-    from xapp import COLOURS, KEY_SIZE, KEY_X, KEY_Y  # noqa: F401  (bench/ on the path)
+    from _xapp import COLOURS, KEY_SIZE, KEY_X, KEY_Y  # noqa: F401  (bench/ on the path)
 
     await page.evaluate(FPS_HOOK)
     out = {}

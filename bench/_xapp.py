@@ -1,7 +1,7 @@
 """An X11 application for the desktop benchmark (``bench.apps_wan``): what a user
 does on a remote desktop, in a form a benchmark can drive and check.
 
-    DISPLAY=:N python -m bench.xapp
+    DISPLAY=:N python -m bench._xapp
 
 Commands on stdin, one per line (each answered with one JSON line on stdout):
 

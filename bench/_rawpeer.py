@@ -1,7 +1,7 @@
 """The raw datachannel reference of the file benchmarks: an aiortc peer and a bare
 ``RTCDataChannel`` in a Chromium page, with no app protocol on top.
 
-The aiortc peer runs in a process of its own (``python -m bench.rawpeer``), so that
+The aiortc peer runs in a process of its own (``python -m bench._rawpeer``), so that
 it can run in another network namespace than the benchmark (the home network of a
 ``tests/support/nat.py`` topology), and so that its CPU is not the benchmark's.  It
 is set up as the home server sets up its peer connections
@@ -81,7 +81,7 @@ class RawChannel:
 
     async def open(self, browser, url, prefix=(), ice=(), advertise=(), window=None):
         self.proc = await asyncio.create_subprocess_exec(
-            *prefix, sys.executable, "-m", "bench.rawpeer",
+            *prefix, sys.executable, "-m", "bench._rawpeer",
             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
         self.page = page = await browser.new_page()
