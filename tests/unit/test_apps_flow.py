@@ -1,6 +1,8 @@
 """ChannelLink flow control: a stalled reader pauses the producer (e.g. the VNC
 TCP transport) and keeps the buffered bytes bounded; draining resumes it."""
 
+import socket
+
 from twisted.internet import defer
 
 from homechannel.server.apps.channel import ChannelLink
@@ -68,12 +70,24 @@ def test_wait_writable_and_close():
     assert link.send(b"late") is False
 
 
+class FakeSocket:
+    def __init__(self):
+        self.options = {}
+
+    def setsockopt(self, level, name, value):
+        self.options[(level, name)] = value
+
+
 class FakeTransport:
     def __init__(self):
         self.written = []
         self.producer = None
         self.aborted = False
         self.paused = False
+        self.socket = FakeSocket()
+
+    def getHandle(self):
+        return self.socket
 
     def registerProducer(self, producer, streaming):
         self.producer = producer
@@ -121,11 +135,12 @@ def test_pipe_ties_tcp_reading_to_the_channel_and_bounds_the_other_way():
 def test_desktop_reads_the_vnc_socket_only_while_little_is_queued(tmp_path):
     """The desktop app's channel (opened through the AppHost, as the browser opens
     it) stops reading the VNC server's socket once more than ``desktop.HIGH``
-    (256 KiB, not the 1 MiB other pipes queue) waits in the channel, and reads
-    again once it drained to ``desktop.LOW``: screen updates wait in the VNC
-    server, where it sees the backlog, not in the channel where they go stale.
-    How this was shown to fail: without the ``set_marks`` in ``apps._desktop``,
-    the socket was read until 1 MiB was queued."""
+    (64 KiB, not the 1 MiB other pipes queue) waits in the channel, and reads
+    again once it drained to ``desktop.LOW``; the socket's receive buffer is
+    ``desktop.RECEIVE_BUFFER``: screen updates wait in the VNC server, where it
+    sees the backlog, not here where they go stale.  How this was shown to fail:
+    without the ``set_marks`` in ``apps._desktop``, the socket was read until 1 MiB
+    was queued."""
     from twisted.internet.address import IPv4Address
     from twisted.internet.testing import MemoryReactor
 
@@ -142,6 +157,7 @@ def test_desktop_reads_the_vnc_socket_only_while_little_is_queued(tmp_path):
     tcp = factory.buildProtocol(IPv4Address("TCP", address, port))
     tcp.makeConnection(t)
     assert ch.sent[0] == '{"op": "open", "port": 5901}'
+    assert t.socket.options == {(socket.SOL_SOCKET, socket.SO_RCVBUF): desktop.RECEIVE_BUFFER}
     block = 16 * 1024
     for _ in range(100):
         if t.paused:

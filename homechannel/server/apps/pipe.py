@@ -11,6 +11,8 @@ than growing without bound (browsers also stop sending while their own
 ``bufferedAmount`` is high).
 """
 
+import socket
+
 from twisted.internet import protocol
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.interfaces import IPushProducer
@@ -45,13 +47,14 @@ class _PipeProtocol(protocol.Protocol):
 class TCPPipe:
     """Bytes between one ChannelLink and one TCP connection."""
 
-    def __init__(self, link, reactor, host, port, what, connect_timeout=10):
+    def __init__(self, link, reactor, host, port, what, connect_timeout=10, receive_buffer=None):
         self.link = link
         self.reactor = reactor
         self.host = host
         self.port = port
         self.what = what
         self.timeout = connect_timeout
+        self.receive_buffer = receive_buffer  # SO_RCVBUF of the TCP socket (None: the kernel's)
         self.transport = None
         self.early = []
         self.early_bytes = 0
@@ -81,6 +84,9 @@ class TCPPipe:
             transport.loseConnection()
             return
         self.transport = transport
+        if self.receive_buffer is not None:
+            transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF,
+                                             self.receive_buffer)
         transport.registerProducer(self, True)
         self.link.registerProducer(transport, True)
         send_status(self.link, "open", port=self.port)
