@@ -21,12 +21,8 @@ on that instance only, so every other connection in the process is untouched.
 
 import ipaddress
 
-from twisted.logger import Logger
-
 from homechannel import crypto
 from homechannel.errors import ConfigError
-
-log = Logger()
 
 
 def ice_servers(entries):
@@ -99,17 +95,18 @@ def peer_connection(servers):
 
 # The SCTP receive window this end advertises (bytes).  aiortc advertises 1 MiB, so
 # a peer may have at most 1 MiB unacknowledged on the way here: an upload from a
-# browser was capped at 1 MiB per round trip (10 MB/s at 100 ms), whatever the link
-# carries.  8 MiB is the bandwidth-delay product of Chromium's own datachannel
-# ceiling (about 30 MB/s) at 250 ms, a 100 ms link with its bottleneck queue full
-# (docs/performance.md, "Over a WAN link").  aiortc hands every complete message
-# to the app at once, so the window only ever fills with data held for reassembly
-# (out of order after a loss): that, at most this much per connection, is what it
-# costs in memory.
-RECEIVE_WINDOW = 8 * 1024 * 1024
+# browser is capped at 1 MiB per round trip (10 MB/s at 100 ms), whatever the link
+# carries.  2 MiB lifts that cap to 20 MB/s at 100 ms, about what aiortc (pure
+# Python) receives on a quiet machine.  Not more: the window also bounds how much
+# data aiortc holds out of order after a loss, and aiortc's reassembly and SACK
+# bookkeeping cost grows with the square of that (a linear scan per chunk, a sort
+# of every out-of-order TSN per packet).  With 8 MiB, a new connection's first
+# upload, whose slow start overshoots, ran at 0.2-0.5 MB/s instead of 4 while
+# aiortc ground through it (docs/performance.md, "Over a WAN link").
+RECEIVE_WINDOW = 2 * 1024 * 1024
 
 
-def set_receive_window(pc, size=RECEIVE_WINDOW) -> None:
+def set_receive_window(pc, size=RECEIVE_WINDOW, too_small=None) -> None:
     """Advertise an SCTP receive window of *size* bytes on *pc*, and give its UDP
     sockets a receive buffer that holds it.
 
@@ -127,7 +124,11 @@ def set_receive_window(pc, size=RECEIVE_WINDOW) -> None:
     sets to 256 KiB; a burst larger than that while aiortc (pure Python) is busy is
     dropped by the kernel (``RcvbufErrors`` in ``/proc/net/snmp``), and the
     sender's congestion control takes each drop for congestion.  So the buffer is
-    raised to *size* too (see :func:`raise_socket_buffers`)."""
+    raised to twice *size* (see :func:`raise_socket_buffers`): the kernel counts a
+    1,200-byte datagram as about twice that (its buffer overhead), so this holds a
+    whole window of payload.  Where the kernel gives less (``SO_RCVBUF`` is capped
+    by the ``net.core.rmem_max`` sysctl unless the process may force it),
+    ``too_small(got, wanted)`` is called, in bytes."""
     sctp = pc.sctp
     if sctp is None:
         raise RuntimeError("set_receive_window() called before the SCTP transport exists")
@@ -149,13 +150,14 @@ def set_receive_window(pc, size=RECEIVE_WINDOW) -> None:
                                            _original=original, _connection=connection):
             candidates = await _original(component=component, addresses=addresses,
                                          timeout=timeout)
-            raise_socket_buffers(_connection, size)
+            got = raise_socket_buffers(_connection, 2 * size)
+            if got and min(got) < 4 * size and too_small is not None:
+                too_small(min(got) // 2, 2 * size)
             return candidates
 
         connection.get_component_candidates = get_component_candidates
 
 
-_buffer_warned = []
 SO_RCVBUFFORCE = 33  # Linux (asm-generic/socket.h); Python's socket module lacks it
 
 
@@ -163,9 +165,8 @@ def raise_socket_buffers(connection, size) -> list:
     """Give the UDP sockets of the aioice *connection* (its ``_protocols``, host and
     relay) a receive buffer of *size* bytes: ``SO_RCVBUFFORCE`` where the process
     may (root, CAP_NET_ADMIN), else ``SO_RCVBUF``, which the kernel caps at the
-    ``net.core.rmem_max`` sysctl; logged once if that leaves it smaller.  Returns
-    the sizes the kernel reports (it doubles what it was asked, for its
-    bookkeeping)."""
+    ``net.core.rmem_max`` sysctl.  Returns the sizes the kernel reports (twice what
+    it was given, for its bookkeeping)."""
     import socket
 
     got = []
@@ -179,13 +180,6 @@ def raise_socket_buffers(connection, size) -> list:
         except OSError:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
         got.append(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
-    if got and min(got) < 2 * size and not _buffer_warned:
-        _buffer_warned.append(True)
-        log.warn(
-            "UDP receive buffers are {got} bytes, not the {size} the SCTP receive window "
-            "needs: uploads over a long link will lose packets and slow down; raise the "
-            "limit with 'sysctl -w net.core.rmem_max={size}' (see docs/performance.md)",
-            got=min(got) // 2, size=size)
     return got
 
 

@@ -637,3 +637,22 @@ async def test_the_coordinator_cannot_point_the_turn_client_at_the_home_network(
     payload, _, _ = h.payload(sdp, ice_servers=({"urls": "turn:203.0.113.9:3478", **cred},))
     assert "answer" in await h.offer(payload)
     assert factory.servers[-1][0].urls == ["turn:203.0.113.9:3478"]
+
+
+def test_too_small_udp_buffers_are_said_once_with_the_fix():
+    """``webrtc.set_receive_window`` reports UDP receive buffers the kernel capped below
+    what the SCTP window needs (an unprivileged server with a low
+    ``net.core.rmem_max``): the answerer logs it once per process, with the sysctl
+    that fixes it.  How this was shown to fail: with ``_buffers_warned`` never set,
+    two connections logged it twice."""
+    from twisted.logger import Logger
+
+    events = []
+    h = Harness()
+    answerer = Answerer(h.identity, K, h.challenges, h.config, h.app_host, h.clock,
+                        log=Logger(observer=events.append))
+    answerer._small_buffers(212992, 4194304)
+    answerer._small_buffers(212992, 4194304)
+    [event] = events
+    assert event["got"] == 212992 and event["wanted"] == 4194304
+    assert "net.core.rmem_max=4194304" in event["log_format"].format(**event)
