@@ -52,8 +52,8 @@ export const MAX_QUEUED = 32 * 1024 * 1024;
 export const RESUME_BELOW = 4 * 1024 * 1024;
 // Download window: covers a 250 ms round trip (a 100 ms link with its bottleneck queue
 // full) at 30 MB/s, the most a browser's datachannel carries (docs/performance.md,
-// "Over a WAN link"), as the upload window and the home server's SCTP receive window
-// do; it is also what a download may queue in memory here.
+// "Over a WAN link"), as the upload window does; it is also what a download may queue
+// in memory here.
 export const DOWNLOAD_WINDOW = 8 * 1024 * 1024;
 export const ACK_EVERY = 1024 * 1024;
 
