@@ -38,7 +38,7 @@ help:
 	@echo "make run     start a demo coordinator + home server on 127.0.0.1 (V=1: show their logs too)"
 	@echo "make test    install everything and run the tests in a loopback-only netns"
 	@echo "make test-fast  unit and protocol tests only (pytest -m 'not e2e'), the type check included"
-	@echo "make typecheck  mypy on the pure modules listed in setup.cfg [mypy]"
+	@echo "make typecheck  mypy on the package, the pure layer strictly (setup.cfg [mypy])"
 	@echo "make soak    full-size soak tests (a 2 GiB download in Chromium), not in make test"
 	@echo "make bench   run every bench/*.py (python -m bench.NAME)"
 	@echo "make wheel   build dist/homechannel-VERSION-py3-none-any.whl (and the sdist) to deploy"

@@ -175,7 +175,7 @@ async def peer():
                     opened.set_result(ch)
 
             await pc.setRemoteDescription(RTCSessionDescription(sdp=req["offer"], type="offer"))
-            webrtc.advertise_host_addresses(pc, req["advertise"])
+            webrtc.prepare_gathering(pc, req["advertise"])
             icechecks.prompt_triggered_checks(pc)
             if req.get("window") is not None:
                 webrtc.set_receive_window(pc, req["window"])

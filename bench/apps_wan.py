@@ -137,7 +137,7 @@ class Bench:
         from bench.nat_connect import lifted_limits
         self.pair, self.coordinator, self.server = nat.start_nat_pair(
             twistd, str(tmp / "pair"), self.topo, coordinator=lifted_limits(),
-            server={"apps": {"terminal": {"port": SSH_PORT}, "desktop": {"port": VNC_PORT}}})
+            server={"apps": {"terminal": {"port": SSH_PORT}, "desktop": {"endpoint": f"127.0.0.1:{VNC_PORT}"}}})
         self.stun = [f"stun:{nat.PUBLIC_HOST}:{nat.UDP_PORT}"]
         return self
 

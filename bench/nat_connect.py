@@ -2,13 +2,16 @@
 in the native client, with loopback as the reference measured in the same run.
 
     tests/netns-run python -m bench.nat_connect [--connects 10]
-        [--cases loopback,cone,symmetric] [--clients browser,native]
+        [--cases loopback,cone,symmetric,ds-lite,ds-lite-v4] [--clients browser,native]
 
 * loopback: the reference, everything on 127.0.0.1 (no NAT), as in bench.connect_latency;
 * cone: cone NATs on both sides, no ICE settings anywhere (the coordinator's
   own STUN);
 * symmetric: a symmetric client NAT, TURN (coturn, started here on the public
-  host) configured only at the coordinator with a shared secret.
+  host) configured only at the coordinator with a shared secret;
+* ds-lite: symmetric NATs on both sides' IPv4 and IPv6 routed through stateful
+  firewalls (tests/e2e/test_ipv6.py's topology (a)), no TURN: direct over IPv6;
+* ds-lite-v4: the same NATs with IPv6 off, and TURN: the relay IPv4 needs there.
 
 Browser: from the click on Connect to the session view, on the page's clock,
 with the time of each step (lookup, password, gather, wait, open) and of the
@@ -58,9 +61,9 @@ async def main():
                                                   advertise_addresses=args["advertise"])
         took = time.monotonic() - t0
         from homechannel.rtc import webrtc
-        pair = webrtc.selected_pair(pc) if hasattr(webrtc, "selected_pair") else None
+        path = webrtc.describe_path(pc)
         await pc.close()
-        out.append((pair and "/".join(pair), took))
+        out.append((path, took))
     print(json.dumps(out))
 
 asyncio.run(main())
@@ -106,13 +109,23 @@ def loopback(tmp):
             p.stop()
 
 
+# case: (home NAT, client NAT, TURN at the coordinator, IPv6)
+CASES = {
+    "cone": ("cone", "cone", False, False),
+    "symmetric": ("cone", "symmetric", True, False),
+    "ds-lite": ("symmetric", "symmetric", False, True),
+    "ds-lite-v4": ("symmetric", "symmetric", True, False),
+}
+
+
 @contextlib.contextmanager
 def setup(case, tmp):
     if case == "loopback":
         with loopback(tmp) as result:
             yield result
         return
-    topo = nat.Topology(client_nat="symmetric" if case == "symmetric" else "cone").up()
+    home_nat, client_nat, turn, ipv6 = CASES[case]
+    topo = nat.Topology(home_nat=home_nat, client_nat=client_nat, ipv6=ipv6).up()
     procs = []
 
     def start(tapname, config, **kw):
@@ -123,11 +136,12 @@ def setup(case, tmp):
     try:
         coordinator = lifted_limits()
         with contextlib.ExitStack() as stack:
-            if case == "symmetric":
+            if turn:
                 from services import coturn
                 secret = os.path.join(tmp, "turn-secret")
                 with open(secret, "w") as f:
                     f.write(TURN_SECRET + "\n")
+                os.chmod(secret, 0o600)     # the coordinator refuses a secret others read
                 os.makedirs(os.path.join(tmp, "coturn"), exist_ok=True)
                 import pathlib
                 stack.enter_context(coturn(pathlib.Path(tmp) / "coturn", TURN_SECRET,
@@ -135,7 +149,11 @@ def setup(case, tmp):
                                            prefix=topo.exec_prefix("pub"), quiet=True))
                 coordinator["turn"] = {"urls": [f"turn:{nat.PUBLIC_HOST}:3478?transport=udp"],
                                        "secret_file": secret}
-            pair, c, s = nat.start_nat_pair(start, tmp, topo, coordinator=coordinator)
+            if ipv6:
+                pair, c, s = nat.start_dual_stack_pair(start, tmp, topo,
+                                                       coordinator=coordinator)
+            else:
+                pair, c, s = nat.start_nat_pair(start, tmp, topo, coordinator=coordinator)
             yield topo, pair, s
     finally:
         for p in reversed(procs):
@@ -194,7 +212,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--connects", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--cases", default="loopback,cone,symmetric")
+    ap.add_argument("--cases", default="loopback,cone,symmetric,ds-lite,ds-lite-v4")
     ap.add_argument("--clients", default="browser,native")
     args = ap.parse_args(argv)
     why = nat.Topology.check_environment()
@@ -218,6 +236,9 @@ def main(argv=None):
             ref = results.get(("loopback", who))
             ratio = (f"  x{statistics.median(values) / statistics.median(ref):.1f} loopback"
                      if ref and case != "loopback" else "")
+            v4 = results.get(("ds-lite-v4", who))
+            if case == "ds-lite" and v4:
+                ratio += f"  x{statistics.median(values) / statistics.median(v4):.2f} ds-lite-v4"
             print(f"{case:10s} {who:8s} click-to-open  {fmt(values)}{ratio}")
 
 

@@ -11,6 +11,7 @@ import ipaddress
 import os
 import re
 import tomllib
+import types
 import typing
 import urllib.parse
 from dataclasses import dataclass, field
@@ -84,7 +85,9 @@ def _require_positive(obj, section, names):
 
 @dataclass(frozen=True)
 class CoordinatorUDP:
-    interface: str = "0.0.0.0"
+    # "::" (the default): every address of both families, IPv6 and IPv4, on one
+    # socket; "0.0.0.0" IPv4 only; or one address.
+    interface: str = "::"
     port: int = 7777
     # How long a registered server may stay silent before it is forgotten.
     expiry: float = 90.0
@@ -124,6 +127,11 @@ class CoordinatorUDP:
     stun_per_second: float = 20000.0
 
     def __post_init__(self):
+        try:
+            ipaddress.ip_address(self.interface)
+        except ValueError:
+            raise ConfigError(f"udp.interface: {self.interface!r} is not an IP address (\"::\" "
+                              "for both IPv6 and IPv4, \"0.0.0.0\" for IPv4 only)") from None
         _require_positive(self, "udp", (
             "max_servers", "max_servers_per_source", "max_handshakes",
             "max_handshakes_per_source", "reassembly_bytes", "reassembly_bytes_per_source"))
@@ -145,7 +153,7 @@ class CoordinatorWeb:
     trusted_proxies: tuple = ()
     # ICE servers for browsers and native clients (STUN only: TURN comes from
     # [turn]).  Not set: the coordinator's own STUN; [] for none.
-    ice_servers: IceServers = None
+    ice_servers: IceServers | None = None
     # Log every HTTP request (combined log format, with client addresses).
     # Costs about a tenth of the coordinator's CPU per connect.
     access_log: bool = False
@@ -433,7 +441,7 @@ class ServerKeepalive:
 class ServerWebRTC:
     # ICE servers (URL strings or RTCIceServer tables).  Not set: the
     # coordinator's STUN (coordinator.host:port); [] for none.
-    ice_servers: IceServers = None
+    ice_servers: IceServers | None = None
     # Host addresses to advertise as ICE candidates in addition to what aioice
     # finds (aioice never offers loopback).  E.g. ["127.0.0.1"].
     advertise_addresses: tuple = ()
@@ -452,6 +460,55 @@ class FilesApp:
     roots: tuple = ()
     read_only: bool = False
     max_upload: int = 10 * 1024 ** 3
+    # Bytes an upload must leave free on the file system it writes to (counting what
+    # the uploads in progress there still have to write); refused up front otherwise.
+    min_free: int = 1024 ** 3
+    # Uploads in progress at once on the whole home server.
+    max_uploads: int = 8
+    # Seconds an upload may go without data before it is abandoned (its partial
+    # file deleted); partial files a crash left behind are deleted once this old.
+    upload_idle_timeout: float = 300.0
+
+    def __post_init__(self):
+        if self.min_free < 0:
+            raise ConfigError("apps.files.min_free must not be negative")
+        _require_positive(self, "apps.files", ("max_upload", "max_uploads",
+                                               "upload_idle_timeout"))
+
+
+def parse_local_endpoint(text: str, key: str) -> tuple:
+    """A local service's address: ``("unix", PATH)`` from ``"unix:/absolute/path"`` or
+    ``("tcp", HOST, PORT)`` from ``"HOST:PORT"`` (``[v6]:PORT``); ConfigError otherwise."""
+    if not isinstance(text, str) or not text:
+        raise ConfigError(f"{key} must name a service: \"unix:/path/to/socket\" or "
+                          "\"HOST:PORT\"")
+    if text.startswith("unix:"):
+        path = text[len("unix:"):]
+        if not os.path.isabs(path) or "\0" in path:
+            raise ConfigError(f"{key}: {text!r}: a UNIX socket's path must be absolute, "
+                              "e.g. \"unix:/run/user/1000/homechannel-vnc.sock\"")
+        return ("unix", path)
+    return ("tcp", *parse_address(text, key))
+
+
+def resolve_owners(owners: tuple, key: str) -> frozenset:
+    """The user ids *owners* names (user names or uids), with root's and this process's
+    own: who may own the socket of a local service the home server pipes to."""
+    import pwd
+
+    uids = {0, os.geteuid()}
+    for entry in owners:
+        if isinstance(entry, int) and not isinstance(entry, bool) and entry >= 0:
+            uids.add(entry)
+        elif isinstance(entry, str) and entry:
+            try:
+                uids.add(pwd.getpwnam(entry).pw_uid)
+            except KeyError:
+                raise ConfigError(f"{key}: there is no user {entry!r} on this machine") \
+                    from None
+        else:
+            raise ConfigError(f"{key} lists user names or user ids, not {entry!r}")
+    return frozenset(uids)
 
 
 @dataclass(frozen=True)
@@ -459,6 +516,12 @@ class TerminalApp:
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 22
+    # Who may own the listening socket at host:port besides root and the home server's
+    # own user (user names or uids): anyone else's is refused before a byte is sent.
+    owners: tuple = ()
+
+    def __post_init__(self):
+        resolve_owners(self.owners, "apps.terminal.owners")
     # Where the local sshd host key is remembered on first use.  Empty: state_dir/known_hosts.
     known_hosts: str = ""
     # Opt-in: an SSH private key the home server offers to sshd before any password
@@ -469,14 +532,31 @@ class TerminalApp:
 @dataclass(frozen=True)
 class DesktopApp:
     enabled: bool = True
-    host: str = "127.0.0.1"
-    port: int = 5900
+    # The VNC server: "unix:/path/to/socket" or "HOST:PORT".  Empty: the desktop app is
+    # off (nothing is sent to a port no one configured).
+    endpoint: str = ""
+    # As [apps.terminal] owners, for the VNC server's socket.
+    owners: tuple = ()
+
+    def __post_init__(self):
+        if self.endpoint:
+            parse_local_endpoint(self.endpoint, "apps.desktop.endpoint")
+        resolve_owners(self.owners, "apps.desktop.owners")
+
+    @property
+    def active(self) -> bool:
+        return self.enabled and bool(self.endpoint)
 
 
 @dataclass(frozen=True)
 class ForwardApp:
     enabled: bool = False
     ports: tuple = ()
+    # As [apps.terminal] owners, for every forwarded port's listening socket.
+    owners: tuple = ()
+
+    def __post_init__(self):
+        resolve_owners(self.owners, "apps.forward.owners")
 
 
 @dataclass(frozen=True)
@@ -530,6 +610,9 @@ class ServerConfig:
 
 
 def _coerce(value, typ, key):
+    if isinstance(typ, types.UnionType):
+        # "X | None": None is the default (nothing set); a value given is an X
+        (typ,) = [t for t in typ.__args__ if t is not type(None)]
     if dataclasses.is_dataclass(typ):
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a table")
@@ -556,6 +639,13 @@ def _coerce(value, typ, key):
     raise ConfigError(f"{key} must be of type {typ.__name__}, not {type(value).__name__}")
 
 
+# Keys of earlier releases, and what replaced them (said when one is found).
+_REPLACED = {
+    "apps.desktop.host": 'set apps.desktop.endpoint = "HOST:PORT" (or "unix:/path") instead',
+    "apps.desktop.port": 'set apps.desktop.endpoint = "HOST:PORT" (or "unix:/path") instead',
+}
+
+
 def _build(cls, table, prefix):
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
@@ -563,7 +653,8 @@ def _build(cls, table, prefix):
     for name, value in table.items():
         key = f"{prefix}.{name}" if prefix else name
         if name not in known:
-            raise ConfigError(f"unknown configuration key {key!r}")
+            hint = f": {_REPLACED[key]}" if key in _REPLACED else ""
+            raise ConfigError(f"unknown configuration key {key!r}{hint}")
         kwargs[name] = _coerce(value, hints[name], key)
     return cls(**kwargs)
 

@@ -127,7 +127,7 @@ def to_response(error: HomeChannelError) -> tuple:
     """``(status, body)`` of the HTTP API's answer for *error*: ``{"error": message,
     "code": code, **extra}``, with ``retry_after`` in whole seconds when the error has
     one (the ``Retry-After`` header carries the same number)."""
-    doc = {"error": str(error) or error.code, "code": error.code}
+    doc: dict[str, object] = {"error": str(error) or error.code, "code": error.code}
     doc.update(error.extra)
     if error.retry_after is not None:
         doc["retry_after"] = whole_seconds(error.retry_after)

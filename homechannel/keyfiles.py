@@ -6,7 +6,7 @@ bytes meet the disk, with the rules every secret file follows:
 - an identity key is a PEM (PKCS#8) P-256 private key with mode 0600, created
   once and never replaced (:func:`load_or_create_identity_key`);
 - a secret file is refused when group or others may use it
-  (:func:`check_private_mode`);
+  (:func:`check_private_mode`; :func:`read_private_file` reads one);
 - a new secret file is written with ``O_EXCL`` and mode 0600
   (:func:`write_secret_file`), a changing one is replaced atomically
   (:func:`replace_file`, :func:`replace_secret_file`);
@@ -27,6 +27,7 @@ import contextlib
 import json
 import os
 import stat
+from collections.abc import Callable
 
 from homechannel import crypto
 from homechannel.errors import ConfigError, KeyFileError, ProtocolError
@@ -97,6 +98,22 @@ def check_private_mode(path: StrPath, mode: int, what: str) -> None:
         )
 
 
+def read_private_file(path: StrPath, what: str, missing: str = "") -> bytes:
+    """The bytes of the secret file *path* (a shared secret, a password, a token),
+    refused like a key when group or others may use it; the mode is checked on the
+    open file.  *what* names it in messages (e.g. ``"turn.secret_file"``), *missing*
+    says what to do when it does not exist.  Every problem is a ConfigError."""
+    try:
+        with open(path, "rb") as f:
+            check_private_mode(path, os.fstat(f.fileno()).st_mode, what)
+            return f.read()
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist" +
+                          (f": {missing}" if missing else "")) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from None
+
+
 def write_secret_file(path: StrPath, data: bytes) -> None:
     """Write *data* to a new file with mode 0600; refuse to overwrite."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -164,7 +181,8 @@ def read_secret_line(path: StrPath, what: str = "password file") -> str:
 CLUSTER_KEY_SIZE = 32
 
 
-def create_cluster_key(path: StrPath, random_bytes=os.urandom) -> bytes:
+def create_cluster_key(path: StrPath,
+                       random_bytes: Callable[[int], bytes] = os.urandom) -> bytes:
     """Make a new cluster key file (mode 0600: one line, 32 random bytes in
     base64url); never replaces one.  The same file goes to every node."""
     key = random_bytes(CLUSTER_KEY_SIZE)
@@ -196,14 +214,17 @@ def load_cluster_key(path: StrPath) -> bytes:
     return key
 
 
-def read_private_line(path: StrPath, what: str) -> str:
-    """:func:`read_secret_line` of a file that must be private (mode 0600)."""
+def read_private_line(path: StrPath, what: str, missing: str = "") -> str:
+    """The first line of the private secret file *path* (:func:`read_private_file`),
+    CR/LF stripped; an empty first line or one that is not UTF-8 is refused."""
     try:
-        st = os.stat(path)
-    except OSError as e:
-        raise ConfigError(f"cannot read the {what} {path}: {e.strerror}") from None
-    check_private_mode(path, st.st_mode, what)
-    return read_secret_line(path, what)
+        line = read_private_file(path, what, missing).decode("utf-8").split("\n", 1)[0]
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {path} is not UTF-8 text") from None
+    line = line.rstrip("\r")
+    if not line:
+        raise ConfigError(f"{what} {path} is empty (its first line is used)")
+    return line
 
 
 # -- the home server's password key file ----------------------------------

@@ -86,6 +86,10 @@ def _parser():
     sp.add_argument("--state-dir", help="where the keys go (default ~/.config/homechannel)")
     sp.add_argument("--files-root", action="append", default=[], metavar="DIR",
                     help="a folder the files app serves (repeatable; default: none)")
+    sp.add_argument("--desktop", metavar="ENDPOINT",
+                    help="the VNC server the desktop app pipes to: unix:/path/to/socket "
+                         "(e.g. Xtigervnc -rfbunixpath) or HOST:PORT (default: none, the "
+                         "desktop app is off)")
     sp.add_argument("--password-file", help="read the password from the first line of this "
                                             "file (default: prompt twice)")
     sp.add_argument("--force", action="store_true", help="replace an existing server.toml")
@@ -211,6 +215,3 @@ def main(argv=None):
         return 1
     return result or 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

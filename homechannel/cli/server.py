@@ -80,6 +80,8 @@ def cmd_join(args):
                         "public_key": target["key"]},
         "apps": {"files": {"roots": [os.path.abspath(r) for r in args.files_root]}},
     }
+    if args.desktop:
+        doc["apps"]["desktop"] = {"endpoint": args.desktop}
     config._build(config.ServerConfig, doc, "")   # what we write must load
     cfg = config.load_server(None, {"state_dir": state_dir})
     key_path = check_key_path(cfg.identity_key)
@@ -100,6 +102,10 @@ def cmd_join(args):
           f"{cfg.password_key}", file=sys.stderr)
     if not args.files_root:
         print("the files app shows no folders until you list some in [apps.files] roots",
+              file=sys.stderr)
+    if not args.desktop:
+        print("the desktop app is off until [apps.desktop] endpoint names your VNC server "
+              "(\"unix:/path/to/socket\" or \"HOST:PORT\"; see conf/server.example.toml)",
               file=sys.stderr)
     print(f"start the home server: twistd -n --pidfile= --reactor=asyncio homechannel-server "
           f"--config {path}", file=sys.stderr)
@@ -161,6 +167,8 @@ def cmd_status(args):
     state = doc.get("state", "?")
     label = {"up": "registered", "leaving": "leaving", "stopped": "stopped"}.get(
         state, f"not registered ({state})")
+    if state == "up" and doc.get("family"):
+        label += f" over {doc['family']} ({doc.get('address') or '?'})"
     print(f"coordinator: {doc.get('coordinator', '?')}, {label}")
     if doc.get("pin_overridden"):
         print(f"coordinator key: {doc.get('coordinator_key', '?')}, not the configured "

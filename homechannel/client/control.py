@@ -37,10 +37,9 @@ async def wait_open(channel, timeout):
 
 
 def path_line(pc):
-    """``path: <local>/<remote>`` candidate types of the pair in use (host, srflx,
-    prflx: direct; relay: through TURN)."""
-    pair = webrtc.selected_pair(pc)
-    return "path: " + ("/".join(pair) if pair else "unknown")
+    """``path: <local>/<remote> over <family>``: candidate types of the pair in use
+    (host, srflx, prflx: direct; relay: through TURN) and its IP family."""
+    return "path: " + webrtc.describe_path(pc)
 
 
 def no_path_advice(timeout):

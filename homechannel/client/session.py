@@ -35,6 +35,7 @@ from homechannel.errors import (
 )
 from homechannel.protocol import connect as flow
 from homechannel.protocol.ice import check_ice_servers
+from homechannel.protocol.sdp import fingerprint as sdp_fingerprint
 from homechannel.rtc import icechecks, webrtc
 
 
@@ -171,12 +172,12 @@ async def _attempt(target, key, device, ice_servers, advertise_addresses, timeou
     if alternative is not None:
         # aiortc uses one TURN URL; the first gave no relay (UDP blocked here?)
         target.notify("the TURN relay gave no candidate over its first URL; trying "
-                      f"{alternative[0].urls}")
+                      f"{webrtc.display_url(alternative[0].urls)}")
         await pc.close()
         pc, control = await _gather_offer(alternative, advertise_addresses)
     try:
         offer = pc.localDescription.sdp
-        client_fp = flow.sdp_fingerprint(offer)
+        client_fp = sdp_fingerprint(offer)
         digest = crypto.offer_hash(offer)
         request = flow.ConnectRequest(
             server_id, server_raw, session, challenge,
@@ -247,7 +248,7 @@ async def _gather_offer(servers, advertise_addresses):
     pc = webrtc.peer_connection(servers)
     try:
         control = pc.createDataChannel("control")
-        webrtc.advertise_host_addresses(pc, advertise_addresses)
+        webrtc.prepare_gathering(pc, advertise_addresses)
         icechecks.prompt_triggered_checks(pc)
         webrtc.set_receive_window(pc)
         await pc.setLocalDescription(await pc.createOffer())

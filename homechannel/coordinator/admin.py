@@ -17,16 +17,15 @@ import json
 import os
 import re
 import secrets
-import stat
 
 from klein import Klein
-from twisted.logger import Logger
 
 from homechannel import crypto, keyfiles
 
 from homechannel.ops import endpoints
 from homechannel.protocol import udp
 from homechannel.errors import ConfigError, HomeChannelError, ProtocolError
+from homechannel.ops.logsafe import Logger
 
 log = Logger()
 
@@ -94,15 +93,9 @@ def load_or_create_token(path):
 
 def read_token(path):
     try:
-        st = os.stat(path)
-        if st.st_mode & 0o077:
-            raise ConfigError(f"admin token {path} is readable by others (mode "
-                              f"{stat.S_IMODE(st.st_mode):04o}): run 'chmod 600 {path}'")
-        with open(path, encoding="ascii") as f:
-            token = f.read().strip()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read the admin token {path}: "
-                          f"{getattr(e, 'strerror', None) or e}") from None
+        token = keyfiles.read_private_file(path, "admin token").decode("ascii").strip()
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"cannot read the admin token {path}: {e}") from None
     if len(token) < 16:
         raise ConfigError(f"the admin token in {path} is too short: remove the file "
                           "and restart the coordinator to make a new one")

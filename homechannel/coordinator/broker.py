@@ -62,11 +62,11 @@ import os
 from collections import Counter, OrderedDict
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from homechannel import crypto
 
+from homechannel.ops.logsafe import Logger
 from homechannel.protocol import connect
 from homechannel.config import CoordinatorTurn
 from homechannel.coordinator.ratelimit import (
@@ -525,7 +525,7 @@ class Broker:
 
     # -- answers -------------------------------------------------------------------
 
-    async def wait(self, session_id: str, timeout: float, source: str = None):
+    async def wait(self, session_id: str, timeout: float, source: str | None = None):
         """The session's result dict, None while pending, or raise its error.
         *source* (the client's address) counts the wait against its network's share."""
         return await self.sessions.wait(session_id, timeout, source)

@@ -45,10 +45,10 @@ the ``[web]`` configuration's (``config.CoordinatorWeb``: ``max_body``,
 import io
 from collections import Counter
 
-from twisted.logger import Logger
 from twisted.web import http, resource, server
 
 from homechannel.config import CoordinatorWeb
+from homechannel.ops.logsafe import Logger
 from homechannel.protocol import connect
 from homechannel.coordinator.ratelimit import TrustedProxies, source_key
 from homechannel.coordinator.shares import Shares
@@ -212,7 +212,7 @@ class LimitedSite(server.Site):
     signs the 408/413 answers the way ``coordinator.web`` signs API responses;
     without it they are unsigned."""
 
-    protocol = LimitedChannel
+    protocol = LimitedChannel  # type: ignore[assignment]  # HTTPFactory's stub: any callable
     requestFactory = LimitedRequest
 
     def __init__(self, resource, limits=CoordinatorWeb(), identity=None, reactor=None,

@@ -25,10 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
-from twisted.logger import Logger
 
 from homechannel import crypto
 
+from homechannel.ops.logsafe import Logger
 from homechannel.protocol import udp
 from homechannel.protocol.connect import DevicePolicy
 from homechannel.coordinator import stun as stun_
@@ -46,6 +46,7 @@ from homechannel.errors import (
 )
 from homechannel.protocol.events import Event, Output
 from homechannel.protocol.retransmit import Outstanding
+from homechannel.protocol.hostport import format_host_port
 from homechannel.protocol.udp import Address, Datagrams
 
 log = Logger()
@@ -286,7 +287,8 @@ class Rendezvous:
         pending.done = True
         self.stats["registered"] += 1
         log.info("registered {server} from {addr}",
-                 server=crypto.b64u_encode(pending.server_key)[:12], addr=f"{addr[0]}:{addr[1]}")
+                 server=crypto.b64u_encode(pending.server_key)[:12],
+                 addr=format_host_port(addr[0], addr[1]))
         return [(self.registry.seal(slot, udp.inner(udp.REGISTERED, rid)), addr)]
 
     def _refusal(self, pending: "_Pending", rid: int, reason: str) -> bytes:

@@ -26,20 +26,20 @@ Timers use the injected clock (``IReactorTime.callLater``); tests pass
 from dataclasses import dataclass
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from homechannel.coordinator.interfaces import ISessionStore
 from homechannel.coordinator.ratelimit import source_key
 from homechannel.coordinator.shares import Shares
 from homechannel.errors import BadRequest, CapacityError, NotFound, RequestTimeout
+from homechannel.ops.logsafe import Logger
 
 
 @dataclass(frozen=True)
 class SessionInfo:
     server_key: bytes
-    source: str = None
-    device: str = None
+    source: str | None = None
+    device: str | None = None
 
 
 class _Session:

@@ -20,10 +20,12 @@ class Options(usage.Options):
         ["config", "c", None, "TOML configuration file"],
         ["state-dir", None, None, "state directory (identity key); default "
                                   "~/.config/homechannel or $STATE_DIRECTORY"],
-        ["udp-interface", None, None, "UDP address to listen on (udp.interface)"],
+        ["udp-interface", None, None, "UDP address to listen on (udp.interface; the "
+                                      "default :: is IPv6 and IPv4, 0.0.0.0 IPv4 only)"],
         ["udp-port", None, None, "UDP port to listen on (udp.port)", int],
         ["web-listen", None, None, "Twisted endpoint string for HTTP(S) (web.listen), "
-                                   "e.g. ssl:8443:privateKey=key.pem:certKey=cert.pem"],
+                                   "e.g. ssl:8443:privateKey=key.pem:certKey=cert.pem "
+                                   "(without interface=: IPv6 and IPv4)"],
         ["public-url", None, None, "public URL of this coordinator (web.public_url)"],
         ["admin-listen", None, None, "endpoint of the operator API (admin.listen): a "
                                      "unix: socket, or loopback tcp: with a token; "
@@ -62,12 +64,13 @@ def _make(options):
             "its Redis client: run twistd with --reactor=asyncio, or with no --reactor")
     from twisted.application import internet, service, strports
     from twisted.internet import reactor
-    from twisted.logger import Logger
     from twisted.web.server import Site
 
     from homechannel.protocol import join
 
-    from homechannel.ops import logfilter, metrics
+    from homechannel.ops import dualstack, logfilter, metrics
+    from homechannel.ops.logsafe import Logger
+    from homechannel.protocol.hostport import format_host_port
     from homechannel.coordinator import admin, tls
     from homechannel.coordinator.httpserver import LimitedSite, raise_fd_limit
     from homechannel.coordinator.registry import Registry
@@ -104,10 +107,11 @@ def _make(options):
                          sweep_interval=cfg.udp.sweep_interval)
 
     top = service.MultiService()
-    internet.UDPServer(cfg.udp.port, udp, interface=cfg.udp.interface).setServiceParent(top)
+    dualstack.UDPServer(reactor, cfg.udp.port, udp, cfg.udp.interface).setServiceParent(top)
     if cfg.udp.stun_port:
-        internet.UDPServer(cfg.udp.stun_port, StunUDP(stun, reactor),
-                           interface=cfg.udp.interface).setServiceParent(top)
+        dualstack.UDPServer(reactor, cfg.udp.stun_port, StunUDP(stun, reactor),
+                            cfg.udp.interface).setServiceParent(top)
+    web_listen = dualstack.both_families(cfg.web.listen)
 
     kwargs = {"static_dir": cfg.web.static_dir} if cfg.web.static_dir else {}
     ice_servers = config.coordinator_ice_servers(cfg)
@@ -144,9 +148,9 @@ def _make(options):
                  n=fds)
     if not cfg.web.access_log:
         site.log = lambda request: None
-    if tls.is_tls(cfg.web.listen):
+    if tls.is_tls(web_listen):
         # Twisted's ssl: endpoint, built here so that SIGHUP can swap the certificate.
-        endpoint, certificate = tls.server_endpoint(reactor, cfg.web.listen)
+        endpoint, certificate = tls.server_endpoint(reactor, web_listen)
         web_service = internet.StreamServerEndpointService(endpoint, site)
         web_service._raiseSynchronously = True     # as strports.service does
         web_service.setServiceParent(top)
@@ -155,7 +159,7 @@ def _make(options):
             certificate.reload()
             web.reload_client()
     else:
-        strports.service(cfg.web.listen, site).setServiceParent(top)
+        strports.service(web_listen, site).setServiceParent(top)
         reload = web.reload_client
     tls.reload_on_sighup(reactor, reload)
 
@@ -169,9 +173,10 @@ def _make(options):
         metrics.service(cfg.metrics.listen, metrics.registry_for(
             metrics.CoordinatorCollector(rv, web, cluster=node)), reactor,
             allowed_hosts=cfg.metrics.allowed_hosts).setServiceParent(top)
-    log.info("coordinator: UDP {iface}:{port}, web {web}, STUN {stun}",
-             iface=cfg.udp.interface, port=cfg.udp.port, web=cfg.web.listen,
-             stun=_stun_ports(cfg.udp))
+    log.info("coordinator: UDP {udp}{families}, web {web}, STUN {stun}",
+             udp=format_host_port(cfg.udp.interface, cfg.udp.port),
+             families=" (IPv6 and IPv4)" if cfg.udp.interface == dualstack.BOTH else "",
+             web=web_listen, stun=_stun_ports(cfg.udp))
     log.info("ICE servers for clients: {ice}",
              ice=", ".join(_urls(s) for s in ice_servers) or "none")
     log.info("join string for home servers ('homechannel join STRING' there): {join}",

@@ -18,10 +18,10 @@ import signal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from twisted.logger import Logger
 
 from homechannel.ops import endpoints
 from homechannel.errors import ConfigError
+from homechannel.ops.logsafe import Logger
 
 log = Logger()
 

@@ -28,15 +28,11 @@ from homechannel.errors import ConfigError
 
 
 def load_secret(path: keyfiles.StrPath) -> bytes:
-    """coturn's ``static-auth-secret``, from a file (surrounding whitespace ignored)."""
-    try:
-        with open(path, "rb") as f:
-            secret = f.read().strip()
-    except FileNotFoundError:
-        raise ConfigError(f"turn.secret_file {path} does not exist: write coturn's "
-                          "static-auth-secret there (one line)") from None
-    except OSError as e:
-        raise ConfigError(f"cannot read turn.secret_file {path}: {e.strerror}") from None
+    """coturn's ``static-auth-secret``, from a file (surrounding whitespace ignored)
+    that group and others cannot read."""
+    secret = keyfiles.read_private_file(
+        path, "turn.secret_file", "write coturn's static-auth-secret there (one line, "
+        "mode 0600)").strip()
     if len(secret) < 16:
         raise ConfigError(f"turn.secret_file {path} holds a secret shorter than 16 bytes: "
                           "use a long random one (e.g. openssl rand -hex 32)")

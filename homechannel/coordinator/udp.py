@@ -12,7 +12,6 @@ import itertools
 from twisted.internet import defer
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from homechannel import crypto
@@ -24,6 +23,7 @@ from homechannel.coordinator.events import (
 from homechannel.coordinator.interfaces import IRelay
 from homechannel.errors import Unavailable
 from homechannel.ops.deadline import DeadlineTimer
+from homechannel.ops.logsafe import Logger
 
 log = Logger()
 

@@ -32,13 +32,14 @@ import re
 
 from klein import Klein
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.web import pages, resource, server, static
 from werkzeug.exceptions import MethodNotAllowed, NotFound as RouteNotFound
 
 from homechannel import crypto, default_static_dir, errors
 
+from homechannel.ops.logsafe import Logger
 from homechannel.protocol import connect
+from homechannel.protocol.hostport import unmapped
 from homechannel.coordinator.broker import Broker
 from homechannel.coordinator.ratelimit import TrustedProxies
 from homechannel.errors import BadRequest, HomeChannelError, PayloadTooLarge, Unavailable
@@ -410,8 +411,10 @@ class CoordinatorWeb:
 
     @staticmethod
     def _peer(request):
+        # A dual-stack listener (web.listen on "::") reports an IPv4 client as
+        # ::ffff:a.b.c.d: rate limits, logs and the home server's audit see IPv4.
         address = request.getClientAddress()
-        return getattr(address, "host", None) or "unknown"
+        return unmapped(getattr(address, "host", None) or "unknown")
 
     def source_address(self, request):
         """The client's IP (``TrustedProxies.client_address``): the peer, or, if the

@@ -20,8 +20,10 @@ the coordinator's UNIX socket ``.run/coordinator/admin.sock``.
 
 Only one demo runs per state directory (``.run/demo.lock``); a second one
 says so and exits.  The children die with the demo even if it is killed
-(``PR_SET_PDEATHSIG``).  The terminal and desktop apps are enabled only when
-something listens on 127.0.0.1:22 (sshd) and 127.0.0.1:5900 (VNC).
+(``PR_SET_PDEATHSIG``).  The terminal app is enabled only when something listens
+on 127.0.0.1:22 (sshd), the desktop app only when a VNC server listens at
+``$HOMECHANNEL_VNC`` (``HOST:PORT`` or ``unix:/path``; default 127.0.0.1:5900),
+which becomes its ``[apps.desktop] endpoint``.
 
 The demo password is kept in clear in ``.run/password.txt`` (mode 0600) so
 that later runs can show it again; a real home server stores only the
@@ -71,23 +73,56 @@ def listening(host, port, timeout=0.3):
         return False
 
 
-def available_apps(check=listening):
+VNC_ENV = "HOMECHANNEL_VNC"
+DEFAULT_VNC = "127.0.0.1:5900"
+
+
+def vnc_endpoint(environ=os.environ):
+    """Where the demo looks for a VNC server: ``$HOMECHANNEL_VNC`` or 127.0.0.1:5900."""
+    return environ.get(VNC_ENV) or DEFAULT_VNC
+
+
+def serving(endpoint, check=listening, timeout=0.3):
+    """True when something accepts connections at *endpoint* (``HOST:PORT`` or
+    ``unix:/path``); False for one that does not parse."""
+    from homechannel.config import parse_local_endpoint
+    from homechannel.errors import ConfigError
+
+    try:
+        address = parse_local_endpoint(endpoint, VNC_ENV)
+    except ConfigError:
+        return False
+    if address[0] == "tcp":
+        return check(address[1], address[2])
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect(address[1])
+        except OSError:
+            return False
+    return True
+
+
+def available_apps(check=listening, environ=os.environ):
     """``{app: reason it is off, or None}`` for the apps that need a local service."""
+    vnc = vnc_endpoint(environ)
     return {
         "terminal": None if check("127.0.0.1", 22) else
         "no sshd listens on 127.0.0.1:22 (start sshd, then make run again)",
-        "desktop": None if check("127.0.0.1", 5900) else
-        "no VNC server listens on 127.0.0.1:5900 (start one, e.g. x11vnc or Xtigervnc, "
-        "then make run again)",
+        "desktop": None if serving(vnc, check) else
+        f"no VNC server listens at {vnc} (start one, e.g. Xtigervnc or x11vnc, or set "
+        f"{VNC_ENV} to where yours listens, HOST:PORT or unix:/path; then make run again)",
     }
 
 
-def prepare(run_dir, web_port=8080, udp_port=7777, metrics_port=9477, apps=None, say=print):
+def prepare(run_dir, web_port=8080, udp_port=7777, metrics_port=9477, apps=None, say=print,
+            vnc=DEFAULT_VNC):
     """Create or reuse the demo state in *run_dir*; write both configs
     (:func:`homechannel.testing.local.write_pair`, with the keys in *run_dir*).
 
     *apps* maps "terminal"/"desktop" to the reason they are off (None: on);
-    default: all on.  *say* shows progress (a slow first key derivation).
+    default: all on, the desktop app with the VNC server at *vnc*.  *say* shows
+    progress (a slow first key derivation).
     Returns ``(coordinator_toml, server_toml, link, password)``.
     """
     from homechannel import default_static_dir
@@ -113,12 +148,15 @@ def prepare(run_dir, web_port=8080, udp_port=7777, metrics_port=9477, apps=None,
         if os.path.exists(os.path.join(run_dir, "password.json")):
             os.unlink(os.path.join(run_dir, "password.json"))
 
+    apps = apps or {}
+    tables = {name: {"enabled": reason is None} for name, reason in apps.items()}
+    if apps.get("desktop") is None:
+        tables["desktop"] = {"enabled": True, "endpoint": vnc}
     pair = write_pair(
         run_dir, web_port=web_port, udp_port=udp_port, password=password,
         metrics_port=metrics_port, server_metrics_port=metrics_port + 1,
         static_dir=default_static_dir(), keys_dir=run_dir, keep_password_key=True, say=say,
-        server_extra={"apps": {name: {"enabled": reason is None}
-                               for name, reason in (apps or {}).items()}})
+        server_extra={"apps": tables})
     return pair.coordinator_config, pair.server_config, pair.link, password
 
 
@@ -381,7 +419,7 @@ def main(argv=None):
     status = Progress(args.verbose)
     apps = available_apps()
     coordinator_toml, server_toml, link, password = prepare(
-        run_dir, web_port, udp_port, metrics_port, apps, say=status)
+        run_dir, web_port, udp_port, metrics_port, apps, say=status, vnc=vnc_endpoint())
     cwd = os.path.abspath(run_dir)
     logs = {name: os.path.join(cwd, name + ".log") for name in ("coordinator", "server")}
 
@@ -437,6 +475,3 @@ def main(argv=None):
         for child in reversed(children):
             child.stop()
 
-
-if __name__ == "__main__":
-    sys.exit(main())

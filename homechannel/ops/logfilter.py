@@ -19,14 +19,19 @@ import logging
 import os
 
 from twisted.logger import (
-    FilteringLogObserver, LogLevel, LogLevelFilterPredicate, Logger, globalLogPublisher,
+    FilteringLogObserver, ILogObserver, LogLevel, LogLevelFilterPredicate, globalLogPublisher,
 )
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from homechannel.ops.logsafe import Logger
 
 # The stdlib loggers captured, and the level each keeps unless debug is asked for.
 LIBRARIES = {"aiortc": logging.INFO, "aioice": logging.WARNING, "redis": logging.INFO}
 DEBUG_ENV = "HOMECHANNEL_DEBUG_LOGGERS"
 
 
+@implementer(ILogObserver)
 class _Global:
     """The global publisher, looked up at each event (tests may swap observers)."""
 
@@ -56,8 +61,9 @@ def twisted_level(levelno):
 
 class TwistedHandler(logging.Handler):
     """A stdlib ``logging`` handler that emits each record as a ``twisted.logger``
-    event in the namespace of the record's logger (its text in the field ``line``,
-    with the traceback when there is one)."""
+    event in the namespace of the record's logger: its text in the field ``line``
+    (escaped, as every field: ``ops/logsafe.py``), and its exception, when there
+    is one, as the event's failure, whose traceback Twisted prints below it."""
 
     def __init__(self, observer=None):
         super().__init__()
@@ -65,11 +71,12 @@ class TwistedHandler(logging.Handler):
 
     def emit(self, record):
         try:
-            line = record.getMessage()
-            if record.exc_info:
-                line += "\n" + logging.Formatter().formatException(record.exc_info)
+            fields = {"line": record.getMessage()}
+            if record.exc_info and record.exc_info[1] is not None:
+                _, value, tb = record.exc_info
+                fields["log_failure"] = Failure(value, type(value), tb)
             Logger(namespace=record.name, observer=self._observer).emit(
-                twisted_level(record.levelno), "{line}", line=line)
+                twisted_level(record.levelno), "{line}", **fields)
         except Exception:
             self.handleError(record)
 
@@ -95,4 +102,4 @@ def capture_library_logging(environ=os.environ, observer=None):
             _DEBUGGED.add(name)
 
 
-_DEBUGGED = set()     # loggers an earlier call set to debug (reset by the next one)
+_DEBUGGED: set[str] = set()     # loggers an earlier call set to debug (reset by the next one)

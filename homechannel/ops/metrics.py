@@ -20,11 +20,11 @@ import re
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from twisted.logger import Logger
 from twisted.web import resource
 
 from homechannel.config import CoordinatorWeb
 from homechannel.coordinator.httpserver import LimitedSite
+from homechannel.ops.logsafe import Logger
 
 log = Logger()
 
@@ -131,6 +131,10 @@ class ServerCollector:
         yield _gauge(_S + "coordinator_up", "1 while registered with the coordinator.",
                      labels=["coordinator"],
                      rows=[((status["coordinator"],), 1 if status["state"] == "up" else 0)])
+        yield _gauge(_S + "coordinator_family", "1 for the IP family the home server is "
+                     "registered over (IPv6 or IPv4), 0 for the other.", labels=["family"],
+                     rows=[((family,), 1 if status.get("family") == family else 0)
+                           for family in ("IPv6", "IPv4")])
         yield _counter(_S + "registrations", "Completed registrations with a coordinator.",
                        status["registrations"])
         yield _counter(_S + "coordinator_lost", "Times the coordinator link was lost.",

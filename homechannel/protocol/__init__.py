@@ -12,6 +12,9 @@ twin checked against vectors made here.
   datagrams, events and the next deadline.
 - :mod:`~homechannel.protocol.connect` -- the connect flow: the HTTP API's bodies,
   device tokens, the OFFER and ANSWER payloads, refusal codes, connect links.
+- :mod:`~homechannel.protocol.sdp` -- the one SDP shape our clients produce (one
+  datachannel section, exactly one sha-256 fingerprint), checked on every offer and
+  answer.
 - :mod:`~homechannel.protocol.join` -- the join string a coordinator hands to new
   home servers.
 - :mod:`~homechannel.protocol.frames` -- binary frames of the datachannel apps.

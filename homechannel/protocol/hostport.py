@@ -11,6 +11,10 @@ Used for the home server's ``--coordinator`` and ``coordinator.addresses``, the
 CLI's ``migrate --to`` and the native client's ``--listen``; each caller words
 its own error (what the value is for, an example) and adds the parser's hint
 (:meth:`HostPortError.explain`).  :func:`format_host_port` writes one back.
+
+And the two facts about an IP address that both daemons' dual-stack sockets need:
+:func:`ip_family` (``"IPv6"``, ``"IPv4"`` or None) and :func:`unmapped` (an IPv4
+address that a dual-stack socket reports as ``::ffff:a.b.c.d`` written as IPv4).
 Pure: text in, ``(host, port)`` out.
 """
 
@@ -72,6 +76,30 @@ def format_host_port(host: str, port: int) -> str:
     """``host:port``, with brackets around an IPv6 address (what
     :func:`parse_host_port` reads back)."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def ip_family(host: str) -> str | None:
+    """``"IPv6"`` or ``"IPv4"`` for an IP address (an IPv4-mapped IPv6 address is
+    IPv4: it travels as IPv4), None for anything else (a name)."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except (ValueError, AttributeError):
+        return None
+    if ip.version == 6 and ip.ipv4_mapped is None:
+        return "IPv6"
+    return "IPv4"
+
+
+def unmapped(host: str) -> str:
+    """*host* with an IPv4-mapped IPv6 address (``::ffff:192.0.2.1``, how a dual-stack
+    socket reports an IPv4 peer) written as the IPv4 address; anything else unchanged."""
+    if not host.startswith("::ffff:") and not host.startswith("::FFFF:"):
+        return host
+    try:
+        mapped = ipaddress.IPv6Address(host).ipv4_mapped
+    except ValueError:
+        return host
+    return str(mapped) if mapped is not None else host
 
 
 def _is_ipv6(host: str) -> bool:

@@ -12,11 +12,16 @@ coordinator logs it at start and ``homechannel join-string`` prints it;
 Pure: no I/O.
 """
 
+import ipaddress
 import json
 import urllib.parse
+from typing import TYPE_CHECKING, Any
 
 from homechannel import crypto
 from homechannel.errors import ConfigError, ProtocolError
+
+if TYPE_CHECKING:
+    from homechannel.config import CoordinatorConfig
 
 PREFIX = "hcjoin:"
 VERSION = 1
@@ -48,7 +53,7 @@ def decode(text: str) -> dict:
     return {k: doc[k] for k in ("url", "host", "port", "key")}
 
 
-def _check(doc):
+def _check(doc: dict[str, Any]) -> None:
     url, host, port, key = doc.get("url"), doc.get("host"), doc.get("port"), doc.get("key")
     parts = urllib.parse.urlsplit(url) if isinstance(url, str) else None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
@@ -65,15 +70,14 @@ def _check(doc):
             from None
 
 
-def _is_ipv6(host):
-    import ipaddress
+def _is_ipv6(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).version == 6
     except ValueError:
         return False
 
 
-def from_coordinator_config(cfg, key_text: str) -> str:
+def from_coordinator_config(cfg: "CoordinatorConfig", key_text: str) -> str:
     """The join string of a coordinator configuration and its public key."""
     host = cfg.udp.public_host or urllib.parse.urlsplit(cfg.web.public_url).hostname or ""
     return encode(cfg.web.public_url.rstrip("/"), host, cfg.udp.public_port or cfg.udp.port,

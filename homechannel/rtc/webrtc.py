@@ -1,10 +1,29 @@
 """WebRTC helpers shared by the home server's answerer and the native client.
 
-The one place for what both aiortc sides need: ICE servers from settings,
-the peer connection factory, which host addresses to advertise, the SCTP receive
-window (and the UDP receive buffers that hold it), the DTLS certificate the peer actually presented, which candidate pair
-was used, and which TURN URL to try next when the first gave no relay.
+The one place for what both aiortc sides need: ICE servers from settings
+(IPv6 literals included), the peer connection factory, which host addresses to
+advertise, the SCTP receive window (and the UDP receive buffers that hold it),
+the DTLS certificate the peer actually presented, which candidate pair was used,
+and which TURN URL to try next when the first gave no relay.
 Nothing here imports aiortc at module import time.
+
+ICE URLs with IPv6 literals
+---------------------------
+
+aiortc's URL parser (``aiortc.rtcicetransport.parse_stun_turn_uri``) rejects a
+host in brackets: ``stun:[2001:db8::1]:7777`` is "malformed uri", raised when
+the peer connection makes its ICE transport.  aioice itself takes an IPv6
+server address.  So :func:`ice_servers` hands aiortc such a URL with a stand-in
+name for the address (``2001-db8--1.ipv6-literal.homechannel.invalid``: the
+address with ``-`` for ``:``, under the reserved ``.invalid`` domain, so it can
+never resolve to anything else), and :func:`prepare_gathering` puts the
+address back into each ICE connection before it gathers (aioice's
+``Connection.stun_server`` and ``turn_server``).  Every caller goes through
+these two; ``tests/unit/test_webrtc.py`` fails when aiortc's parser or
+aioice's attributes change.  aiortc uses the first STUN URL only, and aioice
+asks it only from IPv4 host addresses (an IPv6 host address is its own public
+address: no NAT), so :func:`ice_servers` puts a STUN server it can use (a
+name or an IPv4 address) first when the list has one.
 
 Which host addresses to advertise
 ---------------------------------
@@ -23,23 +42,76 @@ import ipaddress
 
 from homechannel import crypto
 from homechannel.errors import ConfigError
+from homechannel.protocol.ice import ICE_URL
+
+# The stand-in name aiortc gets for an IPv6 literal (see the module docstring).
+LITERAL_SUFFIX = ".ipv6-literal.homechannel.invalid"
+
+
+def aiortc_url(url):
+    """*url* as aiortc's parser takes it: an IPv6 literal host replaced by its
+    stand-in name; any other URL unchanged."""
+    m = ICE_URL.match(url)
+    if m is None or not m["host"].startswith("["):
+        return url
+    stand_in = m["host"][1:-1].replace(":", "-") + LITERAL_SUFFIX
+    return url[:m.start("host")] + stand_in + url[m.end("host"):]
+
+
+def literal_host(host):
+    """The IPv6 address a stand-in name stands for; any other host unchanged."""
+    if isinstance(host, str) and host.endswith(LITERAL_SUFFIX):
+        return host[:-len(LITERAL_SUFFIX)].replace("-", ":")
+    return host
+
+
+def display_url(url):
+    """A URL :func:`ice_servers` gave aiortc, as the user wrote it (for messages)."""
+    m = ICE_URL.match(url)
+    if m is None or not m["host"].endswith(LITERAL_SUFFIX):
+        return url
+    return url[:m.start("host")] + f"[{literal_host(m['host'])}]" + url[m.end("host"):]
+
+
+def _urls(server):
+    return server.urls if isinstance(server.urls, list) else [server.urls]
 
 
 def ice_servers(entries):
     """ICE server settings (RTCIceServer dicts or URL strings) to aiortc objects.
 
     aiortc uses only the first STUN and the first TURN entry, and aioice
-    silently drops a TURN entry without credentials."""
+    silently drops a TURN entry without credentials.  IPv6 literals get their
+    stand-in names (:func:`aiortc_url`; :func:`prepare_gathering` restores them),
+    and a STUN URL aioice can use goes first (the module docstring)."""
     from aiortc import RTCIceServer
 
     servers = []
     for entry in entries or ():
         if isinstance(entry, str):
-            servers.append(RTCIceServer(urls=entry))
-        else:
-            servers.append(RTCIceServer(urls=entry["urls"], username=entry.get("username"),
-                                        credential=entry.get("credential")))
+            entry = {"urls": entry}
+        urls = entry["urls"]
+        urls = aiortc_url(urls) if isinstance(urls, str) else [aiortc_url(u) for u in urls]
+        servers.append(RTCIceServer(urls=urls, username=entry.get("username"),
+                                    credential=entry.get("credential")))
+    stun = [u for server in servers for u in _urls(server) if u.startswith("stun:")]
+    usable = next((u for u in stun if LITERAL_SUFFIX not in u), None)
+    if usable is not None and stun[0] != usable:
+        servers.insert(0, RTCIceServer(urls=usable))
     return servers
+
+
+def prepare_gathering(pc, addresses=()):
+    """Ready *pc*'s ICE connections to gather: IPv6 literals of ICE servers back in
+    place of their stand-in names, and the extra host *addresses* advertised
+    (:func:`advertise_host_addresses`).  Call it where that one must be called."""
+    for gatherer in ice_gatherers(pc):
+        connection = gatherer._connection  # aioice.Connection; no public accessor exists
+        for name in ("stun_server", "turn_server"):
+            server = getattr(connection, name)
+            if server is not None and literal_host(server[0]) != server[0]:
+                setattr(connection, name, (literal_host(server[0]), server[1]))
+    advertise_host_addresses(pc, addresses)
 
 
 def relay_alternative(servers, sdp):
@@ -60,7 +132,7 @@ def relay_alternative(servers, sdp):
     if used is None or " typ relay" in sdp:
         return None
     for server in servers:
-        for url in server.urls if isinstance(server.urls, list) else [server.urls]:
+        for url in _urls(server):
             alternative = RTCIceServer(urls=url, username=server.username,
                                        credential=server.credential)
             try:
@@ -78,7 +150,7 @@ def peer_connection(servers):
 
     aiortc lists its certificate's sha-256, sha-384 and sha-512 fingerprints;
     HomeChannel accepts exactly one fingerprint attribute per SDP
-    (``connect.sdp_fingerprint``), so each certificate of this connection is
+    (``protocol.sdp.fingerprint``), so each certificate of this connection is
     told to list only its sha-256 one.  aiortc has no public knob: the
     certificates are the connection's own (made in its constructor), and only
     their instance attribute is replaced.
@@ -206,18 +278,41 @@ def remote_fingerprint(pc):
     return crypto.certificate_fingerprint(certificate.public_bytes(Encoding.DER))
 
 
-def selected_pair(pc):
-    """``"host"``/``"srflx"``/``"prflx"``/``"relay"`` of the local and remote
-    candidates of the nominated pair, e.g. ``("host", "srflx")``, or None."""
+def _nominated(pc):
+    """aioice's nominated candidate pair of *pc*'s data transport, or None."""
     sctp = getattr(pc, "sctp", None)
     ice = getattr(getattr(getattr(sctp, "transport", None), "transport", None),
                   "_connection", None)
     pair = None
     for check in getattr(ice, "_nominated", {}).values() if ice is not None else ():
         pair = check
+    return pair
+
+
+def selected_pair(pc):
+    """``"host"``/``"srflx"``/``"prflx"``/``"relay"`` of the local and remote
+    candidates of the nominated pair, e.g. ``("host", "srflx")``, or None."""
+    pair = _nominated(pc)
     if pair is None:
         return None
     return pair.local_candidate.type, pair.remote_candidate.type
+
+
+def selected_family(pc):
+    """``"IPv6"`` or ``"IPv4"``: the family of the nominated pair, or None."""
+    from homechannel.protocol.hostport import ip_family
+
+    pair = _nominated(pc)
+    return ip_family(pair.remote_candidate.host) if pair is not None else None
+
+
+def describe_path(pc):
+    """The path a connection took, for a log line: ``host/srflx over IPv6``."""
+    pair = selected_pair(pc)
+    if pair is None:
+        return "unknown"
+    family = selected_family(pc)
+    return "/".join(pair) + (f" over {family}" if family else "")
 
 
 def parse_addresses(addresses) -> tuple:

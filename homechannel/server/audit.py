@@ -6,8 +6,9 @@ grep audit:``) or route it.  The files app passes each request's outcome
 through :func:`file_request`; the UDP adapter calls :func:`login`.
 """
 
-from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from homechannel.ops.logsafe import Logger
 
 log = Logger(namespace="homechannel.audit")
 

@@ -16,7 +16,7 @@ class ChallengeSource:
     def __init__(self, password_key: bytes, random_bytes=os.urandom, remember=64):
         self._key = password_key
         self._random = random_bytes
-        self._issued = OrderedDict()
+        self._issued: OrderedDict[bytes, None] = OrderedDict()
         self._remember = remember
 
     def issue(self, count):

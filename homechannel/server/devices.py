@@ -43,13 +43,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer
-from twisted.logger import Logger
 
 from homechannel import crypto
 from homechannel.errors import AuthenticationError, ConfigError, ProtocolError
 from homechannel.keyfiles import replace_secret_file
 from homechannel.protocol import connect
 from homechannel.server.statefiles import inline
+from homechannel.ops.logsafe import Logger
 
 log = Logger()
 
@@ -84,10 +84,11 @@ class Device:
         key = connect.parse_device_key(doc.get("key"))
         if crypto.device_id(key) != device_id:
             raise ProtocolError("a device's id is the hash of its key")
-        times = [doc.get("enrolled"), doc.get("last_seen")]
-        if not all(isinstance(t, int) and not isinstance(t, bool) for t in times):
+        enrolled, last_seen = doc.get("enrolled"), doc.get("last_seen")
+        if not (isinstance(enrolled, int) and isinstance(last_seen, int)) \
+                or isinstance(enrolled, bool) or isinstance(last_seen, bool):
             raise ProtocolError("a device's times are integers")
-        return cls(device_id, key, clean_name(doc.get("name")), times[0], times[1])
+        return cls(device_id, key, clean_name(doc.get("name")), enrolled, last_seen)
 
 
 # -- the file (blocking: the CLI, and the running server's threads) ----------------------

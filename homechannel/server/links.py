@@ -27,15 +27,21 @@ A MIGRATE may move the server only to a coordinator whose key is the configured 
 (``coordinator.allow_migrate``, empty by default); any other is refused by the
 registrant (``MigrateRefused``).  ``status()`` says whether the active coordinator's
 key is another than the configured one (``pin_overridden``).
+
+A name with IPv6 and IPv4 addresses is registered with over one of them, IPv6
+first, by racing the HELLO step (Happy Eyeballs, :mod:`homechannel.server.eyeballs`);
+``status()`` says which family won.
 """
 
 import os
 
 from homechannel.crypto import b64u_encode
 from homechannel.protocol.events import Output
+from homechannel.protocol.hostport import format_host_port, ip_family
+from homechannel.server import eyeballs
 from homechannel.server.events import (
     FailedOver, FailingOver, Lost, MigrateRequested, MoveFailed, Moved, Moving, PingMissed,
-    Registered, ResolveFailed, ResolveNeeded,
+    Registered, Reregistering, ResolveFailed, ResolveNeeded,
 )
 from homechannel.server.registrant import Registrant
 
@@ -50,10 +56,12 @@ class Link:
     def __init__(self, host, port, key, registrant):
         self.host, self.port, self.key = host, port, key
         self.registrant = registrant
-        self.addr = None          # resolved (ip, port)
+        self.addr = None          # resolved (ip, port): where the datagrams go
+        self.race = None          # eyeballs.Race while the first HELLO step races families
         self.started_at = None    # first attempt (a move's deadline counts from it)
         self.retry_at = None      # when to resolve again after a failure
         self.resolving = False
+        self.ipv6 = False         # its name has an IPv6 address
         self.failover = False     # to another node of the same cluster, not a move
         self.timeout = MIGRATION_TIMEOUT
 
@@ -118,10 +126,14 @@ class Links:
         link.resolving = False
         if link.registrant.state == "stopped" or link not in self.links():
             return self._output([])
-        ips = [ips] if isinstance(ips, str) else list(ips)
+        ips = eyeballs.interleave([ips] if isinstance(ips, str) else list(ips))
         self._several = self._several or len(ips) > 1
+        link.ipv6 = any(ip_family(ip) == "IPv6" for ip in ips)
         ip = next((ip for ip in ips if (ip, link.port) not in self._unanswered), ips[0])
         link.addr = (ip, link.port)
+        other = eyeballs.other_family(
+            ips, ip, skip={a for a, port in self._unanswered if port == link.port})
+        link.race = eyeballs.Race(link.addr, (other, link.port), now) if other else None
         return self._output(self._out(link, link.registrant.start(now), now))
 
     def resolve_failed(self, link, reason, now):
@@ -157,6 +169,11 @@ class Links:
         for link in self.links():
             if link.addr is not None and addr == link.addr:
                 return self._output(self._out(link, link.registrant.receive(data, now), now))
+            if link.race is not None and addr in link.race:
+                output = link.registrant.receive(data, now)
+                if link.registrant.state != "hello":
+                    link.addr = addr        # its COOKIE came first: this family won
+                return self._output(self._out(link, output, now))
         return None
 
     def set_devices(self, policy, now):
@@ -181,6 +198,8 @@ class Links:
                     and link.registrant.state != "up":
                 self._give_up(link, "it did not answer in time", now)
                 continue
+            if link.race is not None and link.registrant.state == "hello":
+                out += link.race.poll(now)
             deadline = link.registrant.next_deadline()
             if link.addr is not None and deadline is not None and now >= deadline:
                 out += self._out(link, link.registrant.poll(now), now)
@@ -193,6 +212,8 @@ class Links:
                 times.append(link.retry_at)
             if link.addr is not None:
                 times.append(link.registrant.next_deadline())
+            if link.race is not None and link.registrant.state == "hello":
+                times.append(link.race.next_deadline())
             if link is self.moving:
                 times.append(link.started_at + link.timeout)
         times = [t for t in times if t is not None]
@@ -207,7 +228,7 @@ class Links:
 
     def _out(self, link, output, now):
         """A registrant's output: its datagrams addressed, its events acted on and passed on."""
-        out = [(d, link.addr) for d in output.datagrams] if link.addr is not None else []
+        out = self._address(link, output.datagrams, now)
         for event in output.events:
             if isinstance(event, Registered):
                 self._unanswered.discard(link.addr)
@@ -221,8 +242,25 @@ class Links:
                 self._failover(link, f"{event.count} ping(s) unanswered", now)
             elif isinstance(event, Lost) and link is self.active:
                 self._failover(link, event.reason, now)
+            elif (isinstance(event, Reregistering) and link is self.active and link.ipv6
+                  and link.addr is not None and ip_family(link.addr[0]) == "IPv4"):
+                # Registering again anyway (make before break, on this IPv4 address):
+                # the name's IPv6 is tried beside it, and taken if it answers (IPv6
+                # first, as at start: a mapping through no NAT).
+                self._failover(link, "registering again: IPv6 first", now)
             self._events.append((link, event))
         return out
+
+    def _address(self, link, datagrams, now):
+        """*datagrams* of *link*'s registrant addressed: to the link's address, or, in
+        the first HELLO step after resolving a name with both families, to the race's
+        (``eyeballs``; decided by the first COOKIE, and then gone)."""
+        if link.addr is None:
+            return []
+        if link.race is not None and link.registrant.state == "hello":
+            return link.race.send(datagrams)
+        link.race = None
+        return [(d, link.addr) for d in datagrams]
 
     def _moved(self, link):
         old = self.active
@@ -291,12 +329,16 @@ class Links:
 
     def status(self):
         r = self.active.registrant
+        addr = self.active.addr
         return {
             "state": r.state,
             "reregistering": r.reregistering,
             "coordinator": self.active.name,
             "coordinator_key": b64u_encode(self.active.key),
             "pin_overridden": self.active.key != self.pinned,
+            # The address talked to, and its family once registered ("IPv6", "IPv4").
+            "address": format_host_port(*addr) if addr is not None else None,
+            "family": ip_family(addr[0]) if addr is not None and r.state == "up" else None,
             "moving_to": self.moving.name if self.moving is not None else None,
             "registrations": r.stats["registrations"],
             "lost": r.stats["lost"],

@@ -19,9 +19,8 @@ must be listed themselves.  What is dropped is logged.
 import asyncio
 import socket
 
-from twisted.logger import Logger
-
 from homechannel.protocol.ice import AllowedHosts, url_host, with_host
+from homechannel.ops.logsafe import Logger
 
 log = Logger()
 

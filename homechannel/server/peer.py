@@ -39,11 +39,12 @@ import os
 from collections import OrderedDict
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.logger import Logger
 
 from homechannel import aio, crypto
 
+from homechannel.ops.logsafe import Logger
 from homechannel.protocol import connect
+from homechannel.protocol.sdp import fingerprint as sdp_fingerprint
 
 from homechannel.rtc import icechecks, webrtc
 from homechannel.server.devices import EnrolledDevices
@@ -191,18 +192,18 @@ class Answerer:
                       "raise the limit: sysctl -w net.core.rmem_max={wanted} (README, 'A home "
                       "server')", got=got, wanted=wanted)
 
-    def _refuse(self, sid, code, reason, source=None, tell=False, **fields):
-        """Count and log a refusal; its payload (with *reason* in it if *tell*, and
-        *fields*: ``Answer.refusal``'s)."""
+    def _refuse(self, sid, code, reason, source=None, tell=None, **fields):
+        """Count and log a refusal (with *reason*); its payload, with the message *tell*
+        (None: the code's own) and *fields* (``Answer.refusal``'s)."""
         self.logins_refused += 1
         self.log.warn("login refused: session {session} from {source}: {reason}",
                       session=sid, source=source or "?", reason=reason)
-        return Answer.refusal(sid, code, reason if tell else None, **fields).encode()
+        return Answer.refusal(sid, code, tell, **fields).encode()
 
     def _handle_offer(self, payload):
         try:
             offer = connect.Offer.decode(payload)
-            client_fp = connect.sdp_fingerprint(offer.sdp)
+            client_fp = sdp_fingerprint(offer.sdp)
         except ProtocolError as e:
             sid = connect.session_of(payload)
             self.logins_refused += 1
@@ -248,8 +249,8 @@ class Answerer:
             if self._stopping:
                 self._finish(session, self._refuse(sid, BUSY, "shutting down", source))
             else:
-                why, holders = self._slots_in_use()
-                self._finish(session, self._refuse(sid, BUSY, why, source, tell=True,
+                told, logged, holders = self._slots_in_use()
+                self._finish(session, self._refuse(sid, BUSY, logged, source, tell=told,
                                                    slots=self._config.max_sessions,
                                                    holders=holders))
             return succeed(session.payload)
@@ -288,20 +289,22 @@ class Answerer:
         return True
 
     def _slots_in_use(self):
-        """What holds the session slots, for the "busy" refusal: in words for the log
-        and the message (the coordinator passes on 200 characters): each live
-        session's state, age and source; and as ``SlotHolder`` fields (state and age,
-        no address) for the client to show."""
+        """What holds the session slots, for the "busy" refusal: ``(told, logged,
+        holders)``.  *told*, the refusal's message (the coordinator passes on 200
+        characters), and *holders*, its ``SlotHolder`` fields, say each live
+        session's state and age: never its address, since the refused client is not
+        those sessions' owner.  *logged*, for the home server's own log, adds each
+        session's source."""
         live = sorted(self._live, key=lambda s: s.started or 0)
         now = self._clock.seconds()
         holders = tuple(SlotHolder("connected" if s.connected else "connecting",
                                    max(0, int(now - (s.started or now)))) for s in live)
-        parts = [f"{h.state} {h.age} s" + (f" from {s.source}" if s.source else "")
-                 for h, s in zip(holders[:3], live)]
-        if len(live) > 3:
-            parts.append(f"{len(live) - 3} more")
-        why = f"all {self._config.max_sessions} session slots are in use: {'; '.join(parts)}"
-        return why, holders
+        more = [f"{len(live) - 3} more"] if len(live) > 3 else []
+        told = [f"{h.state} {h.age} s" for h in holders[:3]] + more
+        logged = [f"{h.state} {h.age} s" + (f" from {s.source}" if s.source else "")
+                  for h, s in zip(holders[:3], live)] + more
+        head = f"all {self._config.max_sessions} session slots are in use: "
+        return head + "; ".join(told), head + "; ".join(logged), holders
 
     def _reply_of(self, session):
         if session.payload is not None:
@@ -359,7 +362,7 @@ class Answerer:
         dtls = pc.sctp.transport if pc.sctp is not None else None
         if dtls is not None:
             dtls.on("statechange", lambda: self._dtls_state(session, dtls))
-        webrtc.advertise_host_addresses(pc, self._advertise)
+        webrtc.prepare_gathering(pc, self._advertise)
         icechecks.prompt_triggered_checks(pc)
         webrtc.set_receive_window(pc, too_small=self._small_buffers)
         await pc.setLocalDescription(await pc.createAnswer())
@@ -367,7 +370,7 @@ class Answerer:
             return self._refuse(session.sid, INTERNAL, "peer connection closed while answering",
                                 session.source)
         sdp = pc.localDescription.sdp
-        server_fp = connect.sdp_fingerprint(sdp, "answer")
+        server_fp = sdp_fingerprint(sdp, "answer")
         now = int(self._clock.seconds())
         signature = self._identity.sign(crypto.answer_signature_message(
             session.sid, offer.challenge, digest, session.client_fp, server_fp, now, sdp))
@@ -444,8 +447,9 @@ class Answerer:
             if session.timeout is not None and session.timeout.active():
                 session.timeout.cancel()
             pair = webrtc.selected_pair(session.pc)
-            self.log.info("session {session} connected ({path})", session=session.sid,
-                          path="/".join(pair) if pair else "path unknown")
+            self.log.info("session {session} connected ({path}){family}", session=session.sid,
+                          path="/".join(pair) if pair else "path unknown",
+                          family=f" over {webrtc.selected_family(session.pc)}" if pair else "")
         elif state in ("failed", "closed"):
             self._close(session, f"connection {state}")
 

@@ -36,10 +36,10 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Optional, TypeAlias
 
-from twisted.logger import Logger
 
 from homechannel import crypto
 
+from homechannel.ops.logsafe import Logger
 from homechannel.protocol import udp
 from homechannel.protocol.udp import POOL
 from homechannel.config import ServerKeepalive

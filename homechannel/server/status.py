@@ -10,10 +10,10 @@ import json
 import os
 from functools import partial
 
-from twisted.logger import Logger
 
 from homechannel import keyfiles
 from homechannel.errors import ConfigError, HomeChannelError
+from homechannel.ops.logsafe import Logger
 from homechannel.server.statefiles import FileWriter, inline
 
 log = Logger()

@@ -63,15 +63,16 @@ def _make(options):
     aio.install_asyncio_reactor()
     from twisted.application import internet
     from twisted.internet import reactor
-    from twisted.logger import Logger
 
     from homechannel import aio, config, crypto, keyfiles
 
     from homechannel.protocol import connect
 
-    from homechannel.ops import logfilter, metrics
+    from homechannel.ops import dualstack, logfilter, metrics
+    from homechannel.ops.logsafe import Logger
     from homechannel.errors import ConfigError
     from homechannel.server.apps import AppHost
+    from homechannel.server.apps.uploads import SWEEP_INTERVAL
     from homechannel.server.challenges import ChallengeSource
     from homechannel.server.devices import EnrolledDevices
     from homechannel.server.offerice import OfferIcePolicy
@@ -118,7 +119,8 @@ def _make(options):
                  "allows); remove the file to go back to the configured coordinator",
                  path=cfg.failover_path, key=crypto.b64u_encode(target[2]))
 
-    app_host = AppHost(cfg.apps, identity.text, cfg.state_dir, reactor)
+    to_thread = reactor_threads(reactor)    # the state files' writes (fsync), the sweep
+    app_host = AppHost(cfg.apps, identity.text, cfg.state_dir, reactor, to_thread)
     links = []
 
     def ice_servers():
@@ -138,8 +140,10 @@ def _make(options):
     answerer = Answerer(identity, password_key, challenges, cfg.webrtc, app_host, reactor,
                         ice_servers=ice_servers, devices=devices,
                         offer_ice=OfferIcePolicy(allowed_ice_hosts))
+    # One UDP port for both families (IPv4 only on a host without IPv6).
+    ipv6 = dualstack.ipv6_available()
     udp = ServerUDP(identity, challenges, cfg.keepalive, target, reactor, answerer,
-                    cfg.failover_path, resolve=reactor_resolver(reactor),
+                    cfg.failover_path, resolve=reactor_resolver(reactor, ipv6=ipv6),
                     candidates=candidates, to_thread=to_thread,
                     allow_migrate=allow_migrate, pinned=coordinator_key)
     links.append(udp)
@@ -147,12 +151,19 @@ def _make(options):
     udp.set_devices(devices.policy())
 
     top = _home_server_class()(answerer, udp)
-    internet.UDPServer(0, udp).setServiceParent(top)
+    dualstack.UDPServer(reactor, 0, udp,
+                        dualstack.BOTH if ipv6 else dualstack.ANY_IPV4).setServiceParent(top)
     status = StatusFile(cfg.status_path, udp, answerer, reactor, to_thread=to_thread)
     udp.on_change = status.changed
     internet.TimerService(2.0, status.tick).setServiceParent(top)
     # 'homechannel devices revoke' changes the file: noticed within one tick.
     internet.TimerService(2.0, devices.poll).setServiceParent(top)
+
+    files = cfg.apps.files
+    if files.enabled and files.roots and not files.read_only:
+        # partial upload files a crash left behind: at start, then every hour
+        internet.TimerService(SWEEP_INTERVAL, lambda: app_host.uploads.sweep(
+            reactor.seconds())).setServiceParent(top)
     if cfg.metrics.listen:
         metrics.service(cfg.metrics.listen, metrics.registry_for(
             metrics.ServerCollector(udp, answerer, app_host)), reactor,

@@ -14,10 +14,11 @@ from collections import OrderedDict
 
 from twisted.internet import defer
 from twisted.internet.protocol import DatagramProtocol
-from twisted.logger import Logger
 
 from homechannel.crypto import b64u_encode
 from homechannel.ops.deadline import DeadlineTimer
+from homechannel.ops.logsafe import Logger
+from homechannel.protocol.hostport import format_host_port, ip_family
 from homechannel.server import audit
 from homechannel.server.events import (
     AttemptFailed, FailedOver, FailingOver, Left, Lost, MigrateRefused, MoveFailed, Moved,
@@ -70,25 +71,32 @@ def literal_ip(host):
     return defer.fail(OSError(f"{host} is not an IP address and no resolver was given"))
 
 
-def reactor_resolver(reactor):
+def reactor_resolver(reactor, ipv6=True):
     """Literal IPs at once; names through *reactor*'s resolver (never blocking), as
-    every IPv4 address the name has (a cluster's nodes may share one name)."""
+    every address the name has, IPv6 and IPv4 (a cluster's nodes may share one name;
+    the links race the two families, ``server/eyeballs.py``).  With *ipv6* False (a
+    host without IPv6: the UDP port is IPv4 only) only IPv4 addresses."""
     def resolve(host):
         result = literal_ip(host)
         if isinstance(result, str):
+            if not ipv6 and ip_family(result) == "IPv6":
+                return defer.fail(OSError(f"{host} is an IPv6 address, and this host has no "
+                                          "IPv6: give coordinator.host as a name or an IPv4 "
+                                          "address"))
             return result
         result.addErrback(lambda _: None)
-        return _all_ipv4(reactor, host)
+        return _all_addresses(reactor, host, ipv6)
     return resolve
 
 
-def _all_ipv4(reactor, host):
-    from twisted.internet.address import IPv4Address
+def _all_addresses(reactor, host, ipv6):
+    from twisted.internet.address import IPv4Address, IPv6Address
     from twisted.internet.interfaces import IResolutionReceiver
     from zope.interface import implementer
 
     d = defer.Deferred()
     found = []
+    kinds = [IPv4Address, IPv6Address] if ipv6 else [IPv4Address]
 
     @implementer(IResolutionReceiver)
     class Receiver:
@@ -96,16 +104,17 @@ def _all_ipv4(reactor, host):
             pass
 
         def addressResolved(self, address):
-            if isinstance(address, IPv4Address) and address.host not in found:
+            if isinstance(address, tuple(kinds)) and address.host not in found:
                 found.append(address.host)
 
         def resolutionComplete(self):
             if found:
                 d.callback(found)
             else:
-                d.errback(OSError(f"{host} has no IPv4 address"))
+                d.errback(OSError(f"{host} has no {'IPv6 or IPv4' if ipv6 else 'IPv4'} "
+                                  "address"))
 
-    reactor.nameResolver.resolveHostName(Receiver(), host, 0, [IPv4Address])
+    reactor.nameResolver.resolveHostName(Receiver(), host, 0, kinds)
     return d
 
 
@@ -251,7 +260,9 @@ class ServerUDP(DatagramProtocol):
         d.addErrback(lambda f: log.failure("bug after resolving {host}", f, host=link.host))
 
     def _registered(self, link, _):
-        log.info("registered with coordinator {name}", name=link.name)
+        log.info("registered with coordinator {name} over {family} ({address})",
+                 name=link.name, family=ip_family(link.addr[0]),
+                 address=format_host_port(*link.addr))
 
     def _attempt_failed(self, link, event):
         delay = link.registrant.next_deadline()
@@ -300,8 +311,9 @@ class ServerUDP(DatagramProtocol):
                  old=self.links.active.name, why=event.reason, name=link.name)
 
     def _failed_over(self, link, event):
-        log.info("failed over from coordinator {old} to {new}", old=event.old.name,
-                 new=link.name)
+        # One name may be both (another address of it, e.g. the other IP family).
+        log.info("failed over from coordinator {old} to {new}", old=_where(event.old),
+                 new=_where(link))
 
     def _migrate_refused(self, link, event):
         log.warn("coordinator {name} asked this server to move to {host}:{port} with the "
@@ -380,6 +392,13 @@ class ServerUDP(DatagramProtocol):
             audit.login(False, session, source, str(answer_doc.get("error"))[:64])
         else:
             audit.login(True, session, source)
+
+
+def _where(link):
+    """A link's name, with its address when that says more: ``hc.example:7777
+    ([2001:db8::10]:7777)``."""
+    address = format_host_port(*link.addr) if link.addr else link.name
+    return link.name if address == link.name else f"{link.name} ({address})"
 
 
 def _json(payload):

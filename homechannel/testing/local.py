@@ -27,7 +27,9 @@ from dataclasses import dataclass
 
 from homechannel import crypto, keyfiles
 from homechannel.errors import KeyFileError
+from homechannel.ops.endpoints import quote
 from homechannel.protocol.connect import connect_link
+from homechannel.protocol.hostport import format_host_port
 
 
 def write_toml(path, data: dict):
@@ -50,7 +52,12 @@ def merge(table: dict, extra: dict | None) -> dict:
 
 
 def _listen(port, host="127.0.0.1"):
-    return f"tcp:{port}:interface={host}" if port else ""
+    return f"tcp:{port}:interface={quote(host)}" if port else ""
+
+
+def _url(host, port):
+    """``http://HOST:PORT`` (an IPv6 address in brackets)."""
+    return f"http://{format_host_port(host, port)}"
 
 
 def coordinator_config(state_dir, *, udp_port, web_port, host="127.0.0.1", udp_interface=None,
@@ -62,7 +69,7 @@ def coordinator_config(state_dir, *, udp_port, web_port, host="127.0.0.1", udp_i
     cfg = {
         "state_dir": state_dir,
         "udp": {"interface": udp_interface or host, "port": udp_port},
-        "web": {"listen": _listen(web_port, host), "public_url": f"http://{host}:{web_port}"},
+        "web": {"listen": _listen(web_port, host), "public_url": _url(host, web_port)},
         "metrics": {"listen": _listen(metrics_port)},
     }
     if identity_key:
@@ -81,7 +88,7 @@ def server_config(state_dir, *, coordinator_key_text, udp_port, web_port, host="
     *extra* merged."""
     cfg = {
         "state_dir": state_dir,
-        "coordinator_url": f"http://{host}:{web_port}",
+        "coordinator_url": _url(host, web_port),
         "coordinator": {"host": host, "port": udp_port, "public_key": coordinator_key_text},
         "metrics": {"listen": _listen(metrics_port)},
     }
@@ -133,7 +140,7 @@ class LocalPair:
 
     @property
     def url(self):
-        return f"http://{self.host}:{self.web_port}"
+        return _url(self.host, self.web_port)
 
     @property
     def link(self):

@@ -6,9 +6,10 @@
 - fixture ``chromium``: a Playwright ``Browser`` running Debian's
   chromium headless with the flags WebRTC needs in a loopback-only netns.
 - fixture ``chromium_page``: a fresh context + page, closed at teardown.
-- fixture ``nat_chromium``: ``launch(topology, url)`` -> a page in a Chromium that runs
-  in the client namespace of a ``tests/support/nat.py`` topology.
 - fixture ``sshd``: a real sshd (password sign-in) and a fresh test user.
+- fixture ``topology_factory``: NAT topologies (tests/support/nat.py), torn down after.
+- fixture ``nat_chromium``: ``launch(topology, url)``, a Chromium in a topology's
+  client namespace (tests/support/natpeers.py reads its selected pair).
 """
 
 import secrets
@@ -73,51 +74,6 @@ def chromium_page(chromium):
         context.close()
 
 
-# Every RTCPeerConnection the page makes, for getStats().
-CAPTURE_PCS = """
-(() => {
-  const Orig = window.RTCPeerConnection;
-  window.__hcPcs = [];
-  window.RTCPeerConnection = function (...args) {
-    const pc = new Orig(...args);
-    window.__hcPcs.push(pc);
-    return pc;
-  };
-  window.RTCPeerConnection.prototype = Orig.prototype;
-})();
-"""
-
-
-@pytest.fixture
-def nat_chromium(tmp_path):
-    """``launch(topology, url)`` -> a Playwright page in a Chromium that runs in the
-    client namespace and treats the coordinator's http origin as secure."""
-    import nat
-
-    chromium = require_tool("chromium", "chromium")
-    sync_playwright = require_module("playwright.sync_api", "run 'make venv'").sync_playwright
-
-    with sync_playwright() as p:
-        browsers = []
-
-        def launch(topology, url):
-            wrapper = nat.chromium_wrapper(topology, "client", str(tmp_path), chromium)
-            browser = p.chromium.launch(
-                executable_path=wrapper, headless=True,
-                args=CHROMIUM_ARGS + [f"--unsafely-treat-insecure-origin-as-secure={url}"])
-            browsers.append(browser)
-            page = browser.new_context().new_page()
-            page.on("console", lambda msg: print(f"[browser {msg.type}] {msg.text}"))
-            page.add_init_script(CAPTURE_PCS)
-            return page
-
-        try:
-            yield launch
-        finally:
-            for b in browsers:
-                b.close()
-
-
 # -- sshd --------------------------------------------------------------------
 
 
@@ -155,3 +111,34 @@ def topology_factory():
     yield make
     for topo in made:
         topo.down()
+
+
+@pytest.fixture
+def nat_chromium(tmp_path):
+    """``launch(topology, url)`` -> a Playwright page in a Chromium that runs in the
+    client namespace and treats the coordinator's http origin as secure."""
+    import nat
+    from natpeers import CAPTURE_PCS
+
+    chromium = require_tool("chromium", "chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browsers = []
+
+        def launch(topology, url):
+            wrapper = nat.chromium_wrapper(topology, "client", str(tmp_path), chromium)
+            browser = p.chromium.launch(
+                executable_path=wrapper, headless=True,
+                args=CHROMIUM_ARGS + [f"--unsafely-treat-insecure-origin-as-secure={url}"])
+            browsers.append(browser)
+            page = browser.new_context().new_page()
+            page.on("console", lambda msg: print(f"[browser {msg.type}] {msg.text}"))
+            page.add_init_script(CAPTURE_PCS)
+            return page
+
+        try:
+            yield launch
+        finally:
+            for b in browsers:
+                b.close()

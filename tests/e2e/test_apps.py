@@ -214,7 +214,7 @@ def png_pixels(png):
 def test_desktop_shows_the_vnc_screen(tmp_path, twistd, chromium_page, red_desktop):
     page = chromium_page
     pair, coordinator, server = start_pair(
-        twistd, tmp_path, server_extra={"apps": {"desktop": {"port": red_desktop}}})
+        twistd, tmp_path, server_extra={"apps": {"desktop": {"endpoint": f"127.0.0.1:{red_desktop}"}}})
     open_session(page, pair)
     page.get_by_role("tab", name="Desktop").click()
     page.locator(".app-desktop [role=status]", has_text="Connected.").wait_for(timeout=20_000)

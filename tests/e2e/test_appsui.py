@@ -142,7 +142,7 @@ def test_session_view_fills_the_window_in_light_dark_and_on_a_phone(
     xclip = require_tool("xclip", "xclip")
     vnc_port, display = desktop_1280
     pair, coordinator, server = start_pair(twistd, tmp_path, server_extra={"apps": {
-        "terminal": {"port": sshd["port"]}, "desktop": {"port": vnc_port}}})
+        "terminal": {"port": sshd["port"]}, "desktop": {"endpoint": f"127.0.0.1:{vnc_port}"}}})
     (tmp_path / "files" / "notes.txt").write_text("hello from home\n")
     (tmp_path / "files" / "a folder").mkdir()
     context = chromium.new_context(viewport={"width": 1280, "height": 800}, color_scheme="light")
@@ -408,7 +408,7 @@ def test_desktop_keeps_the_first_error_times_out_and_retries(tmp_path, twistd, c
     page.add_init_script("window.__hcDesktopTimeoutMs = 4000;")
     vnc = free_tcp_port()
     pair, coordinator, server = start_pair(twistd, tmp_path, server_extra={"apps": {
-        "desktop": {"port": vnc}}})
+        "desktop": {"endpoint": f"127.0.0.1:{vnc}"}}})
     open_session(page, pair)
     desktop = tab(page, "Desktop")
     status = desktop.locator(".desktop-status")

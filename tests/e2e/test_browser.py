@@ -21,7 +21,10 @@ from daemons import PASSWORD, kill, make_pair
 def test_connect_and_control_round_trip(tmp_path, twistd, chromium_page):
     page = chromium_page
     page.add_init_script(CAPTURE_CHANNELS)
-    pair, coordinator, server = start_pair(twistd, tmp_path)
+    # The desktop app is on once its VNC endpoint is configured (nothing need listen
+    # there for its tab to show).
+    pair, coordinator, server = start_pair(twistd, tmp_path, server_extra={
+        "apps": {"desktop": {"endpoint": "127.0.0.1:5999"}}})
     open_link(page, pair)
     connect(page)
     assert page.locator("#session-status").inner_text() == "Connected"
@@ -283,7 +286,9 @@ def test_a_short_wait_is_counted_down_and_tried_again_by_itself(tmp_path, twistd
     assert page.locator("#connect-error").get_by_role("button", name="Cancel").is_visible()
     page.get_by_role("button", name="Disconnect").wait_for(timeout=30_000)
     server.wait_for_log(r"session \S+ connected", timeout=10)
-    assert gate.waits == [2] and gate.count == 2
+    # Retry-After is the time until the spent budget has a lookup again: 1.5 s, or
+    # less when spending it took a while (a loaded machine), so 2 or 1.
+    assert len(gate.waits) == 1 and gate.waits[0] in (1, 2) and gate.count == 2, gate.waits
     seen = [n["text"] for n in notices(page) if n["retrying"]]
     assert any(t.startswith("Too many attempts. Trying again in 2 s…") for t in seen), seen
     assert any(t.startswith("Too many attempts. Trying again in 1 s…") for t in seen), seen
@@ -341,7 +346,11 @@ def test_a_refusal_waits_for_a_click_when_tried_again_cancelled_or_long(
     page.get_by_role("button", name="Disconnect").click()
 
     # 4. A long wait: locked out for 60 s after a wrong password (this browser signed in
-    # before, so the home server refuses its proof: bad-proof); no countdown.
+    # before, so the home server refuses its proof: bad-proof); no countdown.  Steps 1
+    # and 2 spent this address's lookups, which come back one every 1.5 s; step 4
+    # takes up to four (the device path and then the password path by itself), so
+    # first let the budget refill that far, or a short rate-limit would come first.
+    time.sleep(4 * 1.5 + 2)
     page.get_by_label("Password").fill("not the password")
     page.get_by_role("button", name="Connect").click()
     kind, _ = connect_error(page)
@@ -349,10 +358,21 @@ def test_a_refusal_waits_for_a_click_when_tried_again_cancelled_or_long(
     before = len(notices(page))
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Connect").click()
-    page.locator("#connect-error[data-kind=locked-out]").wait_for(timeout=30_000)
-    text = box.inner_text()
-    m = re.match(r"Too many wrong passwords from this browser\. Try again in (\d+) seconds\.",
-                 text)
+    # The next error (not the bad-proof one still shown): its kind and text.
+    try:
+        page.wait_for_function("""() => {
+          const box = document.querySelector("#connect-error");
+          return !box.hidden && box.dataset.kind !== "bad-proof" && !box.dataset.retrying;
+        }""", timeout=30_000)
+    finally:
+        kind, text = box.get_attribute("data-kind"), box.inner_text()
+    assert kind == "locked-out", (kind, text, page.locator("#session-status").inner_text())
+    # The browser's device was locked out, so it tried the password path by itself
+    # (issue 17); the one wrong password locked this network out as well (one failure
+    # before a lockout here), so that is the error, with the device's note under it.
+    m = re.match(r"Too many wrong passwords from your network\. Try again in (\d+) "
+                 r"seconds\.\s+This browser is locked out after wrong passwords; the "
+                 r"password was tried instead\.$", text)
     assert m and int(m.group(1)) > 10, text
     assert not retrying.count() and not box.get_by_role("button", name="Cancel").count()
     assert not [n for n in notices(page)[before:] if n["retrying"]], notices(page)

@@ -63,6 +63,7 @@ def test_coordinator_starts_with_string_ice_servers_and_turn(tmp_path, twistd):
 
     secret = tmp_path / "turn-secret"
     secret.write_text(SECRET.decode() + "\n")
+    secret.chmod(0o600)                   # the coordinator refuses a secret others read
     web_port = free_tcp_port()
     cfg = write_toml(tmp_path / "c.toml", {
         "state_dir": str(tmp_path),

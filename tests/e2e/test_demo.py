@@ -21,10 +21,11 @@ from helpers import REPO, free_tcp_port, free_udp_port
 BANNER_END = "Ctrl-C to stop."
 
 
-def start_demo(run_dir, web, udp, metrics, *args):
+def start_demo(run_dir, web, udp, metrics, *args, env=None):
     env = dict(os.environ, PYTHONPATH=REPO, PYTHONUNBUFFERED="1",
                HOMECHANNEL_RUN_DIR=str(run_dir), HOMECHANNEL_WEB_PORT=str(web),
-               HOMECHANNEL_UDP_PORT=str(udp), HOMECHANNEL_METRICS_PORT=str(metrics))
+               HOMECHANNEL_UDP_PORT=str(udp), HOMECHANNEL_METRICS_PORT=str(metrics),
+               **(env or {}))
     return subprocess.Popen([sys.executable, "-m", "homechannel.demo", *args], env=env,
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
@@ -215,3 +216,58 @@ def test_a_daemon_that_exits_early_is_shown_with_the_end_of_its_log(tmp_path):
     assert reason in out and reason in read_file(log), out
     assert "Server Shut Down." in read_file(run_dir / "coordinator.log")    # stopped
     assert "HomeChannel demo is running" not in out
+
+
+def test_the_desktop_tab_is_there_with_a_vnc_server_at_homechannel_vnc(tmp_path):
+    """A VNC server where HOMECHANNEL_VNC says (here Xtigervnc on a UNIX socket): the
+    demo writes it as [apps.desktop] endpoint, says nothing about the desktop being
+    off, and the home server lists the desktop app and pipes to it.  How this was
+    shown to fail: with the demo writing only "enabled" (no endpoint), the hello had
+    no desktop app."""
+    import asyncio
+
+    from services import xtigervnc
+
+    from homechannel import keyfiles
+    from homechannel.client import session
+    from homechannel.client.control import wait_open
+
+    run_dir = tmp_path / "run"
+    sock = tmp_path / "vnc.sock"
+    web = free_tcp_port()
+    with xtigervnc(unix_path=sock):
+        demo = start_demo(run_dir, web, free_udp_port(), free_tcp_port(),
+                          env={"HOMECHANNEL_VNC": f"unix:{sock}"})
+        try:
+            out = read_until(demo, BANNER_END)
+            server_id = out.split("#server=", 1)[1].split()[0]
+            with open(run_dir / "server.toml", "rb") as f:
+                desktop = tomllib.load(f)["apps"]["desktop"]
+            assert desktop == {"enabled": True, "endpoint": f"unix:{sock}"}
+
+            async def main():
+                pc, _, hello = await session.connect(
+                    f"http://127.0.0.1:{web}", server_id,
+                    (run_dir / "password.txt").read_text().strip(),
+                    keyfiles.load_identity_key(run_dir / "coordinator.key").text,
+                    advertise_addresses=("127.0.0.1",), timeout=30)
+                try:
+                    channel = pc.createDataChannel("app:desktop:1")
+                    got = asyncio.Queue()
+                    channel.on("message", got.put_nowait)
+                    await wait_open(channel, 15)
+                    return hello, [await asyncio.wait_for(got.get(), 15) for _ in range(2)]
+                finally:
+                    await pc.close()
+
+            hello, (_, banner) = asyncio.run(asyncio.wait_for(main(), 60))
+            assert "desktop" in [a["name"] for a in hello["apps"]]
+            assert bytes(banner) == b"RFB 003.008\n"
+            time.sleep(0.5)
+            os.set_blocking(demo.stdout.fileno(), False)
+            out += (demo.stdout.read() or b"").decode(errors="replace")
+            assert "the desktop app is off" not in out, out
+        finally:
+            if demo.poll() is None:
+                os.killpg(demo.pid, signal.SIGINT)
+                demo.wait(60)

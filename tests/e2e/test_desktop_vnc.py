@@ -19,7 +19,7 @@ def vnc():
 
 
 def test_rfb_banner_through_the_pipe(tmp_path, vnc):
-    apps = ServerApps(desktop=DesktopApp(port=vnc))
+    apps = ServerApps(desktop=DesktopApp(endpoint=f"127.0.0.1:{vnc}"))
 
     async def main():
         with private_reactor() as reactor:

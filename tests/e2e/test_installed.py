@@ -164,7 +164,7 @@ def test_every_app_tab_from_the_installed_package(tmp_path, venv, chromium_page,
     page.on("pageerror", lambda e: errors.append(str(e)))
     with services.xtigervnc("640x480") as (vnc_port, _display):
         pair = make_pair(tmp_path, server_extra={"apps": {
-            "terminal": {"port": sshd["port"]}, "desktop": {"port": vnc_port}}})
+            "terminal": {"port": sshd["port"]}, "desktop": {"endpoint": f"127.0.0.1:{vnc_port}"}}})
         python = str(venv / "bin" / "python")
         started = []
         try:

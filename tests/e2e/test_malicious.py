@@ -20,7 +20,7 @@ Each rewrite is one row of the matrix, tried by both clients:
   BUNDLE group change, an ``a=setup`` flip, swapped ICE credentials, moved or
   injected candidates.  The home server refuses every one before it consumes
   the challenge or creates a peer connection.  Rewrites that break the shape are
-  refused as a bad offer (the shape check, ``connect.sdp_fingerprint`` in
+  refused as a bad offer (the shape check, ``protocol.sdp.fingerprint`` in
   ``server/peer.py``); the others as a proof that does not verify (the proof
   binds the offer hash, ``crypto.check_proof``).  The test asserts the
   specific reason per row, so each check is needed: shown in a scratch copy of

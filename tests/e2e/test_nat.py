@@ -6,8 +6,6 @@ STUN (on its registry UDP port) is what makes the cone case work.
 """
 
 import contextlib
-import os
-import re
 import sys
 import time
 
@@ -16,44 +14,7 @@ import pytest
 import nat
 from helpers import require_tool
 from daemons import PASSWORD
-
-# The candidate types of the pair the last peer connection uses.
-SELECTED_PAIR = """async () => {
-  const pc = window.__hcPcs[window.__hcPcs.length - 1];
-  const stats = await pc.getStats();
-  let pairId = null;
-  stats.forEach((s) => { if (s.type === "transport" && s.selectedCandidatePairId) pairId = s.selectedCandidatePairId; });
-  const pair = pairId ? stats.get(pairId) : null;
-  if (!pair) return null;
-  const local = stats.get(pair.localCandidateId), remote = stats.get(pair.remoteCandidateId);
-  return {local: local.candidateType, remote: remote.candidateType,
-          localAddress: local.address, remoteAddress: remote.address,
-          relayProtocol: local.relayProtocol || null};
-}"""
-
-
-def native_connect(topo, pair, tmp_path, *extra, timeout=90):
-    """``homechannel connect`` in the client namespace; returns (exit status, stdout,
-    the "path: local/remote" it logged or None, stderr)."""
-    password = tmp_path / "password"
-    password.write_text(PASSWORD)
-    env = dict(os.environ, XDG_CONFIG_HOME=str(tmp_path / "client-config"))
-    import subprocess
-    proc = topo.popen("client", [sys.executable, "-m", "homechannel.cli", "connect",
-                                 "--server", pair.link, "--password-file", str(password),
-                                 "--coordinator-key", pair.coordinator_key.text,
-                                 "--no-device-token", "--insecure-http", *extra],
-                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    out, err = proc.communicate(timeout=timeout)
-    m = re.search(r"^path: (\w+)/(\w+)$", err, re.M)
-    return proc.returncode, out, (m.groups() if m else None), err
-
-
-def path_of(server):
-    """``(local, remote)`` candidate types the home server logged for its last
-    connected session ("session X connected (srflx/srflx)"), or None."""
-    found = re.findall(r"session \S+ connected \((\w+)/(\w+)\)", server.output)
-    return found[-1] if found else None
+from natpeers import SELECTED_PAIR, native_connect, offer_gets_in, path_of
 
 
 def test_stun_answer_through_nat_with_coturns_client(topology_factory, tmp_path, twistd):
@@ -121,19 +82,6 @@ def test_cone_nats_native_client_connects_without_ice_settings(topology_factory,
 SCALE = 5
 
 
-def native_offer(topo, pair, tmp_path):
-    """Start ``homechannel connect`` in the client namespace (it need not connect:
-    the test looks for the offer reaching the home server); returns the process."""
-    password = tmp_path / "password"
-    password.write_text(PASSWORD)
-    import subprocess
-    return topo.popen("client", [sys.executable, "-m", "homechannel.cli", "connect",
-                                 "--server", pair.link, "--password-file", str(password),
-                                 "--coordinator-key", pair.coordinator_key.text,
-                                 "--insecure-http"],
-                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
 def test_registration_survives_30s_nat_udp_timeout(topology_factory, tmp_path, twistd):
     """A home router that forgets idle UDP mappings after 30 s, and picks a new random
     port for each new one (so a mapping that expired shows as a new address and a
@@ -156,12 +104,7 @@ def test_registration_survives_30s_nat_udp_timeout(topology_factory, tmp_path, t
     assert "lost the coordinator" not in server.output
     assert "registering again" not in server.output       # an UNKNOWN, a lost link
     assert "stopped answering" not in server.output
-    client = native_offer(topo, pair, tmp_path)
-    try:
-        server.wait_for_log(r"login accepted: session", timeout=30)
-    finally:
-        client.kill()
-        client.wait()
+    offer_gets_in(topo, pair, tmp_path, server, timeout=30)
 
 
 def test_recovers_quickly_after_the_home_routers_address_changes(
@@ -214,6 +157,7 @@ def _turn_pair(topo, tmp_path, twistd):
 
     secret = tmp_path / "turn-secret"
     secret.write_text(TURN_SECRET + "\n")
+    secret.chmod(0o600)                   # the coordinator refuses a secret others read
     (tmp_path / "coturn").mkdir()
     with coturn(tmp_path / "coturn", TURN_SECRET, listen=nat.PUBLIC_HOST,
                 prefix=topo.exec_prefix("pub"), extra=readme_coturn_policy()):

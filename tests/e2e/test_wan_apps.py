@@ -56,7 +56,7 @@ def wan_session(topology_factory, tmp_path, twistd, nat_chromium):
     topo = topology_factory(wan=Wan(rtt=RTT))
     with services.red_xtigervnc("640x480", prefix=topo.exec_prefix("home")) as (vnc, display):
         pair, coordinator, server = nat.start_nat_pair(
-            twistd, tmp_path, topo, server={"apps": {"desktop": {"port": vnc}}})
+            twistd, tmp_path, topo, server={"apps": {"desktop": {"endpoint": f"127.0.0.1:{vnc}"}}})
         page = nat_chromium(topo, pair.url)
         page.add_init_script(NO_SAVE_PICKER)
         open_link(page, pair)

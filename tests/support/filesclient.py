@@ -16,11 +16,15 @@ def sync_thread(f, *args):
 
 
 class Client:
-    def __init__(self, root, high=1024 * 1024, low=256 * 1024, **config):
+    def __init__(self, root, high=1024 * 1024, low=256 * 1024, clock=None, uploads=None,
+                 **config):
+        """*clock* times idle uploads (none by default); *uploads* is shared with other
+        clients (the home server's one ``Uploads``)."""
         self.channel = FakeChannel()
         self.link = ChannelLink(self.channel, high=high, low=low)
         self.session = files.FilesSession(FilesApp(roots=(str(root),), **config), self.link,
-                                          reactor=None, defer_to_thread=sync_thread)
+                                          reactor=None, defer_to_thread=sync_thread,
+                                          uploads=uploads, clock=clock)
         self.channel.on("message", self.session.message_received)
         self.seen = 0
 

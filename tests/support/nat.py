@@ -19,6 +19,22 @@ one mapping serves every destination); symmetric NAT is ``masquerade
 fully-random`` (a new random port per flow).  Each router's firewall lets in
 only replies (``ct state established,related``), to the LAN and to itself.  ``udp_timeout`` sets the
 router's UDP conntrack timeouts (both unreplied and "stream").
+
+IPv6 is off in every namespace unless a topology asks for it (``ipv6=True``).
+Then the same namespaces are also dual-stack, as a DS-Lite or mobile network is:
+IPv6 routed, no NAT, and each router's IPv6 firewall lets in only replies
+(``ct state established,related``) and neighbour discovery to itself::
+
+      coordinator 2001:db8::10 (ns pub, 2001:db8::/64 on the bridge)
+      home router 2001:db8::2, home 2001:db8:1::2 (2001:db8:1::/64)
+      client router 2001:db8::3, client 2001:db8:2::2 (2001:db8:2::/64)
+
+``ipv6_only=("home",)`` gives that side's LAN no IPv4 at all.  Every address is
+added without duplicate address detection (``nodad``, and DAD and router
+advertisements off before any link exists): an address that becomes valid a
+second after "link up" is a network change to Chromium (ERR_NETWORK_CHANGED).
+The name :data:`COORDINATOR_NAME` resolves to both of the coordinator's addresses
+in every namespace (an ``/etc/hosts`` bind-mounted in this private mount namespace).
 """
 
 import os
@@ -29,6 +45,11 @@ import uuid
 PUBLIC_HOST = "203.0.113.10"
 ROUTER_WAN = {"home": "203.0.113.2", "client": "203.0.113.3"}
 LAN = {"home": ("10.1.0.1", "10.1.0.2"), "client": ("10.2.0.1", "10.2.0.2")}
+# IPv6 (opt-in per topology): routed, no NAT.
+PUBLIC_HOST6 = "2001:db8::10"
+ROUTER_WAN6 = {"home": "2001:db8::2", "client": "2001:db8::3"}
+LAN6 = {"home": ("2001:db8:1::1", "2001:db8:1::2"), "client": ("2001:db8:2::1", "2001:db8:2::2")}
+COORDINATOR_NAME = "coordinator.test"
 
 
 class TopologyError(Exception):
@@ -85,15 +106,25 @@ table ip homechannel_nat {{
 class Topology:
     """Build with :meth:`up`, always :meth:`down` (or use it as a context manager)."""
 
-    def __init__(self, home_nat="cone", client_nat="cone", udp_timeout=None, wan=None):
+    def __init__(self, home_nat="cone", client_nat="cone", udp_timeout=None, wan=None,
+                 ipv6=False, ipv6_only=()):
         """*wan* (a :class:`wan.Wan`): the client router's link to the public side is
-        an emulated WAN link (delay, loss, rate), see ``tests/support/wan.py``."""
+        an emulated WAN link (delay, loss, rate), see ``tests/support/wan.py``.
+        *ipv6*: every namespace dual-stack (IPv6 routed behind stateful firewalls);
+        *ipv6_only*: the sides ("home", "client") whose LAN has no IPv4."""
         for nat in (home_nat, client_nat):
             if nat not in ("cone", "symmetric"):
                 raise ValueError(f"unknown NAT kind {nat!r}")
+        if set(ipv6_only) - {"home", "client"} or (ipv6_only and not ipv6):
+            raise ValueError("ipv6_only takes sides (\"home\", \"client\") and needs ipv6=True")
+        if ipv6 and wan is not None:
+            raise ValueError("the WAN emulator carries IPv4 only")
         self.nat = {"home": home_nat, "client": client_nat}
         self.udp_timeout = udp_timeout
         self.wan = wan
+        self.ipv6 = ipv6
+        self.ipv6_only = tuple(ipv6_only)
+        self._hosts = None          # the /etc/hosts this topology bind-mounted
         tag = uuid.uuid4().hex[:6]
         names = ["pub", "rhome", "home", "rclient", "client"] + (["wan"] if wan else [])
         self.ns = {name: f"hc{tag}-{name}" for name in names}
@@ -138,13 +169,16 @@ class Topology:
             for name in self.ns.values():
                 _run("ip", "netns", "add", name)
                 self._made.append(name)
-                # IPv4 only, and no IPv6 at all: a link-local address finishing
-                # duplicate address detection a second after "link up" is a network
-                # change to Chromium, which fails its page loads in flight with
-                # ERR_NETWORK_CHANGED (seen in CI).  Off before any link exists.
-                _run("ip", "netns", "exec", name, "sysctl", "-qw",
-                     "net.ipv6.conf.all.disable_ipv6=1",
-                     "net.ipv6.conf.default.disable_ipv6=1", check=False)
+                if self.ipv6:
+                    _run("ip", "netns", "exec", name, "sysctl", "-qw", *IPV6_QUIET)
+                else:
+                    # IPv4 only, and no IPv6 at all: a link-local address finishing
+                    # duplicate address detection a second after "link up" is a network
+                    # change to Chromium, which fails its page loads in flight with
+                    # ERR_NETWORK_CHANGED (seen in CI).  Off before any link exists.
+                    _run("ip", "netns", "exec", name, "sysctl", "-qw",
+                         "net.ipv6.conf.all.disable_ipv6=1",
+                         "net.ipv6.conf.default.disable_ipv6=1", check=False)
                 _run("ip", "-n", name, "link", "set", "lo", "up")
             self.ip("pub", "link", "add", "br0", "type", "bridge")
             self.ip("pub", "link", "set", "br0", "up")
@@ -154,6 +188,8 @@ class Topology:
             self.ip("pub", "route", "add", "default", "dev", "br0")
             for side, router in (("home", "rhome"), ("client", "rclient")):
                 self._router(side, router)
+            if self.ipv6:
+                self._ipv6_up()
         except BaseException:
             self.down()
             raise
@@ -182,11 +218,14 @@ class Topology:
         gateway, host = LAN[side]
         _run("ip", "link", "add", "lan", "netns", ns[router], "type", "veth",
              "peer", "name", "eth0", "netns", ns[side])
-        self.ip(router, "addr", "add", f"{gateway}/24", "dev", "lan")
+        if side not in self.ipv6_only:
+            self.ip(router, "addr", "add", f"{gateway}/24", "dev", "lan")
         self.ip(router, "link", "set", "lan", "up")
-        self.ip(side, "addr", "add", f"{host}/24", "dev", "eth0")
+        if side not in self.ipv6_only:
+            self.ip(side, "addr", "add", f"{host}/24", "dev", "eth0")
         self.ip(side, "link", "set", "eth0", "up")
-        self.ip(side, "route", "add", "default", "via", gateway)
+        if side not in self.ipv6_only:
+            self.ip(side, "route", "add", "default", "via", gateway)
         self.run(router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
         self.run(router, "nft", "-f", "-", input=_nat_rules(self.nat[side]))
         if self.udp_timeout is not None:
@@ -219,7 +258,43 @@ class Topology:
         self.run(router, "nft", "insert", "rule", "ip", "homechannel_nat", "forward_filter",
                  "iifname", "wan", "ct", "status", "dnat", "accept")
 
+    def _ipv6_up(self):
+        """The IPv6 half of a dual-stack topology (see the module docstring)."""
+        self.ip("pub", "addr", "add", f"{PUBLIC_HOST6}/64", "dev", "br0", "nodad")
+        self.run("pub", "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+        for side, router in (("home", "rhome"), ("client", "rclient")):
+            gateway, host = LAN6[side]
+            self.ip(router, "addr", "add", f"{ROUTER_WAN6[side]}/64", "dev", "wan", "nodad")
+            self.ip(router, "route", "add", "default", "via", PUBLIC_HOST6)
+            self.ip(router, "addr", "add", f"{gateway}/64", "dev", "lan", "nodad")
+            self.ip(side, "addr", "add", f"{host}/64", "dev", "eth0", "nodad")
+            self.ip(side, "route", "add", "default", "via", gateway)
+            self.ip("pub", "route", "add", f"{gateway.rsplit(':', 1)[0]}:/64", "via",
+                    ROUTER_WAN6[side])
+            self.run(router, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+            self.run(router, "nft", "-f", "-", input=FIREWALL6)
+        self._hosts = _bind_hosts({COORDINATOR_NAME: (PUBLIC_HOST, PUBLIC_HOST6)})
+
+    def unsolicited_counter(self, side, source, port):
+        """Count, at the router of *side*, the IPv6 datagrams from *source*:*port* that
+        its firewall drops (not replies to anything the LAN sent); returns a function
+        that reads the count."""
+        router = "rhome" if side == "home" else "rclient"
+        self.run(router, "nft", "insert", "rule", "ip6", "homechannel_fw6", "forward_filter",
+                 "iifname", "wan", "ip6", "saddr", source, "udp", "sport", str(port), "ct",
+                 "state", "!=", "{", "established,", "related", "}", "counter")
+
+        def read():
+            out = self.run(router, "nft", "list", "chain", "ip6", "homechannel_fw6",
+                           "forward_filter").stdout
+            line = next(line for line in out.splitlines() if source in line)
+            return int(line.split("packets")[1].split()[0])
+        return read
+
     def down(self):
+        if self._hosts is not None:
+            _unbind_hosts(self._hosts)
+            self._hosts = None
         for proc in self._procs:
             proc.kill()
             proc.wait()
@@ -270,6 +345,57 @@ class Topology:
         return LAN["client"][1]
 
 
+# -- IPv6 ------------------------------------------------------------------------------------
+
+# A namespace with IPv6: no duplicate address detection, no router advertisements or
+# autoconfiguration (every address is static), set before any link exists.
+IPV6_QUIET = ("net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0",
+              "net.ipv6.conf.all.accept_ra=0", "net.ipv6.conf.default.accept_ra=0",
+              "net.ipv6.conf.default.autoconf=0")
+
+# Each router's IPv6 firewall: routed, no NAT; in from the WAN only replies to what
+# went out (and, to the router itself, neighbour discovery, without which nothing
+# reaches it at all).  What a home router's IPv6 firewall does by default.
+FIREWALL6 = """
+table ip6 homechannel_fw6 {
+  chain forward_filter {
+    type filter hook forward priority filter; policy accept;
+    iifname "wan" ct state established,related accept
+    iifname "wan" drop
+  }
+  chain input_filter {
+    type filter hook input priority filter; policy accept;
+    iifname "wan" ct state established,related accept
+    iifname "wan" icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept
+    iifname "wan" drop
+  }
+}
+"""
+
+
+def _bind_hosts(names):
+    """``/etc/hosts`` with *names* (name -> addresses) added, bind-mounted over the real
+    one in this private mount namespace (tests/netns-run), so every namespace's
+    resolver (``ip netns exec`` keeps the mount) finds them; returns the copy's path."""
+    import tempfile
+    with open("/etc/hosts") as f:
+        text = f.read()
+    fd, path = tempfile.mkstemp(prefix="hc-hosts-")
+    with os.fdopen(fd, "w") as f:
+        f.write(text.rstrip("\n") + "\n")
+        for name, addresses in names.items():
+            for address in addresses:
+                f.write(f"{address} {name}\n")
+    os.chmod(path, 0o644)
+    _run("mount", "--bind", path, "/etc/hosts")
+    return path
+
+
+def _unbind_hosts(path):
+    _run("umount", "/etc/hosts", check=False)
+    os.unlink(path)
+
+
 def chromium_wrapper(topology, ns, directory, chromium="/usr/bin/chromium"):
     """A script that starts *chromium* inside namespace *ns*, for Playwright's
     ``executable_path`` (Playwright talks to it over inherited pipes)."""
@@ -302,23 +428,39 @@ def coordinator_status(pair):
         conn.close()
 
 
-def nat_pair(tmp_path, topology, coordinator=None, server=None):
+def nat_pair(tmp_path, topology, coordinator=None, server=None, host=PUBLIC_HOST,
+             udp_interface="0.0.0.0"):
     """Keys, password and configs for a coordinator on the public host and a home
     server behind the home router: no ICE settings anywhere unless *coordinator*
     or *server* (tables merged into the configs) add them.  Returns a
-    ``daemons.Pair`` whose ``url`` and ``link`` use the public address."""
+    ``daemons.Pair`` whose ``url`` and ``link`` use the public address *host*."""
     from daemons import make_pair
 
-    return make_pair(tmp_path, web_port=WEB_PORT, udp_port=UDP_PORT, host=PUBLIC_HOST,
-                     udp_interface="0.0.0.0", advertise_loopback=False,
+    return make_pair(tmp_path, web_port=WEB_PORT, udp_port=UDP_PORT, host=host,
+                     udp_interface=udp_interface, advertise_loopback=False,
                      coordinator_extra=coordinator, server_extra=server)
 
 
-def start_nat_pair(start, tmp_path, topology, coordinator=None, server=None):
+def start_dual_stack_pair(start, tmp_path, topology, coordinator_host=COORDINATOR_NAME,
+                          coordinator=None, server=None):
+    """``start_nat_pair`` with the coordinator on both families (UDP on ``::``, the web
+    on every address; its URL the IPv4 one) and the home server registering with
+    *coordinator_host* (by default the name with both addresses)."""
+    from homechannel.testing.local import merge
+
+    return start_nat_pair(start, tmp_path, topology,
+                          coordinator=merge({"web": {"listen": f"tcp:{WEB_PORT}"}},
+                                            coordinator),
+                          server=merge({"coordinator": {"host": coordinator_host}}, server),
+                          udp_interface="::")
+
+
+def start_nat_pair(start, tmp_path, topology, coordinator=None, server=None, **kw):
     """Start the coordinator (ns pub) and the home server (ns home) with
     *start* (the ``twistd`` fixture, or a function with its signature);
-    returns ``(pair, coordinator, server)`` once the server has registered."""
-    pair = nat_pair(tmp_path, topology, coordinator, server)
+    returns ``(pair, coordinator, server)`` once the server has registered.
+    *kw*: ``nat_pair``'s *host* and *udp_interface*."""
+    pair = nat_pair(tmp_path, topology, coordinator, server, **kw)
     c = start("homechannel-coordinator", pair.coordinator_config,
               prefix=topology.exec_prefix("pub"))
     c.wait_for_log("coordinator: UDP")

@@ -137,24 +137,38 @@ def authorize_key(user, tmp_path):
 
 
 @contextlib.contextmanager
-def xtigervnc(geometry="320x200", prefix=(), port=None, localhost=True, args=(), stderr=None):
+def xtigervnc(geometry="320x200", unix_path=None, prefix=(), port=None, localhost=True, args=(),
+              stderr=None):
     """Xtigervnc without a VNC password on a loopback port; yields (port, display).
-    *prefix*: run it in a network namespace (``ip netns exec NS``), on *port*, and
-    listening on every address unless *localhost*; *args*: more options; *stderr*:
-    a file for its log (default: a pipe, read if it fails to start)."""
+    With *unix_path*: on that UNIX socket instead (``-rfbunixpath``, mode 0600, no TCP
+    port); yields (unix_path, display).  *prefix*: run it in a network namespace
+    (``ip netns exec NS``), on *port*, and listening on every address unless
+    *localhost*; *args*: more options; *stderr*: a file for its log (default: a pipe,
+    read if it fails to start)."""
     binary = require_tool("Xtigervnc", "tigervnc-standalone-server")
-    port = port or free_tcp_port()
     display = next(n for n in range(60, 200) if not os.path.exists(f"/tmp/.X11-unix/X{n}")
                    and not os.path.exists(f"/tmp/.X{n}-lock"))
-    proc = subprocess.Popen([*prefix, binary, f":{display}", "-rfbport", str(port),
-                             *(["-localhost"] if localhost else []),
-                             "-SecurityTypes", "None", "-geometry", geometry, *args],
+    if unix_path is None:
+        port = port or free_tcp_port()
+        listen = ["-rfbport", str(port), *(["-localhost"] if localhost else [])]
+    else:
+        listen = ["-rfbunixpath", str(unix_path)]
+    proc = subprocess.Popen([*prefix, binary, f":{display}", *listen, "-SecurityTypes", "None",
+                             "-geometry", geometry, *args],
                             stdout=subprocess.DEVNULL, stderr=stderr or subprocess.PIPE)
     try:
-        wait_for_port(proc, port, "Xtigervnc",
-                      lambda: proc.stderr.read().decode(errors="replace") if proc.stderr else "",
-                      prefix=prefix)
-        yield port, display
+        log_text = lambda: proc.stderr.read().decode(errors="replace") if proc.stderr else ""  # noqa: E731
+        if unix_path is None:
+            wait_for_port(proc, port, "Xtigervnc", log_text, prefix=prefix)
+            yield port, display
+            return
+        deadline = time.monotonic() + 15
+        while not os.path.exists(unix_path):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail(f"Xtigervnc did not start: {log_text()}")
+            time.sleep(0.05)
+        yield str(unix_path), display
     finally:
         proc.terminate()
         proc.wait(5)

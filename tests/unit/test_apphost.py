@@ -28,7 +28,24 @@ def test_hello_lists_enabled_apps_in_table_order_with_their_fields(tmp_path):
         {"name": "forward", "title": "Forward", "version": 1, "ports": [22, 5900]},
     ]
     assert [a["name"] for a in host(tmp_path, terminal=TerminalApp(enabled=False)).app_list()] == \
-        [name for name in APPS if name not in ("terminal", "forward")]
+        [name for name in APPS if name not in ("terminal", "forward", "desktop")]
+
+
+def test_the_desktop_is_off_until_a_vnc_server_is_configured(tmp_path):
+    """Nothing is sent to 127.0.0.1:5900 just because it is the usual port: the app is
+    not listed, and its channel is refused, until ``endpoint`` names the VNC server.
+    How this was shown to fail: with the desktop on by default (``DesktopApp.active``
+    returning ``enabled``), it was listed and its channel connected to 127.0.0.1:5900."""
+    ch = FakeChannel("app:desktop:1")
+    off = host(tmp_path)
+    off.channel_opened(ch)
+    assert "desktop" not in [a["name"] for a in off.app_list()]
+    assert json.loads(ch.sent[0]) == {
+        "op": "error", "code": "app-disabled",
+        "message": "the desktop app is off on this server: no VNC server is configured "
+                   "([apps.desktop] endpoint)"}
+    on = host(tmp_path, desktop=DesktopApp(endpoint="unix:/run/vnc.sock"))
+    assert {"name": "desktop", "title": "Desktop", "version": 1} in on.app_list()
 
 
 @pytest.mark.parametrize("label,code", [("app:nope:1", "unknown-app"), ("app:desktop:1", "app-disabled"),

@@ -6,7 +6,9 @@ import socket
 from twisted.internet import defer
 
 from homechannel.server.apps.channel import ChannelLink
+from homechannel.server.apps.localservice import LocalService
 from homechannel.server.apps.pipe import TCPPipe
+from homechannel.server.statefiles import inline
 from homechannel.testing.apps import FakeChannel
 
 
@@ -111,7 +113,8 @@ class FakeTransport:
 def test_pipe_ties_tcp_reading_to_the_channel_and_bounds_the_other_way():
     ch = FakeChannel("app:desktop:1")
     link = ChannelLink(ch, high=1 << 20, low=256 << 10)
-    pipe = TCPPipe(link, None, "127.0.0.1", 5900, "VNC server")
+    pipe = TCPPipe(link, None, LocalService.tcp("the VNC server", "apps.desktop", "127.0.0.1",
+                                                5900, ()), inline)
     t = FakeTransport()
     pipe.tcp_connected(t)
     assert ch.sent[0] == '{"op": "open", "port": 5900}'
@@ -133,36 +136,33 @@ def test_pipe_ties_tcp_reading_to_the_channel_and_bounds_the_other_way():
 
 
 def test_desktop_reads_the_vnc_socket_only_while_little_is_queued(tmp_path):
-    """The desktop app's channel (opened through the AppHost, as the browser opens
-    it) stops reading the VNC server's socket once more than ``desktop.HIGH``
+    """The desktop app's channel (made by the AppHost's app table, as when the browser
+    opens it) stops reading the VNC server's socket once more than ``desktop.HIGH``
     (64 KiB, not the 1 MiB other pipes queue) waits in the channel, and reads
     again once it drained to ``desktop.LOW``; the socket's receive buffer is
     ``desktop.RECEIVE_BUFFER``: screen updates wait in the VNC server, where it
     sees the backlog, not here where they go stale.  How this was shown to fail:
     without the ``set_marks`` in ``apps._desktop``, the socket was read until 1 MiB
     was queued."""
-    from twisted.internet.address import IPv4Address
-    from twisted.internet.testing import MemoryReactor
+    from twisted.internet.testing import MemoryReactorClock
 
     from homechannel.config import DesktopApp, ServerApps
-    from homechannel.server.apps import AppHost, desktop
+    from homechannel.server.apps import APPS, AppHost, desktop
 
-    reactor = MemoryReactor()
-    host = AppHost(ServerApps(desktop=DesktopApp(port=5901)), "S", str(tmp_path), reactor)
+    host = AppHost(ServerApps(desktop=DesktopApp(endpoint="127.0.0.1:5901")), "S",
+                   str(tmp_path), MemoryReactorClock())
     ch = FakeChannel("app:desktop:1")
-    host.channel_opened(ch)
-    [(address, port, factory, _timeout, _bind)] = reactor.tcpClients
-    assert (address, port) == ("127.0.0.1", 5901)
+    # the desktop row of the app table, as AppHost.channel_opened uses it
+    session = APPS["desktop"].session(host, host.config.desktop, ChannelLink(ch))
     t = FakeTransport()
-    tcp = factory.buildProtocol(IPv4Address("TCP", address, port))
-    tcp.makeConnection(t)
+    session.pipe.tcp_connected(t)    # (the owner check passed)
     assert ch.sent[0] == '{"op": "open", "port": 5901}'
     assert t.socket.options == {(socket.SOL_SOCKET, socket.SO_RCVBUF): desktop.RECEIVE_BUFFER}
     block = 16 * 1024
     for _ in range(100):
         if t.paused:
             break
-        tcp.dataReceived(b"v" * block)
+        session.pipe.tcp_data(b"v" * block)
     assert t.paused
     assert desktop.HIGH < ch.bufferedAmount <= desktop.HIGH + block, ch.bufferedAmount
     ch.drain(ch.bufferedAmount - desktop.LOW - 1)

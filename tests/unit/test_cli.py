@@ -115,6 +115,34 @@ def test_join_string_from_the_coordinator_config(tmp_path):
     assert doc["port"] == 7000
 
 
+def test_join_writes_the_desktop_endpoint_or_says_the_desktop_is_off(tmp_path):
+    """``join --desktop ENDPOINT`` writes [apps.desktop] endpoint (checked as the home
+    server checks it); without it, the written config has no endpoint and join says
+    the desktop app is off and how to turn it on."""
+    import tomllib
+
+    pw = tmp_path / "pw"
+    pw.write_text("a long enough password\n")
+    string = join.encode("https://hc.example", "hc.example", 7777, KEY)
+    common = ["--state-dir", str(tmp_path / "state"), "--no-qr", "--password-file", str(pw)]
+    r = run("join", string, "--config", str(tmp_path / "a.toml"), "--desktop",
+            "unix:/run/user/1000/homechannel-vnc.sock", *common)
+    assert r.returncode == 0, r.stderr
+    with open(tmp_path / "a.toml", "rb") as f:
+        assert tomllib.load(f)["apps"]["desktop"] == {
+            "endpoint": "unix:/run/user/1000/homechannel-vnc.sock"}
+    assert "desktop app is off" not in r.stderr
+    r = run("join", string, "--config", str(tmp_path / "b.toml"), *common)
+    assert r.returncode == 0, r.stderr
+    with open(tmp_path / "b.toml", "rb") as f:
+        assert "desktop" not in tomllib.load(f)["apps"]
+    assert "the desktop app is off until [apps.desktop] endpoint names your VNC server" \
+        in r.stderr
+    one_clear_line(run("join", string, "--config", str(tmp_path / "c.toml"), "--desktop",
+                       "vnc.sock", *common), "apps.desktop.endpoint")
+    assert not (tmp_path / "c.toml").exists()
+
+
 def test_qr_code_encodes_the_link():
     text = cli.server.qr_text("http://127.0.0.1:8080/#server=" + KEY)
     lines = text.strip("\n").splitlines()

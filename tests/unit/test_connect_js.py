@@ -19,6 +19,8 @@ import pytest
 from homechannel import crypto
 
 from homechannel.protocol import connect
+from homechannel.protocol.sdp import MAX_SDP
+from homechannel.protocol.sdp import fingerprint as sdp_fingerprint
 from homechannel.errors import HomeChannelError
 
 from helpers import REPO
@@ -75,7 +77,7 @@ SDP_CASES = {
     "control character": good("a=x:\x00\r\n"),
     "lone CR hiding a second fingerprint": good().replace(
         "a=setup:actpass\r\n", f"a=setup:actpass\ra=fingerprint:sha-256 {FP2}\r\n"),
-    "too large": good("a=x:" + "y" * connect.MAX_SDP + "\r\n"),
+    "too large": good("a=x:" + "y" * MAX_SDP + "\r\n"),
     "empty": "",
 }
 
@@ -113,7 +115,7 @@ console.log(JSON.stringify(out));
 def answer_case(server, session, challenge, digest, client_fp, sdp, when, *, sign_sdp=None,
                 doc_session=None, flip=False):
     sig = server.sign(crypto.answer_signature_message(
-        session, challenge, digest, client_fp, connect.sdp_fingerprint(sign_sdp or sdp, "answer")
+        session, challenge, digest, client_fp, sdp_fingerprint(sign_sdp or sdp, "answer")
         if (sign_sdp or sdp).count("fingerprint") == 1 else FP2, when, sign_sdp or sdp))
     if flip:
         sig = bytes([sig[0] ^ 1]) + sig[1:]
@@ -195,7 +197,7 @@ def test_connect_js_matches_python(tmp_path):
     expected_sdp = {}
     for name, sdp in SDP_CASES.items():
         try:
-            expected_sdp[name] = connect.sdp_fingerprint(sdp)
+            expected_sdp[name] = sdp_fingerprint(sdp)
         except HomeChannelError:
             expected_sdp[name] = "refused:bad-sdp"
     assert out["sdp"] == expected_sdp
@@ -232,7 +234,7 @@ def test_python_sdp_shape(name):
     ok = name in {"good", "session-level fingerprint", "algorithm in upper case",
                   "lower-case hex", "LF line ends"}
     if ok:
-        assert connect.sdp_fingerprint(sdp) == FP
+        assert sdp_fingerprint(sdp) == FP
     else:
         with pytest.raises(HomeChannelError):
-            connect.sdp_fingerprint(sdp)
+            sdp_fingerprint(sdp)

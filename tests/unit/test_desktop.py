@@ -15,7 +15,7 @@ def test_no_vnc_server_is_a_clear_error(tmp_path, monkeypatch):
     from homechannel.server.apps import channel
 
     monkeypatch.setattr(channel, "CLOSE_GRACE", 0.3)
-    apps = ServerApps(desktop=DesktopApp(port=free_tcp_port()))
+    apps = ServerApps(desktop=DesktopApp(endpoint=f"127.0.0.1:{free_tcp_port()}"))
 
     async def main():
         with private_reactor() as reactor:

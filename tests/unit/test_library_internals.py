@@ -75,6 +75,71 @@ def test_aiortc_connection_kwargs():
     assert (got["turn_transport"], got["turn_ssl"]) == ("tcp", True)
 
 
+def test_aiortc_rejects_ipv6_literals_and_takes_the_stand_in_names():
+    """``webrtc.ice_servers`` gives aiortc a stand-in name for an IPv6 literal because
+    ``parse_stun_turn_uri`` rejects a host in brackets ("malformed uri"), and
+    ``webrtc.prepare_gathering`` puts the address back into the aioice
+    ``Connection``'s ``stun_server`` and ``turn_server`` (read when it gathers).  When
+    aiortc learns IPv6 literals this fails, and the stand-in names can go.  How this
+    was shown to fail: without setting ``stun_server`` after the constructor, the
+    gathering below has no server-reflexive candidate."""
+    from aioice import Connection
+    from aiortc import RTCIceServer
+    from aiortc import rtcicetransport
+
+    from homechannel.rtc import webrtc
+
+    parse = has(rtcicetransport, "parse_stun_turn_uri")
+    for url in ("stun:[2001:db8::1]:7777", "turn:[2001:db8::1]:3478?transport=udp"):
+        with pytest.raises(ValueError, match="malformed uri"):
+            parse(url)
+            pytest.fail(f"aiortc now parses {url}: the stand-in names of rtc/webrtc.py "
+                        "(aiortc_url, prepare_gathering) are no longer needed")
+    kwargs = has(rtcicetransport, "connection_kwargs")([
+        RTCIceServer(webrtc.aiortc_url("stun:[2001:db8::1]:7777")),
+        RTCIceServer(webrtc.aiortc_url("turn:[2001:db8::2]:3478?transport=udp"), "u", "c")])
+    assert webrtc.literal_host(kwargs["stun_server"][0]) == "2001:db8::1"
+    assert webrtc.literal_host(kwargs["turn_server"][0]) == "2001:db8::2"
+    connection = Connection(ice_controlling=False, **kwargs)
+    assert has(connection, "stun_server") == kwargs["stun_server"]
+    assert has(connection, "turn_server") == kwargs["turn_server"]
+
+    async def gather_with_the_address_put_back():
+        # A real STUN server (the coordinator's responder) on loopback; the connection
+        # is made with a stand-in and gets the address afterwards, as prepare_gathering
+        # does: its server-reflexive candidate shows the attribute is read when it gathers.
+        from collections import Counter
+
+        from homechannel.coordinator.stun import StunResponder
+
+        responder = StunResponder(Counter())
+
+        class Stun(asyncio.DatagramProtocol):
+            def connection_made(self, transport):
+                self.transport = transport
+
+            def datagram_received(self, data, addr):
+                for reply, to in responder.receive(data, addr, 0.0):
+                    self.transport.sendto(reply, to)
+
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            Stun, local_addr=("127.0.0.1", 0))
+        ice = Connection(ice_controlling=False, stun_server=(
+            webrtc.aiortc_url("stun:[::1]:9").split(":")[1], 9))
+        ice.stun_server = ("127.0.0.1", transport.get_extra_info("sockname")[1])
+        try:
+            candidates = await ice.get_component_candidates(component=1,
+                                                            addresses=["127.0.0.1"])
+        finally:
+            await ice.close()
+            transport.close()
+        return [c.type for c in candidates]
+
+    assert "srflx" in asyncio.run(gather_with_the_address_put_back()), \
+        "INTERNAL Connection.stun_server set after the constructor is no longer used " \
+        "when it gathers"
+
+
 def test_aioice_connection_methods_we_wrap_or_call():
     """``icechecks`` wraps ``Connection.check_incoming`` on an instance and calls
     ``check_state`` and ``check_start_task``; ``webrtc.advertise_host_addresses`` wraps

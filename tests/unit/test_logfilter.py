@@ -5,7 +5,7 @@ once, and aioice's chatter stays out unless asked for."""
 import logging
 
 import pytest
-from twisted.logger import LogLevel, formatEvent
+from twisted.logger import LogLevel, formatEvent, formatEventAsClassicLogText
 
 from homechannel.ops import logfilter
 
@@ -92,14 +92,28 @@ def test_chatter_stays_out_unless_asked(captured):
 
 
 def test_a_traceback_is_kept(captured):
+    """The exception goes with the event as its failure: Twisted prints the traceback
+    under the (escaped) line, each of its lines indented."""
     events = captured()
     try:
         raise ValueError("boom")
     except ValueError:
         logging.getLogger("redis").exception("command failed")
     (event,) = events
-    text = formatEvent(event)
-    assert text.startswith("command failed\nTraceback") and "ValueError: boom" in text
+    assert formatEvent(event) == "command failed" and event["log_failure"].check(ValueError)
+    text = formatEventAsClassicLogText(event)
+    assert "command failed\n\tTraceback" in text and "ValueError: boom" in text
+
+
+def test_a_library_line_cannot_forge_another(captured):
+    """A library's message with a peer's text in it (an SDP line, a candidate, a
+    Redis reply) stays one line.  How this was shown to fail: with the line
+    emitted through twisted.logger's own Logger, the forged line stood alone."""
+    events = captured()
+    logging.getLogger("aiortc").warning("bad SDP %r%s", "x", "\nFORGED audit: accepted\x1b[2K")
+    (event,) = events
+    text = formatEventAsClassicLogText(event)
+    assert text.count("\n") == 1 and "\\nFORGED audit: accepted\\x1b[2K" in text
 
 
 @pytest.mark.parametrize("levelno, level", [

@@ -18,6 +18,7 @@ from twisted.internet.task import Clock
 from homechannel import aio, crypto
 
 from homechannel.protocol import connect
+from homechannel.protocol.sdp import fingerprint as sdp_fingerprint
 
 from homechannel.rtc import webrtc
 from homechannel.config import ServerWebRTC
@@ -156,8 +157,8 @@ async def test_valid_offer_is_answered_signed_and_connects(h):
     assert abs(reply["time"] - time.time()) < 60
     answer = reply["answer"]
     message = crypto.answer_signature_message(
-        sid, challenge, crypto.offer_hash(sdp), connect.sdp_fingerprint(sdp),
-        connect.sdp_fingerprint(answer), reply["time"], answer)
+        sid, challenge, crypto.offer_hash(sdp), sdp_fingerprint(sdp),
+        sdp_fingerprint(answer), reply["time"], answer)
     crypto.verify(h.identity.public_raw, crypto.b64u_decode(reply["signature"]), message)
     # The signature covers the SDP: any change breaks it.
     with pytest.raises(Exception):
@@ -387,7 +388,7 @@ async def forged_certificate_session(h):
     as if a DTLS stack checked something else.  Returns (client pc, its control channel,
     the server's DTLS transport) once the answer is applied."""
     pc, channel, sdp = await h.client_offer()
-    forged = sdp.replace(connect.sdp_fingerprint(sdp), ":".join(["5A"] * 32))
+    forged = sdp.replace(sdp_fingerprint(sdp), ":".join(["5A"] * 32))
     reply = await h.offer(h.payload(forged)[0])
     assert "answer" in reply      # the proof is right for the SDP it came with
     await pc.setRemoteDescription(RTCSessionDescription(sdp=reply["answer"], type="answer"))
@@ -440,7 +441,7 @@ async def test_the_real_app_host_serves_no_channel_to_a_certificate_other_than_t
     h.answerer._dtls_state = lambda session, dtls: None
     h.app_host.attached = []
     pc, channel, sdp = await h.client_offer()
-    forged = sdp.replace(connect.sdp_fingerprint(sdp), ":".join(["5A"] * 32))
+    forged = sdp.replace(sdp_fingerprint(sdp), ":".join(["5A"] * 32))
     reply = await h.offer(h.payload(forged)[0])
     got = []
     channel.on("message", got.append)
@@ -463,7 +464,7 @@ async def test_the_proven_certificate_passes_the_check(h):
     assert h.app_host.contexts[0].verify_peer() is True
     assert h.app_host.refused == []
     # The client sees the certificate the home server signed, too.
-    assert webrtc.remote_fingerprint(pc) == connect.sdp_fingerprint(reply["answer"])
+    assert webrtc.remote_fingerprint(pc) == sdp_fingerprint(reply["answer"])
 
 
 @run
@@ -471,19 +472,37 @@ async def test_the_proven_certificate_passes_the_check(h):
 async def test_closing_the_control_channel_frees_the_slot_at_once(h):
     """A browser that closes its control channel (Disconnect, a closed tab) frees its
     session slot at once, not after ICE consent times out; the busy refusal before
-    that says what holds the slot.  (Without Answerer._watch_control the slot stays
-    taken: the wait_until below times out.)"""
+    that says what holds the slot, and only the home server's log says from where.
+    (Without Answerer._watch_control the slot stays taken: the wait_until below
+    times out.  How the address was shown to leak: before ``_slots_in_use`` kept
+    the told and the logged texts apart, the message was "... connected 0 s from
+    198.51.100.7".)"""
+    from twisted.logger import globalLogPublisher
+
     pc, channel, sdp = await h.client_offer()
     reply = await h.offer(h.payload(sdp, source="198.51.100.7")[0])
     await pc.setRemoteDescription(RTCSessionDescription(sdp=reply["answer"], type="answer"))
     await channel_open(channel)
     await wait_until(lambda: h.app_host.attached[0].connectionState == "connected")
     _, _, sdp2 = await h.client_offer()
-    busy = await h.offer(h.payload(sdp2)[0])
+    logged = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        payload2 = h.payload(sdp2, source="203.0.113.9")[0]
+        raw = await aio.as_future(h.answerer.handle_offer(payload2))
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    busy = json.loads(raw)
     assert busy["error"] == "busy"
-    assert busy["message"] == "all 1 session slots are in use: connected 0 s from 198.51.100.7", busy
-    # the fields the client is shown: states and ages, never another session's address
+    # what travels to the refused client: states and ages, never another session's address
+    assert "198.51.100.7" not in raw.decode()
+    assert busy["message"] == "all 1 session slots are in use: connected 0 s", busy
     assert busy["sessions"] == [{"state": "connected", "age": 0}] and busy["slots"] == 1
+    assert "198.51.100.7" not in str(connect.Answer.decode(raw).as_error())
+    # the home server's own log has both addresses
+    (line,) = [e for e in logged if e.get("log_format", "").startswith("login refused")]
+    assert line["source"] == "203.0.113.9"
+    assert line["reason"] == "all 1 session slots are in use: connected 0 s from 198.51.100.7"
     channel.close()
     await wait_until(lambda: h.answerer.live_sessions == 0)
     _, _, sdp3 = await h.client_offer()

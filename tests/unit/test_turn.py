@@ -56,6 +56,7 @@ def test_each_mint_is_new_and_expires_after_the_lifetime():
 def test_secret_file(tmp_path):
     p = tmp_path / "secret"
     p.write_text(SECRET.decode() + "\n")
+    p.chmod(0o600)
     assert turn.load_secret(str(p)) == SECRET
     p.write_text("short\n")
     with pytest.raises(ConfigError, match="shorter than 16"):

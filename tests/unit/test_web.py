@@ -511,6 +511,11 @@ class _Req:
     ("10.0.0.1", [b""], "10.0.0.1"),
     ("10.0.0.1", [b"1.2.3.4, fe80::1%eth0"], "10.0.0.1"),       # the right-most decides
     ("10.0.0.1", [b"fe80::1%eth0, 1.2.3.4"], "1.2.3.4"),        # left of it: never read
+    # A dual-stack listener (web.listen on "::") reports IPv4 peers IPv4-mapped: they
+    # are IPv4 to the rate limits, the logs and the home server's audit.
+    ("::ffff:192.0.2.9", None, "192.0.2.9"),
+    ("::ffff:10.0.0.1", [b"::ffff:1.2.3.4"], "1.2.3.4"),
+    ("2001:db8::9", None, "2001:db8::9"),
 ])
 def test_source_address(peer, xff, expected):
     """How the odd spellings were shown to fail: with the parser before them

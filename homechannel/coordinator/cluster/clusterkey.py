@@ -145,7 +145,7 @@ class MessageSeal:
         self._random = key.random_bytes
         self.window = window
         self._max_seen = max_seen
-        self._seen = OrderedDict()           # salt -> forget at (arrival + 2 x window)
+        self._seen: OrderedDict[bytes, float] = OrderedDict()         # salt -> forget at (arrival + 2 x window)
 
     def __len__(self):
         return len(self._seen)

@@ -21,9 +21,10 @@ from collections import Counter
 from dataclasses import dataclass
 
 from twisted.application import service
-from twisted.logger import Logger
 
+from homechannel import keyfiles
 from homechannel.errors import ConfigError
+from homechannel.ops.logsafe import Logger
 
 log = Logger()
 
@@ -92,6 +93,13 @@ class ClusterService(service.Service):
         return d
 
 
+def read_password(path):
+    """Redis's password: the first line of *path*, a file group and others cannot
+    read (``cluster.redis_password_file``)."""
+    return keyfiles.read_private_line(path, "cluster.redis_password_file",
+                                      "write Redis's password there (one line, mode 0600)")
+
+
 def build(cfg, reactor, udp, rv):
     """The cluster seams of this node: relay, sessions, limiters, and its service.
     Blocks to log in to Redis once (at start, before the reactor runs): a refused
@@ -101,7 +109,6 @@ def build(cfg, reactor, udp, rv):
     except ImportError:
         raise ConfigError("[cluster] needs redis-py: pip install 'homechannel[cluster]'") \
             from None
-    from homechannel import keyfiles
     from homechannel.coordinator.cluster import redisrelay, redisstore
     from homechannel.coordinator.cluster.clusterkey import ClusterKey
     from homechannel.coordinator.cluster.redispolicies import PolicyStore
@@ -109,8 +116,7 @@ def build(cfg, reactor, udp, rv):
 
     c = cfg.cluster
     key = ClusterKey(keyfiles.load_cluster_key(c.key_file))
-    password = keyfiles.read_private_line(c.redis_password_file,
-                                          "Redis password file (cluster.redis_password_file)")
+    password = read_password(c.redis_password_file)
     options = redisstore.client_options(c, password)
     warning = redisstore.check_login(c.redis_url, options)
     if warning:

@@ -17,10 +17,10 @@ through, never what the home server accepts (it checks every token itself).
 """
 
 from twisted.internet import defer, task
-from twisted.logger import Logger
 
 from homechannel.errors import HomeChannelError, ProtocolError
 from homechannel.protocol.connect import DevicePolicy
+from homechannel.ops.logsafe import Logger
 
 
 class PolicyStore:

@@ -44,11 +44,11 @@ import os
 from collections import Counter
 
 from twisted.internet import defer, task
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from homechannel import crypto
 
+from homechannel.ops.logsafe import Logger
 from homechannel.protocol.udp import POOL
 from homechannel.coordinator.cluster import noderelay
 from homechannel.coordinator.cluster.clusterkey import DONE, NODE, MessageRefused

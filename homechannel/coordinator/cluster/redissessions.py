@@ -40,7 +40,6 @@ import json
 from collections import Counter, OrderedDict
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from homechannel import crypto, errors
@@ -51,6 +50,7 @@ from homechannel.coordinator.cluster.redisstore import Script, unavailable
 from homechannel.coordinator.sessions import SessionInfo, timed_out
 from homechannel.coordinator.shares import Shares
 from homechannel.errors import BadRequest, CapacityError, NotFound
+from homechannel.ops.logsafe import Logger
 
 # KEYS: session, all-share, source /64 share, server share, the source's wider shares
 # (its /56 and /48, if IPv6); ARGV: now, forget-at, deadline, the sealed info (server key,

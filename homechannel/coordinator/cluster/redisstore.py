@@ -36,11 +36,11 @@ import hashlib
 import math
 
 from twisted.internet import defer
-from twisted.logger import Logger
 
 from homechannel import aio
 from homechannel.coordinator.cluster.clusterkey import MessageSeal
 from homechannel.errors import Unavailable
+from homechannel.ops.logsafe import Logger
 
 STORE_UNAVAILABLE = "the coordinator cluster's store is unavailable: try again shortly"
 

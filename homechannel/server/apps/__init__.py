@@ -13,10 +13,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
-from twisted.logger import Logger
 
 from homechannel import errors
+from homechannel.ops.logsafe import Logger
+from homechannel.config import resolve_owners
 from homechannel.server.apps.channel import ChannelLink, send_error_and_close
+from homechannel.server.apps.localservice import LocalService
+from homechannel.server.apps.uploads import Uploads
+from homechannel.server.statefiles import inline
 
 log = Logger()
 
@@ -32,7 +36,7 @@ def _files(host, config, link):
     from homechannel.server.apps.files import CHANNEL_LOW, FilesSession
 
     link.set_marks(low=CHANNEL_LOW)  # downloads keep more queued (see files.py)
-    return FilesSession(config, link, host.reactor)
+    return FilesSession(config, link, host.reactor, uploads=host.uploads)
 
 
 def _terminal(host, config, link):
@@ -40,20 +44,22 @@ def _terminal(host, config, link):
 
     if config.identity_key and host.terminal_key is None:
         host.terminal_key = SshKey(config.identity_key, host.reactor)
-    return TerminalSession(config, link, host.reactor, host.known_hosts, host.terminal_key)
+    return TerminalSession(config, link, host.reactor, host.known_hosts, host.terminal_key,
+                           host.services["terminal"], host.to_thread)
 
 
 def _desktop(host, config, link):
     from homechannel.server.apps.desktop import HIGH, LOW, DesktopSession
 
     link.set_marks(low=LOW, high=HIGH)  # little queued: the screen stays current (desktop.py)
-    return DesktopSession(config, link, host.reactor)
+    return DesktopSession(host.services["desktop"], link, host.reactor, host.to_thread)
 
 
 def _forward(host, config, link):
     from homechannel.server.apps.forward import ForwardSession
 
-    return ForwardSession(config, link, host.reactor)
+    return ForwardSession(config, link, host.reactor, host.services["forward"],
+                          host.to_thread)
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,9 @@ class App:
     title: str
     session: Callable  # (host, app config, link) -> session with message_received
     describe: Callable = field(default=lambda config: {})  # extra hello fields
+    # Whether the app is on: enabled, and (the desktop) told where its service is.
+    active: Callable = field(default=lambda config: config.enabled)
+    off: str = "the {name} app is disabled on this server"   # the refusal when it is not
 
 
 # The apps, in the order the hello answer lists them; each name is also the
@@ -71,17 +80,33 @@ class App:
 APPS = {
     "files": App("Files", _files, lambda config: {"readOnly": config.read_only}),
     "terminal": App("Terminal", _terminal),
-    "desktop": App("Desktop", _desktop),
+    "desktop": App("Desktop", _desktop, active=lambda config: config.active,
+                   off="the desktop app is off on this server: no VNC server is configured "
+                       "([apps.desktop] endpoint)"),
     "forward": App("Forward", _forward, lambda config: {"ports": [int(p) for p in config.ports]}),
 }
 
 
 class AppHost:
-    def __init__(self, config, server_id, state_dir, reactor):
+    def __init__(self, config, server_id, state_dir, reactor, to_thread=None):
+        """*to_thread* runs the sweep of stale upload files (``uploads.sweep``; the
+        reactor's thread pool in the daemon, ``statefiles.inline`` by default)."""
         self.config = config
         self.server_id = server_id
         self.state_dir = state_dir
         self.reactor = reactor
+        self.to_thread = to_thread or inline
+        # every files channel's uploads, counted together (the reserve, max_uploads)
+        self.uploads = Uploads(config.files, self.to_thread)
+        # the local services the apps pipe to, their owners resolved once (localservice)
+        self.services = {
+            "terminal": LocalService.tcp("sshd", "apps.terminal", config.terminal.host,
+                                         config.terminal.port, config.terminal.owners),
+            "desktop": LocalService.configured(
+                "the VNC server", "apps.desktop", config.desktop.endpoint,
+                config.desktop.owners) if config.desktop.endpoint else None,
+            "forward": resolve_owners(config.forward.owners, "apps.forward.owners"),
+        }
         self.known_hosts = config.terminal.known_hosts or os.path.join(state_dir, "known_hosts")
         self.terminal_key = None   # the terminal's SSH key, loaded once (terminal.SshKey)
         self.traffic = Counter()   # (app, "in" | "out") -> payload bytes (metrics)
@@ -90,7 +115,7 @@ class AppHost:
         out = []
         for name, app in APPS.items():
             config = getattr(self.config, name)
-            if config.enabled:
+            if app.active(config):
                 out.append({"name": name, "title": app.title, "version": VERSION, **app.describe(config)})
         return out
 
@@ -134,8 +159,8 @@ class AppHost:
         if app is None:
             return self._refuse(link, errors.NotFound(f"there is no app called {name!r}", "unknown-app"))
         config = getattr(self.config, name)
-        if not config.enabled:
-            return self._refuse(link, errors.Forbidden(f"the {name} app is disabled on this server", "app-disabled"))
+        if not app.active(config):
+            return self._refuse(link, errors.Forbidden(app.off.format(name=name), "app-disabled"))
         if state["channels"] >= MAX_CHANNELS:
             return self._refuse(link, errors.CapacityError(f"at most {MAX_CHANNELS} app channels per session", "capacity"))
         state["channels"] += 1

@@ -22,10 +22,10 @@ signalling, and how a refused channel is told why before it is closed.
 import json
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from zope.interface import implementer
 from twisted.internet.interfaces import IConsumer
 
+from homechannel.ops.logsafe import Logger
 from homechannel.protocol import frames
 
 HIGH = 1024 * 1024

@@ -2,7 +2,7 @@
 
 import json
 
-from twisted.logger import Logger
+from homechannel.ops.logsafe import Logger
 
 log = Logger()
 

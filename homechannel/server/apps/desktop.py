@@ -1,7 +1,9 @@
 """The desktop app: the channel is a byte pipe to the local VNC server.
 
 The home server does not parse RFB; noVNC in the browser speaks it over the
-datachannel.  The pipe and its flow control are :class:`~.pipe.TCPPipe`.
+datachannel.  The pipe and its flow control are :class:`~.pipe.TCPPipe`; the VNC
+server is ``[apps.desktop] endpoint`` (the app is off without one), a UNIX socket
+or a TCP port, whose owner is checked before a byte is sent (:mod:`.localservice`).
 
 The VNC socket is read only while the channel has little queued (``HIGH``, 64 KiB,
 resumed at ``LOW``; other pipes queue 1 MiB), and its kernel receive buffer is small
@@ -26,9 +28,8 @@ RECEIVE_BUFFER = 64 * 1024
 class DesktopSession:
     """One ``app:desktop:<n>`` channel: connects at once, raw bytes both ways."""
 
-    def __init__(self, config, link, reactor):
-        self.pipe = TCPPipe(link, reactor, config.host, config.port, "VNC server",
-                            receive_buffer=RECEIVE_BUFFER)
+    def __init__(self, service, link, reactor, to_thread):
+        self.pipe = TCPPipe(link, reactor, service, to_thread, receive_buffer=RECEIVE_BUFFER)
         self.pipe.connect()
 
     def message_received(self, message):

@@ -23,14 +23,15 @@ import errno
 import hashlib
 import os
 import stat as statmod
-import uuid
 
 from twisted.internet import defer, threads
-from twisted.logger import Logger
 
 from homechannel import errors
+from homechannel.ops.deadline import DeadlineTimer
+from homechannel.ops.logsafe import Logger
 from homechannel.server import audit
 from homechannel.server.apps import paths
+from homechannel.server.apps.uploads import TEMP_PREFIX, Uploads, temp_name
 from homechannel.protocol import frames
 
 log = Logger()
@@ -59,8 +60,6 @@ MAX_DOWNLOAD_WINDOW = 64 * 1024 * 1024
 WRITE_BATCH = 512 * 1024
 WRITE_DELAY = 0.01
 MAX_LIST = 100_000  # directory entries returned by one list
-TEMP_PREFIX = ".hcupload-"
-TEMP_SUFFIX = ".part"
 
 _WRITES = {"upload", "mkdir", "rename", "delete"}
 
@@ -152,16 +151,21 @@ class _Cancelled(Exception):
 class FilesSession:
     """One ``app:files:<n>`` channel."""
 
-    def __init__(self, config, link, reactor, defer_to_thread=None):
+    def __init__(self, config, link, reactor, defer_to_thread=None, uploads=None, clock=None):
+        """*uploads*: the home server's :class:`~.uploads.Uploads` (shared by every
+        files channel; a channel of its own by default); *clock* times idle uploads
+        (default *reactor*; none without either)."""
         self.config = config
         self.link = link
         self.reactor = reactor
+        self.clock = clock or reactor
         self.roots = paths.Roots(config.roots)
         # The mode of a new uploaded file, as mkdir and every other program honour the
         # umask (the systemd unit's UMask=0077 gives 0600); read once per session.
         self.upload_mode = 0o666 & ~process_umask()
         self._thread = defer_to_thread or (
             lambda f, *a: threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *a))
+        self.uploads = uploads or Uploads(config, self._thread)
         self.requests = {}  # id -> _Download | _Upload | "busy"
         self.closed = False
         link.on_close(self.connection_lost)
@@ -384,6 +388,7 @@ class FilesSession:
         sha = body.get("sha256")
         if sha is not None and not isinstance(sha, str):
             raise errors.BadRequest("'sha256' must be a hex string", "bad-request")
+        self.uploads.check_count()
         job = _Upload(self, rid, root, rel, size, overwrite, sha)
         self.requests[rid] = job
         return defer.Deferred.fromCoroutine(job.run())
@@ -539,6 +544,10 @@ class _Upload:
         self.name = None
         self.mode = session.upload_mode   # a replaced regular file's permissions are kept
         self.hash = hashlib.sha256()
+        # fails the upload after upload_idle_timeout without data (a DeadlineTimer, set
+        # once per idle period: each frame only notes its time in last_data)
+        self.idle = None
+        self.last_data = None
 
     async def run(self):
         s = self.s
@@ -558,24 +567,69 @@ class _Upload:
                     self.mode = statmod.S_IMODE(st.st_mode) & 0o777   # never setuid/setgid
             # the bytes go to a new file (O_EXCL|O_NOFOLLOW) in the target's own
             # directory fd, which the final rename uses too: nothing is resolved again
-            temp = f"{TEMP_PREFIX}{uuid.uuid4().hex}{TEMP_SUFFIX}"
+            temp = temp_name()
             fd = os.open(temp, paths.FILE_CREATE, 0o600, dir_fd=loc.dir_fd)
+            try:
+                space = os.fstatvfs(fd)
+                dev = os.fstat(fd).st_dev
+            except BaseException:
+                os.close(fd)
+                os.unlink(temp, dir_fd=loc.dir_fd)
+                raise
             dir_fd, loc.dir_fd = loc.dir_fd, None  # kept open until the rename or the clean-up
-            return dir_fd, fd, temp, loc.name
+            return dir_fd, fd, temp, loc.name, dev, space.f_bavail * space.f_frsize
 
-        self.dir_fd, self.fd, self.temp, self.name = await s._at(s.roots.locate_entry, self.root, self.rel, prepare)
-        if self.failed or s.closed:
+        self.dir_fd, self.fd, self.temp, self.name, dev, free = await s._at(
+            s.roots.locate_entry, self.root, self.rel, prepare)
+        claimed = self.temp
+        try:
+            s.uploads.claim(claimed, dev, self.size, free)
+        except errors.HomeChannelError:
             self.done.addErrback(lambda _: None)
             await self._abort()
-            raise _Cancelled()
-        # the go-ahead: an ACK of nothing, with the window the client must respect
-        s._send(frames.ACK, self.rid, {"received": 0, "window": UPLOAD_WINDOW, "chunk": frames.CHUNK})
-        try:
-            await self.done
-        except BaseException:
-            await self._abort()
             raise
+        try:
+            if self.failed or s.closed:
+                self.done.addErrback(lambda _: None)
+                await self._abort()
+                raise _Cancelled()
+            # the go-ahead: an ACK of nothing, with the window the client must respect
+            s._send(frames.ACK, self.rid, {"received": 0, "window": UPLOAD_WINDOW,
+                                           "chunk": frames.CHUNK})
+            self._idle_reset()
+            try:
+                await self.done
+            except BaseException:
+                await self._abort()
+                raise
+        finally:
+            self._idle_stop()
+            s.uploads.release(claimed)
         return {"size": self.written, "sha256": self.hash.hexdigest()}
+
+    def _idle_reset(self):
+        clock = self.s.clock
+        if clock is None or self.ended is not None:
+            return
+        self.last_data = clock.seconds()
+        if self.idle is None:
+            self.idle = DeadlineTimer(clock, self._idle_check)
+        if self.idle.when is None:
+            self.idle.schedule(self.last_data + self.s.config.upload_idle_timeout)
+
+    def _idle_stop(self):
+        if self.idle is not None:
+            self.idle.cancel()
+
+    def _idle_check(self):
+        timeout = self.s.config.upload_idle_timeout
+        due = self.last_data + timeout
+        if self.s.clock.seconds() < due:
+            self.idle.schedule(due)         # data came meanwhile
+            return
+        self._fail(errors.RequestTimeout(
+            f"no upload data for {timeout:g} s (apps.files.upload_idle_timeout): the upload "
+            f"was abandoned and its partial file deleted", "idle"))
 
     def cancel(self):
         self._fail(_Cancelled())
@@ -592,6 +646,10 @@ class _Upload:
     def frame_received(self, frame):
         if self.failed is not None or self.ended is not None:
             return
+        if frame.type == frames.END:
+            self._idle_stop()       # the rest is the home server's work (fsync, rename)
+        else:
+            self._idle_reset()
         if frame.type == frames.DATA:
             self.received += len(frame.data)
             if self.received > self.size:
@@ -651,6 +709,8 @@ class _Upload:
     def _wrote(self, n):
         self.writing = False
         self.written += n
+        if self.temp is not None:
+            self.s.uploads.wrote(self.temp, n)
         if self.failed is not None:
             self.done.errback(self.failed)
             return
@@ -696,6 +756,7 @@ class _Upload:
 
     def _abort(self):
         self._cancel_timer()
+        self._idle_stop()
         fd, temp, dir_fd = self.fd, self.temp, self.dir_fd
         self.fd = self.temp = self.dir_fd = None
 

@@ -2,8 +2,9 @@
 
 The client opens ``app:forward:<n>`` and sends one text message
 ``{"op":"open","port":N}`` first.  The server connects to 127.0.0.1:N if N is
-in ``config.forward.ports`` and answers ``{"op":"open","port":N}``, or
-``{"op":"error",...}`` and closes.  After that, binary messages are the raw
+in ``config.forward.ports`` and the socket there belongs to root, the home
+server's user or one of ``config.forward.owners`` (:mod:`.localservice`), and
+answers ``{"op":"open","port":N}``, or ``{"op":"error",...}`` and closes.  After that, binary messages are the raw
 TCP bytes both ways (flow control as in :mod:`.pipe`).
 """
 
@@ -11,14 +12,19 @@ import json
 
 from homechannel import errors
 from homechannel.server.apps.channel import send_error_and_close
+from homechannel.server.apps.localservice import LocalService
 from homechannel.server.apps.pipe import TCPPipe
 
 
 class ForwardSession:
-    def __init__(self, config, link, reactor, host="127.0.0.1"):
+    def __init__(self, config, link, reactor, owners, to_thread, host="127.0.0.1"):
+        """*owners*: the user ids that may own a forwarded port's socket
+        (``config.resolve_owners`` of ``config.owners``)."""
         self.config = config
         self.link = link
         self.reactor = reactor
+        self.owners = owners
+        self.to_thread = to_thread
         self.host = host
         self.pipe = None
 
@@ -44,5 +50,7 @@ class ForwardSession:
         except errors.HomeChannelError as e:
             send_error_and_close(self.link, e)
             return
-        self.pipe = TCPPipe(self.link, self.reactor, self.host, port, f"local port {port}")
+        service = LocalService(f"local port {port}", "apps.forward", ("tcp", self.host, port),
+                               self.owners)
+        self.pipe = TCPPipe(self.link, self.reactor, service, self.to_thread)
         self.pipe.connect()

@@ -1,6 +1,8 @@
-"""A byte pipe between one app channel and one local TCP connection.
+"""A byte pipe between one app channel and one local service's connection.
 
-Used by the desktop app (VNC) and the forward app (any allowed port).
+Used by the desktop app (VNC) and the forward app (any allowed port).  The
+connection is made by :meth:`.localservice.LocalService.connect`, which checks
+who owns the service's socket before a byte goes either way.
 
 Flow control: bytes from TCP go out on the channel while its buffered amount
 is below ``ChannelLink.high``; above it the TCP transport is paused (it is the
@@ -14,12 +16,11 @@ than growing without bound (browsers also stop sending while their own
 import socket
 
 from twisted.internet import protocol
-from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.interfaces import IPushProducer
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from homechannel import errors
+from homechannel.ops.logsafe import Logger
 from homechannel.protocol import frames
 from homechannel.server.apps.channel import send_error_and_close, send_status
 
@@ -45,14 +46,15 @@ class _PipeProtocol(protocol.Protocol):
 
 @implementer(IPushProducer)
 class TCPPipe:
-    """Bytes between one ChannelLink and one TCP connection."""
+    """Bytes between one ChannelLink and one connection to *service* (a
+    :class:`~.localservice.LocalService`; *to_thread* runs its owner check)."""
 
-    def __init__(self, link, reactor, host, port, what, connect_timeout=10, receive_buffer=None):
+    def __init__(self, link, reactor, service, to_thread, connect_timeout=10, receive_buffer=None):
         self.link = link
         self.reactor = reactor
-        self.host = host
-        self.port = port
-        self.what = what
+        self.service = service
+        self.what = service.what
+        self.to_thread = to_thread
         self.timeout = connect_timeout
         self.receive_buffer = receive_buffer  # SO_RCVBUF of the TCP socket (None: the kernel's)
         self.transport = None
@@ -64,16 +66,23 @@ class TCPPipe:
         link.on_close(self.channel_closed)
 
     def connect(self):
-        endpoint = TCP4ClientEndpoint(self.reactor, self.host, self.port, timeout=self.timeout)
-        d = endpoint.connect(protocol.Factory.forProtocol(lambda: _PipeProtocol(self)))
+        d = self.service.connect(self.reactor, protocol.Factory.forProtocol(
+            lambda: _PipeProtocol(self)), self.to_thread, timeout=self.timeout)
         d.addErrback(self._connect_failed)
         return d
 
     def _connect_failed(self, failure):
-        log.info("{what}: cannot connect to {host}:{port}: {err}", what=self.what,
-                 host=self.host, port=self.port, err=failure.getErrorMessage())
-        exc = errors.Unavailable(f"the home server cannot reach the {self.what} at {self.host}:{self.port} "
-                               f"({failure.getErrorMessage()}); is it running?", "connect-failed")
+        where = self.service.where
+        if failure.check(errors.HomeChannelError):     # the owner check refused it
+            log.warn("{what} at {where}: {err}", what=self.what, where=where,
+                     err=failure.value)
+            exc = failure.value
+        else:
+            log.info("{what}: cannot connect to {where}: {err}", what=self.what, where=where,
+                     err=failure.getErrorMessage())
+            exc = errors.Unavailable(f"the home server cannot reach {self.what} at {where} "
+                                     f"({failure.getErrorMessage()}); is it running?",
+                                     "connect-failed")
         self.closing = True
         send_error_and_close(self.link, exc)
 
@@ -89,7 +98,8 @@ class TCPPipe:
                                              self.receive_buffer)
         transport.registerProducer(self, True)
         self.link.registerProducer(transport, True)
-        send_status(self.link, "open", port=self.port)
+        address = self.service.address
+        send_status(self.link, "open", **({"port": address[2]} if address[0] == "tcp" else {}))
         early, self.early = self.early, []
         for data in early:
             self.transport.write(data)
@@ -140,7 +150,7 @@ class TCPPipe:
     def _overflow(self):
         log.info("{what}: closing, {n} bytes backlog", what=self.what, n=self.backlog)
         self.closing = True
-        send_error_and_close(self.link, errors.Unavailable(f"the {self.what} is not reading; closing the pipe", "backlog"))
+        send_error_and_close(self.link, errors.Unavailable(f"{self.what} is not reading; closing the pipe", "backlog"))
         if self.transport is not None:
             self.transport.abortConnection()
 

@@ -34,14 +34,15 @@ from twisted.conch.client.knownhosts import KnownHostsFile
 from twisted.conch.error import HostKeyChanged
 from twisted.conch.ssh import channel, connection, keys, session as sshsession, transport, userauth
 from twisted.internet import defer, protocol, threads
-from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 
 from homechannel import errors, keyfiles
 from homechannel.ops.logfilter import protocol_logger
+from homechannel.ops.logsafe import Logger
 from homechannel.protocol import frames
+from homechannel.server.apps.localservice import LocalService
+from homechannel.server.statefiles import inline
 
 log = Logger()
 
@@ -105,7 +106,7 @@ class _Transport(transport.SSHClientTransport):
         self.term.ssh_lost(reason)
 
 
-_PUBLIC_WARNED = set()     # key paths whose missing .pub could not be written (logged once)
+_PUBLIC_WARNED: set[str] = set()     # key paths whose missing .pub could not be written (logged once)
 
 
 def load_identity(path):
@@ -294,13 +295,20 @@ class _Shell(channel.SSHChannel):
 class TerminalSession:
     """One ``app:terminal:<n>`` channel."""
 
-    def __init__(self, config, link, reactor, known_hosts, ssh_key=None):
-        """*ssh_key*: the home server's :class:`SshKey`, when ``identity_key`` is set."""
+    def __init__(self, config, link, reactor, known_hosts, ssh_key=None, service=None,
+                 to_thread=inline):
+        """*ssh_key*: the home server's :class:`SshKey`, when ``identity_key`` is set;
+        *service*: sshd as a :class:`~.localservice.LocalService` (by default from
+        *config*), whose owner is checked, in *to_thread*, before the SSH version
+        string is sent."""
         self.config = config
         self.link = link
         self.reactor = reactor
         self.host = config.host
         self.port = config.port
+        self.service = service or LocalService.tcp("sshd", "apps.terminal", config.host,
+                                                   config.port, config.owners)
+        self.to_thread = to_thread
         self.known = HostKeyStore(known_hosts)
         self.ssh_key = ssh_key
         self.identity = None  # the home server's SSH key, once loaded (ssh_key)
@@ -474,8 +482,8 @@ class TerminalSession:
             self.fail(errors.Unavailable("cannot load the terminal's SSH key", "bad-key"))
 
     def _connect_ssh(self):
-        endpoint = TCP4ClientEndpoint(self.reactor, self.host, self.port, timeout=10)
-        d = endpoint.connect(protocol.Factory.forProtocol(lambda: _Transport(self)))
+        d = self.service.connect(self.reactor, protocol.Factory.forProtocol(
+            lambda: _Transport(self)), self.to_thread)
 
         def connected(proto):
             self.tcp = proto.transport
@@ -485,6 +493,10 @@ class TerminalSession:
             self.link.registerProducer(proto.transport, True)
 
         def failed(f):
+            if f.check(errors.HomeChannelError):        # the owner check refused it
+                log.warn("terminal: {err}", err=f.value)
+                self.fail(f.value)
+                return
             self.fail(errors.Unavailable(f"cannot reach sshd at {self.host}:{self.port} ({f.getErrorMessage()}); "
                                 f"is it running?", "connect-failed"))
 
