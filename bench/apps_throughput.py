@@ -1,10 +1,10 @@
 """Apps throughput through Chromium over loopback, in one run with its yardsticks:
 
-- files download and upload (default 50 MB) through the browser UI, real
-  twistd coordinator + home server;
+- files download (to memory: a Blob) and upload (default 50 MB) through the
+  browser UI, real twistd coordinator + home server;
 - (a) the raw aiortc <-> Chromium datachannel ceiling, same size, no app
-  protocol (an in-bench aiortc peer; Chromium does the signaling through
-  page.evaluate);
+  protocol (``bench._rawpeer``, an aiortc peer set up as the home server's;
+  Chromium does the signaling through page.evaluate);
 - (b) ``ssh cat`` of the same file, both ways, to a local sshd (key auth);
 - terminal echo latency (keypress to the echo rendered by xterm.js), through
   the terminal app against the same sshd (password sign-in);
@@ -30,11 +30,7 @@ import threading
 import time
 
 from bench.connect_latency import CHROMIUM_ARGS, daemons, fmt
-
-MB = 1_000_000
-CHUNK = 32768
-HIGH = 1024 * 1024
-LOW = 256 * 1024
+from bench._rawpeer import MB, RawChannel
 
 
 # -- sshd with a test user (password for the terminal, key for ssh cat) --------------
@@ -131,6 +127,25 @@ async def open_session(page, pair):
     await page.get_by_role("button", name="Disconnect").wait_for(timeout=30000)
 
 
+# Where the files app saves a download (static/js/apps/savefile.js picks the first
+# the browser has): "memory" (a Blob: the in-memory figure), "picker" (the save
+# picker, backed here by the origin-private file system: headless Chromium cannot
+# show the real one) or "stream" (the service worker stream to the browser's
+# download manager).
+CHOOSE_SINK = """(kind) => {
+  delete window.showSaveFilePicker;
+  delete Window.prototype.showSaveFilePicker;
+  delete navigator.serviceWorker;
+  if (kind === "memory") Object.defineProperty(navigator, "serviceWorker", {value: undefined, configurable: true});
+  if (kind === "picker") window.showSaveFilePicker = async ({suggestedName}) =>
+    (await navigator.storage.getDirectory()).getFileHandle(suggestedName, {create: true});
+}"""
+
+
+async def choose_sink(page, kind):
+    await page.evaluate(CHOOSE_SINK, kind)
+
+
 async def files_panel(page):
     await page.get_by_role("tab", name="Files").click()
     panel = page.locator(".app-files")
@@ -161,6 +176,8 @@ async def app_download(page, name, size):
     panel = await files_panel(page)
     before = await panel.locator(".transfer").count()
     row = panel.locator(".files-table tbody tr").filter(has=page.get_by_text(name, exact=True))
+    if not await row.count():
+        await panel.get_by_role("button", name="Refresh").click()
     await row.wait_for()
     t0 = await row.get_by_role("button", name="Download").evaluate(
         "(b) => { const t = performance.now(); b.click(); return t; }")
@@ -186,137 +203,42 @@ async def app_upload(page, src, size):
     return size / (t_end - t0) * 1000 / MB
 
 
-RAW_PAGE = """
-async () => {
-  const pc = new RTCPeerConnection({iceServers: []});
-  const dc = pc.createDataChannel("raw");
-  dc.binaryType = "arraybuffer";
-  dc.bufferedAmountLowThreshold = %(low)d;
-  window.__raw = {pc, dc, received: 0, waiters: []};
-  dc.onmessage = (e) => {
-    window.__raw.received += e.data.byteLength;
-    for (const w of window.__raw.waiters) w();
-  };
-  await pc.setLocalDescription(await pc.createOffer());
-  await new Promise((r) => {
-    if (pc.iceGatheringState === "complete") r();
-    pc.onicegatheringstatechange = () => pc.iceGatheringState === "complete" && r();
-  });
-  return pc.localDescription.sdp;
-}""" % {"low": LOW}
-
-RAW_RECEIVE = """(n) => new Promise((resolve) => {
-  const r = window.__raw;
-  const check = () => { if (r.received >= n) resolve(performance.now()); };
-  r.waiters.push(check); check();
-})"""
-
-RAW_SEND = """async (n) => {
-  const dc = window.__raw.dc, chunk = new Uint8Array(%(chunk)d);
-  crypto.getRandomValues(chunk.subarray(0, 65536 > chunk.length ? chunk.length : 65536));
-  for (let sent = 0; sent < n; sent += chunk.length) {
-    if (dc.bufferedAmount > %(high)d)
-      await new Promise((r) => dc.addEventListener("bufferedamountlow", r, {once: true}));
-    dc.send(chunk);
-  }
-}""" % {"chunk": CHUNK, "high": HIGH}
-
-
-class RawChannel:
-    """An aiortc peer in this process and a bare RTCDataChannel in a Chromium page."""
-
-    async def open(self, browser, url):
-        from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-        from homechannel.rtc import webrtc
-
-        self.page = page = await browser.new_page()
-        await page.goto(url + "/healthz")
-        offer = await page.evaluate(RAW_PAGE)
-        self.pc = pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        opened = asyncio.get_running_loop().create_future()
-        self.received, self.target, self.done = 0, None, asyncio.Event()
-        self.page_target = 0
-
-        @pc.on("datachannel")
-        def on_channel(channel):
-            @channel.on("message")
-            def on_message(m):
-                self.received += len(m)
-                if self.target is not None and self.received >= self.target:
-                    self.done.set()
-            opened.set_result(channel)
-
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
-        webrtc.advertise_host_addresses(pc, ["127.0.0.1"])
-        await pc.setLocalDescription(await pc.createAnswer())
-        await page.evaluate("(sdp) => window.__raw.pc.setRemoteDescription({type: 'answer', sdp})",
-                            pc.localDescription.sdp)
-        channel = await asyncio.wait_for(opened, 20)
-        if channel.readyState != "open":
-            ev = asyncio.Event()
-            channel.on("open", ev.set)
-            await asyncio.wait_for(ev.wait(), 20)
-        channel.bufferedAmountLowThreshold = LOW
-        self.low = asyncio.Event()
-        channel.on("bufferedamountlow", self.low.set)
-        self.channel = channel
-        return self
-
-    async def down(self, size):
-        """aiortc -> Chromium, MB/s (same flow control as the home server's)."""
-        data = os.urandom(CHUNK)
-        self.page_target += size
-        got = asyncio.ensure_future(self.page.evaluate(RAW_RECEIVE, self.page_target))
-        t0 = time.perf_counter()
-        sent = 0
-        while sent < size:
-            if self.channel.bufferedAmount > HIGH:
-                self.low.clear()
-                await self.low.wait()
-            self.channel.send(data)
-            sent += CHUNK
-        await got
-        return size / (time.perf_counter() - t0) / MB
-
-    async def up(self, size):
-        """Chromium -> aiortc, MB/s."""
-        self.done.clear()
-        self.target = self.received + size
-        t0 = time.perf_counter()
-        await self.page.evaluate(RAW_SEND, size)
-        await asyncio.wait_for(self.done.wait(), 300)
-        return size / (time.perf_counter() - t0) / MB
-
-    async def close(self):
-        await self.pc.close()
-        await self.page.close()
-
-
+# Keypress to echo: [parsed by xterm.js, rendered] in ms, per key.
+# (Each key waits for its own echo, the cursor one column on, and a line cleared with
+# Ctrl-U for the cursor back at the prompt: over a long link an echo still on its way
+# must not count for the next key.)
 TERMINAL_ECHO = """async (n) => {
-  const term = window.__hcTerminal, out = [];
-  const nextRender = () => new Promise((r) => { const d = term.onRender(() => { d.dispose(); r(); }); });
+  const term = window.__hcTerminal, out = [], cursor = () => term.buffer.active.cursorX;
+  const until = (pred) => new Promise((resolve) => {
+    if (pred()) { resolve(performance.now()); return; }
+    const d = term.onWriteParsed(() => { if (pred()) { d.dispose(); resolve(performance.now()); } });
+  });
+  const nextRender = () => new Promise((r) => { const d = term.onRender(() => { d.dispose(); r(performance.now()); }); });
+  const x0 = cursor();
   for (let i = 0; i < n; i++) {
-    const x = term.buffer.active.cursorX;
+    const x = cursor();
     const t0 = performance.now();
-    const echoed = new Promise((resolve) => {
-      const d = term.onWriteParsed(() => {
-        if (term.buffer.active.cursorX !== x) { d.dispose(); resolve(); }
-      });
-    });
+    const echoed = until(() => cursor() === x + 1);
     const rendered = echoed.then(nextRender);
     term.input("x", true);
-    await rendered;
-    out.push(performance.now() - t0);
-    if (i % 20 === 19) { term.input("\\x15", true); await new Promise((r) => setTimeout(r, 50)); }
+    const [parsed, drawn] = await Promise.all([echoed, rendered]);
+    out.push([parsed - t0, drawn - t0]);
+    await new Promise((r) => setTimeout(r, 20));
+    if (i % 20 === 19) { term.input("\\x15", true); await until(() => cursor() === x0); }
   }
   term.input("\\x15", true);
+  await until(() => cursor() === x0);
   return out;
 }"""
 
 
-async def terminal_echo(page, sshd, n):
+async def terminal_echo(page, account, n, sign_in=True):
+    """Keypress to echo in the Terminal tab, signing in as *account* (``.user``,
+    ``.password``) first: ``[(parsed ms, rendered ms)]``."""
     await page.get_by_role("tab", name="Terminal").click()
     await page.locator(".app-terminal .xterm").wait_for()
+    if not sign_in:
+        return await page.evaluate(TERMINAL_ECHO, n)
 
     async def wait_for(text, timeout=20):
         deadline = time.monotonic() + timeout
@@ -329,9 +251,9 @@ async def terminal_echo(page, sshd, n):
             await asyncio.sleep(0.05)
 
     await wait_for("login as:")
-    await page.keyboard.type(sshd.user + "\r")
+    await page.keyboard.type(account.user + "\r")
     await wait_for("password:")
-    await page.keyboard.type(sshd.password + "\r")
+    await page.keyboard.type(account.password + "\r")
     await wait_for("$ ")
     await asyncio.sleep(0.3)
     return await page.evaluate(TERMINAL_ECHO, n)
@@ -433,7 +355,8 @@ async def run(args, tmp):
                                               headless=True, args=CHROMIUM_ARGS)
             page = await browser.new_page()
             await open_session(page, pair)
-            raw = await RawChannel().open(browser, pair.url)
+            await choose_sink(page, "memory")
+            raw = await RawChannel().open(browser, pair.url, advertise=["127.0.0.1"])
             for i in range(args.rounds):
                 d, v = await app_download(page, "bench.bin", size)
                 res["app_down"].append(d)
@@ -448,7 +371,7 @@ async def run(args, tmp):
                 res["ssh_up"].append(u)
                 print(f"  round {i + 1}: " + "  ".join(f"{k} {v[-1]:.1f}" for k, v in res.items()))
             await raw.close()
-            echo = await terminal_echo(page, sshd, args.echo)
+            echo = [rendered for _, rendered in await terminal_echo(page, sshd, args.echo)]
             await browser.close()
         m = {k: statistics.median(v) for k, v in res.items()}
         app_down, app_up, raw_down, raw_up = m["app_down"], m["app_up"], m["raw_down"], m["raw_up"]

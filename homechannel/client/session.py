@@ -287,6 +287,7 @@ async def _gather_offer(servers, advertise_addresses):
         control = pc.createDataChannel("control")
         webrtc.prepare_gathering(pc, advertise_addresses)
         icechecks.prompt_triggered_checks(pc)
+        webrtc.set_receive_window(pc)
         await pc.setLocalDescription(await pc.createOffer())
     except BaseException:
         await pc.close()

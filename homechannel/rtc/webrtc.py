@@ -2,8 +2,9 @@
 
 The one place for what both aiortc sides need: ICE servers from settings
 (IPv6 literals included), the peer connection factory, which host addresses to
-advertise, the DTLS certificate the peer actually presented, which candidate
-pair was used, and which TURN URL to try next when the first gave no relay.
+advertise, the SCTP receive window (and the UDP receive buffers that hold it),
+the DTLS certificate the peer actually presented, which candidate pair was used,
+and which TURN URL to try next when the first gave no relay.
 Nothing here imports aiortc at module import time.
 
 ICE URLs with IPv6 literals
@@ -162,6 +163,96 @@ def peer_connection(servers):
         certificate.getFingerprints = lambda _all=fingerprints: [
             f for f in _all() if f.algorithm == "sha-256"]
     return pc
+
+
+# The SCTP receive window this end advertises (bytes).  aiortc advertises 1 MiB, so
+# a peer may have at most 1 MiB unacknowledged on the way here: an upload from a
+# browser is capped at 1 MiB per round trip (10 MB/s at 100 ms), whatever the link
+# carries.  2 MiB lifts that cap to 20 MB/s at 100 ms, about what aiortc (pure
+# Python) receives on a quiet machine.  Not more: the window also bounds how much
+# data aiortc holds out of order after a loss, and aiortc's reassembly and SACK
+# bookkeeping cost grows with the square of that (a linear scan per chunk, a sort
+# of every out-of-order TSN per packet).  With 8 MiB, a new connection's first
+# upload, whose slow start overshoots, ran at 0.2-0.5 MB/s instead of 4 while
+# aiortc ground through it (docs/performance.md, "Over a WAN link").
+RECEIVE_WINDOW = 2 * 1024 * 1024
+
+
+def set_receive_window(pc, size=RECEIVE_WINDOW, too_small=None) -> None:
+    """Advertise an SCTP receive window of *size* bytes on *pc*, and give its UDP
+    sockets a receive buffer that holds it.
+
+    Call it once the SCTP transport exists and before it starts (as for
+    ``advertise_host_addresses``: for an answerer after ``setRemoteDescription``,
+    for an offerer after ``createDataChannel``).  aiortc has no knob: its
+    ``RTCSctpTransport`` keeps the window it advertises (in INIT, INIT ACK and every
+    SACK) in ``_advertised_rwnd``, a counter that received data lowers and
+    delivered messages raise again; before the association starts it holds the
+    initial window.  Raises RuntimeError if aiortc changed that
+    (``tests/unit/test_library_internals.py`` checks it on the installed aiortc).
+
+    The window counts only what aiortc has read from its socket.  What the peer
+    sends within it first waits in the UDP socket's receive buffer, which aioice
+    sets to 256 KiB; a burst larger than that while aiortc (pure Python) is busy is
+    dropped by the kernel (``RcvbufErrors`` in ``/proc/net/snmp``), and the
+    sender's congestion control takes each drop for congestion.  So the buffer is
+    raised to twice *size* (see :func:`raise_socket_buffers`): the kernel counts a
+    1,200-byte datagram as about twice that (its buffer overhead), so this holds a
+    whole window of payload.  Where the kernel gives less (``SO_RCVBUF`` is capped
+    by the ``net.core.rmem_max`` sysctl unless the process may force it),
+    ``too_small(got, wanted)`` is called, in bytes."""
+    sctp = pc.sctp
+    if sctp is None:
+        raise RuntimeError("set_receive_window() called before the SCTP transport exists")
+    current = getattr(sctp, "_advertised_rwnd", None)
+    if not isinstance(current, int):
+        raise RuntimeError("aiortc's RTCSctpTransport has no integer _advertised_rwnd any "
+                           "more: the receive window cannot be raised (see "
+                           "homechannel/rtc/webrtc.py, set_receive_window)")
+    if sctp._association_state != sctp.State.CLOSED:
+        raise RuntimeError("set_receive_window() called after the SCTP association started")
+    sctp._advertised_rwnd = int(size)
+    for gatherer in ice_gatherers(pc):
+        if gatherer.state != "new":
+            raise RuntimeError("set_receive_window() called after ICE gathering started")
+        connection = gatherer._connection  # aioice.Connection; no public accessor exists
+        original = connection.get_component_candidates
+
+        async def get_component_candidates(component, addresses, timeout=5,
+                                           _original=original, _connection=connection):
+            candidates = await _original(component=component, addresses=addresses,
+                                         timeout=timeout)
+            got = raise_socket_buffers(_connection, 2 * size)
+            if got and min(got) < 4 * size and too_small is not None:
+                too_small(min(got) // 2, 2 * size)
+            return candidates
+
+        connection.get_component_candidates = get_component_candidates
+
+
+SO_RCVBUFFORCE = 33  # Linux (asm-generic/socket.h); Python's socket module lacks it
+
+
+def raise_socket_buffers(connection, size) -> list:
+    """Give the UDP sockets of the aioice *connection* (its ``_protocols``, host and
+    relay) a receive buffer of *size* bytes: ``SO_RCVBUFFORCE`` where the process
+    may (root, CAP_NET_ADMIN), else ``SO_RCVBUF``, which the kernel caps at the
+    ``net.core.rmem_max`` sysctl.  Returns the sizes the kernel reports (twice what
+    it was given, for its bookkeeping)."""
+    import socket
+
+    got = []
+    for protocol in getattr(connection, "_protocols", ()):
+        transport = getattr(protocol, "transport", None)
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is None or sock.type != socket.SOCK_DGRAM:
+            continue
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+        got.append(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+    return got
 
 
 def remote_fingerprint(pc):

@@ -172,6 +172,7 @@ class Answerer:
         if log is not None:
             self.log = log
         self._pc_factory = peer_connection_factory
+        self._buffers_warned = False
         # ICE servers of our own (before those an offer brings): a tuple, or a callable
         # returning one (the tap's: STUN on the coordinator registered with now).
         if ice_servers is None:
@@ -221,6 +222,17 @@ class Answerer:
         return DeferredList(closing, consumeErrors=True).addCallback(lambda _: None)
 
     # -- the checks --
+
+    def _small_buffers(self, got, wanted):
+        """The kernel gave the connection's UDP sockets less receive buffer than its
+        SCTP window needs (``webrtc.set_receive_window``): said once per process."""
+        if self._buffers_warned:
+            return
+        self._buffers_warned = True
+        self.log.warn("UDP receive buffers are {got} bytes, not the {wanted} the SCTP receive "
+                      "window needs: uploads over a long link will lose packets and slow down; "
+                      "raise the limit: sysctl -w net.core.rmem_max={wanted} (README, 'A home "
+                      "server')", got=got, wanted=wanted)
 
     def _refuse(self, sid, code, reason, source=None, tell=None, **fields):
         """Count and log a refusal (with *reason*); its payload, with the message *tell*
@@ -407,6 +419,7 @@ class Answerer:
             dtls.on("statechange", lambda: self._dtls_state(session, dtls))
         webrtc.prepare_gathering(pc, self._advertise)
         icechecks.prompt_triggered_checks(pc)
+        webrtc.set_receive_window(pc, too_small=self._small_buffers)
         await pc.setLocalDescription(await pc.createAnswer())
         if session.closed:
             return self._refuse(session.sid, INTERNAL, "peer connection closed while answering",

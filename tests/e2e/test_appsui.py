@@ -24,7 +24,7 @@ import pytest
 import services
 from helpers import free_tcp_port, require_tool
 from daemons import PASSWORD
-from appsui import NO_SAVE_PICKER, files_tab, row, terminal_text, wait_terminal
+from appsui import NO_SAVE_PICKER, files_tab, poll, row, terminal_text, wait_terminal
 from browser import (CAPTURE_CSP_VIOLATIONS, connect, connect_error, csp_violations, open_link,
                      open_session, start_pair)
 
@@ -101,15 +101,6 @@ def canvas_share(page):
       const h = Math.max(0, Math.min(r.bottom, innerHeight) - Math.max(r.top, 0));
       return w * h / (innerWidth * innerHeight);
     }""")
-
-
-def poll(page, expression, timeout=15):
-    """Wait until *expression* (JS) is truthy in the page.  (page.wait_for_function
-    evaluates strings with eval, which the page's CSP refuses.)"""
-    deadline = time.monotonic() + timeout
-    while not page.evaluate(expression):
-        assert time.monotonic() < deadline, f"not true within {timeout} s: {expression}"
-        time.sleep(0.1)
 
 
 def tab(page, name):

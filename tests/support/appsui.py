@@ -1,6 +1,6 @@
 """Helpers for the apps' views in Chromium, shared by the end-to-end tests: the
 Files tab (``files_tab``, ``row``, ``NO_SAVE_PICKER``) and the terminal's screen
-(``terminal_text``, ``wait_terminal``)."""
+(``terminal_text``, ``wait_terminal``); ``poll`` waits for a JS expression."""
 
 import time
 
@@ -37,3 +37,12 @@ def wait_terminal(page, needle, timeout=20):
             raise AssertionError(f"{needle!r} not on the terminal screen:\n{text}")
         time.sleep(0.1)
     return text
+
+
+def poll(page, expression, timeout=15):
+    """Wait until *expression* (JS) is truthy in the page.  (page.wait_for_function
+    evaluates strings with eval, which the page's CSP refuses.)"""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"not true within {timeout} s: {expression}"
+        time.sleep(0.1)

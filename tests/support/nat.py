@@ -131,6 +131,7 @@ class Topology:
         self.public_address = dict(ROUTER_WAN)
         self._made = []
         self._procs = []
+        self._wire = None
 
     # -- building --------------------------------------------------------------------
 
@@ -204,7 +205,8 @@ class Topology:
                  "peer", "name", "wana", "netns", ns["wan"])
             _run("ip", "link", "add", "wanb", "netns", ns["wan"], "type", "veth",
                  "peer", "name", port, "netns", ns["pub"])
-            self._procs.append(wan_.build(self, "wan", self.wan, "wana", "wanb"))
+            self._wire = wan_.build(self, "wan", self.wan, "wana", "wanb")
+            self._procs.append(self._wire)
         else:
             _run("ip", "link", "add", "wan", "netns", ns[router], "type", "veth",
                  "peer", "name", port, "netns", ns["pub"])
@@ -230,6 +232,31 @@ class Topology:
             t = int(self.udp_timeout)
             self.run(router, "sysctl", "-qw", f"net.netfilter.nf_conntrack_udp_timeout={t}",
                      f"net.netfilter.nf_conntrack_udp_timeout_stream={t}")
+
+    def set_wan(self, wan):
+        """Change the emulated WAN link (a :class:`wan.Wan`) of a topology built with
+        one; connections through it stay up."""
+        import wan as wan_
+
+        if self.wan is None:
+            raise TopologyError("this topology has no WAN link (Topology(wan=Wan()))")
+        wan_.change(self, "wan", self._wire, wan, ("wana", "wanb"))
+        self.wan = wan
+
+    def forward_port(self, side, port, to_port=None):
+        """The router of *side* forwards TCP *port* on its public address to its LAN
+        host's *to_port* (default: the same), as a home router's port forward does: a
+        plain-TCP path across the same links, for references (ssh, VNC) to compare with."""
+        router = "rhome" if side == "home" else "rclient"
+        host = LAN[side][1]
+        nft = ("nft", "add", "chain", "ip", "homechannel_nat", "prerouting",
+               "{ type nat hook prerouting priority dstnat; policy accept; }")
+        self.run(router, *nft)
+        self.run(router, "nft", "add", "rule", "ip", "homechannel_nat", "prerouting",
+                 "iifname", "wan", "tcp", "dport", str(port), "dnat", "to",
+                 f"{host}:{to_port or port}")
+        self.run(router, "nft", "insert", "rule", "ip", "homechannel_nat", "forward_filter",
+                 "iifname", "wan", "ct", "status", "dnat", "accept")
 
     def _ipv6_up(self):
         """The IPv6 half of a dual-stack topology (see the module docstring)."""

@@ -16,14 +16,24 @@ import pytest
 from helpers import REPO, free_tcp_port, free_udp_port, require_tool
 
 
-def wait_for_port(proc, port, what, log_text, timeout=15.0):
-    """Wait until 127.0.0.1:*port* accepts, or fail with the service's log."""
+_PROBE = "import socket, sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])), 0.2).close()"
+
+
+def wait_for_port(proc, port, what, log_text, timeout=15.0, prefix=()):
+    """Wait until 127.0.0.1:*port* accepts (in the network namespace *prefix* runs
+    commands in, e.g. ``ip netns exec NS``), or fail with the service's log."""
+    import sys
+
     deadline = time.monotonic() + timeout
     while True:
         try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            if prefix:
+                subprocess.run([*prefix, sys.executable, "-c", _PROBE, str(port)], check=True,
+                               capture_output=True)
+            else:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
             return
-        except OSError:
+        except (OSError, subprocess.CalledProcessError):
             if time.monotonic() > deadline or proc.poll() is not None:
                 proc.kill()
                 pytest.fail(f"{what} did not start: {log_text()}")
@@ -69,12 +79,14 @@ def accounts_lock():
 
 
 @contextlib.contextmanager
-def sshd(tmp_path, password_auth=True, authorized_key=None):
+def sshd(tmp_path, password_auth=True, authorized_key=None, key_auth=None, listen="127.0.0.1",
+         prefix=(), port=None):
     """``/usr/sbin/sshd -D -e`` on a loopback port; yields its port.
 
-    *password_auth*: password sign-in (no keys); otherwise key sign-in only,
-    with *authorized_key* (a ``.pub`` text) installed for the caller's user
-    beforehand."""
+    *password_auth*: password sign-in (no keys, unless *key_auth*); otherwise key
+    sign-in only, with *authorized_key* (a ``.pub`` text) installed for the caller's
+    user beforehand.  *listen*: its address (``0.0.0.0`` for a port forward);
+    *prefix*: run it in a network namespace (``ip netns exec NS``), on *port*."""
     binary = require_tool("/usr/sbin/sshd", "openssh-server")
     keygen = require_tool("ssh-keygen", "openssh-client")
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
@@ -82,11 +94,13 @@ def sshd(tmp_path, password_auth=True, authorized_key=None):
     if not host_key.exists():
         subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)],
                        check=True)
-    port = free_tcp_port()
+    port = port or free_tcp_port()
     cfg = tmp_path / "sshd_config"
-    yes_no = ("yes", "no") if password_auth else ("no", "yes")
+    if key_auth is None:
+        key_auth = not password_auth
+    yes_no = ("yes" if password_auth else "no", "yes" if key_auth else "no")
     cfg.write_text(f"""Port {port}
-ListenAddress 127.0.0.1
+ListenAddress {listen}
 HostKey {host_key}
 PidFile {tmp_path}/sshd.pid
 UsePAM no
@@ -99,9 +113,9 @@ StrictModes no
 """)
     log_path = tmp_path / "sshd.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([binary, "-D", "-e", "-f", str(cfg)], stderr=log)
+        proc = subprocess.Popen([*prefix, binary, "-D", "-e", "-f", str(cfg)], stderr=log)
         try:
-            wait_for_port(proc, port, "sshd", log_path.read_text, timeout=10)
+            wait_for_port(proc, port, "sshd", log_path.read_text, timeout=10, prefix=prefix)
             yield port
         finally:
             proc.terminate()
@@ -123,25 +137,29 @@ def authorize_key(user, tmp_path):
 
 
 @contextlib.contextmanager
-def xtigervnc(geometry="320x200", unix_path=None):
+def xtigervnc(geometry="320x200", unix_path=None, prefix=(), port=None, localhost=True, args=(),
+              stderr=None):
     """Xtigervnc without a VNC password on a loopback port; yields (port, display).
     With *unix_path*: on that UNIX socket instead (``-rfbunixpath``, mode 0600, no TCP
-    port); yields (unix_path, display)."""
+    port); yields (unix_path, display).  *prefix*: run it in a network namespace
+    (``ip netns exec NS``), on *port*, and listening on every address unless
+    *localhost*; *args*: more options; *stderr*: a file for its log (default: a pipe,
+    read if it fails to start)."""
     binary = require_tool("Xtigervnc", "tigervnc-standalone-server")
     display = next(n for n in range(60, 200) if not os.path.exists(f"/tmp/.X11-unix/X{n}")
                    and not os.path.exists(f"/tmp/.X{n}-lock"))
     if unix_path is None:
-        port = free_tcp_port()
-        listen = ["-rfbport", str(port), "-localhost"]
+        port = port or free_tcp_port()
+        listen = ["-rfbport", str(port), *(["-localhost"] if localhost else [])]
     else:
         listen = ["-rfbunixpath", str(unix_path)]
-    proc = subprocess.Popen([binary, f":{display}", *listen, "-SecurityTypes", "None",
-                             "-geometry", geometry],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([*prefix, binary, f":{display}", *listen, "-SecurityTypes", "None",
+                             "-geometry", geometry, *args],
+                            stdout=subprocess.DEVNULL, stderr=stderr or subprocess.PIPE)
     try:
-        log_text = lambda: proc.stderr.read().decode(errors="replace")  # noqa: E731
+        log_text = lambda: proc.stderr.read().decode(errors="replace") if proc.stderr else ""  # noqa: E731
         if unix_path is None:
-            wait_for_port(proc, port, "Xtigervnc", log_text)
+            wait_for_port(proc, port, "Xtigervnc", log_text, prefix=prefix)
             yield port, display
             return
         deadline = time.monotonic() + 15
@@ -220,11 +238,11 @@ def coturn(tmp_path, secret, listen="127.0.0.1", port=None, prefix=(), extra=(),
 
 
 @contextlib.contextmanager
-def red_xtigervnc(geometry):
+def red_xtigervnc(geometry, prefix=()):
     """:func:`xtigervnc` with its root window painted red (easy to find in a screenshot);
-    yields (port, display)."""
+    yields (port, display).  *prefix*: in a network namespace, as for :func:`xtigervnc`."""
     xsetroot = require_tool("xsetroot", "x11-xserver-utils")
-    with xtigervnc(geometry) as (port, display):
+    with xtigervnc(geometry, prefix=prefix) as (port, display):
         subprocess.run([xsetroot, "-display", f":{display}", "-solid", "#ff0000"], check=True,
                        timeout=10)
         yield port, display

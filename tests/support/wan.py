@@ -18,11 +18,16 @@ So everything the client's network exchanges with the rest (the coordinator, the
 TURN relay, the home network) crosses one link with round-trip time ``rtt``
 (``d = rtt / 2`` each way), loss ``loss`` per direction, and rate ``rate`` per
 direction.  :meth:`nat.Topology.up` builds it when the topology has a ``wan``
-(:class:`Wan`); :func:`probe_rtt` checks it with a ping-like UDP probe.
+(:class:`Wan`); :meth:`nat.Topology.set_wan` changes it while everything runs (the
+wire process takes a new delay and loss on its stdin, ``tc`` a new rate), so a benchmark
+compares link settings with the same daemons and browser; :func:`probe_rtt` checks
+it with a ping-like UDP probe.
 
 Run as a program it is the wire process itself::
 
-    python wan.py TAP_A TAP_B DELAY_MS LOSS SEED
+    python wan.py TAP_A TAP_B DELAY_S LOSS SEED
+
+and then reads lines ``DELAY_S LOSS`` on its stdin (each answered ``ok``).
 """
 
 import dataclasses
@@ -90,12 +95,14 @@ def open_tap(name):
 
 def run_wire(tap_a, tap_b, delay, loss, seed):
     """Copy frames both ways between two TAP devices, each after *delay* seconds,
-    dropping each with probability *loss*.  Runs until killed."""
+    dropping each with probability *loss*; a line ``DELAY LOSS`` on stdin sets new
+    ones.  Runs until killed (or stdin closes)."""
     import asyncio
     import collections
 
     realtime()
     rng = random.Random(seed)
+    link = {"delay": delay, "loss": loss}
     fds = {"a": open_tap(tap_a), "b": open_tap(tap_b)}
     for fd in fds.values():
         os.set_blocking(fd, False)
@@ -120,6 +127,7 @@ def run_wire(tap_a, tap_b, delay, loss, seed):
         def readable(src, dst):
             fd = fds[src]
             now = loop.time()
+            delay, loss = link["delay"], link["loss"]
             for _ in range(64):
                 try:
                     frame = os.read(fd, 65536)
@@ -137,10 +145,22 @@ def run_wire(tap_a, tap_b, delay, loss, seed):
                 if dst not in timers:
                     timers[dst] = loop.call_at(now + delay, deliver, dst)
 
+        stopped = asyncio.Event()
+
+        def command():
+            line = sys.stdin.readline()
+            if not line:
+                stopped.set()
+                return
+            new_delay, new_loss = (float(x) for x in line.split())
+            link.update(delay=new_delay, loss=new_loss)
+            print("ok", flush=True)
+
         loop.add_reader(fds["a"], readable, "a", "b")
         loop.add_reader(fds["b"], readable, "b", "a")
+        loop.add_reader(sys.stdin.fileno(), command)
         print("wire up", flush=True)
-        await asyncio.Event().wait()
+        await stopped.wait()
 
     asyncio.run(main())
 
@@ -162,17 +182,34 @@ def build(topology, ns, wan, router_side_veth, public_side_veth):
             ip("link", "set", dev, "master", bridge)
             ip("link", "set", dev, "up")
         ip("link", "set", bridge, "up")
-    if wan.rate:
-        for port in (router_side_veth, public_side_veth):
-            topology.run(ns, "tc", "qdisc", "replace", "dev", port, "root", *tbf(wan.rate))
+    set_rate(topology, ns, wan, (router_side_veth, public_side_veth))
     proc = topology.popen(ns, [sys.executable, os.path.abspath(__file__), "tapa", "tapb",
                                repr(wan.rtt / 2), repr(wan.loss), "1"],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     line = proc.stdout.readline()
     if b"wire up" not in line:
         proc.kill()
         raise RuntimeError(f"the WAN wire did not start: {line!r} {proc.stdout.read()!r}")
     return proc
+
+
+def set_rate(topology, ns, wan, ports):
+    """``tbf`` at *wan*'s rate on both egress *ports* of the wire, or none."""
+    for port in ports:
+        if wan.rate:
+            topology.run(ns, "tc", "qdisc", "replace", "dev", port, "root", *tbf(wan.rate))
+        else:
+            topology.run(ns, "tc", "qdisc", "del", "dev", port, "root", check=False)
+
+
+def change(topology, ns, proc, wan, ports):
+    """Give the running wire *proc* (from :func:`build`) the link *wan*."""
+    set_rate(topology, ns, wan, ports)
+    proc.stdin.write(f"{wan.rtt / 2!r} {wan.loss!r}\n".encode())
+    proc.stdin.flush()
+    line = proc.stdout.readline()
+    if line.strip() != b"ok":
+        raise RuntimeError(f"the WAN wire did not take the new link: {line!r}")
 
 
 # -- checking it -------------------------------------------------------------------------

@@ -118,6 +118,72 @@ def test_stalled_reader_keeps_buffered_bytes_bounded(root):
     assert 1 not in c.session.requests
 
 
+def test_download_window_holds_the_sender_until_the_client_acknowledges(root):
+    """A download with a window: the server sends at most that many bytes beyond the
+    client's ACK ``received``, however fast the channel drains, and goes on as ACKs
+    come.  How this was shown to fail: with ``_wait_room`` returning at once, the
+    whole 5 MiB went out before the first ACK."""
+    data = os.urandom(5 * 1024 * 1024 + 17)
+    (root / "big.bin").write_bytes(data)
+    window = files.MIN_DOWNLOAD_WINDOW
+    c = Client(root)
+    got = c.request(1, {"op": "download", "root": 0, "path": "big.bin", "window": window})
+    assert got[0].type == frames.RES
+
+    def sent():
+        return sum(len(f.data) for f in c.channel.frames() if f.type == frames.DATA)
+
+    def drained():
+        for _ in range(40):     # as far as the channel alone would let it go
+            c.channel.drain()
+
+    drained()
+    assert 0 < sent() <= window   # the channel is drained: only the window holds it back
+    taken = 0
+    while got[-1].type not in (frames.END, frames.ERR):
+        assert sent() - taken <= window
+        taken = sent()
+        c.send(frames.ACK, 1, {"received": taken})
+        drained()
+        got += c.new_frames()
+    assert got[-1].type == frames.END and got[-1].body["size"] == len(data)
+    assert b"".join(f.data for f in got if f.type == frames.DATA) == data
+    assert got[-1].body["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_download_window_bad_values_and_bad_acks(root):
+    """A window out of bounds is refused; an ACK that is not an int, or beyond what was
+    sent, ends the download with ERR (and nothing more is sent for it); an ACK for no
+    download, or moving back, is ignored."""
+    (root / "f").write_bytes(os.urandom(3 * 1024 * 1024))
+    c = Client(root)
+    for rid, window in ((1, 1024), (2, 10 ** 12), (3, "big"), (4, True)):
+        [err] = c.request(rid, {"op": "download", "root": 0, "path": "f", "window": window})
+        assert err.type == frames.ERR and err.body["code"] == "bad-request", err
+    for rid, ack in ((5, {"received": "all"}), (6, {"received": 10 ** 9}), (7, {})):
+        got = c.request(rid, {"op": "download", "root": 0, "path": "f",
+                              "window": files.MIN_DOWNLOAD_WINDOW})
+        c.channel.drain()
+        c.send(frames.ACK, rid, ack)
+        c.channel.drain()
+        got += c.new_frames()
+        assert got[-1].type == frames.ERR, (ack, got[-1])
+        assert got[-1].body["code"] == ("window" if ack.get("received") == 10 ** 9
+                                        else "bad-request")
+        assert rid not in c.session.requests
+        c.channel.drain()
+        assert c.new_frames() == []
+    c.send(frames.ACK, 99, {"received": 5})          # no such download: ignored
+    got = c.request(8, {"op": "download", "root": 0, "path": "f",
+                        "window": files.MIN_DOWNLOAD_WINDOW})
+    c.channel.drain()
+    c.send(frames.ACK, 8, {"received": 0})            # backwards: ignored
+    c.send(frames.CANCEL, 8, {})
+    c.channel.drain()
+    got += c.new_frames()
+    assert got[-1].type == frames.ERR and got[-1].body["code"] == "cancelled"
+
+
 def test_upload_and_sizes(root):
     data = os.urandom(300_001)
     c = Client(root)

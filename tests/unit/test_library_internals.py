@@ -10,6 +10,7 @@ that fails somewhere later for no visible reason."""
 
 import asyncio
 import inspect
+import socket
 
 import pytest
 
@@ -166,22 +167,17 @@ def test_aioice_connection_methods_we_wrap_or_call():
             f"INTERNAL CandidatePair.{name} is gone"
 
 
-def test_the_internals_at_work_in_a_real_connection():
-    """Two aiortc peers over loopback: the gatherers' ``_connection`` is aioice's
-    ``Connection`` and calls our instance wrappers (the host address we advertise is
-    gathered, ``check_incoming`` is looked up on the instance); after DTLS,
-    ``RTCDtlsTransport._ssl`` gives the peer's certificate
-    (``get_peer_certificate(as_cryptography=True)``) and
-    ``RTCIceTransport._connection._nominated`` the pair used."""
-    from aioice import Connection
+def run_pair(prepare_server, check):
+    """Two aiortc peers over loopback (a control channel, host candidates on
+    127.0.0.1): ``prepare_server(server)`` runs after the offer is applied and before
+    the answer is made, ``await check(client, server)`` once the channel is open."""
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-    from homechannel.rtc import icechecks, webrtc
+    from homechannel.rtc import webrtc
 
     async def main():
         client = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         server = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        incoming = []
         opened = asyncio.get_running_loop().create_future()
         server.on("datachannel", lambda channel: opened.done() or opened.set_result(channel))
         try:
@@ -191,43 +187,106 @@ def test_the_internals_at_work_in_a_real_connection():
             await server.setRemoteDescription(
                 RTCSessionDescription(client.localDescription.sdp, "offer"))
             webrtc.advertise_host_addresses(server, ["127.0.0.1"])
-            for gatherer in webrtc.ice_gatherers(server):
-                connection = has(gatherer, "_connection")
-                assert isinstance(connection, Connection), \
-                    "INTERNAL RTCIceGatherer._connection is not an aioice Connection"
-                icechecks.prompt_connection(connection)
-                wrapped = connection.check_incoming
-
-                def check_incoming(message, addr, protocol, _wrapped=wrapped):
-                    incoming.append(addr)
-                    _wrapped(message, addr, protocol)
-
-                connection.check_incoming = check_incoming
+            prepare_server(server)
             await server.setLocalDescription(await server.createAnswer())
-            assert "127.0.0.1" in server.localDescription.sdp, \
-                "INTERNAL Connection.get_component_candidates: the advertised address " \
-                "was not gathered"
             await client.setRemoteDescription(
                 RTCSessionDescription(server.localDescription.sdp, "answer"))
             await asyncio.wait_for(opened, 20)
-            assert incoming, "INTERNAL aioice no longer calls check_incoming on the " \
-                             "instance (our wrapper never ran)"
-            dtls = server.sctp.transport
-            has(dtls, "_ssl")
-            has(dtls.transport, "_connection")
-            has(dtls.transport._connection, "_nominated")
-            presented = webrtc.remote_fingerprint(server)
-            expected = [f.value for f in client.sctp.transport.getLocalParameters().fingerprints
-                        if f.algorithm == "sha-256"]
-            assert presented is not None and presented.lower() in [e.lower() for e in expected],\
-                "INTERNAL RTCDtlsTransport._ssl: the peer's certificate cannot be read"
-            assert webrtc.selected_pair(server) == ("host", "host"), \
-                "INTERNAL RTCIceTransport._connection._nominated: no pair found"
+            await check(client, server)
         finally:
             await client.close()
             await server.close()
 
     asyncio.run(main())
+
+
+def test_the_internals_at_work_in_a_real_connection():
+    """Two aiortc peers over loopback: the gatherers' ``_connection`` is aioice's
+    ``Connection`` and calls our instance wrappers (the host address we advertise is
+    gathered, ``check_incoming`` is looked up on the instance); after DTLS,
+    ``RTCDtlsTransport._ssl`` gives the peer's certificate
+    (``get_peer_certificate(as_cryptography=True)``) and
+    ``RTCIceTransport._connection._nominated`` the pair used."""
+    from aioice import Connection
+
+    from homechannel.rtc import icechecks, webrtc
+
+    incoming = []
+
+    def prepare(server):
+        for gatherer in webrtc.ice_gatherers(server):
+            connection = has(gatherer, "_connection")
+            assert isinstance(connection, Connection), \
+                "INTERNAL RTCIceGatherer._connection is not an aioice Connection"
+            icechecks.prompt_connection(connection)
+            wrapped = connection.check_incoming
+
+            def check_incoming(message, addr, protocol, _wrapped=wrapped):
+                incoming.append(addr)
+                _wrapped(message, addr, protocol)
+
+            connection.check_incoming = check_incoming
+
+    async def check(client, server):
+        assert "127.0.0.1" in server.localDescription.sdp, \
+            "INTERNAL Connection.get_component_candidates: the advertised address " \
+            "was not gathered"
+        assert incoming, "INTERNAL aioice no longer calls check_incoming on the " \
+                         "instance (our wrapper never ran)"
+        dtls = server.sctp.transport
+        has(dtls, "_ssl")
+        has(dtls.transport, "_connection")
+        has(dtls.transport._connection, "_nominated")
+        presented = webrtc.remote_fingerprint(server)
+        expected = [f.value for f in client.sctp.transport.getLocalParameters().fingerprints
+                    if f.algorithm == "sha-256"]
+        assert presented is not None and presented.lower() in [e.lower() for e in expected],\
+            "INTERNAL RTCDtlsTransport._ssl: the peer's certificate cannot be read"
+        assert webrtc.selected_pair(server) == ("host", "host"), \
+            "INTERNAL RTCIceTransport._connection._nominated: no pair found"
+
+    run_pair(prepare, check)
+
+
+def test_aiortc_sctp_receive_window():
+    """``webrtc.set_receive_window``: ``RTCSctpTransport._advertised_rwnd`` is the
+    window aiortc advertises in its INIT / INIT ACK (and SACKs) while the association
+    is CLOSED (``_association_state``, ``State``).  Checked on the wire: the offerer
+    sets the window the answerer advertised as its ``_ssthresh`` (RFC 4960 7.2.1).
+    The UDP sockets (aioice's ``Connection._protocols``) get receive buffers twice
+    the window (the kernel reports twice that again; run as root here, so
+    ``SO_RCVBUFFORCE`` is allowed).  Once the association started it is refused.
+    How this was shown to fail: with the assignment in ``set_receive_window`` left
+    out, the peer saw 1048576; without ``raise_socket_buffers``, the buffers were
+    aioice's 524288."""
+    from aiortc.rtcsctptransport import RTCSctpTransport
+
+    from homechannel.rtc import webrtc
+
+    has(RTCSctpTransport, "State")
+    has(RTCSctpTransport.State, "CLOSED")
+    size = 3 * 1024 * 1024 + 5
+
+    def prepare(server):
+        assert isinstance(has(server.sctp, "_advertised_rwnd"), int), \
+            "INTERNAL RTCSctpTransport._advertised_rwnd is not an int"
+        has(server.sctp, "_association_state")
+        webrtc.set_receive_window(server, size)
+
+    async def check(client, server):
+        seen = has(client.sctp, "_ssthresh")
+        assert seen == size, f"INTERNAL RTCSctpTransport._advertised_rwnd: the peer saw " \
+                             f"a window of {seen}, not the {size} set"
+        for gatherer in webrtc.ice_gatherers(server):
+            protocols = has(has(gatherer, "_connection"), "_protocols")
+            sizes = [p.transport.get_extra_info("socket").getsockopt(
+                socket.SOL_SOCKET, socket.SO_RCVBUF) for p in protocols]
+            assert sizes and min(sizes) >= 4 * size, \
+                f"INTERNAL aioice Connection._protocols: UDP receive buffers {sizes}"
+        with pytest.raises(RuntimeError, match="after the SCTP association started"):
+            webrtc.set_receive_window(server, size)
+
+    run_pair(prepare, check)
 
 
 def test_pyopenssl_peer_certificate_as_cryptography():

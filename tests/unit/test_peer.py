@@ -793,3 +793,22 @@ async def test_an_invite_signs_in_once_and_enrols_one_passkey_with_its_rights(h)
     refused = await request(channel, {"op": "invite", "person": "eve",
                                       "rights": {"apps": ["forward"]}})
     assert refused["op"] == "error" and "may not invite" in refused["message"]
+
+
+def test_too_small_udp_buffers_are_said_once_with_the_fix():
+    """``webrtc.set_receive_window`` reports UDP receive buffers the kernel capped below
+    what the SCTP window needs (an unprivileged server with a low
+    ``net.core.rmem_max``): the answerer logs it once per process, with the sysctl
+    that fixes it.  How this was shown to fail: with ``_buffers_warned`` never set,
+    two connections logged it twice."""
+    from twisted.logger import Logger
+
+    events = []
+    h = Harness()
+    answerer = Answerer(h.identity, K, h.challenges, h.config, h.app_host, h.clock,
+                        log=Logger(observer=events.append))
+    answerer._small_buffers(212992, 4194304)
+    answerer._small_buffers(212992, 4194304)
+    [event] = events
+    assert event["got"] == 212992 and event["wanted"] == 4194304
+    assert "net.core.rmem_max=4194304" in event["log_format"].format(**event)

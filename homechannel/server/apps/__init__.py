@@ -35,7 +35,7 @@ VERSION = 1
 def _files(host, config, link):
     from homechannel.server.apps.files import CHANNEL_LOW, FilesSession
 
-    link.set_low(CHANNEL_LOW)  # downloads keep more queued (see files.py)
+    link.set_marks(low=CHANNEL_LOW)  # downloads keep more queued (see files.py)
     return FilesSession(config, link, host.reactor, uploads=host.uploads)
 
 
@@ -49,8 +49,9 @@ def _terminal(host, config, link):
 
 
 def _desktop(host, config, link):
-    from homechannel.server.apps.desktop import DesktopSession
+    from homechannel.server.apps.desktop import HIGH, LOW, DesktopSession
 
+    link.set_marks(low=LOW, high=HIGH)  # little queued: the screen stays current (desktop.py)
     return DesktopSession(host.services["desktop"], link, host.reactor, host.to_thread)
 
 

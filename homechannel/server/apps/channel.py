@@ -75,8 +75,11 @@ class ChannelLink:
         channel.on("bufferedamountlow", self._drained)
         channel.on("close", self._on_close)
 
-    def set_low(self, low):
-        """Move the low mark (where paused senders resume) to *low* (<= ``high``)."""
+    def set_marks(self, low, high=None):
+        """Move the low mark (where paused senders resume) to *low* and, if given, the
+        high mark (where a producer is paused) to *high*; *low* stays <= ``high``."""
+        if high is not None:
+            self.high = high
         self.low = min(low, self.high)
         self.channel.bufferedAmountLowThreshold = self.low
 

@@ -6,7 +6,10 @@ threads (``defer_to_thread``); the reactor only moves frames.  Downloads are
 pulled chunk by chunk as the channel drains (:meth:`ChannelLink.wait_writable`);
 uploads are acknowledged as they reach the disk, and the client keeps at most
 ``UPLOAD_WINDOW`` unacknowledged bytes in flight, so both directions hold
-bounded memory.
+bounded memory.  A download may carry a window too (``"window"`` in its REQ):
+the server then sends at most that many bytes beyond what the client has
+acknowledged taking (ACK ``received``), so a client whose disk is slower than
+the network slows the sender instead of queueing.
 
 Every operation finds its path with :class:`~.paths.Roots` (a walk with
 directory fds that stays inside the root, see :mod:`.paths`) and then acts
@@ -41,8 +44,15 @@ log = Logger()
 READ_BLOCK = 1024 * 1024
 SEND_BLOCK = 256 * 1024
 CHANNEL_LOW = 512 * 1024
-UPLOAD_WINDOW = 2 * 1024 * 1024  # unacknowledged upload bytes a client may send
+# Unacknowledged upload bytes a client may send: enough to keep a 100 ms link with
+# its bottleneck queue full (about 250 ms) busy at 30 MB/s, the most a browser's
+# datachannel carries (docs/performance.md, "Over a WAN link"); it is also what one
+# upload may hold in memory here, while a write is in progress.
+UPLOAD_WINDOW = 8 * 1024 * 1024
 UPLOAD_SLACK = 256 * 1024  # tolerance above the window before it is a protocol error
+# The download window a client may ask for (bytes sent and not yet acknowledged).
+MIN_DOWNLOAD_WINDOW = 1024 * 1024
+MAX_DOWNLOAD_WINDOW = 64 * 1024 * 1024
 # Upload bytes are written (and acknowledged) in batches of at least this much, so a
 # transfer costs one thread hop and one ACK per batch rather than per DATA frame.
 # A smaller tail is written after WRITE_DELAY (or at once on END), so a client
@@ -213,6 +223,9 @@ class FilesSession:
         if frame.type in (frames.DATA, frames.END) and isinstance(job, _Upload):
             job.frame_received(frame)
             return
+        if frame.type == frames.ACK and isinstance(job, _Download):
+            job.ack(frame.body)
+            return
         if frame.type in (frames.ACK, frames.RES, frames.ERR):
             return  # nothing the server asked for; ignore
         raise errors.ProtocolError(f"unexpected {frames.TYPES[frame.type]} frame for request {rid}", "unexpected-frame")
@@ -356,7 +369,13 @@ class FilesSession:
         offset = self._arg(body, "offset", int, 0)
         if offset < 0:
             raise errors.BadRequest("offset must not be negative", "bad-request")
-        job = _Download(self, rid, root, rel, offset)
+        window = body.get("window")
+        if window is not None:
+            window = self._arg(body, "window", int)
+            if not MIN_DOWNLOAD_WINDOW <= window <= MAX_DOWNLOAD_WINDOW:
+                raise errors.BadRequest(f"window must be {MIN_DOWNLOAD_WINDOW} to "
+                                        f"{MAX_DOWNLOAD_WINDOW} bytes", "bad-request")
+        job = _Download(self, rid, root, rel, offset, window)
         self.requests[rid] = job
         return defer.Deferred.fromCoroutine(job.run())
 
@@ -379,19 +398,58 @@ class FilesSession:
 
 
 class _Download:
-    def __init__(self, session, rid, root, rel, offset):
+    def __init__(self, session, rid, root, rel, offset, window=None):
         self.s = session
         self.rid = rid
         self.root = root
         self.rel = rel
         self.offset = offset
+        self.window = window  # None: no window (the channel's flow control only)
+        self.sent = offset    # bytes of the file queued on the channel
+        self.acked = offset   # bytes the client acknowledged taking
+        self._room = None     # a Deferred while waiting for an ACK
         self.cancelled = False
+        self.failed = None    # why the download ends early (a bad ACK)
         self.fd = None
 
     def cancel(self):
         self.cancelled = True
+        self._wake()
+
+    def ack(self, body):
+        """An ACK ``{"received": n}``: the client has taken the file's first *n*
+        bytes.  Never moves back; one that is not an int, or beyond what was sent,
+        ends the download with ERR."""
+        n = body.get("received")
+        if not isinstance(n, int) or isinstance(n, bool):
+            self._fail(errors.BadRequest("ACK 'received' missing or not an int", "bad-request"))
+        elif n > self.sent:
+            self._fail(errors.ProtocolError(f"ACK of {n} bytes, only {self.sent} were sent",
+                                            "window"))
+        elif n > self.acked:
+            self.acked = n
+            self._wake()
+
+    def _fail(self, exc):
+        if self.failed is None:
+            self.failed = exc
+            self.cancel()
+
+    def _wake(self):
+        room, self._room = self._room, None
+        if room is not None:
+            room.callback(None)
+
+    async def _wait_room(self, n):
+        """Until *n* more bytes fit in the window (at once without one)."""
+        while self.window is not None and self.sent + n - self.acked > self.window:
+            self._room = defer.Deferred()
+            await self._room
+            self._check()
 
     def _check(self):
+        if self.failed is not None:
+            raise self.failed
         if self.cancelled or self.s.closed:
             raise _Cancelled()
 
@@ -435,7 +493,6 @@ class _Download:
         try:
             self._check()
             s._send(frames.RES, self.rid, {"size": st.st_size, "modified": st.st_mtime, "offset": self.offset})
-            sent = self.offset
             reading = s._thread(self._read, h)
             while True:
                 block = await reading
@@ -448,12 +505,14 @@ class _Download:
                 reading = s._thread(self._read, h)
                 view = memoryview(block)
                 for start in range(0, len(block), SEND_BLOCK):
+                    end = min(start + SEND_BLOCK, len(block))
+                    await self._wait_room(end - start)
                     await s.link.wait_writable()
                     self._check()
-                    for i in range(start, min(start + SEND_BLOCK, len(block)), frames.CHUNK):
-                        s._send(frames.DATA, self.rid, data=view[i:min(i + frames.CHUNK, start + SEND_BLOCK)])
-                sent += len(block)
-            s._send(frames.END, self.rid, {"size": sent, "sha256": h.hexdigest()})
+                    for i in range(start, end, frames.CHUNK):
+                        s._send(frames.DATA, self.rid, data=view[i:min(i + frames.CHUNK, end)])
+                    self.sent += end - start
+            s._send(frames.END, self.rid, {"size": self.sent, "sha256": h.hexdigest()})
         finally:
             if reading is not None:  # never close the fd under a read in flight
                 try:

@@ -13,6 +13,8 @@ than growing without bound (browsers also stop sending while their own
 ``bufferedAmount`` is high).
 """
 
+import socket
+
 from twisted.internet import protocol
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
@@ -47,13 +49,14 @@ class TCPPipe:
     """Bytes between one ChannelLink and one connection to *service* (a
     :class:`~.localservice.LocalService`; *to_thread* runs its owner check)."""
 
-    def __init__(self, link, reactor, service, to_thread, connect_timeout=10):
+    def __init__(self, link, reactor, service, to_thread, connect_timeout=10, receive_buffer=None):
         self.link = link
         self.reactor = reactor
         self.service = service
         self.what = service.what
         self.to_thread = to_thread
         self.timeout = connect_timeout
+        self.receive_buffer = receive_buffer  # SO_RCVBUF of the TCP socket (None: the kernel's)
         self.transport = None
         self.early = []
         self.early_bytes = 0
@@ -90,6 +93,9 @@ class TCPPipe:
             transport.loseConnection()
             return
         self.transport = transport
+        if self.receive_buffer is not None:
+            transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF,
+                                             self.receive_buffer)
         transport.registerProducer(self, True)
         self.link.registerProducer(transport, True)
         address = self.service.address

@@ -8,7 +8,7 @@ Every files channel of every session shares it (``AppHost.uploads``):
   (``no-space``, with ``free`` and ``minFree``);
 - **uploads in progress at once**: at most ``apps.files.max_uploads`` on the whole
   home server (``too-many-uploads``); each holds two file descriptors, a temporary
-  file and up to 2.25 MiB of buffers, and the browser uploads one file at a time;
+  file and up to 8.25 MiB of buffers (its window), and the browser uploads one file at a time;
 - **the idle timeout**: an upload that gets no data for ``apps.files.upload_idle_timeout``
   seconds fails (``idle``) and its temporary file is deleted (``files.py``);
 - **the sweep** (:meth:`Uploads.sweep`, at start and every ``SWEEP_INTERVAL``, in a

@@ -4,10 +4,13 @@
 // Download: DATA frames are hashed as they arrive (SHA-256, incrementally) and written
 // to a *sink* (a file on disk: see savefile.js), never gathered in memory.  The last
 // bytes are held back until the END's SHA-256 matches, so a damaged file is never
-// completed (the sink is aborted instead).  If the sink is slower than the network and
-// more than `maxQueued` bytes wait, the request is cancelled and resumed from the
-// bytes already received once the queue has drained: memory stays bounded whatever
-// the disk does.  The user can stop (cancel) and resume.
+// completed (the sink is aborted instead).  The request carries a window: the server
+// sends at most `window` bytes beyond those the sink has taken (acknowledged with ACK
+// `received` every ACK_EVERY bytes), so a disk slower than the network slows the
+// sender.  A server without windows (an older one) is held back the old way: if more
+// than `maxQueued` bytes wait, the request is cancelled and resumed from the bytes
+// already received once the queue has drained.  Either way memory stays bounded
+// whatever the disk does.  The user can stop (cancel) and resume.
 //
 // Upload: reads the file a slice ahead and sends DATA within the server's window
 // (ACKs) and while the channel buffers at most HIGH.
@@ -47,13 +50,19 @@ export class MemorySink {
 
 export const MAX_QUEUED = 32 * 1024 * 1024;
 export const RESUME_BELOW = 4 * 1024 * 1024;
+// Download window: covers a 250 ms round trip (a 100 ms link with its bottleneck queue
+// full) at 30 MB/s, the most a browser's datachannel carries (docs/performance.md,
+// "Over a WAN link"), as the upload window does; it is also what a download may queue
+// in memory here.
+export const DOWNLOAD_WINDOW = 8 * 1024 * 1024;
+export const ACK_EVERY = 1024 * 1024;
 
 /** One download.  States: running, pausing/paused (sink behind), stopping/stopped
  *  (the user cancelled; resumable), failed (resumable if `resumable`), verified
  *  (hash checked, writing the rest), done, discarded. */
 export class Download {
   constructor(fc, { root, path }, sink, { onProgress = () => {}, onState = () => {},
-    maxQueued = MAX_QUEUED, resumeBelow = RESUME_BELOW } = {}) {
+    maxQueued = MAX_QUEUED, resumeBelow = RESUME_BELOW, window = DOWNLOAD_WINDOW } = {}) {
     this.fc = fc;
     this.root = root;
     this.path = path;
@@ -62,6 +71,8 @@ export class Download {
     this.onState = onState;
     this.maxQueued = maxQueued;
     this.resumeBelow = resumeBelow;
+    this.window = window;
+    this.acked = 0;      // `written` as last acknowledged to the server
     this.hash = sha256.create();
     this.received = 0;   // bytes received and hashed
     this.written = 0;    // bytes the sink accepted
@@ -90,8 +101,9 @@ export class Download {
 
   start() {
     this._set("running");
-    this.id = this.fc.start({ op: "download", root: this.root, path: this.path, offset: this.received },
-      (f) => this._frame(f));
+    this.acked = this.received;
+    this.id = this.fc.start({ op: "download", root: this.root, path: this.path, offset: this.received,
+      window: this.window }, (f) => this._frame(f));
   }
 
   /** The user stops it (resumable). */
@@ -191,6 +203,12 @@ export class Download {
         this.queued -= chunk.byteLength;
         this.written += chunk.byteLength;
         if (this.state === "failed" || this.state === "discarded") return;
+        // (at least four ACKs per window, so a small window never waits on a late ACK)
+        if (this.window && this.written - this.acked >= Math.min(ACK_EVERY, this.window / 4) &&
+            this.id !== null && this.state === "running") {
+          this.acked = this.written;
+          this.fc.send(ACK, this.id, { received: this.written });
+        }
       }
       if (this.state === "verified" && !this.queue.length) {
         await this.sink.close();
