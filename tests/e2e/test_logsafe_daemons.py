@@ -140,16 +140,17 @@ def test_peer_chosen_fields_never_forge_a_line_in_either_log(tmp_path, twistd):
     assert len(uploads) == 3, out
     assert uploads[0].endswith(
         "audit: file upload 0:evil\\n2024-01-01T00:00:00+0000 [homechannel.audit#info] "
-        + FORGED + ", 5 bytes")
+        + FORGED + ", 5 bytes, person owner")
     assert uploads[1].endswith("audit: file upload 0:erase\\r\\x1b[2K\\x1b[1A" + FORGED +
-                               ", 5 bytes")
+                               ", 5 bytes, person owner")
     assert "surrogate-\\ud800" in uploads[2] and "refused" in uploads[2]
     # The proxy's X-Forwarded-For values are not one IP address in its one spelling
     # (a zone, controls, a forged line), so the coordinator takes neither: each
     # request counts as the proxy's own (ratelimit.canonical_address, issue 17.13), and
     # no byte of them reaches the home server's audit lines or the lockout's key.
     accepted = lines_with(out, "audit: accepted login, session")
-    assert len(accepted) == 1 and accepted[0].endswith("source 127.0.0.1"), accepted
+    assert len(accepted) == 1 and accepted[0].endswith("source 127.0.0.1, person owner"), \
+        accepted
     refused = lines_with(out, "audit: refused login, session")
     assert len(refused) == 1 and "source 127.0.0.1:" in refused[0], refused
     (lockout,) = lines_with(coordinator.output, "locked out")
