@@ -93,10 +93,10 @@ class RawChannel:
         self.page_target = 0
         return self
 
-    async def _ask(self, request):
+    async def _ask(self, request, timeout=60):
         self.proc.stdin.write(json.dumps(request).encode() + b"\n")
         await self.proc.stdin.drain()
-        return await self._read()
+        return await self._read(timeout)
 
     async def _read(self, timeout=60):
         line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
@@ -109,7 +109,8 @@ class RawChannel:
         self.page_target += size
         got = asyncio.ensure_future(self.page.evaluate(RAW_RECEIVE, self.page_target))
         t0 = time.perf_counter()
-        await self._ask({"op": "down", "n": size})
+        # (the peer answers once all is queued: at 1 MB/s, 50 MB take longer than a minute)
+        await self._ask({"op": "down", "n": size}, timeout=600)
         await asyncio.wait_for(got, 600)
         return size / (time.perf_counter() - t0) / MB
 
