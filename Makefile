@@ -144,7 +144,7 @@ test-fast: venv
 soak: sysdeps venv npm
 	tests/netns-run $(PY) -m pytest -m soak --timeout=3600 --durations=0 -s $(PYTEST_ARGS)
 
-# mypy (with the zope plugin) on the pure modules listed in setup.cfg [mypy];
+# mypy (with the zope plugin) on the package, the pure layer strictly (setup.cfg [mypy]);
 # tests/unit/test_types.py runs the same in both lanes.
 typecheck: venv
 	$(PY) -m mypy

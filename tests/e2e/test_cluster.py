@@ -262,7 +262,11 @@ def test_a_home_server_without_the_password_leaves_nothing_in_redis_to_check_one
     try:
         server.wait_for_log("registered with coordinator", timeout=30)
         admin = redispy.Redis.from_url(cluster.redis.url, **cluster.redis.admin_options())
-        entry = admin.hgetall(b"hc:d:" + crypto.key_id(key.public_raw))
+        # The node writes its directory behind the registration (a moment later).
+        deadline = time.monotonic() + 10
+        while not (entry := admin.hgetall(b"hc:d:" + crypto.key_id(key.public_raw))):
+            assert time.monotonic() < deadline, "the directory entry was never written"
+            time.sleep(0.1)
         admin.close()
         assert set(entry) == {b"n"}, entry
         for node in cluster.nodes:
