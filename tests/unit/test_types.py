@@ -68,7 +68,7 @@ def test_the_package_is_checked_and_the_pure_layer_strictly():
             os.path.isfile(path + ".py"), f"[{own[0]}] names {pattern}, which does not exist"
 
 
-def test_mypy_passes_on_the_pure_modules():
+def test_mypy_passes_on_the_package():
     """``python -m mypy`` with setup.cfg reports no error in the package.
 
     Shown to fail (in a scratch copy of the tree): adding ``def helper(x):
